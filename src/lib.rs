@@ -1,0 +1,16 @@
+//! meshlet: one binary that makes an edge gateway a node of a data mesh.
+//!
+//! Data flows one way through modules that each own one concept:
+//! `product` (definitions) → ingest → pipeline → `store` → api / sync, with
+//! `policy` at the edges where data leaves a stage. `node` wires them into a
+//! running process; `cli` and `config` are the binary's front door.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod node;
+pub mod policy;
+pub mod product;
+pub mod record;
+pub mod store;
+pub mod telemetry;

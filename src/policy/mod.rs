@@ -1,0 +1,1 @@
+//! Local policies: the expression language, roles and masks.

@@ -1,0 +1,1 @@
+//! Product definitions (placeholder until the product module lands).
