@@ -997,7 +997,7 @@ impl<'s> Lexer<'s> {
             }
             lexer.pos > from
         };
-        if self.src.as_bytes()[start] == b'-' && !digits(self) {
+        if self.src.as_bytes().get(start) == Some(&b'-') && !digits(self) {
             return Err(self.error(start, "expected a digit after `-`"));
         }
         digits(self);
