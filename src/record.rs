@@ -63,17 +63,22 @@ impl Timestamp {
     /// Parses RFC 3339 / ISO 8601 with an offset (`2024-05-01T12:00:00Z`,
     /// `2024-05-01T14:00:00.5+02:00`).
     pub fn parse_rfc3339(text: &str) -> Result<Timestamp, TimestampError> {
-        let parsed: jiff::Timestamp = text.trim().parse().map_err(|e: jiff::Error| TimestampError {
-            input: text.to_string(),
-            reason: e.to_string(),
-        })?;
+        let parsed: jiff::Timestamp =
+            text.trim()
+                .parse()
+                .map_err(|e: jiff::Error| TimestampError {
+                    input: text.to_string(),
+                    reason: e.to_string(),
+                })?;
         Ok(Timestamp(parsed.as_microsecond()))
     }
 
     /// RFC 3339 in UTC, e.g. `2024-05-01T12:00:00.123456Z`; `None` outside the
     /// range an RFC 3339 string can represent (years 0000–9999 or so).
     pub fn to_rfc3339(self) -> Option<String> {
-        jiff::Timestamp::from_microsecond(self.0).ok().map(|t| t.to_string())
+        jiff::Timestamp::from_microsecond(self.0)
+            .ok()
+            .map(|t| t.to_string())
     }
 }
 
