@@ -5,7 +5,7 @@
 //!
 //! Per product (opened lazily by name; names are `[a-z][a-z0-9_]*`):
 //! `{product}/instances`, `{product}/history`, `{product}/audit`,
-//! `{product}/tombstones` (key layout in [`keys`]). One `meta` tree holds
+//! `{product}/tombstones` (key layout in `keys.rs`). One `meta` tree holds
 //! the store format version; a database written by a newer format is
 //! refused at open with [`StoreError::NewerFormat`] instead of being
 //! misread.
@@ -17,7 +17,7 @@
 //! transaction: all of its records or none are applied, also across a crash.
 //! Readers take no lock.
 //!
-//! **Merge** (see [`merge`]): a record's fields overwrite the instance's,
+//! **Merge** (see `merge.rs`): a record's fields overwrite the instance's,
 //! absent fields stay, `Value::Null` clears. Every record — even one that
 //! changes nothing — is one history event and bumps `version` by one, so
 //! `version` is the number of the newest history event. A **late** record
@@ -34,7 +34,7 @@
 //! keys are deleted. The instance record carries `tail_start`/`tail_len`, so
 //! sealing reads known keys and never range-scans inside the transaction.
 //!
-//! **Audit** (see [`audit`]): consecutive value changes from the same
+//! **Audit** (see `audit.rs`): consecutive value changes from the same
 //! origin coalesce into one `Updated` line; creation gets its own `Created`
 //! line; a record that changes no value writes no audit line. Lines hold
 //! field names, never values.
@@ -65,7 +65,7 @@
 //!
 //! # Corruption
 //!
-//! Every value starts with a format byte (see [`codec`]). Bytes that do not
+//! Every value starts with a format byte (see `codec.rs`). Bytes that do not
 //! decode yield [`StoreError::Corrupt`] naming product, entity and what
 //! (instance, history chunk, audit line...), never a panic; other entities
 //! keep working, [`Store::scan`] skips and reports corrupt entries, writes
@@ -76,7 +76,7 @@
 //!
 //! A write is on disk once [`Store::durable`] (or
 //! [`Store::durable_blocking`]) called after it returned has returned Ok;
-//! concurrent callers share one flush (see [`durable`]). sled also flushes
+//! concurrent callers share one flush (see `durable.rs`). sled also flushes
 //! on its own every 500 ms.
 
 mod audit;
@@ -99,6 +99,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 pub use config::StoreConfig;
 pub use error::StoreError;
+pub use retention::RETENTION_ORIGIN;
 pub use types::{
     AuditAction, AuditEntry, AuditQuery, Change, HistoryEvent, HistoryQuery, Instance, Page,
     RetentionSpec, SweepReport, Tombstone,
