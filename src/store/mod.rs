@@ -1,1 +1,355 @@
-//! The store (placeholder until the store module lands).
+//! The store: products' instances, history chunks, audit and tombstones in
+//! one sled database.
+//!
+//! # Trees
+//!
+//! Per product (opened lazily by name; names are `[a-z][a-z0-9_]*`):
+//! `{product}/instances`, `{product}/history`, `{product}/audit`,
+//! `{product}/tombstones` (key layout in `keys.rs`). One `meta` tree holds
+//! the store format version; a database written by a newer format is
+//! refused at open with [`StoreError::NewerFormat`] instead of being
+//! misread.
+//!
+//! # Writes
+//!
+//! Writers are serialized by one mutex, so sled transactions never conflict
+//! and never retry; each [`Store::upsert`] batch is one multi-tree
+//! transaction: all of its records or none are applied, also across a crash.
+//! Readers take no lock.
+//!
+//! **Merge** (see `merge.rs`): a record's fields overwrite the instance's,
+//! absent fields stay, `Value::Null` clears. Every record — even one that
+//! changes nothing — is one history event and bumps `version` by one, so
+//! `version` is the number of the newest history event. A **late** record
+//! (event time older than the instance's) goes to history in full but only
+//! fills fields the instance does not have; its nulls are ignored; it never
+//! moves the instance's `event_time` back. `last_seen` and `last_origin`
+//! are arrival facts and follow every record, late or not.
+//!
+//! **History**: the open tail is one small key per event (cheap appends).
+//! When it holds `history_chunk_events` events (or its version span
+//! reaches twice that, which only happens after retention thinned it) it is
+//! sealed, in the same transaction, into one zstd chunk whose header (event
+//! time range, versions, count) is readable without decompressing; the tail
+//! keys are deleted. The instance record carries `tail_start`/`tail_len`, so
+//! sealing reads known keys and never range-scans inside the transaction.
+//!
+//! **Audit** (see `audit.rs`): consecutive value changes from the same
+//! origin coalesce into one `Updated` line; creation gets its own `Created`
+//! line; a record that changes no value writes no audit line. Lines hold
+//! field names, never values.
+//!
+//! # Erasure and expiry
+//!
+//! [`Store::erase`] removes the instance, its whole history and every earlier
+//! audit line, and writes one `Erased` audit line (who, when, versions; no
+//! field names, no values) and a tombstone, in one transaction. A later
+//! upsert may re-create the entity: its versions start again at 1, it gets a
+//! `Created` audit line after the `Erased` one, and the tombstone is removed
+//! in the same transaction (a tombstone means "erased and not seen since").
+//! The guarantee is logical: no tree holds an erased value afterwards; sled
+//! may keep old bytes in its log segments until it reuses them.
+//!
+//! Retention expiry ([`Store::sweep_retention`]) removes an entity whose
+//! `last_seen` is older than `expire_after` the same way, but keeps one
+//! `Expired` audit line (origin `meshlet:retention`) and writes no
+//! tombstone: expiry is housekeeping, not an erasure request.
+//!
+//! # Reads
+//!
+//! Reads go straight to sled. A history read checks that the instance
+//! record is byte-identical before and after the range scan (every write
+//! that moves history rewrites it) and retries, finally under the writer
+//! lock, so a concurrent seal or sweep never yields missing or doubled
+//! events.
+//!
+//! # Corruption
+//!
+//! Every value starts with a format byte (see `codec.rs`). Bytes that do not
+//! decode yield [`StoreError::Corrupt`] naming product, entity and what
+//! (instance, history chunk, audit line...), never a panic; other entities
+//! keep working, [`Store::scan`] skips and reports corrupt entries, writes
+//! to a corrupt instance are refused (not silently overwritten) and
+//! [`Store::erase`] still clears it.
+//!
+//! # Durability
+//!
+//! A write is on disk once [`Store::durable`] (or
+//! [`Store::durable_blocking`]) called after it returned has returned Ok;
+//! concurrent callers share one flush (see `durable.rs`). sled also flushes
+//! on its own every 500 ms.
+
+mod audit;
+mod chunk;
+mod codec;
+mod config;
+mod durable;
+mod erase;
+mod error;
+mod keys;
+mod merge;
+mod read;
+mod retention;
+mod stored;
+mod types;
+mod write;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+pub use config::StoreConfig;
+pub use error::StoreError;
+pub use retention::RETENTION_ORIGIN;
+pub use types::{
+    AuditAction, AuditEntry, AuditQuery, Change, HistoryEvent, HistoryQuery, Instance, Page,
+    RetentionSpec, SweepReport, Tombstone,
+};
+
+use durable::GroupCommit;
+use stored::StoredMeta;
+
+/// The on-disk format this build writes and understands.
+pub const STORE_FORMAT_VERSION: u32 = 1;
+
+const META_TREE: &str = "meta";
+const META_FORMAT_KEY: &[u8] = b"format";
+
+/// Handle to the store; cheap to clone, all clones share one database.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: StoreConfig,
+    db: sled::Db,
+    products: RwLock<HashMap<String, Arc<ProductTrees>>>,
+    /// Serializes every write, so transactions never conflict.
+    writer: Mutex<()>,
+    group: GroupCommit,
+}
+
+/// The four trees of one product.
+pub(crate) struct ProductTrees {
+    pub name: String,
+    pub instances: sled::Tree,
+    pub history: sled::Tree,
+    pub audit: sled::Tree,
+    pub tombstones: sled::Tree,
+}
+
+impl Store {
+    /// Opens (or creates) the store at `config.path`.
+    ///
+    /// Fails with [`StoreError::NewerFormat`] if a newer meshlet wrote the
+    /// database, and with [`StoreError::Sled`] if another process holds it.
+    pub fn open(config: StoreConfig) -> Result<Store, StoreError> {
+        config.validate()?;
+        let span = tracing::info_span!("store.open", path = %config.path.display());
+        let _enter = span.enter();
+        let db = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_capacity_bytes)
+            .open()
+            .map_err(|e| StoreError::sled(format!("opening {}", config.path.display()), e))?;
+        check_format(&db, &config)?;
+        let group = GroupCommit::start(db.clone())?;
+        tracing::debug!("store opened");
+        Ok(Store {
+            inner: Arc::new(Inner {
+                config,
+                db,
+                products: RwLock::new(HashMap::new()),
+                writer: Mutex::new(()),
+                group,
+            }),
+        })
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// Returns only when every write that returned before this call is on
+    /// disk. Concurrent callers share one flush.
+    pub async fn durable(&self) -> Result<(), StoreError> {
+        self.inner.group.durable().await
+    }
+
+    /// [`Store::durable`] for threads outside an async runtime (it blocks
+    /// the calling thread; inside tokio use `durable().await`).
+    pub fn durable_blocking(&self) -> Result<(), StoreError> {
+        self.inner.group.durable_blocking()
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.inner
+            .db
+            .size_on_disk()
+            .map_err(|e| StoreError::sled("measuring size on disk", e))
+    }
+
+    /// Number of instances of `product`. Walks the product's keys: O(n).
+    pub fn count(&self, product: &str) -> Result<u64, StoreError> {
+        let trees = self.product(product)?;
+        Ok(trees.instances.len() as u64)
+    }
+
+    /// The raw sled database, for tests that need to look under the hood
+    /// (erasure checks, corruption injection). Not part of the API.
+    #[doc(hidden)]
+    pub fn raw_db(&self) -> &sled::Db {
+        &self.inner.db
+    }
+
+    /// The trees of `product`, opened on first use.
+    pub(crate) fn product(&self, product: &str) -> Result<Arc<ProductTrees>, StoreError> {
+        if let Some(trees) = self
+            .inner
+            .products
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(product)
+        {
+            return Ok(Arc::clone(trees));
+        }
+        validate_product_name(product)?;
+        let mut products = self
+            .inner
+            .products
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(trees) = products.get(product) {
+            return Ok(Arc::clone(trees));
+        }
+        let open = |suffix: &str| {
+            let name = format!("{product}/{suffix}");
+            self.inner
+                .db
+                .open_tree(&name)
+                .map_err(|e| StoreError::sled(format!("opening tree `{name}`"), e))
+        };
+        let trees = Arc::new(ProductTrees {
+            name: product.to_string(),
+            instances: open("instances")?,
+            history: open("history")?,
+            audit: open("audit")?,
+            tombstones: open("tombstones")?,
+        });
+        products.insert(product.to_string(), Arc::clone(&trees));
+        tracing::debug!(product, "product trees opened");
+        Ok(trees)
+    }
+
+    /// Takes the writer lock (a poisoned lock is fine: the data lives in
+    /// sled, whose transactions are all-or-nothing).
+    pub(crate) fn write_lock(&self) -> MutexGuard<'_, ()> {
+        self.inner.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Rejects empty and over-long entity keys.
+    pub(crate) fn check_entity(&self, product: &str, entity: &str) -> Result<(), StoreError> {
+        if entity.is_empty() {
+            return Err(StoreError::EmptyEntityKey {
+                product: product.to_string(),
+            });
+        }
+        let max = self.inner.config.max_entity_key_bytes;
+        if entity.len() > max {
+            let mut cut = 64.min(entity.len());
+            while !entity.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            return Err(StoreError::KeyTooLong {
+                product: product.to_string(),
+                entity_prefix: entity[..cut].to_string(),
+                len: entity.len(),
+                max,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Product names become tree names, so they are kept to a safe alphabet.
+fn validate_product_name(product: &str) -> Result<(), StoreError> {
+    let mut chars = product.chars();
+    let valid = matches!(chars.next(), Some('a'..='z'))
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'));
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidProductName {
+            product: product.to_string(),
+        })
+    }
+}
+
+/// Writes the format version into a new database, refuses a newer one.
+fn check_format(db: &sled::Db, config: &StoreConfig) -> Result<(), StoreError> {
+    let path = &config.path;
+    let meta = db
+        .open_tree(META_TREE)
+        .map_err(|e| StoreError::sled("opening tree `meta`", e))?;
+    let stored = meta
+        .get(META_FORMAT_KEY)
+        .map_err(|e| StoreError::sled("reading the store format", e))?;
+    match stored {
+        Some(bytes) => {
+            let stored: StoredMeta = codec::decode(&bytes).map_err(|e| StoreError::Meta {
+                path: path.clone(),
+                detail: format!("format record: {e}"),
+            })?;
+            if stored.format_version > STORE_FORMAT_VERSION {
+                return Err(StoreError::NewerFormat {
+                    path: path.clone(),
+                    found: stored.format_version,
+                    supported: STORE_FORMAT_VERSION,
+                });
+            }
+        }
+        None => {
+            let bytes = codec::encode(&StoredMeta {
+                format_version: STORE_FORMAT_VERSION,
+            })
+            .map_err(|e| StoreError::Meta {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+            meta.insert(META_FORMAT_KEY, bytes)
+                .map_err(|e| StoreError::sled("writing the store format", e))?;
+            meta.flush()
+                .map_err(|e| StoreError::sled("writing the store format", e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Maps a transaction result: an abort carries our own error.
+pub(crate) fn tx_result<T>(
+    result: sled::transaction::TransactionResult<T, StoreError>,
+    context: impl FnOnce() -> String,
+) -> Result<T, StoreError> {
+    match result {
+        Ok(value) => Ok(value),
+        Err(sled::transaction::TransactionError::Abort(e)) => Err(e),
+        Err(sled::transaction::TransactionError::Storage(e)) => Err(StoreError::sled(context(), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn product_names_are_checked() {
+        for ok in ["machine_health", "a", "p2"] {
+            assert!(validate_product_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Machine", "2x", "a/b", "a-b", "meta/x", "_a"] {
+            assert!(validate_product_name(bad).is_err(), "{bad}");
+        }
+    }
+}

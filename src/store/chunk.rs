@@ -1,0 +1,183 @@
+//! Sealed history chunks (pure encode/decode).
+//!
+//! A chunk holds many consecutive history events of one entity compressed
+//! together — compression per chunk, not per event, is what keeps edge
+//! disks alive. Its frame:
+//!
+//! ```text
+//! [FORMAT_CHUNK] [u32 BE header length] [header: codec value] [body: codec value]
+//! ```
+//!
+//! The header ([`ChunkHeader`]: versions, count, event-time range) is a small
+//! plain MessagePack value readable without decompressing the body, so
+//! history queries skip chunks outside their range and retention drops whole
+//! chunks without touching their events. The body is a codec value of its
+//! own (today `zstd(MessagePack)`), so a dictionary format can replace it
+//! later without changing the frame.
+
+use serde::{Deserialize, Serialize};
+
+use super::codec::{self, CodecError, FORMAT_CHUNK};
+use super::stored::StoredEvent;
+use crate::record::Timestamp;
+
+/// What a chunk holds, readable without decompressing it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ChunkHeader {
+    pub first_version: u64,
+    pub last_version: u64,
+    /// Number of events (may be less than the version span after retention).
+    pub count: u64,
+    pub min_event_time: Timestamp,
+    pub max_event_time: Timestamp,
+}
+
+/// Encodes events (non-empty, ascending versions) into one chunk frame.
+pub(crate) fn encode_chunk(events: &[StoredEvent], zstd_level: i32) -> Result<Vec<u8>, CodecError> {
+    let (first, last) = match (events.first(), events.last()) {
+        (Some(f), Some(l)) => (f, l),
+        _ => return Err(CodecError("a chunk needs at least one event".to_string())),
+    };
+    let header = ChunkHeader {
+        first_version: first.version,
+        last_version: last.version,
+        count: events.len() as u64,
+        min_event_time: events
+            .iter()
+            .map(|e| e.event_time)
+            .min()
+            .unwrap_or(first.event_time),
+        max_event_time: events
+            .iter()
+            .map(|e| e.event_time)
+            .max()
+            .unwrap_or(first.event_time),
+    };
+    let header_bytes = codec::encode(&header)?;
+    let body = codec::encode_compressed(&events, zstd_level)?;
+    let header_len = u32::try_from(header_bytes.len())
+        .map_err(|_| CodecError("chunk header too large".to_string()))?;
+    let mut out = Vec::with_capacity(5 + header_bytes.len() + body.len());
+    out.push(FORMAT_CHUNK);
+    out.extend_from_slice(&header_len.to_be_bytes());
+    out.extend_from_slice(&header_bytes);
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+fn split_frame(bytes: &[u8]) -> Result<(&[u8], &[u8]), CodecError> {
+    match bytes.first() {
+        Some(&FORMAT_CHUNK) => {}
+        Some(other) => {
+            return Err(CodecError(format!(
+                "not a chunk frame (format byte {other})"
+            )))
+        }
+        None => return Err(CodecError("empty chunk".to_string())),
+    }
+    let len_bytes: [u8; 4] = bytes
+        .get(1..5)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| CodecError("truncated chunk frame".to_string()))?;
+    let header_len = u32::from_be_bytes(len_bytes) as usize;
+    let header = bytes
+        .get(5..5usize.saturating_add(header_len))
+        .ok_or_else(|| CodecError("truncated chunk header".to_string()))?;
+    Ok((header, &bytes[5 + header_len..]))
+}
+
+/// Reads only the header.
+pub(crate) fn decode_chunk_header(bytes: &[u8]) -> Result<ChunkHeader, CodecError> {
+    let (header, _) = split_frame(bytes)?;
+    codec::decode(header)
+}
+
+/// Reads header and events, checking that they agree.
+pub(crate) fn decode_chunk(bytes: &[u8]) -> Result<(ChunkHeader, Vec<StoredEvent>), CodecError> {
+    let (header_bytes, body) = split_frame(bytes)?;
+    let header: ChunkHeader = codec::decode(header_bytes)?;
+    let events: Vec<StoredEvent> = codec::decode(body)?;
+    let consistent = events.len() as u64 == header.count
+        && events.first().map(|e| e.version) == Some(header.first_version)
+        && events.last().map(|e| e.version) == Some(header.last_version)
+        && events.windows(2).all(|w| w[0].version < w[1].version);
+    if !consistent {
+        return Err(CodecError(format!(
+            "chunk header (versions {}..={}, {} events) does not match its {} events",
+            header.first_version,
+            header.last_version,
+            header.count,
+            events.len()
+        )));
+    }
+    Ok((header, events))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Fields, Origin, Value};
+
+    pub(crate) fn event(version: u64, event_time: i64) -> StoredEvent {
+        let mut fields = Fields::new();
+        fields.insert("temp".into(), Value::Float(20.0 + version as f64));
+        fields.insert("status".into(), Value::String("ok".into()));
+        StoredEvent {
+            version,
+            event_time: Timestamp(event_time),
+            received_at: Timestamp(event_time + 5),
+            fields,
+            origin: Origin::new("mqtt:plant/m1"),
+        }
+    }
+
+    #[test]
+    fn chunk_round_trips_and_header_reads_alone() {
+        let events: Vec<_> = (10..=20).map(|v| event(v, 1000 - v as i64)).collect();
+        let bytes = encode_chunk(&events, 3).unwrap();
+        let header = decode_chunk_header(&bytes).unwrap();
+        assert_eq!(
+            header,
+            ChunkHeader {
+                first_version: 10,
+                last_version: 20,
+                count: 11,
+                min_event_time: Timestamp(980),
+                max_event_time: Timestamp(990),
+            }
+        );
+        let (h2, back) = decode_chunk(&bytes).unwrap();
+        assert_eq!(h2, header);
+        assert_eq!(back, events);
+    }
+
+    #[test]
+    fn header_survives_a_corrupt_body_but_full_decode_fails() {
+        let events: Vec<_> = (1..=50).map(|v| event(v, v as i64)).collect();
+        let mut bytes = encode_chunk(&events, 3).unwrap();
+        let n = bytes.len();
+        bytes[n - 10..].fill(0xAA);
+        assert!(decode_chunk_header(&bytes).is_ok());
+        assert!(decode_chunk(&bytes).is_err());
+    }
+
+    #[test]
+    fn repeated_events_compress_well() {
+        let events: Vec<_> = (1..=256).map(|v| event(v, v as i64 * 1_000_000)).collect();
+        let plain: usize = events.iter().map(|e| codec::encode(e).unwrap().len()).sum();
+        let chunk = encode_chunk(&events, 3).unwrap().len();
+        assert!(
+            chunk * 3 < plain,
+            "chunk {chunk} bytes vs {plain} bytes as single events"
+        );
+    }
+
+    #[test]
+    fn malformed_frames_are_errors() {
+        assert!(decode_chunk_header(&[]).is_err());
+        assert!(decode_chunk_header(&[FORMAT_CHUNK, 0, 0]).is_err());
+        assert!(decode_chunk_header(&[FORMAT_CHUNK, 0xff, 0xff, 0xff, 0xff, 1]).is_err());
+        assert!(decode_chunk(&[1, 0x90]).is_err());
+        assert!(encode_chunk(&[], 3).is_err());
+    }
+}

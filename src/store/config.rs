@@ -1,0 +1,95 @@
+//! Store configuration with documented defaults.
+
+use std::path::PathBuf;
+
+use super::StoreError;
+
+/// How to open a [`Store`](super::Store).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreConfig {
+    /// Directory of the sled database (created if missing).
+    pub path: PathBuf,
+    /// sled page cache size. Default 16 MiB: small enough for a
+    /// Raspberry Pi class box, large enough to keep hot instances cached.
+    pub cache_capacity_bytes: u64,
+    /// Events per sealed history chunk. Default 256: big enough for zstd to
+    /// find the repetition between events, small enough that a boundary
+    /// chunk rewrite during retention stays cheap. At least 2.
+    pub history_chunk_events: usize,
+    /// zstd level for chunks. Default 3 (zstd's own default: good ratio at
+    /// low CPU cost on ARM).
+    pub zstd_level: i32,
+    /// Longest accepted entity key, in bytes. Default 512; at most 65,535
+    /// (the history and audit keys carry the length as a `u16`).
+    pub max_entity_key_bytes: usize,
+}
+
+impl StoreConfig {
+    pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 16 * 1024 * 1024;
+    pub const DEFAULT_HISTORY_CHUNK_EVENTS: usize = 256;
+    pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+    pub const DEFAULT_MAX_ENTITY_KEY_BYTES: usize = 512;
+
+    /// A config for `path` with every other setting at its default.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            path: path.into(),
+            cache_capacity_bytes: Self::DEFAULT_CACHE_CAPACITY_BYTES,
+            history_chunk_events: Self::DEFAULT_HISTORY_CHUNK_EVENTS,
+            zstd_level: Self::DEFAULT_ZSTD_LEVEL,
+            max_entity_key_bytes: Self::DEFAULT_MAX_ENTITY_KEY_BYTES,
+        }
+    }
+
+    /// Every problem at once, so one edit fixes the config.
+    pub(crate) fn validate(&self) -> Result<(), StoreError> {
+        let mut problems = Vec::new();
+        if self.history_chunk_events < 2 {
+            problems.push(format!(
+                "history_chunk_events must be at least 2, got {}",
+                self.history_chunk_events
+            ));
+        }
+        if self.max_entity_key_bytes == 0 || self.max_entity_key_bytes > usize::from(u16::MAX) {
+            problems.push(format!(
+                "max_entity_key_bytes must be 1..=65535, got {}",
+                self.max_entity_key_bytes
+            ));
+        }
+        let levels = zstd::compression_level_range();
+        if !levels.contains(&self.zstd_level) {
+            problems.push(format!(
+                "zstd_level must be in {}..={}, got {}",
+                levels.start(),
+                levels.end(),
+                self.zstd_level
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::InvalidConfig(problems.join("; ")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_all_reported() {
+        assert!(StoreConfig::new("/tmp/x").validate().is_ok());
+        let mut bad = StoreConfig::new("/tmp/x");
+        bad.history_chunk_events = 1;
+        bad.max_entity_key_bytes = 70_000;
+        bad.zstd_level = 99;
+        let msg = bad.validate().unwrap_err().to_string();
+        assert!(
+            msg.contains("history_chunk_events")
+                && msg.contains("max_entity_key_bytes")
+                && msg.contains("zstd_level"),
+            "{msg}"
+        );
+    }
+}

@@ -1,0 +1,291 @@
+//! Reads: instances, scans, history and audit. No locks: sled reads are
+//! atomic per key; history reads are made consistent per entity (see
+//! [`Store::history`]).
+
+use std::ops::Bound;
+
+use super::chunk::{decode_chunk, decode_chunk_header, ChunkHeader};
+use super::codec;
+use super::keys::{entity_prefix, parse_history_key, TAG_CHUNK, TAG_TAIL};
+use super::stored::{StoredAuditLine, StoredEvent, StoredInstance, StoredTombstone};
+use super::{
+    AuditEntry, AuditQuery, HistoryEvent, HistoryQuery, Instance, Page, ProductTrees, Store,
+    StoreError, Tombstone,
+};
+
+/// Optimistic history reads before falling back to the writer lock.
+const HISTORY_READ_ATTEMPTS: usize = 3;
+
+impl Store {
+    /// The current state of one entity, `None` if it does not exist.
+    pub fn get(&self, product: &str, entity: &str) -> Result<Option<Instance>, StoreError> {
+        self.check_entity(product, entity)?;
+        let trees = self.product(product)?;
+        let bytes = trees.instances.get(entity.as_bytes()).map_err(|e| {
+            StoreError::sled(
+                format!("product `{product}`, entity `{entity}`: reading instance"),
+                e,
+            )
+        })?;
+        match bytes {
+            Some(bytes) => decode_instance(product, entity, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// One page of instances ordered by entity key bytes, starting after
+    /// the exclusive cursor `after` (an entity key). At most `limit` entries
+    /// are visited (a `limit` of 0 counts as 1); corrupt entries are skipped
+    /// and reported in [`Page::errors`] and count towards the limit.
+    /// `next_after` is `None` once the end is reached. Entities written
+    /// during a scan may or may not be seen; none is seen twice.
+    pub fn scan(
+        &self,
+        product: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let trees = self.product(product)?;
+        let limit = limit.max(1);
+        let mut range = match after {
+            Some(after) => trees
+                .instances
+                .range::<&[u8], _>((Bound::Excluded(after.as_bytes()), Bound::Unbounded)),
+            None => trees.instances.iter(),
+        };
+        let mut page = Page {
+            instances: Vec::new(),
+            errors: Vec::new(),
+            next_after: None,
+        };
+        let mut visited = 0usize;
+        let mut last_key = None;
+        for item in range.by_ref() {
+            let (key, value) = item.map_err(|e| {
+                StoreError::sled(format!("product `{product}`: scanning instances"), e)
+            })?;
+            let entity = String::from_utf8_lossy(&key).into_owned();
+            match decode_instance(product, &entity, &value) {
+                Ok(instance) => page.instances.push(instance),
+                Err(e) => {
+                    tracing::warn!(product, entity, error = %e, "skipping corrupt instance in scan");
+                    page.errors.push(e);
+                }
+            }
+            last_key = Some(entity);
+            visited += 1;
+            if visited == limit {
+                break;
+            }
+        }
+        if visited == limit {
+            let more = range
+                .next()
+                .transpose()
+                .map_err(|e| {
+                    StoreError::sled(format!("product `{product}`: scanning instances"), e)
+                })?
+                .is_some();
+            if more {
+                page.next_after = last_key;
+            }
+        }
+        Ok(page)
+    }
+
+    /// History events of one entity in version order, filtered by `query`.
+    ///
+    /// Consistent per entity: the instance record is compared before and
+    /// after the range scan (every write that touches history rewrites it);
+    /// on a mismatch the read is retried, finally under the writer lock, so
+    /// a concurrent seal or retention sweep never shows missing or doubled
+    /// events. An entity that does not exist has no history.
+    pub fn history(
+        &self,
+        product: &str,
+        entity: &str,
+        query: &HistoryQuery,
+    ) -> Result<Vec<HistoryEvent>, StoreError> {
+        self.check_entity(product, entity)?;
+        let trees = self.product(product)?;
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let read_instance = || {
+            trees.instances.get(entity.as_bytes()).map_err(|e| {
+                StoreError::sled(
+                    format!("product `{product}`, entity `{entity}`: reading instance"),
+                    e,
+                )
+            })
+        };
+        for _ in 0..HISTORY_READ_ATTEMPTS {
+            let before = read_instance()?;
+            if before.is_none() {
+                return Ok(Vec::new());
+            }
+            let events = read_history(&trees, entity, query)?;
+            if read_instance()? == before {
+                return Ok(events);
+            }
+        }
+        let _writer = self.write_lock();
+        if read_instance()?.is_none() {
+            return Ok(Vec::new());
+        }
+        read_history(&trees, entity, query)
+    }
+
+    /// Audit lines of one entity, oldest first. A line matches if it
+    /// overlaps the query window: `last_at >= since` and `first_at < until`.
+    /// Lines survive erasure and expiry of the entity (only the final
+    /// `Erased`/`Expired` line does).
+    pub fn audit(
+        &self,
+        product: &str,
+        entity: &str,
+        query: &AuditQuery,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.check_entity(product, entity)?;
+        let trees = self.product(product)?;
+        let mut entries = Vec::new();
+        if query.limit == 0 {
+            return Ok(entries);
+        }
+        for item in trees.audit.scan_prefix(entity_prefix(entity)) {
+            let (_, value) = item.map_err(|e| {
+                StoreError::sled(
+                    format!("product `{product}`, entity `{entity}`: reading audit"),
+                    e,
+                )
+            })?;
+            let line: StoredAuditLine = codec::decode(&value)
+                .map_err(|e| StoreError::corrupt(product, entity, "audit line", e))?;
+            if query.since.is_some_and(|since| line.last_at < since)
+                || query.until.is_some_and(|until| line.first_at >= until)
+            {
+                continue;
+            }
+            entries.push(line.into());
+            if entries.len() >= query.limit {
+                break;
+            }
+        }
+        Ok(entries)
+    }
+
+    /// The tombstone of an erased entity; `None` if it was never erased or
+    /// has been re-created since.
+    pub fn tombstone(&self, product: &str, entity: &str) -> Result<Option<Tombstone>, StoreError> {
+        self.check_entity(product, entity)?;
+        let trees = self.product(product)?;
+        let bytes = trees.tombstones.get(entity.as_bytes()).map_err(|e| {
+            StoreError::sled(
+                format!("product `{product}`, entity `{entity}`: reading tombstone"),
+                e,
+            )
+        })?;
+        match bytes {
+            Some(bytes) => codec::decode::<StoredTombstone>(&bytes)
+                .map(|t| Some(t.into()))
+                .map_err(|e| StoreError::corrupt(product, entity, "tombstone", e)),
+            None => Ok(None),
+        }
+    }
+}
+
+pub(crate) fn decode_instance(
+    product: &str,
+    entity: &str,
+    bytes: &[u8],
+) -> Result<Instance, StoreError> {
+    decode_stored_instance(product, entity, bytes).map(|s| s.to_instance(entity))
+}
+
+pub(crate) fn decode_stored_instance(
+    product: &str,
+    entity: &str,
+    bytes: &[u8],
+) -> Result<StoredInstance, StoreError> {
+    codec::decode(bytes).map_err(|e| StoreError::corrupt(product, entity, "instance", e))
+}
+
+/// Whether a chunk can hold no event the query wants (header only).
+fn chunk_outside(header: &ChunkHeader, query: &HistoryQuery) -> bool {
+    query
+        .after_version
+        .is_some_and(|v| header.last_version <= v)
+        || query
+            .since
+            .is_some_and(|since| header.max_event_time < since)
+        || query
+            .until
+            .is_some_and(|until| header.min_event_time >= until)
+}
+
+fn event_wanted(event: &StoredEvent, query: &HistoryQuery) -> bool {
+    !(query.after_version.is_some_and(|v| event.version <= v)
+        || query.since.is_some_and(|since| event.event_time < since)
+        || query.until.is_some_and(|until| event.event_time >= until))
+}
+
+/// One range scan over the entity's chunks then tail.
+fn read_history(
+    trees: &ProductTrees,
+    entity: &str,
+    query: &HistoryQuery,
+) -> Result<Vec<HistoryEvent>, StoreError> {
+    let product = trees.name.as_str();
+    let mut out = Vec::new();
+    for item in trees.history.scan_prefix(entity_prefix(entity)) {
+        let (key, value) = item.map_err(|e| {
+            StoreError::sled(
+                format!("product `{product}`, entity `{entity}`: reading history"),
+                e,
+            )
+        })?;
+        let (tag, version) = parse_history_key(&key)
+            .ok_or_else(|| StoreError::corrupt(product, entity, "history key", "malformed key"))?;
+        match tag {
+            TAG_CHUNK => {
+                let header = decode_chunk_header(&value)
+                    .map_err(|e| StoreError::corrupt(product, entity, "history chunk", e))?;
+                if chunk_outside(&header, query) {
+                    continue;
+                }
+                let (_, events) = decode_chunk(&value)
+                    .map_err(|e| StoreError::corrupt(product, entity, "history chunk", e))?;
+                for event in events {
+                    if event_wanted(&event, query) {
+                        out.push(event.into());
+                        if out.len() >= query.limit {
+                            return Ok(out);
+                        }
+                    }
+                }
+            }
+            TAG_TAIL => {
+                if query.after_version.is_some_and(|v| version <= v) {
+                    continue;
+                }
+                let event: StoredEvent = codec::decode(&value)
+                    .map_err(|e| StoreError::corrupt(product, entity, "history event", e))?;
+                if event_wanted(&event, query) {
+                    out.push(event.into());
+                    if out.len() >= query.limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            other => {
+                return Err(StoreError::corrupt(
+                    product,
+                    entity,
+                    "history key",
+                    format!("unknown tag {other}"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,446 @@
+//! Retention: trimming history and expiring idle entities, in bounded steps.
+//!
+//! Per entity, in this order:
+//! 1. **Expiry**: if `expire_after` is set and the entity's `last_seen`
+//!    (arrival time) is older than `now - expire_after`, the entity is
+//!    removed entirely like an erasure, except that one `Expired` audit line
+//!    (origin `meshlet:retention`) is left and no tombstone is written.
+//! 2. **History**: an event is dropped if it is not among the newest
+//!    `history_keep` events (by version), or if its `event_time` is older
+//!    than `now - history_max_age`. Sealed chunks are judged by their header
+//!    first: a chunk entirely dropped or entirely kept is never
+//!    decompressed; only a boundary chunk is decoded and rewritten (under
+//!    a key of its new first version). The instance's version is unchanged.
+//!
+//! Each entity is its own transaction under the writer lock, so a sweep
+//! interleaves with ingest instead of stalling it, and a sweep cut short by a
+//! crash resumes from any cursor without harm.
+
+use std::ops::Bound;
+
+use sled::transaction::ConflictableTransactionError;
+use sled::Transactional;
+
+use super::chunk::{decode_chunk, decode_chunk_header, encode_chunk, ChunkHeader};
+use super::codec::{self, CodecError};
+use super::erase::remove_entity;
+use super::keys::{chunk_key, entity_prefix, parse_history_key, TAG_CHUNK, TAG_TAIL};
+use super::read::decode_stored_instance;
+use super::stored::{StoredAuditLine, StoredEvent};
+use super::{tx_result, AuditAction, ProductTrees, RetentionSpec, Store, StoreError, SweepReport};
+use crate::record::{Origin, Timestamp};
+
+/// The origin recorded on `Expired` audit lines.
+pub const RETENTION_ORIGIN: &str = "meshlet:retention";
+
+/// One stored history entry of an entity, as the planner sees it.
+pub(crate) enum HistoryItem {
+    Chunk {
+        key: Vec<u8>,
+        header: ChunkHeader,
+        bytes: Vec<u8>,
+    },
+    Tail {
+        key: Vec<u8>,
+        event: StoredEvent,
+    },
+}
+
+/// What to change in one entity's history.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct HistoryPlan {
+    pub removes: Vec<Vec<u8>>,
+    pub inserts: Vec<(Vec<u8>, Vec<u8>)>,
+    pub events_removed: u64,
+    pub chunks_rewritten: u64,
+    /// Lowest version left in the tail and how many tail events are left.
+    pub tail_start: Option<u64>,
+    pub tail_len: u64,
+}
+
+impl HistoryPlan {
+    fn is_empty(&self) -> bool {
+        self.removes.is_empty() && self.inserts.is_empty()
+    }
+}
+
+/// Decides which history events go (pure: items in, plan out).
+/// `items` are in key order (chunks by version, then the tail).
+pub(crate) fn plan_history(
+    entity: &str,
+    items: Vec<HistoryItem>,
+    keep: Option<u64>,
+    cutoff: Option<Timestamp>,
+    zstd_level: i32,
+) -> Result<HistoryPlan, (&'static str, CodecError)> {
+    let total: u64 = items
+        .iter()
+        .map(|item| match item {
+            HistoryItem::Chunk { header, .. } => header.count,
+            HistoryItem::Tail { .. } => 1,
+        })
+        .sum();
+    let mut drop_front = keep.map_or(0, |keep| total.saturating_sub(keep));
+    let too_old = |t: Timestamp| cutoff.is_some_and(|cutoff| t < cutoff);
+    let mut plan = HistoryPlan::default();
+    for item in items {
+        match item {
+            HistoryItem::Chunk { key, header, bytes } => {
+                let count = header.count;
+                if drop_front >= count {
+                    drop_front -= count;
+                    plan.removes.push(key);
+                    plan.events_removed += count;
+                    continue;
+                }
+                if drop_front == 0 && !too_old(header.min_event_time) {
+                    continue;
+                }
+                if drop_front == 0 && too_old(header.max_event_time) {
+                    plan.removes.push(key);
+                    plan.events_removed += count;
+                    continue;
+                }
+                let (_, events) = decode_chunk(&bytes).map_err(|e| ("history chunk", e))?;
+                let skip = usize::try_from(drop_front).unwrap_or(usize::MAX);
+                drop_front = 0;
+                let kept: Vec<StoredEvent> = events
+                    .into_iter()
+                    .skip(skip)
+                    .filter(|e| !too_old(e.event_time))
+                    .collect();
+                plan.events_removed += count - kept.len() as u64;
+                plan.removes.push(key);
+                if let Some(first) = kept.first() {
+                    let bytes =
+                        encode_chunk(&kept, zstd_level).map_err(|e| ("history chunk", e))?;
+                    plan.inserts.push((chunk_key(entity, first.version), bytes));
+                    plan.chunks_rewritten += 1;
+                }
+            }
+            HistoryItem::Tail { key, event } => {
+                if drop_front > 0 || too_old(event.event_time) {
+                    drop_front = drop_front.saturating_sub(1);
+                    plan.removes.push(key);
+                    plan.events_removed += 1;
+                } else {
+                    plan.tail_start = Some(
+                        plan.tail_start
+                            .map_or(event.version, |v| v.min(event.version)),
+                    );
+                    plan.tail_len += 1;
+                }
+            }
+        }
+    }
+    Ok(plan)
+}
+
+impl Store {
+    /// Applies `policy` to at most `budget` entities (0 counts as 1) of
+    /// `product`, in entity key order, starting after `cursor`. Returns
+    /// where to resume; `next_cursor` is `None` once the end is reached.
+    /// Entities whose stored data is corrupt are skipped and reported in
+    /// [`SweepReport::errors`].
+    pub fn sweep_retention(
+        &self,
+        product: &str,
+        policy: &RetentionSpec,
+        now: Timestamp,
+        cursor: Option<&str>,
+        budget: usize,
+    ) -> Result<SweepReport, StoreError> {
+        let trees = self.product(product)?;
+        let budget = budget.max(1);
+        let span = tracing::debug_span!("store.sweep", product, cursor, budget);
+        let _enter = span.enter();
+        let mut keys = match cursor {
+            Some(cursor) => trees
+                .instances
+                .range::<&[u8], _>((Bound::Excluded(cursor.as_bytes()), Bound::Unbounded)),
+            None => trees.instances.iter(),
+        }
+        .keys();
+        let mut report = SweepReport::default();
+        let mut last = None;
+        for key in keys.by_ref() {
+            let key = key.map_err(|e| {
+                StoreError::sled(
+                    format!("product `{product}`: listing instances for retention"),
+                    e,
+                )
+            })?;
+            let entity = String::from_utf8_lossy(&key).into_owned();
+            report.entities_visited += 1;
+            if let Err(e) = self.sweep_entity(&trees, &entity, policy, now, &mut report) {
+                if e.is_corrupt() {
+                    tracing::warn!(entity, error = %e, "retention skipped a corrupt entity");
+                    report.errors.push(e);
+                } else {
+                    return Err(e);
+                }
+            }
+            last = Some(entity);
+            if report.entities_visited as usize >= budget {
+                break;
+            }
+        }
+        if report.entities_visited as usize >= budget {
+            let more = keys
+                .next()
+                .transpose()
+                .map_err(|e| {
+                    StoreError::sled(
+                        format!("product `{product}`: listing instances for retention"),
+                        e,
+                    )
+                })?
+                .is_some();
+            if more {
+                report.next_cursor = last;
+            }
+        }
+        tracing::debug!(
+            visited = report.entities_visited,
+            events_removed = report.events_removed,
+            chunks_rewritten = report.chunks_rewritten,
+            expired = report.entities_expired,
+            "retention sweep step done"
+        );
+        Ok(report)
+    }
+
+    fn sweep_entity(
+        &self,
+        trees: &ProductTrees,
+        entity: &str,
+        policy: &RetentionSpec,
+        now: Timestamp,
+        report: &mut SweepReport,
+    ) -> Result<(), StoreError> {
+        let product = trees.name.as_str();
+        let context = |what: &str| format!("product `{product}`, entity `{entity}`: {what}");
+        let _writer = self.write_lock();
+        let Some(bytes) = trees
+            .instances
+            .get(entity.as_bytes())
+            .map_err(|e| StoreError::sled(context("reading instance"), e))?
+        else {
+            return Ok(()); // erased since it was listed
+        };
+        let mut state = decode_stored_instance(product, entity, &bytes)?;
+
+        if policy
+            .expire_after
+            .is_some_and(|after| state.last_seen < now.saturating_sub(after))
+        {
+            let line = StoredAuditLine {
+                first_at: now,
+                last_at: now,
+                action: AuditAction::Expired,
+                from_version: state.version,
+                to_version: state.version,
+                count: 1,
+                fields: Vec::new(),
+                origin: Origin::new(RETENTION_ORIGIN),
+            };
+            let removed = remove_entity(trees, entity, &line, None)?;
+            self.inner.group.wrote();
+            report.entities_expired += 1;
+            report.events_removed += removed.history_events;
+            tracing::debug!(entity, last_seen = %state.last_seen, "entity expired");
+            return Ok(());
+        }
+        if policy.history_keep.is_none() && policy.history_max_age.is_none() {
+            return Ok(());
+        }
+
+        let items = self.history_items(trees, entity)?;
+        let cutoff = policy.history_max_age.map(|age| now.saturating_sub(age));
+        let plan = plan_history(
+            entity,
+            items,
+            policy.history_keep,
+            cutoff,
+            self.config().zstd_level,
+        )
+        .map_err(|(what, e)| StoreError::corrupt(product, entity, what, e))?;
+        if plan.is_empty() {
+            return Ok(());
+        }
+        state.tail_len = plan.tail_len;
+        state.tail_start = plan.tail_start.unwrap_or(state.version + 1);
+        state.history_rev = state.history_rev.wrapping_add(1);
+        let instance_bytes = codec::encode(&state)
+            .map_err(|e| StoreError::encode(product, entity, "instance", e))?;
+        let result = (&trees.instances, &trees.history).transaction(|(instances, history)| {
+            for key in &plan.removes {
+                history.remove(key.as_slice())?;
+            }
+            for (key, value) in &plan.inserts {
+                history.insert(key.as_slice(), value.as_slice())?;
+            }
+            instances.insert(entity.as_bytes(), instance_bytes.as_slice())?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        });
+        tx_result(result, || context("trimming history"))?;
+        self.inner.group.wrote();
+        report.events_removed += plan.events_removed;
+        report.chunks_rewritten += plan.chunks_rewritten;
+        tracing::debug!(
+            entity,
+            events_removed = plan.events_removed,
+            chunks_rewritten = plan.chunks_rewritten,
+            "history trimmed"
+        );
+        Ok(())
+    }
+
+    /// The entity's history entries, chunk headers decoded, tail events
+    /// decoded. Called under the writer lock.
+    fn history_items(
+        &self,
+        trees: &ProductTrees,
+        entity: &str,
+    ) -> Result<Vec<HistoryItem>, StoreError> {
+        let product = trees.name.as_str();
+        let mut items = Vec::new();
+        for item in trees.history.scan_prefix(entity_prefix(entity)) {
+            let (key, value) = item.map_err(|e| {
+                StoreError::sled(
+                    format!("product `{product}`, entity `{entity}`: reading history"),
+                    e,
+                )
+            })?;
+            match parse_history_key(&key) {
+                Some((TAG_CHUNK, _)) => {
+                    let header = decode_chunk_header(&value)
+                        .map_err(|e| StoreError::corrupt(product, entity, "history chunk", e))?;
+                    items.push(HistoryItem::Chunk {
+                        key: key.to_vec(),
+                        header,
+                        bytes: value.to_vec(),
+                    });
+                }
+                Some((TAG_TAIL, _)) => {
+                    let event: StoredEvent = codec::decode(&value)
+                        .map_err(|e| StoreError::corrupt(product, entity, "history event", e))?;
+                    items.push(HistoryItem::Tail {
+                        key: key.to_vec(),
+                        event,
+                    });
+                }
+                _ => {
+                    return Err(StoreError::corrupt(
+                        product,
+                        entity,
+                        "history key",
+                        "malformed key",
+                    ))
+                }
+            }
+        }
+        Ok(items)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Fields, Value};
+    use crate::store::keys::tail_key;
+
+    fn event(version: u64, event_time: i64) -> StoredEvent {
+        let mut fields = Fields::new();
+        fields.insert("v".into(), Value::Int(version as i64));
+        StoredEvent {
+            version,
+            event_time: Timestamp(event_time),
+            received_at: Timestamp(event_time),
+            fields,
+            origin: Origin::new("test"),
+        }
+    }
+
+    fn chunk(events: Vec<StoredEvent>) -> HistoryItem {
+        let bytes = encode_chunk(&events, 1).unwrap();
+        HistoryItem::Chunk {
+            key: chunk_key("e", events[0].version),
+            header: decode_chunk_header(&bytes).unwrap(),
+            bytes,
+        }
+    }
+
+    fn tail(version: u64, t: i64) -> HistoryItem {
+        HistoryItem::Tail {
+            key: tail_key("e", version),
+            event: event(version, t),
+        }
+    }
+
+    /// Chunks 1..=4, 5..=8, tail 9, 10; event time = version * 10.
+    fn items() -> Vec<HistoryItem> {
+        vec![
+            chunk((1..=4).map(|v| event(v, v as i64 * 10)).collect()),
+            chunk((5..=8).map(|v| event(v, v as i64 * 10)).collect()),
+            tail(9, 90),
+            tail(10, 100),
+        ]
+    }
+
+    #[test]
+    fn keep_drops_whole_chunks_and_rewrites_the_boundary() {
+        let plan = plan_history("e", items(), Some(5), None, 1).unwrap();
+        assert_eq!(plan.events_removed, 5);
+        assert_eq!(plan.chunks_rewritten, 1);
+        assert_eq!(plan.removes, vec![chunk_key("e", 1), chunk_key("e", 5)]);
+        assert_eq!(plan.inserts.len(), 1);
+        assert_eq!(plan.inserts[0].0, chunk_key("e", 6));
+        let (header, events) = decode_chunk(&plan.inserts[0].1).unwrap();
+        assert_eq!((header.first_version, header.count), (6, 3));
+        assert_eq!(
+            events.iter().map(|e| e.version).collect::<Vec<_>>(),
+            vec![6, 7, 8]
+        );
+        assert_eq!((plan.tail_start, plan.tail_len), (Some(9), 2));
+    }
+
+    #[test]
+    fn keep_reaching_into_the_tail() {
+        let plan = plan_history("e", items(), Some(1), None, 1).unwrap();
+        assert_eq!(plan.events_removed, 9);
+        assert_eq!(plan.chunks_rewritten, 0);
+        assert!(plan.inserts.is_empty());
+        assert_eq!((plan.tail_start, plan.tail_len), (Some(10), 1));
+    }
+
+    #[test]
+    fn max_age_uses_headers_before_decompressing() {
+        // Cutoff 45: chunk 1..=4 (10..40) goes whole, chunk 5..=8 (50..80) stays whole.
+        let plan = plan_history("e", items(), None, Some(Timestamp(45)), 1).unwrap();
+        assert_eq!(plan.removes, vec![chunk_key("e", 1)]);
+        assert_eq!((plan.events_removed, plan.chunks_rewritten), (4, 0));
+        // Cutoff 65 splits chunk 5..=8.
+        let plan = plan_history("e", items(), None, Some(Timestamp(65)), 1).unwrap();
+        assert_eq!((plan.events_removed, plan.chunks_rewritten), (6, 1));
+        assert_eq!(plan.inserts[0].0, chunk_key("e", 7));
+    }
+
+    #[test]
+    fn nothing_to_do_is_an_empty_plan() {
+        let plan = plan_history("e", items(), Some(100), Some(Timestamp(0)), 1).unwrap();
+        assert!(plan.is_empty());
+        assert_eq!((plan.tail_start, plan.tail_len), (Some(9), 2));
+    }
+
+    #[test]
+    fn corrupt_boundary_chunk_is_reported() {
+        let mut items = items();
+        if let HistoryItem::Chunk { bytes, .. } = &mut items[1] {
+            let n = bytes.len();
+            bytes[n - 8..].fill(0);
+        }
+        let err = plan_history("e", items, Some(5), None, 1).unwrap_err();
+        assert_eq!(err.0, "history chunk");
+    }
+}

@@ -1,0 +1,291 @@
+//! Upserts: merging a batch of records into instances, history and audit
+//! in one transaction.
+
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::Transactional;
+
+use super::audit::{coalesce, AuditChange};
+use super::chunk::encode_chunk;
+use super::codec;
+use super::keys::{audit_key, chunk_key, tail_key};
+use super::merge::merge_fields;
+use super::stored::{StoredAuditLine, StoredEvent, StoredInstance};
+use super::{tx_result, AuditAction, Change, Store, StoreError};
+use crate::record::{Fields, Record, Timestamp};
+
+pub(crate) type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+pub(crate) fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(e)
+}
+
+/// The transactional view of one product's trees during an upsert.
+struct UpsertTx<'a> {
+    product: &'a str,
+    chunk_events: u64,
+    zstd_level: i32,
+    received_at: Timestamp,
+    instances: &'a TransactionalTree,
+    history: &'a TransactionalTree,
+    audit: &'a TransactionalTree,
+    tombstones: &'a TransactionalTree,
+}
+
+impl Store {
+    /// Applies `records` in order as one atomic step (a sled multi-tree
+    /// transaction): after a crash either the whole batch is there or none
+    /// of it. Returns one [`Change`] per record, in order; several records
+    /// for the same entity see each other's effects.
+    ///
+    /// Arrival time is now; see [`Store::upsert_at`].
+    pub fn upsert(&self, product: &str, records: &[Record]) -> Result<Vec<Change>, StoreError> {
+        self.upsert_at(product, records, Timestamp::now())
+    }
+
+    /// [`Store::upsert`] with an explicit arrival time (`first_seen`,
+    /// `last_seen`, history `received_at`, audit times), for callers that
+    /// stamped arrival at ingest, and for tests.
+    pub fn upsert_at(
+        &self,
+        product: &str,
+        records: &[Record],
+        received_at: Timestamp,
+    ) -> Result<Vec<Change>, StoreError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        for record in records {
+            self.check_entity(product, &record.entity)?;
+        }
+        let trees = self.product(product)?;
+        let span = tracing::debug_span!("store.upsert", product, records = records.len());
+        let _enter = span.enter();
+        let config = self.config();
+        let _writer = self.write_lock();
+        let result = (
+            &trees.instances,
+            &trees.history,
+            &trees.audit,
+            &trees.tombstones,
+        )
+            .transaction(|(instances, history, audit, tombstones)| {
+                let tx = UpsertTx {
+                    product,
+                    chunk_events: config.history_chunk_events as u64,
+                    zstd_level: config.zstd_level,
+                    received_at,
+                    instances,
+                    history,
+                    audit,
+                    tombstones,
+                };
+                records
+                    .iter()
+                    .map(|record| tx.apply(record))
+                    .collect::<TxResult<Vec<_>>>()
+            });
+        let changes = tx_result(result, || {
+            format!(
+                "product `{product}`: writing a batch of {} records",
+                records.len()
+            )
+        })?;
+        self.inner.group.wrote();
+        tracing::debug!(
+            created = changes.iter().filter(|c| c.created).count(),
+            changed = changes.iter().filter(|c| !c.changed.is_empty()).count(),
+            "upsert batch committed"
+        );
+        Ok(changes)
+    }
+}
+
+impl UpsertTx<'_> {
+    fn apply(&self, record: &Record) -> TxResult<Change> {
+        let entity = record.entity.as_str();
+        let current = match self.instances.get(entity.as_bytes())? {
+            Some(bytes) => Some(
+                codec::decode::<StoredInstance>(&bytes)
+                    .map_err(|e| abort(StoreError::corrupt(self.product, entity, "instance", e)))?,
+            ),
+            None => None,
+        };
+        let created = current.is_none();
+        let mut state = current.unwrap_or_else(|| StoredInstance {
+            fields: Fields::new(),
+            version: 0,
+            first_seen: self.received_at,
+            last_seen: self.received_at,
+            event_time: record.event_time,
+            last_origin: record.origin.clone(),
+            tail_start: 1,
+            tail_len: 0,
+            audit_tail: None,
+            history_rev: 0,
+        });
+
+        let late = !created && record.event_time < state.event_time;
+        let changed = merge_fields(&mut state.fields, &record.fields, late);
+        let applied_to_state = !late || !changed.is_empty();
+        state.version += 1;
+        if !late {
+            state.event_time = record.event_time;
+        }
+        state.last_seen = self.received_at;
+        state.last_origin = record.origin.clone();
+
+        self.append_history(entity, &mut state, record)?;
+        if created || !changed.is_empty() {
+            let action = if created {
+                AuditAction::Created
+            } else {
+                AuditAction::Updated
+            };
+            self.append_audit(entity, &mut state, action, &changed, record)?;
+        }
+        if created {
+            // Re-created after an erase: the tombstone no longer holds.
+            self.tombstones.remove(entity.as_bytes())?;
+        }
+
+        let bytes = codec::encode(&state)
+            .map_err(|e| abort(StoreError::encode(self.product, entity, "instance", e)))?;
+        self.instances.insert(entity.as_bytes(), bytes)?;
+        Ok(Change {
+            entity: entity.to_string(),
+            version: state.version,
+            created,
+            changed,
+            applied_to_state,
+            instance: state.to_instance(entity),
+        })
+    }
+
+    /// Appends the record to the open tail, sealing it when full.
+    fn append_history(
+        &self,
+        entity: &str,
+        state: &mut StoredInstance,
+        record: &Record,
+    ) -> TxResult<()> {
+        let version = state.version;
+        let event = StoredEvent {
+            version,
+            event_time: record.event_time,
+            received_at: self.received_at,
+            fields: record.fields.clone(),
+            origin: record.origin.clone(),
+        };
+        let bytes = codec::encode(&event)
+            .map_err(|e| abort(StoreError::encode(self.product, entity, "history event", e)))?;
+        if state.tail_len == 0 {
+            state.tail_start = version;
+        }
+        self.history.insert(tail_key(entity, version), bytes)?;
+        state.tail_len += 1;
+        let span = version.saturating_sub(state.tail_start) + 1;
+        if state.tail_len >= self.chunk_events || span >= 2 * self.chunk_events {
+            self.seal(entity, state)?;
+        }
+        Ok(())
+    }
+
+    /// Moves the open tail into one compressed chunk. Reads exactly the
+    /// tail keys `tail_start..=version` (no range scan: sled transactions
+    /// cannot iterate).
+    fn seal(&self, entity: &str, state: &mut StoredInstance) -> TxResult<()> {
+        let mut events = Vec::with_capacity(state.tail_len as usize);
+        for version in state.tail_start..=state.version {
+            let key = tail_key(entity, version);
+            if let Some(bytes) = self.history.get(&key)? {
+                let event: StoredEvent = codec::decode(&bytes).map_err(|e| {
+                    abort(StoreError::corrupt(
+                        self.product,
+                        entity,
+                        "history event",
+                        e,
+                    ))
+                })?;
+                events.push(event);
+                self.history.remove(key)?;
+            }
+        }
+        if let Some(first) = events.first() {
+            let bytes = encode_chunk(&events, self.zstd_level)
+                .map_err(|e| abort(StoreError::encode(self.product, entity, "history chunk", e)))?;
+            tracing::debug!(
+                product = self.product,
+                entity,
+                first_version = first.version,
+                events = events.len(),
+                bytes = bytes.len(),
+                "history chunk sealed"
+            );
+            self.history
+                .insert(chunk_key(entity, first.version), bytes)?;
+        }
+        state.tail_start = state.version + 1;
+        state.tail_len = 0;
+        Ok(())
+    }
+
+    /// Extends the newest audit line or starts a new one.
+    fn append_audit(
+        &self,
+        entity: &str,
+        state: &mut StoredInstance,
+        action: AuditAction,
+        changed: &[String],
+        record: &Record,
+    ) -> TxResult<()> {
+        let previous = match state.audit_tail {
+            Some(id) => match self.audit.get(audit_key(entity, id))? {
+                Some(bytes) => match codec::decode::<StoredAuditLine>(&bytes) {
+                    Ok(line) => Some((id, line)),
+                    Err(e) => {
+                        // Never extend what we cannot read; start afresh.
+                        tracing::warn!(product = self.product, entity, error = %e, "corrupt audit line; starting a new one");
+                        None
+                    }
+                },
+                None => None,
+            },
+            None => None,
+        };
+        let change = AuditChange {
+            action,
+            version: state.version,
+            at: self.received_at,
+            fields: changed,
+            origin: &record.origin,
+        };
+        let (id, line) = match coalesce(previous.as_ref().map(|(_, line)| line), &change) {
+            Ok(extended) => match previous {
+                Some((id, _)) => (id, extended),
+                None => unreachable_line(self.product, entity)?,
+            },
+            Err(new_line) => (
+                self.audit
+                    .generate_id()
+                    .map_err(ConflictableTransactionError::Storage)?,
+                new_line,
+            ),
+        };
+        let bytes = codec::encode(&line)
+            .map_err(|e| abort(StoreError::encode(self.product, entity, "audit line", e)))?;
+        self.audit.insert(audit_key(entity, id), bytes)?;
+        state.audit_tail = Some(id);
+        Ok(())
+    }
+}
+
+/// `coalesce` only extends a line it was given; reported, not panicked, if
+/// that ever changes.
+fn unreachable_line<T>(product: &str, entity: &str) -> TxResult<T> {
+    Err(abort(StoreError::encode(
+        product,
+        entity,
+        "audit line",
+        "coalesced into a line that does not exist",
+    )))
+}
