@@ -245,7 +245,8 @@ pub(crate) fn parse_fields(entry: &Entry<'_>, diags: &mut Diagnostics) -> FieldT
     else {
         return table;
     };
-    table.usable = true;
+    // With no field at all, every reference would be reported again.
+    table.usable = !map.is_empty();
     if map.is_empty() {
         diags.push(
             entry.at(),

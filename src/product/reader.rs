@@ -31,9 +31,22 @@ pub(crate) struct Entry<'n> {
     pub path: String,
 }
 
+/// Where a value starts. A block mapping's own mark sits after its first
+/// key, so for mappings the first key wins when it comes earlier.
+pub(crate) fn node_location(node: &Node) -> Location {
+    let own = Location::of(node.span());
+    match node {
+        Node::Mapping(map) => map
+            .keys()
+            .next()
+            .map_or(own, |k| Location::of(k.span()).min(own)),
+        _ => own,
+    }
+}
+
 impl<'n> Entry<'n> {
     pub(crate) fn new(node: &'n Node, path: String) -> Entry<'n> {
-        let at = Location::of(node.span());
+        let at = node_location(node);
         Entry {
             item: Item {
                 node,
@@ -103,7 +116,7 @@ impl<'n> MapReader<'n> {
         Some(Entry {
             item: Item {
                 node: v,
-                at: Location::of(v.span()),
+                at: node_location(v),
                 key_at: Location::of(k.span()),
             },
             path: join(&self.path, key),

@@ -94,6 +94,13 @@ pub(crate) fn load(text: &str, diags: &mut Diagnostics) -> Option<Node> {
             return None;
         }
     };
+    if let Some(line) = second_document(text) {
+        diags.push(
+            Location { line, column: 1 },
+            DOCUMENT_KEY,
+            "a second yaml document starts here: one file defines one product; move it to its own file",
+        );
+    }
     if let Some(at) = too_deep(&node) {
         diags.push(
             at,
@@ -119,6 +126,26 @@ fn overly_indented_line(text: &str) -> Option<usize> {
                 > MAX_LINE_PREFIX
         })
         .map(|i| i + 1)
+}
+
+/// The 1-based line of a `---` document marker that follows content. The
+/// loader reads only the first document, so anything after it would be
+/// silently ignored. (A `---` at column 0 always ends a block scalar too, so
+/// this never misreads text inside a value.)
+fn second_document(text: &str) -> Option<usize> {
+    let mut seen_content = false;
+    for (i, line) in text.lines().enumerate() {
+        let is_marker = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
+        if is_marker && seen_content {
+            return Some(i + 1);
+        }
+        let trimmed = line.trim_start();
+        if !is_marker && !trimmed.is_empty() && !trimmed.starts_with('#') && !line.starts_with('%')
+        {
+            seen_content = true;
+        }
+    }
+    None
 }
 
 fn describe_load_error(err: &LoadError) -> (Location, String) {
@@ -205,7 +232,7 @@ fn too_deep(root: &Node) -> Option<Location> {
     let mut stack: Vec<(&Node, usize)> = vec![(root, 1)];
     while let Some((node, depth)) = stack.pop() {
         if depth > MAX_DEPTH {
-            return Some(Location::of(node.span()));
+            return Some(super::reader::node_location(node));
         }
         match node {
             Node::Mapping(map) => stack.extend(map.values().map(|v| (v, depth + 1))),
@@ -391,7 +418,7 @@ mod tests {
 
     #[test]
     fn deep_block_nesting_is_refused_before_parsing() {
-        let text = format!("a: {}x", "- ".repeat(100_000));
+        let text = format!("a:\n{}x", "- ".repeat(100_000));
         let mut diags = Diagnostics::new(std::path::Path::new("t.yaml"));
         assert!(load(&text, &mut diags).is_none());
         let out = diags.into_sorted();
