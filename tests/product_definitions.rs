@@ -685,3 +685,149 @@ mod never_panics {
         }
     }
 }
+
+#[test]
+fn field_names_and_enum_values_are_checked() {
+    let text = format!("{BASE}  __x: {{ type: int }}\n  _meta: {{ type: int }}\n  9lives: {{ type: int }}\n  tags: {{ type: string, enum: [a, a, 3] }}\n");
+    assert_eq!(
+        errors(&text),
+        [
+            "bad.yaml:9:3: fields.__x: invalid field name `__x`: names starting with `__` are reserved by graphql",
+            "bad.yaml:10:3: fields._meta: invalid field name `_meta`: reserved for instance metadata (version, first and last seen, source)",
+            "bad.yaml:11:3: fields.9lives: invalid field name `9lives`: expected letters, digits and `_`, not starting with a digit, at most 64 characters",
+            "bad.yaml:12:35: fields.tags.enum[1]: duplicate enum value `a`: each value may be listed once",
+            "bad.yaml:12:38: fields.tags.enum[2]: expected a string, found the number `3` (quote it to use it as text)",
+        ]
+    );
+}
+
+#[test]
+fn access_and_sync_settings_are_consistent() {
+    let text = format!("{BASE}  n: {{ type: int }}\naccess:\n  'bad role': {{ read: true }}\n  viewer: {{ subscribe: true, mask: {{ n: {{ round: 0.5 }} }} }}\nsync:\n  - to: central\n    fields: [temp]\n    mask: {{ n: null }}\n    when: {{ on_change: false }}\n");
+    assert_eq!(
+        errors(&text),
+        [
+            "bad.yaml:11:3: access.bad role: invalid role name `bad role`: expected letters, digits, `_` and `-`, starting with a letter or `_`, at most 64 characters",
+            "bad.yaml:12:24: access.viewer.subscribe: `subscribe: true` needs `read: true`: a role that cannot read cannot subscribe",
+            "bad.yaml:12:41: access.viewer.mask.n: round step for an int field must be a whole number, found 0.5",
+            "bad.yaml:16:11: sync[0].mask: mask on `n`, which this rule does not send: add it to `fields` or drop the mask",
+            "bad.yaml:17:24: sync[0].when.on_change: `on_change: false` needs `min_interval`: without it this rule would never send",
+        ]
+    );
+}
+
+#[test]
+fn source_settings_are_consistent() {
+    let text = format!("{BASE}sources:\n  - mqtt: {{ topic: \"d/{{id}}\", map: {{ id: /id }}, qos: 2 }}\n  - http: {{ format: csv }}\n  - file: {{ path: x.csv, format: csv, columns: [id, temp, id], event_time: /ts }}\n  - {{}}\n  - mqtt: {{ topic: a }}\n    http: {{}}\n  - mqt: {{}}\n");
+    assert_eq!(
+        errors(&text),
+        [
+            "bad.yaml:10:35: sources[0].mqtt.map: field `id` is both captured from the topic and mapped from the payload; keep one",
+            "bad.yaml:10:53: sources[0].mqtt.qos: expected a whole number from 0 to 1, found the number `2`",
+            "bad.yaml:11:21: sources[1].http.format: payload format `csv` is not supported by http sources; expected one of: json, ndjson",
+            "bad.yaml:12:59: sources[2].file.columns[2]: column `id` is listed twice: each field may be one column",
+            "bad.yaml:12:76: sources[2].file.event_time: event_time `/ts` does not name a csv column; expected `/` and one of: id, temp",
+            "bad.yaml:13:5: sources[3]: expected one of mqtt, http, file, found an empty mapping",
+            "bad.yaml:15:5: sources[4].http: expected one source kind per list item, found several: write each source as its own `- ` item",
+            "bad.yaml:16:5: sources[5].mqt: unknown key `mqt` (did you mean `mqtt`?); expected one of: mqtt, http, file",
+        ]
+    );
+}
+
+#[test]
+fn scalar_types_are_strict() {
+    let text = format!("{BASE}freshness: 0s\nhistory: {{ keep: -1 }}\nquality: {{ quarantine_max: 0 }}\ndescription: 42\nretention: {{ expire_after: 10 }}\n");
+    assert_eq!(
+        errors(&text),
+        [
+            "bad.yaml:9:12: freshness: expected a duration greater than zero, found `0s`",
+            "bad.yaml:10:18: history.keep: expected a whole number ≥ 0, found the number `-1`",
+            "bad.yaml:11:28: quality.quarantine_max: expected a whole number ≥ 1, found the number `0`",
+            "bad.yaml:12:14: description: expected a string, found the number `42` (quote it to use it as text)",
+            "bad.yaml:13:28: retention.expire_after: invalid duration `10`: expected a number with a unit, e.g. 10s, 5m, 7d",
+        ]
+    );
+}
+
+/// The sketch in DESIGN.md is a valid definition.
+#[test]
+fn the_design_sketch_loads() {
+    let text = "\
+product: machine_health
+version: 1
+domain: plant-maintenance
+owner: maintenance@example.com
+description: Live health of every machine on the shop floor.
+key: machine_id
+fields:
+  machine_id:     { type: string, required: true }
+  site:           { type: string }
+  temperature_c:  { type: float, min: -40, max: 150, unit: \"°C\" }
+  status:         { type: string, enum: [ok, warn, fault] }
+  operator_email: { type: string, classification: pii }
+sources:
+  - mqtt: { topic: \"plant/{site}/machine/{machine_id}/telemetry\", format: json,
+            map: { temperature_c: /temp } }
+  - http: {}
+quality:   { on_invalid: quarantine }          # reject | quarantine | drop_field
+history:   { keep: 10000, max_age: 7d }
+retention: { expire_after: 30d }
+freshness: 60s
+access:
+  operator: { read: true, mask: { operator_email: hash } }
+  analyst:  { read: true, where: \"site == 'berlin'\" }
+  admin:    { read: true, write: true, erase: true }
+sync:
+  - to: central
+    fields: [machine_id, site, temperature_c, status]
+    when: { on_change: true, min_interval: 10s }
+    where: \"status != 'ok'\"
+    priority: high
+";
+    let product =
+        parse_definition(Path::new("sketch.yaml"), text, &ctx()).expect("the sketch is valid");
+    assert_eq!(product.fields.len(), 5);
+    assert!(schema_errors(text).is_empty(), "{:?}", schema_errors(text));
+}
+
+#[test]
+fn windows_line_endings_and_a_bom_are_fine() {
+    let crlf = BASE.replace('\n', "\r\n");
+    parse_definition(Path::new("crlf.yaml"), &crlf, &ctx()).expect("CRLF");
+    let bom = format!("\u{feff}{BASE}");
+    parse_definition(Path::new("bom.yaml"), &bom, &ctx()).expect("BOM");
+    let bad = format!("{}freshness: 7x\r\n", crlf);
+    assert_eq!(
+        errors(&bad),
+        ["bad.yaml:9:12: freshness: invalid duration `7x`: expected a number with a unit, e.g. 10s, 5m, 7d"]
+    );
+}
+
+#[test]
+fn odd_yaml_is_an_error_not_a_crash() {
+    let odd = [
+        "",
+        "# only a comment\n",
+        "a: *x\n",
+        "a: &x 1\nb: *x\n",
+        "? [a, b]\n: c\n",
+        "? a\n: b\n",
+        "...\n",
+        "--- \n...\n---\na: 1\n",
+        "%YAML 1.2\n---\nproduct: x\n",
+        "product: !!binary aGk=\n",
+        "'unterminated\n",
+        "a: 'x'\n  b: c\n",
+        "\t- tab\n",
+        "{a: 1, a: 2}\n",
+        "- [a]\n- [b]\n",
+        "a:\n  - b\n  c: d\n",
+        "\u{0}\u{1}",
+    ];
+    for text in odd {
+        let result = parse_definition(Path::new("odd.yaml"), text, &ctx());
+        let errors = result.expect_err(text);
+        assert!(!errors.0.is_empty(), "{text:?}");
+        let _ = yaml_to_json(text);
+    }
+}

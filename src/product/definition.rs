@@ -58,8 +58,11 @@ pub struct Product {
 
 impl Product {
     /// The entity key field.
+    ///
+    /// # Panics
+    /// If `key` names no field, which a loaded product never does (it is
+    /// checked at load); only a hand-built `Product` can get this wrong.
     pub fn key_field(&self) -> &Field {
-        // The key is checked to be a declared field at load.
         &self.fields[self.key.as_str()]
     }
 
@@ -101,6 +104,7 @@ pub(crate) fn parse_located(
     ctx: &LoadContext,
 ) -> Result<(Product, Location), LoadErrors> {
     let mut diags = Diagnostics::new(file);
+    let text = yaml::strip_bom(text);
     let product = yaml::load(text, &mut diags).and_then(|root| {
         let entry = Entry::new(&root, String::new());
         build(&entry, file, text, ctx, &mut diags)

@@ -257,8 +257,20 @@ fn wrong(entry: &Entry<'_>, expected: &str, diags: &mut Diagnostics) {
 /// null, a boolean or a number (quote those to use them as text).
 pub(crate) fn string(entry: &Entry<'_>, diags: &mut Diagnostics) -> Option<String> {
     if let Node::Scalar(scalar) = entry.node() {
-        if let Plain::Str(s) = classify(scalar) {
-            return Some(s.to_string());
+        match classify(scalar) {
+            Plain::Str(s) => return Some(s.to_string()),
+            Plain::Bool(_) | Plain::Int(_) | Plain::Float(_) => {
+                diags.push(
+                    entry.at(),
+                    &entry.path,
+                    format!(
+                        "expected a string, found {} (quote it to use it as text)",
+                        describe(entry.node())
+                    ),
+                );
+                return None;
+            }
+            Plain::Null => {}
         }
     }
     wrong(entry, "a string", diags);

@@ -115,6 +115,12 @@ pub(crate) fn load(text: &str, diags: &mut Diagnostics) -> Option<Node> {
     Some(node)
 }
 
+/// `text` without a leading byte-order mark, which some Windows editors
+/// write and which would otherwise become part of the first key.
+pub(crate) fn strip_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
 /// The 1-based number of the first line whose leading indentation and
 /// block indicators are wider than [`MAX_LINE_PREFIX`].
 fn overly_indented_line(text: &str) -> Option<usize> {
@@ -339,7 +345,7 @@ fn is_float_syntax(text: &str) -> bool {
 /// Non-finite floats (`.inf`, `.nan`) have no JSON form and become strings.
 pub fn yaml_to_json(text: &str) -> Result<serde_json::Value, LoadErrors> {
     let mut diags = Diagnostics::new(std::path::Path::new("<yaml>"));
-    match load(text, &mut diags) {
+    match load(strip_bom(text), &mut diags) {
         Some(node) if diags.is_empty() => Ok(to_json(&node)),
         _ => Err(LoadErrors(diags.into_sorted())),
     }
