@@ -1,4 +1,206 @@
-//! Command line.
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+//! The command line: `meshlet serve`, `meshlet check`, `meshlet --version`.
+//!
+//! This is the binary's edge: errors become one readable report on stderr
+//! and an exit code (0 success, 1 failure, 2 usage), never a panic.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::config::{self, HubConfig};
+use crate::product::{self, LoadContext};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "meshlet",
+    version,
+    about = "An edge gateway as a node of a data mesh: ingest, store, serve, sync.",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Hub config file (TOML). Without one the embedded default is used;
+    /// `MESHLET_*` environment variables override either.
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "MESHLET_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+    /// Validate product definitions and the hub config; report every problem.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Product definition files or folders (replaces `products` from the config).
+    #[arg(long = "products", short = 'p', value_name = "PATH")]
+    pub products: Vec<PathBuf>,
+    /// Data directory (replaces `data_dir` from the config).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listen address (replaces `http.listen` from the config).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Definition files or folders; default: the configured product paths.
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: invalid hub config: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => serve(config, args),
+        Command::Check(args) => check(&config, args),
+    }
+}
+
+fn serve(mut config: HubConfig, args: ServeArgs) -> ExitCode {
+    if !args.products.is_empty() {
+        config.products = args.products;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(listen) = args.listen {
+        config.http.listen = listen;
+    }
+    crate::telemetry::init_logging(&config.log);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("meshlet")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signals = tokio::spawn(watch_signals(shutdown.clone()));
+        let node = crate::node::start(config, shutdown.clone()).await;
+        let result = match node {
+            Ok(node) => node.wait().await,
+            Err(err) => Err(err),
+        };
+        signals.abort();
+        result
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            error!(error = %err, "node stopped with an error");
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// First SIGINT/SIGTERM: graceful shutdown. Second one: exit at once, for
+/// the operator whose patience ran out (the store is crash-safe).
+async fn watch_signals(shutdown: CancellationToken) {
+    let mut first = true;
+    loop {
+        if let Err(err) = next_signal().await {
+            error!(error = %err, "cannot listen for signals; stop the node with SIGKILL");
+            return;
+        }
+        if first {
+            info!("signal received; stopping (send it again to exit at once)");
+            shutdown.cancel();
+            first = false;
+        } else {
+            eprintln!("second signal: exiting now");
+            std::process::exit(130);
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn next_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn next_signal() -> std::io::Result<()> {
+    tokio::signal::ctrl_c().await
+}
+
+fn check(config: &HubConfig, args: CheckArgs) -> ExitCode {
+    let paths = if args.paths.is_empty() {
+        config.product_paths()
+    } else {
+        args.paths
+    };
+    if paths.is_empty() {
+        eprintln!(
+            "error: nothing to check: name a file or folder, or set `products` in the config"
+        );
+        return ExitCode::FAILURE;
+    }
+    let ctx = LoadContext {
+        upstreams: config.upstream_names(),
+    };
+    match product::load_paths(&paths, &ctx) {
+        Ok(set) => {
+            let names: Vec<&str> = set.iter().map(|p| p.name.as_str()).collect();
+            println!(
+                "ok: {} product{} valid ({}); hub config valid",
+                names.len(),
+                if names.len() == 1 { "" } else { "s" },
+                names.join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for diagnostic in &errors.0 {
+                eprintln!("{diagnostic}");
+            }
+            let files: std::collections::BTreeSet<_> = errors.0.iter().map(|d| &d.file).collect();
+            eprintln!(
+                "error: {} problem{} in {} file{}",
+                errors.0.len(),
+                if errors.0.len() == 1 { "" } else { "s" },
+                files.len(),
+                if files.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::FAILURE
+        }
+    }
 }

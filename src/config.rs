@@ -1,1 +1,454 @@
-//! config
+//! The hub config: one TOML file plus `MESHLET_*` environment overrides.
+//!
+//! With no file at all the node runs on the embedded default: data under
+//! `./meshlet-data`, products from `./schema/examples` when that folder
+//! exists, HTTP on `127.0.0.1:8080`, and one upstream named `central` that
+//! is declared but has no transport yet (its outbox waits, bounded, until
+//! one is configured). Layering, lowest to highest: built-in defaults → the
+//! file → `MESHLET_*` variables (`__` separates levels, e.g.
+//! `MESHLET_HTTP__LISTEN=0.0.0.0:8080`) → command-line flags.
+//!
+//! Every struct refuses unknown keys, so a typo is an error that names the
+//! key, never a silently ignored setting.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::Serialized;
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The prefix of environment variables that override config keys.
+pub const ENV_PREFIX: &str = "MESHLET_";
+
+/// Environment variables with the prefix that are not config keys.
+const ENV_NOT_CONFIG: &[&str] = &["config", "log"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubConfig {
+    /// This node's identity in the mesh; generated once and kept in the data
+    /// directory when not set.
+    pub node_id: Option<String>,
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+    /// Product definition files or folders. Empty: `./schema/examples` if it
+    /// exists.
+    pub products: Vec<PathBuf>,
+    pub http: HttpConfig,
+    pub store: StoreSettings,
+    pub log: LogConfig,
+    /// Upstreams that sync rules may name.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// How long shutdown waits for tasks to finish before giving up.
+    #[serde(with = "humantime_serde_compat")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            node_id: None,
+            data_dir: PathBuf::from("./meshlet-data"),
+            products: Vec::new(),
+            http: HttpConfig::default(),
+            store: StoreSettings::default(),
+            log: LogConfig::default(),
+            upstreams: BTreeMap::from([("central".to_string(), UpstreamConfig::default())]),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the HTTP listener (GraphQL, ingest, health, metrics).
+    pub listen: SocketAddr,
+    /// Serve GraphiQL at `GET /graphql` (on for the embedded default, off
+    /// in the production config example).
+    pub graphiql: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            graphiql: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// sled's page cache, in MiB. Small by default: edge boxes are small.
+    pub cache_capacity_mb: u64,
+    /// History events per sealed chunk: larger chunks compress better, the
+    /// open tail stays small.
+    pub history_chunk_events: usize,
+    /// zstd level for sealed chunks.
+    pub zstd_level: i32,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            cache_capacity_mb: 16,
+            history_chunk_events: 256,
+            zstd_level: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter directive (`info`, `meshlet=debug,sled=warn`);
+    /// `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_string(),
+        }
+    }
+}
+
+/// An upstream of the central mesh. Without a `url` it is parked: sync
+/// rules may name it and its outbox fills (within the disk budget) until a
+/// transport is configured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// `mqtt://`, `mqtts://` (a broker or broker cluster) or `https://` (an
+    /// upstream meshlet in aggregator mode).
+    pub url: Option<String>,
+}
+
+impl HubConfig {
+    /// The names sync rules may use as `to:`.
+    pub fn upstream_names(&self) -> BTreeSet<String> {
+        self.upstreams.keys().cloned().collect()
+    }
+
+    /// The product paths to load: the configured ones, or the examples
+    /// folder under the current directory when none are configured.
+    pub fn product_paths(&self) -> Vec<PathBuf> {
+        if !self.products.is_empty() {
+            return self.products.clone();
+        }
+        let examples = PathBuf::from("./schema/examples");
+        if examples.is_dir() {
+            vec![examples]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// Why a hub config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{0}")]
+    Override(String),
+}
+
+/// Loads the config: defaults, then `file` when given, then the `MESHLET_*`
+/// variables of the process environment.
+pub fn load(file: Option<&Path>) -> Result<HubConfig, ConfigError> {
+    load_with_env(file, std::env::vars())
+}
+
+/// [`load`] with an explicit environment, so tests need not mutate the
+/// process's own.
+pub fn load_with_env(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<HubConfig, ConfigError> {
+    let base = match file {
+        Some(path) => parse_file(path)?,
+        None => HubConfig::default(),
+    };
+    apply_env(base, env)
+}
+
+/// Parses one TOML file. Parsed directly with `toml` (not through
+/// figment) because its errors carry a byte span we turn into line and
+/// column.
+fn parse_file(path: &Path) -> Result<HubConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str::<HubConfig>(&text).map_err(|err| {
+        let (line, column) = err
+            .span()
+            .map(|span| line_column(&text, span.start))
+            .unwrap_or((1, 1));
+        ConfigError::Syntax {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: err.message().trim().to_string(),
+        }
+    })
+}
+
+/// Layers `MESHLET_*` variables over `base`; figment names the variable in
+/// its errors.
+fn apply_env(
+    base: HubConfig,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<HubConfig, ConfigError> {
+    let vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .filter(|(name, _)| {
+            let key = name[ENV_PREFIX.len()..].to_ascii_lowercase();
+            !ENV_NOT_CONFIG.contains(&key.as_str())
+        })
+        .collect();
+    if vars.is_empty() {
+        return Ok(base);
+    }
+    let figment = Figment::from(Serialized::defaults(&base)).merge(EnvSnapshot {
+        vars: vars.into_iter().collect(),
+    });
+    figment
+        .extract::<HubConfig>()
+        .map_err(|err| ConfigError::Override(render_figment_error(err)))
+}
+
+fn render_figment_error(err: figment::Error) -> String {
+    err.into_iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A figment provider over a given set of environment variables (not the
+/// process's own, so tests stay hermetic), mapped as figment's `Env` maps
+/// them: prefix stripped, lowercased, `__` nests.
+struct EnvSnapshot {
+    vars: BTreeMap<String, String>,
+}
+
+impl figment::Provider for EnvSnapshot {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("environment variable").interpolater(|_, keys| {
+            let key = keys.join("__").to_ascii_uppercase();
+            format!("{ENV_PREFIX}{key}")
+        })
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut dict = figment::value::Dict::new();
+        for (name, raw) in &self.vars {
+            let path: Vec<String> = name[ENV_PREFIX.len()..]
+                .split("__")
+                .map(|part| part.to_ascii_lowercase())
+                .collect();
+            // Parsed the way figment's `Env` parses: numbers, booleans,
+            // arrays (`[a, b]`) and dicts become typed; the rest stays text.
+            let value = match raw.parse::<figment::value::Value>() {
+                Ok(value) => value,
+                Err(never) => match never {},
+            };
+            insert_nested(&mut dict, &path, value);
+        }
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+fn insert_nested(dict: &mut figment::value::Dict, path: &[String], value: figment::value::Value) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry(first.clone())
+                .or_insert_with(|| figment::value::Dict::new().into());
+            if let figment::value::Value::Dict(_, inner) = entry {
+                insert_nested(inner, rest, value);
+            }
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Durations in the config as humantime text (`10s`, `2m`).
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration `{text}`: {e}; expected e.g. 10s, 5m, 1h"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        std::io::Write::write_all(&mut file, text.as_bytes()).expect("write");
+        file
+    }
+
+    #[test]
+    fn no_file_means_the_embedded_default() {
+        let config = load_with_env(None, env(&[])).expect("defaults load");
+        assert_eq!(config, HubConfig::default());
+        assert_eq!(config.http.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.data_dir, PathBuf::from("./meshlet-data"));
+        assert!(config.upstream_names().contains("central"));
+    }
+
+    #[test]
+    fn file_values_override_defaults_and_keep_the_rest() {
+        let file = write(
+            "node_id = \"gw-7\"\n[http]\nlisten = \"0.0.0.0:9000\"\n[upstreams.hq]\nurl = \"mqtts://hq:8883\"\n",
+        );
+        let config = load_with_env(Some(file.path()), env(&[])).expect("loads");
+        assert_eq!(config.node_id.as_deref(), Some("gw-7"));
+        assert_eq!(config.http.listen.to_string(), "0.0.0.0:9000");
+        assert!(config.http.graphiql, "unset keys keep their default");
+        assert_eq!(
+            config.upstream_names(),
+            BTreeSet::from(["hq".to_string()]),
+            "an explicit upstream table replaces the default one"
+        );
+    }
+
+    #[test]
+    fn env_overrides_the_file() {
+        let file = write("[http]\nlisten = \"0.0.0.0:9000\"\n");
+        let config = load_with_env(
+            Some(file.path()),
+            env(&[
+                ("MESHLET_HTTP__LISTEN", "127.0.0.1:7001"),
+                ("MESHLET_DATA_DIR", "/var/lib/meshlet"),
+                ("MESHLET_STORE__ZSTD_LEVEL", "9"),
+                ("MESHLET_CONFIG", "ignored.toml"),
+                ("OTHER_VAR", "x"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(config.http.listen.to_string(), "127.0.0.1:7001");
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/meshlet"));
+        assert_eq!(config.store.zstd_level, 9);
+    }
+
+    #[test]
+    fn unknown_key_in_file_names_file_line_and_column() {
+        let file = write("[http]\nlisten = \"127.0.0.1:1\"\nlistne = 3\n");
+        let err = load_with_env(Some(file.path()), env(&[])).expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "{}:3:1: unknown field `listne`",
+                file.path().display()
+            )),
+            "{text}"
+        );
+        assert!(text.contains("expected `listen` or `graphiql`"), "{text}");
+    }
+
+    #[test]
+    fn wrong_type_in_file_is_located() {
+        let file = write("shutdown_grace = \"ten seconds\"\n");
+        let err = load_with_env(Some(file.path()), env(&[])).expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains(":1:18: invalid duration `ten seconds`"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bad_env_override_names_the_variable() {
+        let err = load_with_env(None, env(&[("MESHLET_HTTP__LISTEN", "not-an-address")]))
+            .expect_err("refused");
+        let text = err.to_string();
+        assert!(text.contains("MESHLET_HTTP__LISTEN"), "{text}");
+        let err = load_with_env(None, env(&[("MESHLET_HTTP__LISTNE", "1")])).expect_err("refused");
+        assert!(err.to_string().contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_a_clear_error() {
+        let err = load_with_env(Some(Path::new("/nonexistent/meshlet.toml")), env(&[]))
+            .expect_err("refused");
+        assert!(err
+            .to_string()
+            .starts_with("cannot read config file /nonexistent/meshlet.toml"));
+    }
+
+    #[test]
+    fn line_column_counts_characters() {
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+        assert_eq!(line_column("é=1", 2), (1, 2));
+    }
+}

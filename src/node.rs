@@ -1,1 +1,295 @@
-//! node
+//! A running node: loads the products, opens the store, serves HTTP, runs
+//! the background work, and shuts all of it down in order.
+//!
+//! Start-up is all-or-nothing: a definition that does not load, a store
+//! that does not open or an address that cannot be bound stops the node
+//! before it reports ready, with an error that says which and where. A node
+//! never runs half-configured.
+//!
+//! Shutdown runs the start-up in reverse: readiness turns false first (so
+//! supervisors drain traffic), the listener stops accepting and finishes
+//! in-flight requests, background tasks finish their step, and a final
+//! durability barrier flushes the store before the process exits.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::api::{self, ApiState, HttpListener, Phase, Readiness};
+use crate::config::HubConfig;
+use crate::product::{self, LoadContext, LoadErrors, ProductSet};
+use crate::record::Timestamp;
+use crate::store::{RetentionSpec, Store, StoreConfig, StoreError};
+
+/// How often the retention sweeper wakes, and how many entities it visits
+/// per product per wake: bounded work, so a sweep never stalls ingest.
+const RETENTION_TICK: Duration = Duration::from_secs(30);
+const RETENTION_BUDGET: usize = 1_000;
+
+/// Why the node could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("product definitions are invalid:\n{0}")]
+    Products(#[from] LoadErrors),
+    #[error("cannot create data directory {}: {source}", path.display())]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read or write the node id file {}: {source}", path.display())]
+    NodeId {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the store in {}: {source}", path.display())]
+    Store { path: PathBuf, source: StoreError },
+    #[error("final flush of the store failed: {0}")]
+    FinalFlush(StoreError),
+    #[error(transparent)]
+    Http(#[from] api::ServeError),
+    #[error("a background task failed: {0}")]
+    Task(String),
+}
+
+/// Loads every configured product path into one set, checking names across
+/// all of them. All diagnostics of all files come back together.
+pub fn load_products(config: &HubConfig) -> Result<ProductSet, LoadErrors> {
+    let ctx = LoadContext {
+        upstreams: config.upstream_names(),
+    };
+    product::load_paths(&config.product_paths(), &ctx)
+}
+
+/// A started node. Dropping it does not stop it: cancel the token given to
+/// [`start`] and call [`RunningNode::wait`].
+pub struct RunningNode {
+    http_addr: SocketAddr,
+    node_id: Arc<str>,
+    store: Store,
+    products: Arc<ProductSet>,
+    readiness: Readiness,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    grace: Duration,
+    server: tokio::task::JoinHandle<Result<(), api::ServeError>>,
+}
+
+impl RunningNode {
+    /// The address the HTTP listener is bound to (the real port when the
+    /// config asked for port 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn products(&self) -> &Arc<ProductSet> {
+        &self.products
+    }
+
+    /// Waits until shutdown is requested, then stops everything in order
+    /// and flushes the store. Tasks that overrun the grace period are
+    /// abandoned (and logged); the final flush still runs.
+    pub async fn wait(self) -> Result<(), NodeError> {
+        self.shutdown.cancelled().await;
+        info!("shutting down");
+        self.readiness.set_phase(Phase::Stopping);
+        self.tasks.close();
+
+        let server = self.server;
+        let drained = tokio::time::timeout(self.grace, async {
+            let served = server.await;
+            self.tasks.wait().await;
+            served
+        })
+        .await;
+        let outcome = match drained {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(err))) => Err(NodeError::Http(err)),
+            Ok(Err(join)) => Err(NodeError::Task(join.to_string())),
+            Err(_) => {
+                warn!(grace = ?self.grace, "tasks still running after the grace period; stopping anyway");
+                Ok(())
+            }
+        };
+        self.store.durable().await.map_err(NodeError::FinalFlush)?;
+        info!("store flushed; stopped");
+        outcome
+    }
+}
+
+/// Starts the node and returns once it is ready.
+pub async fn start(
+    config: HubConfig,
+    shutdown: CancellationToken,
+) -> Result<RunningNode, NodeError> {
+    let readiness = Readiness::default();
+
+    let products = Arc::new(load_products(&config)?);
+    if products.is_empty() {
+        warn!("no product definitions loaded: pass --products or set `products` in the config");
+    }
+
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let node_id: Arc<str> = resolve_node_id(&config)?.into();
+    let span = info_span!("node", node_id = %node_id);
+    let _entered = span.enter();
+
+    let store = open_store(&config).await?;
+    let listener = HttpListener::bind(config.http.listen).await?;
+    let http_addr = listener.local_addr();
+
+    let tasks = TaskTracker::new();
+    let app = api::router(ApiState {
+        node_id: node_id.clone(),
+        readiness: readiness.clone(),
+    });
+    let server = tokio::spawn(
+        listener
+            .serve(app, shutdown.clone())
+            .instrument(info_span!("http", addr = %http_addr)),
+    );
+    tasks.spawn(
+        retention_sweeper(store.clone(), products.clone(), shutdown.clone())
+            .instrument(info_span!("retention")),
+    );
+
+    readiness.set_products(products.iter().map(|p| p.name.clone()).collect());
+    readiness.set_phase(Phase::Ready);
+    info!(
+        http = %http_addr,
+        data_dir = %config.data_dir.display(),
+        products = products.len(),
+        "ready"
+    );
+
+    Ok(RunningNode {
+        http_addr,
+        node_id,
+        store,
+        products,
+        readiness,
+        tasks,
+        shutdown,
+        grace: config.shutdown_grace,
+        server,
+    })
+}
+
+async fn open_store(config: &HubConfig) -> Result<Store, NodeError> {
+    let path = config.data_dir.join("store");
+    let mut store_config = StoreConfig::new(path.clone());
+    store_config.cache_capacity_bytes = config.store.cache_capacity_mb.saturating_mul(1 << 20);
+    store_config.history_chunk_events = config.store.history_chunk_events;
+    store_config.zstd_level = config.store.zstd_level;
+    // sled's open replays its log: blocking disk work, off the runtime.
+    tokio::task::spawn_blocking(move || Store::open(store_config))
+        .await
+        .map_err(|join| NodeError::Task(join.to_string()))?
+        .map_err(|source| NodeError::Store { path, source })
+}
+
+/// The configured node id, or the one generated on first start and kept in
+/// `<data_dir>/node_id` so it survives restarts (upstreams key their
+/// de-duplication on it).
+fn resolve_node_id(config: &HubConfig) -> Result<String, NodeError> {
+    if let Some(id) = &config.node_id {
+        return Ok(id.clone());
+    }
+    let path = config.data_dir.join("node_id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(NodeError::NodeId { path, source }),
+    }
+    let id = format!("node-{:08x}", rand::random::<u32>());
+    write_atomically(&path, id.as_bytes()).map_err(|source| NodeError::NodeId {
+        path: path.clone(),
+        source,
+    })?;
+    info!(node_id = %id, "generated a node id");
+    Ok(id)
+}
+
+/// Writes through a temporary file and a rename, so a crash never leaves a
+/// half-written file behind.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Enforces each product's history and retention policy a bounded slice
+/// at a time, resuming where the previous tick stopped.
+async fn retention_sweeper(store: Store, products: Arc<ProductSet>, shutdown: CancellationToken) {
+    let mut cursors: Vec<Option<String>> = vec![None; products.len()];
+    let mut tick = tokio::time::interval(RETENTION_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for (product, cursor) in products.iter().zip(cursors.iter_mut()) {
+            let spec = RetentionSpec {
+                history_keep: product.history.keep,
+                history_max_age: product.history.max_age,
+                expire_after: product.retention.expire_after,
+            };
+            if spec.history_keep.is_none()
+                && spec.history_max_age.is_none()
+                && spec.expire_after.is_none()
+            {
+                continue;
+            }
+            let store = store.clone();
+            let name = product.name.clone();
+            let from = cursor.take();
+            let swept = tokio::task::spawn_blocking(move || {
+                store.sweep_retention(
+                    &name,
+                    &spec,
+                    Timestamp::now(),
+                    from.as_deref(),
+                    RETENTION_BUDGET,
+                )
+            })
+            .await;
+            match swept {
+                Ok(Ok(report)) => {
+                    if report.events_removed > 0 || report.entities_expired > 0 {
+                        info!(
+                            product = %product.name,
+                            events_removed = report.events_removed,
+                            entities_expired = report.entities_expired,
+                            "retention sweep"
+                        );
+                    }
+                    *cursor = report.next_cursor;
+                }
+                Ok(Err(err)) => {
+                    warn!(product = %product.name, error = %err, "retention sweep failed")
+                }
+                Err(join) => {
+                    warn!(product = %product.name, error = %join, "retention sweep panicked")
+                }
+            }
+        }
+    }
+}

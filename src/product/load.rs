@@ -59,11 +59,20 @@ impl FromIterator<Product> for ProductSet {
 /// with no definitions gives an empty set: a fresh node may start with
 /// none and get them on reload.
 pub fn load_path(path: &Path, ctx: &LoadContext) -> Result<ProductSet, LoadErrors> {
-    let files = match definition_files(path) {
-        Ok(files) => files,
-        Err(diagnostic) => return Err(LoadErrors(vec![diagnostic])),
-    };
+    load_paths(&[path.to_path_buf()], ctx)
+}
+
+/// [`load_path`] over several files or folders at once, as a node's config
+/// lists them: product names must be unique across all of them.
+pub fn load_paths(paths: &[PathBuf], ctx: &LoadContext) -> Result<ProductSet, LoadErrors> {
     let mut diagnostics = Vec::new();
+    let mut files = Vec::new();
+    for path in paths {
+        match definition_files(path) {
+            Ok(found) => files.extend(found),
+            Err(diagnostic) => diagnostics.push(diagnostic),
+        }
+    }
     let mut products: BTreeMap<String, (Arc<Product>, Location)> = BTreeMap::new();
     for file in files {
         let text = match read_text(&file) {

@@ -79,7 +79,7 @@ pub use diagnostic::{Diagnostic, LoadErrors, Location, DOCUMENT_KEY};
 pub use duration::parse_duration;
 pub use field::{Classification, Field, FieldType};
 pub use filter::RowFilter;
-pub use load::{load_path, ProductSet};
+pub use load::{load_path, load_paths, ProductSet};
 pub use mask::Mask;
 pub use policies::{HistoryPolicy, OnInvalid, QualityPolicy, RetentionPolicy};
 pub use source::{check_json_pointer, FileSource, HttpSource, MqttSource, PayloadFormat, Source};

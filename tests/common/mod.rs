@@ -1,0 +1,260 @@
+//! Shared harness for tests that run the real `meshlet` binary: a temp
+//! working directory, a node started on a free port, readiness awaited by
+//! polling (never by sleeping a fixed time), and a clean stop.
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The binary under test, built by cargo for this test run.
+pub fn meshlet_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_meshlet"))
+}
+
+/// The repository root (where `schema/examples` lives).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A `meshlet` command with a clean environment: no inherited `MESHLET_*`
+/// or `RUST_LOG`, so the developer's shell cannot change a test's outcome.
+pub fn meshlet(cwd: &Path) -> Command {
+    let mut cmd = Command::new(meshlet_bin());
+    cmd.current_dir(cwd);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("MESHLET_") || name == "RUST_LOG" {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// Runs `meshlet ARGS` in `cwd` to completion.
+pub fn run(cwd: &Path, args: &[&str]) -> Output {
+    meshlet(cwd)
+        .args(args)
+        .output()
+        .expect("the meshlet binary runs")
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Copies the shipped example products into `dir/schema/examples`, the way
+/// a newcomer's checkout has them.
+pub fn copy_examples(dir: &Path) {
+    let from = repo_root().join("schema/examples");
+    let to = dir.join("schema/examples");
+    std::fs::create_dir_all(&to).expect("create examples dir");
+    for entry in std::fs::read_dir(&from).expect("examples exist") {
+        let entry = entry.expect("dir entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy example");
+    }
+}
+
+/// A node process started by the harness. Killed on drop if still running.
+pub struct NodeProcess {
+    child: Child,
+    pub http: SocketAddr,
+    /// Every log line the node wrote to stderr so far (JSON objects).
+    logs: mpsc::Receiver<String>,
+    pub seen_logs: Vec<String>,
+}
+
+/// How a node is started: working directory and extra arguments/env.
+pub struct NodeBuilder {
+    cwd: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl NodeBuilder {
+    pub fn new(cwd: &Path) -> NodeBuilder {
+        NodeBuilder {
+            cwd: cwd.to_path_buf(),
+            args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.env.push((name.to_string(), value.into()));
+        self
+    }
+
+    /// Starts `meshlet serve` on a free port and waits until the node logs
+    /// that it is ready (at most `deadline`).
+    pub fn start(self) -> Result<NodeProcess, String> {
+        let mut cmd = meshlet(&self.cwd);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(&self.args)
+            .env("MESHLET_LOG__FORMAT", "json")
+            .env("RUST_LOG", "meshlet=info")
+            .envs(self.env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| format!("spawn meshlet: {e}"))?;
+        let stderr = child.stderr.take().ok_or("no stderr pipe")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut node = NodeProcess {
+            child,
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            logs: rx,
+            seen_logs: Vec::new(),
+        };
+        let ready = node.wait_for_log(Duration::from_secs(30), |line| {
+            line.contains("\"message\":\"ready\"")
+        })?;
+        let event: serde_json::Value =
+            serde_json::from_str(&ready).map_err(|e| format!("ready line is not JSON: {e}"))?;
+        node.http = event["http"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| format!("ready line has no http address: {ready}"))?;
+        Ok(node)
+    }
+}
+
+impl NodeProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    /// Waits until a log line matches, the process exits, or the deadline
+    /// passes. Returns the matching line.
+    pub fn wait_for_log(
+        &mut self,
+        deadline: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> Result<String, String> {
+        let end = Instant::now() + deadline;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "timed out waiting for a log line; logs so far:\n{}",
+                    self.seen_logs.join("\n")
+                ));
+            }
+            match self.logs.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok(line) => {
+                    let hit = matches(&line);
+                    self.seen_logs.push(line.clone());
+                    if hit {
+                        return Ok(line);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().ok();
+                    return Err(format!(
+                        "node exited ({status:?}) before the expected log line; logs:\n{}",
+                        self.seen_logs.join("\n")
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Sends a signal (SIGTERM, SIGINT, SIGKILL...).
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).expect("pid fits i32");
+        // SAFETY: kill(2) with a pid we spawned and still own; no memory involved.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
+    }
+
+    /// Waits for the process to exit, at most `deadline`.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Result<ExitStatus, String> {
+        let end = Instant::now() + deadline;
+        loop {
+            // Keep draining logs so the pipe never fills.
+            while let Ok(line) = self.logs.try_recv() {
+                self.seen_logs.push(line);
+            }
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    while let Ok(line) = self.logs.recv_timeout(Duration::from_millis(100)) {
+                        self.seen_logs.push(line);
+                    }
+                    return Ok(status);
+                }
+                Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
+                Ok(None) => return Err("node did not exit in time".to_string()),
+                Err(e) => return Err(format!("wait failed: {e}")),
+            }
+        }
+    }
+
+    /// SIGTERM and wait: the graceful path.
+    pub fn stop(mut self) -> (ExitStatus, Vec<String>) {
+        self.signal(libc::SIGTERM);
+        let status = self
+            .wait_exit(Duration::from_secs(20))
+            .expect("node stops after SIGTERM");
+        (status, std::mem::take(&mut self.seen_logs))
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls `condition` until it is true or `deadline` passes.
+pub fn eventually(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    condition()
+}
+
+/// A blocking HTTP GET with a real client: status and body.
+pub fn http_get(url: &str) -> (u16, String) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let response = reqwest::get(url).await.expect("HTTP request");
+        let status = response.status().as_u16();
+        let body = response.text().await.expect("HTTP body");
+        (status, body)
+    })
+}

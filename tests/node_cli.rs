@@ -1,0 +1,222 @@
+//! The node as a user meets it: the real binary, its exit codes, its
+//! messages, and a clean start and stop.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn version_prints_the_crate_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run(dir.path(), &["--version"]);
+    assert!(out.status.success());
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("meshlet {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn check_accepts_the_shipped_examples() {
+    let out = run(&repo_root(), &["check", "schema/examples"]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("ok: 3 products valid ("), "{text}");
+    for name in ["machine_health", "energy_meter", "customer_asset"] {
+        assert!(text.contains(name), "{name} missing from: {text}");
+    }
+}
+
+#[test]
+fn check_without_paths_uses_the_embedded_default_examples() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_examples(dir.path());
+    let out = run(dir.path(), &["check"]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    assert!(stdout(&out).starts_with("ok: 3 products valid"));
+}
+
+#[test]
+fn check_reports_every_problem_of_every_file_and_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        "product: a\nversion: 1\ndomain: d\nowner: o@example.com\nkey: id\nfields:\n  id: { type: string }\n  temp: { type: flaot }\n",
+    )
+    .expect("write a");
+    std::fs::write(
+        dir.path().join("b.yaml"),
+        "product: b\nversion: 1\ndomain: d\nowner: o@example.com\nkey: missing\nfields:\n  id: { type: string }\n",
+    )
+    .expect("write b");
+    let out = run(dir.path(), &["check", "."]);
+    assert_eq!(out.status.code(), Some(1), "stdout: {}", stdout(&out));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("./a.yaml:8:17: fields.temp.type: ")),
+        "{err}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("./b.yaml:5:6: key: ")),
+        "{err}"
+    );
+    assert_eq!(
+        lines.last().copied(),
+        Some("error: 2 problems in 2 files"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_refuses_a_broken_hub_config_with_its_location() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("meshlet.toml"), "[http]\nlisten = 8080\n").expect("write");
+    let out = run(
+        &repo_root(),
+        &[
+            "--config",
+            dir.path().join("meshlet.toml").to_str().expect("utf8 path"),
+            "check",
+            "schema/examples",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.starts_with("error: invalid hub config: "), "{err}");
+    assert!(
+        err.contains("meshlet.toml:2:10: invalid type: integer `8080`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sync_rule_to_an_upstream_the_config_does_not_declare_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("meshlet.toml"), "[upstreams.hq]\n").expect("write");
+    let out = run(
+        &repo_root(),
+        &[
+            "--config",
+            dir.path().join("meshlet.toml").to_str().expect("utf8 path"),
+            "check",
+            "schema/examples",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("unknown upstream `central`"), "{err}");
+}
+
+#[test]
+fn serve_on_the_embedded_default_is_ready_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_examples(dir.path());
+    let node = NodeBuilder::new(dir.path()).start().expect("node starts");
+
+    let (status, body) = http_get(&node.url("/livez"));
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, body) = http_get(&node.url("/readyz"));
+    assert_eq!(status, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).expect("readyz JSON");
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(
+        ready["products"],
+        serde_json::json!(["customer_asset", "energy_meter", "machine_health"])
+    );
+    let node_id = ready["node_id"].as_str().expect("node id").to_string();
+    assert!(
+        dir.path().join("meshlet-data/store").is_dir(),
+        "data lives under ./meshlet-data"
+    );
+
+    let (status, logs) = node.stop();
+    assert!(
+        status.success(),
+        "exit status {status:?}; logs:\n{}",
+        logs.join("\n")
+    );
+    assert!(
+        logs.iter().any(|l| l.contains("store flushed; stopped")),
+        "final flush logged:\n{}",
+        logs.join("\n")
+    );
+
+    // The generated node id survives a restart.
+    let node = NodeBuilder::new(dir.path()).start().expect("node restarts");
+    let (_, body) = http_get(&node.url("/readyz"));
+    let ready: serde_json::Value = serde_json::from_str(&body).expect("readyz JSON");
+    assert_eq!(ready["node_id"], node_id.as_str());
+    let (status, _) = node.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn sigint_also_stops_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_examples(dir.path());
+    let mut node = NodeBuilder::new(dir.path()).start().expect("node starts");
+    node.signal(libc::SIGINT);
+    let status = node.wait_exit(Duration::from_secs(20)).expect("exits");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn serve_refuses_to_start_on_an_invalid_definition() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "product: bad\nversion: 1\ndomain: d\nowner: o@example.com\nkey: id\nfields:\n  id: { type: string, colour: red }\n",
+    )
+    .expect("write");
+    let out = meshlet(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--products", "bad.yaml"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("product definitions are invalid"), "{err}");
+    assert!(err.contains("bad.yaml:7:"), "{err}");
+    assert!(err.contains("colour"), "{err}");
+    assert!(
+        !dir.path().join("meshlet-data").exists(),
+        "nothing is created before the definitions are valid"
+    );
+}
+
+#[test]
+fn serve_reports_an_address_in_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = meshlet(dir.path())
+        .args(["serve", "--listen", &addr])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("cannot listen on {addr}")),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn env_overrides_reach_the_running_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_examples(dir.path());
+    let node = NodeBuilder::new(dir.path())
+        .env("MESHLET_NODE_ID", "gw-env-1")
+        .env("MESHLET_DATA_DIR", "elsewhere")
+        .start()
+        .expect("node starts");
+    let (_, body) = http_get(&node.url("/readyz"));
+    assert!(body.contains("\"node_id\":\"gw-env-1\""), "{body}");
+    assert!(dir.path().join("elsewhere/store").is_dir());
+    let (status, _) = node.stop();
+    assert!(status.success());
+}

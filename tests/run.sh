@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The one command that runs meshlet's whole test suite on a fresh machine.
+# It installs what the tests need when it is missing, builds once, and runs
+# every test (unit, integration, doc) against real components.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "need root to install: $*" >&2; return 1; fi
+}
+
+# System packages the tests drive as real processes (brokers, emulators).
+# Empty until a test needs one; each is installed only when missing.
+apt_packages=()
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}"
+fi
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+cargo test --locked --all-targets "$@"
+cargo test --locked --doc "$@"
