@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod node;
+pub mod pipeline;
 pub mod policy;
 pub mod product;
 pub mod record;

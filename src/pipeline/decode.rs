@@ -1,0 +1,337 @@
+//! Decoding: payload bytes to the JSON documents records are mapped from,
+//! one per record, after the payload-wide checks (size, UTF-8, nesting,
+//! record count).
+//!
+//! Every format ends up as JSON so that mapping has one set of rules: a
+//! csv row is an object keyed by column name (values are strings), a raw
+//! payload is a scalar. Failures are located: a problem with the payload as
+//! a whole is one [`Violation`] for all of it; a problem with one array
+//! element, ndjson line or csv row is a violation for that record only, and
+//! the others are still decoded.
+
+use serde_json::{Map, Value as Json};
+
+use crate::product::PayloadFormat;
+
+use super::violation::{describe, Rule, Violation};
+use super::{Limits, SourceShape};
+
+/// One record's document, or why it has none.
+#[derive(Debug)]
+pub(crate) struct Item {
+    /// Array element, or 0-based line of an ndjson line or csv row, or 0
+    /// for a single-record payload.
+    pub index: usize,
+    pub document: Result<Json, Violation>,
+}
+
+/// Decodes a payload; `Err` refuses the payload as a whole.
+pub(crate) fn decode(
+    payload: &[u8],
+    shape: &SourceShape,
+    limits: &Limits,
+) -> Result<Vec<Item>, Violation> {
+    if payload.len() > limits.max_payload_bytes {
+        return Err(Violation::payload(
+            Rule::TooLarge,
+            format!(
+                "{} bytes is over the limit of {} bytes",
+                payload.len(),
+                limits.max_payload_bytes
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(payload).map_err(|e| {
+        Violation::payload(
+            Rule::NotUtf8,
+            format!(
+                "not UTF-8 text: invalid byte sequence at byte {}",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    // Editors and Windows tools write a byte-order mark; it is not content.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    match shape.format {
+        PayloadFormat::Json => json(text, limits, object),
+        PayloadFormat::Telemetry => json(text, limits, telemetry),
+        PayloadFormat::Ndjson => ndjson(text, limits),
+        // Product sources always name columns and the raw field; a shape
+        // switched to csv or raw with `with_format` may not, and its
+        // payloads would otherwise lose every value without a word.
+        PayloadFormat::Csv if shape.columns.is_empty() => Err(Violation::payload(
+            Rule::Malformed,
+            "csv payloads need columns, and this source names none",
+        )),
+        PayloadFormat::Csv => csv(text, &shape.columns, limits),
+        PayloadFormat::Raw if shape.field.is_none() => Err(Violation::payload(
+            Rule::Malformed,
+            "raw payloads need a field to go to, and this source names none",
+        )),
+        PayloadFormat::Raw => Ok(vec![Item {
+            index: 0,
+            document: Ok(raw(text)),
+        }]),
+    }
+}
+
+/// Checks that a decoded element is a record of the format.
+type Check = fn(Json) -> Result<Json, Violation>;
+
+/// A JSON document: one record, or an array of records.
+fn json(text: &str, limits: &Limits, check: Check) -> Result<Vec<Item>, Violation> {
+    let document = parse(text, 0, limits)?;
+    match document {
+        Json::Array(elements) => {
+            if elements.len() > limits.max_records {
+                return Err(too_many(elements.len(), limits));
+            }
+            Ok(elements
+                .into_iter()
+                .enumerate()
+                .map(|(index, element)| Item {
+                    index,
+                    document: check(element),
+                })
+                .collect())
+        }
+        single => Ok(vec![Item {
+            index: 0,
+            document: check(single),
+        }]),
+    }
+}
+
+fn object(value: Json) -> Result<Json, Violation> {
+    match value {
+        Json::Object(_) => Ok(value),
+        other => Err(Violation::payload(
+            Rule::NotAnObject,
+            format!("expected a JSON object, found {}", describe(&other)),
+        )),
+    }
+}
+
+/// `{"ts": ..., "values": {...}}`: `values` must be an object, since every
+/// unmapped field is read from it.
+fn telemetry(value: Json) -> Result<Json, Violation> {
+    let value = object(value)?;
+    match value.get("values") {
+        Some(Json::Object(_)) => Ok(value),
+        Some(other) => Err(Violation::payload(
+            Rule::NotAnObject,
+            format!(
+                "expected `values` to be an object of field values, found {}",
+                describe(other)
+            ),
+        )),
+        None => Err(Violation::payload(
+            Rule::NotAnObject,
+            "expected a telemetry object {\"ts\": ..., \"values\": {...}}, found no `values`",
+        )),
+    }
+}
+
+/// One JSON object per non-empty line; a bad line is refused alone.
+fn ndjson(text: &str, limits: &Limits) -> Result<Vec<Item>, Violation> {
+    let lines: Vec<(usize, &str)> = text
+        .split('\n')
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .collect();
+    if lines.len() > limits.max_records {
+        return Err(too_many(lines.len(), limits));
+    }
+    Ok(lines
+        .into_iter()
+        .map(|(index, line)| Item {
+            index,
+            document: parse(line, index, limits).and_then(object),
+        })
+        .collect())
+}
+
+/// Rows split into `columns`; quoted fields may hold commas, quotes and
+/// newlines. A row that repeats the column names is a header and skipped.
+/// An empty cell is an absent value (csv cannot tell "" from nothing, and
+/// absent leaves the stored field as it was instead of clearing it).
+fn csv(text: &str, columns: &[String], limits: &Limits) -> Result<Vec<Item>, Violation> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let mut items = Vec::new();
+    for row in reader.records() {
+        let item = match row {
+            Ok(row) => {
+                let index = row
+                    .position()
+                    .map_or(items.len(), |p| p.line().saturating_sub(1) as usize);
+                if row.iter().eq(columns.iter().map(String::as_str)) {
+                    continue;
+                }
+                Item {
+                    index,
+                    document: csv_row(&row, columns),
+                }
+            }
+            Err(e) => Item {
+                index: e
+                    .position()
+                    .map_or(items.len(), |p| p.line().saturating_sub(1) as usize),
+                document: Err(Violation::payload(
+                    Rule::Malformed,
+                    format!("invalid csv: {e}"),
+                )),
+            },
+        };
+        if items.len() == limits.max_records {
+            return Err(Violation::payload(
+                Rule::TooManyRecords,
+                format!(
+                    "more than {} csv rows, the limit per payload",
+                    limits.max_records
+                ),
+            ));
+        }
+        items.push(item);
+    }
+    Ok(items)
+}
+
+fn csv_row(row: &csv::StringRecord, columns: &[String]) -> Result<Json, Violation> {
+    if row.len() != columns.len() {
+        return Err(Violation::payload(
+            Rule::Malformed,
+            format!(
+                "expected {} csv columns ({}), found {}",
+                columns.len(),
+                columns.join(", "),
+                row.len()
+            ),
+        ));
+    }
+    let object: Map<String, Json> = columns
+        .iter()
+        .zip(row.iter())
+        .filter(|(_, cell)| !cell.is_empty())
+        .map(|(column, cell)| (column.clone(), Json::String(cell.to_string())))
+        .collect();
+    Ok(Json::Object(object))
+}
+
+/// The trimmed payload: a JSON scalar when it reads as one (`21.5`,
+/// `true`, `"on"`), else the text itself (`on`). Arrays and objects are
+/// not scalars and stay text.
+fn raw(text: &str) -> Json {
+    let text = text.trim();
+    if !text.starts_with(['[', '{']) {
+        if let Ok(scalar) = serde_json::from_str::<Json>(text) {
+            return scalar;
+        }
+    }
+    Json::String(text.to_string())
+}
+
+/// Parses one JSON document after checking its nesting. `first_line` is
+/// the 0-based line the text starts on, so ndjson errors name the line of
+/// the payload.
+fn parse(text: &str, first_line: usize, limits: &Limits) -> Result<Json, Violation> {
+    if let Some(at) = too_deep_at(text, limits.max_depth) {
+        return Err(too_deep(limits, Some(at)));
+    }
+    serde_json::from_str(text).map_err(|e| {
+        let full = e.to_string();
+        if full.starts_with("recursion limit exceeded") {
+            return too_deep(limits, None);
+        }
+        let suffix = format!(" at line {} column {}", e.line(), e.column());
+        let reason = full.strip_suffix(&suffix).unwrap_or(&full);
+        Violation::payload(
+            Rule::Malformed,
+            format!(
+                "invalid JSON at line {} column {}: {reason}",
+                first_line + e.line(),
+                e.column()
+            ),
+        )
+    })
+}
+
+fn too_deep(limits: &Limits, at: Option<usize>) -> Violation {
+    Violation::payload(
+        Rule::TooDeep,
+        match at {
+            Some(at) => format!(
+                "JSON nested deeper than {} levels (at byte {at})",
+                limits.max_depth
+            ),
+            None => format!("JSON nested deeper than {} levels", limits.max_depth),
+        },
+    )
+}
+
+fn too_many(found: usize, limits: &Limits) -> Violation {
+    Violation::payload(
+        Rule::TooManyRecords,
+        format!(
+            "{found} records is over the limit of {} per payload",
+            limits.max_records
+        ),
+    )
+}
+
+/// The byte offset where JSON text first nests deeper than `max` arrays
+/// and objects, found by a flat scan: a parser would recurse (serde_json
+/// stops at 128 levels, dropping the value recurses too) and a deep
+/// payload is cheap to send.
+fn too_deep_at(text: &str, max: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (at, byte) in text.bytes().enumerate() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Some(at);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nesting_is_measured_outside_strings() {
+        assert_eq!(too_deep_at(r#"{"a":[1,{"b":2}]}"#, 3), None);
+        assert_eq!(too_deep_at(r#"{"a":[1,{"b":2}]}"#, 2), Some(8));
+        assert_eq!(too_deep_at(r#"{"a":"[[[[\"[[[["}"#, 1), None);
+        assert_eq!(too_deep_at(&"[".repeat(100_000), 64), Some(64));
+    }
+
+    #[test]
+    fn raw_payloads_are_scalars_or_text() {
+        assert_eq!(raw(" 21.5\n"), serde_json::json!(21.5));
+        assert_eq!(raw("\"on\""), serde_json::json!("on"));
+        assert_eq!(raw("on"), serde_json::json!("on"));
+        assert_eq!(raw("[1,2]"), serde_json::json!("[1,2]"));
+        assert_eq!(raw("null"), Json::Null);
+    }
+}

@@ -1,0 +1,219 @@
+//! The pipeline: one raw payload (an MQTT message, an HTTP push body, a
+//! line of a tailed file) to typed product records, by the product
+//! definition — decoding, field mapping, type coercion, quality rules.
+//!
+//! Pure: bytes and a [`Product`] in, [`Processed`] out; no I/O, no clock
+//! (the caller passes the arrival time), nothing stored. The caller decides
+//! what happens to [`Invalid`] records (reject or quarantine, by
+//! `product.quality.on_invalid`) and counts them by [`Rule::name`].
+//!
+//! Invariants:
+//! - **Never panics, never recurses on input**: sizes, nesting and record
+//!   counts are checked against [`Limits`] before anything is built, and a
+//!   1000-level nested array is a [`Rule::TooDeep`] violation, not a stack
+//!   overflow.
+//! - **Nothing is dropped silently**: every record of a payload ends up in
+//!   exactly one of `accepted` or `invalid`, a payload that cannot be
+//!   decoded at all is one [`Invalid`] with `index: None`, and a field
+//!   removed under `on_invalid: drop_field` is listed in
+//!   [`Accepted::dropped`].
+//! - **Every reason**: an invalid record carries every violation found,
+//!   not just the first.
+//!
+//! Layout: `decode` (payload checks, formats → JSON documents), `validate`
+//! (mapping, coercion, quality rules), `coerce` (type coercion),
+//! `fingerprint` (dedupe digests), `violation` (what went wrong).
+
+mod coerce;
+mod decode;
+mod fingerprint;
+mod validate;
+mod violation;
+
+#[cfg(test)]
+mod tests;
+
+use indexmap::IndexMap;
+
+use crate::product::{PayloadFormat, Product, Source};
+use crate::record::{Origin, Record, Timestamp};
+
+pub use fingerprint::{fingerprint, Fingerprint};
+pub use violation::{Rule, Violation};
+
+/// Limits applied before and while decoding, so a hostile or broken sender
+/// costs bounded memory and time.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Larger payloads are refused unread. Default 256 KiB.
+    pub max_payload_bytes: usize,
+    /// Deepest nesting of JSON arrays and objects. Default 64; serde_json
+    /// refuses more than 128 regardless.
+    pub max_depth: usize,
+    /// Most records in one payload (array elements, ndjson lines, csv
+    /// rows). Default 10,000.
+    pub max_records: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload_bytes: 256 * 1024,
+            max_depth: 64,
+            max_records: 10_000,
+        }
+    }
+}
+
+/// How one source's payloads are read, derived from a product [`Source`]
+/// (see `product::source` for the mapping rules).
+#[derive(Clone, Debug)]
+pub struct SourceShape {
+    pub format: PayloadFormat,
+    /// Field → JSON pointer into each record's document.
+    pub map: IndexMap<String, String>,
+    /// JSON pointer to the event time; `None` means arrival time, except
+    /// for `telemetry`, which reads `/ts` then.
+    pub event_time: Option<String>,
+    /// `csv`: the field of each column, in order.
+    pub columns: Vec<String>,
+    /// `raw`: the field the payload's value goes to.
+    pub field: Option<String>,
+}
+
+impl SourceShape {
+    /// The shape of `source`. HTTP sources have no map and no event time:
+    /// pushed records use the field names as keys.
+    pub fn from_source(source: &Source) -> SourceShape {
+        let shape = match source {
+            Source::Mqtt(mqtt) => SourceShape {
+                format: mqtt.format,
+                map: mqtt.map.clone(),
+                event_time: mqtt.event_time.clone(),
+                columns: mqtt.columns.clone(),
+                field: mqtt.field.clone(),
+            },
+            Source::Http(http) => SourceShape {
+                format: http.format,
+                map: IndexMap::new(),
+                event_time: None,
+                columns: Vec::new(),
+                field: None,
+            },
+            Source::File(file) => SourceShape {
+                format: file.format,
+                map: file.map.clone(),
+                event_time: file.event_time.clone(),
+                columns: file.columns.clone(),
+                field: None,
+            },
+        };
+        let format = shape.format;
+        shape.with_format(format)
+    }
+
+    /// The same shape read as `format` (say, an HTTP push whose
+    /// content type says ndjson). Switching to `telemetry` without an
+    /// event time pointer sets `/ts`.
+    pub fn with_format(mut self, format: PayloadFormat) -> SourceShape {
+        self.format = format;
+        if format == PayloadFormat::Telemetry && self.event_time.is_none() {
+            self.event_time = Some("/ts".to_string());
+        }
+        self
+    }
+
+    /// Where the event time is read, if anywhere.
+    pub fn event_time_pointer(&self) -> Option<&str> {
+        match (&self.event_time, self.format) {
+            (Some(pointer), _) => Some(pointer),
+            (None, PayloadFormat::Telemetry) => Some("/ts"),
+            (None, _) => None,
+        }
+    }
+}
+
+/// One payload and what the transport knows about it.
+#[derive(Clone, Debug)]
+pub struct Input<'a> {
+    pub payload: &'a [u8],
+    /// Fields captured from the MQTT topic: field name → level text. They
+    /// win over the payload.
+    pub captures: &'a [(String, String)],
+    /// When the payload arrived: the event time of records whose payload
+    /// carries none.
+    pub arrival: Timestamp,
+    /// Copied unchanged into every record.
+    pub origin: Origin,
+}
+
+/// A record that passed the product's rules.
+#[derive(Clone, Debug)]
+pub struct Accepted {
+    /// Entity, coerced fields (the key included), event time, origin.
+    pub record: Record,
+    /// `false` when the payload had no event time and the arrival time was
+    /// used; see [`fingerprint`](fingerprint()) for why that matters to
+    /// deduplication.
+    pub event_time_from_payload: bool,
+    pub fingerprint: Fingerprint,
+    /// Fields removed under `on_invalid: drop_field`, with why; empty
+    /// otherwise. Worth counting: a device sending out-of-range values
+    /// still looks healthy.
+    pub dropped: Vec<Violation>,
+}
+
+/// A record, or a whole payload, that did not pass.
+#[derive(Clone, Debug)]
+pub struct Invalid {
+    /// The record inside the payload: array element index, 0-based line of
+    /// an ndjson line or csv row (blank lines counted, so it points at the
+    /// line), 0 for a single-record payload. `None`: the payload as a whole
+    /// could not be decoded (too large, not UTF-8, bad JSON, too deep, too
+    /// many records).
+    pub index: Option<usize>,
+    /// Every reason found, never empty.
+    pub reasons: Vec<Violation>,
+}
+
+/// The outcome for one payload: each record is in exactly one list, in
+/// payload order.
+#[derive(Clone, Debug, Default)]
+pub struct Processed {
+    pub accepted: Vec<Accepted>,
+    pub invalid: Vec<Invalid>,
+}
+
+/// Turns one payload into records of `product`, read as `shape` describes.
+pub fn process(
+    product: &Product,
+    shape: &SourceShape,
+    input: &Input<'_>,
+    limits: &Limits,
+) -> Processed {
+    let mut processed = Processed::default();
+    let items = match decode::decode(input.payload, shape, limits) {
+        Ok(items) => items,
+        Err(problem) => {
+            processed.invalid.push(Invalid {
+                index: None,
+                reasons: vec![problem],
+            });
+            return processed;
+        }
+    };
+    for item in items {
+        let outcome = item
+            .document
+            .map_err(|problem| vec![problem])
+            .and_then(|document| validate::build(product, shape, &document, input));
+        match outcome {
+            Ok(accepted) => processed.accepted.push(accepted),
+            Err(reasons) => processed.invalid.push(Invalid {
+                index: Some(item.index),
+                reasons,
+            }),
+        }
+    }
+    processed
+}

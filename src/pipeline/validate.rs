@@ -1,0 +1,255 @@
+//! Mapping and quality rules: one decoded document to a record, or the
+//! complete list of reasons it is not one.
+//!
+//! Every declared field is looked up (topic capture first, then the `map`
+//! pointer, then the same-named key), coerced to its type and checked
+//! against its constraints; all violations of a record are collected, so a
+//! quarantined record says everything that is wrong with it at once.
+
+use std::borrow::Cow;
+
+use serde_json::Value as Json;
+
+use crate::product::{Field, FieldType, OnInvalid, PayloadFormat, Product};
+use crate::record::{Fields, Record, Timestamp, Value};
+
+use super::coerce::coerce;
+use super::fingerprint::fingerprint;
+use super::violation::{quote, Rule, Violation};
+use super::{Accepted, Input, SourceShape};
+
+/// Builds the record for one document, or returns every violation found.
+pub(crate) fn build(
+    product: &Product,
+    shape: &SourceShape,
+    document: &Json,
+    input: &Input<'_>,
+) -> Result<Accepted, Vec<Violation>> {
+    let mut fields = Fields::new();
+    let mut violations = Vec::new();
+    // The key first, so its problems lead the list.
+    let key = product.fields.get(&product.key);
+    let others = product.fields.values().filter(|f| f.name != product.key);
+    for field in key.into_iter().chain(others) {
+        let is_key = field.name == product.key;
+        match field_value(field, is_key, shape, document, input) {
+            Ok(Some(value)) => {
+                fields.insert(field.name.clone(), value);
+            }
+            Ok(None) => {}
+            Err(mut problems) => violations.append(&mut problems),
+        }
+    }
+    if key.is_none() {
+        // Only a hand-built product can name an undeclared key.
+        violations.push(Violation::field(
+            &product.key,
+            Rule::MissingKey,
+            "the key field is not declared by the product",
+        ));
+    }
+    let (event_time, event_time_from_payload) = match event_time(shape, document) {
+        Ok(Some(t)) => (t, true),
+        Ok(None) => (input.arrival, false),
+        Err(problem) => {
+            violations.push(problem);
+            (input.arrival, false)
+        }
+    };
+
+    let droppable = |v: &Violation| {
+        product.quality.on_invalid == OnInvalid::DropField
+            && v.field.as_deref().is_some_and(|name| {
+                name != product.key && product.field(name).is_some_and(|f| !f.required)
+            })
+    };
+    if !violations.iter().all(droppable) {
+        return Err(violations);
+    }
+    let entity = match fields.get(&product.key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Int(i)) => i.to_string(),
+        // The key is a string or int field, checked at load; a hand-built
+        // product with another key type gets its key as text.
+        Some(other) => other.to_string(),
+        None => {
+            return Err(vec![Violation::field(
+                &product.key,
+                Rule::MissingKey,
+                "key field is missing",
+            )])
+        }
+    };
+    let record = Record {
+        entity,
+        fields,
+        event_time,
+        origin: input.origin.clone(),
+    };
+    Ok(Accepted {
+        fingerprint: fingerprint(&product.name, &record, event_time_from_payload),
+        record,
+        event_time_from_payload,
+        dropped: violations,
+    })
+}
+
+/// The field's coerced value: `None` when absent, `Some(Value::Null)` for
+/// an explicit null (which clears the stored field), or every violation.
+fn field_value(
+    field: &Field,
+    is_key: bool,
+    shape: &SourceShape,
+    document: &Json,
+    input: &Input<'_>,
+) -> Result<Option<Value>, Vec<Violation>> {
+    let found = lookup(&field.name, shape, document, input);
+    let missing = |what: &str| {
+        if is_key {
+            Err(vec![Violation::field(
+                &field.name,
+                Rule::MissingKey,
+                format!("key field is {what}"),
+            )])
+        } else if field.required {
+            Err(vec![Violation::field(
+                &field.name,
+                Rule::Required,
+                format!("required field is {what}"),
+            )])
+        } else {
+            Ok(None)
+        }
+    };
+    let raw = match found.as_deref() {
+        None => return missing("missing"),
+        Some(Json::Null) => return missing("null").map(|_| Some(Value::Null)),
+        Some(raw) => raw,
+    };
+    let value = coerce(raw, field.ty)
+        .map_err(|message| vec![Violation::field(&field.name, Rule::Type, message)])?;
+    if is_key {
+        if let Value::String(s) = &value {
+            if s.trim().is_empty() {
+                return missing("empty");
+            }
+        }
+    }
+    let problems = constraints(field, &value);
+    if problems.is_empty() {
+        Ok(Some(value))
+    } else {
+        Err(problems)
+    }
+}
+
+/// Where a field's value comes from: a topic capture wins (the topic is
+/// what the broker routed on, the payload only what the device claims),
+/// then the field's `map` pointer, then the same-named key (of `values`
+/// for telemetry; the payload itself for a raw source's `field`).
+fn lookup<'d>(
+    name: &str,
+    shape: &SourceShape,
+    document: &'d Json,
+    input: &Input<'_>,
+) -> Option<Cow<'d, Json>> {
+    if let Some((_, level)) = input.captures.iter().rev().find(|(f, _)| f == name) {
+        return Some(Cow::Owned(Json::String(level.clone())));
+    }
+    let found = if let Some(pointer) = shape.map.get(name) {
+        document.pointer(pointer)
+    } else {
+        match shape.format {
+            PayloadFormat::Raw => (shape.field.as_deref() == Some(name)).then_some(document),
+            PayloadFormat::Telemetry => document.get("values").and_then(|v| v.get(name)),
+            PayloadFormat::Json | PayloadFormat::Ndjson | PayloadFormat::Csv => document.get(name),
+        }
+    };
+    found.map(Cow::Borrowed)
+}
+
+/// min, max, enum and pattern: every one that fails.
+fn constraints(field: &Field, value: &Value) -> Vec<Violation> {
+    let mut problems = Vec::new();
+    let number = match value {
+        Value::Int(i) => Some(*i as f64),
+        Value::Float(f) => Some(*f),
+        _ => None,
+    };
+    if let Some(n) = number {
+        if let Some(min) = field.min.filter(|min| n < *min) {
+            problems.push(Violation::field(
+                &field.name,
+                Rule::Min,
+                format!("{value} is below min {min}"),
+            ));
+        }
+        if let Some(max) = field.max.filter(|max| n > *max) {
+            problems.push(Violation::field(
+                &field.name,
+                Rule::Max,
+                format!("{value} is above max {max}"),
+            ));
+        }
+    }
+    if let Value::String(s) = value {
+        if !field.enum_values.is_empty() && !field.enum_values.contains(s) {
+            problems.push(Violation::field(
+                &field.name,
+                Rule::Enum,
+                format!(
+                    "{} is not one of: {}",
+                    quote(s),
+                    field.enum_values.join(", ")
+                ),
+            ));
+        }
+        if let Some(pattern) = field.pattern.as_ref().filter(|p| !p.is_match(s)) {
+            problems.push(Violation::field(
+                &field.name,
+                Rule::Pattern,
+                format!(
+                    "{} does not match the pattern {}",
+                    quote(s),
+                    written_pattern(pattern.as_str())
+                ),
+            ));
+        }
+    }
+    problems
+}
+
+/// The pattern as the definition wrote it: product patterns are compiled
+/// anchored, as `^(?:pattern)$`.
+fn written_pattern(compiled: &str) -> &str {
+    compiled
+        .strip_prefix("^(?:")
+        .and_then(|p| p.strip_suffix(")$"))
+        .unwrap_or(compiled)
+}
+
+/// The event time in the document: `None` when there is no pointer, or it
+/// finds nothing or null (the arrival time is used then). Raw payloads
+/// have no event time.
+fn event_time(shape: &SourceShape, document: &Json) -> Result<Option<Timestamp>, Violation> {
+    if shape.format == PayloadFormat::Raw {
+        return Ok(None);
+    }
+    let Some(pointer) = shape.event_time_pointer() else {
+        return Ok(None);
+    };
+    match document.pointer(pointer) {
+        None | Some(Json::Null) => Ok(None),
+        Some(raw) => match coerce(raw, FieldType::Timestamp) {
+            Ok(Value::Timestamp(t)) => Ok(Some(t)),
+            Ok(other) => Err(Violation::payload(
+                Rule::EventTime,
+                format!("event time at {pointer}: expected a timestamp, found {other}"),
+            )),
+            Err(message) => Err(Violation::payload(
+                Rule::EventTime,
+                format!("event time at {pointer}: {message}"),
+            )),
+        },
+    }
+}
