@@ -24,6 +24,28 @@ pub enum StoreError {
         detail: String,
     },
 
+    /// A quarantine entry could not be decoded. Only that entry is lost:
+    /// resolving its id (`IngestBatch::resolve_quarantine`) removes it
+    /// without decoding it.
+    #[error("product `{product}`: corrupt quarantine entry {id}: {detail}")]
+    CorruptQuarantine {
+        product: String,
+        id: u64,
+        detail: String,
+    },
+
+    /// Ingest bookkeeping could not be decoded: a dedupe window or
+    /// quarantine state record (`owner` names the product) or a source
+    /// offset (`owner` names the source). Writes that need it are refused
+    /// rather than guessing.
+    #[error("{owner}: corrupt {what}: {detail}")]
+    CorruptBookkeeping {
+        owner: String,
+        /// `dedupe window`, `dedupe entry`, `quarantine state`, `source offset`.
+        what: &'static str,
+        detail: String,
+    },
+
     /// The entity key is longer than `StoreConfig::max_entity_key_bytes`.
     #[error("product `{product}`, entity `{entity_prefix}…`: entity key is {len} bytes, the limit is {max}")]
     KeyTooLong {
@@ -121,8 +143,25 @@ impl StoreError {
         }
     }
 
+    pub(crate) fn bookkeeping(
+        owner: String,
+        what: &'static str,
+        detail: impl ToString,
+    ) -> StoreError {
+        StoreError::CorruptBookkeeping {
+            owner,
+            what,
+            detail: detail.to_string(),
+        }
+    }
+
     /// Whether this is a decode failure of stored bytes.
     pub fn is_corrupt(&self) -> bool {
-        matches!(self, StoreError::Corrupt { .. })
+        matches!(
+            self,
+            StoreError::Corrupt { .. }
+                | StoreError::CorruptQuarantine { .. }
+                | StoreError::CorruptBookkeeping { .. }
+        )
     }
 }

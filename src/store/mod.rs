@@ -1,21 +1,49 @@
-//! The store: products' instances, history chunks, audit and tombstones in
+//! The store: products' instances, history chunks, audit and tombstones,
+//! and ingest's bookkeeping (dedupe window, quarantine, source offsets), in
 //! one sled database.
 //!
 //! # Trees
 //!
 //! Per product (opened lazily by name; names are `[a-z][a-z0-9_]*`):
 //! `{product}/instances`, `{product}/history`, `{product}/audit`,
-//! `{product}/tombstones` (key layout in `keys.rs`). One `meta` tree holds
-//! the store format version; a database written by a newer format is
-//! refused at open with [`StoreError::NewerFormat`] instead of being
-//! misread.
+//! `{product}/tombstones` (key layout in `keys.rs`), `{product}/dedupe`
+//! (`dedupe.rs`) and `{product}/quarantine` (`quarantine.rs`). Global:
+//! `source_offsets` (`offsets.rs`), and `meta`, which holds the store format
+//! version; a database written by a newer format is refused at open with
+//! [`StoreError::NewerFormat`] instead of being misread.
 //!
 //! # Writes
 //!
 //! Writers are serialized by one mutex, so sled transactions never conflict
-//! and never retry; each [`Store::upsert`] batch is one multi-tree
-//! transaction: all of its records or none are applied, also across a crash.
-//! Readers take no lock.
+//! and never retry. Every batch is one multi-tree transaction: all of it or
+//! none is applied, also across a crash. Readers take no lock.
+//!
+//! [`Store::ingest`] writes everything one batch from one source produces
+//! for one product ([`IngestBatch`]): its records, the registration of their
+//! dedupe fingerprints, quarantine inserts, evictions and resolutions, and
+//! the source offset — so a restart neither loses nor repeats input, and a
+//! redelivered message is recognised. [`Store::upsert`] is the same path
+//! with plain records only (no fingerprint, no quarantine, no offset).
+//!
+//! **Dedupe** (`dedupe.rs`): per product, the last
+//! [`IngestLimits::dedupe_capacity`] fingerprints registered, oldest
+//! forgotten first. A record with a fingerprint that asks to be checked and
+//! is in the window (including from an earlier record of the same batch) is
+//! skipped and refreshes nothing; every other record with a fingerprint
+//! registers it as the newest. Count-bounded, no time sweep: with
+//! ack-after-durable, a redelivery is always of a recent message.
+//!
+//! **Quarantine** (`quarantine.rs`): per product, entries with ids that
+//! ascend and are never reused (the counter is stored), at most
+//! [`IngestLimits::quarantine_max`], oldest evicted first and counted;
+//! [`Store::quarantine_list`] pages by id, [`Store::quarantine_count`] is
+//! O(1). Resolving an id in a batch removes the entry with that batch.
+//!
+//! **Source offsets** (`offsets.rs`): one opaque position per source name,
+//! node-wide; [`Store::source_offset`] reads it back.
+//!
+//! Erasure and retention leave dedupe and quarantine alone: both are
+//! bounded by count, and neither holds instance values.
 //!
 //! **Merge** (see `merge.rs`): a record's fields overwrite the instance's,
 //! absent fields stay, `Value::Null` clears. Every record — even one that
@@ -83,11 +111,15 @@ mod audit;
 mod chunk;
 mod codec;
 mod config;
+mod dedupe;
 mod durable;
 mod erase;
 mod error;
+mod ingest;
 mod keys;
 mod merge;
+mod offsets;
+mod quarantine;
 mod read;
 mod retention;
 mod stored;
@@ -101,8 +133,9 @@ pub use config::StoreConfig;
 pub use error::StoreError;
 pub use retention::RETENTION_ORIGIN;
 pub use types::{
-    AuditAction, AuditEntry, AuditQuery, Change, HistoryEvent, HistoryQuery, Instance, Page,
-    RetentionSpec, SweepReport, Tombstone,
+    AuditAction, AuditEntry, AuditQuery, Change, Fingerprint, HistoryEvent, HistoryQuery,
+    IngestBatch, IngestLimits, IngestOutcome, IngestRecord, Instance, Page, QuarantineEntry,
+    QuarantineItem, RetentionSpec, SourceOffset, SweepReport, Tombstone,
 };
 
 use durable::GroupCommit;
@@ -124,18 +157,22 @@ struct Inner {
     config: StoreConfig,
     db: sled::Db,
     products: RwLock<HashMap<String, Arc<ProductTrees>>>,
+    /// `source_offsets`: one position per source, node-wide.
+    offsets: sled::Tree,
     /// Serializes every write, so transactions never conflict.
     writer: Mutex<()>,
     group: GroupCommit,
 }
 
-/// The four trees of one product.
+/// The trees of one product.
 pub(crate) struct ProductTrees {
     pub name: String,
     pub instances: sled::Tree,
     pub history: sled::Tree,
     pub audit: sled::Tree,
     pub tombstones: sled::Tree,
+    pub dedupe: sled::Tree,
+    pub quarantine: sled::Tree,
 }
 
 impl Store {
@@ -153,6 +190,9 @@ impl Store {
             .open()
             .map_err(|e| StoreError::sled(format!("opening {}", config.path.display()), e))?;
         check_format(&db, &config)?;
+        let offsets = db.open_tree(offsets::OFFSETS_TREE).map_err(|e| {
+            StoreError::sled(format!("opening tree `{}`", offsets::OFFSETS_TREE), e)
+        })?;
         let group = GroupCommit::start(db.clone())?;
         tracing::debug!("store opened");
         Ok(Store {
@@ -160,6 +200,7 @@ impl Store {
                 config,
                 db,
                 products: RwLock::new(HashMap::new()),
+                offsets,
                 writer: Mutex::new(()),
                 group,
             }),
@@ -237,6 +278,8 @@ impl Store {
             history: open("history")?,
             audit: open("audit")?,
             tombstones: open("tombstones")?,
+            dedupe: open("dedupe")?,
+            quarantine: open("quarantine")?,
         });
         products.insert(product.to_string(), Arc::clone(&trees));
         tracing::debug!(product, "product trees opened");

@@ -124,3 +124,153 @@ impl From<StoredTombstone> for Tombstone {
 pub(crate) struct StoredMeta {
     pub format_version: u32,
 }
+
+/// The dedupe window's bookkeeping, one per product (see `dedupe.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StoredDedupeState {
+    /// Sequence number the next registered fingerprint gets.
+    pub next_seq: u64,
+    /// Fingerprints currently in the window.
+    pub len: u64,
+}
+
+/// The quarantine's bookkeeping, one per product (see `quarantine.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StoredQuarantineState {
+    /// Id the next quarantined item gets; ids are never reused, so this
+    /// only grows (it starts at 1).
+    pub next_id: u64,
+    /// Entries currently held.
+    pub len: u64,
+}
+
+/// Value of a quarantine entry key: everything needed to replay the item.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct StoredQuarantineEntry {
+    pub quarantined_at: Timestamp,
+    pub source: String,
+    pub topic: Option<String>,
+    pub captures: Vec<(String, String)>,
+    /// MessagePack `bin`, not an array of integers: half the size or less.
+    #[serde(with = "bin")]
+    pub payload: Vec<u8>,
+    pub reasons: Vec<String>,
+    pub arrival: Timestamp,
+    pub origin: Origin,
+    pub index: Option<u32>,
+}
+
+/// Value of a `source_offsets` key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct StoredOffset {
+    #[serde(with = "bin")]
+    pub position: Vec<u8>,
+    /// Arrival time of the batch that wrote it (for diagnostics).
+    pub at: Timestamp,
+}
+
+/// A fingerprint as MessagePack `bin` (19 bytes with the format byte).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StoredFingerprint(#[serde(with = "bin16")] pub [u8; 16]);
+
+/// `Vec<u8>` as MessagePack `bin` (what `serde_bytes` does, without the
+/// dependency). Decoding also accepts an array of integers.
+mod bin {
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+    use std::fmt;
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(BytesVisitor)
+    }
+
+    pub(super) struct BytesVisitor;
+
+    impl<'de> Visitor<'de> for BytesVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("bytes")
+        }
+
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(byte) = seq.next_element()? {
+                out.push(byte);
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// `[u8; 16]` as MessagePack `bin`.
+mod bin16 {
+    use serde::{de, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8; 16], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 16], D::Error> {
+        let bytes = d.deserialize_byte_buf(super::bin::BytesVisitor)?;
+        <[u8; 16]>::try_from(bytes.as_slice())
+            .map_err(|_| de::Error::invalid_length(bytes.len(), &"16 bytes"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::codec;
+
+    #[test]
+    fn payload_bytes_are_stored_as_bin_and_round_trip() {
+        // Bytes ≥ 0x80 take two bytes each as a MessagePack integer array.
+        let payload: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+        let entry = StoredQuarantineEntry {
+            quarantined_at: Timestamp(1),
+            source: "mqtt:0".into(),
+            topic: Some("a/b".into()),
+            captures: vec![("site".into(), "berlin".into())],
+            payload: payload.clone(),
+            reasons: vec!["bad".into()],
+            arrival: Timestamp(2),
+            origin: Origin::new("mqtt:a/b"),
+            index: Some(3),
+        };
+        let bytes = codec::encode(&entry).unwrap();
+        assert!(
+            bytes.len() < payload.len() + 256,
+            "bin encoding, not an integer array: {} bytes",
+            bytes.len()
+        );
+        assert_eq!(
+            codec::decode::<StoredQuarantineEntry>(&bytes).unwrap(),
+            entry
+        );
+        let fp = StoredFingerprint([7; 16]);
+        let bytes = codec::encode(&fp).unwrap();
+        assert_eq!(bytes.len(), 1 + 2 + 16);
+        assert_eq!(codec::decode::<StoredFingerprint>(&bytes).unwrap(), fp);
+        assert!(codec::decode::<StoredFingerprint>(
+            &codec::encode(&StoredOffset {
+                position: vec![1, 2],
+                at: Timestamp(0)
+            })
+            .unwrap()
+        )
+        .is_err());
+    }
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-use crate::record::{Fields, Origin, Timestamp};
+use crate::record::{Fields, Origin, Record, Timestamp};
 
 /// The current state of one entity of one product.
 #[derive(Clone, Debug, PartialEq)]
@@ -176,4 +176,133 @@ pub struct SweepReport {
     pub next_cursor: Option<String>,
     /// Entities skipped because their stored data is corrupt.
     pub errors: Vec<StoreError>,
+}
+
+/// A 128-bit digest of what makes a message unique (computed by ingest,
+/// opaque to the store).
+pub type Fingerprint = [u8; 16];
+
+/// One record of an [`IngestBatch`], with its dedupe fingerprint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IngestRecord {
+    pub record: Record,
+    /// `None`: always applied, nothing registered.
+    pub fingerprint: Option<Fingerprint>,
+    /// Skip the record if `fingerprint` is in the product's dedupe window.
+    /// `false` still registers the fingerprint (a source that cannot
+    /// redeliver, whose records later redeliveries must be checked against).
+    pub check_duplicate: bool,
+}
+
+/// A message (or one record of it) that failed validation, kept whole so
+/// it can be inspected and replayed later.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuarantineItem {
+    /// The source inside the product definition, e.g. `mqtt:0`, `http`,
+    /// `file:0`.
+    pub source: String,
+    pub topic: Option<String>,
+    /// Topic template captures, in template order.
+    pub captures: Vec<(String, String)>,
+    /// The raw bytes as received (may be invalid UTF-8).
+    pub payload: Vec<u8>,
+    /// Every reason, human-readable.
+    pub reasons: Vec<String>,
+    pub arrival: Timestamp,
+    pub origin: Origin,
+    /// Which record inside the payload was bad; `None` = the whole payload.
+    pub index: Option<u32>,
+}
+
+/// How far a source has been consumed. The position is opaque to the
+/// store (a file tail keeps inode and byte offset in it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceOffset {
+    /// Globally unique source name, e.g. `machine_health/file:0`; offsets
+    /// are one namespace for the whole node.
+    pub source: String,
+    pub position: Vec<u8>,
+}
+
+/// Everything one batch from one source produces for one product, written
+/// by [`Store::ingest`](super::Store::ingest) as one atomic step.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IngestBatch {
+    /// Applied in order, like [`Store::upsert`](super::Store::upsert).
+    pub records: Vec<IngestRecord>,
+    /// Stored in order; ids ascend in that order.
+    pub quarantine: Vec<QuarantineItem>,
+    /// Stored (overwriting the previous one) with the batch.
+    pub source_offset: Option<SourceOffset>,
+    /// Quarantine ids removed with the batch (a replay writes the records
+    /// and removes their entries in one step); missing ids are ignored.
+    pub resolve_quarantine: Vec<u64>,
+}
+
+impl IngestBatch {
+    /// Whether the batch would write nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+            && self.quarantine.is_empty()
+            && self.source_offset.is_none()
+            && self.resolve_quarantine.is_empty()
+    }
+}
+
+/// Per-product bounds of the ingest bookkeeping, passed with every batch
+/// (they come from the product definition and may change on reload;
+/// shrinking one evicts the surplus on the next batch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IngestLimits {
+    /// Quarantine entries kept; the oldest are evicted beyond it.
+    pub quarantine_max: u64,
+    /// Fingerprints in the dedupe window; the oldest registration is
+    /// forgotten beyond it.
+    pub dedupe_capacity: u64,
+}
+
+impl IngestLimits {
+    pub const DEFAULT_QUARANTINE_MAX: u64 = 10_000;
+    pub const DEFAULT_DEDUPE_CAPACITY: u64 = 65_536;
+}
+
+impl Default for IngestLimits {
+    /// 10,000 quarantine entries (a few MiB typically; ~2.5 GiB in the
+    /// worst case of incompressible 256 KiB payloads), 65,536 fingerprints
+    /// (a few MiB).
+    fn default() -> Self {
+        IngestLimits {
+            quarantine_max: Self::DEFAULT_QUARANTINE_MAX,
+            dedupe_capacity: Self::DEFAULT_DEDUPE_CAPACITY,
+        }
+    }
+}
+
+/// What [`Store::ingest`](super::Store::ingest) did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IngestOutcome {
+    /// One per record, in order; `None` = skipped as a duplicate.
+    pub changes: Vec<Option<Change>>,
+    /// Records skipped as duplicates.
+    pub duplicates: usize,
+    /// Items of this batch put into quarantine (= `batch.quarantine.len()`,
+    /// including any evicted at once).
+    pub quarantined: usize,
+    /// The ids they got, in batch order (an id may already be evicted if
+    /// the batch alone exceeds `quarantine_max`).
+    pub quarantine_ids: Vec<u64>,
+    /// Entries evicted to stay within `quarantine_max` (oldest first,
+    /// items of this batch last).
+    pub quarantine_evicted: usize,
+    /// `resolve_quarantine` ids that existed and were removed.
+    pub resolved: usize,
+}
+
+/// One quarantine entry as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuarantineEntry {
+    /// Per product, ascending in quarantine order, never reused.
+    pub id: u64,
+    pub quarantined_at: Timestamp,
+    pub item: QuarantineItem,
 }

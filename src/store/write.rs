@@ -1,16 +1,17 @@
-//! Upserts: merging a batch of records into instances, history and audit
-//! in one transaction.
+//! Merging records into instances, history and audit inside a batch's
+//! transaction (the transaction itself is run by `ingest.rs`), and
+//! [`Store::upsert`], an ingest batch of plain records.
 
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
-use sled::Transactional;
 
 use super::audit::{coalesce, AuditChange};
 use super::chunk::encode_chunk;
 use super::codec;
+use super::ingest::{BatchIn, RecordIn};
 use super::keys::{audit_key, chunk_key, tail_key};
 use super::merge::merge_fields;
 use super::stored::{StoredAuditLine, StoredEvent, StoredInstance};
-use super::{tx_result, AuditAction, Change, Store, StoreError};
+use super::{AuditAction, Change, IngestLimits, Store, StoreError};
 use crate::record::{Fields, Record, Timestamp};
 
 pub(crate) type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
@@ -19,16 +20,16 @@ pub(crate) fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
     ConflictableTransactionError::Abort(e)
 }
 
-/// The transactional view of one product's trees during an upsert.
-struct UpsertTx<'a> {
-    product: &'a str,
-    chunk_events: u64,
-    zstd_level: i32,
-    received_at: Timestamp,
-    instances: &'a TransactionalTree,
-    history: &'a TransactionalTree,
-    audit: &'a TransactionalTree,
-    tombstones: &'a TransactionalTree,
+/// The transactional view of one product's record trees during a batch.
+pub(super) struct UpsertTx<'a> {
+    pub product: &'a str,
+    pub chunk_events: u64,
+    pub zstd_level: i32,
+    pub received_at: Timestamp,
+    pub instances: &'a TransactionalTree,
+    pub history: &'a TransactionalTree,
+    pub audit: &'a TransactionalTree,
+    pub tombstones: &'a TransactionalTree,
 }
 
 impl Store {
@@ -51,57 +52,21 @@ impl Store {
         records: &[Record],
         received_at: Timestamp,
     ) -> Result<Vec<Change>, StoreError> {
-        if records.is_empty() {
-            return Ok(Vec::new());
-        }
-        for record in records {
-            self.check_entity(product, &record.entity)?;
-        }
-        let trees = self.product(product)?;
         let span = tracing::debug_span!("store.upsert", product, records = records.len());
         let _enter = span.enter();
-        let config = self.config();
-        let _writer = self.write_lock();
-        let result = (
-            &trees.instances,
-            &trees.history,
-            &trees.audit,
-            &trees.tombstones,
-        )
-            .transaction(|(instances, history, audit, tombstones)| {
-                let tx = UpsertTx {
-                    product,
-                    chunk_events: config.history_chunk_events as u64,
-                    zstd_level: config.zstd_level,
-                    received_at,
-                    instances,
-                    history,
-                    audit,
-                    tombstones,
-                };
-                records
-                    .iter()
-                    .map(|record| tx.apply(record))
-                    .collect::<TxResult<Vec<_>>>()
-            });
-        let changes = tx_result(result, || {
-            format!(
-                "product `{product}`: writing a batch of {} records",
-                records.len()
-            )
-        })?;
-        self.inner.group.wrote();
-        tracing::debug!(
-            created = changes.iter().filter(|c| c.created).count(),
-            changed = changes.iter().filter(|c| !c.changed.is_empty()).count(),
-            "upsert batch committed"
-        );
-        Ok(changes)
+        let batch = BatchIn {
+            records: records.iter().map(RecordIn::plain).collect(),
+            ..BatchIn::default()
+        };
+        let outcome = self.commit(product, batch, &IngestLimits::default(), received_at)?;
+        // Records without fingerprint are never skipped: one change each.
+        Ok(outcome.changes.into_iter().flatten().collect())
     }
 }
 
 impl UpsertTx<'_> {
-    fn apply(&self, record: &Record) -> TxResult<Change> {
+    /// Merges one record (see the module docs of `store` for the rules).
+    pub(super) fn apply(&self, record: &Record) -> TxResult<Change> {
         let entity = record.entity.as_str();
         let current = match self.instances.get(entity.as_bytes())? {
             Some(bytes) => Some(

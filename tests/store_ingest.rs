@@ -1,0 +1,821 @@
+//! `Store::ingest` as the ingest layer sees it, on a real sled database in
+//! a temp dir: one batch = records + dedupe registrations + quarantine +
+//! source offset, all or nothing, also across reopen and SIGKILL.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use meshlet::record::{Fields, Origin, Record, Timestamp, Value};
+use meshlet::store::{
+    Fingerprint, HistoryQuery, IngestBatch, IngestLimits, IngestRecord, QuarantineItem,
+    SourceOffset, Store, StoreConfig, StoreError,
+};
+use rand::Rng;
+
+const P: &str = "machine_health";
+
+fn open(dir: &Path) -> Store {
+    Store::open(StoreConfig::new(dir.join("db"))).expect("store opens")
+}
+
+fn record(entity: &str, n: i64) -> Record {
+    let mut fields = Fields::new();
+    fields.insert("n".into(), Value::Int(n));
+    Record {
+        entity: entity.to_string(),
+        fields,
+        event_time: Timestamp(n),
+        origin: Origin::new("mqtt:0"),
+    }
+}
+
+fn fp(n: u8) -> Fingerprint {
+    [n; 16]
+}
+
+/// A record with fingerprint `fp(n)`, checked for duplicates.
+fn checked(entity: &str, n: u8) -> IngestRecord {
+    IngestRecord {
+        record: record(entity, i64::from(n)),
+        fingerprint: Some(fp(n)),
+        check_duplicate: true,
+    }
+}
+
+fn item(tag: &str) -> QuarantineItem {
+    QuarantineItem {
+        source: "mqtt:0".into(),
+        topic: Some(format!("plant/berlin/machine/{tag}/telemetry")),
+        captures: vec![
+            ("site".into(), "berlin".into()),
+            ("machine_id".into(), tag.into()),
+        ],
+        payload: format!("{{\"temp\": \"{tag}\"}}").into_bytes(),
+        reasons: vec![format!("/temp: expected a number, got {tag:?}")],
+        arrival: Timestamp(7),
+        origin: Origin::new("mqtt:plant/berlin").with_actor("dev"),
+        index: None,
+    }
+}
+
+fn offset(source: &str, position: &[u8]) -> Option<SourceOffset> {
+    Some(SourceOffset {
+        source: source.into(),
+        position: position.to_vec(),
+    })
+}
+
+fn limits(quarantine_max: u64, dedupe_capacity: u64) -> IngestLimits {
+    IngestLimits {
+        quarantine_max,
+        dedupe_capacity,
+    }
+}
+
+fn ingest(store: &Store, batch: &IngestBatch) -> meshlet::store::IngestOutcome {
+    store
+        .ingest(P, batch, &IngestLimits::default(), Timestamp(1_000))
+        .expect("ingest")
+}
+
+/// Which of `fps` the window recognises, via a probe batch on entity `probe`.
+fn recognised(store: &Store, fps: &[u8], limits: &IngestLimits) -> Vec<bool> {
+    let batch = IngestBatch {
+        records: fps.iter().map(|&n| checked("probe", n)).collect(),
+        ..IngestBatch::default()
+    };
+    let outcome = store
+        .ingest(P, &batch, limits, Timestamp(2_000))
+        .expect("probe ingest");
+    outcome.changes.iter().map(Option::is_none).collect()
+}
+
+fn ids(store: &Store) -> Vec<u64> {
+    store
+        .quarantine_list(P, None, usize::MAX)
+        .expect("quarantine lists")
+        .iter()
+        .map(|e| e.id)
+        .collect()
+}
+
+#[test]
+fn one_batch_writes_records_quarantine_and_offset_together_and_all_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    // Raw bytes as received: invalid UTF-8, 256 KiB.
+    let mut big = item("m9");
+    big.payload = (0..256 * 1024u32).map(|i| (i % 251) as u8 ^ 0x80).collect();
+    big.index = Some(3);
+    let batch = IngestBatch {
+        records: vec![checked("m1", 1), checked("m2", 2)],
+        quarantine: vec![item("m3"), big.clone()],
+        source_offset: offset("machine_health/file:0", b"inode=7;offset=4096"),
+        resolve_quarantine: vec![],
+    };
+    {
+        let store = open(dir.path());
+        let outcome = ingest(&store, &batch);
+        assert_eq!(outcome.changes.len(), 2);
+        assert!(outcome
+            .changes
+            .iter()
+            .all(|c| c.as_ref().is_some_and(|c| c.created)));
+        assert_eq!((outcome.duplicates, outcome.quarantined), (0, 2));
+        assert_eq!(outcome.quarantine_ids, vec![1, 2]);
+        assert_eq!((outcome.quarantine_evicted, outcome.resolved), (0, 0));
+        store.durable_blocking().unwrap();
+    }
+    let store = open(dir.path());
+    for (entity, n) in [("m1", 1), ("m2", 2)] {
+        let instance = store.get(P, entity).unwrap().expect("record stored");
+        assert_eq!(instance.fields.get("n"), Some(&Value::Int(n)));
+        assert_eq!(instance.first_seen, Timestamp(1_000));
+    }
+    assert_eq!(
+        recognised(&store, &[1, 2, 3], &IngestLimits::default()),
+        [true, true, false]
+    );
+    assert_eq!(store.quarantine_count(P).unwrap(), 2);
+    let entries = store.quarantine_list(P, None, 10).unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!((entries[0].id, entries[1].id), (1, 2));
+    assert_eq!(entries[0].item, item("m3"));
+    assert_eq!(entries[1].item, big, "payload bytes come back exactly");
+    assert_eq!(entries[1].quarantined_at, Timestamp(1_000));
+    assert_eq!(
+        store
+            .source_offset("machine_health/file:0")
+            .unwrap()
+            .as_deref(),
+        Some(&b"inode=7;offset=4096"[..])
+    );
+}
+
+#[test]
+fn a_failed_batch_writes_nothing_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // A corrupt instance makes the transaction abort after `ok` was merged.
+    store
+        .raw_db()
+        .open_tree(format!("{P}/instances"))
+        .unwrap()
+        .insert("bad", &[9u8, 9, 9][..])
+        .unwrap();
+    let batch = IngestBatch {
+        records: vec![checked("ok", 1), checked("bad", 2)],
+        quarantine: vec![item("q")],
+        source_offset: offset("file:0", b"42"),
+        resolve_quarantine: vec![],
+    };
+    let err = store
+        .ingest(P, &batch, &IngestLimits::default(), Timestamp(1))
+        .expect_err("a corrupt instance refuses the batch");
+    assert!(err.is_corrupt(), "{err}");
+    assert_eq!(store.get(P, "ok").unwrap(), None);
+    assert_eq!(store.quarantine_count(P).unwrap(), 0);
+    assert!(ids(&store).is_empty());
+    assert_eq!(store.source_offset("file:0").unwrap(), None);
+    assert_eq!(
+        recognised(&store, &[1, 2], &IngestLimits::default()),
+        [false, false],
+        "no fingerprint registered"
+    );
+
+    // An invalid entity key refuses the batch before anything is planned.
+    let long = "k".repeat(10_000);
+    let batch = IngestBatch {
+        records: vec![checked("fine", 3), checked(&long, 4)],
+        quarantine: vec![item("q")],
+        source_offset: offset("file:0", b"43"),
+        resolve_quarantine: vec![],
+    };
+    let err = store
+        .ingest(P, &batch, &IngestLimits::default(), Timestamp(1))
+        .expect_err("key too long");
+    assert!(matches!(err, StoreError::KeyTooLong { .. }), "{err}");
+    assert_eq!(store.get(P, "fine").unwrap(), None);
+    assert_eq!(store.quarantine_count(P).unwrap(), 0);
+    assert_eq!(store.source_offset("file:0").unwrap(), None);
+
+    // The next good batch gets quarantine id 1: failed batches use no ids.
+    let batch = IngestBatch {
+        quarantine: vec![item("q")],
+        ..IngestBatch::default()
+    };
+    assert_eq!(ingest(&store, &batch).quarantine_ids, vec![1]);
+}
+
+#[test]
+fn duplicates_within_and_across_batches_and_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        let mut unchecked = checked("m1", 9);
+        unchecked.check_duplicate = false;
+        let no_fp = IngestRecord {
+            fingerprint: None,
+            ..checked("m1", 5)
+        };
+        let batch = IngestBatch {
+            records: vec![
+                checked("m1", 1),
+                checked("m1", 1), // same batch: duplicate
+                unchecked.clone(),
+                unchecked, // not checked: applied again
+                no_fp.clone(),
+                no_fp, // no fingerprint: always applied
+            ],
+            ..IngestBatch::default()
+        };
+        let outcome = ingest(&store, &batch);
+        let applied: Vec<bool> = outcome.changes.iter().map(Option::is_some).collect();
+        assert_eq!(applied, [true, false, true, true, true, true]);
+        assert_eq!(outcome.duplicates, 1);
+        assert_eq!(store.get(P, "m1").unwrap().unwrap().version, 5);
+
+        // Across batches: 1 and 9 are known; 2 is new.
+        let batch = IngestBatch {
+            records: vec![checked("m1", 1), checked("m1", 9), checked("m1", 2)],
+            ..IngestBatch::default()
+        };
+        let outcome = ingest(&store, &batch);
+        assert_eq!(outcome.duplicates, 2);
+        assert_eq!(outcome.changes[2].as_ref().map(|c| c.version), Some(6));
+        store.durable_blocking().unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(
+        recognised(&store, &[1, 2, 9, 5, 3], &IngestLimits::default()),
+        [true, true, true, false, false],
+        "the window survives reopen; records without fingerprint register nothing"
+    );
+    let history = store.history(P, "m1", &HistoryQuery::default()).unwrap();
+    assert_eq!(
+        history.len(),
+        6,
+        "skipped duplicates are not history events"
+    );
+}
+
+#[test]
+fn the_window_forgets_the_oldest_fingerprint_beyond_capacity() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let cap3 = limits(100, 3);
+    for n in 1..=4u8 {
+        let batch = IngestBatch {
+            records: vec![checked("m1", n)],
+            ..IngestBatch::default()
+        };
+        store.ingest(P, &batch, &cap3, Timestamp(1)).unwrap();
+    }
+    // 1 is the 4th-oldest: forgotten. Probing 2..4 only (probing 1 would
+    // register it and push 2 out).
+    assert_eq!(recognised(&store, &[2, 3, 4], &cap3), [true, true, true]);
+    assert_eq!(recognised(&store, &[1], &cap3), [false]);
+    // Registering 1 again pushed 2 out; 3, 4, 1 remain.
+    assert_eq!(recognised(&store, &[3, 4, 1], &cap3), [true, true, true]);
+    assert_eq!(recognised(&store, &[2], &cap3), [false]);
+
+    // Refreshing with check_duplicate = false moves a fingerprint to newest.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut refresh = checked("m1", 1);
+    refresh.check_duplicate = false;
+    let batch = IngestBatch {
+        records: vec![
+            checked("m1", 1),
+            checked("m1", 2),
+            checked("m1", 3),
+            refresh,
+        ],
+        ..IngestBatch::default()
+    };
+    store.ingest(P, &batch, &cap3, Timestamp(1)).unwrap();
+    let batch = IngestBatch {
+        records: vec![checked("m1", 4)],
+        ..IngestBatch::default()
+    };
+    store.ingest(P, &batch, &cap3, Timestamp(1)).unwrap();
+    assert_eq!(recognised(&store, &[1, 3, 4], &cap3), [true, true, true]);
+    assert_eq!(recognised(&store, &[2], &cap3), [false], "2 was the oldest");
+}
+
+#[test]
+fn quarantine_is_bounded_and_counts_evictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let max3 = limits(3, 100);
+    let batch = |tags: &[&str]| IngestBatch {
+        quarantine: tags.iter().map(|t| item(t)).collect(),
+        ..IngestBatch::default()
+    };
+    let o = store
+        .ingest(P, &batch(&["a", "b"]), &max3, Timestamp(1))
+        .unwrap();
+    assert_eq!((o.quarantined, o.quarantine_evicted), (2, 0));
+    let o = store
+        .ingest(P, &batch(&["c", "d"]), &max3, Timestamp(2))
+        .unwrap();
+    assert_eq!((o.quarantined, o.quarantine_evicted), (2, 1));
+    assert_eq!(ids(&store), [2, 3, 4]);
+    assert_eq!(store.quarantine_count(P).unwrap(), 3);
+    // A batch larger than the bound keeps only its own newest items.
+    let o = store
+        .ingest(P, &batch(&["e", "f", "g", "h", "i"]), &max3, Timestamp(3))
+        .unwrap();
+    assert_eq!(o.quarantine_ids, [5, 6, 7, 8, 9]);
+    assert_eq!(o.quarantine_evicted, 5, "three stored, two of its own");
+    assert_eq!(ids(&store), [7, 8, 9]);
+    let tags: Vec<String> = store
+        .quarantine_list(P, None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.item.captures[1].1.clone())
+        .collect();
+    assert_eq!(tags, ["g", "h", "i"]);
+    // A lowered bound applies on the next batch that touches the quarantine.
+    let o = store
+        .ingest(P, &batch(&["j"]), &limits(1, 100), Timestamp(4))
+        .unwrap();
+    assert_eq!(o.quarantine_evicted, 3);
+    assert_eq!(ids(&store), [10]);
+    assert_eq!(store.quarantine_count(P).unwrap(), 1);
+}
+
+#[test]
+fn quarantine_lists_in_pages_after_an_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let batch = IngestBatch {
+        quarantine: (0..7).map(|i| item(&format!("m{i}"))).collect(),
+        resolve_quarantine: vec![],
+        ..IngestBatch::default()
+    };
+    ingest(&store, &batch);
+    ingest(
+        &store,
+        &IngestBatch {
+            resolve_quarantine: vec![4],
+            ..IngestBatch::default()
+        },
+    );
+    let mut pages = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.quarantine_list(P, after, 2).unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        pages.push(page.iter().map(|e| e.id).collect::<Vec<_>>());
+    }
+    assert_eq!(pages, [vec![1, 2], vec![3, 5], vec![6, 7]]);
+    assert!(store
+        .quarantine_list(P, Some(u64::MAX), 5)
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.quarantine_list(P, Some(5), 1).unwrap()[0].id, 6);
+    assert!(store.quarantine_list("other", None, 5).unwrap().is_empty());
+    assert_eq!(store.quarantine_count("other").unwrap(), 0);
+}
+
+#[test]
+fn quarantine_ids_are_never_reused_after_eviction_or_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let max2 = limits(2, 100);
+    let batch = |tag: &str| IngestBatch {
+        quarantine: vec![item(tag)],
+        ..IngestBatch::default()
+    };
+    {
+        let store = open(dir.path());
+        for tag in ["a", "b", "c"] {
+            store.ingest(P, &batch(tag), &max2, Timestamp(1)).unwrap();
+        }
+        // Resolve everything: the quarantine is empty, the counter is not.
+        let o = store
+            .ingest(
+                P,
+                &IngestBatch {
+                    resolve_quarantine: vec![1, 2, 3, 99],
+                    ..IngestBatch::default()
+                },
+                &max2,
+                Timestamp(2),
+            )
+            .unwrap();
+        assert_eq!(o.resolved, 2, "1 was evicted, 99 never existed");
+        assert_eq!(store.quarantine_count(P).unwrap(), 0);
+        let o = store.ingest(P, &batch("d"), &max2, Timestamp(3)).unwrap();
+        assert_eq!(o.quarantine_ids, [4]);
+        store.durable_blocking().unwrap();
+    }
+    let store = open(dir.path());
+    let o = store.ingest(P, &batch("e"), &max2, Timestamp(4)).unwrap();
+    assert_eq!(o.quarantine_ids, [5], "the counter survives reopen");
+    assert_eq!(ids(&store), [4, 5]);
+    // Products count separately.
+    let o = store
+        .ingest("other", &batch("x"), &max2, Timestamp(4))
+        .unwrap();
+    assert_eq!(o.quarantine_ids, [1]);
+}
+
+#[test]
+fn resolving_removes_entries_together_with_the_replayed_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let batch = IngestBatch {
+        quarantine: vec![item("m1"), item("m2"), item("m3")],
+        ..IngestBatch::default()
+    };
+    ingest(&store, &batch);
+    // A replay that fails writes neither the records nor the resolution.
+    store
+        .raw_db()
+        .open_tree(format!("{P}/instances"))
+        .unwrap()
+        .insert("broken", &[0u8][..])
+        .unwrap();
+    let failing = IngestBatch {
+        records: vec![checked("m1", 1), checked("broken", 2)],
+        resolve_quarantine: vec![1, 2],
+        ..IngestBatch::default()
+    };
+    assert!(store
+        .ingest(P, &failing, &IngestLimits::default(), Timestamp(5))
+        .is_err());
+    assert_eq!(ids(&store), [1, 2, 3]);
+    assert_eq!(store.get(P, "m1").unwrap(), None);
+    // A replay that succeeds does both.
+    let replay = IngestBatch {
+        records: vec![checked("m1", 1), checked("m2", 2)],
+        resolve_quarantine: vec![1, 2],
+        ..IngestBatch::default()
+    };
+    let o = ingest(&store, &replay);
+    assert_eq!((o.resolved, o.quarantined), (2, 0));
+    assert_eq!(ids(&store), [3]);
+    assert_eq!(store.quarantine_count(P).unwrap(), 1);
+    assert!(store.get(P, "m1").unwrap().is_some());
+    assert!(store.get(P, "m2").unwrap().is_some());
+}
+
+#[test]
+fn source_offsets_are_stored_overwritten_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        assert_eq!(store.source_offset("p/file:0").unwrap(), None);
+        let at = |pos: &[u8]| IngestBatch {
+            source_offset: offset("p/file:0", pos),
+            ..IngestBatch::default()
+        };
+        ingest(&store, &at(b"\x00\x01first"));
+        assert_eq!(
+            store.source_offset("p/file:0").unwrap().as_deref(),
+            Some(&b"\x00\x01first"[..])
+        );
+        ingest(&store, &at(b"second"));
+        let other = IngestBatch {
+            records: vec![checked("m1", 1)],
+            source_offset: offset("p/file:1", b""),
+            ..IngestBatch::default()
+        };
+        ingest(&store, &other);
+        // A batch without an offset leaves the stored one alone.
+        ingest(
+            &store,
+            &IngestBatch {
+                records: vec![checked("m1", 2)],
+                ..IngestBatch::default()
+            },
+        );
+        store.durable_blocking().unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(
+        store.source_offset("p/file:0").unwrap().as_deref(),
+        Some(&b"second"[..])
+    );
+    assert_eq!(store.source_offset("p/file:1").unwrap(), Some(Vec::new()));
+    assert_eq!(store.source_offset("p/file:2").unwrap(), None);
+}
+
+#[test]
+fn upsert_and_ingest_are_one_write_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .upsert_at(P, &[record("m1", 1)], Timestamp(1))
+        .unwrap();
+    let o = ingest(
+        &store,
+        &IngestBatch {
+            records: vec![checked("m1", 2)],
+            ..IngestBatch::default()
+        },
+    );
+    assert_eq!(o.changes[0].as_ref().map(|c| c.version), Some(2));
+    let changes = store
+        .upsert_at(P, &[record("m1", 3)], Timestamp(2))
+        .unwrap();
+    assert_eq!(changes[0].version, 3);
+    assert!(store.upsert(P, &[]).unwrap().is_empty());
+    let empty = ingest(&store, &IngestBatch::default());
+    assert!(empty.changes.is_empty());
+    assert!(IngestBatch::default().is_empty());
+    assert_eq!(
+        IngestLimits::default(),
+        limits(10_000, 65_536),
+        "documented defaults"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Crash consistency.
+
+const CRASH_TEST: &str = "sigkill_keeps_each_batch_whole";
+const CHILD_ENV: &str = "MESHLET_INGEST_CRASH_CHILD";
+const START_ENV: &str = "MESHLET_INGEST_CRASH_START";
+const ROUND_ENV: &str = "MESHLET_INGEST_CRASH_ROUND";
+const CRASH_SOURCE: &str = "crash/file:0";
+const ROUNDS: u64 = 5;
+
+fn crash_config(db: &Path) -> StoreConfig {
+    let mut config = StoreConfig::new(db);
+    // Small chunks so kills also land in the middle of seals.
+    config.history_chunk_events = 4;
+    config
+}
+
+/// Fingerprint of record `j` of batch `n` written in round `round`: the
+/// round is part of it, so a probe that registers a fingerprint of an
+/// unwritten batch never collides with what the next round writes.
+fn crash_fp(round: u64, n: u64, j: u8) -> Fingerprint {
+    let mut fp = [0u8; 16];
+    fp[0] = round as u8;
+    fp[1] = j;
+    fp[8..].copy_from_slice(&n.to_be_bytes());
+    fp
+}
+
+/// Batch `n`: two records for `e{n}` (plus a within-batch duplicate of the
+/// first), one update of `shared`, one quarantine item, offset `n`.
+fn crash_batch(round: u64, n: u64) -> IngestBatch {
+    let rec = |entity: String, j: u8, check: bool| IngestRecord {
+        record: Record {
+            entity,
+            fields: [
+                ("n".to_string(), Value::Int(n as i64)),
+                (
+                    "pad".to_string(),
+                    Value::String("x".repeat((n % 40) as usize)),
+                ),
+            ]
+            .into_iter()
+            .collect(),
+            event_time: Timestamp(n as i64),
+            origin: Origin::new("file:0"),
+        },
+        fingerprint: Some(crash_fp(round, n, j)),
+        check_duplicate: check,
+    };
+    let mut quarantined = item(&format!("line{n}"));
+    quarantined.payload = n.to_be_bytes().to_vec();
+    IngestBatch {
+        records: vec![
+            rec(format!("e{n}"), 0, true),
+            rec(format!("e{n}"), 1, true),
+            rec(format!("e{n}"), 0, true),
+            rec("shared".to_string(), 2, false),
+        ],
+        quarantine: vec![quarantined],
+        source_offset: offset(CRASH_SOURCE, &n.to_be_bytes()),
+        resolve_quarantine: vec![],
+    }
+}
+
+#[test]
+fn sigkill_keeps_each_batch_whole() {
+    match std::env::var(CHILD_ENV) {
+        Ok(dir) => crash_child(Path::new(&dir)),
+        Err(_) => crash_parent(),
+    }
+}
+
+/// Ingests batches until killed (or, as a safety net, for 20 s).
+fn crash_child(db: &Path) {
+    let env = |name: &str| -> u64 {
+        std::env::var(name)
+            .expect("child env")
+            .parse()
+            .expect("numeric")
+    };
+    let (start, round) = (env(START_ENV), env(ROUND_ENV));
+    let store = Store::open(crash_config(db)).expect("child opens the store");
+    let mut stdout = std::io::stdout().lock();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut n = start;
+    while Instant::now() < deadline {
+        let outcome = store
+            .ingest(
+                P,
+                &crash_batch(round, n),
+                &IngestLimits::default(),
+                Timestamp(n as i64),
+            )
+            .expect("child ingest");
+        assert_eq!(outcome.duplicates, 1, "the within-batch duplicate");
+        store.durable_blocking().expect("child durable");
+        writeln!(stdout, "durable {n}").expect("stdout");
+        stdout.flush().expect("stdout flush");
+        n += 1;
+    }
+}
+
+fn crash_parent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db: PathBuf = dir.path().join("db");
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut rng = rand::rng();
+    let started = Instant::now();
+    // Batch n → the round that wrote it (for its fingerprints).
+    let mut written: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut next = 0u64;
+    let mut acked: Option<u64> = None;
+
+    for round in 0..ROUNDS {
+        let mut child = Command::new(&exe)
+            .args(["--exact", CRASH_TEST, "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, &db)
+            .env(START_ENV, next.to_string())
+            .env(ROUND_ENV, round.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn child");
+        let stdout = child.stdout.take().expect("child stdout");
+        let (tx, rx) = mpsc::channel::<u64>();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(n) = line
+                    .strip_prefix("durable ")
+                    .and_then(|n| n.trim().parse().ok())
+                {
+                    if tx.send(n).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        // Even rounds: kill 30–400 ms after the first ack (mid-write).
+        // Odd rounds: 30–400 ms after spawn (may hit open or recovery).
+        let delay = Duration::from_millis(rng.random_range(30..=400));
+        if round % 2 == 0 {
+            let first = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("child acknowledges a batch");
+            acked = acked.max(Some(first));
+        }
+        let kill_at = Instant::now() + delay;
+        while let Some(left) = kill_at.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(n) => acked = acked.max(Some(n)),
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("child exited before it was killed")
+                }
+            }
+        }
+        child.kill().expect("SIGKILL the child");
+        let status = child.wait().expect("reap the child");
+        assert!(!status.success(), "the child was killed, not finished");
+        reader.join().expect("reader thread");
+        acked = rx.try_iter().fold(acked, |a, n| a.max(Some(n)));
+
+        let store = Store::open(crash_config(&db)).expect("store opens cleanly after SIGKILL");
+        let last = verify_crash(&store, round, next, acked, &written);
+        let committed_now = last.map_or(0, |l| l + 1);
+        for n in next..committed_now {
+            written.insert(n, round);
+        }
+        eprintln!(
+            "round {round}: killed after {delay:?}; batches {next}..{committed_now} committed, \
+             acknowledged up to {acked:?}"
+        );
+        next = committed_now;
+        drop(store);
+    }
+    assert!(acked.is_some(), "the child acknowledged something");
+    let elapsed = started.elapsed();
+    eprintln!("crash test: {ROUNDS} rounds, {next} batches, {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(30),
+        "crash test took {elapsed:?}"
+    );
+}
+
+/// Checks that the reopened store holds batches `0..=last` whole and nothing
+/// of any later batch, where `last` is the stored offset; returns `last`.
+fn verify_crash(
+    store: &Store,
+    round: u64,
+    start: u64,
+    acked: Option<u64>,
+    written: &BTreeMap<u64, u64>,
+) -> Option<u64> {
+    let last = store
+        .source_offset(CRASH_SOURCE)
+        .expect("offset reads")
+        .map(|pos| u64::from_be_bytes(pos.try_into().expect("8-byte offset")));
+    let committed = last.map_or(0, |l| l + 1);
+    assert!(
+        committed >= start,
+        "offset went backwards: {last:?} < {start}"
+    );
+    assert!(
+        acked.is_none_or(|a| committed > a),
+        "acknowledged batch {acked:?} lost (offset {last:?})"
+    );
+
+    // Records: e{n} whole (version 2, the duplicate skipped) exactly for n ≤ last.
+    for n in 0..committed {
+        let instance = store
+            .get(P, &format!("e{n}"))
+            .expect("instance reads")
+            .unwrap_or_else(|| panic!("batch {n} ≤ offset {last:?} has no records"));
+        assert_eq!(
+            instance.version, 2,
+            "e{n}: both records, the duplicate skipped"
+        );
+    }
+    for n in committed..committed + 3 {
+        assert_eq!(
+            store.get(P, &format!("e{n}")).expect("instance reads"),
+            None,
+            "batch {n} > offset {last:?} left records"
+        );
+    }
+    let shared = store.get(P, "shared").expect("shared reads");
+    assert_eq!(shared.as_ref().map_or(0, |s| s.version), committed);
+    if let Some(shared) = shared {
+        assert_eq!(
+            shared.fields.get("n"),
+            Some(&Value::Int(committed as i64 - 1))
+        );
+        let history = store
+            .history(P, "shared", &HistoryQuery::default())
+            .expect("history reads");
+        assert_eq!(
+            history.len() as u64,
+            committed,
+            "one history event per batch"
+        );
+    }
+
+    // Quarantine: one entry per committed batch, the newest from `last`.
+    assert_eq!(store.quarantine_count(P).expect("count"), committed);
+    let entries = store.quarantine_list(P, None, usize::MAX).expect("list");
+    assert_eq!(entries.len() as u64, committed);
+    assert_eq!(
+        entries.last().map(|e| e.item.payload.clone()),
+        last.map(|l| l.to_be_bytes().to_vec())
+    );
+
+    // Fingerprints: registered for every committed batch, not for the next
+    // one. The probe registers what it does not find (harmless: the next
+    // round uses its own fingerprints).
+    let mut probe: Vec<(u64, Fingerprint)> = written
+        .iter()
+        .map(|(&n, &r)| (n, crash_fp(r, n, 1)))
+        .collect();
+    probe.extend((start..=committed).map(|n| (n, crash_fp(round, n, 1))));
+    let batch = IngestBatch {
+        records: probe
+            .iter()
+            .map(|&(n, fp)| IngestRecord {
+                record: record("probe", n as i64),
+                fingerprint: Some(fp),
+                check_duplicate: true,
+            })
+            .collect(),
+        ..IngestBatch::default()
+    };
+    let outcome = store
+        .ingest(P, &batch, &IngestLimits::default(), Timestamp(0))
+        .expect("probe ingest");
+    for ((n, _), change) in probe.iter().zip(&outcome.changes) {
+        assert_eq!(
+            change.is_none(),
+            *n < committed,
+            "batch {n}: fingerprint registration disagrees with offset {last:?}"
+        );
+    }
+    last
+}
