@@ -1,4 +1,5 @@
-//! The command line: `meshlet serve`, `meshlet check`, `meshlet --version`.
+//! The command line: `meshlet serve`, `meshlet check`, `meshlet quarantine`,
+//! `meshlet --version`.
 //!
 //! This is the binary's edge: errors become one readable report on stderr
 //! and an exit code (0 success, 1 failure, 2 usage), never a panic.
@@ -43,6 +44,26 @@ pub enum Command {
     Serve(ServeArgs),
     /// Validate product definitions and the hub config; report every problem.
     Check(CheckArgs),
+    /// Inspect and replay quarantined payloads (with the node stopped; a
+    /// running node offers the same over HTTP under /quarantine).
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// List a product's quarantined payloads with every reason.
+    List {
+        product: String,
+        /// Entries after this id.
+        #[arg(long)]
+        after: Option<u64>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Run a product's quarantined payloads through its current definition;
+    /// those that now pass are written and leave the quarantine.
+    Replay { product: String },
 }
 
 #[derive(Debug, clap::Args)]
@@ -78,6 +99,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(config, args),
         Command::Check(args) => check(&config, args),
+        Command::Quarantine(command) => quarantine(config, command),
     }
 }
 
@@ -119,6 +141,91 @@ fn serve(mut config: HubConfig, args: ServeArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!(error = %err, "node stopped with an error");
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn quarantine(config: HubConfig, command: QuarantineCommand) -> ExitCode {
+    crate::telemetry::init_logging(&crate::config::LogConfig {
+        level: "warn".to_string(),
+        ..config.log.clone()
+    });
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome: Result<(), String> = runtime.block_on(async move {
+        let products = crate::node::load_products(&config)
+            .map_err(|e| format!("product definitions are invalid:\n{e}"))?;
+        let store = crate::node::open_store(&config).await.map_err(|e| {
+            format!(
+                "{e}\n(is the node running? stop it, or use its HTTP API: POST http://{}/quarantine/<product>/replay)",
+                config.http.listen
+            )
+        })?;
+        match command {
+            QuarantineCommand::List { product, after, limit } => {
+                if products.get(&product).is_none() {
+                    return Err(format!("no product named `{product}`"));
+                }
+                let total = store.quarantine_count(&product).map_err(|e| e.to_string())?;
+                let entries = store
+                    .quarantine_list(&product, after, limit.max(1))
+                    .map_err(|e| e.to_string())?;
+                println!("{total} quarantined in {product}");
+                for entry in entries {
+                    let item = &entry.item;
+                    println!(
+                        "#{} at {} from {}{}{}",
+                        entry.id,
+                        entry.quarantined_at,
+                        item.source,
+                        item.topic.as_deref().map(|t| format!(" topic {t}")).unwrap_or_default(),
+                        item.index.map(|i| format!(" record {i}")).unwrap_or_default(),
+                    );
+                    for reason in &item.reasons {
+                        println!("  - {reason}");
+                    }
+                    let payload = String::from_utf8_lossy(&item.payload);
+                    let shown: String = payload.chars().take(200).collect();
+                    println!("  payload: {shown}{}", if payload.chars().count() > 200 { "…" } else { "" });
+                }
+                Ok(())
+            }
+            QuarantineCommand::Replay { product } => {
+                let tasks = tokio_util::task::TaskTracker::new();
+                let ingestor = crate::ingest::Ingestor::new(
+                    std::sync::Arc::new(products),
+                    store.clone(),
+                    &config.ingest,
+                    &tasks,
+                );
+                let report = crate::ingest::replay::replay(&ingestor, &product)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                drop(ingestor);
+                tasks.close();
+                tasks.wait().await;
+                store.durable().await.map_err(|e| e.to_string())?;
+                println!(
+                    "replayed {} of {} quarantined payloads of {product} ({} records written); {} still invalid",
+                    report.replayed, report.examined, report.records, report.still_invalid
+                );
+                Ok(())
+            }
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
             eprintln!("error: {err}");
             ExitCode::FAILURE
         }

@@ -40,6 +40,8 @@ pub struct HubConfig {
     pub http: HttpConfig,
     pub store: StoreSettings,
     pub log: LogConfig,
+    pub mqtt: MqttConfig,
+    pub ingest: IngestSettings,
     /// Upstreams that sync rules may name.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// How long shutdown waits for tasks to finish before giving up.
@@ -56,6 +58,8 @@ impl Default for HubConfig {
             http: HttpConfig::default(),
             store: StoreSettings::default(),
             log: LogConfig::default(),
+            mqtt: MqttConfig::default(),
+            ingest: IngestSettings::default(),
             upstreams: BTreeMap::from([("central".to_string(), UpstreamConfig::default())]),
             shutdown_grace: Duration::from_secs(10),
         }
@@ -127,6 +131,128 @@ impl Default for LogConfig {
         LogConfig {
             format: LogFormat::Text,
             level: "info".to_string(),
+        }
+    }
+}
+
+/// Where MQTT messages come from: the embedded broker devices connect to,
+/// an external broker the node subscribes to, or both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    pub embedded: EmbeddedBrokerConfig,
+    /// Off unless configured.
+    pub external: Option<ExternalBrokerConfig>,
+}
+
+/// The embedded MQTT 3.1.1 broker. It acknowledges a device's QoS 1
+/// publish only once the records it produced are on disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedBrokerConfig {
+    pub enabled: bool,
+    /// Loopback by default, as Mosquitto 2 does without a config: opening
+    /// it to the network (`0.0.0.0:1883`) is a deliberate choice.
+    pub listen: SocketAddr,
+    /// Largest MQTT packet accepted; a larger one closes the connection
+    /// (MQTT 3.1.1 has no way to refuse a single packet). Payloads between
+    /// `ingest.max_payload_bytes` and this are read and refused per policy.
+    pub max_packet_bytes: usize,
+    pub max_connections: usize,
+    /// QoS 1/2 publishes of one connection waiting for their durable ack;
+    /// when reached, the connection is not read further (TCP backpressure).
+    pub max_inflight: usize,
+    /// Username → password; empty means no authentication.
+    pub users: BTreeMap<String, String>,
+}
+
+impl Default for EmbeddedBrokerConfig {
+    fn default() -> Self {
+        EmbeddedBrokerConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            max_packet_bytes: 1 << 20,
+            max_connections: 1_000,
+            max_inflight: 256,
+            users: BTreeMap::new(),
+        }
+    }
+}
+
+/// A broker the node subscribes to (Mosquitto, EMQX, HiveMQ...), with a
+/// persistent session so what devices publish while the node is down waits
+/// in the broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExternalBrokerConfig {
+    /// `mqtt://host:1883` or `mqtts://host:8883`.
+    pub url: String,
+    /// Default `meshlet-<node_id>`: stable, so the broker keeps the session.
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// PEM CA bundle for `mqtts://`; the system roots when absent.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain and key, for brokers that require
+    /// mutual TLS.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde_compat")]
+    pub keep_alive: Duration,
+    /// `false` (the default) asks the broker to keep the session and queue
+    /// QoS 1 messages while the node is away.
+    pub clean_session: bool,
+    pub max_packet_bytes: usize,
+}
+
+impl Default for ExternalBrokerConfig {
+    fn default() -> Self {
+        ExternalBrokerConfig {
+            url: "mqtt://127.0.0.1:1883".to_string(),
+            client_id: None,
+            username: None,
+            password: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            keep_alive: Duration::from_secs(30),
+            clean_session: false,
+            max_packet_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Limits and batching shared by every source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSettings {
+    /// Largest payload (MQTT message, HTTP record batch line, file line)
+    /// decoded; larger ones are refused per the product's quality policy.
+    pub max_payload_bytes: usize,
+    /// Largest HTTP push body; larger requests get 413.
+    pub max_http_body_bytes: usize,
+    /// Recent record fingerprints kept per product to recognise
+    /// redeliveries.
+    pub dedupe_capacity: u64,
+    /// Records the writer gathers into one durability barrier.
+    pub batch_max_records: usize,
+    /// Write jobs waiting for the writer; when full, sources wait (and
+    /// stop reading from their sockets and files).
+    pub queue_depth: usize,
+    /// How often a tailed file is checked for growth and rotation.
+    #[serde(with = "humantime_serde_compat")]
+    pub file_poll_interval: Duration,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        IngestSettings {
+            max_payload_bytes: 256 * 1024,
+            max_http_body_bytes: 8 << 20,
+            dedupe_capacity: 65_536,
+            batch_max_records: 4_096,
+            queue_depth: 1_024,
+            file_poll_interval: Duration::from_millis(250),
         }
     }
 }

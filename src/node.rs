@@ -22,7 +22,11 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::api::{self, ApiState, HttpListener, Phase, Readiness};
 use crate::config::HubConfig;
-use crate::product::{self, LoadContext, LoadErrors, ProductSet};
+use crate::ingest::broker::{BrokerBindError, EmbeddedBroker};
+use crate::ingest::client::{self, ClientConfigError};
+use crate::ingest::file_tail::FileTail;
+use crate::ingest::Ingestor;
+use crate::product::{self, LoadContext, LoadErrors, ProductSet, Source};
 use crate::record::Timestamp;
 use crate::store::{RetentionSpec, Store, StoreConfig, StoreError};
 
@@ -52,6 +56,10 @@ pub enum NodeError {
     FinalFlush(StoreError),
     #[error(transparent)]
     Http(#[from] api::ServeError),
+    #[error(transparent)]
+    Broker(#[from] BrokerBindError),
+    #[error(transparent)]
+    MqttClient(#[from] ClientConfigError),
     #[error("a background task failed: {0}")]
     Task(String),
 }
@@ -69,6 +77,7 @@ pub fn load_products(config: &HubConfig) -> Result<ProductSet, LoadErrors> {
 /// [`start`] and call [`RunningNode::wait`].
 pub struct RunningNode {
     http_addr: SocketAddr,
+    mqtt_addr: Option<SocketAddr>,
     node_id: Arc<str>,
     store: Store,
     products: Arc<ProductSet>,
@@ -84,6 +93,11 @@ impl RunningNode {
     /// config asked for port 0).
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The embedded broker's address, when it runs.
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_addr
     }
 
     pub fn node_id(&self) -> &str {
@@ -150,13 +164,58 @@ pub async fn start(
     let _entered = span.enter();
 
     let store = open_store(&config).await?;
+    let external_mqtt = match &config.mqtt.external {
+        Some(external) => Some(client::options(external, &node_id)?),
+        None => None,
+    };
     let listener = HttpListener::bind(config.http.listen).await?;
     let http_addr = listener.local_addr();
+    let broker = if config.mqtt.embedded.enabled {
+        Some(EmbeddedBroker::bind(&config.mqtt.embedded).await?)
+    } else {
+        None
+    };
+    let mqtt_addr = broker.as_ref().map(EmbeddedBroker::local_addr);
 
     let tasks = TaskTracker::new();
+    let ingestor = Ingestor::new(products.clone(), store.clone(), &config.ingest, &tasks);
+    if let Some(broker) = broker {
+        tasks.spawn(
+            broker
+                .serve(ingestor.clone(), shutdown.clone(), tasks.clone())
+                .instrument(info_span!("broker")),
+        );
+    }
+    if let Some(options) = external_mqtt {
+        if ingestor.routes().is_empty() {
+            warn!("an external broker is configured but no product has an mqtt source");
+        }
+        tasks.spawn(
+            client::run(options, ingestor.clone(), shutdown.clone())
+                .instrument(info_span!("mqtt_client")),
+        );
+    }
+    for product in products.iter() {
+        for (index, source) in product.sources.iter().enumerate() {
+            if let Source::File(file) = source {
+                let tail = FileTail::new(
+                    ingestor.clone(),
+                    product.clone(),
+                    index,
+                    file,
+                    config.ingest.file_poll_interval,
+                );
+                let span =
+                    info_span!("file_tail", product = %product.name, path = %file.path.display());
+                tasks.spawn(tail.run(shutdown.clone()).instrument(span));
+            }
+        }
+    }
     let app = api::router(ApiState {
         node_id: node_id.clone(),
         readiness: readiness.clone(),
+        ingestor,
+        max_http_body_bytes: config.ingest.max_http_body_bytes,
     });
     let server = tokio::spawn(
         listener
@@ -172,6 +231,7 @@ pub async fn start(
     readiness.set_phase(Phase::Ready);
     info!(
         http = %http_addr,
+        mqtt = %mqtt_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         data_dir = %config.data_dir.display(),
         products = products.len(),
         "ready"
@@ -179,6 +239,7 @@ pub async fn start(
 
     Ok(RunningNode {
         http_addr,
+        mqtt_addr,
         node_id,
         store,
         products,
@@ -190,7 +251,7 @@ pub async fn start(
     })
 }
 
-async fn open_store(config: &HubConfig) -> Result<Store, NodeError> {
+pub(crate) async fn open_store(config: &HubConfig) -> Result<Store, NodeError> {
     let path = config.data_dir.join("store");
     let mut store_config = StoreConfig::new(path.clone());
     store_config.cache_capacity_bytes = config.store.cache_capacity_mb.saturating_mul(1 << 20);

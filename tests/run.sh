@@ -11,8 +11,8 @@ as_root() {
 }
 
 # System packages the tests drive as real processes (brokers, emulators).
-# Empty until a test needs one; each is installed only when missing.
-apt_packages=()
+# Each is installed only when missing.
+apt_packages=(mosquitto mosquitto-clients)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

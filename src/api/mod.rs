@@ -5,6 +5,7 @@
 //! touch data go through `policy` (from the policy issue on).
 
 mod health;
+mod ingest;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,11 +20,15 @@ pub use health::{Phase, Readiness};
 pub struct ApiState {
     pub node_id: Arc<str>,
     pub readiness: Readiness,
+    pub ingestor: crate::ingest::Ingestor,
+    pub max_http_body_bytes: usize,
 }
 
 /// Builds the router for the given state.
 pub fn router(state: ApiState) -> Router {
-    health::routes().with_state(state)
+    health::routes()
+        .merge(ingest::routes(state.max_http_body_bytes))
+        .with_state(state)
 }
 
 /// Why the HTTP server could not run.

@@ -53,6 +53,10 @@ pub struct Limits {
     /// Most records in one payload (array elements, ndjson lines, csv
     /// rows). Default 10,000.
     pub max_records: usize,
+    /// Longest entity key, in bytes: the store's limit (default 512), so a
+    /// record the store would refuse is refused here, on its own, instead
+    /// of failing the whole batch it travels in.
+    pub max_key_bytes: usize,
 }
 
 impl Default for Limits {
@@ -61,6 +65,7 @@ impl Default for Limits {
             max_payload_bytes: 256 * 1024,
             max_depth: 64,
             max_records: 10_000,
+            max_key_bytes: 512,
         }
     }
 }
@@ -95,8 +100,8 @@ impl SourceShape {
             },
             Source::Http(http) => SourceShape {
                 format: http.format,
-                map: IndexMap::new(),
-                event_time: None,
+                map: http.map.clone(),
+                event_time: http.event_time.clone(),
                 columns: Vec::new(),
                 field: None,
             },
@@ -150,6 +155,9 @@ pub struct Input<'a> {
 /// A record that passed the product's rules.
 #[derive(Clone, Debug)]
 pub struct Accepted {
+    /// Where the record was in the payload, counted as [`Invalid::index`]
+    /// counts, so a quarantined record's replay can pick it out again.
+    pub index: usize,
     /// Entity, coerced fields (the key included), event time, origin.
     pub record: Record,
     /// `false` when the payload had no event time and the arrival time was
@@ -208,7 +216,24 @@ pub fn process(
             .map_err(|problem| vec![problem])
             .and_then(|document| validate::build(product, shape, &document, input));
         match outcome {
-            Ok(accepted) => processed.accepted.push(accepted),
+            Ok(accepted) if accepted.record.entity.len() > limits.max_key_bytes => {
+                processed.invalid.push(Invalid {
+                    index: Some(item.index),
+                    reasons: vec![Violation::field(
+                        &product.key,
+                        Rule::KeyTooLong,
+                        format!(
+                            "key is {} bytes, over the limit of {}",
+                            accepted.record.entity.len(),
+                            limits.max_key_bytes
+                        ),
+                    )],
+                })
+            }
+            Ok(accepted) => processed.accepted.push(Accepted {
+                index: item.index,
+                ..accepted
+            }),
             Err(reasons) => processed.invalid.push(Invalid {
                 index: Some(item.index),
                 reasons,

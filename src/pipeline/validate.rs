@@ -87,6 +87,7 @@ pub(crate) fn build(
         origin: input.origin.clone(),
     };
     Ok(Accepted {
+        index: 0,
         fingerprint: fingerprint(&product.name, &record, event_time_from_payload),
         record,
         event_time_from_payload,

@@ -21,6 +21,9 @@ pub enum Rule {
     NotAnObject,
     /// The entity key is absent, null or empty.
     MissingKey,
+    /// The entity key is longer than the store keeps
+    /// ([`Limits::max_key_bytes`](super::Limits)).
+    KeyTooLong,
     /// A required field is absent or null.
     Required,
     /// A value cannot be coerced to its field's declared type.
@@ -34,7 +37,7 @@ pub enum Rule {
 }
 
 impl Rule {
-    pub const ALL: [Rule; 14] = [
+    pub const ALL: [Rule; 15] = [
         Rule::TooLarge,
         Rule::NotUtf8,
         Rule::Malformed,
@@ -42,6 +45,7 @@ impl Rule {
         Rule::TooManyRecords,
         Rule::NotAnObject,
         Rule::MissingKey,
+        Rule::KeyTooLong,
         Rule::Required,
         Rule::Type,
         Rule::Min,
@@ -61,6 +65,7 @@ impl Rule {
             Rule::TooManyRecords => "too_many_records",
             Rule::NotAnObject => "not_an_object",
             Rule::MissingKey => "missing_key",
+            Rule::KeyTooLong => "key_too_long",
             Rule::Required => "required",
             Rule::Type => "type",
             Rule::Min => "min",

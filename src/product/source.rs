@@ -105,6 +105,11 @@ pub struct MqttSource {
 #[derive(Clone, Debug)]
 pub struct HttpSource {
     pub format: PayloadFormat,
+    /// Field → JSON pointer into each record.
+    pub map: IndexMap<String, String>,
+    /// JSON pointer to each record's event time; arrival time when absent.
+    /// With it, a retried push is recognised and not written twice.
+    pub event_time: Option<String>,
 }
 
 /// Records read from a local file as it grows (`ndjson` or `csv`, default
@@ -130,7 +135,7 @@ const MQTT_KEYS: &[&str] = &[
     "columns",
     "field",
 ];
-const HTTP_KEYS: &[&str] = &["format"];
+const HTTP_KEYS: &[&str] = &["format", "map", "event_time"];
 const FILE_KEYS: &[&str] = &["path", "format", "columns", "map", "event_time"];
 
 /// Checks a JSON pointer (RFC 6901): empty (the whole payload) or
@@ -222,7 +227,7 @@ fn parse_source(
         }
         [one] => match one.path.rsplit('.').next() {
             Some("mqtt") => parse_mqtt(one, ctx, diags).map(Source::Mqtt),
-            Some("http") => parse_http(one, diags).map(Source::Http),
+            Some("http") => parse_http(one, ctx, diags).map(Source::Http),
             _ => parse_file(one, ctx, diags).map(Source::File),
         },
         [_, second, ..] => {
@@ -333,12 +338,18 @@ fn parse_mqtt(
     })
 }
 
-fn parse_http(entry: &Entry<'_>, diags: &mut Diagnostics) -> Option<HttpSource> {
+fn parse_http(
+    entry: &Entry<'_>,
+    ctx: &SourceContext<'_>,
+    diags: &mut Diagnostics,
+) -> Option<HttpSource> {
     // `http:` with nothing after it is the common way to say "defaults".
     if let marked_yaml::Node::Scalar(s) = entry.node() {
         if s.as_str().is_empty() && s.may_coerce() {
             return Some(HttpSource {
                 format: PayloadFormat::Json,
+                map: IndexMap::new(),
+                event_time: None,
             });
         }
     }
@@ -355,7 +366,12 @@ fn parse_http(entry: &Entry<'_>, diags: &mut Diagnostics) -> Option<HttpSource> 
         "http",
         diags,
     )?;
-    Some(HttpSource { format })
+    let shape = payload_shape(&map, format, ctx, diags);
+    Some(HttpSource {
+        format,
+        map: shape.map,
+        event_time: shape.event_time,
+    })
 }
 
 fn parse_file(

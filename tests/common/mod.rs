@@ -65,6 +65,8 @@ pub fn copy_examples(dir: &Path) {
 pub struct NodeProcess {
     child: Child,
     pub http: SocketAddr,
+    /// The embedded MQTT broker's address, when it runs.
+    pub mqtt: Option<SocketAddr>,
     /// Every log line the node wrote to stderr so far (JSON objects).
     logs: mpsc::Receiver<String>,
     pub seen_logs: Vec<String>,
@@ -106,6 +108,8 @@ impl NodeBuilder {
             .args(&self.args)
             .env("MESHLET_LOG__FORMAT", "json")
             .env("RUST_LOG", "meshlet=info")
+            // Parallel tests must not all take the default 1883.
+            .env("MESHLET_MQTT__EMBEDDED__LISTEN", "127.0.0.1:0")
             .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -123,6 +127,7 @@ impl NodeBuilder {
         let mut node = NodeProcess {
             child,
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            mqtt: None,
             logs: rx,
             seen_logs: Vec::new(),
         };
@@ -135,6 +140,7 @@ impl NodeBuilder {
             .as_str()
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| format!("ready line has no http address: {ready}"))?;
+        node.mqtt = event["mqtt"].as_str().and_then(|a| a.parse().ok());
         Ok(node)
     }
 }
@@ -253,6 +259,133 @@ pub fn http_get(url: &str) -> (u16, String) {
         .expect("runtime");
     runtime.block_on(async {
         let response = reqwest::get(url).await.expect("HTTP request");
+        let status = response.status().as_u16();
+        let body = response.text().await.expect("HTTP body");
+        (status, body)
+    })
+}
+
+/// A port that was free a moment ago on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A real Mosquitto broker on a free loopback port, stopped on drop.
+pub struct Mosquitto {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Starts `mosquitto` with anonymous access and room for a long
+    /// offline queue (the durability tests park thousands of messages).
+    pub fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\n"
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto is installed (tests/run.sh installs it)");
+        let up = eventually(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "mosquitto did not start listening on {port}");
+        Mosquitto {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Publishes one message with the real `mosquitto_pub` client and waits
+/// for it to finish (for QoS 1, that is until the PUBACK came).
+pub fn mosquitto_pub(port: u16, topic: &str, payload: &[u8], qos: u8, retain: bool) -> Output {
+    let mut cmd = Command::new("mosquitto_pub");
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-t",
+        topic,
+        "-q",
+        &qos.to_string(),
+        "-s",
+    ]);
+    if retain {
+        cmd.arg("-r");
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("mosquitto_pub is installed");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(payload).expect("write payload");
+    }
+    child.wait_with_output().expect("mosquitto_pub finishes")
+}
+
+/// Reads a counter or gauge from the node's `/metrics` (Prometheus text):
+/// the sample whose name and labels start with `series`.
+pub fn metric(node: &NodeProcess, series: &str) -> Option<f64> {
+    let (status, body) = http_get(&node.url("/metrics"));
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.rsplit_once(' ').is_some_and(|(name, _)| name == series))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// Opens the store of a stopped node's data directory.
+pub fn open_store(data_dir: &Path) -> meshlet::store::Store {
+    meshlet::store::Store::open(meshlet::store::StoreConfig::new(data_dir.join("store")))
+        .expect("the store opens")
+}
+
+/// A blocking HTTP POST with a real client: status and body.
+pub fn http_post(url: &str, content_type: &str, body: Vec<u8>) -> (u16, String) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .post(url)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("HTTP request");
         let status = response.status().as_u16();
         let body = response.text().await.expect("HTTP body");
         (status, body)

@@ -1,0 +1,219 @@
+//! HTTP push (`POST /ingest/{product}`), the quarantine (list, replay) and
+//! the Prometheus `/metrics`.
+//!
+//! A push is answered only after its records are durable (200), or refused
+//! whole with every bad record and reason (400), or refused for size (413)
+//! before it is read further. A store that cannot write answers 503 with
+//! `Retry-After`: nothing of the request was acknowledged.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::ApiState;
+use crate::ingest::{replay, PushRefusal};
+use crate::product::PayloadFormat;
+
+pub(super) fn routes(max_body_bytes: usize) -> Router<ApiState> {
+    Router::new()
+        .route(
+            "/ingest/{product}",
+            post(push).layer(DefaultBodyLimit::max(max_body_bytes)),
+        )
+        .route("/quarantine/{product}", get(list_quarantine))
+        .route("/quarantine/{product}/replay", post(replay_quarantine))
+        .route("/metrics", get(metrics))
+}
+
+fn error(code: StatusCode, message: impl Into<String>) -> Response {
+    (code, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// NDJSON when the content type says so, else JSON (an object or an array
+/// of objects).
+fn format_of(headers: &HeaderMap) -> PayloadFormat {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if content_type.contains("ndjson")
+        || content_type.contains("jsonl")
+        || content_type.contains("json-seq")
+    {
+        PayloadFormat::Ndjson
+    } else {
+        PayloadFormat::Json
+    }
+}
+
+#[derive(Serialize)]
+struct RecordError {
+    /// Position of the record in the request (array element, NDJSON line
+    /// counted from 0); absent when the body as a whole is unreadable.
+    index: Option<usize>,
+    errors: Vec<String>,
+}
+
+async fn push(
+    State(state): State<ApiState>,
+    Path(product): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body over the {}-byte limit (ingest.max_http_body_bytes); split it into smaller batches",
+                    state.max_http_body_bytes
+                ),
+            )
+        }
+        Err(rejection) => return error(rejection.status(), rejection.body_text()),
+    };
+    let pending = match state
+        .ingestor
+        .submit_push(&product, &body, format_of(&headers), None)
+        .await
+    {
+        Ok(pending) => pending,
+        Err(PushRefusal::UnknownProduct(name)) => {
+            return error(StatusCode::NOT_FOUND, format!("no product named `{name}`"))
+        }
+        Err(PushRefusal::NotPushable(name)) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("product `{name}` takes no HTTP push: add `- http: {{}}` to its sources"),
+            )
+        }
+        Err(PushRefusal::Invalid(invalid)) => {
+            let records: Vec<RecordError> = invalid
+                .iter()
+                .map(|bad| RecordError {
+                    index: bad.index,
+                    errors: bad.reasons.iter().map(|r| r.to_string()).collect(),
+                })
+                .collect();
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({
+                    "error": format!("{} invalid record(s); nothing of this request was written", records.len()),
+                    "records": records,
+                })),
+            )
+                .into_response();
+        }
+    };
+    match pending.wait().await {
+        Ok(summary) => (
+            StatusCode::OK,
+            Json(json!({
+                "accepted": summary.accepted,
+                "duplicates": summary.duplicates,
+            })),
+        )
+            .into_response(),
+        Err(err) => {
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not written, retry later: {err}"),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            response
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Page {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct QuarantineView {
+    id: u64,
+    quarantined_at: String,
+    source: String,
+    topic: Option<String>,
+    index: Option<u32>,
+    reasons: Vec<String>,
+    /// The raw payload as text (invalid UTF-8 replaced), for reading.
+    payload: String,
+    payload_bytes: usize,
+}
+
+async fn list_quarantine(
+    State(state): State<ApiState>,
+    Path(product): Path<String>,
+    Query(page): Query<Page>,
+) -> Response {
+    if state.ingestor.products().get(&product).is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no product named `{product}`"),
+        );
+    }
+    let limit = page.limit.unwrap_or(100).clamp(1, 1_000);
+    let store = state.ingestor.store().clone();
+    let listed = tokio::task::spawn_blocking(move || {
+        let total = store.quarantine_count(&product)?;
+        let entries = store.quarantine_list(&product, page.after, limit)?;
+        Ok::<_, crate::store::StoreError>((total, entries))
+    })
+    .await;
+    match listed {
+        Ok(Ok((total, entries))) => {
+            let entries: Vec<QuarantineView> = entries
+                .into_iter()
+                .map(|e| QuarantineView {
+                    id: e.id,
+                    quarantined_at: e.quarantined_at.to_string(),
+                    source: e.item.source,
+                    topic: e.item.topic,
+                    index: e.item.index,
+                    reasons: e.item.reasons,
+                    payload_bytes: e.item.payload.len(),
+                    payload: String::from_utf8_lossy(&e.item.payload).into_owned(),
+                })
+                .collect();
+            Json(json!({ "total": total, "entries": entries })).into_response()
+        }
+        Ok(Err(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+        Err(join) => error(StatusCode::INTERNAL_SERVER_ERROR, join.to_string()),
+    }
+}
+
+async fn replay_quarantine(State(state): State<ApiState>, Path(product): Path<String>) -> Response {
+    match replay::replay(&state.ingestor, &product).await {
+        Ok(report) => Json(report).into_response(),
+        Err(replay::ReplayError::UnknownProduct(name)) => {
+            error(StatusCode::NOT_FOUND, format!("no product named `{name}`"))
+        }
+        Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
+    }
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let mut text = String::with_capacity(4 * 1024);
+    state.ingestor.metrics().render_prometheus(&mut text);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

@@ -1,0 +1,674 @@
+//! The embedded MQTT 3.1.1 broker: devices connect straight to the node.
+//!
+//! Why not a general-purpose broker crate (rumqttd): such a broker
+//! acknowledges a device's QoS 1 PUBLISH as soon as it has routed it in
+//! memory, and the node would read it afterwards as a subscriber. A crash
+//! in between loses a message the device was told was delivered. Here the
+//! broker *is* the ingest: a PUBLISH goes through the pipeline to the
+//! writer, and its PUBACK (QoS 1) or PUBREC (QoS 2) leaves only after the
+//! records passed the store's durability barrier. Acks go out in the order
+//! the publishes came in (MQTT 3.1.1 §4.6), while many of them share one
+//! fsync.
+//!
+//! What it offers beyond ingest, for devices that also talk to each other
+//! or to local apps: subscriptions (delivered at QoS 0), retained messages
+//! (kept in memory) and last wills. Sessions are not persisted for
+//! subscribers (`session_present` is always false); a publisher's unacked
+//! QoS 1 messages are its own to resend, which every MQTT client does on
+//! reconnect.
+//!
+//! Protection: a connection limit, a CONNECT deadline, optional
+//! username/password, a maximum packet size (a larger packet closes the
+//! connection: MQTT 3.1.1 cannot refuse one packet), keep-alive
+//! enforcement, and at most `max_inflight` publishes per connection waiting
+//! for their ack — beyond that the connection is not read, so the device's
+//! TCP window closes instead of the node's memory growing.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::{
+    ConnAck, Connect, ConnectReturnCode, LastWill, Packet, PubAck, PubComp, PubRec, Publish,
+    SubAck, SubscribeReasonCode, UnsubAck,
+};
+use rumqttc::mqttbytes::{self, matches, valid_filter, valid_topic, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use super::{Ingestor, MqttMessage, PendingMessage};
+use crate::config::EmbeddedBrokerConfig;
+
+/// How long a new connection may take to send CONNECT.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
+/// Packets queued towards one client (acks and subscription deliveries);
+/// deliveries beyond it are dropped for that subscriber, acks wait.
+const OUTGOING_QUEUE: usize = 1_024;
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("embedded MQTT broker cannot listen on {addr}: {source}")]
+pub struct BrokerBindError {
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+/// A bound broker: the caller learns the real port before serving starts.
+pub struct EmbeddedBroker {
+    listener: TcpListener,
+    addr: SocketAddr,
+    config: EmbeddedBrokerConfig,
+}
+
+/// Subscriptions, retained messages and live client ids, shared by every
+/// connection.
+#[derive(Default)]
+struct Shared {
+    subscriptions: RwLock<Vec<Subscription>>,
+    retained: RwLock<HashMap<String, Publish>>,
+    /// Client id → the token that closes its current connection (a new
+    /// connection with the same id takes over, as MQTT requires).
+    clients: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    next_connection: AtomicU64,
+}
+
+struct Subscription {
+    filter: String,
+    connection: u64,
+    deliver: mpsc::Sender<Packet>,
+}
+
+impl EmbeddedBroker {
+    pub async fn bind(config: &EmbeddedBrokerConfig) -> Result<EmbeddedBroker, BrokerBindError> {
+        let addr = config.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| BrokerBindError { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| BrokerBindError { addr, source })?;
+        Ok(EmbeddedBroker {
+            listener,
+            addr,
+            config: config.clone(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Accepts connections until `shutdown`; each connection is a task on
+    /// `tasks`, closed when shutdown begins (publishes already read still
+    /// get their durable ack when the writer finishes them).
+    pub async fn serve(self, ingestor: Ingestor, shutdown: CancellationToken, tasks: TaskTracker) {
+        let shared = Arc::new(Shared::default());
+        let config = Arc::new(self.config);
+        info!(addr = %self.addr, "embedded MQTT broker listening");
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // Out of file descriptors and the like: keep serving the
+                    // connections we have, try again shortly.
+                    warn!(error = %err, "accepting an MQTT connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let metrics = ingestor.metrics().clone();
+            let open = metrics.broker_connections.load(Ordering::Relaxed);
+            let connection = Connection {
+                id: shared.next_connection.fetch_add(1, Ordering::Relaxed),
+                shared: shared.clone(),
+                config: config.clone(),
+                ingestor: ingestor.clone(),
+                shutdown: shutdown.child_token(),
+                over_limit: open >= config.max_connections as i64,
+            };
+            tasks.spawn(
+                connection
+                    .run(stream)
+                    .instrument(info_span!("mqtt_connection", %peer)),
+            );
+        }
+        debug!("embedded MQTT broker stopped accepting");
+    }
+}
+
+/// One client connection.
+struct Connection {
+    id: u64,
+    shared: Arc<Shared>,
+    config: Arc<EmbeddedBrokerConfig>,
+    ingestor: Ingestor,
+    shutdown: CancellationToken,
+    over_limit: bool,
+}
+
+/// What the reader hands the acker, in arrival order.
+enum AckItem {
+    /// Send this packet once `pending` is durable.
+    AfterDurable(Packet, PendingMessage),
+    /// Send this packet now (in order behind the ones before it).
+    Now(Packet),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    #[error("MQTT protocol error: {0}")]
+    Protocol(String),
+    #[error("packet larger than the {0}-byte limit")]
+    TooLarge(usize),
+    #[error("no packet within the keep-alive period")]
+    KeepAlive,
+    #[error("network error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Connection {
+    async fn run(self, mut stream: TcpStream) {
+        let metrics = self.ingestor.metrics().clone();
+        let _ = stream.set_nodelay(true);
+        let mut buffer = BytesMut::with_capacity(4 * 1024);
+        let connect = tokio::time::timeout(
+            CONNECT_DEADLINE,
+            read_packet(&mut stream, &mut buffer, self.config.max_packet_bytes),
+        )
+        .await;
+        let connect = match connect {
+            Ok(Ok(Packet::Connect(connect))) => connect,
+            Ok(Ok(other)) => {
+                debug!(packet = ?packet_kind(&other), "first packet is not CONNECT; closing");
+                metrics
+                    .broker_protocol_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Ok(Err(err)) => {
+                debug!(error = %err, "connection closed before CONNECT");
+                metrics
+                    .broker_protocol_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(_) => {
+                debug!("no CONNECT within the deadline; closing");
+                metrics
+                    .broker_protocol_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let refusal = self.check_connect(&connect);
+        if let Some(code) = refusal {
+            metrics.broker_refused.fetch_add(1, Ordering::Relaxed);
+            info!(client = %connect.client_id, reason = ?code, "MQTT connection refused");
+            let _ = write_packet(&mut stream, &Packet::ConnAck(ConnAck::new(code, false))).await;
+            return;
+        }
+        let client_id = if connect.client_id.is_empty() {
+            format!("meshlet-anon-{}", self.id)
+        } else {
+            connect.client_id.clone()
+        };
+        self.take_over(&client_id);
+        if write_packet(
+            &mut stream,
+            &Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)),
+        )
+        .await
+        .is_err()
+        {
+            self.release(&client_id);
+            return;
+        }
+        metrics.broker_connections.fetch_add(1, Ordering::Relaxed);
+        debug!(client = %client_id, keep_alive = connect.keep_alive, "MQTT client connected");
+
+        let (reader, writer) = stream.into_split();
+        let (outgoing, outgoing_rx) = mpsc::channel::<Packet>(OUTGOING_QUEUE);
+        let (acks, acks_rx) = mpsc::channel::<AckItem>(self.config.max_inflight.max(1));
+        let writer_task = tokio::spawn(write_loop(
+            writer,
+            outgoing_rx,
+            self.config.max_packet_bytes,
+        ));
+        let acker_task = tokio::spawn(ack_loop(acks_rx, outgoing.clone(), self.shutdown.clone()));
+
+        let result = self
+            .read_loop(reader, buffer, &client_id, &connect, &outgoing, &acks)
+            .await;
+        let clean = matches!(result, Ok(true));
+        match &result {
+            Ok(_) => debug!(client = %client_id, "MQTT client disconnected"),
+            Err(err) => {
+                if !matches!(err, ConnectionError::Io(_)) {
+                    metrics
+                        .broker_protocol_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                info!(client = %client_id, error = %err, "MQTT connection closed");
+            }
+        }
+        if !clean {
+            if let Some(will) = &connect.last_will {
+                self.publish_will(will, &client_id).await;
+            }
+        }
+        // Let acks for what was read finish (they are durable work), then
+        // close the socket.
+        drop(acks);
+        let _ = acker_task.await;
+        drop(outgoing);
+        self.unsubscribe_all();
+        let _ = writer_task.await;
+        self.release(&client_id);
+        metrics.broker_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn check_connect(&self, connect: &Connect) -> Option<ConnectReturnCode> {
+        if self.over_limit {
+            return Some(ConnectReturnCode::ServiceUnavailable);
+        }
+        if connect.client_id.is_empty() && !connect.clean_session {
+            return Some(ConnectReturnCode::BadClientId);
+        }
+        if !self.config.users.is_empty() {
+            let ok = connect.login.as_ref().is_some_and(|login| {
+                self.config
+                    .users
+                    .get(&login.username)
+                    .is_some_and(|password| {
+                        constant_time_eq(password.as_bytes(), login.password.as_bytes())
+                    })
+            });
+            if !ok {
+                return Some(ConnectReturnCode::BadUserNamePassword);
+            }
+        }
+        None
+    }
+
+    /// Closes an earlier connection with the same client id.
+    fn take_over(&self, client_id: &str) {
+        let mut clients = lock(&self.shared.clients);
+        if let Some((_, previous)) =
+            clients.insert(client_id.to_string(), (self.id, self.shutdown.clone()))
+        {
+            info!(client = %client_id, "client id reconnected; closing its previous connection");
+            previous.cancel();
+        }
+    }
+
+    fn release(&self, client_id: &str) {
+        let mut clients = lock(&self.shared.clients);
+        if clients.get(client_id).is_some_and(|(id, _)| *id == self.id) {
+            clients.remove(client_id);
+        }
+    }
+
+    /// Reads packets until the client disconnects (`Ok(true)` for a clean
+    /// DISCONNECT) or something goes wrong.
+    async fn read_loop(
+        &self,
+        mut reader: OwnedReadHalf,
+        mut buffer: BytesMut,
+        client_id: &str,
+        connect: &Connect,
+        outgoing: &mpsc::Sender<Packet>,
+        acks: &mpsc::Sender<AckItem>,
+    ) -> Result<bool, ConnectionError> {
+        // MQTT: the server disconnects after one and a half keep-alive
+        // periods without a packet.
+        let idle = (connect.keep_alive > 0)
+            .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1_500));
+        loop {
+            let next = read_packet(&mut reader, &mut buffer, self.config.max_packet_bytes);
+            let packet = tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(false),
+                packet = maybe_timeout(idle, next) => packet?,
+            };
+            match packet {
+                Packet::Publish(publish) => self.on_publish(publish, client_id, acks).await?,
+                Packet::PubRel(rel) => {
+                    send_ack(acks, AckItem::Now(Packet::PubComp(PubComp::new(rel.pkid)))).await?
+                }
+                Packet::Subscribe(subscribe) => {
+                    let mut codes = Vec::with_capacity(subscribe.filters.len());
+                    for filter in &subscribe.filters {
+                        if valid_filter(&filter.path) {
+                            self.subscribe(&filter.path, outgoing);
+                            codes.push(SubscribeReasonCode::Success(QoS::AtMostOnce));
+                        } else {
+                            codes.push(SubscribeReasonCode::Failure);
+                        }
+                    }
+                    send_ack(
+                        acks,
+                        AckItem::Now(Packet::SubAck(SubAck::new(subscribe.pkid, codes))),
+                    )
+                    .await?;
+                    for filter in &subscribe.filters {
+                        self.send_retained(&filter.path, outgoing);
+                    }
+                }
+                Packet::Unsubscribe(unsubscribe) => {
+                    {
+                        let mut subs = write(&self.shared.subscriptions);
+                        subs.retain(|s| {
+                            !(s.connection == self.id && unsubscribe.topics.contains(&s.filter))
+                        });
+                    }
+                    send_ack(
+                        acks,
+                        AckItem::Now(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid))),
+                    )
+                    .await?;
+                }
+                Packet::PingReq => send_ack(acks, AckItem::Now(Packet::PingResp)).await?,
+                Packet::Disconnect => return Ok(true),
+                // Acks of our QoS 0 deliveries never come; anything else from
+                // a client is a protocol violation.
+                Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => {}
+                other => {
+                    return Err(ConnectionError::Protocol(format!(
+                        "unexpected {} from a client",
+                        packet_kind(&other)
+                    )))
+                }
+            }
+        }
+    }
+
+    async fn on_publish(
+        &self,
+        publish: Publish,
+        client_id: &str,
+        acks: &mpsc::Sender<AckItem>,
+    ) -> Result<(), ConnectionError> {
+        if !valid_topic(&publish.topic) || publish.topic.is_empty() {
+            return Err(ConnectionError::Protocol(format!(
+                "invalid topic name `{}` in PUBLISH",
+                publish.topic
+            )));
+        }
+        self.route_to_subscribers(&publish);
+        let pending = self
+            .ingestor
+            .submit_mqtt(MqttMessage {
+                topic: &publish.topic,
+                payload: &publish.payload,
+                retained: false,
+                redelivery: publish.dup,
+                client: Some(client_id),
+            })
+            .await;
+        match publish.qos {
+            // Written all the same; nothing to acknowledge.
+            QoS::AtMostOnce => drop(pending),
+            QoS::AtLeastOnce => {
+                send_ack(
+                    acks,
+                    AckItem::AfterDurable(Packet::PubAck(PubAck::new(publish.pkid)), pending),
+                )
+                .await?
+            }
+            QoS::ExactlyOnce => {
+                send_ack(
+                    acks,
+                    AckItem::AfterDurable(Packet::PubRec(PubRec::new(publish.pkid)), pending),
+                )
+                .await?
+            }
+        }
+        Ok(())
+    }
+
+    /// Retains (or clears) and forwards a publish to subscribers, QoS 0.
+    fn route_to_subscribers(&self, publish: &Publish) {
+        if publish.retain {
+            let mut retained = write(&self.shared.retained);
+            if publish.payload.is_empty() {
+                retained.remove(&publish.topic);
+            } else {
+                let mut kept = publish.clone();
+                kept.qos = QoS::AtMostOnce;
+                kept.pkid = 0;
+                kept.dup = false;
+                retained.insert(publish.topic.clone(), kept);
+            }
+        }
+        let subs = read(&self.shared.subscriptions);
+        let mut delivered_to = Vec::new();
+        for sub in subs.iter() {
+            if delivered_to.contains(&sub.connection) || !matches(&publish.topic, &sub.filter) {
+                continue;
+            }
+            delivered_to.push(sub.connection);
+            let mut out = Publish::from_bytes(
+                publish.topic.clone(),
+                QoS::AtMostOnce,
+                publish.payload.clone(),
+            );
+            out.retain = false;
+            // A slow subscriber loses QoS 0 deliveries, never the broker's
+            // memory or the publisher's throughput.
+            let _ = sub.deliver.try_send(Packet::Publish(out));
+        }
+    }
+
+    fn subscribe(&self, filter: &str, outgoing: &mpsc::Sender<Packet>) {
+        let mut subs = write(&self.shared.subscriptions);
+        if !subs
+            .iter()
+            .any(|s| s.connection == self.id && s.filter == filter)
+        {
+            subs.push(Subscription {
+                filter: filter.to_string(),
+                connection: self.id,
+                deliver: outgoing.clone(),
+            });
+        }
+    }
+
+    fn send_retained(&self, filter: &str, outgoing: &mpsc::Sender<Packet>) {
+        let retained = read(&self.shared.retained);
+        for (topic, publish) in retained.iter() {
+            if matches(topic, filter) {
+                let mut out = publish.clone();
+                out.retain = true;
+                let _ = outgoing.try_send(Packet::Publish(out));
+            }
+        }
+    }
+
+    fn unsubscribe_all(&self) {
+        write(&self.shared.subscriptions).retain(|s| s.connection != self.id);
+    }
+
+    /// Publishes the client's last will after an abnormal disconnect: to
+    /// subscribers, and into ingest like any publish from the client.
+    async fn publish_will(&self, will: &LastWill, client_id: &str) {
+        if !valid_topic(&will.topic) || will.topic.is_empty() {
+            return;
+        }
+        let mut publish =
+            Publish::from_bytes(will.topic.clone(), QoS::AtMostOnce, will.message.clone());
+        publish.retain = will.retain;
+        self.route_to_subscribers(&publish);
+        let pending = self
+            .ingestor
+            .submit_mqtt(MqttMessage {
+                topic: &will.topic,
+                payload: &will.message,
+                retained: false,
+                redelivery: false,
+                client: Some(client_id),
+            })
+            .await;
+        drop(pending);
+    }
+}
+
+async fn send_ack(acks: &mpsc::Sender<AckItem>, item: AckItem) -> Result<(), ConnectionError> {
+    // Blocks while `max_inflight` publishes wait for the writer: the read
+    // loop stops reading, the client's TCP window closes.
+    acks.send(item)
+        .await
+        .map_err(|_| ConnectionError::Protocol("connection is closing".to_string()))
+}
+
+/// Sends acks in arrival order, each once its records are durable. A
+/// failed write closes the connection without acking: the client resends.
+async fn ack_loop(
+    mut acks: mpsc::Receiver<AckItem>,
+    outgoing: mpsc::Sender<Packet>,
+    close: CancellationToken,
+) {
+    while let Some(item) = acks.recv().await {
+        let packet = match item {
+            AckItem::Now(packet) => packet,
+            AckItem::AfterDurable(packet, pending) => match pending.wait().await {
+                Ok(_) => packet,
+                Err(err) => {
+                    warn!(error = %err, "write failed; closing the connection without acknowledging, the client will resend");
+                    close.cancel();
+                    return;
+                }
+            },
+        };
+        if outgoing.send(packet).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn write_loop(
+    mut writer: OwnedWriteHalf,
+    mut packets: mpsc::Receiver<Packet>,
+    max_packet_bytes: usize,
+) {
+    let mut buffer = BytesMut::with_capacity(4 * 1024);
+    while let Some(packet) = packets.recv().await {
+        buffer.clear();
+        if packet.write(&mut buffer, max_packet_bytes).is_err() {
+            continue;
+        }
+        // Coalesce whatever else is ready into one write.
+        while buffer.len() < 64 * 1024 {
+            match packets.try_recv() {
+                Ok(more) => {
+                    let _ = more.write(&mut buffer, max_packet_bytes);
+                }
+                Err(_) => break,
+            }
+        }
+        if writer.write_all(&buffer).await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+async fn write_packet(stream: &mut TcpStream, packet: &Packet) -> std::io::Result<()> {
+    let mut buffer = BytesMut::new();
+    packet
+        .write(&mut buffer, usize::MAX)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    stream.write_all(&buffer).await
+}
+
+/// Reads one whole packet, reading from the socket as needed.
+async fn read_packet<R: AsyncReadExt + Unpin>(
+    reader: &mut R,
+    buffer: &mut BytesMut,
+    max_packet_bytes: usize,
+) -> Result<Packet, ConnectionError> {
+    loop {
+        match Packet::read(buffer, max_packet_bytes) {
+            Ok(packet) => return Ok(packet),
+            Err(mqttbytes::Error::InsufficientBytes(_)) => {}
+            Err(mqttbytes::Error::PayloadSizeLimitExceeded(size)) => {
+                let _ = size;
+                return Err(ConnectionError::TooLarge(max_packet_bytes));
+            }
+            Err(err) => return Err(ConnectionError::Protocol(err.to_string())),
+        }
+        buffer.reserve(4 * 1024);
+        let read = reader.read_buf(buffer).await?;
+        if read == 0 {
+            return Err(ConnectionError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed by the client",
+            )));
+        }
+    }
+}
+
+async fn maybe_timeout<F: std::future::Future<Output = Result<Packet, ConnectionError>>>(
+    idle: Option<Duration>,
+    future: F,
+) -> Result<Packet, ConnectionError> {
+    match idle {
+        Some(limit) => tokio::time::timeout(limit, future)
+            .await
+            .unwrap_or(Err(ConnectionError::KeepAlive)),
+        None => future.await,
+    }
+}
+
+fn packet_kind(packet: &Packet) -> &'static str {
+    match packet {
+        Packet::Connect(_) => "CONNECT",
+        Packet::ConnAck(_) => "CONNACK",
+        Packet::Publish(_) => "PUBLISH",
+        Packet::PubAck(_) => "PUBACK",
+        Packet::PubRec(_) => "PUBREC",
+        Packet::PubRel(_) => "PUBREL",
+        Packet::PubComp(_) => "PUBCOMP",
+        Packet::Subscribe(_) => "SUBSCRIBE",
+        Packet::SubAck(_) => "SUBACK",
+        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
+        Packet::UnsubAck(_) => "UNSUBACK",
+        Packet::PingReq => "PINGREQ",
+        Packet::PingResp => "PINGRESP",
+        Packet::Disconnect => "DISCONNECT",
+    }
+}
+
+/// Compares secrets without an early exit, so timing does not reveal how
+/// much of a guessed password was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

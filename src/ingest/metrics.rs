@@ -1,0 +1,373 @@
+//! Ingest counters: per product and source, what arrived and what became
+//! of it, plus the node-wide figures no single product owns.
+//!
+//! Counters are plain atomics, registered once per (product, source) at
+//! start, so the hot path never takes a lock. They are read by `/metrics`
+//! (Prometheus text) and, later, by the GraphQL catalog.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::pipeline::Rule;
+use crate::record::Timestamp;
+
+/// What became of one record (or of one payload that yielded none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted,
+    Rejected,
+    Quarantined,
+    Duplicate,
+    /// A retained message for an entity the node already knows: the
+    /// broker's last-known state, not a new event.
+    RetainedKnown,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 5] = [
+        Outcome::Accepted,
+        Outcome::Rejected,
+        Outcome::Quarantined,
+        Outcome::Duplicate,
+        Outcome::RetainedKnown,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Rejected => "rejected",
+            Outcome::Quarantined => "quarantined",
+            Outcome::Duplicate => "duplicate",
+            Outcome::RetainedKnown => "retained_known",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The counters of one source of one product.
+#[derive(Debug, Default)]
+pub struct SourceCounters {
+    /// Payloads (MQTT messages, HTTP bodies, file lines) that reached the
+    /// source's decoder.
+    messages: AtomicU64,
+    bytes: AtomicU64,
+    outcomes: [AtomicU64; 5],
+    /// Newest event time accepted, in microseconds; `i64::MIN` for none.
+    last_event_time: AtomicI64,
+    /// Invalid records by the first rule they broke.
+    by_rule: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// A snapshot of one source's counters, for the catalog and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceFigures {
+    pub messages: u64,
+    pub bytes: u64,
+    pub received: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub quarantined: u64,
+    pub duplicates: u64,
+    pub retained_known: u64,
+    pub last_event_time: Option<Timestamp>,
+}
+
+impl SourceCounters {
+    fn new() -> SourceCounters {
+        SourceCounters {
+            last_event_time: AtomicI64::new(i64::MIN),
+            ..SourceCounters::default()
+        }
+    }
+
+    pub fn message(&self, bytes: usize) {
+        self.messages.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn count(&self, outcome: Outcome, n: u64) {
+        if n > 0 {
+            self.outcomes[outcome.index()].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn invalid_rule(&self, rule: Rule) {
+        if let Ok(mut by_rule) = self.by_rule.lock() {
+            *by_rule.entry(rule.name()).or_default() += 1;
+        }
+    }
+
+    pub fn event_time(&self, time: Timestamp) {
+        self.last_event_time
+            .fetch_max(time.as_micros(), Ordering::Relaxed);
+    }
+
+    pub fn figures(&self) -> SourceFigures {
+        let get = |o: Outcome| self.outcomes[o.index()].load(Ordering::Relaxed);
+        let last = self.last_event_time.load(Ordering::Relaxed);
+        let figures = SourceFigures {
+            messages: self.messages.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            received: 0,
+            accepted: get(Outcome::Accepted),
+            rejected: get(Outcome::Rejected),
+            quarantined: get(Outcome::Quarantined),
+            duplicates: get(Outcome::Duplicate),
+            retained_known: get(Outcome::RetainedKnown),
+            last_event_time: (last != i64::MIN).then_some(Timestamp(last)),
+        };
+        SourceFigures {
+            received: figures.accepted
+                + figures.rejected
+                + figures.quarantined
+                + figures.duplicates
+                + figures.retained_known,
+            ..figures
+        }
+    }
+}
+
+/// Every ingest counter of the node.
+#[derive(Debug, Default)]
+pub struct IngestMetrics {
+    sources: Mutex<BTreeMap<(String, String), Arc<SourceCounters>>>,
+    /// MQTT messages whose topic matched no product source.
+    pub unmatched_messages: AtomicU64,
+    /// Write batches the store refused (disk full, I/O error): their
+    /// senders were not acknowledged and will redeliver.
+    pub write_failures: AtomicU64,
+    /// Write batches and the records in them that passed the durability
+    /// barrier.
+    pub batches_written: AtomicU64,
+    pub records_written: AtomicU64,
+    /// Embedded broker: open connections, connections refused (limit,
+    /// bad credentials), connections closed for protocol errors.
+    pub broker_connections: AtomicI64,
+    pub broker_refused: AtomicU64,
+    pub broker_protocol_errors: AtomicU64,
+    /// External broker: successful (re)connections and failed attempts.
+    pub upstream_broker_connects: AtomicU64,
+    pub upstream_broker_errors: AtomicU64,
+}
+
+impl IngestMetrics {
+    /// The counters of `source` of `product`, created on first use.
+    pub fn source(&self, product: &str, source: &str) -> Arc<SourceCounters> {
+        let mut sources = match self.sources.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        sources
+            .entry((product.to_string(), source.to_string()))
+            .or_insert_with(|| Arc::new(SourceCounters::new()))
+            .clone()
+    }
+
+    /// Snapshot of every source's figures, by (product, source).
+    pub fn figures(&self) -> BTreeMap<(String, String), SourceFigures> {
+        let sources = match self.sources.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        sources
+            .iter()
+            .map(|(key, counters)| (key.clone(), counters.figures()))
+            .collect()
+    }
+
+    /// Sums a product's figures over its sources.
+    pub fn product_figures(&self, product: &str) -> SourceFigures {
+        let mut total = SourceFigures::default();
+        for ((p, _), f) in self.figures() {
+            if p == product {
+                total.messages += f.messages;
+                total.bytes += f.bytes;
+                total.received += f.received;
+                total.accepted += f.accepted;
+                total.rejected += f.rejected;
+                total.quarantined += f.quarantined;
+                total.duplicates += f.duplicates;
+                total.retained_known += f.retained_known;
+                total.last_event_time = total.last_event_time.max(f.last_event_time);
+            }
+        }
+        total
+    }
+
+    /// The Prometheus text exposition of every ingest counter.
+    pub fn render_prometheus(&self, out: &mut String) {
+        let sources: Vec<((String, String), Arc<SourceCounters>)> = {
+            let guard = match self.sources.lock() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            guard.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        let label = |product: &str, source: &str| {
+            format!(
+                "product=\"{}\",source=\"{}\"",
+                escape(product),
+                escape(source)
+            )
+        };
+
+        header(
+            out,
+            "meshlet_ingest_messages_total",
+            "counter",
+            "Payloads received per product source.",
+        );
+        for ((product, source), c) in &sources {
+            let _ = writeln!(
+                out,
+                "meshlet_ingest_messages_total{{{}}} {}",
+                label(product, source),
+                c.figures().messages
+            );
+        }
+        header(
+            out,
+            "meshlet_ingest_bytes_total",
+            "counter",
+            "Payload bytes received per product source.",
+        );
+        for ((product, source), c) in &sources {
+            let _ = writeln!(
+                out,
+                "meshlet_ingest_bytes_total{{{}}} {}",
+                label(product, source),
+                c.figures().bytes
+            );
+        }
+        header(
+            out,
+            "meshlet_ingest_records_total",
+            "counter",
+            "Records by outcome: accepted, rejected, quarantined, duplicate, retained_known.",
+        );
+        for ((product, source), c) in &sources {
+            for outcome in Outcome::ALL {
+                let n = c.outcomes[outcome.index()].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "meshlet_ingest_records_total{{{},outcome=\"{}\"}} {n}",
+                    label(product, source),
+                    outcome.name()
+                );
+            }
+        }
+        header(
+            out,
+            "meshlet_ingest_invalid_total",
+            "counter",
+            "Invalid records by the first quality rule they broke.",
+        );
+        for ((product, source), c) in &sources {
+            let by_rule = match c.by_rule.lock() {
+                Ok(guard) => guard.clone(),
+                Err(poisoned) => poisoned.into_inner().clone(),
+            };
+            for (rule, n) in by_rule {
+                let _ = writeln!(
+                    out,
+                    "meshlet_ingest_invalid_total{{{},rule=\"{rule}\"}} {n}",
+                    label(product, source)
+                );
+            }
+        }
+        header(
+            out,
+            "meshlet_ingest_last_event_time_seconds",
+            "gauge",
+            "Newest accepted event time per product source.",
+        );
+        for ((product, source), c) in &sources {
+            if let Some(t) = c.figures().last_event_time {
+                let _ = writeln!(
+                    out,
+                    "meshlet_ingest_last_event_time_seconds{{{}}} {}",
+                    label(product, source),
+                    t.as_micros() as f64 / 1e6
+                );
+            }
+        }
+        let scalars: [(&str, &str, &str, i64); 9] = [
+            (
+                "meshlet_ingest_unmatched_messages_total",
+                "counter",
+                "MQTT messages whose topic matched no product source.",
+                self.unmatched_messages.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "meshlet_ingest_write_failures_total",
+                "counter",
+                "Write batches the store refused; their senders were not acknowledged.",
+                self.write_failures.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "meshlet_ingest_batches_written_total",
+                "counter",
+                "Write batches that passed the durability barrier.",
+                self.batches_written.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "meshlet_ingest_records_written_total",
+                "counter",
+                "Records that passed the durability barrier.",
+                self.records_written.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "meshlet_broker_connections",
+                "gauge",
+                "Open connections to the embedded broker.",
+                self.broker_connections.load(Ordering::Relaxed),
+            ),
+            (
+                "meshlet_broker_refused_total",
+                "counter",
+                "Connections the embedded broker refused (limit, credentials).",
+                self.broker_refused.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "meshlet_broker_protocol_errors_total",
+                "counter",
+                "Connections closed for MQTT protocol errors or oversized packets.",
+                self.broker_protocol_errors.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "meshlet_mqtt_client_connects_total",
+                "counter",
+                "Successful connections to the external broker.",
+                self.upstream_broker_connects.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "meshlet_mqtt_client_errors_total",
+                "counter",
+                "Connection errors with the external broker.",
+                self.upstream_broker_errors.load(Ordering::Relaxed) as i64,
+            ),
+        ];
+        for (name, kind, help, value) in scalars {
+            header(out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Escapes a Prometheus label value.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

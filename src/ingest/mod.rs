@@ -1,0 +1,519 @@
+//! Ingestion: sources → pipeline → one batching writer → store.
+//!
+//! Every source (the embedded broker, the external broker client, HTTP
+//! push, file tails) hands its payloads to the [`Ingestor`], which routes
+//! them to products, runs each product's pipeline (decode, map, coerce,
+//! validate), sends what must be written to the [`writer`] and returns a
+//! pending result that resolves once the records are durable. Sources
+//! acknowledge their senders (MQTT PUBACK, HTTP 2xx, the file offset) only
+//! then, so a kill at any moment loses nothing acknowledged.
+//!
+//! Invalid records follow the product's `quality.on_invalid`: `reject`
+//! (counted, logged, acknowledged: resending would not make them valid),
+//! `quarantine` (raw payload and every reason stored in the same step as
+//! the valid records of the same payload, replayable later), `drop_field`
+//! (the pipeline removes bad optional fields; records it cannot repair are
+//! rejected).
+
+pub mod broker;
+pub mod client;
+pub mod file_tail;
+pub mod metrics;
+pub mod replay;
+pub mod routes;
+pub mod writer;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use crate::config::IngestSettings;
+use crate::pipeline::{self, Input, Invalid, Limits, Processed, SourceShape};
+use crate::product::{OnInvalid, Product, ProductSet, Source};
+use crate::record::{Origin, Timestamp};
+use crate::store::{IngestBatch, IngestLimits, IngestRecord, QuarantineItem, Store};
+
+pub use metrics::{IngestMetrics, Outcome, SourceCounters, SourceFigures};
+pub use routes::{source_id, MqttRoutes};
+pub use writer::{PendingWrite, WriteError, WriteJob, Writer, Written};
+
+/// Quarantined payloads larger than this keep only their first bytes (the
+/// reason says so): a quarantine of oversized payloads must not fill the
+/// disk.
+const QUARANTINE_PAYLOAD_MAX: usize = 64 * 1024;
+
+/// How often the same source may log an invalid record at warn level; the
+/// rest go to debug and to the counters.
+const INVALID_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The shared entry point of every source. Cheap to clone.
+#[derive(Clone)]
+pub struct Ingestor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    products: Arc<ProductSet>,
+    routes: MqttRoutes,
+    writer: Writer,
+    metrics: Arc<IngestMetrics>,
+    limits: Limits,
+    dedupe_capacity: u64,
+    store: Store,
+    last_warned: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+}
+
+/// One MQTT message as a source received it.
+pub struct MqttMessage<'a> {
+    pub topic: &'a str,
+    pub payload: &'a [u8],
+    /// Delivered as the broker's retained last-known state.
+    pub retained: bool,
+    /// The transport says this may be a redelivery (MQTT DUP flag).
+    pub redelivery: bool,
+    /// The MQTT client id of the publisher, when known.
+    pub client: Option<&'a str>,
+}
+
+/// What a submitted payload will come to: resolves once everything it
+/// produced is durable.
+#[must_use = "a source acknowledges only after the pending result resolved"]
+pub struct PendingMessage {
+    writes: Vec<(PendingWrite, Arc<SourceCounters>, Vec<Timestamp>)>,
+}
+
+/// A submitted payload's figures, once durable.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub accepted: usize,
+    pub duplicates: usize,
+    pub quarantined: usize,
+    pub retained_known: usize,
+}
+
+impl PendingMessage {
+    fn empty() -> PendingMessage {
+        PendingMessage { writes: Vec::new() }
+    }
+
+    /// Waits until durable; an error means the sender must not be
+    /// acknowledged (it will redeliver).
+    pub async fn wait(self) -> Result<Summary, WriteError> {
+        let mut summary = Summary::default();
+        let mut failure = None;
+        for (pending, counters, times) in self.writes {
+            match pending.wait().await {
+                Ok(written) => {
+                    let accepted = written
+                        .outcome
+                        .changes
+                        .iter()
+                        .filter(|c| c.is_some())
+                        .count();
+                    counters.count(Outcome::Accepted, accepted as u64);
+                    counters.count(Outcome::Duplicate, written.outcome.duplicates as u64);
+                    counters.count(Outcome::Quarantined, written.outcome.quarantined as u64);
+                    counters.count(Outcome::RetainedKnown, written.retained_known.len() as u64);
+                    if let Some(newest) = times.iter().max() {
+                        counters.event_time(*newest);
+                    }
+                    summary.accepted += accepted;
+                    summary.duplicates += written.outcome.duplicates;
+                    summary.quarantined += written.outcome.quarantined;
+                    summary.retained_known += written.retained_known.len();
+                }
+                Err(err) => failure = Some(err),
+            }
+        }
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(summary),
+        }
+    }
+}
+
+/// A payload run through one product's pipeline, ready to write.
+pub struct Prepared {
+    pub batch: IngestBatch,
+    /// Invalid records the policy rejects (not written).
+    pub rejected: Vec<Invalid>,
+    /// Event times of the accepted records, for the freshness counters.
+    pub event_times: Vec<Timestamp>,
+}
+
+/// Where a payload came from, as quarantine keeps it for replay.
+pub struct Provenance<'a> {
+    pub source_id: &'a str,
+    pub topic: Option<&'a str>,
+    pub captures: &'a [(String, String)],
+    pub arrival: Timestamp,
+    pub origin: &'a Origin,
+    pub redelivery: bool,
+}
+
+impl Ingestor {
+    /// Builds the ingestor and starts its writer (on `tasks`).
+    pub fn new(
+        products: Arc<ProductSet>,
+        store: Store,
+        settings: &IngestSettings,
+        tasks: &tokio_util::task::TaskTracker,
+    ) -> Ingestor {
+        let metrics = Arc::new(IngestMetrics::default());
+        for product in products.iter() {
+            for (index, source) in product.sources.iter().enumerate() {
+                metrics.source(&product.name, &source_id(index, source));
+            }
+        }
+        let writer = Writer::spawn(
+            store.clone(),
+            metrics.clone(),
+            settings.queue_depth,
+            settings.batch_max_records,
+            tasks,
+        );
+        Ingestor {
+            inner: Arc::new(Inner {
+                routes: MqttRoutes::new(&products),
+                products,
+                writer,
+                metrics,
+                limits: Limits {
+                    max_payload_bytes: settings.max_payload_bytes,
+                    ..Limits::default()
+                },
+                dedupe_capacity: settings.dedupe_capacity,
+                store,
+                last_warned: Default::default(),
+            }),
+        }
+    }
+
+    pub fn products(&self) -> &Arc<ProductSet> {
+        &self.inner.products
+    }
+
+    pub fn routes(&self) -> &MqttRoutes {
+        &self.inner.routes
+    }
+
+    pub fn metrics(&self) -> &Arc<IngestMetrics> {
+        &self.inner.metrics
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn writer(&self) -> &Writer {
+        &self.inner.writer
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// The store limits of `product`'s writes.
+    pub fn store_limits(&self, product: &Product) -> IngestLimits {
+        IngestLimits {
+            quarantine_max: product.quality.quarantine_max,
+            dedupe_capacity: self.inner.dedupe_capacity,
+        }
+    }
+
+    /// Routes an MQTT message to every matching product source, runs their
+    /// pipelines and queues the writes (waiting while the writer's queue is
+    /// full). The returned result resolves once it is all durable.
+    pub async fn submit_mqtt(&self, message: MqttMessage<'_>) -> PendingMessage {
+        let arrival = Timestamp::now();
+        let matched = self.inner.routes.matching(message.topic);
+        if matched.is_empty() {
+            self.inner
+                .metrics
+                .unmatched_messages
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            debug!(
+                topic = message.topic,
+                "no product source matches this topic"
+            );
+            return PendingMessage::empty();
+        }
+        let origin = Origin {
+            source: format!("mqtt:{}", message.topic),
+            actor: message.client.map(str::to_string),
+        };
+        let mut pending = PendingMessage::empty();
+        for m in matched {
+            let route = m.route;
+            let counters = self
+                .inner
+                .metrics
+                .source(&route.product.name, &route.source_id);
+            counters.message(message.payload.len());
+            let provenance = Provenance {
+                source_id: &route.source_id,
+                topic: Some(message.topic),
+                captures: &m.captures,
+                arrival,
+                origin: &origin,
+                redelivery: message.redelivery,
+            };
+            let prepared = self.prepare(&route.product, &route.shape, message.payload, &provenance);
+            self.count_rejected(
+                &route.product,
+                &route.source_id,
+                &counters,
+                &prepared.rejected,
+            );
+            if let Some(write) = self
+                .queue(
+                    &route.product,
+                    prepared,
+                    message.retained,
+                    arrival,
+                    &counters,
+                )
+                .await
+            {
+                pending.writes.push(write);
+            }
+        }
+        pending
+    }
+
+    /// Runs `payload` through `product`'s pipeline for one source and
+    /// builds the write batch its quality policy calls for.
+    pub fn prepare(
+        &self,
+        product: &Product,
+        shape: &SourceShape,
+        payload: &[u8],
+        provenance: &Provenance<'_>,
+    ) -> Prepared {
+        let input = Input {
+            payload,
+            captures: provenance.captures,
+            arrival: provenance.arrival,
+            origin: provenance.origin.clone(),
+        };
+        let Processed { accepted, invalid } =
+            pipeline::process(product, shape, &input, &self.inner.limits);
+        let mut batch = IngestBatch::default();
+        let mut event_times = Vec::with_capacity(accepted.len());
+        for accepted in accepted {
+            event_times.push(accepted.record.event_time);
+            batch.records.push(IngestRecord {
+                check_duplicate: accepted.event_time_from_payload || provenance.redelivery,
+                fingerprint: Some(accepted.fingerprint.0),
+                record: accepted.record,
+            });
+        }
+        let mut rejected = Vec::new();
+        for bad in invalid {
+            if product.quality.on_invalid == OnInvalid::Quarantine {
+                batch
+                    .quarantine
+                    .push(quarantine_item(payload, provenance, &bad));
+            } else {
+                rejected.push(bad);
+            }
+        }
+        Prepared {
+            batch,
+            rejected,
+            event_times,
+        }
+    }
+
+    /// Counts and logs rejected records (rate-limited per source).
+    pub fn count_rejected(
+        &self,
+        product: &Product,
+        source_id: &str,
+        counters: &SourceCounters,
+        rejected: &[Invalid],
+    ) {
+        if rejected.is_empty() {
+            return;
+        }
+        counters.count(Outcome::Rejected, rejected.len() as u64);
+        for bad in rejected {
+            if let Some(first) = bad.reasons.first() {
+                counters.invalid_rule(first.rule);
+            }
+        }
+        let reasons = reasons_text(&rejected[0]);
+        if self.may_warn(&product.name, source_id) {
+            warn!(product = %product.name, source = source_id, rejected = rejected.len(), reasons = %reasons, "records rejected");
+        } else {
+            debug!(product = %product.name, source = source_id, rejected = rejected.len(), reasons = %reasons, "records rejected");
+        }
+    }
+
+    /// Queues a prepared batch for writing; `None` when there is nothing to
+    /// write.
+    pub async fn queue(
+        &self,
+        product: &Product,
+        prepared: Prepared,
+        retained: bool,
+        received_at: Timestamp,
+        counters: &Arc<SourceCounters>,
+    ) -> Option<(PendingWrite, Arc<SourceCounters>, Vec<Timestamp>)> {
+        for item in &prepared.batch.quarantine {
+            if let Some(first) = item.reasons.first() {
+                debug!(product = %product.name, reason = %first, "record quarantined");
+            }
+        }
+        let batch = prepared.batch;
+        if batch.records.is_empty()
+            && batch.quarantine.is_empty()
+            && batch.source_offset.is_none()
+            && batch.resolve_quarantine.is_empty()
+        {
+            return None;
+        }
+        let job = WriteJob {
+            product: product.name.clone(),
+            limits: self.store_limits(product),
+            batch,
+            retained,
+            received_at,
+        };
+        let pending = self.inner.writer.submit(job).await;
+        Some((pending, counters.clone(), prepared.event_times))
+    }
+
+    fn may_warn(&self, product: &str, source: &str) -> bool {
+        let key = format!("{product}/{source}");
+        let mut last = match self.inner.last_warned.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let now = Instant::now();
+        match last.get(&key) {
+            Some(at) if now.duration_since(*at) < INVALID_LOG_INTERVAL => false,
+            _ => {
+                last.insert(key, now);
+                true
+            }
+        }
+    }
+}
+
+/// Builds the quarantine entry of one invalid record.
+fn quarantine_item(payload: &[u8], provenance: &Provenance<'_>, bad: &Invalid) -> QuarantineItem {
+    let mut reasons: Vec<String> = bad.reasons.iter().map(|r| r.to_string()).collect();
+    let payload = if payload.len() > QUARANTINE_PAYLOAD_MAX {
+        reasons.push(format!(
+            "payload of {} bytes kept truncated to its first {QUARANTINE_PAYLOAD_MAX}",
+            payload.len()
+        ));
+        payload[..QUARANTINE_PAYLOAD_MAX].to_vec()
+    } else {
+        payload.to_vec()
+    };
+    QuarantineItem {
+        source: provenance.source_id.to_string(),
+        topic: provenance.topic.map(str::to_string),
+        captures: provenance.captures.to_vec(),
+        payload,
+        reasons,
+        arrival: provenance.arrival,
+        origin: provenance.origin.clone(),
+        index: bad.index.map(|i| u32::try_from(i).unwrap_or(u32::MAX)),
+    }
+}
+
+/// Every reason of an invalid record on one line.
+pub fn reasons_text(invalid: &Invalid) -> String {
+    invalid
+        .reasons
+        .iter()
+        .map(|r| r.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Why an HTTP push was refused before anything was written.
+#[derive(Debug)]
+pub enum PushRefusal {
+    UnknownProduct(String),
+    /// The product declares no `http` source.
+    NotPushable(String),
+    /// Some records are invalid; nothing of the request was written.
+    Invalid(Vec<Invalid>),
+}
+
+impl Ingestor {
+    /// An HTTP push: all or nothing. The caller learns synchronously which
+    /// records are invalid and why, so nothing is quarantined: either every
+    /// record passes and all are written (durably, before this resolves),
+    /// or none is and the refusal lists every bad record.
+    pub async fn submit_push(
+        &self,
+        product_name: &str,
+        payload: &[u8],
+        format: crate::product::PayloadFormat,
+        actor: Option<String>,
+    ) -> Result<PendingMessage, PushRefusal> {
+        let product = self
+            .inner
+            .products
+            .get(product_name)
+            .cloned()
+            .ok_or_else(|| PushRefusal::UnknownProduct(product_name.to_string()))?;
+        let Some((index, source)) = product
+            .sources
+            .iter()
+            .enumerate()
+            .find(|(_, s)| matches!(s, Source::Http(_)))
+        else {
+            return Err(PushRefusal::NotPushable(product_name.to_string()));
+        };
+        let source_id = source_id(index, source);
+        let counters = self.inner.metrics.source(&product.name, &source_id);
+        counters.message(payload.len());
+        let arrival = Timestamp::now();
+        let input = Input {
+            payload,
+            captures: &[],
+            arrival,
+            origin: Origin {
+                source: "http".to_string(),
+                actor,
+            },
+        };
+        let shape = SourceShape::from_source(source).with_format(format);
+        let Processed { accepted, invalid } =
+            pipeline::process(&product, &shape, &input, &self.inner.limits);
+        if !invalid.is_empty() {
+            self.count_rejected(&product, &source_id, &counters, &invalid);
+            return Err(PushRefusal::Invalid(invalid));
+        }
+        let mut batch = IngestBatch::default();
+        let mut event_times = Vec::with_capacity(accepted.len());
+        for accepted in accepted {
+            event_times.push(accepted.record.event_time);
+            batch.records.push(IngestRecord {
+                check_duplicate: accepted.event_time_from_payload,
+                fingerprint: Some(accepted.fingerprint.0),
+                record: accepted.record,
+            });
+        }
+        let prepared = Prepared {
+            batch,
+            rejected: Vec::new(),
+            event_times,
+        };
+        let mut pending = PendingMessage::empty();
+        if let Some(write) = self
+            .queue(&product, prepared, false, arrival, &counters)
+            .await
+        {
+            pending.writes.push(write);
+        }
+        Ok(pending)
+    }
+}
