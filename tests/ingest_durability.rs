@@ -202,13 +202,19 @@ fn publish_slowly(port: u16, messages: &[(String, Vec<u8>)]) -> usize {
     let mut options = MqttOptions::new("durability-publisher", "127.0.0.1", port);
     options.set_keep_alive(Duration::from_secs(30));
     options.set_inflight(20);
+    // A persistent session: after a broker restart the client resends what
+    // was not acknowledged (rumqttc drops it when the session is new).
+    options.set_clean_session(false);
     let (client, mut connection) = Client::new(options, 32);
     let to_send = messages.to_vec();
     let sender = std::thread::spawn(move || {
         for (i, (topic, payload)) in to_send.into_iter().enumerate() {
-            client
+            if client
                 .publish(topic, QoS::AtLeastOnce, false, payload)
-                .expect("queue publish");
+                .is_err()
+            {
+                break;
+            }
             if i % 5 == 0 {
                 std::thread::sleep(Duration::from_millis(15));
             }
@@ -216,20 +222,19 @@ fn publish_slowly(port: u16, messages: &[(String, Vec<u8>)]) -> usize {
         client
     });
     let mut acked = 0;
-    for event in connection.iter() {
-        match event {
-            Ok(Event::Incoming(Packet::PubAck(_))) => {
-                acked += 1;
-                if acked == messages.len() {
-                    break;
-                }
-            }
-            Ok(_) => {}
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+    // A lost message would leave this waiting forever: give up after a
+    // minute and let the caller's count show it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while acked < messages.len() && std::time::Instant::now() < deadline {
+        match connection.recv_timeout(Duration::from_secs(1)) {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => std::thread::sleep(Duration::from_millis(100)),
+            Err(_) => {}
         }
     }
-    let client = sender.join().expect("sender");
-    let _ = client.disconnect();
+    drop(connection);
+    let _ = sender.join();
     acked
 }
 
@@ -375,4 +380,72 @@ fn file_tail_through_kills_and_rotation_reads_every_line_once() {
     // Including lines of the rotated file that the node had not reached
     // when it was killed: it finishes that file first after a restart.
     assert_exactly_once(&stored_sequences(dir.path(), &devices), lines);
+}
+
+#[test]
+fn embedded_broker_acks_only_durable_messages_through_kills() {
+    // The node's own broker on a fixed port, so the publisher reconnects to
+    // the restarted node and resends what was not acknowledged.
+    let port = free_port();
+    let dir = setup(&format!("[mqtt.embedded]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let devices: Vec<String> = (0..2).map(|d| format!("e{d}")).collect();
+    let per_device = 500i64;
+    let busy = Arc::new(AtomicBool::new(true));
+    let start_embedded = |dir: &Path| {
+        NodeBuilder::new(dir)
+            .arg("--config")
+            .arg("meshlet.toml")
+            .env(
+                "MESHLET_MQTT__EMBEDDED__LISTEN",
+                format!("127.0.0.1:{port}"),
+            )
+            .start()
+            .expect("node starts")
+    };
+    let mut node = start_embedded(dir.path());
+    let publisher = {
+        let devices = devices.clone();
+        let busy = busy.clone();
+        std::thread::spawn(move || {
+            let messages: Vec<(String, Vec<u8>)> = (0..per_device)
+                .flat_map(|seq| {
+                    devices.iter().map(move |d| {
+                        (
+                            format!("dev/{d}/count"),
+                            format!(r#"{{"seq": {seq}, "ts": {}}}"#, 1_700_000_000_000i64 + seq)
+                                .into_bytes(),
+                        )
+                    })
+                })
+                .collect();
+            let acked = publish_slowly(port, &messages);
+            busy.store(false, Ordering::SeqCst);
+            acked
+        })
+    };
+    let mut rng = rand::rng();
+    let mut kills = 0;
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(rng.random_range(100..350)));
+        if !busy.load(Ordering::SeqCst) {
+            break;
+        }
+        node.signal(libc::SIGKILL);
+        let _ = node.wait_exit(Duration::from_secs(10));
+        kills += 1;
+        node = start_embedded(dir.path());
+    }
+    let acked = publisher.join().expect("publisher");
+    assert_eq!(
+        acked,
+        devices.len() * per_device as usize,
+        "every message was acknowledged in the end"
+    );
+    assert!(kills >= 4, "the node was killed mid-stream ({kills} times)");
+    let (status, _) = node.stop();
+    assert!(status.success());
+    // Every PUBACK the publisher got was for a durable message: nothing is
+    // missing although the broker died with the node, and resends after
+    // the restarts were not written twice.
+    assert_exactly_once(&stored_sequences(dir.path(), &devices), per_device);
 }

@@ -12,10 +12,12 @@
 //!
 //! What it offers beyond ingest, for devices that also talk to each other
 //! or to local apps: subscriptions (delivered at QoS 0), retained messages
-//! (kept in memory) and last wills. Sessions are not persisted for
-//! subscribers (`session_present` is always false); a publisher's unacked
-//! QoS 1 messages are its own to resend, which every MQTT client does on
-//! reconnect.
+//! (kept in memory) and last wills. Persistent sessions (`clean_session =
+//! false`) are kept in the store with their subscriptions, so after a node
+//! restart a device hears `session_present = 1` and resends its
+//! unacknowledged QoS 1 messages (clients discard them otherwise). What is
+//! not kept: QoS 1/2 deliveries queued for offline subscribers (deliveries
+//! are QoS 0).
 //!
 //! Protection: a connection limit, a CONNECT deadline, optional
 //! username/password, a maximum packet size (a larger packet closes the
@@ -225,9 +227,12 @@ impl Connection {
             connect.client_id.clone()
         };
         self.take_over(&client_id);
+        let persistent = !connect.clean_session;
+        let restored = self.open_session(&client_id, persistent).await;
+        let session_present = restored.is_some();
         if write_packet(
             &mut stream,
-            &Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)),
+            &Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, session_present)),
         )
         .await
         .is_err()
@@ -236,7 +241,7 @@ impl Connection {
             return;
         }
         metrics.broker_connections.fetch_add(1, Ordering::Relaxed);
-        debug!(client = %client_id, keep_alive = connect.keep_alive, "MQTT client connected");
+        debug!(client = %client_id, keep_alive = connect.keep_alive, session_present, "MQTT client connected");
 
         let (reader, writer) = stream.into_split();
         let (outgoing, outgoing_rx) = mpsc::channel::<Packet>(OUTGOING_QUEUE);
@@ -247,6 +252,9 @@ impl Connection {
             self.config.max_packet_bytes,
         ));
         let acker_task = tokio::spawn(ack_loop(acks_rx, outgoing.clone(), self.shutdown.clone()));
+        for filter in restored.unwrap_or_default() {
+            self.subscribe(&filter, &outgoing);
+        }
 
         let result = self
             .read_loop(reader, buffer, &client_id, &connect, &outgoing, &acks)
@@ -300,6 +308,55 @@ impl Connection {
             }
         }
         None
+    }
+
+    /// Starts the client's session: a clean one ends any stored session; a
+    /// persistent one is created, or resumed with its subscriptions
+    /// (`Some`, and CONNACK says `session_present`). Sessions survive node
+    /// restarts, so a device resends its unacknowledged QoS 1 messages after
+    /// the node crashed instead of discarding them.
+    async fn open_session(&self, client_id: &str, persistent: bool) -> Option<Vec<String>> {
+        let store = self.ingestor.store().clone();
+        let id = client_id.to_string();
+        let opened = tokio::task::spawn_blocking(move || {
+            if !persistent {
+                store.remove_mqtt_session(&id)?;
+                return Ok(None);
+            }
+            let existing = store.mqtt_session(&id)?;
+            if existing.is_none() {
+                // Durable before CONNACK: a device that publishes right
+                // away and sees the node crash must find its session.
+                store.set_mqtt_session(&id, &[])?;
+                store.durable_blocking()?;
+            }
+            Ok::<_, crate::store::StoreError>(existing)
+        })
+        .await;
+        match opened {
+            Ok(Ok(existing)) => existing,
+            Ok(Err(err)) => {
+                warn!(client = %client_id, error = %err, "MQTT session state unavailable; starting a new session");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Stores this connection's subscriptions as its persistent session's.
+    async fn save_session(&self, client_id: &str) {
+        let filters: Vec<String> = read(&self.shared.subscriptions)
+            .iter()
+            .filter(|s| s.connection == self.id)
+            .map(|s| s.filter.clone())
+            .collect();
+        let store = self.ingestor.store().clone();
+        let id = client_id.to_string();
+        let saved =
+            tokio::task::spawn_blocking(move || store.set_mqtt_session(&id, &filters)).await;
+        if let Ok(Err(err)) = saved {
+            warn!(client = %client_id, error = %err, "could not store the MQTT session's subscriptions");
+        }
     }
 
     /// Closes an earlier connection with the same client id.
@@ -356,6 +413,9 @@ impl Connection {
                             codes.push(SubscribeReasonCode::Failure);
                         }
                     }
+                    if !connect.clean_session {
+                        self.save_session(client_id).await;
+                    }
                     send_ack(
                         acks,
                         AckItem::Now(Packet::SubAck(SubAck::new(subscribe.pkid, codes))),
@@ -371,6 +431,9 @@ impl Connection {
                         subs.retain(|s| {
                             !(s.connection == self.id && unsubscribe.topics.contains(&s.filter))
                         });
+                    }
+                    if !connect.clean_session {
+                        self.save_session(client_id).await;
                     }
                     send_ack(
                         acks,

@@ -122,6 +122,7 @@ mod offsets;
 mod quarantine;
 mod read;
 mod retention;
+mod sessions;
 mod stored;
 mod types;
 mod write;
