@@ -36,7 +36,7 @@ use crate::store::{IngestBatch, IngestLimits, IngestRecord, QuarantineItem, Stor
 
 pub use metrics::{IngestMetrics, Outcome, SourceCounters, SourceFigures};
 pub use routes::{source_id, MqttRoutes};
-pub use writer::{PendingWrite, WriteError, WriteJob, Writer, Written};
+pub use writer::{ChangeEvent, PendingWrite, WriteError, WriteJob, Writer, Written};
 
 /// Quarantined payloads larger than this keep only their first bytes (the
 /// reason says so): a quarantine of oversized payloads must not fill the

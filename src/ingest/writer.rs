@@ -11,12 +11,12 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info_span, warn, Instrument};
 
 use super::metrics::IngestMetrics;
 use crate::record::Timestamp;
-use crate::store::{IngestBatch, IngestLimits, IngestOutcome, Store, StoreError};
+use crate::store::{Change, IngestBatch, IngestLimits, IngestOutcome, Store, StoreError};
 
 /// One product's share of what one message, request or file batch
 /// produced.
@@ -52,10 +52,24 @@ pub enum WriteError {
 
 type Reply = oneshot::Sender<Result<Written, WriteError>>;
 
+/// What one durable write changed, for live consumers (GraphQL
+/// subscriptions, sync): published only after the durability barrier, so
+/// nobody ever sees a change that a crash could take back.
+#[derive(Debug)]
+pub struct ChangeEvent {
+    pub product: String,
+    pub changes: Vec<Change>,
+}
+
+/// Change events buffered per slow consumer before it starts missing
+/// them (it then gets `RecvError::Lagged` and can re-read the store).
+const CHANGE_FEED_CAPACITY: usize = 4_096;
+
 /// A cheap handle for submitting jobs.
 #[derive(Clone)]
 pub struct Writer {
     queue: mpsc::Sender<(WriteJob, Reply)>,
+    changes: broadcast::Sender<Arc<ChangeEvent>>,
 }
 
 /// The reply to a submitted job, resolved once it is durable (or failed).
@@ -80,10 +94,23 @@ impl Writer {
         tasks: &tokio_util::task::TaskTracker,
     ) -> Writer {
         let (queue, jobs) = mpsc::channel(queue_depth.max(1));
+        let (changes, _) = broadcast::channel(CHANGE_FEED_CAPACITY);
         tasks.spawn(
-            run(store, metrics, jobs, batch_max_records.max(1)).instrument(info_span!("writer")),
+            run(
+                store,
+                metrics,
+                jobs,
+                batch_max_records.max(1),
+                changes.clone(),
+            )
+            .instrument(info_span!("writer")),
         );
-        Writer { queue }
+        Writer { queue, changes }
+    }
+
+    /// The feed of durable changes, from now on.
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<Arc<ChangeEvent>> {
+        self.changes.subscribe()
     }
 
     /// Queues a job; waits while the queue is full (backpressure).
@@ -101,6 +128,7 @@ async fn run(
     metrics: Arc<IngestMetrics>,
     mut jobs: mpsc::Receiver<(WriteJob, Reply)>,
     batch_max_records: usize,
+    feed: broadcast::Sender<Arc<ChangeEvent>>,
 ) {
     while let Some(first) = jobs.recv().await {
         let mut group = vec![first];
@@ -141,20 +169,23 @@ async fn run(
             warn!(error = %err, "durability barrier failed; no sender of this group is acknowledged");
             metrics.write_failures.fetch_add(1, Ordering::Relaxed);
         }
-        for ((_, reply), result) in group.into_iter().zip(results) {
+        for ((job, reply), result) in group.into_iter().zip(results) {
             let result = match (&durable, result) {
                 (Err(err), _) => Err(err.clone()),
                 (Ok(()), Ok(written)) => {
                     metrics.batches_written.fetch_add(1, Ordering::Relaxed);
-                    let n = written
-                        .outcome
-                        .changes
-                        .iter()
-                        .filter(|c| c.is_some())
-                        .count();
+                    let changes: Vec<Change> =
+                        written.outcome.changes.iter().flatten().cloned().collect();
                     metrics
                         .records_written
-                        .fetch_add(n as u64, Ordering::Relaxed);
+                        .fetch_add(changes.len() as u64, Ordering::Relaxed);
+                    if !changes.is_empty() && feed.receiver_count() > 0 {
+                        // Nobody listening is not an error.
+                        let _ = feed.send(Arc::new(ChangeEvent {
+                            product: job.product.clone(),
+                            changes,
+                        }));
+                    }
                     Ok(written)
                 }
                 (Ok(()), Err(err)) => {
