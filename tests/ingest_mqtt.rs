@@ -696,3 +696,84 @@ fn the_embedded_broker_enforces_credentials_and_the_connection_limit() {
     let (status, _) = node.stop();
     assert!(status.success());
 }
+
+const FORMATS: &str = r#"
+product: climate
+version: 1
+domain: test
+owner: test@example.com
+key: device
+fields:
+  device: { type: string, required: true }
+  temp:   { type: float, min: -50, max: 80 }
+  hum:    { type: int, min: 0, max: 100 }
+  at:     { type: timestamp }
+sources:
+  - mqtt: { topic: "tele/{device}", format: telemetry }
+  - mqtt: { topic: "csv/{device}", format: csv, columns: [temp, hum, at], event_time: /at }
+  - mqtt: { topic: "raw/{device}/temp", format: raw, field: temp }
+quality: { on_invalid: drop_field }
+"#;
+
+#[test]
+fn telemetry_csv_and_raw_payloads_are_mapped_and_bad_fields_dropped() {
+    let setup = Setup::new(&[("climate", FORMATS)], "");
+    let node = setup.start();
+    let port = node.mqtt.expect("embedded broker").port();
+    let publish = |topic: &str, payload: &str| {
+        let out = mosquitto_pub(port, topic, payload.as_bytes(), 1, false);
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    publish(
+        "tele/t1",
+        r#"{"ts": 1700000000000, "values": {"temp": 21.5, "hum": "40"}}"#,
+    );
+    publish(
+        "csv/c1",
+        "19.25,55,2024-05-01T12:00:00Z\n18.5,56,2024-05-01T12:01:00Z",
+    );
+    publish("raw/r1/temp", "17.75");
+    // drop_field: the out-of-range humidity goes, the rest stays.
+    publish(
+        "tele/t2",
+        r#"{"ts": 1700000000000, "values": {"temp": 20, "hum": 140}}"#,
+    );
+    assert_eq!(records(&node, "climate", "mqtt:0", "accepted"), 2.0);
+    assert_eq!(records(&node, "climate", "mqtt:1", "accepted"), 2.0);
+    assert_eq!(records(&node, "climate", "mqtt:2", "accepted"), 1.0);
+    let (status, _) = node.stop();
+    assert!(status.success());
+
+    let store = open_store(&setup.path().join("data"));
+    let t1 = store.get("climate", "t1").expect("read").expect("t1");
+    assert_eq!(t1.fields.get("temp"), Some(&Value::Float(21.5)));
+    assert_eq!(
+        t1.fields.get("hum"),
+        Some(&Value::Int(40)),
+        "\"40\" coerced to int"
+    );
+    assert_eq!(
+        t1.event_time.as_millis(),
+        1_700_000_000_000,
+        "telemetry ts in epoch ms"
+    );
+    let c1 = store.get("climate", "c1").expect("read").expect("c1");
+    assert_eq!(
+        c1.fields.get("temp"),
+        Some(&Value::Float(18.5)),
+        "the later csv row wins"
+    );
+    assert_eq!(
+        store
+            .history("climate", "c1", &HistoryQuery::default())
+            .expect("history")
+            .len(),
+        2,
+        "one record per csv line"
+    );
+    let r1 = store.get("climate", "r1").expect("read").expect("r1");
+    assert_eq!(r1.fields.get("temp"), Some(&Value::Float(17.75)));
+    let t2 = store.get("climate", "t2").expect("read").expect("t2");
+    assert_eq!(t2.fields.get("temp"), Some(&Value::Float(20.0)));
+    assert!(t2.fields.get("hum").is_none(), "the bad field was dropped");
+}

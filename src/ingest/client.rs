@@ -101,6 +101,11 @@ fn tls_config(config: &ExternalBrokerConfig) -> Result<rustls::ClientConfig, Cli
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::PrivateKeyDer;
 
+    if config.client_cert_file.is_some() != config.client_key_file.is_some() {
+        return Err(ClientConfigError::Tls(
+            "client_cert_file and client_key_file go together".to_string(),
+        ));
+    }
     let mut roots = rustls::RootCertStore::empty();
     match &config.ca_file {
         Some(path) => {
