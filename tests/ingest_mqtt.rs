@@ -775,5 +775,5 @@ fn telemetry_csv_and_raw_payloads_are_mapped_and_bad_fields_dropped() {
     assert_eq!(r1.fields.get("temp"), Some(&Value::Float(17.75)));
     let t2 = store.get("climate", "t2").expect("read").expect("t2");
     assert_eq!(t2.fields.get("temp"), Some(&Value::Float(20.0)));
-    assert!(t2.fields.get("hum").is_none(), "the bad field was dropped");
+    assert!(!t2.fields.contains_key("hum"), "the bad field was dropped");
 }
