@@ -145,6 +145,9 @@ pub struct IngestMetrics {
     /// barrier.
     pub batches_written: AtomicU64,
     pub records_written: AtomicU64,
+    /// Durability barriers (fsyncs) passed: records_written / this is how
+    /// many records share one fsync.
+    pub durable_barriers: AtomicU64,
     /// Embedded broker: open connections, connections refused (limit,
     /// bad credentials), connections closed for protocol errors.
     pub broker_connections: AtomicI64,
@@ -296,7 +299,7 @@ impl IngestMetrics {
                 );
             }
         }
-        let scalars: [(&str, &str, &str, i64); 9] = [
+        let scalars: [(&str, &str, &str, i64); 10] = [
             (
                 "meshlet_ingest_unmatched_messages_total",
                 "counter",
@@ -320,6 +323,12 @@ impl IngestMetrics {
                 "counter",
                 "Records that passed the durability barrier.",
                 self.records_written.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "meshlet_ingest_durable_barriers_total",
+                "counter",
+                "Durability barriers (one fsync each) shared by the write groups.",
+                self.durable_barriers.load(Ordering::Relaxed) as i64,
             ),
             (
                 "meshlet_broker_connections",

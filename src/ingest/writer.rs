@@ -164,6 +164,7 @@ async fn run(
                 continue;
             }
         };
+        metrics.durable_barriers.fetch_add(1, Ordering::Relaxed);
         let durable = durable.map_err(|e| WriteError::Durable(Arc::new(e)));
         if let Err(err) = &durable {
             warn!(error = %err, "durability barrier failed; no sender of this group is acknowledged");
