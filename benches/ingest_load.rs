@@ -284,7 +284,7 @@ fn embedded(n: usize) -> Duration {
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let n = if full { 20_000 } else { 300 };
+    let n = if full { 20_000 } else { 2_000 };
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     let base = baseline(n);
     let (ext, per_write) = external(n);

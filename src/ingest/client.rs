@@ -22,9 +22,8 @@ use tracing::{debug, info, warn};
 use super::{Ingestor, MqttMessage, PendingMessage};
 use crate::config::ExternalBrokerConfig;
 
-/// Messages read but not yet acknowledged; beyond this the event loop is
-/// not polled, so the broker's own in-flight window throttles delivery.
-const MAX_UNACKED: usize = 1_024;
+/// Capacity of rumqttc's request channel (our acks and subscriptions).
+const REQUEST_CHANNEL: usize = 1_024;
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
@@ -82,7 +81,7 @@ pub fn options(
         .set_manual_acks(true)
         .set_keep_alive(config.keep_alive.max(Duration::from_secs(1)))
         .set_max_packet_size(config.max_packet_bytes, config.max_packet_bytes)
-        .set_request_channel_capacity(MAX_UNACKED);
+        .set_request_channel_capacity(REQUEST_CHANNEL);
     if let Some(user) = &config.username {
         options.set_credentials(user.clone(), config.password.clone().unwrap_or_default());
     }
@@ -175,13 +174,19 @@ fn read_certs(
 /// Runs the client until `shutdown`: connects (and reconnects with
 /// back-off), subscribes to every product topic, ingests, acks.
 pub async fn run(options: MqttOptions, ingestor: Ingestor, shutdown: CancellationToken) {
-    let (client, mut eventloop) = AsyncClient::new(options, MAX_UNACKED);
+    let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CHANNEL);
     let filters = ingestor.routes().filters();
     let metrics = ingestor.metrics().clone();
     let mut backoff = RECONNECT_MIN;
     loop {
         // One ack pipeline per round; a failed write ends the round.
-        let (unacked, unacked_rx) = mpsc::channel(MAX_UNACKED);
+        // Unbounded on purpose: the event loop must never wait for the
+        // acker, because the acker's acks only leave while the event loop
+        // is polled (a bounded queue here deadlocked under load). What
+        // bounds it is the broker's in-flight window for QoS 1 and, for
+        // every message, the writer's bounded queue that `submit_mqtt`
+        // waits on.
+        let (unacked, unacked_rx) = mpsc::unbounded_channel();
         let write_failed = CancellationToken::new();
         let acker = tokio::spawn(ack_loop(client.clone(), unacked_rx, write_failed.clone()));
         let ended = loop {
@@ -219,7 +224,7 @@ pub async fn run(options: MqttOptions, ingestor: Ingestor, shutdown: Cancellatio
                             client: None,
                         })
                         .await;
-                    if unacked.send((publish, pending)).await.is_err() {
+                    if unacked.send((publish, pending)).is_err() {
                         break RoundEnd::WriteFailed;
                     }
                 }
@@ -293,7 +298,7 @@ async fn drain_until_disconnected(eventloop: &mut EventLoop) {
 /// Acknowledges in arrival order, each once its records are durable.
 async fn ack_loop(
     client: AsyncClient,
-    mut unacked: mpsc::Receiver<(rumqttc::Publish, PendingMessage)>,
+    mut unacked: mpsc::UnboundedReceiver<(rumqttc::Publish, PendingMessage)>,
     reconnect: CancellationToken,
 ) {
     while let Some((publish, pending)) = unacked.recv().await {
