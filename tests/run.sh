@@ -12,7 +12,7 @@ as_root() {
 
 # System packages the tests drive as real processes (brokers, emulators).
 # Each is installed only when missing.
-apt_packages=(mosquitto mosquitto-clients)
+apt_packages=(mosquitto mosquitto-clients libmosquitto-dev)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
