@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Builds meshlet for edge targets without Docker: static musl binaries for
+# aarch64 and x86_64, and an armv7 hard-float binary against glibc 2.17 (old
+# enough for the gateways still in the field). C parts (zstd, ring,
+# mimalloc) are cross-compiled by zig through cargo-zigbuild.
+#
+#   cross/build.sh                      # all three, release profile
+#   cross/build.sh aarch64-unknown-linux-musl
+#   PROFILE=cross-ci cross/build.sh aarch64-unknown-linux-musl   # CI: faster to build
+#
+# Binaries land in target/cross/meshlet-<target>; sizes are printed.
+# Installs what it needs when missing: zig (pip package `ziglang`),
+# cargo-zigbuild, the rustup targets.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+profile="${PROFILE:-release}"
+if [ "$#" -gt 0 ]; then
+  targets=("$@")
+else
+  targets=(aarch64-unknown-linux-musl x86_64-unknown-linux-musl armv7-unknown-linux-gnueabihf)
+fi
+
+if ! python3 -m ziglang version >/dev/null 2>&1; then
+  echo "installing zig (pip: ziglang)"
+  python3 -m pip install --quiet ziglang
+fi
+if ! command -v cargo-zigbuild >/dev/null 2>&1; then
+  echo "installing cargo-zigbuild"
+  cargo install --locked --quiet cargo-zigbuild
+fi
+
+mkdir -p target/cross
+for target in "${targets[@]}"; do
+  rustup target add "$target" >/dev/null
+  # zigbuild takes a glibc version suffix for gnu targets: the floor the
+  # binary links against.
+  build_target="$target"
+  case "$target" in
+    *-linux-gnueabihf|*-linux-gnu) build_target="$target.2.17" ;;
+  esac
+  echo "building $target ($profile)"
+  cargo zigbuild --locked --profile "$profile" --target "$build_target" --bin meshlet
+  out_dir="$profile"
+  [ "$profile" = "dev" ] && out_dir=debug
+  cp "target/$target/$out_dir/meshlet" "target/cross/meshlet-$target"
+  size=$(stat -c %s "target/cross/meshlet-$target")
+  echo "target/cross/meshlet-$target: $((size / 1024)) KiB"
+done
