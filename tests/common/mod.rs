@@ -77,6 +77,8 @@ pub struct NodeBuilder {
     cwd: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Run another build of the binary through a launcher (qemu for ARM).
+    launcher: Option<(PathBuf, PathBuf)>,
 }
 
 impl NodeBuilder {
@@ -85,11 +87,19 @@ impl NodeBuilder {
             cwd: cwd.to_path_buf(),
             args: Vec::new(),
             env: Vec::new(),
+            launcher: None,
         }
     }
 
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());
+        self
+    }
+
+    /// Runs `binary` under `launcher` (e.g. `qemu-aarch64-static`) instead
+    /// of the host build.
+    pub fn under(mut self, launcher: impl Into<PathBuf>, binary: impl Into<PathBuf>) -> Self {
+        self.launcher = Some((launcher.into(), binary.into()));
         self
     }
 
@@ -102,6 +112,16 @@ impl NodeBuilder {
     /// that it is ready (at most `deadline`).
     pub fn start(self) -> Result<NodeProcess, String> {
         let mut cmd = meshlet(&self.cwd);
+        if let Some((launcher, binary)) = &self.launcher {
+            let mut wrapped = Command::new(launcher);
+            wrapped.current_dir(&self.cwd).arg(binary);
+            for (name, _) in std::env::vars() {
+                if name.starts_with("MESHLET_") || name == "RUST_LOG" {
+                    wrapped.env_remove(name);
+                }
+            }
+            cmd = wrapped;
+        }
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
