@@ -38,41 +38,73 @@ pub(crate) fn types(api: &Arc<ProductApi>) -> Vec<Type> {
             TypeRef::named_nn(TypeRef::STRING),
             |e| Gql::String(e.0.clone()),
         ))
-        .field(Field::new("node", TypeRef::named_nn(&names.object), |ctx| {
-            ready(
-                ctx.parent_value
-                    .try_downcast_ref::<(String, Instance)>()
-                    .map(|e| Some(FieldValue::borrowed_any(&e.1))),
-            )
-        }));
+        .field(Field::new(
+            "node",
+            TypeRef::named_nn(&names.object),
+            |ctx| {
+                ready(
+                    ctx.parent_value
+                        .try_downcast_ref::<(String, Instance)>()
+                        .map(|e| Some(FieldValue::borrowed_any(&e.1))),
+                )
+            },
+        ));
     let connection = Object::new(&names.connection)
-        .description(format!("A page of `{}` instances (Relay connection).", product.name))
-        .field(Field::new("edges", TypeRef::named_nn_list_nn(&names.edge), |ctx| {
-            ready(ctx.parent_value.try_downcast_ref::<ConnectionData>().map(|c| {
-                Some(FieldValue::list(c.edges.iter().map(|x| FieldValue::borrowed_any(x))))
-            }))
-        }))
-        .field(Field::new("nodes", TypeRef::named_nn_list_nn(&names.object), |ctx| {
-            ready(ctx.parent_value.try_downcast_ref::<ConnectionData>().map(|c| {
-                Some(FieldValue::list(
-                    c.edges.iter().map(|e| FieldValue::borrowed_any(&e.1)),
-                ))
-            }))
-        }))
-        .field(Field::new("pageInfo", TypeRef::named_nn("PageInfo"), |ctx| {
-            ready(
-                ctx.parent_value
-                    .try_downcast_ref::<ConnectionData>()
-                    .map(|c| Some(FieldValue::borrowed_any(&c.page_info))),
-            )
-        }))
+        .description(format!(
+            "A page of `{}` instances (Relay connection).",
+            product.name
+        ))
+        .field(Field::new(
+            "edges",
+            TypeRef::named_nn_list_nn(&names.edge),
+            |ctx| {
+                ready(
+                    ctx.parent_value
+                        .try_downcast_ref::<ConnectionData>()
+                        .map(|c| {
+                            Some(FieldValue::list(
+                                c.edges.iter().map(|x| FieldValue::borrowed_any(x)),
+                            ))
+                        }),
+                )
+            },
+        ))
+        .field(Field::new(
+            "nodes",
+            TypeRef::named_nn_list_nn(&names.object),
+            |ctx| {
+                ready(
+                    ctx.parent_value
+                        .try_downcast_ref::<ConnectionData>()
+                        .map(|c| {
+                            Some(FieldValue::list(
+                                c.edges.iter().map(|e| FieldValue::borrowed_any(&e.1)),
+                            ))
+                        }),
+                )
+            },
+        ))
+        .field(Field::new(
+            "pageInfo",
+            TypeRef::named_nn("PageInfo"),
+            |ctx| {
+                ready(
+                    ctx.parent_value
+                        .try_downcast_ref::<ConnectionData>()
+                        .map(|c| Some(FieldValue::borrowed_any(&c.page_info))),
+                )
+            },
+        ))
         .field(total_count_field());
     let order_field = Enum::new(&names.order_field)
         .description(format!("The fields `{}` can be ordered by.", product.name))
         .items(product.fields.keys().cloned());
     let order = InputObject::new(&names.order)
         .description("One ordering term; ties are broken by the entity key.")
-        .field(InputValue::new("field", TypeRef::named_nn(&names.order_field)))
+        .field(InputValue::new(
+            "field",
+            TypeRef::named_nn(&names.order_field),
+        ))
         .field(
             InputValue::new("direction", TypeRef::named("OrderDirection"))
                 .default_value(Gql::Enum(async_graphql::Name::new("ASC"))),
@@ -110,28 +142,36 @@ fn total_count_field() -> Field {
             Ok(Some(FieldValue::value(Gql::from(total))))
         })
     })
-    .description("Instances matching the filter, over all pages (a scan of the product when filtered).")
+    .description(
+        "Instances matching the filter, over all pages (a scan of the product when filtered).",
+    )
 }
 
 /// `<product>(key: ...)`.
 pub(crate) fn lookup_field(api: &Arc<ProductApi>) -> Field {
     let handle = api.clone();
-    Field::new(&api.names.lookup, TypeRef::named(&api.names.object), move |ctx| {
-        let api = handle.clone();
-        FieldFuture::new(async move {
-            let runtime = runtime(&ctx)?;
-            let entity = api.entity_arg(&ctx)?;
-            runtime.usage.query(api.name());
-            let store = runtime.store().clone();
-            let product = api.name().to_string();
-            let instance = blocking(move || {
-                store.get(&product, &entity).map_err(|e| e.to_string())
+    Field::new(
+        &api.names.lookup,
+        TypeRef::named(&api.names.object),
+        move |ctx| {
+            let api = handle.clone();
+            FieldFuture::new(async move {
+                let runtime = runtime(&ctx)?;
+                let entity = api.entity_arg(&ctx)?;
+                runtime.usage.query(api.name());
+                let store = runtime.store().clone();
+                let product = api.name().to_string();
+                let instance =
+                    blocking(move || store.get(&product, &entity).map_err(|e| e.to_string()))
+                        .await?;
+                Ok(instance.map(FieldValue::owned_any))
             })
-            .await?;
-            Ok(instance.map(FieldValue::owned_any))
-        })
-    })
-    .description(format!("One `{}` instance by its key, or null.", api.product.name))
+        },
+    )
+    .description(format!(
+        "One `{}` instance by its key, or null.",
+        api.product.name
+    ))
     .argument(InputValue::new(&api.product.key, api.key_type()))
 }
 
@@ -233,7 +273,9 @@ fn parse_order(
         let item = item.object()?;
         let field = item.try_get("field")?.enum_name()?.to_string();
         if !api.types.contains_key(&field) {
-            return Err(async_graphql::Error::new(format!("`orderBy`: no field `{field}`")));
+            return Err(async_graphql::Error::new(format!(
+                "`orderBy`: no field `{field}`"
+            )));
         }
         let descending = match item.get("direction").filter(|d| !d.is_null()) {
             Some(direction) => direction.enum_name()? == "DESC",

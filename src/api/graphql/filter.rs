@@ -120,7 +120,10 @@ pub(crate) fn product_filter_input(product: &Product, type_name: &str) -> InputO
             InputValue::new("or", TypeRef::named_nn_list(type_name))
                 .description("At least one filter of the list holds."),
         )
-        .field(InputValue::new("not", TypeRef::named(type_name)).description("The filter does not hold."))
+        .field(
+            InputValue::new("not", TypeRef::named(type_name))
+                .description("The filter does not hold."),
+        )
 }
 
 /// Parses a `filter` argument value; `Ok(None)` for an absent or empty
@@ -352,8 +355,10 @@ mod tests {
 
     #[test]
     fn operators_compare_typed_values() {
-        let f = fields(serde_json::json!({"id": "m-7", "n": 7, "t": 1.5, "on": true,
-            "at": "2024-05-01T12:00:00Z", "doc": {"a": 1}}));
+        let f = fields(
+            serde_json::json!({"id": "m-7", "n": 7, "t": 1.5, "on": true,
+            "at": "2024-05-01T12:00:00Z", "doc": {"a": 1}}),
+        );
         for (json, expected) in [
             (serde_json::json!({"id": {"eq": "m-7"}}), true),
             (serde_json::json!({"id": {"contains": "-7"}}), true),
@@ -362,11 +367,20 @@ mod tests {
             (serde_json::json!({"n": {"in": [1, 2]}}), false),
             (serde_json::json!({"t": {"gte": 1.5}}), true),
             (serde_json::json!({"on": {"ne": true}}), false),
-            (serde_json::json!({"at": {"lt": "2024-05-01T14:00:01+02:00"}}), true),
+            (
+                serde_json::json!({"at": {"lt": "2024-05-01T14:00:01+02:00"}}),
+                true,
+            ),
             (serde_json::json!({"doc": {"eq": {"a": 1}}}), true),
-            (serde_json::json!({"or": [{"n": {"eq": 1}}, {"n": {"eq": 7}}]}), true),
+            (
+                serde_json::json!({"or": [{"n": {"eq": 1}}, {"n": {"eq": 7}}]}),
+                true,
+            ),
             (serde_json::json!({"not": {"n": {"eq": 7}}}), false),
-            (serde_json::json!({"and": [{"n": {"eq": 7}}, {"id": {"eq": "x"}}]}), false),
+            (
+                serde_json::json!({"and": [{"n": {"eq": 7}}, {"id": {"eq": "x"}}]}),
+                false,
+            ),
         ] {
             assert_eq!(filter(json.clone()).matches(&f), expected, "{json}");
         }
@@ -384,7 +398,13 @@ mod tests {
 
     #[test]
     fn empty_and_bad_filters() {
-        assert_eq!(parse(&types(), &Gql::from_json(serde_json::json!({})).expect("json")), Ok(None));
+        assert_eq!(
+            parse(
+                &types(),
+                &Gql::from_json(serde_json::json!({})).expect("json")
+            ),
+            Ok(None)
+        );
         let err = parse(
             &types(),
             &Gql::from_json(serde_json::json!({"nope": {"eq": 1}})).expect("json"),

@@ -9,6 +9,8 @@
 //! client error parser can read it. Execution errors follow GraphQL over
 //! HTTP: status 200 and `errors` in the body.
 
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::ws::WebSocketUpgrade;
@@ -17,8 +19,6 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
-use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use tracing::{info_span, Instrument};
@@ -38,7 +38,12 @@ pub(crate) fn routes() -> Router<ApiState> {
 }
 
 /// A refusal before execution.
-fn refuse(state: &ApiState, status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+fn refuse(
+    state: &ApiState,
+    status: StatusCode,
+    code: &str,
+    message: impl Into<String>,
+) -> Response {
     state
         .graphql
         .runtime
@@ -68,19 +73,22 @@ async fn execute(
 ) -> Response {
     let body = match body {
         Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => return refuse(
+            &state,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "BODY_TOO_LARGE",
+            format!(
+                "the request body is over {MAX_BODY_BYTES} bytes; queries may be at most {} bytes",
+                limits::MAX_QUERY_BYTES
+            ),
+        ),
+        Err(rejection) => {
             return refuse(
                 &state,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "BODY_TOO_LARGE",
-                format!(
-                    "the request body is over {MAX_BODY_BYTES} bytes; queries may be at most {} bytes",
-                    limits::MAX_QUERY_BYTES
-                ),
+                rejection.status(),
+                "BAD_REQUEST",
+                rejection.body_text(),
             )
-        }
-        Err(rejection) => {
-            return refuse(&state, rejection.status(), "BAD_REQUEST", rejection.body_text())
         }
     };
     if !is_json(&headers) {
@@ -127,11 +135,7 @@ async fn execute(
     );
     let schema = state.graphql.handle.current();
     let response = schema.execute(request).instrument(span).await;
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        Json(response),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/json")], Json(response)).into_response()
 }
 
 async fn websocket(
@@ -146,7 +150,10 @@ async fn websocket(
                 &state,
                 rejection.status(),
                 "NOT_A_WEBSOCKET",
-                format!("{}: subscribe over a WebSocket (graphql-transport-ws or graphql-ws)", rejection.body_text()),
+                format!(
+                    "{}: subscribe over a WebSocket (graphql-transport-ws or graphql-ws)",
+                    rejection.body_text()
+                ),
             )
         }
     };

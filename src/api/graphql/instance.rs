@@ -13,7 +13,8 @@ use async_graphql::Value as Gql;
 
 use super::limits;
 use super::schema::{
-    blocking, getter, opt_string, opt_time, page_size, ready, runtime, PageInfoData, ProductApi,
+    blocking, getter, non_null, opt_string, opt_time, page_size, ready, runtime, PageInfoData,
+    ProductApi,
 };
 use super::values;
 use crate::product::{Field as ProductField, FieldType};
@@ -62,10 +63,10 @@ pub(crate) fn describe(field: &ProductField) -> String {
 }
 
 /// One typed product field read off a parent of type `T`.
-fn typed_field<T: HasFields>(field: &ProductField, non_null: bool, is_key: bool) -> Field {
+fn typed_field<T: HasFields>(field: &ProductField, required: bool, is_key: bool) -> Field {
     let ty = field.ty;
     let name = field.name.clone();
-    let type_ref = if non_null {
+    let type_ref = if required {
         TypeRef::named_nn(values::type_name(ty))
     } else {
         TypeRef::named(values::type_name(ty))
@@ -77,7 +78,7 @@ fn typed_field<T: HasFields>(field: &ProductField, non_null: bool, is_key: bool)
                 None if is_key => key_value(ty, parent.entity()),
                 None => Gql::Null,
             };
-            Some(FieldValue::value(value))
+            non_null(value)
         }))
     })
     .description(describe(field))
@@ -226,34 +227,53 @@ pub(crate) fn types(api: &Arc<ProductApi>) -> Vec<Type> {
     }
 
     let event = Object::new(&names.event)
-        .description(format!("One record of a `{}` entity's history.", product.name))
-        .field(getter::<HistoryEvent>("version", TypeRef::named_nn(values::LONG), |e| {
-            Gql::from(e.version)
-        }))
-        .field(getter::<HistoryEvent>("eventTime", TypeRef::named_nn(values::DATE_TIME), |e| {
-            values::timestamp(e.event_time)
-        }))
-        .field(getter::<HistoryEvent>("receivedAt", TypeRef::named_nn(values::DATE_TIME), |e| {
-            values::timestamp(e.received_at)
-        }))
-        .field(getter::<HistoryEvent>("source", TypeRef::named_nn(TypeRef::STRING), |e| {
-            Gql::String(e.origin.source.clone())
-        }))
-        .field(getter::<HistoryEvent>("actor", TypeRef::named(TypeRef::STRING), |e| {
-            e.origin.actor.clone().map(Gql::String).unwrap_or(Gql::Null)
-        }))
-        .field(Field::new("values", TypeRef::named_nn(&names.values), |ctx| {
-            ready(
-                ctx.parent_value
-                    .try_downcast_ref::<HistoryEvent>()
-                    .map(|e| Some(FieldValue::borrowed_any(e))),
-            )
-        }));
+        .description(format!(
+            "One record of a `{}` entity's history.",
+            product.name
+        ))
+        .field(getter::<HistoryEvent>(
+            "version",
+            TypeRef::named_nn(values::LONG),
+            |e| Gql::from(e.version),
+        ))
+        .field(getter::<HistoryEvent>(
+            "eventTime",
+            TypeRef::named_nn(values::DATE_TIME),
+            |e| values::timestamp(e.event_time),
+        ))
+        .field(getter::<HistoryEvent>(
+            "receivedAt",
+            TypeRef::named_nn(values::DATE_TIME),
+            |e| values::timestamp(e.received_at),
+        ))
+        .field(getter::<HistoryEvent>(
+            "source",
+            TypeRef::named_nn(TypeRef::STRING),
+            |e| Gql::String(e.origin.source.clone()),
+        ))
+        .field(getter::<HistoryEvent>(
+            "actor",
+            TypeRef::named(TypeRef::STRING),
+            |e| e.origin.actor.clone().map(Gql::String).unwrap_or(Gql::Null),
+        ))
+        .field(Field::new(
+            "values",
+            TypeRef::named_nn(&names.values),
+            |ctx| {
+                ready(
+                    ctx.parent_value
+                        .try_downcast_ref::<HistoryEvent>()
+                        .map(|e| Some(FieldValue::borrowed_any(e))),
+                )
+            },
+        ));
 
     let edge = Object::new(&names.history_edge)
-        .field(getter::<(String, HistoryEvent)>("cursor", TypeRef::named_nn(TypeRef::STRING), |e| {
-            Gql::String(e.0.clone())
-        }))
+        .field(getter::<(String, HistoryEvent)>(
+            "cursor",
+            TypeRef::named_nn(TypeRef::STRING),
+            |e| Gql::String(e.0.clone()),
+        ))
         .field(Field::new("node", TypeRef::named_nn(&names.event), |ctx| {
             ready(
                 ctx.parent_value
@@ -263,23 +283,39 @@ pub(crate) fn types(api: &Arc<ProductApi>) -> Vec<Type> {
         }));
     let connection = Object::new(&names.history_connection)
         .description("A page of history events, oldest first.")
-        .field(Field::new("edges", TypeRef::named_nn_list_nn(&names.history_edge), |ctx| {
-            ready(ctx.parent_value.try_downcast_ref::<HistoryPage>().map(|p| {
-                Some(FieldValue::list(p.edges.iter().map(|x| FieldValue::borrowed_any(x))))
-            }))
-        }))
-        .field(Field::new("nodes", TypeRef::named_nn_list_nn(&names.event), |ctx| {
-            ready(ctx.parent_value.try_downcast_ref::<HistoryPage>().map(|p| {
-                Some(FieldValue::list(p.edges.iter().map(|e| FieldValue::borrowed_any(&e.1))))
-            }))
-        }))
-        .field(Field::new("pageInfo", TypeRef::named_nn("PageInfo"), |ctx| {
-            ready(
-                ctx.parent_value
-                    .try_downcast_ref::<HistoryPage>()
-                    .map(|p| Some(FieldValue::borrowed_any(&p.page_info))),
-            )
-        }));
+        .field(Field::new(
+            "edges",
+            TypeRef::named_nn_list_nn(&names.history_edge),
+            |ctx| {
+                ready(ctx.parent_value.try_downcast_ref::<HistoryPage>().map(|p| {
+                    Some(FieldValue::list(
+                        p.edges.iter().map(|x| FieldValue::borrowed_any(x)),
+                    ))
+                }))
+            },
+        ))
+        .field(Field::new(
+            "nodes",
+            TypeRef::named_nn_list_nn(&names.event),
+            |ctx| {
+                ready(ctx.parent_value.try_downcast_ref::<HistoryPage>().map(|p| {
+                    Some(FieldValue::list(
+                        p.edges.iter().map(|e| FieldValue::borrowed_any(&e.1)),
+                    ))
+                }))
+            },
+        ))
+        .field(Field::new(
+            "pageInfo",
+            TypeRef::named_nn("PageInfo"),
+            |ctx| {
+                ready(
+                    ctx.parent_value
+                        .try_downcast_ref::<HistoryPage>()
+                        .map(|p| Some(FieldValue::borrowed_any(&p.page_info))),
+                )
+            },
+        ));
 
     vec![
         object.into(),
@@ -363,30 +399,45 @@ fn history_field(api: &Arc<ProductApi>) -> Field {
 
 fn audit_field(api: &Arc<ProductApi>) -> Field {
     let api = api.clone();
-    Field::new("audit", TypeRef::named_nn_list_nn("AuditLine"), move |ctx| {
-        let api = api.clone();
-        FieldFuture::new(async move {
-            let instance = ctx.parent_value.try_downcast_ref::<Instance>()?;
-            let runtime = runtime(&ctx)?;
-            let query = AuditQuery {
-                since: opt_time(&ctx, "since")?,
-                until: opt_time(&ctx, "until")?,
-                limit: page_size(&ctx, "first")?.unwrap_or(limits::DEFAULT_PAGE),
-            };
-            let store = runtime.store().clone();
-            let product = api.name().to_string();
-            let entity = instance.entity.clone();
-            let lines = blocking(move || {
-                store
-                    .audit(&product, &entity, &query)
-                    .map_err(|e| e.to_string())
+    Field::new(
+        "audit",
+        TypeRef::named_nn_list_nn("AuditLine"),
+        move |ctx| {
+            let api = api.clone();
+            FieldFuture::new(async move {
+                let instance = ctx.parent_value.try_downcast_ref::<Instance>()?;
+                let runtime = runtime(&ctx)?;
+                let query = AuditQuery {
+                    since: opt_time(&ctx, "since")?,
+                    until: opt_time(&ctx, "until")?,
+                    limit: page_size(&ctx, "first")?.unwrap_or(limits::DEFAULT_PAGE),
+                };
+                let store = runtime.store().clone();
+                let product = api.name().to_string();
+                let entity = instance.entity.clone();
+                let lines = blocking(move || {
+                    store
+                        .audit(&product, &entity, &query)
+                        .map_err(|e| e.to_string())
+                })
+                .await?;
+                Ok(Some(FieldValue::list(
+                    lines.into_iter().map(FieldValue::owned_any),
+                )))
             })
-            .await?;
-            Ok(Some(FieldValue::list(lines.into_iter().map(FieldValue::owned_any))))
-        })
-    })
+        },
+    )
     .description("Who or what changed the entity, oldest first.")
-    .argument(InputValue::new("since", TypeRef::named(values::DATE_TIME)).description("Only lines that end at or after since."))
-    .argument(InputValue::new("until", TypeRef::named(values::DATE_TIME)).description("Only lines that start before until."))
-    .argument(InputValue::new("first", TypeRef::named(TypeRef::INT)).description("At most this many lines, default 100, at most 1000."))
+    .argument(
+        InputValue::new("since", TypeRef::named(values::DATE_TIME))
+            .description("Only lines that end at or after since."),
+    )
+    .argument(
+        InputValue::new("until", TypeRef::named(values::DATE_TIME))
+            .description("Only lines that start before until."),
+    )
+    .argument(
+        InputValue::new("first", TypeRef::named(TypeRef::INT))
+            .description("At most this many lines, default 100, at most 1000."),
+    )
 }

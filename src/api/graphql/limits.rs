@@ -62,7 +62,11 @@ pub(crate) fn nesting(query: &str) -> usize {
             b'"' if bytes[i..].starts_with(b"\"\"\"") => {
                 i += 3;
                 while i < bytes.len() && !bytes[i..].starts_with(b"\"\"\"") {
-                    i += if bytes[i..].starts_with(b"\\\"\"\"") { 4 } else { 1 };
+                    i += if bytes[i..].starts_with(b"\\\"\"\"") {
+                        4
+                    } else {
+                        1
+                    };
                 }
                 i += 2;
             }
@@ -129,7 +133,9 @@ pub(crate) fn check_text(query: &str) -> Result<(), ServerError> {
     if nested > MAX_NESTING {
         return Err(error(
             "QUERY_TOO_DEEP",
-            format!("the query nests brackets {nested} levels deep; at most {MAX_NESTING} are accepted"),
+            format!(
+                "the query nests brackets {nested} levels deep; at most {MAX_NESTING} are accepted"
+            ),
         ));
     }
     Ok(())
@@ -232,7 +238,10 @@ mod tests {
     fn aliases_and_selections_are_counted() {
         let query = format!(
             "{{ {} }} fragment F on Query {{ x: a }}",
-            (0..60).map(|i| format!("a{i}: a")).collect::<Vec<_>>().join(" ")
+            (0..60)
+                .map(|i| format!("a{i}: a"))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         let doc = async_graphql::parser::parse_query(&query).expect("parses");
         assert_eq!(selections_and_aliases(&doc), (61, 61));

@@ -236,7 +236,10 @@ mod tests {
         let problems = check([("products", vec!["id"])]);
         assert!(problems[0].contains("taken by the catalog"), "{problems:?}");
         let problems = check([("page_info", vec!["id"])]);
-        assert!(problems[0].contains("taken by the API itself"), "{problems:?}");
+        assert!(
+            problems[0].contains("taken by the API itself"),
+            "{problems:?}"
+        );
         let problems = check([("m", vec!["history", "or", "null"])]);
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(check([("machine_health", vec!["machine_id"])]).is_empty());

@@ -99,7 +99,13 @@ impl Order {
             values: self
                 .terms
                 .iter()
-                .map(|t| instance.fields.get(&t.field).filter(|v| !v.is_null()).cloned())
+                .map(|t| {
+                    instance
+                        .fields
+                        .get(&t.field)
+                        .filter(|v| !v.is_null())
+                        .cloned()
+                })
                 .collect(),
             entity: instance.entity.clone(),
         }
@@ -243,7 +249,11 @@ mod tests {
         };
         assert_eq!(desc.compare(&c, &a), Ordering::Less);
         assert_eq!(desc.compare(&d, &c), Ordering::Less);
-        assert_eq!(desc.compare(&a, &b), Ordering::Less, "ties stay key-ascending");
+        assert_eq!(
+            desc.compare(&a, &b),
+            Ordering::Less,
+            "ties stay key-ascending"
+        );
     }
 
     #[test]
@@ -260,7 +270,10 @@ mod tests {
         let err = Order::default().decode(&cursor).expect_err("other order");
         assert!(matches!(err, CursorError::OtherOrder { .. }), "{err}");
         let plain = Order::default().encode(&k);
-        assert_eq!(Order::default().decode(&plain).map(|k| k.entity), Ok("m-1".into()));
+        assert_eq!(
+            Order::default().decode(&plain).map(|k| k.entity),
+            Ok("m-1".into())
+        );
         assert!(matches!(
             Order::default().decode("%%%"),
             Err(CursorError::Malformed(_))

@@ -444,8 +444,15 @@ mod tests {
             first: Some(100),
             ..PageArgs::default()
         };
-        let out = page(&fake, Some(&filter), &Order::default(), true, &args, SCAN_BUDGET)
-            .expect("page");
+        let out = page(
+            &fake,
+            Some(&filter),
+            &Order::default(),
+            true,
+            &args,
+            SCAN_BUDGET,
+        )
+        .expect("page");
         assert_eq!(out.items.len(), 14);
         let err = page(&fake, None, &by_n(false), false, &args, 10).expect_err("budget");
         assert!(matches!(err, PagingError::Budget(10)));

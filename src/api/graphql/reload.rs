@@ -121,7 +121,11 @@ impl Reloader {
             if why.is_empty() && !changed {
                 continue;
             }
-            let why = if why.is_empty() { "definition files changed" } else { why };
+            let why = if why.is_empty() {
+                "definition files changed"
+            } else {
+                why
+            };
             self.reload(why).await;
         }
     }
@@ -206,5 +210,8 @@ async fn recv_hangup(_: &mut Hangup) {
 /// The files a folder of definitions contributes (as `product::load_path`
 /// reads them).
 fn is_definition(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
 }

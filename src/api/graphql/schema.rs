@@ -114,9 +114,18 @@ pub(crate) fn getter<T: std::any::Any + Send + Sync>(
         ready(
             ctx.parent_value
                 .try_downcast_ref::<T>()
-                .map(|parent| Some(FieldValue::value(get(parent)))),
+                .map(|parent| non_null(get(parent))),
         )
     })
+}
+
+/// A value as a field result: GraphQL `null` is "no value" (custom
+/// scalars do not accept a null value).
+pub(crate) fn non_null<'a>(value: Gql) -> Option<FieldValue<'a>> {
+    match value {
+        Gql::Null => None,
+        value => Some(FieldValue::value(value)),
+    }
 }
 
 /// An optional integer argument; explicit `null` counts as absent.
@@ -213,15 +222,19 @@ pub(crate) fn build(
     products: &Arc<ProductSet>,
     runtime: Option<Runtime>,
 ) -> Result<Schema, BuildError> {
-    let problems = names::check(
-        products
-            .iter()
-            .map(|p| (p.name.as_str(), p.fields.keys().map(String::as_str).collect())),
-    );
+    let problems = names::check(products.iter().map(|p| {
+        (
+            p.name.as_str(),
+            p.fields.keys().map(String::as_str).collect(),
+        )
+    }));
     if !problems.is_empty() {
         return Err(BuildError(problems));
     }
-    let apis: Vec<Arc<ProductApi>> = products.iter().map(|p| Arc::new(ProductApi::new(p))).collect();
+    let apis: Vec<Arc<ProductApi>> = products
+        .iter()
+        .map(|p| Arc::new(ProductApi::new(p)))
+        .collect();
     let with_products = !apis.is_empty();
     let mut builder = Schema::build(
         "Query",
@@ -244,7 +257,9 @@ pub(crate) fn build(
         .register(page_info_object())
         .register(
             Enum::new("OrderDirection")
-                .description("Ascending or descending; absent values sort last ascending, first descending.")
+                .description(
+                    "Ascending or descending; absent values sort last ascending, first descending.",
+                )
                 .item("ASC")
                 .item("DESC"),
         )

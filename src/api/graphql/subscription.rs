@@ -104,9 +104,7 @@ pub(crate) fn changes_field(api: &Arc<ProductApi>) -> SubscriptionField {
     .argument(InputValue::new("filter", TypeRef::named(&api.names.filter)))
 }
 
-async fn next_change<'a>(
-    mut feed: Feed,
-) -> Option<(async_graphql::Result<FieldValue<'a>>, Feed)> {
+async fn next_change<'a>(mut feed: Feed) -> Option<(async_graphql::Result<FieldValue<'a>>, Feed)> {
     loop {
         if let Some(change) = feed.pending.pop_front() {
             return Some((Ok(FieldValue::owned_any(change)), feed));

@@ -83,12 +83,7 @@ pub(crate) fn output(ty: FieldType, value: &Value) -> Gql {
 /// filter operands). The scalar validators already ran; this only
 /// converts.
 pub(crate) fn input(ty: FieldType, value: &Gql) -> Result<Value, String> {
-    let wrong = || {
-        format!(
-            "expected a {} value, got {value}",
-            type_name(ty)
-        )
-    };
+    let wrong = || format!("expected a {} value, got {value}", type_name(ty));
     match (ty, value) {
         (_, Gql::Null) => Ok(Value::Null),
         (FieldType::String, Gql::String(s)) => Ok(Value::String(s.clone())),
@@ -119,13 +114,22 @@ mod tests {
 
     #[test]
     fn outputs_follow_the_declared_type() {
-        assert_eq!(output(FieldType::Int, &Value::Int(i64::MAX)), Gql::from(i64::MAX));
         assert_eq!(
-            output(FieldType::Timestamp, &Value::Timestamp(Timestamp::from_secs(0))),
+            output(FieldType::Int, &Value::Int(i64::MAX)),
+            Gql::from(i64::MAX)
+        );
+        assert_eq!(
+            output(
+                FieldType::Timestamp,
+                &Value::Timestamp(Timestamp::from_secs(0))
+            ),
             Gql::String("1970-01-01T00:00:00Z".into())
         );
         assert_eq!(output(FieldType::Float, &Value::Float(f64::NAN)), Gql::Null);
-        assert_eq!(output(FieldType::Int, &Value::String("x".into())), Gql::Null);
+        assert_eq!(
+            output(FieldType::Int, &Value::String("x".into())),
+            Gql::Null
+        );
         assert_eq!(
             output(FieldType::Json, &Value::Json(serde_json::json!({"a": [1]}))),
             Gql::from_json(serde_json::json!({"a": [1]})).expect("json")
@@ -135,9 +139,15 @@ mod tests {
     #[test]
     fn inputs_convert_or_say_why_not() {
         assert_eq!(input(FieldType::Int, &Gql::from(5)), Ok(Value::Int(5)));
-        assert_eq!(input(FieldType::Float, &Gql::from(5)), Ok(Value::Float(5.0)));
         assert_eq!(
-            input(FieldType::Timestamp, &Gql::String("2024-05-01T14:00:00+02:00".into())),
+            input(FieldType::Float, &Gql::from(5)),
+            Ok(Value::Float(5.0))
+        );
+        assert_eq!(
+            input(
+                FieldType::Timestamp,
+                &Gql::String("2024-05-01T14:00:00+02:00".into())
+            ),
             Ok(Value::Timestamp(
                 Timestamp::parse_rfc3339("2024-05-01T12:00:00Z").expect("valid")
             ))
