@@ -73,15 +73,17 @@ async fn execute(
 ) -> Response {
     let body = match body {
         Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => return refuse(
-            &state,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "BODY_TOO_LARGE",
-            format!(
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return refuse(
+                &state,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BODY_TOO_LARGE",
+                format!(
                 "the request body is over {MAX_BODY_BYTES} bytes; queries may be at most {} bytes",
                 limits::MAX_QUERY_BYTES
             ),
-        ),
+            )
+        }
         Err(rejection) => {
             return refuse(
                 &state,
