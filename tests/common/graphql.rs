@@ -246,6 +246,17 @@ impl Subscriber {
         message["payload"].clone()
     }
 
+    /// The next payload, or the errors of an `error` message (a
+    /// subscription refused before it started).
+    pub async fn next_or_error(&mut self, deadline: Duration) -> Value {
+        let message = self.next_message(deadline).await;
+        match message["type"].as_str() {
+            Some("error") => message["payload"].clone(),
+            Some("next" | "data") => message["payload"].clone(),
+            _ => panic!("unexpected message {message}"),
+        }
+    }
+
     /// Waits up to `deadline` for a payload; `None` if none came.
     pub async fn maybe_next(&mut self, deadline: Duration) -> Option<Value> {
         match tokio::time::timeout(deadline, self.socket.next()).await {

@@ -120,6 +120,14 @@ async fn execute(
             "batched requests (a JSON array) are not accepted: send one request per POST",
         );
     }
+    if !json.get("query").is_some_and(serde_json::Value::is_string) {
+        return refuse(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            "not a GraphQL request: expected a JSON object with a `query` string (and optionally `variables` and `operationName`)",
+        );
+    }
     let request: async_graphql::Request = match serde_json::from_value(json) {
         Ok(request) => request,
         Err(err) => {
