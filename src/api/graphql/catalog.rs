@@ -492,15 +492,14 @@ pub(crate) fn root_fields(products: &Arc<ProductSet>) -> Vec<Field> {
             },
         )
         .description(
-            "A product's quarantined payloads with every reason and the raw payload, oldest first.",
+            "A product's quarantined payloads with every reason and the raw payload, oldest first: `first` per page (default 100, at most 1000) after the cursor `after`.",
         )
         .argument(InputValue::new(
             "product",
             TypeRef::named_nn(TypeRef::STRING),
         ))
         .argument(
-            InputValue::new("first", TypeRef::named(TypeRef::INT))
-                .description("Page size, default 100, at most 1000."),
+            InputValue::new("first", TypeRef::named(TypeRef::INT)),
         )
         .argument(InputValue::new("after", TypeRef::named(TypeRef::STRING))),
         Field::new("schemaStatus", TypeRef::named_nn("SchemaStatus"), |ctx| {

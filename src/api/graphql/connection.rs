@@ -247,18 +247,15 @@ pub(crate) fn list_field(api: &Arc<ProductApi>) -> Field {
         })
     })
     .description(format!(
-        "`{}` instances, filtered and ordered, a page at a time. Default order: by entity key; default page: first 100; at most 1000 per page.",
+        "`{}` instances, filtered and ordered, a page at a time: `first` items after the cursor `after`, or `last` items before `before` (at most 1000; default: first 100). Default order: by entity key. `orderBy` takes up to 3 terms, ties broken by the entity key; a cursor belongs to the orderBy it was made with.",
         api.product.name
     ))
-    .argument(InputValue::new("first", TypeRef::named(TypeRef::INT)).description("Items after `after`, at most 1000."))
+    .argument(InputValue::new("first", TypeRef::named(TypeRef::INT)))
     .argument(InputValue::new("after", TypeRef::named(TypeRef::STRING)))
-    .argument(InputValue::new("last", TypeRef::named(TypeRef::INT)).description("Items before `before`, at most 1000."))
+    .argument(InputValue::new("last", TypeRef::named(TypeRef::INT)))
     .argument(InputValue::new("before", TypeRef::named(TypeRef::STRING)))
     .argument(InputValue::new("filter", TypeRef::named(&api.names.filter)))
-    .argument(
-        InputValue::new("orderBy", TypeRef::named_nn_list(&api.names.order))
-            .description("Up to 3 terms; cursors belong to the orderBy they were made with."),
-    )
+    .argument(InputValue::new("orderBy", TypeRef::named_nn_list(&api.names.order)))
 }
 
 fn parse_order(

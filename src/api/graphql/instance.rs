@@ -390,11 +390,11 @@ fn history_field(api: &Arc<ProductApi>) -> Field {
             Ok(Some(FieldValue::owned_any(HistoryPage { edges, page_info })))
         })
     })
-    .description("The entity's past records (as received, not merged), oldest first, from the stored history chunks.")
-    .argument(InputValue::new("since", TypeRef::named(values::DATE_TIME)).description("Only events with event time ≥ since."))
-    .argument(InputValue::new("until", TypeRef::named(values::DATE_TIME)).description("Only events with event time < until."))
-    .argument(InputValue::new("first", TypeRef::named(TypeRef::INT)).description("Page size, default 100, at most 1000."))
-    .argument(InputValue::new("after", TypeRef::named(TypeRef::STRING)).description("Cursor of the last event of the previous page."))
+    .description("The entity's past records (as received, not merged), oldest first, from the stored history chunks: event time in [since, until), `first` per page (default 100, at most 1000) after the cursor `after`.")
+    .argument(InputValue::new("since", TypeRef::named(values::DATE_TIME)))
+    .argument(InputValue::new("until", TypeRef::named(values::DATE_TIME)))
+    .argument(InputValue::new("first", TypeRef::named(TypeRef::INT)))
+    .argument(InputValue::new("after", TypeRef::named(TypeRef::STRING)))
 }
 
 fn audit_field(api: &Arc<ProductApi>) -> Field {
@@ -427,17 +427,14 @@ fn audit_field(api: &Arc<ProductApi>) -> Field {
             })
         },
     )
-    .description("Who or what changed the entity, oldest first.")
+    .description("Who or what changed the entity, oldest first: lines overlapping [since, until), at most `first` (default 100, at most 1000).")
     .argument(
-        InputValue::new("since", TypeRef::named(values::DATE_TIME))
-            .description("Only lines that end at or after since."),
+        InputValue::new("since", TypeRef::named(values::DATE_TIME)),
     )
     .argument(
-        InputValue::new("until", TypeRef::named(values::DATE_TIME))
-            .description("Only lines that start before until."),
+        InputValue::new("until", TypeRef::named(values::DATE_TIME)),
     )
     .argument(
-        InputValue::new("first", TypeRef::named(TypeRef::INT))
-            .description("At most this many lines, default 100, at most 1000."),
+        InputValue::new("first", TypeRef::named(TypeRef::INT)),
     )
 }
