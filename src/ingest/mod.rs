@@ -518,7 +518,7 @@ impl Ingestor {
         payload: &[u8],
         origin: Origin,
     ) -> Result<PendingMessage, PushRefusal> {
-        let counters = self.inner.metrics.source(&product.name, &source_id);
+        let counters = self.inner.metrics.source(&product.name, source_id);
         counters.message(payload.len());
         let arrival = Timestamp::now();
         let input = Input {
