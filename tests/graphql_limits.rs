@@ -129,6 +129,18 @@ async fn hostile_queries_get_clear_errors_and_the_server_keeps_answering() {
         "{errors:?}"
     );
 
+    // Pages of pages: each page is allowed, their product is not.
+    let errors = gql
+        .errors(
+            "{ sensorConnection(first: 1000) { nodes { history(first: 1000) { nodes { version } } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        errors[0]["extensions"]["code"], "QUERY_TOO_COSTLY",
+        "{errors:?}"
+    );
+
     // A huge page.
     let errors = gql
         .errors(

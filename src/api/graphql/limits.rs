@@ -11,6 +11,7 @@
 //! | aliases | [`MAX_ALIASES`] | after parsing |
 //! | selection depth | [`MAX_DEPTH`] | validation |
 //! | complexity (fields, fragments expanded) | [`MAX_COMPLEXITY`] | validation |
+//! | cost (fields × page sizes, see `cost.rs`) | [`MAX_COST`] | after parsing |
 //! | `first` / `last` | [`MAX_PAGE`] | in the resolver |
 //! | batching | off | HTTP: a JSON array is refused |
 //!
@@ -36,6 +37,10 @@ pub(crate) const MAX_ALIASES: usize = 50;
 pub(crate) const MAX_DEPTH: usize = 20;
 pub(crate) const MAX_COMPLEXITY: usize = 1_000;
 pub(crate) const MAX_PAGE: usize = 1_000;
+/// Estimated values one query may ask for (page sizes multiplied through
+/// nested lists): a full page of 1000 instances with a few fields each
+/// fits, a page of instances each with a page of history does not.
+pub(crate) const MAX_COST: u64 = 50_000;
 /// `first` when neither `first` nor `last` is given.
 pub(crate) const DEFAULT_PAGE: usize = 100;
 
@@ -141,8 +146,11 @@ pub(crate) fn check_text(query: &str) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Checks a parsed document: selections and aliases.
-pub(crate) fn check_document(doc: &ExecutableDocument) -> Result<(), ServerError> {
+/// Checks a parsed document: selections, aliases and cost.
+pub(crate) fn check_document(
+    doc: &ExecutableDocument,
+    variables: &Variables,
+) -> Result<(), ServerError> {
     let (selections, aliases) = selections_and_aliases(doc);
     if selections > MAX_SELECTIONS {
         return Err(error(
@@ -154,6 +162,13 @@ pub(crate) fn check_document(doc: &ExecutableDocument) -> Result<(), ServerError
         return Err(error(
             "TOO_MANY_ALIASES",
             format!("the query uses {aliases} aliases; at most {MAX_ALIASES} are accepted"),
+        ));
+    }
+    let cost = super::cost::estimate(doc, variables);
+    if cost > MAX_COST {
+        return Err(error(
+            "QUERY_TOO_COSTLY",
+            format!("the query may return about {cost} values (fields multiplied by the page sizes of the lists around them); at most {MAX_COST} are accepted: ask for smaller pages (`first`/`last`) or fewer nested lists"),
         ));
     }
     Ok(())
@@ -192,7 +207,7 @@ impl Extension for LimitsExtension {
     ) -> ServerResult<ExecutableDocument> {
         check_text(query)?;
         let doc = next.run(ctx, query, variables).await?;
-        check_document(&doc)?;
+        check_document(&doc, variables)?;
         Ok(doc)
     }
 
@@ -245,7 +260,7 @@ mod tests {
         );
         let doc = async_graphql::parser::parse_query(&query).expect("parses");
         assert_eq!(selections_and_aliases(&doc), (61, 61));
-        let err = check_document(&doc).expect_err("too many aliases");
+        let err = check_document(&doc, &Variables::default()).expect_err("too many aliases");
         assert!(err.message.contains("61 aliases"), "{}", err.message);
     }
 }

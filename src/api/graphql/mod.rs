@@ -15,7 +15,7 @@
 //! `mutation`, `subscription` and `catalog` define; `names` derives and
 //! checks the generated names; `values` maps field types and values;
 //! `filter`, `order` and `paging` are the pure core of connections;
-//! `limits` keeps hostile requests out; `runtime` is what resolvers share
+//! `limits` and `cost` keep hostile requests out; `runtime` is what resolvers share
 //! across reloads; `reload` swaps the schema; `http` is the axum surface.
 //!
 //! Policies (roles, row filters, masks) arrive with the policy work; until
@@ -23,6 +23,7 @@
 
 mod catalog;
 mod connection;
+mod cost;
 mod filter;
 mod http;
 mod instance;
