@@ -1,5 +1,5 @@
 //! The command line: `meshlet serve`, `meshlet check`, `meshlet quarantine`,
-//! `meshlet --version`.
+//! `meshlet schema print`, `meshlet --version`.
 //!
 //! This is the binary's edge: errors become one readable report on stderr
 //! and an exit code (0 success, 1 failure, 2 usage), never a panic.
@@ -48,6 +48,19 @@ pub enum Command {
     /// running node offers the same over HTTP under /quarantine).
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
+    /// The GraphQL schema generated from the product definitions.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchemaCommand {
+    /// Print the schema (SDL) that `serve` would expose for these products.
+    Print {
+        /// Definition files or folders; default: the configured product paths.
+        #[arg(long = "products", short = 'p', value_name = "PATH")]
+        products: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +113,38 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve(config, args),
         Command::Check(args) => check(&config, args),
         Command::Quarantine(command) => quarantine(config, command),
+        Command::Schema(SchemaCommand::Print { products }) => print_schema(&config, products),
+    }
+}
+
+fn print_schema(config: &HubConfig, products: Vec<PathBuf>) -> ExitCode {
+    let paths = if products.is_empty() {
+        config.product_paths()
+    } else {
+        products
+    };
+    let ctx = LoadContext {
+        upstreams: config.upstream_names(),
+    };
+    let set = match product::load_paths(&paths, &ctx) {
+        Ok(set) => set,
+        Err(errors) => {
+            for diagnostic in &errors.0 {
+                eprintln!("{diagnostic}");
+            }
+            eprintln!("error: product definitions are invalid");
+            return ExitCode::FAILURE;
+        }
+    };
+    match crate::api::graphql::sdl(&set) {
+        Ok(sdl) => {
+            print!("{sdl}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
     }
 }
 

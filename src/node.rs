@@ -60,6 +60,8 @@ pub enum NodeError {
     Broker(#[from] BrokerBindError),
     #[error(transparent)]
     MqttClient(#[from] ClientConfigError),
+    #[error(transparent)]
+    Graphql(#[from] api::graphql::BuildError),
     #[error("a background task failed: {0}")]
     Task(String),
 }
@@ -211,11 +213,29 @@ pub async fn start(
             }
         }
     }
+    // GraphQL: the schema of the loaded products, rebuilt on SIGHUP and
+    // when a definition file changes (ingestion keeps the start-up set).
+    let graphql = api::graphql::GraphqlApi::start(
+        products.clone(),
+        ingestor.clone(),
+        config.http.graphiql,
+        shutdown.clone(),
+        &tasks,
+    )?;
+    let reload_context = LoadContext {
+        upstreams: config.upstream_names(),
+    };
+    tasks.spawn(
+        graphql
+            .watch_definitions(config.product_paths(), reload_context, readiness.clone())
+            .instrument(info_span!("graphql_reload")),
+    );
     let app = api::router(ApiState {
         node_id: node_id.clone(),
         readiness: readiness.clone(),
         ingestor,
         max_http_body_bytes: config.ingest.max_http_body_bytes,
+        graphql,
     });
     let server = tokio::spawn(
         listener

@@ -208,6 +208,7 @@ async fn replay_quarantine(State(state): State<ApiState>, Path(product): Path<St
 async fn metrics(State(state): State<ApiState>) -> Response {
     let mut text = String::with_capacity(4 * 1024);
     state.ingestor.metrics().render_prometheus(&mut text);
+    state.graphql.render_prometheus(&mut text);
     (
         [(
             header::CONTENT_TYPE,

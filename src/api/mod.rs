@@ -1,9 +1,10 @@
-//! The HTTP surface: one axum router for operations endpoints now, with
-//! GraphQL, ingest and metrics joining it as they land.
+//! The HTTP surface: one axum router for the operations endpoints, HTTP
+//! push, the quarantine, metrics and GraphQL (`graphql/`).
 //!
 //! The router only reads shared state; it never owns data. Handlers that
 //! touch data go through `policy` (from the policy issue on).
 
+pub mod graphql;
 mod health;
 mod ingest;
 
@@ -22,12 +23,15 @@ pub struct ApiState {
     pub readiness: Readiness,
     pub ingestor: crate::ingest::Ingestor,
     pub max_http_body_bytes: usize,
+    /// The live GraphQL schema and what its resolvers share.
+    pub graphql: graphql::GraphqlApi,
 }
 
 /// Builds the router for the given state.
 pub fn router(state: ApiState) -> Router {
     health::routes()
         .merge(ingest::routes(state.max_http_body_bytes))
+        .merge(graphql::routes())
         .with_state(state)
 }
 

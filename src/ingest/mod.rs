@@ -458,12 +458,7 @@ impl Ingestor {
         format: crate::product::PayloadFormat,
         actor: Option<String>,
     ) -> Result<PendingMessage, PushRefusal> {
-        let product = self
-            .inner
-            .products
-            .get(product_name)
-            .cloned()
-            .ok_or_else(|| PushRefusal::UnknownProduct(product_name.to_string()))?;
+        let product = self.pushable_product(product_name)?;
         let Some((index, source)) = product
             .sources
             .iter()
@@ -472,24 +467,70 @@ impl Ingestor {
         else {
             return Err(PushRefusal::NotPushable(product_name.to_string()));
         };
-        let source_id = source_id(index, source);
-        let counters = self.inner.metrics.source(&product.name, &source_id);
+        let shape = SourceShape::from_source(source).with_format(format);
+        let origin = Origin {
+            source: "http".to_string(),
+            actor,
+        };
+        self.submit_whole(&product, &source_id(index, source), &shape, payload, origin)
+            .await
+    }
+
+    /// A write made through the API (GraphQL mutations): one JSON record
+    /// whose keys are the field names, no mapping, event time = arrival,
+    /// all or nothing like [`Ingestor::submit_push`]. Any product may be
+    /// written this way (no `http` source needed: the API's own access
+    /// rules decide); it is counted under the source named `origin.source`.
+    pub async fn submit_api(
+        &self,
+        product_name: &str,
+        payload: &[u8],
+        origin: Origin,
+    ) -> Result<PendingMessage, PushRefusal> {
+        let product = self.pushable_product(product_name)?;
+        let shape = SourceShape {
+            format: crate::product::PayloadFormat::Json,
+            map: Default::default(),
+            event_time: None,
+            columns: Vec::new(),
+            field: None,
+        };
+        let source_id = origin.source.clone();
+        self.submit_whole(&product, &source_id, &shape, payload, origin)
+            .await
+    }
+
+    fn pushable_product(&self, product_name: &str) -> Result<Arc<Product>, PushRefusal> {
+        self.inner
+            .products
+            .get(product_name)
+            .cloned()
+            .ok_or_else(|| PushRefusal::UnknownProduct(product_name.to_string()))
+    }
+
+    /// Runs a whole payload through the pipeline and queues it only if
+    /// every record passed.
+    async fn submit_whole(
+        &self,
+        product: &Arc<Product>,
+        source_id: &str,
+        shape: &SourceShape,
+        payload: &[u8],
+        origin: Origin,
+    ) -> Result<PendingMessage, PushRefusal> {
+        let counters = self.inner.metrics.source(&product.name, source_id);
         counters.message(payload.len());
         let arrival = Timestamp::now();
         let input = Input {
             payload,
             captures: &[],
             arrival,
-            origin: Origin {
-                source: "http".to_string(),
-                actor,
-            },
+            origin,
         };
-        let shape = SourceShape::from_source(source).with_format(format);
         let Processed { accepted, invalid } =
-            pipeline::process(&product, &shape, &input, &self.inner.limits);
+            pipeline::process(product, shape, &input, &self.inner.limits);
         if !invalid.is_empty() {
-            self.count_rejected(&product, &source_id, &counters, &invalid);
+            self.count_rejected(product, source_id, &counters, &invalid);
             return Err(PushRefusal::Invalid(invalid));
         }
         let mut batch = IngestBatch::default();
@@ -509,7 +550,7 @@ impl Ingestor {
         };
         let mut pending = PendingMessage::empty();
         if let Some(write) = self
-            .queue(&product, prepared, false, arrival, &counters)
+            .queue(product, prepared, false, arrival, &counters)
             .await
         {
             pending.writes.push(write);

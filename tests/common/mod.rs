@@ -3,6 +3,8 @@
 //! polling (never by sleeping a fixed time), and a clean stop.
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod graphql;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

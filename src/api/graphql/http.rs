@@ -1,0 +1,229 @@
+//! The GraphQL endpoints: `POST /graphql` (queries and mutations, JSON),
+//! `GET /graphql/ws` (subscriptions over graphql-transport-ws or the
+//! legacy graphql-ws, chosen by the client's `Sec-WebSocket-Protocol`),
+//! and `GET /graphql` (GraphiQL, when `http.graphiql` is on).
+//!
+//! A request that is not a GraphQL request (too large, not JSON, a batch)
+//! is refused before execution with a status code and a GraphQL-shaped
+//! body (`{"errors": [{"message", "extensions": {"code"}}]}`), so every
+//! client error parser can read it. Execution errors follow GraphQL over
+//! HTTP: status 200 and `errors` in the body.
+
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use std::sync::atomic::Ordering;
+use tracing::{info_span, Instrument};
+
+use super::limits::{self, MAX_BODY_BYTES};
+use crate::api::ApiState;
+
+pub(crate) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route(
+            "/graphql",
+            get(graphiql)
+                .post(execute)
+                .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        )
+        .route("/graphql/ws", get(websocket))
+}
+
+/// A refusal before execution.
+fn refuse(
+    state: &ApiState,
+    status: StatusCode,
+    code: &str,
+    message: impl Into<String>,
+) -> Response {
+    state
+        .graphql
+        .runtime
+        .metrics
+        .refused
+        .fetch_add(1, Ordering::Relaxed);
+    (
+        status,
+        Json(json!({ "errors": [{ "message": message.into(), "extensions": { "code": code } }] })),
+    )
+        .into_response()
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .is_some_and(|v| v == "application/json" || v == "application/graphql-response+json")
+}
+
+async fn execute(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return refuse(
+                &state,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BODY_TOO_LARGE",
+                format!(
+                "the request body is over {MAX_BODY_BYTES} bytes; queries may be at most {} bytes",
+                limits::MAX_QUERY_BYTES
+            ),
+            )
+        }
+        Err(rejection) => {
+            return refuse(
+                &state,
+                rejection.status(),
+                "BAD_REQUEST",
+                rejection.body_text(),
+            )
+        }
+    };
+    if !is_json(&headers) {
+        return refuse(
+            &state,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_CONTENT_TYPE",
+            "send GraphQL requests as `content-type: application/json` with a body like {\"query\": \"{ products { name } }\"}",
+        );
+    }
+    let json: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(json) => json,
+        Err(err) => {
+            return refuse(
+                &state,
+                StatusCode::BAD_REQUEST,
+                "MALFORMED_JSON",
+                format!("the body is not valid JSON: {err}"),
+            )
+        }
+    };
+    if json.is_array() {
+        return refuse(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "BATCHING_DISABLED",
+            "batched requests (a JSON array) are not accepted: send one request per POST",
+        );
+    }
+    if !json.get("query").is_some_and(serde_json::Value::is_string) {
+        return refuse(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            "not a GraphQL request: expected a JSON object with a `query` string (and optionally `variables` and `operationName`)",
+        );
+    }
+    let request: async_graphql::Request = match serde_json::from_value(json) {
+        Ok(request) => request,
+        Err(err) => {
+            return refuse(
+                &state,
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                format!("not a GraphQL request ({{\"query\": ..., \"variables\": ..., \"operationName\": ...}}): {err}"),
+            )
+        }
+    };
+    let span = info_span!(
+        "graphql",
+        operation = request.operation_name.as_deref().unwrap_or("")
+    );
+    let schema = state.graphql.handle.current();
+    let response = schema.execute(request).instrument(span).await;
+    ([(header::CONTENT_TYPE, "application/json")], Json(response)).into_response()
+}
+
+async fn websocket(
+    State(state): State<ApiState>,
+    protocol: Result<GraphQLProtocol, StatusCode>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            return refuse(
+                &state,
+                rejection.status(),
+                "NOT_A_WEBSOCKET",
+                format!(
+                    "{}: subscribe over a WebSocket (graphql-transport-ws or graphql-ws)",
+                    rejection.body_text()
+                ),
+            )
+        }
+    };
+    let Ok(protocol) = protocol else {
+        return refuse(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "UNKNOWN_SUBPROTOCOL",
+            "ask for the `graphql-transport-ws` or `graphql-ws` subprotocol (Sec-WebSocket-Protocol)",
+        );
+    };
+    let schema = state.graphql.handle.current();
+    let shutdown = state.graphql.runtime.shutdown.clone();
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .max_message_size(MAX_BODY_BYTES)
+        .on_upgrade(move |socket| {
+            async move {
+                tokio::select! {
+                    _ = GraphQLWebSocket::new(socket, schema, protocol).serve() => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+            .instrument(info_span!("graphql_ws"))
+        })
+}
+
+async fn graphiql(State(state): State<ApiState>) -> Response {
+    if !state.graphql.graphiql {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "errors": [{ "message": "GraphiQL is off (http.graphiql = false); POST queries to /graphql", "extensions": { "code": "GRAPHIQL_OFF" } }] })),
+        )
+            .into_response();
+    }
+    Html(GRAPHIQL_PAGE).into_response()
+}
+
+/// GraphiQL from a CDN, pointed at this node (queries over POST,
+/// subscriptions over graphql-transport-ws). The browser needs the CDN;
+/// the node serves nothing but this page.
+const GRAPHIQL_PAGE: &str = r#"<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>meshlet GraphiQL</title>
+  <style>body { margin: 0; height: 100vh; } #graphiql { height: 100vh; }</style>
+  <link rel="stylesheet" href="https://unpkg.com/graphiql@3/graphiql.min.css">
+</head>
+<body>
+  <div id="graphiql">Loading GraphiQL…</div>
+  <script crossorigin src="https://unpkg.com/react@18/umd/react.production.min.js"></script>
+  <script crossorigin src="https://unpkg.com/react-dom@18/umd/react-dom.production.min.js"></script>
+  <script crossorigin src="https://unpkg.com/graphiql@3/graphiql.min.js"></script>
+  <script>
+    const ws = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/graphql/ws';
+    const fetcher = GraphiQL.createFetcher({ url: '/graphql', subscriptionUrl: ws });
+    ReactDOM.createRoot(document.getElementById('graphiql'))
+      .render(React.createElement(GraphiQL, { fetcher, defaultQuery: '{ products { name owner freshness { stale } } }' }));
+  </script>
+</body>
+</html>
+"#;

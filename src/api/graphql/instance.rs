@@ -1,0 +1,440 @@
+//! The object types of one product's instances: `<Product>` (typed fields,
+//! `_meta`, `history`, `audit`), its history events (`<Product>Event`
+//! with `<Product>Values`) and history connection, and the shared
+//! `InstanceMeta` and `AuditLine`.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use async_graphql::dynamic::{
+    Enum, Field, FieldFuture, FieldValue, InputValue, Object, Type, TypeRef,
+};
+use async_graphql::Value as Gql;
+
+use super::limits;
+use super::schema::{
+    blocking, getter, non_null, opt_string, opt_time, page_size, ready, runtime, PageInfoData,
+    ProductApi,
+};
+use super::values;
+use crate::product::{Field as ProductField, FieldType};
+use crate::record::{Fields, Timestamp};
+use crate::store::{AuditAction, AuditEntry, AuditQuery, HistoryEvent, HistoryQuery, Instance};
+
+/// Something with a product's fields: an instance, or a history event.
+pub(crate) trait HasFields: Any + Send + Sync {
+    fn fields(&self) -> &Fields;
+    /// The entity key, when the fields may lack it.
+    fn entity(&self) -> Option<&str>;
+}
+
+impl HasFields for Instance {
+    fn fields(&self) -> &Fields {
+        &self.fields
+    }
+    fn entity(&self) -> Option<&str> {
+        Some(&self.entity)
+    }
+}
+
+impl HasFields for HistoryEvent {
+    fn fields(&self) -> &Fields {
+        &self.fields
+    }
+    fn entity(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// A field's description in the schema: its own, then unit and
+/// classification, so a client sees what the catalog says.
+pub(crate) fn describe(field: &ProductField) -> String {
+    let mut text = field.description.clone().unwrap_or_default();
+    let mut facts = Vec::new();
+    if let Some(unit) = &field.unit {
+        facts.push(format!("unit: {unit}"));
+    }
+    facts.push(format!("classification: {}", field.classification));
+    if !text.is_empty() {
+        text.push(' ');
+    }
+    text.push_str(&format!("({})", facts.join("; ")));
+    text
+}
+
+/// One typed product field read off a parent of type `T`.
+fn typed_field<T: HasFields>(field: &ProductField, required: bool, is_key: bool) -> Field {
+    let ty = field.ty;
+    let name = field.name.clone();
+    let type_ref = if required {
+        TypeRef::named_nn(values::type_name(ty))
+    } else {
+        TypeRef::named(values::type_name(ty))
+    };
+    Field::new(&field.name, type_ref, move |ctx| {
+        ready(ctx.parent_value.try_downcast_ref::<T>().map(|parent| {
+            let value = match parent.fields().get(&name) {
+                Some(value) => values::output(ty, value),
+                None if is_key => key_value(ty, parent.entity()),
+                None => Gql::Null,
+            };
+            non_null(value)
+        }))
+    })
+    .description(describe(field))
+}
+
+/// The entity key as the key field's value (for an instance whose fields
+/// lack it, which the pipeline never produces).
+fn key_value(ty: FieldType, entity: Option<&str>) -> Gql {
+    match (ty, entity) {
+        (FieldType::Int, Some(e)) => e.parse::<i64>().map(Gql::from).unwrap_or(Gql::Null),
+        (_, Some(e)) => Gql::String(e.to_string()),
+        (_, None) => Gql::Null,
+    }
+}
+
+/// What `_meta` shows.
+struct MetaData {
+    version: u64,
+    first_seen: Timestamp,
+    last_seen: Timestamp,
+    event_time: Timestamp,
+    source: String,
+    actor: Option<String>,
+    stale: bool,
+}
+
+/// The shared `InstanceMeta` type.
+pub(crate) fn meta_object() -> Object {
+    Object::new("InstanceMeta")
+        .description("What the node knows about an instance besides its fields.")
+        .field(
+            getter::<MetaData>("version", TypeRef::named_nn(values::LONG), |m| {
+                Gql::from(m.version)
+            })
+            .description("Records applied since the entity was (re)created; the newest history version."),
+        )
+        .field(
+            getter::<MetaData>("firstSeen", TypeRef::named_nn(values::DATE_TIME), |m| {
+                values::timestamp(m.first_seen)
+            })
+            .description("Arrival of the first record."),
+        )
+        .field(
+            getter::<MetaData>("lastSeen", TypeRef::named_nn(values::DATE_TIME), |m| {
+                values::timestamp(m.last_seen)
+            })
+            .description("Arrival of the latest record."),
+        )
+        .field(
+            getter::<MetaData>("eventTime", TypeRef::named_nn(values::DATE_TIME), |m| {
+                values::timestamp(m.event_time)
+            })
+            .description("The newest event time applied to the state."),
+        )
+        .field(
+            getter::<MetaData>("source", TypeRef::named_nn(TypeRef::STRING), |m| {
+                Gql::String(m.source.clone())
+            })
+            .description("Where the latest record came from, e.g. `mqtt:plant/berlin/machine/PR-0042/telemetry`, `http`, `graphql`."),
+        )
+        .field(
+            getter::<MetaData>("actor", TypeRef::named(TypeRef::STRING), |m| {
+                m.actor.clone().map(Gql::String).unwrap_or(Gql::Null)
+            })
+            .description("Who sent it, when known (MQTT client id, API token name)."),
+        )
+        .field(
+            getter::<MetaData>("stale", TypeRef::named_nn(TypeRef::BOOLEAN), |m| {
+                Gql::Boolean(m.stale)
+            })
+            .description("Not seen within the product's freshness SLA (never stale without one)."),
+        )
+}
+
+pub(crate) fn audit_action_enum() -> Enum {
+    Enum::new("AuditAction")
+        .description("What an audit line records.")
+        .item("CREATED")
+        .item("UPDATED")
+        .item("ERASED")
+        .item("EXPIRED")
+}
+
+/// The shared `AuditLine` type.
+pub(crate) fn audit_object() -> Object {
+    let time = |t: Timestamp| values::timestamp(t);
+    Object::new("AuditLine")
+        .description("Who or what changed an entity, when; field names, never values. Consecutive changes from one origin share a line.")
+        .field(getter::<AuditEntry>("action", TypeRef::named_nn("AuditAction"), |a| {
+            Gql::Enum(async_graphql::Name::new(match a.action {
+                AuditAction::Created => "CREATED",
+                AuditAction::Updated => "UPDATED",
+                AuditAction::Erased => "ERASED",
+                AuditAction::Expired => "EXPIRED",
+            }))
+        }))
+        .field(getter::<AuditEntry>("firstAt", TypeRef::named_nn(values::DATE_TIME), move |a| time(a.first_at)))
+        .field(getter::<AuditEntry>("lastAt", TypeRef::named_nn(values::DATE_TIME), move |a| time(a.last_at)))
+        .field(getter::<AuditEntry>("fromVersion", TypeRef::named_nn(values::LONG), |a| Gql::from(a.from_version)))
+        .field(getter::<AuditEntry>("toVersion", TypeRef::named_nn(values::LONG), |a| Gql::from(a.to_version)))
+        .field(getter::<AuditEntry>("count", TypeRef::named_nn(values::LONG), |a| Gql::from(a.count)))
+        .field(getter::<AuditEntry>("fields", TypeRef::named_nn_list_nn(TypeRef::STRING), |a| {
+            Gql::List(a.fields.iter().cloned().map(Gql::String).collect())
+        }))
+        .field(getter::<AuditEntry>("source", TypeRef::named_nn(TypeRef::STRING), |a| {
+            Gql::String(a.origin.source.clone())
+        }))
+        .field(getter::<AuditEntry>("actor", TypeRef::named(TypeRef::STRING), |a| {
+            a.origin.actor.clone().map(Gql::String).unwrap_or(Gql::Null)
+        }))
+}
+
+/// A page of history events.
+struct HistoryPage {
+    edges: Vec<(String, HistoryEvent)>,
+    page_info: PageInfoData,
+}
+
+/// The types of one product's instances and history.
+pub(crate) fn types(api: &Arc<ProductApi>) -> Vec<Type> {
+    let product = &api.product;
+    let names = &api.names;
+
+    let mut object = Object::new(&names.object).description(
+        product
+            .description
+            .clone()
+            .map(|d| d.trim().to_string())
+            .unwrap_or_else(|| format!("An instance of product `{}`.", product.name)),
+    );
+    for field in product.fields.values() {
+        let is_key = field.name == product.key;
+        object = object.field(typed_field::<Instance>(field, is_key, is_key));
+    }
+    object = object
+        .field(meta_field(api))
+        .field(history_field(api))
+        .field(audit_field(api));
+
+    let mut values_object = Object::new(&names.values).description(format!(
+        "The fields one `{}` record carried, as received (absent: not sent or sent as null).",
+        product.name
+    ));
+    for field in product.fields.values() {
+        values_object = values_object.field(typed_field::<HistoryEvent>(field, false, false));
+    }
+
+    let event = Object::new(&names.event)
+        .description(format!(
+            "One record of a `{}` entity's history.",
+            product.name
+        ))
+        .field(getter::<HistoryEvent>(
+            "version",
+            TypeRef::named_nn(values::LONG),
+            |e| Gql::from(e.version),
+        ))
+        .field(getter::<HistoryEvent>(
+            "eventTime",
+            TypeRef::named_nn(values::DATE_TIME),
+            |e| values::timestamp(e.event_time),
+        ))
+        .field(getter::<HistoryEvent>(
+            "receivedAt",
+            TypeRef::named_nn(values::DATE_TIME),
+            |e| values::timestamp(e.received_at),
+        ))
+        .field(getter::<HistoryEvent>(
+            "source",
+            TypeRef::named_nn(TypeRef::STRING),
+            |e| Gql::String(e.origin.source.clone()),
+        ))
+        .field(getter::<HistoryEvent>(
+            "actor",
+            TypeRef::named(TypeRef::STRING),
+            |e| e.origin.actor.clone().map(Gql::String).unwrap_or(Gql::Null),
+        ))
+        .field(Field::new(
+            "values",
+            TypeRef::named_nn(&names.values),
+            |ctx| {
+                ready(
+                    ctx.parent_value
+                        .try_downcast_ref::<HistoryEvent>()
+                        .map(|e| Some(FieldValue::borrowed_any(e))),
+                )
+            },
+        ));
+
+    let edge = Object::new(&names.history_edge)
+        .field(getter::<(String, HistoryEvent)>(
+            "cursor",
+            TypeRef::named_nn(TypeRef::STRING),
+            |e| Gql::String(e.0.clone()),
+        ))
+        .field(Field::new("node", TypeRef::named_nn(&names.event), |ctx| {
+            ready(
+                ctx.parent_value
+                    .try_downcast_ref::<(String, HistoryEvent)>()
+                    .map(|e| Some(FieldValue::borrowed_any(&e.1))),
+            )
+        }));
+    let connection = Object::new(&names.history_connection)
+        .description("A page of history events, oldest first.")
+        .field(Field::new(
+            "edges",
+            TypeRef::named_nn_list_nn(&names.history_edge),
+            |ctx| {
+                ready(ctx.parent_value.try_downcast_ref::<HistoryPage>().map(|p| {
+                    Some(FieldValue::list(
+                        p.edges.iter().map(|x| FieldValue::borrowed_any(x)),
+                    ))
+                }))
+            },
+        ))
+        .field(Field::new(
+            "nodes",
+            TypeRef::named_nn_list_nn(&names.event),
+            |ctx| {
+                ready(ctx.parent_value.try_downcast_ref::<HistoryPage>().map(|p| {
+                    Some(FieldValue::list(
+                        p.edges.iter().map(|e| FieldValue::borrowed_any(&e.1)),
+                    ))
+                }))
+            },
+        ))
+        .field(Field::new(
+            "pageInfo",
+            TypeRef::named_nn("PageInfo"),
+            |ctx| {
+                ready(
+                    ctx.parent_value
+                        .try_downcast_ref::<HistoryPage>()
+                        .map(|p| Some(FieldValue::borrowed_any(&p.page_info))),
+                )
+            },
+        ));
+
+    vec![
+        object.into(),
+        values_object.into(),
+        event.into(),
+        edge.into(),
+        connection.into(),
+    ]
+}
+
+fn meta_field(api: &Arc<ProductApi>) -> Field {
+    let api = api.clone();
+    Field::new("_meta", TypeRef::named_nn("InstanceMeta"), move |ctx| {
+        ready(ctx.parent_value.try_downcast_ref::<Instance>().map(|i| {
+            Some(FieldValue::owned_any(MetaData {
+                version: i.version,
+                first_seen: i.first_seen,
+                last_seen: i.last_seen,
+                event_time: i.event_time,
+                source: i.last_origin.source.clone(),
+                actor: i.last_origin.actor.clone(),
+                stale: api.is_stale(Some(i.last_seen), Timestamp::now()),
+            }))
+        }))
+    })
+    .description("Version, first and last seen, source, staleness.")
+}
+
+fn history_field(api: &Arc<ProductApi>) -> Field {
+    let api = api.clone();
+    let connection = api.names.history_connection.clone();
+    Field::new("history", TypeRef::named_nn(connection), move |ctx| {
+        let api = api.clone();
+        FieldFuture::new(async move {
+            let instance = ctx.parent_value.try_downcast_ref::<Instance>()?;
+            let runtime = runtime(&ctx)?;
+            let first = page_size(&ctx, "first")?.unwrap_or(limits::DEFAULT_PAGE);
+            let after = opt_string(&ctx, "after")?
+                .map(|c| {
+                    c.parse::<u64>().map_err(|_| {
+                        async_graphql::Error::new(format!("`{c}` is not a history cursor"))
+                    })
+                })
+                .transpose()?;
+            let query = HistoryQuery {
+                since: opt_time(&ctx, "since")?,
+                until: opt_time(&ctx, "until")?,
+                after_version: after,
+                limit: first.saturating_add(1),
+            };
+            let store = runtime.store().clone();
+            let product = api.name().to_string();
+            let entity = instance.entity.clone();
+            let mut events = blocking(move || {
+                store
+                    .history(&product, &entity, &query)
+                    .map_err(|e| e.to_string())
+            })
+            .await?;
+            let has_next = events.len() > first;
+            events.truncate(first);
+            let edges: Vec<(String, HistoryEvent)> = events
+                .into_iter()
+                .map(|e| (e.version.to_string(), e))
+                .collect();
+            let page_info = PageInfoData {
+                has_next,
+                has_previous: false,
+                start: edges.first().map(|e| e.0.clone()),
+                end: edges.last().map(|e| e.0.clone()),
+            };
+            Ok(Some(FieldValue::owned_any(HistoryPage { edges, page_info })))
+        })
+    })
+    .description("The entity's past records (as received, not merged), oldest first, from the stored history chunks: event time in [since, until), `first` per page (default 100, at most 1000) after the cursor `after`.")
+    .argument(InputValue::new("since", TypeRef::named(values::DATE_TIME)))
+    .argument(InputValue::new("until", TypeRef::named(values::DATE_TIME)))
+    .argument(InputValue::new("first", TypeRef::named(TypeRef::INT)))
+    .argument(InputValue::new("after", TypeRef::named(TypeRef::STRING)))
+}
+
+fn audit_field(api: &Arc<ProductApi>) -> Field {
+    let api = api.clone();
+    Field::new(
+        "audit",
+        TypeRef::named_nn_list_nn("AuditLine"),
+        move |ctx| {
+            let api = api.clone();
+            FieldFuture::new(async move {
+                let instance = ctx.parent_value.try_downcast_ref::<Instance>()?;
+                let runtime = runtime(&ctx)?;
+                let query = AuditQuery {
+                    since: opt_time(&ctx, "since")?,
+                    until: opt_time(&ctx, "until")?,
+                    limit: page_size(&ctx, "first")?.unwrap_or(limits::DEFAULT_PAGE),
+                };
+                let store = runtime.store().clone();
+                let product = api.name().to_string();
+                let entity = instance.entity.clone();
+                let lines = blocking(move || {
+                    store
+                        .audit(&product, &entity, &query)
+                        .map_err(|e| e.to_string())
+                })
+                .await?;
+                Ok(Some(FieldValue::list(
+                    lines.into_iter().map(FieldValue::owned_any),
+                )))
+            })
+        },
+    )
+    .description("Who or what changed the entity, oldest first: lines overlapping [since, until), at most `first` (default 100, at most 1000).")
+    .argument(
+        InputValue::new("since", TypeRef::named(values::DATE_TIME)),
+    )
+    .argument(
+        InputValue::new("until", TypeRef::named(values::DATE_TIME)),
+    )
+    .argument(
+        InputValue::new("first", TypeRef::named(TypeRef::INT)),
+    )
+}

@@ -1,0 +1,89 @@
+//! GraphQL figures for `/metrics`: requests by outcome, their latency, and
+//! subscriptions (open now from the usage counters, started in total).
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the latency histogram, in seconds.
+const BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0];
+
+#[derive(Default)]
+pub(crate) struct GraphqlMetrics {
+    /// Queries and mutations answered without errors / with errors.
+    pub ok: AtomicU64,
+    pub errors: AtomicU64,
+    /// Requests refused before execution (size, content type, body).
+    pub refused: AtomicU64,
+    pub subscriptions_started: AtomicU64,
+    latency_buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_micros: AtomicU64,
+}
+
+impl GraphqlMetrics {
+    /// Records one executed query or mutation.
+    pub(crate) fn request(&self, took: Duration, ok: bool) {
+        if ok {
+            self.ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let seconds = took.as_secs_f64();
+        for (bound, bucket) in BUCKETS.iter().zip(&self.latency_buckets) {
+            if seconds <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_micros.fetch_add(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Appends the Prometheus text exposition.
+    pub(crate) fn render_prometheus(&self, open_subscriptions: i64, out: &mut String) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP meshlet_graphql_requests_total GraphQL queries and mutations by outcome (refused: before execution).\n# TYPE meshlet_graphql_requests_total counter"
+        );
+        for (outcome, value) in [
+            ("ok", load(&self.ok)),
+            ("error", load(&self.errors)),
+            ("refused", load(&self.refused)),
+        ] {
+            let _ = writeln!(
+                out,
+                "meshlet_graphql_requests_total{{outcome=\"{outcome}\"}} {value}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP meshlet_graphql_request_duration_seconds Time to execute a GraphQL query or mutation.\n# TYPE meshlet_graphql_request_duration_seconds histogram"
+        );
+        for (bound, bucket) in BUCKETS.iter().zip(&self.latency_buckets) {
+            let _ = writeln!(
+                out,
+                "meshlet_graphql_request_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+                load(bucket)
+            );
+        }
+        let count = load(&self.latency_count);
+        let _ = writeln!(
+            out,
+            "meshlet_graphql_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}\nmeshlet_graphql_request_duration_seconds_sum {}\nmeshlet_graphql_request_duration_seconds_count {count}",
+            load(&self.latency_micros) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "# HELP meshlet_graphql_subscriptions_open GraphQL subscriptions open now.\n# TYPE meshlet_graphql_subscriptions_open gauge\nmeshlet_graphql_subscriptions_open {open_subscriptions}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP meshlet_graphql_subscriptions_total GraphQL subscriptions started.\n# TYPE meshlet_graphql_subscriptions_total counter\nmeshlet_graphql_subscriptions_total {}",
+            load(&self.subscriptions_started)
+        );
+    }
+}

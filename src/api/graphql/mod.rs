@@ -1,0 +1,150 @@
+//! The GraphQL API: a schema generated from the product definitions
+//! (async-graphql's dynamic schema), served at `POST /graphql`, with
+//! subscriptions at `GET /graphql/ws` and GraphiQL at `GET /graphql`.
+//!
+//! Per product `machine_health`: an object type `MachineHealth` (typed
+//! fields with the definition's descriptions, `_meta`, `history`,
+//! `audit`), a lookup `machineHealth(machine_id:)`, a Relay connection
+//! `machineHealthConnection(first, after, last, before, filter, orderBy)`,
+//! a subscription `machineHealthChanges(filter)` and the mutations
+//! `upsertMachineHealth(input)` / `eraseMachineHealth(machine_id:)`. The
+//! catalog (`products`, `product`, `quarantine`, `schemaStatus`) is always
+//! there. Field names are the definition's, unchanged.
+//!
+//! Layout: `schema` assembles the types that `instance`, `connection`,
+//! `mutation`, `subscription` and `catalog` define; `names` derives and
+//! checks the generated names; `values` maps field types and values;
+//! `filter`, `order` and `paging` are the pure core of connections;
+//! `limits` and `cost` keep hostile requests out; `runtime` is what resolvers share
+//! across reloads; `reload` swaps the schema; `http` is the axum surface.
+//!
+//! Policies (roles, row filters, masks) arrive with the policy work; until
+//! then every request sees every product in full.
+
+mod catalog;
+mod connection;
+mod cost;
+mod filter;
+mod http;
+mod instance;
+mod limits;
+mod metrics;
+mod mutation;
+mod names;
+mod order;
+mod paging;
+mod reload;
+mod runtime;
+mod schema;
+mod subscription;
+mod values;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info_span, Instrument};
+
+pub use reload::{SchemaHandle, POLL_INTERVAL};
+pub use schema::{sdl, BuildError};
+
+use crate::api::Readiness;
+use crate::ingest::Ingestor;
+use crate::product::{LoadContext, ProductSet};
+use runtime::Runtime;
+
+pub(crate) use http::routes;
+
+/// The GraphQL side of the API state: the live schema and what its
+/// resolvers share. Cheap to clone.
+#[derive(Clone)]
+pub struct GraphqlApi {
+    pub(crate) handle: SchemaHandle,
+    pub(crate) runtime: Runtime,
+    pub(crate) graphiql: bool,
+}
+
+impl GraphqlApi {
+    /// Builds the first schema from `products` and starts keeping product
+    /// freshness current (on `tasks`, until `shutdown`). Fails when the
+    /// definitions do not make a schema (a GraphQL name collision): the
+    /// node then refuses to start, as for any definition error.
+    pub fn start(
+        products: Arc<ProductSet>,
+        ingestor: Ingestor,
+        graphiql: bool,
+        shutdown: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Result<GraphqlApi, BuildError> {
+        let runtime = Runtime {
+            ingestor,
+            usage: Default::default(),
+            freshness: Default::default(),
+            status: Default::default(),
+            metrics: Default::default(),
+            shutdown,
+        };
+        let schema = schema::build(&products, Some(runtime.clone()))?;
+        runtime.status.loaded(reload::names_of(&products));
+        tasks.spawn(watch_freshness(runtime.clone()).instrument(info_span!("graphql_freshness")));
+        Ok(GraphqlApi {
+            handle: SchemaHandle::new(schema),
+            runtime,
+            graphiql,
+        })
+    }
+
+    /// The reload loop (SIGHUP, definition file changes) over `paths`; run
+    /// it as a task. It ends at shutdown.
+    pub fn watch_definitions(
+        &self,
+        paths: Vec<PathBuf>,
+        context: LoadContext,
+        readiness: Readiness,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let reloader = reload::Reloader {
+            handle: self.handle.clone(),
+            runtime: self.runtime.clone(),
+            readiness,
+            paths,
+            context,
+        };
+        let shutdown = self.runtime.shutdown.clone();
+        reloader.run(shutdown)
+    }
+
+    /// The live schema handle.
+    pub fn schema(&self) -> &SchemaHandle {
+        &self.handle
+    }
+
+    /// Appends GraphQL figures to a Prometheus text exposition.
+    pub fn render_prometheus(&self, out: &mut String) {
+        self.runtime
+            .metrics
+            .render_prometheus(self.runtime.usage.open_subscriptions(), out);
+    }
+}
+
+/// Keeps each product's last update current from the change feed.
+async fn watch_freshness(runtime: Runtime) {
+    let mut feed = runtime.ingestor.writer().subscribe_changes();
+    loop {
+        let received = tokio::select! {
+            _ = runtime.shutdown.cancelled() => return,
+            received = feed.recv() => received,
+        };
+        match received {
+            Ok(event) => {
+                if let Some(newest) = event.changes.iter().map(|c| c.instance.last_seen).max() {
+                    runtime.freshness.saw(&event.product, newest);
+                }
+            }
+            Err(RecvError::Lagged(_)) => runtime.freshness.rescan_all(),
+            Err(RecvError::Closed) => return,
+        }
+    }
+}

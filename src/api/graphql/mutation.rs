@@ -1,0 +1,151 @@
+//! `upsert<Product>(input)` and `erase<Product>(key)`.
+//!
+//! An upsert is one record through the same pipeline as every source
+//! (mapping by field name, coercion, quality rules), written by the same
+//! writer with audit, and answered only once durable; it fails whole with
+//! every reason when the record is invalid (nothing is quarantined: the
+//! caller is there to fix it). Its origin is `graphql`, and its event time
+//! is its arrival. An erasure removes the instance, its history and audit
+//! values (see `Store::erase`) and is answered once durable.
+//!
+//! Writes use the product definitions ingestion loaded at start: a product
+//! added by a reload cannot be written until the node restarts (its
+//! upsert says so). Access rules come with the policy work.
+
+use std::sync::Arc;
+
+use async_graphql::dynamic::{Field, FieldFuture, FieldValue, InputObject, InputValue, TypeRef};
+use async_graphql::{ErrorExtensions, Value as Gql};
+
+use super::instance::describe;
+use super::schema::{blocking, runtime, ProductApi};
+use super::values;
+use crate::ingest::PushRefusal;
+use crate::record::Origin;
+
+/// The origin of every API write, as audit and `_meta.source` show it.
+pub(crate) const ORIGIN: &str = "graphql";
+
+/// `<Product>Input`: the key required, every other field optional; an
+/// explicit `null` clears a field.
+pub(crate) fn input_object(api: &Arc<ProductApi>) -> InputObject {
+    let product = &api.product;
+    let mut input = InputObject::new(&api.names.input).description(format!(
+        "One `{}` record: fields left out keep their value, `null` clears one.",
+        product.name
+    ));
+    for field in product.fields.values() {
+        let name = values::type_name(field.ty);
+        let ty = if field.name == product.key {
+            TypeRef::named_nn(name)
+        } else {
+            TypeRef::named(name)
+        };
+        input = input.field(InputValue::new(&field.name, ty).description(describe(field)));
+    }
+    input
+}
+
+fn refusal(product: &str, refusal: PushRefusal) -> async_graphql::Error {
+    match refusal {
+        PushRefusal::UnknownProduct(_) | PushRefusal::NotPushable(_) => async_graphql::Error::new(
+            format!("product `{product}` is not loaded by ingestion (added by a reload?): restart the node to write to it"),
+        ),
+        PushRefusal::Invalid(invalid) => {
+            let reasons: Vec<String> = invalid
+                .iter()
+                .flat_map(|bad| bad.reasons.iter().map(|r| r.to_string()))
+                .collect();
+            async_graphql::Error::new(format!(
+                "invalid `{product}` record, nothing written: {}",
+                reasons.join("; ")
+            ))
+            .extend_with(|_, e| {
+                e.set("code", "INVALID_RECORD");
+                e.set(
+                    "reasons",
+                    Gql::List(reasons.iter().cloned().map(Gql::String).collect()),
+                );
+            })
+        }
+    }
+}
+
+/// `upsert<Product>(input: <Product>Input!): <Product>!`.
+pub(crate) fn upsert_field(api: &Arc<ProductApi>) -> Field {
+    let handle = api.clone();
+    Field::new(&api.names.upsert, TypeRef::named_nn(&api.names.object), move |ctx| {
+        let api = handle.clone();
+        FieldFuture::new(async move {
+            let runtime = runtime(&ctx)?;
+            let input = ctx.args.try_get("input")?.object()?;
+            let mut record = serde_json::Map::new();
+            for (name, value) in input.iter() {
+                let json = values::input_json(value.as_value())
+                    .map_err(|e| async_graphql::Error::new(format!("`{name}`: {e}")))?;
+                record.insert(name.to_string(), json);
+            }
+            let entity = match record.get(&api.product.key) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Number(n)) => n.to_string(),
+                _ => {
+                    return Err(async_graphql::Error::new(format!(
+                        "`{}`: the key is required",
+                        api.product.key
+                    )))
+                }
+            };
+            let payload = serde_json::to_vec(&serde_json::Value::Object(record))?;
+            let pending = runtime
+                .ingestor
+                .submit_api(api.name(), &payload, Origin::new(ORIGIN))
+                .await
+                .map_err(|r| refusal(api.name(), r))?;
+            pending.wait().await.map_err(|e| {
+                async_graphql::Error::new(format!("not written, retry later: {e}"))
+            })?;
+            let store = runtime.store().clone();
+            let product = api.name().to_string();
+            let instance = blocking(move || {
+                store.get(&product, &entity).map_err(|e| e.to_string())
+            })
+            .await?
+            .ok_or_else(|| async_graphql::Error::new("written, but erased again before it could be read"))?;
+            Ok(Some(FieldValue::owned_any(instance)))
+        })
+    })
+    .description(format!(
+        "Writes one `{}` record through the ingest pipeline (validation, audit); answers once it is durable.",
+        api.product.name
+    ))
+    .argument(InputValue::new("input", TypeRef::named_nn(&api.names.input)))
+}
+
+/// `erase<Product>(key: ...): Boolean!`.
+pub(crate) fn erase_field(api: &Arc<ProductApi>) -> Field {
+    let handle = api.clone();
+    Field::new(&api.names.erase, TypeRef::named_nn(TypeRef::BOOLEAN), move |ctx| {
+        let api = handle.clone();
+        FieldFuture::new(async move {
+            let runtime = runtime(&ctx)?;
+            let entity = api.entity_arg(&ctx)?;
+            let store = runtime.store().clone();
+            let product = api.name().to_string();
+            let existed = blocking(move || {
+                store
+                    .erase(&product, &entity, &Origin::new(ORIGIN))
+                    .map_err(|e| e.to_string())
+            })
+            .await?;
+            runtime.store().durable().await.map_err(|e| {
+                async_graphql::Error::new(format!("erased, but not yet durable: {e}"))
+            })?;
+            Ok(Some(FieldValue::value(Gql::Boolean(existed))))
+        })
+    })
+    .description(format!(
+        "Erases one `{}` entity: its state, history and audit values; an audit line and a tombstone remain. True if it existed. Answers once durable.",
+        api.product.name
+    ))
+    .argument(InputValue::new(&api.product.key, api.key_type()))
+}

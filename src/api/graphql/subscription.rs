@@ -1,0 +1,138 @@
+//! `<product>Changes(filter)`: every durable change to a product's
+//! instances, from the writer's change feed (published only after the
+//! durability barrier, so a subscriber never sees what a crash could take
+//! back), filtered on the instance's state after the change.
+//!
+//! A subscriber that falls more than the feed's buffer behind gets one
+//! error event saying how many batches it missed (re-query the state to
+//! resynchronise) and then continues. Subscriptions end when the client
+//! leaves or the node shuts down; a reload does not end them (they keep
+//! the schema they started with). Erasures are not in the feed yet.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use async_graphql::dynamic::{
+    Field, FieldValue, InputValue, Object, SubscriptionField, SubscriptionFieldFuture, TypeRef,
+};
+use async_graphql::Value as Gql;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::filter::{self, Filter};
+use super::runtime::SubscriptionGuard;
+use super::schema::{getter, ready, runtime, ProductApi};
+use super::values;
+use crate::store::Change;
+
+/// `<Product>Change`.
+pub(crate) fn change_object(api: &Arc<ProductApi>) -> Object {
+    Object::new(&api.names.change)
+        .description(format!("One durable change to a `{}` instance.", api.product.name))
+        .field(getter::<Change>("entity", TypeRef::named_nn(TypeRef::STRING), |c| {
+            Gql::String(c.entity.clone())
+        }))
+        .field(
+            getter::<Change>("version", TypeRef::named_nn(values::LONG), |c| Gql::from(c.version))
+                .description("The instance's version after the change."),
+        )
+        .field(
+            getter::<Change>("created", TypeRef::named_nn(TypeRef::BOOLEAN), |c| {
+                Gql::Boolean(c.created)
+            })
+            .description("The change created the instance."),
+        )
+        .field(
+            getter::<Change>("changed", TypeRef::named_nn_list_nn(TypeRef::STRING), |c| {
+                Gql::List(c.changed.iter().cloned().map(Gql::String).collect())
+            })
+            .description("Fields whose value changed (empty: a repeat, or a late record that only went to history)."),
+        )
+        .field(
+            Field::new("instance", TypeRef::named_nn(&api.names.object), |ctx| {
+                ready(
+                    ctx.parent_value
+                        .try_downcast_ref::<Change>()
+                        .map(|c| Some(FieldValue::borrowed_any(&c.instance))),
+                )
+            })
+            .description("The state after the change."),
+        )
+}
+
+/// What one subscription's stream carries between events.
+struct Feed {
+    changes: tokio::sync::broadcast::Receiver<Arc<crate::ingest::ChangeEvent>>,
+    product: String,
+    filter: Option<Filter>,
+    pending: VecDeque<Change>,
+    shutdown: tokio_util::sync::CancellationToken,
+    _open: SubscriptionGuard,
+}
+
+/// `<product>Changes(filter: <Product>Filter): <Product>Change!`.
+pub(crate) fn changes_field(api: &Arc<ProductApi>) -> SubscriptionField {
+    let handle = api.clone();
+    SubscriptionField::new(&api.names.changes, TypeRef::named_nn(&api.names.change), move |ctx| {
+        let api = handle.clone();
+        SubscriptionFieldFuture::new(async move {
+            let runtime = runtime(&ctx)?;
+            let filter = match ctx.args.get("filter") {
+                Some(value) if !value.is_null() => filter::parse(&api.types, value.as_value())
+                    .map_err(|e| async_graphql::Error::new(format!("`filter`: {e}")))?,
+                _ => None,
+            };
+            runtime
+                .metrics
+                .subscriptions_started
+                .fetch_add(1, Ordering::Relaxed);
+            let feed = Feed {
+                changes: runtime.ingestor.writer().subscribe_changes(),
+                product: api.name().to_string(),
+                filter,
+                pending: VecDeque::new(),
+                shutdown: runtime.shutdown.clone(),
+                _open: runtime.usage.subscribe(api.name()),
+            };
+            Ok(futures_util::stream::unfold(feed, next_change))
+        })
+    })
+    .description(format!(
+        "Every durable change to `{}` instances matching the filter (on the state after the change).",
+        api.product.name
+    ))
+    .argument(InputValue::new("filter", TypeRef::named(&api.names.filter)))
+}
+
+async fn next_change<'a>(mut feed: Feed) -> Option<(async_graphql::Result<FieldValue<'a>>, Feed)> {
+    loop {
+        if let Some(change) = feed.pending.pop_front() {
+            return Some((Ok(FieldValue::owned_any(change)), feed));
+        }
+        let received = tokio::select! {
+            _ = feed.shutdown.cancelled() => return None,
+            received = feed.changes.recv() => received,
+        };
+        match received {
+            Ok(event) if event.product == feed.product => {
+                for change in &event.changes {
+                    if feed
+                        .filter
+                        .as_ref()
+                        .is_none_or(|f| f.matches(&change.instance.fields))
+                    {
+                        feed.pending.push_back(change.clone());
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(RecvError::Lagged(missed)) => {
+                let err = async_graphql::Error::new(format!(
+                    "this subscription fell behind and missed {missed} change batches; query the current state to catch up"
+                ));
+                return Some((Err(err), feed));
+            }
+            Err(RecvError::Closed) => return None,
+        }
+    }
+}

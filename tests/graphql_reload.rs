@@ -1,0 +1,202 @@
+//! Reload: a changed definition swaps the GraphQL schema (open
+//! subscriptions keep running), a broken one keeps the old schema and is
+//! reported in `/readyz`, in the catalog and in the log; SIGHUP reloads at
+//! once.
+
+mod common;
+
+use std::time::Duration;
+
+use common::graphql::{start, workdir, Gql, Protocol, Subscriber, SENSOR};
+use serde_json::{json, Value};
+
+const COUNTER: &str = r#"
+product: counter
+version: 1
+domain: test
+owner: test@example.com
+key: id
+fields:
+  id: { type: int, required: true }
+"#;
+
+const STATUS: &str = "{ schemaStatus { generation products problems } }";
+
+fn with_humidity() -> String {
+    SENSOR.replace(
+        "  email:",
+        "  humidity:  { type: float, description: Relative humidity }\n  email:",
+    )
+}
+
+async fn fields_of(gql: &Gql, ty: &str) -> Vec<String> {
+    let data = gql
+        .data(
+            &format!("{{ __type(name: \"{ty}\") {{ fields {{ name }} }} }}"),
+            json!({}),
+        )
+        .await;
+    data["__type"]["fields"]
+        .as_array()
+        .map(|fields| {
+            fields
+                .iter()
+                .map(|f| f["name"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn problems(status: &Value) -> String {
+    status["schemaStatus"]["problems"].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_the_schema_and_a_broken_definition_keeps_the_old_one() {
+    let dir = workdir(&[("sensor", SENSOR)], "");
+    let products = dir.path().join("products");
+    let node = start(dir.path());
+    let gql = Gql::new(&node);
+    let wait = Duration::from_secs(15);
+    let mut subscriber = Subscriber::start(
+        &node,
+        Protocol::TransportWs,
+        "subscription { sensorChanges { entity instance { temp } } }",
+        json!({}),
+    )
+    .await;
+    gql.wait_subscriptions("sensor", 1).await;
+    assert!(!fields_of(&gql, "Sensor")
+        .await
+        .contains(&"humidity".to_string()));
+
+    // A changed definition and a new product: picked up by polling.
+    std::fs::write(products.join("sensor.yaml"), with_humidity()).expect("write");
+    std::fs::write(products.join("counter.yaml"), COUNTER).expect("write");
+    let status = gql
+        .until(wait, STATUS, |d| d["schemaStatus"]["generation"] == 2)
+        .await;
+    assert_eq!(
+        status["schemaStatus"]["products"],
+        json!(["counter", "sensor"])
+    );
+    assert!(fields_of(&gql, "Sensor")
+        .await
+        .contains(&"humidity".to_string()));
+    let data = gql
+        .data("{ counterConnection { totalCount } }", json!({}))
+        .await;
+    assert_eq!(data["counterConnection"]["totalCount"], 0);
+    // Ingestion keeps its start-up definitions, and says so.
+    let errors = gql
+        .errors(
+            "mutation { upsertCounter(input: { id: 1 }) { id } }",
+            json!({}),
+        )
+        .await;
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("restart"),
+        "{errors:?}"
+    );
+
+    // The subscription opened before the reload still delivers.
+    let response = reqwest::Client::new()
+        .post(node.url("/ingest/sensor"))
+        .header("content-type", "application/x-ndjson")
+        .body("{\"sensor_id\": \"s1\", \"temp\": 20.5}\n")
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(response.status(), 200);
+    let payload = subscriber.next(wait).await;
+    assert_eq!(
+        payload["data"]["sensorChanges"]["entity"], "s1",
+        "{payload}"
+    );
+
+    // A broken definition: the old schema stays, the problem is reported.
+    std::fs::write(
+        products.join("sensor.yaml"),
+        with_humidity().replace("type: float, min: -40", "type: flaot, min: -40"),
+    )
+    .expect("write");
+    let status = gql
+        .until(wait, STATUS, |d| {
+            !d["schemaStatus"]["problems"]
+                .as_array()
+                .is_none_or(Vec::is_empty)
+        })
+        .await;
+    assert_eq!(status["schemaStatus"]["generation"], 2);
+    let text = problems(&status);
+    assert!(
+        text.contains("sensor.yaml") && text.contains("flaot"),
+        "{text}"
+    );
+    let (code, body) = gql.get("/readyz").await;
+    assert_eq!(code, 200, "a refused reload does not make the node unready");
+    let ready: Value = serde_json::from_str(&body).expect("readyz JSON");
+    let reported = ready["problems"].to_string();
+    assert!(
+        reported.contains("reload refused") && reported.contains("flaot"),
+        "{reported}"
+    );
+    assert!(fields_of(&gql, "Sensor")
+        .await
+        .contains(&"humidity".to_string()));
+    let data = gql
+        .data(
+            r#"{ sensor(sensor_id: "s1") { temp humidity } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(data["sensor"]["temp"], 20.5);
+
+    // Valid YAML that cannot make a schema (a field named like an API field).
+    std::fs::write(
+        products.join("sensor.yaml"),
+        with_humidity().replace("  email:", "  history: { type: string }\n  email:"),
+    )
+    .expect("write");
+    let status = gql
+        .until(wait, STATUS, |d| problems(d).contains("collides"))
+        .await;
+    assert_eq!(status["schemaStatus"]["generation"], 2);
+
+    // Fixed: the reload goes through and the problems are gone.
+    std::fs::write(products.join("sensor.yaml"), with_humidity()).expect("write");
+    let status = gql
+        .until(wait, STATUS, |d| d["schemaStatus"]["generation"] == 3)
+        .await;
+    assert_eq!(status["schemaStatus"]["problems"], json!([]));
+    let (_, body) = gql.get("/readyz").await;
+    let ready: Value = serde_json::from_str(&body).expect("readyz JSON");
+    assert_eq!(ready["problems"], json!([]));
+
+    // SIGHUP reloads at once, changed files or not.
+    node.signal(libc::SIGHUP);
+    gql.until(Duration::from_secs(5), STATUS, |d| {
+        d["schemaStatus"]["generation"] == 4
+    })
+    .await;
+    // Shutdown does not wait for open subscriptions: they are closed.
+    let stopping = std::time::Instant::now();
+    let (status, logs) = node.stop();
+    assert!(status.success());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stopping.elapsed()
+    );
+    drop(subscriber);
+    let logs = logs.join("\n");
+    assert!(logs.contains("GraphQL schema reload refused"), "{logs}");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("GraphQL schema reloaded") && l.contains("SIGHUP")),
+        "{logs}"
+    );
+}
