@@ -200,12 +200,18 @@ fn start_node(dir: &Path, config: &str) -> Node {
             }
         }
     });
+    let mut seen = Vec::new();
     let ready = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("node logs ready");
-        if line.contains("\"message\":\"ready\"") {
-            break line;
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line.contains("\"message\":\"ready\"") => break line,
+            Ok(line) => seen.push(line),
+            Err(err) => {
+                let status = child.try_wait();
+                panic!(
+                    "node not ready ({err}, exit {status:?}); its log:\n{}",
+                    seen.join("\n")
+                )
+            }
         }
     };
     let event: serde_json::Value = serde_json::from_str(&ready).expect("json");

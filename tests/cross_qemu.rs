@@ -1,5 +1,6 @@
 //! The static aarch64 build, run under qemu-user: it starts on the example
-//! products, takes a message over MQTT, serves it, and stops cleanly.
+//! products, takes a message over MQTT, answers a GraphQL query about it,
+//! and stops cleanly.
 //!
 //! The binary comes from `cross/build.sh aarch64-unknown-linux-musl`
 //! (tests/run.sh builds it first and sets MESHLET_REQUIRE_CROSS=1, so CI

@@ -143,6 +143,17 @@ fn the_c_example_publishes_readings_the_node_stores() {
         metric(&node, "meshlet_ingest_records_total{product=\"machine_health\",source=\"mqtt:0\",outcome=\"accepted\"}")
             == Some(5.0)
     }));
+    // Queried back over GraphQL, with its history.
+    let (status, body) = http_post(
+        &node.url("/graphql"),
+        "application/json",
+        br#"{"query": "{ machineHealth(machine_id: \"PR-0042\") { site status history(first: 10) { edges { node { version } } } } }"}"#.to_vec(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let machine = &answer["data"]["machineHealth"];
+    assert_eq!(machine["site"], "lyon", "{body}");
+    assert_eq!(machine["status"], "ok", "{body}");
     let (status, _) = node.stop();
     assert!(status.success());
 
