@@ -173,7 +173,14 @@ fn start_node(dir: &Path, config: &str) -> Node {
         format!("data_dir = \"data\"\nproducts = [\"products\"]\n[log]\nformat = \"json\"\nlevel = \"warn,meshlet::node=info\"\n{config}"),
     )
     .expect("config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshlet"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_meshlet"));
+    // The node refuses unknown MESHLET_* variables: start it clean.
+    for (name, _) in std::env::vars() {
+        if name.starts_with("MESHLET_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command
         .current_dir(dir)
         .args([
             "--config",

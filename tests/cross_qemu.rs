@@ -3,7 +3,7 @@
 //! and stops cleanly.
 //!
 //! The binary comes from `cross/build.sh aarch64-unknown-linux-musl`
-//! (tests/run.sh builds it first and sets MESHLET_REQUIRE_CROSS=1, so CI
+//! (tests/run.sh builds it first and sets REQUIRE_CROSS_BUILD=1, so CI
 //! can never skip this). A plain `cargo test` without the cross build says
 //! so and passes.
 
@@ -17,10 +17,10 @@ use common::*;
 const TARGET: &str = "aarch64-unknown-linux-musl";
 
 fn cross_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("MESHLET_CROSS_BIN")
+    let path = std::env::var_os("CROSS_BINARY")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join(format!("target/cross/meshlet-{TARGET}")));
-    let required = std::env::var_os("MESHLET_REQUIRE_CROSS").is_some();
+    let required = std::env::var_os("REQUIRE_CROSS_BUILD").is_some();
     if path.is_file() {
         return Some(path);
     }

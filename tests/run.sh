@@ -28,7 +28,7 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # The static aarch64 build that tests/cross_qemu.rs runs under qemu; the
 # cross-ci profile keeps release semantics at a fraction of the build time.
 PROFILE=cross-ci cross/build.sh aarch64-unknown-linux-musl
-export MESHLET_REQUIRE_CROSS=1
+export REQUIRE_CROSS_BUILD=1
 
 cargo test --locked --all-targets "$@"
 cargo test --locked --doc "$@"
