@@ -14,5 +14,6 @@ pub mod pipeline;
 pub mod policy;
 pub mod product;
 pub mod record;
+pub mod sd_notify;
 pub mod store;
 pub mod telemetry;

@@ -121,6 +121,7 @@ impl RunningNode {
         self.shutdown.cancelled().await;
         info!("shutting down");
         self.readiness.set_phase(Phase::Stopping);
+        crate::sd_notify::notify("STOPPING=1");
         self.tasks.close();
 
         let server = self.server;
@@ -256,6 +257,10 @@ pub async fn start(
         products = products.len(),
         "ready"
     );
+    crate::sd_notify::notify("READY=1");
+    if let Some(interval) = crate::sd_notify::watchdog_interval() {
+        tasks.spawn(crate::sd_notify::watchdog(interval, shutdown.clone()));
+    }
 
     Ok(RunningNode {
         http_addr,

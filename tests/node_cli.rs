@@ -220,3 +220,37 @@ fn env_overrides_reach_the_running_node() {
     let (status, _) = node.stop();
     assert!(status.success());
 }
+
+#[test]
+fn under_systemd_it_notifies_ready_pets_the_watchdog_and_announces_stopping() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_examples(dir.path());
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("bind notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let node = NodeBuilder::new(dir.path())
+        .env("NOTIFY_SOCKET", socket_path.to_str().expect("utf8"))
+        .env("WATCHDOG_USEC", "200000")
+        .start()
+        .expect("node starts");
+    let mut buffer = [0u8; 256];
+    let mut receive = || {
+        let n = socket.recv(&mut buffer).expect("a notification");
+        String::from_utf8_lossy(&buffer[..n]).into_owned()
+    };
+    assert_eq!(receive(), "READY=1");
+    assert_eq!(receive(), "WATCHDOG=1");
+    assert_eq!(receive(), "WATCHDOG=1", "petted again within the interval");
+    let (status, _) = node.stop();
+    assert!(status.success());
+    let mut rest = Vec::new();
+    while let Ok(n) = socket.recv(&mut buffer) {
+        rest.push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+        if rest.last().is_some_and(|m| m == "STOPPING=1") {
+            break;
+        }
+    }
+    assert!(rest.iter().any(|m| m == "STOPPING=1"), "{rest:?}");
+}
