@@ -254,3 +254,18 @@ fn under_systemd_it_notifies_ready_pets_the_watchdog_and_announces_stopping() {
     }
     assert!(rest.iter().any(|m| m == "STOPPING=1"), "{rest:?}");
 }
+
+#[test]
+fn the_shipped_production_config_is_valid() {
+    let out = run(
+        &repo_root(),
+        &[
+            "--config",
+            "cross/packaging/meshlet.toml",
+            "check",
+            "schema/examples",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("hub config valid"));
+}
