@@ -97,9 +97,7 @@ impl SourceCounters {
     }
 
     pub fn invalid_rule(&self, rule: Rule) {
-        if let Ok(mut by_rule) = self.by_rule.lock() {
-            *by_rule.entry(rule.name()).or_default() += 1;
-        }
+        *lock(&self.by_rule).entry(rule.name()).or_default() += 1;
     }
 
     pub fn event_time(&self, time: Timestamp) {
@@ -161,10 +159,7 @@ pub struct IngestMetrics {
 impl IngestMetrics {
     /// The counters of `source` of `product`, created on first use.
     pub fn source(&self, product: &str, source: &str) -> Arc<SourceCounters> {
-        let mut sources = match self.sources.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut sources = lock(&self.sources);
         sources
             .entry((product.to_string(), source.to_string()))
             .or_insert_with(|| Arc::new(SourceCounters::new()))
@@ -173,10 +168,7 @@ impl IngestMetrics {
 
     /// Snapshot of every source's figures, by (product, source).
     pub fn figures(&self) -> BTreeMap<(String, String), SourceFigures> {
-        let sources = match self.sources.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let sources = lock(&self.sources);
         sources
             .iter()
             .map(|(key, counters)| (key.clone(), counters.figures()))
@@ -204,101 +196,76 @@ impl IngestMetrics {
 
     /// The Prometheus text exposition of every ingest counter.
     pub fn render_prometheus(&self, out: &mut String) {
-        let sources: Vec<((String, String), Arc<SourceCounters>)> = {
-            let guard = match self.sources.lock() {
-                Ok(guard) => guard,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            guard.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        // One snapshot per source, so every family shows the same moment.
+        let sources: Vec<(String, SourceFigures, Arc<SourceCounters>)> = lock(&self.sources)
+            .iter()
+            .map(|((product, source), c)| {
+                let label = format!(
+                    "product=\"{}\",source=\"{}\"",
+                    escape(product),
+                    escape(source)
+                );
+                (label, c.figures(), c.clone())
+            })
+            .collect();
+        // One family: its header, then each source's samples as (extra
+        // labels, value).
+        let mut family = |name: &str, kind: &str, help: &str, samples: &Samples| {
+            header(out, name, kind, help);
+            for (label, figures, counters) in &sources {
+                for (extra, value) in samples(figures, counters) {
+                    let _ = writeln!(out, "{name}{{{label}{extra}}} {value}");
+                }
+            }
         };
-        let label = |product: &str, source: &str| {
-            format!(
-                "product=\"{}\",source=\"{}\"",
-                escape(product),
-                escape(source)
-            )
-        };
-
-        header(
-            out,
+        family(
             "meshlet_ingest_messages_total",
             "counter",
             "Payloads received per product source.",
+            &|f, _| vec![(String::new(), f.messages.to_string())],
         );
-        for ((product, source), c) in &sources {
-            let _ = writeln!(
-                out,
-                "meshlet_ingest_messages_total{{{}}} {}",
-                label(product, source),
-                c.figures().messages
-            );
-        }
-        header(
-            out,
+        family(
             "meshlet_ingest_bytes_total",
             "counter",
             "Payload bytes received per product source.",
+            &|f, _| vec![(String::new(), f.bytes.to_string())],
         );
-        for ((product, source), c) in &sources {
-            let _ = writeln!(
-                out,
-                "meshlet_ingest_bytes_total{{{}}} {}",
-                label(product, source),
-                c.figures().bytes
-            );
-        }
-        header(
-            out,
+        family(
             "meshlet_ingest_records_total",
             "counter",
             "Records by outcome: accepted, rejected, quarantined, duplicate, retained_known.",
+            &|_, c| {
+                Outcome::ALL
+                    .into_iter()
+                    .map(|o| {
+                        let n = c.outcomes[o.index()].load(Ordering::Relaxed);
+                        (format!(",outcome=\"{}\"", o.name()), n.to_string())
+                    })
+                    .collect()
+            },
         );
-        for ((product, source), c) in &sources {
-            for outcome in Outcome::ALL {
-                let n = c.outcomes[outcome.index()].load(Ordering::Relaxed);
-                let _ = writeln!(
-                    out,
-                    "meshlet_ingest_records_total{{{},outcome=\"{}\"}} {n}",
-                    label(product, source),
-                    outcome.name()
-                );
-            }
-        }
-        header(
-            out,
+        family(
             "meshlet_ingest_invalid_total",
             "counter",
             "Invalid records by the first quality rule they broke.",
+            &|_, c| {
+                lock(&c.by_rule)
+                    .iter()
+                    .map(|(rule, n)| (format!(",rule=\"{rule}\""), n.to_string()))
+                    .collect()
+            },
         );
-        for ((product, source), c) in &sources {
-            let by_rule = match c.by_rule.lock() {
-                Ok(guard) => guard.clone(),
-                Err(poisoned) => poisoned.into_inner().clone(),
-            };
-            for (rule, n) in by_rule {
-                let _ = writeln!(
-                    out,
-                    "meshlet_ingest_invalid_total{{{},rule=\"{rule}\"}} {n}",
-                    label(product, source)
-                );
-            }
-        }
-        header(
-            out,
+        family(
             "meshlet_ingest_last_event_time_seconds",
             "gauge",
             "Newest accepted event time per product source.",
+            &|f, _| {
+                f.last_event_time
+                    .map(|t| (String::new(), (t.as_micros() as f64 / 1e6).to_string()))
+                    .into_iter()
+                    .collect()
+            },
         );
-        for ((product, source), c) in &sources {
-            if let Some(t) = c.figures().last_event_time {
-                let _ = writeln!(
-                    out,
-                    "meshlet_ingest_last_event_time_seconds{{{}}} {}",
-                    label(product, source),
-                    t.as_micros() as f64 / 1e6
-                );
-            }
-        }
         let scalars: [(&str, &str, &str, i64); 10] = [
             (
                 "meshlet_ingest_unmatched_messages_total",
@@ -366,6 +333,17 @@ impl IngestMetrics {
             let _ = writeln!(out, "{name} {value}");
         }
     }
+}
+
+/// One metric family's samples for one source: (extra labels, value).
+type Samples = dyn Fn(&SourceFigures, &SourceCounters) -> Vec<(String, String)>;
+
+/// Locks plain counters; a poisoned lock only means a panic elsewhere
+/// mid-update of numbers that are still usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
