@@ -175,7 +175,7 @@ impl Ingestor {
         );
         Ingestor {
             inner: Arc::new(Inner {
-                routes: MqttRoutes::new(&products),
+                routes: MqttRoutes::new(&products, &metrics),
                 products,
                 writer,
                 metrics,
@@ -246,10 +246,7 @@ impl Ingestor {
         let mut pending = PendingMessage::empty();
         for m in matched {
             let route = m.route;
-            let counters = self
-                .inner
-                .metrics
-                .source(&route.product.name, &route.source_id);
+            let counters = &route.counters;
             counters.message(message.payload.len());
             let provenance = Provenance {
                 source_id: &route.source_id,
@@ -263,7 +260,7 @@ impl Ingestor {
             self.count_rejected(
                 &route.product,
                 &route.source_id,
-                &counters,
+                counters,
                 &prepared.rejected,
             );
             if let Some(write) = self
@@ -272,7 +269,7 @@ impl Ingestor {
                     prepared,
                     message.retained,
                     arrival,
-                    &counters,
+                    counters,
                 )
                 .await
             {

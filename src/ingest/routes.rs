@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use super::metrics::{IngestMetrics, SourceCounters};
 use crate::pipeline::SourceShape;
 use crate::product::{Product, ProductSet, Source};
 
@@ -20,6 +21,8 @@ pub struct MqttRoute {
     pub source_id: String,
     pub shape: SourceShape,
     pub qos: u8,
+    /// This source's counters, looked up once here instead of per message.
+    pub counters: Arc<SourceCounters>,
     template: crate::product::TopicTemplate,
 }
 
@@ -47,14 +50,16 @@ pub fn source_id(index: usize, source: &Source) -> String {
 }
 
 impl MqttRoutes {
-    pub fn new(products: &ProductSet) -> MqttRoutes {
+    pub fn new(products: &ProductSet, metrics: &IngestMetrics) -> MqttRoutes {
         let mut routes = Vec::new();
         for product in products.iter() {
             for (index, source) in product.sources.iter().enumerate() {
                 if let Source::Mqtt(mqtt) = source {
+                    let source_id = source_id(index, source);
                     routes.push(MqttRoute {
+                        counters: metrics.source(&product.name, &source_id),
                         product: product.clone(),
-                        source_id: source_id(index, source),
+                        source_id,
                         shape: SourceShape::from_source(source),
                         qos: mqtt.qos,
                         template: mqtt.topic.clone(),
