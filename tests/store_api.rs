@@ -955,3 +955,20 @@ fn history_reads_stay_consistent_while_writers_seal() {
     writer.join().unwrap();
     assert_eq!(all_history(&store, "hot").len(), 1_500);
 }
+
+/// A store held open by a live owner refuses a second opener (after the
+/// short lock wait), and opens at once when the owner has gone.
+#[test]
+fn a_live_store_refuses_a_second_opener_and_reopens_after_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let first = Store::open(StoreConfig::new(&path)).unwrap();
+    let second = Store::open(StoreConfig::new(&path));
+    let err = second.err().expect("second opener refused").to_string();
+    assert!(err.contains("lock"), "{err}");
+    drop(first);
+    for _ in 0..20 {
+        let store = Store::open(StoreConfig::new(&path)).expect("reopens right after drop");
+        drop(store);
+    }
+}

@@ -176,6 +176,43 @@ pub(crate) struct ProductTrees {
     pub quarantine: sled::Tree,
 }
 
+/// How long [`Store::open`] waits for the database lock to come free.
+///
+/// sled 0.34 releases its `flock` from a background thread that `Db::drop`
+/// does not join (spacejam/sled#1234, #1289), so reopening right after a
+/// drop (an in-process restart, a test) can see the lock held for a few
+/// milliseconds. A second live node holds it for its whole life, far beyond
+/// this budget, so a real conflict still fails, just not instantly.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn open_waiting_for_lock(config: &StoreConfig) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        let opened = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_capacity_bytes)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if is_lock_contention(&e) && std::time::Instant::now() < deadline =>
+            {
+                tracing::debug!(error = %e, "database lock busy; waiting");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// sled reports a busy lock as an `Other` error wrapping the `flock`
+/// `WouldBlock`; match both shapes, and nothing else.
+fn is_lock_contention(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock
+        || e.to_string().contains("could not acquire lock")
+}
+
 impl Store {
     /// Opens (or creates) the store at `config.path`.
     ///
@@ -185,10 +222,7 @@ impl Store {
         config.validate()?;
         let span = tracing::info_span!("store.open", path = %config.path.display());
         let _enter = span.enter();
-        let db = sled::Config::new()
-            .path(&config.path)
-            .cache_capacity(config.cache_capacity_bytes)
-            .open()
+        let db = open_waiting_for_lock(&config)
             .map_err(|e| StoreError::sled(format!("opening {}", config.path.display()), e))?;
         check_format(&db, &config)?;
         let offsets = db.open_tree(offsets::OFFSETS_TREE).map_err(|e| {
