@@ -7,5 +7,8 @@
 //! - [`expr`]: the row-filter language of `where:` clauses in access roles and
 //!   sync rules — parsed and type-checked once when a product definition is
 //!   loaded, then evaluated on every record on the hot paths.
+//! - [`masking`]: field masks applied to records as a role or an upstream
+//!   may see them, with the keyed pseudonym secret behind `hash`.
 
 pub mod expr;
+pub mod masking;

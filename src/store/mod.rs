@@ -209,8 +209,7 @@ fn open_waiting_for_lock(config: &StoreConfig) -> Result<sled::Db, sled::Error> 
 /// sled reports a busy lock as an `Other` error wrapping the `flock`
 /// `WouldBlock`; match both shapes, and nothing else.
 fn is_lock_contention(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::WouldBlock
-        || e.to_string().contains("could not acquire lock")
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
 }
 
 impl Store {
