@@ -972,3 +972,22 @@ fn a_live_store_refuses_a_second_opener_and_reopens_after_drop() {
         drop(store);
     }
 }
+
+/// The mask secret is created once and survives a reopen: pseudonyms stay
+/// stable across restarts.
+#[test]
+fn the_mask_secret_is_created_once_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let first = {
+        let store = Store::open(StoreConfig::new(&path)).unwrap();
+        let a = store.mask_secret().unwrap().pseudonym("alice");
+        assert_eq!(a, store.mask_secret().unwrap().pseudonym("alice"));
+        a
+    };
+    let store = Store::open(StoreConfig::new(&path)).unwrap();
+    assert_eq!(store.mask_secret().unwrap().pseudonym("alice"), first);
+    let other = tempfile::tempdir().unwrap();
+    let elsewhere = Store::open(StoreConfig::new(other.path().join("db"))).unwrap();
+    assert_ne!(elsewhere.mask_secret().unwrap().pseudonym("alice"), first);
+}

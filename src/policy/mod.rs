@@ -11,4 +11,5 @@
 //!   may see them, with the keyed pseudonym secret behind `hash`.
 
 pub mod expr;
+pub mod identity;
 pub mod masking;

@@ -147,6 +147,7 @@ pub const STORE_FORMAT_VERSION: u32 = 1;
 
 const META_TREE: &str = "meta";
 const META_FORMAT_KEY: &[u8] = b"format";
+const META_MASK_SECRET_KEY: &[u8] = b"mask_secret";
 
 /// Handle to the store; cheap to clone, all clones share one database.
 #[derive(Clone)]
@@ -270,6 +271,47 @@ impl Store {
     pub fn count(&self, product: &str) -> Result<u64, StoreError> {
         let trees = self.product(product)?;
         Ok(trees.instances.len() as u64)
+    }
+
+    /// The node secret that keys `hash` masks, created (random) on first
+    /// use and kept with the data: pseudonyms stay stable across restarts
+    /// as long as the data does, and go with it when the data is wiped.
+    pub fn mask_secret(&self) -> Result<crate::policy::masking::MaskSecret, StoreError> {
+        use crate::policy::masking::MaskSecret;
+        let meta = self
+            .inner
+            .db
+            .open_tree(META_TREE)
+            .map_err(|e| StoreError::sled("opening tree `meta`", e))?;
+        let invalid = |e: crate::policy::masking::MaskSecretError| StoreError::Meta {
+            path: self.inner.config.path.clone(),
+            detail: format!("mask secret: {e}"),
+        };
+        if let Some(bytes) = meta
+            .get(META_MASK_SECRET_KEY)
+            .map_err(|e| StoreError::sled("reading the mask secret", e))?
+        {
+            return MaskSecret::from_bytes(&bytes).map_err(invalid);
+        }
+        let fresh = MaskSecret::generate().map_err(invalid)?;
+        // Two first callers race: compare-and-swap keeps exactly one secret.
+        let _ = meta
+            .compare_and_swap(
+                META_MASK_SECRET_KEY,
+                None as Option<&[u8]>,
+                Some(&fresh[..]),
+            )
+            .map_err(|e| StoreError::sled("writing the mask secret", e))?;
+        meta.flush()
+            .map_err(|e| StoreError::sled("writing the mask secret", e))?;
+        let stored = meta
+            .get(META_MASK_SECRET_KEY)
+            .map_err(|e| StoreError::sled("reading the mask secret", e))?
+            .ok_or_else(|| StoreError::Meta {
+                path: self.inner.config.path.clone(),
+                detail: "mask secret vanished after it was written".into(),
+            })?;
+        MaskSecret::from_bytes(&stored).map_err(invalid)
     }
 
     /// The raw sled database, for tests that need to look under the hood
