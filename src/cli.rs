@@ -1,5 +1,5 @@
 //! The command line: `meshlet serve`, `meshlet check`, `meshlet quarantine`,
-//! `meshlet schema print`, `meshlet --version`.
+//! `meshlet schema print`, `meshlet contract export|import`, `meshlet --version`.
 //!
 //! This is the binary's edge: errors become one readable report on stderr
 //! and an exit code (0 success, 1 failure, 2 usage), never a panic.
@@ -11,6 +11,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
+
+mod contract;
 
 use crate::config::{self, HubConfig};
 use crate::product::{self, LoadContext};
@@ -51,6 +53,9 @@ pub enum Command {
     /// The GraphQL schema generated from the product definitions.
     #[command(subcommand)]
     Schema(SchemaCommand),
+    /// ODCS (Open Data Contract Standard v3) contracts of products.
+    #[command(subcommand)]
+    Contract(contract::ContractCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +119,7 @@ pub fn main() -> ExitCode {
         Command::Check(args) => check(&config, args),
         Command::Quarantine(command) => quarantine(config, command),
         Command::Schema(SchemaCommand::Print { products }) => print_schema(&config, products),
+        Command::Contract(command) => contract::run(&config, command),
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod contract;
 pub mod ingest;
 pub mod node;
 pub mod pipeline;

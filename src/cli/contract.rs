@@ -1,0 +1,105 @@
+//! `meshlet contract export PRODUCT` and `meshlet contract import FILE`:
+//! ODCS data contracts for the central catalog (see [`crate::contract`]).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use crate::config::HubConfig;
+use crate::contract;
+use crate::product::{self, LoadContext};
+
+#[derive(Debug, Subcommand)]
+pub enum ContractCommand {
+    /// Print a product's ODCS v3 data contract (YAML, or JSON with --json).
+    Export {
+        product: String,
+        /// Definition files or folders; default: the configured product paths.
+        #[arg(long = "products", short = 'p', value_name = "PATH")]
+        products: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a product-definition skeleton made from an ODCS contract
+    /// (YAML or JSON); add sources, then `meshlet check` it.
+    Import {
+        file: PathBuf,
+        /// The schema object to import, when the contract has several.
+        #[arg(long, value_name = "NAME")]
+        object: Option<String>,
+    },
+}
+
+pub fn run(config: &HubConfig, command: ContractCommand) -> ExitCode {
+    match command {
+        ContractCommand::Export {
+            product: name,
+            products,
+            json,
+        } => {
+            let paths = if products.is_empty() {
+                config.product_paths()
+            } else {
+                products
+            };
+            let ctx = LoadContext {
+                upstreams: config.upstream_names(),
+            };
+            let set = match product::load_paths(&paths, &ctx) {
+                Ok(set) => set,
+                Err(errors) => {
+                    for message in errors.messages() {
+                        eprintln!("{message}");
+                    }
+                    eprintln!("error: the product definitions are invalid; nothing exported");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let Some(found) = set.get(&name) else {
+                let known: Vec<&str> = set.iter().map(|p| p.name.as_str()).collect();
+                eprintln!(
+                    "error: no product `{name}` (known: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                );
+                return ExitCode::FAILURE;
+            };
+            let value = contract::export(found);
+            if json {
+                match serde_json::to_string_pretty(&value) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("error: cannot render the contract: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", contract::to_yaml(&value));
+            }
+            ExitCode::SUCCESS
+        }
+        ContractCommand::Import { file, object } => {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(text) => text,
+                Err(e) => {
+                    eprintln!("error: cannot read {}: {e}", file.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            match contract::import(&text, object.as_deref()) {
+                Ok(definition) => {
+                    print!("{definition}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {}: {e}", file.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
