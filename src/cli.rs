@@ -1,5 +1,5 @@
 //! The command line: `meshlet serve`, `meshlet check`, `meshlet quarantine`,
-//! `meshlet schema print`, `meshlet --version`.
+//! `meshlet erase`, `meshlet schema print`, `meshlet --version`.
 //!
 //! This is the binary's edge: errors become one readable report on stderr
 //! and an exit code (0 success, 1 failure, 2 usage), never a panic.
@@ -51,6 +51,26 @@ pub enum Command {
     /// The GraphQL schema generated from the product definitions.
     #[command(subcommand)]
     Schema(SchemaCommand),
+    /// Erase one entity for good: state, history, audit values and its
+    /// quarantined payloads; an audit line and a tombstone (who and when,
+    /// no values) remain. Works on the data directory with the node
+    /// stopped; a running node offers the same as the `erase<Product>`
+    /// GraphQL mutation.
+    Erase(EraseArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EraseArgs {
+    /// The product, as named in its definition.
+    pub product: String,
+    /// The entity key (int keys in decimal).
+    pub key: String,
+    /// Data directory (replaces `data_dir` from the config).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Who asks for the erasure, for the audit line; default `$USER`.
+    #[arg(long, value_name = "NAME")]
+    pub actor: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +134,71 @@ pub fn main() -> ExitCode {
         Command::Check(args) => check(&config, args),
         Command::Quarantine(command) => quarantine(config, command),
         Command::Schema(SchemaCommand::Print { products }) => print_schema(&config, products),
+        Command::Erase(args) => erase(config, args),
+    }
+}
+
+/// `meshlet erase`: offline, through [`crate::store::Store::erase`] like
+/// the mutation. A running node holds the store's lock; the error then
+/// points at the mutation instead.
+fn erase(mut config: HubConfig, args: EraseArgs) -> ExitCode {
+    crate::telemetry::init_logging(&crate::config::LogConfig {
+        level: "warn".to_string(),
+        ..config.log.clone()
+    });
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome: Result<bool, String> = runtime.block_on(async {
+        let products = crate::node::load_products(&config)
+            .map_err(|e| format!("product definitions are invalid:\n{e}"))?;
+        let Some(definition) = products.get(&args.product) else {
+            return Err(format!("no product named `{}`", args.product));
+        };
+        let store = crate::node::open_store(&config).await.map_err(|e| {
+            let mutation = crate::api::graphql::erase_mutation_name(&definition.name);
+            format!(
+                "{e}\n(is the node running? stop it, or erase through its API: mutation {{ {mutation}({}: ...) }} on http://{}/graphql)",
+                definition.key, config.http.listen
+            )
+        })?;
+        let actor = args
+            .actor
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "unknown".to_string());
+        let origin = crate::record::Origin::new("cli").with_actor(actor);
+        let erased = store
+            .erase(&args.product, &args.key, &origin)
+            .map_err(|e| e.to_string())?;
+        store.durable().await.map_err(|e| e.to_string())?;
+        Ok(erased)
+    });
+    match outcome {
+        Ok(true) => {
+            println!("erased {} `{}`", args.product, args.key);
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            println!(
+                "{} has no entity `{}`; nothing erased",
+                args.product, args.key
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
     }
 }
 
