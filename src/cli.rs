@@ -57,6 +57,20 @@ pub enum Command {
     /// stopped; a running node offers the same as the `erase<Product>`
     /// GraphQL mutation.
     Erase(EraseArgs),
+    /// Store encryption keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Write a new random 256-bit key (hex) for `store.encryption_key_file`.
+    Generate {
+        /// The file to create (readable by its owner only); never
+        /// overwritten. Without it the key goes to stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -135,6 +149,45 @@ pub fn main() -> ExitCode {
         Command::Quarantine(command) => quarantine(config, command),
         Command::Schema(SchemaCommand::Print { products }) => print_schema(&config, products),
         Command::Erase(args) => erase(config, args),
+        Command::Key(KeyCommand::Generate { out }) => generate_key(out),
+    }
+}
+
+/// `meshlet key generate`: a fresh key, to a new owner-only file or stdout.
+fn generate_key(out: Option<PathBuf>) -> ExitCode {
+    let key = match crate::store::EncryptionKey::generate() {
+        Ok(key) => key,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = format!("{}\n", key.to_hex());
+    let Some(path) = out else {
+        print!("{text}");
+        return ExitCode::SUCCESS;
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let written = options.open(&path).and_then(|mut file| {
+        use std::io::Write;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()
+    });
+    match written {
+        Ok(()) => {
+            println!(
+                "wrote a new store key to {}; keep a copy: without it the data cannot be read",
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: cannot create {}: {err}", path.display());
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -135,6 +135,11 @@ pub struct StoreSettings {
     /// Entities the sweeper visits per product per wake: bounded work, so a
     /// sweep never stalls ingest; the next wake resumes where it stopped.
     pub retention_budget: usize,
+    /// Encrypt stored values at rest with the key in this file (32 raw
+    /// bytes, 64 hex digits or base64; `meshlet key generate` writes one).
+    /// Set it before the first start: an existing unencrypted store is
+    /// refused with a key, an encrypted one without it or with another key.
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 impl Default for StoreSettings {
@@ -145,6 +150,7 @@ impl Default for StoreSettings {
             zstd_level: 3,
             retention_interval: Duration::from_secs(30),
             retention_budget: 1_000,
+            encryption_key_file: None,
         }
     }
 }

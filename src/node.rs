@@ -47,6 +47,8 @@ pub enum NodeError {
     },
     #[error("cannot open the store in {}: {source}", path.display())]
     Store { path: PathBuf, source: StoreError },
+    #[error(transparent)]
+    EncryptionKey(#[from] crate::store::KeyFileError),
     #[error("final flush of the store failed: {0}")]
     FinalFlush(StoreError),
     #[error(transparent)]
@@ -292,6 +294,12 @@ pub(crate) async fn open_store(config: &HubConfig) -> Result<Store, NodeError> {
     store_config.cache_capacity_bytes = config.store.cache_capacity_mb.saturating_mul(1 << 20);
     store_config.history_chunk_events = config.store.history_chunk_events;
     store_config.zstd_level = config.store.zstd_level;
+    store_config.encryption_key = config
+        .store
+        .encryption_key_file
+        .as_deref()
+        .map(crate::store::EncryptionKey::from_file)
+        .transpose()?;
     // sled's open replays its log: blocking disk work, off the runtime.
     tokio::task::spawn_blocking(move || Store::open(store_config))
         .await

@@ -26,7 +26,7 @@ use super::keys::{audit_key, entity_prefix, parse_history_key, TAG_CHUNK};
 use super::quarantine::{self, EntityEntries};
 use super::read::decode_stored_instance;
 use super::stored::{StoredAuditLine, StoredTombstone};
-use super::{tx_result, AuditAction, ProductTrees, Store, StoreError};
+use super::{tx_result, AuditAction, ProductTrees, Store, StoreError, AUDIT, HISTORY, TOMBSTONES};
 use crate::record::{Origin, Timestamp};
 
 /// What removing an entity took away.
@@ -66,11 +66,11 @@ impl Store {
                 e,
             )
         })?;
-        let quarantined = quarantine::entries_of(product, &trees.quarantine, entity)?;
+        let quarantined = quarantine::entries_of(&trees, entity)?;
         let last_version = match &instance {
             None if quarantined.ids.is_empty() => return Ok(false),
             None => 0,
-            Some(bytes) => match decode_stored_instance(product, entity, bytes) {
+            Some(bytes) => match decode_stored_instance(&trees, entity, bytes) {
                 Ok(state) => state.version,
                 Err(e) => {
                     tracing::warn!(error = %e, "erasing an entity whose state is corrupt");
@@ -124,7 +124,11 @@ pub(crate) fn remove_entity(
     for item in trees.history.scan_prefix(&prefix) {
         let (key, value) = item.map_err(|e| StoreError::sled(context("listing history"), e))?;
         history_events += match parse_history_key(&key) {
-            Some((TAG_CHUNK, _)) => decode_chunk_header(&value).map(|h| h.count).unwrap_or(0),
+            Some((TAG_CHUNK, _)) => trees
+                .open(HISTORY, &key, &value)
+                .and_then(|plain| decode_chunk_header(&plain))
+                .map(|h| h.count)
+                .unwrap_or(0),
             _ => 1,
         };
         history_keys.push(key);
@@ -137,7 +141,9 @@ pub(crate) fn remove_entity(
     let line_bytes =
         codec::encode(line).map_err(|e| StoreError::encode(product, entity, "audit line", e))?;
     let tombstone_bytes = tombstone
-        .map(codec::encode)
+        .map(|t| {
+            codec::encode(t).and_then(|plain| trees.seal(TOMBSTONES, entity.as_bytes(), plain))
+        })
         .transpose()
         .map_err(|e| StoreError::encode(product, entity, "tombstone", e))?;
     let quarantine_keys: Vec<Vec<u8>> = quarantined
@@ -167,7 +173,16 @@ pub(crate) fn remove_entity(
             let id = audit
                 .generate_id()
                 .map_err(ConflictableTransactionError::Storage)?;
-            audit.insert(audit_key(entity, id), line_bytes.clone())?;
+            let key = audit_key(entity, id);
+            let sealed = trees.seal(AUDIT, &key, line_bytes.clone()).map_err(|e| {
+                ConflictableTransactionError::Abort(StoreError::encode(
+                    product,
+                    entity,
+                    "audit line",
+                    e,
+                ))
+            })?;
+            audit.insert(key, sealed)?;
             if let Some(bytes) = &tombstone_bytes {
                 tombstones.insert(entity.as_bytes(), bytes.clone())?;
             }

@@ -29,7 +29,7 @@ use std::ops::Bound;
 use super::codec;
 use super::stored::{StoredQuarantineEntry, StoredQuarantineState};
 use super::types::{QuarantineEntry, QuarantineItem};
-use super::{Store, StoreError};
+use super::{ProductTrees, Store, StoreError, QUARANTINE};
 use crate::record::Timestamp;
 
 const TAG_ENTRY: u8 = b'E';
@@ -231,10 +231,16 @@ pub(crate) fn encode_entry(
     })
 }
 
-fn decode_entry(product: &str, id: u64, bytes: &[u8]) -> Result<QuarantineEntry, StoreError> {
-    let stored: StoredQuarantineEntry =
-        codec::decode(bytes).map_err(|e| StoreError::CorruptQuarantine {
-            product: product.to_string(),
+fn decode_entry(
+    trees: &ProductTrees,
+    id: u64,
+    bytes: &[u8],
+) -> Result<QuarantineEntry, StoreError> {
+    let stored: StoredQuarantineEntry = trees
+        .open(QUARANTINE, &entry_key(id), bytes)
+        .and_then(|plain| codec::decode(&plain))
+        .map_err(|e| StoreError::CorruptQuarantine {
+            product: trees.name.clone(),
             id,
             detail: e.to_string(),
         })?;
@@ -268,11 +274,9 @@ pub(crate) struct EntityEntries {
 /// index kept on every quarantine write would cost more than it saves.
 /// An entry that does not decode cannot be attributed and is left (it is
 /// reported, and listing the quarantine names it).
-pub(crate) fn entries_of(
-    product: &str,
-    tree: &sled::Tree,
-    entity: &str,
-) -> Result<EntityEntries, StoreError> {
+pub(crate) fn entries_of(trees: &ProductTrees, entity: &str) -> Result<EntityEntries, StoreError> {
+    let product = trees.name.as_str();
+    let tree = &trees.quarantine;
     let mut found = EntityEntries {
         ids: Vec::new(),
         state: load_state(product, tree)?,
@@ -284,7 +288,7 @@ pub(crate) fn entries_of(
         let Some(id) = parse_entry_key(&key) else {
             continue;
         };
-        match decode_entry(product, id, &value) {
+        match decode_entry(trees, id, &value) {
             Ok(entry) if entry.item.entity.as_deref() == Some(entity) => found.ids.push(id),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "erasure cannot check a corrupt quarantine entry"),
@@ -331,7 +335,7 @@ impl Store {
                     "malformed entry key",
                 )
             })?;
-            out.push(decode_entry(product, id, &value)?);
+            out.push(decode_entry(&trees, id, &value)?);
         }
         Ok(out)
     }
