@@ -381,6 +381,31 @@ impl Store {
         MaskSecret::from_bytes(&opened(&stored)?).map_err(invalid)
     }
 
+    /// Seals the encoded value of `key` in the (global) tree `tree` for an
+    /// encrypted store; passes it through for a plain one. For store
+    /// modules outside the product trees (the outbox): every value that
+    /// holds data goes through this or [`ProductTrees::seal`].
+    #[allow(dead_code)] // the outbox (sync) is its first user
+    pub(crate) fn seal_value(
+        &self,
+        tree: &str,
+        key: &[u8],
+        plain: Vec<u8>,
+    ) -> Result<Vec<u8>, codec::CodecError> {
+        seal::seal(&self.inner.seal, tree, key, plain)
+    }
+
+    /// Opens a value [`Store::seal_value`] sealed under the same tree and key.
+    #[allow(dead_code)] // the outbox (sync) is its first user
+    pub(crate) fn open_value<'a>(
+        &self,
+        tree: &str,
+        key: &[u8],
+        bytes: &'a [u8],
+    ) -> Result<std::borrow::Cow<'a, [u8]>, codec::CodecError> {
+        seal::open(&self.inner.seal, tree, key, bytes)
+    }
+
     /// The raw sled database, for tests that need to look under the hood
     /// (erasure checks, corruption injection). Not part of the API.
     #[doc(hidden)]
