@@ -172,6 +172,15 @@ fn an_encrypted_store_reads_back_with_its_key_and_shows_nothing_without_it() {
     assert!(found.is_empty(), "values readable on disk: {found:?}");
     // The scan does find what is really there (the entity keys).
     assert!(!occurrences(&store, "p-1").is_empty());
+    // A sealed value copied under another key does not open there.
+    let instances = store.raw_db().open_tree("person/instances").expect("tree");
+    let sealed = instances.get("p-1").expect("read").expect("value");
+    instances.insert("p-copy", sealed).expect("write");
+    let err = store
+        .get("person", "p-copy")
+        .expect_err("a moved value is refused");
+    assert!(err.to_string().contains("does not open"), "{err}");
+    instances.remove("p-copy").expect("remove");
     // Erasure works the same on an encrypted store.
     assert!(store
         .erase("person", "p-1", &meshlet::record::Origin::new("test"))

@@ -412,6 +412,13 @@ mod tests {
         assert_eq!(peer_certificate(cert.der()).subject_cn, None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = subject_common_name(&bytes);
+        }
+    }
+
     #[test]
     fn garbage_never_panics() {
         for len in 0..64 {

@@ -344,6 +344,15 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn opening_garbage_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128)) {
+            let sealer = Sealer::new(&key(3)).unwrap();
+            proptest::prop_assert!(sealer.open("t", b"k", &bytes).is_err());
+            let _ = EncryptionKey::parse(&bytes);
+        }
+    }
+
     #[test]
     fn the_canary_decides_and_refuses_mismatches() {
         let dir = tempfile::tempdir().unwrap();
