@@ -367,10 +367,11 @@ fn quarantine(config: HubConfig, command: QuarantineCommand) -> ExitCode {
                 for entry in entries {
                     let item = &entry.item;
                     println!(
-                        "#{} at {} from {}{}{}",
+                        "#{} at {} from {}{}{}{}",
                         entry.id,
                         entry.quarantined_at,
                         item.source,
+                        item.entity.as_deref().map(|e| format!(" entity {e}")).unwrap_or_default(),
                         item.topic.as_deref().map(|t| format!(" topic {t}")).unwrap_or_default(),
                         item.index.map(|i| format!(" record {i}")).unwrap_or_default(),
                     );
