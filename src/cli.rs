@@ -1,5 +1,6 @@
 //! The command line: `meshlet serve`, `meshlet check`, `meshlet quarantine`,
-//! `meshlet schema print`, `meshlet contract export|import`, `meshlet --version`.
+//! `meshlet erase`, `meshlet key generate`, `meshlet schema print`,
+//! `meshlet contract export|import`, `meshlet --version`.
 //!
 //! This is the binary's edge: errors become one readable report on stderr
 //! and an exit code (0 success, 1 failure, 2 usage), never a panic.
@@ -56,6 +57,40 @@ pub enum Command {
     /// ODCS (Open Data Contract Standard v3) contracts of products.
     #[command(subcommand)]
     Contract(contract::ContractCommand),
+    /// Erase one entity for good: state, history, audit values and its
+    /// quarantined payloads; an audit line and a tombstone (who and when,
+    /// no values) remain. Works on the data directory with the node
+    /// stopped; a running node offers the same as the `erase<Product>`
+    /// GraphQL mutation.
+    Erase(EraseArgs),
+    /// Store encryption keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Write a new random 256-bit key (hex) for `store.encryption_key_file`.
+    Generate {
+        /// The file to create (readable by its owner only); never
+        /// overwritten. Without it the key goes to stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EraseArgs {
+    /// The product, as named in its definition.
+    pub product: String,
+    /// The entity key (int keys in decimal).
+    pub key: String,
+    /// Data directory (replaces `data_dir` from the config).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Who asks for the erasure, for the audit line; default `$USER`.
+    #[arg(long, value_name = "NAME")]
+    pub actor: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,6 +155,110 @@ pub fn main() -> ExitCode {
         Command::Quarantine(command) => quarantine(config, command),
         Command::Schema(SchemaCommand::Print { products }) => print_schema(&config, products),
         Command::Contract(command) => contract::run(&config, command),
+        Command::Erase(args) => erase(config, args),
+        Command::Key(KeyCommand::Generate { out }) => generate_key(out),
+    }
+}
+
+/// `meshlet key generate`: a fresh key, to a new owner-only file or stdout.
+fn generate_key(out: Option<PathBuf>) -> ExitCode {
+    let key = match crate::store::EncryptionKey::generate() {
+        Ok(key) => key,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = format!("{}\n", key.to_hex());
+    let Some(path) = out else {
+        print!("{text}");
+        return ExitCode::SUCCESS;
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let written = options.open(&path).and_then(|mut file| {
+        use std::io::Write;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()
+    });
+    match written {
+        Ok(()) => {
+            println!(
+                "wrote a new store key to {}; keep a copy: without it the data cannot be read",
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: cannot create {}: {err}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `meshlet erase`: offline, through [`crate::store::Store::erase`] like
+/// the mutation. A running node holds the store's lock; the error then
+/// points at the mutation instead.
+fn erase(mut config: HubConfig, args: EraseArgs) -> ExitCode {
+    crate::telemetry::init_logging(&crate::config::LogConfig {
+        level: "warn".to_string(),
+        ..config.log.clone()
+    });
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome: Result<bool, String> = runtime.block_on(async {
+        let products = crate::node::load_products(&config)
+            .map_err(|e| format!("product definitions are invalid:\n{e}"))?;
+        let Some(definition) = products.get(&args.product) else {
+            return Err(format!("no product named `{}`", args.product));
+        };
+        let store = crate::node::open_store(&config).await.map_err(|e| {
+            let mutation = crate::api::graphql::erase_mutation_name(&definition.name);
+            format!(
+                "{e}\n(is the node running? stop it, or erase through its API: mutation {{ {mutation}({}: ...) }} on http://{}/graphql)",
+                definition.key, config.http.listen
+            )
+        })?;
+        let actor = args
+            .actor
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "unknown".to_string());
+        let origin = crate::record::Origin::new("cli").with_actor(actor);
+        let erased = store
+            .erase(&args.product, &args.key, &origin)
+            .map_err(|e| e.to_string())?;
+        store.durable().await.map_err(|e| e.to_string())?;
+        Ok(erased)
+    });
+    match outcome {
+        Ok(true) => {
+            println!("erased {} `{}`", args.product, args.key);
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            println!(
+                "{} has no entity `{}`; nothing erased",
+                args.product, args.key
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -235,10 +374,11 @@ fn quarantine(config: HubConfig, command: QuarantineCommand) -> ExitCode {
                 for entry in entries {
                     let item = &entry.item;
                     println!(
-                        "#{} at {} from {}{}{}",
+                        "#{} at {} from {}{}{}{}",
                         entry.id,
                         entry.quarantined_at,
                         item.source,
+                        item.entity.as_deref().map(|e| format!(" entity {e}")).unwrap_or_default(),
                         item.topic.as_deref().map(|t| format!(" topic {t}")).unwrap_or_default(),
                         item.index.map(|i| format!(" record {i}")).unwrap_or_default(),
                     );

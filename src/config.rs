@@ -74,6 +74,8 @@ pub struct HttpConfig {
     /// Serve GraphiQL at `GET /graphql` (on for the embedded default, off
     /// in the production config example).
     pub graphiql: bool,
+    /// HTTPS instead of HTTP when set (`[http.tls]`).
+    pub tls: Option<HttpTlsConfig>,
 }
 
 impl Default for HttpConfig {
@@ -81,8 +83,40 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             graphiql: true,
+            tls: None,
         }
     }
+}
+
+/// TLS on the HTTP listener, optionally with client certificates (mTLS).
+/// Files are read once at start; a file that is missing, holds no PEM of
+/// the expected kind, or a key that does not match the certificate stops
+/// the node with an error naming the file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the leaf certificate.
+    pub key_file: PathBuf,
+    /// PEM CA bundle that client certificates are verified against. When
+    /// absent, the listener does not ask for client certificates.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// With a client CA: `required` (the default — a connection without a
+    /// valid certificate fails the handshake) or `optional` (no certificate
+    /// is fine; a presented one must still verify).
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+}
+
+/// Whether a client certificate is required when a client CA is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    Optional,
+    #[default]
+    Required,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,6 +129,17 @@ pub struct StoreSettings {
     pub history_chunk_events: usize,
     /// zstd level for sealed chunks.
     pub zstd_level: i32,
+    /// How often the retention sweeper wakes.
+    #[serde(with = "humantime_serde_compat")]
+    pub retention_interval: Duration,
+    /// Entities the sweeper visits per product per wake: bounded work, so a
+    /// sweep never stalls ingest; the next wake resumes where it stopped.
+    pub retention_budget: usize,
+    /// Encrypt stored values at rest with the key in this file (32 raw
+    /// bytes, 64 hex digits or base64; `meshlet key generate` writes one).
+    /// Set it before the first start: an existing unencrypted store is
+    /// refused with a key, an encrypted one without it or with another key.
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 impl Default for StoreSettings {
@@ -103,6 +148,9 @@ impl Default for StoreSettings {
             cache_capacity_mb: 16,
             history_chunk_events: 256,
             zstd_level: 3,
+            retention_interval: Duration::from_secs(30),
+            retention_budget: 1_000,
+            encryption_key_file: None,
         }
     }
 }

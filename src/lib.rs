@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod product;
 pub mod record;
+pub mod retention;
 pub mod sd_notify;
 pub mod store;
 pub mod telemetry;

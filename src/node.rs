@@ -27,13 +27,8 @@ use crate::ingest::client::{self, ClientConfigError};
 use crate::ingest::file_tail::FileTail;
 use crate::ingest::Ingestor;
 use crate::product::{self, LoadContext, LoadErrors, ProductSet, Source};
-use crate::record::Timestamp;
-use crate::store::{RetentionSpec, Store, StoreConfig, StoreError};
-
-/// How often the retention sweeper wakes, and how many entities it visits
-/// per product per wake: bounded work, so a sweep never stalls ingest.
-const RETENTION_TICK: Duration = Duration::from_secs(30);
-const RETENTION_BUDGET: usize = 1_000;
+use crate::retention::{RetentionMetrics, SweepSchedule};
+use crate::store::{Store, StoreConfig, StoreError};
 
 /// Why the node could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +47,8 @@ pub enum NodeError {
     },
     #[error("cannot open the store in {}: {source}", path.display())]
     Store { path: PathBuf, source: StoreError },
+    #[error(transparent)]
+    EncryptionKey(#[from] crate::store::KeyFileError),
     #[error("final flush of the store failed: {0}")]
     FinalFlush(StoreError),
     #[error(transparent)]
@@ -171,8 +168,9 @@ pub async fn start(
         Some(external) => Some(client::options(external, &node_id)?),
         None => None,
     };
-    let listener = HttpListener::bind(config.http.listen).await?;
+    let listener = HttpListener::bind(config.http.listen, config.http.tls.as_ref()).await?;
     let http_addr = listener.local_addr();
+    let http_scheme = listener.scheme();
     let broker = if config.mqtt.embedded.enabled {
         Some(EmbeddedBroker::bind(&config.mqtt.embedded).await?)
     } else {
@@ -231,27 +229,41 @@ pub async fn start(
             .watch_definitions(config.product_paths(), reload_context, readiness.clone())
             .instrument(info_span!("graphql_reload")),
     );
+    let retention_metrics = RetentionMetrics::default();
     let app = api::router(ApiState {
         node_id: node_id.clone(),
         readiness: readiness.clone(),
         ingestor,
         max_http_body_bytes: config.ingest.max_http_body_bytes,
         graphql,
+        tls_metrics: listener.tls_metrics(),
+        retention: retention_metrics.clone(),
     });
     let server = tokio::spawn(
         listener
             .serve(app, shutdown.clone())
             .instrument(info_span!("http", addr = %http_addr)),
     );
+    let schedule = SweepSchedule {
+        interval: config.store.retention_interval,
+        budget: config.store.retention_budget,
+    };
     tasks.spawn(
-        retention_sweeper(store.clone(), products.clone(), shutdown.clone())
-            .instrument(info_span!("retention")),
+        crate::retention::sweeper(
+            store.clone(),
+            products.clone(),
+            schedule,
+            retention_metrics,
+            shutdown.clone(),
+        )
+        .instrument(info_span!("retention")),
     );
 
     readiness.set_products(products.iter().map(|p| p.name.clone()).collect());
     readiness.set_phase(Phase::Ready);
     info!(
         http = %http_addr,
+        scheme = http_scheme,
         mqtt = %mqtt_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         data_dir = %config.data_dir.display(),
         products = products.len(),
@@ -282,6 +294,12 @@ pub(crate) async fn open_store(config: &HubConfig) -> Result<Store, NodeError> {
     store_config.cache_capacity_bytes = config.store.cache_capacity_mb.saturating_mul(1 << 20);
     store_config.history_chunk_events = config.store.history_chunk_events;
     store_config.zstd_level = config.store.zstd_level;
+    store_config.encryption_key = config
+        .store
+        .encryption_key_file
+        .as_deref()
+        .map(crate::store::EncryptionKey::from_file)
+        .transpose()?;
     // sled's open replays its log: blocking disk work, off the runtime.
     tokio::task::spawn_blocking(move || Store::open(store_config))
         .await
@@ -319,63 +337,4 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(&tmp, bytes)?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, path)
-}
-
-/// Enforces each product's history and retention policy a bounded slice
-/// at a time, resuming where the previous tick stopped.
-async fn retention_sweeper(store: Store, products: Arc<ProductSet>, shutdown: CancellationToken) {
-    let mut cursors: Vec<Option<String>> = vec![None; products.len()];
-    let mut tick = tokio::time::interval(RETENTION_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        for (product, cursor) in products.iter().zip(cursors.iter_mut()) {
-            let spec = RetentionSpec {
-                history_keep: product.history.keep,
-                history_max_age: product.history.max_age,
-                expire_after: product.retention.expire_after,
-            };
-            if spec.history_keep.is_none()
-                && spec.history_max_age.is_none()
-                && spec.expire_after.is_none()
-            {
-                continue;
-            }
-            let store = store.clone();
-            let name = product.name.clone();
-            let from = cursor.take();
-            let swept = tokio::task::spawn_blocking(move || {
-                store.sweep_retention(
-                    &name,
-                    &spec,
-                    Timestamp::now(),
-                    from.as_deref(),
-                    RETENTION_BUDGET,
-                )
-            })
-            .await;
-            match swept {
-                Ok(Ok(report)) => {
-                    if report.events_removed > 0 || report.entities_expired > 0 {
-                        info!(
-                            product = %product.name,
-                            events_removed = report.events_removed,
-                            entities_expired = report.entities_expired,
-                            "retention sweep"
-                        );
-                    }
-                    *cursor = report.next_cursor;
-                }
-                Ok(Err(err)) => {
-                    warn!(product = %product.name, error = %err, "retention sweep failed")
-                }
-                Err(join) => {
-                    warn!(product = %product.name, error = %join, "retention sweep panicked")
-                }
-            }
-        }
-    }
 }

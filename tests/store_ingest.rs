@@ -59,6 +59,7 @@ fn item(tag: &str) -> QuarantineItem {
         arrival: Timestamp(7),
         origin: Origin::new("mqtt:plant/berlin").with_actor("dev"),
         index: None,
+        entity: Some(tag.into()),
     }
 }
 

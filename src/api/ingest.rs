@@ -209,6 +209,8 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     let mut text = String::with_capacity(4 * 1024);
     state.ingestor.metrics().render_prometheus(&mut text);
     state.graphql.render_prometheus(&mut text);
+    state.tls_metrics.render_prometheus(&mut text);
+    state.retention.render_prometheus(&mut text);
     (
         [(
             header::CONTENT_TYPE,

@@ -7,6 +7,7 @@
 pub mod graphql;
 mod health;
 mod ingest;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +26,10 @@ pub struct ApiState {
     pub max_http_body_bytes: usize,
     /// The live GraphQL schema and what its resolvers share.
     pub graphql: graphql::GraphqlApi,
+    /// Handshake figures of the HTTPS listener (zero without TLS).
+    pub tls_metrics: tls::TlsMetrics,
+    /// What the retention sweeper removed, for `/metrics`.
+    pub retention: crate::retention::RetentionMetrics,
 }
 
 /// Builds the router for the given state.
@@ -43,6 +48,8 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsConfigError),
     #[error("HTTP server on {addr} failed: {source}")]
     Serve {
         addr: SocketAddr,
@@ -51,34 +58,68 @@ pub enum ServeError {
 }
 
 /// A bound listener, so the caller learns the real port (`:0` in tests)
-/// before serving starts.
+/// before serving starts. With TLS configured it serves HTTPS (see
+/// [`tls`]).
 pub struct HttpListener {
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls_metrics: tls::TlsMetrics,
 }
 
 impl HttpListener {
-    pub async fn bind(addr: SocketAddr) -> Result<HttpListener, ServeError> {
+    /// Reads the TLS files (when configured) before binding, so a bad
+    /// certificate is reported before anything listens.
+    pub async fn bind(
+        addr: SocketAddr,
+        tls_config: Option<&crate::config::HttpTlsConfig>,
+    ) -> Result<HttpListener, ServeError> {
+        let tls = tls_config.map(tls::acceptor).transpose()?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
         let addr = listener
             .local_addr()
             .map_err(|source| ServeError::Bind { addr, source })?;
-        Ok(HttpListener { listener, addr })
+        Ok(HttpListener {
+            listener,
+            addr,
+            tls,
+            tls_metrics: tls::TlsMetrics::default(),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
+    /// `https` with TLS configured, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The handshake counters, for the router's `/metrics`.
+    pub fn tls_metrics(&self) -> tls::TlsMetrics {
+        self.tls_metrics.clone()
+    }
+
     /// Serves until `shutdown` is cancelled, then stops accepting and lets
     /// in-flight requests finish.
     pub async fn serve(self, app: Router, shutdown: CancellationToken) -> Result<(), ServeError> {
         let addr = self.addr;
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-            .map_err(|source| ServeError::Serve { addr, source })
+        match self.tls {
+            Some(acceptor) => {
+                tls::serve(self.listener, acceptor, self.tls_metrics, app, shutdown).await;
+                Ok(())
+            }
+            None => axum::serve(self.listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+                .map_err(|source| ServeError::Serve { addr, source }),
+        }
     }
 }

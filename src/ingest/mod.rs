@@ -420,6 +420,7 @@ fn quarantine_item(payload: &[u8], provenance: &Provenance<'_>, bad: &Invalid) -
         arrival: provenance.arrival,
         origin: provenance.origin.clone(),
         index: bad.index.map(|i| u32::try_from(i).unwrap_or(u32::MAX)),
+        entity: bad.entity.clone(),
     }
 }
 

@@ -182,6 +182,11 @@ pub struct Invalid {
     pub index: Option<usize>,
     /// Every reason found, never empty.
     pub reasons: Vec<Violation>,
+    /// The entity the record is about, when its key could be read (from a
+    /// topic capture or the payload) even though the record is invalid: a
+    /// quarantined payload is personal data of that entity, and erasing the
+    /// entity must find it.
+    pub entity: Option<String>,
 }
 
 /// The outcome for one payload: each record is in exactly one list, in
@@ -206,15 +211,22 @@ pub fn process(
             processed.invalid.push(Invalid {
                 index: None,
                 reasons: vec![problem],
+                entity: validate::entity_of(product, shape, None, input),
             });
             return processed;
         }
     };
     for item in items {
-        let outcome = item
-            .document
-            .map_err(|problem| vec![problem])
-            .and_then(|document| validate::build(product, shape, &document, input));
+        let entity = |document: Option<&serde_json::Value>| {
+            validate::entity_of(product, shape, document, input)
+        };
+        let (outcome, entity) = match &item.document {
+            Ok(document) => (
+                validate::build(product, shape, document, input),
+                entity(Some(document)),
+            ),
+            Err(problem) => (Err(vec![problem.clone()]), entity(None)),
+        };
         match outcome {
             Ok(accepted) if accepted.record.entity.len() > limits.max_key_bytes => {
                 processed.invalid.push(Invalid {
@@ -228,6 +240,7 @@ pub fn process(
                             limits.max_key_bytes
                         ),
                     )],
+                    entity: Some(accepted.record.entity),
                 })
             }
             Ok(accepted) => processed.accepted.push(Accepted {
@@ -237,6 +250,7 @@ pub fn process(
             Err(reasons) => processed.invalid.push(Invalid {
                 index: Some(item.index),
                 reasons,
+                entity,
             }),
         }
     }

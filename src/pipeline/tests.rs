@@ -928,3 +928,35 @@ proptest! {
         prop_assert_eq!(a.dropped.is_empty(), a.record.fields.contains_key(field));
     }
 }
+
+// --- the entity of invalid records (erasure finds quarantined payloads) --
+
+#[test]
+fn an_invalid_record_names_its_entity_when_the_key_is_readable() {
+    let product = machine("quarantine");
+    let entities = |processed: Processed| -> Vec<Option<String>> {
+        assert!(processed.accepted.is_empty(), "{:?}", processed.accepted);
+        processed.invalid.into_iter().map(|i| i.entity).collect()
+    };
+    // From the payload (HTTP ndjson), one per line, none for a bad key.
+    let lines = "{\"machine_id\":\"m1\",\"count\":-1}\n{\"machine_id\":\"nope\",\"firmware\":\"x\"}\n{\"count\":2}";
+    assert_eq!(
+        entities(run(&product, 5, lines)),
+        vec![Some("m1".to_string()), None, None]
+    );
+    // From the topic, even when the payload does not decode at all.
+    let shape = shape(&product, 0);
+    let broken = run_with(
+        &product,
+        &shape,
+        b"{not json",
+        &[("site", "b"), ("machine_id", "m7")],
+        &Limits::default(),
+    );
+    assert_eq!(entities(broken), vec![Some("m7".to_string())]);
+    // An int key is rendered in decimal, as the store keys it.
+    assert_eq!(
+        entities(run(&counter(), 0, "{\"id\": 42, \"n\": \"x\"}")),
+        vec![Some("42".to_string())]
+    );
+}

@@ -95,6 +95,27 @@ pub(crate) fn build(
     })
 }
 
+/// The entity key of a record that may be invalid otherwise: the key field
+/// as `build` would read it (topic capture first), when it is present and
+/// coerces. `document` is `None` when the payload could not be decoded;
+/// only a topic capture can name the entity then.
+pub(crate) fn entity_of(
+    product: &Product,
+    shape: &SourceShape,
+    document: Option<&Json>,
+    input: &Input<'_>,
+) -> Option<String> {
+    let field = product.fields.get(&product.key)?;
+    let empty = Json::Null;
+    let value = field_value(field, true, shape, document.unwrap_or(&empty), input).ok()??;
+    match value {
+        Value::String(s) => Some(s),
+        Value::Int(i) => Some(i.to_string()),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
 /// The field's coerced value: `None` when absent, `Some(Value::Null)` for
 /// an explicit null (which clears the stored field), or every violation.
 fn field_value(

@@ -9,6 +9,7 @@
 //! | [`FORMAT_MSGPACK`] (1) | MessagePack with named fields |
 //! | [`FORMAT_ZSTD_MSGPACK`] (2) | zstd frame of MessagePack with named fields |
 //! | [`FORMAT_CHUNK`] (3) | a history chunk frame, see [`super::chunk`] |
+//! | `FORMAT_SEALED` (4) | AES-256-GCM over one of the above, see [`super::seal`] |
 //!
 //! Named fields (`rmp_serde::to_vec_named`) let stored structs gain
 //! `#[serde(default)]` fields without a migration. Decoding never panics:

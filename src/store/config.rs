@@ -22,6 +22,10 @@ pub struct StoreConfig {
     /// Longest accepted entity key, in bytes. Default 512; at most 65,535
     /// (the history and audit keys carry the length as a `u16`).
     pub max_entity_key_bytes: usize,
+    /// Seal stored values with this key (see `seal.rs`). Default none. A
+    /// store created with a key only opens with the same key; one created
+    /// without only opens without.
+    pub encryption_key: Option<super::EncryptionKey>,
 }
 
 impl StoreConfig {
@@ -38,6 +42,7 @@ impl StoreConfig {
             history_chunk_events: Self::DEFAULT_HISTORY_CHUNK_EVENTS,
             zstd_level: Self::DEFAULT_ZSTD_LEVEL,
             max_entity_key_bytes: Self::DEFAULT_MAX_ENTITY_KEY_BYTES,
+            encryption_key: None,
         }
     }
 

@@ -1,7 +1,21 @@
 //! Erasure: removing every value of one entity, leaving only who and when.
 //!
+//! [`Store::erase`] is the single entry point (the GraphQL mutation, the
+//! `meshlet erase` command and, with sync, the outbox all go through it).
+//! In one transaction it removes the instance, the whole history, every
+//! earlier audit line and every quarantine entry recorded for the entity,
+//! and writes an `Erased` audit line (origin and time, no values, no field
+//! names) and a tombstone.
+//!
+//! Not removed: the dedupe window. It holds only unkeyed 128-bit digests of
+//! recently received messages (no entity key, no values, no field names),
+//! ages out by count, and keeping them stops a sender's redelivery of the
+//! erased entity's last message from recreating it.
+//!
 //! Shared with retention expiry, which removes an entity the same way but
-//! leaves an `Expired` line and no tombstone.
+//! leaves an `Expired` line and no tombstone, and leaves the quarantine
+//! alone (a per-entity quarantine scan is affordable for a rare erasure, not
+//! for every expired entity of a sweep).
 
 use sled::transaction::ConflictableTransactionError;
 use sled::Transactional;
@@ -9,23 +23,26 @@ use sled::Transactional;
 use super::chunk::decode_chunk_header;
 use super::codec;
 use super::keys::{audit_key, entity_prefix, parse_history_key, TAG_CHUNK};
+use super::quarantine::{self, EntityEntries};
 use super::read::decode_stored_instance;
 use super::stored::{StoredAuditLine, StoredTombstone};
-use super::{tx_result, AuditAction, ProductTrees, Store, StoreError};
+use super::{tx_result, AuditAction, ProductTrees, Store, StoreError, AUDIT, HISTORY, TOMBSTONES};
 use crate::record::{Origin, Timestamp};
 
 /// What removing an entity took away.
 pub(crate) struct Removed {
     pub history_events: u64,
+    pub quarantine_entries: usize,
 }
 
 impl Store {
-    /// Erases one entity: its instance, its whole history (chunks and tail)
-    /// and every earlier audit line go, in one transaction; one `Erased`
-    /// audit line (origin and time, no values, no field names) and a
-    /// tombstone stay. Returns whether the entity existed; erasing a missing
-    /// entity writes nothing. Works on an entity whose stored state is
-    /// corrupt (the tombstone's `last_version` is then 0).
+    /// Erases one entity: its instance, its whole history (chunks and tail),
+    /// every earlier audit line and its quarantine entries go, in one
+    /// transaction; one `Erased` audit line (origin and time, no values, no
+    /// field names) and a tombstone stay. Returns whether there was anything
+    /// of the entity (an instance, or only quarantined payloads); erasing an
+    /// unknown entity writes nothing. Works on an entity whose stored state
+    /// is corrupt (the tombstone's `last_version` is then 0).
     pub fn erase(&self, product: &str, entity: &str, origin: &Origin) -> Result<bool, StoreError> {
         self.erase_at(product, entity, origin, Timestamp::now())
     }
@@ -43,21 +60,23 @@ impl Store {
         let span = tracing::info_span!("store.erase", product, entity);
         let _enter = span.enter();
         let _writer = self.write_lock();
-        let Some(bytes) = trees.instances.get(entity.as_bytes()).map_err(|e| {
+        let instance = trees.instances.get(entity.as_bytes()).map_err(|e| {
             StoreError::sled(
                 format!("product `{product}`, entity `{entity}`: reading instance"),
                 e,
             )
-        })?
-        else {
-            return Ok(false);
-        };
-        let last_version = match decode_stored_instance(product, entity, &bytes) {
-            Ok(state) => state.version,
-            Err(e) => {
-                tracing::warn!(error = %e, "erasing an entity whose state is corrupt");
-                0
-            }
+        })?;
+        let quarantined = quarantine::entries_of(&trees, entity)?;
+        let last_version = match &instance {
+            None if quarantined.ids.is_empty() => return Ok(false),
+            None => 0,
+            Some(bytes) => match decode_stored_instance(&trees, entity, bytes) {
+                Ok(state) => state.version,
+                Err(e) => {
+                    tracing::warn!(error = %e, "erasing an entity whose state is corrupt");
+                    0
+                }
+            },
         };
         let line = StoredAuditLine {
             first_at: at,
@@ -74,25 +93,28 @@ impl Store {
             origin: origin.clone(),
             last_version,
         };
-        let removed = remove_entity(&trees, entity, &line, Some(&tombstone))?;
+        let removed = remove_entity(&trees, entity, &line, Some(&tombstone), Some(&quarantined))?;
         self.inner.group.wrote();
         tracing::info!(
             last_version,
             history_events = removed.history_events,
+            quarantine_entries = removed.quarantine_entries,
             "entity erased"
         );
         Ok(true)
     }
 }
 
-/// Removes instance, history and audit of `entity` and appends `line`
-/// (and `tombstone`) in one transaction. The caller holds the writer lock,
-/// so the key lists read here cannot change before the transaction.
+/// Removes instance, history and audit of `entity` (and the `quarantined`
+/// entries, updating the quarantine count) and appends `line` (and
+/// `tombstone`) in one transaction. The caller holds the writer lock, so
+/// the key lists read before the transaction cannot change.
 pub(crate) fn remove_entity(
     trees: &ProductTrees,
     entity: &str,
     line: &StoredAuditLine,
     tombstone: Option<&StoredTombstone>,
+    quarantined: Option<&EntityEntries>,
 ) -> Result<Removed, StoreError> {
     let product = trees.name.as_str();
     let context = |what: &str| format!("product `{product}`, entity `{entity}`: {what}");
@@ -102,7 +124,11 @@ pub(crate) fn remove_entity(
     for item in trees.history.scan_prefix(&prefix) {
         let (key, value) = item.map_err(|e| StoreError::sled(context("listing history"), e))?;
         history_events += match parse_history_key(&key) {
-            Some((TAG_CHUNK, _)) => decode_chunk_header(&value).map(|h| h.count).unwrap_or(0),
+            Some((TAG_CHUNK, _)) => trees
+                .open(HISTORY, &key, &value)
+                .and_then(|plain| decode_chunk_header(&plain))
+                .map(|h| h.count)
+                .unwrap_or(0),
             _ => 1,
         };
         history_keys.push(key);
@@ -115,17 +141,28 @@ pub(crate) fn remove_entity(
     let line_bytes =
         codec::encode(line).map_err(|e| StoreError::encode(product, entity, "audit line", e))?;
     let tombstone_bytes = tombstone
-        .map(codec::encode)
+        .map(|t| {
+            codec::encode(t).and_then(|plain| trees.seal(TOMBSTONES, entity.as_bytes(), plain))
+        })
         .transpose()
         .map_err(|e| StoreError::encode(product, entity, "tombstone", e))?;
+    let quarantine_keys: Vec<Vec<u8>> = quarantined
+        .map(|q| q.ids.iter().map(|&id| quarantine::entry_key(id)).collect())
+        .unwrap_or_default();
+    let quarantine_state = quarantined
+        .filter(|q| !q.ids.is_empty())
+        .map(|q| codec::encode(&q.state))
+        .transpose()
+        .map_err(|e| StoreError::encode(product, entity, "quarantine state", e))?;
 
     let result = (
         &trees.instances,
         &trees.history,
         &trees.audit,
         &trees.tombstones,
+        &trees.quarantine,
     )
-        .transaction(|(instances, history, audit, tombstones)| {
+        .transaction(|(instances, history, audit, tombstones, quarantine_tree)| {
             instances.remove(entity.as_bytes())?;
             for key in &history_keys {
                 history.remove(key)?;
@@ -136,12 +173,30 @@ pub(crate) fn remove_entity(
             let id = audit
                 .generate_id()
                 .map_err(ConflictableTransactionError::Storage)?;
-            audit.insert(audit_key(entity, id), line_bytes.clone())?;
+            let key = audit_key(entity, id);
+            let sealed = trees.seal(AUDIT, &key, line_bytes.clone()).map_err(|e| {
+                ConflictableTransactionError::Abort(StoreError::encode(
+                    product,
+                    entity,
+                    "audit line",
+                    e,
+                ))
+            })?;
+            audit.insert(key, sealed)?;
             if let Some(bytes) = &tombstone_bytes {
                 tombstones.insert(entity.as_bytes(), bytes.clone())?;
+            }
+            for key in &quarantine_keys {
+                quarantine_tree.remove(key.as_slice())?;
+            }
+            if let Some(state) = &quarantine_state {
+                quarantine_tree.insert(quarantine::STATE_KEY, state.clone())?;
             }
             Ok::<_, ConflictableTransactionError<StoreError>>(())
         });
     tx_result(result, || context("removing the entity"))?;
-    Ok(Removed { history_events })
+    Ok(Removed {
+        history_events,
+        quarantine_entries: quarantine_keys.len(),
+    })
 }

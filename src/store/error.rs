@@ -12,6 +12,12 @@ use std::path::PathBuf;
 /// failed group flush can be reported to every caller that waited on it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// The configured encryption key and the store do not go together
+    /// (wrong key, missing key, key for an unencrypted store). Found before
+    /// the database is opened: nothing was read or written.
+    #[error(transparent)]
+    Encryption(#[from] super::KeyCheck),
+
     /// Bytes on disk could not be decoded. Only the named entity is
     /// affected; the store keeps serving every other entity.
     #[error("product `{product}`, entity `{entity}`: corrupt {what}: {detail}")]

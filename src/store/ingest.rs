@@ -23,7 +23,7 @@ use super::types::{
     Fingerprint, IngestBatch, IngestLimits, IngestOutcome, QuarantineItem, SourceOffset,
 };
 use super::write::{TxResult, UpsertTx};
-use super::{codec, tx_result, Change, Store, StoreError};
+use super::{codec, tx_result, Change, Store, StoreError, QUARANTINE};
 use crate::record::{Record, Timestamp};
 
 /// One record to apply, borrowed (so [`Store::upsert`] needs no copies).
@@ -176,7 +176,11 @@ impl Store {
                 quarantine_writes.push((entry_key(id), None));
             }
             for (id, bytes) in plan.new_ids.iter().zip(entries).skip(plan.new_evicted) {
-                quarantine_writes.push((entry_key(*id), Some(bytes)));
+                let key = entry_key(*id);
+                let bytes = trees.seal(QUARANTINE, &key, bytes).map_err(|e| {
+                    StoreError::encode(product, "(quarantine)", "quarantine entry", e)
+                })?;
+                quarantine_writes.push((key, Some(bytes)));
             }
             let state = codec::encode(&plan.state)
                 .map_err(|e| StoreError::encode(product, "(quarantine)", "quarantine state", e))?;
@@ -203,6 +207,7 @@ impl Store {
                         history,
                         audit,
                         tombstones,
+                        trees: &trees,
                     };
                     let changes = batch
                         .records

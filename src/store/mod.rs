@@ -42,8 +42,13 @@
 //! **Source offsets** (`offsets.rs`): one opaque position per source name,
 //! node-wide; [`Store::source_offset`] reads it back.
 //!
-//! Erasure and retention leave dedupe and quarantine alone: both are
-//! bounded by count, and neither holds instance values.
+//! Erasure removes the entity's quarantine entries (they record the entity
+//! when its key could be read); retention leaves the quarantine alone, and
+//! both leave the dedupe window (unkeyed digests, bounded by count).
+//!
+//! **Encryption at rest** (`seal.rs`, opt-in with a key): every value that
+//! holds data is sealed with AES-256-GCM after compression, bound to its
+//! tree and key; a canary file decides at open whether the key fits.
 //!
 //! **Merge** (see `merge.rs`): a record's fields overwrite the instance's,
 //! absent fields stay, `Value::Null` clears. Every record — even one that
@@ -122,6 +127,7 @@ mod offsets;
 mod quarantine;
 mod read;
 mod retention;
+mod seal;
 mod sessions;
 mod stored;
 mod types;
@@ -133,6 +139,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 pub use config::StoreConfig;
 pub use error::StoreError;
 pub use retention::RETENTION_ORIGIN;
+pub use seal::{EncryptionKey, KeyCheck, KeyFileError};
 pub use types::{
     AuditAction, AuditEntry, AuditQuery, Change, Fingerprint, HistoryEvent, HistoryQuery,
     IngestBatch, IngestLimits, IngestOutcome, IngestRecord, Instance, Page, QuarantineEntry,
@@ -164,6 +171,8 @@ struct Inner {
     /// Serializes every write, so transactions never conflict.
     writer: Mutex<()>,
     group: GroupCommit,
+    /// The sealer of an encrypted store.
+    seal: seal::Seal,
 }
 
 /// The trees of one product.
@@ -175,6 +184,43 @@ pub(crate) struct ProductTrees {
     pub tombstones: sled::Tree,
     pub dedupe: sled::Tree,
     pub quarantine: sled::Tree,
+    seal: seal::Seal,
+}
+
+/// Tree suffixes, for the associated data of sealed values.
+pub(crate) const INSTANCES: &str = "instances";
+pub(crate) const HISTORY: &str = "history";
+pub(crate) const AUDIT: &str = "audit";
+pub(crate) const TOMBSTONES: &str = "tombstones";
+pub(crate) const QUARANTINE: &str = "quarantine";
+
+impl ProductTrees {
+    /// Seals the encoded value of `key` in the product's tree `tree` (one
+    /// of the suffix constants); a no-op for a plain store.
+    pub(crate) fn seal(
+        &self,
+        tree: &str,
+        key: &[u8],
+        plain: Vec<u8>,
+    ) -> Result<Vec<u8>, codec::CodecError> {
+        if self.seal.is_none() {
+            return Ok(plain);
+        }
+        seal::seal(&self.seal, &format!("{}/{tree}", self.name), key, plain)
+    }
+
+    /// Opens a value [`ProductTrees::seal`]ed under the same tree and key.
+    pub(crate) fn open<'a>(
+        &self,
+        tree: &str,
+        key: &[u8],
+        bytes: &'a [u8],
+    ) -> Result<std::borrow::Cow<'a, [u8]>, codec::CodecError> {
+        if self.seal.is_none() {
+            return Ok(std::borrow::Cow::Borrowed(bytes));
+        }
+        seal::open(&self.seal, &format!("{}/{tree}", self.name), key, bytes)
+    }
 }
 
 /// How long [`Store::open`] waits for the database lock to come free.
@@ -222,6 +268,8 @@ impl Store {
         config.validate()?;
         let span = tracing::info_span!("store.open", path = %config.path.display());
         let _enter = span.enter();
+        // Before sled touches anything: a wrong or missing key stops here.
+        let seal = seal::check_key(&config.path, config.encryption_key.as_ref())?;
         let db = open_waiting_for_lock(&config)
             .map_err(|e| StoreError::sled(format!("opening {}", config.path.display()), e))?;
         check_format(&db, &config)?;
@@ -238,6 +286,7 @@ impl Store {
                 offsets,
                 writer: Mutex::new(()),
                 group,
+                seal,
             }),
         })
     }
@@ -287,13 +336,31 @@ impl Store {
             path: self.inner.config.path.clone(),
             detail: format!("mask secret: {e}"),
         };
+        let opened = |bytes: &[u8]| {
+            seal::open(&self.inner.seal, META_TREE, META_MASK_SECRET_KEY, bytes)
+                .map(|b| b.into_owned())
+                .map_err(|e| StoreError::Meta {
+                    path: self.inner.config.path.clone(),
+                    detail: format!("mask secret: {e}"),
+                })
+        };
         if let Some(bytes) = meta
             .get(META_MASK_SECRET_KEY)
             .map_err(|e| StoreError::sled("reading the mask secret", e))?
         {
-            return MaskSecret::from_bytes(&bytes).map_err(invalid);
+            return MaskSecret::from_bytes(&opened(&bytes)?).map_err(invalid);
         }
         let fresh = MaskSecret::generate().map_err(invalid)?;
+        let fresh = seal::seal(
+            &self.inner.seal,
+            META_TREE,
+            META_MASK_SECRET_KEY,
+            fresh[..].to_vec(),
+        )
+        .map_err(|e| StoreError::Meta {
+            path: self.inner.config.path.clone(),
+            detail: format!("mask secret: {e}"),
+        })?;
         // Two first callers race: compare-and-swap keeps exactly one secret.
         let _ = meta
             .compare_and_swap(
@@ -311,7 +378,32 @@ impl Store {
                 path: self.inner.config.path.clone(),
                 detail: "mask secret vanished after it was written".into(),
             })?;
-        MaskSecret::from_bytes(&stored).map_err(invalid)
+        MaskSecret::from_bytes(&opened(&stored)?).map_err(invalid)
+    }
+
+    /// Seals the encoded value of `key` in the (global) tree `tree` for an
+    /// encrypted store; passes it through for a plain one. For store
+    /// modules outside the product trees (the outbox): every value that
+    /// holds data goes through this or [`ProductTrees::seal`].
+    #[allow(dead_code)] // the outbox (sync) is its first user
+    pub(crate) fn seal_value(
+        &self,
+        tree: &str,
+        key: &[u8],
+        plain: Vec<u8>,
+    ) -> Result<Vec<u8>, codec::CodecError> {
+        seal::seal(&self.inner.seal, tree, key, plain)
+    }
+
+    /// Opens a value [`Store::seal_value`] sealed under the same tree and key.
+    #[allow(dead_code)] // the outbox (sync) is its first user
+    pub(crate) fn open_value<'a>(
+        &self,
+        tree: &str,
+        key: &[u8],
+        bytes: &'a [u8],
+    ) -> Result<std::borrow::Cow<'a, [u8]>, codec::CodecError> {
+        seal::open(&self.inner.seal, tree, key, bytes)
     }
 
     /// The raw sled database, for tests that need to look under the hood
@@ -356,6 +448,7 @@ impl Store {
             tombstones: open("tombstones")?,
             dedupe: open("dedupe")?,
             quarantine: open("quarantine")?,
+            seal: self.inner.seal.clone(),
         });
         products.insert(product.to_string(), Arc::clone(&trees));
         tracing::debug!(product, "product trees opened");

@@ -29,7 +29,7 @@ use std::ops::Bound;
 use super::codec;
 use super::stored::{StoredQuarantineEntry, StoredQuarantineState};
 use super::types::{QuarantineEntry, QuarantineItem};
-use super::{Store, StoreError};
+use super::{ProductTrees, Store, StoreError, QUARANTINE};
 use crate::record::Timestamp;
 
 const TAG_ENTRY: u8 = b'E';
@@ -216,6 +216,7 @@ pub(crate) fn encode_entry(
         arrival: item.arrival,
         origin: item.origin.clone(),
         index: item.index,
+        entity: item.entity.clone(),
     };
     let err = |e| StoreError::encode(product, &item.source, "quarantine entry", e);
     let plain = codec::encode(&stored).map_err(err)?;
@@ -230,10 +231,16 @@ pub(crate) fn encode_entry(
     })
 }
 
-fn decode_entry(product: &str, id: u64, bytes: &[u8]) -> Result<QuarantineEntry, StoreError> {
-    let stored: StoredQuarantineEntry =
-        codec::decode(bytes).map_err(|e| StoreError::CorruptQuarantine {
-            product: product.to_string(),
+fn decode_entry(
+    trees: &ProductTrees,
+    id: u64,
+    bytes: &[u8],
+) -> Result<QuarantineEntry, StoreError> {
+    let stored: StoredQuarantineEntry = trees
+        .open(QUARANTINE, &entry_key(id), bytes)
+        .and_then(|plain| codec::decode(&plain))
+        .map_err(|e| StoreError::CorruptQuarantine {
+            product: trees.name.clone(),
             id,
             detail: e.to_string(),
         })?;
@@ -249,8 +256,46 @@ fn decode_entry(product: &str, id: u64, bytes: &[u8]) -> Result<QuarantineEntry,
             arrival: stored.arrival,
             origin: stored.origin,
             index: stored.index,
+            entity: stored.entity,
         },
     })
+}
+
+/// What erasing one entity removes from the quarantine: its entries and
+/// the state with the count lowered to match.
+#[derive(Debug, Default)]
+pub(crate) struct EntityEntries {
+    pub ids: Vec<u64>,
+    pub state: StoredQuarantineState,
+}
+
+/// The ids of every entry recorded for `entity`. A full scan: the
+/// quarantine is bounded by `quarantine_max` and erasure is rare, so an
+/// index kept on every quarantine write would cost more than it saves.
+/// An entry that does not decode cannot be attributed and is left (it is
+/// reported, and listing the quarantine names it).
+pub(crate) fn entries_of(trees: &ProductTrees, entity: &str) -> Result<EntityEntries, StoreError> {
+    let product = trees.name.as_str();
+    let tree = &trees.quarantine;
+    let mut found = EntityEntries {
+        ids: Vec::new(),
+        state: load_state(product, tree)?,
+    };
+    for item in tree.scan_prefix([TAG_ENTRY]) {
+        let (key, value) = item.map_err(|e| {
+            StoreError::sled(format!("product `{product}`: scanning the quarantine"), e)
+        })?;
+        let Some(id) = parse_entry_key(&key) else {
+            continue;
+        };
+        match decode_entry(trees, id, &value) {
+            Ok(entry) if entry.item.entity.as_deref() == Some(entity) => found.ids.push(id),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "erasure cannot check a corrupt quarantine entry"),
+        }
+    }
+    found.state.len = found.state.len.saturating_sub(found.ids.len() as u64);
+    Ok(found)
 }
 
 impl Store {
@@ -290,7 +335,7 @@ impl Store {
                     "malformed entry key",
                 )
             })?;
-            out.push(decode_entry(product, id, &value)?);
+            out.push(decode_entry(&trees, id, &value)?);
         }
         Ok(out)
     }

@@ -10,7 +10,7 @@ use super::keys::{entity_prefix, parse_history_key, TAG_CHUNK, TAG_TAIL};
 use super::stored::{StoredAuditLine, StoredEvent, StoredInstance, StoredTombstone};
 use super::{
     AuditEntry, AuditQuery, HistoryEvent, HistoryQuery, Instance, Page, ProductTrees, Store,
-    StoreError, Tombstone,
+    StoreError, Tombstone, AUDIT, HISTORY, INSTANCES, TOMBSTONES,
 };
 
 /// Optimistic history reads before falling back to the writer lock.
@@ -28,7 +28,7 @@ impl Store {
             )
         })?;
         match bytes {
-            Some(bytes) => decode_instance(product, entity, &bytes).map(Some),
+            Some(bytes) => decode_instance(&trees, entity, &bytes).map(Some),
             None => Ok(None),
         }
     }
@@ -65,7 +65,7 @@ impl Store {
                 StoreError::sled(format!("product `{product}`: scanning instances"), e)
             })?;
             let entity = String::from_utf8_lossy(&key).into_owned();
-            match decode_instance(product, &entity, &value) {
+            match decode_instance(&trees, &entity, &value) {
                 Ok(instance) => page.instances.push(instance),
                 Err(e) => {
                     tracing::warn!(product, entity, error = %e, "skipping corrupt instance in scan");
@@ -153,13 +153,15 @@ impl Store {
             return Ok(entries);
         }
         for item in trees.audit.scan_prefix(entity_prefix(entity)) {
-            let (_, value) = item.map_err(|e| {
+            let (key, value) = item.map_err(|e| {
                 StoreError::sled(
                     format!("product `{product}`, entity `{entity}`: reading audit"),
                     e,
                 )
             })?;
-            let line: StoredAuditLine = codec::decode(&value)
+            let line: StoredAuditLine = trees
+                .open(AUDIT, &key, &value)
+                .and_then(|plain| codec::decode(&plain))
                 .map_err(|e| StoreError::corrupt(product, entity, "audit line", e))?;
             if query.since.is_some_and(|since| line.last_at < since)
                 || query.until.is_some_and(|until| line.first_at >= until)
@@ -186,7 +188,9 @@ impl Store {
             )
         })?;
         match bytes {
-            Some(bytes) => codec::decode::<StoredTombstone>(&bytes)
+            Some(bytes) => trees
+                .open(TOMBSTONES, entity.as_bytes(), &bytes)
+                .and_then(|plain| codec::decode::<StoredTombstone>(&plain))
                 .map(|t| Some(t.into()))
                 .map_err(|e| StoreError::corrupt(product, entity, "tombstone", e)),
             None => Ok(None),
@@ -195,19 +199,23 @@ impl Store {
 }
 
 pub(crate) fn decode_instance(
-    product: &str,
+    trees: &ProductTrees,
     entity: &str,
     bytes: &[u8],
 ) -> Result<Instance, StoreError> {
-    decode_stored_instance(product, entity, bytes).map(|s| s.to_instance(entity))
+    decode_stored_instance(trees, entity, bytes).map(|s| s.to_instance(entity))
 }
 
+/// Opens (in an encrypted store) and decodes one instance value.
 pub(crate) fn decode_stored_instance(
-    product: &str,
+    trees: &ProductTrees,
     entity: &str,
     bytes: &[u8],
 ) -> Result<StoredInstance, StoreError> {
-    codec::decode(bytes).map_err(|e| StoreError::corrupt(product, entity, "instance", e))
+    trees
+        .open(INSTANCES, entity.as_bytes(), bytes)
+        .and_then(|plain| codec::decode(&plain))
+        .map_err(|e| StoreError::corrupt(&trees.name, entity, "instance", e))
 }
 
 /// Whether a chunk can hold no event the query wants (header only).
@@ -246,6 +254,9 @@ fn read_history(
         })?;
         let (tag, version) = parse_history_key(&key)
             .ok_or_else(|| StoreError::corrupt(product, entity, "history key", "malformed key"))?;
+        let value = trees
+            .open(HISTORY, &key, &value)
+            .map_err(|e| StoreError::corrupt(product, entity, "history entry", e))?;
         match tag {
             TAG_CHUNK => {
                 let header = decode_chunk_header(&value)

@@ -27,7 +27,10 @@ use super::erase::remove_entity;
 use super::keys::{chunk_key, entity_prefix, parse_history_key, TAG_CHUNK, TAG_TAIL};
 use super::read::decode_stored_instance;
 use super::stored::{StoredAuditLine, StoredEvent};
-use super::{tx_result, AuditAction, ProductTrees, RetentionSpec, Store, StoreError, SweepReport};
+use super::{
+    tx_result, AuditAction, ProductTrees, RetentionSpec, Store, StoreError, SweepReport, HISTORY,
+    INSTANCES,
+};
 use crate::record::{Origin, Timestamp};
 
 /// The origin recorded on `Expired` audit lines.
@@ -228,7 +231,7 @@ impl Store {
         else {
             return Ok(()); // erased since it was listed
         };
-        let mut state = decode_stored_instance(product, entity, &bytes)?;
+        let mut state = decode_stored_instance(trees, entity, &bytes)?;
 
         if policy
             .expire_after
@@ -244,7 +247,7 @@ impl Store {
                 fields: Vec::new(),
                 origin: Origin::new(RETENTION_ORIGIN),
             };
-            let removed = remove_entity(trees, entity, &line, None)?;
+            let removed = remove_entity(trees, entity, &line, None, None)?;
             self.inner.group.wrote();
             report.entities_expired += 1;
             report.events_removed += removed.history_events;
@@ -272,12 +275,23 @@ impl Store {
         state.tail_start = plan.tail_start.unwrap_or(state.version + 1);
         state.history_rev = state.history_rev.wrapping_add(1);
         let instance_bytes = codec::encode(&state)
+            .and_then(|plain| trees.seal(INSTANCES, entity.as_bytes(), plain))
             .map_err(|e| StoreError::encode(product, entity, "instance", e))?;
+        let inserts = plan
+            .inserts
+            .iter()
+            .map(|(key, plain)| {
+                trees
+                    .seal(HISTORY, key, plain.clone())
+                    .map(|sealed| (key.clone(), sealed))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::encode(product, entity, "history chunk", e))?;
         let result = (&trees.instances, &trees.history).transaction(|(instances, history)| {
             for key in &plan.removes {
                 history.remove(key.as_slice())?;
             }
-            for (key, value) in &plan.inserts {
+            for (key, value) in &inserts {
                 history.insert(key.as_slice(), value.as_slice())?;
             }
             instances.insert(entity.as_bytes(), instance_bytes.as_slice())?;
@@ -312,6 +326,9 @@ impl Store {
                     e,
                 )
             })?;
+            let value = trees
+                .open(HISTORY, &key, &value)
+                .map_err(|e| StoreError::corrupt(product, entity, "history entry", e))?;
             match parse_history_key(&key) {
                 Some((TAG_CHUNK, _)) => {
                     let header = decode_chunk_header(&value)

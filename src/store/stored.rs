@@ -158,6 +158,9 @@ pub(crate) struct StoredQuarantineEntry {
     pub arrival: Timestamp,
     pub origin: Origin,
     pub index: Option<u32>,
+    /// See [`QuarantineItem::entity`](super::types::QuarantineItem::entity).
+    #[serde(default)]
+    pub entity: Option<String>,
 }
 
 /// Value of a `source_offsets` key.
@@ -249,6 +252,7 @@ mod tests {
             arrival: Timestamp(2),
             origin: Origin::new("mqtt:a/b"),
             index: Some(3),
+            entity: Some("b".into()),
         };
         let bytes = codec::encode(&entry).unwrap();
         assert!(

@@ -212,6 +212,10 @@ pub struct QuarantineItem {
     pub origin: Origin,
     /// Which record inside the payload was bad; `None` = the whole payload.
     pub index: Option<u32>,
+    /// The entity the payload is about, when its key could be read: erasing
+    /// that entity removes the entry. `None` for entries quarantined before
+    /// this was recorded, or when no key could be read.
+    pub entity: Option<String>,
 }
 
 /// How far a source has been consumed. The position is opaque to the

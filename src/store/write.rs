@@ -11,7 +11,9 @@ use super::ingest::{BatchIn, RecordIn};
 use super::keys::{audit_key, chunk_key, tail_key};
 use super::merge::merge_fields;
 use super::stored::{StoredAuditLine, StoredEvent, StoredInstance};
-use super::{AuditAction, Change, IngestLimits, Store, StoreError};
+use super::{
+    AuditAction, Change, IngestLimits, ProductTrees, Store, StoreError, AUDIT, HISTORY, INSTANCES,
+};
 use crate::record::{Fields, Record, Timestamp};
 
 pub(crate) type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
@@ -30,6 +32,8 @@ pub(super) struct UpsertTx<'a> {
     pub history: &'a TransactionalTree,
     pub audit: &'a TransactionalTree,
     pub tombstones: &'a TransactionalTree,
+    /// For sealing values of an encrypted store.
+    pub trees: &'a ProductTrees,
 }
 
 impl Store {
@@ -70,7 +74,9 @@ impl UpsertTx<'_> {
         let entity = record.entity.as_str();
         let current = match self.instances.get(entity.as_bytes())? {
             Some(bytes) => Some(
-                codec::decode::<StoredInstance>(&bytes)
+                self.trees
+                    .open(INSTANCES, entity.as_bytes(), &bytes)
+                    .and_then(|plain| codec::decode::<StoredInstance>(&plain))
                     .map_err(|e| abort(StoreError::corrupt(self.product, entity, "instance", e)))?,
             ),
             None => None,
@@ -114,6 +120,7 @@ impl UpsertTx<'_> {
         }
 
         let bytes = codec::encode(&state)
+            .and_then(|plain| self.trees.seal(INSTANCES, entity.as_bytes(), plain))
             .map_err(|e| abort(StoreError::encode(self.product, entity, "instance", e)))?;
         self.instances.insert(entity.as_bytes(), bytes)?;
         Ok(Change {
@@ -141,12 +148,14 @@ impl UpsertTx<'_> {
             fields: record.fields.clone(),
             origin: record.origin.clone(),
         };
+        let key = tail_key(entity, version);
         let bytes = codec::encode(&event)
+            .and_then(|plain| self.trees.seal(HISTORY, &key, plain))
             .map_err(|e| abort(StoreError::encode(self.product, entity, "history event", e)))?;
         if state.tail_len == 0 {
             state.tail_start = version;
         }
-        self.history.insert(tail_key(entity, version), bytes)?;
+        self.history.insert(key, bytes)?;
         state.tail_len += 1;
         let span = version.saturating_sub(state.tail_start) + 1;
         if state.tail_len >= self.chunk_events || span >= 2 * self.chunk_events {
@@ -163,20 +172,26 @@ impl UpsertTx<'_> {
         for version in state.tail_start..=state.version {
             let key = tail_key(entity, version);
             if let Some(bytes) = self.history.get(&key)? {
-                let event: StoredEvent = codec::decode(&bytes).map_err(|e| {
-                    abort(StoreError::corrupt(
-                        self.product,
-                        entity,
-                        "history event",
-                        e,
-                    ))
-                })?;
+                let event: StoredEvent = self
+                    .trees
+                    .open(HISTORY, &key, &bytes)
+                    .and_then(|plain| codec::decode(&plain))
+                    .map_err(|e| {
+                        abort(StoreError::corrupt(
+                            self.product,
+                            entity,
+                            "history event",
+                            e,
+                        ))
+                    })?;
                 events.push(event);
                 self.history.remove(key)?;
             }
         }
         if let Some(first) = events.first() {
+            let key = chunk_key(entity, first.version);
             let bytes = encode_chunk(&events, self.zstd_level)
+                .and_then(|plain| self.trees.seal(HISTORY, &key, plain))
                 .map_err(|e| abort(StoreError::encode(self.product, entity, "history chunk", e)))?;
             tracing::debug!(
                 product = self.product,
@@ -186,8 +201,7 @@ impl UpsertTx<'_> {
                 bytes = bytes.len(),
                 "history chunk sealed"
             );
-            self.history
-                .insert(chunk_key(entity, first.version), bytes)?;
+            self.history.insert(key, bytes)?;
         }
         state.tail_start = state.version + 1;
         state.tail_len = 0;
@@ -205,7 +219,11 @@ impl UpsertTx<'_> {
     ) -> TxResult<()> {
         let previous = match state.audit_tail {
             Some(id) => match self.audit.get(audit_key(entity, id))? {
-                Some(bytes) => match codec::decode::<StoredAuditLine>(&bytes) {
+                Some(bytes) => match self
+                    .trees
+                    .open(AUDIT, &audit_key(entity, id), &bytes)
+                    .and_then(|plain| codec::decode::<StoredAuditLine>(&plain))
+                {
                     Ok(line) => Some((id, line)),
                     Err(e) => {
                         // Never extend what we cannot read; start afresh.
@@ -236,9 +254,11 @@ impl UpsertTx<'_> {
                 new_line,
             ),
         };
+        let key = audit_key(entity, id);
         let bytes = codec::encode(&line)
+            .and_then(|plain| self.trees.seal(AUDIT, &key, plain))
             .map_err(|e| abort(StoreError::encode(self.product, entity, "audit line", e)))?;
-        self.audit.insert(audit_key(entity, id), bytes)?;
+        self.audit.insert(key, bytes)?;
         state.audit_tail = Some(id);
         Ok(())
     }

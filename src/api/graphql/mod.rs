@@ -58,6 +58,12 @@ use runtime::Runtime;
 
 pub(crate) use http::routes;
 
+/// The name of a product's `erase<Product>` mutation (the `meshlet erase`
+/// command points at it when the node holds the store).
+pub fn erase_mutation_name(product: &str) -> String {
+    names::ProductNames::new(product).erase
+}
+
 /// The GraphQL side of the API state: the live schema and what its
 /// resolvers share. Cheap to clone.
 #[derive(Clone)]

@@ -1,0 +1,433 @@
+//! HTTPS for the HTTP listener: rustls (ring provider) over each accepted
+//! TCP connection, optionally verifying client certificates (mTLS).
+//!
+//! `axum::serve` only drives plain `TcpListener`s, so with TLS configured
+//! this module runs the accept loop itself: one task per connection does
+//! the handshake (bounded by [`HANDSHAKE_TIMEOUT`]) and then serves the
+//! router with hyper's HTTP/1 connection, upgrades included, so
+//! `/graphql/ws` works as `wss://`. A verified client certificate becomes a
+//! [`PeerCertificate`] request extension on every request of its
+//! connection; the policy layer maps it to a role.
+//!
+//! Invariants: a bad TLS file stops the node at start with an error naming
+//! the file; a failed handshake is counted
+//! (`meshlet_http_tls_handshake_failures_total`), logged at debug and only
+//! closes that connection; at shutdown the loop stops accepting, open
+//! connections finish their in-flight request, and [`serve`] returns once
+//! every connection task ended.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use crate::config::{ClientAuth, HttpTlsConfig};
+use crate::policy::identity::PeerCertificate;
+
+/// A client that has not finished its handshake by then is dropped, so
+/// half-open connections cannot pile up.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Back-off after a failed `accept` (out of file descriptors, mostly), so
+/// the loop does not spin while the condition lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Why the TLS settings cannot be used. Each names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    #[error("cannot read {what} {}: {source}", path.display())]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} {} is not valid PEM: {detail}", path.display())]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+    #[error("{what} {} holds no {expected}", path.display())]
+    Empty {
+        what: &'static str,
+        path: PathBuf,
+        expected: &'static str,
+    },
+    #[error("http.tls.key_file {} does not belong to http.tls.cert_file {}: {detail}", key.display(), cert.display())]
+    KeyMismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        detail: String,
+    },
+    #[error("http.tls.client_ca_file {}: {detail}", path.display())]
+    ClientCa { path: PathBuf, detail: String },
+}
+
+/// Handshake figures for `/metrics`; cheap to clone, shared with the
+/// connection tasks.
+#[derive(Clone, Debug, Default)]
+pub struct TlsMetrics {
+    handshake_failures: Arc<AtomicU64>,
+    handshakes: Arc<AtomicU64>,
+}
+
+impl TlsMetrics {
+    fn failed(&self, peer: SocketAddr, reason: &dyn std::fmt::Display) {
+        self.handshake_failures.fetch_add(1, Ordering::Relaxed);
+        debug!(%peer, error = %reason, "TLS handshake failed");
+    }
+
+    /// Appends the Prometheus text exposition.
+    pub fn render_prometheus(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP meshlet_http_tls_handshakes_total TLS handshakes completed on the HTTP listener.\n# TYPE meshlet_http_tls_handshakes_total counter\nmeshlet_http_tls_handshakes_total {}",
+            self.handshakes.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP meshlet_http_tls_handshake_failures_total TLS handshakes on the HTTP listener that failed or timed out (untrusted or missing client certificate, protocol errors).\n# TYPE meshlet_http_tls_handshake_failures_total counter\nmeshlet_http_tls_handshake_failures_total {}",
+            self.handshake_failures.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// Reads the configured files and builds the acceptor.
+pub(crate) fn acceptor(config: &HttpTlsConfig) -> Result<TlsAcceptor, TlsConfigError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = read_certs(&config.cert_file, "http.tls.cert_file")?;
+    let key = read_key(&config.key_file)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsConfigError::KeyMismatch {
+            cert: config.cert_file.clone(),
+            key: config.key_file.clone(),
+            detail: e.to_string(),
+        })?;
+    let builder = match &config.client_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in read_certs(path, "http.tls.client_ca_file")? {
+                roots.add(cert).map_err(|e| TlsConfigError::ClientCa {
+                    path: path.clone(),
+                    detail: e.to_string(),
+                })?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
+            let verifier = match config.client_auth {
+                ClientAuth::Required => verifier,
+                ClientAuth::Optional => verifier.allow_unauthenticated(),
+            };
+            let verifier = verifier.build().map_err(|e| TlsConfigError::ClientCa {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    // rustls checks here that the key is the certificate's.
+    let mut server =
+        builder
+            .with_single_cert(chain, key)
+            .map_err(|e| TlsConfigError::KeyMismatch {
+                cert: config.cert_file.clone(),
+                key: config.key_file.clone(),
+                detail: e.to_string(),
+            })?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsConfigError> {
+    std::fs::read(path).map_err(|source| TlsConfigError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn read_certs(
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
+    let bytes = read_file(path, what)?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsConfigError::Pem {
+            what,
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsConfigError::Empty {
+            what,
+            path: path.to_path_buf(),
+            expected: "PEM certificate",
+        });
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsConfigError> {
+    let what = "http.tls.key_file";
+    let bytes = read_file(path, what)?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => TlsConfigError::Empty {
+            what,
+            path: path.to_path_buf(),
+            expected: "PEM private key",
+        },
+        other => TlsConfigError::Pem {
+            what,
+            path: path.to_path_buf(),
+            detail: other.to_string(),
+        },
+    })
+}
+
+/// Accepts TLS connections until `shutdown`, then waits for the open ones
+/// to finish their in-flight requests.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    acceptor: TlsAcceptor,
+    metrics: TlsMetrics,
+    app: Router,
+    shutdown: CancellationToken,
+) {
+    let connections = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    debug!(error = %err, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        connections.spawn(connection(
+            stream,
+            peer,
+            acceptor.clone(),
+            metrics.clone(),
+            app.clone(),
+            shutdown.clone(),
+        ));
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+/// One connection: handshake, then HTTP/1 with upgrades until the client
+/// closes or shutdown asks the connection to finish its current request.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    metrics: TlsMetrics,
+    app: Router,
+    shutdown: CancellationToken,
+) {
+    let tls = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => match handshake {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(err)) => return metrics.failed(peer, &err),
+            Err(_) => return metrics.failed(peer, &"timed out"),
+        },
+    };
+    metrics.handshakes.fetch_add(1, Ordering::Relaxed);
+    let client = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(<[CertificateDer<'_>]>::first)
+        .map(|leaf| peer_certificate(leaf.as_ref()));
+    if let Some(client) = &client {
+        debug!(%peer, subject_cn = ?client.subject_cn, fingerprint = %client.fingerprint_sha256, "client certificate verified");
+    }
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        if let Some(client) = &client {
+            request.extensions_mut().insert(client.clone());
+        }
+        let mut app = app.clone();
+        // Router is always ready (its poll_ready is a no-op), as in axum::serve.
+        async move { tower_service::Service::call(&mut app, request).await }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    let served = tokio::select! {
+        served = conn.as_mut() => served,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(err) = served {
+        debug!(%peer, error = %err, "HTTPS connection ended with an error");
+    }
+}
+
+/// What the policy layer learns about a verified client certificate.
+pub(crate) fn peer_certificate(der: &[u8]) -> PeerCertificate {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let mut fingerprint = String::with_capacity(64);
+    for byte in digest.as_ref() {
+        let _ = write!(fingerprint, "{byte:02x}");
+    }
+    PeerCertificate {
+        subject_cn: subject_common_name(der),
+        fingerprint_sha256: fingerprint,
+    }
+}
+
+/// The subject's first common name (OID 2.5.4.3) of a DER certificate.
+///
+/// A few lines of DER walking instead of an X.509 crate: webpki already
+/// verified the certificate during the handshake, and the CN is the only
+/// field the policy layer maps. Anything unexpected gives `None`, never a
+/// panic.
+fn subject_common_name(der: &[u8]) -> Option<String> {
+    const SEQUENCE: u8 = 0x30;
+    const SET: u8 = 0x31;
+    const OID: u8 = 0x06;
+    const VERSION: u8 = 0xa0;
+    const CN: &[u8] = &[0x55, 0x04, 0x03];
+    let (tag, cert, _) = der_item(der)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let (tag, mut tbs, _) = der_item(cert)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    // version? serial, signature algorithm, issuer, validity, subject.
+    let (tag, _, rest) = der_item(tbs)?;
+    if tag == VERSION {
+        tbs = rest;
+        tbs = der_item(tbs)?.2; // serial
+    } else {
+        tbs = rest; // that was the serial
+    }
+    for _ in 0..3 {
+        tbs = der_item(tbs)?.2;
+    }
+    let (tag, mut names, _) = der_item(tbs)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    while !names.is_empty() {
+        let (tag, set, rest) = der_item(names)?;
+        names = rest;
+        if tag != SET {
+            return None;
+        }
+        let mut attributes = set;
+        while !attributes.is_empty() {
+            let (_, attribute, rest) = der_item(attributes)?;
+            attributes = rest;
+            let (tag, oid, value) = der_item(attribute)?;
+            if tag == OID && oid == CN {
+                let (_, text, _) = der_item(value)?;
+                return String::from_utf8(text.to_vec()).ok();
+            }
+        }
+    }
+    None
+}
+
+/// Splits one DER item off `bytes`: `(tag, contents, rest)`.
+fn der_item(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = bytes.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let (len_bytes, after) = rest.split_at(count);
+        rest = after;
+        len_bytes
+            .iter()
+            .fold(0usize, |len, &b| (len << 8) | usize::from(b))
+    };
+    if rest.len() < len {
+        return None;
+    }
+    let (contents, rest) = rest.split_at(len);
+    Some((tag, contents, rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_name_and_fingerprint_of_a_generated_certificate() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["device-7".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "meshlet tests");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "device-7.example");
+        let cert = params.self_signed(&key).unwrap();
+        let peer = peer_certificate(cert.der());
+        assert_eq!(peer.subject_cn.as_deref(), Some("device-7.example"));
+        assert_eq!(peer.fingerprint_sha256.len(), 64);
+        assert_eq!(peer, peer_certificate(cert.der()), "stable");
+    }
+
+    #[test]
+    fn no_common_name_is_none() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["x".into()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(peer_certificate(cert.der()).subject_cn, None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = subject_common_name(&bytes);
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for len in 0..64 {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 % 256) as u8).collect();
+            let _ = subject_common_name(&bytes);
+        }
+        assert_eq!(
+            subject_common_name(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]),
+            None
+        );
+    }
+}

@@ -1,0 +1,232 @@
+//! Erasure completeness, end to end: values reach the real node over HTTP
+//! and MQTT (valid ones into state and history, invalid ones into the
+//! quarantine), `meshlet erase` removes the entity, and a raw scan of every
+//! tree of the store — zstd frames decompressed — finds none of its values
+//! while another entity's values are still found.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::graphql::workdir;
+use common::*;
+
+const PERSON: &str = r#"
+product: person
+version: 1
+domain: test
+owner: test@example.com
+key: person_id
+fields:
+  person_id: { type: string, required: true }
+  name:      { type: string }
+  email:     { type: string, classification: pii }
+  note:      { type: string }
+  age:       { type: int, min: 0, max: 150 }
+sources:
+  - http: { format: ndjson }
+  - mqtt: { topic: "people/{person_id}", format: json }
+quality: { on_invalid: quarantine }
+"#;
+
+/// Every value of the erased entity carries this; nothing else does.
+const GONE: &str = "GONE7f3a";
+/// The other entity's values carry this; they must survive.
+const KEPT: &str = "KEPT2b9c";
+
+fn push(node: &NodeProcess, lines: &[String]) {
+    let (status, body) = http_post(
+        &node.url("/ingest/person"),
+        "application/x-ndjson",
+        lines.join("\n").into_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Every place `needle` occurs in the store: tree names, keys, values, and
+/// the decompressed contents of every zstd frame inside a value.
+fn occurrences(data_dir: &Path, needle: &str) -> Vec<String> {
+    let store = open_store(data_dir);
+    let db = store.raw_db();
+    let mut found = Vec::new();
+    let contains = |bytes: &[u8]| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+    for name in db.tree_names() {
+        let tree_name = String::from_utf8_lossy(&name).into_owned();
+        let tree = db.open_tree(&name).expect("open tree");
+        for item in tree.iter() {
+            let (key, value) = item.expect("tree item");
+            if contains(&key) || contains(&value) {
+                found.push(format!("{tree_name}: plain"));
+            }
+            for frame in zstd_frames(&value) {
+                if contains(&frame) {
+                    found.push(format!("{tree_name}: in a zstd frame"));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Decompresses every zstd frame that starts anywhere inside `bytes`.
+fn zstd_frames(bytes: &[u8]) -> Vec<Vec<u8>> {
+    const MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    (0..bytes.len().saturating_sub(3))
+        .filter(|&at| bytes[at..at + 4] == MAGIC)
+        .filter_map(|at| zstd::stream::decode_all(&bytes[at..]).ok())
+        .collect()
+}
+
+#[test]
+fn erase_removes_every_value_of_the_entity_from_every_tree() {
+    let dir = workdir(
+        &[("person", PERSON)],
+        // Small chunks, so history is sealed into compressed chunks too.
+        "[store]\nhistory_chunk_events = 2\n",
+    );
+    let mut node = NodeBuilder::new(dir.path())
+        .arg("--config")
+        .arg("meshlet.toml")
+        .start()
+        .expect("node starts");
+
+    // State and history (five versions, so two sealed chunks and a tail).
+    for version in 0..5 {
+        push(
+            &node,
+            &[
+                format!(
+                    r#"{{"person_id":"p-1","name":"Ann {GONE} {version}","email":"ann.{GONE}@example.com","note":"v{version} {GONE}","age":40}}"#
+                ),
+                format!(r#"{{"person_id":"p-2","name":"Bob {KEPT} {version}","age":30}}"#),
+            ],
+        );
+    }
+    // Quarantine (HTTP pushes with invalid records are refused whole, so
+    // the invalid ones come over MQTT): an out-of-range value...
+    let mqtt = node.mqtt.expect("embedded broker").port();
+    let publish = |topic: &str, payload: String| {
+        let out = mosquitto_pub(mqtt, topic, payload.as_bytes(), 1, false);
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    publish(
+        "people/p-1",
+        format!(r#"{{"note":"quarantined {GONE}","age":999}}"#),
+    );
+    // ...a payload that is not JSON at all (the key only in the topic)...
+    publish("people/p-1", format!("{{not json {GONE}"));
+    // ...and one of the other entity, which must stay.
+    publish("people/p-2", format!(r#"{{"note":"bad {KEPT}","age":-5}}"#));
+
+    // While the node holds the store, the command says where to go instead.
+    let busy = run(
+        dir.path(),
+        &["--config", "meshlet.toml", "erase", "person", "p-1"],
+    );
+    assert!(!busy.status.success());
+    assert!(stderr(&busy).contains("erasePerson"), "{}", stderr(&busy));
+
+    node.signal(libc::SIGTERM);
+    let status = node.wait_exit(Duration::from_secs(20)).expect("node stops");
+    assert!(status.success());
+
+    let data = dir.path().join("data");
+    assert!(
+        !occurrences(&data, GONE).is_empty(),
+        "the scan sees the values before erasure"
+    );
+    {
+        let store = open_store(&data);
+        assert_eq!(store.quarantine_count("person").expect("count"), 3);
+    }
+
+    let erased = run(
+        dir.path(),
+        &[
+            "--config",
+            "meshlet.toml",
+            "erase",
+            "person",
+            "p-1",
+            "--actor",
+            "dpo@example.com",
+        ],
+    );
+    assert!(erased.status.success(), "{}", stderr(&erased));
+    assert!(
+        stdout(&erased).contains("erased person `p-1`"),
+        "{}",
+        stdout(&erased)
+    );
+
+    let left = occurrences(&data, GONE);
+    assert!(
+        left.is_empty(),
+        "values of the erased entity remain: {left:?}"
+    );
+    let kept = occurrences(&data, KEPT);
+    assert!(
+        kept.iter().any(|at| at.contains("zstd")) && kept.iter().any(|at| at.contains("plain")),
+        "the other entity's values are still found, plain and compressed: {kept:?}"
+    );
+
+    let store = open_store(&data);
+    assert!(store.get("person", "p-1").expect("get").is_none());
+    assert!(store.get("person", "p-2").expect("get").is_some());
+    assert_eq!(store.quarantine_count("person").expect("count"), 1);
+    let rest = store.quarantine_list("person", None, 10).expect("list");
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].item.entity.as_deref(), Some("p-2"));
+    let audit = store
+        .audit("person", "p-1", &Default::default())
+        .expect("audit");
+    assert_eq!(audit.len(), 1, "only the erasure line stays: {audit:?}");
+    assert_eq!(audit[0].origin.actor.as_deref(), Some("dpo@example.com"));
+    let tombstone = store.tombstone("person", "p-1").expect("tombstone");
+    assert!(tombstone.is_some());
+    drop(store);
+
+    // Erasing again finds nothing and says so.
+    let again = run(
+        dir.path(),
+        &["--config", "meshlet.toml", "erase", "person", "p-1"],
+    );
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stdout(&again).contains("nothing erased"),
+        "{}",
+        stdout(&again)
+    );
+}
+
+#[test]
+fn erase_of_an_entity_known_only_from_the_quarantine_removes_its_payloads() {
+    let dir = workdir(&[("person", PERSON)], "");
+    let node = NodeBuilder::new(dir.path())
+        .arg("--config")
+        .arg("meshlet.toml")
+        .start()
+        .expect("node starts");
+    let mqtt = node.mqtt.expect("embedded broker").port();
+    let payload = format!(r#"{{"note":"{GONE}","age":1000}}"#);
+    let out = mosquitto_pub(mqtt, "people/p-9", payload.as_bytes(), 1, false);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (status, logs) = node.stop();
+    assert!(status.success(), "{}", logs.join("\n"));
+
+    let erased = run(
+        dir.path(),
+        &["--config", "meshlet.toml", "erase", "person", "p-9"],
+    );
+    assert!(erased.status.success(), "{}", stderr(&erased));
+    let data = dir.path().join("data");
+    let left = occurrences(&data, GONE);
+    assert!(left.is_empty(), "{left:?}");
+    let store = open_store(&data);
+    assert_eq!(store.quarantine_count("person").expect("count"), 0);
+    assert!(store
+        .tombstone("person", "p-9")
+        .expect("tombstone")
+        .is_some());
+}
