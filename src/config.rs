@@ -44,6 +44,8 @@ pub struct HubConfig {
     pub ingest: IngestSettings,
     /// Upstreams that sync rules may name.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Who may call the API, and as which role.
+    pub security: SecurityConfig,
     /// How long shutdown waits for tasks to finish before giving up.
     #[serde(with = "humantime_serde_compat")]
     pub shutdown_grace: Duration,
@@ -61,8 +63,48 @@ impl Default for HubConfig {
             mqtt: MqttConfig::default(),
             ingest: IngestSettings::default(),
             upstreams: BTreeMap::from([("central".to_string(), UpstreamConfig::default())]),
+            security: SecurityConfig::default(),
             shutdown_grace: Duration::from_secs(10),
         }
+    }
+}
+
+/// `[security]`: API identities and anonymous access.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// The token file `meshlet token` writes and the node re-reads;
+    /// default `<data_dir>/tokens.json`.
+    pub tokens_file: Option<PathBuf>,
+    /// The role of callers that present no credential. Absent (or
+    /// `"none"`) in a config file: every API call needs a token. The
+    /// embedded default (no config file) uses the built-in read-only
+    /// `reader` role, which masks fields classified pii, confidential or
+    /// restricted.
+    pub anonymous_role: Option<String>,
+    /// Client certificates (mTLS) → role: keys are a subject CN or
+    /// `sha256:<certificate fingerprint>`.
+    pub certificates: BTreeMap<String, String>,
+}
+
+impl SecurityConfig {
+    /// The embedded default: anonymous callers read with personal data
+    /// masked.
+    pub fn embedded() -> SecurityConfig {
+        SecurityConfig {
+            anonymous_role: Some(crate::policy::access::READER.to_string()),
+            ..SecurityConfig::default()
+        }
+    }
+}
+
+impl HubConfig {
+    /// Where the token file is.
+    pub fn tokens_file(&self) -> PathBuf {
+        self.security
+            .tokens_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("tokens.json"))
     }
 }
 
@@ -322,7 +364,10 @@ pub fn load_with_env(
 ) -> Result<HubConfig, ConfigError> {
     let base = match file {
         Some(path) => parse_file(path)?,
-        None => HubConfig::default(),
+        None => HubConfig {
+            security: SecurityConfig::embedded(),
+            ..HubConfig::default()
+        },
     };
     apply_env(base, env)
 }

@@ -10,6 +10,7 @@
 //! HTTP: status 200 and `errors` in the body.
 
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use async_graphql::ErrorExtensions;
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -18,13 +19,15 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use tracing::{info_span, Instrument};
 
 use super::limits::{self, MAX_BODY_BYTES};
 use crate::api::ApiState;
+use crate::policy::access::{Caller, Identity};
+use crate::policy::auth::{self, AuthFailure};
 
 pub(crate) fn routes() -> Router<ApiState> {
     Router::new()
@@ -68,6 +71,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 async fn execute(
     State(state): State<ApiState>,
+    identity: Option<Extension<Identity>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -143,6 +147,11 @@ async fn execute(
         "graphql",
         operation = request.operation_name.as_deref().unwrap_or("")
     );
+    // The authentication layer always sets an identity on this route.
+    let Some(Extension(identity)) = identity else {
+        return crate::api::auth::unauthorized(AuthFailure::Missing);
+    };
+    let request = request.data(Caller::new(identity, state.graphql.runtime.secret.clone()));
     let schema = state.graphql.handle.current();
     let response = schema.execute(request).instrument(span).await;
     ([(header::CONTENT_TYPE, "application/json")], Json(response)).into_response()
@@ -150,6 +159,7 @@ async fn execute(
 
 async fn websocket(
     State(state): State<ApiState>,
+    identity: Option<Extension<Identity>>,
     protocol: Result<GraphQLProtocol, StatusCode>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
@@ -177,18 +187,55 @@ async fn websocket(
     };
     let schema = state.graphql.handle.current();
     let shutdown = state.graphql.runtime.shutdown.clone();
+    let authenticator = state.auth.clone();
+    let secret = state.graphql.runtime.secret.clone();
+    let header_identity = identity.map(|Extension(identity)| identity);
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .max_message_size(MAX_BODY_BYTES)
         .on_upgrade(move |socket| {
             async move {
                 tokio::select! {
-                    _ = GraphQLWebSocket::new(socket, schema, protocol).serve() => {}
+                    _ = GraphQLWebSocket::new(socket, schema, protocol)
+                        .on_connection_init(move |payload| async move {
+                            let identity = init_identity(&authenticator, header_identity, &payload)
+                                .map_err(|failure| {
+                                    async_graphql::Error::new(failure.to_string())
+                                        .extend_with(|_, e| e.set("code", "UNAUTHENTICATED"))
+                                })?;
+                            let mut data = async_graphql::Data::default();
+                            data.insert(Caller::new(identity, secret));
+                            Ok(data)
+                        })
+                        .serve() => {}
                     _ = shutdown.cancelled() => {}
                 }
             }
             .instrument(info_span!("graphql_ws"))
         })
+}
+
+/// The caller of a WebSocket: a token in the `connection_init` payload
+/// (`{"Authorization": "Bearer <token>"}` or `{"token": "<token>"}`) wins,
+/// then the identity the upgrade request authenticated, then the anonymous
+/// role. A refusal closes the connection.
+fn init_identity(
+    authenticator: &auth::Authenticator,
+    header_identity: Option<Identity>,
+    payload: &serde_json::Value,
+) -> Result<Identity, AuthFailure> {
+    let field = |name: &str| payload.get(name).and_then(serde_json::Value::as_str);
+    if let Some(header) = field("Authorization").or_else(|| field("authorization")) {
+        return auth::bearer(header.as_bytes())
+            .and_then(|token| authenticator.authenticate_token(token));
+    }
+    if let Some(token) = field("token") {
+        return authenticator.authenticate_token(token);
+    }
+    if let Some(identity) = header_identity {
+        return Ok(identity);
+    }
+    authenticator.authenticate(None, None)
 }
 
 async fn graphiql(State(state): State<ApiState>) -> Response {

@@ -13,8 +13,8 @@ use async_graphql::Value as Gql;
 
 use super::limits;
 use super::schema::{
-    blocking, getter, non_null, opt_string, opt_time, page_size, ready, runtime, PageInfoData,
-    ProductApi,
+    blocking, getter, non_null, opt_string, opt_time, page_size, ready, require, runtime, view,
+    PageInfoData, ProductApi,
 };
 use super::values;
 use crate::product::{Field as ProductField, FieldType};
@@ -352,6 +352,10 @@ fn history_field(api: &Arc<ProductApi>) -> Field {
         FieldFuture::new(async move {
             let instance = ctx.parent_value.try_downcast_ref::<Instance>()?;
             let runtime = runtime(&ctx)?;
+            // The parent instance came through this view (so it is
+            // visible); its past records are masked the same way.
+            let view = view(&ctx, &api)?;
+            require(&view, view.read, "read")?;
             let first = page_size(&ctx, "first")?.unwrap_or(limits::DEFAULT_PAGE);
             let after = opt_string(&ctx, "after")?
                 .map(|c| {
@@ -379,7 +383,10 @@ fn history_field(api: &Arc<ProductApi>) -> Field {
             events.truncate(first);
             let edges: Vec<(String, HistoryEvent)> = events
                 .into_iter()
-                .map(|e| (e.version.to_string(), e))
+                .map(|mut e| {
+                    view.mask_fields(&mut e.fields);
+                    (e.version.to_string(), e)
+                })
                 .collect();
             let page_info = PageInfoData {
                 has_next,
@@ -407,6 +414,8 @@ fn audit_field(api: &Arc<ProductApi>) -> Field {
             FieldFuture::new(async move {
                 let instance = ctx.parent_value.try_downcast_ref::<Instance>()?;
                 let runtime = runtime(&ctx)?;
+                let view = view(&ctx, &api)?;
+                require(&view, view.read, "read")?;
                 let query = AuditQuery {
                     since: opt_time(&ctx, "since")?,
                     until: opt_time(&ctx, "until")?,

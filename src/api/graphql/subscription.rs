@@ -8,6 +8,10 @@
 //! resynchronise) and then continues. Subscriptions end when the client
 //! leaves or the node shuts down; a reload does not end them (they keep
 //! the schema they started with). Erasures are not in the feed yet.
+//!
+//! Each change goes through the subscriber's view: the `subscribe` right
+//! is checked once, the row filter on every change (on the clear state),
+//! and the payload is masked before the subscriber's filter sees it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -21,8 +25,9 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::filter::{self, Filter};
 use super::runtime::SubscriptionGuard;
-use super::schema::{getter, ready, runtime, ProductApi};
+use super::schema::{getter, ready, require, runtime, view, ProductApi};
 use super::values;
+use crate::policy::access::View;
 use crate::store::Change;
 
 /// `<Product>Change`.
@@ -65,6 +70,7 @@ struct Feed {
     changes: tokio::sync::broadcast::Receiver<Arc<crate::ingest::ChangeEvent>>,
     product: String,
     filter: Option<Filter>,
+    view: Arc<View>,
     pending: VecDeque<Change>,
     shutdown: tokio_util::sync::CancellationToken,
     _open: SubscriptionGuard,
@@ -77,6 +83,8 @@ pub(crate) fn changes_field(api: &Arc<ProductApi>) -> SubscriptionField {
         let api = handle.clone();
         SubscriptionFieldFuture::new(async move {
             let runtime = runtime(&ctx)?;
+            let view = view(&ctx, &api)?;
+            require(&view, view.subscribe, "subscribe to")?;
             let filter = match ctx.args.get("filter") {
                 Some(value) if !value.is_null() => filter::parse(&api.types, value.as_value())
                     .map_err(|e| async_graphql::Error::new(format!("`filter`: {e}")))?,
@@ -90,6 +98,7 @@ pub(crate) fn changes_field(api: &Arc<ProductApi>) -> SubscriptionField {
                 changes: runtime.ingestor.writer().subscribe_changes(),
                 product: api.name().to_string(),
                 filter,
+                view,
                 pending: VecDeque::new(),
                 shutdown: runtime.shutdown.clone(),
                 _open: runtime.usage.subscribe(api.name()),
@@ -116,12 +125,20 @@ async fn next_change<'a>(mut feed: Feed) -> Option<(async_graphql::Result<FieldV
         match received {
             Ok(event) if event.product == feed.product => {
                 for change in &event.changes {
+                    // Row filter on the clear state, then masks, then the
+                    // subscriber's own filter on what it may see.
+                    if !feed.view.shows(&change.instance.fields) {
+                        continue;
+                    }
+                    let mut change = change.clone();
+                    feed.view.mask_fields(&mut change.instance.fields);
+                    change.entity = feed.view.entity_key(&change.entity);
                     if feed
                         .filter
                         .as_ref()
                         .is_none_or(|f| f.matches(&change.instance.fields))
                     {
-                        feed.pending.push_back(change.clone());
+                        feed.pending.push_back(change);
                     }
                 }
             }
