@@ -531,7 +531,20 @@ mod tests {
     #[test]
     fn no_file_means_the_embedded_default() {
         let config = load_with_env(None, env(&[])).expect("defaults load");
-        assert_eq!(config, HubConfig::default());
+        // The embedded default lets anonymous callers read, masked; a
+        // config file must say so itself.
+        assert_eq!(
+            config,
+            HubConfig {
+                security: SecurityConfig::embedded(),
+                ..HubConfig::default()
+            }
+        );
+        assert_eq!(config.security.anonymous_role.as_deref(), Some("reader"));
+        let file = write("data_dir = \"d\"\n");
+        let from_file = load_with_env(Some(file.path()), env(&[])).expect("file loads");
+        assert_eq!(from_file.security.anonymous_role, None);
+        assert_eq!(from_file.tokens_file(), PathBuf::from("d/tokens.json"));
         assert_eq!(config.http.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.data_dir, PathBuf::from("./meshlet-data"));
         assert!(config.upstream_names().contains("central"));

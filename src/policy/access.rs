@@ -18,6 +18,10 @@
 //! Row filters are evaluated on the clear record (they are the domain
 //! owner's rule); masks apply after, and everything a caller may filter or
 //! order by is computed from the masked record only.
+//!
+//! Known limit: on a product whose *key* field is masked (`hash`), lookups
+//! still take the clear key, and connection cursors carry the store's
+//! entity key (base64, not encrypted). No shipped example masks its key.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

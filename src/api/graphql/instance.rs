@@ -17,9 +17,12 @@ use super::schema::{
     PageInfoData, ProductApi,
 };
 use super::values;
+use crate::policy::access::View;
 use crate::product::{Field as ProductField, FieldType};
 use crate::record::{Fields, Timestamp};
-use crate::store::{AuditAction, AuditEntry, AuditQuery, HistoryEvent, HistoryQuery, Instance};
+use crate::store::{
+    AuditAction, AuditEntry, AuditQuery, HistoryEvent, HistoryQuery, Instance, Store,
+};
 
 /// Something with a product's fields: an instance, or a history event.
 pub(crate) trait HasFields: Any + Send + Sync {
@@ -326,6 +329,17 @@ pub(crate) fn types(api: &Arc<ProductApi>) -> Vec<Type> {
     ]
 }
 
+/// Whether the entity's current (clear) state passes the view's row
+/// filter. History and audit ask the store rather than trust the parent
+/// object: a mutation's answer can be an instance its writer may not read.
+fn shown(store: &Store, view: &View, product: &str, entity: &str) -> Result<bool, String> {
+    if view.reads_clear() {
+        return Ok(true);
+    }
+    let current = store.get(product, entity).map_err(|e| e.to_string())?;
+    Ok(current.is_some_and(|i| view.shows(&i.fields)))
+}
+
 fn meta_field(api: &Arc<ProductApi>) -> Field {
     let api = api.clone();
     Field::new("_meta", TypeRef::named_nn("InstanceMeta"), move |ctx| {
@@ -373,7 +387,11 @@ fn history_field(api: &Arc<ProductApi>) -> Field {
             let store = runtime.store().clone();
             let product = api.name().to_string();
             let entity = instance.entity.clone();
+            let visible = view.clone();
             let mut events = blocking(move || {
+                if !shown(&store, &visible, &product, &entity)? {
+                    return Ok(Vec::new());
+                }
                 store
                     .history(&product, &entity, &query)
                     .map_err(|e| e.to_string())
@@ -425,6 +443,9 @@ fn audit_field(api: &Arc<ProductApi>) -> Field {
                 let product = api.name().to_string();
                 let entity = instance.entity.clone();
                 let lines = blocking(move || {
+                    if !shown(&store, &view, &product, &entity)? {
+                        return Ok(Vec::new());
+                    }
                     store
                         .audit(&product, &entity, &query)
                         .map_err(|e| e.to_string())
