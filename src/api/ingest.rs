@@ -58,6 +58,10 @@ fn authorize(
     };
     let view = View::of(&identity.role, definition, &state.graphql.runtime.secret);
     if !allowed(&view) {
+        state
+            .auth
+            .denials()
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return Err(error(
             StatusCode::FORBIDDEN,
             format!(

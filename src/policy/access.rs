@@ -24,6 +24,7 @@
 //! entity key (base64, not encrypted). No shipped example masks its key.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use indexmap::IndexMap;
@@ -188,15 +189,24 @@ pub struct Caller {
     pub identity: Identity,
     secret: MaskSecret,
     views: Mutex<HashMap<String, Arc<View>>>,
+    denials: Arc<AtomicU64>,
 }
 
 impl Caller {
-    pub fn new(identity: Identity, secret: MaskSecret) -> Caller {
+    /// `denials` counts refused actions (`meshlet_access_denied_total`).
+    pub fn new(identity: Identity, secret: MaskSecret, denials: Arc<AtomicU64>) -> Caller {
         Caller {
             identity,
             secret,
             views: Mutex::new(HashMap::new()),
+            denials,
         }
+    }
+
+    /// Counts one action refused for lack of a right.
+    pub fn denied(&self) {
+        self.denials.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(role = %self.identity.role, who = %self.identity.name, "access denied");
     }
 
     /// The caller's view of `product`.

@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use super::access::{Credential, Identity};
 use super::identity::PeerCertificate;
@@ -109,6 +110,7 @@ pub struct Authenticator {
     anonymous_role: Option<String>,
     certificates: CertificateRoles,
     failures: [AtomicU64; REASONS.len()],
+    denials: Arc<AtomicU64>,
 }
 
 /// What the authenticator is built from (the `security` config section).
@@ -127,7 +129,14 @@ impl Authenticator {
                 .filter(|r| !r.is_empty() && r != NO_ANONYMOUS),
             certificates: CertificateRoles::new(&settings.certificates),
             failures: Default::default(),
+            denials: Arc::default(),
         })
+    }
+
+    /// The counter of actions refused for lack of a right, shared with
+    /// every [`super::access::Caller`].
+    pub fn denials(&self) -> Arc<AtomicU64> {
+        self.denials.clone()
     }
 
     /// The token file's verifier (SIGHUP re-reads it).
@@ -214,6 +223,12 @@ impl Authenticator {
                 count.load(Ordering::Relaxed)
             ));
         }
+        out.push_str("# HELP meshlet_access_denied_total API actions refused because the caller's role lacks the right (GraphQL FORBIDDEN, HTTP 403).\n");
+        out.push_str("# TYPE meshlet_access_denied_total counter\n");
+        out.push_str(&format!(
+            "meshlet_access_denied_total {}\n",
+            self.denials.load(Ordering::Relaxed)
+        ));
     }
 }
 

@@ -467,7 +467,7 @@ pub(crate) fn root_fields(products: &Arc<ProductSet>) -> Vec<Field> {
                         )));
                     };
                     let view = caller(&ctx)?.view(product);
-                    require(&view, view.may_see_quarantine(), "see the raw quarantined payloads of")?;
+                    require(&ctx, &view, view.may_see_quarantine(), "see the raw quarantined payloads of")?;
                     let first = page_size(&ctx, "first")?.unwrap_or(limits::DEFAULT_PAGE);
                     let after = opt_string(&ctx, "after")?
                         .map(|c| {

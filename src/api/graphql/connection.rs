@@ -163,7 +163,7 @@ pub(crate) fn lookup_field(api: &Arc<ProductApi>) -> Field {
             FieldFuture::new(async move {
                 let runtime = runtime(&ctx)?;
                 let view = view(&ctx, &api)?;
-                require(&view, view.read, "read")?;
+                require(&ctx, &view, view.read, "read")?;
                 let entity = api.entity_arg(&ctx)?;
                 runtime.usage.query(api.name());
                 let store = runtime.store().clone();
@@ -194,7 +194,7 @@ pub(crate) fn list_field(api: &Arc<ProductApi>) -> Field {
         FieldFuture::new(async move {
             let runtime = runtime(&ctx)?;
             let view = view(&ctx, &api)?;
-            require(&view, view.read, "read")?;
+            require(&ctx, &view, view.read, "read")?;
             runtime.usage.query(api.name());
             let (first, last) = match (page_size(&ctx, "first")?, page_size(&ctx, "last")?) {
                 (None, None) => (Some(limits::DEFAULT_PAGE), None),

@@ -151,7 +151,11 @@ async fn execute(
     let Some(Extension(identity)) = identity else {
         return crate::api::auth::unauthorized(AuthFailure::Missing);
     };
-    let request = request.data(Caller::new(identity, state.graphql.runtime.secret.clone()));
+    let request = request.data(Caller::new(
+        identity,
+        state.graphql.runtime.secret.clone(),
+        state.auth.denials(),
+    ));
     let schema = state.graphql.handle.current();
     let response = schema.execute(request).instrument(span).await;
     ([(header::CONTENT_TYPE, "application/json")], Json(response)).into_response()
@@ -189,6 +193,7 @@ async fn websocket(
     let shutdown = state.graphql.runtime.shutdown.clone();
     let authenticator = state.auth.clone();
     let secret = state.graphql.runtime.secret.clone();
+    let denials = state.auth.denials();
     let header_identity = identity.map(|Extension(identity)| identity);
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
@@ -204,7 +209,7 @@ async fn websocket(
                                         .extend_with(|_, e| e.set("code", "UNAUTHENTICATED"))
                                 })?;
                             let mut data = async_graphql::Data::default();
-                            data.insert(Caller::new(identity, secret));
+                            data.insert(Caller::new(identity, secret, denials));
                             Ok(data)
                         })
                         .serve() => {}

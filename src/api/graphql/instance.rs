@@ -369,7 +369,7 @@ fn history_field(api: &Arc<ProductApi>) -> Field {
             // The parent instance came through this view (so it is
             // visible); its past records are masked the same way.
             let view = view(&ctx, &api)?;
-            require(&view, view.read, "read")?;
+            require(&ctx, &view, view.read, "read")?;
             let first = page_size(&ctx, "first")?.unwrap_or(limits::DEFAULT_PAGE);
             let after = opt_string(&ctx, "after")?
                 .map(|c| {
@@ -433,7 +433,7 @@ fn audit_field(api: &Arc<ProductApi>) -> Field {
                 let instance = ctx.parent_value.try_downcast_ref::<Instance>()?;
                 let runtime = runtime(&ctx)?;
                 let view = view(&ctx, &api)?;
-                require(&view, view.read, "read")?;
+                require(&ctx, &view, view.read, "read")?;
                 let query = AuditQuery {
                     since: opt_time(&ctx, "since")?,
                     until: opt_time(&ctx, "until")?,

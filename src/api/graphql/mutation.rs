@@ -80,7 +80,7 @@ pub(crate) fn upsert_field(api: &Arc<ProductApi>) -> Field {
         FieldFuture::new(async move {
             let runtime = runtime(&ctx)?;
             let view = view(&ctx, &api)?;
-            require(&view, view.write, "write")?;
+            require(&ctx, &view, view.write, "write")?;
             let who = caller(&ctx)?.identity.name.clone();
             let input = ctx.args.try_get("input")?.object()?;
             let mut record = serde_json::Map::new();
@@ -144,7 +144,7 @@ pub(crate) fn erase_field(api: &Arc<ProductApi>) -> Field {
         FieldFuture::new(async move {
             let runtime = runtime(&ctx)?;
             let view = view(&ctx, &api)?;
-            require(&view, view.erase, "erase")?;
+            require(&ctx, &view, view.erase, "erase")?;
             let origin = Origin::new(ORIGIN).with_actor(caller(&ctx)?.identity.name.clone());
             let entity = api.entity_arg(&ctx)?;
             let store = runtime.store().clone();

@@ -102,9 +102,17 @@ pub(crate) fn view(
 
 /// Refuses an action the view does not allow: a `FORBIDDEN` error that
 /// names the role, the product and the action, and nothing of the data.
-pub(crate) fn require(view: &View, allowed: bool, action: &str) -> async_graphql::Result<()> {
+pub(crate) fn require(
+    ctx: &ResolverContext<'_>,
+    view: &View,
+    allowed: bool,
+    action: &str,
+) -> async_graphql::Result<()> {
     if allowed {
         return Ok(());
+    }
+    if let Ok(caller) = caller(ctx) {
+        caller.denied();
     }
     Err(async_graphql::Error::new(format!(
         "role `{}` may not {action} product `{}`",

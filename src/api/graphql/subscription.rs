@@ -84,7 +84,7 @@ pub(crate) fn changes_field(api: &Arc<ProductApi>) -> SubscriptionField {
         SubscriptionFieldFuture::new(async move {
             let runtime = runtime(&ctx)?;
             let view = view(&ctx, &api)?;
-            require(&view, view.subscribe, "subscribe to")?;
+            require(&ctx, &view, view.subscribe, "subscribe to")?;
             let filter = match ctx.args.get("filter") {
                 Some(value) if !value.is_null() => filter::parse(&api.types, value.as_value())
                     .map_err(|e| async_graphql::Error::new(format!("`filter`: {e}")))?,
