@@ -903,7 +903,44 @@ async fn missing_unknown_malformed_and_revoked_tokens_get_401() {
         "{listed}"
     );
 
+    // SIGHUP re-reads the file even when neither its size nor its mtime
+    // changed (an edit the once-a-second check cannot see): the role of
+    // `second` becomes one with no rights.
+    let path = dir.path().join("data/tokens.json");
+    let modified = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let text = std::fs::read_to_string(&path).expect("token file");
+    assert!(text.contains("\"role\": \"admin\""), "{text}");
+    std::fs::write(
+        &path,
+        text.replace("\"role\": \"admin\"", "\"role\": \"xxxxx\""),
+    )
+    .expect("edit");
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_modified(modified))
+        .expect("restore mtime");
+    node.signal(libc::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = fresh
+            .post("{ machineHealthConnection { totalCount } }", json!({}))
+            .await;
+        if body["errors"][0]["extensions"]["code"] == "FORBIDDEN" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP not honoured: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // 1,000 random filters: answered with data or errors, never a failure.
+    let third = create_token(dir.path(), "admin", "third");
+    let fresh = anonymous.with_token(&third);
     let mut rng = rand::rngs::StdRng::seed_from_u64(0xf117);
     for i in 0..1_000 {
         let filter = random_filter(&mut rng, 0);

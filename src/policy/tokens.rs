@@ -400,6 +400,13 @@ impl TokenVerifier {
         let hash = sha256_hex(token);
         let mut loaded = self.lock();
         self.refresh(&mut loaded);
+        if !loaded.tokens.contains_key(id) && self.stamp() != loaded.stamp {
+            // A token created a moment ago works at once: an id not known
+            // yet costs one stat(2), and a re-read only when the file
+            // really changed.
+            loaded.checked = None;
+            self.refresh(&mut loaded);
+        }
         let entry = loaded.tokens.get(id).ok_or(TokenRefusal::Unknown)?;
         if !constant_time_eq(hash.as_bytes(), entry.sha256.as_bytes()) {
             return Err(TokenRefusal::Unknown);
