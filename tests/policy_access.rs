@@ -681,7 +681,8 @@ async fn subscriptions(node: &NodeProcess, tokens: &[(&str, String)], admin: &Gq
         Protocol::TransportWs,
         "subscription { energyMeterChanges { instance { meter_id voltage_v power_factor energy_kwh } } }",
         json!({}),
-        init("billing"),
+        // The other accepted payload form.
+        json!({ "token": token("billing") }),
     )
     .await;
     admin.wait_subscriptions("machine_health", 1).await;
