@@ -865,6 +865,17 @@ async fn missing_unknown_malformed_and_revoked_tokens_get_401() {
     assert!(sent > 900, "only {sent} malformed tokens were sent");
     good.data("{ products { name } }", json!({})).await;
 
+    // An open subscription made with the token that is about to be revoked.
+    let mut subscriber = Subscriber::start_with(
+        &node,
+        Protocol::TransportWs,
+        "subscription { machineHealthChanges { entity } }",
+        json!({}),
+        json!({ "Authorization": format!("Bearer {first}") }),
+    )
+    .await;
+    good.wait_subscriptions("machine_health", 1).await;
+
     // Revoked with the CLI while the node runs: refused within a couple of
     // seconds; a token created meanwhile is accepted.
     let out = run(
@@ -893,6 +904,27 @@ async fn missing_unknown_malformed_and_revoked_tokens_get_401() {
             .await
             >= Some(1.0)
     );
+    // The subscription ends with UNAUTHENTICATED once it re-checks the
+    // token (changes keep coming until then).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        fresh
+            .data(
+                r#"mutation { upsertMachineHealth(input: {machine_id: "PR-0001", status: "ok"}) { machine_id } }"#,
+                json!({}),
+            )
+            .await;
+        let payload = subscriber.next_or_error(Duration::from_secs(10)).await;
+        if let Some(errors) = payload["errors"].as_array().or(payload.as_array()) {
+            assert_eq!(code(errors), Some("UNAUTHENTICATED"), "{payload}");
+            break;
+        }
+        assert_eq!(payload["data"]["machineHealthChanges"]["entity"], "PR-0001");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the subscription outlived its token"
+        );
+    }
     let list = run(dir.path(), &["--config", "meshlet.toml", "token", "list"]);
     let listed = stdout(&list);
     assert!(

@@ -190,7 +190,12 @@ pub struct Caller {
     secret: MaskSecret,
     views: Mutex<HashMap<String, Arc<View>>>,
     denials: Arc<AtomicU64>,
+    still_valid: Option<StillValid>,
 }
+
+/// Whether the credential a caller authenticated with still holds (a
+/// token not revoked since): long-lived subscriptions ask it again.
+pub type StillValid = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl Caller {
     /// `denials` counts refused actions (`meshlet_access_denied_total`).
@@ -200,7 +205,19 @@ impl Caller {
             secret,
             views: Mutex::new(HashMap::new()),
             denials,
+            still_valid: None,
         }
+    }
+
+    /// The same caller, with a way to re-check its credential.
+    pub fn revalidated_by(mut self, still_valid: StillValid) -> Caller {
+        self.still_valid = Some(still_valid);
+        self
+    }
+
+    /// How to re-check the caller's credential, if it can be revoked.
+    pub fn still_valid(&self) -> Option<StillValid> {
+        self.still_valid.clone()
     }
 
     /// Counts one action refused for lack of a right.

@@ -197,6 +197,12 @@ impl Authenticator {
         self.anonymous().ok_or(AuthFailure::Missing)
     }
 
+    /// Whether `token` is (still) valid: not revoked or removed since.
+    /// Counts nothing; for re-checking an established caller.
+    pub fn token_still_valid(&self, token: &str) -> bool {
+        self.tokens.verify(token).is_ok()
+    }
+
     /// The anonymous identity, when anonymous access is configured.
     pub fn anonymous(&self) -> Option<Identity> {
         self.anonymous_role.as_deref().map(Identity::anonymous)

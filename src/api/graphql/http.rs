@@ -22,6 +22,7 @@ use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde_json::json;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use tracing::{info_span, Instrument};
 
 use super::limits::{self, MAX_BODY_BYTES};
@@ -164,6 +165,7 @@ async fn execute(
 async fn websocket(
     State(state): State<ApiState>,
     identity: Option<Extension<Identity>>,
+    headers: HeaderMap,
     protocol: Result<GraphQLProtocol, StatusCode>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
@@ -194,7 +196,11 @@ async fn websocket(
     let authenticator = state.auth.clone();
     let secret = state.graphql.runtime.secret.clone();
     let denials = state.auth.denials();
-    let header_identity = identity.map(|Extension(identity)| identity);
+    let header_token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| auth::bearer(v.as_bytes()).ok())
+        .map(str::to_string);
+    let header_identity = identity.map(|Extension(identity)| (identity, header_token));
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .max_message_size(MAX_BODY_BYTES)
@@ -203,13 +209,23 @@ async fn websocket(
                 tokio::select! {
                     _ = GraphQLWebSocket::new(socket, schema, protocol)
                         .on_connection_init(move |payload| async move {
-                            let identity = init_identity(&authenticator, header_identity, &payload)
-                                .map_err(|failure| {
-                                    async_graphql::Error::new(failure.to_string())
-                                        .extend_with(|_, e| e.set("code", "UNAUTHENTICATED"))
-                                })?;
+                            let (identity, token) =
+                                init_identity(&authenticator, header_identity, &payload)
+                                    .map_err(|failure| {
+                                        async_graphql::Error::new(failure.to_string()).extend_with(
+                                            |_, e| e.set("code", "UNAUTHENTICATED"),
+                                        )
+                                    })?;
+                            let mut caller = Caller::new(identity, secret, denials);
+                            // Subscriptions outlive requests: they re-check
+                            // the token, so revoking it ends them.
+                            if let Some(token) = token {
+                                caller = caller.revalidated_by(Arc::new(move || {
+                                    authenticator.token_still_valid(&token)
+                                }));
+                            }
                             let mut data = async_graphql::Data::default();
-                            data.insert(Caller::new(identity, secret, denials));
+                            data.insert(caller);
                             Ok(data)
                         })
                         .serve() => {}
@@ -223,24 +239,26 @@ async fn websocket(
 /// The caller of a WebSocket: a token in the `connection_init` payload
 /// (`{"Authorization": "Bearer <token>"}` or `{"token": "<token>"}`) wins,
 /// then the identity the upgrade request authenticated, then the anonymous
-/// role. A refusal closes the connection.
+/// role. A refusal closes the connection. Also returns the token, so the
+/// connection's subscriptions can re-check it.
 fn init_identity(
     authenticator: &auth::Authenticator,
-    header_identity: Option<Identity>,
+    header_identity: Option<(Identity, Option<String>)>,
     payload: &serde_json::Value,
-) -> Result<Identity, AuthFailure> {
+) -> Result<(Identity, Option<String>), AuthFailure> {
     let field = |name: &str| payload.get(name).and_then(serde_json::Value::as_str);
-    if let Some(header) = field("Authorization").or_else(|| field("authorization")) {
-        return auth::bearer(header.as_bytes())
-            .and_then(|token| authenticator.authenticate_token(token));
+    let token = match field("Authorization").or_else(|| field("authorization")) {
+        Some(header) => Some(auth::bearer(header.as_bytes())?),
+        None => field("token"),
+    };
+    if let Some(token) = token {
+        let identity = authenticator.authenticate_token(token)?;
+        return Ok((identity, Some(token.to_string())));
     }
-    if let Some(token) = field("token") {
-        return authenticator.authenticate_token(token);
+    if let Some(found) = header_identity {
+        return Ok(found);
     }
-    if let Some(identity) = header_identity {
-        return Ok(identity);
-    }
-    authenticator.authenticate(None, None)
+    Ok((authenticator.authenticate(None, None)?, None))
 }
 
 async fn graphiql(State(state): State<ApiState>) -> Response {

@@ -11,23 +11,27 @@
 //!
 //! Each change goes through the subscriber's view: the `subscribe` right
 //! is checked once, the row filter on every change (on the clear state),
-//! and the payload is masked before the subscriber's filter sees it.
+//! and the payload is masked before the subscriber's filter sees it. A
+//! subscription made with a token re-checks it (at most once a second, as
+//! changes arrive): revoking the token ends the subscription with an
+//! `UNAUTHENTICATED` error.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_graphql::dynamic::{
     Field, FieldValue, InputValue, Object, SubscriptionField, SubscriptionFieldFuture, TypeRef,
 };
-use async_graphql::Value as Gql;
+use async_graphql::{ErrorExtensions, Value as Gql};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::filter::{self, Filter};
 use super::runtime::SubscriptionGuard;
-use super::schema::{getter, ready, require, runtime, view, ProductApi};
+use super::schema::{caller, getter, ready, require, runtime, view, ProductApi};
 use super::values;
-use crate::policy::access::View;
+use crate::policy::access::{StillValid, View};
 use crate::store::Change;
 
 /// `<Product>Change`.
@@ -71,6 +75,13 @@ struct Feed {
     product: String,
     filter: Option<Filter>,
     view: Arc<View>,
+    /// Re-checks the subscriber's token (at most once per
+    /// [`REVALIDATE_EVERY`], when a change is due); `None` for callers
+    /// whose credential cannot be revoked (anonymous, certificates).
+    still_valid: Option<StillValid>,
+    validated_at: Instant,
+    /// The credential was revoked: the error was sent, the stream ends.
+    ended: bool,
     pending: VecDeque<Change>,
     shutdown: tokio_util::sync::CancellationToken,
     _open: SubscriptionGuard,
@@ -85,6 +96,7 @@ pub(crate) fn changes_field(api: &Arc<ProductApi>) -> SubscriptionField {
             let runtime = runtime(&ctx)?;
             let view = view(&ctx, &api)?;
             require(&ctx, &view, view.subscribe, "subscribe to")?;
+            let still_valid = caller(&ctx)?.still_valid();
             let filter = match ctx.args.get("filter") {
                 Some(value) if !value.is_null() => filter::parse(&api.types, value.as_value())
                     .map_err(|e| async_graphql::Error::new(format!("`filter`: {e}")))?,
@@ -99,6 +111,9 @@ pub(crate) fn changes_field(api: &Arc<ProductApi>) -> SubscriptionField {
                 product: api.name().to_string(),
                 filter,
                 view,
+                still_valid,
+                validated_at: Instant::now(),
+                ended: false,
                 pending: VecDeque::new(),
                 shutdown: runtime.shutdown.clone(),
                 _open: runtime.usage.subscribe(api.name()),
@@ -113,8 +128,26 @@ pub(crate) fn changes_field(api: &Arc<ProductApi>) -> SubscriptionField {
     .argument(InputValue::new("filter", TypeRef::named(&api.names.filter)))
 }
 
+/// How often, at most, a subscription re-checks its token.
+const REVALIDATE_EVERY: Duration = Duration::from_secs(1);
+
 async fn next_change<'a>(mut feed: Feed) -> Option<(async_graphql::Result<FieldValue<'a>>, Feed)> {
     loop {
+        if feed.ended {
+            return None;
+        }
+        if !feed.pending.is_empty() && feed.validated_at.elapsed() >= REVALIDATE_EVERY {
+            feed.validated_at = Instant::now();
+            if feed.still_valid.as_ref().is_some_and(|valid| !valid()) {
+                feed.ended = true;
+                feed.pending.clear();
+                let err = async_graphql::Error::new(
+                    "the token of this subscription was revoked; reconnect with a valid one",
+                )
+                .extend_with(|_, e| e.set("code", "UNAUTHENTICATED"));
+                return Some((Err(err), feed));
+            }
+        }
         if let Some(change) = feed.pending.pop_front() {
             return Some((Ok(FieldValue::owned_any(change)), feed));
         }
