@@ -350,6 +350,46 @@ async fn matrix_of_roles_products_and_paths() {
     .await;
     writes_and_erasures(&node, &client).await;
     subscriptions(&node, &tokens, &client("admin")).await;
+
+    // The erasure's audit line names the DPO's token holder, and no token
+    // text is anywhere in the audit.
+    let (status, _) = node.stop();
+    assert!(status.success());
+    let store = common::open_store(&dir.path().join("data"));
+    let lines = store
+        .audit(
+            "customer_asset",
+            "ABC00000009",
+            &meshlet::store::AuditQuery {
+                since: None,
+                until: None,
+                limit: 100,
+            },
+        )
+        .expect("audit");
+    let erased = lines
+        .iter()
+        .find(|l| l.action == meshlet::store::AuditAction::Erased)
+        .unwrap_or_else(|| panic!("no erasure line: {lines:?}"));
+    assert_eq!(erased.origin.actor.as_deref(), Some("dpo"));
+    let pushed = store
+        .audit(
+            "customer_asset",
+            "ABC00000008",
+            &meshlet::store::AuditQuery {
+                since: None,
+                until: None,
+                limit: 100,
+            },
+        )
+        .expect("audit");
+    assert_eq!(
+        pushed.first().and_then(|l| l.origin.actor.as_deref()),
+        Some("support")
+    );
+    for (_, token) in &tokens {
+        assert!(!format!("{lines:?}").contains(token.as_str()));
+    }
 }
 
 /// The size of a filtered connection, checked against its nodes.

@@ -9,6 +9,10 @@
 //! its modification time or size changes (checked at most once a second,
 //! on authentication) and on SIGHUP.
 //!
+//! Two `meshlet token` commands run at the very same moment may lose one
+//! of their changes (read, change, rename; no lock across processes):
+//! `meshlet token list` shows what stuck.
+//!
 //! A token reads `mlt_<id>_<secret>`: `id` is 12 hex characters (public,
 //! it names the token in lists and logs and finds its entry), `secret` 64
 //! hex characters (256 random bits from ring's `SystemRandom`).
