@@ -144,14 +144,16 @@ async fn execute(
             )
         }
     };
-    let span = info_span!(
-        "graphql",
-        operation = request.operation_name.as_deref().unwrap_or("")
-    );
     // The authentication layer always sets an identity on this route.
     let Some(Extension(identity)) = identity else {
         return crate::api::auth::unauthorized(AuthFailure::Missing);
     };
+    let span = info_span!(
+        "graphql",
+        operation = request.operation_name.as_deref().unwrap_or(""),
+        who = %identity.name,
+        role = %identity.role,
+    );
     let request = request.data(Caller::new(
         identity,
         state.graphql.runtime.secret.clone(),
