@@ -1,6 +1,6 @@
 //! The command line: `meshlet serve`, `meshlet check`, `meshlet quarantine`,
-//! `meshlet erase`, `meshlet key generate`, `meshlet schema print`,
-//! `meshlet contract export|import`, `meshlet --version`.
+//! `meshlet erase`, `meshlet key generate`, `meshlet token create|revoke|list`,
+//! `meshlet schema print`, `meshlet contract export|import`, `meshlet --version`.
 //!
 //! This is the binary's edge: errors become one readable report on stderr
 //! and an exit code (0 success, 1 failure, 2 usage), never a panic.
@@ -66,6 +66,10 @@ pub enum Command {
     /// Store encryption keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Create, revoke and list API tokens (also while the node runs: it
+    /// notices the token file change within a second, or on SIGHUP).
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +95,24 @@ pub struct EraseArgs {
     /// Who asks for the erasure, for the audit line; default `$USER`.
     #[arg(long, value_name = "NAME")]
     pub actor: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token for a role and print it once; only its hash is kept.
+    Create {
+        /// The role the token acts as (a role of the products' `access:`
+        /// rules, or the built-in `admin` / `reader`).
+        #[arg(long)]
+        role: String,
+        /// Who holds it (unique among live tokens; shown in the audit).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Revoke a token by id or name.
+    Revoke { id_or_name: String },
+    /// List tokens (id, name, role, created, revoked) — never secrets.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,6 +179,7 @@ pub fn main() -> ExitCode {
         Command::Contract(command) => contract::run(&config, command),
         Command::Erase(args) => erase(config, args),
         Command::Key(KeyCommand::Generate { out }) => generate_key(out),
+        Command::Token(command) => token(&config, command),
     }
 }
 
@@ -255,6 +278,48 @@ fn erase(mut config: HubConfig, args: EraseArgs) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(config: &HubConfig, command: TokenCommand) -> ExitCode {
+    use crate::policy::tokens::TokenFileStore;
+    let store = TokenFileStore::new(config.tokens_file());
+    let result = match command {
+        TokenCommand::Create { role, name } => {
+            store.create(&role, name.as_deref()).map(|created| {
+                eprintln!(
+                    "created token {} (name `{}`, role `{}`); it is shown only now:",
+                    created.entry.id, created.entry.name, created.entry.role
+                );
+                println!("{}", created.token);
+            })
+        }
+        TokenCommand::Revoke { id_or_name } => store.revoke(&id_or_name).map(|entry| {
+            println!("revoked token {} (name `{}`)", entry.id, entry.name);
+        }),
+        TokenCommand::List => store.list().map(|entries| {
+            println!(
+                "{:<12}  {:<24}  {:<16}  {:<25}  revoked",
+                "id", "name", "role", "created"
+            );
+            for e in entries {
+                println!(
+                    "{:<12}  {:<24}  {:<16}  {:<25}  {}",
+                    e.id,
+                    e.name,
+                    e.role,
+                    e.created_at,
+                    e.revoked_at.as_deref().unwrap_or("-")
+                );
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");
             ExitCode::FAILURE

@@ -44,6 +44,8 @@ pub struct HubConfig {
     pub ingest: IngestSettings,
     /// Upstreams that sync rules may name.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Who may call the API, and as which role.
+    pub security: SecurityConfig,
     /// How long shutdown waits for tasks to finish before giving up.
     #[serde(with = "humantime_serde_compat")]
     pub shutdown_grace: Duration,
@@ -61,8 +63,48 @@ impl Default for HubConfig {
             mqtt: MqttConfig::default(),
             ingest: IngestSettings::default(),
             upstreams: BTreeMap::from([("central".to_string(), UpstreamConfig::default())]),
+            security: SecurityConfig::default(),
             shutdown_grace: Duration::from_secs(10),
         }
+    }
+}
+
+/// `[security]`: API identities and anonymous access.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// The token file `meshlet token` writes and the node re-reads;
+    /// default `<data_dir>/tokens.json`.
+    pub tokens_file: Option<PathBuf>,
+    /// The role of callers that present no credential. Absent (or
+    /// `"none"`) in a config file: every API call needs a token. The
+    /// embedded default (no config file) uses the built-in read-only
+    /// `reader` role, which masks fields classified pii, confidential or
+    /// restricted.
+    pub anonymous_role: Option<String>,
+    /// Client certificates (mTLS) → role: keys are a subject CN or
+    /// `sha256:<certificate fingerprint>`.
+    pub certificates: BTreeMap<String, String>,
+}
+
+impl SecurityConfig {
+    /// The embedded default: anonymous callers read with personal data
+    /// masked.
+    pub fn embedded() -> SecurityConfig {
+        SecurityConfig {
+            anonymous_role: Some(crate::policy::access::READER.to_string()),
+            ..SecurityConfig::default()
+        }
+    }
+}
+
+impl HubConfig {
+    /// Where the token file is.
+    pub fn tokens_file(&self) -> PathBuf {
+        self.security
+            .tokens_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("tokens.json"))
     }
 }
 
@@ -370,7 +412,10 @@ pub fn load_with_env(
 ) -> Result<HubConfig, ConfigError> {
     let base = match file {
         Some(path) => parse_file(path)?,
-        None => HubConfig::default(),
+        None => HubConfig {
+            security: SecurityConfig::embedded(),
+            ..HubConfig::default()
+        },
     };
     apply_env(base, env)
 }
@@ -534,7 +579,20 @@ mod tests {
     #[test]
     fn no_file_means_the_embedded_default() {
         let config = load_with_env(None, env(&[])).expect("defaults load");
-        assert_eq!(config, HubConfig::default());
+        // The embedded default lets anonymous callers read, masked; a
+        // config file must say so itself.
+        assert_eq!(
+            config,
+            HubConfig {
+                security: SecurityConfig::embedded(),
+                ..HubConfig::default()
+            }
+        );
+        assert_eq!(config.security.anonymous_role.as_deref(), Some("reader"));
+        let file = write("data_dir = \"d\"\n");
+        let from_file = load_with_env(Some(file.path()), env(&[])).expect("file loads");
+        assert_eq!(from_file.security.anonymous_role, None);
+        assert_eq!(from_file.tokens_file(), PathBuf::from("d/tokens.json"));
         assert_eq!(config.http.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.data_dir, PathBuf::from("./meshlet-data"));
         assert!(config.upstream_names().contains("central"));

@@ -59,6 +59,10 @@ pub enum NodeError {
     MqttClient(#[from] ClientConfigError),
     #[error(transparent)]
     Graphql(#[from] api::graphql::BuildError),
+    #[error("cannot load API tokens: {0}")]
+    Tokens(#[from] crate::policy::tokens::TokenFileError),
+    #[error("cannot read or create the mask secret: {0}")]
+    MaskSecret(StoreError),
     #[error("a background task failed: {0}")]
     Task(String),
 }
@@ -214,9 +218,22 @@ pub async fn start(
     }
     // GraphQL: the schema of the loaded products, rebuilt on SIGHUP and
     // when a definition file changes (ingestion keeps the start-up set).
+    let mask_secret = store.mask_secret().map_err(NodeError::MaskSecret)?;
+    let auth = Arc::new(crate::policy::auth::Authenticator::new(
+        crate::policy::auth::AuthSettings {
+            tokens_file: config.tokens_file(),
+            anonymous_role: config.security.anonymous_role.clone(),
+            certificates: config.security.certificates.clone(),
+        },
+    )?);
+    if let Some(role) = auth.anonymous_role() {
+        info!(role, "anonymous API callers are allowed");
+    }
+    tasks.spawn(reload_tokens_on_hangup(auth.clone(), shutdown.clone()));
     let graphql = api::graphql::GraphqlApi::start(
         products.clone(),
         ingestor.clone(),
+        mask_secret,
         config.http.graphiql,
         shutdown.clone(),
         &tasks,
@@ -238,6 +255,7 @@ pub async fn start(
         graphql,
         tls_metrics: listener.tls_metrics(),
         retention: retention_metrics.clone(),
+        auth,
     });
     let server = tokio::spawn(
         listener
@@ -337,4 +355,39 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(&tmp, bytes)?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// Re-reads the token file on SIGHUP (it is also re-read when it changes,
+/// checked at most once a second on authentication).
+async fn reload_tokens_on_hangup(
+    auth: Arc<crate::policy::auth::Authenticator>,
+    shutdown: CancellationToken,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            warn!("cannot listen for SIGHUP: the token file is re-read only when it changes");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                received = hangup.recv() => {
+                    if received.is_none() {
+                        return;
+                    }
+                    match auth.tokens().reload() {
+                        Ok(()) => info!("token file re-read (SIGHUP)"),
+                        Err(err) => tracing::error!(error = %err, "token file unreadable after SIGHUP: every token is refused until it is fixed"),
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = auth;
+        shutdown.cancelled().await;
+    }
 }

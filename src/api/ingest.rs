@@ -12,12 +12,13 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::ApiState;
 use crate::ingest::{replay, PushRefusal};
+use crate::policy::access::{Identity, View};
 use crate::product::PayloadFormat;
 
 pub(super) fn routes(max_body_bytes: usize) -> Router<ApiState> {
@@ -28,11 +29,48 @@ pub(super) fn routes(max_body_bytes: usize) -> Router<ApiState> {
         )
         .route("/quarantine/{product}", get(list_quarantine))
         .route("/quarantine/{product}/replay", post(replay_quarantine))
-        .route("/metrics", get(metrics))
+}
+
+/// Routes outside the authentication layer (see `super::auth`).
+pub(super) fn open_routes() -> Router<ApiState> {
+    Router::new().route("/metrics", get(metrics))
 }
 
 fn error(code: StatusCode, message: impl Into<String>) -> Response {
     (code, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// The caller's view of `product`, or the response that ends the request:
+/// 404 for an unknown product, 403 when `allowed` says no.
+#[allow(clippy::result_large_err)] // the error is the response itself, built once
+fn authorize(
+    state: &ApiState,
+    identity: &Identity,
+    product: &str,
+    action: &str,
+    allowed: impl Fn(&View) -> bool,
+) -> Result<View, Response> {
+    let Some(definition) = state.ingestor.products().get(product) else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no product named `{product}`"),
+        ));
+    };
+    let view = View::of(&identity.role, definition, &state.graphql.runtime.secret);
+    if !allowed(&view) {
+        state
+            .auth
+            .denials()
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "role `{}` may not {action} product `{product}`",
+                identity.role
+            ),
+        ));
+    }
+    Ok(view)
 }
 
 /// NDJSON when the content type says so, else JSON (an object or an array
@@ -63,10 +101,14 @@ struct RecordError {
 
 async fn push(
     State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
     Path(product): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    if let Err(refused) = authorize(&state, &identity, &product, "write", |v| v.write) {
+        return refused;
+    }
     let body = match body {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -82,7 +124,12 @@ async fn push(
     };
     let pending = match state
         .ingestor
-        .submit_push(&product, &body, format_of(&headers), None)
+        .submit_push(
+            &product,
+            &body,
+            format_of(&headers),
+            Some(identity.name.clone()),
+        )
         .await
     {
         Ok(pending) => pending,
@@ -156,14 +203,18 @@ struct QuarantineView {
 
 async fn list_quarantine(
     State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
     Path(product): Path<String>,
     Query(page): Query<Page>,
 ) -> Response {
-    if state.ingestor.products().get(&product).is_none() {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no product named `{product}`"),
-        );
+    if let Err(refused) = authorize(
+        &state,
+        &identity,
+        &product,
+        "see the raw quarantined payloads of",
+        View::may_see_quarantine,
+    ) {
+        return refused;
     }
     let limit = page.limit.unwrap_or(100).clamp(1, 1_000);
     let store = state.ingestor.store().clone();
@@ -195,7 +246,20 @@ async fn list_quarantine(
     }
 }
 
-async fn replay_quarantine(State(state): State<ApiState>, Path(product): Path<String>) -> Response {
+async fn replay_quarantine(
+    State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
+    Path(product): Path<String>,
+) -> Response {
+    if let Err(refused) = authorize(
+        &state,
+        &identity,
+        &product,
+        "replay the quarantine of",
+        |v| v.write && v.may_see_quarantine(),
+    ) {
+        return refused;
+    }
     match replay::replay(&state.ingestor, &product).await {
         Ok(report) => Json(report).into_response(),
         Err(replay::ReplayError::UnknownProduct(name)) => {
@@ -211,6 +275,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     state.graphql.render_prometheus(&mut text);
     state.tls_metrics.render_prometheus(&mut text);
     state.retention.render_prometheus(&mut text);
+    state.auth.render_prometheus(&mut text);
     (
         [(
             header::CONTENT_TYPE,

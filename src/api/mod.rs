@@ -1,9 +1,12 @@
 //! The HTTP surface: one axum router for the operations endpoints, HTTP
 //! push, the quarantine, metrics and GraphQL (`graphql/`).
 //!
-//! The router only reads shared state; it never owns data. Handlers that
-//! touch data go through `policy` (from the policy issue on).
+//! The router only reads shared state; it never owns data. Every route but
+//! the health checks and `/metrics` is behind the authentication layer
+//! (`auth`), and handlers that touch data go through a
+//! `policy::access::View` of the caller's role.
 
+mod auth;
 pub mod graphql;
 mod health;
 mod ingest;
@@ -30,13 +33,21 @@ pub struct ApiState {
     pub tls_metrics: tls::TlsMetrics,
     /// What the retention sweeper removed, for `/metrics`.
     pub retention: crate::retention::RetentionMetrics,
+    /// Who is calling: tokens, certificates, anonymous role.
+    pub auth: Arc<crate::policy::auth::Authenticator>,
 }
 
 /// Builds the router for the given state.
 pub fn router(state: ApiState) -> Router {
-    health::routes()
-        .merge(ingest::routes(state.max_http_body_bytes))
+    let protected = ingest::routes(state.max_http_body_bytes)
         .merge(graphql::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_identity,
+        ));
+    health::routes()
+        .merge(ingest::open_routes())
+        .merge(protected)
         .with_state(state)
 }
 

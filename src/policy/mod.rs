@@ -9,7 +9,14 @@
 //!   loaded, then evaluated on every record on the hot paths.
 //! - [`masking`]: field masks applied to records as a role or an upstream
 //!   may see them, with the keyed pseudonym secret behind `hash`.
+//! - [`access`]: the per (role, product) [`access::View`] every API path
+//!   goes through, and the built-in `admin` and `reader` roles.
+//! - [`tokens`]: API tokens (the token file the CLI writes and the node
+//!   re-reads); [`auth`]: from a request's credentials to an identity.
 
+pub mod access;
+pub mod auth;
 pub mod expr;
 pub mod identity;
 pub mod masking;
+pub mod tokens;

@@ -18,6 +18,8 @@ use super::NodeProcess;
 pub struct Gql {
     client: reqwest::Client,
     url: String,
+    /// Sent as `Authorization: Bearer <token>` when set.
+    token: Option<String>,
 }
 
 impl Gql {
@@ -25,14 +27,30 @@ impl Gql {
         Gql {
             client: reqwest::Client::new(),
             url: node.url("/graphql"),
+            token: None,
+        }
+    }
+
+    /// The API token this client sends, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// The same client, calling with an API token.
+    pub fn with_token(&self, token: &str) -> Gql {
+        Gql {
+            token: Some(token.to_string()),
+            ..self.clone()
         }
     }
 
     /// POSTs a query; returns the status and the JSON body.
     pub async fn post(&self, query: &str, variables: Value) -> (u16, Value) {
-        let response = self
-            .client
-            .post(&self.url)
+        let mut request = self.client.post(&self.url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
             .json(&json!({ "query": query, "variables": variables }))
             .send()
             .await
@@ -80,12 +98,11 @@ impl Gql {
     /// test's runtime): status and body.
     pub async fn get(&self, path: &str) -> (u16, String) {
         let base = self.url.trim_end_matches("/graphql");
-        let response = self
-            .client
-            .get(format!("{base}{path}"))
-            .send()
-            .await
-            .expect("HTTP request");
+        let mut request = self.client.get(format!("{base}{path}"));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("HTTP request");
         let status = response.status().as_u16();
         (status, response.text().await.expect("body"))
     }
@@ -166,6 +183,18 @@ impl Subscriber {
         query: &str,
         variables: Value,
     ) -> Subscriber {
+        Subscriber::start_with(node, protocol, query, variables, json!({})).await
+    }
+
+    /// [`Subscriber::start`] with a `connection_init` payload (e.g.
+    /// `{"Authorization": "Bearer <token>"}`).
+    pub async fn start_with(
+        node: &NodeProcess,
+        protocol: Protocol,
+        query: &str,
+        variables: Value,
+        init: Value,
+    ) -> Subscriber {
         let url = format!("ws://{}/graphql/ws", node.http);
         let mut request = url.into_client_request().expect("ws request");
         request.headers_mut().insert(
@@ -184,7 +213,7 @@ impl Subscriber {
         );
         let mut subscriber = Subscriber { socket, protocol };
         subscriber
-            .send(json!({ "type": "connection_init", "payload": {} }))
+            .send(json!({ "type": "connection_init", "payload": init }))
             .await;
         let ack = subscriber.next_message(Duration::from_secs(10)).await;
         assert_eq!(ack["type"], "connection_ack", "{ack}");

@@ -81,6 +81,9 @@ pub struct NodeBuilder {
     env: Vec<(String, String)>,
     /// Run another build of the binary through a launcher (qemu for ARM).
     launcher: Option<(PathBuf, PathBuf)>,
+    /// Anonymous callers act as the built-in `admin` role (see
+    /// [`NodeBuilder::secured`]).
+    anonymous_admin: bool,
 }
 
 impl NodeBuilder {
@@ -90,7 +93,16 @@ impl NodeBuilder {
             args: Vec::new(),
             env: Vec::new(),
             launcher: None,
+            anonymous_admin: true,
         }
+    }
+
+    /// Leaves access control as the node's config says. Without this the
+    /// node lets anonymous callers act as `admin`, so tests of other
+    /// features need no tokens.
+    pub fn secured(mut self) -> Self {
+        self.anonymous_admin = false;
+        self
     }
 
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
@@ -132,6 +144,10 @@ impl NodeBuilder {
             .env("RUST_LOG", "meshlet=info")
             // Parallel tests must not all take the default 1883.
             .env("MESHLET_MQTT__EMBEDDED__LISTEN", "127.0.0.1:0")
+            .envs(
+                self.anonymous_admin
+                    .then_some(("MESHLET_SECURITY__ANONYMOUS_ROLE", "admin")),
+            )
             .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -18,7 +18,9 @@ use base64::Engine;
 use super::limits;
 use super::paging::SCAN_BUDGET;
 use super::runtime::StatusData;
-use super::schema::{blocking, getter, opt_string, page_size, ready, runtime, PageInfoData};
+use super::schema::{
+    blocking, caller, getter, opt_string, page_size, ready, require, runtime, PageInfoData,
+};
 use super::values;
 use crate::product::{Field as ProductField, Product, ProductSet};
 use crate::record::Timestamp;
@@ -426,20 +428,30 @@ pub(crate) fn root_fields(products: &Arc<ProductSet>) -> Vec<Field> {
         Field::new(
             "products",
             TypeRef::named_nn_list_nn("CatalogProduct"),
-            move |_| {
-                ready(Ok(Some(FieldValue::list(
-                    all.iter().cloned().map(FieldValue::owned_any),
-                ))))
+            move |ctx| {
+                ready(caller(&ctx).map(|caller| {
+                    Some(FieldValue::list(
+                        all.iter()
+                            .filter(|p| caller.view(p).any_right())
+                            .cloned()
+                            .map(FieldValue::owned_any),
+                    ))
+                }))
             },
         )
-        .description("Every product this node serves, by name."),
+        .description("Every product this node serves that the caller's role has any right on, by name."),
         Field::new("product", TypeRef::named("CatalogProduct"), move |ctx| {
             ready((|| {
+                let caller = caller(&ctx)?;
                 let name = ctx.args.try_get("name")?.string()?;
-                Ok(one.get(name).cloned().map(FieldValue::owned_any))
+                Ok(one
+                    .get(name)
+                    .filter(|p| caller.view(p).any_right())
+                    .cloned()
+                    .map(FieldValue::owned_any))
             })())
         })
-        .description("One product by name, or null.")
+        .description("One product by name, or null (also when the caller's role has no right on it).")
         .argument(InputValue::new("name", TypeRef::named_nn(TypeRef::STRING))),
         Field::new(
             "quarantine",
@@ -449,11 +461,13 @@ pub(crate) fn root_fields(products: &Arc<ProductSet>) -> Vec<Field> {
                 FieldFuture::new(async move {
                     let runtime = runtime(&ctx)?;
                     let name = ctx.args.try_get("product")?.string()?.to_string();
-                    if products.get(&name).is_none() {
+                    let Some(product) = products.get(&name) else {
                         return Err(async_graphql::Error::new(format!(
                             "no product named `{name}`"
                         )));
-                    }
+                    };
+                    let view = caller(&ctx)?.view(product);
+                    require(&ctx, &view, view.may_see_quarantine(), "see the raw quarantined payloads of")?;
                     let first = page_size(&ctx, "first")?.unwrap_or(limits::DEFAULT_PAGE);
                     let after = opt_string(&ctx, "after")?
                         .map(|c| {

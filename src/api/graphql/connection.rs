@@ -15,9 +15,11 @@ use super::limits;
 use super::order::{self, Order, OrderTerm};
 use super::paging::{self, PageArgs, ProductScan, SCAN_BUDGET};
 use super::schema::{
-    blocking, getter, opt_string, page_size, ready, runtime, PageInfoData, ProductApi,
+    blocking, getter, opt_string, page_size, ready, require, runtime, view, PageInfoData,
+    ProductApi,
 };
 use super::values;
+use crate::policy::access::View;
 use crate::store::Instance;
 
 /// A page of instances, with what `totalCount` needs.
@@ -26,6 +28,7 @@ struct ConnectionData {
     page_info: PageInfoData,
     product: String,
     filter: Option<Filter>,
+    view: Arc<View>,
 }
 
 /// Edge, connection, filter and order types of one product.
@@ -126,14 +129,16 @@ fn total_count_field() -> Field {
             let store = runtime.store().clone();
             let product = data.product.clone();
             let filter = data.filter.clone();
+            let view = data.view.clone();
             let total = blocking(move || match filter {
-                None => store.count(&product).map_err(|e| e.to_string()),
-                Some(filter) => paging::count(
+                None if view.reads_clear() => store.count(&product).map_err(|e| e.to_string()),
+                filter => paging::count(
                     &ProductScan {
                         store: &store,
                         product: &product,
+                        view: &view,
                     },
-                    &filter,
+                    &filter.unwrap_or(Filter::And(Vec::new())),
                     SCAN_BUDGET,
                 )
                 .map_err(|e| e.to_string()),
@@ -157,6 +162,8 @@ pub(crate) fn lookup_field(api: &Arc<ProductApi>) -> Field {
             let api = handle.clone();
             FieldFuture::new(async move {
                 let runtime = runtime(&ctx)?;
+                let view = view(&ctx, &api)?;
+                require(&ctx, &view, view.read, "read")?;
                 let entity = api.entity_arg(&ctx)?;
                 runtime.usage.query(api.name());
                 let store = runtime.store().clone();
@@ -164,7 +171,11 @@ pub(crate) fn lookup_field(api: &Arc<ProductApi>) -> Field {
                 let instance =
                     blocking(move || store.get(&product, &entity).map_err(|e| e.to_string()))
                         .await?;
-                Ok(instance.map(FieldValue::owned_any))
+                // Hidden by the row filter: null, as if absent, so a lookup
+                // does not tell whether the entity exists.
+                Ok(instance
+                    .and_then(|i| paging::see(&view, i))
+                    .map(FieldValue::owned_any))
             })
         },
     )
@@ -182,6 +193,8 @@ pub(crate) fn list_field(api: &Arc<ProductApi>) -> Field {
         let api = handle.clone();
         FieldFuture::new(async move {
             let runtime = runtime(&ctx)?;
+            let view = view(&ctx, &api)?;
+            require(&ctx, &view, view.read, "read")?;
             runtime.usage.query(api.name());
             let (first, last) = match (page_size(&ctx, "first")?, page_size(&ctx, "last")?) {
                 (None, None) => (Some(limits::DEFAULT_PAGE), None),
@@ -211,11 +224,13 @@ pub(crate) fn list_field(api: &Arc<ProductApi>) -> Field {
             let key_order = order.is_key_order(&api.product);
             let store = runtime.store().clone();
             let product = api.name().to_string();
+            let scan_view = view.clone();
             let (out, order, filter) = blocking(move || {
                 paging::page(
                     &ProductScan {
                         store: &store,
                         product: &product,
+                        view: &scan_view,
                     },
                     filter.as_ref(),
                     &order,
@@ -243,6 +258,7 @@ pub(crate) fn list_field(api: &Arc<ProductApi>) -> Field {
                 page_info,
                 product: api.name().to_string(),
                 filter,
+                view,
             })))
         })
     })

@@ -10,6 +10,7 @@
 //! HTTP: status 200 and `errors` in the body.
 
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use async_graphql::ErrorExtensions;
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -18,13 +19,16 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::json;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use tracing::{info_span, Instrument};
 
 use super::limits::{self, MAX_BODY_BYTES};
 use crate::api::ApiState;
+use crate::policy::access::{Caller, Identity};
+use crate::policy::auth::{self, AuthFailure};
 
 pub(crate) fn routes() -> Router<ApiState> {
     Router::new()
@@ -68,6 +72,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 async fn execute(
     State(state): State<ApiState>,
+    identity: Option<Extension<Identity>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -139,10 +144,21 @@ async fn execute(
             )
         }
     };
+    // The authentication layer always sets an identity on this route.
+    let Some(Extension(identity)) = identity else {
+        return crate::api::auth::unauthorized(AuthFailure::Missing);
+    };
     let span = info_span!(
         "graphql",
-        operation = request.operation_name.as_deref().unwrap_or("")
+        operation = request.operation_name.as_deref().unwrap_or(""),
+        who = %identity.name,
+        role = %identity.role,
     );
+    let request = request.data(Caller::new(
+        identity,
+        state.graphql.runtime.secret.clone(),
+        state.auth.denials(),
+    ));
     let schema = state.graphql.handle.current();
     let response = schema.execute(request).instrument(span).await;
     ([(header::CONTENT_TYPE, "application/json")], Json(response)).into_response()
@@ -150,6 +166,8 @@ async fn execute(
 
 async fn websocket(
     State(state): State<ApiState>,
+    identity: Option<Extension<Identity>>,
+    headers: HeaderMap,
     protocol: Result<GraphQLProtocol, StatusCode>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
@@ -177,18 +195,72 @@ async fn websocket(
     };
     let schema = state.graphql.handle.current();
     let shutdown = state.graphql.runtime.shutdown.clone();
+    let authenticator = state.auth.clone();
+    let secret = state.graphql.runtime.secret.clone();
+    let denials = state.auth.denials();
+    let header_token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| auth::bearer(v.as_bytes()).ok())
+        .map(str::to_string);
+    let header_identity = identity.map(|Extension(identity)| (identity, header_token));
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .max_message_size(MAX_BODY_BYTES)
         .on_upgrade(move |socket| {
             async move {
                 tokio::select! {
-                    _ = GraphQLWebSocket::new(socket, schema, protocol).serve() => {}
+                    _ = GraphQLWebSocket::new(socket, schema, protocol)
+                        .on_connection_init(move |payload| async move {
+                            let (identity, token) =
+                                init_identity(&authenticator, header_identity, &payload)
+                                    .map_err(|failure| {
+                                        async_graphql::Error::new(failure.to_string()).extend_with(
+                                            |_, e| e.set("code", "UNAUTHENTICATED"),
+                                        )
+                                    })?;
+                            let mut caller = Caller::new(identity, secret, denials);
+                            // Subscriptions outlive requests: they re-check
+                            // the token, so revoking it ends them.
+                            if let Some(token) = token {
+                                caller = caller.revalidated_by(Arc::new(move || {
+                                    authenticator.token_still_valid(&token)
+                                }));
+                            }
+                            let mut data = async_graphql::Data::default();
+                            data.insert(caller);
+                            Ok(data)
+                        })
+                        .serve() => {}
                     _ = shutdown.cancelled() => {}
                 }
             }
             .instrument(info_span!("graphql_ws"))
         })
+}
+
+/// The caller of a WebSocket: a token in the `connection_init` payload
+/// (`{"Authorization": "Bearer <token>"}` or `{"token": "<token>"}`) wins,
+/// then the identity the upgrade request authenticated, then the anonymous
+/// role. A refusal closes the connection. Also returns the token, so the
+/// connection's subscriptions can re-check it.
+fn init_identity(
+    authenticator: &auth::Authenticator,
+    header_identity: Option<(Identity, Option<String>)>,
+    payload: &serde_json::Value,
+) -> Result<(Identity, Option<String>), AuthFailure> {
+    let field = |name: &str| payload.get(name).and_then(serde_json::Value::as_str);
+    let token = match field("Authorization").or_else(|| field("authorization")) {
+        Some(header) => Some(auth::bearer(header.as_bytes())?),
+        None => field("token"),
+    };
+    if let Some(token) = token {
+        let identity = authenticator.authenticate_token(token)?;
+        return Ok((identity, Some(token.to_string())));
+    }
+    if let Some(found) = header_identity {
+        return Ok(found);
+    }
+    Ok((authenticator.authenticate(None, None)?, None))
 }
 
 async fn graphiql(State(state): State<ApiState>) -> Response {

@@ -13,13 +13,16 @@ use async_graphql::Value as Gql;
 
 use super::limits;
 use super::schema::{
-    blocking, getter, non_null, opt_string, opt_time, page_size, ready, runtime, PageInfoData,
-    ProductApi,
+    blocking, getter, non_null, opt_string, opt_time, page_size, ready, require, runtime, view,
+    PageInfoData, ProductApi,
 };
 use super::values;
+use crate::policy::access::View;
 use crate::product::{Field as ProductField, FieldType};
 use crate::record::{Fields, Timestamp};
-use crate::store::{AuditAction, AuditEntry, AuditQuery, HistoryEvent, HistoryQuery, Instance};
+use crate::store::{
+    AuditAction, AuditEntry, AuditQuery, HistoryEvent, HistoryQuery, Instance, Store,
+};
 
 /// Something with a product's fields: an instance, or a history event.
 pub(crate) trait HasFields: Any + Send + Sync {
@@ -326,6 +329,17 @@ pub(crate) fn types(api: &Arc<ProductApi>) -> Vec<Type> {
     ]
 }
 
+/// Whether the entity's current (clear) state passes the view's row
+/// filter. History and audit ask the store rather than trust the parent
+/// object: a mutation's answer can be an instance its writer may not read.
+fn shown(store: &Store, view: &View, product: &str, entity: &str) -> Result<bool, String> {
+    if view.reads_clear() {
+        return Ok(true);
+    }
+    let current = store.get(product, entity).map_err(|e| e.to_string())?;
+    Ok(current.is_some_and(|i| view.shows(&i.fields)))
+}
+
 fn meta_field(api: &Arc<ProductApi>) -> Field {
     let api = api.clone();
     Field::new("_meta", TypeRef::named_nn("InstanceMeta"), move |ctx| {
@@ -352,6 +366,10 @@ fn history_field(api: &Arc<ProductApi>) -> Field {
         FieldFuture::new(async move {
             let instance = ctx.parent_value.try_downcast_ref::<Instance>()?;
             let runtime = runtime(&ctx)?;
+            // The parent instance came through this view (so it is
+            // visible); its past records are masked the same way.
+            let view = view(&ctx, &api)?;
+            require(&ctx, &view, view.read, "read")?;
             let first = page_size(&ctx, "first")?.unwrap_or(limits::DEFAULT_PAGE);
             let after = opt_string(&ctx, "after")?
                 .map(|c| {
@@ -369,7 +387,11 @@ fn history_field(api: &Arc<ProductApi>) -> Field {
             let store = runtime.store().clone();
             let product = api.name().to_string();
             let entity = instance.entity.clone();
+            let visible = view.clone();
             let mut events = blocking(move || {
+                if !shown(&store, &visible, &product, &entity)? {
+                    return Ok(Vec::new());
+                }
                 store
                     .history(&product, &entity, &query)
                     .map_err(|e| e.to_string())
@@ -379,7 +401,10 @@ fn history_field(api: &Arc<ProductApi>) -> Field {
             events.truncate(first);
             let edges: Vec<(String, HistoryEvent)> = events
                 .into_iter()
-                .map(|e| (e.version.to_string(), e))
+                .map(|mut e| {
+                    view.mask_fields(&mut e.fields);
+                    (e.version.to_string(), e)
+                })
                 .collect();
             let page_info = PageInfoData {
                 has_next,
@@ -407,6 +432,8 @@ fn audit_field(api: &Arc<ProductApi>) -> Field {
             FieldFuture::new(async move {
                 let instance = ctx.parent_value.try_downcast_ref::<Instance>()?;
                 let runtime = runtime(&ctx)?;
+                let view = view(&ctx, &api)?;
+                require(&ctx, &view, view.read, "read")?;
                 let query = AuditQuery {
                     since: opt_time(&ctx, "since")?,
                     until: opt_time(&ctx, "until")?,
@@ -416,6 +443,9 @@ fn audit_field(api: &Arc<ProductApi>) -> Field {
                 let product = api.name().to_string();
                 let entity = instance.entity.clone();
                 let lines = blocking(move || {
+                    if !shown(&store, &view, &product, &entity)? {
+                        return Ok(Vec::new());
+                    }
                     store
                         .audit(&product, &entity, &query)
                         .map_err(|e| e.to_string())

@@ -18,8 +18,10 @@
 //! `limits` and `cost` keep hostile requests out; `runtime` is what resolvers share
 //! across reloads; `reload` swaps the schema; `http` is the axum surface.
 //!
-//! Policies (roles, row filters, masks) arrive with the policy work; until
-//! then every request sees every product in full.
+//! Policies: the HTTP layer puts the caller's [`crate::policy::access::Caller`]
+//! into each request's data; every resolver asks it for the view of its
+//! product (`schema::view`) and goes through that view — rights, row
+//! filter, masks — before anything leaves.
 
 mod catalog;
 mod connection;
@@ -81,12 +83,14 @@ impl GraphqlApi {
     pub fn start(
         products: Arc<ProductSet>,
         ingestor: Ingestor,
+        secret: crate::policy::masking::MaskSecret,
         graphiql: bool,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<GraphqlApi, BuildError> {
         let runtime = Runtime {
             ingestor,
+            secret,
             usage: Default::default(),
             freshness: Default::default(),
             status: Default::default(),

@@ -18,7 +18,8 @@ use async_graphql::dynamic::{Field, FieldFuture, FieldValue, InputObject, InputV
 use async_graphql::{ErrorExtensions, Value as Gql};
 
 use super::instance::describe;
-use super::schema::{blocking, runtime, ProductApi};
+use super::paging;
+use super::schema::{blocking, caller, require, runtime, view, ProductApi};
 use super::values;
 use crate::ingest::PushRefusal;
 use crate::record::Origin;
@@ -78,6 +79,9 @@ pub(crate) fn upsert_field(api: &Arc<ProductApi>) -> Field {
         let api = handle.clone();
         FieldFuture::new(async move {
             let runtime = runtime(&ctx)?;
+            let view = view(&ctx, &api)?;
+            require(&ctx, &view, view.write, "write")?;
+            let who = caller(&ctx)?.identity.name.clone();
             let input = ctx.args.try_get("input")?.object()?;
             let mut record = serde_json::Map::new();
             for (name, value) in input.iter() {
@@ -95,10 +99,11 @@ pub(crate) fn upsert_field(api: &Arc<ProductApi>) -> Field {
                     )))
                 }
             };
+            let written: Vec<String> = record.keys().cloned().collect();
             let payload = serde_json::to_vec(&serde_json::Value::Object(record))?;
             let pending = runtime
                 .ingestor
-                .submit_api(api.name(), &payload, Origin::new(ORIGIN))
+                .submit_api(api.name(), &payload, Origin::new(ORIGIN).with_actor(who))
                 .await
                 .map_err(|r| refusal(api.name(), r))?;
             pending.wait().await.map_err(|e| {
@@ -111,6 +116,16 @@ pub(crate) fn upsert_field(api: &Arc<ProductApi>) -> Field {
             })
             .await?
             .ok_or_else(|| async_graphql::Error::new("written, but erased again before it could be read"))?;
+            // The answer goes through the writer's view too; a writer that
+            // may not read the instance sees back only what it sent.
+            let instance = match paging::see(&view, instance.clone()) {
+                Some(visible) => visible,
+                None => {
+                    let mut own = instance;
+                    own.fields.retain(|name, _| written.contains(name));
+                    own
+                }
+            };
             Ok(Some(FieldValue::owned_any(instance)))
         })
     })
@@ -128,12 +143,15 @@ pub(crate) fn erase_field(api: &Arc<ProductApi>) -> Field {
         let api = handle.clone();
         FieldFuture::new(async move {
             let runtime = runtime(&ctx)?;
+            let view = view(&ctx, &api)?;
+            require(&ctx, &view, view.erase, "erase")?;
+            let origin = Origin::new(ORIGIN).with_actor(caller(&ctx)?.identity.name.clone());
             let entity = api.entity_arg(&ctx)?;
             let store = runtime.store().clone();
             let product = api.name().to_string();
             let existed = blocking(move || {
                 store
-                    .erase(&product, &entity, &Origin::new(ORIGIN))
+                    .erase(&product, &entity, &origin)
                     .map_err(|e| e.to_string())
             })
             .await?;

@@ -27,6 +27,7 @@ use std::collections::{BinaryHeap, VecDeque};
 
 use super::filter::Filter;
 use super::order::{Order, SortKey};
+use crate::policy::access::View;
 use crate::store::{Instance, Page, Store, StoreError};
 
 /// Instances one request may visit, per connection or count.
@@ -40,16 +41,38 @@ pub(crate) trait Scan {
     fn scan(&self, after: Option<&str>, limit: usize) -> Result<Page, StoreError>;
 }
 
-/// One product of a store.
+/// One product of a store, as a role sees it: instances its row filter
+/// hides are skipped and the rest are masked *before* the request's
+/// filter, order and paging see them — so `totalCount` counts only
+/// visible instances, and filtering or ordering on a masked field works on
+/// the masked value, never the clear one.
 pub(crate) struct ProductScan<'a> {
     pub store: &'a Store,
     pub product: &'a str,
+    pub view: &'a View,
 }
 
 impl Scan for ProductScan<'_> {
     fn scan(&self, after: Option<&str>, limit: usize) -> Result<Page, StoreError> {
-        self.store.scan(self.product, after, limit)
+        let mut page = self.store.scan(self.product, after, limit)?;
+        page.instances = page
+            .instances
+            .into_iter()
+            .filter_map(|instance| see(self.view, instance))
+            .collect();
+        Ok(page)
     }
+}
+
+/// An instance as `view` lets it be seen, or `None` when its row filter
+/// hides it. The entity key stays the store's (history and audit look it
+/// up); a masked key field shows only the masked value.
+pub(crate) fn see(view: &View, mut instance: Instance) -> Option<Instance> {
+    if !view.shows(&instance.fields) {
+        return None;
+    }
+    view.mask_fields(&mut instance.fields);
+    Some(instance)
 }
 
 /// A page request with cursors already decoded.

@@ -18,6 +18,8 @@ use crate::store::Store;
 #[derive(Clone)]
 pub(crate) struct Runtime {
     pub ingestor: Ingestor,
+    /// The node secret `hash` masks are keyed with.
+    pub secret: crate::policy::masking::MaskSecret,
     pub usage: Arc<Usage>,
     pub freshness: Arc<Freshness>,
     pub status: Arc<SchemaStatus>,

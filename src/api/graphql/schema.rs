@@ -17,6 +17,7 @@ use async_graphql::{ErrorExtensions, Value as Gql};
 use super::names::{self, ProductNames};
 use super::runtime::Runtime;
 use super::{catalog, connection, filter, instance, limits, mutation, subscription, values};
+use crate::policy::access::{Caller, View};
 use crate::product::{FieldType, Product, ProductSet};
 use crate::record::Timestamp;
 
@@ -81,6 +82,43 @@ pub(crate) fn runtime<'a>(ctx: &ResolverContext<'a>) -> async_graphql::Result<&'
     ctx.ctx.data_opt::<Runtime>().ok_or_else(|| {
         async_graphql::Error::new("this schema was built to be printed; it serves no data")
     })
+}
+
+/// The request's authenticated caller.
+pub(crate) fn caller<'a>(ctx: &ResolverContext<'a>) -> async_graphql::Result<&'a Caller> {
+    ctx.ctx.data_opt::<Caller>().ok_or_else(|| {
+        async_graphql::Error::new("no authenticated caller")
+            .extend_with(|_, e| e.set("code", "UNAUTHENTICATED"))
+    })
+}
+
+/// The caller's view of `api`'s product (built once per request).
+pub(crate) fn view(
+    ctx: &ResolverContext<'_>,
+    api: &ProductApi,
+) -> async_graphql::Result<Arc<View>> {
+    Ok(caller(ctx)?.view(&api.product))
+}
+
+/// Refuses an action the view does not allow: a `FORBIDDEN` error that
+/// names the role, the product and the action, and nothing of the data.
+pub(crate) fn require(
+    ctx: &ResolverContext<'_>,
+    view: &View,
+    allowed: bool,
+    action: &str,
+) -> async_graphql::Result<()> {
+    if allowed {
+        return Ok(());
+    }
+    if let Ok(caller) = caller(ctx) {
+        caller.denied();
+    }
+    Err(async_graphql::Error::new(format!(
+        "role `{}` may not {action} product `{}`",
+        view.role, view.product
+    ))
+    .extend_with(|_, e| e.set("code", "FORBIDDEN")))
 }
 
 /// Runs blocking store work off the async runtime.

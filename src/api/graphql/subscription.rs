@@ -8,21 +8,30 @@
 //! resynchronise) and then continues. Subscriptions end when the client
 //! leaves or the node shuts down; a reload does not end them (they keep
 //! the schema they started with). Erasures are not in the feed yet.
+//!
+//! Each change goes through the subscriber's view: the `subscribe` right
+//! is checked once, the row filter on every change (on the clear state),
+//! and the payload is masked before the subscriber's filter sees it. A
+//! subscription made with a token re-checks it (at most once a second, as
+//! changes arrive): revoking the token ends the subscription with an
+//! `UNAUTHENTICATED` error.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_graphql::dynamic::{
     Field, FieldValue, InputValue, Object, SubscriptionField, SubscriptionFieldFuture, TypeRef,
 };
-use async_graphql::Value as Gql;
+use async_graphql::{ErrorExtensions, Value as Gql};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::filter::{self, Filter};
 use super::runtime::SubscriptionGuard;
-use super::schema::{getter, ready, runtime, ProductApi};
+use super::schema::{caller, getter, ready, require, runtime, view, ProductApi};
 use super::values;
+use crate::policy::access::{StillValid, View};
 use crate::store::Change;
 
 /// `<Product>Change`.
@@ -65,6 +74,14 @@ struct Feed {
     changes: tokio::sync::broadcast::Receiver<Arc<crate::ingest::ChangeEvent>>,
     product: String,
     filter: Option<Filter>,
+    view: Arc<View>,
+    /// Re-checks the subscriber's token (at most once per
+    /// [`REVALIDATE_EVERY`], when a change is due); `None` for callers
+    /// whose credential cannot be revoked (anonymous, certificates).
+    still_valid: Option<StillValid>,
+    validated_at: Instant,
+    /// The credential was revoked: the error was sent, the stream ends.
+    ended: bool,
     pending: VecDeque<Change>,
     shutdown: tokio_util::sync::CancellationToken,
     _open: SubscriptionGuard,
@@ -77,6 +94,9 @@ pub(crate) fn changes_field(api: &Arc<ProductApi>) -> SubscriptionField {
         let api = handle.clone();
         SubscriptionFieldFuture::new(async move {
             let runtime = runtime(&ctx)?;
+            let view = view(&ctx, &api)?;
+            require(&ctx, &view, view.subscribe, "subscribe to")?;
+            let still_valid = caller(&ctx)?.still_valid();
             let filter = match ctx.args.get("filter") {
                 Some(value) if !value.is_null() => filter::parse(&api.types, value.as_value())
                     .map_err(|e| async_graphql::Error::new(format!("`filter`: {e}")))?,
@@ -90,6 +110,10 @@ pub(crate) fn changes_field(api: &Arc<ProductApi>) -> SubscriptionField {
                 changes: runtime.ingestor.writer().subscribe_changes(),
                 product: api.name().to_string(),
                 filter,
+                view,
+                still_valid,
+                validated_at: Instant::now(),
+                ended: false,
                 pending: VecDeque::new(),
                 shutdown: runtime.shutdown.clone(),
                 _open: runtime.usage.subscribe(api.name()),
@@ -104,8 +128,26 @@ pub(crate) fn changes_field(api: &Arc<ProductApi>) -> SubscriptionField {
     .argument(InputValue::new("filter", TypeRef::named(&api.names.filter)))
 }
 
+/// How often, at most, a subscription re-checks its token.
+const REVALIDATE_EVERY: Duration = Duration::from_secs(1);
+
 async fn next_change<'a>(mut feed: Feed) -> Option<(async_graphql::Result<FieldValue<'a>>, Feed)> {
     loop {
+        if feed.ended {
+            return None;
+        }
+        if !feed.pending.is_empty() && feed.validated_at.elapsed() >= REVALIDATE_EVERY {
+            feed.validated_at = Instant::now();
+            if feed.still_valid.as_ref().is_some_and(|valid| !valid()) {
+                feed.ended = true;
+                feed.pending.clear();
+                let err = async_graphql::Error::new(
+                    "the token of this subscription was revoked; reconnect with a valid one",
+                )
+                .extend_with(|_, e| e.set("code", "UNAUTHENTICATED"));
+                return Some((Err(err), feed));
+            }
+        }
         if let Some(change) = feed.pending.pop_front() {
             return Some((Ok(FieldValue::owned_any(change)), feed));
         }
@@ -116,12 +158,20 @@ async fn next_change<'a>(mut feed: Feed) -> Option<(async_graphql::Result<FieldV
         match received {
             Ok(event) if event.product == feed.product => {
                 for change in &event.changes {
+                    // Row filter on the clear state, then masks, then the
+                    // subscriber's own filter on what it may see.
+                    if !feed.view.shows(&change.instance.fields) {
+                        continue;
+                    }
+                    let mut change = change.clone();
+                    feed.view.mask_fields(&mut change.instance.fields);
+                    change.entity = feed.view.entity_key(&change.entity);
                     if feed
                         .filter
                         .as_ref()
                         .is_none_or(|f| f.matches(&change.instance.fields))
                     {
-                        feed.pending.push_back(change.clone());
+                        feed.pending.push_back(change);
                     }
                 }
             }
