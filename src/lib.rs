@@ -16,4 +16,5 @@ pub mod product;
 pub mod record;
 pub mod sd_notify;
 pub mod store;
+pub mod sync;
 pub mod telemetry;

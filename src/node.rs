@@ -62,6 +62,8 @@ pub enum NodeError {
     MqttClient(#[from] ClientConfigError),
     #[error(transparent)]
     Graphql(#[from] api::graphql::BuildError),
+    #[error(transparent)]
+    Sync(#[from] crate::sync::SyncError),
     #[error("a background task failed: {0}")]
     Task(String),
 }
@@ -182,6 +184,11 @@ pub async fn start(
 
     let tasks = TaskTracker::new();
     let ingestor = Ingestor::new(products.clone(), store.clone(), &config.ingest, &tasks);
+    // Upstream sync (outbox planner, senders, aggregator) before any source
+    // starts, so every accepted record gets its outbox entries.
+    let sync = crate::sync::start(
+        &config, &node_id, &store, &products, &ingestor, &shutdown, &tasks,
+    )?;
     if let Some(broker) = broker {
         tasks.spawn(
             broker
@@ -237,6 +244,7 @@ pub async fn start(
         ingestor,
         max_http_body_bytes: config.ingest.max_http_body_bytes,
         graphql,
+        sync: Some(sync),
     });
     let server = tokio::spawn(
         listener

@@ -209,6 +209,9 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     let mut text = String::with_capacity(4 * 1024);
     state.ingestor.metrics().render_prometheus(&mut text);
     state.graphql.render_prometheus(&mut text);
+    if let Some(sync) = &state.sync {
+        sync.render_prometheus(&mut text);
+    }
     (
         [(
             header::CONTENT_TYPE,

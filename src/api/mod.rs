@@ -7,6 +7,7 @@
 pub mod graphql;
 mod health;
 mod ingest;
+mod sync;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +26,8 @@ pub struct ApiState {
     pub max_http_body_bytes: usize,
     /// The live GraphQL schema and what its resolvers share.
     pub graphql: graphql::GraphqlApi,
+    /// Upstream sync: the aggregator's receiver and sync figures.
+    pub sync: Option<std::sync::Arc<crate::sync::SyncHandle>>,
 }
 
 /// Builds the router for the given state.
@@ -32,6 +35,7 @@ pub fn router(state: ApiState) -> Router {
     health::routes()
         .merge(ingest::routes(state.max_http_body_bytes))
         .merge(graphql::routes())
+        .merge(sync::routes())
         .with_state(state)
 }
 

@@ -9,6 +9,7 @@ use sled::Transactional;
 use super::chunk::decode_chunk_header;
 use super::codec;
 use super::keys::{audit_key, entity_prefix, parse_history_key, TAG_CHUNK};
+use super::outbox::{ErasePlan, OutboxDelta, OutboxTx};
 use super::read::decode_stored_instance;
 use super::stored::{StoredAuditLine, StoredTombstone};
 use super::{tx_result, AuditAction, ProductTrees, Store, StoreError};
@@ -74,7 +75,8 @@ impl Store {
             origin: origin.clone(),
             last_version,
         };
-        let removed = remove_entity(&trees, entity, &line, Some(&tombstone))?;
+        let outbox = self.plan_outbox_erase(product, entity, at)?;
+        let removed = remove_entity(self, &trees, entity, &line, Some((&tombstone, &outbox)))?;
         self.inner.group.wrote();
         tracing::info!(
             last_version,
@@ -89,11 +91,13 @@ impl Store {
 /// (and `tombstone`) in one transaction. The caller holds the writer lock,
 /// so the key lists read here cannot change before the transaction.
 pub(crate) fn remove_entity(
+    store: &Store,
     trees: &ProductTrees,
     entity: &str,
     line: &StoredAuditLine,
-    tombstone: Option<&StoredTombstone>,
+    erasure: Option<(&StoredTombstone, &ErasePlan)>,
 ) -> Result<Removed, StoreError> {
+    let tombstone = erasure.map(|(t, _)| t);
     let product = trees.name.as_str();
     let context = |what: &str| format!("product `{product}`, entity `{entity}`: {what}");
     let prefix = entity_prefix(entity);
@@ -119,13 +123,16 @@ pub(crate) fn remove_entity(
         .transpose()
         .map_err(|e| StoreError::encode(product, entity, "tombstone", e))?;
 
+    let (outbox_tree, outbox_index) = store.outbox_trees();
     let result = (
         &trees.instances,
         &trees.history,
         &trees.audit,
         &trees.tombstones,
+        outbox_tree,
+        outbox_index,
     )
-        .transaction(|(instances, history, audit, tombstones)| {
+        .transaction(|(instances, history, audit, tombstones, entries, index)| {
             instances.remove(entity.as_bytes())?;
             for key in &history_keys {
                 history.remove(key)?;
@@ -140,8 +147,18 @@ pub(crate) fn remove_entity(
             if let Some(bytes) = &tombstone_bytes {
                 tombstones.insert(entity.as_bytes(), bytes.clone())?;
             }
-            Ok::<_, ConflictableTransactionError<StoreError>>(())
+            let mut delta = OutboxDelta::default();
+            if let Some((_, plan)) = erasure {
+                let outbox = OutboxTx {
+                    entries,
+                    index,
+                    now: line.last_at,
+                };
+                outbox.erase(&plan.pending, &plan.tombstones, &mut delta)?;
+            }
+            Ok::<_, ConflictableTransactionError<StoreError>>(delta)
         });
-    tx_result(result, || context("removing the entity"))?;
+    let delta = tx_result(result, || context("removing the entity"))?;
+    store.apply_outbox_delta(delta);
     Ok(Removed { history_events })
 }

@@ -39,6 +39,11 @@
 //! [`Store::quarantine_list`] pages by id, [`Store::quarantine_count`] is
 //! O(1). Resolving an id in a batch removes the entry with that batch.
 //!
+//! **Outbox** (`outbox.rs`): what sync owes each upstream. When an
+//! [`OutboxPlanner`] is installed, every applied record's outbox items and
+//! an erasure's tombstones (and the removal of the entity's pending
+//! entries) are written in the same transaction as the change.
+//!
 //! **Source offsets** (`offsets.rs`): one opaque position per source name,
 //! node-wide; [`Store::source_offset`] reads it back.
 //!
@@ -119,6 +124,7 @@ mod ingest;
 mod keys;
 mod merge;
 mod offsets;
+mod outbox;
 mod quarantine;
 mod read;
 mod retention;
@@ -132,6 +138,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 pub use config::StoreConfig;
 pub use error::StoreError;
+pub use outbox::{BudgetReport, OutboxEntry, OutboxItem, OutboxPlanner, OutboxStats, PendingEntry};
 pub use retention::RETENTION_ORIGIN;
 pub use types::{
     AuditAction, AuditEntry, AuditQuery, Change, Fingerprint, HistoryEvent, HistoryQuery,
@@ -164,6 +171,12 @@ struct Inner {
     /// Serializes every write, so transactions never conflict.
     writer: Mutex<()>,
     group: GroupCommit,
+    /// `outbox` and `outbox_index` (see `outbox.rs`), the planner that
+    /// fills them, and the pending tally per upstream.
+    outbox: sled::Tree,
+    outbox_index: sled::Tree,
+    planner: RwLock<Option<Arc<dyn OutboxPlanner>>>,
+    tally: Mutex<outbox::Tally>,
 }
 
 /// The trees of one product.
@@ -228,9 +241,14 @@ impl Store {
         let offsets = db.open_tree(offsets::OFFSETS_TREE).map_err(|e| {
             StoreError::sled(format!("opening tree `{}`", offsets::OFFSETS_TREE), e)
         })?;
+        let open_tree = |name: &str| {
+            db.open_tree(name)
+                .map_err(|e| StoreError::sled(format!("opening tree `{name}`"), e))
+        };
+        let outbox = open_tree(outbox::OUTBOX_TREE)?;
+        let outbox_index = open_tree(outbox::OUTBOX_INDEX_TREE)?;
         let group = GroupCommit::start(db.clone())?;
-        tracing::debug!("store opened");
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(Inner {
                 config,
                 db,
@@ -238,8 +256,15 @@ impl Store {
                 offsets,
                 writer: Mutex::new(()),
                 group,
+                outbox,
+                outbox_index,
+                planner: RwLock::new(None),
+                tally: Mutex::new(outbox::Tally::default()),
             }),
-        })
+        };
+        store.outbox_recount()?;
+        tracing::debug!("store opened");
+        Ok(store)
     }
 
     /// The configuration the store was opened with.

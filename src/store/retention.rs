@@ -244,7 +244,7 @@ impl Store {
                 fields: Vec::new(),
                 origin: Origin::new(RETENTION_ORIGIN),
             };
-            let removed = remove_entity(trees, entity, &line, None)?;
+            let removed = remove_entity(self, trees, entity, &line, None)?;
             self.inner.group.wrote();
             report.entities_expired += 1;
             report.events_removed += removed.history_events;
