@@ -81,6 +81,8 @@ pub struct NodeBuilder {
     env: Vec<(String, String)>,
     /// Run another build of the binary through a launcher (qemu for ARM).
     launcher: Option<(PathBuf, PathBuf)>,
+    /// HTTP listen address; a free port when unset.
+    listen: Option<String>,
 }
 
 impl NodeBuilder {
@@ -90,7 +92,15 @@ impl NodeBuilder {
             args: Vec::new(),
             env: Vec::new(),
             launcher: None,
+            listen: None,
         }
+    }
+
+    /// Listens on `addr` instead of a free port (a node restarted where
+    /// its peers expect it).
+    pub fn listen(mut self, addr: impl Into<String>) -> Self {
+        self.listen = Some(addr.into());
+        self
     }
 
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
@@ -126,7 +136,7 @@ impl NodeBuilder {
         }
         cmd.arg("serve")
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(self.listen.as_deref().unwrap_or("127.0.0.1:0"))
             .args(&self.args)
             .env("MESHLET_LOG__FORMAT", "json")
             .env("RUST_LOG", "meshlet=info")
