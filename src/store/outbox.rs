@@ -525,7 +525,7 @@ impl Store {
             all.push((key.to_vec(), decode_entry(&value)?));
         }
         let mut newest_first: Vec<&(Vec<u8>, OutboxEntry)> = all.iter().collect();
-        newest_first.sort_by(|a, b| b.1.seq.cmp(&a.1.seq));
+        newest_first.sort_by_key(|e| std::cmp::Reverse(e.1.seq));
         for (key, entry) in newest_first {
             let id = (entry.item.product.clone(), entry.item.entity.clone());
             if entry.item.tombstone {

@@ -101,14 +101,13 @@ impl Receiver {
         };
         let origin = Origin::new(format!("sync:{}", envelope.origin));
         let mut outcome = Applied::default();
+        let total = envelope.records.len();
         let fresh: Vec<_> = envelope
             .records
             .into_iter()
             .filter(|r| r.seq > mark)
             .collect();
-        outcome.duplicates = (envelope.last_seq.saturating_sub(envelope.first_seq) as usize + 1)
-            .min(usize::MAX)
-            .saturating_sub(fresh.len());
+        outcome.duplicates = total - fresh.len();
         let mut i = 0;
         while i < fresh.len() {
             let head = &fresh[i];

@@ -128,9 +128,19 @@ pub async fn subscribe(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = Duration::from_millis(200);
-                info!(filter = %filter, "aggregator subscribed to the sync topic");
                 if let Err(e) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
                     warn!(error = %e, "subscribing to the sync topic failed");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
+                    warn!(filter = %filter, "the broker refused the sync subscription (check its ACL)");
+                } else {
+                    info!(filter = %filter, "aggregator subscribed to the sync topic");
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {

@@ -32,7 +32,7 @@ const ZSTD_LEVEL: i32 = 3;
 
 pub(crate) enum Transport {
     Http(HttpTransport),
-    Mqtt(MqttTransport),
+    Mqtt(Box<MqttTransport>),
 }
 
 impl Transport {
@@ -45,9 +45,9 @@ impl Transport {
             return Ok(None);
         };
         if url.starts_with("mqtt://") || url.starts_with("mqtts://") {
-            return Ok(Some(Transport::Mqtt(MqttTransport::new(
+            return Ok(Some(Transport::Mqtt(Box::new(MqttTransport::new(
                 upstream, url, config, origin,
-            )?)));
+            )?))));
         }
         Ok(Some(Transport::Http(HttpTransport::new(url, config)?)))
     }
