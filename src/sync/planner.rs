@@ -122,3 +122,213 @@ impl OutboxPlanner for RulePlanner {
         items
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The planner and the store's outbox together, on a real sled store.
+    use super::*;
+    use crate::product::{load_path, LoadContext};
+    use crate::record::{Origin, Value};
+    use crate::store::{Store, StoreConfig};
+
+    const PRODUCTS: &str = r#"
+product: machine
+version: 3
+domain: test
+owner: t@example.com
+key: id
+fields:
+  id:       { type: string, required: true }
+  site:     { type: string }
+  temp:     { type: float }
+  operator: { type: string }
+sync:
+  - to: central
+    fields: [site, temp, operator]
+    where: "site != 'hidden'"
+    mask: { operator: redact }
+  - to: archive
+    mode: history
+    priority: high
+"#;
+
+    fn open(dir: &std::path::Path) -> (Store, Arc<ProductSet>) {
+        std::fs::write(dir.join("machine.yaml"), PRODUCTS).expect("write");
+        let ctx = LoadContext {
+            upstreams: ["central".to_string(), "archive".to_string()].into(),
+        };
+        let products = Arc::new(load_path(&dir.join("machine.yaml"), &ctx).expect("loads"));
+        let store = Store::open(StoreConfig::new(dir.join("store"))).expect("opens");
+        let secret = store.mask_secret().expect("secret");
+        store.set_outbox_planner(Arc::new(RulePlanner::new(products.clone(), secret)));
+        (store, products)
+    }
+
+    fn record(id: &str, fields: &[(&str, Value)]) -> Record {
+        Record {
+            entity: id.to_string(),
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .chain([("id".to_string(), Value::String(id.to_string()))])
+                .collect(),
+            event_time: Timestamp::now(),
+            origin: Origin::new("test"),
+        }
+    }
+
+    fn s(v: &str) -> Value {
+        Value::String(v.to_string())
+    }
+
+    #[test]
+    fn rules_filter_project_mask_and_coalesce_in_the_write_transaction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = open(dir.path());
+        store
+            .upsert(
+                "machine",
+                &[
+                    record(
+                        "m1",
+                        &[
+                            ("site", s("berlin")),
+                            ("temp", Value::Float(1.0)),
+                            ("operator", s("alice")),
+                        ],
+                    ),
+                    record("m2", &[("site", s("hidden"))]),
+                    record("m1", &[("temp", Value::Float(2.0))]),
+                ],
+            )
+            .expect("upsert");
+        let now = Timestamp::now();
+        let central = store.outbox_read("central", 100, now).expect("read");
+        assert_eq!(
+            central.len(),
+            1,
+            "m2 filtered, m1 coalesced to its latest state"
+        );
+        let item = &central[0].entry.item;
+        assert_eq!(item.entity, "m1");
+        assert_eq!(item.definition_version, 3);
+        assert_eq!(item.fields.get("temp"), Some(&Value::Float(2.0)));
+        assert_eq!(
+            item.fields.get("id"),
+            Some(&s("m1")),
+            "the key is always sent"
+        );
+        assert_ne!(
+            item.fields.get("operator"),
+            Some(&s("alice")),
+            "masked before it is stored"
+        );
+        let archive = store.outbox_read("archive", 100, now).expect("read");
+        assert_eq!(archive.len(), 3, "history mode keeps every event");
+        assert!(archive.windows(2).all(|w| w[0].entry.seq < w[1].entry.seq));
+        let stats = store.outbox_stats("archive").expect("stats");
+        assert_eq!(stats.pending, 3);
+        assert!(stats.oldest.is_some());
+
+        // Acknowledged entries go; the tally follows.
+        let keys: Vec<Vec<u8>> = archive.iter().take(2).map(|e| e.key.clone()).collect();
+        store.outbox_ack(&keys).expect("ack");
+        assert_eq!(store.outbox_stats("archive").expect("stats").pending, 1);
+    }
+
+    #[test]
+    fn sequence_numbers_ascend_across_a_reopen_and_the_tally_is_recounted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let last = {
+            let (store, _) = open(dir.path());
+            store
+                .upsert("machine", &[record("a", &[("site", s("x"))])])
+                .expect("upsert");
+            let read = store
+                .outbox_read("archive", 10, Timestamp::now())
+                .expect("read");
+            read.last().map(|e| e.entry.seq).expect("one entry")
+        };
+        let (store, _) = open(dir.path());
+        assert_eq!(store.outbox_stats("archive").expect("stats").pending, 1);
+        store
+            .upsert("machine", &[record("b", &[("site", s("x"))])])
+            .expect("upsert");
+        let read = store
+            .outbox_read("archive", 10, Timestamp::now())
+            .expect("read");
+        assert!(read.last().map(|e| e.entry.seq).expect("entries") > last);
+    }
+
+    #[test]
+    fn erasure_removes_pending_entries_and_queues_one_tombstone_per_upstream() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = open(dir.path());
+        store
+            .upsert(
+                "machine",
+                &[
+                    record("m1", &[("site", s("a"))]),
+                    record("m1", &[("site", s("b"))]),
+                    record("m9", &[("site", s("c"))]),
+                ],
+            )
+            .expect("upsert");
+        assert!(store
+            .erase("machine", "m1", &Origin::new("test"))
+            .expect("erase"));
+        let now = Timestamp::now();
+        for upstream in ["central", "archive"] {
+            let left = store.outbox_read(upstream, 100, now).expect("read");
+            let m1: Vec<_> = left
+                .iter()
+                .filter(|e| e.entry.item.entity == "m1")
+                .collect();
+            assert_eq!(m1.len(), 1, "{upstream}: only the tombstone of m1 is left");
+            assert!(m1[0].entry.item.tombstone);
+            assert!(
+                m1[0].entry.item.fields.is_empty(),
+                "a tombstone carries no values"
+            );
+            assert!(
+                left.iter().any(|e| e.entry.item.entity == "m9"),
+                "{upstream}: others stay"
+            );
+        }
+    }
+
+    #[test]
+    fn budget_coalesces_history_first_and_never_drops_tombstones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = open(dir.path());
+        for i in 0..20 {
+            store
+                .upsert(
+                    "machine",
+                    &[record(
+                        &format!("e{}", i % 4),
+                        &[("temp", Value::Float(f64::from(i)))],
+                    )],
+                )
+                .expect("upsert");
+        }
+        store
+            .erase("machine", "e0", &Origin::new("test"))
+            .expect("erase");
+        let report = store.outbox_enforce_budget("archive", 1).expect("enforce");
+        assert_eq!(
+            report.coalesced, 12,
+            "e1..e3 keep their newest; e0's went with its erasure"
+        );
+        assert_eq!(
+            report.dropped.values().sum::<u64>(),
+            3,
+            "then the rest but the tombstone"
+        );
+        let left = store
+            .outbox_read("archive", 100, Timestamp::now())
+            .expect("read");
+        assert_eq!(left.len(), 1);
+        assert!(left[0].entry.item.tombstone);
+    }
+}
