@@ -171,6 +171,31 @@ fn edge_to_aggregator_over_http_with_rules_masks_and_erasure() {
             >= 3.0),
         "the aggregator applied the changes and the tombstone"
     );
+    let (status, body) = http_get(&hq.url("/sync/v1/nodes"));
+    assert_eq!(status, 200, "{body}");
+    let nodes: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(nodes["nodes"][0]["id"], "edge-1", "{body}");
+    assert_eq!(nodes["nodes"][0]["pending"], 0, "{body}");
+
+    // Bad input gets a clear answer and a counter; an edge is no aggregator.
+    let (status, body) = http_post(
+        &hq.url("/sync/v1"),
+        "application/octet-stream",
+        b"garbage".to_vec(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("zstd"), "{body}");
+    assert_eq!(
+        metric(&hq, "meshlet_sync_refused_total{reason=\"bad_envelope\"}"),
+        Some(1.0)
+    );
+    let (status, _) = http_post(
+        &edge.url("/sync/v1"),
+        "application/octet-stream",
+        b"x".to_vec(),
+    );
+    assert_eq!(status, 404);
+
     let _ = hq.stop();
     let _ = edge.stop();
 

@@ -2,12 +2,15 @@
 //! (200 with what was applied) comes only once it is durable; a malformed
 //! envelope gets 400 (retrying cannot fix it), a store that cannot write
 //! 503. A node not in aggregator mode answers 404.
+//!
+//! `GET /sync/v1/nodes`: the edges this aggregator heard from since it
+//! started (`id`, `last_seen`, `lag_seconds`, `pending`).
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -18,19 +21,32 @@ use crate::sync::ApplyError;
 const MAX_BODY: usize = 32 << 20;
 
 pub(super) fn routes() -> Router<ApiState> {
-    Router::new().route(
-        "/sync/v1",
-        post(receive).layer(DefaultBodyLimit::max(MAX_BODY)),
+    Router::new()
+        .route(
+            "/sync/v1",
+            post(receive).layer(DefaultBodyLimit::max(MAX_BODY)),
+        )
+        .route("/sync/v1/nodes", get(nodes))
+}
+
+fn not_aggregator() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "error": "this node is not an aggregator (set aggregator.enabled)" })),
     )
+        .into_response()
+}
+
+async fn nodes(State(state): State<ApiState>) -> Response {
+    match state.sync.as_ref().and_then(|s| s.receiver.clone()) {
+        Some(receiver) => Json(json!({ "nodes": receiver.nodes() })).into_response(),
+        None => not_aggregator(),
+    }
 }
 
 async fn receive(State(state): State<ApiState>, body: Bytes) -> Response {
     let Some(receiver) = state.sync.as_ref().and_then(|s| s.receiver.clone()) else {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "error": "this node is not an aggregator (set aggregator.enabled)" })),
-        )
-            .into_response();
+        return not_aggregator();
     };
     match receiver.apply_bytes(&body).await {
         Ok(applied) => Json(applied).into_response(),

@@ -1,7 +1,8 @@
 //! Aggregator mode: applying envelopes from edges, exactly once in effect.
 //!
-//! Per (origin, lane) a high-water mark — the highest sequence number
-//! applied — is stored as a source offset (`sync:<origin>:<lane>`) in the
+//! Per (origin, link, lane) a high-water mark — the highest sequence
+//! number applied — is stored as a source offset
+//! (`sync:<origin>:<lane>:<link>`; origins contain no `:`) in the
 //! same store transaction as the records it covers, so a crash keeps both
 //! or neither. A redelivered envelope (the edge did not see our answer)
 //! finds its records at or below the mark and skips them: at-least-once
@@ -29,7 +30,7 @@ use super::envelope::{Envelope, EnvelopeError};
 use super::metrics::SyncMetrics;
 use crate::ingest::writer::{WriteError, WriteJob};
 use crate::ingest::Ingestor;
-use crate::record::{Origin, Record};
+use crate::record::{Origin, Record, Timestamp};
 use crate::store::{IngestBatch, IngestRecord, SourceOffset, StoreError};
 
 /// Why an envelope was not applied. Its sender must retry (or, for
@@ -59,10 +60,33 @@ pub struct Receiver {
     ingestor: Ingestor,
     metrics: Arc<SyncMetrics>,
     one_at_a_time: Mutex<()>,
+    /// Per origin: last seen, lag, pending per link. Bounded by the number
+    /// of edges that sent a valid envelope.
+    nodes: std::sync::Mutex<std::collections::BTreeMap<String, Seen>>,
 }
 
-fn mark_source(origin: &str, lane: u8) -> String {
-    format!("sync:{origin}:{lane}")
+#[derive(Clone, Default)]
+struct Seen {
+    at: Option<Timestamp>,
+    newest_event: Option<Timestamp>,
+    pending: std::collections::BTreeMap<String, u64>,
+}
+
+fn mark_source(origin: &str, link: &str, lane: u8) -> String {
+    format!("sync:{origin}:{lane}:{link}")
+}
+
+/// What the aggregator knows of one edge (since it started).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct NodeStatus {
+    pub id: String,
+    /// When its last envelope arrived (RFC 3339).
+    pub last_seen: String,
+    /// Arrival time minus the event time of the newest record it sent:
+    /// how far behind this node's view of the edge is.
+    pub lag_seconds: f64,
+    /// Entries the edge still held for its links after its last envelopes.
+    pub pending: u64,
 }
 
 impl Receiver {
@@ -71,7 +95,35 @@ impl Receiver {
             ingestor,
             metrics,
             one_at_a_time: Mutex::new(()),
+            nodes: std::sync::Mutex::new(std::collections::BTreeMap::new()),
         }
+    }
+
+    fn note_node(&self, envelope: &Envelope) {
+        let now = Timestamp::now();
+        let newest = envelope.records.iter().map(|r| r.event_time).max();
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = nodes.entry(envelope.origin.clone()).or_default();
+        seen.at = Some(now);
+        seen.newest_event = seen.newest_event.max(newest);
+        seen.pending.insert(envelope.link.clone(), envelope.pending);
+    }
+
+    /// The edges this aggregator heard from, by id.
+    pub fn nodes(&self) -> Vec<NodeStatus> {
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        nodes
+            .iter()
+            .map(|(id, seen)| NodeStatus {
+                id: id.clone(),
+                last_seen: seen.at.map(|t| t.to_string()).unwrap_or_default(),
+                lag_seconds: match (seen.at, seen.newest_event) {
+                    (Some(at), Some(e)) => (at.0 - e.0).max(0) as f64 / 1e6,
+                    _ => 0.0,
+                },
+                pending: seen.pending.values().sum(),
+            })
+            .collect()
     }
 
     /// Decodes and applies one envelope; returns once what it applied is
@@ -90,7 +142,8 @@ impl Receiver {
     pub async fn apply(&self, envelope: Envelope) -> Result<Applied, ApplyError> {
         let _one = self.one_at_a_time.lock().await;
         let store = self.ingestor.store().clone();
-        let source = mark_source(&envelope.origin, envelope.lane);
+        let source = mark_source(&envelope.origin, &envelope.link, envelope.lane);
+        self.note_node(&envelope);
         let mark = match store.source_offset(&source)? {
             Some(bytes) => bytes
                 .as_slice()
@@ -206,7 +259,7 @@ impl Receiver {
             },
             limits,
             retained: false,
-            received_at: crate::record::Timestamp::now(),
+            received_at: Timestamp::now(),
         };
         self.ingestor.writer().submit(job).await.wait().await?;
         Ok(())

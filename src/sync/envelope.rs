@@ -3,8 +3,9 @@
 //! envelope out, with a bound on the decompressed size.
 //!
 //! An envelope holds consecutive outbox entries of one priority lane of
-//! one origin node, in ascending sequence order. Receivers keep one
-//! high-water mark per (origin, lane) and skip records at or below it.
+//! one upstream link of one origin node, in ascending sequence order.
+//! Receivers keep one high-water mark per (origin, link, lane) and skip
+//! records at or below it.
 
 use std::io::Read;
 
@@ -25,8 +26,16 @@ pub struct Envelope {
     pub format: u32,
     /// The origin node's id.
     pub origin: String,
+    /// The origin's name for this upstream link: an edge with two
+    /// upstreams that reach the same aggregator has two independent
+    /// sequences of envelopes.
+    pub link: String,
     /// The priority lane (sequence numbers ascend within it).
     pub lane: u8,
+    /// Entries the origin still holds for this link after this envelope
+    /// (for the aggregator's `nodes` status).
+    #[serde(default)]
+    pub pending: u64,
     pub first_seq: u64,
     pub last_seq: u64,
     pub records: Vec<EnvelopeRecord>,
@@ -67,13 +76,20 @@ pub enum EnvelopeError {
 
 impl Envelope {
     /// The envelope for a batch read from one lane of the outbox.
-    pub fn from_entries(origin: &str, entries: &[PendingEntry]) -> Option<Envelope> {
+    pub fn from_entries(
+        origin: &str,
+        link: &str,
+        pending: u64,
+        entries: &[PendingEntry],
+    ) -> Option<Envelope> {
         let first = entries.first()?;
         let last = entries.last()?;
         Some(Envelope {
             format: ENVELOPE_FORMAT,
             origin: origin.to_string(),
+            link: link.to_string(),
             lane: first.entry.item.priority,
+            pending,
             first_seq: first.entry.seq,
             last_seq: last.entry.seq,
             records: entries
@@ -132,6 +148,9 @@ impl Envelope {
                 "origin must be 1-128 characters of [A-Za-z0-9._-]",
             ));
         }
+        if self.link.is_empty() || self.link.len() > 128 {
+            return Err(EnvelopeError::Invalid("link must be 1-128 bytes"));
+        }
         if self.records.is_empty() {
             return Err(EnvelopeError::Invalid("no records"));
         }
@@ -158,7 +177,9 @@ mod tests {
         Envelope {
             format: ENVELOPE_FORMAT,
             origin: "edge-1".into(),
+            link: "central".into(),
             lane: 1,
+            pending: 4,
             first_seq: 3,
             last_seq: 9,
             records: vec![

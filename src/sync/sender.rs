@@ -6,7 +6,7 @@
 //! A batch is sent when it is full (`batch_size`) or its oldest entry is
 //! `batch_age` old; both are the smallest over the sync rules that name
 //! this upstream. One envelope holds one lane and one product (the longest
-//! run from the head), so the receiver's per-(origin, lane) high-water mark
+//! run from the head), so the receiver's per-(origin, link, lane) high-water mark
 //! sees ascending sequence numbers. An upstream without a `url` is parked:
 //! its outbox fills (within the budget) and nothing is sent.
 
@@ -156,7 +156,14 @@ impl Sender {
             return Ok(false);
         }
         let entries = first_run(entries);
-        let Some(envelope) = Envelope::from_entries(&self.origin, &entries) else {
+        let pending = self
+            .store
+            .outbox_stats(&self.upstream)
+            .map(|s| s.pending.saturating_sub(entries.len() as u64))
+            .unwrap_or(0);
+        let Some(envelope) =
+            Envelope::from_entries(&self.origin, &self.upstream, pending, &entries)
+        else {
             return Ok(false);
         };
         let product = entries
