@@ -56,7 +56,11 @@
 //! `version` is the number of the newest history event. A **late** record
 //! (event time older than the instance's) goes to history in full but only
 //! fills fields the instance does not have; its nulls are ignored; it never
-//! moves the instance's `event_time` back. `last_seen` and `last_origin`
+//! moves the instance's `event_time` back. At equal event times, a record
+//! synced from an edge (origin `sync:<node id>`) whose node id is smaller
+//! than the instance's last synced origin counts as late too: conflicts
+//! between edges are last-writer-wins by (event time, origin node id).
+//! `last_seen` and `last_origin`
 //! are arrival facts and follow every record, late or not.
 //!
 //! **History**: the open tail is one small key per event (cheap appends).
@@ -145,6 +149,7 @@ pub use types::{
     IngestBatch, IngestLimits, IngestOutcome, IngestRecord, Instance, Page, QuarantineEntry,
     QuarantineItem, RetentionSpec, SourceOffset, SweepReport, Tombstone,
 };
+pub use write::SYNC_ORIGIN_PREFIX;
 
 use durable::GroupCommit;
 use stored::StoredMeta;

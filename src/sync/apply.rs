@@ -11,10 +11,10 @@
 //!
 //! Each instance is stored with its origin node (`origin.source` =
 //! `sync:<origin node id>`). **Conflicts** between edges writing the same
-//! entity are resolved by the store's merge rule, which is last-writer-wins
-//! by event time: a record older than the instance's event time only fills
-//! fields the instance lacks. Records with equal event times apply in
-//! arrival order.
+//! entity are last-writer-wins by (event time, origin node id), the
+//! store's merge rule: a record older than the instance's event time — or
+//! as old, from a smaller origin id — does not overwrite the state (it only
+//! fills fields the instance lacks, and goes to history).
 //!
 //! A tombstone erases the entity (a no-op when it is already gone); its
 //! mark is written right after, so a crash in between re-erases, which is
@@ -31,7 +31,7 @@ use super::metrics::SyncMetrics;
 use crate::ingest::writer::{WriteError, WriteJob};
 use crate::ingest::Ingestor;
 use crate::record::{Origin, Record, Timestamp};
-use crate::store::{IngestBatch, IngestRecord, SourceOffset, StoreError};
+use crate::store::{IngestBatch, IngestRecord, SourceOffset, StoreError, SYNC_ORIGIN_PREFIX};
 
 /// Why an envelope was not applied. Its sender must retry (or, for
 /// [`ApplyError::Envelope`], fix what it sends).
@@ -152,7 +152,7 @@ impl Receiver {
                 .unwrap_or(0),
             None => 0,
         };
-        let origin = Origin::new(format!("sync:{}", envelope.origin));
+        let origin = Origin::new(format!("{SYNC_ORIGIN_PREFIX}{}", envelope.origin));
         let mut outcome = Applied::default();
         let total = envelope.records.len();
         let fresh: Vec<_> = envelope
