@@ -329,7 +329,7 @@ pub struct SyncSettings {
 impl Default for SyncSettings {
     fn default() -> Self {
         SyncSettings {
-            max_outbox_bytes: 256 << 20,
+            max_outbox_bytes: 64 << 20,
             retry_min: Duration::from_millis(500),
             retry_max: Duration::from_secs(60),
             send_timeout: Duration::from_secs(30),

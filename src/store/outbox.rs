@@ -447,6 +447,23 @@ impl Store {
         tx_result(result, || "updating the outbox".to_string())
     }
 
+    /// Removes entries in transactions of bounded size (caller holds the
+    /// writer lock); returns how many were there.
+    fn outbox_remove_keys(&self, keys: &[&[u8]]) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for chunk in keys.chunks(1_000) {
+            let delta = self.outbox_transaction(|tx, delta| {
+                for key in chunk {
+                    tx.remove(key, delta)?;
+                }
+                Ok(())
+            })?;
+            removed += delta.removed.len() as u64;
+            self.apply_outbox_delta(delta);
+        }
+        Ok(removed)
+    }
+
     /// Pending count, bytes and oldest enqueue time of `upstream`.
     pub fn outbox_stats(&self, upstream: &str) -> Result<OutboxStats, StoreError> {
         let (pending, bytes) = self
@@ -514,73 +531,71 @@ impl Store {
             return Ok(report);
         }
         let _writer = self.write_lock();
-        // Step 1: coalesce. Newest first, so the first entry seen of an
-        // entity is the one kept.
+        // Only what the rule needs is kept per entry (no field values):
+        // a full outbox is read once, in bounded memory per entry.
+        struct Slot {
+            key: Vec<u8>,
+            seq: u64,
+            priority: u8,
+            tombstone: bool,
+            size: u64,
+            entity: u128,
+        }
         let prefix = upstream_prefix(upstream);
-        let mut seen: HashSet<(String, String)> = HashSet::new();
-        let mut superseded: Vec<Vec<u8>> = Vec::new();
-        let mut all: Vec<(Vec<u8>, OutboxEntry)> = Vec::new();
+        let mut slots: Vec<Slot> = Vec::new();
         for item in self.inner.outbox.scan_prefix(&prefix) {
             let (key, value) = item.map_err(|e| StoreError::sled("reading the outbox", e))?;
-            all.push((key.to_vec(), decode_entry(&value)?));
+            let entry = decode_entry(&value)?;
+            let mut id = Vec::new();
+            part(&mut id, &entry.item.product);
+            part(&mut id, &entry.item.entity);
+            slots.push(Slot {
+                key: key.to_vec(),
+                seq: entry.seq,
+                priority: entry.item.priority,
+                tombstone: entry.item.tombstone,
+                size: value.len() as u64,
+                entity: xxhash_rust::xxh3::xxh3_128(&id),
+            });
         }
-        let mut newest_first: Vec<&(Vec<u8>, OutboxEntry)> = all.iter().collect();
-        newest_first.sort_by_key(|e| std::cmp::Reverse(e.1.seq));
-        for (key, entry) in newest_first {
-            let id = (entry.item.product.clone(), entry.item.entity.clone());
-            if entry.item.tombstone {
-                // Whatever came before an erasure is gone with it.
-                seen.insert(id);
-                continue;
+        // Step 1: coalesce. Newest first, so the first entry seen of an
+        // entity is the one kept; whatever came before an erasure goes.
+        slots.sort_by_key(|s| std::cmp::Reverse(s.seq));
+        let mut seen: HashSet<u128> = HashSet::new();
+        let mut superseded = vec![false; slots.len()];
+        for (i, slot) in slots.iter().enumerate() {
+            if !seen.insert(slot.entity) && !slot.tombstone {
+                superseded[i] = true;
             }
-            if !seen.insert(id) {
-                superseded.push(key.clone());
-            }
         }
-        if !superseded.is_empty() {
-            let delta = self.outbox_transaction(|tx, delta| {
-                for key in &superseded {
-                    tx.remove(key, delta)?;
-                }
-                Ok(())
-            })?;
-            report.coalesced = delta.removed.len() as u64;
-            self.apply_outbox_delta(delta);
-        }
-        // Step 2: drop lowest priority, oldest first.
-        let removed: HashSet<&Vec<u8>> = superseded.iter().collect();
-        let mut candidates: Vec<&(Vec<u8>, OutboxEntry)> = all
+        let coalesce: Vec<&[u8]> = slots
             .iter()
-            .filter(|(key, entry)| !removed.contains(key) && !entry.item.tombstone)
+            .zip(&superseded)
+            .filter(|(_, &gone)| gone)
+            .map(|(s, _)| s.key.as_slice())
             .collect();
-        candidates.sort_by_key(|(_, e)| (e.item.priority, e.seq));
+        report.coalesced = self.outbox_remove_keys(&coalesce)?;
+        // Step 2: drop lowest priority, oldest first; never a tombstone.
         let mut bytes = self.outbox_stats(upstream)?.bytes;
-        let mut drop: Vec<(Vec<u8>, u8)> = Vec::new();
-        let mut freed = 0u64;
-        for (key, entry) in candidates {
-            if bytes.saturating_sub(freed) <= max_bytes {
+        let mut candidates: Vec<&Slot> = slots
+            .iter()
+            .zip(&superseded)
+            .filter(|(s, &gone)| !gone && !s.tombstone)
+            .map(|(s, _)| s)
+            .collect();
+        candidates.sort_by_key(|s| (s.priority, s.seq));
+        let mut drop: Vec<&Slot> = Vec::new();
+        for slot in candidates {
+            if bytes <= max_bytes {
                 break;
             }
-            let size = self
-                .inner
-                .outbox
-                .get(key)
-                .map_err(|e| StoreError::sled("reading the outbox", e))?
-                .map_or(0, |v| v.len() as u64);
-            freed += size;
-            drop.push((key.clone(), entry.item.priority));
+            bytes = bytes.saturating_sub(slot.size);
+            drop.push(slot);
         }
-        if !drop.is_empty() {
-            let delta = self.outbox_transaction(|tx, delta| {
-                for (key, _) in &drop {
-                    tx.remove(key, delta)?;
-                }
-                Ok(())
-            })?;
-            self.apply_outbox_delta(delta);
-            for (_, priority) in &drop {
-                *report.dropped.entry(*priority).or_default() += 1;
-            }
+        let keys: Vec<&[u8]> = drop.iter().map(|s| s.key.as_slice()).collect();
+        self.outbox_remove_keys(&keys)?;
+        for slot in &drop {
+            *report.dropped.entry(slot.priority).or_default() += 1;
         }
         self.inner.group.wrote();
         bytes = self.outbox_stats(upstream)?.bytes;

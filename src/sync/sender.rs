@@ -28,6 +28,8 @@ use crate::store::{PendingEntry, Store};
 
 /// How often an idle sender looks at its outbox.
 const IDLE_TICK: Duration = Duration::from_millis(100);
+/// How often a parked upstream's budget is checked.
+const PARKED_TICK: Duration = Duration::from_secs(1);
 const ZSTD_LEVEL: i32 = 3;
 
 pub(crate) enum Transport {
@@ -119,6 +121,7 @@ impl Sender {
                     backoff = self.settings.retry_min;
                     continue;
                 }
+                Ok(false) if self.transport.is_none() => PARKED_TICK,
                 Ok(false) => IDLE_TICK,
                 Err(e) => {
                     self.metrics.send_failed(&self.upstream, &e.to_string());
