@@ -381,6 +381,25 @@ impl Store {
         max: usize,
         now: Timestamp,
     ) -> Result<Vec<PendingEntry>, StoreError> {
+        // Only entries below the sequence counter as it is now: they were
+        // all committed before this scan began (the counter moves in the
+        // same transaction as the entry), so the scan cannot see a later
+        // entry while missing an earlier one of the same lane — which the
+        // receiver's high-water mark would then skip forever.
+        let horizon = match self
+            .inner
+            .outbox_index
+            .get(SEQ_KEY)
+            .map_err(|e| StoreError::sled("reading the outbox sequence", e))?
+        {
+            Some(bytes) => u64::from_be_bytes(
+                bytes
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt("outbox sequence", "not 8 bytes"))?,
+            ),
+            None => return Ok(Vec::new()),
+        };
         let prefix = upstream_prefix(upstream);
         let mut out: Vec<PendingEntry> = Vec::new();
         let mut lane: Option<u8> = None;
@@ -395,6 +414,13 @@ impl Store {
                 break;
             }
             let entry = decode_entry(&bytes)?;
+            if entry.seq >= horizon {
+                if lane.is_some() {
+                    break;
+                }
+                skip_lane = Some(this_lane);
+                continue;
+            }
             if entry.item.hold_until > now {
                 if lane.is_some() {
                     break;
