@@ -229,6 +229,7 @@ pub async fn start(
         config.http.graphiql,
         shutdown.clone(),
         &tasks,
+        Some(sync.clone()),
     )?;
     let reload_context = LoadContext {
         upstreams: config.upstream_names(),

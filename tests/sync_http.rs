@@ -177,6 +177,32 @@ fn edge_to_aggregator_over_http_with_rules_masks_and_erasure() {
     assert_eq!(nodes["nodes"][0]["id"], "edge-1", "{body}");
     assert_eq!(nodes["nodes"][0]["pending"], 0, "{body}");
 
+    let (status, body) = http_post(
+        &hq.url("/graphql"),
+        "application/json",
+        br#"{"query":"{ nodes { id lastSeen lag pending } machine(machine_id: \"m1\") { _meta { source } } }"}"#.to_vec(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(answer["data"]["nodes"][0]["id"], "edge-1", "{body}");
+    assert_eq!(
+        answer["data"]["machine"]["_meta"]["source"], "sync:edge-1",
+        "{body}"
+    );
+    let (status, body) = http_post(
+        &edge.url("/graphql"),
+        "application/json",
+        br#"{"query":"{ syncStatus { name pending errors lastAck } }"}"#.to_vec(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(answer["data"]["syncStatus"][0]["name"], "central", "{body}");
+    assert_eq!(answer["data"]["syncStatus"][0]["pending"], 0, "{body}");
+    assert!(
+        answer["data"]["syncStatus"][0]["lastAck"].is_string(),
+        "{body}"
+    );
+
     // Bad input gets a clear answer and a counter; an edge is no aggregator.
     let (status, body) = http_post(
         &hq.url("/sync/v1"),

@@ -90,6 +90,41 @@ impl SyncMetrics {
         self.add("meshlet_sync_refused_total", &[reason], 1);
     }
 
+    /// Per upstream: pending entries and bytes, oldest pending age, last
+    /// ack, errors and drops (for the GraphQL catalog).
+    pub fn upstreams(&self, store: &Store) -> Vec<UpstreamStatus> {
+        let upstreams = lock(&self.upstreams).clone();
+        let counters = lock(&self.counters).clone();
+        let last_ack = lock(&self.last_ack).clone();
+        let sum = |name: &str, upstream: &str| -> u64 {
+            counters
+                .iter()
+                .filter(|((n, labels), _)| {
+                    *n == name && labels.first().map(String::as_str) == Some(upstream)
+                })
+                .map(|(_, v)| *v)
+                .sum()
+        };
+        let now = Timestamp::now();
+        upstreams
+            .iter()
+            .map(|name| {
+                let stats = store.outbox_stats(name).unwrap_or_default();
+                UpstreamStatus {
+                    name: name.clone(),
+                    pending: stats.pending,
+                    pending_bytes: stats.bytes,
+                    oldest_pending_age_seconds: stats
+                        .oldest
+                        .map(|o| (now.0 - o.0).max(0) as f64 / 1e6),
+                    last_ack: last_ack.get(name).copied(),
+                    errors: sum("meshlet_sync_errors_total", name),
+                    dropped: sum("meshlet_sync_dropped_total", name),
+                }
+            })
+            .collect()
+    }
+
     /// Prometheus text for every series, plus the outbox gauges read from
     /// the store.
     pub fn render_prometheus(&self, store: &Store, out: &mut String) {
@@ -170,4 +205,16 @@ fn escape(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// One upstream's sync status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpstreamStatus {
+    pub name: String,
+    pub pending: u64,
+    pub pending_bytes: u64,
+    pub oldest_pending_age_seconds: Option<f64>,
+    pub last_ack: Option<Timestamp>,
+    pub errors: u64,
+    pub dropped: u64,
 }

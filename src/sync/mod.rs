@@ -28,8 +28,9 @@ use crate::ingest::Ingestor;
 use crate::product::ProductSet;
 use crate::store::{Store, StoreError};
 
+pub use apply::NodeStatus;
 pub use apply::{Applied, ApplyError, Receiver};
-pub use metrics::SyncMetrics;
+pub use metrics::{SyncMetrics, UpstreamStatus};
 
 /// Why a send did not get acknowledged, or a transport cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +69,19 @@ pub struct SyncHandle {
 impl SyncHandle {
     pub fn render_prometheus(&self, out: &mut String) {
         self.metrics.render_prometheus(&self.store, out);
+    }
+
+    /// Every upstream's status (reads the outbox figures: blocking, cheap).
+    pub fn upstreams(&self) -> Vec<UpstreamStatus> {
+        self.metrics.upstreams(&self.store)
+    }
+
+    /// The edges this node heard from (empty unless an aggregator).
+    pub fn nodes(&self) -> Vec<NodeStatus> {
+        self.receiver
+            .as_ref()
+            .map(|r| r.nodes())
+            .unwrap_or_default()
     }
 }
 
