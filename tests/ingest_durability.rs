@@ -206,6 +206,25 @@ fn publish_slowly(port: u16, messages: &[(String, Vec<u8>)]) -> usize {
     // was not acknowledged (rumqttc drops it when the session is new).
     options.set_clean_session(false);
     let (client, mut connection) = Client::new(options, 32);
+    // Publish only once the first CONNACK is in: rumqttc clears its pending
+    // queue (even requests never sent) when a CONNACK says
+    // `session_present = 0`, which the very first one does. A node killed
+    // during that first handshake would otherwise make the *client* drop
+    // what was queued, and the test would blame the broker. Later CONNACKs
+    // say `session_present = 1`: the broker stores the session durably
+    // before answering.
+    let connected_by = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            std::time::Instant::now() < connected_by,
+            "the publisher never connected"
+        );
+        match connection.recv_timeout(Duration::from_secs(1)) {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => break,
+            Ok(Ok(_)) | Err(_) => {}
+            Ok(Err(_)) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
     let to_send = messages.to_vec();
     let sender = std::thread::spawn(move || {
         for (i, (topic, payload)) in to_send.into_iter().enumerate() {

@@ -1,0 +1,137 @@
+//! Hot-path micro-benchmarks (criterion): what one message costs in each
+//! stage, without the network.
+//!
+//! ```sh
+//! cargo bench --bench micro
+//! ```
+//!
+//! - `pipeline/*`: decode + map + coerce + validate of the machine_health
+//!   telemetry payload a device publishes, as one message and as a batch.
+//! - `store/*`: one durable-less batch upsert of N records into sled (the
+//!   transaction cost per record; durability is the group commit's job and
+//!   measured end to end by `ingest_load`).
+//! - `codec/*`: zstd compression of a history chunk's worth of records,
+//!   the baseline the per-product dictionaries are measured against.
+//!
+//! Under `cargo test --all-targets` criterion runs each benchmark once as a
+//! smoke test, so the code here keeps compiling and working.
+
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use meshlet::pipeline::{process, Input, Limits, SourceShape};
+use meshlet::product::{load_path, LoadContext, Product};
+use meshlet::record::{Fields, Origin, Record, Timestamp, Value};
+use meshlet::store::{Store, StoreConfig};
+
+fn machine_health() -> Product {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let context = LoadContext {
+        upstreams: ["central".to_string()].into(),
+    };
+    let set = load_path(&root.join("schema/examples/machine_health.yaml"), &context)
+        .expect("example product loads");
+    let product = set.get("machine_health").expect("machine_health defined");
+    (**product).clone()
+}
+
+fn telemetry(seq: u64) -> Vec<u8> {
+    format!(
+        r#"{{"temp": {:.1}, "vib": {{"rms": {:.2}}}, "rpm": {}, "state": "ok", "hmi": {{"operator": "op{}@example.com"}}, "ts": {}}}"#,
+        20.0 + (seq % 500) as f64 / 10.0,
+        (seq % 300) as f64 / 100.0,
+        1000 + seq % 2000,
+        seq % 17,
+        1_700_000_000_000u64 + seq
+    )
+    .into_bytes()
+}
+
+fn bench_pipeline(c: &mut Criterion) {
+    let product = machine_health();
+    let shape = SourceShape::from_source(&product.sources[0]);
+    let limits = Limits::default();
+    let captures = vec![
+        ("site".to_string(), "berlin".to_string()),
+        ("machine_id".to_string(), "PR-0042".to_string()),
+    ];
+    let payload = telemetry(7);
+    let mut group = c.benchmark_group("pipeline");
+    group.throughput(Throughput::Bytes(payload.len() as u64));
+    group.bench_function("telemetry_message", |b| {
+        b.iter(|| {
+            let input = Input {
+                payload: &payload,
+                captures: &captures,
+                arrival: Timestamp(1_700_000_000_000_000),
+                origin: Origin::new("mqtt:0"),
+            };
+            let processed = process(&product, &shape, &input, &limits);
+            assert_eq!(processed.accepted.len(), 1);
+            processed
+        })
+    });
+    group.finish();
+}
+
+fn record(entity: usize, seq: i64) -> Record {
+    let mut fields = Fields::new();
+    fields.insert(
+        "machine_id".into(),
+        Value::String(format!("PR-{entity:04}")),
+    );
+    fields.insert("site".into(), Value::String("berlin".into()));
+    fields.insert(
+        "temperature_c".into(),
+        Value::Float(20.0 + seq as f64 / 10.0),
+    );
+    fields.insert("vibration_rms".into(), Value::Float(1.5));
+    fields.insert("spindle_rpm".into(), Value::Int(1480 + seq));
+    fields.insert("status".into(), Value::String("ok".into()));
+    Record {
+        entity: format!("PR-{entity:04}"),
+        fields,
+        event_time: Timestamp(1_700_000_000_000_000 + seq * 1_000_000),
+        origin: Origin::new("bench"),
+    }
+}
+
+fn bench_store(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(StoreConfig::new(dir.path().join("db"))).expect("store opens");
+    let mut seq = 0i64;
+    let mut group = c.benchmark_group("store");
+    for batch in [1usize, 100] {
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(format!("upsert_batch_{batch}"), |b| {
+            b.iter_batched(
+                || {
+                    seq += 1;
+                    (0..batch)
+                        .map(|i| record(i % 1000, seq))
+                        .collect::<Vec<_>>()
+                },
+                |records| store.upsert("machine_health", &records).expect("upsert"),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+fn bench_codec(c: &mut Criterion) {
+    // A chunk's worth of one machine's history, as MessagePack rows.
+    let rows: Vec<Vec<u8>> = (0..256)
+        .map(|seq| rmp_serde::to_vec_named(&record(42, seq)).expect("encode"))
+        .collect();
+    let raw: Vec<u8> = rows.concat();
+    let mut group = c.benchmark_group("codec");
+    group.throughput(Throughput::Bytes(raw.len() as u64));
+    group.bench_function("zstd_chunk_level3", |b| {
+        b.iter(|| zstd::bulk::compress(&raw, 3).expect("compress"))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_pipeline, bench_store, bench_codec);
+criterion_main!(benches);
