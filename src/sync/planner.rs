@@ -150,12 +150,14 @@ sync:
   - to: archive
     mode: history
     priority: high
+  - to: slow
+    when: { min_interval: 1h }
 "#;
 
     fn open(dir: &std::path::Path) -> (Store, Arc<ProductSet>) {
         std::fs::write(dir.join("machine.yaml"), PRODUCTS).expect("write");
         let ctx = LoadContext {
-            upstreams: ["central".to_string(), "archive".to_string()].into(),
+            upstreams: ["central", "archive", "slow"].map(String::from).into(),
         };
         let products = Arc::new(load_path(&dir.join("machine.yaml"), &ctx).expect("loads"));
         let store = Store::open(StoreConfig::new(dir.join("store"))).expect("opens");
@@ -234,6 +236,35 @@ sync:
         let keys: Vec<Vec<u8>> = archive.iter().take(2).map(|e| e.key.clone()).collect();
         store.outbox_ack(&keys).expect("ack");
         assert_eq!(store.outbox_stats("archive").expect("stats").pending, 1);
+    }
+
+    #[test]
+    fn min_interval_holds_an_entity_and_sends_only_its_latest_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = open(dir.path());
+        for t in 0..5 {
+            store
+                .upsert(
+                    "machine",
+                    &[record("m1", &[("temp", Value::Float(f64::from(t)))])],
+                )
+                .expect("upsert");
+        }
+        let now = Timestamp::now();
+        assert!(
+            store
+                .outbox_read("slow", 100, now)
+                .expect("read")
+                .is_empty(),
+            "held for min_interval"
+        );
+        let later = now.saturating_add(std::time::Duration::from_secs(2 * 3600));
+        let due = store.outbox_read("slow", 100, later).expect("read");
+        assert_eq!(due.len(), 1, "coalesced to one entry");
+        assert_eq!(
+            due[0].entry.item.fields.get("temp"),
+            Some(&Value::Float(4.0))
+        );
     }
 
     #[test]
