@@ -234,6 +234,17 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        /// Untrusted bytes: any input is an envelope or a typed error.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = Envelope::decode(&bytes);
+            if let Ok(compressed) = zstd::encode_all(bytes.as_slice(), 1) {
+                let _ = Envelope::decode(&compressed);
+            }
+        }
+    }
+
     #[test]
     fn refuses_a_zip_bomb() {
         let zeros = vec![0u8; (MAX_DECODED_BYTES + 10) as usize];
