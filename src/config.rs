@@ -46,6 +46,10 @@ pub struct HubConfig {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// Who may call the API, and as which role.
     pub security: SecurityConfig,
+    /// Outbox budget and sender timing, for every upstream.
+    pub sync: SyncSettings,
+    /// Receiving sync from edges (`POST /sync/v1`, an MQTT subscription).
+    pub aggregator: AggregatorConfig,
     /// How long shutdown waits for tasks to finish before giving up.
     #[serde(with = "humantime_serde_compat")]
     pub shutdown_grace: Duration,
@@ -64,6 +68,8 @@ impl Default for HubConfig {
             ingest: IngestSettings::default(),
             upstreams: BTreeMap::from([("central".to_string(), UpstreamConfig::default())]),
             security: SecurityConfig::default(),
+            sync: SyncSettings::default(),
+            aggregator: AggregatorConfig::default(),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -350,12 +356,87 @@ impl Default for IngestSettings {
 /// An upstream of the central mesh. Without a `url` it is parked: sync
 /// rules may name it and its outbox fills (within the disk budget) until a
 /// transport is configured.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
-    /// `mqtt://`, `mqtts://` (a broker or broker cluster) or `https://` (an
-    /// upstream meshlet in aggregator mode).
+    /// `mqtt://`, `mqtts://` (a broker or broker cluster) or `https://`
+    /// (`http://` for tests and trusted links) of an upstream meshlet in
+    /// aggregator mode.
     pub url: Option<String>,
+    /// MQTT: envelopes go to `<topic_prefix>/<origin node>/<product>`.
+    pub topic_prefix: String,
+    /// MQTT: default `meshlet-sync-<node_id>-<upstream>`.
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// HTTPS: sent as `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// PEM CA bundle for TLS; the system roots when absent.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain and key (mutual TLS).
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    /// This upstream's outbox budget; `sync.max_outbox_bytes` when absent.
+    pub max_outbox_bytes: Option<u64>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            url: None,
+            topic_prefix: "meshlet/sync".to_string(),
+            client_id: None,
+            username: None,
+            password: None,
+            token: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            max_outbox_bytes: None,
+        }
+    }
+}
+
+/// Outbox budget and sender timing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncSettings {
+    /// Pending bytes per upstream before the overflow rule applies
+    /// (coalesce history to the latest state per entity, then drop the
+    /// lowest priority, oldest first; tombstones are never dropped).
+    pub max_outbox_bytes: u64,
+    /// Back-off while an upstream is away: from `retry_min`, doubling with
+    /// jitter, up to `retry_max`.
+    #[serde(with = "humantime_serde_compat")]
+    pub retry_min: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub retry_max: Duration,
+    /// How long one send may take before it counts as failed.
+    #[serde(with = "humantime_serde_compat")]
+    pub send_timeout: Duration,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        SyncSettings {
+            max_outbox_bytes: 64 << 20,
+            retry_min: Duration::from_millis(500),
+            retry_max: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Aggregator mode: this node accepts envelopes from edges.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregatorConfig {
+    /// Serve `POST /sync/v1`.
+    pub enabled: bool,
+    /// Also subscribe to `<topic_prefix>/+/+` on this broker.
+    pub mqtt: Option<ExternalBrokerConfig>,
+    /// The prefix edges publish under (their upstream's `topic_prefix`).
+    pub topic_prefix: Option<String>,
 }
 
 impl HubConfig {

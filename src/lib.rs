@@ -18,4 +18,5 @@ pub mod record;
 pub mod retention;
 pub mod sd_notify;
 pub mod store;
+pub mod sync;
 pub mod telemetry;

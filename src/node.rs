@@ -63,6 +63,8 @@ pub enum NodeError {
     Tokens(#[from] crate::policy::tokens::TokenFileError),
     #[error("cannot read or create the mask secret: {0}")]
     MaskSecret(StoreError),
+    #[error(transparent)]
+    Sync(#[from] crate::sync::SyncError),
     #[error("a background task failed: {0}")]
     Task(String),
 }
@@ -184,6 +186,11 @@ pub async fn start(
 
     let tasks = TaskTracker::new();
     let ingestor = Ingestor::new(products.clone(), store.clone(), &config.ingest, &tasks);
+    // Upstream sync (outbox planner, senders, aggregator) before any source
+    // starts, so every accepted record gets its outbox entries.
+    let sync = crate::sync::start(
+        &config, &node_id, &store, &products, &ingestor, &shutdown, &tasks,
+    )?;
     if let Some(broker) = broker {
         tasks.spawn(
             broker
@@ -237,6 +244,7 @@ pub async fn start(
         config.http.graphiql,
         shutdown.clone(),
         &tasks,
+        Some(sync.clone()),
     )?;
     let reload_context = LoadContext {
         upstreams: config.upstream_names(),
@@ -256,6 +264,7 @@ pub async fn start(
         tls_metrics: listener.tls_metrics(),
         retention: retention_metrics.clone(),
         auth,
+        sync: Some(sync),
     });
     let server = tokio::spawn(
         listener

@@ -276,6 +276,9 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     state.tls_metrics.render_prometheus(&mut text);
     state.retention.render_prometheus(&mut text);
     state.auth.render_prometheus(&mut text);
+    if let Some(sync) = &state.sync {
+        sync.render_prometheus(&mut text);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -10,6 +10,7 @@ mod auth;
 pub mod graphql;
 mod health;
 mod ingest;
+mod sync;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -35,12 +36,15 @@ pub struct ApiState {
     pub retention: crate::retention::RetentionMetrics,
     /// Who is calling: tokens, certificates, anonymous role.
     pub auth: Arc<crate::policy::auth::Authenticator>,
+    /// Upstream sync: the aggregator's receiver and sync figures.
+    pub sync: Option<std::sync::Arc<crate::sync::SyncHandle>>,
 }
 
 /// Builds the router for the given state.
 pub fn router(state: ApiState) -> Router {
     let protected = ingest::routes(state.max_http_body_bytes)
         .merge(graphql::routes())
+        .merge(sync::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_identity,

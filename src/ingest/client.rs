@@ -97,9 +97,34 @@ pub fn options(
 /// rustls with the ring provider; the configured CA or the system roots;
 /// a client certificate when configured.
 fn tls_config(config: &ExternalBrokerConfig) -> Result<rustls::ClientConfig, ClientConfigError> {
+    rustls_client_config(
+        config.ca_file.as_deref(),
+        config.client_cert_file.as_deref(),
+        config.client_key_file.as_deref(),
+    )
+}
+
+/// The rustls client setup shared by every outgoing TLS connection (the
+/// external broker, sync upstreams): ring provider, a CA file or the
+/// system roots, an optional client certificate.
+pub(crate) fn rustls_client_config(
+    ca_file: Option<&Path>,
+    client_cert_file: Option<&Path>,
+    client_key_file: Option<&Path>,
+) -> Result<rustls::ClientConfig, ClientConfigError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::PrivateKeyDer;
 
+    struct Files<'a> {
+        ca_file: Option<&'a Path>,
+        client_cert_file: Option<&'a Path>,
+        client_key_file: Option<&'a Path>,
+    }
+    let config = Files {
+        ca_file,
+        client_cert_file,
+        client_key_file,
+    };
     if config.client_cert_file.is_some() != config.client_key_file.is_some() {
         return Err(ClientConfigError::Tls(
             "client_cert_file and client_key_file go together".to_string(),

@@ -37,6 +37,17 @@ use crate::record::Fields;
 pub const ADMIN: &str = "admin";
 /// The built-in read-only role with personal data masked.
 pub const READER: &str = "reader";
+/// The built-in role of edge nodes pushing sync envelopes to an
+/// aggregator (`POST /sync/v1`): no right on any product's API, so a
+/// gateway's upstream token cannot read what the aggregator holds.
+pub const EDGE: &str = "edge";
+
+/// Whether `role` may push sync envelopes: `edge`, or the operator's
+/// `admin`. Anonymous callers never may unless the operator made the
+/// anonymous role one of these.
+pub fn may_push_sync(role: &str) -> bool {
+    role == EDGE || role == ADMIN
+}
 
 /// One role's rights on one product, with its row filter and masks.
 #[derive(Clone, Debug)]

@@ -23,6 +23,7 @@ use sled::Transactional;
 use super::chunk::decode_chunk_header;
 use super::codec;
 use super::keys::{audit_key, entity_prefix, parse_history_key, TAG_CHUNK};
+use super::outbox::{ErasePlan, OutboxDelta, OutboxTx};
 use super::quarantine::{self, EntityEntries};
 use super::read::decode_stored_instance;
 use super::stored::{StoredAuditLine, StoredTombstone};
@@ -93,7 +94,15 @@ impl Store {
             origin: origin.clone(),
             last_version,
         };
-        let removed = remove_entity(&trees, entity, &line, Some(&tombstone), Some(&quarantined))?;
+        let outbox = self.plan_outbox_erase(product, entity, at)?;
+        let removed = remove_entity(
+            self,
+            &trees,
+            entity,
+            &line,
+            Some((&tombstone, &outbox)),
+            Some(&quarantined),
+        )?;
         self.inner.group.wrote();
         tracing::info!(
             last_version,
@@ -110,12 +119,14 @@ impl Store {
 /// `tombstone`) in one transaction. The caller holds the writer lock, so
 /// the key lists read before the transaction cannot change.
 pub(crate) fn remove_entity(
+    store: &Store,
     trees: &ProductTrees,
     entity: &str,
     line: &StoredAuditLine,
-    tombstone: Option<&StoredTombstone>,
+    erasure: Option<(&StoredTombstone, &ErasePlan)>,
     quarantined: Option<&EntityEntries>,
 ) -> Result<Removed, StoreError> {
+    let tombstone = erasure.map(|(t, _)| t);
     let product = trees.name.as_str();
     let context = |what: &str| format!("product `{product}`, entity `{entity}`: {what}");
     let prefix = entity_prefix(entity);
@@ -155,46 +166,61 @@ pub(crate) fn remove_entity(
         .transpose()
         .map_err(|e| StoreError::encode(product, entity, "quarantine state", e))?;
 
+    let (outbox_tree, outbox_index) = store.outbox_trees();
     let result = (
         &trees.instances,
         &trees.history,
         &trees.audit,
         &trees.tombstones,
         &trees.quarantine,
+        outbox_tree,
+        outbox_index,
     )
-        .transaction(|(instances, history, audit, tombstones, quarantine_tree)| {
-            instances.remove(entity.as_bytes())?;
-            for key in &history_keys {
-                history.remove(key)?;
-            }
-            for key in &audit_keys {
-                audit.remove(key)?;
-            }
-            let id = audit
-                .generate_id()
-                .map_err(ConflictableTransactionError::Storage)?;
-            let key = audit_key(entity, id);
-            let sealed = trees.seal(AUDIT, &key, line_bytes.clone()).map_err(|e| {
-                ConflictableTransactionError::Abort(StoreError::encode(
-                    product,
-                    entity,
-                    "audit line",
-                    e,
-                ))
-            })?;
-            audit.insert(key, sealed)?;
-            if let Some(bytes) = &tombstone_bytes {
-                tombstones.insert(entity.as_bytes(), bytes.clone())?;
-            }
-            for key in &quarantine_keys {
-                quarantine_tree.remove(key.as_slice())?;
-            }
-            if let Some(state) = &quarantine_state {
-                quarantine_tree.insert(quarantine::STATE_KEY, state.clone())?;
-            }
-            Ok::<_, ConflictableTransactionError<StoreError>>(())
-        });
-    tx_result(result, || context("removing the entity"))?;
+        .transaction(
+            |(instances, history, audit, tombstones, quarantine_tree, entries, index)| {
+                instances.remove(entity.as_bytes())?;
+                for key in &history_keys {
+                    history.remove(key)?;
+                }
+                for key in &audit_keys {
+                    audit.remove(key)?;
+                }
+                let id = audit
+                    .generate_id()
+                    .map_err(ConflictableTransactionError::Storage)?;
+                let key = audit_key(entity, id);
+                let sealed = trees.seal(AUDIT, &key, line_bytes.clone()).map_err(|e| {
+                    ConflictableTransactionError::Abort(StoreError::encode(
+                        product,
+                        entity,
+                        "audit line",
+                        e,
+                    ))
+                })?;
+                audit.insert(key, sealed)?;
+                if let Some(bytes) = &tombstone_bytes {
+                    tombstones.insert(entity.as_bytes(), bytes.clone())?;
+                }
+                for key in &quarantine_keys {
+                    quarantine_tree.remove(key.as_slice())?;
+                }
+                if let Some(state) = &quarantine_state {
+                    quarantine_tree.insert(quarantine::STATE_KEY, state.clone())?;
+                }
+                let mut delta = OutboxDelta::default();
+                if let Some((_, plan)) = erasure {
+                    let outbox = OutboxTx {
+                        entries,
+                        index,
+                        now: line.last_at,
+                    };
+                    outbox.erase(&plan.pending, &plan.tombstones, &mut delta)?;
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(delta)
+            },
+        );
+    let delta = tx_result(result, || context("removing the entity"))?;
+    store.apply_outbox_delta(delta);
     Ok(Removed {
         history_events,
         quarantine_entries: quarantine_keys.len(),

@@ -18,6 +18,7 @@ use sled::Transactional;
 
 use super::dedupe::{self, DedupePlan, KeyWrite, TreeWindow};
 use super::offsets::encode_offset;
+use super::outbox::{OutboxDelta, OutboxTx};
 use super::quarantine::{self, encode_entry, entry_key, TreeEntries};
 use super::types::{
     Fingerprint, IngestBatch, IngestLimits, IngestOutcome, QuarantineItem, SourceOffset,
@@ -187,6 +188,8 @@ impl Store {
             quarantine_writes.push((quarantine::STATE_KEY.to_vec(), Some(state)));
         }
 
+        let planner = self.planner();
+        let (outbox_tree, outbox_index) = self.outbox_trees();
         let result = (
             &trees.instances,
             &trees.history,
@@ -195,9 +198,21 @@ impl Store {
             &trees.dedupe,
             &trees.quarantine,
             &self.inner.offsets,
+            outbox_tree,
+            outbox_index,
         )
             .transaction(
-                |(instances, history, audit, tombstones, dedupe_tree, quarantine_tree, offsets)| {
+                |(
+                    instances,
+                    history,
+                    audit,
+                    tombstones,
+                    dedupe_tree,
+                    quarantine_tree,
+                    offsets,
+                    outbox_entries,
+                    outbox_index,
+                )| {
                     let tx = UpsertTx {
                         product,
                         chunk_events: config.history_chunk_events as u64,
@@ -209,27 +224,45 @@ impl Store {
                         tombstones,
                         trees: &trees,
                     };
+                    let outbox = OutboxTx {
+                        entries: outbox_entries,
+                        index: outbox_index,
+                        now: received_at,
+                    };
+                    let mut delta = OutboxDelta::default();
                     let changes = batch
                         .records
                         .iter()
                         .zip(&dedupe.skip)
-                        .map(|(r, &skip)| (!skip).then(|| tx.apply(r.record)).transpose())
+                        .map(|(r, &skip)| {
+                            if skip {
+                                return Ok(None);
+                            }
+                            let change = tx.apply(r.record)?;
+                            if let Some(planner) = &planner {
+                                for item in planner.on_change(product, r.record, &change) {
+                                    outbox.push(item, &mut delta)?;
+                                }
+                            }
+                            Ok(Some(change))
+                        })
                         .collect::<TxResult<Vec<Option<Change>>>>()?;
                     write_keys(dedupe_tree, &dedupe.writes)?;
                     write_keys(quarantine_tree, &quarantine_writes)?;
                     if let Some((key, value)) = &offset {
                         offsets.insert(*key, value.as_slice())?;
                     }
-                    Ok(changes)
+                    Ok((changes, delta))
                 },
             );
-        let changes = tx_result(result, || {
+        let (changes, delta) = tx_result(result, || {
             format!(
                 "product `{product}`: writing a batch of {} records, {} quarantine items",
                 batch.records.len(),
                 batch.quarantine.len()
             )
         })?;
+        self.apply_outbox_delta(delta);
         self.inner.group.wrote();
 
         let outcome = IngestOutcome {

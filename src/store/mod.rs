@@ -39,6 +39,11 @@
 //! [`Store::quarantine_list`] pages by id, [`Store::quarantine_count`] is
 //! O(1). Resolving an id in a batch removes the entry with that batch.
 //!
+//! **Outbox** (`outbox.rs`): what sync owes each upstream. When an
+//! [`OutboxPlanner`] is installed, every applied record's outbox items and
+//! an erasure's tombstones (and the removal of the entity's pending
+//! entries) are written in the same transaction as the change.
+//!
 //! **Source offsets** (`offsets.rs`): one opaque position per source name,
 //! node-wide; [`Store::source_offset`] reads it back.
 //!
@@ -56,7 +61,11 @@
 //! `version` is the number of the newest history event. A **late** record
 //! (event time older than the instance's) goes to history in full but only
 //! fills fields the instance does not have; its nulls are ignored; it never
-//! moves the instance's `event_time` back. `last_seen` and `last_origin`
+//! moves the instance's `event_time` back. At equal event times, a record
+//! synced from an edge (origin `sync:<node id>`) whose node id is smaller
+//! than the instance's last synced origin counts as late too: conflicts
+//! between edges are last-writer-wins by (event time, origin node id).
+//! `last_seen` and `last_origin`
 //! are arrival facts and follow every record, late or not.
 //!
 //! **History**: the open tail is one small key per event (cheap appends).
@@ -124,6 +133,7 @@ mod ingest;
 mod keys;
 mod merge;
 mod offsets;
+mod outbox;
 mod quarantine;
 mod read;
 mod retention;
@@ -138,6 +148,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 pub use config::StoreConfig;
 pub use error::StoreError;
+pub use outbox::{BudgetReport, OutboxEntry, OutboxItem, OutboxPlanner, OutboxStats, PendingEntry};
 pub use retention::RETENTION_ORIGIN;
 pub use seal::{EncryptionKey, KeyCheck, KeyFileError};
 pub use types::{
@@ -145,6 +156,7 @@ pub use types::{
     IngestBatch, IngestLimits, IngestOutcome, IngestRecord, Instance, Page, QuarantineEntry,
     QuarantineItem, RetentionSpec, SourceOffset, SweepReport, Tombstone,
 };
+pub use write::SYNC_ORIGIN_PREFIX;
 
 use durable::GroupCommit;
 use stored::StoredMeta;
@@ -173,6 +185,12 @@ struct Inner {
     group: GroupCommit,
     /// The sealer of an encrypted store.
     seal: seal::Seal,
+    /// `outbox` and `outbox_index` (see `outbox.rs`), the planner that
+    /// fills them, and the pending tally per upstream.
+    outbox: sled::Tree,
+    outbox_index: sled::Tree,
+    planner: RwLock<Option<Arc<dyn OutboxPlanner>>>,
+    tally: Mutex<outbox::Tally>,
 }
 
 /// The trees of one product.
@@ -276,9 +294,14 @@ impl Store {
         let offsets = db.open_tree(offsets::OFFSETS_TREE).map_err(|e| {
             StoreError::sled(format!("opening tree `{}`", offsets::OFFSETS_TREE), e)
         })?;
+        let open_tree = |name: &str| {
+            db.open_tree(name)
+                .map_err(|e| StoreError::sled(format!("opening tree `{name}`"), e))
+        };
+        let outbox = open_tree(outbox::OUTBOX_TREE)?;
+        let outbox_index = open_tree(outbox::OUTBOX_INDEX_TREE)?;
         let group = GroupCommit::start(db.clone())?;
-        tracing::debug!("store opened");
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(Inner {
                 config,
                 db,
@@ -287,8 +310,15 @@ impl Store {
                 writer: Mutex::new(()),
                 group,
                 seal,
+                outbox,
+                outbox_index,
+                planner: RwLock::new(None),
+                tally: Mutex::new(outbox::Tally::default()),
             }),
-        })
+        };
+        store.outbox_recount()?;
+        tracing::debug!("store opened");
+        Ok(store)
     }
 
     /// The configuration the store was opened with.

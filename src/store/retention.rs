@@ -247,7 +247,7 @@ impl Store {
                 fields: Vec::new(),
                 origin: Origin::new(RETENTION_ORIGIN),
             };
-            let removed = remove_entity(trees, entity, &line, None, None)?;
+            let removed = remove_entity(self, trees, entity, &line, None, None)?;
             self.inner.group.wrote();
             report.entities_expired += 1;
             report.events_removed += removed.history_events;

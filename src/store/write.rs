@@ -95,7 +95,8 @@ impl UpsertTx<'_> {
             history_rev: 0,
         });
 
-        let late = !created && record.event_time < state.event_time;
+        let late =
+            !created && (record.event_time < state.event_time || loses_sync_tie(record, &state));
         let changed = merge_fields(&mut state.fields, &record.fields, late);
         let applied_to_state = !late || !changed.is_empty();
         state.version += 1;
@@ -264,6 +265,21 @@ impl UpsertTx<'_> {
     }
 }
 
+/// Origin source prefix of records applied from an upstream envelope
+/// (`sync:<origin node id>`).
+pub const SYNC_ORIGIN_PREFIX: &str = "sync:";
+
+/// Last-writer-wins between edges is decided by (event time, origin node
+/// id): at equal event times, a synced record from a smaller origin id
+/// than the instance's last synced origin is treated as late. Local
+/// sources keep arrival order at equal times.
+fn loses_sync_tie(record: &Record, state: &StoredInstance) -> bool {
+    record.event_time == state.event_time
+        && record.origin.source.starts_with(SYNC_ORIGIN_PREFIX)
+        && state.last_origin.source.starts_with(SYNC_ORIGIN_PREFIX)
+        && record.origin.source < state.last_origin.source
+}
+
 /// `coalesce` only extends a line it was given; reported, not panicked, if
 /// that ever changes.
 fn unreachable_line<T>(product: &str, entity: &str) -> TxResult<T> {
@@ -273,4 +289,51 @@ fn unreachable_line<T>(product: &str, entity: &str) -> TxResult<T> {
         "audit line",
         "coalesced into a line that does not exist",
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Origin, Value};
+    use crate::store::StoreConfig;
+
+    fn synced(from: &str, t: i64, temp: f64) -> Record {
+        Record {
+            entity: "m".into(),
+            fields: Fields::from([("temp".to_string(), Value::Float(temp))]),
+            event_time: Timestamp::from_secs(t),
+            origin: Origin::new(format!("{SYNC_ORIGIN_PREFIX}{from}")),
+        }
+    }
+
+    #[test]
+    fn edges_conflict_last_writer_wins_by_event_time_then_origin_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(StoreConfig::new(dir.path().join("s"))).expect("open");
+        let temp =
+            |store: &Store| store.get("p", "m").expect("get").expect("m").fields["temp"].clone();
+        store
+            .upsert("p", &[synced("edge-b", 10, 1.0)])
+            .expect("upsert");
+        store
+            .upsert("p", &[synced("edge-a", 10, 2.0)])
+            .expect("upsert");
+        assert_eq!(
+            temp(&store),
+            Value::Float(1.0),
+            "equal time: the larger origin id wins"
+        );
+        store
+            .upsert("p", &[synced("edge-c", 10, 3.0)])
+            .expect("upsert");
+        assert_eq!(temp(&store), Value::Float(3.0));
+        store
+            .upsert("p", &[synced("edge-z", 9, 4.0)])
+            .expect("upsert");
+        assert_eq!(temp(&store), Value::Float(3.0), "an older event never wins");
+        store
+            .upsert("p", &[synced("edge-a", 11, 5.0)])
+            .expect("upsert");
+        assert_eq!(temp(&store), Value::Float(5.0), "a newer event always wins");
+    }
 }

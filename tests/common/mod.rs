@@ -84,6 +84,8 @@ pub struct NodeBuilder {
     /// Anonymous callers act as the built-in `admin` role (see
     /// [`NodeBuilder::secured`]).
     anonymous_admin: bool,
+    /// HTTP listen address; a free port when unset.
+    listen: Option<String>,
 }
 
 impl NodeBuilder {
@@ -94,6 +96,7 @@ impl NodeBuilder {
             env: Vec::new(),
             launcher: None,
             anonymous_admin: true,
+            listen: None,
         }
     }
 
@@ -102,6 +105,13 @@ impl NodeBuilder {
     /// features need no tokens.
     pub fn secured(mut self) -> Self {
         self.anonymous_admin = false;
+        self
+    }
+
+    /// Listens on `addr` instead of a free port (a node restarted where
+    /// its peers expect it).
+    pub fn listen(mut self, addr: impl Into<String>) -> Self {
+        self.listen = Some(addr.into());
         self
     }
 
@@ -138,7 +148,7 @@ impl NodeBuilder {
         }
         cmd.arg("serve")
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(self.listen.as_deref().unwrap_or("127.0.0.1:0"))
             .args(&self.args)
             .env("MESHLET_LOG__FORMAT", "json")
             .env("RUST_LOG", "meshlet=info")

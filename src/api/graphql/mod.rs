@@ -39,6 +39,7 @@ mod reload;
 mod runtime;
 mod schema;
 mod subscription;
+mod sync_status;
 mod values;
 
 use std::future::Future;
@@ -87,8 +88,10 @@ impl GraphqlApi {
         graphiql: bool,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
+        sync: Option<std::sync::Arc<crate::sync::SyncHandle>>,
     ) -> Result<GraphqlApi, BuildError> {
         let runtime = Runtime {
+            sync,
             ingestor,
             secret,
             usage: Default::default(),

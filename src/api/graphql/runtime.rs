@@ -26,6 +26,8 @@ pub(crate) struct Runtime {
     pub metrics: Arc<GraphqlMetrics>,
     /// Cancelled at shutdown: open subscriptions end.
     pub shutdown: CancellationToken,
+    /// Upstream sync status, for `syncStatus` and `nodes`.
+    pub sync: Option<Arc<crate::sync::SyncHandle>>,
 }
 
 impl Runtime {

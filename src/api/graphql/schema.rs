@@ -304,7 +304,10 @@ pub(crate) fn build(
         .register(instance::meta_object())
         .register(instance::audit_object())
         .register(instance::audit_action_enum());
-    for ty in catalog::types() {
+    for ty in catalog::types()
+        .into_iter()
+        .chain(super::sync_status::types())
+    {
         builder = builder.register(ty);
     }
 
@@ -333,7 +336,10 @@ pub(crate) fn build(
             .field(mutation::erase_field(api));
         subscription = subscription.field(subscription::changes_field(api));
     }
-    for field in catalog::root_fields(products) {
+    for field in catalog::root_fields(products)
+        .into_iter()
+        .chain(super::sync_status::root_fields())
+    {
         query = query.field(field);
     }
     builder = builder.register(query);

@@ -1,0 +1,126 @@
+//! Sync in the catalog: `syncStatus` (per upstream: pending, oldest
+//! pending age, last ack, errors, drops) and, on an aggregator, `nodes`
+//! (the edges it heard from: id, last seen, lag, pending). Instances show
+//! their origin node in `_meta { source }` (`sync:<node id>`).
+
+use async_graphql::dynamic::{Field, FieldFuture, FieldValue, Object, Type, TypeRef};
+use async_graphql::Value as Gql;
+
+use super::schema::{blocking, getter, runtime};
+use crate::sync::{NodeStatus, UpstreamStatus};
+
+fn text(s: &str) -> Gql {
+    Gql::String(s.to_string())
+}
+
+fn int(n: u64) -> Gql {
+    Gql::from(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+pub(crate) fn types() -> Vec<Type> {
+    let upstream = Object::new("SyncUpstream")
+        .description("What sync owes one upstream, and how sending goes.")
+        .field(getter::<UpstreamStatus>(
+            "name",
+            TypeRef::named_nn(TypeRef::STRING),
+            |u| text(&u.name),
+        ))
+        .field(
+            getter::<UpstreamStatus>("pending", TypeRef::named_nn(TypeRef::INT), |u| {
+                int(u.pending)
+            })
+            .description("Outbox entries not yet acknowledged."),
+        )
+        .field(getter::<UpstreamStatus>(
+            "pendingBytes",
+            TypeRef::named_nn(TypeRef::INT),
+            |u| int(u.pending_bytes),
+        ))
+        .field(
+            getter::<UpstreamStatus>(
+                "oldestPendingSeconds",
+                TypeRef::named(TypeRef::FLOAT),
+                |u| u.oldest_pending_age_seconds.map_or(Gql::Null, Gql::from),
+            )
+            .description("Age of the oldest pending entry; null when none is pending."),
+        )
+        .field(
+            getter::<UpstreamStatus>("lastAck", TypeRef::named(TypeRef::STRING), |u| {
+                u.last_ack.map_or(Gql::Null, |t| Gql::String(t.to_string()))
+            })
+            .description(
+                "When the upstream last acknowledged a batch (RFC 3339), since the node started.",
+            ),
+        )
+        .field(
+            getter::<UpstreamStatus>("errors", TypeRef::named_nn(TypeRef::INT), |u| int(u.errors))
+                .description("Failed sends since the node started."),
+        )
+        .field(
+            getter::<UpstreamStatus>("dropped", TypeRef::named_nn(TypeRef::INT), |u| {
+                int(u.dropped)
+            })
+            .description(
+                "Entries removed by the disk budget (coalesced or dropped) since the node started.",
+            ),
+        );
+    let node = Object::new("SyncNode")
+        .description("An edge this aggregator received sync from (since it started).")
+        .field(getter::<NodeStatus>(
+            "id",
+            TypeRef::named_nn(TypeRef::STRING),
+            |n| text(&n.id),
+        ))
+        .field(getter::<NodeStatus>(
+            "lastSeen",
+            TypeRef::named_nn(TypeRef::STRING),
+            |n| text(&n.last_seen),
+        ))
+        .field(
+            getter::<NodeStatus>("lag", TypeRef::named_nn(TypeRef::FLOAT), |n| {
+                Gql::from(n.lag_seconds)
+            })
+            .description("Seconds between the newest event it sent and its arrival here."),
+        )
+        .field(
+            getter::<NodeStatus>("pending", TypeRef::named_nn(TypeRef::INT), |n| {
+                int(n.pending)
+            })
+            .description("Entries it still held after its last envelopes."),
+        );
+    vec![upstream.into(), node.into()]
+}
+
+pub(crate) fn root_fields() -> Vec<Field> {
+    vec![
+        Field::new(
+            "syncStatus",
+            TypeRef::named_nn_list_nn("SyncUpstream"),
+            |ctx| {
+                FieldFuture::new(async move {
+                    let Some(sync) = runtime(&ctx)?.sync.clone() else {
+                        return Ok(Some(FieldValue::list(Vec::<FieldValue>::new())));
+                    };
+                    let upstreams = blocking(move || Ok(sync.upstreams())).await?;
+                    Ok(Some(FieldValue::list(
+                        upstreams.into_iter().map(FieldValue::owned_any),
+                    )))
+                })
+            },
+        )
+        .description("Per upstream: pending entries, oldest pending age, last ack, errors, drops."),
+        Field::new("nodes", TypeRef::named_nn_list_nn("SyncNode"), |ctx| {
+            FieldFuture::new(async move {
+                let nodes = runtime(&ctx)?
+                    .sync
+                    .as_ref()
+                    .map(|s| s.nodes())
+                    .unwrap_or_default();
+                Ok(Some(FieldValue::list(
+                    nodes.into_iter().map(FieldValue::owned_any),
+                )))
+            })
+        })
+        .description("Aggregator mode: the edges heard from; empty on an edge."),
+    ]
+}

@@ -1,0 +1,86 @@
+//! `POST /sync/v1`: envelopes from edges, in aggregator mode. The answer
+//! (200 with what was applied) comes only once it is durable; a malformed
+//! envelope gets 400 (retrying cannot fix it), a store that cannot write
+//! 503. A node not in aggregator mode answers 404.
+//!
+//! Both sit behind the API's authentication: pushing needs the built-in
+//! `edge` role (or `admin`) — give each edge a token made with
+//! `meshlet token create --role edge --name <node>` and set it as
+//! `upstreams.<name>.token` on the edge.
+//!
+//! `GET /sync/v1/nodes`: the edges this aggregator heard from since it
+//! started (`id`, `last_seen`, `lag_seconds`, `pending`).
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Extension, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::ApiState;
+use crate::policy::access::{may_push_sync, Identity};
+use crate::sync::ApplyError;
+
+/// Largest compressed envelope accepted.
+const MAX_BODY: usize = 32 << 20;
+
+pub(super) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route(
+            "/sync/v1",
+            post(receive).layer(DefaultBodyLimit::max(MAX_BODY)),
+        )
+        .route("/sync/v1/nodes", get(nodes))
+}
+
+fn not_aggregator() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "error": "this node is not an aggregator (set aggregator.enabled)" })),
+    )
+        .into_response()
+}
+
+async fn nodes(State(state): State<ApiState>) -> Response {
+    match state.sync.as_ref().and_then(|s| s.receiver.clone()) {
+        Some(receiver) => Json(json!({ "nodes": receiver.nodes() })).into_response(),
+        None => not_aggregator(),
+    }
+}
+
+async fn receive(
+    State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
+    body: Bytes,
+) -> Response {
+    let Some(receiver) = state.sync.as_ref().and_then(|s| s.receiver.clone()) else {
+        return not_aggregator();
+    };
+    if !may_push_sync(&identity.role) {
+        state
+            .auth
+            .denials()
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({ "error": format!("role `{}` may not push sync envelopes (needs `edge` or `admin`)", identity.role) })),
+        )
+            .into_response();
+    }
+    match receiver.apply_bytes(&body).await {
+        Ok(applied) => Json(applied).into_response(),
+        Err(ApplyError::Envelope(e)) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "1")],
+            Json(json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}

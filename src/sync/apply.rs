@@ -1,0 +1,267 @@
+//! Aggregator mode: applying envelopes from edges, exactly once in effect.
+//!
+//! Per (origin, link, lane) a high-water mark — the highest sequence
+//! number applied — is stored as a source offset
+//! (`sync:<origin>:<lane>:<link>`; origins contain no `:`) in the
+//! same store transaction as the records it covers, so a crash keeps both
+//! or neither. A redelivered envelope (the edge did not see our answer)
+//! finds its records at or below the mark and skips them: at-least-once
+//! on the wire, exactly-once in effect. Envelopes are applied one at a
+//! time (one lock), so check and write never interleave.
+//!
+//! Each instance is stored with its origin node (`origin.source` =
+//! `sync:<origin node id>`). **Conflicts** between edges writing the same
+//! entity are last-writer-wins by (event time, origin node id), the
+//! store's merge rule: a record older than the instance's event time — or
+//! as old, from a smaller origin id — does not overwrite the state (it only
+//! fills fields the instance lacks, and goes to history).
+//!
+//! A tombstone erases the entity (a no-op when it is already gone); its
+//! mark is written right after, so a crash in between re-erases, which is
+//! harmless. Records of a product this node does not know are refused,
+//! counted and logged, and their sequence numbers still advance the mark,
+//! so one bad record does not block an edge's outbox forever.
+
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use super::envelope::{Envelope, EnvelopeError};
+use super::metrics::SyncMetrics;
+use crate::ingest::writer::{WriteError, WriteJob};
+use crate::ingest::Ingestor;
+use crate::record::{Origin, Record, Timestamp};
+use crate::store::{IngestBatch, IngestRecord, SourceOffset, StoreError, SYNC_ORIGIN_PREFIX};
+
+/// Why an envelope was not applied. Its sender must retry (or, for
+/// [`ApplyError::Envelope`], fix what it sends).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("write: {0}")]
+    Write(#[from] WriteError),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+/// What one envelope did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Applied {
+    pub applied: usize,
+    pub duplicates: usize,
+    pub refused: usize,
+}
+
+/// Applies envelopes to the local store.
+pub struct Receiver {
+    ingestor: Ingestor,
+    metrics: Arc<SyncMetrics>,
+    one_at_a_time: Mutex<()>,
+    /// Per origin: last seen, lag, pending per link. Bounded by the number
+    /// of edges that sent a valid envelope.
+    nodes: std::sync::Mutex<std::collections::BTreeMap<String, Seen>>,
+}
+
+#[derive(Clone, Default)]
+struct Seen {
+    at: Option<Timestamp>,
+    newest_event: Option<Timestamp>,
+    pending: std::collections::BTreeMap<String, u64>,
+}
+
+fn mark_source(origin: &str, link: &str, lane: u8) -> String {
+    format!("sync:{origin}:{lane}:{link}")
+}
+
+/// What the aggregator knows of one edge (since it started).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct NodeStatus {
+    pub id: String,
+    /// When its last envelope arrived (RFC 3339).
+    pub last_seen: String,
+    /// Arrival time minus the event time of the newest record it sent:
+    /// how far behind this node's view of the edge is.
+    pub lag_seconds: f64,
+    /// Entries the edge still held for its links after its last envelopes.
+    pub pending: u64,
+}
+
+impl Receiver {
+    pub fn new(ingestor: Ingestor, metrics: Arc<SyncMetrics>) -> Receiver {
+        Receiver {
+            ingestor,
+            metrics,
+            one_at_a_time: Mutex::new(()),
+            nodes: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+        }
+    }
+
+    fn note_node(&self, envelope: &Envelope) {
+        let now = Timestamp::now();
+        let newest = envelope.records.iter().map(|r| r.event_time).max();
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = nodes.entry(envelope.origin.clone()).or_default();
+        seen.at = Some(now);
+        seen.newest_event = seen.newest_event.max(newest);
+        seen.pending.insert(envelope.link.clone(), envelope.pending);
+    }
+
+    /// The edges this aggregator heard from, by id.
+    pub fn nodes(&self) -> Vec<NodeStatus> {
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        nodes
+            .iter()
+            .map(|(id, seen)| NodeStatus {
+                id: id.clone(),
+                last_seen: seen.at.map(|t| t.to_string()).unwrap_or_default(),
+                lag_seconds: match (seen.at, seen.newest_event) {
+                    (Some(at), Some(e)) => (at.0 - e.0).max(0) as f64 / 1e6,
+                    _ => 0.0,
+                },
+                pending: seen.pending.values().sum(),
+            })
+            .collect()
+    }
+
+    /// Decodes and applies one envelope; returns once what it applied is
+    /// durable.
+    pub async fn apply_bytes(&self, bytes: &[u8]) -> Result<Applied, ApplyError> {
+        let envelope = match Envelope::decode(bytes) {
+            Ok(e) => e,
+            Err(e) => {
+                self.metrics.refused("bad_envelope", &e.to_string());
+                return Err(e.into());
+            }
+        };
+        self.apply(envelope).await
+    }
+
+    pub async fn apply(&self, envelope: Envelope) -> Result<Applied, ApplyError> {
+        let _one = self.one_at_a_time.lock().await;
+        let store = self.ingestor.store().clone();
+        let source = mark_source(&envelope.origin, &envelope.link, envelope.lane);
+        self.note_node(&envelope);
+        let mark = match store.source_offset(&source)? {
+            Some(bytes) => bytes
+                .as_slice()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or(0),
+            None => 0,
+        };
+        let origin = Origin::new(format!("{SYNC_ORIGIN_PREFIX}{}", envelope.origin));
+        let mut outcome = Applied::default();
+        let total = envelope.records.len();
+        let fresh: Vec<_> = envelope
+            .records
+            .into_iter()
+            .filter(|r| r.seq > mark)
+            .collect();
+        outcome.duplicates = total - fresh.len();
+        let mut i = 0;
+        while i < fresh.len() {
+            let head = &fresh[i];
+            let known = self.ingestor.products().get(&head.product).is_some();
+            if !known {
+                self.metrics.refused(
+                    "unknown_product",
+                    &format!("origin `{}`, product `{}`", envelope.origin, head.product),
+                );
+                outcome.refused += 1;
+                self.write(&head.product, Vec::new(), &source, head.seq, true)
+                    .await?;
+                i += 1;
+                continue;
+            }
+            if head.tombstone {
+                let (product, entity, at) =
+                    (head.product.clone(), head.entity.clone(), head.event_time);
+                let erase_store = store.clone();
+                let who = origin.clone();
+                tokio::task::spawn_blocking(move || {
+                    erase_store.erase_at(&product, &entity, &who, at)
+                })
+                .await
+                .map_err(|_| ApplyError::ShuttingDown)??;
+                self.write(&head.product, Vec::new(), &source, head.seq, false)
+                    .await?;
+                outcome.applied += 1;
+                i += 1;
+                continue;
+            }
+            // A run of upserts of one product: one atomic write with its mark.
+            let mut j = i;
+            while j < fresh.len() && !fresh[j].tombstone && fresh[j].product == head.product {
+                j += 1;
+            }
+            let records: Vec<IngestRecord> = fresh[i..j]
+                .iter()
+                .map(|r| IngestRecord {
+                    record: Record {
+                        entity: r.entity.clone(),
+                        fields: r.fields.clone(),
+                        event_time: r.event_time,
+                        origin: origin.clone(),
+                    },
+                    fingerprint: None,
+                    check_duplicate: false,
+                })
+                .collect();
+            let last = fresh[j - 1].seq;
+            outcome.applied += records.len();
+            self.write(&head.product, records, &source, last, false)
+                .await?;
+            i = j;
+        }
+        self.metrics
+            .received(&envelope.origin, outcome.applied, outcome.duplicates);
+        Ok(outcome)
+    }
+
+    /// One durable write of `records` with the mark `seq`. For a product
+    /// this node does not know, only the mark is written, carried by a
+    /// batch of the first known product (source offsets are node-wide).
+    async fn write(
+        &self,
+        product: &str,
+        records: Vec<IngestRecord>,
+        source: &str,
+        seq: u64,
+        unknown: bool,
+    ) -> Result<(), ApplyError> {
+        let carrier = if unknown {
+            match self.ingestor.products().iter().next() {
+                Some(p) => p.name.clone(),
+                None => return Ok(()),
+            }
+        } else {
+            product.to_string()
+        };
+        let limits = self
+            .ingestor
+            .products()
+            .get(&carrier)
+            .map(|p| self.ingestor.store_limits(p))
+            .unwrap_or_default();
+        let job = WriteJob {
+            product: carrier,
+            batch: IngestBatch {
+                records,
+                quarantine: Vec::new(),
+                source_offset: Some(SourceOffset {
+                    source: source.to_string(),
+                    position: seq.to_be_bytes().to_vec(),
+                }),
+                resolve_quarantine: Vec::new(),
+            },
+            limits,
+            retained: false,
+            received_at: Timestamp::now(),
+        };
+        self.ingestor.writer().submit(job).await.wait().await?;
+        Ok(())
+    }
+}

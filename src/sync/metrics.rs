@@ -1,0 +1,220 @@
+//! Sync figures for `/metrics`, and the one place each sync event is both
+//! logged and counted.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+use crate::record::Timestamp;
+use crate::store::{OutboxStats, Store};
+
+/// Counters keyed by label values; a handful of series, so a locked map
+/// off the hot path is fine.
+#[derive(Default)]
+pub struct SyncMetrics {
+    counters: Mutex<BTreeMap<(&'static str, Vec<String>), u64>>,
+    last_ack: Mutex<BTreeMap<String, Timestamp>>,
+    upstreams: Mutex<Vec<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SyncMetrics {
+    pub fn register_upstream(&self, name: &str) {
+        let mut upstreams = lock(&self.upstreams);
+        if !upstreams.iter().any(|u| u == name) {
+            upstreams.push(name.to_string());
+        }
+    }
+
+    fn add(&self, name: &'static str, labels: &[&str], n: u64) {
+        *lock(&self.counters)
+            .entry((name, labels.iter().map(|l| l.to_string()).collect()))
+            .or_default() += n;
+    }
+
+    /// The upstream acknowledged a batch.
+    pub fn acked(&self, upstream: &str, records: usize, bytes: usize) {
+        tracing::debug!(upstream, records, bytes, "sync batch acknowledged");
+        self.add(
+            "meshlet_sync_sent_records_total",
+            &[upstream],
+            records as u64,
+        );
+        self.add("meshlet_sync_sent_bytes_total", &[upstream], bytes as u64);
+        self.add("meshlet_sync_batches_total", &[upstream], 1);
+        lock(&self.last_ack).insert(upstream.to_string(), Timestamp::now());
+    }
+
+    /// A send failed; the batch stays in the outbox.
+    pub fn send_failed(&self, upstream: &str, error: &str) {
+        tracing::warn!(upstream, error, "sync send failed; retrying with back-off");
+        self.add("meshlet_sync_errors_total", &[upstream], 1);
+    }
+
+    /// Outbox entries removed by the disk budget.
+    pub fn dropped(&self, upstream: &str, reason: &str, count: u64) {
+        if count == 0 {
+            return;
+        }
+        tracing::warn!(
+            upstream,
+            reason,
+            count,
+            "sync outbox over budget: entries removed"
+        );
+        self.add("meshlet_sync_dropped_total", &[upstream, reason], count);
+    }
+
+    /// Aggregator: an envelope was applied.
+    pub fn received(&self, origin: &str, applied: usize, duplicates: usize) {
+        tracing::debug!(origin, applied, duplicates, "sync envelope applied");
+        self.add("meshlet_sync_received_envelopes_total", &[origin], 1);
+        self.add(
+            "meshlet_sync_applied_records_total",
+            &[origin],
+            applied as u64,
+        );
+        self.add(
+            "meshlet_sync_duplicate_records_total",
+            &[origin],
+            duplicates as u64,
+        );
+    }
+
+    /// Aggregator: an envelope or a record of it was refused.
+    pub fn refused(&self, reason: &'static str, detail: &str) {
+        tracing::warn!(reason, detail, "sync input refused");
+        self.add("meshlet_sync_refused_total", &[reason], 1);
+    }
+
+    /// Per upstream: pending entries and bytes, oldest pending age, last
+    /// ack, errors and drops (for the GraphQL catalog).
+    pub fn upstreams(&self, store: &Store) -> Vec<UpstreamStatus> {
+        let upstreams = lock(&self.upstreams).clone();
+        let counters = lock(&self.counters).clone();
+        let last_ack = lock(&self.last_ack).clone();
+        let sum = |name: &str, upstream: &str| -> u64 {
+            counters
+                .iter()
+                .filter(|((n, labels), _)| {
+                    *n == name && labels.first().map(String::as_str) == Some(upstream)
+                })
+                .map(|(_, v)| *v)
+                .sum()
+        };
+        let now = Timestamp::now();
+        upstreams
+            .iter()
+            .map(|name| {
+                let stats = store.outbox_stats(name).unwrap_or_default();
+                UpstreamStatus {
+                    name: name.clone(),
+                    pending: stats.pending,
+                    pending_bytes: stats.bytes,
+                    oldest_pending_age_seconds: stats
+                        .oldest
+                        .map(|o| (now.0 - o.0).max(0) as f64 / 1e6),
+                    last_ack: last_ack.get(name).copied(),
+                    errors: sum("meshlet_sync_errors_total", name),
+                    dropped: sum("meshlet_sync_dropped_total", name),
+                }
+            })
+            .collect()
+    }
+
+    /// Prometheus text for every series, plus the outbox gauges read from
+    /// the store.
+    pub fn render_prometheus(&self, store: &Store, out: &mut String) {
+        const LABELS: &[(&str, &[&str])] = &[
+            ("meshlet_sync_sent_records_total", &["upstream"]),
+            ("meshlet_sync_sent_bytes_total", &["upstream"]),
+            ("meshlet_sync_batches_total", &["upstream"]),
+            ("meshlet_sync_errors_total", &["upstream"]),
+            ("meshlet_sync_dropped_total", &["upstream", "reason"]),
+            ("meshlet_sync_received_envelopes_total", &["origin"]),
+            ("meshlet_sync_applied_records_total", &["origin"]),
+            ("meshlet_sync_duplicate_records_total", &["origin"]),
+            ("meshlet_sync_refused_total", &["reason"]),
+        ];
+        let counters = lock(&self.counters).clone();
+        for (name, label_names) in LABELS {
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for ((series, values), n) in counters.iter().filter(|((s, _), _)| s == name) {
+                let labels: Vec<String> = label_names
+                    .iter()
+                    .zip(values)
+                    .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                    .collect();
+                let _ = writeln!(out, "{series}{{{}}} {n}", labels.join(","));
+            }
+        }
+        let upstreams = lock(&self.upstreams).clone();
+        let last_ack = lock(&self.last_ack).clone();
+        let now = Timestamp::now();
+        let _ = writeln!(out, "# TYPE meshlet_sync_pending gauge");
+        let mut stats: Vec<(String, OutboxStats)> = Vec::new();
+        for upstream in &upstreams {
+            match store.outbox_stats(upstream) {
+                Ok(s) => stats.push((upstream.clone(), s)),
+                Err(e) => tracing::warn!(upstream, error = %e, "reading outbox figures failed"),
+            }
+        }
+        for (u, s) in &stats {
+            let _ = writeln!(
+                out,
+                "meshlet_sync_pending{{upstream=\"{}\"}} {}",
+                escape(u),
+                s.pending
+            );
+        }
+        let _ = writeln!(out, "# TYPE meshlet_sync_pending_bytes gauge");
+        for (u, s) in &stats {
+            let _ = writeln!(
+                out,
+                "meshlet_sync_pending_bytes{{upstream=\"{}\"}} {}",
+                escape(u),
+                s.bytes
+            );
+        }
+        let _ = writeln!(out, "# TYPE meshlet_sync_oldest_pending_seconds gauge");
+        for (u, s) in &stats {
+            let age = s.oldest.map_or(0.0, |o| (now.0 - o.0).max(0) as f64 / 1e6);
+            let _ = writeln!(
+                out,
+                "meshlet_sync_oldest_pending_seconds{{upstream=\"{}\"}} {age}",
+                escape(u)
+            );
+        }
+        let _ = writeln!(out, "# TYPE meshlet_sync_last_ack_timestamp_seconds gauge");
+        for (u, t) in &last_ack {
+            let _ = writeln!(
+                out,
+                "meshlet_sync_last_ack_timestamp_seconds{{upstream=\"{}\"}} {}",
+                escape(u),
+                t.0 as f64 / 1e6
+            );
+        }
+    }
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// One upstream's sync status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpstreamStatus {
+    pub name: String,
+    pub pending: u64,
+    pub pending_bytes: u64,
+    pub oldest_pending_age_seconds: Option<f64>,
+    pub last_ack: Option<Timestamp>,
+    pub errors: u64,
+    pub dropped: u64,
+}

@@ -1,0 +1,157 @@
+//! Upstream sync: sync rules turned into outbox entries (`planner`), one
+//! sender per upstream (`sender`) over MQTT (`mqtt`) or HTTPS (`http`),
+//! the wire envelope (`envelope`), and aggregator mode (`apply`): the same
+//! binary receiving envelopes from many edges.
+//!
+//! Guarantees, end to end: the outbox is written in the same transaction
+//! as the change (store), an entry is deleted only after the upstream
+//! acknowledged it (sender), and the receiver skips what its per-(origin,
+//! lane) high-water mark already covers (apply) — at-least-once on the
+//! wire, exactly-once in effect.
+
+pub mod apply;
+pub mod envelope;
+mod http;
+pub mod metrics;
+mod mqtt;
+pub mod planner;
+mod sender;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, info_span, Instrument};
+
+use crate::config::HubConfig;
+use crate::ingest::Ingestor;
+use crate::product::ProductSet;
+use crate::store::{Store, StoreError};
+
+pub use apply::NodeStatus;
+pub use apply::{Applied, ApplyError, Receiver};
+pub use metrics::{SyncMetrics, UpstreamStatus};
+
+/// Why a send did not get acknowledged, or a transport cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("upstream settings: {0}")]
+    Config(String),
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+    #[error("upstream refused the batch: {0}")]
+    Refused(String),
+    #[error("outbox: {0}")]
+    Store(String),
+}
+
+/// Why sync could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("upstream `{upstream}`: {source}")]
+    Upstream {
+        upstream: String,
+        source: TransportError,
+    },
+    #[error("reading the mask secret: {0}")]
+    Secret(#[from] StoreError),
+}
+
+/// What the API needs of sync: the receiver (aggregator mode) and the
+/// figures for `/metrics`.
+pub struct SyncHandle {
+    pub store: Store,
+    pub metrics: Arc<SyncMetrics>,
+    /// `Some` when this node accepts `POST /sync/v1`.
+    pub receiver: Option<Arc<Receiver>>,
+}
+
+impl SyncHandle {
+    pub fn render_prometheus(&self, out: &mut String) {
+        self.metrics.render_prometheus(&self.store, out);
+    }
+
+    /// Every upstream's status (reads the outbox figures: blocking, cheap).
+    pub fn upstreams(&self) -> Vec<UpstreamStatus> {
+        self.metrics.upstreams(&self.store)
+    }
+
+    /// The edges this node heard from (empty unless an aggregator).
+    pub fn nodes(&self) -> Vec<NodeStatus> {
+        self.receiver
+            .as_ref()
+            .map(|r| r.nodes())
+            .unwrap_or_default()
+    }
+}
+
+/// Installs the outbox planner, starts one sender per upstream and, in
+/// aggregator mode, the receiver (and its MQTT subscription).
+pub fn start(
+    config: &HubConfig,
+    node_id: &str,
+    store: &Store,
+    products: &Arc<ProductSet>,
+    ingestor: &Ingestor,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) -> Result<Arc<SyncHandle>, SyncError> {
+    let metrics = Arc::new(SyncMetrics::default());
+    store.set_outbox_planner(Arc::new(planner::RulePlanner::new(
+        products.clone(),
+        store.mask_secret()?,
+    )));
+    for (name, upstream) in &config.upstreams {
+        let transport = sender::Transport::new(name, upstream, node_id).map_err(|source| {
+            SyncError::Upstream {
+                upstream: name.clone(),
+                source,
+            }
+        })?;
+        metrics.register_upstream(name);
+        let (batch_size, batch_age) = sender::batch_timing(products, name);
+        info!(upstream = %name, url = upstream.url.as_deref().unwrap_or("(parked)"), "sync sender started");
+        let sender = sender::Sender {
+            upstream: name.clone(),
+            origin: node_id.to_string(),
+            store: store.clone(),
+            transport,
+            settings: config.sync.clone(),
+            max_bytes: upstream
+                .max_outbox_bytes
+                .unwrap_or(config.sync.max_outbox_bytes),
+            batch_size,
+            batch_age,
+            metrics: metrics.clone(),
+        };
+        tasks.spawn(
+            sender
+                .run(shutdown.clone())
+                .instrument(info_span!("sync_sender", upstream = %name)),
+        );
+    }
+    let aggregator = &config.aggregator;
+    let receiver = (aggregator.enabled || aggregator.mqtt.is_some())
+        .then(|| Arc::new(Receiver::new(ingestor.clone(), metrics.clone())));
+    if let (Some(receiver), Some(broker)) = (&receiver, &aggregator.mqtt) {
+        let prefix = aggregator
+            .topic_prefix
+            .clone()
+            .unwrap_or_else(|| "meshlet/sync".to_string());
+        tasks.spawn(
+            mqtt::subscribe(
+                broker.clone(),
+                prefix,
+                node_id.to_string(),
+                receiver.clone(),
+                shutdown.clone(),
+            )
+            .instrument(info_span!("sync_aggregator_mqtt")),
+        );
+    }
+    Ok(Arc::new(SyncHandle {
+        store: store.clone(),
+        metrics,
+        receiver,
+    }))
+}

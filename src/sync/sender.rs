@@ -1,0 +1,220 @@
+//! One sender per upstream: reads the outbox in priority and sequence
+//! order, sends batches, deletes them only once acknowledged, backs off
+//! with jitter while the upstream is away, and keeps the outbox within its
+//! disk budget.
+//!
+//! A batch is sent when it is full (`batch_size`) or its oldest entry is
+//! `batch_age` old; both are the smallest over the sync rules that name
+//! this upstream. One envelope holds one lane and one product (the longest
+//! run from the head), so the receiver's per-(origin, link, lane) high-water mark
+//! sees ascending sequence numbers. An upstream without a `url` is parked:
+//! its outbox fills (within the budget) and nothing is sent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::envelope::Envelope;
+use super::http::HttpTransport;
+use super::metrics::SyncMetrics;
+use super::mqtt::MqttTransport;
+use super::TransportError;
+use crate::config::{SyncSettings, UpstreamConfig};
+use crate::product::ProductSet;
+use crate::record::Timestamp;
+use crate::store::{PendingEntry, Store};
+
+/// How often an idle sender looks at its outbox.
+const IDLE_TICK: Duration = Duration::from_millis(100);
+/// How often a parked upstream's budget is checked.
+const PARKED_TICK: Duration = Duration::from_secs(1);
+const ZSTD_LEVEL: i32 = 3;
+
+pub(crate) enum Transport {
+    Http(HttpTransport),
+    Mqtt(Box<MqttTransport>),
+}
+
+impl Transport {
+    pub(crate) fn new(
+        upstream: &str,
+        config: &UpstreamConfig,
+        origin: &str,
+    ) -> Result<Option<Transport>, TransportError> {
+        let Some(url) = &config.url else {
+            return Ok(None);
+        };
+        if url.starts_with("mqtt://") || url.starts_with("mqtts://") {
+            return Ok(Some(Transport::Mqtt(Box::new(MqttTransport::new(
+                upstream, url, config, origin,
+            )?))));
+        }
+        Ok(Some(Transport::Http(HttpTransport::new(url, config)?)))
+    }
+
+    async fn send(&mut self, product: &str, body: Vec<u8>) -> Result<(), TransportError> {
+        match self {
+            Transport::Http(t) => t.send(body).await,
+            Transport::Mqtt(t) => t.send(product, body).await,
+        }
+    }
+}
+
+pub(crate) struct Sender {
+    pub upstream: String,
+    pub origin: String,
+    pub store: Store,
+    pub transport: Option<Transport>,
+    pub settings: SyncSettings,
+    pub max_bytes: u64,
+    pub batch_size: usize,
+    pub batch_age: Duration,
+    pub metrics: Arc<SyncMetrics>,
+}
+
+/// The batch timing of an upstream: the smallest over its rules.
+pub(crate) fn batch_timing(products: &ProductSet, upstream: &str) -> (usize, Duration) {
+    let rules = products
+        .iter()
+        .flat_map(|p| p.sync.iter())
+        .filter(|r| r.to == upstream);
+    let mut size = None::<usize>;
+    let mut age = None::<Duration>;
+    for rule in rules {
+        size = Some(size.map_or(rule.when.batch_size, |s| s.min(rule.when.batch_size)));
+        age = Some(age.map_or(rule.when.batch_age, |a| a.min(rule.when.batch_age)));
+    }
+    (size.unwrap_or(500), age.unwrap_or(Duration::from_secs(1)))
+}
+
+/// The head run of one product (entries are already one lane).
+fn first_run(mut entries: Vec<PendingEntry>) -> Vec<PendingEntry> {
+    let Some(product) = entries.first().map(|e| e.entry.item.product.clone()) else {
+        return entries;
+    };
+    let end = entries
+        .iter()
+        .position(|e| e.entry.item.product != product)
+        .unwrap_or(entries.len());
+    entries.truncate(end);
+    entries
+}
+
+/// `base` scaled by a random factor in [0.5, 1.5): senders of many edges
+/// that lost the same upstream do not come back in lockstep.
+fn jittered(base: Duration) -> Duration {
+    base.mul_f64(0.5 + rand::random::<f64>())
+}
+
+impl Sender {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = self.settings.retry_min;
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            self.enforce_budget().await;
+            let wait = match self.step().await {
+                Ok(true) => {
+                    backoff = self.settings.retry_min;
+                    continue;
+                }
+                Ok(false) if self.transport.is_none() => PARKED_TICK,
+                Ok(false) => IDLE_TICK,
+                Err(e) => {
+                    self.metrics.send_failed(&self.upstream, &e.to_string());
+                    let wait = jittered(backoff);
+                    backoff = (backoff * 2).min(self.settings.retry_max);
+                    wait
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Sends one batch if one is due. `Ok(true)`: sent and acknowledged.
+    async fn step(&mut self) -> Result<bool, TransportError> {
+        let Some(transport) = self.transport.as_mut() else {
+            return Ok(false);
+        };
+        let store = self.store.clone();
+        let upstream = self.upstream.clone();
+        let max = self.batch_size;
+        let entries = tokio::task::spawn_blocking(move || {
+            store.outbox_read(&upstream, max, Timestamp::now())
+        })
+        .await
+        .map_err(|e| TransportError::Store(e.to_string()))?
+        .map_err(|e| TransportError::Store(e.to_string()))?;
+        let Some(oldest) = entries.iter().map(|e| e.entry.enqueued_at).min() else {
+            return Ok(false);
+        };
+        let full = entries.len() >= self.batch_size;
+        if !full && Timestamp::now() < oldest.saturating_add(self.batch_age) {
+            return Ok(false);
+        }
+        let entries = first_run(entries);
+        let pending = self
+            .store
+            .outbox_stats(&self.upstream)
+            .map(|s| s.pending.saturating_sub(entries.len() as u64))
+            .unwrap_or(0);
+        let Some(envelope) =
+            Envelope::from_entries(&self.origin, &self.upstream, pending, &entries)
+        else {
+            return Ok(false);
+        };
+        let product = entries
+            .first()
+            .map(|e| e.entry.item.product.clone())
+            .unwrap_or_default();
+        let body = envelope
+            .encode(ZSTD_LEVEL)
+            .map_err(|e| TransportError::Config(e.to_string()))?;
+        let bytes = body.len();
+        debug!(upstream = %self.upstream, records = entries.len(), bytes, first_seq = envelope.first_seq, last_seq = envelope.last_seq, "sending sync batch");
+        tokio::time::timeout(self.settings.send_timeout, transport.send(&product, body))
+            .await
+            .map_err(|_| TransportError::Unreachable("send timed out".to_string()))??;
+        let keys: Vec<Vec<u8>> = entries.into_iter().map(|e| e.key).collect();
+        let records = keys.len();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.outbox_ack(&keys))
+            .await
+            .map_err(|e| TransportError::Store(e.to_string()))?
+            .map_err(|e| TransportError::Store(e.to_string()))?;
+        self.metrics.acked(&self.upstream, records, bytes);
+        Ok(true)
+    }
+
+    async fn enforce_budget(&mut self) {
+        let store = self.store.clone();
+        let upstream = self.upstream.clone();
+        let max = self.max_bytes;
+        let report =
+            tokio::task::spawn_blocking(move || store.outbox_enforce_budget(&upstream, max)).await;
+        match report {
+            Ok(Ok(report)) => {
+                self.metrics
+                    .dropped(&self.upstream, "coalesced", report.coalesced);
+                for (priority, count) in report.dropped {
+                    let reason = match priority {
+                        0 => "budget_low",
+                        1 => "budget_normal",
+                        _ => "budget_high",
+                    };
+                    self.metrics.dropped(&self.upstream, reason, count);
+                }
+            }
+            Ok(Err(e)) => {
+                warn!(upstream = %self.upstream, error = %e, "outbox budget check failed")
+            }
+            Err(e) => warn!(upstream = %self.upstream, error = %e, "outbox budget check panicked"),
+        }
+    }
+}

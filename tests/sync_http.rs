@@ -1,0 +1,430 @@
+//! Upstream sync over HTTP between two real nodes: an edge and an
+//! aggregator (`POST /sync/v1`). What the aggregator holds is read from its
+//! store after it stopped.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use meshlet::record::Value;
+use meshlet::store::HistoryQuery;
+
+/// The edge's product: latest state of machines, a row filter, a field
+/// left out and a hashed field.
+const MACHINE_EDGE: &str = r#"
+product: machine
+version: 1
+domain: test
+owner: test@example.com
+key: machine_id
+fields:
+  machine_id: { type: string, required: true }
+  site:       { type: string }
+  temp:       { type: float }
+  operator:   { type: string, classification: pii }
+  note:       { type: string }
+sources:
+  - http: {}
+sync:
+  - to: central
+    fields: [machine_id, site, temp, operator]
+    where: "site != 'hidden'"
+    mask: { operator: hash }
+    when: { batch_age: 50ms, batch_size: 7 }
+"#;
+
+/// Every event goes up (mode history).
+const READING_EDGE: &str = r#"
+product: reading
+version: 1
+domain: test
+owner: test@example.com
+key: meter
+fields:
+  meter: { type: string, required: true }
+  n:     { type: int }
+sources:
+  - http: {}
+sync:
+  - to: central
+    mode: history
+    when: { batch_age: 20ms, batch_size: 16 }
+"#;
+
+/// The aggregator's definitions: the same products, no sync rules.
+fn without_sync(yaml: &str) -> String {
+    yaml.split("\nsync:").next().unwrap_or(yaml).to_string() + "\n"
+}
+
+fn workdir(products: &[(&str, String)], config: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("products")).expect("products dir");
+    for (name, yaml) in products {
+        std::fs::write(dir.path().join(format!("products/{name}.yaml")), yaml).expect("write");
+    }
+    std::fs::write(
+        dir.path().join("meshlet.toml"),
+        format!("data_dir = \"data\"\nproducts = [\"products\"]\n{config}"),
+    )
+    .expect("write config");
+    dir
+}
+
+fn start_node(dir: &Path, listen: Option<&str>) -> NodeProcess {
+    let mut builder = NodeBuilder::new(dir)
+        .arg("--config")
+        .arg("meshlet.toml")
+        .env("MESHLET_MQTT__EMBEDDED__ENABLED", "false");
+    if let Some(addr) = listen {
+        builder = builder.listen(addr);
+    }
+    builder.start().expect("node starts")
+}
+
+fn aggregator_dir() -> tempfile::TempDir {
+    workdir(
+        &[
+            ("machine", without_sync(MACHINE_EDGE)),
+            ("reading", without_sync(READING_EDGE)),
+        ],
+        "node_id = \"hq\"\n[aggregator]\nenabled = true\n",
+    )
+}
+
+fn edge_dir(upstream: &str, extra: &str) -> tempfile::TempDir {
+    workdir(
+        &[
+            ("machine", MACHINE_EDGE.to_string()),
+            ("reading", READING_EDGE.to_string()),
+        ],
+        &format!(
+            "node_id = \"edge-1\"\n[sync]\nretry_min = \"50ms\"\nretry_max = \"300ms\"\n{extra}[upstreams.central]\nurl = \"{upstream}\"\n"
+        ),
+    )
+}
+
+fn push(node: &NodeProcess, product: &str, ndjson: &str) {
+    let (status, body) = http_post(
+        &node.url(&format!("/ingest/{product}")),
+        "application/x-ndjson",
+        ndjson.as_bytes().to_vec(),
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+fn pending(node: &NodeProcess) -> f64 {
+    metric(node, "meshlet_sync_pending{upstream=\"central\"}").unwrap_or(f64::NAN)
+}
+
+fn wait_drained(node: &NodeProcess) {
+    assert!(
+        eventually(Duration::from_secs(30), || pending(node) == 0.0),
+        "the edge's outbox did not drain: pending {}",
+        pending(node)
+    );
+}
+
+fn string(value: Option<&Value>) -> Option<&str> {
+    match value {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+#[test]
+fn edge_to_aggregator_over_http_with_rules_masks_and_erasure() {
+    let hq_dir = aggregator_dir();
+    let hq = start_node(hq_dir.path(), None);
+    let edge_dir = edge_dir(&format!("http://{}", hq.http), "");
+    let edge = start_node(edge_dir.path(), None);
+
+    push(
+        &edge,
+        "machine",
+        "{\"machine_id\":\"m1\",\"site\":\"berlin\",\"temp\":20.5,\"operator\":\"alice@example.com\",\"note\":\"local only\"}\n\
+         {\"machine_id\":\"m2\",\"site\":\"hidden\",\"temp\":1}\n\
+         {\"machine_id\":\"m3\",\"site\":\"paris\",\"temp\":30}\n\
+         {\"machine_id\":\"m1\",\"temp\":21.5}\n",
+    );
+    wait_drained(&edge);
+    assert!(
+        metric(&edge, "meshlet_sync_batches_total{upstream=\"central\"}").unwrap_or(0.0) >= 1.0
+    );
+
+    // Erase m3 at the edge: the tombstone goes up.
+    let (status, body) = http_post(
+        &edge.url("/graphql"),
+        "application/json",
+        br#"{"query":"mutation { eraseMachine(machine_id: \"m3\") }"}"#.to_vec(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("true"), "{body}");
+    wait_drained(&edge);
+    assert!(
+        eventually(Duration::from_secs(10), || metric(
+            &hq,
+            "meshlet_sync_applied_records_total{origin=\"edge-1\"}"
+        )
+        .unwrap_or(0.0)
+            >= 3.0),
+        "the aggregator applied the changes and the tombstone"
+    );
+    let (status, body) = http_get(&hq.url("/sync/v1/nodes"));
+    assert_eq!(status, 200, "{body}");
+    let nodes: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(nodes["nodes"][0]["id"], "edge-1", "{body}");
+    assert_eq!(nodes["nodes"][0]["pending"], 0, "{body}");
+
+    let (status, body) = http_post(
+        &hq.url("/graphql"),
+        "application/json",
+        br#"{"query":"{ nodes { id lastSeen lag pending } machine(machine_id: \"m1\") { _meta { source } } }"}"#.to_vec(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(answer["data"]["nodes"][0]["id"], "edge-1", "{body}");
+    assert_eq!(
+        answer["data"]["machine"]["_meta"]["source"], "sync:edge-1",
+        "{body}"
+    );
+    let (status, body) = http_post(
+        &edge.url("/graphql"),
+        "application/json",
+        br#"{"query":"{ syncStatus { name pending errors lastAck } }"}"#.to_vec(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(answer["data"]["syncStatus"][0]["name"], "central", "{body}");
+    assert_eq!(answer["data"]["syncStatus"][0]["pending"], 0, "{body}");
+    assert!(
+        answer["data"]["syncStatus"][0]["lastAck"].is_string(),
+        "{body}"
+    );
+
+    // Bad input gets a clear answer and a counter; an edge is no aggregator.
+    let (status, body) = http_post(
+        &hq.url("/sync/v1"),
+        "application/octet-stream",
+        b"garbage".to_vec(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("zstd"), "{body}");
+    assert_eq!(
+        metric(&hq, "meshlet_sync_refused_total{reason=\"bad_envelope\"}"),
+        Some(1.0)
+    );
+    let (status, _) = http_post(
+        &edge.url("/sync/v1"),
+        "application/octet-stream",
+        b"x".to_vec(),
+    );
+    assert_eq!(status, 404);
+
+    let _ = hq.stop();
+    let _ = edge.stop();
+
+    let store = open_store(&hq_dir.path().join("data"));
+    let m1 = store
+        .get("machine", "m1")
+        .expect("read")
+        .expect("m1 arrived");
+    assert_eq!(
+        m1.fields.get("temp"),
+        Some(&Value::Float(21.5)),
+        "latest state"
+    );
+    assert_eq!(string(m1.fields.get("site")), Some("berlin"));
+    assert!(
+        !m1.fields.contains_key("note"),
+        "a field outside the rule stayed home"
+    );
+    let operator = string(m1.fields.get("operator")).expect("operator sent, masked");
+    assert_ne!(operator, "alice@example.com", "the clear value never left");
+    assert!(!operator.contains("alice"));
+    assert_eq!(
+        m1.last_origin.source, "sync:edge-1",
+        "stored with its origin node"
+    );
+    assert!(
+        store.get("machine", "m2").expect("read").is_none(),
+        "the row filter held"
+    );
+    assert!(
+        store.get("machine", "m3").expect("read").is_none(),
+        "erased upstream too"
+    );
+    let history = store
+        .history("machine", "m1", &HistoryQuery::default())
+        .expect("history");
+    assert!(!history.is_empty());
+    assert!(
+        history
+            .iter()
+            .all(|e| !format!("{:?}", e.fields).contains("alice")),
+        "no event the aggregator holds has the clear value"
+    );
+}
+
+#[test]
+fn upstream_away_then_back_delivers_every_event_once_in_order() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let edge_dir = edge_dir(&format!("http://{addr}"), "");
+    let edge = start_node(edge_dir.path(), None);
+    let mut lines = String::new();
+    for i in 0..60 {
+        lines.push_str(&format!("{{\"meter\":\"r{}\",\"n\":{i}}}\n", i % 3));
+    }
+    push(&edge, "reading", &lines);
+    assert!(
+        eventually(Duration::from_secs(10), || metric(
+            &edge,
+            "meshlet_sync_errors_total{upstream=\"central\"}"
+        )
+        .unwrap_or(0.0)
+            >= 2.0),
+        "the sender keeps retrying while the upstream is away"
+    );
+    assert_eq!(pending(&edge), 60.0, "everything waits in the outbox");
+
+    let hq_dir = aggregator_dir();
+    let hq = start_node(hq_dir.path(), Some(&addr));
+    wait_drained(&edge);
+    let _ = hq.stop();
+    let _ = edge.stop();
+
+    let store = open_store(&hq_dir.path().join("data"));
+    for meter in 0..3 {
+        let entity = format!("r{meter}");
+        let events = store
+            .history("reading", &entity, &HistoryQuery::default())
+            .expect("history");
+        let ns: Vec<i64> = events
+            .iter()
+            .filter_map(|e| match e.fields.get("n") {
+                Some(Value::Int(n)) => Some(*n),
+                _ => None,
+            })
+            .collect();
+        let expected: Vec<i64> = (0..60).filter(|i| i % 3 == meter).collect();
+        assert_eq!(ns, expected, "{entity}: every event once, in order");
+    }
+}
+
+#[test]
+fn sigkill_mid_send_neither_loses_nor_doubles() {
+    let hq_dir = aggregator_dir();
+    let hq = start_node(hq_dir.path(), None);
+    let edge_dir = edge_dir(&format!("http://{}", hq.http), "");
+    let mut sent = 0i64;
+    for _round in 0..4 {
+        let mut edge = start_node(edge_dir.path(), None);
+        let mut lines = String::new();
+        for _ in 0..50 {
+            lines.push_str(&format!("{{\"meter\":\"k\",\"n\":{sent}}}\n"));
+            sent += 1;
+        }
+        push(&edge, "reading", &lines);
+        // Killed while its sender is busy with the batch just accepted.
+        edge.signal(libc::SIGKILL);
+        let _ = edge.wait_exit(Duration::from_secs(10));
+    }
+    let edge = start_node(edge_dir.path(), None);
+    wait_drained(&edge);
+    let _ = edge.stop();
+    let _ = hq.stop();
+
+    let store = open_store(&hq_dir.path().join("data"));
+    let ns: Vec<i64> = store
+        .history("reading", "k", &HistoryQuery::default())
+        .expect("history")
+        .iter()
+        .filter_map(|e| match e.fields.get("n") {
+            Some(Value::Int(n)) => Some(*n),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ns,
+        (0..sent).collect::<Vec<_>>(),
+        "each event exactly once, in order"
+    );
+}
+
+#[test]
+fn disk_budget_coalesces_first_then_drops_lowest_priority() {
+    // A parked upstream (no url) with a tiny budget; `reading` is low
+    // priority history, `machine` normal priority latest state.
+    let dir = workdir(
+        &[
+            ("machine", MACHINE_EDGE.to_string()),
+            (
+                "reading",
+                READING_EDGE.replace(
+                    "    mode: history\n",
+                    "    mode: history\n    priority: low\n",
+                ),
+            ),
+        ],
+        "node_id = \"edge-b\"\n[sync]\nmax_outbox_bytes = 3000\n",
+    );
+    let edge = start_node(dir.path(), None);
+    let mut lines = String::new();
+    for i in 0..200 {
+        lines.push_str(&format!("{{\"meter\":\"b{}\",\"n\":{i}}}\n", i % 40));
+    }
+    push(&edge, "reading", &lines);
+    push(
+        &edge,
+        "machine",
+        "{\"machine_id\":\"h1\",\"site\":\"berlin\",\"temp\":1}\n{\"machine_id\":\"h2\",\"site\":\"berlin\",\"temp\":2}\n",
+    );
+    let coalesced = "meshlet_sync_dropped_total{upstream=\"central\",reason=\"coalesced\"}";
+    let dropped_low = "meshlet_sync_dropped_total{upstream=\"central\",reason=\"budget_low\"}";
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            metric(&edge, "meshlet_sync_pending_bytes{upstream=\"central\"}").unwrap_or(f64::MAX)
+                <= 3000.0
+        }),
+        "the outbox is brought back under its budget"
+    );
+    let coalesced = metric(&edge, coalesced).unwrap_or(0.0);
+    let dropped = metric(&edge, dropped_low).unwrap_or(0.0);
+    assert!(
+        coalesced >= 100.0,
+        "history events coalesce to the latest per meter first: {coalesced}"
+    );
+    assert!(
+        dropped > 0.0,
+        "then low priority entries are dropped, counted"
+    );
+    assert!(
+        metric(
+            &edge,
+            "meshlet_sync_dropped_total{upstream=\"central\",reason=\"budget_normal\"}"
+        )
+        .is_none(),
+        "nothing of a higher priority was dropped"
+    );
+    let remaining = metric(&edge, "meshlet_sync_pending{upstream=\"central\"}").unwrap_or(0.0);
+    assert_eq!(
+        remaining,
+        200.0 + 2.0 - coalesced - dropped,
+        "every removal is counted"
+    );
+    let _ = edge.stop();
+    let store = open_store(&dir.path().join("data"));
+    let left = store
+        .outbox_read("central", 10_000, meshlet::record::Timestamp::now())
+        .expect("outbox");
+    let machines = left
+        .iter()
+        .filter(|e| e.entry.item.product == "machine")
+        .count();
+    assert_eq!(
+        machines, 2,
+        "the normal priority entries are all still pending"
+    );
+}

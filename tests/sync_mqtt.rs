@@ -1,0 +1,156 @@
+//! Upstream sync through a real Mosquitto: the edge publishes envelopes
+//! (QoS 1, PUBACK = acknowledged), the aggregator subscribes with a
+//! persistent session and applies them.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use meshlet::record::Value;
+use meshlet::store::HistoryQuery;
+
+const READING_EDGE: &str = r#"
+product: reading
+version: 1
+domain: test
+owner: test@example.com
+key: meter
+fields:
+  meter: { type: string, required: true }
+  n:     { type: int }
+  owner: { type: string, classification: pii }
+sources:
+  - http: {}
+sync:
+  - to: central
+    mode: history
+    where: "n >= 0"
+    mask: { owner: redact }
+    when: { batch_age: 20ms, batch_size: 8 }
+"#;
+
+fn workdir(yaml: &str, config: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("products")).expect("products dir");
+    std::fs::write(dir.path().join("products/reading.yaml"), yaml).expect("write");
+    std::fs::write(
+        dir.path().join("meshlet.toml"),
+        format!("data_dir = \"data\"\nproducts = [\"products\"]\n{config}"),
+    )
+    .expect("write config");
+    dir
+}
+
+fn start_node(dir: &Path) -> NodeProcess {
+    NodeBuilder::new(dir)
+        .arg("--config")
+        .arg("meshlet.toml")
+        .env("MESHLET_MQTT__EMBEDDED__ENABLED", "false")
+        .start()
+        .expect("node starts")
+}
+
+fn start_aggregator(dir: &Path) -> NodeProcess {
+    let mut node = start_node(dir);
+    let subscribed = |l: &str| l.contains("aggregator subscribed to the sync topic");
+    if node.seen_logs.iter().any(|l| subscribed(l)) {
+        return node;
+    }
+    node.wait_for_log(Duration::from_secs(20), subscribed)
+        .expect("the aggregator subscribes");
+    node
+}
+
+fn ns(store: &meshlet::store::Store, meter: &str) -> Vec<i64> {
+    store
+        .history("reading", meter, &HistoryQuery::default())
+        .expect("history")
+        .iter()
+        .filter_map(|e| match e.fields.get("n") {
+            Some(Value::Int(n)) => Some(*n),
+            _ => None,
+        })
+        .collect()
+}
+
+fn pending(node: &NodeProcess) -> f64 {
+    metric(node, "meshlet_sync_pending{upstream=\"central\"}").unwrap_or(f64::NAN)
+}
+
+#[test]
+fn edge_to_mosquitto_to_aggregator_exactly_once_across_an_aggregator_outage() {
+    let broker = Mosquitto::start();
+    let hq_dir = workdir(
+        READING_EDGE.split("\nsync:").next().unwrap_or(READING_EDGE),
+        &format!(
+            "node_id = \"hq\"\n[aggregator]\ntopic_prefix = \"mesh/sync\"\n[aggregator.mqtt]\nurl = \"{}\"\n",
+            broker.url()
+        ),
+    );
+    let edge_dir = workdir(
+        READING_EDGE,
+        &format!(
+            "node_id = \"edge-m\"\n[upstreams.central]\nurl = \"{}\"\ntopic_prefix = \"mesh/sync\"\n",
+            broker.url()
+        ),
+    );
+    let hq = start_aggregator(hq_dir.path());
+    let edge = start_node(edge_dir.path());
+
+    let batch = |from: i64, to: i64| {
+        (from..to)
+            .map(|i| format!("{{\"meter\":\"q\",\"n\":{i},\"owner\":\"bob\"}}\n"))
+            .collect::<String>()
+    };
+    let (status, body) = http_post(
+        &edge.url("/ingest/reading"),
+        "application/x-ndjson",
+        batch(0, 30).into_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        eventually(Duration::from_secs(20), || metric(
+            &hq,
+            "meshlet_sync_applied_records_total{origin=\"edge-m\"}"
+        ) == Some(30.0)),
+        "the aggregator applied the first 30 events"
+    );
+
+    // The aggregator goes away; the broker keeps its session's queue.
+    let _ = hq.stop();
+    let (status, body) = http_post(
+        &edge.url("/ingest/reading"),
+        "application/x-ndjson",
+        batch(30, 70).into_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        eventually(Duration::from_secs(20), || pending(&edge) == 0.0),
+        "the broker acknowledged everything"
+    );
+    let hq = start_aggregator(hq_dir.path());
+    assert!(
+        eventually(Duration::from_secs(20), || metric(
+            &hq,
+            "meshlet_sync_applied_records_total{origin=\"edge-m\"}"
+        ) == Some(40.0)),
+        "the queued 40 arrive after the restart"
+    );
+    let _ = hq.stop();
+    let _ = edge.stop();
+
+    let store = open_store(&hq_dir.path().join("data"));
+    assert_eq!(
+        ns(&store, "q"),
+        (0..70).collect::<Vec<_>>(),
+        "each event once, in order"
+    );
+    let state = store.get("reading", "q").expect("read").expect("q arrived");
+    assert_ne!(
+        state.fields.get("owner"),
+        Some(&Value::String("bob".into())),
+        "the redacted field never left in clear"
+    );
+}
