@@ -380,5 +380,6 @@ fn source_text(source: &Source) -> Value {
         Source::Mqtt(mqtt) => json!({ "mqtt": mqtt.topic.to_string() }),
         Source::Http(_) => json!({ "http": "POST /ingest/<product>" }),
         Source::File(file) => json!({ "file": file.path.display().to_string() }),
+        Source::Sparkplug(sp) => json!({ "sparkplug": format!("spBv1.0/{}/#", sp.group) }),
     }
 }

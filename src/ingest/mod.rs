@@ -21,6 +21,8 @@ pub mod file_tail;
 pub mod metrics;
 pub mod replay;
 pub mod routes;
+pub mod sparkplug;
+pub mod sparkplug_proto;
 pub mod writer;
 
 use std::sync::Arc;

@@ -135,7 +135,10 @@ fn shape_for(product: &Product, source_id: &str) -> Option<SourceShape> {
     let same_kind = |source: &Source| {
         matches!(
             (kind, source),
-            ("mqtt", Source::Mqtt(_)) | ("http", Source::Http(_)) | ("file", Source::File(_))
+            ("mqtt", Source::Mqtt(_))
+                | ("http", Source::Http(_))
+                | ("file", Source::File(_))
+                | ("sparkplug", Source::Sparkplug(_))
         )
     };
     let by_index = index

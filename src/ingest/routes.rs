@@ -45,6 +45,7 @@ pub fn source_id(index: usize, source: &Source) -> String {
         Source::Mqtt(_) => "mqtt",
         Source::Http(_) => "http",
         Source::File(_) => "file",
+        Source::Sparkplug(_) => "sparkplug",
     };
     format!("{kind}:{index}")
 }

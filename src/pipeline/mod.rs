@@ -112,9 +112,36 @@ impl SourceShape {
                 columns: file.columns.clone(),
                 field: None,
             },
+            Source::Sparkplug(sp) => return SourceShape::sparkplug(sp),
         };
         let format = shape.format;
         shape.with_format(format)
+    }
+
+    /// The shape of the JSON document the Sparkplug host builds per
+    /// update (see `ingest::sparkplug`): the key field holds the device or edge node id,: `__metrics` holds the
+    /// metrics by name, `__ts` the
+    /// payload timestamp, `__online` the birth/death state. The `__`
+    /// prefix cannot clash with a field name.
+    pub fn sparkplug(source: &crate::product::SparkplugSource) -> SourceShape {
+        let mut map: IndexMap<String, String> = source
+            .metrics
+            .iter()
+            .map(|(field, metric)| {
+                let escaped = metric.replace('~', "~0").replace('/', "~1");
+                (field.clone(), format!("/__metrics/{escaped}"))
+            })
+            .collect();
+        if let Some(online) = &source.online {
+            map.insert(online.clone(), "/__online".to_string());
+        }
+        SourceShape {
+            format: PayloadFormat::Json,
+            map,
+            event_time: Some("/__ts".to_string()),
+            columns: Vec::new(),
+            field: None,
+        }
     }
 
     /// The same shape read as `format` (say, an HTTP push whose

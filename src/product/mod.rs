@@ -82,7 +82,9 @@ pub use filter::RowFilter;
 pub use load::{load_path, load_paths, ProductSet};
 pub use mask::Mask;
 pub use policies::{HistoryPolicy, OnInvalid, QualityPolicy, RetentionPolicy};
-pub use source::{check_json_pointer, FileSource, HttpSource, MqttSource, PayloadFormat, Source};
+pub use source::{
+    check_json_pointer, FileSource, HttpSource, MqttSource, PayloadFormat, Source, SparkplugSource,
+};
 pub use sync::{Priority, SyncMode, SyncRule, SyncWhen};
 pub use topic::TopicTemplate;
 pub use yaml::{yaml_to_json, MAX_DEFINITION_BYTES, MAX_DEPTH};

@@ -33,6 +33,8 @@ pub enum Source {
     Http(HttpSource),
     /// A local file, tailed.
     File(FileSource),
+    /// Sparkplug B edge nodes and devices, read as a host application.
+    Sparkplug(SparkplugSource),
 }
 
 /// How a payload is encoded.
@@ -125,7 +127,35 @@ pub struct FileSource {
     pub event_time: Option<String>,
 }
 
-const KINDS: &[&str] = &["mqtt", "http", "file"];
+/// Sparkplug B metrics of the edge nodes and devices of one group
+/// (`spBv1.0/<group>/...`), routed from MQTT like `mqtt` sources.
+///
+/// The entity is the device: device messages (DBIRTH/DDATA/DDEATH) give
+/// records keyed by the device id, node messages (NBIRTH/NDATA/NDEATH)
+/// records keyed by the edge node id — those only when `device` is not
+/// set. Data by exception carries only the metrics that changed; the
+/// record carries only those fields, and the store merges them into the
+/// entity. The event time is the payload's timestamp.
+///
+/// Death certificates: when `online` names a boolean field, births set it
+/// true and deaths false (an NDEATH also for every device of the node);
+/// without it a death writes nothing and the entity simply goes stale by
+/// the product's `freshness`.
+#[derive(Clone, Debug)]
+pub struct SparkplugSource {
+    pub group: String,
+    /// Only this edge node's messages, when given.
+    pub edge_node: Option<String>,
+    /// Only this device's messages, when given.
+    pub device: Option<String>,
+    /// Field → Sparkplug metric name (e.g. `Sensors/Temperature`).
+    pub metrics: IndexMap<String, String>,
+    /// A boolean field: true after a birth, false after a death.
+    pub online: Option<String>,
+}
+
+const KINDS: &[&str] = &["mqtt", "http", "file", "sparkplug"];
+const SPARKPLUG_KEYS: &[&str] = &["group", "edge_node", "device", "metrics", "online"];
 const MQTT_KEYS: &[&str] = &[
     "topic",
     "format",
@@ -211,7 +241,12 @@ fn parse_source(
     ctx: &SourceContext<'_>,
     diags: &mut Diagnostics,
 ) -> Option<Source> {
-    let map = MapReader::open(entry, "a source: one of mqtt, http, file", KINDS, diags)?;
+    let map = MapReader::open(
+        entry,
+        "a source: one of mqtt, http, file, sparkplug",
+        KINDS,
+        diags,
+    )?;
     let present: Vec<Entry<'_>> = KINDS.iter().filter_map(|k| map.get(k)).collect();
     match present.as_slice() {
         [] => {
@@ -220,7 +255,7 @@ fn parse_source(
                 diags.push(
                     entry.at(),
                     &entry.path,
-                    "expected one of mqtt, http, file, found an empty mapping",
+                    "expected one of mqtt, http, file, sparkplug, found an empty mapping",
                 );
             }
             None
@@ -228,6 +263,7 @@ fn parse_source(
         [one] => match one.path.rsplit('.').next() {
             Some("mqtt") => parse_mqtt(one, ctx, diags).map(Source::Mqtt),
             Some("http") => parse_http(one, ctx, diags).map(Source::Http),
+            Some("sparkplug") => parse_sparkplug(one, ctx, diags).map(Source::Sparkplug),
             _ => parse_file(one, ctx, diags).map(Source::File),
         },
         [_, second, ..] => {
@@ -405,6 +441,72 @@ fn parse_file(
         columns: shape.columns,
         map: shape.map,
         event_time: shape.event_time,
+    })
+}
+
+/// A Sparkplug topic level: no `/`, `+`, `#`, not empty.
+fn sparkplug_id(entry: &Entry<'_>, what: &str, diags: &mut Diagnostics) -> Option<String> {
+    let text = reader::non_empty_string(entry, diags)?;
+    if text.contains(['/', '+', '#']) {
+        diags.push(
+            entry.at(),
+            &entry.path,
+            format!(
+                "invalid sparkplug {what} `{}`: one topic level, without `/`, `+` or `#`",
+                reader::shorten(&text)
+            ),
+        );
+        return None;
+    }
+    Some(text)
+}
+
+fn parse_sparkplug(
+    entry: &Entry<'_>,
+    ctx: &SourceContext<'_>,
+    diags: &mut Diagnostics,
+) -> Option<SparkplugSource> {
+    let map = MapReader::open(
+        entry,
+        "sparkplug source settings, e.g. `{ group: plant, metrics: { temperature_c: Sensors/Temperature } }`",
+        SPARKPLUG_KEYS,
+        diags,
+    )?;
+    let group = map
+        .required("group", diags)
+        .and_then(|e| sparkplug_id(&e, "group", diags));
+    let edge_node = map
+        .get("edge_node")
+        .and_then(|e| sparkplug_id(&e, "edge node id", diags));
+    let device = map
+        .get("device")
+        .and_then(|e| sparkplug_id(&e, "device id", diags));
+    let mut metrics = IndexMap::new();
+    if let Some(e) = map.required("metrics", diags) {
+        if let Some(mapping) = expect_mapping(
+            &e,
+            "a mapping of field name to metric name, e.g. `{ temperature_c: Sensors/Temperature }`",
+            diags,
+        ) {
+            for (field, m) in entries(mapping, &e.path) {
+                let known = ctx.check_field(field.as_str(), "metrics target", &m, true, diags);
+                if let Some(name) = reader::non_empty_string(&m, diags) {
+                    if known {
+                        metrics.insert(field.as_str().to_string(), name);
+                    }
+                }
+            }
+        }
+    }
+    let online = map.get("online").and_then(|e| {
+        reader::string(&e, diags).filter(|f| ctx.check_field(f, "online field", &e, false, diags))
+    });
+    Some(SparkplugSource {
+        group: group?,
+        edge_node,
+        device,
+        metrics,
+        online,
     })
 }
 
