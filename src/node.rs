@@ -199,7 +199,7 @@ pub async fn start(
         );
     }
     if let Some(options) = external_mqtt {
-        if ingestor.routes().is_empty() {
+        if ingestor.mqtt_filters().is_empty() {
             warn!("an external broker is configured but no product has an mqtt source");
         }
         tasks.spawn(

@@ -82,6 +82,41 @@ struct Shared {
     next_connection: AtomicU64,
 }
 
+impl Shared {
+    /// Retains (or clears) and forwards a publish to subscribers, QoS 0.
+    fn route(&self, publish: &Publish) {
+        if publish.retain {
+            let mut retained = write(&self.retained);
+            if publish.payload.is_empty() {
+                retained.remove(&publish.topic);
+            } else {
+                let mut kept = publish.clone();
+                kept.qos = QoS::AtMostOnce;
+                kept.pkid = 0;
+                kept.dup = false;
+                retained.insert(publish.topic.clone(), kept);
+            }
+        }
+        let subs = read(&self.subscriptions);
+        let mut delivered_to = Vec::new();
+        for sub in subs.iter() {
+            if delivered_to.contains(&sub.connection) || !matches(&publish.topic, &sub.filter) {
+                continue;
+            }
+            delivered_to.push(sub.connection);
+            let mut out = Publish::from_bytes(
+                publish.topic.clone(),
+                QoS::AtMostOnce,
+                publish.payload.clone(),
+            );
+            out.retain = false;
+            // A slow subscriber loses QoS 0 deliveries, never the broker's
+            // memory or the publisher's throughput.
+            let _ = sub.deliver.try_send(Packet::Publish(out));
+        }
+    }
+}
+
 struct Subscription {
     filter: String,
     connection: u64,
@@ -114,6 +149,11 @@ impl EmbeddedBroker {
     pub async fn serve(self, ingestor: Ingestor, shutdown: CancellationToken, tasks: TaskTracker) {
         let shared = Arc::new(Shared::default());
         let config = Arc::new(self.config);
+        tasks.spawn(publish_commands(
+            ingestor.sparkplug().commands(),
+            shared.clone(),
+            shutdown.clone(),
+        ));
         info!(addr = %self.addr, "embedded MQTT broker listening");
         loop {
             let accepted = tokio::select! {
@@ -147,6 +187,31 @@ impl EmbeddedBroker {
             );
         }
         debug!("embedded MQTT broker stopped accepting");
+    }
+}
+
+/// Publishes the node's own commands (Sparkplug rebirth requests) to the
+/// broker's subscribers, as if a client had sent them.
+async fn publish_commands(
+    mut commands: tokio::sync::broadcast::Receiver<super::sparkplug_route::Command>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let command = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            command = commands.recv() => command,
+        };
+        match command {
+            Ok(command) => {
+                let publish = Publish::new(command.topic, QoS::AtMostOnce, command.payload);
+                shared.route(&publish);
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(lost)) => {
+                debug!(lost, "commands lost while the broker was busy");
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
     }
 }
 
@@ -502,35 +567,7 @@ impl Connection {
 
     /// Retains (or clears) and forwards a publish to subscribers, QoS 0.
     fn route_to_subscribers(&self, publish: &Publish) {
-        if publish.retain {
-            let mut retained = write(&self.shared.retained);
-            if publish.payload.is_empty() {
-                retained.remove(&publish.topic);
-            } else {
-                let mut kept = publish.clone();
-                kept.qos = QoS::AtMostOnce;
-                kept.pkid = 0;
-                kept.dup = false;
-                retained.insert(publish.topic.clone(), kept);
-            }
-        }
-        let subs = read(&self.shared.subscriptions);
-        let mut delivered_to = Vec::new();
-        for sub in subs.iter() {
-            if delivered_to.contains(&sub.connection) || !matches(&publish.topic, &sub.filter) {
-                continue;
-            }
-            delivered_to.push(sub.connection);
-            let mut out = Publish::from_bytes(
-                publish.topic.clone(),
-                QoS::AtMostOnce,
-                publish.payload.clone(),
-            );
-            out.retain = false;
-            // A slow subscriber loses QoS 0 deliveries, never the broker's
-            // memory or the publisher's throughput.
-            let _ = sub.deliver.try_send(Packet::Publish(out));
-        }
+        self.shared.route(publish);
     }
 
     fn subscribe(&self, filter: &str, outgoing: &mpsc::Sender<Packet>) {

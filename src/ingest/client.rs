@@ -200,7 +200,8 @@ fn read_certs(
 /// back-off), subscribes to every product topic, ingests, acks.
 pub async fn run(options: MqttOptions, ingestor: Ingestor, shutdown: CancellationToken) {
     let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CHANNEL);
-    let filters = ingestor.routes().filters();
+    let filters = ingestor.mqtt_filters();
+    let mut commands = ingestor.sparkplug().commands();
     let metrics = ingestor.metrics().clone();
     let mut backoff = RECONNECT_MIN;
     loop {
@@ -219,6 +220,19 @@ pub async fn run(options: MqttOptions, ingestor: Ingestor, shutdown: Cancellatio
                 _ = shutdown.cancelled() => break RoundEnd::Shutdown,
                 _ = write_failed.cancelled() => break RoundEnd::WriteFailed,
                 event = eventloop.poll() => event,
+                command = commands.recv() => {
+                    // Sparkplug rebirth requests; a lagged receiver only
+                    // lost requests that are repeated while needed.
+                    if let Ok(command) = command {
+                        if let Err(err) = client
+                            .publish(command.topic, QoS::AtLeastOnce, false, command.payload)
+                            .await
+                        {
+                            warn!(error = %err, "publishing a command failed");
+                        }
+                    }
+                    continue;
+                }
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {

@@ -154,6 +154,10 @@ pub struct IngestMetrics {
     /// External broker: successful (re)connections and failed attempts.
     pub upstream_broker_connects: AtomicU64,
     pub upstream_broker_errors: AtomicU64,
+    /// Sparkplug B messages with a problem, by
+    /// [`super::sparkplug::Problem::ALL`] index, and rebirth requests sent.
+    pub sparkplug_problems: [AtomicU64; 8],
+    pub sparkplug_rebirths: AtomicU64,
 }
 
 impl IngestMetrics {
@@ -332,6 +336,32 @@ impl IngestMetrics {
             header(out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
         }
+        let name = "meshlet_sparkplug_problems_total";
+        header(
+            out,
+            name,
+            "counter",
+            "Sparkplug B messages with a problem, by kind (bad payload, seq gap, unknown alias, ...).",
+        );
+        for (problem, count) in super::sparkplug::Problem::ALL
+            .iter()
+            .zip(&self.sparkplug_problems)
+        {
+            let value = count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{problem=\"{}\"}} {value}", problem.name());
+        }
+        let name = "meshlet_sparkplug_rebirth_requests_total";
+        header(
+            out,
+            name,
+            "counter",
+            "Rebirth commands (NCMD Node Control/Rebirth) sent to edge nodes.",
+        );
+        let _ = writeln!(
+            out,
+            "{name} {}",
+            self.sparkplug_rebirths.load(Ordering::Relaxed)
+        );
     }
 }
 

@@ -23,6 +23,7 @@ pub mod replay;
 pub mod routes;
 pub mod sparkplug;
 pub mod sparkplug_proto;
+pub mod sparkplug_route;
 pub mod writer;
 
 use std::sync::Arc;
@@ -58,6 +59,7 @@ pub struct Ingestor {
 struct Inner {
     products: Arc<ProductSet>,
     routes: MqttRoutes,
+    sparkplug: sparkplug_route::SparkplugIngest,
     writer: Writer,
     metrics: Arc<IngestMetrics>,
     limits: Limits,
@@ -178,6 +180,7 @@ impl Ingestor {
         Ingestor {
             inner: Arc::new(Inner {
                 routes: MqttRoutes::new(&products, &metrics),
+                sparkplug: sparkplug_route::SparkplugIngest::new(&products, &metrics),
                 products,
                 writer,
                 metrics,
@@ -198,6 +201,18 @@ impl Ingestor {
 
     pub fn routes(&self) -> &MqttRoutes {
         &self.inner.routes
+    }
+
+    pub fn sparkplug(&self) -> &sparkplug_route::SparkplugIngest {
+        &self.inner.sparkplug
+    }
+
+    /// Every MQTT subscription the node's sources need (`mqtt` topic
+    /// templates and `sparkplug` groups), each once, with its QoS.
+    pub fn mqtt_filters(&self) -> Vec<(String, u8)> {
+        let mut filters = self.inner.routes.filters();
+        filters.extend(self.inner.sparkplug.filters());
+        filters
     }
 
     pub fn metrics(&self) -> &Arc<IngestMetrics> {
@@ -229,7 +244,12 @@ impl Ingestor {
     /// full). The returned result resolves once it is all durable.
     pub async fn submit_mqtt(&self, message: MqttMessage<'_>) -> PendingMessage {
         let arrival = Timestamp::now();
+        let mut pending = PendingMessage::empty();
+        let sparkplug = self.submit_sparkplug(&message, arrival, &mut pending).await;
         let matched = self.inner.routes.matching(message.topic);
+        if matched.is_empty() && sparkplug {
+            return pending;
+        }
         if matched.is_empty() {
             self.inner
                 .metrics
@@ -245,7 +265,6 @@ impl Ingestor {
             source: format!("mqtt:{}", message.topic),
             actor: message.client.map(str::to_string),
         };
-        let mut pending = PendingMessage::empty();
         for m in matched {
             let route = m.route;
             let counters = &route.counters;
@@ -279,6 +298,105 @@ impl Ingestor {
             }
         }
         pending
+    }
+
+    /// Handles a message in the Sparkplug namespace when a `sparkplug`
+    /// source reads its group: host state, problem counters, rebirth
+    /// requests, and one record per update and matching source. `false`
+    /// when no Sparkplug source reads it.
+    async fn submit_sparkplug(
+        &self,
+        message: &MqttMessage<'_>,
+        arrival: Timestamp,
+        pending: &mut PendingMessage,
+    ) -> bool {
+        let sp = &self.inner.sparkplug;
+        if sp.routes.is_empty() {
+            return false;
+        }
+        let metrics = &self.inner.metrics;
+        let count = |problem: sparkplug::Problem| {
+            if let Some(i) = sparkplug::Problem::ALL.iter().position(|p| *p == problem) {
+                metrics.sparkplug_problems[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
+        let topic = match sparkplug::Topic::parse(message.topic) {
+            None => return false,
+            Some(Err(problem)) => {
+                count(problem);
+                debug!(topic = message.topic, %problem, "sparkplug message ignored");
+                return true;
+            }
+            Some(Ok(topic)) => topic,
+        };
+        if !sp.reads_group(&topic) {
+            return false;
+        }
+        let handled = sp.handle(&topic, message.payload);
+        for problem in &handled.problems {
+            count(*problem);
+        }
+        if let Some(first) = handled.problems.first() {
+            let node = format!("sparkplug/{}/{}", topic.group, topic.edge_node);
+            if self.may_warn(&node, "") {
+                warn!(topic = message.topic, problem = %first, problems = handled.problems.len(), "sparkplug message problem");
+            } else {
+                debug!(topic = message.topic, problem = %first, "sparkplug message problem");
+            }
+        }
+        if let Some(rebirth) = handled.rebirth {
+            tracing::info!(topic = %rebirth.topic, reason = %rebirth.reason, "requesting a sparkplug rebirth");
+            sp.send(
+                sparkplug_route::Command {
+                    topic: rebirth.topic,
+                    payload: rebirth.payload,
+                },
+                metrics,
+            );
+        }
+        let origin = Origin {
+            source: format!("mqtt:{}", message.topic),
+            actor: message.client.map(str::to_string),
+        };
+        for update in &handled.updates {
+            for route in sp.routes.iter().filter(|r| r.accepts(update)) {
+                let Some(document) = route.document(update) else {
+                    continue;
+                };
+                let Ok(bytes) = serde_json::to_vec(&document) else {
+                    continue;
+                };
+                route.counters.message(bytes.len());
+                let provenance = Provenance {
+                    source_id: &route.source_id,
+                    topic: Some(message.topic),
+                    captures: &[],
+                    arrival,
+                    origin: &origin,
+                    redelivery: message.redelivery,
+                };
+                let prepared = self.prepare(&route.product, &route.shape, &bytes, &provenance);
+                self.count_rejected(
+                    &route.product,
+                    &route.source_id,
+                    &route.counters,
+                    &prepared.rejected,
+                );
+                if let Some(write) = self
+                    .queue(
+                        &route.product,
+                        prepared,
+                        message.retained,
+                        arrival,
+                        &route.counters,
+                    )
+                    .await
+                {
+                    pending.writes.push(write);
+                }
+            }
+        }
+        true
     }
 
     /// Runs `payload` through `product`'s pipeline for one source and

@@ -17,7 +17,8 @@
 //!   of the node or device. An unknown alias, data from a node or device
 //!   without a birth, or a birth metric without a name means the host's
 //!   picture is incomplete: the metric is skipped, a rebirth is requested.
-//! - NDEATH and DDEATH produce a [`UpdateKind::Death`] update; the ingestor
+//! - NDEATH and DDEATH produce a [`UpdateKind::Death`] update (an NDEATH
+//!   also one for every device the node had announced); the ingestor
 //!   records it as the entity going offline (see `product::source`).
 //! - A rebirth request (NCMD `Node Control/Rebirth` = true) is sent at most
 //!   once per [`REBIRTH_INTERVAL`] per node, so a flood of bad messages
@@ -283,11 +284,18 @@ impl Host {
             MessageType::NDeath => {
                 // No seq in NDEATH (it carries bdSeq); the node is gone
                 // until its next NBIRTH.
+                // Its devices die with it (they get no DDEATH of their own).
                 node.seq = None;
                 node.birth = None;
-                node.devices.clear();
+                let mut devices: Vec<String> = node.devices.drain().map(|(d, _)| d).collect();
+                devices.sort();
                 out.updates
                     .push(update(topic, UpdateKind::Death, &decoded, Vec::new()));
+                for device in devices {
+                    let mut death = update(topic, UpdateKind::Death, &decoded, Vec::new());
+                    death.device = Some(device);
+                    out.updates.push(death);
+                }
             }
             kind => {
                 check_seq(node, &decoded, &mut out.problems);
