@@ -23,8 +23,13 @@ fn check_accepts_the_shipped_examples() {
     let out = run(&repo_root(), &["check", "schema/examples"]);
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.starts_with("ok: 3 products valid ("), "{text}");
-    for name in ["machine_health", "energy_meter", "customer_asset"] {
+    assert!(text.starts_with("ok: 4 products valid ("), "{text}");
+    for name in [
+        "machine_health",
+        "energy_meter",
+        "customer_asset",
+        "press_line",
+    ] {
         assert!(text.contains(name), "{name} missing from: {text}");
     }
 }
@@ -35,7 +40,7 @@ fn check_without_paths_uses_the_embedded_default_examples() {
     copy_examples(dir.path());
     let out = run(dir.path(), &["check"]);
     assert!(out.status.success(), "stderr: {}", stderr(&out));
-    assert!(stdout(&out).starts_with("ok: 3 products valid"));
+    assert!(stdout(&out).starts_with("ok: 4 products valid"));
 }
 
 #[test]

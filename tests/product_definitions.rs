@@ -74,7 +74,7 @@ fn base_with(from: &str, to: &str) -> String {
 #[test]
 fn every_example_loads() {
     let files = examples();
-    assert_eq!(files.len(), 3, "{files:?}");
+    assert_eq!(files.len(), 4, "{files:?}");
     for file in files {
         let text = std::fs::read_to_string(&file).expect("readable");
         if let Err(errors) = parse_definition(&file, &text, &ctx()) {
@@ -101,7 +101,24 @@ fn every_example_matches_the_json_schema() {
 fn the_examples_compile_to_what_they_say() {
     let set = load_path(&root().join("schema/examples"), &ctx()).expect("examples load");
     let names: Vec<&str> = set.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["customer_asset", "energy_meter", "machine_health"]);
+    assert_eq!(
+        names,
+        [
+            "customer_asset",
+            "energy_meter",
+            "machine_health",
+            "press_line"
+        ]
+    );
+
+    let press = set.get("press_line").expect("press_line");
+    let Source::Sparkplug(sp) = &press.sources[0] else {
+        panic!("sparkplug first")
+    };
+    assert_eq!(sp.group, "plant");
+    assert_eq!(sp.edge_node.as_deref(), Some("line1-gw"));
+    assert_eq!(sp.metrics["ram_temp_c"], "Hydraulics/Ram Temperature");
+    assert_eq!(sp.online.as_deref(), Some("online"));
 
     let machine = set.get("machine_health").expect("machine_health");
     assert_eq!(machine.key, "machine_id");
@@ -727,9 +744,27 @@ fn source_settings_are_consistent() {
             "bad.yaml:11:21: sources[1].http.format: payload format `csv` is not supported by http sources; expected one of: json, ndjson",
             "bad.yaml:12:59: sources[2].file.columns[2]: column `id` is listed twice: each field may be one column",
             "bad.yaml:12:76: sources[2].file.event_time: event_time `/ts` does not name a csv column; expected `/` and one of: id, temp",
-            "bad.yaml:13:5: sources[3]: expected one of mqtt, http, file, found an empty mapping",
+            "bad.yaml:13:5: sources[3]: expected one of mqtt, http, file, sparkplug, found an empty mapping",
             "bad.yaml:15:5: sources[4].http: expected one source kind per list item, found several: write each source as its own `- ` item",
-            "bad.yaml:16:5: sources[5].mqt: unknown key `mqt` (did you mean `mqtt`?); expected one of: mqtt, http, file",
+            "bad.yaml:16:5: sources[5].mqt: unknown key `mqt` (did you mean `mqtt`?); expected one of: mqtt, http, file, sparkplug",
+        ]
+    );
+}
+
+#[test]
+fn sparkplug_source_settings_are_checked() {
+    let text = format!("{BASE}sources:\n  - sparkplug: {{ group: a/b, device: '+', metrics: {{ nope: X, temp: '' }}, online: temp, qos: 1 }}\n  - sparkplug: {{ edge_node: gw }}\n");
+    assert_eq!(
+        errors(&text),
+        [
+            "bad.yaml:10:25: sources[0].sparkplug.group: invalid sparkplug group `a/b`: one topic level, without `/`, `+` or `#`",
+            "bad.yaml:10:38: sources[0].sparkplug.device: invalid sparkplug device id `+`: one topic level, without `/`, `+` or `#`",
+            "bad.yaml:10:54: sources[0].sparkplug.metrics.nope: metrics target `nope` is not a declared field; declared fields: id, temp",
+            "bad.yaml:10:69: sources[0].sparkplug.metrics.temp: expected a non-empty string, found an empty string",
+            "bad.yaml:10:83: sources[0].sparkplug.online: online field `temp` must be a bool field: births set it true, deaths false",
+            "bad.yaml:10:89: sources[0].sparkplug.qos: unknown key `qos`; expected one of: group, edge_node, device, metrics, online",
+            "bad.yaml:11:16: sources[1].sparkplug.group: missing required key `group`",
+            "bad.yaml:11:16: sources[1].sparkplug.metrics: missing required key `metrics`",
         ]
     );
 }

@@ -499,7 +499,21 @@ fn parse_sparkplug(
         }
     }
     let online = map.get("online").and_then(|e| {
-        reader::string(&e, diags).filter(|f| ctx.check_field(f, "online field", &e, false, diags))
+        let name = reader::string(&e, diags)?;
+        let field = ctx
+            .fields
+            .resolve(&name, "online field", e.at(), &e.path, diags)?;
+        if field.ty != super::field::FieldType::Bool {
+            diags.push(
+                e.at(),
+                &e.path,
+                format!(
+                    "online field `{name}` must be a bool field: births set it true, deaths false"
+                ),
+            );
+            return None;
+        }
+        Some(name)
     });
     Some(SparkplugSource {
         group: group?,
