@@ -339,3 +339,66 @@ async fn a_simulated_edge_is_hosted_births_data_death_gap_rebirth() {
     .await;
     node.stop();
 }
+
+/// The same host behind the embedded broker: the node is the broker, so
+/// its rebirth command goes straight to the edge's subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_broker_delivers_rebirth_requests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("products")).expect("products dir");
+    std::fs::write(dir.path().join("products/press.yaml"), PRESS).expect("write product");
+    std::fs::write(
+        dir.path().join("meshlet.toml"),
+        "data_dir = \"data\"\nproducts = [\"products\"]\n",
+    )
+    .expect("write config");
+    let node = NodeBuilder::new(dir.path())
+        .arg("--config")
+        .arg("meshlet.toml")
+        .start()
+        .expect("node starts");
+    let gql = Gql::new(&node);
+    let port = node.mqtt.expect("embedded broker runs").port();
+    let mut edge = Edge::connect(port).await;
+
+    edge.publish("spBv1.0/plant/NBIRTH/gw1", nbirth()).await;
+    edge.publish("spBv1.0/plant/DBIRTH/gw1/press2", dbirth(1, 50.0))
+        .await;
+    until("the births are stored", || async {
+        press(&gql, "press2").await["pressure_bar"] == json!(50.0)
+    })
+    .await;
+    assert!(
+        edge.commands.try_recv().is_err(),
+        "no command before a problem"
+    );
+
+    // DDATA with seq 9 after 1: a gap.
+    edge.publish(
+        "spBv1.0/plant/DDATA/gw1/press2",
+        payload(
+            Some(9),
+            vec![metric_by(None, 1, None, MetricValue::FloatValue(55.0))],
+        ),
+    )
+    .await;
+    let command = tokio::time::timeout(DEADLINE, edge.commands.recv())
+        .await
+        .expect("an NCMD arrives")
+        .expect("edge still connected");
+    let command = Payload::decode(command.as_slice()).expect("the NCMD is a Sparkplug payload");
+    assert_eq!(
+        command.metrics[0].name.as_deref(),
+        Some("Node Control/Rebirth")
+    );
+    assert_eq!(
+        command.metrics[0].value,
+        Some(MetricValue::BooleanValue(true))
+    );
+    // The data that did arrive is kept.
+    until("the DDATA after the gap is stored", || async {
+        press(&gql, "press2").await["pressure_bar"] == json!(55.0)
+    })
+    .await;
+    node.stop();
+}
