@@ -14,6 +14,11 @@
 //! also seen as an object keyed by column name, so `event_time: /read_at`
 //! names a column. For `raw`, the whole payload is one scalar value that
 //! goes to `field`.
+//!
+//! `sparkplug` sources have no payload mapping of their own: `metrics`
+//! maps fields to Sparkplug metric names, the key field takes the device
+//! (or edge node) id and the event time is the payload timestamp (see
+//! [`SparkplugSource`]; `ingest::sparkplug` is the host state machine).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
