@@ -323,6 +323,11 @@ impl Ingestor {
         let topic = match sparkplug::Topic::parse(message.topic) {
             None => return false,
             Some(Err(problem)) => {
+                // Only a group some source reads makes it our problem.
+                let group = message.topic.split('/').nth(1).unwrap_or_default();
+                if !sp.reads_group_named(group) {
+                    return false;
+                }
                 count(problem);
                 debug!(topic = message.topic, %problem, "sparkplug message ignored");
                 return true;

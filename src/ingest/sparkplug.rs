@@ -97,6 +97,11 @@ impl<'a> Topic<'a> {
     pub fn parse(topic: &'a str) -> Option<Result<Topic<'a>, Problem>> {
         let rest = topic.strip_prefix(NAMESPACE)?.strip_prefix('/')?;
         let levels: Vec<&str> = rest.split('/').collect();
+        if levels.first() == Some(&"STATE") {
+            // STATE/<host id> is a host application's own status (and
+            // `STATE` is reserved as a group id): not edge data.
+            return None;
+        }
         let parsed =
             match levels.as_slice() {
                 [group, kind, node] => {

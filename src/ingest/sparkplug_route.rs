@@ -85,7 +85,11 @@ impl SparkplugIngest {
 
     /// Whether any source reads `topic`'s group.
     pub(crate) fn reads_group(&self, topic: &Topic<'_>) -> bool {
-        self.routes.iter().any(|r| r.source.group == topic.group)
+        self.reads_group_named(topic.group)
+    }
+
+    pub(crate) fn reads_group_named(&self, group: &str) -> bool {
+        self.routes.iter().any(|r| r.source.group == group)
     }
 
     /// The commands to publish (rebirth requests), from now on.

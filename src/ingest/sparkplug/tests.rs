@@ -71,6 +71,7 @@ fn births(host: &mut Host, now: Instant) {
 #[test]
 fn topics_parse_and_malformed_ones_are_problems() {
     assert_eq!(Topic::parse("plant/x"), None);
+    assert_eq!(Topic::parse("spBv1.0/STATE/scada-host"), None);
     let t = Topic::parse("spBv1.0/g/DDATA/n/d").unwrap().unwrap();
     assert_eq!(
         (t.group, t.kind, t.edge_node, t.device),
