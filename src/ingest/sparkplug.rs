@@ -17,6 +17,9 @@
 //!   of the node or device. An unknown alias, data from a node or device
 //!   without a birth, or a birth metric without a name means the host's
 //!   picture is incomplete: the metric is skipped, a rebirth is requested.
+//! - Historical metrics (`is_historical`) become updates of their own at
+//!   their metric timestamp, so the store records them as (late) history
+//!   instead of overwriting the current value.
 //! - NDEATH and DDEATH produce a [`UpdateKind::Death`] update (an NDEATH
 //!   also one for every device the node had announced); the ingestor
 //!   records it as the entity going offline (see `product::source`).
@@ -329,13 +332,28 @@ impl Host {
                         match birth {
                             None => out.problems.push(Problem::NoBirth),
                             Some(birth) => {
-                                let metrics = read_data(birth, &decoded, &mut out.problems);
+                                let (metrics, historical) =
+                                    read_data(birth, &decoded, &mut out.problems);
                                 out.updates.push(update(
                                     topic,
                                     UpdateKind::Data,
                                     &decoded,
                                     metrics,
                                 ));
+                                // Each historical metric is its own update
+                                // at its own time: older than the entity's
+                                // state, the store keeps it as history
+                                // without rolling the current value back.
+                                for (name, value, at) in historical {
+                                    let mut past = update(
+                                        topic,
+                                        UpdateKind::Data,
+                                        &decoded,
+                                        vec![(name, value)],
+                                    );
+                                    past.timestamp = at.or(past.timestamp);
+                                    out.updates.push(past);
+                                }
                             }
                         }
                     }
@@ -438,8 +456,18 @@ fn read_birth(payload: &Payload, problems: &mut Vec<Problem>) -> (Birth, Vec<(St
     (birth, values)
 }
 
-/// The values of a data message, names resolved through `birth`.
-fn read_data(birth: &Birth, payload: &Payload, problems: &mut Vec<Problem>) -> Vec<(String, Json)> {
+/// A historical metric: name, value, its own timestamp.
+type Historical = (String, Json, Option<u64>);
+
+/// The values of a data message, names resolved through `birth`: the
+/// current ones, and the historical ones (`is_historical`) with their
+/// metric timestamps.
+fn read_data(
+    birth: &Birth,
+    payload: &Payload,
+    problems: &mut Vec<Problem>,
+) -> (Vec<(String, Json)>, Vec<Historical>) {
+    let mut historical = Vec::new();
     let mut values = Vec::new();
     for metric in &payload.metrics {
         let name = match (&metric.name, metric.alias) {
@@ -466,11 +494,14 @@ fn read_data(birth: &Birth, payload: &Payload, problems: &mut Vec<Problem>) -> V
             continue;
         };
         match value_of(metric, datatype) {
+            Ok(value) if metric.is_historical == Some(true) => {
+                historical.push((name, value, metric.timestamp))
+            }
             Ok(value) => values.push((name, value)),
             Err(problem) => problems.push(problem),
         }
     }
-    values
+    (values, historical)
 }
 
 /// A metric's value as JSON, read by its datatype (signed types are two's

@@ -256,3 +256,39 @@ fn garbage_and_mistyped_values_are_problems_not_panics() {
         vec![("y".to_string(), Json::Null)]
     );
 }
+
+#[test]
+fn historical_metrics_are_updates_at_their_own_time() {
+    let mut host = Host::new();
+    let now = Instant::now();
+    births(&mut host, now);
+    let past = Metric {
+        alias: Some(1),
+        timestamp: Some(1_600_000_000_000),
+        is_historical: Some(true),
+        value: Some(MetricValue::FloatValue(18.0)),
+        ..Metric::default()
+    };
+    let current = metric(None, Some(2), None, MetricValue::IntValue(4));
+    let ddata = payload(Some(2), vec![past, current]);
+    let handled = send(&mut host, "spBv1.0/plant/DDATA/gw1/press1", &ddata, now);
+    assert!(handled.problems.is_empty(), "{:?}", handled.problems);
+    let seen: Vec<_> = handled
+        .updates
+        .iter()
+        .map(|u| (u.timestamp, u.metrics.clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (
+                Some(1_700_000_000_000),
+                vec![("Count".to_string(), Json::from(4))]
+            ),
+            (
+                Some(1_600_000_000_000),
+                vec![("Temperature".to_string(), Json::from(18.0))]
+            ),
+        ]
+    );
+}
