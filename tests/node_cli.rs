@@ -131,7 +131,12 @@ fn serve_on_the_embedded_default_is_ready_and_stops_cleanly_on_sigterm() {
     assert_eq!(ready["status"], "ready");
     assert_eq!(
         ready["products"],
-        serde_json::json!(["customer_asset", "energy_meter", "machine_health"])
+        serde_json::json!([
+            "customer_asset",
+            "energy_meter",
+            "machine_health",
+            "press_line"
+        ])
     );
     let node_id = ready["node_id"].as_str().expect("node id").to_string();
     assert!(

@@ -300,7 +300,12 @@ async fn matrix_of_roles_products_and_paths() {
         ("poller", vec!["energy_meter"]),
         (
             "admin",
-            vec!["customer_asset", "energy_meter", "machine_health"],
+            vec![
+                "customer_asset",
+                "energy_meter",
+                "machine_health",
+                "press_line",
+            ],
         ),
     ] {
         let data = client(role).data("{ products { name } }", json!({})).await;
