@@ -1,4 +1,4 @@
-//! The command line: `meshlet serve`, `meshlet check`, `meshlet quarantine`,
+//! The command line: `meshlet init`, `meshlet serve`, `meshlet check`, `meshlet quarantine`,
 //! `meshlet erase`, `meshlet key generate`, `meshlet token create|revoke|list`,
 //! `meshlet schema print`, `meshlet contract export|import`, `meshlet --version`.
 //!
@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 mod contract;
+mod init;
 
 use crate::config::{self, HubConfig};
 use crate::product::{self, LoadContext};
@@ -26,8 +27,9 @@ use crate::product::{self, LoadContext};
     propagate_version = true
 )]
 pub struct Cli {
-    /// Hub config file (TOML). Without one the embedded default is used;
-    /// `MESHLET_*` environment variables override either.
+    /// Hub config file (TOML). Without one, `./meshlet.toml` when it
+    /// exists, else the embedded default; `MESHLET_*` environment
+    /// variables override either.
     #[arg(
         long,
         short = 'c',
@@ -43,6 +45,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Write a commented starter config (meshlet.toml) and product
+    /// (products/sensor.yaml) into DIR; never overwrites.
+    Init(init::InitArgs),
     /// Run the node until SIGINT or SIGTERM.
     Serve(ServeArgs),
     /// Validate product definitions and the hub config; report every problem.
@@ -164,14 +169,26 @@ pub struct CheckArgs {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match config::load(cli.config.as_deref()) {
+    // init writes the config, so it must not need (or trip over) one.
+    let command = match cli.command {
+        Command::Init(args) => return init::run(args),
+        command => command,
+    };
+    // A newcomer runs `meshlet serve` where `meshlet init` wrote the config.
+    let discovered = std::path::Path::new(init::CONFIG_FILE);
+    let file = cli
+        .config
+        .as_deref()
+        .or_else(|| discovered.is_file().then_some(discovered));
+    let config = match config::load(file) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("error: invalid hub config: {err}");
             return ExitCode::FAILURE;
         }
     };
-    match cli.command {
+    match command {
+        Command::Init(args) => init::run(args),
         Command::Serve(args) => serve(config, args),
         Command::Check(args) => check(&config, args),
         Command::Quarantine(command) => quarantine(config, command),

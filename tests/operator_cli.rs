@@ -1,0 +1,133 @@
+//! Operator experience, through the real binary: `meshlet init` in an empty
+//! folder, then the steps its output suggests (check, token, serve,
+//! publish, query) exactly as a newcomer would type them there.
+
+mod common;
+
+use common::graphql::Gql;
+use common::{mosquitto_pub, run, stderr, stdout, NodeBuilder};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_then_serve_works_from_an_empty_folder_with_a_token() {
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    let out = run(dir.path(), &["init"]);
+    assert!(out.status.success(), "init: {}", stderr(&out));
+    let said = stdout(&out);
+    assert!(said.contains("meshlet token create --role admin"), "{said}");
+    assert!(dir.path().join("meshlet.toml").is_file());
+    assert!(dir.path().join("products/sensor.yaml").is_file());
+
+    // No --config anywhere below: ./meshlet.toml is found.
+    let out = run(dir.path(), &["check"]);
+    assert!(
+        out.status.success(),
+        "check: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("sensor"), "{}", stdout(&out));
+
+    let out = run(
+        dir.path(),
+        &["token", "create", "--role", "admin", "--name", "me"],
+    );
+    assert!(out.status.success(), "token create: {}", stderr(&out));
+    let token = stdout(&out).trim().to_string();
+    assert!(
+        dir.path().join("meshlet-data/tokens.json").is_file(),
+        "config's data_dir used"
+    );
+
+    // The harness only moves the ports to free ones; access stays as the
+    // starter config says (no anonymous role).
+    let node = NodeBuilder::new(dir.path())
+        .secured()
+        .start()
+        .expect("node starts");
+    let port = node
+        .mqtt
+        .expect("the starter config enables the embedded broker")
+        .port();
+    let out = mosquitto_pub(
+        port,
+        "sensors/s-1/telemetry",
+        br#"{"temperature_c": 21.5, "status": "ok"}"#,
+        1,
+        false,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let anonymous = reqwest::Client::new()
+        .post(node.url("/graphql"))
+        .json(&json!({ "query": "{ sensor(sensor_id: \"s-1\") { temperature_c } }" }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(anonymous.status().as_u16(), 401, "no token, no data");
+
+    let gql = Gql::new(&node).with_token(&token);
+    let data = gql
+        .data(
+            r#"{ sensor(sensor_id: "s-1") { sensor_id temperature_c status _meta { source } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(data["sensor"]["temperature_c"], 21.5, "{data}");
+    assert_eq!(data["sensor"]["status"], "ok");
+    assert_eq!(
+        data["sensor"]["_meta"]["source"],
+        "mqtt:sensors/s-1/telemetry"
+    );
+
+    // The starter's HTTP source, with the same token.
+    let pushed = reqwest::Client::new()
+        .post(node.url("/ingest/sensor"))
+        .bearer_auth(&token)
+        .json(&json!({ "sensor_id": "s-2", "humidity_pct": 40 }))
+        .send()
+        .await
+        .expect("request");
+    let status = pushed.status().as_u16();
+    assert!(
+        (200..300).contains(&status),
+        "{status}: {}",
+        pushed.text().await.unwrap_or_default()
+    );
+    let data = gql
+        .data(
+            r#"{ sensor(sensor_id: "s-2") { humidity_pct } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(data["sensor"]["humidity_pct"], 40.0, "{data}");
+
+    let (status, _) = node.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn init_refuses_to_overwrite_and_leaves_the_existing_file_alone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("meshlet.toml"), "# mine\n").expect("write");
+
+    let out = run(dir.path(), &["init"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("meshlet.toml already exists"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("meshlet.toml")).expect("read"),
+        "# mine\n"
+    );
+    assert!(
+        !dir.path().join("products").exists(),
+        "nothing else written"
+    );
+
+    // Into a new subfolder it works, and names the folder to cd into.
+    let out = run(dir.path(), &["init", "edge"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("cd edge"), "{}", stdout(&out));
+    assert!(dir.path().join("edge/products/sensor.yaml").is_file());
+}
