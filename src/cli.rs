@@ -1,4 +1,4 @@
-//! The command line: `meshlet init`, `meshlet serve`, `meshlet check`, `meshlet quarantine`,
+//! The command line: `meshlet init`, `meshlet status`, `meshlet serve`, `meshlet check`, `meshlet quarantine`,
 //! `meshlet erase`, `meshlet key generate`, `meshlet token create|revoke|list`,
 //! `meshlet schema print`, `meshlet contract export|import`, `meshlet --version`.
 //!
@@ -15,6 +15,7 @@ use tracing::{error, info};
 
 mod contract;
 mod init;
+mod status;
 
 use crate::config::{self, HubConfig};
 use crate::product::{self, LoadContext};
@@ -48,6 +49,9 @@ pub enum Command {
     /// Write a commented starter config (meshlet.toml) and product
     /// (products/sensor.yaml) into DIR; never overwrites.
     Init(init::InitArgs),
+    /// One screen about a running node: products, ingest rates,
+    /// quarantine, sync, uptime (from its /metrics and GraphQL catalog).
+    Status(status::StatusArgs),
     /// Run the node until SIGINT or SIGTERM.
     Serve(ServeArgs),
     /// Validate product definitions and the hub config; report every problem.
@@ -189,6 +193,7 @@ pub fn main() -> ExitCode {
     };
     match command {
         Command::Init(args) => init::run(args),
+        Command::Status(args) => status::run(&config, args),
         Command::Serve(args) => serve(config, args),
         Command::Check(args) => check(&config, args),
         Command::Quarantine(command) => quarantine(config, command),

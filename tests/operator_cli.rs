@@ -131,3 +131,98 @@ fn init_refuses_to_overwrite_and_leaves_the_existing_file_alone() {
     assert!(stdout(&out).contains("cd edge"), "{}", stdout(&out));
     assert!(dir.path().join("edge/products/sensor.yaml").is_file());
 }
+
+/// `meshlet init` plus an admin token in `dir`, with the config's HTTP
+/// port moved to a free one (so commands that read the config find the
+/// node) and a node started there.
+fn init_and_serve(dir: &std::path::Path) -> (common::NodeProcess, String) {
+    let out = run(dir, &["init"]);
+    assert!(out.status.success(), "init: {}", stderr(&out));
+    let config = dir.join("meshlet.toml");
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let text = std::fs::read_to_string(&config).expect("read config");
+    let moved = text.replace(
+        "listen = \"127.0.0.1:8080\"",
+        &format!("listen = \"{listen}\""),
+    );
+    assert_ne!(text, moved, "the starter config names http.listen");
+    std::fs::write(&config, moved).expect("write config");
+    let out = run(
+        dir,
+        &["token", "create", "--role", "admin", "--name", "ops"],
+    );
+    assert!(out.status.success(), "token create: {}", stderr(&out));
+    let token = stdout(&out).trim().to_string();
+    let node = NodeBuilder::new(dir)
+        .secured()
+        .listen(listen)
+        .start()
+        .expect("node starts");
+    (node, token)
+}
+
+#[test]
+fn status_summarises_a_running_node() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (node, token) = init_and_serve(dir.path());
+    let port = node.mqtt.expect("embedded broker").port();
+    for (topic, payload) in [
+        ("sensors/s-1/telemetry", r#"{"temperature_c": 20}"#),
+        ("sensors/s-2/telemetry", r#"{"temperature_c": 21}"#),
+        ("sensors/s-1/telemetry", r#"{"temperature_c": 22}"#),
+        // Out of range: quarantined.
+        ("sensors/s-3/telemetry", r#"{"temperature_c": 999}"#),
+    ] {
+        let out = mosquitto_pub(port, topic, payload.as_bytes(), 1, false);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+
+    // No --url: the config's http.listen.
+    let out = run(
+        dir.path(),
+        &["status", "--token", &token, "--sample", "100ms"],
+    );
+    let screen = stdout(&out);
+    assert!(out.status.success(), "status: {}{screen}", stderr(&out));
+    assert!(
+        screen.starts_with(&format!(
+            "meshlet {} at http://{}, up ",
+            env!("CARGO_PKG_VERSION"),
+            node.http
+        )),
+        "{screen}"
+    );
+    assert!(
+        !screen.lines().next().unwrap_or_default().ends_with("up ?"),
+        "process_start_time_seconds is served: {screen}"
+    );
+    let row = screen
+        .lines()
+        .find(|l| l.starts_with("sensor "))
+        .unwrap_or_else(|| panic!("a row for the product: {screen}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    // name, entities, last update, stale, accepted, rejected, quarantined (now)
+    assert_eq!(cells[1], "2", "{row}");
+    assert_eq!(cells[3], "no", "{row}");
+    assert_eq!(cells[4], "3", "{row}");
+    assert_eq!(cells[5], "0", "{row}");
+    assert_eq!(&cells[6..], ["1", "(1)"], "{row}");
+    assert!(screen.contains("  accepted              3"), "{screen}");
+    assert!(screen.contains("  quarantined           1"), "{screen}");
+    assert!(
+        screen.contains("central          pending 0 (oldest -), last ack never"),
+        "{screen}"
+    );
+
+    // Without the token the node refuses, and status says so.
+    let out = run(dir.path(), &["status", "--sample", "0s"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("/graphql answered 401"),
+        "{}",
+        stderr(&out)
+    );
+
+    let (status, _) = node.stop();
+    assert!(status.success());
+}
