@@ -40,6 +40,11 @@ pub struct Cli {
     )]
     pub config: Option<PathBuf>,
 
+    /// Log lines as `text` or `json` (one object per line, for log
+    /// shippers); replaces `log.format` from the config and environment.
+    #[arg(long, global = true, value_name = "FORMAT")]
+    pub log_format: Option<config::LogFormat>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -184,13 +189,16 @@ pub fn main() -> ExitCode {
         .config
         .as_deref()
         .or_else(|| discovered.is_file().then_some(discovered));
-    let config = match config::load(file) {
+    let mut config = match config::load(file) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("error: invalid hub config: {err}");
             return ExitCode::FAILURE;
         }
     };
+    if let Some(format) = cli.log_format {
+        config.log.format = format;
+    }
     match command {
         Command::Init(args) => init::run(args),
         Command::Status(args) => status::run(&config, args),

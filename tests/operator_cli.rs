@@ -226,3 +226,55 @@ fn status_summarises_a_running_node() {
     let (status, _) = node.stop();
     assert!(status.success());
 }
+
+#[test]
+fn logs_are_one_json_object_per_line_by_flag_or_environment() {
+    // The starter config says `format = "text"`; the flag beats the
+    // environment, and the environment (what the harness sets) beats the
+    // file.
+    for by_flag in [true, false] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = run(dir.path(), &["init"]);
+        assert!(out.status.success(), "init: {}", stderr(&out));
+        let mut builder = NodeBuilder::new(dir.path());
+        if by_flag {
+            builder = builder
+                .env("MESHLET_LOG__FORMAT", "text")
+                .arg("--log-format")
+                .arg("json");
+        }
+        let node = builder.start().expect("node starts");
+        let port = node.mqtt.expect("embedded broker").port();
+        let out = mosquitto_pub(
+            port,
+            "sensors/s-1/telemetry",
+            br#"{"temperature_c": 999}"#,
+            1,
+            false,
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let (status, logs) = node.stop();
+        assert!(status.success());
+
+        assert!(logs.len() >= 3, "by_flag={by_flag}: {logs:?}");
+        for line in &logs {
+            let event: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("by_flag={by_flag}: not JSON ({e}): {line}"));
+            assert!(event["timestamp"].is_string(), "{line}");
+            assert!(event["level"].is_string(), "{line}");
+            assert!(event["target"].is_string(), "{line}");
+        }
+        // The events carry their fields as JSON members, not inside a
+        // formatted message.
+        let events: Vec<serde_json::Value> = logs
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        assert!(
+            events
+                .iter()
+                .any(|e| e["message"] == "ready" && e["http"].is_string()),
+            "{logs:?}"
+        );
+    }
+}
