@@ -15,6 +15,7 @@ use tracing::{error, info};
 
 mod contract;
 mod init;
+mod progress;
 mod status;
 
 use crate::config::{self, HubConfig};
@@ -494,9 +495,20 @@ fn quarantine(config: HubConfig, command: QuarantineCommand) -> ExitCode {
                     &config.ingest,
                     &tasks,
                 );
-                let report = crate::ingest::replay::replay(&ingestor, &product)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                // Entries that leave the quarantine are what a person can
+                // watch from outside the replay: its stored count drops.
+                let total = store.quarantine_count(&product).unwrap_or(0);
+                let left = || match store.quarantine_count(&product) {
+                    Ok(now) => format!("{} of {total} resolved", total.saturating_sub(now)),
+                    Err(_) => format!("{total} to examine"),
+                };
+                let report = progress::while_running(
+                    &format!("replaying the quarantine of {product}"),
+                    crate::ingest::replay::replay(&ingestor, &product),
+                    left,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
                 drop(ingestor);
                 tasks.close();
                 tasks.wait().await;

@@ -278,3 +278,61 @@ fn logs_are_one_json_object_per_line_by_flag_or_environment() {
         );
     }
 }
+
+#[test]
+fn quarantine_replay_shows_progress_at_a_terminal_and_always_a_summary() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = run(dir.path(), &["init"]);
+    assert!(out.status.success(), "init: {}", stderr(&out));
+    let node = NodeBuilder::new(dir.path()).start().expect("node starts");
+    let port = node.mqtt.expect("embedded broker").port();
+    for sensor in ["s-1", "s-2", "s-3"] {
+        let topic = format!("sensors/{sensor}/telemetry");
+        let out = mosquitto_pub(port, &topic, br#"{"temperature_c": 180}"#, 1, false);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let (status, _) = node.stop();
+    assert!(status.success());
+
+    // At a terminal (a pseudo-terminal from `script`): the progress line,
+    // then the summary. Still invalid under the starter's range.
+    let mut at_terminal = std::process::Command::new("script");
+    at_terminal
+        .current_dir(dir.path())
+        .arg("-qec")
+        .arg(format!(
+            "{} quarantine replay sensor",
+            common::meshlet_bin().display()
+        ))
+        .arg("/dev/null");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("MESHLET_") || name == "RUST_LOG" {
+            at_terminal.env_remove(name);
+        }
+    }
+    let out = at_terminal.output().expect("script runs");
+    let screen = stdout(&out);
+    assert!(out.status.success(), "{screen}{}", stderr(&out));
+    assert!(
+        screen.contains("replaying the quarantine of sensor: 0 of 3 resolved"),
+        "{screen:?}"
+    );
+    assert!(
+        screen.contains("replayed 0 of 3 quarantined payloads of sensor"),
+        "{screen:?}"
+    );
+
+    // Into a pipe: no progress, only the summary.
+    let product = dir.path().join("products/sensor.yaml");
+    let text = std::fs::read_to_string(&product).expect("read product");
+    let widened = text.replace("min: -50, max: 150", "min: -50, max: 200");
+    assert_ne!(text, widened);
+    std::fs::write(&product, widened).expect("write product");
+    let out = run(dir.path(), &["quarantine", "replay", "sensor"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "replayed 3 of 3 quarantined payloads of sensor (3 records written); 0 still invalid\n"
+    );
+    assert!(!stderr(&out).contains("replaying"), "{}", stderr(&out));
+}
