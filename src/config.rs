@@ -23,8 +23,9 @@ use serde::{Deserialize, Serialize};
 /// The prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "MESHLET_";
 
-/// Environment variables with the prefix that are not config keys.
-const ENV_NOT_CONFIG: &[&str] = &["config", "log"];
+/// Environment variables with the prefix that are not config keys
+/// (`MESHLET_TOKEN` is the API token of `meshlet status`).
+const ENV_NOT_CONFIG: &[&str] = &["config", "log", "token"];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

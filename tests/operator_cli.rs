@@ -214,6 +214,15 @@ fn status_summarises_a_running_node() {
         "{screen}"
     );
 
+    // The token from the environment (kept out of `ps`) works the same.
+    let out = common::meshlet(dir.path())
+        .args(["status", "--sample", "0s"])
+        .env("MESHLET_TOKEN", &token)
+        .output()
+        .expect("status runs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("\nsensor "), "{}", stdout(&out));
+
     // Without the token the node refuses, and status says so.
     let out = run(dir.path(), &["status", "--sample", "0s"]);
     assert!(!out.status.success());

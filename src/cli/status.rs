@@ -29,8 +29,14 @@ pub struct StatusArgs {
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
     /// API token (`meshlet token create`); needed unless the node lets
-    /// anonymous callers read.
-    #[arg(long, value_name = "TOKEN")]
+    /// anonymous callers read. Prefer the environment variable: a
+    /// command-line argument is visible to every user in `ps`.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "MESHLET_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
     /// PEM CA bundle the node's HTTPS certificate is checked against;
     /// default the system roots.
