@@ -726,7 +726,10 @@ mod tests {
             )),
             "{text}"
         );
-        assert!(text.contains("expected `listen` or `graphiql`"), "{text}");
+        assert!(
+            text.contains("expected one of `listen`, `graphiql`, `tls`"),
+            "{text}"
+        );
     }
 
     #[test]
