@@ -500,5 +500,13 @@ mod tests {
         let mut config = HubConfig::default();
         config.http.listen = "0.0.0.0:9000".parse().expect("addr");
         assert_eq!(default_url(&config), "http://127.0.0.1:9000");
+        config.http.listen = "[::]:9443".parse().expect("addr");
+        config.http.tls = Some(crate::config::HttpTlsConfig {
+            cert_file: "node.pem".into(),
+            key_file: "node.key".into(),
+            client_ca_file: None,
+            client_auth: Default::default(),
+        });
+        assert_eq!(default_url(&config), "https://[::1]:9443");
     }
 }
