@@ -1,4 +1,4 @@
-//! The command line: `meshlet serve`, `meshlet check`, `meshlet quarantine`,
+//! The command line: `meshlet init`, `meshlet status`, `meshlet serve`, `meshlet check`, `meshlet quarantine`,
 //! `meshlet erase`, `meshlet key generate`, `meshlet token create|revoke|list`,
 //! `meshlet schema print`, `meshlet contract export|import`, `meshlet --version`.
 //!
@@ -14,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 mod contract;
+mod init;
+mod progress;
+mod status;
 
 use crate::config::{self, HubConfig};
 use crate::product::{self, LoadContext};
@@ -26,8 +29,9 @@ use crate::product::{self, LoadContext};
     propagate_version = true
 )]
 pub struct Cli {
-    /// Hub config file (TOML). Without one the embedded default is used;
-    /// `MESHLET_*` environment variables override either.
+    /// Hub config file (TOML). Without one, `./meshlet.toml` when it
+    /// exists, else the embedded default; `MESHLET_*` environment
+    /// variables override either.
     #[arg(
         long,
         short = 'c',
@@ -37,12 +41,23 @@ pub struct Cli {
     )]
     pub config: Option<PathBuf>,
 
+    /// Log lines as `text` or `json` (one object per line, for log
+    /// shippers); replaces `log.format` from the config and environment.
+    #[arg(long, global = true, value_name = "FORMAT")]
+    pub log_format: Option<config::LogFormat>,
+
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Write a commented starter config (meshlet.toml) and product
+    /// (products/sensor.yaml) into DIR; never overwrites.
+    Init(init::InitArgs),
+    /// One screen about a running node: products, ingest rates,
+    /// quarantine, sync, uptime (from its /metrics and GraphQL catalog).
+    Status(status::StatusArgs),
     /// Run the node until SIGINT or SIGTERM.
     Serve(ServeArgs),
     /// Validate product definitions and the hub config; report every problem.
@@ -164,14 +179,30 @@ pub struct CheckArgs {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match config::load(cli.config.as_deref()) {
+    // init writes the config, so it must not need (or trip over) one.
+    let command = match cli.command {
+        Command::Init(args) => return init::run(args),
+        command => command,
+    };
+    // A newcomer runs `meshlet serve` where `meshlet init` wrote the config.
+    let discovered = std::path::Path::new(init::CONFIG_FILE);
+    let file = cli
+        .config
+        .as_deref()
+        .or_else(|| discovered.is_file().then_some(discovered));
+    let mut config = match config::load(file) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("error: invalid hub config: {err}");
             return ExitCode::FAILURE;
         }
     };
-    match cli.command {
+    if let Some(format) = cli.log_format {
+        config.log.format = format;
+    }
+    match command {
+        Command::Init(args) => init::run(args),
+        Command::Status(args) => status::run(&config, args),
         Command::Serve(args) => serve(config, args),
         Command::Check(args) => check(&config, args),
         Command::Quarantine(command) => quarantine(config, command),
@@ -464,9 +495,20 @@ fn quarantine(config: HubConfig, command: QuarantineCommand) -> ExitCode {
                     &config.ingest,
                     &tasks,
                 );
-                let report = crate::ingest::replay::replay(&ingestor, &product)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                // Entries that leave the quarantine are what a person can
+                // watch from outside the replay: its stored count drops.
+                let total = store.quarantine_count(&product).unwrap_or(0);
+                let left = || match store.quarantine_count(&product) {
+                    Ok(now) => format!("{} of {total} resolved", total.saturating_sub(now)),
+                    Err(_) => format!("{total} to examine"),
+                };
+                let report = progress::while_running(
+                    &format!("replaying the quarantine of {product}"),
+                    crate::ingest::replay::replay(&ingestor, &product),
+                    left,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
                 drop(ingestor);
                 tasks.close();
                 tasks.wait().await;

@@ -23,8 +23,9 @@ use serde::{Deserialize, Serialize};
 /// The prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "MESHLET_";
 
-/// Environment variables with the prefix that are not config keys.
-const ENV_NOT_CONFIG: &[&str] = &["config", "log"];
+/// Environment variables with the prefix that are not config keys
+/// (`MESHLET_TOKEN` is the API token of `meshlet status`).
+const ENV_NOT_CONFIG: &[&str] = &["config", "log", "token"];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -203,7 +204,7 @@ impl Default for StoreSettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -726,7 +727,10 @@ mod tests {
             )),
             "{text}"
         );
-        assert!(text.contains("expected `listen` or `graphiql`"), "{text}");
+        assert!(
+            text.contains("expected one of `listen`, `graphiql`, `tls`"),
+            "{text}"
+        );
     }
 
     #[test]

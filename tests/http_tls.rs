@@ -179,7 +179,13 @@ async fn mtls_required_refuses_missing_and_foreign_client_certificates() {
     );
     let config = dir.path().join("meshlet.toml");
     let base = std::fs::read_to_string(&config).expect("config");
-    std::fs::write(&config, format!("{base}{section}")).expect("config");
+    // A verified certificate that no mapping names is refused (401) even
+    // where anonymous callers are allowed, so the device's CN is mapped.
+    std::fs::write(
+        &config,
+        format!("{base}{section}[security.certificates]\n\"gateway-17\" = \"reader\"\n"),
+    )
+    .expect("config");
     let mut node = node_in(dir.path());
 
     let anonymous = typename(&client(Some(&ca), None), &node).await;
@@ -401,5 +407,123 @@ fn bad_tls_files_stop_the_node_with_an_error_naming_the_file() {
     assert!(
         logs.contains("other.key") && logs.contains("does not belong"),
         "{logs}"
+    );
+}
+
+/// SHA-256 of a PEM certificate's DER, lowercase hex: what
+/// `[security.certificates]` pins with `sha256:<hex>`.
+fn fingerprint(cert_pem: &str) -> String {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).expect("PEM");
+    ring::digest::digest(&ring::digest::SHA256, der.as_ref())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn push_sensor(client: &reqwest::Client, node: &NodeProcess, line: &str) -> u16 {
+    client
+        .post(https(node, "/ingest/sensor"))
+        .header("content-type", "application/x-ndjson")
+        .body(line.to_string())
+        .send()
+        .await
+        .expect("push over HTTPS")
+        .status()
+        .as_u16()
+}
+
+/// Client certificates are identities: a CN mapped to `admin` may write,
+/// a certificate pinned by fingerprint to `reader` reads with personal
+/// data masked and may not write, and a certificate of the right CA that
+/// no mapping names is refused with 401 — on a node with no anonymous
+/// access, so the certificate is the only credential in play.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_map_to_roles_end_to_end() {
+    let ca = Ca::new("meshlet test CA");
+    let clients_ca = Ca::new("device CA");
+    let dir = workdir(&[("sensor", SENSOR)], "");
+    std::fs::write(dir.path().join("clients.pem"), clients_ca.pem()).expect("write client CA");
+    let (admin_cert, admin_key) = clients_ca.issue("gateway-17", &["gateway-17"]);
+    let (pinned_cert, pinned_key) = clients_ca.issue("dashboard", &["dashboard"]);
+    let (stranger_cert, stranger_key) = clients_ca.issue("stranger", &["stranger"]);
+    let section = tls_section(
+        dir.path(),
+        &ca,
+        "client_ca_file = \"clients.pem\"\nclient_auth = \"required\"\n",
+    );
+    let config = dir.path().join("meshlet.toml");
+    let base = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        format!(
+            "{base}{section}[security.certificates]\n\"gateway-17\" = \"admin\"\n\"sha256:{}\" = \"reader\"\n",
+            fingerprint(&pinned_cert)
+        ),
+    )
+    .expect("config");
+    let node = NodeBuilder::new(dir.path())
+        .secured()
+        .arg("--config")
+        .arg("meshlet.toml")
+        .start()
+        .expect("node starts");
+
+    let admin = client(Some(&ca), Some((&admin_cert, &admin_key)));
+    let reader = client(Some(&ca), Some((&pinned_cert, &pinned_key)));
+    let stranger = client(Some(&ca), Some((&stranger_cert, &stranger_key)));
+
+    let line = r#"{"sensor_id": "s1", "temp": 21.5, "email": "alice@example.com"}"#;
+    assert_eq!(
+        push_sensor(&admin, &node, line).await,
+        200,
+        "admin by CN writes"
+    );
+    assert_eq!(
+        push_sensor(&reader, &node, line).await,
+        403,
+        "reader may not write"
+    );
+    assert_eq!(
+        push_sensor(&stranger, &node, line).await,
+        401,
+        "unmapped is unauthenticated"
+    );
+
+    let query = json!({ "query": r#"{ sensor(sensor_id: "s1") { sensor_id temp email } }"# });
+    let seen = |client: reqwest::Client| {
+        let query = query.clone();
+        let url = https(&node, "/graphql");
+        async move {
+            let response = client.post(url).json(&query).send().await.expect("query");
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            (status, body)
+        }
+    };
+    let (status, body) = seen(admin.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"]["sensor"]["email"], "alice@example.com",
+        "{body}"
+    );
+    let (status, body) = seen(reader.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["sensor"]["temp"], 21.5, "{body}");
+    assert_ne!(
+        body["data"]["sensor"]["email"], "alice@example.com",
+        "{body}"
+    );
+    let (status, _) = seen(stranger.clone()).await;
+    assert_eq!(status, 401);
+    assert!(
+        tls_metric(
+            &admin,
+            &node,
+            "meshlet_auth_failures_total{reason=\"unmapped_certificate\"}"
+        )
+        .await
+            >= 2.0
     );
 }

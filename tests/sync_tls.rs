@@ -1,13 +1,13 @@
 //! Upstream sync over TLS with a custom CA and a client certificate:
-//! HTTPS to an aggregator (behind a rustls terminator that requires the
-//! client certificate, until the node's own TLS listener lands) and MQTT
-//! over TLS through a Mosquitto that requires client certificates.
+//! HTTPS straight to the aggregator's own TLS listener, which requires the
+//! client certificate and maps it to the built-in `edge` role (the only
+//! role besides `admin` that may push envelopes), and MQTT over TLS through
+//! a Mosquitto that requires client certificates.
 
 mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -71,7 +71,8 @@ fn make_pki(dir: &Path) {
     )
     .expect("ext");
     std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("ext");
-    for name in ["server", "client"] {
+    std::fs::write(dir.join("stranger.ext"), "extendedKeyUsage=clientAuth\n").expect("ext");
+    for name in ["server", "client", "stranger"] {
         openssl(
             dir,
             &[
@@ -108,63 +109,6 @@ fn make_pki(dir: &Path) {
             ],
         );
     }
-}
-
-/// A rustls TLS terminator on a free port that requires a client
-/// certificate from `ca` and forwards the plain bytes to `target`.
-fn tls_terminator(pki: &Path, target: std::net::SocketAddr) -> (u16, tokio::runtime::Runtime) {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(pki.join("ca.pem")).expect("ca") {
-        roots.add(cert.expect("ca cert")).expect("add ca");
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .expect("verifier");
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(pki.join("server.pem"))
-        .expect("server cert")
-        .map(|c| c.expect("cert"))
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(pki.join("server.key")).expect("server key");
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .expect("server config");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    runtime.spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
-            });
-        }
-    });
-    (port, runtime)
 }
 
 fn workdir(yaml: &str, config: &str) -> tempfile::TempDir {
@@ -212,53 +156,135 @@ fn applied(hq: &NodeProcess, origin: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
+/// A metric of a node that serves only HTTPS with required client
+/// certificates, read with the `client` certificate.
+fn https_metric(node: &NodeProcess, pki: &Path, series: &str) -> f64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let ca = std::fs::read(pki.join("ca.pem")).expect("ca");
+        let mut identity = std::fs::read(pki.join("client.pem")).expect("client cert");
+        identity.extend(std::fs::read(pki.join("client.key")).expect("client key"));
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("ca pem"))
+            .identity(reqwest::Identity::from_pem(&identity).expect("identity"))
+            .build()
+            .expect("client");
+        let Ok(response) = client
+            .get(format!("https://127.0.0.1:{}/metrics", node.http.port()))
+            .send()
+            .await
+        else {
+            return 0.0;
+        };
+        let body = response.text().await.unwrap_or_default();
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    })
+}
+
 #[test]
-fn https_with_a_custom_ca_and_client_certificate_delivers_and_a_wrong_ca_does_not() {
+fn https_to_the_aggregators_own_tls_listener_with_a_client_certificate_as_edge() {
     let pki = tempfile::tempdir().expect("pki");
     make_pki(pki.path());
+    let dir = pki.path().display().to_string();
     let hq_dir = workdir(
         aggregator_products(),
-        "node_id = \"hq\"\n[aggregator]\nenabled = true\n",
+        &format!(
+            "node_id = \"hq\"\n[aggregator]\nenabled = true\n[http.tls]\ncert_file = \"{dir}/server.pem\"\nkey_file = \"{dir}/server.key\"\nclient_ca_file = \"{dir}/ca.pem\"\nclient_auth = \"required\"\n[security.certificates]\nclient = \"edge\"\n"
+        ),
     );
-    let hq = start_node(hq_dir.path());
-    let (port, _terminator) = tls_terminator(pki.path(), hq.http);
-    let upstream = |ca: &str| {
+    // No anonymous access at the aggregator: the certificate is the only
+    // credential an edge has.
+    let hq = NodeBuilder::new(hq_dir.path())
+        .secured()
+        .arg("--config")
+        .arg("meshlet.toml")
+        .env("MESHLET_MQTT__EMBEDDED__ENABLED", "false")
+        .start()
+        .expect("aggregator starts");
+    let port = hq.http.port();
+    let upstream = |ca: &str, cert: &str| {
         format!(
-            "[sync]\nretry_min = \"50ms\"\nretry_max = \"200ms\"\n[upstreams.central]\nurl = \"https://127.0.0.1:{port}\"\nca_file = \"{dir}/{ca}\"\nclient_cert_file = \"{dir}/client.pem\"\nclient_key_file = \"{dir}/client.key\"\n",
-            dir = pki.path().display()
+            "[sync]\nretry_min = \"50ms\"\nretry_max = \"200ms\"\n[upstreams.central]\nurl = \"https://127.0.0.1:{port}\"\nca_file = \"{dir}/{ca}\"\nclient_cert_file = \"{dir}/{cert}.pem\"\nclient_key_file = \"{dir}/{cert}.key\"\n"
         )
     };
     let good_dir = workdir(
         READING,
-        &format!("node_id = \"edge-tls\"\n{}", upstream("ca.pem")),
+        &format!("node_id = \"edge-tls\"\n{}", upstream("ca.pem", "client")),
     );
     let bad_dir = workdir(
         READING,
-        &format!("node_id = \"edge-wrong-ca\"\n{}", upstream("other-ca.pem")),
+        &format!(
+            "node_id = \"edge-wrong-ca\"\n{}",
+            upstream("other-ca.pem", "client")
+        ),
+    );
+    let stranger_dir = workdir(
+        READING,
+        &format!(
+            "node_id = \"edge-stranger\"\n{}",
+            upstream("ca.pem", "stranger")
+        ),
     );
     let good = start_node(good_dir.path());
     let bad = start_node(bad_dir.path());
+    let stranger = start_node(stranger_dir.path());
     push(&good, 25);
     push(&bad, 5);
-    assert!(
-        eventually(Duration::from_secs(20), || applied(&hq, "edge-tls") == 25.0),
-        "25 events arrived over HTTPS"
-    );
-    assert!(
-        eventually(Duration::from_secs(10), || metric(
-            &bad,
-            "meshlet_sync_errors_total{upstream=\"central\"}"
+    push(&stranger, 3);
+    let applied = |origin: &str| {
+        https_metric(
+            &hq,
+            pki.path(),
+            &format!("meshlet_sync_applied_records_total{{origin=\"{origin}\"}}"),
         )
-        .unwrap_or(0.0)
-            >= 2.0),
-        "a server certificate from another CA is refused, counted and retried"
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || applied("edge-tls") == 25.0),
+        "25 events arrived over HTTPS as role edge"
     );
+    for (edge, why) in [
+        (&bad, "a server certificate from another CA is refused"),
+        (
+            &stranger,
+            "a client certificate no mapping names is refused (401)",
+        ),
+    ] {
+        assert!(
+            eventually(Duration::from_secs(15), || metric(
+                edge,
+                "meshlet_sync_errors_total{upstream=\"central\"}"
+            )
+            .unwrap_or(0.0)
+                >= 2.0),
+            "{why}, counted and retried"
+        );
+    }
     assert_eq!(
         metric(&bad, "meshlet_sync_pending{upstream=\"central\"}"),
         Some(5.0),
-        "and nothing is lost"
+        "nothing is lost"
     );
-    assert_eq!(applied(&hq, "edge-wrong-ca"), 0.0);
+    assert_eq!(
+        metric(&stranger, "meshlet_sync_pending{upstream=\"central\"}"),
+        Some(3.0),
+        "nothing is lost"
+    );
+    assert_eq!(applied("edge-wrong-ca"), 0.0);
+    assert_eq!(applied("edge-stranger"), 0.0);
+    assert!(
+        https_metric(
+            &hq,
+            pki.path(),
+            "meshlet_auth_failures_total{reason=\"unmapped_certificate\"}"
+        ) >= 1.0
+    );
 }
 
 struct TlsBroker {

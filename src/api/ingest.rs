@@ -271,6 +271,7 @@ async fn replay_quarantine(
 
 async fn metrics(State(state): State<ApiState>) -> Response {
     let mut text = String::with_capacity(4 * 1024);
+    render_process(&mut text);
     state.ingestor.metrics().render_prometheus(&mut text);
     state.graphql.render_prometheus(&mut text);
     state.tls_metrics.render_prometheus(&mut text);
@@ -287,4 +288,22 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// Which build runs and since when: `meshlet_build_info` (value 1, the
+/// facts in labels) and `process_start_time_seconds`.
+fn render_process(out: &mut String) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "# HELP meshlet_build_info The running build (value 1).\n# TYPE meshlet_build_info gauge\n\
+         meshlet_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP process_start_time_seconds When the node started (Unix seconds).\n\
+         # TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {}",
+        super::started_at()
+    );
 }

@@ -40,8 +40,23 @@ pub struct ApiState {
     pub sync: Option<std::sync::Arc<crate::sync::SyncHandle>>,
 }
 
+/// When the process first built its router, as Unix seconds: the
+/// `process_start_time_seconds` of `/metrics` (the Prometheus client
+/// convention), from which `meshlet status` shows the uptime.
+static STARTED: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+
+fn started_at() -> f64 {
+    *STARTED.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
+    })
+}
+
 /// Builds the router for the given state.
 pub fn router(state: ApiState) -> Router {
+    started_at();
     let protected = ingest::routes(state.max_http_body_bytes)
         .merge(graphql::routes())
         .merge(sync::routes())

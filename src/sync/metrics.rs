@@ -128,20 +128,57 @@ impl SyncMetrics {
     /// Prometheus text for every series, plus the outbox gauges read from
     /// the store.
     pub fn render_prometheus(&self, store: &Store, out: &mut String) {
-        const LABELS: &[(&str, &[&str])] = &[
-            ("meshlet_sync_sent_records_total", &["upstream"]),
-            ("meshlet_sync_sent_bytes_total", &["upstream"]),
-            ("meshlet_sync_batches_total", &["upstream"]),
-            ("meshlet_sync_errors_total", &["upstream"]),
-            ("meshlet_sync_dropped_total", &["upstream", "reason"]),
-            ("meshlet_sync_received_envelopes_total", &["origin"]),
-            ("meshlet_sync_applied_records_total", &["origin"]),
-            ("meshlet_sync_duplicate_records_total", &["origin"]),
-            ("meshlet_sync_refused_total", &["reason"]),
+        // Name, label names, HELP text.
+        const LABELS: &[(&str, &[&str], &str)] = &[
+            (
+                "meshlet_sync_sent_records_total",
+                &["upstream"],
+                "Records sent to an upstream and acknowledged.",
+            ),
+            (
+                "meshlet_sync_sent_bytes_total",
+                &["upstream"],
+                "Encoded envelope bytes an upstream acknowledged.",
+            ),
+            (
+                "meshlet_sync_batches_total",
+                &["upstream"],
+                "Envelopes an upstream acknowledged.",
+            ),
+            (
+                "meshlet_sync_errors_total",
+                &["upstream"],
+                "Failed sends to an upstream.",
+            ),
+            (
+                "meshlet_sync_dropped_total",
+                &["upstream", "reason"],
+                "Outbox entries removed by the disk budget.",
+            ),
+            (
+                "meshlet_sync_received_envelopes_total",
+                &["origin"],
+                "Envelopes received from an edge (aggregator).",
+            ),
+            (
+                "meshlet_sync_applied_records_total",
+                &["origin"],
+                "Records from an edge applied to the store (aggregator).",
+            ),
+            (
+                "meshlet_sync_duplicate_records_total",
+                &["origin"],
+                "Records from an edge already applied (aggregator).",
+            ),
+            (
+                "meshlet_sync_refused_total",
+                &["reason"],
+                "Envelopes refused (aggregator).",
+            ),
         ];
         let counters = lock(&self.counters).clone();
-        for (name, label_names) in LABELS {
-            let _ = writeln!(out, "# TYPE {name} counter");
+        for (name, label_names, help) in LABELS {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for ((series, values), n) in counters.iter().filter(|((s, _), _)| s == name) {
                 let labels: Vec<String> = label_names
                     .iter()
@@ -154,7 +191,10 @@ impl SyncMetrics {
         let upstreams = lock(&self.upstreams).clone();
         let last_ack = lock(&self.last_ack).clone();
         let now = Timestamp::now();
-        let _ = writeln!(out, "# TYPE meshlet_sync_pending gauge");
+        let _ = writeln!(
+            out,
+            "# HELP meshlet_sync_pending Outbox entries an upstream has not acknowledged yet.\n# TYPE meshlet_sync_pending gauge"
+        );
         let mut stats: Vec<(String, OutboxStats)> = Vec::new();
         for upstream in &upstreams {
             match store.outbox_stats(upstream) {
@@ -170,7 +210,10 @@ impl SyncMetrics {
                 s.pending
             );
         }
-        let _ = writeln!(out, "# TYPE meshlet_sync_pending_bytes gauge");
+        let _ = writeln!(
+            out,
+            "# HELP meshlet_sync_pending_bytes Bytes of the outbox entries an upstream has not acknowledged yet.\n# TYPE meshlet_sync_pending_bytes gauge"
+        );
         for (u, s) in &stats {
             let _ = writeln!(
                 out,
@@ -179,7 +222,10 @@ impl SyncMetrics {
                 s.bytes
             );
         }
-        let _ = writeln!(out, "# TYPE meshlet_sync_oldest_pending_seconds gauge");
+        let _ = writeln!(
+            out,
+            "# HELP meshlet_sync_oldest_pending_seconds Age of the oldest unacknowledged outbox entry (0 when none).\n# TYPE meshlet_sync_oldest_pending_seconds gauge"
+        );
         for (u, s) in &stats {
             let age = s.oldest.map_or(0.0, |o| (now.0 - o.0).max(0) as f64 / 1e6);
             let _ = writeln!(
@@ -188,7 +234,10 @@ impl SyncMetrics {
                 escape(u)
             );
         }
-        let _ = writeln!(out, "# TYPE meshlet_sync_last_ack_timestamp_seconds gauge");
+        let _ = writeln!(
+            out,
+            "# HELP meshlet_sync_last_ack_timestamp_seconds When an upstream last acknowledged an envelope (Unix seconds).\n# TYPE meshlet_sync_last_ack_timestamp_seconds gauge"
+        );
         for (u, t) in &last_ack {
             let _ = writeln!(
                 out,

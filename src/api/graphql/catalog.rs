@@ -66,6 +66,29 @@ fn opt_time(t: Option<Timestamp>) -> Gql {
     t.map(values::timestamp).unwrap_or(Gql::Null)
 }
 
+/// A `Long!` figure of a catalog product read from the store (off the
+/// async threads: `count` walks a tree). Counts only, never values, so any
+/// role with a right on the product may see them.
+fn store_count_field(
+    name: &'static str,
+    description: &'static str,
+    count: fn(&crate::store::Store, &str) -> Result<u64, crate::store::StoreError>,
+) -> Field {
+    Field::new(name, TypeRef::named_nn(values::LONG), move |ctx| {
+        FieldFuture::new(async move {
+            let product = ctx
+                .parent_value
+                .try_downcast_ref::<Arc<Product>>()?
+                .name
+                .clone();
+            let store = runtime(&ctx)?.store().clone();
+            let n = blocking(move || count(&store, &product).map_err(|e| e.to_string())).await?;
+            Ok(Some(FieldValue::value(long(n))))
+        })
+    })
+    .description(description)
+}
+
 /// The catalog's types.
 pub(crate) fn types() -> Vec<Type> {
     let product = Object::new("CatalogProduct")
@@ -120,6 +143,16 @@ pub(crate) fn types() -> Vec<Type> {
             },
         ))
         .field(freshness_field())
+        .field(store_count_field(
+            "entities",
+            "Instances stored now (one per entity key); counting walks the keys.",
+            |store, product| store.count(product),
+        ))
+        .field(store_count_field(
+            "quarantineCount",
+            "Payloads in the quarantine now (`quality.quarantined` counts since the node started).",
+            |store, product| store.quarantine_count(product),
+        ))
         .field(Field::new("quality", TypeRef::named_nn("Quality"), |ctx| {
             ready((|| {
                 let p = ctx.parent_value.try_downcast_ref::<Arc<Product>>()?;
