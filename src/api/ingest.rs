@@ -112,13 +112,13 @@ async fn push(
     let body = match body {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return error(
+            return super::closing(error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "request body over the {}-byte limit (ingest.max_http_body_bytes); split it into smaller batches",
                     state.max_http_body_bytes
                 ),
-            )
+            ))
         }
         Err(rejection) => return error(rejection.status(), rejection.body_text()),
     };

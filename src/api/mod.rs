@@ -54,6 +54,19 @@ fn started_at() -> f64 {
     })
 }
 
+/// Marks a response as the last on its connection. For refusals sent
+/// before the request body was read (413): the server will not read the
+/// rest, so the connection cannot carry another request, and without this
+/// header a pooling client may send its next request on it and see the
+/// connection drop instead of an answer.
+pub(crate) fn closing(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
+}
+
 /// Builds the router for the given state.
 pub fn router(state: ApiState) -> Router {
     started_at();

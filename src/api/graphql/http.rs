@@ -79,7 +79,7 @@ async fn execute(
     let body = match body {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return refuse(
+            return crate::api::closing(refuse(
                 &state,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "BODY_TOO_LARGE",
@@ -87,7 +87,7 @@ async fn execute(
                 "the request body is over {MAX_BODY_BYTES} bytes; queries may be at most {} bytes",
                 limits::MAX_QUERY_BYTES
             ),
-            )
+            ))
         }
         Err(rejection) => {
             return refuse(
