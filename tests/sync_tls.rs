@@ -7,9 +7,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::pki::*;
 use common::*;
 
 const READING: &str = r#"
@@ -28,88 +28,6 @@ sync:
     mode: history
     when: { batch_age: 20ms }
 "#;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// `ca`, an unrelated `other-ca`, and `server` (127.0.0.1) and `client`
-/// certificates signed by `ca`.
-fn make_pki(dir: &Path) {
-    for (ca, cn) in [("ca", "sync test CA"), ("other-ca", "someone else")] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-keyout",
-                &format!("{ca}.key"),
-                "-out",
-                &format!("{ca}.pem"),
-                "-subj",
-                &format!("/CN={cn}"),
-            ],
-        );
-    }
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("ext");
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("ext");
-    std::fs::write(dir.join("stranger.ext"), "extendedKeyUsage=clientAuth\n").expect("ext");
-    for name in ["server", "client", "stranger"] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                &format!("/CN={name}"),
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-out",
-                &format!("{name}.pem"),
-                "-extfile",
-                &format!("{name}.ext"),
-            ],
-        );
-    }
-}
 
 fn workdir(yaml: &str, config: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -191,7 +109,7 @@ fn https_metric(node: &NodeProcess, pki: &Path, series: &str) -> f64 {
 #[test]
 fn https_to_the_aggregators_own_tls_listener_with_a_client_certificate_as_edge() {
     let pki = tempfile::tempdir().expect("pki");
-    make_pki(pki.path());
+    make_pki_with_clients(pki.path(), &["client", "stranger"]);
     let dir = pki.path().display().to_string();
     let hq_dir = workdir(
         aggregator_products(),
@@ -287,52 +205,10 @@ fn https_to_the_aggregators_own_tls_listener_with_a_client_certificate_as_edge()
     );
 }
 
-struct TlsBroker {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for TlsBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_tls_mosquitto(pki: &Path) -> TlsBroker {
-    let port = free_port();
-    let conf = pki.join("mosquitto.conf");
-    // SAFETY: geteuid has no preconditions and touches no memory.
-    let user = if unsafe { libc::geteuid() } == 0 {
-        "user root\n"
-    } else {
-        ""
-    };
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\ncafile {dir}/ca.pem\ncertfile {dir}/server.pem\nkeyfile {dir}/server.key\nrequire_certificate true\nlog_dest stderr\n{user}",
-            dir = pki.display()
-        ),
-    )
-    .expect("conf");
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto runs");
-    assert!(eventually(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    }));
-    TlsBroker { child, port }
-}
-
 #[test]
 fn mqtts_with_client_certificates_on_both_sides_delivers() {
     let pki = tempfile::tempdir().expect("pki");
-    make_pki(pki.path());
+    make_pki_with_clients(pki.path(), &["client", "stranger"]);
     let broker = start_tls_mosquitto(pki.path());
     let tls = format!(
         "ca_file = \"{dir}/ca.pem\"\nclient_cert_file = \"{dir}/client.pem\"\nclient_key_file = \"{dir}/client.key\"\n",
