@@ -247,7 +247,7 @@ async fn the_graphql_catalog_serves_the_exported_contract() {
         )
         .await;
     let products = data["products"].as_array().expect("products");
-    assert_eq!(products.len(), 4, "{data}");
+    assert_eq!(products.len(), 5, "{data}");
     for p in products {
         let name = p["name"].as_str().unwrap();
         let yaml = p["contract"].as_str().unwrap();
