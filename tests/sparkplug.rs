@@ -6,8 +6,9 @@
 //! and a garbage payload, a stale NDEATH of an earlier session (old
 //! `bdSeq`) ignored and the current one obeyed; the data read back over
 //! GraphQL. The node's own host STATE is watched by a second client:
-//! retained online while it runs, offline after a clean stop, and offline
-//! through its MQTT will after a SIGKILL.
+//! retained online while it runs (and again after a stray offline),
+//! offline after a clean stop, and offline through its MQTT will after a
+//! SIGKILL.
 
 mod common;
 
@@ -463,6 +464,21 @@ async fn a_simulated_edge_is_hosted_births_data_death_gap_rebirth() {
     let (topic, online, _) = watcher.next(true).await;
     assert_eq!(topic, "spBv1.0/STATE/scada-main");
     let timestamp = online["timestamp"].as_u64().expect("a timestamp");
+    // An offline on its topic while it runs (here published by hand, as a
+    // late will of an earlier session would arrive): it answers online.
+    let out = mosquitto_pub(
+        broker.port,
+        "spBv1.0/STATE/scada-main",
+        br#"{"online":false,"timestamp":1}"#,
+        1,
+        true,
+    );
+    assert!(out.status.success());
+    let (_, stale, _) = watcher.next(false).await;
+    assert_eq!(stale["timestamp"], 1);
+    let (_, again, _) = watcher.next(true).await;
+    assert_eq!(again, json!({ "online": true, "timestamp": timestamp }));
+
     let (status, _) = node.stop();
     assert!(status.success());
     let (_, offline, _) = watcher.next(false).await;

@@ -11,7 +11,11 @@
 //!
 //! As a Sparkplug primary host (see `sparkplug_state`), the client
 //! registers an offline STATE as its MQTT will at every CONNECT, publishes
-//! online after each CONNACK and offline before a clean DISCONNECT.
+//! online after each CONNACK and offline before a clean DISCONNECT. It
+//! also subscribes to its own STATE topic: an offline there while it runs
+//! (the will of an earlier session, delivered late by the broker, or any
+//! client's retained message) is answered with online again, so edges are
+//! never left believing a running host is gone.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -214,6 +218,13 @@ fn renew_state(options: &mut MqttOptions, host: Option<&PrimaryHost>) -> Option<
     Some(session)
 }
 
+/// Whether a STATE payload says `"online": false` (anything else, such as
+/// our own online or an unreadable payload, needs no answer).
+fn says_offline(payload: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(payload)
+        .is_ok_and(|v| v.get("online") == Some(&serde_json::Value::Bool(false)))
+}
+
 /// Publishes the session's STATE (retained, QoS 1).
 async fn publish_state(client: &AsyncClient, session: &HostSession, online: bool) {
     if let Err(err) = client
@@ -240,7 +251,10 @@ pub async fn run(
 ) {
     let mut state = renew_state(&mut options, host.as_ref());
     let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CHANNEL);
-    let filters = ingestor.mqtt_filters();
+    let mut filters = ingestor.mqtt_filters();
+    if let Some(host) = &host {
+        filters.push((host.topic().to_string(), 1));
+    }
     let mut commands = ingestor.sparkplug().commands();
     let metrics = ingestor.metrics().clone();
     let mut backoff = RECONNECT_MIN;
@@ -296,6 +310,20 @@ pub async fn run(
                     connected = true;
                     if let Some(session) = &state {
                         publish_state(&client, session, true).await;
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish)))
+                    if state.as_ref().is_some_and(|s| s.topic == publish.topic) =>
+                {
+                    // Our own STATE: not data. Acked in order like the rest.
+                    if let Some(session) = &state {
+                        if says_offline(&publish.payload) {
+                            info!(topic = %session.topic, "the host STATE says offline while this node runs; publishing online again");
+                            publish_state(&client, session, true).await;
+                        }
+                    }
+                    if unacked.send((publish, PendingMessage::empty())).is_err() {
+                        break RoundEnd::WriteFailed;
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
