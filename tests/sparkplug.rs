@@ -581,3 +581,29 @@ async fn the_embedded_broker_delivers_rebirth_requests() {
     assert_eq!(topic_after, topic);
     assert_eq!(offline, json!({ "online": false, "timestamp": timestamp }));
 }
+
+/// A host id that is not one topic level is refused at start, by name.
+#[test]
+fn a_bad_host_id_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("products")).expect("products dir");
+    std::fs::write(dir.path().join("products/press.yaml"), PRESS).expect("write product");
+    std::fs::write(
+        dir.path().join("meshlet.toml"),
+        "data_dir = \"data\"\nproducts = [\"products\"]\n[mqtt.embedded]\nlisten = \"127.0.0.1:0\"\n[sparkplug]\nhost_id = \"plant/host\"\n",
+    )
+    .expect("write config");
+    let out = run(
+        dir.path(),
+        &[
+            "--config",
+            "meshlet.toml",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("sparkplug.host_id `plant/host`"), "{err}");
+}
