@@ -1,12 +1,15 @@
 //! The one writer between every source and the store.
 //!
 //! Sources hand it write jobs over a bounded queue and wait for the reply;
-//! it takes whatever has queued up (up to `batch_max_records`), applies
-//! each job as one store transaction, passes one durability barrier for
-//! all of them, and only then replies. So an fsync is shared by everything
-//! that arrived while the previous one ran — the cost of ack-after-durable
-//! falls as load rises — and a full queue makes sources wait, which stops
-//! them reading their sockets and files: backpressure instead of memory.
+//! it takes whatever has queued up (up to `batch_max_records`), writes the
+//! jobs of each product in one store transaction (`Store::ingest_group`:
+//! sled's per-transaction cost is paid per group, not per message), passes
+//! one durability barrier for all of them, and only then replies. So an
+//! fsync is shared by everything that arrived while the previous one ran —
+//! the cost of ack-after-durable falls as load rises — and a full queue
+//! makes sources wait, which stops them reading their sockets and files:
+//! backpressure instead of memory. Each job still gets its own result: a
+//! job the store refuses fails alone.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
