@@ -315,19 +315,21 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) as f64 / hz
 }
 
-/// Bytes allocated on disk under `path`, like `du`.
-fn disk_bytes(path: &Path) -> u64 {
+/// Bytes under `path`: allocated on disk (like `du`) and apparent (the
+/// sum of file lengths, like `du --apparent-size`). Preallocated or sparse
+/// store files make the two differ.
+fn disk_bytes(path: &Path) -> (u64, u64) {
     let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
+        return (0, 0);
     };
     entries
         .flatten()
         .map(|entry| match entry.metadata() {
             Ok(m) if m.is_dir() => disk_bytes(&entry.path()),
-            Ok(m) => m.blocks() * 512,
-            Err(_) => 0,
+            Ok(m) => (m.blocks() * 512, m.len()),
+            Err(_) => (0, 0),
         })
-        .sum()
+        .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
 }
 
 struct Node {
@@ -426,8 +428,11 @@ struct Run {
     rss_peak_kib: u64,
     /// Node only: CPU seconds spent during the run.
     cpu_secs: f64,
-    /// Node only: bytes on disk in the data dir after a clean stop.
+    /// Node only: bytes allocated on disk in the data dir after a clean
+    /// stop.
     disk: u64,
+    /// Node only: the same files' apparent size.
+    apparent: u64,
     /// Payload bytes sent.
     raw: u64,
 }
@@ -624,13 +629,15 @@ fn meshlet(s: Settings, via: Via, qos: u8) -> (Run, Counters) {
             + metric(&node.http, &series("quarantined")),
     };
     node.child.terminate();
+    let (disk, apparent) = disk_bytes(&dir.path().join("data"));
     let run = Run {
         sent: s.messages,
         stored,
         secs,
         rss_peak_kib,
         cpu_secs,
-        disk: disk_bytes(&dir.path().join("data")),
+        disk,
+        apparent,
         raw: raw_bytes(&messages),
     };
     (run, counters)
@@ -743,9 +750,9 @@ fn main() {
     );
     println!();
     println!(
-        "| path | QoS | msgs/s | vs ceiling, same QoS | stored/sent | node peak RSS | node CPU s / 1k msgs | disk B/msg | disk / raw JSON |"
+        "| path | QoS | msgs/s | vs ceiling, same QoS | stored/sent | node peak RSS | node CPU s / 1k msgs | disk B/msg | disk / raw JSON | apparent / raw JSON |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for qos in [0usize, 1] {
         let ceiling = &results[qos][0];
         for (row, (name, path)) in ROWS.iter().enumerate() {
@@ -761,17 +768,18 @@ fn main() {
             let stored = format!("{:.0}/{}", med(&|r| r.stored as f64), s.messages);
             if path.is_none() {
                 println!(
-                    "| {name} | {qos} | {:.0} | 1.00 | {stored} | — | — | — | — |",
+                    "| {name} | {qos} | {:.0} | 1.00 | {stored} | — | — | — | — | — |",
                     med(&|r| r.rate())
                 );
             } else {
                 println!(
-                    "| {name} | {qos} | {:.0} | {ratio:.2} | {stored} | {:.1} MiB | {:.3} | {:.0} | {:.2} |",
+                    "| {name} | {qos} | {:.0} | {ratio:.2} | {stored} | {:.1} MiB | {:.3} | {:.0} | {:.2} | {:.2} |",
                     med(&|r| r.rate()),
                     med(&|r| r.rss_peak_kib as f64) / 1024.0,
                     med(&|r| r.cpu_secs * 1000.0 / r.sent as f64),
                     med(&|r| r.disk as f64 / r.stored.max(1) as f64),
                     med(&|r| r.disk as f64 / r.raw.max(1) as f64),
+                    med(&|r| r.apparent as f64 / r.raw.max(1) as f64),
                 );
             }
         }
