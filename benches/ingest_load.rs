@@ -616,9 +616,7 @@ fn meshlet(s: Settings, via: Via, qos: u8) -> (Run, Counters) {
     // The outcome counters are updated when the pending write is awaited,
     // a moment after the durable counter: let them catch up.
     let accepted = || metric(&node.http, &series("accepted")) as usize;
-    if counts_outcomes(via, qos) {
-        wait_for(accepted, stored);
-    }
+    wait_for(accepted, stored);
     let counters = Counters {
         messages: metric(
             &node.http,
@@ -710,7 +708,7 @@ fn main() {
                     None => baseline(s, qos),
                     Some(path) => {
                         let (figures, counters) = meshlet(s, *path, qos);
-                        check(&figures, &counters, *path, qos);
+                        check(&figures, &counters, qos);
                         figures
                     }
                 };
@@ -794,19 +792,10 @@ fn main() {
     );
 }
 
-/// Whether the node counts record outcomes for this path. The embedded
-/// broker drops a QoS 0 message's pending write unawaited, and the outcome
-/// counters (`meshlet_ingest_records_total`) are only updated by whoever
-/// awaits it, so there they stay at 0 although the records are stored (a
-/// node gap, reported; flip this once it counts them).
-fn counts_outcomes(via: Via, qos: u8) -> bool {
-    !(via == Via::Embedded && qos == 0)
-}
-
 /// What must hold whatever the speed: every payload the node received was
 /// valid and became a durable record (nothing lost between decoder and
 /// disk), and it never stored more than was sent.
-fn check(run: &Run, counters: &Counters, via: Via, qos: u8) {
+fn check(run: &Run, counters: &Counters, qos: u8) {
     assert!(run.stored <= run.sent, "QoS {qos}: more stored than sent");
     assert!(run.stored > 0, "QoS {qos}: nothing stored");
     assert_eq!(
@@ -814,12 +803,8 @@ fn check(run: &Run, counters: &Counters, via: Via, qos: u8) {
         "QoS {qos}: every payload the node received passed the durability barrier"
     );
     assert_eq!(counters.invalid, 0.0, "QoS {qos}: valid telemetry refused");
-    if counts_outcomes(via, qos) {
-        assert_eq!(
-            counters.accepted as usize, run.stored,
-            "QoS {qos}: every durable record counted as accepted"
-        );
-    } else {
-        eprintln!("note: QoS {qos} via the embedded broker: the node does not count record outcomes (accepted {})", counters.accepted);
-    }
+    assert_eq!(
+        counters.accepted as usize, run.stored,
+        "QoS {qos}: every durable record counted as accepted"
+    );
 }

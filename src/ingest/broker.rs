@@ -264,6 +264,10 @@ enum AckItem {
     AfterDurable(Packet, PendingMessage),
     /// Send this packet now (in order behind the ones before it).
     Now(Packet),
+    /// A QoS 0 publish: nothing to send, but its outcome is counted once
+    /// durable (the counters are updated by whoever waits), and waiting
+    /// here bounds how many unacknowledged writes a connection can queue.
+    Count(PendingMessage),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -578,8 +582,8 @@ impl Connection {
             })
             .await;
         match publish.qos {
-            // Written all the same; nothing to acknowledge.
-            QoS::AtMostOnce => drop(pending),
+            // Written all the same; nothing to acknowledge, only to count.
+            QoS::AtMostOnce => send_ack(acks, AckItem::Count(pending)).await?,
             QoS::AtLeastOnce => {
                 send_ack(
                     acks,
@@ -674,6 +678,14 @@ async fn ack_loop(
     while let Some(item) = acks.recv().await {
         let packet = match item {
             AckItem::Now(packet) => packet,
+            AckItem::Count(pending) => {
+                if let Err(err) = pending.wait().await {
+                    // QoS 0 promised nothing; the failure is counted by
+                    // the writer and the connection goes on.
+                    warn!(error = %err, "write of a QoS 0 publish failed");
+                }
+                continue;
+            }
             AckItem::AfterDurable(packet, pending) => match pending.wait().await {
                 Ok(_) => packet,
                 Err(err) => {
