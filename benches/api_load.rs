@@ -1,0 +1,439 @@
+//! GraphQL API load: 64 concurrent keep-alive HTTP/1.1 connections from
+//! this process (the load generator) against the release node (a separate
+//! process), each figure next to a baseline from the same run.
+//!
+//! 1. The ingest ceiling: a QoS 1 publisher → Mosquitto → `mosquitto_sub`.
+//! 2. A node with an external Mosquitto and 10,000 `meter` entities
+//!    (pushed over HTTP); its sustainable ingest rate: 20,000 QoS 1
+//!    messages through the broker until durable.
+//! 3. Fixed-duration phases, 64 connections each: `GET /livez` (the HTTP
+//!    stack's ceiling), a key lookup, a filtered 100-row page
+//!    (`site == "berlin"`, the first page: the node scans about 300
+//!    instances for it), then the lookup again while a rate-limited
+//!    publisher ingests through the broker at half the ingest rate (see
+//!    [`ingest_rate`]).
+//!
+//! Per phase: requests/s, p50, p99 (every latency kept and sorted), the
+//! node's CPU (cores busy) and, under ingest, how much of what was
+//! published the node stored during the phase.
+//!
+//! `cargo bench --bench api_load` runs the full size; under `cargo test`
+//! (no `--bench` argument) a smoke size proves the harness works.
+
+mod harness;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use harness::{Latencies, Node};
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+const PRODUCT: &str = r#"
+product: meter
+version: 1
+domain: bench
+owner: bench@example.com
+key: device
+fields:
+  device: { type: string, required: true }
+  site:   { type: string }
+  seq:    { type: int }
+  temp:   { type: float, min: -40, max: 150 }
+sources:
+  - mqtt: { topic: "meter/{device}", format: json, event_time: /ts }
+  - http: { format: json }
+"#;
+
+const SITES: [&str; 3] = ["berlin", "lyon", "brno"];
+const CONNECTIONS: usize = 64;
+/// Devices the ingest publisher updates (a subset of the preloaded ones).
+const DEVICES: usize = 1_000;
+
+struct Size {
+    entities: usize,
+    ingest_messages: usize,
+    warm_up: Duration,
+    phase: Duration,
+}
+
+const FULL: Size = Size {
+    entities: 10_000,
+    ingest_messages: 20_000,
+    warm_up: Duration::from_secs(1),
+    phase: Duration::from_secs(10),
+};
+
+const SMOKE: Size = Size {
+    entities: 500,
+    ingest_messages: 500,
+    warm_up: Duration::from_millis(100),
+    phase: Duration::from_millis(700),
+};
+
+fn site(device: usize) -> &'static str {
+    SITES[device % SITES.len()]
+}
+
+fn telemetry(i: usize) -> (String, Vec<u8>) {
+    let device = i % DEVICES;
+    (
+        format!("meter/dev{device}"),
+        format!(
+            r#"{{"site": "{}", "seq": {i}, "temp": {:.2}, "ts": {}}}"#,
+            site(device),
+            20.0 + (i % 100) as f64 / 10.0,
+            1_700_000_000_000i64 + i as i64
+        )
+        .into_bytes(),
+    )
+}
+
+/// Pushes `entities` meters over HTTP in batches of 500.
+fn preload(node: &Node, entities: usize) {
+    for start in (0..entities).step_by(500) {
+        let batch: Vec<serde_json::Value> = (start..(start + 500).min(entities))
+            .map(|device| {
+                serde_json::json!({
+                    "device": format!("dev{device}"),
+                    "site": site(device),
+                    "seq": 0,
+                    "temp": 21.5,
+                })
+            })
+            .collect();
+        let body = serde_json::to_vec(&batch).expect("json");
+        let (status, text) = harness::http_request(&node.http, "POST", "/ingest/meter", &body);
+        assert_eq!(status, 200, "preload push: {text}");
+    }
+}
+
+/// One request the load generator sends, rendered once per connection
+/// per distinct key.
+#[derive(Clone, Copy)]
+enum Load {
+    Livez,
+    Lookup { entities: usize },
+    Page,
+}
+
+impl Load {
+    fn request(self, host: &str, n: u64) -> Vec<u8> {
+        let body = match self {
+            Load::Livez => {
+                return format!("GET /livez HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()
+            }
+            Load::Lookup { entities } => format!(
+                r#"{{"query":"{{ meter(device: \"dev{}\") {{ device site seq temp }} }}"}}"#,
+                n % entities as u64
+            ),
+            Load::Page => r#"{"query":"{ meterConnection(first: 100, filter: {site: {eq: \"berlin\"}}) { edges { node { device site seq temp } } pageInfo { hasNextPage } } }"}"#.to_string(),
+        };
+        format!(
+            "POST /graphql HTTP/1.1\r\nHost: {host}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    /// Whether a 200 body is a success (a GraphQL error also answers 200).
+    fn ok(self, body: &[u8]) -> bool {
+        match self {
+            Load::Livez => body == b"ok\n",
+            Load::Lookup { .. } => {
+                body.starts_with(b"{\"data\":{\"meter\":{") && !contains(body, b"\"errors\"")
+            }
+            Load::Page => {
+                body.starts_with(b"{\"data\":{\"meterConnection\"")
+                    && !contains(body, b"\"errors\"")
+            }
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// One keep-alive HTTP/1.1 connection: writes a request, reads the status
+/// line, headers and a `content-length` body. Enough for the node's
+/// responses; anything else (chunked, close) is an error.
+struct Connection {
+    stream: BufReader<TcpStream>,
+    line: String,
+    body: Vec<u8>,
+}
+
+impl Connection {
+    async fn open(host: &str) -> std::io::Result<Connection> {
+        let stream = TcpStream::connect(host).await?;
+        stream.set_nodelay(true)?;
+        Ok(Connection {
+            stream: BufReader::new(stream),
+            line: String::new(),
+            body: Vec::new(),
+        })
+    }
+
+    async fn exchange(&mut self, request: &[u8]) -> std::io::Result<u16> {
+        let bad =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+        self.stream.get_mut().write_all(request).await?;
+        self.line.clear();
+        self.stream.read_line(&mut self.line).await?;
+        let status: u16 = self
+            .line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("no status line"))?;
+        let mut length = None;
+        loop {
+            self.line.clear();
+            if self.stream.read_line(&mut self.line).await? == 0 {
+                return Err(bad("closed in headers"));
+            }
+            let header = self.line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse::<usize>().ok();
+                }
+            }
+        }
+        let length = length.ok_or_else(|| bad("no content-length"))?;
+        self.body.resize(length, 0);
+        self.stream.read_exact(&mut self.body).await?;
+        Ok(status)
+    }
+}
+
+/// What one phase measured.
+struct Phase {
+    latencies: Latencies,
+    errors: u64,
+    seconds: f64,
+    node_cores: f64,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.latencies.count() as f64 / self.seconds
+    }
+}
+
+/// Runs `load` on 64 connections: a warm-up, then `duration` counted.
+fn run_phase(node: &Node, load: Load, size: &Size) -> Phase {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let host = node.http.clone();
+    let errors = Arc::new(AtomicU64::new(0));
+    let warm_end = Instant::now() + size.warm_up;
+    let end = warm_end + size.phase;
+    let (all, cpu_start, cpu_end) = runtime.block_on(async {
+        let mut tasks = Vec::new();
+        for c in 0..CONNECTIONS {
+            let host = host.clone();
+            let errors = errors.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut connection = Connection::open(&host).await.expect("connect");
+                let mut latencies = Vec::new();
+                // A cheap per-connection key sequence (an LCG).
+                let mut n = c as u64 * 7919 + 1;
+                loop {
+                    n = n
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let request = load.request(&host, n >> 33);
+                    let sent = Instant::now();
+                    if sent >= end {
+                        break;
+                    }
+                    let result = connection.exchange(&request).await;
+                    let micros = sent.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                    match result {
+                        Ok(200) if load.ok(&connection.body) => {
+                            if sent >= warm_end {
+                                latencies.push(micros);
+                            }
+                        }
+                        Ok(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            match Connection::open(&host).await {
+                                Ok(fresh) => connection = fresh,
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                latencies
+            }));
+        }
+        tokio::time::sleep_until(warm_end.into()).await;
+        let cpu_start = harness::cpu_seconds(node.pid);
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.expect("connection task"));
+        }
+        let cpu_end = harness::cpu_seconds(node.pid);
+        (all, cpu_start, cpu_end)
+    });
+    let seconds = size.phase.as_secs_f64();
+    Phase {
+        latencies: Latencies::new(all),
+        errors: errors.load(Ordering::Relaxed),
+        seconds,
+        node_cores: (cpu_end - cpu_start) / seconds,
+    }
+}
+
+/// A QoS 1 publisher at a fixed rate until stopped; returns how many
+/// messages it published.
+fn paced_publisher(port: u16, rate: f64, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let mut options = MqttOptions::new("paced-pub", "127.0.0.1", port);
+        options.set_inflight(100);
+        options.set_keep_alive(Duration::from_secs(60));
+        let (client, mut connection) = Client::new(options, 1000);
+        let acks = std::thread::spawn(move || {
+            for event in connection.iter() {
+                match event {
+                    Ok(Event::Incoming(Packet::Disconnect)) | Err(_) => break,
+                    _ => {}
+                }
+            }
+        });
+        let start = Instant::now();
+        let mut sent = 0usize;
+        while !stop.load(Ordering::Relaxed) {
+            let due = start + Duration::from_secs_f64(sent as f64 / rate);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            let (topic, payload) = telemetry(1_000_000 + sent);
+            if client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .is_err()
+            {
+                break;
+            }
+            sent += 1;
+        }
+        let _ = client.disconnect();
+        let _ = acks.join();
+        sent
+    })
+}
+
+/// The rate the publisher runs at during the lookup: half the ingest
+/// ceiling (raw `mosquitto_sub` delivery), or half the node's own
+/// sustainable rate when that is lower; the budget's "half the ceiling"
+/// would otherwise queue without end behind a node that cannot take it.
+fn ingest_rate(ceiling: f64, node: f64) -> (f64, &'static str) {
+    if node < ceiling {
+        (node / 2.0, "half the node's sustainable rate")
+    } else {
+        (ceiling / 2.0, "half the mosquitto_sub ceiling")
+    }
+}
+
+fn print_row(name: &str, phase: &Phase, baseline: Option<f64>) {
+    println!(
+        "| {name} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {} |",
+        phase.rate(),
+        baseline.map_or("1.00".to_string(), |b| format!("{:.2}", phase.rate() / b)),
+        phase.latencies.quantile_ms(0.5),
+        phase.latencies.quantile_ms(0.99),
+        phase.node_cores,
+        phase.errors
+    );
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let size = if full { FULL } else { SMOKE };
+    let messages: Vec<_> = (0..size.ingest_messages).map(telemetry).collect();
+
+    let ceiling = harness::mosquitto_sub_ceiling(&messages, "meter/#");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_broker, port) = harness::mosquitto(dir.path());
+    let node = harness::start_node(
+        dir.path(),
+        std::path::Path::new("data"),
+        &[("meter.yaml", PRODUCT)],
+        &format!("[mqtt.embedded]\nenabled = false\n[mqtt.external]\nurl = \"mqtt://127.0.0.1:{port}\"\n"),
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    while harness::metric(&node.http, "meshlet_mqtt_client_connects_total") < 1.0 {
+        assert!(Instant::now() < end, "node connected to the broker");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300)); // subscribed
+    preload(&node, size.entities);
+
+    let written = || harness::metric(&node.http, "meshlet_ingest_records_written_total");
+    let before = written();
+    let start = Instant::now();
+    harness::publish(port, "sustain-pub", &messages);
+    let end = Instant::now() + Duration::from_secs(600);
+    while written() < before + messages.len() as f64 {
+        assert!(Instant::now() < end, "node caught up");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sustainable = messages.len() as f64 / start.elapsed().as_secs_f64();
+
+    let livez = run_phase(&node, Load::Livez, &size);
+    let lookup_load = Load::Lookup {
+        entities: size.entities,
+    };
+    let lookup = run_phase(&node, lookup_load, &size);
+    let page = run_phase(&node, Load::Page, &size);
+
+    let (rate, chosen) = ingest_rate(ceiling, sustainable);
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = paced_publisher(port, rate, stop.clone());
+    std::thread::sleep(size.warm_up); // the publisher reaches its pace
+    let before = written();
+    let under_ingest = run_phase(&node, lookup_load, &size);
+    let stored = written() - before;
+    stop.store(true, Ordering::Relaxed);
+    let published = publisher.join().expect("publisher");
+
+    println!(
+        "api load: {CONNECTIONS} keep-alive connections, {} entities, {:.0} s per phase",
+        size.entities,
+        size.phase.as_secs_f64()
+    );
+    println!("ingest ceiling (publisher → mosquitto → mosquitto_sub, QoS 1): {ceiling:.0} msgs/s");
+    println!("node sustainable ingest (→ mosquitto → meshlet, durable): {sustainable:.0} msgs/s");
+    println!(
+        "ingest during the last phase: {rate:.0} msgs/s offered ({chosen}); {published} published in all, node stored {:.0} in the {:.0} s measured ({:.0}/s)",
+        stored,
+        under_ingest.seconds + size.warm_up.as_secs_f64(),
+        stored / (under_ingest.seconds + size.warm_up.as_secs_f64()),
+    );
+    println!("| phase | req/s | vs /livez | p50 ms | p99 ms | node CPU (cores) | errors |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    print_row("`GET /livez` (HTTP ceiling)", &livez, None);
+    print_row("key lookup", &lookup, Some(livez.rate()));
+    print_row("filtered 100-row page", &page, Some(livez.rate()));
+    print_row(
+        &format!("key lookup, ingest at {rate:.0} msgs/s"),
+        &under_ingest,
+        Some(livez.rate()),
+    );
+    for phase in [&livez, &lookup, &page, &under_ingest] {
+        assert!(phase.latencies.count() > 0, "every phase served requests");
+    }
+}

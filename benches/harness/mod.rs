@@ -1,0 +1,292 @@
+//! What the process-level benches (`api_load`, `startup`) share: the
+//! release node and Mosquitto as child processes, a keep-alive HTTP/1.1
+//! client small enough not to be the bottleneck, the raw broker ceiling,
+//! and readings from `/proc` and `/metrics`.
+//!
+//! Not a bench target itself (a directory without `main.rs`); each bench
+//! includes it with `mod harness;`, so an item one of them does not use
+//! is not dead code for the other.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub fn wait_port(port: u16) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < end, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process killed and reaped on drop.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Mosquitto on a free port with room for a long queue.
+pub fn mosquitto(dir: &Path) -> (Killed, u16) {
+    let port = free_port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 1000000\nmax_inflight_messages 1000\n"),
+    )
+    .expect("conf");
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto installed (tests/run.sh installs it)");
+    wait_port(port);
+    (Killed(child), port)
+}
+
+/// A running release node.
+pub struct Node {
+    pub child: Killed,
+    pub http: String,
+    pub pid: u32,
+    /// Spawn to the first `/readyz` 200.
+    pub start_to_ready: Duration,
+    pub log: PathBuf,
+}
+
+/// Starts the node in `dir` with `products` (file name, YAML) and extra
+/// TOML `config`, on a free port, anonymous callers acting as `admin`,
+/// data in `data_dir` (relative to `dir` or absolute). Returns once
+/// `/readyz` answers 200, polled every millisecond.
+pub fn start_node(dir: &Path, data_dir: &Path, products: &[(&str, &str)], config: &str) -> Node {
+    let products_dir = dir.join("products");
+    std::fs::create_dir_all(&products_dir).expect("products dir");
+    for (name, yaml) in products {
+        std::fs::write(products_dir.join(name), yaml).expect("product");
+    }
+    std::fs::write(
+        dir.join("meshlet.toml"),
+        format!(
+            "data_dir = {:?}\nproducts = [\"products\"]\n[log]\nformat = \"json\"\nlevel = \"warn\"\n[security]\nanonymous_role = \"admin\"\n{config}",
+            data_dir.display().to_string()
+        ),
+    )
+    .expect("config");
+    let port = free_port();
+    let log = dir.join("node.log");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_meshlet"));
+    // The node refuses unknown MESHLET_* variables: start it clean.
+    for (name, _) in std::env::vars() {
+        if name.starts_with("MESHLET_") {
+            command.env_remove(name);
+        }
+    }
+    let started = Instant::now();
+    let child = command
+        .current_dir(dir)
+        .args(["--config", "meshlet.toml", "serve", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("meshlet runs");
+    let mut child = Killed(child);
+    let http = format!("127.0.0.1:{port}");
+    let deadline = started + Duration::from_secs(120);
+    loop {
+        if http_get(&http, "/readyz").0 == 200 {
+            break;
+        }
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!(
+                "node exited ({status}); its log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "node not ready in 120 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let start_to_ready = started.elapsed();
+    let pid = child.0.id();
+    Node {
+        child,
+        http,
+        pid,
+        start_to_ready,
+        log,
+    }
+}
+
+/// A blocking HTTP/1.0 request (one connection): status and body; status
+/// 0 when nothing answered.
+pub fn http_request(host: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let Ok(mut stream) = std::net::TcpStream::connect(host) else {
+        return (0, String::new());
+    };
+    let head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    if stream.write_all(head.as_bytes()).is_err() || stream.write_all(body).is_err() {
+        return (0, String::new());
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub fn http_get(host: &str, path: &str) -> (u16, String) {
+    http_request(host, "GET", path, b"")
+}
+
+pub fn metric(host: &str, series: &str) -> f64 {
+    http_get(host, "/metrics")
+        .1
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// VmRSS of `pid` in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// User + system CPU time of `pid` so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are
+    // the 14th and 15th fields of the whole line.
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz.max(1.0)
+}
+
+/// Publishes `messages` with QoS 1 (100 in flight) and returns when every
+/// PUBACK came.
+pub fn publish(port: u16, client_id: &str, messages: &[(String, Vec<u8>)]) -> Duration {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    options.set_inflight(100);
+    options.set_keep_alive(Duration::from_secs(60));
+    let (client, mut connection) = Client::new(options, 1000);
+    let to_send = messages.to_vec();
+    let start = Instant::now();
+    let sender = std::thread::spawn(move || {
+        for (topic, payload) in to_send {
+            if client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .is_err()
+            {
+                break;
+            }
+        }
+        client
+    });
+    let mut acked = 0;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while acked < messages.len() && Instant::now() < deadline {
+        if let Ok(Ok(Event::Incoming(Packet::PubAck(_)))) =
+            connection.recv_timeout(Duration::from_secs(5))
+        {
+            acked += 1;
+        }
+    }
+    let elapsed = start.elapsed();
+    assert_eq!(acked, messages.len(), "every message acknowledged");
+    let client = sender.join().expect("sender");
+    let _ = client.disconnect();
+    elapsed
+}
+
+/// The ingest ceiling: the same QoS 1 publisher → a fresh Mosquitto →
+/// `mosquitto_sub -q 1` (delivery only, nothing stored), in messages/s.
+pub fn mosquitto_sub_ceiling(messages: &[(String, Vec<u8>)], filter: &str) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_broker, port) = mosquitto(dir.path());
+    let mut sub = Killed(
+        Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+            .args(["-t", filter, "-C", &messages.len().to_string()])
+            .args(["-i", "ceiling-sub"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub"),
+    );
+    std::thread::sleep(Duration::from_millis(300)); // subscribed
+    let start = Instant::now();
+    publish(port, "ceiling-pub", messages);
+    let _ = sub.0.wait();
+    messages.len() as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Latencies of one load phase, in microseconds.
+pub struct Latencies(Vec<u32>);
+
+impl Latencies {
+    pub fn new(mut all: Vec<u32>) -> Latencies {
+        all.sort_unstable();
+        Latencies(all)
+    }
+
+    pub fn count(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The `q` quantile (0..=1) in milliseconds.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        if self.0.is_empty() {
+            return f64::NAN;
+        }
+        let index = ((self.0.len() - 1) as f64 * q).round() as usize;
+        f64::from(self.0[index]) / 1000.0
+    }
+}
+
+/// The median of `values` (the middle one of an odd count).
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
