@@ -126,6 +126,8 @@ mod chunk;
 mod codec;
 mod config;
 mod dedupe;
+mod dictionary;
+mod dictionary_train;
 mod durable;
 mod erase;
 mod error;
@@ -146,7 +148,8 @@ mod write;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-pub use config::StoreConfig;
+pub use config::{DictionaryConfig, StoreConfig};
+pub use dictionary::DictionaryInfo;
 pub use error::StoreError;
 pub use outbox::{BudgetReport, OutboxEntry, OutboxItem, OutboxPlanner, OutboxStats, PendingEntry};
 pub use retention::RETENTION_ORIGIN;
@@ -191,6 +194,10 @@ struct Inner {
     outbox_index: sled::Tree,
     planner: RwLock<Option<Arc<dyn OutboxPlanner>>>,
     tally: Mutex<outbox::Tally>,
+    /// Requests to the dictionary trainer thread (`None`: dictionaries
+    /// off, or the thread could not start).
+    trainer: Option<std::sync::mpsc::SyncSender<dictionary::TrainRequest>>,
+    training: dictionary_train::TrainingCounters,
 }
 
 /// The trees of one product.
@@ -202,6 +209,8 @@ pub(crate) struct ProductTrees {
     pub tombstones: sled::Tree,
     pub dedupe: sled::Tree,
     pub quarantine: sled::Tree,
+    /// History dictionaries (`dictionary.rs`).
+    pub dictionaries: dictionary::ProductDictionaries,
     seal: seal::Seal,
 }
 
@@ -301,8 +310,9 @@ impl Store {
         let outbox = open_tree(outbox::OUTBOX_TREE)?;
         let outbox_index = open_tree(outbox::OUTBOX_INDEX_TREE)?;
         let group = GroupCommit::start(db.clone())?;
+        let dictionaries_on = config.dictionary.enabled;
         let store = Store {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|weak| Inner {
                 config,
                 db,
                 products: RwLock::new(HashMap::new()),
@@ -314,6 +324,16 @@ impl Store {
                 outbox_index,
                 planner: RwLock::new(None),
                 tally: Mutex::new(outbox::Tally::default()),
+                trainer: if dictionaries_on {
+                    dictionary_train::start_trainer(weak.clone())
+                        .map_err(|e| {
+                            tracing::warn!(error = %e, "no dictionary trainer thread; history chunks are written without dictionaries");
+                        })
+                        .ok()
+                } else {
+                    None
+                },
+                training: dictionary_train::TrainingCounters::default(),
             }),
         };
         store.outbox_recount()?;
@@ -478,6 +498,14 @@ impl Store {
             tombstones: open("tombstones")?,
             dedupe: open("dedupe")?,
             quarantine: open("quarantine")?,
+            dictionaries: dictionary::ProductDictionaries::open(
+                product,
+                open(dictionary::DICTIONARIES)?,
+                self.inner.seal.clone(),
+                self.inner.config.zstd_level,
+                self.inner.config.dictionary.clone(),
+                self.inner.trainer.clone(),
+            )?,
             seal: self.inner.seal.clone(),
         });
         products.insert(product.to_string(), Arc::clone(&trees));
