@@ -12,6 +12,8 @@
 //! | `FORMAT_SEALED` (4) | AES-256-GCM over one of the above, see [`super::seal`] |
 //! | [`FORMAT_ZSTD_DICT_MSGPACK`] (5) | `u32 BE` dictionary id, then a zstd frame of MessagePack with named fields compressed with that dictionary of the product (see [`super::dictionary`]) |
 //!
+//! | `FORMAT_DICTIONARY` (6) | a stored dictionary, see [`super::dictionary`] |
+//!
 //! Format 5 is only written for history chunk bodies; a value of format 2
 //! and one of format 5 of an older dictionary stay readable forever, so
 //! introducing or retraining a dictionary never rewrites stored data.

@@ -7,7 +7,9 @@
 //! Per product (opened lazily by name; names are `[a-z][a-z0-9_]*`):
 //! `{product}/instances`, `{product}/history`, `{product}/audit`,
 //! `{product}/tombstones` (key layout in `keys.rs`), `{product}/dedupe`
-//! (`dedupe.rs`) and `{product}/quarantine` (`quarantine.rs`). Global:
+//! (`dedupe.rs`), `{product}/quarantine` (`quarantine.rs`) and
+//! `{product}/dictionaries` (history zstd dictionaries, `dictionary.rs`;
+//! trained off the write path by `dictionary_train.rs`). Global:
 //! `source_offsets` (`offsets.rs`), and `meta`, which holds the store format
 //! version; a database written by a newer format is refused at open with
 //! [`StoreError::NewerFormat`] instead of being misread.
@@ -71,7 +73,8 @@
 //! **History**: the open tail is one small key per event (cheap appends).
 //! When it holds `history_chunk_events` events (or its version span
 //! reaches twice that, which only happens after retention thinned it) it is
-//! sealed, in the same transaction, into one zstd chunk whose header (event
+//! sealed, in the same transaction, into one zstd chunk (with the product's
+//! newest dictionary once one is trained) whose header (event
 //! time range, versions, count) is readable without decompressing; the tail
 //! keys are deleted. The instance record carries `tail_start`/`tail_len`, so
 //! sealing reads known keys and never range-scans inside the transaction.
