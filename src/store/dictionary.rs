@@ -70,7 +70,8 @@ pub struct DictionaryInfo {
     /// Why it was trained: `chunks` (enough new chunks), `erasure`
     /// (retrained after an erasure) or `manual`.
     pub reason: String,
-    /// Events and their MessagePack bytes the dictionary was trained on.
+    /// Sample chunks and their MessagePack bytes the dictionary was
+    /// trained on.
     pub samples: u64,
     pub sample_bytes: u64,
     /// Distinct entities the samples came from.
@@ -628,7 +629,7 @@ mod tests {
         // 16 chunks sealed: the trainer was asked. Wait for it (no timing
         // is asserted; the deadline only stops a hung test).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while store.dictionaries(P).expect("list").is_empty() {
+        while store.dictionary_counts().0 == 0 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "no dictionary trained"

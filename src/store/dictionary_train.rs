@@ -21,8 +21,8 @@
 //!
 //! Events of sealed chunks, spread across entities: the newest chunk of
 //! every entity, then the second newest, … until `sample_bytes` of
-//! MessagePack are collected. Each event is one sample, encoded exactly as
-//! inside a chunk body.
+//! MessagePack are collected. Each chunk, sanitized, is one sample,
+//! encoded exactly as a chunk body is (columns, `chunk_columns.rs`).
 //!
 //! # Erasure (why dictionaries are never rewritten)
 //!
@@ -59,6 +59,7 @@ use std::sync::Weak;
 use std::time::Instant;
 
 use super::chunk::decode_chunk;
+use super::chunk_columns::to_columns;
 use super::dictionary::{DictionaryInfo, TrainRequest};
 use super::keys::{parse_history_key, TAG_CHUNK};
 use super::stored::StoredEvent;
@@ -72,8 +73,8 @@ const QUEUE: usize = 64;
 /// Rounding of the placeholder time: 2^32 µs, about 71 minutes.
 const TIME_GRAIN: i64 = 1 << 32;
 
-/// Fewest sample events worth training on.
-const MIN_SAMPLES: usize = 16;
+/// Fewest sample chunks worth training on.
+const MIN_SAMPLES: usize = 8;
 
 /// How many times training ran and failed, node-wide (for `/metrics`).
 #[derive(Debug, Default)]
@@ -194,13 +195,23 @@ impl Store {
         let sampled = collect_samples(trees, config.sample_bytes)?;
         let entities = sampled.entities;
         let now = Timestamp::now();
-        let samples = sanitize(sampled.events, config.value_min_entities, now);
+        let events = sanitize(sampled.events, config.value_min_entities, now);
+        // One sample per chunk, laid out as a chunk body is.
+        let mut samples: Vec<Vec<StoredEvent>> = Vec::new();
+        let mut last = None;
+        for (event, chunk) in events.into_iter().zip(sampled.chunks) {
+            match samples.last_mut() {
+                Some(group) if last == Some(chunk) => group.push(event),
+                _ => samples.push(vec![event]),
+            }
+            last = Some(chunk);
+        }
         if samples.len() < MIN_SAMPLES {
             return Ok(None);
         }
         let encoded = samples
             .iter()
-            .map(rmp_serde::to_vec_named)
+            .map(|events| rmp_serde::to_vec_named(&to_columns(events)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| StoreError::Dictionary {
                 product: trees.name.clone(),
@@ -233,6 +244,8 @@ impl Store {
 struct Sampled {
     /// (entity index, event), grouped by entity.
     events: Vec<(usize, StoredEvent)>,
+    /// The chunk each event came from (parallel to `events`).
+    chunks: Vec<usize>,
     entities: usize,
 }
 
@@ -242,7 +255,8 @@ struct Sampled {
 /// simply seen or not.
 fn collect_samples(trees: &ProductTrees, target: usize) -> Result<Sampled, StoreError> {
     let product = trees.name.as_str();
-    let mut taken: Vec<(Vec<u8>, StoredEvent)> = Vec::new();
+    let mut taken: Vec<(Vec<u8>, usize, StoredEvent)> = Vec::new();
+    let mut chunk_no = 0usize;
     let mut bytes = 0usize;
     let mut pass = 0usize;
     'passes: loop {
@@ -265,8 +279,9 @@ fn collect_samples(trees: &ProductTrees, target: usize) -> Result<Sampled, Store
                     let (key, value) = &chunks[index];
                     for event in decode_sample(trees, &prefix, key, value) {
                         bytes += rmp_serde::to_vec_named(&event).map_or(0, |b| b.len());
-                        taken.push((prefix.clone(), event));
+                        taken.push((prefix.clone(), chunk_no, event));
                     }
+                    chunk_no += 1;
                     took_any = true;
                     if bytes >= target {
                         break 'passes;
@@ -289,7 +304,8 @@ fn collect_samples(trees: &ProductTrees, target: usize) -> Result<Sampled, Store
     let mut index = 0usize;
     let mut last: Option<Vec<u8>> = None;
     let mut events = Vec::with_capacity(taken.len());
-    for (prefix, event) in taken {
+    let mut chunks = Vec::with_capacity(taken.len());
+    for (prefix, chunk, event) in taken {
         if last.as_ref() != Some(&prefix) {
             if last.is_some() {
                 index += 1;
@@ -297,9 +313,14 @@ fn collect_samples(trees: &ProductTrees, target: usize) -> Result<Sampled, Store
             last = Some(prefix);
         }
         events.push((index, event));
+        chunks.push(chunk);
     }
     let entities = if events.is_empty() { 0 } else { index + 1 };
-    Ok(Sampled { events, entities })
+    Ok(Sampled {
+        events,
+        chunks,
+        entities,
+    })
 }
 
 /// The length-prefixed entity part of a history key.

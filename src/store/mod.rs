@@ -126,6 +126,7 @@
 
 mod audit;
 mod chunk;
+mod chunk_columns;
 mod codec;
 mod config;
 mod dedupe;
