@@ -103,7 +103,11 @@ pub(crate) fn encode_compressed<T: Serialize>(
 }
 
 /// `[5] ++ u32 BE id ++ zstd_with_dictionary(msgpack(value))` when
-/// `dictionaries` has an encoder, else [`encode_compressed`].
+/// `dictionaries` has an encoder and that is smaller, else
+/// [`encode_compressed`]. Both are tried because a dictionary helps small
+/// values and can cost a few percent on large ones (measured: 256-event
+/// chunks, `benches/README.md`); the second compression costs about as
+/// much as the first (~50 µs per 256-event chunk), once per sealed chunk.
 pub(crate) fn encode_compressed_with<T: Serialize>(
     value: &T,
     level: i32,
@@ -116,13 +120,21 @@ pub(crate) fn encode_compressed_with<T: Serialize>(
         rmp_serde::to_vec_named(value).map_err(|e| CodecError(format!("messagepack: {e}")))?;
     let mut compressor = zstd::bulk::Compressor::with_prepared_dictionary(&dictionary)
         .map_err(|e| CodecError(format!("zstd dictionary {id}: {e}")))?;
-    let compressed = compressor
+    let with = compressor
         .compress(&plain)
         .map_err(|e| CodecError(format!("zstd dictionary {id}: {e}")))?;
-    let mut out = Vec::with_capacity(5 + compressed.len());
+    let without =
+        zstd::bulk::compress(&plain, level).map_err(|e| CodecError(format!("zstd: {e}")))?;
+    if without.len() <= with.len() + 4 {
+        let mut out = Vec::with_capacity(1 + without.len());
+        out.push(FORMAT_ZSTD_MSGPACK);
+        out.extend_from_slice(&without);
+        return Ok(out);
+    }
+    let mut out = Vec::with_capacity(5 + with.len());
     out.push(FORMAT_ZSTD_DICT_MSGPACK);
     out.extend_from_slice(&id.to_be_bytes());
-    out.extend_from_slice(&compressed);
+    out.extend_from_slice(&with);
     Ok(out)
 }
 
