@@ -11,7 +11,10 @@
 //!   transaction cost per record; durability is the group commit's job and
 //!   measured end to end by `ingest_load`).
 //! - `codec/*`: zstd compression of a history chunk's worth of records,
-//!   the baseline the per-product dictionaries are measured against.
+//!   the baseline the per-product dictionaries are measured against, and
+//!   `codec/zstd_chunk_dict`: a 32-event chunk with a trained dictionary
+//!   beside the same chunk without (`codec/zstd_chunk32_level3`). The
+//!   store's own stored-bytes figures are `benches/history_compression.rs`.
 //!
 //! Under `cargo test --all-targets` criterion runs each benchmark once as a
 //! smoke test, so the code here keeps compiling and working.
