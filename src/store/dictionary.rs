@@ -641,6 +641,12 @@ mod tests {
         let infos = store.dictionaries(P).expect("list");
         assert_eq!(infos[0].reason, "chunks");
         assert_eq!(store.dictionary_counts().0, 1);
+        let mut metrics = String::new();
+        store.render_dictionary_prometheus(&mut metrics);
+        assert!(
+            metrics.contains("meshlet_store_dictionary_trainings_total{outcome=\"trained\"} 1"),
+            "{metrics}"
+        );
         ingest(&store, 8, 32, 16);
         assert_eq!(chunk_dictionaries(&store, "PR-0007").last(), Some(&Some(1)));
     }
