@@ -200,8 +200,15 @@ impl ProductDictionaries {
                     "malformed dictionary key",
                 )
             })?;
-            let (_, raw) = dictionaries.load(id)?;
-            dictionaries.publish(id, &raw);
+            // A dictionary that does not load must not stop the product:
+            // new chunks go without one (reads of chunks that need it
+            // report `Corrupt`), and the next training replaces it.
+            match dictionaries.load(id) {
+                Ok((_, raw)) => dictionaries.publish(id, &raw),
+                Err(e) => {
+                    tracing::warn!(product, id, error = %e, "newest history dictionary does not load; writing chunks without one")
+                }
+            }
         }
         Ok(dictionaries)
     }
@@ -550,8 +557,48 @@ mod tests {
                 && text.contains("dictionary 1"),
             "{text}"
         );
-        // Only that history is affected: the state still reads.
+        // Only that history is affected: the state still reads, and ingest
+        // goes on, without a dictionary.
         assert!(store.get(P, "PR-0002").expect("get").is_some());
+        ingest(&store, 4, 48, 16);
+        assert_eq!(chunk_dictionaries(&store, "PR-0001").last(), Some(&None));
+    }
+
+    #[test]
+    fn a_corrupt_newest_dictionary_does_not_stop_the_product() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(config(dir.path())).expect("open");
+        ingest(&store, 4, 0, 32);
+        store
+            .train_dictionary(P)
+            .expect("trains")
+            .expect("a dictionary");
+        ingest(&store, 4, 32, 16);
+        store
+            .raw_db()
+            .open_tree(format!("{P}/{DICTIONARIES}"))
+            .expect("tree")
+            .insert(dictionary_key(1), &[FORMAT_DICTIONARY, 0xff][..])
+            .expect("insert");
+        drop(store);
+        let store = Store::open(config(dir.path())).expect("reopens");
+        ingest(&store, 4, 48, 16);
+        assert_eq!(
+            chunk_dictionaries(&store, "PR-0003"),
+            vec![None, None, Some(1), None]
+        );
+        let err = store
+            .history(P, "PR-0003", &HistoryQuery::default())
+            .expect_err("the chunk of the broken dictionary");
+        assert!(
+            err.is_corrupt() && err.to_string().contains("dictionary 1"),
+            "{err}"
+        );
+        let next = store
+            .train_dictionary(P)
+            .expect("trains")
+            .expect("a dictionary");
+        assert_eq!(next.id, 2, "a new dictionary replaces it for new chunks");
     }
 
     #[test]
