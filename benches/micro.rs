@@ -25,7 +25,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use meshlet::pipeline::{process, Input, Limits, SourceShape};
 use meshlet::product::{load_path, LoadContext, Product};
 use meshlet::record::{Fields, Origin, Record, Timestamp, Value};
-use meshlet::store::{Store, StoreConfig};
+use meshlet::store::{IngestBatch, IngestLimits, IngestRecord, Store, StoreConfig};
 
 fn machine_health() -> Product {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -119,6 +119,54 @@ fn bench_store(c: &mut Criterion) {
             )
         });
     }
+    // A writer group: 100 one-record jobs (one MQTT message each), one
+    // transaction per job (before) vs one per group (`ingest_group`).
+    group.throughput(Throughput::Elements(100));
+    let jobs = |seq: i64| -> Vec<IngestBatch> {
+        (0..100)
+            .map(|i| IngestBatch {
+                records: vec![IngestRecord {
+                    record: record(i % 1000, seq),
+                    fingerprint: None,
+                    check_duplicate: false,
+                }],
+                ..IngestBatch::default()
+            })
+            .collect()
+    };
+    let limits = IngestLimits::default();
+    group.bench_function("jobs_100_one_transaction_each", |b| {
+        b.iter_batched(
+            || {
+                seq += 1;
+                jobs(seq)
+            },
+            |jobs| {
+                for job in &jobs {
+                    store
+                        .ingest("machine_health", job, &limits, Timestamp::now())
+                        .expect("ingest");
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("jobs_100_one_group_transaction", |b| {
+        b.iter_batched(
+            || {
+                seq += 1;
+                jobs(seq)
+            },
+            |jobs| {
+                let now = Timestamp::now();
+                let group: Vec<(&IngestBatch, Timestamp)> = jobs.iter().map(|j| (j, now)).collect();
+                for result in store.ingest_group("machine_health", &group, &limits) {
+                    result.expect("ingest");
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
     group.finish();
 }
 

@@ -51,6 +51,8 @@ pub struct HubConfig {
     pub sync: SyncSettings,
     /// Receiving sync from edges (`POST /sync/v1`, an MQTT subscription).
     pub aggregator: AggregatorConfig,
+    /// The node as a Sparkplug B host application.
+    pub sparkplug: SparkplugConfig,
     /// How long shutdown waits for tasks to finish before giving up.
     #[serde(with = "humantime_serde_compat")]
     pub shutdown_grace: Duration,
@@ -71,6 +73,7 @@ impl Default for HubConfig {
             security: SecurityConfig::default(),
             sync: SyncSettings::default(),
             aggregator: AggregatorConfig::default(),
+            sparkplug: SparkplugConfig::default(),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -319,6 +322,34 @@ impl Default for ExternalBrokerConfig {
             keep_alive: Duration::from_secs(30),
             clean_session: false,
             max_packet_bytes: 1 << 20,
+        }
+    }
+}
+
+/// `[sparkplug]`: the node as a Sparkplug 3.0 primary host application,
+/// when some product has a `sparkplug` source (otherwise there is no host
+/// and nothing here applies).
+///
+/// Edge nodes configured with a primary host id wait for its `STATE` to
+/// say online before they publish, and re-birth when it comes back; a
+/// node that hosts Sparkplug sources therefore announces itself by
+/// default. Edges without a primary host configured ignore it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SparkplugConfig {
+    /// Publish `spBv1.0/STATE/<host_id>` (retained, QoS 1): online at
+    /// connect, offline on a clean stop or through the MQTT will.
+    pub state: bool,
+    /// The Sparkplug host id; default `meshlet-<node_id>`. One MQTT topic
+    /// level: no `/`, `+` or `#`.
+    pub host_id: Option<String>,
+}
+
+impl Default for SparkplugConfig {
+    fn default() -> Self {
+        SparkplugConfig {
+            state: true,
+            host_id: None,
         }
     }
 }

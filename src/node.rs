@@ -65,6 +65,8 @@ pub enum NodeError {
     MaskSecret(StoreError),
     #[error(transparent)]
     Sync(#[from] crate::sync::SyncError),
+    #[error(transparent)]
+    SparkplugHost(#[from] crate::ingest::sparkplug_state::HostIdError),
     #[error("a background task failed: {0}")]
     Task(String),
 }
@@ -191,10 +193,16 @@ pub async fn start(
     let sync = crate::sync::start(
         &config, &node_id, &store, &products, &ingestor, &shutdown, &tasks,
     )?;
+    let sparkplug_host = sparkplug_host(&config, &node_id, &ingestor)?;
     if let Some(broker) = broker {
         tasks.spawn(
             broker
-                .serve(ingestor.clone(), shutdown.clone(), tasks.clone())
+                .serve(
+                    ingestor.clone(),
+                    sparkplug_host.clone(),
+                    shutdown.clone(),
+                    tasks.clone(),
+                )
                 .instrument(info_span!("broker")),
         );
     }
@@ -203,7 +211,7 @@ pub async fn start(
             warn!("an external broker is configured but no product has an mqtt source");
         }
         tasks.spawn(
-            client::run(options, ingestor.clone(), shutdown.clone())
+            client::run(options, ingestor.clone(), sparkplug_host, shutdown.clone())
                 .instrument(info_span!("mqtt_client")),
         );
     }
@@ -336,6 +344,24 @@ pub(crate) async fn open_store(config: &HubConfig) -> Result<Store, NodeError> {
 }
 
 /// The configured node id, or the one generated on first start and kept in
+/// The node as Sparkplug primary host: only when a product reads
+/// Sparkplug sources and `sparkplug.state` is on.
+fn sparkplug_host(
+    config: &HubConfig,
+    node_id: &str,
+    ingestor: &Ingestor,
+) -> Result<Option<crate::ingest::sparkplug_state::PrimaryHost>, NodeError> {
+    if !config.sparkplug.state || ingestor.sparkplug().filters().is_empty() {
+        return Ok(None);
+    }
+    let id = config
+        .sparkplug
+        .host_id
+        .clone()
+        .unwrap_or_else(|| format!("meshlet-{node_id}"));
+    Ok(Some(crate::ingest::sparkplug_state::PrimaryHost::new(&id)?))
+}
+
 /// `<data_dir>/node_id` so it survives restarts (upstreams key their
 /// de-duplication on it).
 fn resolve_node_id(config: &HubConfig) -> Result<String, NodeError> {

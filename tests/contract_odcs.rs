@@ -187,3 +187,105 @@ fn the_cli_exports_and_imports() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not an ODCS data contract"));
 }
+
+fn cli_export(dir: &Path, product: &str, json: bool) -> String {
+    let mut args = vec!["--config", "meshlet.toml", "contract", "export", product];
+    if json {
+        args.push("--json");
+    }
+    let out = common::run(dir, &args);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    common::stdout(&out)
+}
+
+/// The GraphQL catalog serves each product's contract byte for byte as
+/// the CLI exports it, in both formats, valid against the ODCS schema; a
+/// role sees the contracts of the products it has a right on and no
+/// other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_graphql_catalog_serves_the_exported_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    common::copy_examples(dir.path());
+    std::fs::write(
+        dir.path().join("meshlet.toml"),
+        "data_dir = \"data\"\nproducts = [\"schema/examples\"]\n",
+    )
+    .unwrap();
+    let token = |role: &str| {
+        let out = common::run(
+            dir.path(),
+            &[
+                "--config",
+                "meshlet.toml",
+                "token",
+                "create",
+                "--role",
+                role,
+                "--name",
+                role,
+            ],
+        );
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        common::stdout(&out).trim().to_string()
+    };
+    let admin = token("admin");
+    let operator = token("operator");
+    let node = common::NodeBuilder::new(dir.path())
+        .secured()
+        .arg("--config")
+        .arg("meshlet.toml")
+        .start()
+        .expect("node starts");
+    let gql = common::graphql::Gql::new(&node);
+    let validator = odcs_validator();
+
+    let data = gql
+        .with_token(&admin)
+        .data(
+            "{ products { name contract yaml: contract(format: YAML) json: contract(format: JSON) } }",
+            serde_json::json!({}),
+        )
+        .await;
+    let products = data["products"].as_array().expect("products");
+    assert_eq!(products.len(), 5, "{data}");
+    for p in products {
+        let name = p["name"].as_str().unwrap();
+        let yaml = p["contract"].as_str().unwrap();
+        assert_eq!(yaml, cli_export(dir.path(), name, false), "{name}: YAML");
+        assert_eq!(p["yaml"], p["contract"], "{name}: YAML is the default");
+        let json = p["json"].as_str().unwrap();
+        assert_eq!(json, cli_export(dir.path(), name, true), "{name}: JSON");
+        let from_yaml = meshlet::product::yaml_to_json(yaml).expect("YAML reads");
+        let from_json: serde_json::Value = serde_json::from_str(json).expect("JSON reads");
+        assert_eq!(from_yaml, from_json, "{name}: one contract in two forms");
+        let errors: Vec<String> = validator
+            .iter_errors(&from_json)
+            .map(|e| format!("{e} at {}", e.instance_path))
+            .collect();
+        assert!(errors.is_empty(), "{name}: {errors:#?}");
+        assert_eq!(from_json["name"], name);
+    }
+
+    // The operator has a right on machine_health only: its contract, and
+    // no sight of the others.
+    let as_operator = gql.with_token(&operator);
+    let data = as_operator
+        .data(
+            r#"{ products { name }
+                 machine: product(name: "machine_health") { contract(format: JSON) }
+                 customer: product(name: "customer_asset") { contract } }"#,
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(
+        data["products"],
+        serde_json::json!([{ "name": "machine_health" }])
+    );
+    assert_eq!(
+        data["machine"]["contract"].as_str().unwrap(),
+        cli_export(dir.path(), "machine_health", true)
+    );
+    assert!(data["customer"].is_null(), "{data}");
+    let (status, _) = node.stop();
+    assert!(status.success());
+}

@@ -32,7 +32,7 @@ fn sdl_of(file: &Path) -> String {
 fn golden_sdl_files_match() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1");
     let files = examples();
-    assert_eq!(files.len(), 4);
+    assert_eq!(files.len(), 5);
     let mut stale = Vec::new();
     for file in files {
         let sdl = sdl_of(&file);

@@ -23,12 +23,13 @@ fn check_accepts_the_shipped_examples() {
     let out = run(&repo_root(), &["check", "schema/examples"]);
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.starts_with("ok: 4 products valid ("), "{text}");
+    assert!(text.starts_with("ok: 5 products valid ("), "{text}");
     for name in [
         "machine_health",
         "energy_meter",
         "customer_asset",
         "press_line",
+        "room_climate",
     ] {
         assert!(text.contains(name), "{name} missing from: {text}");
     }
@@ -40,7 +41,7 @@ fn check_without_paths_uses_the_embedded_default_examples() {
     copy_examples(dir.path());
     let out = run(dir.path(), &["check"]);
     assert!(out.status.success(), "stderr: {}", stderr(&out));
-    assert!(stdout(&out).starts_with("ok: 4 products valid"));
+    assert!(stdout(&out).starts_with("ok: 5 products valid"));
 }
 
 #[test]
@@ -135,7 +136,8 @@ fn serve_on_the_embedded_default_is_ready_and_stops_cleanly_on_sigterm() {
             "customer_asset",
             "energy_meter",
             "machine_health",
-            "press_line"
+            "press_line",
+            "room_climate"
         ])
     );
     let node_id = ready["node_id"].as_str().expect("node id").to_string();

@@ -305,6 +305,7 @@ async fn matrix_of_roles_products_and_paths() {
                 "energy_meter",
                 "machine_health",
                 "press_line",
+                "room_climate",
             ],
         ),
     ] {

@@ -74,7 +74,7 @@ fn base_with(from: &str, to: &str) -> String {
 #[test]
 fn every_example_loads() {
     let files = examples();
-    assert_eq!(files.len(), 4, "{files:?}");
+    assert_eq!(files.len(), 5, "{files:?}");
     for file in files {
         let text = std::fs::read_to_string(&file).expect("readable");
         if let Err(errors) = parse_definition(&file, &text, &ctx()) {
@@ -107,7 +107,8 @@ fn the_examples_compile_to_what_they_say() {
             "customer_asset",
             "energy_meter",
             "machine_health",
-            "press_line"
+            "press_line",
+            "room_climate"
         ]
     );
 

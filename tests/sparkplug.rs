@@ -3,7 +3,12 @@
 //! rumqttc client encoding payloads with the node's own prost messages):
 //! births, data by exception by alias, a device death, a sequence gap →
 //! the rebirth command on the broker, the edge's rebirth, an unknown alias
-//! and a garbage payload; the data read back over GraphQL.
+//! and a garbage payload, a stale NDEATH of an earlier session (old
+//! `bdSeq`) ignored and the current one obeyed; the data read back over
+//! GraphQL. The node's own host STATE is watched by a second client:
+//! retained online while it runs (and again after a stray offline),
+//! offline after a clean stop, and offline through its MQTT will after a
+//! SIGKILL.
 
 mod common;
 
@@ -67,16 +72,101 @@ fn payload(seq: Option<u64>, metrics: Vec<Metric>) -> Vec<u8> {
     .encode_to_vec()
 }
 
-fn nbirth() -> Vec<u8> {
+fn bd_seq(value: u64) -> Metric {
+    Metric {
+        name: Some("bdSeq".to_string()),
+        datatype: Some(datatype::UINT64),
+        value: Some(MetricValue::LongValue(value)),
+        ..Metric::default()
+    }
+}
+
+/// The NBIRTH of session `bd` (the `bdSeq` its NDEATH will carry).
+fn nbirth(bd: u64) -> Vec<u8> {
     payload(
         Some(0),
-        vec![metric_by(
-            Some("Node Control/Rebirth"),
-            0,
-            Some(datatype::BOOLEAN),
-            MetricValue::BooleanValue(false),
-        )],
+        vec![
+            bd_seq(bd),
+            metric_by(
+                Some("Node Control/Rebirth"),
+                0,
+                Some(datatype::BOOLEAN),
+                MetricValue::BooleanValue(false),
+            ),
+        ],
     )
+}
+
+/// The NDEATH (the edge's MQTT will) of session `bd`.
+fn ndeath(bd: u64) -> Vec<u8> {
+    payload(None, vec![bd_seq(bd)])
+}
+
+/// A client that watches `spBv1.0/STATE/#`: (topic, JSON payload,
+/// retained) of every STATE message, retained ones included.
+struct StateWatcher {
+    states: mpsc::UnboundedReceiver<(String, Value, bool)>,
+    _client: AsyncClient,
+}
+
+impl StateWatcher {
+    async fn connect(port: u16, client_id: &str) -> StateWatcher {
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+        options.set_keep_alive(Duration::from_secs(30));
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        let (tx, states) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let forward = |p: &rumqttc::Publish| {
+                let json = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                tx.send((p.topic.clone(), json, p.retain)).is_ok()
+            };
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if !forward(&p) {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        // The embedded broker goes away with its node. A
+                        // last PUBLISH read together with the end of the
+                        // stream is left in rumqttc's event queue behind
+                        // the error: hand it on too.
+                        for event in eventloop.state.events.drain(..) {
+                            if let Event::Incoming(Packet::Publish(p)) = event {
+                                forward(&p);
+                            }
+                        }
+                        return;
+                    }
+                }
+            }
+        });
+        client
+            .subscribe("spBv1.0/STATE/#", QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        StateWatcher {
+            states,
+            _client: client,
+        }
+    }
+
+    /// The next STATE message with `online` as given (earlier ones, e.g.
+    /// a retained state of a previous run, are skipped).
+    async fn next(&mut self, online: bool) -> (String, Value, bool) {
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                let state = self.states.recv().await.expect("watcher connected");
+                if state.1["online"] == json!(online) {
+                    return state;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no STATE with online = {online}"))
+    }
 }
 
 fn dbirth(seq: u64, pressure: f32) -> Vec<u8> {
@@ -201,11 +291,12 @@ async fn a_simulated_edge_is_hosted_births_data_death_gap_rebirth() {
     std::fs::write(
         dir.path().join("meshlet.toml"),
         format!(
-            "data_dir = \"data\"\nproducts = [\"products\"]\n[mqtt.embedded]\nenabled = false\n[mqtt.external]\nurl = \"{}\"\nclient_id = \"meshlet-host\"\n",
+            "data_dir = \"data\"\nproducts = [\"products\"]\n[mqtt.embedded]\nenabled = false\n[mqtt.external]\nurl = \"{}\"\nclient_id = \"meshlet-host\"\n[sparkplug]\nhost_id = \"scada-main\"\n",
             broker.url()
         ),
     )
     .expect("write config");
+    let mut watcher = StateWatcher::connect(broker.port, "state-watcher").await;
     let node = NodeBuilder::new(dir.path())
         .arg("--config")
         .arg("meshlet.toml")
@@ -218,7 +309,7 @@ async fn a_simulated_edge_is_hosted_births_data_death_gap_rebirth() {
     // has, births are lost, so the edge announces itself again (as a
     // Sparkplug edge does when a host shows up) until the press appears.
     until("the births reach the node", || async {
-        edge.publish("spBv1.0/plant/NBIRTH/gw1", nbirth()).await;
+        edge.publish("spBv1.0/plant/NBIRTH/gw1", nbirth(0)).await;
         edge.publish("spBv1.0/plant/DBIRTH/gw1/press1", dbirth(1, 120.5))
             .await;
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -290,7 +381,7 @@ async fn a_simulated_edge_is_hosted_births_data_death_gap_rebirth() {
     assert!(metric_of(&node, "meshlet_sparkplug_rebirth_requests_total").await >= 1.0);
 
     // The edge answers with new births: the press is back online.
-    edge.publish("spBv1.0/plant/NBIRTH/gw1", nbirth()).await;
+    edge.publish("spBv1.0/plant/NBIRTH/gw1", nbirth(1)).await;
     edge.publish("spBv1.0/plant/DBIRTH/gw1/press1", dbirth(1, 99.0))
         .await;
     until("the rebirth brings the press back", || async {
@@ -328,16 +419,90 @@ async fn a_simulated_edge_is_hosted_births_data_death_gap_rebirth() {
     .await;
     assert_eq!(press(&gql, "press1").await["pressure_bar"], json!(99.0));
 
+    // The will of session 0 delivered late (its connection timed out at
+    // the broker after session 1 was born): not a death of session 1.
+    edge.publish("spBv1.0/plant/NDEATH/gw1", ndeath(0)).await;
+    until("the stale NDEATH is counted", || async {
+        metric_of(
+            &node,
+            "meshlet_sparkplug_problems_total{problem=\"stale_death\"}",
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    // Data after it lands behind it (one connection, in order) and still
+    // finds the device born: nothing was marked dead.
+    edge.publish(
+        "spBv1.0/plant/DDATA/gw1/press1",
+        payload(
+            Some(3),
+            vec![metric_by(None, 1, None, MetricValue::FloatValue(101.0))],
+        ),
+    )
+    .await;
+    until("the DDATA after the stale NDEATH is merged", || async {
+        press(&gql, "press1").await["pressure_bar"] == json!(101.0)
+    })
+    .await;
+    assert_eq!(press(&gql, "press1").await["online"], json!(true));
+    assert_eq!(press(&gql, "gw1").await["online"], json!(true));
+
     // The gateway itself is an entity of the product too (node messages
     // feed it when no `device` is set); its NDEATH takes its devices down.
-    edge.publish("spBv1.0/plant/NDEATH/gw1", payload(None, vec![]))
-        .await;
+    edge.publish("spBv1.0/plant/NDEATH/gw1", ndeath(1)).await;
     until("the NDEATH marks the press offline", || async {
         press(&gql, "press1").await["online"] == json!(false)
             && press(&gql, "gw1").await["online"] == json!(false)
     })
     .await;
-    node.stop();
+
+    // The host's STATE: online while it ran; a clean stop says offline
+    // with the same session timestamp.
+    // (Delivered live, so without the retain flag; the late watcher
+    // below sees it retained.)
+    let (topic, online, _) = watcher.next(true).await;
+    assert_eq!(topic, "spBv1.0/STATE/scada-main");
+    let timestamp = online["timestamp"].as_u64().expect("a timestamp");
+    // An offline on its topic while it runs (here published by hand, as a
+    // late will of an earlier session would arrive): it answers online.
+    let out = mosquitto_pub(
+        broker.port,
+        "spBv1.0/STATE/scada-main",
+        br#"{"online":false,"timestamp":1}"#,
+        1,
+        true,
+    );
+    assert!(out.status.success());
+    let (_, stale, _) = watcher.next(false).await;
+    assert_eq!(stale["timestamp"], 1);
+    let (_, again, _) = watcher.next(true).await;
+    assert_eq!(again, json!({ "online": true, "timestamp": timestamp }));
+
+    let (status, _) = node.stop();
+    assert!(status.success());
+    let (_, offline, _) = watcher.next(false).await;
+    assert_eq!(offline, json!({ "online": false, "timestamp": timestamp }));
+
+    // Restarted, it is online again (a new session); killed, the broker
+    // publishes its will: offline, with the new session's timestamp.
+    let node = NodeBuilder::new(dir.path())
+        .arg("--config")
+        .arg("meshlet.toml")
+        .start()
+        .expect("node restarts");
+    let (_, online, _) = watcher.next(true).await;
+    let timestamp = online["timestamp"].as_u64().expect("a timestamp");
+    node.signal(libc::SIGKILL);
+    let (topic, offline, _) = watcher.next(false).await;
+    assert_eq!(topic, "spBv1.0/STATE/scada-main");
+    assert_eq!(offline, json!({ "online": false, "timestamp": timestamp }));
+    // Retained: a client arriving now learns the host is away.
+    let mut late = StateWatcher::connect(broker.port, "late-watcher").await;
+    let (_, state, retained) = late.next(false).await;
+    assert!(retained);
+    assert_eq!(state["timestamp"], json!(timestamp));
+    drop(node);
 }
 
 /// The same host behind the embedded broker: the node is the broker, so
@@ -359,9 +524,16 @@ async fn the_embedded_broker_delivers_rebirth_requests() {
         .expect("node starts");
     let gql = Gql::new(&node);
     let port = node.mqtt.expect("embedded broker runs").port();
+    // The node is the broker: its STATE is retained from the start, under
+    // the default host id `meshlet-<node id>`.
+    let mut watcher = StateWatcher::connect(port, "state-watcher").await;
+    let (topic, online, retained) = watcher.next(true).await;
+    assert!(topic.starts_with("spBv1.0/STATE/meshlet-"), "{topic}");
+    assert!(retained);
+    let timestamp = online["timestamp"].as_u64().expect("a timestamp");
     let mut edge = Edge::connect(port).await;
 
-    edge.publish("spBv1.0/plant/NBIRTH/gw1", nbirth()).await;
+    edge.publish("spBv1.0/plant/NBIRTH/gw1", nbirth(0)).await;
     edge.publish("spBv1.0/plant/DBIRTH/gw1/press2", dbirth(1, 50.0))
         .await;
     until("the births are stored", || async {
@@ -400,5 +572,38 @@ async fn the_embedded_broker_delivers_rebirth_requests() {
         press(&gql, "press2").await["pressure_bar"] == json!(55.0)
     })
     .await;
-    node.stop();
+
+    // A clean stop: connected clients hear offline before the broker
+    // closes their connections.
+    let (status, _) = node.stop();
+    assert!(status.success());
+    let (topic_after, offline, _) = watcher.next(false).await;
+    assert_eq!(topic_after, topic);
+    assert_eq!(offline, json!({ "online": false, "timestamp": timestamp }));
+}
+
+/// A host id that is not one topic level is refused at start, by name.
+#[test]
+fn a_bad_host_id_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("products")).expect("products dir");
+    std::fs::write(dir.path().join("products/press.yaml"), PRESS).expect("write product");
+    std::fs::write(
+        dir.path().join("meshlet.toml"),
+        "data_dir = \"data\"\nproducts = [\"products\"]\n[mqtt.embedded]\nlisten = \"127.0.0.1:0\"\n[sparkplug]\nhost_id = \"plant/host\"\n",
+    )
+    .expect("write config");
+    let out = run(
+        dir.path(),
+        &[
+            "--config",
+            "meshlet.toml",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("sparkplug.host_id `plant/host`"), "{err}");
 }

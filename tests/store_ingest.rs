@@ -538,6 +538,171 @@ fn upsert_and_ingest_are_one_write_path() {
 }
 
 // ---------------------------------------------------------------------------
+// Group commit: several batches in one transaction.
+
+/// Random batches over a few entities: overlapping fingerprints (within
+/// and across batches), quarantine items, resolutions of earlier ids, and
+/// offsets.
+fn random_batches(rng: &mut impl Rng, count: usize) -> Vec<(IngestBatch, Timestamp)> {
+    (0..count)
+        .map(|i| {
+            let records = (0..rng.random_range(0..4))
+                .map(|_| {
+                    checked(
+                        &format!("m{}", rng.random_range(0..5)),
+                        rng.random_range(0..40),
+                    )
+                })
+                .collect();
+            let quarantine = (0..rng.random_range(0..3))
+                .map(|_| item(&format!("q{}", rng.random_range(0..100))))
+                .collect();
+            let resolve_quarantine = if rng.random_bool(0.2) {
+                vec![rng.random_range(1..20)]
+            } else {
+                Vec::new()
+            };
+            let source_offset = if rng.random_bool(0.5) {
+                offset(
+                    &format!("p/file:{}", rng.random_range(0..2)),
+                    &i.to_be_bytes(),
+                )
+            } else {
+                None
+            };
+            let batch = IngestBatch {
+                records,
+                quarantine,
+                source_offset,
+                resolve_quarantine,
+            };
+            (batch, Timestamp(10_000 + i as i64))
+        })
+        .collect()
+}
+
+/// Everything a reader can see of the store after the batches.
+fn visible_state(store: &Store) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in 0..5 {
+        let entity = format!("m{e}");
+        let instance = store.get(P, &entity).unwrap();
+        let history = store
+            .history(P, &entity, &HistoryQuery::default())
+            .unwrap()
+            .into_iter()
+            .map(|h| (h.version, h.fields, h.received_at))
+            .collect::<Vec<_>>();
+        out.push(format!(
+            "{entity}: {:?} {history:?}",
+            instance.map(|i| (i.version, i.fields, i.first_seen, i.last_seen))
+        ));
+    }
+    out.push(format!("quarantine {:?}", ids(store)));
+    for source in ["p/file:0", "p/file:1"] {
+        out.push(format!(
+            "{source} {:?}",
+            store.source_offset(source).unwrap()
+        ));
+    }
+    out
+}
+
+#[test]
+fn a_group_of_batches_is_the_same_batches_one_by_one() {
+    let limits = limits(6, 16);
+    for seed in 0..8u64 {
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
+        let batches = random_batches(&mut rng, 40);
+        let dir_one = tempfile::tempdir().unwrap();
+        let dir_group = tempfile::tempdir().unwrap();
+        let one = open(dir_one.path());
+        let grouped = open(dir_group.path());
+
+        let mut expected = Vec::new();
+        for (batch, at) in &batches {
+            expected.push(one.ingest(P, batch, &limits, *at).expect("ingest"));
+        }
+        let mut got = Vec::new();
+        let mut rest = &batches[..];
+        while !rest.is_empty() {
+            let take = rng.random_range(1..=rest.len().min(7));
+            let group: Vec<(&IngestBatch, Timestamp)> =
+                rest[..take].iter().map(|(b, t)| (b, *t)).collect();
+            for result in grouped.ingest_group(P, &group, &limits) {
+                got.push(result.expect("group ingest"));
+            }
+            rest = &rest[take..];
+        }
+        for (i, (want, got)) in expected.iter().zip(&got).enumerate() {
+            assert_eq!(want.changes, got.changes, "seed {seed}, batch {i}: changes");
+            assert_eq!(want.duplicates, got.duplicates, "seed {seed}, batch {i}");
+            assert_eq!(
+                want.quarantine_ids, got.quarantine_ids,
+                "seed {seed}, batch {i}"
+            );
+        }
+        let evicted = |o: &[meshlet::store::IngestOutcome]| -> (usize, usize) {
+            o.iter().fold((0, 0), |(e, r), o| {
+                (e + o.quarantine_evicted, r + o.resolved)
+            })
+        };
+        assert_eq!(
+            evicted(&expected),
+            evicted(&got),
+            "seed {seed}: evictions, resolutions"
+        );
+        assert_eq!(visible_state(&one), visible_state(&grouped), "seed {seed}");
+        assert!(
+            expected.iter().any(|o| o.duplicates > 0),
+            "seed {seed}: the batches exercise the dedupe window"
+        );
+    }
+}
+
+#[test]
+fn a_bad_batch_in_a_group_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let batch = |entity: &str, n: u8| IngestBatch {
+        records: vec![checked(entity, n)],
+        ..IngestBatch::default()
+    };
+    let at = Timestamp(5);
+    store
+        .ingest(P, &batch("m3", 1), &limits(10, 10), at)
+        .unwrap();
+
+    // An invalid key is refused before the transaction.
+    let (good, bad, later) = (batch("m1", 2), batch("", 3), batch("m2", 4));
+    let results = store.ingest_group(P, &[(&good, at), (&bad, at), (&later, at)], &limits(10, 10));
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    assert!(
+        matches!(results[1], Err(StoreError::EmptyEntityKey { .. })),
+        "{results:?}"
+    );
+    assert!(store.get(P, "m1").unwrap().is_some() && store.get(P, "m2").unwrap().is_some());
+
+    // A corrupt instance aborts the shared transaction: the group is
+    // written again batch by batch and only the corrupt one fails.
+    store
+        .raw_db()
+        .open_tree(format!("{P}/instances"))
+        .unwrap()
+        .insert("m3", &[1u8, 0xc1, 0xff][..])
+        .unwrap();
+    let (good, bad, later) = (batch("m4", 5), batch("m3", 6), batch("m5", 7));
+    let results = store.ingest_group(P, &[(&good, at), (&bad, at), (&later, at)], &limits(10, 10));
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    assert!(
+        results[1].as_ref().is_err_and(|e| e.is_corrupt()),
+        "{results:?}"
+    );
+    assert_eq!(store.get(P, "m4").unwrap().map(|i| i.version), Some(1));
+    assert_eq!(store.get(P, "m5").unwrap().map(|i| i.version), Some(1));
+}
+
+// ---------------------------------------------------------------------------
 // Crash consistency.
 
 const CRASH_TEST: &str = "sigkill_keeps_each_batch_whole";

@@ -68,18 +68,12 @@ pub fn run(config: &HubConfig, command: ContractCommand) -> ExitCode {
                 );
                 return ExitCode::FAILURE;
             };
-            let value = contract::export(found);
-            if json {
-                match serde_json::to_string_pretty(&value) {
-                    Ok(text) => println!("{text}"),
-                    Err(e) => {
-                        eprintln!("error: cannot render the contract: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                }
+            let format = if json {
+                contract::ContractFormat::Json
             } else {
-                print!("{}", contract::to_yaml(&value));
-            }
+                contract::ContractFormat::Yaml
+            };
+            print!("{}", contract::render(found, format));
             ExitCode::SUCCESS
         }
         ContractCommand::Import { file, object } => {

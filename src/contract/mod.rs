@@ -23,3 +23,28 @@ mod yaml_out;
 pub use export::{export, ODCS_API_VERSION};
 pub use import::{import, ImportError};
 pub use yaml_out::to_yaml;
+
+use crate::product::Product;
+
+/// The text forms of an exported contract. `meshlet contract export` and
+/// the GraphQL catalog (`CatalogProduct.contract`) both render through
+/// [`render`], so the file an operator exports and the text a catalog
+/// client fetches are the same bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContractFormat {
+    /// The ODCS file as contract tools read it (the default).
+    Yaml,
+    /// The same document as pretty-printed JSON.
+    Json,
+}
+
+/// `product`'s ODCS contract as text in `format`, ending in a newline.
+pub fn render(product: &Product, format: ContractFormat) -> String {
+    let value = export(product);
+    match format {
+        ContractFormat::Yaml => to_yaml(&value),
+        // `{:#}` pretty-prints a `Value`, which cannot fail (its keys are
+        // strings), unlike `to_string_pretty` for an arbitrary `Serialize`.
+        ContractFormat::Json => format!("{value:#}\n"),
+    }
+}

@@ -19,6 +19,10 @@
 //! not kept: QoS 1/2 deliveries queued for offline subscribers (deliveries
 //! are QoS 0).
 //!
+//! As a Sparkplug primary host (see `sparkplug_state`) the broker retains
+//! the node's online STATE at start and routes offline at a clean stop,
+//! before it closes client connections, so connected edges hear it.
+//!
 //! Protection: a connection limit, a CONNECT deadline, optional
 //! username/password, a maximum packet size (a larger packet closes the
 //! connection: MQTT 3.1.1 cannot refuse one packet), keep-alive
@@ -46,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use super::sparkplug_state::PrimaryHost;
 use super::{Ingestor, MqttMessage, PendingMessage};
 use crate::config::EmbeddedBrokerConfig;
 
@@ -145,9 +150,24 @@ impl EmbeddedBroker {
 
     /// Accepts connections until `shutdown`; each connection is a task on
     /// `tasks`, closed when shutdown begins (publishes already read still
-    /// get their durable ack when the writer finishes them).
-    pub async fn serve(self, ingestor: Ingestor, shutdown: CancellationToken, tasks: TaskTracker) {
+    /// get their durable ack when the writer finishes them). With `host`,
+    /// the node's Sparkplug STATE is retained online meanwhile.
+    pub async fn serve(
+        self,
+        ingestor: Ingestor,
+        host: Option<PrimaryHost>,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) {
         let shared = Arc::new(Shared::default());
+        let state = host.as_ref().map(PrimaryHost::session);
+        if let Some(session) = &state {
+            shared.route(&state_publish(&session.topic, session.payload(true)));
+            info!(topic = %session.topic, "sparkplug host STATE online");
+        }
+        // Connections close only after the offline STATE was routed to
+        // them (a child of `shutdown` could close first and miss it).
+        let closing = CancellationToken::new();
         let config = Arc::new(self.config);
         tasks.spawn(publish_commands(
             ingestor.sparkplug().commands(),
@@ -157,7 +177,13 @@ impl EmbeddedBroker {
         info!(addr = %self.addr, "embedded MQTT broker listening");
         loop {
             let accepted = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => {
+                    if let Some(session) = &state {
+                        shared.route(&state_publish(&session.topic, session.payload(false)));
+                    }
+                    closing.cancel();
+                    break;
+                }
                 accepted = self.listener.accept() => accepted,
             };
             let (stream, peer) = match accepted {
@@ -177,7 +203,7 @@ impl EmbeddedBroker {
                 shared: shared.clone(),
                 config: config.clone(),
                 ingestor: ingestor.clone(),
-                shutdown: shutdown.child_token(),
+                shutdown: closing.child_token(),
                 over_limit: open >= config.max_connections as i64,
             };
             tasks.spawn(
@@ -188,6 +214,13 @@ impl EmbeddedBroker {
         }
         debug!("embedded MQTT broker stopped accepting");
     }
+}
+
+/// A retained STATE message of the node, as a client would publish it.
+fn state_publish(topic: &str, payload: Vec<u8>) -> Publish {
+    let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload);
+    publish.retain = true;
+    publish
 }
 
 /// Publishes the node's own commands (Sparkplug rebirth requests) to the
@@ -231,6 +264,10 @@ enum AckItem {
     AfterDurable(Packet, PendingMessage),
     /// Send this packet now (in order behind the ones before it).
     Now(Packet),
+    /// A QoS 0 publish: nothing to send, but its outcome is counted once
+    /// durable (the counters are updated by whoever waits), and waiting
+    /// here bounds how many unacknowledged writes a connection can queue.
+    Count(PendingMessage),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -545,8 +582,8 @@ impl Connection {
             })
             .await;
         match publish.qos {
-            // Written all the same; nothing to acknowledge.
-            QoS::AtMostOnce => drop(pending),
+            // Written all the same; nothing to acknowledge, only to count.
+            QoS::AtMostOnce => send_ack(acks, AckItem::Count(pending)).await?,
             QoS::AtLeastOnce => {
                 send_ack(
                     acks,
@@ -641,6 +678,14 @@ async fn ack_loop(
     while let Some(item) = acks.recv().await {
         let packet = match item {
             AckItem::Now(packet) => packet,
+            AckItem::Count(pending) => {
+                if let Err(err) = pending.wait().await {
+                    // QoS 0 promised nothing; the failure is counted by
+                    // the writer and the connection goes on.
+                    warn!(error = %err, "write of a QoS 0 publish failed");
+                }
+                continue;
+            }
             AckItem::AfterDurable(packet, pending) => match pending.wait().await {
                 Ok(_) => packet,
                 Err(err) => {

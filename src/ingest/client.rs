@@ -8,17 +8,26 @@
 //! write that fails is not acknowledged; the client reconnects so the
 //! broker redelivers it (the dedupe set recognises what was already
 //! written).
+//!
+//! As a Sparkplug primary host (see `sparkplug_state`), the client
+//! registers an offline STATE as its MQTT will at every CONNECT, publishes
+//! online after each CONNACK and offline before a clean DISCONNECT. It
+//! also subscribes to its own STATE topic: an offline there while it runs
+//! (the will of an earlier session, delivered late by the broker, or any
+//! client's retained message) is answered with online again, so edges are
+//! never left believing a running host is gone.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, Transport};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, Transport};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::sparkplug_state::{HostSession, PrimaryHost};
 use super::{Ingestor, MqttMessage, PendingMessage};
 use crate::config::ExternalBrokerConfig;
 
@@ -196,11 +205,56 @@ fn read_certs(
     Ok(certs)
 }
 
+/// A new STATE session for the next CONNECT: its offline message becomes
+/// the connection's will.
+fn renew_state(options: &mut MqttOptions, host: Option<&PrimaryHost>) -> Option<HostSession> {
+    let session = host?.session();
+    options.set_last_will(LastWill::new(
+        session.topic.clone(),
+        session.payload(false),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    Some(session)
+}
+
+/// Whether a STATE payload says `"online": false` (anything else, such as
+/// our own online or an unreadable payload, needs no answer).
+fn says_offline(payload: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(payload)
+        .is_ok_and(|v| v.get("online") == Some(&serde_json::Value::Bool(false)))
+}
+
+/// Publishes the session's STATE (retained, QoS 1).
+async fn publish_state(client: &AsyncClient, session: &HostSession, online: bool) {
+    if let Err(err) = client
+        .publish(
+            session.topic.clone(),
+            QoS::AtLeastOnce,
+            true,
+            session.payload(online),
+        )
+        .await
+    {
+        warn!(error = %err, online, "publishing the sparkplug host STATE failed");
+    }
+}
+
 /// Runs the client until `shutdown`: connects (and reconnects with
-/// back-off), subscribes to every product topic, ingests, acks.
-pub async fn run(options: MqttOptions, ingestor: Ingestor, shutdown: CancellationToken) {
+/// back-off), subscribes to every product topic, ingests, acks; as
+/// Sparkplug primary host `host`, keeps its STATE.
+pub async fn run(
+    mut options: MqttOptions,
+    ingestor: Ingestor,
+    host: Option<PrimaryHost>,
+    shutdown: CancellationToken,
+) {
+    let mut state = renew_state(&mut options, host.as_ref());
     let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CHANNEL);
-    let filters = ingestor.mqtt_filters();
+    let mut filters = ingestor.mqtt_filters();
+    if let Some(host) = &host {
+        filters.push((host.topic().to_string(), 1));
+    }
     let mut commands = ingestor.sparkplug().commands();
     let metrics = ingestor.metrics().clone();
     let mut backoff = RECONNECT_MIN;
@@ -215,6 +269,7 @@ pub async fn run(options: MqttOptions, ingestor: Ingestor, shutdown: Cancellatio
         let (unacked, unacked_rx) = mpsc::unbounded_channel();
         let write_failed = CancellationToken::new();
         let acker = tokio::spawn(ack_loop(client.clone(), unacked_rx, write_failed.clone()));
+        let mut connected = false;
         let ended = loop {
             let event = tokio::select! {
                 _ = shutdown.cancelled() => break RoundEnd::Shutdown,
@@ -252,6 +307,24 @@ pub async fn run(options: MqttOptions, ingestor: Ingestor, shutdown: Cancellatio
                             warn!(error = %err, "subscribing failed");
                         }
                     }
+                    connected = true;
+                    if let Some(session) = &state {
+                        publish_state(&client, session, true).await;
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish)))
+                    if state.as_ref().is_some_and(|s| s.topic == publish.topic) =>
+                {
+                    // Our own STATE: not data. Acked in order like the rest.
+                    if let Some(session) = &state {
+                        if says_offline(&publish.payload) {
+                            info!(topic = %session.topic, "the host STATE says offline while this node runs; publishing online again");
+                            publish_state(&client, session, true).await;
+                        }
+                    }
+                    if unacked.send((publish, PendingMessage::empty())).is_err() {
+                        break RoundEnd::WriteFailed;
+                    }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     let pending = ingestor
@@ -282,6 +355,9 @@ pub async fn run(options: MqttOptions, ingestor: Ingestor, shutdown: Cancellatio
                         .upstream_broker_errors
                         .fetch_add(1, Ordering::Relaxed);
                     warn!(error = %err, retry_in = ?backoff, "external MQTT broker connection failed");
+                    // The next poll connects anew: a new STATE session.
+                    connected = false;
+                    state = renew_state(&mut eventloop.mqtt_options, host.as_ref());
                     tokio::select! {
                         _ = shutdown.cancelled() => break RoundEnd::Shutdown,
                         _ = tokio::time::sleep(backoff) => {}
@@ -295,6 +371,10 @@ pub async fn run(options: MqttOptions, ingestor: Ingestor, shutdown: Cancellatio
         let _ = acker.await;
         match ended {
             RoundEnd::Shutdown => {
+                // A clean DISCONNECT discards the will: say offline first.
+                if let (Some(session), true) = (&state, connected) {
+                    publish_state(&client, session, false).await;
+                }
                 // Poll briefly so queued PUBACKs leave before disconnecting.
                 let _ = client.disconnect().await;
                 drain_until_disconnected(&mut eventloop).await;
@@ -306,6 +386,7 @@ pub async fn run(options: MqttOptions, ingestor: Ingestor, shutdown: Cancellatio
                 // acknowledged; the next poll reconnects.
                 let _ = client.disconnect().await;
                 drain_until_disconnected(&mut eventloop).await;
+                state = renew_state(&mut eventloop.mqtt_options, host.as_ref());
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}

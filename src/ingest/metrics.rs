@@ -156,7 +156,7 @@ pub struct IngestMetrics {
     pub upstream_broker_errors: AtomicU64,
     /// Sparkplug B messages with a problem, by
     /// [`super::sparkplug::Problem::ALL`] index, and rebirth requests sent.
-    pub sparkplug_problems: [AtomicU64; 8],
+    pub sparkplug_problems: [AtomicU64; super::sparkplug::Problem::ALL.len()],
     pub sparkplug_rebirths: AtomicU64,
 }
 

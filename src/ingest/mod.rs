@@ -24,6 +24,7 @@ pub mod routes;
 pub mod sparkplug;
 pub mod sparkplug_proto;
 pub mod sparkplug_route;
+pub mod sparkplug_state;
 pub mod writer;
 
 use std::sync::Arc;

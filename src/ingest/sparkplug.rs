@@ -23,6 +23,14 @@
 //! - NDEATH and DDEATH produce a [`UpdateKind::Death`] update (an NDEATH
 //!   also one for every device the node had announced); the ingestor
 //!   records it as the entity going offline (see `product::source`).
+//! - An NDEATH is the edge node's MQTT will, registered at CONNECT with
+//!   the `bdSeq` metric its next NBIRTH carries too. A broker may deliver
+//!   the will of an *earlier* session late (the old connection timed out
+//!   after the node had already reconnected and sent a new NBIRTH); such
+//!   an NDEATH's `bdSeq` differs from the current birth's, and it is
+//!   ignored ([`Problem::StaleDeath`]) rather than marking a live node
+//!   dead. Without a `bdSeq` on either side (Sparkplug 2.2 edges) every
+//!   NDEATH counts.
 //! - A rebirth request (NCMD `Node Control/Rebirth` = true) is sent at most
 //!   once per [`REBIRTH_INTERVAL`] per node, so a flood of bad messages
 //!   does not become a flood of commands; it is sent again if the node
@@ -42,6 +50,9 @@ use super::sparkplug_proto::{datatype, Metric, MetricValue, Payload};
 
 /// The topic namespace of Sparkplug B.
 pub const NAMESPACE: &str = "spBv1.0";
+/// The metric that ties an NBIRTH to the NDEATH (MQTT will) of the same
+/// session.
+pub const BD_SEQ_METRIC: &str = "bdSeq";
 /// The metric a host writes to ask an edge node for new births.
 pub const REBIRTH_METRIC: &str = "Node Control/Rebirth";
 /// The shortest time between two rebirth requests to one node.
@@ -184,10 +195,12 @@ pub enum Problem {
     UnnamedMetric,
     #[error("metric value does not fit its datatype, or the datatype is unsupported")]
     BadValue,
+    #[error("NDEATH of an earlier session (its bdSeq is not the current birth's): ignored")]
+    StaleDeath,
 }
 
 impl Problem {
-    pub const ALL: [Problem; 8] = [
+    pub const ALL: [Problem; 9] = [
         Problem::BadTopic,
         Problem::BadPayload,
         Problem::BadSeq,
@@ -196,6 +209,7 @@ impl Problem {
         Problem::NoBirth,
         Problem::UnnamedMetric,
         Problem::BadValue,
+        Problem::StaleDeath,
     ];
 
     /// The counter label.
@@ -209,6 +223,7 @@ impl Problem {
             Problem::NoBirth => "no_birth",
             Problem::UnnamedMetric => "unnamed_metric",
             Problem::BadValue => "bad_value",
+            Problem::StaleDeath => "stale_death",
         }
     }
 
@@ -242,6 +257,8 @@ struct NodeState {
     /// The last `seq` seen; `None` before the first NBIRTH.
     seq: Option<u8>,
     birth: Option<Birth>,
+    /// The `bdSeq` of the current NBIRTH, when it carried one.
+    bd_seq: Option<u64>,
     devices: HashMap<String, Birth>,
     last_rebirth_request: Option<Instant>,
 }
@@ -279,6 +296,7 @@ impl Host {
                 node.devices.clear();
                 node.seq = None;
                 node.birth = None;
+                node.bd_seq = bd_seq_of(&decoded);
                 node.last_rebirth_request = None;
                 match seq_of(&decoded) {
                     Some(seq) => node.seq = Some(seq),
@@ -290,11 +308,18 @@ impl Host {
                     .push(update(topic, UpdateKind::Birth, &decoded, metrics));
             }
             MessageType::NDeath => {
+                if let (Some(current), Some(dying)) = (node.bd_seq, bd_seq_of(&decoded)) {
+                    if current != dying {
+                        out.problems.push(Problem::StaleDeath);
+                        return out;
+                    }
+                }
                 // No seq in NDEATH (it carries bdSeq); the node is gone
                 // until its next NBIRTH.
                 // Its devices die with it (they get no DDEATH of their own).
                 node.seq = None;
                 node.birth = None;
+                node.bd_seq = None;
                 let mut devices: Vec<String> = node.devices.drain().map(|(d, _)| d).collect();
                 devices.sort();
                 out.updates
@@ -395,6 +420,20 @@ pub fn rebirth_request(group: &str, edge_node: &str, reason: Problem) -> Rebirth
         payload: payload.encode_to_vec(),
         reason,
     }
+}
+
+/// The `bdSeq` metric of a birth or death certificate. Sparkplug types it
+/// UInt64; any integer type is read, as edges vary.
+fn bd_seq_of(payload: &Payload) -> Option<u64> {
+    payload
+        .metrics
+        .iter()
+        .find(|m| m.name.as_deref() == Some(BD_SEQ_METRIC))
+        .and_then(|m| match m.value.as_ref()? {
+            MetricValue::LongValue(v) => Some(*v),
+            MetricValue::IntValue(v) => Some(u64::from(*v)),
+            _ => None,
+        })
 }
 
 fn seq_of(payload: &Payload) -> Option<u8> {

@@ -1,12 +1,15 @@
 //! The one writer between every source and the store.
 //!
 //! Sources hand it write jobs over a bounded queue and wait for the reply;
-//! it takes whatever has queued up (up to `batch_max_records`), applies
-//! each job as one store transaction, passes one durability barrier for
-//! all of them, and only then replies. So an fsync is shared by everything
-//! that arrived while the previous one ran — the cost of ack-after-durable
-//! falls as load rises — and a full queue makes sources wait, which stops
-//! them reading their sockets and files: backpressure instead of memory.
+//! it takes whatever has queued up (up to `batch_max_records`), writes the
+//! jobs of each product in one store transaction (`Store::ingest_group`:
+//! sled's per-transaction cost is paid per group, not per message), passes
+//! one durability barrier for all of them, and only then replies. So an
+//! fsync is shared by everything that arrived while the previous one ran —
+//! the cost of ack-after-durable falls as load rises — and a full queue
+//! makes sources wait, which stops them reading their sockets and files:
+//! backpressure instead of memory. Each job still gets its own result: a
+//! job the store refuses fails alone.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -146,10 +149,7 @@ async fn run(
         let span = info_span!("write_group", jobs = group.len(), records);
         let applied = tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
-            let results: Vec<Result<Written, WriteError>> = group
-                .iter_mut()
-                .map(|(job, _)| apply(&store, job))
-                .collect();
+            let results = apply_group(&store, &mut group);
             let durable = store.durable_blocking();
             (group, results, durable)
         })
@@ -199,6 +199,69 @@ async fn run(
         }
     }
     debug!("writer stopped: every source is gone");
+}
+
+/// Applies a group's jobs: the jobs of one product share one store
+/// transaction ([`Store::ingest_group`]), in arrival order. A job with
+/// retained records is written on its own, after the product's earlier
+/// jobs, because it decides what to keep by reading the store.
+fn apply_group(store: &Store, group: &mut [(WriteJob, Reply)]) -> Vec<Result<Written, WriteError>> {
+    let mut results: Vec<Option<Result<Written, WriteError>>> =
+        group.iter().map(|_| None).collect();
+    // Product → indexes of its jobs waiting for the shared transaction.
+    let mut waiting: Vec<(String, Vec<usize>)> = Vec::new();
+    for index in 0..group.len() {
+        let product = group[index].0.product.clone();
+        if group[index].0.retained {
+            if let Some(pos) = waiting.iter().position(|(p, _)| *p == product) {
+                let (_, jobs) = waiting.swap_remove(pos);
+                write_together(store, group, &product, &jobs, &mut results);
+            }
+            results[index] = Some(apply(store, &mut group[index].0));
+        } else {
+            match waiting.iter_mut().find(|(p, _)| *p == product) {
+                Some((_, jobs)) => jobs.push(index),
+                None => waiting.push((product, vec![index])),
+            }
+        }
+    }
+    for (product, jobs) in waiting {
+        write_together(store, group, &product, &jobs, &mut results);
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or(Err(WriteError::ShuttingDown)))
+        .collect()
+}
+
+/// Writes the jobs `indexes` of one product in one transaction.
+fn write_together(
+    store: &Store,
+    group: &[(WriteJob, Reply)],
+    product: &str,
+    indexes: &[usize],
+    results: &mut [Option<Result<Written, WriteError>>],
+) {
+    let batches: Vec<(&IngestBatch, Timestamp)> = indexes
+        .iter()
+        .map(|&i| (&group[i].0.batch, group[i].0.received_at))
+        .collect();
+    // Limits come from the product's definition, the same for every job.
+    let limits = group[indexes[0]].0.limits;
+    let outcomes = store.ingest_group(product, &batches, &limits);
+    for (&i, outcome) in indexes.iter().zip(outcomes) {
+        results[i] = Some(
+            outcome
+                .map(|outcome| Written {
+                    outcome,
+                    retained_known: Vec::new(),
+                })
+                .map_err(|e| {
+                    warn!(product, error = %e, "write refused");
+                    WriteError::Store(Arc::new(e))
+                }),
+        );
+    }
 }
 
 /// Applies one job as one transaction.

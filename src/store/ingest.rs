@@ -19,12 +19,12 @@ use sled::Transactional;
 use super::dedupe::{self, DedupePlan, KeyWrite, TreeWindow};
 use super::offsets::encode_offset;
 use super::outbox::{OutboxDelta, OutboxTx};
-use super::quarantine::{self, encode_entry, entry_key, TreeEntries};
+use super::quarantine::{self, encode_entry, entry_key, QuarantinePlan, TreeEntries};
 use super::types::{
     Fingerprint, IngestBatch, IngestLimits, IngestOutcome, QuarantineItem, SourceOffset,
 };
 use super::write::{TxResult, UpsertTx};
-use super::{codec, tx_result, Change, Store, StoreError, QUARANTINE};
+use super::{codec, tx_result, Store, StoreError, QUARANTINE};
 use crate::record::{Record, Timestamp};
 
 /// One record to apply, borrowed (so [`Store::upsert`] needs no copies).
@@ -100,6 +100,100 @@ impl Store {
         self.commit(product, BatchIn::from(batch), limits, received_at)
     }
 
+    /// Writes several batches of one product — a writer's group of jobs —
+    /// in one sled transaction, as if each had been passed to
+    /// [`Store::ingest`] in order: later batches see the records, dedupe
+    /// registrations and quarantine entries of earlier ones. Returns one
+    /// result per batch, in order.
+    ///
+    /// Why: sled's cost per transaction (its write set, the commit's log
+    /// reservation, one writer-lock round) is paid once per group instead
+    /// of once per message, which is most of the small-message ingest path.
+    ///
+    /// A batch that fails its own checks (an invalid entity key) gets its
+    /// error and is left out; the others are still written. If the shared
+    /// transaction itself fails, every batch is retried in a transaction
+    /// of its own, so one bad batch cannot take its neighbours down. A
+    /// batch that resolves quarantine entries is written on its own.
+    /// Quarantine evictions of batches written together are reported on
+    /// the last of them (the total is the same as one by one).
+    pub fn ingest_group(
+        &self,
+        product: &str,
+        batches: &[(&IngestBatch, Timestamp)],
+        limits: &IngestLimits,
+    ) -> Vec<Result<IngestOutcome, StoreError>> {
+        let mut results: Vec<Option<Result<IngestOutcome, StoreError>>> =
+            batches.iter().map(|_| None).collect();
+        let mut run = Vec::with_capacity(batches.len());
+        for (index, (batch, received_at)) in batches.iter().enumerate() {
+            if let Err(e) = batch
+                .records
+                .iter()
+                .try_for_each(|r| self.check_entity(product, &r.record.entity))
+            {
+                results[index] = Some(Err(e));
+            } else if batch.resolve_quarantine.is_empty() {
+                run.push(index);
+            } else {
+                // Resolutions refer to entries by id, possibly entries an
+                // earlier batch of this group created: such a batch goes
+                // on its own, after everything before it.
+                self.commit_run(product, batches, &run, limits, &mut results);
+                run.clear();
+                results[index] = Some(self.ingest(product, batch, limits, *received_at));
+            }
+        }
+        self.commit_run(product, batches, &run, limits, &mut results);
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(StoreError::encode(
+                        product,
+                        "(group)",
+                        "ingest group",
+                        "a batch was left unwritten",
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// Commits the batches `run` of a group together; if that fails, one
+    /// by one (before any later batch of the group, to keep their order).
+    fn commit_run(
+        &self,
+        product: &str,
+        batches: &[(&IngestBatch, Timestamp)],
+        run: &[usize],
+        limits: &IngestLimits,
+        results: &mut [Option<Result<IngestOutcome, StoreError>>],
+    ) {
+        if run.len() > 1 {
+            let group: Vec<(BatchIn<'_>, Timestamp)> = run
+                .iter()
+                .map(|&i| (BatchIn::from(batches[i].0), batches[i].1))
+                .collect();
+            match self.commit_many(product, group, limits) {
+                Ok(outcomes) => {
+                    for (&i, outcome) in run.iter().zip(outcomes) {
+                        results[i] = Some(Ok(outcome));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(product, batches = run.len(), error = %e,
+                        "group transaction failed; writing its batches one by one");
+                }
+            }
+        }
+        for &i in run {
+            let (batch, received_at) = batches[i];
+            results[i] = Some(self.ingest(product, batch, limits, received_at));
+        }
+    }
+
     /// The shared write path of [`Store::ingest`] and [`Store::upsert`].
     pub(crate) fn commit(
         &self,
@@ -115,59 +209,89 @@ impl Store {
         {
             return Ok(IngestOutcome::default());
         }
-        for r in &batch.records {
-            self.check_entity(product, &r.record.entity)?;
+        let mut outcomes = self.commit_many(product, vec![(batch, received_at)], limits)?;
+        Ok(outcomes.pop().unwrap_or_default())
+    }
+
+    /// Commits `batches` (each with its arrival time) in one transaction;
+    /// one outcome per batch, in order.
+    fn commit_many(
+        &self,
+        product: &str,
+        batches: Vec<(BatchIn<'_>, Timestamp)>,
+        limits: &IngestLimits,
+    ) -> Result<Vec<IngestOutcome>, StoreError> {
+        for (batch, _) in &batches {
+            for r in &batch.records {
+                self.check_entity(product, &r.record.entity)?;
+            }
         }
         let trees = self.product(product)?;
+        let records_total: usize = batches.iter().map(|(b, _)| b.records.len()).sum();
+        let quarantine_total: usize = batches.iter().map(|(b, _)| b.quarantine.len()).sum();
         let span = tracing::debug_span!(
             "store.ingest",
             product,
-            records = batch.records.len(),
-            quarantine = batch.quarantine.len(),
-            resolve = batch.resolve_quarantine.len(),
-            source = batch.source_offset.map(|o| o.source.as_str()),
+            batches = batches.len(),
+            records = records_total,
+            quarantine = quarantine_total,
         );
         let _enter = span.enter();
         let config = self.config();
-        let offset = batch
-            .source_offset
-            .map(|o| {
-                encode_offset(product, &o.source, &o.position, received_at)
-                    .map(|bytes| (o.source.as_bytes(), bytes))
-            })
-            .transpose()?;
-        let entries = batch
-            .quarantine
+        let mut offsets = Vec::new();
+        let mut entries = Vec::with_capacity(quarantine_total);
+        for (batch, received_at) in &batches {
+            if let Some(o) = batch.source_offset {
+                let bytes = encode_offset(product, &o.source, &o.position, *received_at)?;
+                offsets.push((o.source.as_bytes(), bytes));
+            }
+            for item in batch.quarantine {
+                entries.push(encode_entry(
+                    product,
+                    item,
+                    *received_at,
+                    config.zstd_level,
+                )?);
+            }
+        }
+        let resolve: Vec<u64> = batches
             .iter()
-            .map(|item| encode_entry(product, item, received_at, config.zstd_level))
-            .collect::<Result<Vec<_>, _>>()?;
+            .flat_map(|(b, _)| b.resolve_quarantine.iter().copied())
+            .collect();
 
         let _writer = self.write_lock();
-        let dedupe = if batch.records.iter().any(|r| r.fingerprint.is_some()) {
+        let any_fingerprint = batches
+            .iter()
+            .any(|(b, _)| b.records.iter().any(|r| r.fingerprint.is_some()));
+        let dedupe = if any_fingerprint {
             dedupe::plan(
                 product,
                 dedupe::load_state(product, &trees.dedupe)?,
                 limits.dedupe_capacity,
-                batch
-                    .records
-                    .iter()
-                    .map(|r| r.fingerprint.map(|fp| (fp, r.check_duplicate))),
+                ExactLen {
+                    inner: batches.iter().flat_map(|(b, _)| {
+                        b.records
+                            .iter()
+                            .map(|r| r.fingerprint.map(|fp| (fp, r.check_duplicate)))
+                    }),
+                    len: records_total,
+                },
                 &mut TreeWindow::new(product, &trees.dedupe),
             )?
         } else {
             DedupePlan {
-                skip: vec![false; batch.records.len()],
+                skip: vec![false; records_total],
                 ..DedupePlan::default()
             }
         };
-        let quarantine = if batch.quarantine.is_empty() && batch.resolve_quarantine.is_empty() {
+        let quarantine = if quarantine_total == 0 && resolve.is_empty() {
             None
         } else {
             Some(quarantine::plan(
                 quarantine::load_state(product, &trees.quarantine)?,
                 limits.quarantine_max,
-                batch.resolve_quarantine,
-                batch.quarantine.len(),
+                &resolve,
+                quarantine_total,
                 &mut TreeEntries::new(product, &trees.quarantine),
             )?)
         };
@@ -209,34 +333,35 @@ impl Store {
                     tombstones,
                     dedupe_tree,
                     quarantine_tree,
-                    offsets,
+                    offsets_tree,
                     outbox_entries,
                     outbox_index,
                 )| {
-                    let tx = UpsertTx {
-                        product,
-                        chunk_events: config.history_chunk_events as u64,
-                        zstd_level: config.zstd_level,
-                        received_at,
-                        instances,
-                        history,
-                        audit,
-                        tombstones,
-                        trees: &trees,
-                    };
-                    let outbox = OutboxTx {
-                        entries: outbox_entries,
-                        index: outbox_index,
-                        now: received_at,
-                    };
                     let mut delta = OutboxDelta::default();
-                    let changes = batch
-                        .records
-                        .iter()
-                        .zip(&dedupe.skip)
-                        .map(|(r, &skip)| {
-                            if skip {
-                                return Ok(None);
+                    let mut changes_per_batch = Vec::with_capacity(batches.len());
+                    let mut skips = dedupe.skip.iter();
+                    for (batch, received_at) in &batches {
+                        let tx = UpsertTx {
+                            product,
+                            chunk_events: config.history_chunk_events as u64,
+                            zstd_level: config.zstd_level,
+                            received_at: *received_at,
+                            instances,
+                            history,
+                            audit,
+                            tombstones,
+                            trees: &trees,
+                        };
+                        let outbox = OutboxTx {
+                            entries: outbox_entries,
+                            index: outbox_index,
+                            now: *received_at,
+                        };
+                        let mut changes = Vec::with_capacity(batch.records.len());
+                        for r in &batch.records {
+                            if skips.next().copied().unwrap_or(false) {
+                                changes.push(None);
+                                continue;
                             }
                             let change = tx.apply(r.record)?;
                             if let Some(planner) = &planner {
@@ -244,56 +369,95 @@ impl Store {
                                     outbox.push(item, &mut delta)?;
                                 }
                             }
-                            Ok(Some(change))
-                        })
-                        .collect::<TxResult<Vec<Option<Change>>>>()?;
+                            changes.push(Some(change));
+                        }
+                        changes_per_batch.push(changes);
+                    }
                     write_keys(dedupe_tree, &dedupe.writes)?;
                     write_keys(quarantine_tree, &quarantine_writes)?;
-                    if let Some((key, value)) = &offset {
-                        offsets.insert(*key, value.as_slice())?;
+                    for (key, value) in &offsets {
+                        offsets_tree.insert(*key, value.as_slice())?;
                     }
-                    Ok((changes, delta))
+                    Ok((changes_per_batch, delta))
                 },
             );
-        let (changes, delta) = tx_result(result, || {
+        let (changes_per_batch, delta) = tx_result(result, || {
             format!(
-                "product `{product}`: writing a batch of {} records, {} quarantine items",
-                batch.records.len(),
-                batch.quarantine.len()
+                "product `{product}`: writing {} batches with {records_total} records, \
+                 {quarantine_total} quarantine items",
+                batches.len(),
             )
         })?;
         self.apply_outbox_delta(delta);
         self.inner.group.wrote();
 
-        let outcome = IngestOutcome {
-            changes,
-            duplicates: dedupe.duplicates,
-            quarantined: batch.quarantine.len(),
-            quarantine_ids: quarantine
-                .as_ref()
-                .map(|p| p.new_ids.clone())
-                .unwrap_or_default(),
-            quarantine_evicted: quarantine.as_ref().map_or(0, |p| p.evicted),
-            resolved: quarantine.as_ref().map_or(0, |p| p.resolved),
-        };
+        let mut new_ids = quarantine
+            .as_ref()
+            .map(|p| p.new_ids.clone())
+            .unwrap_or_default()
+            .into_iter();
+        let last = batches.len().saturating_sub(1);
+        let outcomes: Vec<IngestOutcome> = batches
+            .iter()
+            .zip(changes_per_batch)
+            .enumerate()
+            .map(|(i, ((batch, _), changes))| {
+                let on_last = |f: fn(&QuarantinePlan) -> usize| {
+                    if i == last {
+                        quarantine.as_ref().map_or(0, f)
+                    } else {
+                        0
+                    }
+                };
+                IngestOutcome {
+                    duplicates: changes.iter().filter(|c| c.is_none()).count(),
+                    changes,
+                    quarantined: batch.quarantine.len(),
+                    quarantine_ids: new_ids.by_ref().take(batch.quarantine.len()).collect(),
+                    quarantine_evicted: on_last(|p| p.evicted),
+                    resolved: on_last(|p| p.resolved),
+                }
+            })
+            .collect();
         tracing::debug!(
-            applied = outcome.changes.iter().flatten().count(),
-            created = outcome
-                .changes
+            batches = outcomes.len(),
+            applied = outcomes
                 .iter()
-                .flatten()
-                .filter(|c| c.created)
-                .count(),
-            duplicates = outcome.duplicates,
+                .map(|o| o.changes.iter().flatten().count())
+                .sum::<usize>(),
+            duplicates = dedupe.duplicates,
             fingerprints_evicted = dedupe.evicted,
-            quarantined = outcome.quarantined,
-            quarantine_evicted = outcome.quarantine_evicted,
-            resolved = outcome.resolved,
-            "ingest batch committed"
+            quarantined = quarantine_total,
+            quarantine_evicted = quarantine.as_ref().map_or(0, |p| p.evicted),
+            resolved = quarantine.as_ref().map_or(0, |p| p.resolved),
+            "ingest batches committed"
         );
-        Ok(outcome)
+        Ok(outcomes)
     }
 }
+
+/// An iterator with a known length (`flat_map` does not report one, and
+/// the dedupe planner sizes its plan from it).
+struct ExactLen<I> {
+    inner: I,
+    len: usize,
+}
+
+impl<I: Iterator> Iterator for ExactLen<I> {
+    type Item = I::Item;
+    fn next(&mut self) -> Option<I::Item> {
+        let item = self.inner.next();
+        if item.is_some() {
+            self.len = self.len.saturating_sub(1);
+        }
+        item
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.len, Some(self.len))
+    }
+}
+
+impl<I: Iterator> ExactSizeIterator for ExactLen<I> {}
 
 /// Applies planned inserts and removals inside the transaction.
 fn write_keys(tree: &sled::transaction::TransactionalTree, writes: &[KeyWrite]) -> TxResult<()> {

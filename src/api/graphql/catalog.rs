@@ -3,6 +3,14 @@
 //! (`quarantine`), and the schema's own state (`schemaStatus`, where a
 //! refused reload shows its problems).
 //!
+//! Each product also carries its ODCS data contract (`contract`), rendered
+//! by the same code as `meshlet contract export`. Any role with a right on
+//! the product sees it, as it sees the product's fields and
+//! classification: a contract is metadata (schema, rules, SLAs, which
+//! roles get which masks and row filters), never instance values, and it
+//! is the document the node publishes to the central catalog anyway. A
+//! role with no right on a product does not see the product at all.
+//!
 //! Quality figures and usage count since the node started; `lastUpdate`
 //! is the newest `lastSeen` of the product's instances (found by one scan
 //! on first request, then kept current from the change feed).
@@ -11,8 +19,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_graphql::dynamic::{Field, FieldFuture, FieldValue, InputValue, Object, Type, TypeRef};
-use async_graphql::Value as Gql;
+use async_graphql::dynamic::{
+    Enum, Field, FieldFuture, FieldValue, InputValue, Object, Type, TypeRef,
+};
+use async_graphql::{Name, Value as Gql};
 use base64::Engine;
 
 use super::limits;
@@ -22,6 +32,7 @@ use super::schema::{
     blocking, caller, getter, opt_string, page_size, ready, require, runtime, PageInfoData,
 };
 use super::values;
+use crate::contract::{self, ContractFormat};
 use crate::product::{Field as ProductField, Product, ProductSet};
 use crate::record::Timestamp;
 use crate::store::QuarantineEntry;
@@ -142,6 +153,7 @@ pub(crate) fn types() -> Vec<Type> {
                 )
             },
         ))
+        .field(contract_field())
         .field(freshness_field())
         .field(store_count_field(
             "entities",
@@ -415,8 +427,14 @@ pub(crate) fn types() -> Vec<Type> {
             Gql::List(s.problems.iter().map(|p| text(p)).collect())
         }).description("Why the last reload was refused (the previous schema stays); empty when it succeeded."));
 
+    let contract_format = Enum::new("ContractFormat")
+        .description("How `CatalogProduct.contract` renders the ODCS contract.")
+        .item("YAML")
+        .item("JSON");
+
     vec![
         product.into(),
+        contract_format.into(),
         field.into(),
         freshness.into(),
         quality.into(),
@@ -426,6 +444,32 @@ pub(crate) fn types() -> Vec<Type> {
         connection.into(),
         status.into(),
     ]
+}
+
+/// `contract(format)`: the product's ODCS v3 data contract as text, the
+/// same bytes `meshlet contract export` prints. Text rather than a JSON
+/// value because contract tools (catalogs, contract testers) take the
+/// YAML file as is; `JSON` serves clients that parse it themselves.
+fn contract_field() -> Field {
+    Field::new("contract", TypeRef::named_nn(TypeRef::STRING), |ctx| {
+        ready((|| {
+            let product = ctx.parent_value.try_downcast_ref::<Arc<Product>>()?;
+            let format = match ctx.args.try_get("format")?.enum_name()? {
+                "JSON" => ContractFormat::Json,
+                _ => ContractFormat::Yaml,
+            };
+            Ok(Some(FieldValue::value(Gql::String(contract::render(
+                product, format,
+            )))))
+        })())
+    })
+    .description(
+        "The product's ODCS v3 data contract (Bitol Open Data Contract Standard), exactly as `meshlet contract export` writes it: YAML by default, or JSON.",
+    )
+    .argument(
+        InputValue::new("format", TypeRef::named_nn("ContractFormat"))
+            .default_value(Gql::Enum(Name::new("YAML"))),
+    )
 }
 
 fn freshness_field() -> Field {

@@ -139,6 +139,7 @@ pub(crate) const SHARED_TYPES: &[&str] = &[
     "JSONFilter",
     "CatalogProduct",
     "CatalogField",
+    "ContractFormat",
     "Freshness",
     "Quality",
     "Usage",
@@ -236,6 +237,11 @@ mod tests {
         let problems = check([("products", vec!["id"])]);
         assert!(problems[0].contains("taken by the catalog"), "{problems:?}");
         let problems = check([("page_info", vec!["id"])]);
+        assert!(
+            problems[0].contains("taken by the API itself"),
+            "{problems:?}"
+        );
+        let problems = check([("contract_format", vec!["id"])]);
         assert!(
             problems[0].contains("taken by the API itself"),
             "{problems:?}"

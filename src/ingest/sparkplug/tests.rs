@@ -292,3 +292,70 @@ fn historical_metrics_are_updates_at_their_own_time() {
         ]
     );
 }
+
+fn bd_seq(value: u64) -> Metric {
+    metric(
+        Some(BD_SEQ_METRIC),
+        None,
+        Some(datatype::UINT64),
+        MetricValue::LongValue(value),
+    )
+}
+
+#[test]
+fn an_ndeath_of_an_earlier_session_is_ignored() {
+    let mut host = Host::new();
+    let now = Instant::now();
+    // Session 3 is born, with a device.
+    let nbirth = payload(Some(0), vec![bd_seq(3)]);
+    assert!(send(&mut host, "spBv1.0/plant/NBIRTH/gw1", &nbirth, now)
+        .problems
+        .is_empty());
+    let dbirth = payload(
+        Some(1),
+        vec![metric(
+            Some("Temperature"),
+            Some(1),
+            Some(datatype::FLOAT),
+            MetricValue::FloatValue(1.0),
+        )],
+    );
+    send(&mut host, "spBv1.0/plant/DBIRTH/gw1/press1", &dbirth, now);
+
+    // Session 2's will, delivered late: no death, the birth stays.
+    let stale = payload(None, vec![bd_seq(2)]);
+    let handled = send(&mut host, "spBv1.0/plant/NDEATH/gw1", &stale, now);
+    assert_eq!(handled.problems, vec![Problem::StaleDeath]);
+    assert!(handled.updates.is_empty());
+    assert!(handled.rebirth.is_none(), "the picture is still complete");
+    let ddata = payload(
+        Some(2),
+        vec![metric(None, Some(1), None, MetricValue::FloatValue(2.0))],
+    );
+    let handled = send(&mut host, "spBv1.0/plant/DDATA/gw1/press1", &ddata, now);
+    assert!(handled.problems.is_empty(), "{:?}", handled.problems);
+    assert_eq!(handled.updates[0].metrics[0].1, Json::from(2.0));
+
+    // Session 3's own death: the node and its device go down.
+    let death = payload(None, vec![bd_seq(3)]);
+    let handled = send(&mut host, "spBv1.0/plant/NDEATH/gw1", &death, now);
+    assert!(handled.problems.is_empty());
+    assert_eq!(handled.updates.len(), 2);
+    assert!(handled.updates.iter().all(|u| u.kind == UpdateKind::Death));
+
+    // Without a bdSeq (Sparkplug 2.2 edges) a death always counts.
+    send(
+        &mut host,
+        "spBv1.0/plant/NBIRTH/gw1",
+        &payload(Some(0), vec![]),
+        now,
+    );
+    let handled = send(
+        &mut host,
+        "spBv1.0/plant/NDEATH/gw1",
+        &payload(None, vec![bd_seq(9)]),
+        now,
+    );
+    assert!(handled.problems.is_empty());
+    assert_eq!(handled.updates[0].kind, UpdateKind::Death);
+}
