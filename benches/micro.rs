@@ -11,7 +11,10 @@
 //!   transaction cost per record; durability is the group commit's job and
 //!   measured end to end by `ingest_load`).
 //! - `codec/*`: zstd compression of a history chunk's worth of records,
-//!   the baseline the per-product dictionaries are measured against.
+//!   the baseline the per-product dictionaries are measured against, and
+//!   `codec/zstd_chunk_dict`: a 32-event chunk with a trained dictionary
+//!   beside the same chunk without (`codec/zstd_chunk32_level3`). The
+//!   store's own stored-bytes figures are `benches/history_compression.rs`.
 //!
 //! Under `cargo test --all-targets` criterion runs each benchmark once as a
 //! smoke test, so the code here keeps compiling and working.
@@ -177,6 +180,42 @@ fn bench_codec(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(raw.len() as u64));
     group.bench_function("zstd_chunk_level3", |b| {
         b.iter(|| zstd::bulk::compress(&raw, 3).expect("compress"))
+    });
+    group.finish();
+
+    // Small chunks (32 events), where a per-product dictionary matters:
+    // one trained on other machines' rows, as the store trains on its
+    // stored chunks (figures of the store's own layout and dictionaries:
+    // `cargo bench --bench history_compression`).
+    let small: Vec<u8> = rows[..32].concat();
+    let samples: Vec<Vec<u8>> = (0..64)
+        .map(|machine| {
+            (0..32)
+                .map(|seq| rmp_serde::to_vec_named(&record(100 + machine, seq)).expect("encode"))
+                .collect::<Vec<_>>()
+                .concat()
+        })
+        .collect();
+    let dictionary = zstd::dict::from_samples(&samples, 16 * 1024).expect("dictionary trains");
+    let prepared = zstd::dict::EncoderDictionary::copy(&dictionary, 3);
+    let plain_len = zstd::bulk::compress(&small, 3).expect("compress").len();
+    let dict_len = zstd::bulk::Compressor::with_prepared_dictionary(&prepared)
+        .and_then(|mut c| c.compress(&small))
+        .expect("compress")
+        .len();
+    println!(
+        "codec: 32-event chunk of {} bytes: {plain_len} bytes with zstd -3, {dict_len} with a dictionary",
+        small.len()
+    );
+    let mut group = c.benchmark_group("codec");
+    group.throughput(Throughput::Bytes(small.len() as u64));
+    group.bench_function("zstd_chunk32_level3", |b| {
+        b.iter(|| zstd::bulk::compress(&small, 3).expect("compress"))
+    });
+    group.bench_function("zstd_chunk_dict", |b| {
+        let mut compressor =
+            zstd::bulk::Compressor::with_prepared_dictionary(&prepared).expect("compressor");
+        b.iter(|| compressor.compress(&small).expect("compress"))
     });
     group.finish();
 }

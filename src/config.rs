@@ -192,6 +192,9 @@ pub struct StoreSettings {
     /// Set it before the first start: an existing unencrypted store is
     /// refused with a key, an encrypted one without it or with another key.
     pub encryption_key_file: Option<PathBuf>,
+    /// `[store.dictionary]`: per-product zstd dictionaries for history
+    /// chunks (when they are trained, how big, from what).
+    pub dictionary: crate::store::DictionaryConfig,
 }
 
 impl Default for StoreSettings {
@@ -203,6 +206,7 @@ impl Default for StoreSettings {
             retention_interval: Duration::from_secs(30),
             retention_budget: 1_000,
             encryption_key_file: None,
+            dictionary: crate::store::DictionaryConfig::default(),
         }
     }
 }

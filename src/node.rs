@@ -329,6 +329,7 @@ pub(crate) async fn open_store(config: &HubConfig) -> Result<Store, NodeError> {
     store_config.cache_capacity_bytes = config.store.cache_capacity_mb.saturating_mul(1 << 20);
     store_config.history_chunk_events = config.store.history_chunk_events;
     store_config.zstd_level = config.store.zstd_level;
+    store_config.dictionary = config.store.dictionary.clone();
     store_config.encryption_key = config
         .store
         .encryption_key_file

@@ -48,6 +48,8 @@ fn push(node: &NodeProcess, lines: &[String]) {
 /// the decompressed contents of every zstd frame inside a value.
 fn occurrences(data_dir: &Path, needle: &str) -> Vec<String> {
     let store = open_store(data_dir);
+    // Chunks compressed with a product dictionary only open with it.
+    let dictionaries = store.raw_dictionaries("person").expect("dictionaries");
     let db = store.raw_db();
     let mut found = Vec::new();
     let contains = |bytes: &[u8]| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
@@ -59,7 +61,7 @@ fn occurrences(data_dir: &Path, needle: &str) -> Vec<String> {
             if contains(&key) || contains(&value) {
                 found.push(format!("{tree_name}: plain"));
             }
-            for frame in zstd_frames(&value) {
+            for frame in zstd_frames(&value, &dictionaries) {
                 if contains(&frame) {
                     found.push(format!("{tree_name}: in a zstd frame"));
                 }
@@ -69,13 +71,27 @@ fn occurrences(data_dir: &Path, needle: &str) -> Vec<String> {
     found
 }
 
-/// Decompresses every zstd frame that starts anywhere inside `bytes`.
-fn zstd_frames(bytes: &[u8]) -> Vec<Vec<u8>> {
+/// Decompresses every zstd frame that starts anywhere inside `bytes`,
+/// without and with each of `dictionaries`.
+fn zstd_frames(bytes: &[u8], dictionaries: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    use std::io::Read;
     const MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-    (0..bytes.len().saturating_sub(3))
-        .filter(|&at| bytes[at..at + 4] == MAGIC)
-        .filter_map(|at| zstd::stream::decode_all(&bytes[at..]).ok())
-        .collect()
+    let mut out = Vec::new();
+    for at in (0..bytes.len().saturating_sub(3)).filter(|&at| bytes[at..at + 4] == MAGIC) {
+        out.extend(zstd::stream::decode_all(&bytes[at..]).ok());
+        for dictionary in dictionaries {
+            let mut plain = Vec::new();
+            let decoded = zstd::stream::read::Decoder::with_dictionary(
+                std::io::BufReader::new(&bytes[at..]),
+                dictionary,
+            )
+            .and_then(|mut d| d.read_to_end(&mut plain));
+            if decoded.is_ok() {
+                out.push(plain);
+            }
+        }
+    }
+    out
 }
 
 #[test]

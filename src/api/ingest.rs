@@ -276,6 +276,10 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     state.graphql.render_prometheus(&mut text);
     state.tls_metrics.render_prometheus(&mut text);
     state.retention.render_prometheus(&mut text);
+    state
+        .ingestor
+        .store()
+        .render_dictionary_prometheus(&mut text);
     state.auth.render_prometheus(&mut text);
     if let Some(sync) = &state.sync {
         sync.render_prometheus(&mut text);

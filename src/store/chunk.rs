@@ -12,12 +12,19 @@
 //! plain MessagePack value readable without decompressing the body, so
 //! history queries skip chunks outside their range and retention drops whole
 //! chunks without touching their events. The body is a codec value of its
-//! own (today `zstd(MessagePack)`), so a dictionary format can replace it
-//! later without changing the frame.
+//! own: `zstd(MessagePack)` (format 2), or, once the product has a trained
+//! dictionary, `[5][dictionary id]zstd_dict(MessagePack)` (see
+//! `dictionary.rs`). Both decode through the same frame, so chunks sealed
+//! before a dictionary existed, or with an older one, stay readable. What
+//! the MessagePack holds is told by the header's `layout`: the events as
+//! rows (chunks written before layouts existed), or as columns
+//! (`chunk_columns.rs`: deltas and decimal mantissas, ~3x smaller for
+//! telemetry).
 
 use serde::{Deserialize, Serialize};
 
-use super::codec::{self, CodecError, FORMAT_CHUNK};
+use super::chunk_columns::{from_columns, to_columns, Columns};
+use super::codec::{self, CodecError, Dictionaries, FORMAT_CHUNK};
 use super::stored::StoredEvent;
 use crate::record::Timestamp;
 
@@ -30,10 +37,24 @@ pub(crate) struct ChunkHeader {
     pub count: u64,
     pub min_event_time: Timestamp,
     pub max_event_time: Timestamp,
+    /// How the body lays the events out: [`LAYOUT_ROWS`] (chunks written
+    /// before columns existed: the field is absent) or [`LAYOUT_COLUMNS`].
+    #[serde(default)]
+    pub layout: u8,
 }
 
-/// Encodes events (non-empty, ascending versions) into one chunk frame.
-pub(crate) fn encode_chunk(events: &[StoredEvent], zstd_level: i32) -> Result<Vec<u8>, CodecError> {
+/// Body = `Vec<StoredEvent>`, one named MessagePack map per event.
+pub(crate) const LAYOUT_ROWS: u8 = 0;
+/// Body = [`Columns`] (see `chunk_columns.rs`), what is written now.
+pub(crate) const LAYOUT_COLUMNS: u8 = 1;
+
+/// Encodes events (non-empty, ascending versions) into one chunk frame,
+/// compressing the body with the newest of `dictionaries` if there is one.
+pub(crate) fn encode_chunk(
+    events: &[StoredEvent],
+    zstd_level: i32,
+    dictionaries: &dyn Dictionaries,
+) -> Result<Vec<u8>, CodecError> {
     let (first, last) = match (events.first(), events.last()) {
         (Some(f), Some(l)) => (f, l),
         _ => return Err(CodecError("a chunk needs at least one event".to_string())),
@@ -52,9 +73,10 @@ pub(crate) fn encode_chunk(events: &[StoredEvent], zstd_level: i32) -> Result<Ve
             .map(|e| e.event_time)
             .max()
             .unwrap_or(first.event_time),
+        layout: LAYOUT_COLUMNS,
     };
     let header_bytes = codec::encode(&header)?;
-    let body = codec::encode_compressed(&events, zstd_level)?;
+    let body = codec::encode_compressed_with(&to_columns(events), zstd_level, dictionaries)?;
     let header_len = u32::try_from(header_bytes.len())
         .map_err(|_| CodecError("chunk header too large".to_string()))?;
     let mut out = Vec::with_capacity(5 + header_bytes.len() + body.len());
@@ -92,11 +114,19 @@ pub(crate) fn decode_chunk_header(bytes: &[u8]) -> Result<ChunkHeader, CodecErro
     codec::decode(header)
 }
 
-/// Reads header and events, checking that they agree.
-pub(crate) fn decode_chunk(bytes: &[u8]) -> Result<(ChunkHeader, Vec<StoredEvent>), CodecError> {
+/// Reads header and events, checking that they agree; a dictionary body
+/// looks its dictionary up in `dictionaries`.
+pub(crate) fn decode_chunk(
+    bytes: &[u8],
+    dictionaries: &dyn Dictionaries,
+) -> Result<(ChunkHeader, Vec<StoredEvent>), CodecError> {
     let (header_bytes, body) = split_frame(bytes)?;
     let header: ChunkHeader = codec::decode(header_bytes)?;
-    let events: Vec<StoredEvent> = codec::decode(body)?;
+    let events: Vec<StoredEvent> = match header.layout {
+        LAYOUT_ROWS => codec::decode_with(body, dictionaries)?,
+        LAYOUT_COLUMNS => from_columns(codec::decode_with::<Columns>(body, dictionaries)?)?,
+        other => return Err(CodecError(format!("unknown chunk layout {other}"))),
+    };
     let consistent = events.len() as u64 == header.count
         && events.first().map(|e| e.version) == Some(header.first_version)
         && events.last().map(|e| e.version) == Some(header.last_version)
@@ -117,6 +147,7 @@ pub(crate) fn decode_chunk(bytes: &[u8]) -> Result<(ChunkHeader, Vec<StoredEvent
 mod tests {
     use super::*;
     use crate::record::{Fields, Origin, Value};
+    use crate::store::codec::NoDictionaries;
 
     pub(crate) fn event(version: u64, event_time: i64) -> StoredEvent {
         let mut fields = Fields::new();
@@ -134,7 +165,7 @@ mod tests {
     #[test]
     fn chunk_round_trips_and_header_reads_alone() {
         let events: Vec<_> = (10..=20).map(|v| event(v, 1000 - v as i64)).collect();
-        let bytes = encode_chunk(&events, 3).unwrap();
+        let bytes = encode_chunk(&events, 3, &NoDictionaries).unwrap();
         let header = decode_chunk_header(&bytes).unwrap();
         assert_eq!(
             header,
@@ -144,9 +175,10 @@ mod tests {
                 count: 11,
                 min_event_time: Timestamp(980),
                 max_event_time: Timestamp(990),
+                layout: LAYOUT_COLUMNS,
             }
         );
-        let (h2, back) = decode_chunk(&bytes).unwrap();
+        let (h2, back) = decode_chunk(&bytes, &NoDictionaries).unwrap();
         assert_eq!(h2, header);
         assert_eq!(back, events);
     }
@@ -154,18 +186,18 @@ mod tests {
     #[test]
     fn header_survives_a_corrupt_body_but_full_decode_fails() {
         let events: Vec<_> = (1..=50).map(|v| event(v, v as i64)).collect();
-        let mut bytes = encode_chunk(&events, 3).unwrap();
+        let mut bytes = encode_chunk(&events, 3, &NoDictionaries).unwrap();
         let n = bytes.len();
         bytes[n - 10..].fill(0xAA);
         assert!(decode_chunk_header(&bytes).is_ok());
-        assert!(decode_chunk(&bytes).is_err());
+        assert!(decode_chunk(&bytes, &NoDictionaries).is_err());
     }
 
     #[test]
     fn repeated_events_compress_well() {
         let events: Vec<_> = (1..=256).map(|v| event(v, v as i64 * 1_000_000)).collect();
         let plain: usize = events.iter().map(|e| codec::encode(e).unwrap().len()).sum();
-        let chunk = encode_chunk(&events, 3).unwrap().len();
+        let chunk = encode_chunk(&events, 3, &NoDictionaries).unwrap().len();
         assert!(
             chunk * 3 < plain,
             "chunk {chunk} bytes vs {plain} bytes as single events"
@@ -177,7 +209,61 @@ mod tests {
         assert!(decode_chunk_header(&[]).is_err());
         assert!(decode_chunk_header(&[FORMAT_CHUNK, 0, 0]).is_err());
         assert!(decode_chunk_header(&[FORMAT_CHUNK, 0xff, 0xff, 0xff, 0xff, 1]).is_err());
-        assert!(decode_chunk(&[1, 0x90]).is_err());
-        assert!(encode_chunk(&[], 3).is_err());
+        assert!(decode_chunk(&[1, 0x90], &NoDictionaries).is_err());
+        assert!(encode_chunk(&[], 3, &NoDictionaries).is_err());
+    }
+}
+
+#[cfg(test)]
+mod row_layout_tests {
+    use super::tests::event;
+    use super::*;
+    use crate::store::codec::NoDictionaries;
+
+    /// A chunk as written before layouts existed: no `layout` in the
+    /// header, the body a row per event.
+    fn old_chunk(events: &[StoredEvent]) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct OldHeader {
+            first_version: u64,
+            last_version: u64,
+            count: u64,
+            min_event_time: Timestamp,
+            max_event_time: Timestamp,
+        }
+        let header = codec::encode(&OldHeader {
+            first_version: events[0].version,
+            last_version: events[events.len() - 1].version,
+            count: events.len() as u64,
+            min_event_time: events[0].event_time,
+            max_event_time: events[events.len() - 1].event_time,
+        })
+        .unwrap();
+        let body = codec::encode_compressed(&events, 3).unwrap();
+        let mut out = vec![FORMAT_CHUNK];
+        out.extend_from_slice(&(header.len() as u32).to_be_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    #[test]
+    fn row_chunks_written_before_columns_still_read() {
+        let events: Vec<_> = (1..=20).map(|v| event(v, v as i64 * 10)).collect();
+        let bytes = old_chunk(&events);
+        assert_eq!(decode_chunk_header(&bytes).unwrap().layout, LAYOUT_ROWS);
+        let (_, back) = decode_chunk(&bytes, &NoDictionaries).unwrap();
+        assert_eq!(back, events);
+    }
+
+    #[test]
+    fn columns_are_much_smaller_than_rows_for_telemetry() {
+        let events: Vec<_> = (1..=256).map(|v| event(v, v as i64 * 1_000_000)).collect();
+        let rows = old_chunk(&events).len();
+        let columns = encode_chunk(&events, 3, &NoDictionaries).unwrap().len();
+        assert!(
+            columns * 2 < rows,
+            "columns {columns} bytes, rows {rows} bytes"
+        );
     }
 }

@@ -26,6 +26,50 @@ pub struct StoreConfig {
     /// store created with a key only opens with the same key; one created
     /// without only opens without.
     pub encryption_key: Option<super::EncryptionKey>,
+    /// Per-product zstd dictionaries for history chunks (see
+    /// `dictionary.rs` and `dictionary_train.rs`).
+    pub dictionary: DictionaryConfig,
+}
+
+/// When and how per-product history dictionaries are trained; the
+/// `[store.dictionary]` section of the node config.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DictionaryConfig {
+    /// Train and use dictionaries. Default on. Off: new chunks are written
+    /// without one; chunks of existing dictionaries stay readable.
+    pub enabled: bool,
+    /// Chunks sealed (since open) before a product's first dictionary is
+    /// trained. Default 32: with 256-event chunks that is 8,192 events,
+    /// enough samples for a 32 KiB dictionary.
+    pub min_chunks: u64,
+    /// Chunks sealed with the newest dictionary before it is retrained
+    /// (0: never). Default 100,000: data drifts slowly, and every
+    /// dictionary is kept forever (see `dictionary.rs`).
+    pub retrain_chunks: u64,
+    /// Largest dictionary, in bytes. Default 32 KiB.
+    pub max_bytes: usize,
+    /// MessagePack bytes of sample events to train on. Default 1 MiB
+    /// (zstd wants about 10-100 times the dictionary size).
+    pub sample_bytes: usize,
+    /// A value goes into the training samples only if events of at least
+    /// this many distinct entities hold it; any other value is replaced by
+    /// a placeholder. Default 3. This is what keeps an erased entity's
+    /// values out of every dictionary (see `dictionary_train.rs`).
+    pub value_min_entities: usize,
+}
+
+impl Default for DictionaryConfig {
+    fn default() -> Self {
+        DictionaryConfig {
+            enabled: true,
+            min_chunks: 32,
+            retrain_chunks: 100_000,
+            max_bytes: 32 * 1024,
+            sample_bytes: 1024 * 1024,
+            value_min_entities: 3,
+        }
+    }
 }
 
 impl StoreConfig {
@@ -43,6 +87,7 @@ impl StoreConfig {
             zstd_level: Self::DEFAULT_ZSTD_LEVEL,
             max_entity_key_bytes: Self::DEFAULT_MAX_ENTITY_KEY_BYTES,
             encryption_key: None,
+            dictionary: DictionaryConfig::default(),
         }
     }
 
@@ -68,6 +113,28 @@ impl StoreConfig {
                 levels.start(),
                 levels.end(),
                 self.zstd_level
+            ));
+        }
+        let dictionary = &self.dictionary;
+        if dictionary.min_chunks == 0 {
+            problems.push("dictionary.min_chunks must be at least 1".to_string());
+        }
+        if !(1024..=1024 * 1024).contains(&dictionary.max_bytes) {
+            problems.push(format!(
+                "dictionary.max_bytes must be 1024..=1048576, got {}",
+                dictionary.max_bytes
+            ));
+        }
+        if dictionary.sample_bytes < dictionary.max_bytes {
+            problems.push(format!(
+                "dictionary.sample_bytes ({}) must be at least dictionary.max_bytes ({})",
+                dictionary.sample_bytes, dictionary.max_bytes
+            ));
+        }
+        if dictionary.value_min_entities < 2 {
+            problems.push(format!(
+                "dictionary.value_min_entities must be at least 2 (1 would let one entity's values into a dictionary), got {}",
+                dictionary.value_min_entities
             ));
         }
         if problems.is_empty() {

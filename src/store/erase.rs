@@ -104,6 +104,10 @@ impl Store {
             Some(&quarantined),
         )?;
         self.inner.group.wrote();
+        // Dictionaries hold no value of this entity alone (see
+        // `dictionary_train.rs`); retrain so the next one does not even
+        // count it.
+        trees.dictionaries.erased();
         tracing::info!(
             last_version,
             history_events = removed.history_events,

@@ -93,6 +93,12 @@ pub enum StoreError {
     #[error("store at {path}: unreadable metadata: {detail}")]
     Meta { path: PathBuf, detail: String },
 
+    /// A history dictionary could not be trained (too few or unsuitable
+    /// samples for zstd, or no thread to train on). Chunks are written
+    /// without a dictionary meanwhile.
+    #[error("product `{product}`: history dictionary: {detail}")]
+    Dictionary { product: String, detail: String },
+
     /// A `StoreConfig` value that cannot work.
     #[error("store config: {0}")]
     InvalidConfig(String),

@@ -7,7 +7,9 @@
 //! Per product (opened lazily by name; names are `[a-z][a-z0-9_]*`):
 //! `{product}/instances`, `{product}/history`, `{product}/audit`,
 //! `{product}/tombstones` (key layout in `keys.rs`), `{product}/dedupe`
-//! (`dedupe.rs`) and `{product}/quarantine` (`quarantine.rs`). Global:
+//! (`dedupe.rs`), `{product}/quarantine` (`quarantine.rs`) and
+//! `{product}/dictionaries` (history zstd dictionaries, `dictionary.rs`;
+//! trained off the write path by `dictionary_train.rs`). Global:
 //! `source_offsets` (`offsets.rs`), and `meta`, which holds the store format
 //! version; a database written by a newer format is refused at open with
 //! [`StoreError::NewerFormat`] instead of being misread.
@@ -71,7 +73,8 @@
 //! **History**: the open tail is one small key per event (cheap appends).
 //! When it holds `history_chunk_events` events (or its version span
 //! reaches twice that, which only happens after retention thinned it) it is
-//! sealed, in the same transaction, into one zstd chunk whose header (event
+//! sealed, in the same transaction, into one zstd chunk (with the product's
+//! newest dictionary once one is trained) whose header (event
 //! time range, versions, count) is readable without decompressing; the tail
 //! keys are deleted. The instance record carries `tail_start`/`tail_len`, so
 //! sealing reads known keys and never range-scans inside the transaction.
@@ -123,9 +126,12 @@
 
 mod audit;
 mod chunk;
+mod chunk_columns;
 mod codec;
 mod config;
 mod dedupe;
+mod dictionary;
+mod dictionary_train;
 mod durable;
 mod erase;
 mod error;
@@ -146,7 +152,8 @@ mod write;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-pub use config::StoreConfig;
+pub use config::{DictionaryConfig, StoreConfig};
+pub use dictionary::DictionaryInfo;
 pub use error::StoreError;
 pub use outbox::{BudgetReport, OutboxEntry, OutboxItem, OutboxPlanner, OutboxStats, PendingEntry};
 pub use retention::RETENTION_ORIGIN;
@@ -191,6 +198,10 @@ struct Inner {
     outbox_index: sled::Tree,
     planner: RwLock<Option<Arc<dyn OutboxPlanner>>>,
     tally: Mutex<outbox::Tally>,
+    /// Requests to the dictionary trainer thread (`None`: dictionaries
+    /// off, or the thread could not start).
+    trainer: Option<std::sync::mpsc::SyncSender<dictionary::TrainRequest>>,
+    training: dictionary_train::TrainingCounters,
 }
 
 /// The trees of one product.
@@ -202,6 +213,8 @@ pub(crate) struct ProductTrees {
     pub tombstones: sled::Tree,
     pub dedupe: sled::Tree,
     pub quarantine: sled::Tree,
+    /// History dictionaries (`dictionary.rs`).
+    pub dictionaries: dictionary::ProductDictionaries,
     seal: seal::Seal,
 }
 
@@ -301,8 +314,9 @@ impl Store {
         let outbox = open_tree(outbox::OUTBOX_TREE)?;
         let outbox_index = open_tree(outbox::OUTBOX_INDEX_TREE)?;
         let group = GroupCommit::start(db.clone())?;
+        let dictionaries_on = config.dictionary.enabled;
         let store = Store {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|weak| Inner {
                 config,
                 db,
                 products: RwLock::new(HashMap::new()),
@@ -314,6 +328,16 @@ impl Store {
                 outbox_index,
                 planner: RwLock::new(None),
                 tally: Mutex::new(outbox::Tally::default()),
+                trainer: if dictionaries_on {
+                    dictionary_train::start_trainer(weak.clone())
+                        .map_err(|e| {
+                            tracing::warn!(error = %e, "no dictionary trainer thread; history chunks are written without dictionaries");
+                        })
+                        .ok()
+                } else {
+                    None
+                },
+                training: dictionary_train::TrainingCounters::default(),
             }),
         };
         store.outbox_recount()?;
@@ -478,6 +502,14 @@ impl Store {
             tombstones: open("tombstones")?,
             dedupe: open("dedupe")?,
             quarantine: open("quarantine")?,
+            dictionaries: dictionary::ProductDictionaries::open(
+                product,
+                open(dictionary::DICTIONARIES)?,
+                self.inner.seal.clone(),
+                self.inner.config.zstd_level,
+                self.inner.config.dictionary.clone(),
+                self.inner.trainer.clone(),
+            )?,
             seal: self.inner.seal.clone(),
         });
         products.insert(product.to_string(), Arc::clone(&trees));

@@ -264,7 +264,7 @@ fn read_history(
                 if chunk_outside(&header, query) {
                     continue;
                 }
-                let (_, events) = decode_chunk(&value)
+                let (_, events) = decode_chunk(&value, &trees.dictionaries)
                     .map_err(|e| StoreError::corrupt(product, entity, "history chunk", e))?;
                 for event in events {
                     if event_wanted(&event, query) {

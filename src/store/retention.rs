@@ -22,7 +22,7 @@ use sled::transaction::ConflictableTransactionError;
 use sled::Transactional;
 
 use super::chunk::{decode_chunk, decode_chunk_header, encode_chunk, ChunkHeader};
-use super::codec::{self, CodecError};
+use super::codec::{self, CodecError, Dictionaries};
 use super::erase::remove_entity;
 use super::keys::{chunk_key, entity_prefix, parse_history_key, TAG_CHUNK, TAG_TAIL};
 use super::read::decode_stored_instance;
@@ -75,6 +75,7 @@ pub(crate) fn plan_history(
     keep: Option<u64>,
     cutoff: Option<Timestamp>,
     zstd_level: i32,
+    dictionaries: &dyn Dictionaries,
 ) -> Result<HistoryPlan, (&'static str, CodecError)> {
     let total: u64 = items
         .iter()
@@ -104,7 +105,8 @@ pub(crate) fn plan_history(
                     plan.events_removed += count;
                     continue;
                 }
-                let (_, events) = decode_chunk(&bytes).map_err(|e| ("history chunk", e))?;
+                let (_, events) =
+                    decode_chunk(&bytes, dictionaries).map_err(|e| ("history chunk", e))?;
                 let skip = usize::try_from(drop_front).unwrap_or(usize::MAX);
                 drop_front = 0;
                 let kept: Vec<StoredEvent> = events
@@ -115,8 +117,8 @@ pub(crate) fn plan_history(
                 plan.events_removed += count - kept.len() as u64;
                 plan.removes.push(key);
                 if let Some(first) = kept.first() {
-                    let bytes =
-                        encode_chunk(&kept, zstd_level).map_err(|e| ("history chunk", e))?;
+                    let bytes = encode_chunk(&kept, zstd_level, dictionaries)
+                        .map_err(|e| ("history chunk", e))?;
                     plan.inserts.push((chunk_key(entity, first.version), bytes));
                     plan.chunks_rewritten += 1;
                 }
@@ -266,6 +268,7 @@ impl Store {
             policy.history_keep,
             cutoff,
             self.config().zstd_level,
+            &trees.dictionaries,
         )
         .map_err(|(what, e)| StoreError::corrupt(product, entity, what, e))?;
         if plan.is_empty() {
@@ -365,6 +368,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::record::{Fields, Value};
+    use crate::store::codec::NoDictionaries;
     use crate::store::keys::tail_key;
 
     fn event(version: u64, event_time: i64) -> StoredEvent {
@@ -380,7 +384,7 @@ mod tests {
     }
 
     fn chunk(events: Vec<StoredEvent>) -> HistoryItem {
-        let bytes = encode_chunk(&events, 1).unwrap();
+        let bytes = encode_chunk(&events, 1, &NoDictionaries).unwrap();
         HistoryItem::Chunk {
             key: chunk_key("e", events[0].version),
             header: decode_chunk_header(&bytes).unwrap(),
@@ -407,13 +411,13 @@ mod tests {
 
     #[test]
     fn keep_drops_whole_chunks_and_rewrites_the_boundary() {
-        let plan = plan_history("e", items(), Some(5), None, 1).unwrap();
+        let plan = plan_history("e", items(), Some(5), None, 1, &NoDictionaries).unwrap();
         assert_eq!(plan.events_removed, 5);
         assert_eq!(plan.chunks_rewritten, 1);
         assert_eq!(plan.removes, vec![chunk_key("e", 1), chunk_key("e", 5)]);
         assert_eq!(plan.inserts.len(), 1);
         assert_eq!(plan.inserts[0].0, chunk_key("e", 6));
-        let (header, events) = decode_chunk(&plan.inserts[0].1).unwrap();
+        let (header, events) = decode_chunk(&plan.inserts[0].1, &NoDictionaries).unwrap();
         assert_eq!((header.first_version, header.count), (6, 3));
         assert_eq!(
             events.iter().map(|e| e.version).collect::<Vec<_>>(),
@@ -424,7 +428,7 @@ mod tests {
 
     #[test]
     fn keep_reaching_into_the_tail() {
-        let plan = plan_history("e", items(), Some(1), None, 1).unwrap();
+        let plan = plan_history("e", items(), Some(1), None, 1, &NoDictionaries).unwrap();
         assert_eq!(plan.events_removed, 9);
         assert_eq!(plan.chunks_rewritten, 0);
         assert!(plan.inserts.is_empty());
@@ -434,18 +438,28 @@ mod tests {
     #[test]
     fn max_age_uses_headers_before_decompressing() {
         // Cutoff 45: chunk 1..=4 (10..40) goes whole, chunk 5..=8 (50..80) stays whole.
-        let plan = plan_history("e", items(), None, Some(Timestamp(45)), 1).unwrap();
+        let plan =
+            plan_history("e", items(), None, Some(Timestamp(45)), 1, &NoDictionaries).unwrap();
         assert_eq!(plan.removes, vec![chunk_key("e", 1)]);
         assert_eq!((plan.events_removed, plan.chunks_rewritten), (4, 0));
         // Cutoff 65 splits chunk 5..=8.
-        let plan = plan_history("e", items(), None, Some(Timestamp(65)), 1).unwrap();
+        let plan =
+            plan_history("e", items(), None, Some(Timestamp(65)), 1, &NoDictionaries).unwrap();
         assert_eq!((plan.events_removed, plan.chunks_rewritten), (6, 1));
         assert_eq!(plan.inserts[0].0, chunk_key("e", 7));
     }
 
     #[test]
     fn nothing_to_do_is_an_empty_plan() {
-        let plan = plan_history("e", items(), Some(100), Some(Timestamp(0)), 1).unwrap();
+        let plan = plan_history(
+            "e",
+            items(),
+            Some(100),
+            Some(Timestamp(0)),
+            1,
+            &NoDictionaries,
+        )
+        .unwrap();
         assert!(plan.is_empty());
         assert_eq!((plan.tail_start, plan.tail_len), (Some(9), 2));
     }
@@ -457,7 +471,7 @@ mod tests {
             let n = bytes.len();
             bytes[n - 8..].fill(0);
         }
-        let err = plan_history("e", items, Some(5), None, 1).unwrap_err();
+        let err = plan_history("e", items, Some(5), None, 1, &NoDictionaries).unwrap_err();
         assert_eq!(err.0, "history chunk");
     }
 }

@@ -165,9 +165,11 @@ impl UpsertTx<'_> {
         Ok(())
     }
 
-    /// Moves the open tail into one compressed chunk. Reads exactly the
-    /// tail keys `tail_start..=version` (no range scan: sled transactions
-    /// cannot iterate).
+    /// Moves the open tail into one compressed chunk (with the product's
+    /// newest dictionary, if it has one, see `dictionary.rs`). Reads
+    /// exactly the tail keys `tail_start..=version` (no range scan: sled
+    /// transactions cannot iterate). Counts the chunk towards the next
+    /// dictionary training, which runs outside the transaction.
     fn seal(&self, entity: &str, state: &mut StoredInstance) -> TxResult<()> {
         let mut events = Vec::with_capacity(state.tail_len as usize);
         for version in state.tail_start..=state.version {
@@ -191,7 +193,7 @@ impl UpsertTx<'_> {
         }
         if let Some(first) = events.first() {
             let key = chunk_key(entity, first.version);
-            let bytes = encode_chunk(&events, self.zstd_level)
+            let bytes = encode_chunk(&events, self.zstd_level, &self.trees.dictionaries)
                 .and_then(|plain| self.trees.seal(HISTORY, &key, plain))
                 .map_err(|e| abort(StoreError::encode(self.product, entity, "history chunk", e)))?;
             tracing::debug!(
@@ -203,6 +205,7 @@ impl UpsertTx<'_> {
                 "history chunk sealed"
             );
             self.history.insert(key, bytes)?;
+            self.trees.dictionaries.chunk_sealed();
         }
         state.tail_start = state.version + 1;
         state.tail_len = 0;
