@@ -141,6 +141,20 @@ async fn hostile_queries_get_clear_errors_and_the_server_keeps_answering() {
         "{errors:?}"
     );
 
+    // The same text with variables: parsed documents are kept by text,
+    // and the cost is still judged with each request's own variables.
+    let paged = "query P($outer: Int, $inner: Int) { sensorConnection(first: $outer) { nodes { history(first: $inner) { nodes { version } } } } }";
+    for _ in 0..2 {
+        let errors = gql
+            .errors(paged, json!({"outer": 1000, "inner": 1000}))
+            .await;
+        assert_eq!(
+            errors[0]["extensions"]["code"], "QUERY_TOO_COSTLY",
+            "{errors:?}"
+        );
+        gql.data(paged, json!({"outer": 2, "inner": 2})).await;
+    }
+
     // A huge page.
     let errors = gql
         .errors(

@@ -27,6 +27,7 @@ use async_graphql::extensions::{
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
 use async_graphql::{Response, ServerError, ServerResult, ValidationResult, Variables};
 
+use super::parse_cache::ParseCache;
 use super::runtime::Runtime;
 
 pub(crate) const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -174,16 +175,24 @@ pub(crate) fn check_document(
     Ok(())
 }
 
-/// The extension that applies the limits and times requests.
-pub(crate) struct Limits;
+/// The extension that applies the limits, times requests, and keeps
+/// parsed documents (see `parse_cache.rs`).
+#[derive(Default)]
+pub(crate) struct Limits {
+    parsed: Arc<ParseCache>,
+}
 
 impl ExtensionFactory for Limits {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(LimitsExtension)
+        Arc::new(LimitsExtension {
+            parsed: Arc::clone(&self.parsed),
+        })
     }
 }
 
-struct LimitsExtension;
+struct LimitsExtension {
+    parsed: Arc<ParseCache>,
+}
 
 #[async_graphql::async_trait::async_trait]
 impl Extension for LimitsExtension {
@@ -206,7 +215,14 @@ impl Extension for LimitsExtension {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         check_text(query)?;
-        let doc = next.run(ctx, query, variables).await?;
+        let doc = match self.parsed.get(query) {
+            Some(doc) => doc,
+            None => {
+                let doc = next.run(ctx, query, variables).await?;
+                self.parsed.insert(query, &doc);
+                doc
+            }
+        };
         check_document(&doc, variables)?;
         Ok(doc)
     }

@@ -35,6 +35,7 @@ mod mutation;
 mod names;
 mod order;
 mod paging;
+mod parse_cache;
 mod reload;
 mod runtime;
 mod schema;

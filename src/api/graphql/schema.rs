@@ -281,7 +281,7 @@ pub(crate) fn build(
     )
     .limit_depth(limits::MAX_DEPTH)
     .limit_complexity(limits::MAX_COMPLEXITY)
-    .extension(limits::Limits);
+    .extension(limits::Limits::default());
     if let Some(runtime) = runtime {
         builder = builder.data(runtime);
     }
