@@ -209,23 +209,22 @@ impl Store {
         {
             return Ok(IngestOutcome::default());
         }
+        for r in &batch.records {
+            self.check_entity(product, &r.record.entity)?;
+        }
         let mut outcomes = self.commit_many(product, vec![(batch, received_at)], limits)?;
         Ok(outcomes.pop().unwrap_or_default())
     }
 
     /// Commits `batches` (each with its arrival time) in one transaction;
-    /// one outcome per batch, in order.
+    /// one outcome per batch, in order. The callers have checked every
+    /// entity key (`commit`, `ingest_group`), so it is not done twice.
     fn commit_many(
         &self,
         product: &str,
         batches: Vec<(BatchIn<'_>, Timestamp)>,
         limits: &IngestLimits,
     ) -> Result<Vec<IngestOutcome>, StoreError> {
-        for (batch, _) in &batches {
-            for r in &batch.records {
-                self.check_entity(product, &r.record.entity)?;
-            }
-        }
         let trees = self.product(product)?;
         let records_total: usize = batches.iter().map(|(b, _)| b.records.len()).sum();
         let quarantine_total: usize = batches.iter().map(|(b, _)| b.quarantine.len()).sum();
