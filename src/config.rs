@@ -179,6 +179,10 @@ pub struct StoreSettings {
     /// History events per sealed chunk: larger chunks compress better, the
     /// open tail stays small.
     pub history_chunk_events: usize,
+    /// The open tail is sealed into a small block every this many events,
+    /// and blocks are merged into full chunks: few keys per entity (sled's
+    /// memory and start-up time grow with the number of keys).
+    pub history_block_events: usize,
     /// zstd level for sealed chunks.
     pub zstd_level: i32,
     /// How often the retention sweeper wakes.
@@ -202,6 +206,7 @@ impl Default for StoreSettings {
         StoreSettings {
             cache_capacity_mb: 16,
             history_chunk_events: 256,
+            history_block_events: 16,
             zstd_level: 3,
             retention_interval: Duration::from_secs(30),
             retention_budget: 1_000,

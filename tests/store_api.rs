@@ -36,6 +36,31 @@ fn open_with(dir: &std::path::Path, chunk_events: usize) -> Store {
     Store::open(config).expect("store opens")
 }
 
+/// A store whose open tail seals into blocks of `block_events`, merged
+/// into full chunks of `chunk_events`.
+fn open_with_blocks(dir: &std::path::Path, chunk_events: usize, block_events: usize) -> Store {
+    let mut config = StoreConfig::new(dir.join("db"));
+    config.history_chunk_events = chunk_events;
+    config.history_block_events = block_events;
+    Store::open(config).expect("store opens")
+}
+
+/// `(tag, version)` of every raw history key of `entity`: tag 0 a chunk
+/// (full or block) keyed by its first version, 1 an open-tail event.
+fn history_keys(store: &Store, entity: &str) -> Vec<(u8, u64)> {
+    let tree = store.raw_db().open_tree(format!("{P}/history")).unwrap();
+    let mut prefix = (entity.len() as u16).to_be_bytes().to_vec();
+    prefix.extend_from_slice(entity.as_bytes());
+    tree.scan_prefix(&prefix)
+        .keys()
+        .map(|k| {
+            let k = k.unwrap();
+            let rest = &k[prefix.len()..];
+            (rest[0], u64::from_be_bytes(rest[1..9].try_into().unwrap()))
+        })
+        .collect()
+}
+
 fn all_history(store: &Store, entity: &str) -> Vec<meshlet::store::HistoryEvent> {
     store
         .history(P, entity, &HistoryQuery::default())
@@ -246,6 +271,95 @@ fn history_seals_into_chunks_and_reads_back_complete_and_in_order() {
     drop(store);
     let store = open_with(dir.path(), 8);
     assert_eq!(all_history(&store, "m1"), history);
+}
+
+#[test]
+fn the_tail_seals_into_blocks_that_merge_into_full_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_with_blocks(dir.path(), 16, 4);
+    let o = device();
+    let mut n = 0i64;
+    let mut write = |count: usize, store: &Store| {
+        let records: Vec<_> = (0..count)
+            .map(|_| {
+                n += 1;
+                rec("m1", &[("n", Value::Int(n))], n * 10, &o)
+            })
+            .collect();
+        store.upsert(P, &records).unwrap();
+        n
+    };
+    // Odd batch sizes: one batch seals two blocks and merges in one go.
+    for batch in [3usize, 6, 1, 13, 2, 9, 9] {
+        write(batch, &store);
+    }
+    // 43 events: full chunks 1..=16 and 17..=32 (each the merge of three
+    // blocks and the tail), blocks 33..=36 and 37..=40, tail 41..=43.
+    assert_eq!(
+        history_keys(&store, "m1"),
+        [(0, 1), (0, 17), (0, 33), (0, 37), (1, 41), (1, 42), (1, 43)]
+    );
+    let versions = |store: &Store| -> Vec<u64> {
+        all_history(store, "m1").iter().map(|e| e.version).collect()
+    };
+    assert_eq!(versions(&store), (1..=43).collect::<Vec<u64>>());
+    let history = all_history(&store, "m1");
+    for (i, event) in history.iter().enumerate() {
+        assert_eq!(event.fields.get("n"), Some(&Value::Int(i as i64 + 1)));
+    }
+
+    // Retention keeps the newest 10: both full chunks go, the first block
+    // is rewritten from version 34; the blocks list follows it, so the
+    // next merge takes the rewritten block too.
+    let keep_10 = RetentionSpec {
+        history_keep: Some(10),
+        ..Default::default()
+    };
+    let report = store
+        .sweep_retention(P, &keep_10, Timestamp(1_000_000), None, 10)
+        .unwrap();
+    assert_eq!((report.events_removed, report.chunks_rewritten), (33, 1));
+    assert_eq!(
+        history_keys(&store, "m1"),
+        [(0, 34), (0, 37), (1, 41), (1, 42), (1, 43)]
+    );
+    assert_eq!(versions(&store), (34..=43).collect::<Vec<u64>>());
+    write(5, &store);
+    assert_eq!(
+        history_keys(&store, "m1"),
+        [(0, 34)],
+        "blocks 34, 37, 41 and the tail 45..=48 merged into one chunk"
+    );
+    assert_eq!(versions(&store), (34..=48).collect::<Vec<u64>>());
+
+    // Reopen: the blocks list is part of the instance.
+    let before = all_history(&store, "m1");
+    drop(store);
+    let store = open_with_blocks(dir.path(), 16, 4);
+    assert_eq!(all_history(&store, "m1"), before);
+    write(4, &store);
+    assert_eq!(history_keys(&store, "m1"), [(0, 34), (0, 49)]);
+    assert_eq!(versions(&store), (34..=52).collect::<Vec<u64>>());
+}
+
+#[test]
+fn blocks_keep_an_entity_to_a_few_keys_where_the_tail_alone_kept_one_per_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let one_level = open_with_blocks(dir.path(), 256, 256);
+    let o = device();
+    let records: Vec<_> = (1..=100)
+        .map(|i| rec("m1", &[("i", Value::Int(i))], i, &o))
+        .collect();
+    one_level.upsert(P, &records).unwrap();
+    assert_eq!(history_keys(&one_level, "m1").len(), 100);
+    drop(one_level);
+
+    let dir = tempfile::tempdir().unwrap();
+    let two_levels = open_with_blocks(dir.path(), 256, 16);
+    two_levels.upsert(P, &records).unwrap();
+    // 6 blocks of 16 and a tail of 4.
+    assert_eq!(history_keys(&two_levels, "m1").len(), 10);
+    assert_eq!(all_history(&two_levels, "m1").len(), 100);
 }
 
 #[test]
@@ -949,6 +1063,38 @@ fn history_reads_stay_consistent_while_writers_seal() {
         assert_eq!(
             versions, expected,
             "a read during a seal saw missing or doubled events"
+        );
+        reads += 1;
+    }
+    writer.join().unwrap();
+    assert_eq!(all_history(&store, "hot").len(), 1_500);
+}
+
+/// The same with blocks: readers never see a merge half done.
+#[test]
+fn history_reads_stay_consistent_while_writers_merge_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_with_blocks(dir.path(), 8, 2);
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for i in 0..1_500 {
+                store
+                    .upsert(P, &[rec("hot", &[("i", Value::Int(i))], i, &device())])
+                    .unwrap();
+            }
+        })
+    };
+    let mut reads = 0;
+    while !writer.is_finished() || reads == 0 {
+        let versions: Vec<u64> = all_history(&store, "hot")
+            .iter()
+            .map(|e| e.version)
+            .collect();
+        let expected: Vec<u64> = (1..=versions.len() as u64).collect();
+        assert_eq!(
+            versions, expected,
+            "a read during a merge saw missing or doubled events"
         );
         reads += 1;
     }

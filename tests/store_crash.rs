@@ -28,8 +28,10 @@ const ROUNDS: usize = 6;
 
 fn config(db: &Path) -> StoreConfig {
     let mut config = StoreConfig::new(db);
-    // Small chunks so kills land in the middle of seals too.
+    // Small chunks and blocks so kills land in the middle of seals and
+    // block merges too.
     config.history_chunk_events = 8;
+    config.history_block_events = 2;
     config
 }
 

@@ -16,6 +16,17 @@ pub struct StoreConfig {
     /// find the repetition between events, small enough that a boundary
     /// chunk rewrite during retention stays cheap. At least 2.
     pub history_chunk_events: usize,
+    /// Events per *block*: the open tail is sealed into a small chunk every
+    /// this many events, and `history_chunk_events / history_block_events`
+    /// blocks are merged into one full chunk. Default 16. Why two levels:
+    /// every open-tail event is one sled key, and sled's page table (its
+    /// memory and its rebuild on every open) grows with the number of keys;
+    /// blocks keep an entity's open history to at most
+    /// `history_block_events - 1` keys plus a few blocks, while the full
+    /// chunks keep the compression of large chunks. Equal to (or above)
+    /// `history_chunk_events`: one level, the tail seals straight into
+    /// full chunks. At least 2.
+    pub history_block_events: usize,
     /// zstd level for chunks. Default 3 (zstd's own default: good ratio at
     /// low CPU cost on ARM).
     pub zstd_level: i32,
@@ -75,6 +86,7 @@ impl Default for DictionaryConfig {
 impl StoreConfig {
     pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 16 * 1024 * 1024;
     pub const DEFAULT_HISTORY_CHUNK_EVENTS: usize = 256;
+    pub const DEFAULT_HISTORY_BLOCK_EVENTS: usize = 16;
     pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
     pub const DEFAULT_MAX_ENTITY_KEY_BYTES: usize = 512;
 
@@ -84,11 +96,18 @@ impl StoreConfig {
             path: path.into(),
             cache_capacity_bytes: Self::DEFAULT_CACHE_CAPACITY_BYTES,
             history_chunk_events: Self::DEFAULT_HISTORY_CHUNK_EVENTS,
+            history_block_events: Self::DEFAULT_HISTORY_BLOCK_EVENTS,
             zstd_level: Self::DEFAULT_ZSTD_LEVEL,
             max_entity_key_bytes: Self::DEFAULT_MAX_ENTITY_KEY_BYTES,
             encryption_key: None,
             dictionary: DictionaryConfig::default(),
         }
+    }
+
+    /// Events per block as the write path uses it: never more than a chunk
+    /// (then blocks are off and the tail seals into full chunks).
+    pub(crate) fn effective_block_events(&self) -> usize {
+        self.history_block_events.min(self.history_chunk_events)
     }
 
     /// Every problem at once, so one edit fixes the config.
@@ -98,6 +117,12 @@ impl StoreConfig {
             problems.push(format!(
                 "history_chunk_events must be at least 2, got {}",
                 self.history_chunk_events
+            ));
+        }
+        if self.history_block_events < 2 {
+            problems.push(format!(
+                "history_block_events must be at least 2, got {}",
+                self.history_block_events
             ));
         }
         if self.max_entity_key_bytes == 0 || self.max_entity_key_bytes > usize::from(u16::MAX) {
@@ -154,11 +179,13 @@ mod tests {
         assert!(StoreConfig::new("/tmp/x").validate().is_ok());
         let mut bad = StoreConfig::new("/tmp/x");
         bad.history_chunk_events = 1;
+        bad.history_block_events = 0;
         bad.max_entity_key_bytes = 70_000;
         bad.zstd_level = 99;
         let msg = bad.validate().unwrap_err().to_string();
         assert!(
             msg.contains("history_chunk_events")
+                && msg.contains("history_block_events")
                 && msg.contains("max_entity_key_bytes")
                 && msg.contains("zstd_level"),
             "{msg}"

@@ -148,7 +148,7 @@ pub(crate) struct ProductDictionaries {
     cache: RwLock<Cache>,
     /// Id of the newest stored dictionary (0: none).
     newest_id: AtomicU64,
-    /// Chunks sealed since the newest dictionary was trained (or since
+    /// Events sealed since the newest dictionary was trained (or since
     /// the store was opened): the training trigger. An over-count from an
     /// aborted transaction only trains a little early.
     sealed: AtomicU64,
@@ -311,16 +311,22 @@ impl ProductDictionaries {
         self.newest_id.store(u64::from(id), Ordering::Release);
     }
 
-    /// Counts one sealed chunk and asks the trainer for a dictionary when
-    /// enough have been sealed since the last one.
-    pub(crate) fn chunk_sealed(&self) {
-        if !self.config.enabled {
+    /// Counts `events` newly sealed (a block or a full chunk) and asks the
+    /// trainer for a dictionary when enough have been sealed since the
+    /// last one. Counted in events, measured in full chunks of
+    /// `chunk_events` (`min_chunks`, `retrain_chunks`), so small blocks
+    /// count for what they hold.
+    pub(crate) fn events_sealed(&self, events: u64, chunk_events: u64) {
+        if !self.config.enabled || events == 0 {
             return;
         }
-        let sealed = self.sealed.fetch_add(1, Ordering::AcqRel) + 1;
+        let sealed = self.sealed.fetch_add(events, Ordering::AcqRel) + events;
+        let chunks = |n: u64| n.saturating_mul(chunk_events.max(1));
         let due = match self.newest_id() {
-            None => sealed >= self.config.min_chunks,
-            Some(_) => self.config.retrain_chunks > 0 && sealed >= self.config.retrain_chunks,
+            None => sealed >= chunks(self.config.min_chunks),
+            Some(_) => {
+                self.config.retrain_chunks > 0 && sealed >= chunks(self.config.retrain_chunks)
+            }
         };
         if due {
             self.request("chunks");

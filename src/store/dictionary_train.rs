@@ -3,8 +3,8 @@
 //! # When and where
 //!
 //! Sealing a chunk (inside the ingest transaction) only counts it
-//! (`ProductDictionaries::chunk_sealed`); once `dictionary.min_chunks`
-//! chunks were sealed without a dictionary (or `retrain_chunks` with the
+//! (`ProductDictionaries::events_sealed`); once `dictionary.min_chunks`
+//! chunks' worth of events were sealed without a dictionary (or `retrain_chunks` with the
 //! newest one), the product is queued for the store's **trainer thread**.
 //! Training reads chunks with plain sled reads, takes neither the writer
 //! lock nor part in any transaction, and stores the result with one insert

@@ -343,6 +343,7 @@ impl Store {
                         let tx = UpsertTx {
                             product,
                             chunk_events: config.history_chunk_events as u64,
+                            block_events: config.effective_block_events() as u64,
                             zstd_level: config.zstd_level,
                             received_at: *received_at,
                             instances,

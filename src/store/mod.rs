@@ -71,13 +71,24 @@
 //! are arrival facts and follow every record, late or not.
 //!
 //! **History**: the open tail is one small key per event (cheap appends).
-//! When it holds `history_chunk_events` events (or its version span
-//! reaches twice that, which only happens after retention thinned it) it is
-//! sealed, in the same transaction, into one zstd chunk (with the product's
-//! newest dictionary once one is trained) whose header (event
-//! time range, versions, count) is readable without decompressing; the tail
-//! keys are deleted. The instance record carries `tail_start`/`tail_len`, so
-//! sealing reads known keys and never range-scans inside the transaction.
+//! Every `history_block_events` events (default 16, or when its version
+//! span reaches twice that, which only happens after retention thinned it)
+//! the tail is sealed, in the same transaction, into a *block*: a small
+//! zstd chunk (with the product's newest dictionary once one is trained).
+//! When the blocks and the tail make up a full chunk
+//! (`history_chunk_events / history_block_events` seals), they are merged
+//! into one full chunk instead. Every chunk has a header (event time range,
+//! versions, count) readable without decompressing; readers do not tell
+//! blocks from full chunks. The instance record carries
+//! `tail_start`/`tail_len` and the list of blocks, so sealing and merging
+//! read known keys and never range-scan inside the transaction.
+//!
+//! Why two levels: sled keeps a page-table entry per node of ~16 keys in
+//! memory and rebuilds the table on every open, so both memory and start-up
+//! time grow with the number of keys. One key per open-tail event made a
+//! store of 100,000 entities × 100 events ten million keys; blocks make it
+//! about ten keys per entity, while merged chunks keep the ratio of large
+//! chunks (`benches/README.md`).
 //!
 //! **Audit** (see `audit.rs`): consecutive value changes from the same
 //! origin coalesce into one `Updated` line; creation gets its own `Created`

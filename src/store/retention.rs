@@ -59,6 +59,9 @@ pub(crate) struct HistoryPlan {
     /// Lowest version left in the tail and how many tail events are left.
     pub tail_start: Option<u64>,
     pub tail_len: u64,
+    /// First versions of the chunks left afterwards, in order (kept or
+    /// rewritten): the entity's list of blocks is rebuilt from it.
+    pub chunk_firsts: Vec<u64>,
 }
 
 impl HistoryPlan {
@@ -98,6 +101,9 @@ pub(crate) fn plan_history(
                     continue;
                 }
                 if drop_front == 0 && !too_old(header.min_event_time) {
+                    if let Some((_, first)) = parse_history_key(&key) {
+                        plan.chunk_firsts.push(first);
+                    }
                     continue;
                 }
                 if drop_front == 0 && too_old(header.max_event_time) {
@@ -120,6 +126,7 @@ pub(crate) fn plan_history(
                     let bytes = encode_chunk(&kept, zstd_level, dictionaries)
                         .map_err(|e| ("history chunk", e))?;
                     plan.inserts.push((chunk_key(entity, first.version), bytes));
+                    plan.chunk_firsts.push(first.version);
                     plan.chunks_rewritten += 1;
                 }
             }
@@ -276,6 +283,17 @@ impl Store {
         }
         state.tail_len = plan.tail_len;
         state.tail_start = plan.tail_start.unwrap_or(state.version + 1);
+        // Blocks are the newest chunks, from the first block on; a trimmed
+        // or rewritten block keeps a first version at or above it, a
+        // trimmed full chunk stays below it.
+        if let Some(&blocks_from) = state.blocks.first() {
+            state.blocks = plan
+                .chunk_firsts
+                .iter()
+                .copied()
+                .filter(|&first| first >= blocks_from)
+                .collect();
+        }
         state.history_rev = state.history_rev.wrapping_add(1);
         let instance_bytes = codec::encode(&state)
             .and_then(|plain| trees.seal(INSTANCES, entity.as_bytes(), plain))

@@ -27,6 +27,12 @@ pub(crate) struct StoredInstance {
     /// Number of events currently in the open tail.
     #[serde(default)]
     pub tail_len: u64,
+    /// First versions of the sealed *blocks* (small chunks of
+    /// `history_block_events`) not yet merged into a full chunk, oldest
+    /// first. Merging reads exactly these keys, like sealing reads the tail
+    /// (no range scan inside a transaction). Empty when blocks are off.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocks: Vec<u64>,
     /// Id of the newest audit line, the one a change may coalesce into.
     #[serde(default)]
     pub audit_tail: Option<u64>,

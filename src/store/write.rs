@@ -5,7 +5,7 @@
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use super::audit::{coalesce, AuditChange};
-use super::chunk::encode_chunk;
+use super::chunk::{decode_chunk, encode_chunk};
 use super::codec;
 use super::ingest::{BatchIn, RecordIn};
 use super::keys::{audit_key, chunk_key, tail_key};
@@ -26,6 +26,9 @@ pub(crate) fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
 pub(super) struct UpsertTx<'a> {
     pub product: &'a str,
     pub chunk_events: u64,
+    /// Events per block (`StoreConfig::effective_block_events`); equal to
+    /// `chunk_events` when blocks are off.
+    pub block_events: u64,
     pub zstd_level: i32,
     pub received_at: Timestamp,
     pub instances: &'a TransactionalTree,
@@ -91,6 +94,7 @@ impl UpsertTx<'_> {
             last_origin: record.origin.clone(),
             tail_start: 1,
             tail_len: 0,
+            blocks: Vec::new(),
             audit_tail: None,
             history_rev: 0,
         });
@@ -159,17 +163,25 @@ impl UpsertTx<'_> {
         self.history.insert(key, bytes)?;
         state.tail_len += 1;
         let span = version.saturating_sub(state.tail_start) + 1;
-        if state.tail_len >= self.chunk_events || span >= 2 * self.chunk_events {
+        if state.tail_len >= self.block_events || span >= 2 * self.block_events {
             self.seal(entity, state)?;
         }
         Ok(())
     }
 
+    /// Whether the tail seals into blocks that are merged later (two
+    /// levels), or straight into full chunks.
+    fn blocks_on(&self) -> bool {
+        self.block_events < self.chunk_events
+    }
+
     /// Moves the open tail into one compressed chunk (with the product's
-    /// newest dictionary, if it has one, see `dictionary.rs`). Reads
-    /// exactly the tail keys `tail_start..=version` (no range scan: sled
-    /// transactions cannot iterate). Counts the chunk towards the next
-    /// dictionary training, which runs outside the transaction.
+    /// newest dictionary, if it has one, see `dictionary.rs`): a block
+    /// when blocks are on, merged into a full chunk once enough blocks are
+    /// there. Reads exactly the tail keys `tail_start..=version` (no range
+    /// scan: sled transactions cannot iterate). Counts the sealed events
+    /// towards the next dictionary training, which runs outside the
+    /// transaction.
     fn seal(&self, entity: &str, state: &mut StoredInstance) -> TxResult<()> {
         let mut events = Vec::with_capacity(state.tail_len as usize);
         for version in state.tail_start..=state.version {
@@ -191,25 +203,75 @@ impl UpsertTx<'_> {
                 self.history.remove(key)?;
             }
         }
-        if let Some(first) = events.first() {
-            let key = chunk_key(entity, first.version);
-            let bytes = encode_chunk(&events, self.zstd_level, &self.trees.dictionaries)
-                .and_then(|plain| self.trees.seal(HISTORY, &key, plain))
-                .map_err(|e| abort(StoreError::encode(self.product, entity, "history chunk", e)))?;
-            tracing::debug!(
-                product = self.product,
-                entity,
-                first_version = first.version,
-                events = events.len(),
-                bytes = bytes.len(),
-                "history chunk sealed"
-            );
-            self.history.insert(key, bytes)?;
-            self.trees.dictionaries.chunk_sealed();
-        }
         state.tail_start = state.version + 1;
         state.tail_len = 0;
+        let sealed = events.len() as u64;
+        let blocks_full =
+            state.blocks.len() as u64 + 1 >= self.chunk_events / self.block_events;
+        if self.blocks_on() && !blocks_full {
+            if let Some(first) = self.write_chunk(entity, &events, "history block")? {
+                state.blocks.push(first);
+            }
+        } else {
+            // The last block is never written: its events go straight into
+            // the full chunk with the blocks before it. Blocks thinned by
+            // retention hold fewer events; merging by count keeps the
+            // number of keys per entity bounded anyway.
+            let mut all = self.take_blocks(entity, state)?;
+            all.extend(events);
+            self.write_chunk(entity, &all, "history chunk")?;
+        }
+        self.trees
+            .dictionaries
+            .events_sealed(sealed, self.chunk_events);
         Ok(())
+    }
+
+    /// Reads and removes the entity's blocks (exactly the keys listed in
+    /// `state.blocks`), for merging into one full chunk: one zstd frame
+    /// over all their events compresses far better than many small ones.
+    fn take_blocks(&self, entity: &str, state: &mut StoredInstance) -> TxResult<Vec<StoredEvent>> {
+        let mut events = Vec::with_capacity(self.chunk_events as usize);
+        for first in std::mem::take(&mut state.blocks) {
+            let key = chunk_key(entity, first);
+            let Some(bytes) = self.history.get(&key)? else {
+                continue;
+            };
+            let corrupt = |e| abort(StoreError::corrupt(self.product, entity, "history block", e));
+            let plain = self.trees.open(HISTORY, &key, &bytes).map_err(corrupt)?;
+            let (_, block) = decode_chunk(&plain, &self.trees.dictionaries).map_err(corrupt)?;
+            events.extend(block);
+            self.history.remove(key)?;
+        }
+        Ok(events)
+    }
+
+    /// Writes `events` as one chunk keyed by its first version; that
+    /// version, or `None` when there is nothing to write.
+    fn write_chunk(
+        &self,
+        entity: &str,
+        events: &[StoredEvent],
+        what: &'static str,
+    ) -> TxResult<Option<u64>> {
+        let Some(first) = events.first() else {
+            return Ok(None);
+        };
+        let key = chunk_key(entity, first.version);
+        let bytes = encode_chunk(events, self.zstd_level, &self.trees.dictionaries)
+            .and_then(|plain| self.trees.seal(HISTORY, &key, plain))
+            .map_err(|e| abort(StoreError::encode(self.product, entity, what, e)))?;
+        tracing::debug!(
+            product = self.product,
+            entity,
+            first_version = first.version,
+            events = events.len(),
+            bytes = bytes.len(),
+            what,
+            "history sealed"
+        );
+        self.history.insert(key, bytes)?;
+        Ok(Some(first.version))
     }
 
     /// Extends the newest audit line or starts a new one.

@@ -166,11 +166,14 @@ pub(crate) fn lookup_field(api: &Arc<ProductApi>) -> Field {
                 require(&ctx, &view, view.read, "read")?;
                 let entity = api.entity_arg(&ctx)?;
                 runtime.usage.query(api.name());
-                let store = runtime.store().clone();
-                let product = api.name().to_string();
-                let instance =
-                    blocking(move || store.get(&product, &entity).map_err(|e| e.to_string()))
-                        .await?;
+                // Read in place, not through `blocking`: one key is one
+                // descent of sled's tree, mostly in its page cache, a few
+                // µs; the hand-off to a blocking thread and back cost more
+                // than the read itself (benches/README.md, GraphQL).
+                let instance = runtime
+                    .store()
+                    .get(api.name(), &entity)
+                    .map_err(|e| async_graphql::Error::new(e.to_string()))?;
                 // Hidden by the row filter: null, as if absent, so a lookup
                 // does not tell whether the entity exists.
                 Ok(instance
