@@ -206,8 +206,7 @@ impl UpsertTx<'_> {
         state.tail_start = state.version + 1;
         state.tail_len = 0;
         let sealed = events.len() as u64;
-        let blocks_full =
-            state.blocks.len() as u64 + 1 >= self.chunk_events / self.block_events;
+        let blocks_full = state.blocks.len() as u64 + 1 >= self.chunk_events / self.block_events;
         if self.blocks_on() && !blocks_full {
             if let Some(first) = self.write_chunk(entity, &events, "history block")? {
                 state.blocks.push(first);
@@ -237,7 +236,14 @@ impl UpsertTx<'_> {
             let Some(bytes) = self.history.get(&key)? else {
                 continue;
             };
-            let corrupt = |e| abort(StoreError::corrupt(self.product, entity, "history block", e));
+            let corrupt = |e| {
+                abort(StoreError::corrupt(
+                    self.product,
+                    entity,
+                    "history block",
+                    e,
+                ))
+            };
             let plain = self.trees.open(HISTORY, &key, &bytes).map_err(corrupt)?;
             let (_, block) = decode_chunk(&plain, &self.trees.dictionaries).map_err(corrupt)?;
             events.extend(block);
