@@ -10,6 +10,11 @@
 //! - `store/*`: one durable-less batch upsert of N records into sled (the
 //!   transaction cost per record; durability is the group commit's job and
 //!   measured end to end by `ingest_load`).
+//! - `sled_floor/*`: sled alone, the floor under `store/*` in the same
+//!   run: 100 records' worth of keys per call, as plain inserts (no
+//!   atomicity) and as one transaction over three trees with the fewest
+//!   operations a record needs (read the instance, write it, append a
+//!   history event). What the store cannot go below on this engine.
 //! - `codec/*`: zstd compression of a history chunk's worth of records,
 //!   the baseline the per-product dictionaries are measured against, and
 //!   `codec/zstd_chunk_dict`: a 32-event chunk with a trained dictionary
@@ -220,5 +225,71 @@ fn bench_codec(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_pipeline, bench_store, bench_codec);
+/// sled alone, for the same 100 records as `store/jobs_100_*`: the floor
+/// the store's per-record cost sits on.
+fn bench_sled_floor(c: &mut Criterion) {
+    use sled::Transactional;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = sled::Config::new()
+        .path(dir.path().join("db"))
+        .cache_capacity(StoreConfig::DEFAULT_CACHE_CAPACITY_BYTES)
+        .open()
+        .expect("sled opens");
+    let tree = |name: &str| db.open_tree(name).expect("tree");
+    let (instances, history, plain) = (tree("instances"), tree("history"), tree("plain"));
+    // A record's value as the store would hold it: its MessagePack.
+    let value = |entity: usize, seq: i64| {
+        rmp_serde::to_vec_named(&record(entity, seq).fields).expect("messagepack")
+    };
+    let mut seq = 0i64;
+    let mut group = c.benchmark_group("sled_floor");
+    group.throughput(Throughput::Elements(100));
+    group.bench_function("plain_insert_100_records", |b| {
+        b.iter_batched(
+            || {
+                seq += 1;
+                (seq, (0..100).map(|i| value(i, seq)).collect::<Vec<_>>())
+            },
+            |(seq, values)| {
+                for (i, v) in values.into_iter().enumerate() {
+                    let key = format!("PR-{i:04}/{seq:012}");
+                    plain.insert(key.as_bytes(), v).expect("insert");
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("tx_read_write_append_100_records", |b| {
+        b.iter_batched(
+            || {
+                seq += 1;
+                (seq, (0..100).map(|i| value(i, seq)).collect::<Vec<_>>())
+            },
+            |(seq, values)| {
+                (&instances, &history)
+                    .transaction(|(instances, history)| {
+                        for (i, v) in values.iter().enumerate() {
+                            let entity = format!("PR-{i:04}");
+                            let _current = instances.get(entity.as_bytes())?;
+                            instances.insert(entity.as_bytes(), v.as_slice())?;
+                            let key = format!("{entity}/{seq:012}");
+                            history.insert(key.as_bytes(), v.as_slice())?;
+                        }
+                        Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+                    })
+                    .expect("transaction")
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_pipeline,
+    bench_store,
+    bench_sled_floor,
+    bench_codec
+);
 criterion_main!(benches);

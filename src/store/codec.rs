@@ -23,6 +23,7 @@
 //! any failure is a [`CodecError`] that the caller turns into
 //! `StoreError::Corrupt` naming product and entity.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::io::Read;
 use std::sync::Arc;
@@ -96,10 +97,90 @@ pub(crate) fn encode_compressed<T: Serialize>(
     let plain =
         rmp_serde::to_vec_named(value).map_err(|e| CodecError(format!("messagepack: {e}")))?;
     let mut out = vec![FORMAT_ZSTD_MSGPACK];
-    let compressed =
-        zstd::bulk::compress(&plain, level).map_err(|e| CodecError(format!("zstd: {e}")))?;
-    out.extend_from_slice(&compressed);
+    compress_into(&mut out, &plain, level, None)?;
     Ok(out)
+}
+
+thread_local! {
+    /// One zstd compression and one decompression context per thread,
+    /// reused by every call on it. Why: creating a context and its tables
+    /// costs more than compressing a 16-event history block (measured,
+    /// `codec/zstd_chunk32_*` in `benches/README.md`); the store's writer
+    /// and readers call these on their own threads.
+    static COMPRESSION: RefCell<Option<zstd::zstd_safe::CCtx<'static>>> = const { RefCell::new(None) };
+    static DECOMPRESSION: RefCell<Option<zstd::zstd_safe::DCtx<'static>>> = const { RefCell::new(None) };
+}
+
+/// Appends one zstd frame of `plain` to `out` (at `level`, or with the
+/// prepared `dictionary`), on this thread's reused context.
+fn compress_into(
+    out: &mut Vec<u8>,
+    plain: &[u8],
+    level: i32,
+    dictionary: Option<(u32, &EncoderDictionary<'static>)>,
+) -> Result<(), CodecError> {
+    // Named only on error: this runs for every chunk the store seals.
+    let which = || match dictionary {
+        Some((id, _)) => format!("zstd dictionary {id}"),
+        None => "zstd".to_string(),
+    };
+    COMPRESSION.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = zstd::zstd_safe::CCtx::try_create();
+        }
+        let cctx = cell
+            .as_mut()
+            .ok_or_else(|| CodecError(format!("{}: cannot allocate a context", which())))?;
+        let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(plain.len()));
+        let written = match dictionary {
+            Some((_, dictionary)) => {
+                cctx.compress_using_cdict(&mut frame, plain, dictionary.as_cdict())
+            }
+            None => cctx.compress(&mut frame, plain, level),
+        };
+        written.map_err(|code| {
+            CodecError(format!(
+                "{}: {}",
+                which(),
+                zstd::zstd_safe::get_error_name(code)
+            ))
+        })?;
+        out.extend_from_slice(&frame);
+        Ok(())
+    })
+}
+
+/// Decompresses one zstd frame on this thread's reused context when the
+/// frame states its size (every frame the store writes does); `None` when
+/// it does not or the one-shot call fails, and the caller takes the
+/// streaming path, which also gives the precise error for corrupt bytes.
+fn decompress_one_shot(
+    payload: &[u8],
+    dictionary: Option<&DecoderDictionary<'static>>,
+) -> Option<Vec<u8>> {
+    let size = zstd::zstd_safe::get_frame_content_size(payload).ok()??;
+    if size > MAX_DECOMPRESSED_BYTES {
+        return None;
+    }
+    DECOMPRESSION.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = zstd::zstd_safe::DCtx::try_create();
+        }
+        let dctx = cell.as_mut()?;
+        let mut out = Vec::with_capacity(usize::try_from(size).ok()?);
+        let written = match dictionary {
+            Some(dictionary) => {
+                dctx.decompress_using_ddict(&mut out, payload, dictionary.as_ddict())
+            }
+            None => dctx.decompress(&mut out, payload),
+        };
+        match written {
+            Ok(n) if n as u64 == size => Some(out),
+            _ => None,
+        }
+    })
 }
 
 /// `[5] ++ u32 BE id ++ zstd_with_dictionary(msgpack(value))` when
@@ -118,13 +199,10 @@ pub(crate) fn encode_compressed_with<T: Serialize>(
     };
     let plain =
         rmp_serde::to_vec_named(value).map_err(|e| CodecError(format!("messagepack: {e}")))?;
-    let mut compressor = zstd::bulk::Compressor::with_prepared_dictionary(&dictionary)
-        .map_err(|e| CodecError(format!("zstd dictionary {id}: {e}")))?;
-    let with = compressor
-        .compress(&plain)
-        .map_err(|e| CodecError(format!("zstd dictionary {id}: {e}")))?;
-    let without =
-        zstd::bulk::compress(&plain, level).map_err(|e| CodecError(format!("zstd: {e}")))?;
+    let mut with = Vec::new();
+    compress_into(&mut with, &plain, level, Some((id, &dictionary)))?;
+    let mut without = Vec::new();
+    compress_into(&mut without, &plain, level, None)?;
     if without.len() <= with.len() + 4 {
         let mut out = Vec::with_capacity(1 + without.len());
         out.push(FORMAT_ZSTD_MSGPACK);
@@ -196,6 +274,9 @@ fn decompress_with(
     payload: &[u8],
     dictionary: Option<(u32, &DecoderDictionary<'static>)>,
 ) -> Result<Vec<u8>, CodecError> {
+    if let Some(out) = decompress_one_shot(payload, dictionary.map(|(_, d)| d)) {
+        return Ok(out);
+    }
     let which = match dictionary {
         Some((id, _)) => format!("zstd dictionary {id}"),
         None => "zstd".to_string(),
