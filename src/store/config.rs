@@ -25,7 +25,8 @@ pub struct StoreConfig {
     /// `history_block_events - 1` keys plus a few blocks, while the full
     /// chunks keep the compression of large chunks. Equal to (or above)
     /// `history_chunk_events`: one level, the tail seals straight into
-    /// full chunks. At least 2.
+    /// full chunks. At least 2. A full chunk then holds
+    /// `history_chunk_events` rounded down to a multiple of this.
     pub history_block_events: usize,
     /// zstd level for chunks. Default 3 (zstd's own default: good ratio at
     /// low CPU cost on ARM).
