@@ -1042,39 +1042,20 @@ async fn concurrent_durable_callers_all_return() {
 #[test]
 fn history_reads_stay_consistent_while_writers_seal() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open_with(dir.path(), 2);
-    let writer = {
-        let store = store.clone();
-        std::thread::spawn(move || {
-            for i in 0..1_500 {
-                store
-                    .upsert(P, &[rec("hot", &[("i", Value::Int(i))], i, &device())])
-                    .unwrap();
-            }
-        })
-    };
-    let mut reads = 0;
-    while !writer.is_finished() || reads == 0 {
-        let versions: Vec<u64> = all_history(&store, "hot")
-            .iter()
-            .map(|e| e.version)
-            .collect();
-        let expected: Vec<u64> = (1..=versions.len() as u64).collect();
-        assert_eq!(
-            versions, expected,
-            "a read during a seal saw missing or doubled events"
-        );
-        reads += 1;
-    }
-    writer.join().unwrap();
-    assert_eq!(all_history(&store, "hot").len(), 1_500);
+    reads_stay_whole_while_one_writer_appends(&open_with(dir.path(), 2), "seal");
 }
 
 /// The same with blocks: readers never see a merge half done.
 #[test]
 fn history_reads_stay_consistent_while_writers_merge_blocks() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open_with_blocks(dir.path(), 8, 2);
+    reads_stay_whole_while_one_writer_appends(&open_with_blocks(dir.path(), 8, 2), "merge");
+}
+
+/// One thread appends 1,500 events to one entity while this one reads its
+/// history over and over: every read is versions `1..=n`, nothing missing
+/// or doubled while the tail is sealed (or blocks merged) underneath.
+fn reads_stay_whole_while_one_writer_appends(store: &Store, during: &str) {
     let writer = {
         let store = store.clone();
         std::thread::spawn(move || {
@@ -1087,19 +1068,19 @@ fn history_reads_stay_consistent_while_writers_merge_blocks() {
     };
     let mut reads = 0;
     while !writer.is_finished() || reads == 0 {
-        let versions: Vec<u64> = all_history(&store, "hot")
+        let versions: Vec<u64> = all_history(store, "hot")
             .iter()
             .map(|e| e.version)
             .collect();
         let expected: Vec<u64> = (1..=versions.len() as u64).collect();
         assert_eq!(
             versions, expected,
-            "a read during a merge saw missing or doubled events"
+            "a read during a {during} saw missing or doubled events"
         );
         reads += 1;
     }
     writer.join().unwrap();
-    assert_eq!(all_history(&store, "hot").len(), 1_500);
+    assert_eq!(all_history(store, "hot").len(), 1_500);
 }
 
 /// A store held open by a live owner refuses a second opener (after the
