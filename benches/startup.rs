@@ -167,6 +167,21 @@ fn idle_rss(node: &Node, settle: Duration) -> f64 {
     harness::rss_mib(node.pid)
 }
 
+/// The node's default `[store] cache_capacity_mb` (16), in bytes.
+const NODE_CACHE_BYTES: u64 = 16 << 20;
+
+/// Milliseconds `open` takes (closing not counted); the database is
+/// closed, and its lock given back, before the next measurement.
+fn open_ms<T>(open: impl FnOnce() -> T) -> f64 {
+    let started = Instant::now();
+    let opened = open();
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    drop(opened);
+    // sled gives its file lock back from a thread `drop` does not join.
+    std::thread::sleep(Duration::from_millis(200));
+    ms
+}
+
 fn graphql(node: &Node, query: &str) -> String {
     let body = serde_json::to_vec(&serde_json::json!({ "query": query })).expect("json");
     let (status, text) = harness::http_request(&node.http, "POST", "/graphql", &body);
@@ -251,6 +266,24 @@ fn main() {
         rss.push(idle_rss(&node, settle));
         stop(node);
     }
+    // The floor under start→ready, in the same run on the same (now
+    // cached) files: sled's own open with the node's cache setting, and
+    // the store's open (sled, its trees, the outbox recount).
+    let (mut sled_open, mut store_open) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        sled_open.push(open_ms(|| {
+            sled::Config::new()
+                .path(data.join("store"))
+                .cache_capacity(NODE_CACHE_BYTES)
+                .open()
+                .expect("sled opens the bench store")
+        }));
+        store_open.push(open_ms(|| {
+            let mut config = StoreConfig::new(data.join("store"));
+            config.cache_capacity_bytes = NODE_CACHE_BYTES;
+            Store::open(config).expect("the bench store opens")
+        }));
+    }
 
     let data = data_dir(&root, million);
     let (mut million_ready, mut after_queries, mut after_count) = (vec![], vec![], vec![]);
@@ -258,13 +291,13 @@ fn main() {
         let (_dir, node) = start(&data);
         million_ready.push(node.start_to_ready.as_secs_f64() * 1000.0);
         a_few_queries(&node, million.entities);
-        after_queries.push(harness::rss_mib(node.pid));
+        after_queries.push(idle_rss(&node, settle));
         let count = graphql(&node, "{ meterConnection(first: 1) { totalCount } }");
         assert!(
             count.contains(&format!("\"totalCount\":{}", million.entities)),
             "{count}"
         );
-        after_count.push(harness::rss_mib(node.pid));
+        after_count.push(idle_rss(&node, settle));
         stop(node);
     }
     let runs = |values: &[f64], digits: usize| {
@@ -297,6 +330,16 @@ fn main() {
             .map(|r| format!("{r:.0}"))
             .collect::<Vec<_>>()
             .join(", ")
+    );
+    println!(
+        "| floor: `sled::open` of that store alone | {:.0} ms (median) | {} |",
+        harness::median(&mut sled_open.clone()),
+        runs(&sled_open, 0)
+    );
+    println!(
+        "| floor: `Store::open` of that store | {:.0} ms (median) | {} |",
+        harness::median(&mut store_open.clone()),
+        runs(&store_open, 0)
     );
     println!("| idle RSS, empty store | {empty_rss:.1} MiB | 1 |");
     println!(

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod contract;
 pub mod ingest;
+pub mod memory;
 pub mod node;
 pub mod pipeline;
 pub mod policy;

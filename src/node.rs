@@ -294,6 +294,8 @@ pub async fn start(
         .instrument(info_span!("retention")),
     );
 
+    tasks.spawn(crate::memory::keeper(store.clone(), shutdown.clone()));
+
     readiness.set_products(products.iter().map(|p| p.name.clone()).collect());
     readiness.set_phase(Phase::Ready);
     info!(

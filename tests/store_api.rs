@@ -468,6 +468,35 @@ fn scan_with_cursor_visits_every_entity_exactly_once() {
     assert_eq!(seen, sorted, "ordered by entity key bytes");
 }
 
+/// The heap keeper (`meshlet::memory`) trims after bulk reads: counts and
+/// scans report what they walked, and taking the tally resets it.
+#[test]
+fn bulk_reads_tally_what_they_walk_for_the_heap_keeper() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_with(dir.path(), 256);
+    let o = device();
+    let records: Vec<_> = (0..300)
+        .map(|i| rec(&format!("dev-{i:03}"), &[("i", Value::Int(i))], 1, &o))
+        .collect();
+    store.upsert(P, &records).unwrap();
+    assert_eq!(
+        store.take_walked_since_trim(),
+        0,
+        "writes are not bulk reads"
+    );
+
+    assert_eq!(store.count(P).unwrap(), 300);
+    assert_eq!(store.walked_since_trim(), 300);
+    let page = store.scan(P, None, 120).unwrap();
+    assert_eq!(page.instances.len(), 120);
+    assert_eq!(store.walked_since_trim(), 420);
+    store.get(P, "dev-001").unwrap();
+    assert_eq!(store.take_walked_since_trim(), 420, "a key lookup is not");
+    assert_eq!(store.walked_since_trim(), 0);
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    assert!(meshlet::memory::release_free_heap(), "glibc builds trim");
+}
+
 #[test]
 fn audit_coalesces_same_origin_and_never_holds_values() {
     let dir = tempfile::tempdir().unwrap();

@@ -213,6 +213,9 @@ struct Inner {
     /// off, or the thread could not start).
     trainer: Option<std::sync::mpsc::SyncSender<dictionary::TrainRequest>>,
     training: dictionary_train::TrainingCounters,
+    /// Instances and keys walked by bulk reads since the heap was last
+    /// trimmed (`crate::memory`).
+    walked_since_trim: std::sync::atomic::AtomicU64,
 }
 
 /// The trees of one product.
@@ -349,6 +352,7 @@ impl Store {
                     None
                 },
                 training: dictionary_train::TrainingCounters::default(),
+                walked_since_trim: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         store.outbox_recount()?;
@@ -384,7 +388,31 @@ impl Store {
     /// Number of instances of `product`. Walks the product's keys: O(n).
     pub fn count(&self, product: &str) -> Result<u64, StoreError> {
         let trees = self.product(product)?;
-        Ok(trees.instances.len() as u64)
+        let count = trees.instances.len() as u64;
+        self.walked(count);
+        Ok(count)
+    }
+
+    /// Counts instances a bulk read walked, for the heap keeper.
+    pub(crate) fn walked(&self, instances: u64) {
+        self.inner
+            .walked_since_trim
+            .fetch_add(instances, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Instances and keys bulk reads (scans, counts) walked since the last
+    /// [`Store::take_walked_since_trim`]: what `crate::memory` trims after.
+    pub fn walked_since_trim(&self) -> u64 {
+        self.inner
+            .walked_since_trim
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Resets [`Store::walked_since_trim`] and returns what it was.
+    pub fn take_walked_since_trim(&self) -> u64 {
+        self.inner
+            .walked_since_trim
+            .swap(0, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The node secret that keys `hash` masks, created (random) on first

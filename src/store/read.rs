@@ -78,6 +78,7 @@ impl Store {
                 break;
             }
         }
+        self.walked(visited as u64);
         if visited == limit {
             let more = range
                 .next()
