@@ -218,6 +218,12 @@ struct Phase {
     errors: u64,
     seconds: f64,
     node_cores: f64,
+    /// Every process on the machine: node, generator, broker, publisher.
+    machine_cores: f64,
+    /// This process: the load generator (and, under ingest, the
+    /// publisher thread).
+    generator_cores: f64,
+    broker_cores: f64,
 }
 
 impl Phase {
@@ -227,7 +233,7 @@ impl Phase {
 }
 
 /// Runs `load` on 64 connections: a warm-up, then `duration` counted.
-fn run_phase(node: &Node, load: Load, size: &Size) -> Phase {
+fn run_phase(node: &Node, broker: u32, load: Load, size: &Size) -> Phase {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -279,12 +285,12 @@ fn run_phase(node: &Node, load: Load, size: &Size) -> Phase {
             }));
         }
         tokio::time::sleep_until(warm_end.into()).await;
-        let cpu_start = harness::cpu_seconds(node.pid);
+        let cpu_start = Cpu::now(node.pid, broker);
         let mut all = Vec::new();
         for task in tasks {
             all.extend(task.await.expect("connection task"));
         }
-        let cpu_end = harness::cpu_seconds(node.pid);
+        let cpu_end = Cpu::now(node.pid, broker);
         (all, cpu_start, cpu_end)
     });
     let seconds = size.phase.as_secs_f64();
@@ -292,7 +298,30 @@ fn run_phase(node: &Node, load: Load, size: &Size) -> Phase {
         latencies: Latencies::new(all),
         errors: errors.load(Ordering::Relaxed),
         seconds,
-        node_cores: (cpu_end - cpu_start) / seconds,
+        node_cores: (cpu_end.node - cpu_start.node) / seconds,
+        machine_cores: (cpu_end.machine - cpu_start.machine) / seconds,
+        generator_cores: (cpu_end.generator - cpu_start.generator) / seconds,
+        broker_cores: (cpu_end.broker - cpu_start.broker) / seconds,
+    }
+}
+
+/// CPU seconds so far: the node, this process, the broker, the machine.
+#[derive(Clone, Copy)]
+struct Cpu {
+    node: f64,
+    generator: f64,
+    broker: f64,
+    machine: f64,
+}
+
+impl Cpu {
+    fn now(node: u32, broker: u32) -> Cpu {
+        Cpu {
+            node: harness::cpu_seconds(node),
+            generator: harness::cpu_seconds(std::process::id()),
+            broker: harness::cpu_seconds(broker),
+            machine: harness::machine_busy_seconds(),
+        }
     }
 }
 
@@ -349,15 +378,22 @@ fn ingest_rate(ceiling: f64, node: f64) -> (f64, &'static str) {
 
 fn print_row(name: &str, phase: &Phase, baseline: Option<f64>) {
     println!(
-        "| {name} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {} |",
+        "| {name} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {:.0} |",
         phase.rate(),
         baseline.map_or("1.00".to_string(), |b| format!("{:.2}", phase.rate() / b)),
         phase.latencies.quantile_ms(0.5),
         phase.latencies.quantile_ms(0.99),
         phase.node_cores,
-        phase.errors
+        phase.errors,
+        phase.machine_cores,
+        phase.generator_cores,
+        phase.broker_cores,
+        phase.machine_cores * 1e6 / phase.rate().max(1.0),
     );
 }
+
+/// The budget's lookup rate.
+const BUDGET_LOOKUPS: f64 = 15_000.0;
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
@@ -367,7 +403,8 @@ fn main() {
     let ceiling = harness::mosquitto_sub_ceiling(&messages, "meter/#");
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_broker, port) = harness::mosquitto(dir.path());
+    let (broker, port) = harness::mosquitto(dir.path());
+    let broker_pid = broker.0.id();
     let node = harness::start_node(
         dir.path(),
         std::path::Path::new("data"),
@@ -385,6 +422,7 @@ fn main() {
     let written = || harness::metric(&node.http, "meshlet_ingest_records_written_total");
     let before = written();
     let start = Instant::now();
+    let busy_before = harness::machine_busy_seconds();
     harness::publish(port, "sustain-pub", &messages);
     let end = Instant::now() + Duration::from_secs(600);
     while written() < before + messages.len() as f64 {
@@ -392,20 +430,23 @@ fn main() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let sustainable = messages.len() as f64 / start.elapsed().as_secs_f64();
+    // Publisher, broker and node together, per message stored.
+    let machine_us_per_message =
+        (harness::machine_busy_seconds() - busy_before) * 1e6 / messages.len() as f64;
 
-    let livez = run_phase(&node, Load::Livez, &size);
+    let livez = run_phase(&node, broker_pid, Load::Livez, &size);
     let lookup_load = Load::Lookup {
         entities: size.entities,
     };
-    let lookup = run_phase(&node, lookup_load, &size);
-    let page = run_phase(&node, Load::Page, &size);
+    let lookup = run_phase(&node, broker_pid, lookup_load, &size);
+    let page = run_phase(&node, broker_pid, Load::Page, &size);
 
     let (rate, chosen) = ingest_rate(ceiling, sustainable);
     let stop = Arc::new(AtomicBool::new(false));
     let publisher = paced_publisher(port, rate, stop.clone());
     std::thread::sleep(size.warm_up); // the publisher reaches its pace
     let before = written();
-    let under_ingest = run_phase(&node, lookup_load, &size);
+    let under_ingest = run_phase(&node, broker_pid, lookup_load, &size);
     let stored = written() - before;
     stop.store(true, Ordering::Relaxed);
     let published = publisher.join().expect("publisher");
@@ -423,8 +464,11 @@ fn main() {
         under_ingest.seconds + size.warm_up.as_secs_f64(),
         stored / (under_ingest.seconds + size.warm_up.as_secs_f64()),
     );
-    println!("| phase | req/s | vs /livez | p50 ms | p99 ms | node CPU (cores) | errors |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| phase | req/s | vs /livez | p50 ms | p99 ms | node CPU (cores) | errors | machine CPU (cores of {}) | generator | broker | machine µs per request |",
+        harness::machine_cores()
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     print_row("`GET /livez` (HTTP ceiling)", &livez, None);
     print_row("key lookup", &lookup, Some(livez.rate()));
     print_row("filtered 100-row page", &page, Some(livez.rate()));
@@ -432,6 +476,16 @@ fn main() {
         &format!("key lookup, ingest at {rate:.0} msgs/s"),
         &under_ingest,
         Some(livez.rate()),
+    );
+    // The budget as CPU: what 15,000 lookups/s and this ingest would cost
+    // all processes together at the per-unit costs just measured.
+    let lookup_us = lookup.machine_cores * 1e6 / lookup.rate();
+    let needed = (BUDGET_LOOKUPS * lookup_us + rate * machine_us_per_message) / 1e6;
+    println!(
+        "CPU budget: a lookup costs {lookup_us:.0} µs of machine CPU (node {:.0}, generator {:.0}); a stored message {machine_us_per_message:.0} µs (publisher, broker, node); {BUDGET_LOOKUPS:.0} lookups/s + {rate:.0} msgs/s need {needed:.2} cores of {}",
+        lookup.node_cores * 1e6 / lookup.rate(),
+        lookup.generator_cores * 1e6 / lookup.rate(),
+        harness::machine_cores()
     );
     for phase in [&livez, &lookup, &page, &under_ingest] {
         assert!(phase.latencies.count() > 0, "every phase served requests");

@@ -660,6 +660,55 @@ fn a_group_of_batches_is_the_same_batches_one_by_one() {
     }
 }
 
+/// A group of more records than one shared transaction takes (the store
+/// splits it into transactions of 32 records, for readers' sake) is still
+/// its batches one by one, duplicates recognised across the splits.
+#[test]
+fn a_group_larger_than_one_transaction_is_still_the_batches_one_by_one() {
+    let limits = limits(6, 64);
+    let batches: Vec<(IngestBatch, Timestamp)> = (0..100u8)
+        .map(|i| {
+            let records = (0..1 + usize::from(i % 3))
+                .map(|r| {
+                    checked(
+                        &format!("m{}", (usize::from(i) + r) % 7),
+                        (i + r as u8) % 45,
+                    )
+                })
+                .collect();
+            (
+                IngestBatch {
+                    records,
+                    source_offset: offset("p/file:0", &[i]),
+                    ..IngestBatch::default()
+                },
+                Timestamp(i64::from(i)),
+            )
+        })
+        .collect();
+    let records: usize = batches.iter().map(|(b, _)| b.records.len()).sum();
+    assert!(records > 3 * 32, "the group spans several transactions");
+    let (dir_one, dir_group) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (one, grouped) = (open(dir_one.path()), open(dir_group.path()));
+    let expected: Vec<_> = batches
+        .iter()
+        .map(|(batch, at)| one.ingest(P, batch, &limits, *at).expect("ingest"))
+        .collect();
+    let group: Vec<(&IngestBatch, Timestamp)> = batches.iter().map(|(b, t)| (b, *t)).collect();
+    let got: Vec<_> = grouped
+        .ingest_group(P, &group, &limits)
+        .into_iter()
+        .map(|r| r.expect("group ingest"))
+        .collect();
+    assert_eq!(expected.len(), got.len());
+    for (i, (want, got)) in expected.iter().zip(&got).enumerate() {
+        assert_eq!(want.changes, got.changes, "batch {i}: changes");
+        assert_eq!(want.duplicates, got.duplicates, "batch {i}: duplicates");
+    }
+    assert!(expected.iter().map(|o| o.duplicates).sum::<usize>() > 10);
+    assert_eq!(visible_state(&one), visible_state(&grouped));
+}
+
 #[test]
 fn a_bad_batch_in_a_group_fails_alone() {
     let dir = tempfile::tempdir().unwrap();
