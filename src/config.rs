@@ -185,6 +185,10 @@ pub struct StoreSettings {
     pub history_block_events: usize,
     /// zstd level for sealed chunks.
     pub zstd_level: i32,
+    /// Entities per product whose newest state is kept decoded for key
+    /// lookups, so lookups do not wait on the writer's sled transactions.
+    /// 0 turns it off.
+    pub instance_cache_entries: usize,
     /// How often the retention sweeper wakes.
     #[serde(with = "humantime_serde_compat")]
     pub retention_interval: Duration,
@@ -208,6 +212,7 @@ impl Default for StoreSettings {
             history_chunk_events: 256,
             history_block_events: 16,
             zstd_level: 3,
+            instance_cache_entries: 10_000,
             retention_interval: Duration::from_secs(30),
             retention_budget: 1_000,
             encryption_key_file: None,

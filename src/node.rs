@@ -331,6 +331,7 @@ pub(crate) async fn open_store(config: &HubConfig) -> Result<Store, NodeError> {
     store_config.cache_capacity_bytes = config.store.cache_capacity_mb.saturating_mul(1 << 20);
     store_config.history_chunk_events = config.store.history_chunk_events;
     store_config.history_block_events = config.store.history_block_events;
+    store_config.instance_cache_entries = config.store.instance_cache_entries;
     store_config.zstd_level = config.store.zstd_level;
     store_config.dictionary = config.store.dictionary.clone();
     store_config.encryption_key = config

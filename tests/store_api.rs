@@ -1147,3 +1147,103 @@ fn the_mask_secret_is_created_once_and_kept() {
     let elsewhere = Store::open(StoreConfig::new(other.path().join("db"))).unwrap();
     assert_ne!(elsewhere.mask_secret().unwrap().pseudonym("alice"), first);
 }
+
+fn open_cached(dir: &std::path::Path, entries: usize) -> Store {
+    let mut config = StoreConfig::new(dir.join("db"));
+    config.instance_cache_entries = entries;
+    Store::open(config).expect("store opens")
+}
+
+/// Key lookups answered from the cache of committed states (`current.rs`)
+/// are exactly what a store without it reads from sled: late events,
+/// several records of one entity in a batch, a full cache, an erase.
+#[test]
+fn lookups_from_the_state_cache_equal_lookups_from_sled() {
+    let (dir_cached, dir_plain) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cached = open_cached(dir_cached.path(), 8);
+    let plain = open_cached(dir_plain.path(), 0);
+    let o = device();
+    let name = |i: i64| format!("m{:02}", i % 20);
+    for round in 0..6i64 {
+        let records: Vec<_> = (0..30i64)
+            .map(|i| {
+                // Every fifth record is late: history only, state unchanged.
+                let event_time = if i % 5 == 0 { 1 } else { 1_000 * round + i };
+                rec(
+                    &name(i * 7 + round),
+                    &[("n", Value::Int(i)), ("round", Value::Int(round))],
+                    event_time,
+                    &o,
+                )
+            })
+            .collect();
+        cached.upsert_at(P, &records, Timestamp(round)).unwrap();
+        plain.upsert_at(P, &records, Timestamp(round)).unwrap();
+        for i in 0..20 {
+            assert_eq!(
+                cached.get(P, &name(i)).unwrap(),
+                plain.get(P, &name(i)).unwrap(),
+                "round {round}, {}",
+                name(i)
+            );
+        }
+        assert_eq!(cached.cached_instances(P).unwrap(), 8, "bounded, and full");
+    }
+    assert_eq!(plain.cached_instances(P).unwrap(), 0, "0 turns it off");
+
+    // The newest write is always cached; an erase takes it out at once.
+    let newest = name(29 * 7 + 5);
+    assert!(cached.get(P, &newest).unwrap().is_some());
+    assert!(cached.erase(P, &newest, &o).unwrap());
+    assert_eq!(cached.get(P, &newest).unwrap(), None);
+    assert_eq!(cached.cached_instances(P).unwrap(), 7);
+    // Re-created after the erase: cached again, as sled has it.
+    let again = [rec(&newest, &[("n", Value::Int(-1))], 9_999, &o)];
+    cached.upsert_at(P, &again, Timestamp(7)).unwrap();
+    let state = cached.get(P, &newest).unwrap().expect("re-created");
+    assert_eq!(state.fields.get("n"), Some(&Value::Int(-1)));
+    assert_eq!(
+        state.fields.get("round"),
+        None,
+        "nothing of before the erase"
+    );
+}
+
+/// Readers never see an entity's state go backwards while the writer
+/// commits new versions (the cache changes in commit order, under the
+/// writer lock; readers never fill it).
+#[test]
+fn lookups_never_go_back_a_version_while_the_writer_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_cached(dir.path(), 4);
+    let o = device();
+    const VERSIONS: i64 = 400;
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut last = 0;
+            let mut reads = 0u64;
+            while last < VERSIONS {
+                if let Some(state) = store.get(P, "m").unwrap() {
+                    let n = match state.fields.get("n") {
+                        Some(Value::Int(n)) => *n,
+                        other => panic!("unexpected n {other:?}"),
+                    };
+                    assert!(n >= last, "went back from {last} to {n}");
+                    assert_eq!(state.version as i64, n, "fields and version agree");
+                    last = n;
+                }
+                reads += 1;
+            }
+            reads
+        });
+        for n in 1..=VERSIONS {
+            // Other entities push "m" in and out of the 4-entry cache.
+            let records = [
+                rec("m", &[("n", Value::Int(n))], n, &o),
+                rec(&format!("other{}", n % 9), &[("n", Value::Int(n))], n, &o),
+            ];
+            store.upsert(P, &records).unwrap();
+        }
+        assert!(reader.join().unwrap() > 0);
+    });
+}

@@ -41,6 +41,10 @@ pub struct StoreConfig {
     /// Per-product zstd dictionaries for history chunks (see
     /// `dictionary.rs` and `dictionary_train.rs`).
     pub dictionary: DictionaryConfig,
+    /// Entities per product whose newest committed state is kept decoded
+    /// for key lookups (see `current.rs`). Default 10,000 (a few MiB with
+    /// a handful of fields each). 0: off, every lookup reads sled.
+    pub instance_cache_entries: usize,
 }
 
 /// When and how per-product history dictionaries are trained; the
@@ -90,6 +94,7 @@ impl StoreConfig {
     pub const DEFAULT_HISTORY_BLOCK_EVENTS: usize = 16;
     pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
     pub const DEFAULT_MAX_ENTITY_KEY_BYTES: usize = 512;
+    pub const DEFAULT_INSTANCE_CACHE_ENTRIES: usize = 10_000;
 
     /// A config for `path` with every other setting at its default.
     pub fn new(path: impl Into<PathBuf>) -> Self {
@@ -102,6 +107,7 @@ impl StoreConfig {
             max_entity_key_bytes: Self::DEFAULT_MAX_ENTITY_KEY_BYTES,
             encryption_key: None,
             dictionary: DictionaryConfig::default(),
+            instance_cache_entries: Self::DEFAULT_INSTANCE_CACHE_ENTRIES,
         }
     }
 

@@ -61,6 +61,9 @@ impl Store {
         let span = tracing::info_span!("store.erase", product, entity);
         let _enter = span.enter();
         let _writer = self.write_lock();
+        // Lookups read sled from here on; nothing refills the cache while
+        // this holds the writer lock.
+        trees.current.forget(entity);
         let instance = trees.instances.get(entity.as_bytes()).map_err(|e| {
             StoreError::sled(
                 format!("product `{product}`, entity `{entity}`: reading instance"),

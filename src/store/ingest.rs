@@ -430,6 +430,14 @@ impl Store {
         })?;
         self.apply_outbox_delta(delta);
         self.inner.group.wrote();
+        // Still under the writer lock: the cache changes in commit order.
+        trees.current.committed(
+            changes_per_batch
+                .iter()
+                .flatten()
+                .flatten()
+                .map(|change| &change.instance),
+        );
 
         let mut new_ids = quarantine
             .as_ref()

@@ -140,6 +140,7 @@ mod chunk;
 mod chunk_columns;
 mod codec;
 mod config;
+mod current;
 mod dedupe;
 mod dictionary;
 mod dictionary_train;
@@ -229,6 +230,8 @@ pub(crate) struct ProductTrees {
     pub quarantine: sled::Tree,
     /// History dictionaries (`dictionary.rs`).
     pub dictionaries: dictionary::ProductDictionaries,
+    /// The newest committed states, for lookups (`current.rs`).
+    pub current: current::CurrentCache,
     seal: seal::Seal,
 }
 
@@ -503,7 +506,23 @@ impl Store {
     /// (erasure checks, corruption injection). Not part of the API.
     #[doc(hidden)]
     pub fn raw_db(&self) -> &sled::Db {
+        // Whatever is written through it bypasses the lookup caches.
+        for trees in self
+            .inner
+            .products
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            trees.current.clear();
+        }
         &self.inner.db
+    }
+
+    /// Entities of `product` whose state lookups answer without sled
+    /// (`current.rs`).
+    pub fn cached_instances(&self, product: &str) -> Result<usize, StoreError> {
+        Ok(self.product(product)?.current.len())
     }
 
     /// The trees of `product`, opened on first use.
@@ -549,6 +568,7 @@ impl Store {
                 self.inner.config.dictionary.clone(),
                 self.inner.trainer.clone(),
             )?,
+            current: current::CurrentCache::new(self.inner.config.instance_cache_entries),
             seal: self.inner.seal.clone(),
         });
         products.insert(product.to_string(), Arc::clone(&trees));

@@ -21,6 +21,9 @@ impl Store {
     pub fn get(&self, product: &str, entity: &str) -> Result<Option<Instance>, StoreError> {
         self.check_entity(product, entity)?;
         let trees = self.product(product)?;
+        if let Some(instance) = trees.current.get(entity) {
+            return Ok(Some(instance));
+        }
         let bytes = trees.instances.get(entity.as_bytes()).map_err(|e| {
             StoreError::sled(
                 format!("product `{product}`, entity `{entity}`: reading instance"),

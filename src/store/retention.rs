@@ -320,6 +320,7 @@ impl Store {
         });
         tx_result(result, || context("trimming history"))?;
         self.inner.group.wrote();
+        trees.current.forget(entity);
         report.events_removed += plan.events_removed;
         report.chunks_rewritten += plan.chunks_rewritten;
         tracing::debug!(
