@@ -65,14 +65,25 @@ impl CurrentCache {
         if self.capacity == 0 {
             return;
         }
-        let mut entries = self.write();
+        // A group writes an entity several times; only its last state is
+        // kept, so only that one is copied.
+        let mut newest: HashMap<&str, &Instance> = HashMap::new();
         for state in states {
-            if !entries.contains_key(&state.entity) && entries.len() >= self.capacity {
-                if let Some(victim) = entries.keys().next().cloned() {
-                    entries.remove(&victim);
+            newest.insert(state.entity.as_str(), state);
+        }
+        let mut entries = self.write();
+        for (entity, state) in newest {
+            match entries.get_mut(entity) {
+                Some(entry) => *entry = Arc::new(state.clone()),
+                None => {
+                    if entries.len() >= self.capacity {
+                        if let Some(victim) = entries.keys().next().cloned() {
+                            entries.remove(&victim);
+                        }
+                    }
+                    entries.insert(entity.to_string(), Arc::new(state.clone()));
                 }
             }
-            entries.insert(state.entity.clone(), Arc::new(state.clone()));
         }
     }
 

@@ -27,19 +27,6 @@ use super::write::{TxResult, UpsertTx};
 use super::{codec, tx_result, Store, StoreError, QUARANTINE};
 use crate::record::{Record, Timestamp};
 
-/// Records a shared transaction of [`Store::ingest_group`] takes at most
-/// (a single larger batch still goes whole).
-///
-/// Why a cap: once a process has used a sled 0.34 transaction, every tree
-/// read takes a process-wide read lock and every commit holds its write
-/// side while it applies its writes (`sled::concurrency_control`). A
-/// group of a few hundred records (~8 keys each) kept every GraphQL
-/// lookup and page waiting for milliseconds per commit, with CPU idle
-/// (`benches/api_load.rs`, lookups under ingest). A transaction costs
-/// ~30 µs over its records (`store/jobs_100_*` in `benches/micro.rs`), so
-/// at 32 records the cap adds about 1 µs per record.
-pub(crate) const GROUP_TRANSACTION_RECORDS: usize = 32;
-
 /// One record to apply, borrowed (so [`Store::upsert`] needs no copies).
 pub(crate) struct RecordIn<'a> {
     pub record: &'a Record,
@@ -173,36 +160,9 @@ impl Store {
             .collect()
     }
 
-    /// Commits the batches `run` of a group in transactions of about
-    /// [`GROUP_TRANSACTION_RECORDS`] records, in order.
+    /// Commits the batches `run` of a group together; if that fails, one
+    /// by one (before any later batch of the group, to keep their order).
     fn commit_run(
-        &self,
-        product: &str,
-        batches: &[(&IngestBatch, Timestamp)],
-        run: &[usize],
-        limits: &IngestLimits,
-        results: &mut [Option<Result<IngestOutcome, StoreError>>],
-    ) {
-        let mut start = 0;
-        while start < run.len() {
-            let mut end = start + 1;
-            let mut records = batches[run[start]].0.records.len();
-            while end < run.len() {
-                let next = batches[run[end]].0.records.len();
-                if records + next > GROUP_TRANSACTION_RECORDS {
-                    break;
-                }
-                records += next;
-                end += 1;
-            }
-            self.commit_together(product, batches, &run[start..end], limits, results);
-            start = end;
-        }
-    }
-
-    /// Commits the batches `run` together; if that fails, one by one
-    /// (before any later batch of the group, to keep their order).
-    fn commit_together(
         &self,
         product: &str,
         batches: &[(&IngestBatch, Timestamp)],
