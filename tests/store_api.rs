@@ -1191,8 +1191,11 @@ fn lookups_from_the_state_cache_equal_lookups_from_sled() {
     }
     assert_eq!(plain.cached_instances(P).unwrap(), 0, "0 turns it off");
 
-    // The newest write is always cached; an erase takes it out at once.
-    let newest = name(29 * 7 + 5);
+    // A commit's only entity is cached; an erase takes it out at once.
+    let newest = name(3);
+    let only = [rec(&newest, &[("n", Value::Int(99))], 99_999, &o)];
+    cached.upsert_at(P, &only, Timestamp(6)).unwrap();
+    assert_eq!(cached.cached_instances(P).unwrap(), 8);
     assert!(cached.get(P, &newest).unwrap().is_some());
     assert!(cached.erase(P, &newest, &o).unwrap());
     assert_eq!(cached.get(P, &newest).unwrap(), None);

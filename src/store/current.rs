@@ -9,12 +9,16 @@
 //! that read sled waited on it: in `benches/api_load.rs` the lookups under
 //! ingest ran at a third of their rate with 0.4 of 2 cores idle.
 //!
-//! Only writers fill the cache, with exactly the state they committed,
-//! while they hold the store's writer lock: entries change in commit order
-//! and a reader can never put back a value older than the newest commit.
-//! Readers only look. A miss reads sled, which stays the truth. Every path
-//! that writes or removes an instance outside ingest (erase, retention)
-//! forgets the entity after its commit.
+//! The invariant: a cached state is the one sled holds. Writers (under the
+//! store's writer lock) forget the entities they are about to write before
+//! their transaction and put the committed states back after it, so while
+//! sled moves ahead the entity reads from sled. Without the forget, a
+//! reader that missed, read sled's new state, and then hit the old cached
+//! one saw its entity go back a version (the test
+//! `lookups_never_go_back_a_version_while_the_writer_commits` caught it).
+//! Readers only look; a miss reads sled, which stays the truth. Paths that
+//! write or remove an instance outside ingest (erase, retention) only
+//! forget.
 //!
 //! Bounded by entries (`StoreConfig::instance_cache_entries`). When full,
 //! an arbitrary entry makes room (the map's hash order is random), which
@@ -59,8 +63,9 @@ impl CurrentCache {
         self.read().get(entity).map(|i| Instance::clone(i))
     }
 
-    /// Records what was just committed, in commit order (call under the
-    /// store's writer lock, after the transaction succeeded).
+    /// Records what was just committed (call under the store's writer
+    /// lock, after the transaction succeeded; the entities were forgotten
+    /// before it).
     pub fn committed<'a>(&self, states: impl IntoIterator<Item = &'a Instance>) {
         if self.capacity == 0 {
             return;
@@ -87,12 +92,26 @@ impl CurrentCache {
         }
     }
 
-    /// Drops `entity` (after a commit that changed it outside ingest).
+    /// Drops `entity` (before a commit that changes it).
     pub fn forget(&self, entity: &str) {
         if self.capacity == 0 {
             return;
         }
         self.write().remove(entity);
+    }
+
+    /// Drops every entity of `entities` (before a commit that writes them).
+    pub fn forget_many<'a>(&self, entities: impl IntoIterator<Item = &'a str>) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut entries = self.write();
+        if entries.is_empty() {
+            return;
+        }
+        for entity in entities {
+            entries.remove(entity);
+        }
     }
 
     /// Drops everything (the raw database was handed out).

@@ -308,6 +308,7 @@ impl Store {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| StoreError::encode(product, entity, "history chunk", e))?;
+        trees.current.forget(entity);
         let result = (&trees.instances, &trees.history).transaction(|(instances, history)| {
             for key in &plan.removes {
                 history.remove(key.as_slice())?;
@@ -320,7 +321,6 @@ impl Store {
         });
         tx_result(result, || context("trimming history"))?;
         self.inner.group.wrote();
-        trees.current.forget(entity);
         report.events_removed += plan.events_removed;
         report.chunks_rewritten += plan.chunks_rewritten;
         tracing::debug!(
