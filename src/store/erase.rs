@@ -61,9 +61,6 @@ impl Store {
         let span = tracing::info_span!("store.erase", product, entity);
         let _enter = span.enter();
         let _writer = self.write_lock();
-        // Lookups read sled from here on; nothing refills the cache while
-        // this holds the writer lock.
-        trees.current.forget(entity);
         let instance = trees.instances.get(entity.as_bytes()).map_err(|e| {
             StoreError::sled(
                 format!("product `{product}`, entity `{entity}`: reading instance"),
@@ -133,6 +130,9 @@ pub(crate) fn remove_entity(
     erasure: Option<(&StoredTombstone, &ErasePlan)>,
     quarantined: Option<&EntityEntries>,
 ) -> Result<Removed, StoreError> {
+    // Lookups read sled from here on (erase and expiry both come here,
+    // under the writer lock, so nothing puts the entity back meanwhile).
+    trees.current.forget(entity);
     let tombstone = erasure.map(|(t, _)| t);
     let product = trees.name.as_str();
     let context = |what: &str| format!("product `{product}`, entity `{entity}`: {what}");
