@@ -1196,8 +1196,14 @@ fn lookups_from_the_state_cache_equal_lookups_from_sled() {
     let only = [rec(&newest, &[("n", Value::Int(99))], 99_999, &o)];
     cached.upsert_at(P, &only, Timestamp(6)).unwrap();
     assert_eq!(cached.cached_instances(P).unwrap(), 8);
-    assert!(cached.get(P, &newest).unwrap().is_some());
+    assert_eq!(
+        cached.get_cached(P, &newest).unwrap(),
+        plain.get(P, &newest).unwrap(),
+        "answered from the cache"
+    );
+    assert_eq!(plain.get_cached(P, &newest).unwrap(), None, "not cached");
     assert!(cached.erase(P, &newest, &o).unwrap());
+    assert_eq!(cached.get_cached(P, &newest).unwrap(), None);
     assert_eq!(cached.get(P, &newest).unwrap(), None);
     assert_eq!(cached.cached_instances(P).unwrap(), 7);
     // Re-created after the erase: cached again, as sled has it.

@@ -36,6 +36,15 @@ impl Store {
         }
     }
 
+    /// The state of `entity` if the lookup cache holds it (`current.rs`):
+    /// answered without sled, so never waiting on the writer's
+    /// transaction. `Ok(None)` means *not cached*, not absent: ask
+    /// [`Store::get`], which may block while the writer commits.
+    pub fn get_cached(&self, product: &str, entity: &str) -> Result<Option<Instance>, StoreError> {
+        self.check_entity(product, entity)?;
+        Ok(self.product(product)?.current.get(entity))
+    }
+
     /// One page of instances ordered by entity key bytes, starting after
     /// the exclusive cursor `after` (an entity key). At most `limit` entries
     /// are visited (a `limit` of 0 counts as 1); corrupt entries are skipped

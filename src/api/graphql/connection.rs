@@ -166,14 +166,23 @@ pub(crate) fn lookup_field(api: &Arc<ProductApi>) -> Field {
                 require(&ctx, &view, view.read, "read")?;
                 let entity = api.entity_arg(&ctx)?;
                 runtime.usage.query(api.name());
-                // Read in place, not through `blocking`: one key is one
-                // descent of sled's tree, mostly in its page cache, a few
-                // µs; the hand-off to a blocking thread and back cost more
-                // than the read itself (benches/README.md, GraphQL).
-                let instance = runtime
-                    .store()
-                    .get(api.name(), &entity)
+                // A cached state is read in place (no sled, no decode). A
+                // miss reads sled on the blocking pool: under ingest that
+                // read waits for the writer's transaction (sled's
+                // process-wide lock), and on a runtime worker it would
+                // stall every other request of that worker meanwhile.
+                let store = runtime.store();
+                let cached = store
+                    .get_cached(api.name(), &entity)
                     .map_err(|e| async_graphql::Error::new(e.to_string()))?;
+                let instance = match cached {
+                    Some(instance) => Some(instance),
+                    None => {
+                        let (store, product) = (store.clone(), api.name().to_string());
+                        blocking(move || store.get(&product, &entity).map_err(|e| e.to_string()))
+                            .await?
+                    }
+                };
                 // Hidden by the row filter: null, as if absent, so a lookup
                 // does not tell whether the entity exists.
                 Ok(instance
