@@ -1195,6 +1195,7 @@ fn lookups_from_the_state_cache_equal_lookups_from_sled() {
     let newest = name(3);
     let only = [rec(&newest, &[("n", Value::Int(99))], 99_999, &o)];
     cached.upsert_at(P, &only, Timestamp(6)).unwrap();
+    plain.upsert_at(P, &only, Timestamp(6)).unwrap();
     assert_eq!(cached.cached_instances(P).unwrap(), 8);
     assert_eq!(
         cached.get_cached(P, &newest).unwrap(),
