@@ -1,5 +1,5 @@
-//! The newest committed state of recently written entities, kept decoded,
-//! so key lookups need neither sled nor a decode.
+//! The newest committed state of recently read or written entities, kept
+//! decoded, so key lookups need neither sled nor a decode.
 //!
 //! Why: once a process has used a sled 0.34 transaction, every tree read
 //! takes a process-wide lock whose write side a transaction holds from
@@ -9,30 +9,72 @@
 //! that read sled waited on it: in `benches/api_load.rs` the lookups under
 //! ingest ran at a third of their rate with 0.4 of 2 cores idle.
 //!
-//! The invariant: a cached state is the one sled holds. Writers (under the
-//! store's writer lock) forget the entities they are about to write before
-//! their transaction and put the committed states back after it, so while
-//! sled moves ahead the entity reads from sled. Without the forget, a
-//! reader that missed, read sled's new state, and then hit the old cached
-//! one saw its entity go back a version (the test
-//! `lookups_never_go_back_a_version_while_the_writer_commits` caught it).
-//! Readers only look; a miss reads sled, which stays the truth. Paths that
-//! write or remove an instance outside ingest (erase, retention) only
-//! forget.
+//! # Why a state never goes back
 //!
-//! Bounded by entries (`StoreConfig::instance_cache_entries`). When full,
-//! an arbitrary entry makes room (the map's hash order is random), which
-//! is enough for the case it is for: a working set of devices that report
-//! often.
+//! Every reader must see an entity's versions in order, across requests:
+//! a dashboard that saw version 8 must not see 7 next. sled alone gives
+//! that. The cache keeps it with three rules:
+//!
+//! - The writer puts each committed state in right after its commit,
+//!   under the store's writer lock, so the writer's puts come in commit
+//!   order. During the commit the old state is still served: it is what
+//!   a reader would have seen a moment earlier.
+//! - A reader that missed reads sled and puts what it read back
+//!   (*fills*) only if it is newer than what is cached, and only if
+//!   nothing was removed from the cache since the miss (a *removal
+//!   count* ticket). Without the first check, a reader that read sled
+//!   before a commit could put back an older state over the writer's
+//!   newer one, after another reader had already seen the newer one in
+//!   sled. Without the second, a slow reader could put back an evicted
+//!   entity's older state, or an erased entity's state. A refused fill
+//!   still drops an *older* cached state of its entity: the writer may
+//!   have put that in after the miss and before the commit the reader
+//!   read, and the reader must not be shown it next.
+//! - Erase, expiry and retention forget the entity (a removal) before
+//!   and after their transaction, under the writer lock: a reader that
+//!   read sled before the commit cannot fill after it.
+//!
+//! `lookups_never_go_back_a_version_while_the_writer_commits`
+//! (tests/store_api.rs) is the test. It caught the first version of this
+//! cache, which had none of these rules.
+//!
+//! The cache is bounded by entries (`StoreConfig::instance_cache_entries`).
+//! When it is full, an arbitrary entry makes room: the map's hash order is
+//! random. That is enough for the case it is for, a working set of devices
+//! that report or are read often.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::Instance;
 
+#[derive(Default)]
+struct Entries {
+    map: HashMap<String, Arc<Instance>>,
+    /// Entries removed so far (evictions, forgets, clears).
+    removals: u64,
+}
+
+impl Entries {
+    /// Makes room for one more entry when full.
+    fn make_room(&mut self, capacity: usize) {
+        if self.map.len() >= capacity {
+            if let Some(victim) = self.map.keys().next().cloned() {
+                self.map.remove(&victim);
+                self.removals += 1;
+            }
+        }
+    }
+}
+
+/// What a miss hands the reader: the removal count at the miss, so a fill
+/// after a removal is refused.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FillTicket(u64);
+
 /// One product's cache; see the module docs.
 pub(crate) struct CurrentCache {
-    entries: RwLock<HashMap<String, Arc<Instance>>>,
+    entries: RwLock<Entries>,
     capacity: usize,
 }
 
@@ -40,32 +82,70 @@ impl CurrentCache {
     /// A cache of at most `capacity` entities (0: off).
     pub fn new(capacity: usize) -> CurrentCache {
         CurrentCache {
-            entries: RwLock::new(HashMap::new()),
+            entries: RwLock::new(Entries::default()),
             capacity,
         }
     }
 
-    // A writer that panicked mid-update leaves a map that is still a valid
+    // A thread that panicked mid-update leaves a map that is still a valid
     // map of committed states (each insert is whole), so poison is ignored.
-    fn read(&self) -> RwLockReadGuard<'_, HashMap<String, Arc<Instance>>> {
+    fn read(&self) -> RwLockReadGuard<'_, Entries> {
         self.entries.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, HashMap<String, Arc<Instance>>> {
+    fn write(&self) -> RwLockWriteGuard<'_, Entries> {
         self.entries.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The cached state of `entity`, if the writer put one.
-    pub fn get(&self, entity: &str) -> Option<Instance> {
-        if self.capacity == 0 {
-            return None;
+    /// The cached state of `entity`, or the ticket to fill it with what
+    /// sled holds.
+    pub fn lookup(&self, entity: &str) -> Result<Instance, FillTicket> {
+        let entries = self.read();
+        match entries.map.get(entity) {
+            Some(state) if self.capacity > 0 => Ok(Instance::clone(state)),
+            _ => Err(FillTicket(entries.removals)),
         }
-        self.read().get(entity).map(|i| Instance::clone(i))
+    }
+
+    /// Puts back what a reader read from sled after `ticket`'s miss: only
+    /// if nothing was removed since and it is newer than what is cached.
+    pub fn fill(&self, ticket: FillTicket, state: &Instance) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut entries = self.write();
+        if entries.removals != ticket.0 {
+            // Not put back, but an older cached state of this entity must
+            // not outlive what this reader saw: the writer may have put it
+            // in after the miss, before the commit this reader read.
+            let older = entries
+                .map
+                .get(&state.entity)
+                .is_some_and(|cached| cached.version < state.version);
+            if older {
+                entries.map.remove(&state.entity);
+                entries.removals += 1;
+            }
+            return;
+        }
+        match entries.map.get(&state.entity) {
+            Some(cached) if cached.version >= state.version => {}
+            Some(_) => {
+                entries
+                    .map
+                    .insert(state.entity.clone(), Arc::new(state.clone()));
+            }
+            None => {
+                entries.make_room(self.capacity);
+                entries
+                    .map
+                    .insert(state.entity.clone(), Arc::new(state.clone()));
+            }
+        }
     }
 
     /// Records what was just committed (call under the store's writer
-    /// lock, after the transaction succeeded; the entities were forgotten
-    /// before it).
+    /// lock, after the transaction succeeded).
     pub fn committed<'a>(&self, states: impl IntoIterator<Item = &'a Instance>) {
         if self.capacity == 0 {
             return;
@@ -78,49 +158,36 @@ impl CurrentCache {
         }
         let mut entries = self.write();
         for (entity, state) in newest {
-            match entries.get_mut(entity) {
+            match entries.map.get_mut(entity) {
                 Some(entry) => *entry = Arc::new(state.clone()),
                 None => {
-                    if entries.len() >= self.capacity {
-                        if let Some(victim) = entries.keys().next().cloned() {
-                            entries.remove(&victim);
-                        }
-                    }
-                    entries.insert(entity.to_string(), Arc::new(state.clone()));
+                    entries.make_room(self.capacity);
+                    entries
+                        .map
+                        .insert(entity.to_string(), Arc::new(state.clone()));
                 }
             }
         }
     }
 
-    /// Drops `entity` (before a commit that changes it).
+    /// Drops `entity` (before a commit that removes or rewrites it outside
+    /// ingest).
     pub fn forget(&self, entity: &str) {
-        if self.capacity == 0 {
-            return;
-        }
-        self.write().remove(entity);
-    }
-
-    /// Drops every entity of `entities` (before a commit that writes them).
-    pub fn forget_many<'a>(&self, entities: impl IntoIterator<Item = &'a str>) {
-        if self.capacity == 0 {
-            return;
-        }
         let mut entries = self.write();
-        if entries.is_empty() {
-            return;
-        }
-        for entity in entities {
-            entries.remove(entity);
-        }
+        entries.map.remove(entity);
+        // Counted even when absent: a reader's sled read may be older.
+        entries.removals += 1;
     }
 
     /// Drops everything (the raw database was handed out).
     pub fn clear(&self) {
-        self.write().clear();
+        let mut entries = self.write();
+        entries.map.clear();
+        entries.removals += 1;
     }
 
     /// Entities cached now.
     pub fn len(&self) -> usize {
-        self.read().len()
+        self.read().map.len()
     }
 }

@@ -227,6 +227,7 @@ pub(crate) fn remove_entity(
             },
         );
     let delta = tx_result(result, || context("removing the entity"))?;
+    trees.current.forget(entity);
     store.apply_outbox_delta(delta);
     Ok(Removed {
         history_events,

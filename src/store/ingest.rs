@@ -313,13 +313,6 @@ impl Store {
 
         let planner = self.planner();
         let (outbox_tree, outbox_index) = self.outbox_trees();
-        // Lookups of these entities read sled until `committed` below, so
-        // a cached state never lags what sled already shows (`current.rs`).
-        trees.current.forget_many(
-            batches
-                .iter()
-                .flat_map(|(b, _)| b.records.iter().map(|r| r.record.entity.as_str())),
-        );
         let result = (
             &trees.instances,
             &trees.history,

@@ -21,9 +21,10 @@ impl Store {
     pub fn get(&self, product: &str, entity: &str) -> Result<Option<Instance>, StoreError> {
         self.check_entity(product, entity)?;
         let trees = self.product(product)?;
-        if let Some(instance) = trees.current.get(entity) {
-            return Ok(Some(instance));
-        }
+        let ticket = match trees.current.lookup(entity) {
+            Ok(instance) => return Ok(Some(instance)),
+            Err(ticket) => ticket,
+        };
         let bytes = trees.instances.get(entity.as_bytes()).map_err(|e| {
             StoreError::sled(
                 format!("product `{product}`, entity `{entity}`: reading instance"),
@@ -31,7 +32,11 @@ impl Store {
             )
         })?;
         match bytes {
-            Some(bytes) => decode_instance(&trees, entity, &bytes).map(Some),
+            Some(bytes) => {
+                let instance = decode_instance(&trees, entity, &bytes)?;
+                trees.current.fill(ticket, &instance);
+                Ok(Some(instance))
+            }
             None => Ok(None),
         }
     }
@@ -42,7 +47,7 @@ impl Store {
     /// [`Store::get`], which may block while the writer commits.
     pub fn get_cached(&self, product: &str, entity: &str) -> Result<Option<Instance>, StoreError> {
         self.check_entity(product, entity)?;
-        Ok(self.product(product)?.current.get(entity))
+        Ok(self.product(product)?.current.lookup(entity).ok())
     }
 
     /// One page of instances ordered by entity key bytes, starting after

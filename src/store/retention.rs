@@ -320,6 +320,7 @@ impl Store {
             Ok::<_, ConflictableTransactionError<StoreError>>(())
         });
         tx_result(result, || context("trimming history"))?;
+        trees.current.forget(entity);
         self.inner.group.wrote();
         report.events_removed += plan.events_removed;
         report.chunks_rewritten += plan.chunks_rewritten;
