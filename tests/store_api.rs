@@ -1220,8 +1220,9 @@ fn lookups_from_the_state_cache_equal_lookups_from_sled() {
 }
 
 /// Readers never see an entity's state go backwards while the writer
-/// commits new versions (the cache changes in commit order, under the
-/// writer lock; readers never fill it).
+/// commits new versions and a 4-entry cache churns: the writer's puts,
+/// the readers' fills and the evictions all keep the order
+/// (`src/store/current.rs`).
 #[test]
 fn lookups_never_go_back_a_version_while_the_writer_commits() {
     let dir = tempfile::tempdir().unwrap();

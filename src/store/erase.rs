@@ -130,8 +130,10 @@ pub(crate) fn remove_entity(
     erasure: Option<(&StoredTombstone, &ErasePlan)>,
     quarantined: Option<&EntityEntries>,
 ) -> Result<Removed, StoreError> {
-    // Lookups read sled from here on (erase and expiry both come here,
-    // under the writer lock, so nothing puts the entity back meanwhile).
+    // Erase and expiry both come here, under the writer lock. The entity
+    // is forgotten before the transaction and again after it: a reader
+    // that read the old state from sled either fills before the second
+    // forget or is refused after it (`current.rs`).
     trees.current.forget(entity);
     let tombstone = erasure.map(|(t, _)| t);
     let product = trees.name.as_str();
