@@ -100,10 +100,11 @@ impl CurrentCache {
     /// The cached state of `entity`, or the ticket to fill it with what
     /// sled holds.
     pub fn lookup(&self, entity: &str) -> Result<Instance, FillTicket> {
+        // With capacity 0 nothing is ever put in, so this always misses.
         let entries = self.read();
         match entries.map.get(entity) {
-            Some(state) if self.capacity > 0 => Ok(Instance::clone(state)),
-            _ => Err(FillTicket(entries.removals)),
+            Some(state) => Ok(Instance::clone(state)),
+            None => Err(FillTicket(entries.removals)),
         }
     }
 
