@@ -307,6 +307,131 @@ fn the_window_forgets_the_oldest_fingerprint_beyond_capacity() {
     assert_eq!(recognised(&store, &[2], &cap3), [false], "2 was the oldest");
 }
 
+/// Keys of the product's dedupe tree, by their first byte.
+fn dedupe_key_tags(store: &Store) -> Vec<u8> {
+    store
+        .raw_db()
+        .open_tree(format!("{P}/dedupe"))
+        .unwrap()
+        .iter()
+        .keys()
+        .map(|k| k.unwrap()[0])
+        .collect()
+}
+
+#[test]
+fn the_window_keeps_one_key_per_write_group_and_reloads_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = limits(100, 100);
+    {
+        let store = open(dir.path());
+        for group in 0..10u8 {
+            let batch = IngestBatch {
+                records: (1..=20).map(|i| checked("m1", group * 20 + i)).collect(),
+                ..IngestBatch::default()
+            };
+            store.ingest(P, &batch, &cap, Timestamp(1)).unwrap();
+        }
+        let tags = dedupe_key_tags(&store);
+        assert_eq!(
+            tags.iter().filter(|&&t| t == b'G').count(),
+            5,
+            "100 registrations in their five write groups; wholly evicted groups removed: {tags:?}"
+        );
+        assert_eq!(tags.len(), 6, "the groups and the state: {tags:?}");
+        store.durable_blocking().unwrap();
+    }
+    let store = open(dir.path());
+    let newest: Vec<u8> = (101..=200).collect();
+    assert_eq!(
+        recognised(&store, &newest, &cap),
+        vec![true; 100],
+        "the newest 100 survive reopen"
+    );
+    assert_eq!(
+        recognised(&store, &[100], &cap),
+        [false],
+        "the 101st newest is gone"
+    );
+}
+
+/// Writes the dedupe window of `fps` (registered in that order) the way
+/// store format 1 kept it — per fingerprint `F ++ fp` → seq and
+/// `S ++ seq` → fp, then the state — and stamps the store format 1.
+fn write_format_1_window(db: &sled::Db, fps: &[u8]) {
+    let tree = db.open_tree(format!("{P}/dedupe")).unwrap();
+    tree.clear().unwrap();
+    for (seq, &n) in fps.iter().enumerate() {
+        let seq = u8::try_from(seq).expect("a MessagePack fixint");
+        let mut membership = vec![b'F'];
+        membership.extend_from_slice(&fp(n));
+        tree.insert(membership, vec![1u8, seq]).unwrap();
+        let mut age = vec![b'S'];
+        age.extend_from_slice(&u64::from(seq).to_be_bytes());
+        let mut value = vec![1u8, 0xc4, 16];
+        value.extend_from_slice(&fp(n));
+        tree.insert(age, value).unwrap();
+    }
+    let len = u8::try_from(fps.len()).unwrap();
+    // {"next_seq": len, "len": len} behind format byte 1.
+    let mut state = vec![1u8, 0x82, 0xa8];
+    state.extend_from_slice(b"next_seq");
+    state.extend_from_slice(&[len, 0xa3]);
+    state.extend_from_slice(b"len");
+    state.push(len);
+    tree.insert("N", state).unwrap();
+    let mut format = vec![1u8, 0x81, 0xae];
+    format.extend_from_slice(b"format_version");
+    format.push(1);
+    db.open_tree("meta")
+        .unwrap()
+        .insert("format", format)
+        .unwrap();
+    db.flush().unwrap();
+}
+
+#[test]
+fn a_format_1_dedupe_window_is_converted_when_the_store_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        write_format_1_window(store.raw_db(), &[1, 2, 3, 4, 5]);
+    }
+    let store = open(dir.path());
+    assert_eq!(
+        dedupe_key_tags(&store),
+        [b'G', b'N'],
+        "format 1 keys replaced by one group and the state"
+    );
+    let format = store
+        .raw_db()
+        .open_tree("meta")
+        .unwrap()
+        .get("format")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        format.last(),
+        Some(&(meshlet::store::STORE_FORMAT_VERSION as u8)),
+        "stamped with this build's format, so an older build refuses it"
+    );
+    let cap5 = limits(100, 5);
+    assert_eq!(
+        recognised(&store, &[1, 2, 3, 4, 5], &cap5),
+        [true; 5],
+        "every registration kept"
+    );
+    assert_eq!(recognised(&store, &[6], &cap5), [false]);
+    assert_eq!(
+        recognised(&store, &[1], &cap5),
+        [false],
+        "the age order kept: 1 was the oldest and went when 6 came"
+    );
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(recognised(&store, &[3, 4, 5, 6], &cap5), [true; 4]);
+}
+
 #[test]
 fn quarantine_is_bounded_and_counts_evictions() {
     let dir = tempfile::tempdir().unwrap();

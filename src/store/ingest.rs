@@ -7,16 +7,17 @@
 //! Steps, all under the writer lock except encoding:
 //! 1. check every entity key, encode quarantine entries and the offset
 //!    (before the lock: compressing large payloads must not stall writers);
-//! 2. plan the dedupe window and the quarantine (`dedupe.rs`,
-//!    `quarantine.rs`): both need range scans, which transactions cannot
-//!    do, and the lock guarantees that nothing changes before the commit;
+//! 2. plan the dedupe window (`dedupe.rs`, over its in-memory copy) and
+//!    the quarantine (`quarantine.rs`, which needs range scans that
+//!    transactions cannot do); the lock guarantees that nothing changes
+//!    before the commit, and the dedupe copy takes the plan only after it;
 //! 3. one transaction over the product's six trees and the offsets tree:
 //!    merge the records that are not duplicates (`write.rs`), write the
 //!    planned keys and the offset.
 
 use sled::Transactional;
 
-use super::dedupe::{self, DedupePlan, KeyWrite, TreeWindow};
+use super::dedupe::{self, DedupePlan, KeyWrite};
 use super::offsets::encode_offset;
 use super::outbox::{OutboxDelta, OutboxTx};
 use super::quarantine::{self, encode_entry, entry_key, QuarantinePlan, TreeEntries};
@@ -262,10 +263,12 @@ impl Store {
         let any_fingerprint = batches
             .iter()
             .any(|(b, _)| b.records.iter().any(|r| r.fingerprint.is_some()));
-        let dedupe = if any_fingerprint {
+        // Held to the commit, which hands the plan's delta back to it.
+        let mut dedupe_slot = trees.dedupe_window.lock();
+        let mut dedupe = if any_fingerprint {
             dedupe::plan(
                 product,
-                dedupe::load_state(product, &trees.dedupe)?,
+                dedupe::loaded(&mut dedupe_slot, product, &trees.dedupe)?,
                 limits.dedupe_capacity,
                 ExactLen {
                     inner: batches.iter().flat_map(|(b, _)| {
@@ -275,7 +278,6 @@ impl Store {
                     }),
                     len: records_total,
                 },
-                &mut TreeWindow::new(product, &trees.dedupe),
             )?
         } else {
             DedupePlan {
@@ -389,6 +391,10 @@ impl Store {
             )
         })?;
         self.apply_outbox_delta(delta);
+        if let (Some(window), Some(changes)) = (dedupe_slot.as_mut(), dedupe.delta.take()) {
+            window.apply(changes);
+        }
+        drop(dedupe_slot);
         self.inner.group.wrote();
         // Still under the writer lock: the cache changes in commit order.
         trees.current.committed(

@@ -181,7 +181,10 @@ use durable::GroupCommit;
 use stored::StoredMeta;
 
 /// The on-disk format this build writes and understands.
-pub const STORE_FORMAT_VERSION: u32 = 1;
+///
+/// 2: the dedupe window keeps one key per write group (`dedupe.rs`);
+/// format 1 stores are converted when opened.
+pub const STORE_FORMAT_VERSION: u32 = 2;
 
 const META_TREE: &str = "meta";
 const META_FORMAT_KEY: &[u8] = b"format";
@@ -232,6 +235,8 @@ pub(crate) struct ProductTrees {
     pub dictionaries: dictionary::ProductDictionaries,
     /// The newest committed states, for lookups (`current.rs`).
     pub current: current::CurrentCache,
+    /// The dedupe window in memory, loaded on first use (`dedupe.rs`).
+    pub dedupe_window: dedupe::DedupeIndex,
     seal: seal::Seal,
 }
 
@@ -515,6 +520,7 @@ impl Store {
             .values()
         {
             trees.current.clear();
+            trees.dedupe_window.clear();
         }
         &self.inner.db
     }
@@ -569,6 +575,7 @@ impl Store {
                 self.inner.trainer.clone(),
             )?,
             current: current::CurrentCache::new(self.inner.config.instance_cache_entries),
+            dedupe_window: dedupe::DedupeIndex::default(),
             seal: self.inner.seal.clone(),
         });
         products.insert(product.to_string(), Arc::clone(&trees));
@@ -620,7 +627,9 @@ fn validate_product_name(product: &str) -> Result<(), StoreError> {
     }
 }
 
-/// Writes the format version into a new database, refuses a newer one.
+/// Writes the format version into a new database, refuses a newer one,
+/// and converts an older one (then stamps it with this build's version,
+/// so a build that only knows the older format refuses it).
 fn check_format(db: &sled::Db, config: &StoreConfig) -> Result<(), StoreError> {
     let path = &config.path;
     let meta = db
@@ -642,21 +651,35 @@ fn check_format(db: &sled::Db, config: &StoreConfig) -> Result<(), StoreError> {
                     supported: STORE_FORMAT_VERSION,
                 });
             }
+            if stored.format_version < STORE_FORMAT_VERSION {
+                dedupe::migrate_format_1(db)?;
+                stamp_format(&meta, config)?;
+                tracing::info!(
+                    from = stored.format_version,
+                    to = STORE_FORMAT_VERSION,
+                    "store format converted"
+                );
+            }
         }
-        None => {
-            let bytes = codec::encode(&StoredMeta {
-                format_version: STORE_FORMAT_VERSION,
-            })
-            .map_err(|e| StoreError::Meta {
-                path: path.clone(),
-                detail: e.to_string(),
-            })?;
-            meta.insert(META_FORMAT_KEY, bytes)
-                .map_err(|e| StoreError::sled("writing the store format", e))?;
-            meta.flush()
-                .map_err(|e| StoreError::sled("writing the store format", e))?;
-        }
+        None => stamp_format(&meta, config)?,
     }
+    Ok(())
+}
+
+/// Writes this build's format version and flushes it.
+fn stamp_format(meta: &sled::Tree, config: &StoreConfig) -> Result<(), StoreError> {
+    let bytes = codec::encode(&StoredMeta {
+        format_version: STORE_FORMAT_VERSION,
+    })
+    .map_err(|e| StoreError::Meta {
+        path: config.path.clone(),
+        detail: e.to_string(),
+    })?;
+    meta.insert(META_FORMAT_KEY, bytes)
+        .map_err(|e| StoreError::sled("writing the store format", e))?;
+    // sled flushes the whole database: a conversion before is durable too.
+    meta.flush()
+        .map_err(|e| StoreError::sled("writing the store format", e))?;
     Ok(())
 }
 
