@@ -35,6 +35,9 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS};
 
+mod harness;
+use harness::{machine_busy_seconds, machine_cores};
+
 /// How long a QoS 0 run may see no progress before the rest counts as
 /// lost.
 const IDLE: Duration = Duration::from_secs(5);
@@ -435,6 +438,44 @@ struct Run {
     apparent: u64,
     /// Payload bytes sent.
     raw: u64,
+    /// CPU seconds over the run: every process on the machine, this
+    /// process (the publisher, and the reader of `mosquitto_sub`'s
+    /// output), Mosquitto (none on the embedded path), `mosquitto_sub`
+    /// (ceiling only).
+    machine_cpu: f64,
+    publisher_cpu: f64,
+    broker_cpu: f64,
+    sub_cpu: f64,
+}
+
+/// CPU readings at the start of a run, for [`Cpu::since`].
+struct Cpu {
+    machine: f64,
+    own: f64,
+    broker: f64,
+    other: f64,
+}
+
+impl Cpu {
+    fn now(broker: Option<u32>, other: Option<u32>) -> Cpu {
+        Cpu {
+            machine: machine_busy_seconds(),
+            own: cpu_seconds(std::process::id()),
+            broker: broker.map_or(0.0, cpu_seconds),
+            other: other.map_or(0.0, cpu_seconds),
+        }
+    }
+
+    /// (machine, this process, broker, other) seconds since `self`.
+    fn since(&self, broker: Option<u32>, other: Option<u32>) -> (f64, f64, f64, f64) {
+        let now = Cpu::now(broker, other);
+        (
+            now.machine - self.machine,
+            now.own - self.own,
+            now.broker - self.broker,
+            now.other - self.other,
+        )
+    }
 }
 
 impl Run {
@@ -458,7 +499,7 @@ fn raw_bytes(messages: &[(String, Vec<u8>)]) -> u64 {
 /// The ceiling: raw delivery by Mosquitto to `mosquitto_sub` at `qos`.
 fn baseline(s: Settings, qos: u8) -> Run {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_broker, port) = mosquitto(dir.path());
+    let (broker, port) = mosquitto(dir.path());
     let mut sub = Killed(
         Command::new("mosquitto_sub")
             .args(["-h", "127.0.0.1", "-p", &port.to_string()])
@@ -504,9 +545,14 @@ fn baseline(s: Settings, qos: u8) -> Run {
         std::thread::sleep(Duration::from_millis(50));
     }
     let messages = messages(s.messages, s.devices);
+    let (broker_pid, sub_pid) = (Some(broker.0.id()), Some(sub.0.id()));
+    let cpu = Cpu::now(broker_pid, sub_pid);
     let start = Instant::now();
     publish(port, "baseline-pub", &messages, qos_of(qos));
     let (got, _) = wait_for(|| received.load(Ordering::Relaxed), s.messages);
+    // Read before the kill; the idle polling after the last delivery
+    // costs next to nothing.
+    let (machine_cpu, publisher_cpu, broker_cpu, sub_cpu) = cpu.since(broker_pid, sub_pid);
     let _ = sub.0.kill();
     let _ = reader.join();
     let secs = last
@@ -519,6 +565,10 @@ fn baseline(s: Settings, qos: u8) -> Run {
         stored: got,
         secs,
         raw: raw_bytes(&messages),
+        machine_cpu,
+        publisher_cpu,
+        broker_cpu,
+        sub_cpu,
         ..Run::default()
     }
 }
@@ -560,7 +610,7 @@ fn meshlet(s: Settings, via: Via, qos: u8) -> (Run, Counters) {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(dir.path().join("products")).expect("dir");
     std::fs::write(dir.path().join("products/load.yaml"), product(qos)).expect("product");
-    let (_broker, mut node, port) = match via {
+    let (broker, mut node, port) = match via {
         Via::External => {
             let (broker, port) = mosquitto(dir.path());
             let node = start_node(
@@ -590,7 +640,8 @@ fn meshlet(s: Settings, via: Via, qos: u8) -> (Run, Counters) {
     };
     let messages = messages(s.messages, s.devices);
     let pid = node.pid();
-    let cpu_before = cpu_seconds(pid);
+    let broker_pid = broker.as_ref().map(|b: &Killed| b.0.id());
+    let cpu = Cpu::now(broker_pid, Some(pid));
     let written = || metric(&node.http, "meshlet_ingest_records_written_total") as usize;
     let start = Instant::now();
     let client_id = match via {
@@ -606,7 +657,7 @@ fn meshlet(s: Settings, via: Via, qos: u8) -> (Run, Counters) {
     } else {
         last.duration_since(start).as_secs_f64()
     };
-    let cpu_secs = cpu_seconds(pid) - cpu_before;
+    let (machine_cpu, publisher_cpu, broker_cpu, cpu_secs) = cpu.since(broker_pid, Some(pid));
     let rss_peak_kib = proc_status_kib(pid, "VmHWM");
     let series = |outcome: &str| {
         format!(
@@ -637,7 +688,12 @@ fn meshlet(s: Settings, via: Via, qos: u8) -> (Run, Counters) {
         disk,
         apparent,
         raw: raw_bytes(&messages),
+        machine_cpu,
+        publisher_cpu,
+        broker_cpu,
+        sub_cpu: 0.0,
     };
+    drop(broker);
     (run, counters)
 }
 
@@ -782,6 +838,7 @@ fn main() {
             }
         }
     }
+    print_cpu(&results);
     let raw = results[0][0].first().map_or(0, |r| r.raw);
     println!();
     println!(
@@ -790,6 +847,76 @@ fn main() {
         if s.full { 5 } else { 1 },
         idle as f64 / 1024.0
     );
+}
+
+/// Where the CPU went, per row, and the budget as CPU: at 0.8× the
+/// ceiling, what the machine's cores leave for the node once the
+/// publisher and the broker have taken what they cost per message in the
+/// ceiling run (at the ceiling's rate, so their cheapest; the same
+/// publisher and broker work as on the external path), against what the
+/// node spent per message.
+fn print_cpu(results: &[Vec<Vec<Run>>]) {
+    let cores = machine_cores() as f64;
+    println!();
+    println!(
+        "| path | QoS | machine busy (cores of {cores:.0}) | machine µs / msg | publisher µs / msg | broker µs / msg | mosquitto_sub µs / msg | node µs / msg |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let per_msg = |runs: &[Run], f: &dyn Fn(&Run) -> f64| {
+        median(
+            runs.iter()
+                .map(|r| f(r) * 1e6 / r.sent.max(1) as f64)
+                .collect(),
+        )
+    };
+    for (qos, rows) in results.iter().enumerate() {
+        for (row, (name, path)) in ROWS.iter().enumerate() {
+            let runs = &rows[row];
+            let busy = median(
+                runs.iter()
+                    .map(|r| r.machine_cpu / r.secs.max(1e-9))
+                    .collect(),
+            );
+            let dash_or = |v: f64, shown: bool| {
+                if shown {
+                    format!("{v:.1}")
+                } else {
+                    "—".to_string()
+                }
+            };
+            println!(
+                "| {name} | {qos} | {busy:.2} | {:.1} | {:.1} | {} | {} | {} |",
+                per_msg(runs, &|r| r.machine_cpu),
+                per_msg(runs, &|r| r.publisher_cpu),
+                dash_or(
+                    per_msg(runs, &|r| r.broker_cpu),
+                    *path != Some(Via::Embedded)
+                ),
+                dash_or(per_msg(runs, &|r| r.sub_cpu), path.is_none()),
+                dash_or(per_msg(runs, &|r| r.cpu_secs), path.is_some()),
+            );
+        }
+    }
+    println!();
+    for (qos, rows) in results.iter().enumerate() {
+        let ceiling = &rows[0];
+        let target = 0.8 * median(ceiling.iter().map(Run::rate).collect());
+        let publisher = per_msg(ceiling, &|r| r.publisher_cpu);
+        let broker = per_msg(ceiling, &|r| r.broker_cpu);
+        let available = cores * 1e6 / target.max(1e-9);
+        let node = |row: usize| per_msg(&rows[row], &|r| r.cpu_secs);
+        println!(
+            "CPU budget, QoS {qos}: 0.8× the ceiling is {target:.0} msgs/s, {available:.1} µs of the {cores:.0} cores per message. \
+             External: publisher {publisher:.1} + broker {broker:.1} leave the node {:.1} µs; it spends {:.1} µs, needing {:.2} cores in all. \
+             Embedded: the publisher leaves the node {:.1} µs; it spends {:.1} µs, needing {:.2} cores.",
+            available - publisher - broker,
+            node(1),
+            target * (publisher + broker + node(1)) / 1e6,
+            available - publisher,
+            node(2),
+            target * (publisher + node(2)) / 1e6,
+        );
+    }
 }
 
 /// What must hold whatever the speed: every payload the node received was
