@@ -3,12 +3,13 @@
 //! Sources hand it write jobs over a bounded queue and wait for the reply;
 //! it takes whatever has queued up (up to `batch_max_records`), writes the
 //! jobs of each product in one store transaction (`Store::ingest_group`:
-//! sled's per-transaction cost is paid per group, not per message), passes
-//! one durability barrier for all of them, and only then replies. So an
-//! fsync is shared by everything that arrived while the previous one ran —
-//! the cost of ack-after-durable falls as load rises — and a full queue
-//! makes sources wait, which stops them reading their sockets and files:
-//! backpressure instead of memory. Each job still gets its own result: a
+//! sled's per-transaction cost is paid per group, not per message), and
+//! hands the group to the acker, which replies once one durability barrier
+//! for all of them passed; meanwhile the writer goes on with the next
+//! group. So an fsync is shared by everything that arrived while the
+//! previous one ran — the cost of ack-after-durable falls as load rises —
+//! and a full queue makes sources wait, which stops them reading their
+//! sockets and files: backpressure instead of memory. Each job still gets its own result: a
 //! job the store refuses fails alone.
 
 use std::sync::atomic::Ordering;
@@ -19,7 +20,9 @@ use tracing::{debug, info_span, warn, Instrument};
 
 use super::metrics::IngestMetrics;
 use crate::record::Timestamp;
-use crate::store::{Change, IngestBatch, IngestLimits, IngestOutcome, Store, StoreError};
+use crate::store::{
+    Change, DurableBarrier, IngestBatch, IngestLimits, IngestOutcome, Store, StoreError,
+};
 
 /// One product's share of what one message, request or file batch
 /// produced.
@@ -126,6 +129,19 @@ impl Writer {
     }
 }
 
+/// Groups applied but not yet known durable, queued for the acker. Two
+/// lets the writer commit the next group while the flush of the one
+/// before runs (the flusher thread does the fsync), without letting it
+/// run far ahead of the disk.
+const GROUPS_IN_FLUSH: usize = 2;
+
+/// One applied group on its way to its senders.
+struct Applied {
+    group: Vec<(WriteJob, Reply)>,
+    results: Vec<Result<Written, WriteError>>,
+    durable: DurableBarrier,
+}
+
 async fn run(
     store: Store,
     metrics: Arc<IngestMetrics>,
@@ -133,6 +149,16 @@ async fn run(
     batch_max_records: usize,
     feed: broadcast::Sender<Arc<ChangeEvent>>,
 ) {
+    // Why two stages: a writer that waited for each group's fsync before
+    // taking the next left the store idle for the length of every flush
+    // (`benches/ingest_load.rs` showed a quarter of the 2 cores idle). The
+    // acker takes groups in commit order, so replies and the change feed
+    // keep that order, and no sender is answered before its group is on
+    // disk.
+    let (applied_tx, applied_rx) = mpsc::channel(GROUPS_IN_FLUSH);
+    let acker = tokio::spawn(
+        acknowledge(applied_rx, metrics.clone(), feed).instrument(info_span!("acker")),
+    );
     while let Some(first) = jobs.recv().await {
         let mut group = vec![first];
         let mut records = group[0].0.batch.records.len();
@@ -150,20 +176,51 @@ async fn run(
         let applied = tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
             let results = apply_group(&store, &mut group);
-            let durable = store.durable_blocking();
-            (group, results, durable)
+            // Taken right after the commit: covers this group, not the next.
+            let durable = store.durable_barrier();
+            Applied {
+                group,
+                results,
+                durable,
+            }
         })
         .await;
-        let (group, results, durable) = match applied {
-            Ok(applied) => applied,
+        match applied {
+            Ok(applied) => {
+                if applied_tx.send(applied).await.is_err() {
+                    warn!("the acker stopped; the writer stops");
+                    break;
+                }
+            }
             Err(join) => {
                 // A panic in the store: the replies were dropped with the
                 // group, so every sender sees ShuttingDown and redelivers.
                 warn!(error = %join, "write group panicked");
                 metrics.write_failures.fetch_add(1, Ordering::Relaxed);
-                continue;
             }
-        };
+        }
+    }
+    drop(applied_tx);
+    if let Err(e) = acker.await {
+        warn!(error = %e, "the acker panicked");
+    }
+    debug!("writer stopped: every source is gone");
+}
+
+/// Answers each applied group's senders, in commit order, once the group
+/// is durable, and publishes its changes.
+async fn acknowledge(
+    mut applied: mpsc::Receiver<Applied>,
+    metrics: Arc<IngestMetrics>,
+    feed: broadcast::Sender<Arc<ChangeEvent>>,
+) {
+    while let Some(Applied {
+        group,
+        results,
+        durable,
+    }) = applied.recv().await
+    {
+        let durable = durable.wait().await;
         metrics.durable_barriers.fetch_add(1, Ordering::Relaxed);
         let durable = durable.map_err(|e| WriteError::Durable(Arc::new(e)));
         if let Err(err) = &durable {
@@ -198,7 +255,6 @@ async fn run(
             let _ = reply.send(result);
         }
     }
-    debug!("writer stopped: every source is gone");
 }
 
 /// Applies a group's jobs: the jobs of one product share one store

@@ -140,12 +140,39 @@ impl GroupCommit {
     }
 
     pub(crate) async fn durable(&self) -> Result<(), StoreError> {
-        let mut rx = self.shared.watch.subscribe();
-        let Some(ticket) = self.request() else {
+        self.barrier().wait().await
+    }
+
+    /// A durability barrier over every write committed so far, with its
+    /// flush requested now; wait for it later with [`DurableBarrier::wait`].
+    pub(crate) fn barrier(&self) -> DurableBarrier {
+        let rx = self.shared.watch.subscribe();
+        DurableBarrier {
+            ticket: self.request(),
+            rx,
+        }
+    }
+}
+
+/// Writes committed before [`crate::store::Store::durable_barrier`] was
+/// called, on their way to disk. Waiting does not include later writes, so
+/// a writer can go on committing while earlier writes are flushed.
+pub struct DurableBarrier {
+    /// `None`: already durable when taken.
+    ticket: Option<Ticket>,
+    rx: watch::Receiver<FlushStatus>,
+}
+
+impl DurableBarrier {
+    /// Returns once those writes are on disk, or the flush that should
+    /// have put them there failed.
+    pub async fn wait(mut self) -> Result<(), StoreError> {
+        let Some(ticket) = self.ticket else {
             return Ok(());
         };
         let mut outcome = Ok(());
-        let waited = rx
+        let waited = self
+            .rx
             .wait_for(|status| match verdict(status, ticket) {
                 Verdict::Done(result) => {
                     outcome = result;
@@ -161,7 +188,9 @@ impl GroupCommit {
             }),
         }
     }
+}
 
+impl GroupCommit {
     pub(crate) fn durable_blocking(&self) -> Result<(), StoreError> {
         let Some(ticket) = self.request() else {
             return Ok(());

@@ -177,6 +177,7 @@ pub use types::{
 };
 pub use write::SYNC_ORIGIN_PREFIX;
 
+pub use durable::DurableBarrier;
 use durable::GroupCommit;
 use stored::StoredMeta;
 
@@ -377,6 +378,15 @@ impl Store {
     /// disk. Concurrent callers share one flush.
     pub async fn durable(&self) -> Result<(), StoreError> {
         self.inner.group.durable().await
+    }
+
+    /// A barrier over every write committed so far, its flush already
+    /// requested: [`DurableBarrier::wait`] returns once they are on disk.
+    /// Unlike [`Store::durable`], writes committed after this call do not
+    /// lengthen the wait, so the ingest writer takes one per group and
+    /// goes on writing the next group while it is flushed.
+    pub fn durable_barrier(&self) -> DurableBarrier {
+        self.inner.group.barrier()
     }
 
     /// [`Store::durable`] for threads outside an async runtime (it blocks
