@@ -438,6 +438,9 @@ struct Run {
     apparent: u64,
     /// Payload bytes sent.
     raw: u64,
+    /// Node only: durability barriers (fsync rounds the writer waited
+    /// for), so records per barrier is the writer's mean group size.
+    barriers: f64,
     /// CPU seconds over the run: every process on the machine, this
     /// process (the publisher, and the reader of `mosquitto_sub`'s
     /// output), Mosquitto (none on the embedded path), `mosquitto_sub`
@@ -668,6 +671,7 @@ fn meshlet(s: Settings, via: Via, qos: u8) -> (Run, Counters) {
     // a moment after the durable counter: let them catch up.
     let accepted = || metric(&node.http, &series("accepted")) as usize;
     wait_for(accepted, stored);
+    let barriers = metric(&node.http, "meshlet_ingest_durable_barriers_total");
     let counters = Counters {
         messages: metric(
             &node.http,
@@ -692,6 +696,7 @@ fn meshlet(s: Settings, via: Via, qos: u8) -> (Run, Counters) {
         publisher_cpu,
         broker_cpu,
         sub_cpu: 0.0,
+        barriers,
     };
     drop(broker);
     (run, counters)
@@ -859,9 +864,9 @@ fn print_cpu(results: &[Vec<Vec<Run>>]) {
     let cores = machine_cores() as f64;
     println!();
     println!(
-        "| path | QoS | machine busy (cores of {cores:.0}) | machine µs / msg | publisher µs / msg | broker µs / msg | mosquitto_sub µs / msg | node µs / msg |"
+        "| path | QoS | machine busy (cores of {cores:.0}) | machine µs / msg | publisher µs / msg | broker µs / msg | mosquitto_sub µs / msg | node µs / msg | records per durability barrier |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let per_msg = |runs: &[Run], f: &dyn Fn(&Run) -> f64| {
         median(
             runs.iter()
@@ -884,8 +889,13 @@ fn print_cpu(results: &[Vec<Vec<Run>>]) {
                     "—".to_string()
                 }
             };
+            let group = median(
+                runs.iter()
+                    .map(|r| r.stored as f64 / r.barriers.max(1.0))
+                    .collect(),
+            );
             println!(
-                "| {name} | {qos} | {busy:.2} | {:.1} | {:.1} | {} | {} | {} |",
+                "| {name} | {qos} | {busy:.2} | {:.1} | {:.1} | {} | {} | {} | {} |",
                 per_msg(runs, &|r| r.machine_cpu),
                 per_msg(runs, &|r| r.publisher_cpu),
                 dash_or(
@@ -894,6 +904,7 @@ fn print_cpu(results: &[Vec<Vec<Run>>]) {
                 ),
                 dash_or(per_msg(runs, &|r| r.sub_cpu), path.is_none()),
                 dash_or(per_msg(runs, &|r| r.cpu_secs), path.is_some()),
+                dash_or(group, path.is_some()),
             );
         }
     }
