@@ -141,7 +141,7 @@ fn merge_overwrites_keeps_absent_fields_and_null_clears() {
         (4, Timestamp(1_000), Timestamp(2_000), Timestamp(400))
     );
     assert_eq!(m1.last_origin, o);
-    assert_eq!(changes[2].instance, m1);
+    assert_eq!(*changes[2].instance, m1);
 
     let history = all_history(&store, "m1");
     assert_eq!(

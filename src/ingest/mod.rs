@@ -110,12 +110,7 @@ impl PendingMessage {
         for (pending, counters, times) in self.writes {
             match pending.wait().await {
                 Ok(written) => {
-                    let accepted = written
-                        .outcome
-                        .changes
-                        .iter()
-                        .filter(|c| c.is_some())
-                        .count();
+                    let accepted = written.accepted;
                     counters.count(Outcome::Accepted, accepted as u64);
                     counters.count(Outcome::Duplicate, written.outcome.duplicates as u64);
                     counters.count(Outcome::Quarantined, written.outcome.quarantined as u64);

@@ -39,7 +39,11 @@ pub struct WriteJob {
 /// What became of a job once durable.
 #[derive(Debug)]
 pub struct Written {
+    /// The store's outcome, except that `changes` is empty: the applied
+    /// changes went to the change feed (moved, not copied).
     pub outcome: IngestOutcome,
+    /// Records applied (the changes the feed got).
+    pub accepted: usize,
     /// Records dropped because they were retained state of a known entity
     /// (their indexes in the job's batch).
     pub retained_known: Vec<usize>,
@@ -129,11 +133,13 @@ impl Writer {
     }
 }
 
-/// Groups applied but not yet known durable, queued for the acker. Two
-/// lets the writer commit the next group while the flush of the one
-/// before runs (the flusher thread does the fsync), without letting it
-/// run far ahead of the disk.
-const GROUPS_IN_FLUSH: usize = 2;
+/// Groups applied but not yet known durable, queued for the acker: the
+/// writer commits the next groups while earlier ones are flushed (the
+/// flusher thread does the fsync), and stops this far ahead of the disk.
+/// 8 against 2 was 1-18% faster in `ingest_load` (one run each); what it
+/// holds is bounded by the writer's job queue anyway, and a gateway's slow
+/// SD card needs the depth more than this VM does.
+const GROUPS_IN_FLUSH: usize = 8;
 
 /// One applied group on its way to its senders.
 struct Applied {
@@ -230,10 +236,13 @@ async fn acknowledge(
         for ((job, reply), result) in group.into_iter().zip(results) {
             let result = match (&durable, result) {
                 (Err(err), _) => Err(err.clone()),
-                (Ok(()), Ok(written)) => {
+                (Ok(()), Ok(mut written)) => {
                     metrics.batches_written.fetch_add(1, Ordering::Relaxed);
-                    let changes: Vec<Change> =
-                        written.outcome.changes.iter().flatten().cloned().collect();
+                    let changes: Vec<Change> = std::mem::take(&mut written.outcome.changes)
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                    written.accepted = changes.len();
                     metrics
                         .records_written
                         .fetch_add(changes.len() as u64, Ordering::Relaxed);
@@ -310,6 +319,7 @@ fn write_together(
             outcome
                 .map(|outcome| Written {
                     outcome,
+                    accepted: 0,
                     retained_known: Vec::new(),
                 })
                 .map_err(|e| {
@@ -351,6 +361,7 @@ fn apply(store: &Store, job: &mut WriteJob) -> Result<Written, WriteError> {
         })?;
     Ok(Written {
         outcome,
+        accepted: 0,
         retained_known,
     })
 }

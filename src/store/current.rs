@@ -147,25 +147,23 @@ impl CurrentCache {
 
     /// Records what was just committed (call under the store's writer
     /// lock, after the transaction succeeded).
-    pub fn committed<'a>(&self, states: impl IntoIterator<Item = &'a Instance>) {
+    pub fn committed<'a>(&self, states: impl IntoIterator<Item = &'a Arc<Instance>>) {
         if self.capacity == 0 {
             return;
         }
         // A group writes an entity several times; only its last state is
-        // kept, so only that one is copied.
-        let mut newest: HashMap<&str, &Instance> = HashMap::new();
+        // kept.
+        let mut newest: HashMap<&str, &Arc<Instance>> = HashMap::new();
         for state in states {
             newest.insert(state.entity.as_str(), state);
         }
         let mut entries = self.write();
         for (entity, state) in newest {
             match entries.map.get_mut(entity) {
-                Some(entry) => *entry = Arc::new(state.clone()),
+                Some(entry) => *entry = Arc::clone(state),
                 None => {
                     entries.make_room(self.capacity);
-                    entries
-                        .map
-                        .insert(entity.to_string(), Arc::new(state.clone()));
+                    entries.map.insert(entity.to_string(), Arc::clone(state));
                 }
             }
         }

@@ -1,5 +1,6 @@
 //! The store's public value types: what callers put in and get back.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -41,8 +42,10 @@ pub struct Change {
     /// `false` for a late event that changed nothing in the state and only
     /// went to history.
     pub applied_to_state: bool,
-    /// The state after this record.
-    pub instance: Instance,
+    /// The state after this record; shared with the store's state cache
+    /// and the change feed, so a record's state is built once and never
+    /// copied on its way to lookups and subscribers.
+    pub instance: Arc<Instance>,
 }
 
 /// One page of a [`Store::scan`](super::Store::scan).

@@ -134,7 +134,7 @@ impl UpsertTx<'_> {
             created,
             changed,
             applied_to_state,
-            instance: state.to_instance(entity),
+            instance: std::sync::Arc::new(state.to_instance(entity)),
         })
     }
 

@@ -62,7 +62,7 @@ pub(crate) fn change_object(api: &Arc<ProductApi>) -> Object {
                 ready(
                     ctx.parent_value
                         .try_downcast_ref::<Change>()
-                        .map(|c| Some(FieldValue::borrowed_any(&c.instance))),
+                        .map(|c| Some(FieldValue::borrowed_any(c.instance.as_ref()))),
                 )
             })
             .description("The state after the change."),
@@ -164,7 +164,9 @@ async fn next_change<'a>(mut feed: Feed) -> Option<(async_graphql::Result<FieldV
                         continue;
                     }
                     let mut change = change.clone();
-                    feed.view.mask_fields(&mut change.instance.fields);
+                    // Copy on write: the feed's state is shared.
+                    feed.view
+                        .mask_fields(&mut std::sync::Arc::make_mut(&mut change.instance).fields);
                     change.entity = feed.view.entity_key(&change.entity);
                     if feed
                         .filter
