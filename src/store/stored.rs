@@ -55,6 +55,20 @@ impl StoredInstance {
             last_origin: self.last_origin.clone(),
         }
     }
+
+    /// [`StoredInstance::to_instance`] without copying the fields, for a
+    /// writer that has encoded the state and needs it no more.
+    pub fn into_instance(self, entity: &str) -> Instance {
+        Instance {
+            entity: entity.to_string(),
+            fields: self.fields,
+            version: self.version,
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
+            event_time: self.event_time,
+            last_origin: self.last_origin,
+        }
+    }
 }
 
 /// One history event, in the tail (one key each) or inside a chunk.
@@ -65,6 +79,18 @@ pub(crate) struct StoredEvent {
     pub received_at: Timestamp,
     pub fields: Fields,
     pub origin: Origin,
+}
+
+/// A [`StoredEvent`] to encode, borrowing the record's fields and origin:
+/// the writer appends every record to history and need not copy it for
+/// that. Encodes to the same bytes (same fields, same order).
+#[derive(Serialize)]
+pub(crate) struct StoredEventRef<'a> {
+    pub version: u64,
+    pub event_time: Timestamp,
+    pub received_at: Timestamp,
+    pub fields: &'a Fields,
+    pub origin: &'a Origin,
 }
 
 impl From<StoredEvent> for HistoryEvent {
@@ -243,6 +269,28 @@ mod bin16 {
 mod tests {
     use super::*;
     use crate::store::codec;
+
+    #[test]
+    fn a_borrowed_event_encodes_as_the_owned_one() {
+        let event = StoredEvent {
+            version: 3,
+            event_time: Timestamp(5),
+            received_at: Timestamp(6),
+            fields: Fields::from([("temp".to_string(), crate::record::Value::Float(1.5))]),
+            origin: Origin::new("mqtt:a").with_actor("dev"),
+        };
+        let borrowed = StoredEventRef {
+            version: event.version,
+            event_time: event.event_time,
+            received_at: event.received_at,
+            fields: &event.fields,
+            origin: &event.origin,
+        };
+        assert_eq!(
+            codec::encode(&borrowed).unwrap(),
+            codec::encode(&event).unwrap(),
+        );
+    }
 
     #[test]
     fn payload_bytes_are_stored_as_bin_and_round_trip() {

@@ -10,7 +10,7 @@ use super::codec;
 use super::ingest::{BatchIn, RecordIn};
 use super::keys::{audit_key, chunk_key, tail_key};
 use super::merge::merge_fields;
-use super::stored::{StoredAuditLine, StoredEvent, StoredInstance};
+use super::stored::{StoredAuditLine, StoredEvent, StoredEventRef, StoredInstance};
 use super::{
     AuditAction, Change, IngestLimits, ProductTrees, Store, StoreError, AUDIT, HISTORY, INSTANCES,
 };
@@ -134,7 +134,7 @@ impl UpsertTx<'_> {
             created,
             changed,
             applied_to_state,
-            instance: std::sync::Arc::new(state.to_instance(entity)),
+            instance: std::sync::Arc::new(state.into_instance(entity)),
         })
     }
 
@@ -146,12 +146,12 @@ impl UpsertTx<'_> {
         record: &Record,
     ) -> TxResult<()> {
         let version = state.version;
-        let event = StoredEvent {
+        let event = StoredEventRef {
             version,
             event_time: record.event_time,
             received_at: self.received_at,
-            fields: record.fields.clone(),
-            origin: record.origin.clone(),
+            fields: &record.fields,
+            origin: &record.origin,
         };
         let key = tail_key(entity, version);
         let bytes = codec::encode(&event)
