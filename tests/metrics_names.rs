@@ -30,6 +30,15 @@ fn metric_names_follow_prometheus_conventions() {
     }
     let (status, text) = http_get(&node.url("/metrics"));
     assert_eq!(status, 200, "{text}");
+    // The writer applied both messages (acked only once durable), so its
+    // busy time is on the clock: what tells an operator whether the single
+    // writer is what limits ingest.
+    let busy: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("meshlet_ingest_writer_busy_seconds_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("the writer's busy time is exported");
+    assert!(busy > 0.0, "writer busy {busy} s after two writes");
 
     let mut types: BTreeMap<String, String> = BTreeMap::new();
     let mut helps: BTreeSet<String> = BTreeSet::new();

@@ -146,6 +146,10 @@ pub struct IngestMetrics {
     /// Durability barriers (fsyncs) passed: records_written / this is how
     /// many records share one fsync.
     pub durable_barriers: AtomicU64,
+    /// Microseconds the writer spent applying groups to the store: its
+    /// busy share of wall time says whether the single writer is what
+    /// limits ingest (near 1) or something before it.
+    pub writer_busy_micros: AtomicU64,
     /// Embedded broker: open connections, connections refused (limit,
     /// bad credentials), connections closed for protocol errors.
     pub broker_connections: AtomicI64,
@@ -336,6 +340,15 @@ impl IngestMetrics {
             header(out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
         }
+        let name = "meshlet_ingest_writer_busy_seconds_total";
+        header(
+            out,
+            name,
+            "counter",
+            "Time the single store writer spent applying write groups; its rate near 1 means the writer limits ingest.",
+        );
+        let busy = self.writer_busy_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name} {busy}");
         let name = "meshlet_sparkplug_problems_total";
         header(
             out,

@@ -179,9 +179,15 @@ async fn run(
         }
         let store = store.clone();
         let span = info_span!("write_group", jobs = group.len(), records);
+        let busy = metrics.clone();
         let applied = tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
+            let started = std::time::Instant::now();
             let results = apply_group(&store, &mut group);
+            busy.writer_busy_micros.fetch_add(
+                u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
             // Taken right after the commit: covers this group, not the next.
             let durable = store.durable_barrier();
             Applied {
