@@ -158,6 +158,12 @@ impl Store {
     /// overlaps the query window: `last_at >= since` and `first_at < until`.
     /// Lines survive erasure and expiry of the entity (only the final
     /// `Erased`/`Expired` line does).
+    ///
+    /// The newest line lives in the instance (`StoredInstance::audit_open`)
+    /// and comes after the audit tree's lines. Consistent like
+    /// [`Store::history`]: the instance is compared before and after the
+    /// tree scan (every write that closes a line rewrites it), retried on
+    /// a mismatch and finally read under the writer lock.
     pub fn audit(
         &self,
         product: &str,
@@ -166,32 +172,43 @@ impl Store {
     ) -> Result<Vec<AuditEntry>, StoreError> {
         self.check_entity(product, entity)?;
         let trees = self.product(product)?;
-        let mut entries = Vec::new();
         if query.limit == 0 {
-            return Ok(entries);
+            return Ok(Vec::new());
         }
-        for item in trees.audit.scan_prefix(entity_prefix(entity)) {
-            let (key, value) = item.map_err(|e| {
+        let read_instance = || {
+            trees.instances.get(entity.as_bytes()).map_err(|e| {
                 StoreError::sled(
-                    format!("product `{product}`, entity `{entity}`: reading audit"),
+                    format!("product `{product}`, entity `{entity}`: reading instance"),
                     e,
                 )
-            })?;
-            let line: StoredAuditLine = trees
-                .open(AUDIT, &key, &value)
-                .and_then(|plain| codec::decode(&plain))
-                .map_err(|e| StoreError::corrupt(product, entity, "audit line", e))?;
-            if query.since.is_some_and(|since| line.last_at < since)
-                || query.until.is_some_and(|until| line.first_at >= until)
-            {
-                continue;
+            })
+        };
+        let read = |instance: Option<sled::IVec>| -> Result<Vec<AuditEntry>, StoreError> {
+            let mut lines = read_audit_tree(&trees, product, entity, query)?;
+            if lines.len() < query.limit {
+                if let Some(bytes) = instance {
+                    let state: StoredInstance = trees
+                        .open(INSTANCES, entity.as_bytes(), &bytes)
+                        .and_then(|plain| codec::decode(&plain))
+                        .map_err(|e| StoreError::corrupt(product, entity, "instance", e))?;
+                    if let Some(open) = state.audit_open {
+                        if overlaps(&open.line, query) {
+                            lines.push(open.line.into());
+                        }
+                    }
+                }
             }
-            entries.push(line.into());
-            if entries.len() >= query.limit {
-                break;
+            Ok(lines)
+        };
+        for _ in 0..HISTORY_READ_ATTEMPTS {
+            let before = read_instance()?;
+            let lines = read(before.clone())?;
+            if read_instance()? == before {
+                return Ok(lines);
             }
         }
-        Ok(entries)
+        let _writer = self.write_lock();
+        read(read_instance()?)
     }
 
     /// The tombstone of an erased entity; `None` if it was never erased or
@@ -317,4 +334,41 @@ fn read_history(
         }
     }
     Ok(out)
+}
+
+/// Whether an audit line overlaps the query window.
+fn overlaps(line: &StoredAuditLine, query: &AuditQuery) -> bool {
+    !(query.since.is_some_and(|since| line.last_at < since)
+        || query.until.is_some_and(|until| line.first_at >= until))
+}
+
+/// The audit tree's lines of `entity` in the query window, oldest first,
+/// at most `query.limit`.
+fn read_audit_tree(
+    trees: &ProductTrees,
+    product: &str,
+    entity: &str,
+    query: &AuditQuery,
+) -> Result<Vec<AuditEntry>, StoreError> {
+    let mut entries = Vec::new();
+    for item in trees.audit.scan_prefix(entity_prefix(entity)) {
+        let (key, value) = item.map_err(|e| {
+            StoreError::sled(
+                format!("product `{product}`, entity `{entity}`: reading audit"),
+                e,
+            )
+        })?;
+        let line: StoredAuditLine = trees
+            .open(AUDIT, &key, &value)
+            .and_then(|plain| codec::decode(&plain))
+            .map_err(|e| StoreError::corrupt(product, entity, "audit line", e))?;
+        if !overlaps(&line, query) {
+            continue;
+        }
+        entries.push(line.into());
+        if entries.len() >= query.limit {
+            break;
+        }
+    }
+    Ok(entries)
 }

@@ -34,8 +34,19 @@ pub(crate) struct StoredInstance {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blocks: Vec<u64>,
     /// Id of the newest audit line, the one a change may coalesce into.
+    /// Since store format 2 that line is [`StoredInstance::audit_open`];
+    /// an instance written before has it in the audit tree, and its next
+    /// change moves it here.
     #[serde(default)]
     pub audit_tail: Option<u64>,
+    /// The newest audit line, kept in the instance while changes coalesce
+    /// into it and written to the audit tree under its id once a change
+    /// starts a new line. Why: extending a line in the tree cost every
+    /// record a read and a write of its own key; here it rides on the
+    /// instance write the record makes anyway. Readers add it after the
+    /// tree's lines (`Store::audit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_open: Option<OpenAuditLine>,
     /// Bumped by every retention rewrite, so a reader that sees the same
     /// instance bytes before and after reading history knows no write
     /// touched that history in between.
@@ -103,6 +114,13 @@ impl From<StoredEvent> for HistoryEvent {
             origin: e.origin,
         }
     }
+}
+
+/// The newest audit line of an instance, with the id its audit key gets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct OpenAuditLine {
+    pub id: u64,
+    pub line: StoredAuditLine,
 }
 
 /// Value of an `audit` key. Never holds field values.

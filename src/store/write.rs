@@ -10,7 +10,7 @@ use super::codec;
 use super::ingest::{BatchIn, RecordIn};
 use super::keys::{audit_key, chunk_key, tail_key};
 use super::merge::merge_fields;
-use super::stored::{StoredAuditLine, StoredEvent, StoredEventRef, StoredInstance};
+use super::stored::{OpenAuditLine, StoredAuditLine, StoredEvent, StoredEventRef, StoredInstance};
 use super::{
     AuditAction, Change, IngestLimits, ProductTrees, Store, StoreError, AUDIT, HISTORY, INSTANCES,
 };
@@ -96,6 +96,7 @@ impl UpsertTx<'_> {
             tail_len: 0,
             blocks: Vec::new(),
             audit_tail: None,
+            audit_open: None,
             history_rev: 0,
         });
 
@@ -280,7 +281,8 @@ impl UpsertTx<'_> {
         Ok(Some(first.version))
     }
 
-    /// Extends the newest audit line or starts a new one.
+    /// Extends the instance's open audit line or starts a new one, writing
+    /// the line it closes to the audit tree.
     fn append_audit(
         &self,
         entity: &str,
@@ -289,24 +291,9 @@ impl UpsertTx<'_> {
         changed: &[String],
         record: &Record,
     ) -> TxResult<()> {
-        let previous = match state.audit_tail {
-            Some(id) => match self.audit.get(audit_key(entity, id))? {
-                Some(bytes) => match self
-                    .trees
-                    .open(AUDIT, &audit_key(entity, id), &bytes)
-                    .and_then(|plain| codec::decode::<StoredAuditLine>(&plain))
-                {
-                    Ok(line) => Some((id, line)),
-                    Err(e) => {
-                        // Never extend what we cannot read; start afresh.
-                        tracing::warn!(product = self.product, entity, error = %e, "corrupt audit line; starting a new one");
-                        None
-                    }
-                },
-                None => None,
-            },
-            None => None,
-        };
+        if state.audit_open.is_none() {
+            state.audit_open = self.take_tree_tail(entity, state)?;
+        }
         let change = AuditChange {
             action,
             version: state.version,
@@ -314,24 +301,65 @@ impl UpsertTx<'_> {
             fields: changed,
             origin: &record.origin,
         };
-        let (id, line) = match coalesce(previous.as_ref().map(|(_, line)| line), &change) {
-            Ok(extended) => match previous {
-                Some((id, _)) => (id, extended),
-                None => unreachable_line(self.product, entity)?,
-            },
-            Err(new_line) => (
-                self.audit
+        match coalesce(state.audit_open.as_ref().map(|open| &open.line), &change) {
+            Ok(extended) => {
+                if let Some(open) = state.audit_open.as_mut() {
+                    open.line = extended;
+                }
+            }
+            Err(new_line) => {
+                if let Some(closed) = state.audit_open.take() {
+                    self.write_audit_line(entity, closed.id, &closed.line)?;
+                }
+                let id = self
+                    .audit
                     .generate_id()
-                    .map_err(ConflictableTransactionError::Storage)?,
-                new_line,
-            ),
+                    .map_err(ConflictableTransactionError::Storage)?;
+                state.audit_open = Some(OpenAuditLine { id, line: new_line });
+            }
+        }
+        state.audit_tail = state.audit_open.as_ref().map(|open| open.id);
+        Ok(())
+    }
+
+    /// An instance from before store format 2 keeps its newest audit line
+    /// in the tree: it becomes the open line (and leaves the tree), so
+    /// changes go on coalescing into it.
+    fn take_tree_tail(
+        &self,
+        entity: &str,
+        state: &StoredInstance,
+    ) -> TxResult<Option<OpenAuditLine>> {
+        let Some(id) = state.audit_tail else {
+            return Ok(None);
         };
         let key = audit_key(entity, id);
-        let bytes = codec::encode(&line)
+        let Some(bytes) = self.audit.get(&key)? else {
+            return Ok(None);
+        };
+        match self
+            .trees
+            .open(AUDIT, &key, &bytes)
+            .and_then(|plain| codec::decode::<StoredAuditLine>(&plain))
+        {
+            Ok(line) => {
+                self.audit.remove(key)?;
+                Ok(Some(OpenAuditLine { id, line }))
+            }
+            Err(e) => {
+                // Never extend what we cannot read; leave it, start afresh.
+                tracing::warn!(product = self.product, entity, error = %e, "corrupt audit line; starting a new one");
+                Ok(None)
+            }
+        }
+    }
+
+    fn write_audit_line(&self, entity: &str, id: u64, line: &StoredAuditLine) -> TxResult<()> {
+        let key = audit_key(entity, id);
+        let bytes = codec::encode(line)
             .and_then(|plain| self.trees.seal(AUDIT, &key, plain))
             .map_err(|e| abort(StoreError::encode(self.product, entity, "audit line", e)))?;
         self.audit.insert(key, bytes)?;
-        state.audit_tail = Some(id);
         Ok(())
     }
 }
@@ -351,22 +379,11 @@ fn loses_sync_tie(record: &Record, state: &StoredInstance) -> bool {
         && record.origin.source < state.last_origin.source
 }
 
-/// `coalesce` only extends a line it was given; reported, not panicked, if
-/// that ever changes.
-fn unreachable_line<T>(product: &str, entity: &str) -> TxResult<T> {
-    Err(abort(StoreError::encode(
-        product,
-        entity,
-        "audit line",
-        "coalesced into a line that does not exist",
-    )))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::record::{Origin, Value};
-    use crate::store::StoreConfig;
+    use crate::store::{AuditQuery, StoreConfig};
 
     fn synced(from: &str, t: i64, temp: f64) -> Record {
         Record {
@@ -375,6 +392,77 @@ mod tests {
             event_time: Timestamp::from_secs(t),
             origin: Origin::new(format!("{SYNC_ORIGIN_PREFIX}{from}")),
         }
+    }
+
+    fn device(t: i64, temp: f64) -> Record {
+        Record {
+            entity: "m".into(),
+            fields: Fields::from([("temp".to_string(), Value::Float(temp))]),
+            event_time: Timestamp::from_secs(t),
+            origin: Origin::new("mqtt:0"),
+        }
+    }
+
+    fn audit_tree_keys(store: &Store) -> usize {
+        store.product("p").unwrap().audit.len()
+    }
+
+    #[test]
+    fn coalescing_changes_write_the_instance_only_and_a_format_1_tail_line_is_taken_over() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(StoreConfig::new(dir.path().join("s"))).expect("open");
+        for t in 1..=10 {
+            store.upsert("p", &[device(t, t as f64)]).expect("upsert");
+        }
+        assert_eq!(
+            audit_tree_keys(&store),
+            1,
+            "only the closed Created line is in the tree; the updates coalesce in the instance"
+        );
+        let lines = store
+            .audit("p", "m", &AuditQuery::default())
+            .expect("audit");
+        assert_eq!(lines.len(), 2);
+        assert_eq!((lines[1].from_version, lines[1].to_version), (2, 10));
+
+        // Format 1 kept the newest line in the tree: put it back there.
+        let trees = store.product("p").unwrap();
+        let bytes = trees.instances.get("m").unwrap().unwrap();
+        let mut state: StoredInstance = codec::decode(&bytes).unwrap();
+        let open = state.audit_open.take().expect("an open line");
+        assert_eq!(state.audit_tail, Some(open.id));
+        trees
+            .audit
+            .insert(audit_key("m", open.id), codec::encode(&open.line).unwrap())
+            .unwrap();
+        trees
+            .instances
+            .insert("m", codec::encode(&state).unwrap())
+            .unwrap();
+        store.raw_db(); // the lookup caches no longer hold what is stored
+        assert_eq!(audit_tree_keys(&store), 2);
+        assert_eq!(
+            store.audit("p", "m", &AuditQuery::default()).unwrap(),
+            lines,
+            "a format 1 instance reads the same"
+        );
+
+        store.upsert("p", &[device(11, 11.0)]).expect("upsert");
+        let lines = store
+            .audit("p", "m", &AuditQuery::default())
+            .expect("audit");
+        assert_eq!(
+            lines.len(),
+            2,
+            "the change coalesced into the tree's tail line"
+        );
+        assert_eq!((lines[1].from_version, lines[1].to_version), (2, 11));
+        assert_eq!(lines[1].count, 10);
+        assert_eq!(
+            audit_tree_keys(&store),
+            1,
+            "the tail line moved into the instance"
+        );
     }
 
     #[test]
