@@ -9,8 +9,8 @@
 //! group. So an fsync is shared by everything that arrived while the
 //! previous one ran — the cost of ack-after-durable falls as load rises —
 //! and a full queue makes sources wait, which stops them reading their
-//! sockets and files: backpressure instead of memory. Each job still gets its own result: a
-//! job the store refuses fails alone.
+//! sockets and files: backpressure instead of memory. Each job still gets
+//! its own result: a job the store refuses fails alone.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

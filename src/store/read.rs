@@ -13,8 +13,9 @@ use super::{
     StoreError, Tombstone, AUDIT, HISTORY, INSTANCES, TOMBSTONES,
 };
 
-/// Optimistic history reads before falling back to the writer lock.
-const HISTORY_READ_ATTEMPTS: usize = 3;
+/// Optimistic reads of history and audit before falling back to the writer
+/// lock.
+const CONSISTENT_READ_ATTEMPTS: usize = 3;
 
 impl Store {
     /// The current state of one entity, `None` if it does not exist.
@@ -129,29 +130,10 @@ impl Store {
         if query.limit == 0 {
             return Ok(Vec::new());
         }
-        let read_instance = || {
-            trees.instances.get(entity.as_bytes()).map_err(|e| {
-                StoreError::sled(
-                    format!("product `{product}`, entity `{entity}`: reading instance"),
-                    e,
-                )
-            })
-        };
-        for _ in 0..HISTORY_READ_ATTEMPTS {
-            let before = read_instance()?;
-            if before.is_none() {
-                return Ok(Vec::new());
-            }
-            let events = read_history(&trees, entity, query)?;
-            if read_instance()? == before {
-                return Ok(events);
-            }
-        }
-        let _writer = self.write_lock();
-        if read_instance()?.is_none() {
-            return Ok(Vec::new());
-        }
-        read_history(&trees, entity, query)
+        self.consistent_with_instance(&trees, entity, |instance| match instance {
+            None => Ok(Vec::new()),
+            Some(_) => read_history(&trees, entity, query),
+        })
     }
 
     /// Audit lines of one entity, oldest first. A line matches if it
@@ -175,20 +157,12 @@ impl Store {
         if query.limit == 0 {
             return Ok(Vec::new());
         }
-        let read_instance = || {
-            trees.instances.get(entity.as_bytes()).map_err(|e| {
-                StoreError::sled(
-                    format!("product `{product}`, entity `{entity}`: reading instance"),
-                    e,
-                )
-            })
-        };
-        let read = |instance: Option<sled::IVec>| -> Result<Vec<AuditEntry>, StoreError> {
+        self.consistent_with_instance(&trees, entity, |instance| {
             let mut lines = read_audit_tree(&trees, product, entity, query)?;
             if lines.len() < query.limit {
                 if let Some(bytes) = instance {
                     let state: StoredInstance = trees
-                        .open(INSTANCES, entity.as_bytes(), &bytes)
+                        .open(INSTANCES, entity.as_bytes(), bytes)
                         .and_then(|plain| codec::decode(&plain))
                         .map_err(|e| StoreError::corrupt(product, entity, "instance", e))?;
                     if let Some(open) = state.audit_open {
@@ -199,16 +173,40 @@ impl Store {
                 }
             }
             Ok(lines)
+        })
+    }
+
+    /// Runs `read` (given the entity's stored instance bytes, if any) so
+    /// that no write to the entity falls inside it: the instance is read
+    /// before and after, and every write that touches history or closes
+    /// an audit line rewrites it. On a mismatch `read` runs again, finally
+    /// under the writer lock.
+    fn consistent_with_instance<T>(
+        &self,
+        trees: &ProductTrees,
+        entity: &str,
+        read: impl Fn(Option<&[u8]>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let read_instance = || {
+            trees.instances.get(entity.as_bytes()).map_err(|e| {
+                StoreError::sled(
+                    format!(
+                        "product `{}`, entity `{entity}`: reading instance",
+                        trees.name
+                    ),
+                    e,
+                )
+            })
         };
-        for _ in 0..HISTORY_READ_ATTEMPTS {
+        for _ in 0..CONSISTENT_READ_ATTEMPTS {
             let before = read_instance()?;
-            let lines = read(before.clone())?;
+            let value = read(before.as_deref())?;
             if read_instance()? == before {
-                return Ok(lines);
+                return Ok(value);
             }
         }
         let _writer = self.write_lock();
-        read(read_instance()?)
+        read(read_instance()?.as_deref())
     }
 
     /// The tombstone of an erased entity; `None` if it was never erased or
