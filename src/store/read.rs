@@ -158,7 +158,7 @@ impl Store {
             return Ok(Vec::new());
         }
         self.consistent_with_instance(&trees, entity, |instance| {
-            let mut lines = read_audit_tree(&trees, product, entity, query)?;
+            let mut lines = read_audit_tree(&trees, entity, query)?;
             if lines.len() < query.limit {
                 if let Some(bytes) = instance {
                     let state: StoredInstance = trees
@@ -344,10 +344,10 @@ fn overlaps(line: &StoredAuditLine, query: &AuditQuery) -> bool {
 /// at most `query.limit`.
 fn read_audit_tree(
     trees: &ProductTrees,
-    product: &str,
     entity: &str,
     query: &AuditQuery,
 ) -> Result<Vec<AuditEntry>, StoreError> {
+    let product = trees.name.as_str();
     let mut entries = Vec::new();
     for item in trees.audit.scan_prefix(entity_prefix(entity)) {
         let (key, value) = item.map_err(|e| {
