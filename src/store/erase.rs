@@ -134,7 +134,7 @@ pub(crate) fn remove_entity(
     // is forgotten before the transaction and again after it: a reader
     // that read the old state from sled either fills before the second
     // forget or is refused after it (`current.rs`).
-    trees.current.forget(entity);
+    trees.forget_instance(entity);
     let tombstone = erasure.map(|(t, _)| t);
     let product = trees.name.as_str();
     let context = |what: &str| format!("product `{product}`, entity `{entity}`: {what}");
@@ -229,7 +229,7 @@ pub(crate) fn remove_entity(
             },
         );
     let delta = tx_result(result, || context("removing the entity"))?;
-    trees.current.forget(entity);
+    trees.forget_instance(entity);
     store.apply_outbox_delta(delta);
     Ok(Removed {
         history_events,

@@ -25,6 +25,7 @@ use super::types::{
     Fingerprint, IngestBatch, IngestLimits, IngestOutcome, QuarantineItem, SourceOffset,
 };
 use super::write::{TxResult, UpsertTx};
+use super::writer_states::PendingStates;
 use super::{codec, tx_result, Store, StoreError, QUARANTINE};
 use crate::record::{Record, Timestamp};
 
@@ -339,6 +340,7 @@ impl Store {
                     outbox_index,
                 )| {
                     let mut delta = OutboxDelta::default();
+                    let mut pending = PendingStates::new();
                     let mut changes_per_batch = Vec::with_capacity(batches.len());
                     let mut skips = dedupe.skip.iter();
                     for (batch, received_at) in &batches {
@@ -365,7 +367,7 @@ impl Store {
                                 changes.push(None);
                                 continue;
                             }
-                            let change = tx.apply(r.record)?;
+                            let change = tx.apply(r.record, &mut pending)?;
                             if let Some(planner) = &planner {
                                 for item in planner.on_change(product, r.record, &change) {
                                     outbox.push(item, &mut delta)?;
@@ -380,10 +382,10 @@ impl Store {
                     for (key, value) in &offsets {
                         offsets_tree.insert(*key, value.as_slice())?;
                     }
-                    Ok((changes_per_batch, delta))
+                    Ok((changes_per_batch, delta, pending))
                 },
             );
-        let (changes_per_batch, delta) = tx_result(result, || {
+        let (changes_per_batch, delta, pending) = tx_result(result, || {
             format!(
                 "product `{product}`: writing {} batches with {records_total} records, \
                  {quarantine_total} quarantine items",
@@ -395,6 +397,7 @@ impl Store {
             window.apply(changes);
         }
         drop(dedupe_slot);
+        trees.writer_states.committed(pending);
         self.inner.group.wrote();
         // Still under the writer lock: the cache changes in commit order.
         trees.current.committed(

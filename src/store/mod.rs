@@ -160,6 +160,7 @@ mod sessions;
 mod stored;
 mod types;
 mod write;
+mod writer_states;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -238,6 +239,9 @@ pub(crate) struct ProductTrees {
     pub current: current::CurrentCache,
     /// The dedupe window in memory, loaded on first use (`dedupe.rs`).
     pub dedupe_window: dedupe::DedupeIndex,
+    /// The writer's decoded copy of the instances it wrote last
+    /// (`writer_states.rs`).
+    pub writer_states: writer_states::WriterStates,
     seal: seal::Seal,
 }
 
@@ -249,6 +253,15 @@ pub(crate) const TOMBSTONES: &str = "tombstones";
 pub(crate) const QUARANTINE: &str = "quarantine";
 
 impl ProductTrees {
+    /// Drops `entity` from the lookup cache and the writer's states
+    /// (`current.rs`, `writer_states.rs`): its instance is about to be
+    /// rewritten or removed outside ingest. Call under the writer lock,
+    /// before the transaction and again after it.
+    pub(crate) fn forget_instance(&self, entity: &str) {
+        self.current.forget(entity);
+        self.writer_states.forget(entity);
+    }
+
     /// Seals the encoded value of `key` in the product's tree `tree` (one
     /// of the suffix constants); a no-op for a plain store.
     pub(crate) fn seal(
@@ -531,6 +544,7 @@ impl Store {
         {
             trees.current.clear();
             trees.dedupe_window.clear();
+            trees.writer_states.clear();
         }
         &self.inner.db
     }
@@ -586,6 +600,9 @@ impl Store {
             )?,
             current: current::CurrentCache::new(self.inner.config.instance_cache_entries),
             dedupe_window: dedupe::DedupeIndex::default(),
+            writer_states: writer_states::WriterStates::new(
+                self.inner.config.instance_cache_entries,
+            ),
             seal: self.inner.seal.clone(),
         });
         products.insert(product.to_string(), Arc::clone(&trees));

@@ -308,7 +308,7 @@ impl Store {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| StoreError::encode(product, entity, "history chunk", e))?;
-        trees.current.forget(entity);
+        trees.forget_instance(entity);
         let result = (&trees.instances, &trees.history).transaction(|(instances, history)| {
             for key in &plan.removes {
                 history.remove(key.as_slice())?;
@@ -320,7 +320,7 @@ impl Store {
             Ok::<_, ConflictableTransactionError<StoreError>>(())
         });
         tx_result(result, || context("trimming history"))?;
-        trees.current.forget(entity);
+        trees.forget_instance(entity);
         self.inner.group.wrote();
         report.events_removed += plan.events_removed;
         report.chunks_rewritten += plan.chunks_rewritten;

@@ -66,20 +66,6 @@ impl StoredInstance {
             last_origin: self.last_origin.clone(),
         }
     }
-
-    /// [`StoredInstance::to_instance`] without copying the fields, for a
-    /// writer that has encoded the state and needs it no more.
-    pub fn into_instance(self, entity: &str) -> Instance {
-        Instance {
-            entity: entity.to_string(),
-            fields: self.fields,
-            version: self.version,
-            first_seen: self.first_seen,
-            last_seen: self.last_seen,
-            event_time: self.event_time,
-            last_origin: self.last_origin,
-        }
-    }
 }
 
 /// One history event, in the tail (one key each) or inside a chunk.

@@ -11,6 +11,7 @@ use super::ingest::{BatchIn, RecordIn};
 use super::keys::{audit_key, chunk_key, tail_key};
 use super::merge::merge_fields;
 use super::stored::{OpenAuditLine, StoredAuditLine, StoredEvent, StoredEventRef, StoredInstance};
+use super::writer_states::PendingStates;
 use super::{
     AuditAction, Change, IngestLimits, ProductTrees, Store, StoreError, AUDIT, HISTORY, INSTANCES,
 };
@@ -73,17 +74,13 @@ impl Store {
 
 impl UpsertTx<'_> {
     /// Merges one record (see the module docs of `store` for the rules).
-    pub(super) fn apply(&self, record: &Record) -> TxResult<Change> {
+    ///
+    /// `pending` holds the states this transaction wrote so far; the
+    /// record's new state joins it, for `WriterStates::committed` after the
+    /// commit.
+    pub(super) fn apply(&self, record: &Record, pending: &mut PendingStates) -> TxResult<Change> {
         let entity = record.entity.as_str();
-        let current = match self.instances.get(entity.as_bytes())? {
-            Some(bytes) => Some(
-                self.trees
-                    .open(INSTANCES, entity.as_bytes(), &bytes)
-                    .and_then(|plain| codec::decode::<StoredInstance>(&plain))
-                    .map_err(|e| abort(StoreError::corrupt(self.product, entity, "instance", e)))?,
-            ),
-            None => None,
-        };
+        let current = self.current_state(entity, pending)?;
         let created = current.is_none();
         let mut state = current.unwrap_or_else(|| StoredInstance {
             fields: Fields::new(),
@@ -129,14 +126,41 @@ impl UpsertTx<'_> {
             .and_then(|plain| self.trees.seal(INSTANCES, entity.as_bytes(), plain))
             .map_err(|e| abort(StoreError::encode(self.product, entity, "instance", e)))?;
         self.instances.insert(entity.as_bytes(), bytes)?;
-        Ok(Change {
+        let change = Change {
             entity: entity.to_string(),
             version: state.version,
             created,
             changed,
             applied_to_state,
-            instance: std::sync::Arc::new(state.into_instance(entity)),
-        })
+            instance: std::sync::Arc::new(state.to_instance(entity)),
+        };
+        pending.insert(change.entity.clone(), state);
+        Ok(change)
+    }
+
+    /// The entity's state as this transaction sees it: what an earlier
+    /// record of it wrote, else the writer's decoded copy of the committed
+    /// state (`writer_states.rs`), else sled's.
+    fn current_state(
+        &self,
+        entity: &str,
+        pending: &mut PendingStates,
+    ) -> TxResult<Option<StoredInstance>> {
+        if let Some(state) = pending.remove(entity) {
+            return Ok(Some(state));
+        }
+        if let Some(state) = self.trees.writer_states.take(entity) {
+            return Ok(Some(state));
+        }
+        match self.instances.get(entity.as_bytes())? {
+            Some(bytes) => Ok(Some(
+                self.trees
+                    .open(INSTANCES, entity.as_bytes(), &bytes)
+                    .and_then(|plain| codec::decode::<StoredInstance>(&plain))
+                    .map_err(|e| abort(StoreError::corrupt(self.product, entity, "instance", e)))?,
+            )),
+            None => Ok(None),
+        }
     }
 
     /// Appends the record to the open tail, sealing it when full.
