@@ -172,6 +172,30 @@ fn bench_store(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // The same group on a store that keeps no decoded states (lookup
+    // cache and writer states off): every record reads and decodes its
+    // instance from sled inside the transaction, as before
+    // `src/store/writer_states.rs`.
+    let dir_uncached = tempfile::tempdir().expect("temp dir");
+    let mut config = StoreConfig::new(dir_uncached.path().join("db"));
+    config.instance_cache_entries = 0;
+    let uncached = Store::open(config).expect("store opens");
+    group.bench_function("jobs_100_one_group_transaction_no_decoded_states", |b| {
+        b.iter_batched(
+            || {
+                seq += 1;
+                jobs(seq)
+            },
+            |jobs| {
+                let now = Timestamp::now();
+                let group: Vec<(&IngestBatch, Timestamp)> = jobs.iter().map(|j| (j, now)).collect();
+                for result in uncached.ingest_group("machine_health", &group, &limits) {
+                    result.expect("ingest");
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
     group.finish();
 }
 

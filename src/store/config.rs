@@ -19,13 +19,14 @@ pub struct StoreConfig {
     /// Events per *block*: the open tail is sealed into a small chunk every
     /// this many events, and `history_chunk_events / history_block_events`
     /// blocks are merged into one full chunk. Default 16. Why two levels:
-    /// every open-tail event is one sled key, and sled's page table (its
-    /// memory and its rebuild on every open) grows with the number of keys;
-    /// blocks keep an entity's open history to at most
-    /// `history_block_events - 1` keys plus a few blocks, while the full
-    /// chunks keep the compression of large chunks. Equal to (or above)
-    /// `history_chunk_events`: one level, the tail seals straight into
-    /// full chunks. At least 2. A full chunk then holds
+    /// the open tail lives in the instance record, which every write of
+    /// the entity rewrites, so it must stay short; sled's page table (its
+    /// memory and its rebuild on every open) grows with the number of
+    /// keys, so sealed history should be few keys; blocks give both,
+    /// while the full chunks keep the compression of large chunks. Equal
+    /// to (or above) `history_chunk_events`: one level, the tail seals
+    /// straight into full chunks, and the instance record carries up to
+    /// that many events. At least 2. A full chunk then holds
     /// `history_chunk_events` rounded down to a multiple of this.
     pub history_block_events: usize,
     /// zstd level for chunks. Default 3 (zstd's own default: good ratio at

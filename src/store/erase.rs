@@ -68,14 +68,15 @@ impl Store {
             )
         })?;
         let quarantined = quarantine::entries_of(&trees, entity)?;
-        let last_version = match &instance {
+        // The open tail's events go with the instance that holds them.
+        let (last_version, tail_events) = match &instance {
             None if quarantined.ids.is_empty() => return Ok(false),
-            None => 0,
+            None => (0, 0),
             Some(bytes) => match decode_stored_instance(&trees, entity, bytes) {
-                Ok(state) => state.version,
+                Ok(state) => (state.version, state.tail.len() as u64),
                 Err(e) => {
                     tracing::warn!(error = %e, "erasing an entity whose state is corrupt");
-                    0
+                    (0, 0)
                 }
             },
         };
@@ -110,7 +111,7 @@ impl Store {
         trees.dictionaries.erased();
         tracing::info!(
             last_version,
-            history_events = removed.history_events,
+            history_events = removed.history_events + tail_events,
             quarantine_entries = removed.quarantine_entries,
             "entity erased"
         );
@@ -118,7 +119,8 @@ impl Store {
     }
 }
 
-/// Removes instance, history and audit of `entity` (and the `quarantined`
+/// Removes instance, history (the tree's: the open tail in the instance is
+/// the caller's to count) and audit of `entity` (and the `quarantined`
 /// entries, updating the quarantine count) and appends `line` (and
 /// `tombstone`) in one transaction. The caller holds the writer lock, so
 /// the key lists read before the transaction cannot change.

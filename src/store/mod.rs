@@ -70,7 +70,9 @@
 //! `last_seen` and `last_origin`
 //! are arrival facts and follow every record, late or not.
 //!
-//! **History**: the open tail is one small key per event (cheap appends).
+//! **History**: the open tail's events are kept in the instance record,
+//! which the write rewrites anyway (store format 3; format 2 kept one key
+//! per event, moved in on the entity's next write).
 //! Every `history_block_events` events (default 16, or when its version
 //! span reaches twice that, which only happens after retention thinned it)
 //! the tail is sealed, in the same transaction, into a *block*: a small
@@ -79,9 +81,10 @@
 //! (`history_chunk_events / history_block_events` seals), they are merged
 //! into one full chunk instead. Every chunk has a header (event time range,
 //! versions, count) readable without decompressing; readers do not tell
-//! blocks from full chunks. The instance record carries
-//! `tail_start`/`tail_len` and the list of blocks, so sealing and merging
-//! read known keys and never range-scan inside the transaction.
+//! blocks from full chunks. The instance record carries the open tail's
+//! events themselves (since store format 3) and the list of blocks, so
+//! sealing reads no key and merging reads known keys; nothing range-scans
+//! inside the transaction.
 //!
 //! Why two levels: sled keeps a page-table entry per node of ~16 keys in
 //! memory and rebuilds the table on every open, so both memory and start-up
@@ -186,7 +189,13 @@ use stored::StoredMeta;
 ///
 /// 2: the dedupe window keeps one key per write group (`dedupe.rs`);
 /// format 1 stores are converted when opened.
-pub const STORE_FORMAT_VERSION: u32 = 2;
+///
+/// 3: an instance holds its open history tail (`StoredInstance::tail`).
+/// An instance of format 2 moves its tail keys in on its next write or
+/// retention sweep, and readers read both, so opening converts nothing;
+/// the number still changes because a format 2 build would not see the
+/// tail events in the instance.
+pub const STORE_FORMAT_VERSION: u32 = 3;
 
 const META_TREE: &str = "meta";
 const META_FORMAT_KEY: &[u8] = b"format";

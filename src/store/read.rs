@@ -132,7 +132,25 @@ impl Store {
         }
         self.consistent_with_instance(&trees, entity, |instance| match instance {
             None => Ok(Vec::new()),
-            Some(_) => read_history(&trees, entity, query),
+            Some(bytes) => {
+                let mut events = read_history(&trees, entity, query)?;
+                if events.len() < query.limit {
+                    // The open tail, newer than every key's events.
+                    let state = decode_stored_instance(&trees, entity, bytes)?;
+                    for event in &state.tail {
+                        let event = event.decode().map_err(|e| {
+                            StoreError::corrupt(product, entity, "history event", e)
+                        })?;
+                        if event_wanted(&event, query) {
+                            events.push(event.into());
+                            if events.len() >= query.limit {
+                                break;
+                            }
+                        }
+                    }
+                }
+                Ok(events)
+            }
         })
     }
 
@@ -270,7 +288,8 @@ fn event_wanted(event: &StoredEvent, query: &HistoryQuery) -> bool {
         || query.until.is_some_and(|until| event.event_time >= until))
 }
 
-/// One range scan over the entity's chunks then tail.
+/// One range scan over the entity's chunks, then the open-tail keys an
+/// instance written before store format 3 may still have.
 fn read_history(
     trees: &ProductTrees,
     entity: &str,

@@ -26,7 +26,7 @@ use super::codec::{self, CodecError, Dictionaries};
 use super::erase::remove_entity;
 use super::keys::{chunk_key, entity_prefix, parse_history_key, TAG_CHUNK, TAG_TAIL};
 use super::read::decode_stored_instance;
-use super::stored::{StoredAuditLine, StoredEvent};
+use super::stored::{StoredAuditLine, StoredEvent, StoredInstance, TailEvent};
 use super::{
     tx_result, AuditAction, ProductTrees, RetentionSpec, Store, StoreError, SweepReport, HISTORY,
     INSTANCES,
@@ -43,9 +43,13 @@ pub(crate) enum HistoryItem {
         header: ChunkHeader,
         bytes: Vec<u8>,
     },
+    /// An open-tail event: in the instance (`key: None`), or under its
+    /// own key in an instance written before store format 3.
     Tail {
-        key: Vec<u8>,
+        key: Option<Vec<u8>>,
         event: StoredEvent,
+        /// As `codec::encode` wrote it, to keep without encoding again.
+        bytes: Vec<u8>,
     },
 }
 
@@ -56,9 +60,13 @@ pub(crate) struct HistoryPlan {
     pub inserts: Vec<(Vec<u8>, Vec<u8>)>,
     pub events_removed: u64,
     pub chunks_rewritten: u64,
-    /// Lowest version left in the tail and how many tail events are left.
+    /// Lowest version left in the tail, and the tail events left, for
+    /// the instance (tail keys are moved into it).
     pub tail_start: Option<u64>,
-    pub tail_len: u64,
+    pub tail: Vec<TailEvent>,
+    /// Whether the instance's tail differs from before (events dropped,
+    /// or tail keys moved in).
+    pub tail_changed: bool,
     /// First versions of the chunks left afterwards, in order (kept or
     /// rewritten): the entity's list of blocks is rebuilt from it.
     pub chunk_firsts: Vec<u64>,
@@ -66,7 +74,7 @@ pub(crate) struct HistoryPlan {
 
 impl HistoryPlan {
     fn is_empty(&self) -> bool {
-        self.removes.is_empty() && self.inserts.is_empty()
+        self.removes.is_empty() && self.inserts.is_empty() && !self.tail_changed
     }
 }
 
@@ -130,17 +138,22 @@ pub(crate) fn plan_history(
                     plan.chunks_rewritten += 1;
                 }
             }
-            HistoryItem::Tail { key, event } => {
+            HistoryItem::Tail { key, event, bytes } => {
+                if let Some(key) = key {
+                    // Dropped or moved into the instance: the key goes.
+                    plan.removes.push(key);
+                    plan.tail_changed = true;
+                }
                 if drop_front > 0 || too_old(event.event_time) {
                     drop_front = drop_front.saturating_sub(1);
-                    plan.removes.push(key);
                     plan.events_removed += 1;
+                    plan.tail_changed = true;
                 } else {
                     plan.tail_start = Some(
                         plan.tail_start
                             .map_or(event.version, |v| v.min(event.version)),
                     );
-                    plan.tail_len += 1;
+                    plan.tail.push(TailEvent(bytes));
                 }
             }
         }
@@ -259,7 +272,7 @@ impl Store {
             let removed = remove_entity(self, trees, entity, &line, None, None)?;
             self.inner.group.wrote();
             report.entities_expired += 1;
-            report.events_removed += removed.history_events;
+            report.events_removed += removed.history_events + state.tail.len() as u64;
             tracing::debug!(entity, last_seen = %state.last_seen, "entity expired");
             return Ok(());
         }
@@ -267,9 +280,9 @@ impl Store {
             return Ok(());
         }
 
-        let items = self.history_items(trees, entity)?;
+        let items = self.history_items(trees, entity, &state)?;
         let cutoff = policy.history_max_age.map(|age| now.saturating_sub(age));
-        let plan = plan_history(
+        let mut plan = plan_history(
             entity,
             items,
             policy.history_keep,
@@ -281,8 +294,9 @@ impl Store {
         if plan.is_empty() {
             return Ok(());
         }
-        state.tail_len = plan.tail_len;
+        state.tail_len = plan.tail.len() as u64;
         state.tail_start = plan.tail_start.unwrap_or(state.version + 1);
+        state.tail = std::mem::take(&mut plan.tail);
         // Blocks are the newest chunks, from the first block on; a trimmed
         // or rewritten block keeps a first version at or above it, a
         // trimmed full chunk stays below it.
@@ -334,11 +348,13 @@ impl Store {
     }
 
     /// The entity's history entries, chunk headers decoded, tail events
-    /// decoded. Called under the writer lock.
+    /// decoded (the instance's after the tree's). Called under the writer
+    /// lock.
     fn history_items(
         &self,
         trees: &ProductTrees,
         entity: &str,
+        state: &StoredInstance,
     ) -> Result<Vec<HistoryItem>, StoreError> {
         let product = trees.name.as_str();
         let mut items = Vec::new();
@@ -366,8 +382,9 @@ impl Store {
                     let event: StoredEvent = codec::decode(&value)
                         .map_err(|e| StoreError::corrupt(product, entity, "history event", e))?;
                     items.push(HistoryItem::Tail {
-                        key: key.to_vec(),
+                        key: Some(key.to_vec()),
                         event,
+                        bytes: value.into_owned(),
                     });
                 }
                 _ => {
@@ -379,6 +396,16 @@ impl Store {
                     ))
                 }
             }
+        }
+        for tail in &state.tail {
+            let event = tail
+                .decode()
+                .map_err(|e| StoreError::corrupt(product, entity, "history event", e))?;
+            items.push(HistoryItem::Tail {
+                key: None,
+                event,
+                bytes: tail.0.clone(),
+            });
         }
         Ok(items)
     }
@@ -412,10 +439,25 @@ mod tests {
         }
     }
 
+    /// A tail event in the instance.
     fn tail(version: u64, t: i64) -> HistoryItem {
+        let event = event(version, t);
         HistoryItem::Tail {
-            key: tail_key("e", version),
-            event: event(version, t),
+            key: None,
+            bytes: codec::encode(&event).unwrap(),
+            event,
+        }
+    }
+
+    /// A tail event under its own key (an instance of store format 2).
+    fn tail_in_tree(version: u64, t: i64) -> HistoryItem {
+        match tail(version, t) {
+            HistoryItem::Tail { event, bytes, .. } => HistoryItem::Tail {
+                key: Some(tail_key("e", version)),
+                event,
+                bytes,
+            },
+            chunk => chunk,
         }
     }
 
@@ -443,7 +485,7 @@ mod tests {
             events.iter().map(|e| e.version).collect::<Vec<_>>(),
             vec![6, 7, 8]
         );
-        assert_eq!((plan.tail_start, plan.tail_len), (Some(9), 2));
+        assert_eq!((plan.tail_start, plan.tail.len()), (Some(9), 2));
     }
 
     #[test]
@@ -452,7 +494,7 @@ mod tests {
         assert_eq!(plan.events_removed, 9);
         assert_eq!(plan.chunks_rewritten, 0);
         assert!(plan.inserts.is_empty());
-        assert_eq!((plan.tail_start, plan.tail_len), (Some(10), 1));
+        assert_eq!((plan.tail_start, plan.tail.len()), (Some(10), 1));
     }
 
     #[test]
@@ -481,7 +523,36 @@ mod tests {
         )
         .unwrap();
         assert!(plan.is_empty());
-        assert_eq!((plan.tail_start, plan.tail_len), (Some(9), 2));
+        assert_eq!((plan.tail_start, plan.tail.len()), (Some(9), 2));
+    }
+
+    /// Tail keys of a format 2 instance all go: the dropped ones and the
+    /// kept ones, which move into the instance as they were encoded.
+    #[test]
+    fn tail_keys_move_into_the_instance_even_when_nothing_is_dropped() {
+        let mut items = items();
+        items[2] = tail_in_tree(9, 90);
+        items[3] = tail_in_tree(10, 100);
+        let plan = plan_history("e", items, Some(100), None, 1, &NoDictionaries).unwrap();
+        assert!(!plan.is_empty(), "the keys move");
+        assert_eq!(plan.events_removed, 0);
+        assert_eq!(plan.removes, vec![tail_key("e", 9), tail_key("e", 10)]);
+        let kept: Vec<u64> = plan
+            .tail
+            .iter()
+            .map(|t| t.decode().unwrap().version)
+            .collect();
+        assert_eq!((plan.tail_start, kept), (Some(9), vec![9, 10]));
+
+        let mut items = self::items();
+        items[2] = tail_in_tree(9, 90);
+        let plan = plan_history("e", items, Some(1), None, 1, &NoDictionaries).unwrap();
+        assert_eq!(plan.events_removed, 9);
+        assert_eq!(
+            plan.removes,
+            vec![chunk_key("e", 1), chunk_key("e", 5), tail_key("e", 9)]
+        );
+        assert_eq!((plan.tail_start, plan.tail.len()), (Some(10), 1));
     }
 
     #[test]

@@ -47,6 +47,17 @@ pub(crate) struct StoredInstance {
     /// tree's lines (`Store::audit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_open: Option<OpenAuditLine>,
+    /// The open tail's events, oldest first, each as `codec::encode` of a
+    /// [`StoredEvent`] (since store format 3). Why here and not one key per
+    /// event: sled's transactional insert reads the old value of every key
+    /// it writes, and the commit walks the tree again, so each tail key
+    /// cost a record three tree walks (insert, seal read, seal remove) on
+    /// the single writer; here the events ride on the instance write the
+    /// record makes anyway. An instance written before keeps its tail in
+    /// the history tree (`tail_len` counts those) until its next change
+    /// moves them here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tail: Vec<TailEvent>,
     /// Bumped by every retention rewrite, so a reader that sees the same
     /// instance bytes before and after reading history knows no write
     /// touched that history in between.
@@ -68,7 +79,45 @@ impl StoredInstance {
     }
 }
 
-/// One history event, in the tail (one key each) or inside a chunk.
+/// One encoded open-tail event in [`StoredInstance::tail`]: the bytes a
+/// tail key held (`codec::encode` of a [`StoredEvent`]), stored as a
+/// MessagePack binary, so writing the instance copies them instead of
+/// encoding every tail event again.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct TailEvent(pub Vec<u8>);
+
+impl TailEvent {
+    pub fn decode(&self) -> Result<StoredEvent, super::codec::CodecError> {
+        super::codec::decode(&self.0)
+    }
+}
+
+impl Serialize for TailEvent {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for TailEvent {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Bytes;
+        impl<'de> serde::de::Visitor<'de> for Bytes {
+            type Value = TailEvent;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an encoded history event")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<TailEvent, E> {
+                Ok(TailEvent(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<TailEvent, E> {
+                Ok(TailEvent(v))
+            }
+        }
+        deserializer.deserialize_bytes(Bytes)
+    }
+}
+
+/// One history event, in the tail or inside a chunk.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct StoredEvent {
     pub version: u64,

@@ -10,7 +10,9 @@ use super::codec;
 use super::ingest::{BatchIn, RecordIn};
 use super::keys::{audit_key, chunk_key, tail_key};
 use super::merge::merge_fields;
-use super::stored::{OpenAuditLine, StoredAuditLine, StoredEvent, StoredEventRef, StoredInstance};
+use super::stored::{
+    OpenAuditLine, StoredAuditLine, StoredEvent, StoredEventRef, StoredInstance, TailEvent,
+};
 use super::writer_states::PendingStates;
 use super::{
     AuditAction, Change, IngestLimits, ProductTrees, Store, StoreError, AUDIT, HISTORY, INSTANCES,
@@ -94,6 +96,7 @@ impl UpsertTx<'_> {
             blocks: Vec::new(),
             audit_tail: None,
             audit_open: None,
+            tail: Vec::new(),
             history_rev: 0,
         });
 
@@ -163,13 +166,17 @@ impl UpsertTx<'_> {
         }
     }
 
-    /// Appends the record to the open tail, sealing it when full.
+    /// Appends the record to the open tail (in the instance), sealing it
+    /// when full.
     fn append_history(
         &self,
         entity: &str,
         state: &mut StoredInstance,
         record: &Record,
     ) -> TxResult<()> {
+        if state.tail.len() as u64 != state.tail_len {
+            self.take_tree_tail_events(entity, state)?;
+        }
         let version = state.version;
         let event = StoredEventRef {
             version,
@@ -178,19 +185,61 @@ impl UpsertTx<'_> {
             fields: &record.fields,
             origin: &record.origin,
         };
-        let key = tail_key(entity, version);
         let bytes = codec::encode(&event)
-            .and_then(|plain| self.trees.seal(HISTORY, &key, plain))
             .map_err(|e| abort(StoreError::encode(self.product, entity, "history event", e)))?;
-        if state.tail_len == 0 {
+        if state.tail.is_empty() {
             state.tail_start = version;
         }
-        self.history.insert(key, bytes)?;
-        state.tail_len += 1;
+        state.tail.push(TailEvent(bytes));
+        state.tail_len = state.tail.len() as u64;
         let span = version.saturating_sub(state.tail_start) + 1;
         if state.tail_len >= self.block_events || span >= 2 * self.block_events {
             self.seal(entity, state)?;
         }
+        Ok(())
+    }
+
+    /// An instance written before store format 3 keeps its open tail in
+    /// the history tree, one key per event (`tail_start..`, `tail_len` of
+    /// them): those events move into the instance, before the ones it
+    /// holds, and their keys go. Reads exactly those keys (no range scan:
+    /// sled transactions cannot iterate).
+    fn take_tree_tail_events(&self, entity: &str, state: &mut StoredInstance) -> TxResult<()> {
+        let mut moved = Vec::with_capacity(state.tail_len as usize);
+        let first_in_instance = match state.tail.first() {
+            Some(event) => {
+                event
+                    .decode()
+                    .map_err(|e| {
+                        abort(StoreError::corrupt(
+                            self.product,
+                            entity,
+                            "history event",
+                            e,
+                        ))
+                    })?
+                    .version
+            }
+            None => state.version + 1,
+        };
+        for version in state.tail_start..first_in_instance {
+            let key = tail_key(entity, version);
+            if let Some(bytes) = self.history.get(&key)? {
+                let plain = self.trees.open(HISTORY, &key, &bytes).map_err(|e| {
+                    abort(StoreError::corrupt(
+                        self.product,
+                        entity,
+                        "history event",
+                        e,
+                    ))
+                })?;
+                moved.push(TailEvent(plain.into_owned()));
+                self.history.remove(key)?;
+            }
+        }
+        moved.append(&mut state.tail);
+        state.tail = moved;
+        state.tail_len = state.tail.len() as u64;
         Ok(())
     }
 
@@ -203,31 +252,22 @@ impl UpsertTx<'_> {
     /// Moves the open tail into one compressed chunk (with the product's
     /// newest dictionary, if it has one, see `dictionary.rs`): a block
     /// when blocks are on, merged into a full chunk once enough blocks are
-    /// there. Reads exactly the tail keys `tail_start..=version` (no range
-    /// scan: sled transactions cannot iterate). Counts the sealed events
-    /// towards the next dictionary training, which runs outside the
-    /// transaction.
+    /// there. The tail's events are in the instance, so sealing reads no
+    /// key. Counts the sealed events towards the next dictionary training,
+    /// which runs outside the transaction.
     fn seal(&self, entity: &str, state: &mut StoredInstance) -> TxResult<()> {
-        let mut events = Vec::with_capacity(state.tail_len as usize);
-        for version in state.tail_start..=state.version {
-            let key = tail_key(entity, version);
-            if let Some(bytes) = self.history.get(&key)? {
-                let event: StoredEvent = self
-                    .trees
-                    .open(HISTORY, &key, &bytes)
-                    .and_then(|plain| codec::decode(&plain))
-                    .map_err(|e| {
-                        abort(StoreError::corrupt(
-                            self.product,
-                            entity,
-                            "history event",
-                            e,
-                        ))
-                    })?;
-                events.push(event);
-                self.history.remove(key)?;
-            }
-        }
+        let events = std::mem::take(&mut state.tail)
+            .iter()
+            .map(TailEvent::decode)
+            .collect::<Result<Vec<StoredEvent>, _>>()
+            .map_err(|e| {
+                abort(StoreError::corrupt(
+                    self.product,
+                    entity,
+                    "history event",
+                    e,
+                ))
+            })?;
         state.tail_start = state.version + 1;
         state.tail_len = 0;
         let sealed = events.len() as u64;
@@ -487,6 +527,92 @@ mod tests {
             1,
             "the tail line moved into the instance"
         );
+    }
+
+    /// Store format 2 kept the open tail under one history key per event.
+    /// Such an instance reads the same; its next write moves the keys into
+    /// the instance, and so does a retention sweep.
+    #[test]
+    fn a_format_2_tail_in_the_tree_reads_the_same_and_moves_into_the_instance() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = StoreConfig::new(dir.path().join("s"));
+        config.history_chunk_events = 16;
+        config.history_block_events = 4;
+        let store = Store::open(config).expect("open");
+        let of = |entity: &str, t: i64| Record {
+            entity: entity.into(),
+            ..device(t, t as f64)
+        };
+        for t in 1..=6 {
+            store
+                .upsert("p", &[of("m", t), of("n", t)])
+                .expect("upsert");
+        }
+        let trees = store.product("p").unwrap();
+        let tail_keys = |entity: &str| {
+            trees
+                .history
+                .scan_prefix(super::super::keys::entity_prefix(entity))
+                .keys()
+                .filter(|k| {
+                    k.as_ref().is_ok_and(|k| {
+                        super::super::keys::parse_history_key(k)
+                            .is_some_and(|(tag, _)| tag == super::super::keys::TAG_TAIL)
+                    })
+                })
+                .count()
+        };
+        let history = |entity: &str| -> Vec<u64> {
+            store
+                .history("p", entity, &crate::store::HistoryQuery::default())
+                .expect("history")
+                .iter()
+                .map(|e| e.version)
+                .collect()
+        };
+        assert_eq!(history("m"), (1..=6).collect::<Vec<_>>());
+        for entity in ["m", "n"] {
+            assert_eq!(tail_keys(entity), 0, "the tail 5..=6 is in the instance");
+            // Put the tail back into the tree, as format 2 wrote it.
+            let bytes = trees.instances.get(entity).unwrap().unwrap();
+            let mut state: StoredInstance = codec::decode(&bytes).unwrap();
+            assert_eq!((state.tail_start, state.tail_len), (5, 2));
+            for event in std::mem::take(&mut state.tail) {
+                let version = event.decode().unwrap().version;
+                trees
+                    .history
+                    .insert(tail_key(entity, version), event.0)
+                    .unwrap();
+            }
+            trees
+                .instances
+                .insert(entity, codec::encode(&state).unwrap())
+                .unwrap();
+            assert_eq!(tail_keys(entity), 2);
+        }
+        store.raw_db(); // the caches no longer hold what is stored
+        assert_eq!(history("m"), (1..=6).collect::<Vec<_>>(), "reads the same");
+
+        store.upsert("p", &[of("m", 7)]).expect("upsert");
+        assert_eq!(tail_keys("m"), 0, "moved into the instance");
+        assert_eq!(history("m"), (1..=7).collect::<Vec<_>>());
+        store.upsert("p", &[of("m", 8)]).expect("upsert");
+        assert_eq!(history("m"), (1..=8).collect::<Vec<_>>(), "and sealed");
+
+        let keep_all = crate::store::RetentionSpec {
+            history_keep: Some(100),
+            ..Default::default()
+        };
+        let report = store
+            .sweep_retention("p", &keep_all, Timestamp::now(), None, 10)
+            .expect("sweep");
+        assert_eq!(report.events_removed, 0);
+        assert_eq!(tail_keys("n"), 0, "retention moved them too");
+        assert_eq!(history("n"), (1..=6).collect::<Vec<_>>());
+        store
+            .upsert("p", &[of("n", 7), of("n", 8)])
+            .expect("upsert");
+        assert_eq!(history("n"), (1..=8).collect::<Vec<_>>());
     }
 
     #[test]

@@ -124,6 +124,7 @@ mod tests {
             blocks: Vec::new(),
             audit_tail: None,
             audit_open: None,
+            tail: Vec::new(),
             history_rev: 0,
         }
     }
