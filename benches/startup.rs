@@ -12,7 +12,9 @@
 //! The stores are written with the library (`Store::upsert`, 1,000
 //! records a batch), not through MQTT, which would take far too long, and
 //! kept under `target/bench-data/` for the next run: a store is reused
-//! when its `complete` marker names the same size, and rebuilt otherwise.
+//! when its directory (size, block size, store format) has a `complete`
+//! marker, and rebuilt otherwise, so a new store layout is measured as
+//! the node now writes it.
 //! Generation time is printed when a store is built.
 //!
 //! `cargo bench --bench startup` runs the full size; under `cargo test`
@@ -60,10 +62,11 @@ impl Shape {
     /// history; a store cached before is rebuilt, not reused).
     fn name(self) -> String {
         format!(
-            "meter-{}x{}-blocks{}",
+            "meter-{}x{}-blocks{}-format{}",
             self.entities,
             self.events_per_entity,
-            StoreConfig::DEFAULT_HISTORY_BLOCK_EVENTS
+            StoreConfig::DEFAULT_HISTORY_BLOCK_EVENTS,
+            meshlet::store::STORE_FORMAT_VERSION
         )
     }
 }
