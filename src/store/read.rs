@@ -7,7 +7,7 @@ use std::ops::Bound;
 use super::chunk::{decode_chunk, decode_chunk_header, ChunkHeader};
 use super::codec;
 use super::keys::{entity_prefix, parse_history_key, TAG_CHUNK, TAG_TAIL};
-use super::stored::{StoredAuditLine, StoredEvent, StoredInstance, StoredTombstone};
+use super::stored::{StoredAuditLine, StoredEvent, StoredInstance, StoredState, StoredTombstone};
 use super::{
     AuditEntry, AuditQuery, HistoryEvent, HistoryQuery, Instance, Page, ProductTrees, Store,
     StoreError, Tombstone, AUDIT, HISTORY, INSTANCES, TOMBSTONES,
@@ -249,12 +249,19 @@ impl Store {
     }
 }
 
+/// Opens and decodes the state a reader returns: the open tail and the
+/// open audit line in the same value are skipped, not decoded (lookups
+/// and pages need neither), and the fields are moved, not copied.
 pub(crate) fn decode_instance(
     trees: &ProductTrees,
     entity: &str,
     bytes: &[u8],
 ) -> Result<Instance, StoreError> {
-    decode_stored_instance(trees, entity, bytes).map(|s| s.to_instance(entity))
+    trees
+        .open(INSTANCES, entity.as_bytes(), bytes)
+        .and_then(|plain| codec::decode::<StoredState>(&plain))
+        .map(|state| state.into_instance(entity))
+        .map_err(|e| StoreError::corrupt(&trees.name, entity, "instance", e))
 }
 
 /// Opens (in an encrypted store) and decodes one instance value.

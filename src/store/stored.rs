@@ -79,6 +79,32 @@ impl StoredInstance {
     }
 }
 
+/// The part of an `instances` value that readers return (the same
+/// MessagePack map, other keys skipped).
+#[derive(Deserialize)]
+pub(crate) struct StoredState {
+    pub fields: Fields,
+    pub version: u64,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+    pub event_time: Timestamp,
+    pub last_origin: Origin,
+}
+
+impl StoredState {
+    pub fn into_instance(self, entity: &str) -> Instance {
+        Instance {
+            entity: entity.to_string(),
+            fields: self.fields,
+            version: self.version,
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
+            event_time: self.event_time,
+            last_origin: self.last_origin,
+        }
+    }
+}
+
 /// One encoded open-tail event in [`StoredInstance::tail`]: the bytes a
 /// tail key held (`codec::encode` of a [`StoredEvent`]), stored as a
 /// MessagePack binary, so writing the instance copies them instead of
@@ -343,6 +369,60 @@ mod tests {
             codec::encode(&borrowed).unwrap(),
             codec::encode(&event).unwrap(),
         );
+    }
+
+    /// The tail rides as MessagePack binaries and round-trips; a reader's
+    /// [`StoredState`] skips it and the open audit line and equals the
+    /// full decode.
+    #[test]
+    fn an_instance_with_its_tail_round_trips_and_readers_skip_the_tail() {
+        let event = StoredEvent {
+            version: 7,
+            event_time: Timestamp(5),
+            received_at: Timestamp(6),
+            fields: Fields::from([("temp".to_string(), crate::record::Value::Float(1.5))]),
+            origin: Origin::new("mqtt:a"),
+        };
+        let tail = TailEvent(codec::encode(&event).unwrap());
+        let state = StoredInstance {
+            fields: event.fields.clone(),
+            version: 7,
+            first_seen: Timestamp(1),
+            last_seen: Timestamp(6),
+            event_time: Timestamp(5),
+            last_origin: event.origin.clone(),
+            tail_start: 7,
+            tail_len: 1,
+            blocks: vec![1],
+            audit_tail: Some(3),
+            audit_open: Some(OpenAuditLine {
+                id: 3,
+                line: StoredAuditLine {
+                    first_at: Timestamp(1),
+                    last_at: Timestamp(6),
+                    action: AuditAction::Updated,
+                    from_version: 2,
+                    to_version: 7,
+                    count: 6,
+                    fields: vec!["temp".to_string()],
+                    origin: event.origin.clone(),
+                },
+            }),
+            tail: vec![tail.clone()],
+            history_rev: 0,
+        };
+        let bytes = codec::encode(&state).unwrap();
+        // bin 8: 0xc4, then one byte of length.
+        let window = [&[0xc4, tail.0.len() as u8][..], &tail.0].concat();
+        assert!(
+            bytes.windows(window.len()).any(|w| w == window.as_slice()),
+            "the tail event is a binary holding the encoded event"
+        );
+        let back: StoredInstance = codec::decode(&bytes).unwrap();
+        assert_eq!(back, state);
+        assert_eq!(back.tail[0].decode().unwrap(), event);
+        let read: StoredState = codec::decode(&bytes).unwrap();
+        assert_eq!(read.into_instance("m"), state.to_instance("m"));
     }
 
     #[test]
