@@ -83,7 +83,22 @@ impl fmt::Display for CodecError {
 
 /// `[1] ++ msgpack(value)`.
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let mut out = vec![FORMAT_MSGPACK];
+    encode_sized(value, ENCODE_CAPACITY)
+}
+
+/// Room reserved up front for an encoded value: most values (an event, an
+/// audit line, an instance without tail) fit, so the buffer is not grown
+/// (copied) several times on the writer's path.
+const ENCODE_CAPACITY: usize = 256;
+
+/// [`encode`] into a buffer of `capacity` bytes, for a value whose size is
+/// known to be larger (an instance with its open tail).
+pub(crate) fn encode_sized<T: Serialize>(
+    value: &T,
+    capacity: usize,
+) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(capacity);
+    out.push(FORMAT_MSGPACK);
     rmp_serde::encode::write_named(&mut out, value)
         .map_err(|e| CodecError(format!("messagepack: {e}")))?;
     Ok(out)

@@ -309,7 +309,8 @@ impl Store {
                 .collect();
         }
         state.history_rev = state.history_rev.wrapping_add(1);
-        let instance_bytes = codec::encode(&state)
+        let instance_bytes = state
+            .encode()
             .and_then(|plain| trees.seal(INSTANCES, entity.as_bytes(), plain))
             .map_err(|e| StoreError::encode(product, entity, "instance", e))?;
         let inserts = plan

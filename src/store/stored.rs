@@ -66,6 +66,12 @@ pub(crate) struct StoredInstance {
 }
 
 impl StoredInstance {
+    /// `codec::encode`, into a buffer sized for the open tail it carries.
+    pub fn encode(&self) -> Result<Vec<u8>, super::codec::CodecError> {
+        let tail: usize = self.tail.iter().map(|t| t.0.len() + 3).sum();
+        super::codec::encode_sized(self, 256 + tail)
+    }
+
     pub fn to_instance(&self, entity: &str) -> Instance {
         Instance {
             entity: entity.to_string(),

@@ -125,7 +125,8 @@ impl UpsertTx<'_> {
             self.tombstones.remove(entity.as_bytes())?;
         }
 
-        let bytes = codec::encode(&state)
+        let bytes = state
+            .encode()
             .and_then(|plain| self.trees.seal(INSTANCES, entity.as_bytes(), plain))
             .map_err(|e| abort(StoreError::encode(self.product, entity, "instance", e)))?;
         self.instances.insert(entity.as_bytes(), bytes)?;
