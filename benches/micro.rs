@@ -306,6 +306,33 @@ fn bench_sled_floor(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // Store format 3's pattern: a record reads and rewrites one key, its
+    // instance, which carries the open tail (here ~1 KiB: the record's
+    // MessagePack eight times, like a tail of about eight events).
+    let instances_with_tail = tree("instances_with_tail");
+    group.bench_function("tx_read_write_100_records_1kib", |b| {
+        b.iter_batched(
+            || {
+                seq += 1;
+                (0..100)
+                    .map(|i| value(i, seq).repeat(8))
+                    .collect::<Vec<_>>()
+            },
+            |values| {
+                instances_with_tail
+                    .transaction(|instances| {
+                        for (i, v) in values.iter().enumerate() {
+                            let entity = format!("PR-{i:04}");
+                            let _current = instances.get(entity.as_bytes())?;
+                            instances.insert(entity.as_bytes(), v.as_slice())?;
+                        }
+                        Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+                    })
+                    .expect("transaction")
+            },
+            BatchSize::SmallInput,
+        )
+    });
     group.finish();
 }
 
