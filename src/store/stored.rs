@@ -47,8 +47,9 @@ pub(crate) struct StoredInstance {
     /// tree's lines (`Store::audit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_open: Option<OpenAuditLine>,
-    /// The open tail's events, oldest first, each as `codec::encode` of a
-    /// [`StoredEvent`] (since store format 3). Why here and not one key per
+    /// The open tail's events, oldest first, each as
+    /// `codec::encode_positional` of a [`StoredEvent`] (since store format
+    /// 3; moved-in tail keys keep their named encoding). Why here and not one key per
     /// event: sled's transactional insert reads the old value of every key
     /// it writes, and the commit walks the tree again, so each tail key
     /// cost a record three tree walks (insert, seal read, seal remove) on
@@ -111,10 +112,10 @@ impl StoredState {
     }
 }
 
-/// One encoded open-tail event in [`StoredInstance::tail`]: the bytes a
-/// tail key held (`codec::encode` of a [`StoredEvent`]), stored as a
-/// MessagePack binary, so writing the instance copies them instead of
-/// encoding every tail event again.
+/// One encoded open-tail event in [`StoredInstance::tail`]
+/// (`codec::encode_positional` of a [`StoredEvent`], or a moved-in tail
+/// key's named encoding), stored as a MessagePack binary, so writing the
+/// instance copies it instead of encoding every tail event again.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct TailEvent(pub Vec<u8>);
 
@@ -424,6 +425,9 @@ mod tests {
             bytes.windows(window.len()).any(|w| w == window.as_slice()),
             "the tail event is a binary holding the encoded event"
         );
+        let positional = codec::encode_positional(&event).unwrap();
+        assert!(positional.len() < tail.0.len(), "no field names");
+        assert_eq!(TailEvent(positional).decode().unwrap(), event);
         let back: StoredInstance = codec::decode(&bytes).unwrap();
         assert_eq!(back, state);
         assert_eq!(back.tail[0].decode().unwrap(), event);

@@ -186,7 +186,7 @@ impl UpsertTx<'_> {
             fields: &record.fields,
             origin: &record.origin,
         };
-        let bytes = codec::encode(&event)
+        let bytes = codec::encode_positional(&event)
             .map_err(|e| abort(StoreError::encode(self.product, entity, "history event", e)))?;
         if state.tail.is_empty() {
             state.tail_start = version;
