@@ -67,6 +67,26 @@ pub(crate) struct StoredInstance {
 }
 
 impl StoredInstance {
+    /// An entity's state before its first record is merged: no fields,
+    /// version 0, seen first and last at `received_at`.
+    pub fn empty(received_at: Timestamp, event_time: Timestamp, origin: Origin) -> StoredInstance {
+        StoredInstance {
+            fields: Fields::new(),
+            version: 0,
+            first_seen: received_at,
+            last_seen: received_at,
+            event_time,
+            last_origin: origin,
+            tail_start: 1,
+            tail_len: 0,
+            blocks: Vec::new(),
+            audit_tail: None,
+            audit_open: None,
+            tail: Vec::new(),
+            history_rev: 0,
+        }
+    }
+
     /// `codec::encode`, into a buffer sized for the open tail it carries.
     pub fn encode(&self) -> Result<Vec<u8>, super::codec::CodecError> {
         let tail: usize = self.tail.iter().map(|t| t.0.len() + 3).sum();

@@ -17,7 +17,7 @@ use super::writer_states::PendingStates;
 use super::{
     AuditAction, Change, IngestLimits, ProductTrees, Store, StoreError, AUDIT, HISTORY, INSTANCES,
 };
-use crate::record::{Fields, Record, Timestamp};
+use crate::record::{Record, Timestamp};
 
 pub(crate) type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
@@ -84,20 +84,8 @@ impl UpsertTx<'_> {
         let entity = record.entity.as_str();
         let current = self.current_state(entity, pending)?;
         let created = current.is_none();
-        let mut state = current.unwrap_or_else(|| StoredInstance {
-            fields: Fields::new(),
-            version: 0,
-            first_seen: self.received_at,
-            last_seen: self.received_at,
-            event_time: record.event_time,
-            last_origin: record.origin.clone(),
-            tail_start: 1,
-            tail_len: 0,
-            blocks: Vec::new(),
-            audit_tail: None,
-            audit_open: None,
-            tail: Vec::new(),
-            history_rev: 0,
+        let mut state = current.unwrap_or_else(|| {
+            StoredInstance::empty(self.received_at, record.event_time, record.origin.clone())
         });
 
         let late =
@@ -447,7 +435,7 @@ fn loses_sync_tie(record: &Record, state: &StoredInstance) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Origin, Value};
+    use crate::record::{Fields, Origin, Value};
     use crate::store::{AuditQuery, StoreConfig};
 
     fn synced(from: &str, t: i64, temp: f64) -> Record {

@@ -106,26 +106,12 @@ impl WriterStates {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Fields, Origin, Timestamp};
+    use crate::record::{Origin, Timestamp};
 
     fn state(version: u64) -> StoredInstance {
         StoredInstance {
-            fields: Fields::new(),
             version,
-            first_seen: Timestamp::now(),
-            last_seen: Timestamp::now(),
-            event_time: Timestamp::now(),
-            last_origin: Origin {
-                source: "test".to_string(),
-                actor: None,
-            },
-            tail_start: 1,
-            tail_len: 0,
-            blocks: Vec::new(),
-            audit_tail: None,
-            audit_open: None,
-            tail: Vec::new(),
-            history_rev: 0,
+            ..StoredInstance::empty(Timestamp::now(), Timestamp::now(), Origin::new("test"))
         }
     }
 
