@@ -93,9 +93,9 @@ impl StoredInstance {
         super::codec::encode_sized(self, 256 + tail)
     }
 
+    /// The state a reader sees, copied (the writer keeps this one).
     pub fn to_instance(&self, entity: &str) -> Instance {
-        Instance {
-            entity: entity.to_string(),
+        StoredState {
             fields: self.fields.clone(),
             version: self.version,
             first_seen: self.first_seen,
@@ -103,6 +103,7 @@ impl StoredInstance {
             event_time: self.event_time,
             last_origin: self.last_origin.clone(),
         }
+        .into_instance(entity)
     }
 }
 
@@ -119,6 +120,7 @@ pub(crate) struct StoredState {
 }
 
 impl StoredState {
+    /// The one place a stored state becomes the API's [`Instance`].
     pub fn into_instance(self, entity: &str) -> Instance {
         Instance {
             entity: entity.to_string(),
