@@ -1383,3 +1383,108 @@ fn the_writers_decoded_states_write_what_states_read_from_sled_write() {
         assert!(a == b, "the stored instance of {entity} differs");
     }
 }
+
+/// sled 0.34.7 could wedge every writer for good: a file truncation was
+/// queued on its IO pool while every pool thread waited for the lock the
+/// truncation's waiter held (src/vendor/sled/README.md). One
+/// single-record transaction after another over 100 entities, as fast as
+/// they go, frees and truncates log segments all the time, which is what
+/// met it. The writer must keep making progress; no write for 10 s (a
+/// healthy one takes well under a millisecond) fails the test.
+///
+/// The timing matters: with the unpatched sled this stalled in every run
+/// of `cargo test --release --test store_api one_small_transaction` (after
+/// 30,000–67,000 writes), but not in the unoptimised build `cargo test`
+/// makes, which writes about half as fast; `micro`'s
+/// `store/jobs_100_one_transaction_each` is the same workload under
+/// `cargo bench`.
+#[test]
+fn one_small_transaction_after_another_never_wedges_the_store() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use meshlet::store::{IngestBatch, IngestLimits, IngestRecord};
+
+    const WRITE_FOR: Duration = Duration::from_secs(8);
+    const STALL: Duration = Duration::from_secs(10);
+    const ENTITIES: u64 = 100;
+
+    let machine = |entity: u64, round: i64| -> Record {
+        let id = format!("PR-{entity:04}");
+        let mut fields = Fields::new();
+        fields.insert("machine_id".into(), Value::String(id.clone()));
+        fields.insert("site".into(), Value::String("berlin".into()));
+        fields.insert(
+            "temperature_c".into(),
+            Value::Float(20.0 + round as f64 / 10.0),
+        );
+        fields.insert("spindle_rpm".into(), Value::Int(1480 + round));
+        fields.insert("status".into(), Value::String("ok".into()));
+        Record {
+            entity: id,
+            fields,
+            event_time: Timestamp(1_700_000_000_000_000 + round * 1_000_000),
+            origin: Origin::new("bench"),
+        }
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(StoreConfig::new(dir.path().join("db"))).unwrap());
+    let rounds_done = Arc::new(AtomicU64::new(0));
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = std::thread::spawn({
+        let store = store.clone();
+        let (rounds_done, written) = (rounds_done.clone(), written.clone());
+        move || {
+            let limits = IngestLimits::default();
+            let started = Instant::now();
+            let mut round = 0;
+            while started.elapsed() < WRITE_FOR {
+                round += 1;
+                for entity in 0..ENTITIES {
+                    let job = IngestBatch {
+                        records: vec![IngestRecord {
+                            record: machine(entity, round),
+                            fingerprint: None,
+                            check_duplicate: false,
+                        }],
+                        ..IngestBatch::default()
+                    };
+                    store
+                        .ingest(P, &job, &limits, Timestamp::now())
+                        .expect("ingest");
+                    written.fetch_add(1, Ordering::Relaxed);
+                }
+                rounds_done.store(round as u64, Ordering::Relaxed);
+            }
+        }
+    });
+
+    let mut last = (0, Instant::now());
+    while !writer.is_finished() {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = written.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        assert!(
+            last.1.elapsed() < STALL,
+            "the store made no progress for {STALL:?} after {now} one-record transactions"
+        );
+    }
+    writer.join().expect("the writer thread ends cleanly");
+    // Everything written is there: each entity's state is its last round.
+    let rounds = rounds_done.load(Ordering::Relaxed) as i64;
+    assert!(rounds >= 1, "not one round written");
+    for entity in 0..ENTITIES {
+        let state = store
+            .get(P, &format!("PR-{entity:04}"))
+            .unwrap()
+            .expect("every written entity has a state");
+        assert_eq!(
+            state.fields.get("spindle_rpm"),
+            Some(&Value::Int(1480 + rounds))
+        );
+    }
+}
