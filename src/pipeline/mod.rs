@@ -27,6 +27,7 @@
 mod coerce;
 mod decode;
 mod fingerprint;
+mod pointer;
 mod validate;
 mod violation;
 

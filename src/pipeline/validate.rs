@@ -179,7 +179,7 @@ fn lookup<'d>(
         return Some(Cow::Owned(Json::String(level.clone())));
     }
     let found = if let Some(pointer) = shape.map.get(name) {
-        document.pointer(pointer)
+        super::pointer::lookup(document, pointer)
     } else {
         match shape.format {
             PayloadFormat::Raw => (shape.field.as_deref() == Some(name)).then_some(document),
@@ -260,7 +260,7 @@ fn event_time(shape: &SourceShape, document: &Json) -> Result<Option<Timestamp>,
     let Some(pointer) = shape.event_time_pointer() else {
         return Ok(None);
     };
-    match document.pointer(pointer) {
+    match super::pointer::lookup(document, pointer) {
         None | Some(Json::Null) => Ok(None),
         Some(raw) => match coerce(raw, FieldType::Timestamp) {
             Ok(Value::Timestamp(t)) => Ok(Some(t)),
