@@ -7,11 +7,13 @@
 //!    (pushed over HTTP); its sustainable ingest rate: 20,000 QoS 1
 //!    messages through the broker until durable.
 //! 3. Fixed-duration phases, 64 connections each: `GET /livez` (the HTTP
-//!    stack's ceiling), a key lookup, a filtered 100-row page
-//!    (`site == "berlin"`, the first page: the node scans about 300
-//!    instances for it), then the lookup again while a rate-limited
-//!    publisher ingests through the broker at half the ingest rate (see
-//!    [`ingest_rate`]).
+//!    stack's ceiling), a key lookup in two forms (the key written into
+//!    the query text, a new document every request; and one document
+//!    with the key in `variables`, as generated clients send it), a
+//!    filtered 100-row page (`site == "berlin"`, the first page: the node
+//!    scans about 300 instances for it), then both lookups again while a
+//!    rate-limited publisher ingests through the broker at half the
+//!    ingest rate (see [`ingest_rate`]).
 //!
 //! Per phase: requests/s, p50, p99 (every latency kept and sorted), the
 //! node's CPU (cores busy) and, under ingest, how much of what was
@@ -115,7 +117,17 @@ fn preload(node: &Node, entities: usize) {
 #[derive(Clone, Copy)]
 enum Load {
     Livez,
-    Lookup { entities: usize },
+    /// The key written into the query text: every request is a new
+    /// document, so the node parses and validates each one.
+    Lookup {
+        entities: usize,
+    },
+    /// The same lookup as generated clients (Apollo, urql, Relay, codegen)
+    /// send it: one document, the key in `variables`. The node parses and
+    /// validates the document once and keeps it (`parse_cache.rs`).
+    LookupVariables {
+        entities: usize,
+    },
     Page,
 }
 
@@ -127,6 +139,10 @@ impl Load {
             }
             Load::Lookup { entities } => format!(
                 r#"{{"query":"{{ meter(device: \"dev{}\") {{ device site seq temp }} }}"}}"#,
+                n % entities as u64
+            ),
+            Load::LookupVariables { entities } => format!(
+                r#"{{"query":"query Meter($device: String!) {{ meter(device: $device) {{ device site seq temp }} }}","variables":{{"device":"dev{}"}}}}"#,
                 n % entities as u64
             ),
             Load::Page => r#"{"query":"{ meterConnection(first: 100, filter: {site: {eq: \"berlin\"}}) { edges { node { device site seq temp } } pageInfo { hasNextPage } } }"}"#.to_string(),
@@ -142,7 +158,7 @@ impl Load {
     fn ok(self, body: &[u8]) -> bool {
         match self {
             Load::Livez => body == b"ok\n",
-            Load::Lookup { .. } => {
+            Load::Lookup { .. } | Load::LookupVariables { .. } => {
                 body.starts_with(b"{\"data\":{\"meter\":{") && !contains(body, b"\"errors\"")
             }
             Load::Page => {
@@ -439,6 +455,10 @@ fn main() {
         entities: size.entities,
     };
     let lookup = run_phase(&node, broker_pid, lookup_load, &size);
+    let variables_load = Load::LookupVariables {
+        entities: size.entities,
+    };
+    let lookup_variables = run_phase(&node, broker_pid, variables_load, &size);
     let page = run_phase(&node, broker_pid, Load::Page, &size);
 
     let (rate, chosen) = ingest_rate(ceiling, sustainable);
@@ -447,10 +467,14 @@ fn main() {
     std::thread::sleep(size.warm_up); // the publisher reaches its pace
     let before = written();
     let under_ingest = run_phase(&node, broker_pid, lookup_load, &size);
+    let under_ingest_variables = run_phase(&node, broker_pid, variables_load, &size);
     let stored = written() - before;
     stop.store(true, Ordering::Relaxed);
     let published = publisher.join().expect("publisher");
 
+    // The publisher ran through both lookup phases under ingest.
+    let ingest_seconds =
+        under_ingest.seconds + under_ingest_variables.seconds + 2.0 * size.warm_up.as_secs_f64();
     println!(
         "api load: {CONNECTIONS} keep-alive connections, {} entities, {:.0} s per phase",
         size.entities,
@@ -461,8 +485,8 @@ fn main() {
     println!(
         "ingest during the last phase: {rate:.0} msgs/s offered ({chosen}); {published} published in all, node stored {:.0} in the {:.0} s measured ({:.0}/s)",
         stored,
-        under_ingest.seconds + size.warm_up.as_secs_f64(),
-        stored / (under_ingest.seconds + size.warm_up.as_secs_f64()),
+        ingest_seconds,
+        stored / ingest_seconds,
     );
     println!(
         "| phase | req/s | vs /livez | p50 ms | p99 ms | node CPU (cores) | errors | machine CPU (cores of {}) | generator | broker | machine µs per request |",
@@ -470,24 +494,50 @@ fn main() {
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     print_row("`GET /livez` (HTTP ceiling)", &livez, None);
-    print_row("key lookup", &lookup, Some(livez.rate()));
+    print_row(
+        "key lookup, key in the query text",
+        &lookup,
+        Some(livez.rate()),
+    );
+    print_row(
+        "key lookup, key in `variables`",
+        &lookup_variables,
+        Some(livez.rate()),
+    );
     print_row("filtered 100-row page", &page, Some(livez.rate()));
     print_row(
-        &format!("key lookup, ingest at {rate:.0} msgs/s"),
+        &format!("key lookup in the text, ingest at {rate:.0} msgs/s"),
         &under_ingest,
+        Some(livez.rate()),
+    );
+    print_row(
+        &format!("key lookup in `variables`, ingest at {rate:.0} msgs/s"),
+        &under_ingest_variables,
         Some(livez.rate()),
     );
     // The budget as CPU: what 15,000 lookups/s and this ingest would cost
     // all processes together at the per-unit costs just measured.
-    let lookup_us = lookup.machine_cores * 1e6 / lookup.rate();
-    let needed = (BUDGET_LOOKUPS * lookup_us + rate * machine_us_per_message) / 1e6;
-    println!(
-        "CPU budget: a lookup costs {lookup_us:.0} µs of machine CPU (node {:.0}, generator {:.0}); a stored message {machine_us_per_message:.0} µs (publisher, broker, node); {BUDGET_LOOKUPS:.0} lookups/s + {rate:.0} msgs/s need {needed:.2} cores of {}",
-        lookup.node_cores * 1e6 / lookup.rate(),
-        lookup.generator_cores * 1e6 / lookup.rate(),
-        harness::machine_cores()
-    );
-    for phase in [&livez, &lookup, &page, &under_ingest] {
+    for (form, phase) in [
+        ("in the text", &lookup),
+        ("in `variables`", &lookup_variables),
+    ] {
+        let lookup_us = phase.machine_cores * 1e6 / phase.rate();
+        let needed = (BUDGET_LOOKUPS * lookup_us + rate * machine_us_per_message) / 1e6;
+        println!(
+            "CPU budget, key {form}: a lookup costs {lookup_us:.0} µs of machine CPU (node {:.0}, generator {:.0}); a stored message {machine_us_per_message:.0} µs (publisher, broker, node); {BUDGET_LOOKUPS:.0} lookups/s + {rate:.0} msgs/s need {needed:.2} cores of {}",
+            phase.node_cores * 1e6 / phase.rate(),
+            phase.generator_cores * 1e6 / phase.rate(),
+            harness::machine_cores()
+        );
+    }
+    for phase in [
+        &livez,
+        &lookup,
+        &lookup_variables,
+        &page,
+        &under_ingest,
+        &under_ingest_variables,
+    ] {
         assert!(phase.latencies.count() > 0, "every phase served requests");
     }
 }
