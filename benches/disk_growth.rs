@@ -110,7 +110,8 @@ fn main() {
     println!("| records written | events held | sled size MiB | allocated MiB | allocated / raw JSON of the held events | records/s so far |");
     println!("|---:|---:|---:|---:|---:|---:|");
     let started = Instant::now();
-    let report_every = (size.rounds / 20).max(1);
+    // A multiple of the sweep interval, so every report follows a sweep.
+    let report_every = (size.rounds / 20).max(10) / 10 * 10;
     for round in 1..=size.rounds {
         let batch: Vec<Record> = (0..size.entities).map(|d| record(d, round)).collect();
         store.upsert(PRODUCT, &batch).expect("upsert");
@@ -136,7 +137,8 @@ fn main() {
         if round % report_every == 0 {
             store.durable_blocking().expect("flush");
             let written = round * size.entities;
-            // Between sweeps an entity holds up to 10 events over keep.
+            // Reports fall on sweep rounds (every 10th), so each entity
+            // holds exactly `keep` events once it has written that many.
             let held = (round as u64).min(size.keep) * size.entities as u64;
             let sled_bytes = store.size_on_disk().expect("size");
             let allocated = allocated_bytes(dir.path());
