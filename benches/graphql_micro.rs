@@ -40,6 +40,7 @@ const MACHINES: usize = 10_000;
 const SITES: [&str; 3] = ["berlin", "lyon", "brno"];
 
 const LOOKUP: &str = r#"{ machineHealth(machine_id: "PR-4242") { machine_id site temperature_c spindle_rpm status } }"#;
+const LOOKUP_VARIABLES: &str = r#"query Lookup($id: String!) { machineHealth(machine_id: $id) { machine_id site temperature_c spindle_rpm status } }"#;
 const PAGE: &str = r#"{ machineHealthConnection(first: 100, filter: {site: {eq: "berlin"}}) {
     edges { cursor node { machine_id site temperature_c spindle_rpm status } }
     pageInfo { hasNextPage endCursor } } }"#;
@@ -149,6 +150,19 @@ impl Fixture {
         response
     }
 
+    /// Executes `request` as the HTTP handler does: from a prepared plan
+    /// when its shape has one (`prepared.rs`), else by the executor.
+    fn execute_prepared(&self, request: async_graphql::Request) -> async_graphql::Response {
+        let caller = Caller::new(
+            Identity::anonymous("admin"),
+            self.secret.clone(),
+            self.denials.clone(),
+        );
+        let response = self.runtime.block_on(self.api.execute(request, caller));
+        assert!(response.errors.is_empty(), "{:?}", response.errors);
+        response
+    }
+
     /// The store side of [`PAGE`]: scan in the connection's page size,
     /// filter on `site`, stop at 100.
     fn scan_filtered(&self) -> usize {
@@ -196,7 +210,43 @@ fn bench_graphql(c: &mut Criterion) {
                 .expect("present")
         })
     });
-    group.bench_function("graphql", |b| b.iter(|| fixture.execute(LOOKUP)));
+    group.bench_function("executor", |b| b.iter(|| fixture.execute(LOOKUP)));
+    // The same lookup through `GraphqlApi::execute`, a new key each time:
+    // the first request of each form teaches its shape, the rest are
+    // answered from the plan.
+    let mut machine = 0usize;
+    let mut next_key = move || {
+        machine = (machine + 7_919) % MACHINES;
+        format!("PR-{machine:04}")
+    };
+    let text_lookup = |key: &str| async_graphql::Request::new(LOOKUP.replace("PR-4242", key));
+    let variables_lookup = |key: &str| {
+        async_graphql::Request::new(LOOKUP_VARIABLES).variables(
+            async_graphql::Variables::from_json(serde_json::json!({ "id": key })),
+        )
+    };
+    // Teach both shapes, and check plans answer before anything is timed.
+    for key in ["PR-0001", "PR-0002"] {
+        fixture.execute_prepared(text_lookup(key));
+        fixture.execute_prepared(variables_lookup(key));
+    }
+    let mut metrics = String::new();
+    fixture.api.render_prometheus(&mut metrics);
+    let prepared = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("meshlet_graphql_prepared_total "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        prepared == 2,
+        "the prepared lookups were answered from plans"
+    );
+    group.bench_function("prepared_key_in_text", |b| {
+        b.iter(|| fixture.execute_prepared(text_lookup(&next_key())))
+    });
+    group.bench_function("prepared_key_in_variables", |b| {
+        b.iter(|| fixture.execute_prepared(variables_lookup(&next_key())))
+    });
     group.finish();
 
     let mut group = c.benchmark_group("page");

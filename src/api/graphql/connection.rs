@@ -14,6 +14,7 @@ use super::filter::{self, Filter};
 use super::limits;
 use super::order::{self, Order, OrderTerm};
 use super::paging::{self, PageArgs, ProductScan, SCAN_BUDGET};
+use super::runtime::Runtime;
 use super::schema::{
     blocking, getter, opt_string, page_size, ready, require, runtime, view, PageInfoData,
     ProductApi,
@@ -166,27 +167,8 @@ pub(crate) fn lookup_field(api: &Arc<ProductApi>) -> Field {
                 require(&ctx, &view, view.read, "read")?;
                 let entity = api.entity_arg(&ctx)?;
                 runtime.usage.query(api.name());
-                // A cached state is read in place (no sled, no decode). A
-                // miss reads sled on the blocking pool: under ingest that
-                // read waits for the writer's transaction (sled's
-                // process-wide lock), and on a runtime worker it would
-                // stall every other request of that worker meanwhile.
-                let store = runtime.store();
-                let cached = store
-                    .get_cached(api.name(), &entity)
-                    .map_err(|e| async_graphql::Error::new(e.to_string()))?;
-                let instance = match cached {
-                    Some(instance) => Some(instance),
-                    None => {
-                        let (store, product) = (store.clone(), api.name().to_string());
-                        blocking(move || store.get(&product, &entity).map_err(|e| e.to_string()))
-                            .await?
-                    }
-                };
-                // Hidden by the row filter: null, as if absent, so a lookup
-                // does not tell whether the entity exists.
-                Ok(instance
-                    .and_then(|i| paging::see(&view, i))
+                Ok(lookup_visible(runtime, &api, &view, entity)
+                    .await?
                     .map(FieldValue::owned_any))
             })
         },
@@ -196,6 +178,35 @@ pub(crate) fn lookup_field(api: &Arc<ProductApi>) -> Field {
         api.product.name
     ))
     .argument(InputValue::new(&api.product.key, api.key_type()))
+}
+
+/// The instance `<product>(key)` returns: as `view` shows it (masked),
+/// or `None` when absent or hidden by the row filter (as if absent, so a
+/// lookup does not tell whether the entity exists). Shared with the
+/// prepared lookups (`prepared.rs`), which must answer exactly as this
+/// resolver does.
+pub(crate) async fn lookup_visible(
+    runtime: &Runtime,
+    api: &ProductApi,
+    view: &View,
+    entity: String,
+) -> async_graphql::Result<Option<Instance>> {
+    // A cached state is read in place (no sled, no decode). A miss reads
+    // sled on the blocking pool: under ingest that read waits for the
+    // writer's transaction (sled's process-wide lock), and on a runtime
+    // worker it would stall every other request of that worker meanwhile.
+    let store = runtime.store();
+    let cached = store
+        .get_cached(api.name(), &entity)
+        .map_err(|e| async_graphql::Error::new(e.to_string()))?;
+    let instance = match cached {
+        Some(instance) => Some(instance),
+        None => {
+            let (store, product) = (store.clone(), api.name().to_string());
+            blocking(move || store.get(&product, &entity).map_err(|e| e.to_string())).await?
+        }
+    };
+    Ok(instance.and_then(|i| paging::see(view, i)))
 }
 
 /// `<product>Connection(...)`.

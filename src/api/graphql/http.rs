@@ -153,14 +153,18 @@ async fn execute(
         operation = request.operation_name.as_deref().unwrap_or(""),
         who = %identity.name,
         role = %identity.role,
+        prepared = tracing::field::Empty,
     );
-    let request = request.data(Caller::new(
+    let caller = Caller::new(
         identity,
         state.graphql.runtime.secret.clone(),
         state.auth.denials(),
-    ));
-    let schema = state.graphql.handle.current();
-    let response = schema.execute(request).instrument(span).await;
+    );
+    let response = state
+        .graphql
+        .execute(request, caller)
+        .instrument(span)
+        .await;
     ([(header::CONTENT_TYPE, "application/json")], Json(response)).into_response()
 }
 

@@ -75,16 +75,29 @@ fn typed_field<T: HasFields>(field: &ProductField, required: bool, is_key: bool)
         TypeRef::named(values::type_name(ty))
     };
     Field::new(&field.name, type_ref, move |ctx| {
-        ready(ctx.parent_value.try_downcast_ref::<T>().map(|parent| {
-            let value = match parent.fields().get(&name) {
-                Some(value) => values::output(ty, value),
-                None if is_key => key_value(ty, parent.entity()),
-                None => Gql::Null,
-            };
-            non_null(value)
-        }))
+        ready(
+            ctx.parent_value
+                .try_downcast_ref::<T>()
+                .map(|parent| non_null(field_output(parent, &name, ty, is_key))),
+        )
     })
     .description(describe(field))
+}
+
+/// The value of the product field `name` (of type `ty`) of `parent`, as
+/// the schema returns it. Shared with the prepared lookups
+/// (`prepared.rs`).
+pub(crate) fn field_output<T: HasFields>(
+    parent: &T,
+    name: &str,
+    ty: FieldType,
+    is_key: bool,
+) -> Gql {
+    match parent.fields().get(name) {
+        Some(value) => values::output(ty, value),
+        None if is_key => key_value(ty, parent.entity()),
+        None => Gql::Null,
+    }
 }
 
 /// The entity key as the key field's value (for an instance whose fields

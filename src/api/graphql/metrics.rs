@@ -16,6 +16,9 @@ pub(crate) struct GraphqlMetrics {
     /// Requests refused before execution (size, content type, body).
     pub refused: AtomicU64,
     pub subscriptions_started: AtomicU64,
+    /// Queries answered from a prepared plan (`prepared.rs`), without the
+    /// executor.
+    pub prepared: AtomicU64,
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_micros: AtomicU64,
@@ -42,6 +45,12 @@ impl GraphqlMetrics {
         );
     }
 
+    /// Records one query answered from a prepared plan (it succeeded).
+    pub(crate) fn prepared(&self, took: Duration) {
+        self.prepared.fetch_add(1, Ordering::Relaxed);
+        self.request(took, true);
+    }
+
     /// Appends the Prometheus text exposition.
     pub(crate) fn render_prometheus(&self, open_subscriptions: i64, out: &mut String) {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -59,6 +68,11 @@ impl GraphqlMetrics {
                 "meshlet_graphql_requests_total{{outcome=\"{outcome}\"}} {value}"
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP meshlet_graphql_prepared_total GraphQL queries answered from a prepared plan (key lookups of a shape answered before), without the executor; they are also counted in meshlet_graphql_requests_total.\n# TYPE meshlet_graphql_prepared_total counter\nmeshlet_graphql_prepared_total {}",
+            load(&self.prepared)
+        );
         let _ = writeln!(
             out,
             "# HELP meshlet_graphql_request_duration_seconds Time to execute a GraphQL query or mutation.\n# TYPE meshlet_graphql_request_duration_seconds histogram"

@@ -33,9 +33,11 @@ mod limits;
 mod metrics;
 mod mutation;
 mod names;
+mod normalize;
 mod order;
 mod paging;
 mod parse_cache;
+mod prepared;
 mod reload;
 mod runtime;
 mod schema;
@@ -46,6 +48,7 @@ mod values;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
@@ -57,7 +60,9 @@ pub use schema::{sdl, BuildError};
 
 use crate::api::Readiness;
 use crate::ingest::Ingestor;
+use crate::policy::access::Caller;
 use crate::product::{LoadContext, ProductSet};
+use prepared::Attempt;
 use runtime::Runtime;
 
 pub(crate) use http::routes;
@@ -101,11 +106,11 @@ impl GraphqlApi {
             metrics: Default::default(),
             shutdown,
         };
-        let schema = schema::build(&products, Some(runtime.clone()))?;
+        let generation = schema::build_generation(&products, runtime.clone())?;
         runtime.status.loaded(reload::names_of(&products));
         tasks.spawn(watch_freshness(runtime.clone()).instrument(info_span!("graphql_freshness")));
         Ok(GraphqlApi {
-            handle: SchemaHandle::new(schema),
+            handle: SchemaHandle::new(generation),
             runtime,
             graphiql,
         })
@@ -128,6 +133,52 @@ impl GraphqlApi {
         };
         let shutdown = self.runtime.shutdown.clone();
         reloader.run(shutdown)
+    }
+
+    /// Executes one query or mutation for `caller`: from a prepared plan
+    /// when the query's shape has one (`prepared.rs`), else by the
+    /// executor, which then teaches the current schema generation the
+    /// shape. The HTTP handler and the benches call this.
+    pub async fn execute(
+        &self,
+        mut request: async_graphql::Request,
+        caller: Caller,
+    ) -> async_graphql::Response {
+        let started = Instant::now();
+        let generation = self.handle.generation();
+        let query = std::mem::take(&mut request.query);
+        let learn = match generation.prepared.attempt(&query) {
+            Attempt::Planned(plan, normalized) => {
+                let answer = plan
+                    .answer(
+                        request.operation_name.as_deref(),
+                        &request.variables,
+                        &normalized.literals,
+                        &self.runtime,
+                        &caller,
+                    )
+                    .await;
+                if let Some(response) = answer {
+                    tracing::Span::current().record("prepared", true);
+                    self.runtime.metrics.prepared(started.elapsed());
+                    return response;
+                }
+                false
+            }
+            Attempt::Learn => true,
+            Attempt::Execute => false,
+        };
+        let learned_text = learn.then(|| query.clone());
+        request.query = query;
+        let response = generation.schema.execute(request.data(caller)).await;
+        if let Some(text) = learned_text {
+            if response.errors.is_empty() {
+                if let Some(normalized) = normalize::normalize(&text) {
+                    generation.prepared.learn(&text, &normalized);
+                }
+            }
+        }
+        response
     }
 
     /// The live schema handle.

@@ -26,37 +26,50 @@ use async_graphql::dynamic::Schema;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::prepared::PreparedLookups;
 use super::runtime::Runtime;
-use super::schema::build;
+use super::schema::build_generation;
 use crate::api::Readiness;
 use crate::product::{self, LoadContext, ProductSet};
 
 /// How often definition files are checked for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
+/// One schema and what belongs to it alone: the query plans learned on
+/// it (`prepared.rs`), which a reload must not carry over.
+pub(crate) struct Generation {
+    pub schema: Schema,
+    pub prepared: PreparedLookups,
+}
+
 /// The schema requests run on; swapped whole on reload.
 #[derive(Clone)]
 pub struct SchemaHandle {
-    current: Arc<RwLock<Schema>>,
+    current: Arc<RwLock<Arc<Generation>>>,
 }
 
 impl SchemaHandle {
-    pub(crate) fn new(schema: Schema) -> SchemaHandle {
+    pub(crate) fn new(generation: Generation) -> SchemaHandle {
         SchemaHandle {
-            current: Arc::new(RwLock::new(schema)),
+            current: Arc::new(RwLock::new(Arc::new(generation))),
         }
     }
 
     /// The current schema (a cheap clone of an `Arc` inside).
     pub fn current(&self) -> Schema {
+        self.generation().schema.clone()
+    }
+
+    /// The current generation: its schema and its plans.
+    pub(crate) fn generation(&self) -> Arc<Generation> {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    fn replace(&self, schema: Schema) {
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = schema;
+    fn replace(&self, generation: Generation) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(generation);
     }
 }
 
@@ -143,13 +156,13 @@ impl Reloader {
             });
         let built = loaded.and_then(|set| {
             let set = Arc::new(set);
-            build(&set, Some(self.runtime.clone()))
-                .map(|schema| (schema, set))
+            build_generation(&set, self.runtime.clone())
+                .map(|generation| (generation, set))
                 .map_err(|e| e.0)
         });
         match built {
-            Ok((schema, set)) => {
-                self.handle.replace(schema);
+            Ok((generation, set)) => {
+                self.handle.replace(generation);
                 let names = names_of(&set);
                 self.runtime.status.loaded(names.clone());
                 self.readiness.set_problems(Vec::new());

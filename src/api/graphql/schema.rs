@@ -15,6 +15,8 @@ use async_graphql::dynamic::{
 use async_graphql::{ErrorExtensions, Value as Gql};
 
 use super::names::{self, ProductNames};
+use super::prepared::PreparedLookups;
+use super::reload::Generation;
 use super::runtime::Runtime;
 use super::{catalog, connection, filter, instance, limits, mutation, subscription, values};
 use crate::policy::access::{Caller, View};
@@ -254,12 +256,26 @@ fn page_info_object() -> Object {
         ))
 }
 
-/// Builds the schema of `products`. `runtime` is `None` for a schema that
-/// is only printed (`meshlet schema print`, the golden files).
-pub(crate) fn build(
+/// Builds the schema of `products` that serves data, with its (empty)
+/// plan cache.
+pub(crate) fn build_generation(
+    products: &Arc<ProductSet>,
+    runtime: Runtime,
+) -> Result<Generation, BuildError> {
+    let (schema, apis) = build(products, Some(runtime))?;
+    Ok(Generation {
+        schema,
+        prepared: PreparedLookups::new(&apis),
+    })
+}
+
+/// Builds the schema of `products`, and returns it with its products'
+/// APIs. `runtime` is `None` for a schema that is only printed (`meshlet
+/// schema print`, the golden files).
+fn build(
     products: &Arc<ProductSet>,
     runtime: Option<Runtime>,
-) -> Result<Schema, BuildError> {
+) -> Result<(Schema, Vec<Arc<ProductApi>>), BuildError> {
     let problems = names::check(products.iter().map(|p| {
         (
             p.name.as_str(),
@@ -346,13 +362,14 @@ pub(crate) fn build(
     if with_products {
         builder = builder.register(mutation).register(subscription);
     }
-    builder
+    let schema = builder
         .finish()
-        .map_err(|e| BuildError(vec![format!("schema check failed: {e}")]))
+        .map_err(|e| BuildError(vec![format!("schema check failed: {e}")]))?;
+    Ok((schema, apis))
 }
 
 /// The SDL of `products`' schema, as `meshlet schema print` prints it.
 pub fn sdl(products: &ProductSet) -> Result<String, BuildError> {
-    let schema = build(&Arc::new(products.clone()), None)?;
+    let (schema, _) = build(&Arc::new(products.clone()), None)?;
     Ok(schema.sdl())
 }
