@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::api::{self, ApiState, HttpListener, Phase, Readiness};
+use crate::api::{self, ApiShared, ApiState, HttpListener, Phase, Readiness};
 use crate::config::HubConfig;
 use crate::ingest::broker::{BrokerBindError, EmbeddedBroker};
 use crate::ingest::client::{self, ClientConfigError};
@@ -263,7 +263,7 @@ pub async fn start(
             .instrument(info_span!("graphql_reload")),
     );
     let retention_metrics = RetentionMetrics::default();
-    let app = api::router(ApiState {
+    let app = api::router(ApiState::new(ApiShared {
         node_id: node_id.clone(),
         readiness: readiness.clone(),
         ingestor,
@@ -273,7 +273,7 @@ pub async fn start(
         retention: retention_metrics.clone(),
         auth,
         sync: Some(sync),
-    });
+    }));
     let server = tokio::spawn(
         listener
             .serve(app, shutdown.clone())

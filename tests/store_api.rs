@@ -1203,8 +1203,8 @@ fn lookups_from_the_state_cache_equal_lookups_from_sled() {
     plain.upsert_at(P, &only, Timestamp(6)).unwrap();
     assert_eq!(cached.cached_instances(P).unwrap(), 8);
     assert_eq!(
-        cached.get_cached(P, &newest).unwrap(),
-        plain.get(P, &newest).unwrap(),
+        cached.get_cached(P, &newest).unwrap().as_deref(),
+        plain.get(P, &newest).unwrap().as_ref(),
         "answered from the cache"
     );
     assert_eq!(plain.get_cached(P, &newest).unwrap(), None, "not cached");

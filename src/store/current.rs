@@ -100,10 +100,16 @@ impl CurrentCache {
     /// The cached state of `entity`, or the ticket to fill it with what
     /// sled holds.
     pub fn lookup(&self, entity: &str) -> Result<Instance, FillTicket> {
+        self.lookup_shared(entity).map(|state| Instance::clone(&state))
+    }
+
+    /// [`CurrentCache::lookup`] without copying the state: readers that
+    /// only read it (a key lookup serialized as is) skip the deep clone.
+    pub fn lookup_shared(&self, entity: &str) -> Result<Arc<Instance>, FillTicket> {
         // With capacity 0 nothing is ever put in, so this always misses.
         let entries = self.read();
         match entries.map.get(entity) {
-            Some(state) => Ok(Instance::clone(state)),
+            Some(state) => Ok(Arc::clone(state)),
             None => Err(FillTicket(entries.removals)),
         }
     }

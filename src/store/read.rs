@@ -3,6 +3,7 @@
 //! [`Store::history`]).
 
 use std::ops::Bound;
+use std::sync::Arc;
 
 use super::chunk::{decode_chunk, decode_chunk_header, ChunkHeader};
 use super::codec;
@@ -45,10 +46,15 @@ impl Store {
     /// The state of `entity` if the lookup cache holds it (`current.rs`):
     /// answered without sled, so never waiting on the writer's
     /// transaction. `Ok(None)` means *not cached*, not absent: ask
-    /// [`Store::get`], which may block while the writer commits.
-    pub fn get_cached(&self, product: &str, entity: &str) -> Result<Option<Instance>, StoreError> {
+    /// [`Store::get`], which may block while the writer commits. Shared,
+    /// not copied: the caller clones only if it must change it.
+    pub fn get_cached(
+        &self,
+        product: &str,
+        entity: &str,
+    ) -> Result<Option<Arc<Instance>>, StoreError> {
         self.check_entity(product, entity)?;
-        Ok(self.product(product)?.current.lookup(entity).ok())
+        Ok(self.product(product)?.current.lookup_shared(entity).ok())
     }
 
     /// One page of instances ordered by entity key bytes, starting after

@@ -169,7 +169,7 @@ pub(crate) fn lookup_field(api: &Arc<ProductApi>) -> Field {
                 runtime.usage.query(api.name());
                 Ok(lookup_visible(runtime, &api, &view, entity)
                     .await?
-                    .map(FieldValue::owned_any))
+                    .map(|i| FieldValue::owned_any(Arc::unwrap_or_clone(i))))
             })
         },
     )
@@ -184,13 +184,14 @@ pub(crate) fn lookup_field(api: &Arc<ProductApi>) -> Field {
 /// or `None` when absent or hidden by the row filter (as if absent, so a
 /// lookup does not tell whether the entity exists). Shared with the
 /// prepared lookups (`prepared.rs`), which must answer exactly as this
-/// resolver does.
+/// resolver does. A view that reads clear gets the cached state itself,
+/// not a copy.
 pub(crate) async fn lookup_visible(
     runtime: &Runtime,
     api: &ProductApi,
     view: &View,
     entity: String,
-) -> async_graphql::Result<Option<Instance>> {
+) -> async_graphql::Result<Option<Arc<Instance>>> {
     // A cached state is read in place (no sled, no decode). A miss reads
     // sled on the blocking pool: under ingest that read waits for the
     // writer's transaction (sled's process-wide lock), and on a runtime
@@ -203,10 +204,18 @@ pub(crate) async fn lookup_visible(
         Some(instance) => Some(instance),
         None => {
             let (store, product) = (store.clone(), api.name().to_string());
-            blocking(move || store.get(&product, &entity).map_err(|e| e.to_string())).await?
+            blocking(move || store.get(&product, &entity).map_err(|e| e.to_string()))
+                .await?
+                .map(Arc::new)
         }
     };
-    Ok(instance.and_then(|i| paging::see(view, i)))
+    Ok(instance.and_then(|i| {
+        if view.reads_clear() {
+            Some(i)
+        } else {
+            paging::see(view, Arc::unwrap_or_clone(i)).map(Arc::new)
+        }
+    }))
 }
 
 /// `<product>Connection(...)`.

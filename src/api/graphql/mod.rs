@@ -170,7 +170,9 @@ impl GraphqlApi {
         };
         let learned_text = learn.then(|| query.clone());
         request.query = query;
-        let response = generation.schema.execute(request.data(caller)).await;
+        // Boxed: the executor's future is large, and inline it would make
+        // every request's future (prepared ones too) that large to move.
+        let response = Box::pin(generation.schema.execute(request.data(caller))).await;
         if let Some(text) = learned_text {
             if response.errors.is_empty() {
                 if let Some(normalized) = normalize::normalize(&text) {

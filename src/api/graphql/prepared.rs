@@ -345,7 +345,7 @@ impl Plan {
                         let value = match selected {
                             Selected::Typename => Gql::String(lookup.api.names.object.clone()),
                             Selected::Field { name, ty, is_key } => {
-                                let value = field_output(&instance, name, *ty, *is_key);
+                                let value = field_output(instance.as_ref(), name, *ty, *is_key);
                                 if *is_key && value == Gql::Null {
                                     // A non-null field without a value: the
                                     // executor's error, not ours to make.
