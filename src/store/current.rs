@@ -100,7 +100,8 @@ impl CurrentCache {
     /// The cached state of `entity`, or the ticket to fill it with what
     /// sled holds.
     pub fn lookup(&self, entity: &str) -> Result<Instance, FillTicket> {
-        self.lookup_shared(entity).map(|state| Instance::clone(&state))
+        self.lookup_shared(entity)
+            .map(|state| Instance::clone(&state))
     }
 
     /// [`CurrentCache::lookup`] without copying the state: readers that
