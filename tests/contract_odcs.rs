@@ -211,23 +211,7 @@ async fn the_graphql_catalog_serves_the_exported_contract() {
         "data_dir = \"data\"\nproducts = [\"schema/examples\"]\n",
     )
     .unwrap();
-    let token = |role: &str| {
-        let out = common::run(
-            dir.path(),
-            &[
-                "--config",
-                "meshlet.toml",
-                "token",
-                "create",
-                "--role",
-                role,
-                "--name",
-                role,
-            ],
-        );
-        assert!(out.status.success(), "{}", common::stderr(&out));
-        common::stdout(&out).trim().to_string()
-    };
+    let token = |role: &str| common::create_token(dir.path(), role, role);
     let admin = token("admin");
     let operator = token("operator");
     let node = common::NodeBuilder::new(dir.path())

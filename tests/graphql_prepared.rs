@@ -14,13 +14,12 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use common::graphql::{start, workdir, Gql, SENSOR};
-use common::{copy_examples, run, stderr, stdout, NodeBuilder, NodeProcess};
+use common::{copy_examples, create_token, NodeBuilder, NodeProcess};
 
 const CONFIG: &str = "data_dir = \"data\"\nproducts = [\"schema/examples\"]\n";
 
@@ -105,24 +104,6 @@ const FIXTURES: [Fixture; 4] = [
     },
 ];
 
-fn create_token(dir: &Path, role: &str) -> String {
-    let out = run(
-        dir,
-        &[
-            "--config",
-            "meshlet.toml",
-            "token",
-            "create",
-            "--role",
-            role,
-            "--name",
-            role,
-        ],
-    );
-    assert!(out.status.success(), "token create: {}", stderr(&out));
-    stdout(&out).trim().to_string()
-}
-
 /// A raw GraphQL POST: status and body text, unparsed.
 async fn send(
     client: &reqwest::Client,
@@ -188,14 +169,31 @@ async fn seed(gql: &Gql) {
     }
 }
 
-fn secured_examples() -> (tempfile::TempDir, NodeProcess, Vec<(&'static str, String)>) {
+/// A secured node on the examples and the counter, seeded, with a token
+/// per role.
+struct Secured {
+    _dir: tempfile::TempDir,
+    node: NodeProcess,
+    tokens: Vec<(&'static str, String)>,
+    /// GraphQL as `admin` (for seeding and metrics).
+    admin: Gql,
+}
+
+impl Secured {
+    fn token(&self, role: &str) -> String {
+        let found = self.tokens.iter().find(|(r, _)| *r == role);
+        found.expect("a token per role").1.clone()
+    }
+}
+
+async fn secured_examples() -> Secured {
     let dir = tempfile::tempdir().expect("tempdir");
     copy_examples(dir.path());
     std::fs::write(dir.path().join("schema/examples/plc_counter.yaml"), COUNTER).expect("counter");
     std::fs::write(dir.path().join("meshlet.toml"), CONFIG).expect("config");
     let tokens = ROLES
         .iter()
-        .map(|role| (*role, create_token(dir.path(), role)))
+        .map(|role| (*role, create_token(dir.path(), role, role)))
         .collect();
     let node = NodeBuilder::new(dir.path())
         .secured()
@@ -203,7 +201,15 @@ fn secured_examples() -> (tempfile::TempDir, NodeProcess, Vec<(&'static str, Str
         .arg("meshlet.toml")
         .start()
         .expect("node starts");
-    (dir, node, tokens)
+    let mut secured = Secured {
+        _dir: dir,
+        admin: Gql::new(&node),
+        node,
+        tokens,
+    };
+    secured.admin = secured.admin.with_token(&secured.token("admin"));
+    seed(&secured.admin).await;
+    secured
 }
 
 fn has_errors(body: &str) -> bool {
@@ -214,17 +220,9 @@ fn has_errors(body: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prepared_answer_is_the_executors_for_every_role_and_key() {
-    let (_dir, node, tokens) = secured_examples();
-    let token = |role: &str| {
-        tokens
-            .iter()
-            .find(|(r, _)| *r == role)
-            .expect("role")
-            .1
-            .clone()
-    };
-    let admin = Gql::new(&node).with_token(&token("admin"));
-    seed(&admin).await;
+    let secured = secured_examples().await;
+    let (node, admin) = (&secured.node, &secured.admin);
+    let token = |role: &str| secured.token(role);
     let client = reqwest::Client::new();
     let prepared = || admin.metric("meshlet_graphql_prepared_total");
     let denied = || admin.metric("meshlet_access_denied_total");
@@ -242,15 +240,15 @@ async fn a_prepared_answer_is_the_executors_for_every_role_and_key() {
                     );
                     let oracle = send(
                         &client,
-                        &node,
+                        node,
                         &token,
                         &request(fixture, key, in_variables, true),
                     )
                     .await;
                     let plain = request(fixture, key, in_variables, false);
                     let (before, denied_before) = (prepared().await, denied().await);
-                    let first = send(&client, &node, &token, &plain).await;
-                    let second = send(&client, &node, &token, &plain).await;
+                    let first = send(&client, node, &token, &plain).await;
+                    let second = send(&client, node, &token, &plain).await;
                     let (after, denied_after) = (prepared().await, denied().await);
                     assert_eq!(first, oracle, "{what}: first answer");
                     assert_eq!(second, oracle, "{what}: second answer");
@@ -298,10 +296,10 @@ async fn a_prepared_answer_is_the_executors_for_every_role_and_key() {
     };
     for role in ["admin", "operator", "analyst", "reader", "billing"] {
         let token = token(role);
-        let oracle = send(&client, &node, &token, &many(true)).await;
+        let oracle = send(&client, node, &token, &many(true)).await;
         for _ in 0..2 {
             assert_eq!(
-                send(&client, &node, &token, &many(false)).await,
+                send(&client, node, &token, &many(false)).await,
                 oracle,
                 "{role}: many"
             );
@@ -311,17 +309,9 @@ async fn a_prepared_answer_is_the_executors_for_every_role_and_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_plan_cannot_answer_gets_the_executors_error() {
-    let (_dir, node, tokens) = secured_examples();
-    let token = |role: &str| {
-        tokens
-            .iter()
-            .find(|(r, _)| *r == role)
-            .expect("role")
-            .1
-            .clone()
-    };
-    let admin = Gql::new(&node).with_token(&token("admin"));
-    seed(&admin).await;
+    let secured = secured_examples().await;
+    let (node, admin) = (&secured.node, &secured.admin);
+    let token = |role: &str| secured.token(role);
     let client = reqwest::Client::new();
     let admin_token = token("admin");
 
@@ -344,7 +334,7 @@ async fn what_a_plan_cannot_answer_gets_the_executors_error() {
         for _ in 0..2 {
             let (status, text) = send(
                 &client,
-                &node,
+                node,
                 &admin_token,
                 &body(&query, false, good.clone(), Value::Null),
             )
@@ -420,7 +410,7 @@ async fn what_a_plan_cannot_answer_gets_the_executors_error() {
     for (query, variables, operation, what) in cases {
         let oracle = send(
             &client,
-            &node,
+            node,
             &admin_token,
             &body(&query, true, variables.clone(), operation.clone()),
         )
@@ -428,7 +418,7 @@ async fn what_a_plan_cannot_answer_gets_the_executors_error() {
         let before = prepared().await;
         let answer = send(
             &client,
-            &node,
+            node,
             &admin_token,
             &body(&query, false, variables, operation),
         )
@@ -445,14 +435,14 @@ async fn what_a_plan_cannot_answer_gets_the_executors_error() {
     let before = prepared().await.unwrap_or(0.0);
     let oracle = send(
         &client,
-        &node,
+        node,
         &admin_token,
         &body(machine, true, json!({"k": "PR-0002"}), json!("Lookup")),
     )
     .await;
     let answer = send(
         &client,
-        &node,
+        node,
         &admin_token,
         &body(machine, false, json!({"k": "PR-0002"}), json!("Lookup")),
     )

@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use common::graphql::{Gql, Protocol, Subscriber};
-use common::{copy_examples, run, stderr, stdout, NodeBuilder, NodeProcess};
+use common::{copy_examples, create_token, run, stderr, stdout, NodeBuilder, NodeProcess};
 
 const CONFIG: &str = "data_dir = \"data\"\nproducts = [\"schema/examples\"]\n";
 
@@ -29,26 +29,6 @@ const ROLES: [&str; 9] = [
     "billing",
     "poller",
 ];
-
-fn create_token(dir: &Path, role: &str, name: &str) -> String {
-    let out = run(
-        dir,
-        &[
-            "--config",
-            "meshlet.toml",
-            "token",
-            "create",
-            "--role",
-            role,
-            "--name",
-            name,
-        ],
-    );
-    assert!(out.status.success(), "token create: {}", stderr(&out));
-    let token = stdout(&out).trim().to_string();
-    assert!(token.starts_with("mlt_"), "{token}");
-    token
-}
 
 fn secured_node(dir: &Path) -> NodeProcess {
     NodeBuilder::new(dir)

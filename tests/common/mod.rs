@@ -64,6 +64,29 @@ pub fn copy_examples(dir: &Path) {
     }
 }
 
+/// Creates an API token with the real CLI (`meshlet token create`, the
+/// config `meshlet.toml` in `dir`) and returns it.
+#[allow(dead_code)] // not every test binary makes tokens
+pub fn create_token(dir: &Path, role: &str, name: &str) -> String {
+    let out = run(
+        dir,
+        &[
+            "--config",
+            "meshlet.toml",
+            "token",
+            "create",
+            "--role",
+            role,
+            "--name",
+            name,
+        ],
+    );
+    assert!(out.status.success(), "token create: {}", stderr(&out));
+    let token = stdout(&out).trim().to_string();
+    assert!(token.starts_with("mlt_"), "{token}");
+    token
+}
+
 /// A node process started by the harness. Killed on drop if still running.
 pub struct NodeProcess {
     child: Child,

@@ -17,6 +17,8 @@
 //! GraphQL. Strings with escapes, block strings and floats stay in the
 //! shape as written (their values are not needed by any plan).
 
+use std::ops::Range;
+
 /// The marker that stands for a literal in a shape.
 const MARKER: char = '\u{1}';
 
@@ -53,6 +55,34 @@ fn is_name_continue(b: u8) -> bool {
     b == b'_' || b.is_ascii_alphanumeric()
 }
 
+/// The shape and literals made so far.
+struct Split<'a> {
+    text: &'a str,
+    shape: String,
+    literals: Vec<Literal<'a>>,
+    /// The text up to here is in `shape` already; the rest up to the next
+    /// literal is copied as is when that literal is taken.
+    copied: usize,
+}
+
+impl<'a> Split<'a> {
+    /// Replaces the literal token at `token` (its value at `value`) by a
+    /// marker.
+    fn take(&mut self, token: Range<usize>, value: Range<usize>, kind: LiteralKind) {
+        self.shape.push_str(&self.text[self.copied..token.start]);
+        self.shape.push(MARKER);
+        self.shape.push(match kind {
+            LiteralKind::String => 's',
+            LiteralKind::Int => 'i',
+        });
+        self.literals.push(Literal {
+            kind,
+            text: &self.text[value],
+        });
+        self.copied = token.end;
+    }
+}
+
 /// Splits `text` into its shape and literals; `None` when the text holds
 /// the marker character.
 pub(crate) fn normalize(text: &str) -> Option<Normalized<'_>> {
@@ -60,11 +90,12 @@ pub(crate) fn normalize(text: &str) -> Option<Normalized<'_>> {
         return None;
     }
     let bytes = text.as_bytes();
-    let mut shape = String::with_capacity(text.len());
-    let mut literals = Vec::new();
-    // Everything from `copied` up to the current token is copied as is
-    // when a literal is replaced (or at the end).
-    let mut copied = 0;
+    let mut out = Split {
+        text,
+        shape: String::with_capacity(text.len()),
+        literals: Vec::new(),
+        copied: 0,
+    };
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
@@ -109,14 +140,7 @@ pub(crate) fn normalize(text: &str) -> Option<Normalized<'_>> {
                 }
                 let closed = end < bytes.len() && bytes[end] == b'"';
                 if plain && closed {
-                    shape.push_str(&text[copied..i]);
-                    shape.push(MARKER);
-                    shape.push('s');
-                    literals.push(Literal {
-                        kind: LiteralKind::String,
-                        text: &text[start..end],
-                    });
-                    copied = end + 1;
+                    out.take(i..end + 1, start..end, LiteralKind::String);
                 }
                 i = (end + 1).min(bytes.len());
             }
@@ -146,21 +170,17 @@ pub(crate) fn normalize(text: &str) -> Option<Normalized<'_>> {
                     && !written.is_empty()
                     && (written == "0" || !written.starts_with('0'));
                 if is_int {
-                    shape.push_str(&text[copied..start]);
-                    shape.push(MARKER);
-                    shape.push('i');
-                    literals.push(Literal {
-                        kind: LiteralKind::Int,
-                        text: &text[start..int_end],
-                    });
-                    copied = int_end;
+                    out.take(start..int_end, start..int_end, LiteralKind::Int);
                 }
             }
             _ => i += 1,
         }
     }
-    shape.push_str(&text[copied..]);
-    Some(Normalized { shape, literals })
+    out.shape.push_str(&text[out.copied..]);
+    Some(Normalized {
+        shape: out.shape,
+        literals: out.literals,
+    })
 }
 
 #[cfg(test)]
