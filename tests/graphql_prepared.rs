@@ -172,11 +172,12 @@ async fn seed(gql: &Gql) {
 /// A secured node on the examples and the counter, seeded, with a token
 /// per role.
 struct Secured {
-    _dir: tempfile::TempDir,
     node: NodeProcess,
     tokens: Vec<(&'static str, String)>,
     /// GraphQL as `admin` (for seeding and metrics).
     admin: Gql,
+    /// Dropped last: the node stops before its directory goes.
+    _dir: tempfile::TempDir,
 }
 
 impl Secured {
