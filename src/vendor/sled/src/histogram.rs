@@ -47,6 +47,20 @@ pub struct Histogram {
 impl Default for Histogram {
     #[allow(unsafe_code)]
     fn default() -> Histogram {
+        // meshlet: with `no_metrics` (sled's default) nothing measures into
+        // or reads the buckets, so none are allocated. sled keeps ~40 of
+        // these in its global metrics: 65,536 buckets each, 21 MiB zeroed
+        // at start-up, which an allocator that zeroes reused memory
+        // (mimalloc) keeps resident.
+        #[cfg(feature = "no_metrics")]
+        {
+            return Histogram {
+                vals: Vec::new(),
+                sum: AtomicUsize::new(0),
+                count: AtomicUsize::new(0),
+            };
+        }
+
         #[cfg(not(feature = "miri_optimizations"))]
         {
             let mut vals = Vec::with_capacity(BUCKETS);
