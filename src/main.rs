@@ -1,12 +1,30 @@
 //! The `meshlet` binary: parse the command line and hand over to the library.
 
-/// musl's allocator serialises threads on one lock; under the runtime's
-/// worker threads that costs a large share of throughput on the static
-/// edge builds. mimalloc is small and builds with zig's C compiler.
-#[cfg(target_env = "musl")]
+/// mimalloc on every Linux build. musl's allocator serialises threads on
+/// one lock, which cost the static edge builds a large share of their
+/// throughput; on glibc, malloc and free were ~25% of the node's CPU under
+/// ingest and lookups, and with mimalloc the node sustains ~50% more ingest
+/// (benches/README.md, "The allocator"). Its idle RSS matches glibc's once
+/// sled's unused metrics histograms are not allocated (src/vendor/sled) and
+/// its arenas get no transparent huge pages (the `no_thp` feature). It is
+/// small and builds with zig's C compiler.
+#[cfg(target_os = "linux")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in mimalloc 3's `mi_option_e` (the Rust
+/// bindings name only the older options).
+#[cfg(target_os = "linux")]
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() -> std::process::ExitCode {
+    // Free pages go back to the kernel at once, not 10 ms later: mimalloc
+    // purges only when it is next called, so a node that went idle after
+    // a bulk read (a count over a million instances) would keep them.
+    #[cfg(target_os = "linux")]
+    // SAFETY: sets one of mimalloc's options; it has no preconditions.
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+    }
     meshlet::cli::main()
 }

@@ -1,6 +1,7 @@
 //! Handing freed heap memory back to the operating system.
 //!
-//! glibc's allocator keeps what a thread freed in that thread's arena for
+//! (Written for glibc's allocator, which the Linux builds used until they
+//! moved to mimalloc; see the last paragraph.) glibc's allocator keeps what a thread freed in that thread's arena for
 //! the next allocation, and returns it to the kernel only when the free
 //! space sits at the top of a heap. A bulk read (a `totalCount` or a
 //! filtered page over a million instances, a history export) decodes and
@@ -19,8 +20,13 @@
 //! would bound the same growth without trimming, but cost ingest 35–40%
 //! CPU (lock contention; see benches/README.md).
 //!
-//! On musl the binary uses mimalloc, which purges freed pages itself:
-//! there this module does nothing.
+//! The Linux binaries allocate with mimalloc (`src/main.rs`), which
+//! purges whole free pages itself, but only when it is next called: after
+//! a bulk read on an otherwise idle node they would stay. So the keeper
+//! also calls `mi_collect(true)`, which frees and purges every empty page
+//! at once. `malloc_trim` still runs on glibc for what C code allocates
+//! through `malloc`, and for builds on the system allocator (the
+//! library's own tests).
 
 use std::time::{Duration, Instant};
 
@@ -37,10 +43,19 @@ pub const KEEPER_PERIOD: Duration = Duration::from_secs(1);
 /// count of a large product hundreds of thousands.
 pub const WALKED_BEFORE_TRIM: u64 = 50_000;
 
-/// Gives the allocator's free pages back to the kernel. Returns whether
-/// this build can (glibc); blocking, takes a few milliseconds on a heap of
+/// Gives the allocators' free pages back to the kernel. Returns whether
+/// this build can (Linux); blocking, takes a few milliseconds on a heap of
 /// a few hundred MiB.
 pub fn release_free_heap() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: mi_collect only frees and purges mimalloc's own empty
+        // pages; it has no preconditions, and with another global
+        // allocator there is nothing of mimalloc's to collect.
+        unsafe {
+            libmimalloc_sys::mi_collect(true);
+        }
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: malloc_trim only walks and releases the allocator's own
@@ -48,12 +63,8 @@ pub fn release_free_heap() -> bool {
         unsafe {
             libc::malloc_trim(0);
         }
-        true
     }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        false
-    }
+    cfg!(target_os = "linux")
 }
 
 /// Trims once now, then after every bulk read (see the module docs), until
