@@ -3,7 +3,7 @@
 /// mimalloc on every Linux build. musl's allocator serialises threads on
 /// one lock, which cost the static edge builds a large share of their
 /// throughput; on glibc, malloc and free were ~25% of the node's CPU under
-/// ingest and lookups, and with mimalloc the node sustains ~50% more ingest
+/// ingest and lookups, and with mimalloc ingest rose on every path
 /// (benches/README.md, "The allocator"). Its idle RSS matches glibc's once
 /// sled's unused metrics histograms are not allocated (src/vendor/sled) and
 /// its arenas get no transparent huge pages (the `no_thp` feature). It is
