@@ -42,7 +42,7 @@
 //! to [`MAX_PLANNED_QUERY_BYTES`], forgotten all at once when full.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use async_graphql::parser::types::{
     BaseType, DocumentOperations, ExecutableDocument, OperationType, Selection,
@@ -109,7 +109,13 @@ enum Entry {
 pub(crate) struct PreparedLookups {
     /// Lookup root field name → its product.
     lookups: HashMap<String, Arc<ProductApi>>,
-    plans: Mutex<HashMap<String, Entry>>,
+    /// Read on every request by every runtime worker, written once per
+    /// new shape: a read lock, so a worker preempted while it reads
+    /// blocks no other worker. With a mutex, perf's off-CPU stacks under
+    /// ingest showed runtime workers parked here while the holder was off
+    /// the CPU (the budget's p99 did not measurably move either way:
+    /// benches/README.md, "Where the p99 goes").
+    plans: RwLock<HashMap<String, Entry>>,
 }
 
 /// What to do with a request, decided before any work.
@@ -129,12 +135,17 @@ impl PreparedLookups {
                 .iter()
                 .map(|api| (api.names.lookup.clone(), api.clone()))
                 .collect(),
-            plans: Mutex::new(HashMap::new()),
+            plans: RwLock::new(HashMap::new()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.plans.lock().unwrap_or_else(|p| p.into_inner())
+    // A panic mid-insert leaves a valid map of whole entries.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Entry>> {
+        self.plans.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Entry>> {
+        self.plans.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Finds the plan for `query`'s shape, if any.
@@ -145,7 +156,7 @@ impl PreparedLookups {
         let Some(normalized) = normalize(query) else {
             return Attempt::Execute;
         };
-        match self.lock().get(&normalized.shape) {
+        match self.read().get(&normalized.shape) {
             Some(Entry::Planned(plan)) => Attempt::Planned(plan.clone(), normalized),
             Some(Entry::Unsuitable) => Attempt::Execute,
             None => Attempt::Learn,
@@ -162,7 +173,7 @@ impl PreparedLookups {
             },
             Err(_) => Entry::Unsuitable,
         };
-        let mut plans = self.lock();
+        let mut plans = self.write();
         if plans.len() >= MAX_PLANS && !plans.contains_key(&normalized.shape) {
             plans.clear();
         }

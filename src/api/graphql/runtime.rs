@@ -39,7 +39,9 @@ impl Runtime {
 /// Per-product API usage since the node started.
 #[derive(Default)]
 pub(crate) struct Usage {
-    products: Mutex<HashMap<String, Arc<UsageCounters>>>,
+    /// Read on every request, written once per product: a read lock (see
+    /// `PreparedLookups::plans` for why not a mutex).
+    products: RwLock<HashMap<String, Arc<UsageCounters>>>,
 }
 
 #[derive(Default)]
@@ -52,7 +54,15 @@ pub(crate) struct UsageCounters {
 
 impl Usage {
     pub(crate) fn of(&self, product: &str) -> Arc<UsageCounters> {
-        let mut products = self.products.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(counters) = self
+            .products
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(product)
+        {
+            return counters.clone();
+        }
+        let mut products = self.products.write().unwrap_or_else(|p| p.into_inner());
         products.entry(product.to_string()).or_default().clone()
     }
 
@@ -69,7 +79,7 @@ impl Usage {
 
     /// Open subscriptions over all products.
     pub(crate) fn open_subscriptions(&self) -> i64 {
-        let products = self.products.lock().unwrap_or_else(|p| p.into_inner());
+        let products = self.products.read().unwrap_or_else(|p| p.into_inner());
         products
             .values()
             .map(|c| c.subscriptions.load(Ordering::Relaxed))
