@@ -568,47 +568,20 @@ fn main() {
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     print_row("`GET /livez` (HTTP ceiling)", &livez, None);
-    print_row(
-        "key lookup, key in the query text",
-        &lookup,
-        Some(livez.rate()),
-    );
-    print_row(
-        "key lookup, key in `variables`",
-        &lookup_variables,
-        Some(livez.rate()),
-    );
-    print_row("filtered 100-row page", &page, Some(livez.rate()));
-    print_row(
-        &format!("key lookup in the text, ingest at {rate:.0} msgs/s"),
-        &under_ingest,
-        Some(livez.rate()),
-    );
-    print_row(
-        &format!("key lookup in `variables`, ingest at {rate:.0} msgs/s"),
-        &under_ingest_variables,
-        Some(livez.rate()),
-    );
-    print_row(
-        &format!("key lookup in the text, {budget_rate:.0} req/s offered (open loop), no ingest"),
-        &paced_quiet,
-        Some(livez.rate()),
-    );
-    print_row(
-        &format!("`GET /livez`, {budget_rate:.0} req/s offered (open loop), ingest at {rate:.0} msgs/s (the floor)"),
-        &paced_livez,
-        Some(livez.rate()),
-    );
-    print_row(
-        &format!("key lookup in the text, **{budget_rate:.0} req/s offered** (open loop), ingest at {rate:.0} msgs/s"),
-        &paced,
-        Some(livez.rate()),
-    );
-    print_row(
-        &format!("key lookup in `variables`, **{budget_rate:.0} req/s offered** (open loop), ingest at {rate:.0} msgs/s"),
-        &paced_variables,
-        Some(livez.rate()),
-    );
+    let rows = [
+        ("key lookup, key in the query text".to_string(), &lookup),
+        ("key lookup, key in `variables`".to_string(), &lookup_variables),
+        ("filtered 100-row page".to_string(), &page),
+        (format!("key lookup in the text, ingest at {rate:.0} msgs/s"), &under_ingest),
+        (format!("key lookup in `variables`, ingest at {rate:.0} msgs/s"), &under_ingest_variables),
+        (format!("key lookup in the text, {budget_rate:.0} req/s offered (open loop), no ingest"), &paced_quiet),
+        (format!("`GET /livez`, {budget_rate:.0} req/s offered (open loop), ingest at {rate:.0} msgs/s (the floor)"), &paced_livez),
+        (format!("key lookup in the text, **{budget_rate:.0} req/s offered** (open loop), ingest at {rate:.0} msgs/s"), &paced),
+        (format!("key lookup in `variables`, **{budget_rate:.0} req/s offered** (open loop), ingest at {rate:.0} msgs/s"), &paced_variables),
+    ];
+    for (name, phase) in &rows {
+        print_row(name, phase, Some(livez.rate()));
+    }
     // The budget as CPU: what 15,000 lookups/s and this ingest would cost
     // all processes together at the per-unit costs just measured.
     for (form, phase) in [
