@@ -27,6 +27,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use meshlet::api::graphql::GraphqlApi;
 use meshlet::config::IngestSettings;
+use meshlet::ingest::priority::IngestRuntime;
 use meshlet::ingest::Ingestor;
 use meshlet::policy::access::{Caller, Identity};
 use meshlet::product::{load_path, LoadContext, ProductSet};
@@ -108,11 +109,14 @@ impl Fixture {
         let products = products();
         let secret = store.mask_secret().expect("mask secret");
         let api = runtime.block_on(async {
+            // The micro benchmark measures the API alone: no ingest runs.
+            let shared_runtime = IngestRuntime::start(0).expect("ingest runtime");
             let ingestor = Ingestor::new(
                 products.clone(),
                 store.clone(),
                 &IngestSettings::default(),
                 &tasks,
+                &shared_runtime,
             );
             GraphqlApi::start(
                 products,

@@ -357,12 +357,7 @@ fn start_node(dir: &Path, products: &str, config: &str) -> Node {
     )
     .expect("config");
     let mut command = Command::new(env!("CARGO_BIN_EXE_meshlet"));
-    // The node refuses unknown MESHLET_* variables: start it clean.
-    for (name, _) in std::env::vars() {
-        if name.starts_with("MESHLET_") {
-            command.env_remove(name);
-        }
-    }
+    harness::node_environment(&mut command);
     let mut child = command
         .current_dir(dir)
         .args([

@@ -489,11 +489,16 @@ fn quarantine(config: HubConfig, command: QuarantineCommand) -> ExitCode {
             }
             QuarantineCommand::Replay { product } => {
                 let tasks = tokio_util::task::TaskTracker::new();
+                // A replay is the operator's own foreground work: it runs
+                // at the command's priority, on the command's runtime.
+                let shared_runtime = crate::ingest::priority::IngestRuntime::start(0)
+                    .map_err(|e| e.to_string())?;
                 let ingestor = crate::ingest::Ingestor::new(
                     std::sync::Arc::new(products),
                     store.clone(),
                     &config.ingest,
                     &tasks,
+                    &shared_runtime,
                 );
                 // Entries that leave the quarantine are what a person can
                 // watch from outside the replay: its stored count drops.

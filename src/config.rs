@@ -364,6 +364,10 @@ impl Default for SparkplugConfig {
     }
 }
 
+/// The default of `ingest.nice`; benches/README.md ("Ingest at a lower
+/// CPU priority") has the measurements that chose it.
+pub const DEFAULT_INGEST_NICE: u8 = 10;
+
 /// Limits and batching shared by every source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -384,6 +388,44 @@ pub struct IngestSettings {
     /// How often a tailed file is checked for growth and rotation.
     #[serde(with = "humantime_serde_compat")]
     pub file_poll_interval: Duration,
+    /// How many nice levels below the rest of the node the ingest sources
+    /// (embedded broker sessions, external broker client, file tails) and
+    /// the writer's store work run, 0 to 19. Under contention the cores go
+    /// to the API first; ingest gets what is left, and what it has not
+    /// read yet waits in the broker. 0 puts ingest on the node's own
+    /// threads at the same priority (src/ingest/priority.rs).
+    pub nice: IngestNice,
+}
+
+/// A nice increment Linux can apply: 0 (none) to 19 (the lowest priority).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
+pub struct IngestNice(u8);
+
+impl IngestNice {
+    pub fn get(self) -> u8 {
+        self.0
+    }
+}
+
+impl TryFrom<i64> for IngestNice {
+    type Error = String;
+
+    fn try_from(value: i64) -> Result<Self, Self::Error> {
+        let max = crate::ingest::priority::MAX_NICE;
+        match u8::try_from(value) {
+            Ok(nice) if nice <= max => Ok(IngestNice(nice)),
+            _ => Err(format!(
+                "ingest.nice must be 0 to {max} (levels below the node's CPU priority), not {value}"
+            )),
+        }
+    }
+}
+
+impl From<IngestNice> for i64 {
+    fn from(nice: IngestNice) -> i64 {
+        i64::from(nice.0)
+    }
 }
 
 impl Default for IngestSettings {
@@ -395,6 +437,7 @@ impl Default for IngestSettings {
             batch_max_records: 4_096,
             queue_depth: 1_024,
             file_poll_interval: Duration::from_millis(250),
+            nice: IngestNice(DEFAULT_INGEST_NICE),
         }
     }
 }
@@ -786,6 +829,30 @@ mod tests {
         assert!(
             text.contains(":1:18: invalid duration `ten seconds`"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn ingest_nice_outside_what_linux_knows_is_refused_where_it_is_written() {
+        for (value, column) in [("20", 8), ("-1", 8), ("300", 8)] {
+            let file = write(&format!("[ingest]\nnice = {value}\n"));
+            let err = load_with_env(Some(file.path()), env(&[])).expect_err("refused");
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!(":2:{column}: ingest.nice must be 0 to 19"))
+                    && text.contains(value),
+                "{text}"
+            );
+        }
+        let file = write("[ingest]\nnice = 19\n");
+        let config = load_with_env(Some(file.path()), env(&[])).expect("19 loads");
+        assert_eq!(config.ingest.nice.get(), 19);
+        let config = load_with_env(None, env(&[("MESHLET_INGEST__NICE", "0")])).expect("0 loads");
+        assert_eq!(config.ingest.nice.get(), 0);
+        let err = load_with_env(None, env(&[("MESHLET_INGEST__NICE", "42")])).expect_err("refused");
+        assert!(
+            err.to_string().contains("ingest.nice must be 0 to 19"),
+            "{err}"
         );
     }
 

@@ -25,6 +25,7 @@ use crate::config::HubConfig;
 use crate::ingest::broker::{BrokerBindError, EmbeddedBroker};
 use crate::ingest::client::{self, ClientConfigError};
 use crate::ingest::file_tail::FileTail;
+use crate::ingest::priority::{IngestRuntime, IngestRuntimeError};
 use crate::ingest::Ingestor;
 use crate::product::{self, LoadContext, LoadErrors, ProductSet, Source};
 use crate::retention::{RetentionMetrics, SweepSchedule};
@@ -55,6 +56,8 @@ pub enum NodeError {
     Http(#[from] api::ServeError),
     #[error(transparent)]
     Broker(#[from] BrokerBindError),
+    #[error(transparent)]
+    IngestRuntime(#[from] IngestRuntimeError),
     #[error(transparent)]
     MqttClient(#[from] ClientConfigError),
     #[error(transparent)]
@@ -90,6 +93,9 @@ pub struct RunningNode {
     products: Arc<ProductSet>,
     readiness: Readiness,
     tasks: TaskTracker,
+    /// Runs the ingest sources and the writer; stopped once `tasks`
+    /// drained.
+    ingest_runtime: IngestRuntime,
     shutdown: CancellationToken,
     grace: Duration,
     server: tokio::task::JoinHandle<Result<(), api::ServeError>>,
@@ -145,6 +151,8 @@ impl RunningNode {
                 Ok(())
             }
         };
+        // Nothing is left on it but what the grace period gave up on.
+        self.ingest_runtime.stop();
         self.store.durable().await.map_err(NodeError::FinalFlush)?;
         info!("store flushed; stopped");
         outcome
@@ -187,7 +195,15 @@ pub async fn start(
     let mqtt_addr = broker.as_ref().map(EmbeddedBroker::local_addr);
 
     let tasks = TaskTracker::new();
-    let ingestor = Ingestor::new(products.clone(), store.clone(), &config.ingest, &tasks);
+    let ingest_runtime = IngestRuntime::start(config.ingest.nice.get())?;
+    let on_ingest = ingest_runtime.handle();
+    let ingestor = Ingestor::new(
+        products.clone(),
+        store.clone(),
+        &config.ingest,
+        &tasks,
+        &ingest_runtime,
+    );
     // Upstream sync (outbox planner, senders, aggregator) before any source
     // starts, so every accepted record gets its outbox entries.
     let sync = crate::sync::start(
@@ -195,7 +211,7 @@ pub async fn start(
     )?;
     let sparkplug_host = sparkplug_host(&config, &node_id, &ingestor)?;
     if let Some(broker) = broker {
-        tasks.spawn(
+        tasks.spawn_on(
             broker
                 .serve(
                     ingestor.clone(),
@@ -204,15 +220,17 @@ pub async fn start(
                     tasks.clone(),
                 )
                 .instrument(info_span!("broker")),
+            on_ingest,
         );
     }
     if let Some(options) = external_mqtt {
         if ingestor.mqtt_filters().is_empty() {
             warn!("an external broker is configured but no product has an mqtt source");
         }
-        tasks.spawn(
+        tasks.spawn_on(
             client::run(options, ingestor.clone(), sparkplug_host, shutdown.clone())
                 .instrument(info_span!("mqtt_client")),
+            on_ingest,
         );
     }
     for product in products.iter() {
@@ -227,7 +245,7 @@ pub async fn start(
                 );
                 let span =
                     info_span!("file_tail", product = %product.name, path = %file.path.display());
-                tasks.spawn(tail.run(shutdown.clone()).instrument(span));
+                tasks.spawn_on(tail.run(shutdown.clone()).instrument(span), on_ingest);
             }
         }
     }
@@ -319,6 +337,7 @@ pub async fn start(
         products,
         readiness,
         tasks,
+        ingest_runtime,
         shutdown,
         grace: config.shutdown_grace,
         server,

@@ -70,6 +70,25 @@ pub struct Node {
     pub log: PathBuf,
 }
 
+/// Cleans the node's environment. The node refuses unknown MESHLET_*
+/// variables: it starts without the shell's. A `BENCH_MESHLET_*` variable
+/// reaches it without its `BENCH_` (A/B runs of a setting, e.g.
+/// `BENCH_MESHLET_INGEST__NICE=0`), so a stray MESHLET_* in the shell
+/// never changes what a bench measures.
+pub fn node_environment(command: &mut Command) {
+    for (name, value) in std::env::vars() {
+        if name.starts_with("MESHLET_") {
+            command.env_remove(&name);
+        }
+        if let Some(setting) = name.strip_prefix("BENCH_") {
+            if setting.starts_with("MESHLET_") {
+                eprintln!("node setting from the environment: {setting}={value}");
+                command.env(setting, value);
+            }
+        }
+    }
+}
+
 /// Starts the node in `dir` with `products` (file name, YAML) and extra
 /// TOML `config`, on a free port, anonymous callers acting as `admin`,
 /// data in `data_dir` (relative to `dir` or absolute). Returns once
@@ -91,12 +110,7 @@ pub fn start_node(dir: &Path, data_dir: &Path, products: &[(&str, &str)], config
     let port = free_port();
     let log = dir.join("node.log");
     let mut command = Command::new(env!("CARGO_BIN_EXE_meshlet"));
-    // The node refuses unknown MESHLET_* variables: start it clean.
-    for (name, _) in std::env::vars() {
-        if name.starts_with("MESHLET_") {
-            command.env_remove(name);
-        }
-    }
+    node_environment(&mut command);
     let started = Instant::now();
     let child = command
         .current_dir(dir)

@@ -150,6 +150,9 @@ pub struct IngestMetrics {
     /// busy share of wall time says whether the single writer is what
     /// limits ingest (near 1) or something before it.
     pub writer_busy_micros: AtomicU64,
+    /// Nice levels ingest runs below the rest of the node
+    /// (`ingest.nice`; src/ingest/priority.rs).
+    pub cpu_nice: AtomicU64,
     /// Embedded broker: open connections, connections refused (limit,
     /// bad credentials), connections closed for protocol errors.
     pub broker_connections: AtomicI64,
@@ -340,6 +343,22 @@ impl IngestMetrics {
             header(out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
         }
+        let name = "meshlet_ingest_cpu_nice";
+        header(
+            out,
+            name,
+            "gauge",
+            "Nice levels the ingest sources and the writer run below the API (ingest.nice); 0: same priority.",
+        );
+        let _ = writeln!(out, "{name} {}", self.cpu_nice.load(Ordering::Relaxed));
+        let name = "meshlet_ingest_priority_failures_total";
+        header(
+            out,
+            name,
+            "counter",
+            "Ingest threads whose CPU priority could not be lowered; they run at the node's priority.",
+        );
+        let _ = writeln!(out, "{name} {}", super::priority::priority_failures());
         let name = "meshlet_ingest_writer_busy_seconds_total";
         header(
             out,

@@ -19,6 +19,7 @@ pub mod broker;
 pub mod client;
 pub mod file_tail;
 pub mod metrics;
+pub mod priority;
 pub mod replay;
 pub mod routes;
 pub mod sparkplug;
@@ -153,14 +154,20 @@ pub struct Provenance<'a> {
 }
 
 impl Ingestor {
-    /// Builds the ingestor and starts its writer (on `tasks`).
+    /// Builds the ingestor and starts its writer (tracked by `tasks`, run
+    /// on `runtime`: the ingest runtime of [`priority`]).
     pub fn new(
         products: Arc<ProductSet>,
         store: Store,
         settings: &IngestSettings,
         tasks: &tokio_util::task::TaskTracker,
+        runtime: &priority::IngestRuntime,
     ) -> Ingestor {
         let metrics = Arc::new(IngestMetrics::default());
+        metrics.cpu_nice.store(
+            u64::from(runtime.nice()),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         for product in products.iter() {
             for (index, source) in product.sources.iter().enumerate() {
                 metrics.source(&product.name, &source_id(index, source));
@@ -172,6 +179,7 @@ impl Ingestor {
             settings.queue_depth,
             settings.batch_max_records,
             tasks,
+            runtime.handle(),
         );
         Ingestor {
             inner: Arc::new(Inner {

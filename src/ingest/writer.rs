@@ -94,18 +94,21 @@ impl PendingWrite {
 }
 
 impl Writer {
-    /// Starts the writer task; it ends once every `Writer` clone is gone
-    /// and the queue is drained.
+    /// Starts the writer task on `runtime` (its store transactions run on
+    /// that runtime's blocking threads, so at the ingest runtime's
+    /// priority); it ends once every `Writer` clone is gone and the queue
+    /// is drained.
     pub fn spawn(
         store: Store,
         metrics: Arc<IngestMetrics>,
         queue_depth: usize,
         batch_max_records: usize,
         tasks: &tokio_util::task::TaskTracker,
+        runtime: &tokio::runtime::Handle,
     ) -> Writer {
         let (queue, jobs) = mpsc::channel(queue_depth.max(1));
         let (changes, _) = broadcast::channel(CHANGE_FEED_CAPACITY);
-        tasks.spawn(
+        tasks.spawn_on(
             run(
                 store,
                 metrics,
@@ -114,6 +117,7 @@ impl Writer {
                 changes.clone(),
             )
             .instrument(info_span!("writer")),
+            runtime,
         );
         Writer { queue, changes }
     }
