@@ -73,9 +73,7 @@ impl IngestRuntime {
         // Absolute, from the starting thread's priority: a thread inherits
         // its creator's nice value, and the runtime's blocking threads are
         // created by its (already lowered) workers.
-        let target = this_thread_nice()
-            .map(|node| (node + i32::from(nice)).min(i32::from(MAX_NICE)))
-            .unwrap_or(i32::from(nice));
+        let target = (this_thread_nice() + i32::from(nice)).min(i32::from(MAX_NICE));
         // As many workers as the node's runtime: the embedded broker runs
         // one task per device session, and at a lower priority idle
         // workers cost the API nothing.
@@ -136,17 +134,11 @@ impl Drop for IngestRuntime {
 /// The calling thread's nice value. Linux keeps it per thread: with
 /// `PRIO_PROCESS` and who = 0, get/setpriority act on the calling thread.
 #[cfg(unix)]
-fn this_thread_nice() -> std::io::Result<i32> {
-    // SAFETY: no pointers are passed. getpriority returns -1 both for an
-    // error and for nice -1, so errno tells them apart.
-    unsafe {
-        *errno() = 0;
-        let current = libc::getpriority(libc::PRIO_PROCESS, 0);
-        if current == -1 && *errno() != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(current)
-    }
+fn this_thread_nice() -> i32 {
+    // SAFETY: no pointers are passed. It fails only for an unknown `which`
+    // or a `who` that does not exist, neither possible for the calling
+    // thread, so -1 is the nice value -1 and not an error.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
 }
 
 /// Sets the calling thread's nice value, leaving the rest of the process
@@ -161,8 +153,8 @@ fn set_this_thread_nice(nice: i32) -> std::io::Result<()> {
 }
 
 #[cfg(not(unix))]
-fn this_thread_nice() -> std::io::Result<i32> {
-    Ok(0)
+fn this_thread_nice() -> i32 {
+    0
 }
 
 #[cfg(not(unix))]
@@ -171,16 +163,6 @@ fn set_this_thread_nice(_nice: i32) -> std::io::Result<()> {
         std::io::ErrorKind::Unsupported,
         "per-thread CPU priority is not supported on this platform",
     ))
-}
-
-#[cfg(all(unix, any(target_os = "linux", target_os = "android")))]
-unsafe fn errno() -> *mut libc::c_int {
-    libc::__errno_location()
-}
-
-#[cfg(all(unix, not(any(target_os = "linux", target_os = "android"))))]
-unsafe fn errno() -> *mut libc::c_int {
-    libc::__error()
 }
 
 #[cfg(all(test, target_os = "linux"))]

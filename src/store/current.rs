@@ -67,6 +67,10 @@ impl Entries {
     }
 }
 
+/// States put in per hold of the write lock by [`CurrentCache::committed`]:
+/// a few microseconds of work, so a lookup never waits for a whole group.
+const COMMIT_STRIDE: usize = 64;
+
 /// What a miss hands the reader: the removal count at the miss, so a fill
 /// after a removal is refused.
 #[derive(Clone, Copy, Debug)]
@@ -163,20 +167,30 @@ impl CurrentCache {
         // back: freeing an instance's fields is the slowest part of the
         // update (perf: most of this function's time under ingest), and
         // every lookup waits while the lock is held.
+        //
+        // The lock is taken per `COMMIT_STRIDE` states, not for the whole
+        // group (up to `batch_max_records`): the writer runs at a lower CPU
+        // priority than the lookups (`ingest.nice`), and a writer the
+        // kernel preempts while it holds the lock would make every lookup
+        // wait until it gets a core back. The order of the puts, and so
+        // each entity's last state, is the same.
+        let mut states = states.into_iter().peekable();
         let mut replaced = Vec::new();
-        {
-            let mut entries = self.write();
-            for state in states {
-                match entries.map.get_mut(state.entity.as_str()) {
-                    Some(entry) => replaced.push(std::mem::replace(entry, Arc::clone(state))),
-                    None => {
-                        entries.make_room(self.capacity);
-                        entries.map.insert(state.entity.clone(), Arc::clone(state));
+        while states.peek().is_some() {
+            {
+                let mut entries = self.write();
+                for state in states.by_ref().take(COMMIT_STRIDE) {
+                    match entries.map.get_mut(state.entity.as_str()) {
+                        Some(entry) => replaced.push(std::mem::replace(entry, Arc::clone(state))),
+                        None => {
+                            entries.make_room(self.capacity);
+                            entries.map.insert(state.entity.clone(), Arc::clone(state));
+                        }
                     }
                 }
             }
+            replaced.clear();
         }
-        drop(replaced);
     }
 
     /// Drops `entity` (before a commit that removes or rewrites it outside
@@ -219,6 +233,21 @@ mod tests {
             event_time: Timestamp(0),
             last_origin: Origin::new("test"),
         })
+    }
+
+    #[test]
+    fn a_group_longer_than_one_lock_hold_still_ends_with_each_last_state() {
+        let cache = CurrentCache::new(10_000);
+        // `a` first, 200 others (three strides), then `a` again.
+        let mut group = vec![state("a", 1)];
+        group.extend((0..200).map(|i| state(&format!("e{i}"), 1)));
+        group.push(state("a", 2));
+        group.push(state("e3", 2));
+        cache.committed(group.iter());
+        assert_eq!(cache.len(), 201);
+        assert_eq!(cache.lookup("a").map(|i| i.version).ok(), Some(2));
+        assert_eq!(cache.lookup("e3").map(|i| i.version).ok(), Some(2));
+        assert_eq!(cache.lookup("e199").map(|i| i.version).ok(), Some(1));
     }
 
     #[test]
