@@ -364,9 +364,13 @@ impl Default for SparkplugConfig {
     }
 }
 
-/// The default of `ingest.nice`; benches/README.md ("Ingest at a lower
-/// CPU priority") has the measurements that chose it.
-pub const DEFAULT_INGEST_NICE: u8 = 10;
+/// The default of `ingest.nice`. 5, not 10: both took the lookups' p99
+/// under ingest from ~25 ms to the floor of the machine, but at 10 the
+/// writer (the thread that limits ingest) lost a tenth of its rate to a
+/// broker and publisher at the normal priority on the same cores, and at
+/// 5 it lost nothing measurable. benches/README.md ("Ingest at a lower
+/// CPU priority") has the runs.
+pub const DEFAULT_INGEST_NICE: u8 = 5;
 
 /// Limits and batching shared by every source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
