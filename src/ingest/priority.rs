@@ -13,8 +13,10 @@
 //! to the API first and to ingest whatever is left, which under no query
 //! load is all of it.
 //!
-//! HTTP push stays with the API: its sender is a request waiting on an
-//! answer like any other.
+//! The HTTP push handler stays with the API (its sender is a request
+//! waiting on an answer like any other), but its records go through the
+//! same lowered writer: under a query load that wants every core, a push
+//! is answered later, as a device's PUBACK is.
 //!
 //! With `ingest.nice = 0` there is no second runtime: ingest shares the
 //! node's, as before the option existed.
@@ -113,10 +115,8 @@ impl IngestRuntime {
     /// once the node's task tracker drained, so nothing is left on it but
     /// tasks the grace period gave up on. Safe inside async code, where
     /// dropping a runtime would panic.
-    pub fn stop(mut self) {
-        if let Some(runtime) = self.own.take() {
-            runtime.shutdown_background();
-        }
+    pub fn stop(self) {
+        drop(self);
     }
 }
 
