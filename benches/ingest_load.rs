@@ -356,8 +356,7 @@ fn start_node(dir: &Path, products: &str, config: &str) -> Node {
         format!("data_dir = \"data\"\nproducts = [\"{products}\"]\n[log]\nformat = \"json\"\nlevel = \"warn,meshlet::node=info\"\n{config}"),
     )
     .expect("config");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_meshlet"));
-    harness::node_environment(&mut command);
+    let mut command = harness::node_command();
     let mut child = command
         .current_dir(dir)
         .args([
@@ -424,6 +423,10 @@ struct Run {
     secs: f64,
     /// Node only: peak RSS (VmHWM) in KiB.
     rss_peak_kib: u64,
+    /// Node only: RSS (VmRSS) in KiB [`SETTLE_AFTER_RUN`] after the last
+    /// record: what the burst left behind once the allocator's purge
+    /// delay passed.
+    rss_settled_kib: u64,
     /// Node only: CPU seconds spent during the run.
     cpu_secs: f64,
     /// Node only: bytes allocated on disk in the data dir after a clean
@@ -605,6 +608,11 @@ struct Counters {
     invalid: f64,
 }
 
+/// How long a node idles after its last record before its settled RSS is
+/// read: the allocator's purge delay (1 s) plus the memory keeper's tick
+/// (1 s) plus margin.
+const SETTLE_AFTER_RUN: Duration = Duration::from_secs(3);
+
 /// meshlet behind Mosquitto (external) or as the broker (embedded).
 fn meshlet(s: Settings, via: Via, qos: u8) -> (Run, Counters) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -681,6 +689,12 @@ fn meshlet(s: Settings, via: Via, qos: u8) -> (Run, Counters) {
         invalid: metric(&node.http, &series("rejected"))
             + metric(&node.http, &series("quarantined")),
     };
+    std::thread::sleep(if s.full {
+        SETTLE_AFTER_RUN
+    } else {
+        Duration::from_millis(100)
+    });
+    let rss_settled_kib = proc_status_kib(pid, "VmRSS");
     node.child.terminate();
     let (disk, apparent) = disk_bytes(&dir.path().join("data"));
     let run = Run {
@@ -688,6 +702,7 @@ fn meshlet(s: Settings, via: Via, qos: u8) -> (Run, Counters) {
         stored,
         secs,
         rss_peak_kib,
+        rss_settled_kib,
         cpu_secs,
         disk,
         apparent,
@@ -810,9 +825,9 @@ fn main() {
     );
     println!();
     println!(
-        "| path | QoS | msgs/s | vs ceiling, same QoS | stored/sent | node peak RSS | node CPU s / 1k msgs | disk B/msg | disk / raw JSON | apparent / raw JSON |"
+        "| path | QoS | msgs/s | vs ceiling, same QoS | stored/sent | node peak RSS | node RSS 3 s after | node CPU s / 1k msgs | disk B/msg | disk / raw JSON | apparent / raw JSON |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for qos in [0usize, 1] {
         let ceiling = &results[qos][0];
         for (row, (name, path)) in ROWS.iter().enumerate() {
@@ -828,14 +843,15 @@ fn main() {
             let stored = format!("{:.0}/{}", med(&|r| r.stored as f64), s.messages);
             if path.is_none() {
                 println!(
-                    "| {name} | {qos} | {:.0} | 1.00 | {stored} | — | — | — | — | — |",
+                    "| {name} | {qos} | {:.0} | 1.00 | {stored} | — | — | — | — | — | — |",
                     med(&|r| r.rate())
                 );
             } else {
                 println!(
-                    "| {name} | {qos} | {:.0} | {ratio:.2} | {stored} | {:.1} MiB | {:.3} | {:.0} | {:.2} | {:.2} |",
+                    "| {name} | {qos} | {:.0} | {ratio:.2} | {stored} | {:.1} MiB | {:.1} MiB | {:.3} | {:.0} | {:.2} | {:.2} |",
                     med(&|r| r.rate()),
                     med(&|r| r.rss_peak_kib as f64) / 1024.0,
+                    med(&|r| r.rss_settled_kib as f64) / 1024.0,
                     med(&|r| r.cpu_secs * 1000.0 / r.sent as f64),
                     med(&|r| r.disk as f64 / r.stored.max(1) as f64),
                     med(&|r| r.disk as f64 / r.raw.max(1) as f64),

@@ -18,13 +18,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 fn main() -> std::process::ExitCode {
-    // Free pages go back to the kernel at once, not 10 ms later: mimalloc
-    // purges only when it is next called, so a node that went idle after
-    // a bulk read (a count over a million instances) would keep them.
+    // Free pages go back to the kernel 100 ms after they empty (the
+    // memory keeper makes sure of it on a quiet node), unless the
+    // operator set MIMALLOC_PURGE_DELAY, which mimalloc reads itself.
     #[cfg(target_os = "linux")]
-    // SAFETY: sets one of mimalloc's options; it has no preconditions.
-    unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one of mimalloc's options; it has no preconditions.
+        unsafe {
+            libmimalloc_sys::mi_option_set(
+                MI_OPTION_PURGE_DELAY,
+                meshlet::memory::ALLOCATOR_PURGE_DELAY_MS,
+            );
+        }
     }
     meshlet::cli::main()
 }

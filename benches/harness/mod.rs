@@ -70,6 +70,24 @@ pub struct Node {
     pub log: PathBuf,
 }
 
+/// The node binary a bench starts: this build's release binary, or the
+/// one `BENCH_NODE_BINARY` names (a build with symbols for `perf`, or
+/// another commit's binary for an A/B run with the same bench), with the
+/// environment of [`node_environment`].
+pub fn node_command() -> Command {
+    let binary = std::env::var_os("BENCH_NODE_BINARY")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_meshlet").into());
+    if std::env::var_os("BENCH_NODE_BINARY").is_some() {
+        eprintln!(
+            "node binary from BENCH_NODE_BINARY: {}",
+            Path::new(&binary).display()
+        );
+    }
+    let mut command = Command::new(binary);
+    node_environment(&mut command);
+    command
+}
+
 /// Cleans the node's environment. The node refuses unknown MESHLET_*
 /// variables: it starts without the shell's. A `BENCH_MESHLET_*` variable
 /// reaches it without its `BENCH_` (A/B runs of a setting, e.g.
@@ -109,8 +127,7 @@ pub fn start_node(dir: &Path, data_dir: &Path, products: &[(&str, &str)], config
     .expect("config");
     let port = free_port();
     let log = dir.join("node.log");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_meshlet"));
-    node_environment(&mut command);
+    let mut command = node_command();
     let started = Instant::now();
     let child = command
         .current_dir(dir)
