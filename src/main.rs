@@ -12,24 +12,8 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// `mi_option_purge_delay` in mimalloc 3's `mi_option_e` (the Rust
-/// bindings name only the older options).
-#[cfg(target_os = "linux")]
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
 fn main() -> std::process::ExitCode {
-    // Free pages go back to the kernel 100 ms after they empty (the
-    // memory keeper makes sure of it on a quiet node), unless the
-    // operator set MIMALLOC_PURGE_DELAY, which mimalloc reads itself.
     #[cfg(target_os = "linux")]
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets one of mimalloc's options; it has no preconditions.
-        unsafe {
-            libmimalloc_sys::mi_option_set(
-                MI_OPTION_PURGE_DELAY,
-                meshlet::memory::ALLOCATOR_PURGE_DELAY_MS,
-            );
-        }
-    }
+    meshlet::memory::configure_allocator();
     meshlet::cli::main()
 }

@@ -57,6 +57,38 @@ use crate::store::Store;
 /// pages waiting).
 pub const ALLOCATOR_PURGE_DELAY_MS: std::os::raw::c_long = 100;
 
+/// `mi_option_purge_delay` in mimalloc 3's `mi_option_e` (the Rust
+/// bindings name only the older options).
+#[cfg(target_os = "linux")]
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// The purge delay in effect, once the binary configured its allocator
+/// (the library's own tests run on the system allocator: nothing to say).
+static CONFIGURED_PURGE_DELAY_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+
+/// Sets mimalloc's purge delay to [`ALLOCATOR_PURGE_DELAY_MS`] unless the
+/// operator set `MIMALLOC_PURGE_DELAY` (which mimalloc reads itself), and
+/// remembers the value in effect for `/metrics`. Called first thing in
+/// `main`, by the binary whose global allocator mimalloc is.
+#[cfg(target_os = "linux")]
+pub fn configure_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one of mimalloc's options; it has no preconditions.
+        unsafe {
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS);
+        }
+    }
+    // SAFETY: reads one of mimalloc's options; no preconditions.
+    let in_effect = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+    let _ = CONFIGURED_PURGE_DELAY_MS.set(i64::from(in_effect));
+}
+
+/// The allocator's purge delay in milliseconds, if this process set up
+/// its allocator ([`configure_allocator`]).
+pub fn allocator_purge_delay_ms() -> Option<i64> {
+    CONFIGURED_PURGE_DELAY_MS.get().copied()
+}
+
 /// How often the keeper looks at the store's walk counter.
 pub const KEEPER_PERIOD: Duration = Duration::from_secs(1);
 

@@ -233,6 +233,28 @@ fn env_overrides_reach_the_running_node() {
     assert!(status.success());
 }
 
+/// The allocator's purge delay (`src/memory.rs`): the node's own default,
+/// or what the service's environment says; `/metrics` shows which.
+#[test]
+fn the_allocator_purge_delay_is_the_default_unless_the_environment_sets_it() {
+    for (environment, seconds) in [(None, 0.1), (Some("250"), 0.25)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_examples(dir.path());
+        let mut builder = NodeBuilder::new(dir.path());
+        if let Some(ms) = environment {
+            builder = builder.env("MIMALLOC_PURGE_DELAY", ms);
+        }
+        let node = builder.start().expect("node starts");
+        assert_eq!(
+            metric(&node, "meshlet_allocator_purge_delay_seconds"),
+            Some(seconds),
+            "MIMALLOC_PURGE_DELAY={environment:?}"
+        );
+        let (status, _) = node.stop();
+        assert!(status.success());
+    }
+}
+
 #[test]
 fn under_systemd_it_notifies_ready_pets_the_watchdog_and_announces_stopping() {
     let dir = tempfile::tempdir().expect("tempdir");

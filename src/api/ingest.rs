@@ -295,7 +295,8 @@ async fn metrics(State(state): State<ApiState>) -> Response {
 }
 
 /// Which build runs and since when: `meshlet_build_info` (value 1, the
-/// facts in labels) and `process_start_time_seconds`.
+/// facts in labels), `process_start_time_seconds`, and the allocator's
+/// purge delay where the binary set it.
 fn render_process(out: &mut String) {
     use std::fmt::Write;
     let _ = writeln!(
@@ -310,4 +311,12 @@ fn render_process(out: &mut String) {
          # TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {}",
         super::started_at()
     );
+    if let Some(delay_ms) = crate::memory::allocator_purge_delay_ms() {
+        let _ = writeln!(
+            out,
+            "# HELP meshlet_allocator_purge_delay_seconds How long freed heap pages wait before they go back to the kernel (MIMALLOC_PURGE_DELAY, in ms).\n\
+             # TYPE meshlet_allocator_purge_delay_seconds gauge\nmeshlet_allocator_purge_delay_seconds {}",
+            delay_ms as f64 / 1000.0
+        );
+    }
 }

@@ -23,17 +23,23 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A `meshlet` command with a clean environment: no inherited `MESHLET_*`
-/// or `RUST_LOG`, so the developer's shell cannot change a test's outcome.
+/// A `meshlet` command with a clean environment: no inherited `MESHLET_*`,
+/// `MIMALLOC_*` or `RUST_LOG`, so the developer's shell cannot change a
+/// test's outcome.
 pub fn meshlet(cwd: &Path) -> Command {
     let mut cmd = Command::new(meshlet_bin());
     cmd.current_dir(cwd);
     for (name, _) in std::env::vars() {
-        if name.starts_with("MESHLET_") || name == "RUST_LOG" {
+        if is_node_setting(&name) {
             cmd.env_remove(name);
         }
     }
     cmd
+}
+
+/// Variables the node reads from its environment.
+fn is_node_setting(name: &str) -> bool {
+    name.starts_with("MESHLET_") || name.starts_with("MIMALLOC_") || name == "RUST_LOG"
 }
 
 /// Runs `meshlet ARGS` in `cwd` to completion.
@@ -164,7 +170,7 @@ impl NodeBuilder {
             let mut wrapped = Command::new(launcher);
             wrapped.current_dir(&self.cwd).arg(binary);
             for (name, _) in std::env::vars() {
-                if name.starts_with("MESHLET_") || name == "RUST_LOG" {
+                if is_node_setting(&name) {
                     wrapped.env_remove(name);
                 }
             }
