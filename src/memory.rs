@@ -80,6 +80,8 @@ pub fn configure_allocator() {
     }
     // SAFETY: reads one of mimalloc's options; no preconditions.
     let in_effect = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+    // c_long is i64 here but i32 on 32-bit ARM builds.
+    #[allow(clippy::useless_conversion)]
     let _ = CONFIGURED_PURGE_DELAY_MS.set(i64::from(in_effect));
 }
 
