@@ -609,8 +609,8 @@ struct Counters {
 }
 
 /// How long a node idles after its last record before its settled RSS is
-/// read: the allocator's purge delay (1 s) plus the memory keeper's tick
-/// (1 s) plus margin.
+/// read: the allocator's purge delay (100 ms, `src/memory.rs`) plus the
+/// memory keeper's tick (1 s) plus margin.
 const SETTLE_AFTER_RUN: Duration = Duration::from_secs(3);
 
 /// meshlet behind Mosquitto (external) or as the broker (embedded).

@@ -39,7 +39,7 @@ use crate::store::Store;
 
 /// How long mimalloc keeps a page that became free before it hands it
 /// back to the kernel, in milliseconds (its `purge_delay`; the Linux
-/// builds set it in `main`).
+/// binary sets it in [`configure_allocator`]).
 ///
 /// Why 100: at 0 (what the node used before) every page a write group
 /// freed went back at once and was faulted in again, zeroed, by the next

@@ -75,14 +75,16 @@ pub struct Node {
 /// another commit's binary for an A/B run with the same bench), with the
 /// environment of [`node_environment`].
 pub fn node_command() -> Command {
-    let binary = std::env::var_os("BENCH_NODE_BINARY")
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_meshlet").into());
-    if std::env::var_os("BENCH_NODE_BINARY").is_some() {
-        eprintln!(
-            "node binary from BENCH_NODE_BINARY: {}",
-            Path::new(&binary).display()
-        );
-    }
+    let binary = match std::env::var_os("BENCH_NODE_BINARY") {
+        Some(binary) => {
+            eprintln!(
+                "node binary from BENCH_NODE_BINARY: {}",
+                Path::new(&binary).display()
+            );
+            binary
+        }
+        None => env!("CARGO_BIN_EXE_meshlet").into(),
+    };
     let mut command = Command::new(binary);
     node_environment(&mut command);
     command
