@@ -380,7 +380,7 @@ impl Store {
                     write_keys(dedupe_tree, &dedupe.writes)?;
                     write_keys(quarantine_tree, &quarantine_writes)?;
                     for (key, value) in &offsets {
-                        offsets_tree.insert(*key, value.as_slice())?;
+                        offsets_tree.overwrite(*key, value.as_slice());
                     }
                     Ok((changes_per_batch, delta, pending))
                 },
@@ -480,9 +480,11 @@ impl<I: Iterator> ExactSizeIterator for ExactLen<I> {}
 fn write_keys(tree: &sled::transaction::TransactionalTree, writes: &[KeyWrite]) -> TxResult<()> {
     for (key, value) in writes {
         match value {
-            Some(value) => tree.insert(key.as_slice(), value.as_slice())?,
-            None => tree.remove(key.as_slice())?,
-        };
+            Some(value) => tree.overwrite(key.as_slice(), value.as_slice()),
+            None => {
+                tree.remove(key.as_slice())?;
+            }
+        }
     }
     Ok(())
 }

@@ -221,7 +221,8 @@ impl OutboxTx<'_> {
             }
             None => 1,
         };
-        self.index.insert(SEQ_KEY, &(seq + 1).to_be_bytes())?;
+        self.index
+            .overwrite(SEQ_KEY, (seq + 1).to_be_bytes().as_slice());
         Ok(seq)
     }
 
@@ -274,17 +275,17 @@ impl OutboxTx<'_> {
             ))
         })?;
         let item = &entry.item;
-        self.index.insert(
+        self.index.overwrite(
             entity_index_key(&item.product, &item.entity, &key),
             &[] as &[u8],
-        )?;
+        );
         if item.coalesce {
-            self.index.insert(latest, key.as_slice())?;
+            self.index.overwrite(latest, key.as_slice());
         }
         delta
             .added
             .push((item.upstream.clone(), bytes.len() as u64));
-        self.entries.insert(key, bytes)?;
+        self.entries.overwrite(key, bytes);
         Ok(())
     }
 

@@ -117,7 +117,7 @@ impl UpsertTx<'_> {
             .encode()
             .and_then(|plain| self.trees.seal(INSTANCES, entity.as_bytes(), plain))
             .map_err(|e| abort(StoreError::encode(self.product, entity, "instance", e)))?;
-        self.instances.insert(entity.as_bytes(), bytes)?;
+        self.instances.overwrite(entity.as_bytes(), bytes);
         let change = Change {
             entity: entity.to_string(),
             version: state.version,
@@ -330,7 +330,7 @@ impl UpsertTx<'_> {
             what,
             "history sealed"
         );
-        self.history.insert(key, bytes)?;
+        self.history.overwrite(key, bytes);
         Ok(Some(first.version))
     }
 
@@ -412,7 +412,7 @@ impl UpsertTx<'_> {
         let bytes = codec::encode(line)
             .and_then(|plain| self.trees.seal(AUDIT, &key, plain))
             .map_err(|e| abort(StoreError::encode(self.product, entity, "audit line", e)))?;
-        self.audit.insert(key, bytes)?;
+        self.audit.overwrite(key, bytes);
         Ok(())
     }
 }
@@ -602,6 +602,27 @@ mod tests {
             .upsert("p", &[of("n", 7), of("n", 8)])
             .expect("upsert");
         assert_eq!(history("n"), (1..=8).collect::<Vec<_>>());
+    }
+
+    /// The writer writes every key with the vendored sled's `overwrite`,
+    /// which skips `insert`'s read of the old value: a later read in the
+    /// same transaction still sees the new value, and the commit keeps it.
+    #[test]
+    fn an_overwrite_is_read_back_in_its_transaction_and_committed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::open(dir.path().join("db")).expect("open");
+        let tree = db.open_tree("t").expect("tree");
+        tree.insert("k", "old").expect("insert");
+        let seen = tree
+            .transaction(|tx| {
+                tx.overwrite("k", "new");
+                tx.overwrite("fresh", "1");
+                Ok::<_, ConflictableTransactionError<()>>((tx.get("k")?, tx.get("fresh")?))
+            })
+            .expect("transaction");
+        assert_eq!(seen, (Some("new".into()), Some("1".into())));
+        assert_eq!(tree.get("k").expect("get"), Some("new".into()));
+        assert_eq!(tree.get("fresh").expect("get"), Some("1".into()));
     }
 
     #[test]

@@ -273,6 +273,20 @@ impl TransactionalTree {
         Ok(old)
     }
 
+    /// Set a key to a new value without reading the value it replaces
+    /// (meshlet addition, see the crate's README): `insert` looks the key
+    /// up in the tree only to return the old value, and transactions in
+    /// this version never validate reads, so a caller that ignores it
+    /// pays a tree traversal for nothing.
+    pub fn overwrite<K, V>(&self, key: K, value: V)
+    where
+        K: Into<IVec>,
+        V: Into<IVec>,
+    {
+        let mut writes = self.writes.borrow_mut();
+        let _last_write = writes.insert(key.into(), Some(value.into()));
+    }
+
     /// Remove a key
     pub fn remove<K>(
         &self,
