@@ -54,7 +54,9 @@ pub(crate) struct StoredInstance {
     /// it writes, and the commit walks the tree again, so each tail key
     /// cost a record three tree walks (insert, seal read, seal remove) on
     /// the single writer; here the events ride on the instance write the
-    /// record makes anyway. An instance written before keeps its tail in
+    /// record makes anyway (the writer's `overwrite` now skips the
+    /// insert's walk; the seal's read and remove of every key would
+    /// remain). An instance written before keeps its tail in
     /// the history tree (`tail_len` counts those) until its next change
     /// moves them here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
