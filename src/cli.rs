@@ -235,7 +235,10 @@ fn generate_key(out: Option<PathBuf>) -> ExitCode {
     let written = options.open(&path).and_then(|mut file| {
         use std::io::Write;
         file.write_all(text.as_bytes())?;
-        file.sync_all()
+        file.sync_all()?;
+        // A new name is durable only once its directory is.
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        crate::atomic_file::fsync_directory(dir.unwrap_or(std::path::Path::new(".")))
     });
     match written {
         Ok(()) => {

@@ -6,6 +6,7 @@
 //! running process; `cli` and `config` are the binary's front door.
 
 pub mod api;
+pub mod atomic_file;
 pub mod cli;
 pub mod config;
 pub mod contract;

@@ -12,7 +12,7 @@
 //! durability barrier flushes the store before the process exits.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -399,21 +399,12 @@ fn resolve_node_id(config: &HubConfig) -> Result<String, NodeError> {
         Err(source) => return Err(NodeError::NodeId { path, source }),
     }
     let id = format!("node-{:08x}", rand::random::<u32>());
-    write_atomically(&path, id.as_bytes()).map_err(|source| NodeError::NodeId {
+    crate::atomic_file::replace(&path, id.as_bytes(), None).map_err(|source| NodeError::NodeId {
         path: path.clone(),
         source,
     })?;
     info!(node_id = %id, "generated a node id");
     Ok(id)
-}
-
-/// Writes through a temporary file and a rename, so a crash never leaves a
-/// half-written file behind.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Re-reads the token file on SIGHUP (it is also re-read when it changes,

@@ -26,7 +26,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
@@ -275,41 +274,16 @@ fn read_file(path: &Path) -> Result<TokenFile, TokenFileError> {
     Ok(file)
 }
 
-/// Temp file in the same directory, fsync, rename, fsync of the directory:
-/// a crash leaves the old file or the new one.
+/// Through the one atomic-write helper (temp file, fsync, rename, fsync
+/// of the directory), owner-only: a crash leaves the old file or the new
+/// one.
 fn write_file(path: &Path, file: &TokenFile) -> Result<(), TokenFileError> {
     let err = |source| TokenFileError::Write {
         path: path.to_path_buf(),
         source,
     };
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(err)?;
     let text = serde_json::to_vec_pretty(file).map_err(|e| err(std::io::Error::other(e)))?;
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let written = (|| {
-        let mut out = options.open(&tmp)?;
-        out.write_all(&text)?;
-        out.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Ok(dir) = fs::File::open(dir) {
-            let _ = dir.sync_all();
-        }
-        Ok(())
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written.map_err(err)
+    crate::atomic_file::replace(path, &text, Some(0o600)).map_err(err)
 }
 
 /// What authentication learns from a valid token.

@@ -269,12 +269,7 @@ pub(crate) fn check_key(store_path: &Path, key: Option<&EncryptionKey>) -> Resul
                 .seal(CANARY_FILE, &[], CANARY_PLAINTEXT)
                 .map_err(|e| KeyCheck::Key(e.0))?;
             std::fs::create_dir_all(store_path).map_err(io)?;
-            let tmp = canary_path.with_extension("tmp");
-            std::fs::write(&tmp, &canary).map_err(io)?;
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(io)?;
-            std::fs::rename(&tmp, &canary_path).map_err(io)?;
+            crate::atomic_file::replace(&canary_path, &canary, None).map_err(io)?;
             Ok(Some(Arc::new(sealer)))
         }
     }
