@@ -399,9 +399,11 @@ fn resolve_node_id(config: &HubConfig) -> Result<String, NodeError> {
         Err(source) => return Err(NodeError::NodeId { path, source }),
     }
     let id = format!("node-{:08x}", rand::random::<u32>());
-    crate::atomic_file::replace(&path, id.as_bytes(), None).map_err(|source| NodeError::NodeId {
-        path: path.clone(),
-        source,
+    crate::atomic_file::replace(&path, id.as_bytes(), None).map_err(|source| {
+        NodeError::NodeId {
+            path: path.clone(),
+            source,
+        }
     })?;
     info!(node_id = %id, "generated a node id");
     Ok(id)

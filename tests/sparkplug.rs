@@ -607,3 +607,70 @@ fn a_bad_host_id_is_refused_at_start() {
     let err = stderr(&out);
     assert!(err.contains("sparkplug.host_id `plant/host`"), "{err}");
 }
+
+/// A payload in a read group that is not Sparkplug protobuf is, under
+/// `on_invalid: quarantine`, a quarantined payload like any other: kept
+/// whole with its reason and its entity before the PUBACK, listed at
+/// `/quarantine/press`, and counted. A payload for an edge node no source
+/// reads is not this product's.
+#[test]
+fn an_undecodable_payload_is_quarantined_when_the_product_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("products")).expect("products dir");
+    std::fs::write(
+        dir.path().join("products/press.yaml"),
+        PRESS.replace(
+            "quality: { on_invalid: reject }",
+            "quality: { on_invalid: quarantine }",
+        ),
+    )
+    .expect("write product");
+    std::fs::write(
+        dir.path().join("meshlet.toml"),
+        "data_dir = \"data\"\nproducts = [\"products\"]\n",
+    )
+    .expect("write config");
+    let node = NodeBuilder::new(dir.path())
+        .arg("--config")
+        .arg("meshlet.toml")
+        .start()
+        .expect("node starts");
+    let port = node.mqtt.expect("embedded broker runs").port();
+    let garbage = b"\xff\xff not protobuf".to_vec();
+    // QoS 1: mosquitto_pub returns after the PUBACK, which the node sends
+    // only once the quarantine entry is durable.
+    let out = mosquitto_pub(port, "spBv1.0/plant/DDATA/gw1/press7", &garbage, 1, false);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = mosquitto_pub(port, "spBv1.0/plant/NDATA/other-gw", &garbage, 1, false);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let (status, body) = http_get(&node.url("/quarantine/press"));
+    assert_eq!(status, 200, "{body}");
+    let listed: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(listed["total"], json!(1), "{listed}");
+    let entry = &listed["entries"][0];
+    assert_eq!(entry["source"], json!("sparkplug:0"));
+    assert_eq!(entry["topic"], json!("spBv1.0/plant/DDATA/gw1/press7"));
+    assert_eq!(entry["payload_bytes"], json!(garbage.len()));
+    assert!(
+        entry["reasons"][0]
+            .as_str()
+            .is_some_and(|r| r.contains("not a Sparkplug B protobuf payload")),
+        "{entry}"
+    );
+    assert_eq!(
+        metric(
+            &node,
+            "meshlet_ingest_records_total{product=\"press\",source=\"sparkplug:0\",outcome=\"quarantined\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &node,
+            "meshlet_sparkplug_problems_total{problem=\"bad_payload\"}"
+        ),
+        Some(2.0)
+    );
+    drop(node);
+}

@@ -367,6 +367,10 @@ impl Ingestor {
             source: format!("mqtt:{}", message.topic),
             actor: message.client.map(str::to_string),
         };
+        if handled.problems.contains(&sparkplug::Problem::BadPayload) {
+            self.quarantine_sparkplug(message, &topic, arrival, &origin, pending)
+                .await;
+        }
         for update in &handled.updates {
             for route in sp.routes.iter().filter(|r| r.accepts(update)) {
                 let Some(document) = route.document(update) else {
@@ -406,6 +410,65 @@ impl Ingestor {
             }
         }
         true
+    }
+
+    /// A Sparkplug payload that does not decode is, for every source that
+    /// reads its topic, what any bad payload is under the product's
+    /// `quality.on_invalid`: with `quarantine` it is kept whole (durably,
+    /// before the PUBACK) with the reason, so it can be looked at and
+    /// erased with its entity; otherwise it is counted as rejected.
+    async fn quarantine_sparkplug(
+        &self,
+        message: &MqttMessage<'_>,
+        topic: &sparkplug::Topic<'_>,
+        arrival: Timestamp,
+        origin: &Origin,
+        pending: &mut PendingMessage,
+    ) {
+        let sp = &self.inner.sparkplug;
+        let entity = topic.device.unwrap_or(topic.edge_node);
+        for route in sp.routes.iter().filter(|r| r.reads_topic(topic)) {
+            route.counters.message(message.payload.len());
+            if route.product.quality.on_invalid != OnInvalid::Quarantine {
+                route.counters.count(Outcome::Rejected, 1);
+                continue;
+            }
+            let provenance = Provenance {
+                source_id: &route.source_id,
+                topic: Some(message.topic),
+                captures: &[],
+                arrival,
+                origin,
+                redelivery: message.redelivery,
+            };
+            let item = whole_payload_item(
+                message.payload,
+                &provenance,
+                vec![sparkplug::Problem::BadPayload.to_string()],
+                None,
+                Some(entity.to_string()),
+            );
+            debug!(product = %route.product.name, topic = message.topic, "undecodable sparkplug payload quarantined");
+            let mut batch = IngestBatch::default();
+            batch.quarantine.push(item);
+            let prepared = Prepared {
+                batch,
+                rejected: Vec::new(),
+                event_times: Vec::new(),
+            };
+            if let Some(write) = self
+                .queue(
+                    &route.product,
+                    prepared,
+                    message.retained,
+                    arrival,
+                    &route.counters,
+                )
+                .await
+            {
+                pending.writes.push(write);
+            }
+        }
     }
 
     /// Runs `payload` through `product`'s pipeline for one source and
@@ -530,15 +593,34 @@ impl Ingestor {
 
 /// Builds the quarantine entry of one invalid record.
 fn quarantine_item(payload: &[u8], provenance: &Provenance<'_>, bad: &Invalid) -> QuarantineItem {
-    let mut reasons: Vec<String> = bad.reasons.iter().map(|r| r.to_string()).collect();
-    let payload = if payload.len() > QUARANTINE_PAYLOAD_MAX {
-        reasons.push(format!(
-            "payload of {} bytes kept truncated to its first {QUARANTINE_PAYLOAD_MAX}",
-            payload.len()
-        ));
-        payload[..QUARANTINE_PAYLOAD_MAX].to_vec()
-    } else {
-        payload.to_vec()
+    let reasons: Vec<String> = bad.reasons.iter().map(|r| r.to_string()).collect();
+    whole_payload_item(
+        payload,
+        provenance,
+        reasons,
+        bad.index.map(|i| u32::try_from(i).unwrap_or(u32::MAX)),
+        bad.entity.clone(),
+    )
+}
+
+/// A quarantine entry for `payload` with `reasons`; a payload over
+/// [`QUARANTINE_PAYLOAD_MAX`] keeps its first bytes and says so.
+fn whole_payload_item(
+    payload: &[u8],
+    provenance: &Provenance<'_>,
+    mut reasons: Vec<String>,
+    index: Option<u32>,
+    entity: Option<String>,
+) -> QuarantineItem {
+    let payload = match payload.get(..QUARANTINE_PAYLOAD_MAX) {
+        Some(head) if payload.len() > QUARANTINE_PAYLOAD_MAX => {
+            reasons.push(format!(
+                "payload of {} bytes kept truncated to its first {QUARANTINE_PAYLOAD_MAX}",
+                payload.len()
+            ));
+            head.to_vec()
+        }
+        _ => payload.to_vec(),
     };
     QuarantineItem {
         source: provenance.source_id.to_string(),
@@ -548,8 +630,8 @@ fn quarantine_item(payload: &[u8], provenance: &Provenance<'_>, bad: &Invalid) -
         reasons,
         arrival: provenance.arrival,
         origin: provenance.origin.clone(),
-        index: bad.index.map(|i| u32::try_from(i).unwrap_or(u32::MAX)),
-        entity: bad.entity.clone(),
+        index,
+        entity,
     }
 }
 

@@ -128,6 +128,19 @@ impl SparkplugRoute {
             }
     }
 
+    /// Whether this source reads messages of `topic` (its group, edge
+    /// node and device), whatever they carry.
+    pub(crate) fn reads_topic(&self, topic: &super::sparkplug::Topic<'_>) -> bool {
+        let s = &self.source;
+        s.group == topic.group
+            && s.edge_node.as_ref().is_none_or(|n| n == topic.edge_node)
+            && match (&s.device, topic.device) {
+                (Some(want), Some(device)) => want == device,
+                (Some(_), None) => false,
+                (None, _) => true,
+            }
+    }
+
     /// The JSON document of `update` for this source; `None` when it
     /// carries nothing this source maps.
     pub(crate) fn document(&self, update: &Update) -> Option<Json> {
