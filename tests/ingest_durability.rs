@@ -33,10 +33,27 @@ sources:
 quality: { on_invalid: reject }
 "#;
 
+/// Records without an event time: only an `Idempotency-Key` tells a
+/// resend from a new push.
+const UNTIMED: &str = r#"
+product: untimed
+version: 1
+domain: test
+owner: test@example.com
+key: device
+fields:
+  device: { type: string, required: true }
+  seq:    { type: int, required: true }
+sources:
+  - http: { format: ndjson }
+quality: { on_invalid: reject }
+"#;
+
 fn setup(extra_config: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(dir.path().join("products")).expect("products dir");
     std::fs::write(dir.path().join("products/counter.yaml"), PRODUCT).expect("product");
+    std::fs::write(dir.path().join("products/untimed.yaml"), UNTIMED).expect("product");
     std::fs::write(
         dir.path().join("meshlet.toml"),
         format!("data_dir = \"data\"\nproducts = [\"products\"]\n{extra_config}"),
@@ -56,12 +73,20 @@ fn start(dir: &Path) -> NodeProcess {
 
 /// Every device's sequence numbers as stored in history, in order.
 fn stored_sequences(dir: &Path, devices: &[String]) -> BTreeMap<String, Vec<i64>> {
+    stored_sequences_of(dir, "counter", devices)
+}
+
+fn stored_sequences_of(
+    dir: &Path,
+    product: &str,
+    devices: &[String],
+) -> BTreeMap<String, Vec<i64>> {
     let store = open_store(&dir.join("data"));
     devices
         .iter()
         .map(|device| {
             let seqs = store
-                .history("counter", device, &HistoryQuery::default())
+                .history(product, device, &HistoryQuery::default())
                 .expect("history")
                 .iter()
                 .filter_map(|e| match e.fields.get("seq") {
@@ -320,19 +345,24 @@ fn publish_slowly(port: u16, messages: &[(String, Vec<u8>)]) -> usize {
 
 /// POST that reports failure instead of panicking (the node may be dead).
 fn try_post(url: &str, body: String) -> Result<(u16, String), String> {
+    try_post_keyed(url, body, None)
+}
+
+fn try_post_keyed(url: &str, body: String, key: Option<&str>) -> Result<(u16, String), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async {
-        let response = reqwest::Client::new()
+        let mut request = reqwest::Client::new()
             .post(url)
             .timeout(Duration::from_secs(10))
             .header("content-type", "application/x-ndjson")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            .body(body);
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        let response = request.send().await.map_err(|e| e.to_string())?;
         let status = response.status().as_u16();
         let text = response.text().await.map_err(|e| e.to_string())?;
         Ok((status, text))
@@ -407,6 +437,111 @@ fn http_push_through_kills_loses_no_acknowledged_batch_and_retries_are_not_doubl
     let (status, _) = node.stop();
     assert!(status.success());
     assert_exactly_once(&stored_sequences(dir.path(), &devices), batches * per_batch);
+}
+
+/// Records without event times, pushed in batches of 200 with one
+/// `Idempotency-Key` per batch, resent under the same key until answered,
+/// while the node is killed (SIGKILL) at random moments and restarted:
+/// each batch's records are in history exactly once. Without the key, a
+/// kill between a batch's durable write and its answer writes the resend
+/// a second time.
+#[test]
+fn http_push_with_idempotency_keys_through_kills_is_applied_exactly_once() {
+    let dir = setup("");
+    let devices = vec!["u0".to_string(), "u1".to_string()];
+    let batches = 150i64;
+    let per_batch = 100i64;
+    let http = Arc::new(std::sync::Mutex::new(None::<String>));
+    let busy = Arc::new(AtomicBool::new(true));
+    let resent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+
+    let pusher = {
+        let (http, busy, devices, resent) =
+            (http.clone(), busy.clone(), devices.clone(), resent.clone());
+        std::thread::spawn(move || {
+            let mut acknowledged = 0;
+            for batch in 0..batches {
+                let body: String = devices
+                    .iter()
+                    .flat_map(|d| {
+                        (0..per_batch).map(move |i| {
+                            let seq = batch * per_batch + i;
+                            format!("{{\"device\": \"{d}\", \"seq\": {seq}}}\n")
+                        })
+                    })
+                    .collect();
+                let key = format!("batch-{batch}");
+                let mut tries = 0;
+                loop {
+                    let url = http.lock().expect("lock").clone();
+                    if let Some(url) = url {
+                        tries += 1;
+                        if let Ok((200, _)) = try_post_keyed(&url, body.clone(), Some(&key)) {
+                            acknowledged += 1;
+                            break;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if tries > 1 {
+                    resent.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            busy.store(false, Ordering::SeqCst);
+            acknowledged
+        })
+    };
+
+    let mut rng = rand::rng();
+    let mut node = start(dir.path());
+    *http.lock().expect("lock") = Some(node.url("/ingest/untimed"));
+    let mut kills = 0;
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(rng.random_range(100..500)));
+        if !busy.load(Ordering::SeqCst) {
+            break;
+        }
+        kills += 1;
+        node.signal(libc::SIGKILL);
+        let _ = node.wait_exit(Duration::from_secs(10));
+        node = start(dir.path());
+        *http.lock().expect("lock") = Some(node.url("/ingest/untimed"));
+    }
+    let acknowledged = pusher.join().expect("pusher");
+    assert_eq!(acknowledged, batches);
+    assert!(kills >= 2, "the node was killed mid-push ({kills} times)");
+    let replayed = metric(
+        &node,
+        "meshlet_ingest_idempotent_resends_total{outcome=\"replayed\"}",
+    );
+    eprintln!(
+        "{kills} kills, {} batches resent, {replayed:?} replayed by the last node",
+        resent.load(Ordering::SeqCst)
+    );
+    let (status, _) = node.stop();
+    assert!(status.success());
+    for (device, seqs) in stored_sequences_of(dir.path(), "untimed", &devices) {
+        let mut counts = BTreeMap::new();
+        for seq in &seqs {
+            *counts.entry(*seq).or_insert(0usize) += 1;
+        }
+        let doubled: Vec<i64> = counts
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(seq, _)| *seq)
+            .collect();
+        let missing = (0..batches * per_batch)
+            .filter(|seq| !counts.contains_key(seq))
+            .count();
+        assert!(
+            doubled.is_empty() && missing == 0 && seqs.len() as i64 == batches * per_batch,
+            "{device}: {} events for {} records, {} written more than once (first: {:?}), {missing} missing",
+            seqs.len(),
+            batches * per_batch,
+            doubled.len(),
+            doubled.first()
+        );
+    }
 }
 
 #[test]

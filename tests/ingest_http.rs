@@ -212,3 +212,107 @@ fn metrics_are_served_as_prometheus_text() {
         "every declared source is listed from the start: {body}"
     );
 }
+
+/// A POST with headers, through a real client: status, the
+/// `idempotent-replayed` header, body.
+fn post_with(url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Option<String>, String) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut request = reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("HTTP request");
+        let status = response.status().as_u16();
+        let replayed = response
+            .headers()
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        (status, replayed, response.text().await.expect("HTTP body"))
+    })
+}
+
+/// Records without an event time are new observations each time, so only
+/// the `Idempotency-Key` tells a resend from a new push. The first push is
+/// durable and answered; the node is then killed (SIGKILL, as if it died
+/// before the client read the answer) and restarted, and the client
+/// resends: the records are written once, the resend gets the first
+/// answer. The same key with another body is refused (422), a malformed
+/// key is refused (400), and both kinds of resend are counted.
+#[test]
+fn a_push_with_an_idempotency_key_is_applied_once_across_a_crash() {
+    let (dir, mut node) = start();
+    let body = br#"[{"asset_id": "A-1", "name": "crane"}, {"asset_id": "A-2", "name": "hoist"}]"#;
+    let key = [("idempotency-key", "push-0001")];
+    let (status, replayed, first) = post_with(&node.url("/ingest/asset"), &key, body);
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(replayed, None);
+    node.signal(libc::SIGKILL);
+    node.wait_exit(std::time::Duration::from_secs(10))
+        .expect("the node dies");
+    let node = NodeBuilder::new(dir.path())
+        .arg("--products")
+        .arg("products")
+        .arg("--data-dir")
+        .arg("data")
+        .env("MESHLET_MQTT__EMBEDDED__ENABLED", "false")
+        .start()
+        .expect("node restarts");
+    let url = node.url("/ingest/asset");
+    let (status, replayed, again) = post_with(&url, &key, body);
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(replayed.as_deref(), Some("true"));
+    assert_eq!(again, first, "the resend is answered like the first push");
+    let first: serde_json::Value = serde_json::from_str(&first).expect("JSON");
+    assert_eq!(first["accepted"], 2, "{first}");
+
+    let other = br#"{"asset_id": "A-1", "name": "other"}"#;
+    let (status, _, refused) = post_with(&url, &key, other);
+    assert_eq!(status, 422, "{refused}");
+    assert!(refused.contains("Idempotency-Key"), "{refused}");
+    let (status, _, refused) = post_with(&url, &[("idempotency-key", "")], body);
+    assert_eq!(status, 400, "{refused}");
+    let long = "k".repeat(256);
+    let (status, _, refused) = post_with(&url, &[("idempotency-key", &long)], body);
+    assert_eq!(status, 400, "{refused}");
+    // Another key is another request, and the same key in another product
+    // is that product's.
+    let (status, replayed, _) = post_with(&url, &[("idempotency-key", "push-0002")], body);
+    assert_eq!((status, replayed), (200, None));
+    let timed = br#"{"id": "t9", "v": 1, "at": "2024-05-01T12:00:00Z"}"#;
+    let (status, replayed, _) = post_with(&node.url("/ingest/timed"), &key, timed);
+    assert_eq!((status, replayed), (200, None));
+    assert_eq!(
+        metric(
+            &node,
+            "meshlet_ingest_idempotent_resends_total{outcome=\"replayed\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &node,
+            "meshlet_ingest_idempotent_resends_total{outcome=\"conflict\"}"
+        ),
+        Some(1.0)
+    );
+
+    let (status, _) = node.stop();
+    assert!(status.success());
+    let store = open_store(&dir.path().join("data"));
+    let all = meshlet::store::HistoryQuery::default();
+    for (asset, events) in [("A-1", 2), ("A-2", 2)] {
+        assert_eq!(
+            store.history("asset", asset, &all).expect("history").len(),
+            events,
+            "{asset}: once for push-0001, once for push-0002"
+        );
+    }
+}

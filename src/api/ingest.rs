@@ -5,6 +5,17 @@
 //! whole with every bad record and reason (400), or refused for size (413)
 //! before it is read further. A store that cannot write answers 503 with
 //! `Retry-After`: nothing of the request was acknowledged.
+//!
+//! A push may carry an `Idempotency-Key` header (1 to
+//! [`MAX_IDEMPOTENCY_KEY_BYTES`] visible ASCII characters, unique per
+//! request and product): the key is remembered in the product's dedupe
+//! window, in the same store transaction as the records, so a resend of
+//! the request — after a timeout, or a crash before the answer — is
+//! applied once and answered like the first time (200, the same counts,
+//! `Idempotent-Replayed: true`). The same key with another body is a
+//! client error (422), not a resend.
+
+use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -20,6 +31,7 @@ use super::ApiState;
 use crate::ingest::{replay, PushRefusal};
 use crate::policy::access::{Identity, View};
 use crate::product::PayloadFormat;
+use crate::store::Resend;
 
 pub(super) fn routes(max_body_bytes: usize) -> Router<ApiState> {
     Router::new()
@@ -91,6 +103,48 @@ fn format_of(headers: &HeaderMap) -> PayloadFormat {
     }
 }
 
+/// The longest `Idempotency-Key` accepted (a UUID is 36).
+pub(crate) const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The request's idempotency, from its `Idempotency-Key` header: the
+/// key's fingerprint (the window holds fingerprints) and a hash of the
+/// body and its format (to tell a resend from a reused key).
+#[allow(clippy::result_large_err)] // the error is the response itself
+fn idempotency_of(
+    headers: &HeaderMap,
+    format: PayloadFormat,
+    body: &[u8],
+) -> Result<Option<crate::store::Idempotency>, Response> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value.as_bytes();
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_BYTES
+        || !key.iter().all(|b| b.is_ascii_graphic())
+    {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters (a UUID, say), one per request"),
+        ));
+    }
+    let mut keyed = b"meshlet/http-push-idempotency-key\0".to_vec();
+    keyed.extend_from_slice(key);
+    let format_tag: &[u8] = match format {
+        PayloadFormat::Ndjson => b"ndjson\0",
+        _ => b"json\0",
+    };
+    let mut request = xxhash_rust::xxh3::Xxh3::new();
+    request.update(format_tag);
+    request.update(body);
+    Ok(Some(crate::store::Idempotency {
+        key: xxhash_rust::xxh3::xxh3_128(&keyed).to_be_bytes(),
+        request: request.digest(),
+    }))
+}
+
 #[derive(Serialize)]
 struct RecordError {
     /// Position of the record in the request (array element, NDJSON line
@@ -122,13 +176,19 @@ async fn push(
         }
         Err(rejection) => return error(rejection.status(), rejection.body_text()),
     };
+    let format = format_of(&headers);
+    let idempotency = match idempotency_of(&headers, format, &body) {
+        Ok(idempotency) => idempotency,
+        Err(refused) => return refused,
+    };
     let pending = match state
         .ingestor
         .submit_push(
             &product,
             &body,
-            format_of(&headers),
+            format,
             Some(identity.name.clone()),
+            idempotency,
         )
         .await
     {
@@ -160,15 +220,37 @@ async fn push(
                 .into_response();
         }
     };
+    let metrics = state.ingestor.metrics();
     match pending.wait().await {
-        Ok(summary) => (
-            StatusCode::OK,
-            Json(json!({
-                "accepted": summary.accepted,
-                "duplicates": summary.duplicates,
-            })),
-        )
-            .into_response(),
+        Ok(summary) => match summary.resend {
+            None => (
+                StatusCode::OK,
+                Json(json!({
+                    "accepted": summary.accepted,
+                    "duplicates": summary.duplicates,
+                })),
+            )
+                .into_response(),
+            Some(Resend::Replayed(first)) => {
+                metrics.push_replayed.fetch_add(1, Ordering::Relaxed);
+                (
+                    StatusCode::OK,
+                    [("idempotent-replayed", "true")],
+                    Json(json!({
+                        "accepted": first.accepted,
+                        "duplicates": first.duplicates,
+                    })),
+                )
+                    .into_response()
+            }
+            Some(Resend::Conflict) => {
+                metrics.push_key_conflicts.fetch_add(1, Ordering::Relaxed);
+                error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "this Idempotency-Key was already used with another request body for this product; nothing of this request was written (use a new key per request)",
+                )
+            }
+        },
         Err(err) => {
             let mut response = error(
                 StatusCode::SERVICE_UNAVAILABLE,

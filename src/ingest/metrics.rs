@@ -165,6 +165,11 @@ pub struct IngestMetrics {
     /// [`super::sparkplug::Problem::ALL`] index, and rebirth requests sent.
     pub sparkplug_problems: [AtomicU64; super::sparkplug::Problem::ALL.len()],
     pub sparkplug_rebirths: AtomicU64,
+    /// HTTP pushes whose `Idempotency-Key` was already applied: answered
+    /// with the first answer (replayed), or refused because the key came
+    /// with another body (conflict). Nothing of either was written.
+    pub push_replayed: AtomicU64,
+    pub push_key_conflicts: AtomicU64,
 }
 
 impl IngestMetrics {
@@ -382,6 +387,19 @@ impl IngestMetrics {
             let value = count.load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}{{problem=\"{}\"}} {value}", problem.name());
         }
+        let name = "meshlet_ingest_idempotent_resends_total";
+        header(
+            out,
+            name,
+            "counter",
+            "HTTP pushes with an Idempotency-Key already applied: replayed (answered as the first time, nothing written) or conflict (the key came with another body, refused).",
+        );
+        let _ = writeln!(
+            out,
+            "{name}{{outcome=\"replayed\"}} {}\n{name}{{outcome=\"conflict\"}} {}",
+            self.push_replayed.load(Ordering::Relaxed),
+            self.push_key_conflicts.load(Ordering::Relaxed)
+        );
         let name = "meshlet_sparkplug_rebirth_requests_total";
         header(
             out,

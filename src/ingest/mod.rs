@@ -96,6 +96,9 @@ pub struct Summary {
     pub duplicates: usize,
     pub quarantined: usize,
     pub retained_known: usize,
+    /// An idempotent push whose key was already applied: nothing was
+    /// written, and this is what the first request was answered.
+    pub resend: Option<crate::store::Resend>,
 }
 
 impl PendingMessage {
@@ -123,6 +126,9 @@ impl PendingMessage {
                     summary.duplicates += written.outcome.duplicates;
                     summary.quarantined += written.outcome.quarantined;
                     summary.retained_known += written.retained_known.len();
+                    if written.outcome.resend.is_some() {
+                        summary.resend = written.outcome.resend;
+                    }
                 }
                 Err(err) => failure = Some(err),
             }
@@ -560,6 +566,7 @@ impl Ingestor {
             && batch.quarantine.is_empty()
             && batch.source_offset.is_none()
             && batch.resolve_quarantine.is_empty()
+            && batch.idempotency.is_none()
         {
             return None;
         }
@@ -660,12 +667,18 @@ impl Ingestor {
     /// records are invalid and why, so nothing is quarantined: either every
     /// record passes and all are written (durably, before this resolves),
     /// or none is and the refusal lists every bad record.
+    ///
+    /// With an `idempotency` key the request is applied at most once while
+    /// the key is in the product's dedupe window: the key is registered in
+    /// the same store transaction as the records, and a resend resolves to
+    /// a [`Summary`] whose `resend` carries the first answer.
     pub async fn submit_push(
         &self,
         product_name: &str,
         payload: &[u8],
         format: crate::product::PayloadFormat,
         actor: Option<String>,
+        idempotency: Option<crate::store::Idempotency>,
     ) -> Result<PendingMessage, PushRefusal> {
         let product = self.pushable_product(product_name)?;
         let Some((index, source)) = product
@@ -681,8 +694,15 @@ impl Ingestor {
             source: "http".to_string(),
             actor,
         };
-        self.submit_whole(&product, &source_id(index, source), &shape, payload, origin)
-            .await
+        self.submit_whole(
+            &product,
+            &source_id(index, source),
+            &shape,
+            payload,
+            origin,
+            idempotency,
+        )
+        .await
     }
 
     /// A write made through the API (GraphQL mutations): one JSON record
@@ -705,7 +725,7 @@ impl Ingestor {
             field: None,
         };
         let source_id = origin.source.clone();
-        self.submit_whole(&product, &source_id, &shape, payload, origin)
+        self.submit_whole(&product, &source_id, &shape, payload, origin, None)
             .await
     }
 
@@ -726,6 +746,7 @@ impl Ingestor {
         shape: &SourceShape,
         payload: &[u8],
         origin: Origin,
+        idempotency: Option<crate::store::Idempotency>,
     ) -> Result<PendingMessage, PushRefusal> {
         let counters = self.inner.metrics.source(&product.name, source_id);
         counters.message(payload.len());
@@ -742,7 +763,10 @@ impl Ingestor {
             self.count_rejected(product, source_id, &counters, &invalid);
             return Err(PushRefusal::Invalid(invalid));
         }
-        let mut batch = IngestBatch::default();
+        let mut batch = IngestBatch {
+            idempotency,
+            ..IngestBatch::default()
+        };
         let mut event_times = Vec::with_capacity(accepted.len());
         for accepted in accepted {
             event_times.push(accepted.record.event_time);

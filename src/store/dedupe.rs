@@ -14,6 +14,12 @@
 //!   ascending sequence order (see [`encode_group`]). A group holds the
 //!   sequence numbers from `first_seq` up to the next group's.
 //! - `N` → [`StoredDedupeState`] (next sequence number, window length).
+//! - `R ++ fingerprint` → the [`Receipt`] of an idempotent request (HTTP
+//!   push with an `Idempotency-Key`) whose key is registered in the window
+//!   under that fingerprint: written in the transaction that applies the
+//!   request's records, removed in the one that evicts the key, so a
+//!   resend after a crash is recognised exactly while its key is in the
+//!   window (see [`add_receipts`]).
 //!
 //! Re-registering a fingerprint moves it to the newest sequence number;
 //! eviction forgets the oldest. Both rewrite (or remove) the group that
@@ -48,10 +54,13 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::codec;
 use super::stored::{StoredDedupeState, StoredFingerprint};
-use super::types::Fingerprint;
+use super::types::{Fingerprint, Receipt};
 use super::StoreError;
 
 const TAG_GROUP: u8 = b'G';
+const TAG_RECEIPT: u8 = b'R';
+/// Layout version byte in front of every receipt value.
+const RECEIPT_LAYOUT: u8 = 1;
 pub(crate) const STATE_KEY: &[u8] = b"N";
 /// Format 1's keys, read only by [`migrate_format_1`].
 const LEGACY_TAG_FINGERPRINT: u8 = b'F';
@@ -112,6 +121,51 @@ fn decode_group(value: &[u8]) -> Result<Vec<(u64, Fingerprint)>, String> {
         .collect())
 }
 
+fn receipt_key(fp: &Fingerprint) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + fp.len());
+    key.push(TAG_RECEIPT);
+    key.extend_from_slice(fp);
+    key
+}
+
+fn parse_receipt_key(key: &[u8]) -> Option<Fingerprint> {
+    match key {
+        [TAG_RECEIPT, rest @ ..] => rest.try_into().ok(),
+        _ => None,
+    }
+}
+
+/// A receipt's value: a layout byte, then request hash, accepted and
+/// duplicates, each u64 BE.
+fn encode_receipt(receipt: &Receipt) -> Vec<u8> {
+    let mut value = Vec::with_capacity(25);
+    value.push(RECEIPT_LAYOUT);
+    for n in [receipt.request, receipt.accepted, receipt.duplicates] {
+        value.extend_from_slice(&n.to_be_bytes());
+    }
+    value
+}
+
+fn decode_receipt(value: &[u8]) -> Result<Receipt, String> {
+    let word = |i: usize| -> Result<u64, String> {
+        value
+            .get(1 + 8 * i..9 + 8 * i)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| format!("receipt value of {} bytes", value.len()))
+    };
+    match value.first() {
+        Some(&RECEIPT_LAYOUT) if value.len() == 25 => Ok(Receipt {
+            request: word(0)?,
+            accepted: word(1)?,
+            duplicates: word(2)?,
+        }),
+        Some(&RECEIPT_LAYOUT) => Err(format!("receipt value of {} bytes", value.len())),
+        Some(layout) => Err(format!("unknown receipt layout {layout}")),
+        None => Err("empty receipt value".into()),
+    }
+}
+
 /// One key to write in the transaction: `Some` inserts, `None` removes.
 pub(crate) type KeyWrite = (Vec<u8>, Option<Vec<u8>>);
 
@@ -139,6 +193,8 @@ pub(crate) struct WindowDelta {
     seqs: BTreeMap<u64, Option<Fingerprint>>,
     new_group: Option<u64>,
     removed_groups: Vec<u64>,
+    /// `Some`: a receipt written; `None`: one removed with its key.
+    receipts: Vec<(Fingerprint, Option<Receipt>)>,
 }
 
 /// A product's window in memory: exactly what its tree holds, indexed by
@@ -150,6 +206,9 @@ pub(crate) struct Window {
     by_seq: BTreeMap<u64, Fingerprint>,
     /// The first sequence number of every stored group.
     groups: BTreeSet<u64>,
+    /// Receipts of idempotent requests, by key fingerprint (each key is
+    /// also in `by_fp`).
+    receipts: HashMap<Fingerprint, Receipt>,
 }
 
 impl Window {
@@ -166,6 +225,12 @@ impl Window {
             let (key, value) = entry?;
             if key.as_ref() == STATE_KEY {
                 window.state = codec::decode(&value).map_err(|e| corrupt(e.to_string()))?;
+                continue;
+            }
+            if let Some(fp) = parse_receipt_key(&key) {
+                window
+                    .receipts
+                    .insert(fp, decode_receipt(&value).map_err(corrupt)?);
                 continue;
             }
             let Some(first) = parse_group_key(&key) else {
@@ -234,7 +299,18 @@ impl Window {
         if let Some(first) = delta.new_group {
             self.groups.insert(first);
         }
+        for (fp, receipt) in delta.receipts {
+            match receipt {
+                Some(receipt) => self.receipts.insert(fp, receipt),
+                None => self.receipts.remove(&fp),
+            };
+        }
         self.state = delta.state;
+    }
+
+    /// The receipt of the idempotent request registered under `key`.
+    pub(crate) fn receipt(&self, key: &Fingerprint) -> Option<Receipt> {
+        self.receipts.get(key).copied()
     }
 
     /// The stored group holding `seq`.
@@ -411,6 +487,35 @@ pub(crate) fn plan(
     Ok(plan)
 }
 
+/// Adds to `plan` the receipts of the idempotent requests it registered
+/// (`fresh`: key fingerprint and receipt) and the removal of every stored
+/// receipt whose key the plan evicts, so the tree never holds a receipt
+/// without its key, nor a key of a request without its receipt. A key the
+/// plan itself already evicted (a window smaller than one request) gets
+/// no receipt.
+pub(crate) fn add_receipts(
+    window: &Window,
+    plan: &mut DedupePlan,
+    fresh: &[(Fingerprint, Receipt)],
+) {
+    let Some(delta) = plan.delta.as_mut() else {
+        return;
+    };
+    for (fp, seq) in &delta.fps {
+        if seq.is_none() && window.receipts.contains_key(fp) {
+            plan.writes.push((receipt_key(fp), None));
+            delta.receipts.push((*fp, None));
+        }
+    }
+    for (fp, receipt) in fresh {
+        if matches!(delta.fps.get(fp), Some(Some(_))) {
+            plan.writes
+                .push((receipt_key(fp), Some(encode_receipt(receipt))));
+            delta.receipts.push((*fp, Some(*receipt)));
+        }
+    }
+}
+
 /// The window during planning: the stored window plus this batch's
 /// changes as overlays.
 struct Overlay<'w> {
@@ -558,6 +663,7 @@ impl Overlay<'_> {
             seqs: self.seqs,
             new_group,
             removed_groups,
+            receipts: Vec::new(),
         };
         Ok((writes, delta))
     }

@@ -22,7 +22,8 @@ use super::offsets::encode_offset;
 use super::outbox::{OutboxDelta, OutboxTx};
 use super::quarantine::{self, encode_entry, entry_key, QuarantinePlan, TreeEntries};
 use super::types::{
-    Fingerprint, IngestBatch, IngestLimits, IngestOutcome, QuarantineItem, SourceOffset,
+    Change, Fingerprint, Idempotency, IngestBatch, IngestLimits, IngestOutcome, QuarantineItem,
+    Receipt, Resend, SourceOffset,
 };
 use super::write::{TxResult, UpsertTx};
 use super::writer_states::PendingStates;
@@ -54,6 +55,7 @@ pub(crate) struct BatchIn<'a> {
     pub quarantine: &'a [QuarantineItem],
     pub source_offset: Option<&'a SourceOffset>,
     pub resolve_quarantine: &'a [u64],
+    pub idempotency: Option<Idempotency>,
 }
 
 impl<'a> From<&'a IngestBatch> for BatchIn<'a> {
@@ -71,6 +73,7 @@ impl<'a> From<&'a IngestBatch> for BatchIn<'a> {
             quarantine: &batch.quarantine,
             source_offset: batch.source_offset.as_ref(),
             resolve_quarantine: &batch.resolve_quarantine,
+            idempotency: batch.idempotency,
         }
     }
 }
@@ -116,7 +119,8 @@ impl Store {
     /// error and is left out; the others are still written. If the shared
     /// transaction itself fails, every batch is retried in a transaction
     /// of its own, so one bad batch cannot take its neighbours down. A
-    /// batch that resolves quarantine entries is written on its own.
+    /// batch that resolves quarantine entries or carries an idempotency
+    /// key is written on its own.
     /// Quarantine evictions of batches written together are reported on
     /// the last of them (the total is the same as one by one).
     pub fn ingest_group(
@@ -135,7 +139,7 @@ impl Store {
                 .try_for_each(|r| self.check_entity(product, &r.record.entity))
             {
                 results[index] = Some(Err(e));
-            } else if batch.resolve_quarantine.is_empty() {
+            } else if batch.resolve_quarantine.is_empty() && batch.idempotency.is_none() {
                 run.push(index);
             } else {
                 // Resolutions refer to entries by id, possibly entries an
@@ -208,6 +212,7 @@ impl Store {
             && batch.quarantine.is_empty()
             && batch.source_offset.is_none()
             && batch.resolve_quarantine.is_empty()
+            && batch.idempotency.is_none()
         {
             return Ok(IngestOutcome::default());
         }
@@ -261,12 +266,25 @@ impl Store {
             .collect();
 
         let _writer = self.write_lock();
-        let any_fingerprint = batches
-            .iter()
-            .any(|(b, _)| b.records.iter().any(|r| r.fingerprint.is_some()));
+        let any_idempotent = batches.iter().any(|(b, _)| b.idempotency.is_some());
+        let any_fingerprint = any_idempotent
+            || batches
+                .iter()
+                .any(|(b, _)| b.records.iter().any(|r| r.fingerprint.is_some()));
         // Held to the commit, which hands the plan's delta back to it.
         let mut dedupe_slot = trees.dedupe_window.lock();
-        let mut dedupe = if any_fingerprint {
+        // Per batch: the key was known, nothing of the batch is written.
+        let mut resends: Vec<Option<Resend>> = vec![None; batches.len()];
+        let mut dedupe = if any_idempotent {
+            plan_idempotent(
+                product,
+                dedupe::loaded(&mut dedupe_slot, product, &trees.dedupe)?,
+                limits.dedupe_capacity,
+                &batches,
+                records_total,
+                &mut resends,
+            )?
+        } else if any_fingerprint {
             dedupe::plan(
                 product,
                 dedupe::loaded(&mut dedupe_slot, product, &trees.dedupe)?,
@@ -343,7 +361,18 @@ impl Store {
                     let mut pending = PendingStates::new();
                     let mut changes_per_batch = Vec::with_capacity(batches.len());
                     let mut skips = dedupe.skip.iter();
-                    for (batch, received_at) in &batches {
+                    for ((batch, received_at), resend) in batches.iter().zip(&resends) {
+                        if resend.is_some() {
+                            // A resend writes nothing: its records are
+                            // skipped (planned so), its other parts left.
+                            let changes: Vec<Option<Change>> =
+                                batch.records.iter().map(|_| None).collect();
+                            for _ in &batch.records {
+                                skips.next();
+                            }
+                            changes_per_batch.push(changes);
+                            continue;
+                        }
                         let tx = UpsertTx {
                             product,
                             chunk_events: config.history_chunk_events as u64,
@@ -417,8 +446,9 @@ impl Store {
         let outcomes: Vec<IngestOutcome> = batches
             .iter()
             .zip(changes_per_batch)
+            .zip(resends)
             .enumerate()
-            .map(|(i, ((batch, _), changes))| {
+            .map(|(i, (((batch, _), changes), resend))| {
                 let on_last = |f: fn(&QuarantinePlan) -> usize| {
                     if i == last {
                         quarantine.as_ref().map_or(0, f)
@@ -433,6 +463,7 @@ impl Store {
                     quarantine_ids: new_ids.by_ref().take(batch.quarantine.len()).collect(),
                     quarantine_evicted: on_last(|p| p.evicted),
                     resolved: on_last(|p| p.resolved),
+                    resend,
                 }
             })
             .collect();
@@ -451,6 +482,100 @@ impl Store {
         );
         Ok(outcomes)
     }
+}
+
+/// The dedupe plan of a run with idempotent batches. A batch whose key
+/// the window holds is a resend: its records are skipped without being
+/// judged or registered, and `resends` gets the stored [`Receipt`] (or
+/// [`Resend::Conflict`] when the key came with another request). Every
+/// other batch is planned as usual, and each new key is registered after
+/// all records with the receipt its batch will have answered.
+fn plan_idempotent(
+    product: &str,
+    window: &dedupe::Window,
+    capacity: u64,
+    batches: &[(BatchIn<'_>, Timestamp)],
+    records_total: usize,
+    resends: &mut [Option<Resend>],
+) -> Result<DedupePlan, StoreError> {
+    let mut entries: Vec<Option<(Fingerprint, bool)>> =
+        Vec::with_capacity(records_total + batches.len());
+    let mut keys = Vec::new();
+    for (index, (batch, _)) in batches.iter().enumerate() {
+        let Some(idempotency) = batch.idempotency else {
+            entries.extend(
+                batch
+                    .records
+                    .iter()
+                    .map(|r| r.fingerprint.map(|fp| (fp, r.check_duplicate))),
+            );
+            continue;
+        };
+        if !batch.quarantine.is_empty()
+            || batch.source_offset.is_some()
+            || !batch.resolve_quarantine.is_empty()
+        {
+            return Err(StoreError::encode(
+                product,
+                "(batch)",
+                "idempotent batch",
+                "an idempotent batch carries records only",
+            ));
+        }
+        match window.receipt(&idempotency.key) {
+            Some(receipt) => {
+                resends[index] = Some(if receipt.request == idempotency.request {
+                    Resend::Replayed(receipt)
+                } else {
+                    Resend::Conflict
+                });
+                entries.extend(batch.records.iter().map(|_| None));
+            }
+            None => {
+                let first = entries.len();
+                entries.extend(
+                    batch
+                        .records
+                        .iter()
+                        .map(|r| r.fingerprint.map(|fp| (fp, r.check_duplicate))),
+                );
+                keys.push((index, first, idempotency));
+            }
+        }
+    }
+    entries.extend(keys.iter().map(|(_, _, idem)| Some((idem.key, true))));
+    let mut plan = dedupe::plan(product, window, capacity, entries.into_iter())?;
+    plan.skip.truncate(records_total);
+    let mut offset = 0;
+    for ((batch, _), resend) in batches.iter().zip(resends.iter()) {
+        let len = batch.records.len();
+        if resend.is_some() {
+            if let Some(skips) = plan.skip.get_mut(offset..offset + len) {
+                skips.fill(true);
+            }
+        }
+        offset += len;
+    }
+    let receipts: Vec<(Fingerprint, Receipt)> = keys
+        .iter()
+        .map(|(index, first, idem)| {
+            let len = batches[*index].0.records.len();
+            let skipped = plan
+                .skip
+                .get(*first..*first + len)
+                .map_or(0, |s| s.iter().filter(|skip| **skip).count());
+            (
+                idem.key,
+                Receipt {
+                    request: idem.request,
+                    accepted: (len - skipped) as u64,
+                    duplicates: skipped as u64,
+                },
+            )
+        })
+        .collect();
+    dedupe::add_receipts(window, &mut plan, &receipts);
+    Ok(plan)
 }
 
 /// An iterator with a known length (`flat_map` does not report one, and

@@ -176,8 +176,9 @@ pub use retention::RETENTION_ORIGIN;
 pub use seal::{EncryptionKey, KeyCheck, KeyFileError};
 pub use types::{
     AuditAction, AuditEntry, AuditQuery, Change, Fingerprint, HistoryEvent, HistoryQuery,
-    IngestBatch, IngestLimits, IngestOutcome, IngestRecord, Instance, Page, QuarantineEntry,
-    QuarantineItem, RetentionSpec, SourceOffset, SweepReport, Tombstone,
+    Idempotency, IngestBatch, IngestLimits, IngestOutcome, IngestRecord, Instance, Page,
+    QuarantineEntry, QuarantineItem, Receipt, Resend, RetentionSpec, SourceOffset, SweepReport,
+    Tombstone,
 };
 pub use write::SYNC_ORIGIN_PREFIX;
 

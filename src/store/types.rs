@@ -244,6 +244,40 @@ pub struct IngestBatch {
     /// Quarantine ids removed with the batch (a replay writes the records
     /// and removes their entries in one step); missing ids are ignored.
     pub resolve_quarantine: Vec<u64>,
+    /// The request's idempotency key (HTTP push `Idempotency-Key`): the
+    /// batch is applied at most once per key within the product's dedupe
+    /// window; a resend is answered with the first answer's [`Receipt`].
+    pub idempotency: Option<Idempotency>,
+}
+
+/// An idempotent request, as the dedupe window remembers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Idempotency {
+    /// The key's fingerprint: registered in the window like a record's.
+    pub key: Fingerprint,
+    /// A hash of what the request carried: the same key with another
+    /// body is a client error, not a resend.
+    pub request: u64,
+}
+
+/// What an idempotent request was answered the first time; kept beside
+/// its key in the dedupe window, written in the same transaction as its
+/// records, forgotten with the key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Receipt {
+    pub request: u64,
+    pub accepted: u64,
+    pub duplicates: u64,
+}
+
+/// A batch whose idempotency key the window already held: nothing of it
+/// was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resend {
+    /// The same request again: here is the first answer.
+    Replayed(Receipt),
+    /// The key came with a different request.
+    Conflict,
 }
 
 impl IngestBatch {
@@ -253,6 +287,7 @@ impl IngestBatch {
             && self.quarantine.is_empty()
             && self.source_offset.is_none()
             && self.resolve_quarantine.is_empty()
+            && self.idempotency.is_none()
     }
 }
 
@@ -303,6 +338,9 @@ pub struct IngestOutcome {
     pub quarantine_evicted: usize,
     /// `resolve_quarantine` ids that existed and were removed.
     pub resolved: usize,
+    /// Set when the batch's idempotency key was already known: the batch
+    /// wrote nothing (`changes` all `None`).
+    pub resend: Option<Resend>,
 }
 
 /// One quarantine entry as stored.

@@ -256,6 +256,7 @@ impl Receiver {
                     position: seq.to_be_bytes().to_vec(),
                 }),
                 resolve_quarantine: Vec::new(),
+                idempotency: None,
             },
             limits,
             retained: false,
