@@ -116,6 +116,7 @@ fn one_batch_writes_records_quarantine_and_offset_together_and_all_survive_reope
         quarantine: vec![item("m3"), big.clone()],
         source_offset: offset("machine_health/file:0", b"inode=7;offset=4096"),
         resolve_quarantine: vec![],
+        idempotency: None,
     };
     {
         let store = open(dir.path());
@@ -172,6 +173,7 @@ fn a_failed_batch_writes_nothing_at_all() {
         quarantine: vec![item("q")],
         source_offset: offset("file:0", b"42"),
         resolve_quarantine: vec![],
+        idempotency: None,
     };
     let err = store
         .ingest(P, &batch, &IngestLimits::default(), Timestamp(1))
@@ -194,6 +196,7 @@ fn a_failed_batch_writes_nothing_at_all() {
         quarantine: vec![item("q")],
         source_offset: offset("file:0", b"43"),
         resolve_quarantine: vec![],
+        idempotency: None,
     };
     let err = store
         .ingest(P, &batch, &IngestLimits::default(), Timestamp(1))
@@ -700,6 +703,7 @@ fn random_batches(rng: &mut impl Rng, count: usize) -> Vec<(IngestBatch, Timesta
                 quarantine,
                 source_offset,
                 resolve_quarantine,
+                idempotency: None,
             };
             (batch, Timestamp(10_000 + i as i64))
         })
@@ -936,6 +940,7 @@ fn crash_batch(round: u64, n: u64) -> IngestBatch {
         quarantine: vec![quarantined],
         source_offset: offset(CRASH_SOURCE, &n.to_be_bytes()),
         resolve_quarantine: vec![],
+        idempotency: None,
     }
 }
 
@@ -1157,4 +1162,87 @@ fn verify_crash(
         );
     }
     last
+}
+
+/// An idempotency key is part of the dedupe window: its batch's records
+/// and its receipt are written together, a resend (also after reopen) is
+/// answered from the receipt and writes nothing, a different request under
+/// the key is a conflict, and once newer registrations push the key out
+/// of the window its receipt goes with it (the tree keeps no stray one).
+#[test]
+fn an_idempotency_key_is_remembered_with_its_receipt_until_the_window_forgets_it() {
+    use meshlet::store::{Idempotency, Receipt, Resend};
+    let dir = tempfile::tempdir().unwrap();
+    let small = limits(10, 3);
+    let key = Idempotency {
+        key: [0xee; 16],
+        request: 42,
+    };
+    let push = |request: u64| IngestBatch {
+        // Records without fingerprints: only the key can recognise them.
+        records: vec![
+            IngestRecord {
+                record: record("a", 1),
+                fingerprint: None,
+                check_duplicate: false,
+            },
+            checked("a", 2),
+        ],
+        idempotency: Some(Idempotency { request, ..key }),
+        ..IngestBatch::default()
+    };
+    let receipts = |store: &Store| {
+        store
+            .raw_db()
+            .open_tree(format!("{P}/dedupe"))
+            .expect("dedupe tree")
+            .scan_prefix(b"R")
+            .count()
+    };
+    let history = |store: &Store| {
+        store
+            .history(P, "a", &HistoryQuery::default())
+            .expect("history")
+            .len()
+    };
+    {
+        let store = open(dir.path());
+        let first = store
+            .ingest(P, &push(42), &small, Timestamp(1_000))
+            .expect("ingest");
+        assert_eq!(first.resend, None);
+        assert_eq!(first.changes.iter().flatten().count(), 2);
+        let again = store
+            .ingest(P, &push(42), &small, Timestamp(1_001))
+            .expect("ingest");
+        let receipt = Receipt {
+            request: 42,
+            accepted: 2,
+            duplicates: 0,
+        };
+        assert_eq!(again.resend, Some(Resend::Replayed(receipt)));
+        assert!(again.changes.iter().all(Option::is_none));
+        assert_eq!(history(&store), 2);
+    }
+    let store = open(dir.path());
+    let after_reopen = store
+        .ingest(P, &push(42), &small, Timestamp(1_002))
+        .expect("ingest");
+    assert!(matches!(after_reopen.resend, Some(Resend::Replayed(_))));
+    let other = store
+        .ingest(P, &push(7), &small, Timestamp(1_003))
+        .expect("ingest");
+    assert_eq!(other.resend, Some(Resend::Conflict));
+    assert_eq!(history(&store), 2, "neither resend wrote anything");
+    assert_eq!(receipts(&store), 1);
+
+    // Three newer registrations in a window of three: the key is out.
+    assert_eq!(recognised(&store, &[10, 11, 12], &small), [false; 3]);
+    assert_eq!(receipts(&store), 0, "the receipt left with its key");
+    let late = store
+        .ingest(P, &push(42), &small, Timestamp(1_004))
+        .expect("ingest");
+    assert_eq!(late.resend, None, "a forgotten key is a new request");
+    assert_eq!(history(&store), 4);
+    assert_eq!(receipts(&store), 1);
 }

@@ -488,25 +488,15 @@ pub(crate) fn plan(
 }
 
 /// Adds to `plan` the receipts of the idempotent requests it registered
-/// (`fresh`: key fingerprint and receipt) and the removal of every stored
-/// receipt whose key the plan evicts, so the tree never holds a receipt
-/// without its key, nor a key of a request without its receipt. A key the
-/// plan itself already evicted (a window smaller than one request) gets
-/// no receipt.
-pub(crate) fn add_receipts(
-    window: &Window,
-    plan: &mut DedupePlan,
-    fresh: &[(Fingerprint, Receipt)],
-) {
+/// (`fresh`: key fingerprint and receipt). With the removal of every
+/// stored receipt whose key a plan evicts (in [`plan`]), the tree never
+/// holds a receipt without its key, nor a request's key without its
+/// receipt. A key the plan itself already evicted (a window smaller than
+/// one request) gets no receipt.
+pub(crate) fn add_receipts(plan: &mut DedupePlan, fresh: &[(Fingerprint, Receipt)]) {
     let Some(delta) = plan.delta.as_mut() else {
         return;
     };
-    for (fp, seq) in &delta.fps {
-        if seq.is_none() && window.receipts.contains_key(fp) {
-            plan.writes.push((receipt_key(fp), None));
-            delta.receipts.push((*fp, None));
-        }
-    }
     for (fp, receipt) in fresh {
         if matches!(delta.fps.get(fp), Some(Some(_))) {
             plan.writes
@@ -657,13 +647,23 @@ impl Overlay<'_> {
             StoreError::encode(product, "(dedupe window)", "dedupe window state", e)
         })?;
         writes.push((STATE_KEY.to_vec(), Some(state)));
+        // An evicted idempotency key takes its receipt along.
+        let mut receipts = Vec::new();
+        if !window.receipts.is_empty() {
+            for (fp, seq) in &self.fps {
+                if seq.is_none() && window.receipts.contains_key(fp) {
+                    writes.push((receipt_key(fp), None));
+                    receipts.push((*fp, None));
+                }
+            }
+        }
         let delta = WindowDelta {
             state: self.state,
             fps: self.fps,
             seqs: self.seqs,
             new_group,
             removed_groups,
-            receipts: Vec::new(),
+            receipts,
         };
         Ok((writes, delta))
     }

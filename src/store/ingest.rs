@@ -574,7 +574,7 @@ fn plan_idempotent(
             )
         })
         .collect();
-    dedupe::add_receipts(window, &mut plan, &receipts);
+    dedupe::add_receipts(&mut plan, &receipts);
     Ok(plan)
 }
 
