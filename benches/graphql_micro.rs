@@ -25,7 +25,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use meshlet::api::graphql::GraphqlApi;
+use meshlet::api::graphql::{GraphqlApi, GraphqlSettings};
 use meshlet::config::IngestSettings;
 use meshlet::ingest::priority::IngestRuntime;
 use meshlet::ingest::Ingestor;
@@ -122,7 +122,7 @@ impl Fixture {
                 products,
                 ingestor,
                 store.mask_secret().expect("mask secret"),
-                false,
+                GraphqlSettings::default(),
                 shutdown.clone(),
                 &tasks,
                 None,

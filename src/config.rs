@@ -53,6 +53,9 @@ pub struct HubConfig {
     pub aggregator: AggregatorConfig,
     /// The node as a Sparkplug B host application.
     pub sparkplug: SparkplugConfig,
+    /// Budgets of API callers: response bytes, concurrent queries and
+    /// subscriptions per identity.
+    pub api: ApiLimits,
     /// How long shutdown waits for tasks to finish before giving up.
     #[serde(with = "humantime_serde_compat")]
     pub shutdown_grace: Duration,
@@ -74,6 +77,7 @@ impl Default for HubConfig {
             sync: SyncSettings::default(),
             aggregator: AggregatorConfig::default(),
             sparkplug: SparkplugConfig::default(),
+            api: ApiLimits::default(),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -486,6 +490,44 @@ impl Default for UpstreamConfig {
             client_cert_file: None,
             client_key_file: None,
             max_outbox_bytes: None,
+        }
+    }
+}
+
+/// `[api]`: what one caller may take of the node through the API, so a
+/// few heavy (but legal) requests cannot crowd out everyone else. An
+/// identity is a token, a client certificate, or all anonymous callers
+/// together.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiLimits {
+    /// Largest answer of one request, in bytes: a GraphQL response over it
+    /// is replaced by a `RESPONSE_TOO_LARGE` error, a quarantine listing
+    /// stops at it with a cursor to the next page. Default 16 MiB.
+    pub max_response_bytes: usize,
+    /// GraphQL queries and mutations one identity runs at once (at least
+    /// 1). A response counts until it has been written to the client.
+    /// Default 4.
+    pub max_concurrent_queries: usize,
+    /// How long a query waits for one of its identity's slots before it is
+    /// refused with 429 (`TOO_MANY_CONCURRENT_QUERIES`). Default 2s.
+    #[serde(with = "humantime_serde_compat")]
+    pub queue_timeout: Duration,
+    /// Subscriptions open at once on one WebSocket. Default 100.
+    pub max_subscriptions_per_connection: usize,
+    /// Subscriptions open at once for one identity, over all its
+    /// connections. Default 1000.
+    pub max_subscriptions_per_identity: usize,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            max_response_bytes: 16 << 20,
+            max_concurrent_queries: 4,
+            queue_timeout: Duration::from_secs(2),
+            max_subscriptions_per_connection: 100,
+            max_subscriptions_per_identity: 1_000,
         }
     }
 }

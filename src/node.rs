@@ -267,7 +267,10 @@ pub async fn start(
         products.clone(),
         ingestor.clone(),
         mask_secret,
-        config.http.graphiql,
+        api::graphql::GraphqlSettings {
+            graphiql: config.http.graphiql,
+            limits: config.api.clone(),
+        },
         shutdown.clone(),
         &tasks,
         Some(sync.clone()),

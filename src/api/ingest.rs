@@ -299,33 +299,126 @@ async fn list_quarantine(
         return refused;
     }
     let limit = page.limit.unwrap_or(100).clamp(1, 1_000);
+    let max_bytes = state.graphql.runtime.budgets.limits().max_response_bytes;
     let store = state.ingestor.store().clone();
     let listed = tokio::task::spawn_blocking(move || {
         let total = store.quarantine_count(&product)?;
-        let entries = store.quarantine_list(&product, page.after, limit)?;
-        Ok::<_, crate::store::StoreError>((total, entries))
+        let listed = list_within(&store, &product, page.after, limit, max_bytes)?;
+        Ok::<_, crate::store::StoreError>((total, listed))
     })
     .await;
+    let budgets = &state.graphql.runtime.budgets;
     match listed {
-        Ok(Ok((total, entries))) => {
-            let entries: Vec<QuarantineView> = entries
-                .into_iter()
-                .map(|e| QuarantineView {
-                    id: e.id,
-                    quarantined_at: e.quarantined_at.to_string(),
-                    source: e.item.source,
-                    topic: e.item.topic,
-                    index: e.item.index,
-                    reasons: e.item.reasons,
-                    payload_bytes: e.item.payload.len(),
-                    payload: String::from_utf8_lossy(&e.item.payload).into_owned(),
-                })
-                .collect();
-            Json(json!({ "total": total, "entries": entries })).into_response()
+        Ok(Ok((_, listed))) if listed.entries.is_empty() && listed.byte_limited => {
+            budgets
+                .responses_too_large
+                .fetch_add(1, Ordering::Relaxed);
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the next quarantine entry alone is over the response limit of {max_bytes} bytes (api.max_response_bytes)"),
+            )
+        }
+        Ok(Ok((total, listed))) => {
+            if listed.byte_limited {
+                budgets
+                    .responses_too_large
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Json(json!({
+                "total": total,
+                "entries": listed.entries,
+                "next_after": listed.next_after,
+                "byte_limited": listed.byte_limited,
+            }))
+            .into_response()
         }
         Ok(Err(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
         Err(join) => error(StatusCode::INTERNAL_SERVER_ERROR, join.to_string()),
     }
+}
+
+/// Entries read per store call while a listing fills its byte budget.
+const LISTING_STEP: usize = 16;
+
+/// Room kept in a listing's byte budget for the envelope around the
+/// entries (`total`, `next_after`, ...).
+const LISTING_ENVELOPE_BYTES: usize = 1024;
+
+/// A page of the quarantine listing.
+struct Listing {
+    entries: Vec<QuarantineView>,
+    /// The id to pass as `after` for the next page; `None` at the end.
+    next_after: Option<u64>,
+    /// The page stopped early at `api.max_response_bytes`.
+    byte_limited: bool,
+}
+
+/// The length of `value` as JSON, without building it.
+fn json_size(value: &impl Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// Up to `limit` entries after `after`, read a few at a time and stopping
+/// before the answer would be over `max_bytes`: a page of large payloads
+/// is cut short (with a cursor), never built whole.
+fn list_within(
+    store: &crate::store::Store,
+    product: &str,
+    mut after: Option<u64>,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<Listing, crate::store::StoreError> {
+    let budget = max_bytes.saturating_sub(LISTING_ENVELOPE_BYTES);
+    let mut listing = Listing {
+        entries: Vec::new(),
+        next_after: None,
+        byte_limited: false,
+    };
+    let mut used = 0usize;
+    while listing.entries.len() < limit {
+        let step = LISTING_STEP.min(limit - listing.entries.len());
+        let page = store.quarantine_list(product, after, step)?;
+        let exhausted = page.len() < step;
+        for e in page {
+            let view = QuarantineView {
+                id: e.id,
+                quarantined_at: e.quarantined_at.to_string(),
+                source: e.item.source,
+                topic: e.item.topic,
+                index: e.item.index,
+                reasons: e.item.reasons,
+                payload_bytes: e.item.payload.len(),
+                payload: String::from_utf8_lossy(&e.item.payload).into_owned(),
+            };
+            let size = json_size(&view);
+            if used + size + 1 > budget {
+                listing.byte_limited = true;
+                listing.next_after = after;
+                return Ok(listing);
+            }
+            used += size + 1;
+            after = Some(view.id);
+            listing.entries.push(view);
+        }
+        if exhausted {
+            return Ok(listing);
+        }
+    }
+    // A full page: more may follow.
+    listing.next_after = after;
+    Ok(listing)
 }
 
 async fn replay_quarantine(

@@ -25,6 +25,7 @@ use async_graphql::dynamic::{
 use async_graphql::{Name, Value as Gql};
 use base64::Engine;
 
+use super::budget::ResponseBudget;
 use super::limits;
 use super::paging::SCAN_BUDGET;
 use super::runtime::StatusData;
@@ -566,6 +567,11 @@ pub(crate) fn root_fields(products: &Arc<ProductSet>) -> Vec<Field> {
                     .await?;
                     let has_next = entries.len() > first;
                     entries.truncate(first);
+                    // Raw payloads are the bulk of the answer: charged to
+                    // the request's byte budget before anything is built.
+                    if let Some(budget) = ctx.ctx.data_opt::<ResponseBudget>() {
+                        budget.charge(entries.iter().map(|e| e.item.payload.len()).sum())?;
+                    }
                     let edges: Vec<(String, QuarantineEntry)> =
                         entries.into_iter().map(|e| (e.id.to_string(), e)).collect();
                     let page_info = PageInfoData {

@@ -9,6 +9,11 @@
 //! its page size. Fragments are expanded (each costed once and memoised,
 //! so a fragment bomb stays cheap to estimate; cycles count as 0 here and
 //! are refused by validation).
+//!
+//! Raw payloads count by their size: inside `quarantine`, `payload` and
+//! `payloadBase64` cost [`PAYLOAD_COST`] each (a quarantined payload is
+//! up to 64 KiB, kept whole), so a page of a thousand payloads is refused
+//! before it is read, while a page of their reasons is not.
 
 use std::collections::HashMap;
 
@@ -16,6 +21,15 @@ use async_graphql::parser::types::{ExecutableDocument, Field, Selection, Selecti
 use async_graphql::{Name, Value, Variables};
 
 use super::limits::{DEFAULT_PAGE, MAX_PAGE};
+
+/// What one raw payload field costs: a quarantined payload is kept up to
+/// 64 KiB, i.e. about as many bytes as 64 ordinary values of a KiB.
+pub(crate) const PAYLOAD_COST: u64 = 64;
+
+/// Fields that return a raw payload (inside `quarantine`).
+fn is_payload(name: &str) -> bool {
+    matches!(name, "payload" | "payloadBase64")
+}
 
 /// Paged fields that default to a page of [`DEFAULT_PAGE`].
 fn pages_by_default(name: &str) -> bool {
@@ -50,32 +64,44 @@ fn page_of(field: &Field, variables: &Variables) -> u64 {
 struct Estimator<'d> {
     doc: &'d ExecutableDocument,
     variables: &'d Variables,
-    /// Fragment → its cost; `None` while it is being costed (a cycle).
-    fragments: HashMap<&'d Name, Option<u64>>,
+    /// (Fragment, inside `quarantine`) → its cost; `None` while it is
+    /// being costed (a cycle).
+    fragments: HashMap<(&'d Name, bool), Option<u64>>,
 }
 
 impl<'d> Estimator<'d> {
-    fn selection_set(&mut self, set: &'d SelectionSet) -> u64 {
+    /// `quarantine`: the set is inside a `quarantine` field, where raw
+    /// payloads are selected.
+    fn selection_set(&mut self, set: &'d SelectionSet, quarantine: bool) -> u64 {
         let mut cost = 0u64;
         for selection in &set.items {
             let one = match &selection.node {
                 Selection::Field(field) => {
                     let field = &field.node;
-                    let inner = self.selection_set(&field.selection_set.node);
-                    1u64.saturating_add(inner.saturating_mul(page_of(field, self.variables)))
+                    let name = field.name.node.as_str();
+                    let inside = quarantine || name == "quarantine";
+                    let inner = self.selection_set(&field.selection_set.node, inside);
+                    let own = if quarantine && is_payload(name) {
+                        PAYLOAD_COST
+                    } else {
+                        1
+                    };
+                    own.saturating_add(inner.saturating_mul(page_of(field, self.variables)))
                 }
                 Selection::InlineFragment(fragment) => {
-                    self.selection_set(&fragment.node.selection_set.node)
+                    self.selection_set(&fragment.node.selection_set.node, quarantine)
                 }
-                Selection::FragmentSpread(spread) => self.fragment(&spread.node.fragment_name.node),
+                Selection::FragmentSpread(spread) => {
+                    self.fragment(&spread.node.fragment_name.node, quarantine)
+                }
             };
             cost = cost.saturating_add(one);
         }
         cost
     }
 
-    fn fragment(&mut self, name: &'d Name) -> u64 {
-        match self.fragments.get(name) {
+    fn fragment(&mut self, name: &'d Name, quarantine: bool) -> u64 {
+        match self.fragments.get(&(name, quarantine)) {
             Some(Some(cost)) => return *cost,
             Some(None) => return 0,
             None => {}
@@ -83,9 +109,9 @@ impl<'d> Estimator<'d> {
         let Some(fragment) = self.doc.fragments.get(name) else {
             return 0;
         };
-        self.fragments.insert(name, None);
-        let cost = self.selection_set(&fragment.node.selection_set.node);
-        self.fragments.insert(name, Some(cost));
+        self.fragments.insert((name, quarantine), None);
+        let cost = self.selection_set(&fragment.node.selection_set.node, quarantine);
+        self.fragments.insert((name, quarantine), Some(cost));
         cost
     }
 }
@@ -99,7 +125,7 @@ pub(crate) fn estimate(doc: &ExecutableDocument, variables: &Variables) -> u64 {
     };
     doc.operations
         .iter()
-        .map(|(_, op)| estimator.selection_set(&op.node.selection_set.node))
+        .map(|(_, op)| estimator.selection_set(&op.node.selection_set.node, false))
         .max()
         .unwrap_or(0)
 }
@@ -131,6 +157,29 @@ mod tests {
         .expect("parses");
         let vars = Variables::from_json(serde_json::json!({ "n": 7 }));
         assert_eq!(estimate(&doc, &vars), 1 + 7 * 2);
+    }
+
+    #[test]
+    fn raw_payloads_cost_their_size_inside_the_quarantine_only() {
+        let page = "quarantine(product: \"p\", first: 1000) { edges { node { reasons payload } } }";
+        assert_eq!(
+            cost(&format!("{{ {page} }}")),
+            1 + 1000 * (1 + (1 + 1 + PAYLOAD_COST))
+        );
+        assert!(cost(&format!("{{ {page} }}")) > super::super::limits::MAX_COST);
+        assert_eq!(
+            cost("{ quarantine(product: \"p\", first: 1000) { edges { node { reasons } } } }"),
+            1 + 1000 * (1 + (1 + 1))
+        );
+        // A product field that happens to be called `payload` is a value.
+        assert_eq!(
+            cost("{ itemConnection(first: 10) { nodes { payload } } }"),
+            1 + 10 * 2
+        );
+        assert_eq!(
+            cost("{ quarantine(product: \"p\", first: 10) { ...E } } fragment E on QuarantineConnection { edges { node { payloadBase64 } } }"),
+            1 + 10 * (1 + (1 + PAYLOAD_COST))
+        );
     }
 
     #[test]

@@ -25,7 +25,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tracing::{info_span, Instrument};
 
+use super::budget::{self, identity_key, ConnectionSlots, ResponseBudget};
 use super::limits::{self, MAX_BODY_BYTES};
+use futures_util::StreamExt;
 use crate::api::ApiState;
 use crate::policy::access::{Caller, Identity};
 use crate::policy::auth::{self, AuthFailure};
@@ -155,6 +157,24 @@ async fn execute(
         role = %identity.role,
         prepared = tracing::field::Empty,
     );
+    let budgets = state.graphql.runtime.budgets.clone();
+    let Some(permit) = budgets.query_slot(&identity_key(&identity)).await else {
+        let limits = budgets.limits();
+        let mut refused = refuse(
+            &state,
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOO_MANY_CONCURRENT_QUERIES",
+            format!(
+                "this caller already runs {} queries (api.max_concurrent_queries) and none ended within {:?} (api.queue_timeout); retry when one has ended",
+                limits.max_concurrent_queries, limits.queue_timeout
+            ),
+        );
+        refused
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return refused;
+    };
+    let max_bytes = budgets.limits().max_response_bytes;
     let caller = Caller::new(
         identity,
         state.graphql.runtime.secret.clone(),
@@ -162,10 +182,64 @@ async fn execute(
     );
     let response = state
         .graphql
-        .execute(request, caller)
+        .execute(request.data(ResponseBudget::new(max_bytes)), caller)
         .instrument(span)
         .await;
-    ([(header::CONTENT_TYPE, "application/json")], Json(response)).into_response()
+    let body = match capped_json(&response, max_bytes) {
+        Some(body) => body,
+        None => {
+            budgets.responses_too_large.fetch_add(1, Ordering::Relaxed);
+            let err = budget::too_large(max_bytes).into_server_error(Default::default());
+            let refused = async_graphql::Response::from_errors(vec![err]);
+            serde_json::to_vec(&refused).unwrap_or_default()
+        }
+    };
+    let content_type = [(header::CONTENT_TYPE, "application/json")];
+    if body.len() <= STREAMED_FROM_BYTES {
+        return (content_type, body).into_response();
+    }
+    // The query's slot is held until the body has been written (or the
+    // client went away): see `budget.rs`.
+    let chunks: Vec<Result<Bytes, std::convert::Infallible>> = body
+        .chunks(STREAMED_FROM_BYTES)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let stream = futures_util::stream::iter(chunks).map(move |chunk| {
+        let _held = &permit;
+        chunk
+    });
+    (content_type, axum::body::Body::from_stream(stream)).into_response()
+}
+
+/// Responses up to this size are sent whole; larger ones in chunks of
+/// it, holding the query's slot until sent.
+const STREAMED_FROM_BYTES: usize = 64 * 1024;
+
+/// `response` as JSON, or `None` when it would be over `max` bytes (the
+/// serialisation stops there: nothing larger is ever built).
+fn capped_json(response: &async_graphql::Response, max: usize) -> Option<Vec<u8>> {
+    struct Capped {
+        bytes: Vec<u8>,
+        max: usize,
+    }
+    impl std::io::Write for Capped {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.bytes.len() + buf.len() > self.max {
+                return Err(std::io::Error::other("over the response budget"));
+            }
+            self.bytes.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut out = Capped {
+        bytes: Vec::new(),
+        max,
+    };
+    serde_json::to_writer(&mut out, response).ok()?;
+    Some(out.bytes)
 }
 
 async fn websocket(
@@ -223,6 +297,7 @@ async fn websocket(
                                         )
                                     })?;
                             let mut caller = Caller::new(identity, secret, denials);
+                            let slots = Arc::new(ConnectionSlots::default());
                             // Subscriptions outlive requests: they re-check
                             // the token, so revoking it ends them.
                             if let Some(token) = token {
@@ -232,6 +307,7 @@ async fn websocket(
                             }
                             let mut data = async_graphql::Data::default();
                             data.insert(caller);
+                            data.insert(slots);
                             Ok(data)
                         })
                         .serve() => {}

@@ -15,7 +15,8 @@
 //! `mutation`, `subscription` and `catalog` define; `names` derives and
 //! checks the generated names; `values` maps field types and values;
 //! `filter`, `order` and `paging` are the pure core of connections;
-//! `limits` and `cost` keep hostile requests out; `runtime` is what resolvers share
+//! `limits` and `cost` keep hostile requests out, `budget` keeps one
+//! caller from taking the node; `runtime` is what resolvers share
 //! across reloads; `reload` swaps the schema; `http` is the axum surface.
 //!
 //! Policies: the HTTP layer puts the caller's [`crate::policy::access::Caller`]
@@ -23,6 +24,7 @@
 //! product (`schema::view`) and goes through that view — rights, row
 //! filter, masks — before anything leaves.
 
+mod budget;
 mod catalog;
 mod connection;
 mod cost;
@@ -73,6 +75,14 @@ pub fn erase_mutation_name(product: &str) -> String {
     names::ProductNames::new(product).erase
 }
 
+/// How the GraphQL API is served: GraphiQL on or off, and the budgets of
+/// its callers (`[api]`).
+#[derive(Clone, Debug, Default)]
+pub struct GraphqlSettings {
+    pub graphiql: bool,
+    pub limits: crate::config::ApiLimits,
+}
+
 /// The GraphQL side of the API state: the live schema and what its
 /// resolvers share. Cheap to clone.
 #[derive(Clone)]
@@ -91,7 +101,7 @@ impl GraphqlApi {
         products: Arc<ProductSet>,
         ingestor: Ingestor,
         secret: crate::policy::masking::MaskSecret,
-        graphiql: bool,
+        settings: GraphqlSettings,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
         sync: Option<std::sync::Arc<crate::sync::SyncHandle>>,
@@ -104,6 +114,7 @@ impl GraphqlApi {
             freshness: Default::default(),
             status: Default::default(),
             metrics: Default::default(),
+            budgets: Arc::new(budget::Budgets::new(settings.limits)),
             shutdown,
         };
         let generation = schema::build_generation(&products, runtime.clone())?;
@@ -112,7 +123,7 @@ impl GraphqlApi {
         Ok(GraphqlApi {
             handle: SchemaHandle::new(generation),
             runtime,
-            graphiql,
+            graphiql: settings.graphiql,
         })
     }
 
@@ -193,6 +204,7 @@ impl GraphqlApi {
         self.runtime
             .metrics
             .render_prometheus(self.runtime.usage.open_subscriptions(), out);
+        self.runtime.budgets.render_prometheus(out);
     }
 }
 

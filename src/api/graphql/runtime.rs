@@ -24,6 +24,8 @@ pub(crate) struct Runtime {
     pub freshness: Arc<Freshness>,
     pub status: Arc<SchemaStatus>,
     pub metrics: Arc<GraphqlMetrics>,
+    /// Per-identity budgets and the response byte cap (`[api]`).
+    pub budgets: Arc<super::budget::Budgets>,
     /// Cancelled at shutdown: open subscriptions end.
     pub shutdown: CancellationToken,
     /// Upstream sync status, for `syncStatus` and `nodes`.

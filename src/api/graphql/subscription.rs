@@ -27,6 +27,7 @@ use async_graphql::dynamic::{
 use async_graphql::{ErrorExtensions, Value as Gql};
 use tokio::sync::broadcast::error::RecvError;
 
+use super::budget::{identity_key, ConnectionSlots, SubscriptionSlot};
 use super::filter::{self, Filter};
 use super::runtime::SubscriptionGuard;
 use super::schema::{caller, getter, ready, require, runtime, view, ProductApi};
@@ -85,6 +86,8 @@ struct Feed {
     pending: VecDeque<Change>,
     shutdown: tokio_util::sync::CancellationToken,
     _open: SubscriptionGuard,
+    /// Counted against the connection's and the caller's caps.
+    _slot: SubscriptionSlot,
 }
 
 /// `<product>Changes(filter: <Product>Filter): <Product>Change!`.
@@ -96,7 +99,16 @@ pub(crate) fn changes_field(api: &Arc<ProductApi>) -> SubscriptionField {
             let runtime = runtime(&ctx)?;
             let view = view(&ctx, &api)?;
             require(&ctx, &view, view.subscribe, "subscribe to")?;
-            let still_valid = caller(&ctx)?.still_valid();
+            let caller = caller(&ctx)?;
+            let still_valid = caller.still_valid();
+            let connection = ctx
+                .ctx
+                .data_opt::<Arc<ConnectionSlots>>()
+                .cloned()
+                .unwrap_or_default();
+            let slot = runtime
+                .budgets
+                .subscription_slot(&identity_key(&caller.identity), &connection)?;
             let filter = match ctx.args.get("filter") {
                 Some(value) if !value.is_null() => filter::parse(&api.types, value.as_value())
                     .map_err(|e| async_graphql::Error::new(format!("`filter`: {e}")))?,
@@ -117,6 +129,7 @@ pub(crate) fn changes_field(api: &Arc<ProductApi>) -> SubscriptionField {
                 pending: VecDeque::new(),
                 shutdown: runtime.shutdown.clone(),
                 _open: runtime.usage.subscribe(api.name()),
+                _slot: slot,
             };
             Ok(futures_util::stream::unfold(feed, next_change))
         })
