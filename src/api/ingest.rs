@@ -310,9 +310,7 @@ async fn list_quarantine(
     let budgets = &state.graphql.runtime.budgets;
     match listed {
         Ok(Ok((_, listed))) if listed.entries.is_empty() && listed.byte_limited => {
-            budgets
-                .responses_too_large
-                .fetch_add(1, Ordering::Relaxed);
+            budgets.responses_too_large.fetch_add(1, Ordering::Relaxed);
             error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the next quarantine entry alone is over the response limit of {max_bytes} bytes (api.max_response_bytes)"),
@@ -320,9 +318,7 @@ async fn list_quarantine(
         }
         Ok(Ok((total, listed))) => {
             if listed.byte_limited {
-                budgets
-                    .responses_too_large
-                    .fetch_add(1, Ordering::Relaxed);
+                budgets.responses_too_large.fetch_add(1, Ordering::Relaxed);
             }
             Json(json!({
                 "total": total,

@@ -227,6 +227,23 @@ impl Subscriber {
         subscriber
     }
 
+    /// Starts one more subscription on this connection under `id`
+    /// (graphql-transport-ws `subscribe`, legacy `start`).
+    pub async fn subscribe_more(&mut self, id: &str, query: &str) {
+        let start = match self.protocol {
+            Protocol::TransportWs => "subscribe",
+            Protocol::LegacyWs => "start",
+        };
+        self.send(json!({ "id": id, "type": start, "payload": { "query": query } }))
+            .await;
+    }
+
+    /// The next protocol message of any subscription on this connection
+    /// (keep-alives answered and skipped).
+    pub async fn message(&mut self, deadline: Duration) -> Value {
+        self.next_message(deadline).await
+    }
+
     async fn send(&mut self, message: Value) {
         self.socket
             .send(Message::text(message.to_string()))

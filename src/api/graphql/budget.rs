@@ -109,10 +109,7 @@ impl Budgets {
     ) -> Result<SubscriptionSlot, async_graphql::Error> {
         let per_connection = self.limits.max_subscriptions_per_connection;
         let per_identity = self.limits.max_subscriptions_per_identity;
-        let mut open = self
-            .subscriptions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut open = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
         let on_connection = connection.open.load(Ordering::Relaxed);
         let of_identity = open.get(identity).copied().unwrap_or(0);
         let refusal = if on_connection >= per_connection {
@@ -141,10 +138,7 @@ impl Budgets {
     }
 
     fn release_subscription(&self, identity: &str) {
-        let mut open = self
-            .subscriptions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut open = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = open.get_mut(identity) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -282,7 +276,10 @@ mod tests {
         let one = budgets.query_slot("anonymous").await.expect("1st");
         let _two = budgets.query_slot("anonymous").await.expect("2nd");
         assert!(budgets.query_slot("anonymous").await.is_none());
-        assert!(budgets.query_slot("token:t").await.is_some(), "another identity");
+        assert!(
+            budgets.query_slot("token:t").await.is_some(),
+            "another identity"
+        );
         drop(one);
         assert!(budgets.query_slot("anonymous").await.is_some());
         assert_eq!(budgets.refused_queries.load(Ordering::Relaxed), 1);

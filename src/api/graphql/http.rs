@@ -27,10 +27,10 @@ use tracing::{info_span, Instrument};
 
 use super::budget::{self, identity_key, ConnectionSlots, ResponseBudget};
 use super::limits::{self, MAX_BODY_BYTES};
-use futures_util::StreamExt;
 use crate::api::ApiState;
 use crate::policy::access::{Caller, Identity};
 use crate::policy::auth::{self, AuthFailure};
+use futures_util::StreamExt;
 
 pub(crate) fn routes() -> Router<ApiState> {
     Router::new()
