@@ -252,6 +252,16 @@ async fn concurrent_queries_are_budgeted_per_identity() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(code(&refused["errors"]), "TOO_MANY_CONCURRENT_QUERIES");
+    // The WebSocket is no way around the budget: a query sent there by
+    // the same identity is refused too.
+    let mut socket = Subscriber::start(&node, Protocol::TransportWs, small, json!({})).await;
+    let answer = socket.next_or_error(DEADLINE).await;
+    let errors = if answer.is_array() {
+        &answer
+    } else {
+        &answer["errors"]
+    };
+    assert_eq!(code(errors), "TOO_MANY_CONCURRENT_QUERIES", "{answer}");
     // Another identity has its own budget.
     let (status, body) = anonymous.with_token(&token).post(small, json!({})).await;
     assert_eq!(status, 200, "{body}");

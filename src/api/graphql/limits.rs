@@ -18,17 +18,19 @@
 //! Each refusal is a GraphQL error whose message names the limit and whose
 //! `extensions.code` says which one, so clients can tell them apart.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextRequest, NextValidation,
 };
-use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
+use async_graphql::parser::types::{ExecutableDocument, OperationType, Selection, SelectionSet};
 use async_graphql::{Response, ServerError, ServerResult, ValidationResult, Variables};
 
+use super::budget::{identity_key, ConnectionSlots};
 use super::parse_cache::ParseCache;
 use super::runtime::Runtime;
+use crate::policy::access::Caller;
 
 pub(crate) const MAX_BODY_BYTES: usize = 256 * 1024;
 pub(crate) const MAX_QUERY_BYTES: usize = 64 * 1024;
@@ -186,12 +188,56 @@ impl ExtensionFactory for Limits {
     fn create(&self) -> Arc<dyn Extension> {
         Arc::new(LimitsExtension {
             parsed: Arc::clone(&self.parsed),
+            slot: Mutex::new(None),
         })
     }
 }
 
+/// One per request (async-graphql creates extensions per request).
 struct LimitsExtension {
     parsed: Arc<ParseCache>,
+    /// The caller's query slot of a query or mutation sent over the
+    /// WebSocket, held until the request (and so this extension) ends.
+    /// Over HTTP the handler holds the slot (see `budget.rs`).
+    slot: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+}
+
+impl LimitsExtension {
+    /// A query or mutation over a WebSocket takes a query slot of its
+    /// caller like one over HTTP: the socket is no way around the budget.
+    async fn take_slot_on_websocket(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        doc: &ExecutableDocument,
+    ) -> Result<(), ServerError> {
+        let over_websocket = ctx.data_opt::<Arc<ConnectionSlots>>().is_some();
+        let runs_now = doc
+            .operations
+            .iter()
+            .any(|(_, op)| op.node.ty != OperationType::Subscription);
+        if !over_websocket || !runs_now {
+            return Ok(());
+        }
+        let (Some(runtime), Some(caller)) = (ctx.data_opt::<Runtime>(), ctx.data_opt::<Caller>())
+        else {
+            return Ok(());
+        };
+        let budgets = &runtime.budgets;
+        match budgets.query_slot(&identity_key(&caller.identity)).await {
+            Some(permit) => {
+                *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(permit);
+                Ok(())
+            }
+            None => Err(error(
+                "TOO_MANY_CONCURRENT_QUERIES",
+                format!(
+                    "this caller already runs {} queries (api.max_concurrent_queries) and none ended within {:?} (api.queue_timeout); retry when one has ended",
+                    budgets.limits().max_concurrent_queries,
+                    budgets.limits().queue_timeout
+                ),
+            )),
+        }
+    }
 }
 
 #[async_graphql::async_trait::async_trait]
@@ -224,6 +270,7 @@ impl Extension for LimitsExtension {
             }
         };
         check_document(&doc, variables)?;
+        self.take_slot_on_websocket(ctx, &doc).await?;
         Ok(doc)
     }
 
