@@ -14,6 +14,8 @@
 //! | cost (fields × page sizes, see `cost.rs`) | [`MAX_COST`] | after parsing |
 //! | `first` / `last` | [`MAX_PAGE`] | in the resolver |
 //! | batching | off | HTTP: a JSON array is refused |
+//! | raw payload bytes read, response bytes | `api.max_response_bytes` | in the resolver, after execution (`budget.rs`) |
+//! | queries at once per identity | `api.max_concurrent_queries` | before execution, HTTP and WebSocket (`budget.rs`) |
 //!
 //! Each refusal is a GraphQL error whose message names the limit and whose
 //! `extensions.code` says which one, so clients can tell them apart.
