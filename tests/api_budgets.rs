@@ -82,7 +82,10 @@ fn code(errors: &Value) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_stop_at_the_byte_budget_and_payloads_count_in_the_cost() {
-    let dir = workdir(&[("note", NOTE)], "[api]\nmax_response_bytes = 1048576\n");
+    let dir = workdir(
+        &[("note", NOTE)],
+        "[api]\nmax_response_bytes = 1048576\n[ingest]\nmax_payload_bytes = 8388608\n",
+    );
     let node = start_node(dir.path());
     tokio::task::block_in_place(|| quarantine_payloads(&node, 40));
     let gql = Gql::new(&node);
@@ -178,10 +181,41 @@ async fn responses_stop_at_the_byte_budget_and_payloads_count_in_the_cost() {
         .data(&format!("{{ {} }}", page("q", 10, "reasons")), json!({}))
         .await;
     assert_eq!(data["q"]["edges"].as_array().map(Vec::len), Some(10));
+    // History: 30 past records of 60 KB are over the budget, 5 are not.
+    let body: String = (0..30)
+        .map(|i| {
+            format!(
+                "{{\"id\": \"h\", \"level\": {i}, \"text\": \"{}\"}}\n",
+                "h".repeat(60_000)
+            )
+        })
+        .collect();
+    let url = node.url("/ingest/note");
+    let (status, answer) = tokio::task::spawn_blocking(move || {
+        http_post(&url, "application/x-ndjson", body.into_bytes())
+    })
+    .await
+    .expect("push");
+    assert_eq!(status, 200, "{answer}");
+    let history = |first: usize| {
+        format!("{{ note(id: \"h\") {{ history(first: {first}) {{ nodes {{ values {{ level text }} }} }} }} }}")
+    };
+    let (_, body) = gql.post(&history(30), json!({})).await;
+    assert_eq!(
+        code(&body["errors"]),
+        "RESPONSE_TOO_LARGE",
+        "{}",
+        short(&body)
+    );
+    let data = gql.data(&history(5), json!({})).await;
+    assert_eq!(
+        data["note"]["history"]["nodes"].as_array().map(Vec::len),
+        Some(5)
+    );
     assert_eq!(
         gql.metric("meshlet_api_refused_total{reason=\"response_too_large\"}")
             .await
-            .map(|n| n >= 3.0),
+            .map(|n| n >= 4.0),
         Some(true)
     );
 }

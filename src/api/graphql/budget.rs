@@ -17,7 +17,8 @@
 //!   identity; one over either cap is refused with a GraphQL error
 //!   (`TOO_MANY_SUBSCRIPTIONS`) while the others go on.
 //! - Response bytes: [`ResponseBudget`] is charged by resolvers that load
-//!   raw payloads (the quarantine), before the response is built, and the
+//!   bulk data (quarantined payloads, history events), before the
+//!   response is built, and the
 //!   serialised response is capped at `max_response_bytes` in the HTTP
 //!   handler (`RESPONSE_TOO_LARGE`).
 //!
@@ -197,13 +198,25 @@ impl Drop for SubscriptionSlot {
 pub(crate) struct ResponseBudget {
     remaining: AtomicUsize,
     max: usize,
+    /// Counts the request once when a charge is first refused.
+    budgets: Option<Arc<Budgets>>,
+    refused: std::sync::atomic::AtomicBool,
 }
 
 impl ResponseBudget {
+    /// `max_response_bytes` of `budgets`, refusals counted there.
+    pub(crate) fn of(budgets: &Arc<Budgets>) -> ResponseBudget {
+        let mut budget = ResponseBudget::new(budgets.limits.max_response_bytes);
+        budget.budgets = Some(budgets.clone());
+        budget
+    }
+
     pub(crate) fn new(max: usize) -> ResponseBudget {
         ResponseBudget {
             remaining: AtomicUsize::new(max),
             max,
+            budgets: None,
+            refused: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -215,8 +228,47 @@ impl ResponseBudget {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
                 left.checked_sub(bytes)
             });
+        if taken.is_err() && !self.refused.swap(true, Ordering::Relaxed) {
+            if let Some(budgets) = &self.budgets {
+                budgets.responses_too_large.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         taken.map(|_| ()).map_err(|_| too_large(self.max))
     }
+}
+
+/// About the bytes `fields` take in an answer: names and string values
+/// by length, JSON values as written, other values a few bytes each.
+pub(crate) fn fields_bytes(fields: &crate::record::Fields) -> usize {
+    use crate::record::Value;
+    fields
+        .iter()
+        .map(|(name, value)| {
+            name.len()
+                + match value {
+                    Value::String(text) => text.len(),
+                    Value::Json(json) => json_len(json),
+                    _ => 8,
+                }
+        })
+        .sum()
+}
+
+/// The length of `value` as JSON, without building it.
+fn json_len(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// The GraphQL error of a response over `max` bytes.

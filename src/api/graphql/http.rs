@@ -182,7 +182,7 @@ async fn execute(
     );
     let response = state
         .graphql
-        .execute(request.data(ResponseBudget::new(max_bytes)), caller)
+        .execute(request.data(ResponseBudget::of(&budgets)), caller)
         .instrument(span)
         .await;
     let body = match capped_json(&response, max_bytes) {

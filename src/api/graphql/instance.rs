@@ -11,6 +11,7 @@ use async_graphql::dynamic::{
 };
 use async_graphql::Value as Gql;
 
+use super::budget::{fields_bytes, ResponseBudget};
 use super::limits;
 use super::schema::{
     blocking, getter, non_null, opt_string, opt_time, page_size, ready, require, runtime, view,
@@ -412,6 +413,11 @@ fn history_field(api: &Arc<ProductApi>) -> Field {
             .await?;
             let has_next = events.len() > first;
             events.truncate(first);
+            // Past records may carry large values: charged to the
+            // request's byte budget before the answer is built.
+            if let Some(budget) = ctx.ctx.data_opt::<ResponseBudget>() {
+                budget.charge(events.iter().map(|e| fields_bytes(&e.fields)).sum())?;
+            }
             let edges: Vec<(String, HistoryEvent)> = events
                 .into_iter()
                 .map(|mut e| {
