@@ -449,7 +449,7 @@ fn http_push_through_kills_loses_no_acknowledged_batch_and_retries_are_not_doubl
 fn http_push_with_idempotency_keys_through_kills_is_applied_exactly_once() {
     let dir = setup("");
     let devices = vec!["u0".to_string(), "u1".to_string()];
-    let batches = 150i64;
+    let batches = 300i64;
     let per_batch = 100i64;
     let http = Arc::new(std::sync::Mutex::new(None::<String>));
     let busy = Arc::new(AtomicBool::new(true));
@@ -496,7 +496,7 @@ fn http_push_with_idempotency_keys_through_kills_is_applied_exactly_once() {
     let mut node = start(dir.path());
     *http.lock().expect("lock") = Some(node.url("/ingest/untimed"));
     let mut kills = 0;
-    for _ in 0..8 {
+    for _ in 0..16 {
         std::thread::sleep(Duration::from_millis(rng.random_range(100..500)));
         if !busy.load(Ordering::SeqCst) {
             break;
