@@ -505,9 +505,12 @@ pub struct ApiLimits {
     /// is replaced by a `RESPONSE_TOO_LARGE` error, a quarantine listing
     /// stops at it with a cursor to the next page. Default 16 MiB.
     pub max_response_bytes: usize,
-    /// GraphQL queries and mutations one identity runs at once (at least
-    /// 1). A response counts until it has been written to the client.
-    /// Default 4.
+    /// GraphQL queries and mutations one identity runs at once; a
+    /// response counts until it has been written to the client. 0 (the
+    /// default): half the CPU cores, at least 1 — so one identity's heavy
+    /// queries always leave cores to the others (a slot is a core busy
+    /// executing or serialising; more slots than cores only queue inside
+    /// the runtime, ahead of everyone else's queries).
     pub max_concurrent_queries: usize,
     /// How long a query waits for one of its identity's slots before it is
     /// refused with 429 (`TOO_MANY_CONCURRENT_QUERIES`). Default 2s.
@@ -520,11 +523,25 @@ pub struct ApiLimits {
     pub max_subscriptions_per_identity: usize,
 }
 
+impl ApiLimits {
+    /// The query slots of one identity: `max_concurrent_queries`, or half
+    /// the CPU cores (at least 1) when it is 0.
+    pub fn concurrent_queries(&self) -> usize {
+        match self.max_concurrent_queries {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get() / 2)
+                .unwrap_or(1)
+                .max(1),
+            n => n,
+        }
+    }
+}
+
 impl Default for ApiLimits {
     fn default() -> Self {
         ApiLimits {
             max_response_bytes: 16 << 20,
-            max_concurrent_queries: 4,
+            max_concurrent_queries: 0,
             queue_timeout: Duration::from_secs(2),
             max_subscriptions_per_connection: 100,
             max_subscriptions_per_identity: 1_000,

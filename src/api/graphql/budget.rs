@@ -8,7 +8,8 @@
 //! WebSocket can hold thousands of subscriptions. An identity is a token,
 //! a client certificate, or all anonymous callers together.
 //!
-//! - Queries: a semaphore of `max_concurrent_queries` permits per
+//! - Queries: a semaphore of `max_concurrent_queries` permits (default
+//!   half the cores) per
 //!   identity. A query waits at most `queue_timeout` for a permit, then is
 //!   refused (HTTP 429, `TOO_MANY_CONCURRENT_QUERIES`). The permit is held
 //!   until the response has been written to the client, so a client that
@@ -80,14 +81,12 @@ impl Budgets {
         let semaphore = {
             let mut queries = self.queries.lock().unwrap_or_else(|p| p.into_inner());
             if queries.len() >= IDLE_IDENTITIES_KEPT {
-                let full = self.limits.max_concurrent_queries.max(1);
+                let full = self.limits.concurrent_queries();
                 queries.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < full);
             }
             queries
                 .entry(identity.to_string())
-                .or_insert_with(|| {
-                    Arc::new(Semaphore::new(self.limits.max_concurrent_queries.max(1)))
-                })
+                .or_insert_with(|| Arc::new(Semaphore::new(self.limits.concurrent_queries())))
                 .clone()
         };
         let slot = tokio::time::timeout(self.limits.queue_timeout, semaphore.acquire_owned()).await;

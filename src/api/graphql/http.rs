@@ -166,7 +166,7 @@ async fn execute(
             "TOO_MANY_CONCURRENT_QUERIES",
             format!(
                 "this caller already runs {} queries (api.max_concurrent_queries) and none ended within {:?} (api.queue_timeout); retry when one has ended",
-                limits.max_concurrent_queries, limits.queue_timeout
+                limits.concurrent_queries(), limits.queue_timeout
             ),
         );
         refused

@@ -234,7 +234,7 @@ impl LimitsExtension {
                 "TOO_MANY_CONCURRENT_QUERIES",
                 format!(
                     "this caller already runs {} queries (api.max_concurrent_queries) and none ended within {:?} (api.queue_timeout); retry when one has ended",
-                    budgets.limits().max_concurrent_queries,
+                    budgets.limits().concurrent_queries(),
                     budgets.limits().queue_timeout
                 ),
             )),
