@@ -14,6 +14,9 @@
 //!   refused (HTTP 429, `TOO_MANY_CONCURRENT_QUERIES`). The permit is held
 //!   until the response has been written to the client, so a client that
 //!   does not read its (large) answers cannot start more work meanwhile.
+//!   Queries answered from a prepared plan (key lookups of a known shape,
+//!   `prepared.rs`) take no slot: they are a bounded handful of reads.
+//!   Queries and mutations sent over a WebSocket take one like any other.
 //! - Subscriptions: counted per WebSocket ([`ConnectionSlots`]) and per
 //!   identity; one over either cap is refused with a GraphQL error
 //!   (`TOO_MANY_SUBSCRIPTIONS`) while the others go on.

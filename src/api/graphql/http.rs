@@ -25,8 +25,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tracing::{info_span, Instrument};
 
-use super::budget::{self, identity_key, ConnectionSlots, ResponseBudget};
+use super::budget::{self, ConnectionSlots};
 use super::limits::{self, MAX_BODY_BYTES};
+use super::Busy;
 use crate::api::ApiState;
 use crate::policy::access::{Caller, Identity};
 use crate::policy::auth::{self, AuthFailure};
@@ -158,33 +159,37 @@ async fn execute(
         prepared = tracing::field::Empty,
     );
     let budgets = state.graphql.runtime.budgets.clone();
-    let Some(permit) = budgets.query_slot(&identity_key(&identity)).await else {
-        let limits = budgets.limits();
-        let mut refused = refuse(
-            &state,
-            StatusCode::TOO_MANY_REQUESTS,
-            "TOO_MANY_CONCURRENT_QUERIES",
-            format!(
-                "this caller already runs {} queries (api.max_concurrent_queries) and none ended within {:?} (api.queue_timeout); retry when one has ended",
-                limits.concurrent_queries(), limits.queue_timeout
-            ),
-        );
-        refused
-            .headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        return refused;
-    };
     let max_bytes = budgets.limits().max_response_bytes;
     let caller = Caller::new(
         identity,
         state.graphql.runtime.secret.clone(),
         state.auth.denials(),
     );
-    let response = state
+    let executed = state
         .graphql
-        .execute(request.data(ResponseBudget::of(&budgets)), caller)
+        .execute_budgeted(request, caller)
         .instrument(span)
         .await;
+    let (response, permit) = match executed {
+        Ok(answered) => answered,
+        Err(Busy) => {
+            let limits = budgets.limits();
+            let mut refused = refuse(
+                &state,
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOO_MANY_CONCURRENT_QUERIES",
+                format!(
+                    "this caller already runs {} queries (api.max_concurrent_queries) and none ended within {:?} (api.queue_timeout); retry when one has ended",
+                    limits.concurrent_queries(),
+                    limits.queue_timeout
+                ),
+            );
+            refused
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            return refused;
+        }
+    };
     let body = match capped_json(&response, max_bytes) {
         Some(body) => body,
         None => {
@@ -200,9 +205,10 @@ async fn execute(
     }
     // The query's slot is held until the body has been written (or the
     // client went away): see `budget.rs`.
-    let chunks: Vec<Result<Bytes, std::convert::Infallible>> = body
-        .chunks(STREAMED_FROM_BYTES)
-        .map(|c| Ok(Bytes::copy_from_slice(c)))
+    let body = Bytes::from(body);
+    let chunks: Vec<Result<Bytes, std::convert::Infallible>> = (0..body.len())
+        .step_by(STREAMED_FROM_BYTES)
+        .map(|start| Ok(body.slice(start..body.len().min(start + STREAMED_FROM_BYTES))))
         .collect();
     let stream = futures_util::stream::iter(chunks).map(move |chunk| {
         let _held = &permit;

@@ -152,9 +152,38 @@ impl GraphqlApi {
     /// shape. The HTTP handler and the benches call this.
     pub async fn execute(
         &self,
-        mut request: async_graphql::Request,
+        request: async_graphql::Request,
         caller: Caller,
     ) -> async_graphql::Response {
+        match self.run(request, caller, false).await {
+            Ok((response, _)) => response,
+            Err(Busy) => async_graphql::Response::from_errors(vec![limits::error(
+                "TOO_MANY_CONCURRENT_QUERIES",
+                "no query slot",
+            )]),
+        }
+    }
+
+    /// [`GraphqlApi::execute`] within the caller's budget (`budget.rs`):
+    /// a query the executor runs first takes one of the caller's query
+    /// slots, handed back with the answer so the caller holds it until
+    /// the answer is written; a prepared plan (key lookups, a bounded
+    /// handful of reads) needs none. [`Busy`] when no slot came
+    /// free within `api.queue_timeout` (nothing was executed).
+    pub(crate) async fn execute_budgeted(
+        &self,
+        request: async_graphql::Request,
+        caller: Caller,
+    ) -> Executed {
+        self.run(request, caller, true).await
+    }
+
+    async fn run(
+        &self,
+        mut request: async_graphql::Request,
+        caller: Caller,
+        budgeted: bool,
+    ) -> Executed {
         let started = Instant::now();
         let generation = self.handle.generation();
         let query = std::mem::take(&mut request.query);
@@ -172,15 +201,27 @@ impl GraphqlApi {
                 if let Some(response) = answer {
                     tracing::Span::current().record("prepared", true);
                     self.runtime.metrics.prepared(started.elapsed());
-                    return response;
+                    return Ok((response, None));
                 }
                 false
             }
             Attempt::Learn => true,
             Attempt::Execute => false,
         };
+        let slot = if budgeted {
+            let identity = budget::identity_key(&caller.identity);
+            match self.runtime.budgets.query_slot(&identity).await {
+                Some(slot) => Some(slot),
+                None => return Err(Busy),
+            }
+        } else {
+            None
+        };
         let learned_text = learn.then(|| query.clone());
         request.query = query;
+        if budgeted {
+            request = request.data(budget::ResponseBudget::of(&self.runtime.budgets));
+        }
         // Boxed: the executor's future is large, and inline it would make
         // every request's future (prepared ones too) that large to move.
         let response = Box::pin(generation.schema.execute(request.data(caller))).await;
@@ -191,7 +232,7 @@ impl GraphqlApi {
                 }
             }
         }
-        response
+        Ok((response, slot))
     }
 
     /// The live schema handle.
@@ -207,6 +248,21 @@ impl GraphqlApi {
         self.runtime.budgets.render_prometheus(out);
     }
 }
+
+/// What became of a budgeted request: the answer, and the caller's query
+/// slot when it took one (hold it until the answer is written); or
+/// [`Busy`] when no slot came free in time (nothing was executed).
+pub(crate) type Executed = Result<
+    (
+        async_graphql::Response,
+        Option<tokio::sync::OwnedSemaphorePermit>,
+    ),
+    Busy,
+>;
+
+/// No query slot of the caller came free within `api.queue_timeout`.
+#[derive(Debug)]
+pub(crate) struct Busy;
 
 /// Keeps each product's last update current from the change feed.
 async fn watch_freshness(runtime: Runtime) {
