@@ -194,9 +194,10 @@ impl Drop for SubscriptionSlot {
     }
 }
 
-/// Raw bytes one request may still load (quarantined payloads), charged
-/// as resolvers load them: aliases share it, so asking for the same
-/// payloads twice costs twice.
+/// Bytes one request may still read (quarantined payloads, history
+/// values), charged as resolvers read them: aliases share it (it is in
+/// the request's data as an `Arc`), so asking for the same payloads
+/// twice costs twice.
 pub(crate) struct ResponseBudget {
     remaining: AtomicUsize,
     max: usize,
@@ -236,6 +237,11 @@ impl ResponseBudget {
             }
         }
         taken.map(|_| ()).map_err(|_| too_large(self.max))
+    }
+
+    /// The error of a request whose reads went over this budget.
+    pub(crate) fn refusal(&self) -> async_graphql::Error {
+        too_large(self.max)
     }
 }
 

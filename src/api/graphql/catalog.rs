@@ -497,6 +497,10 @@ fn freshness_field() -> Field {
     })
 }
 
+/// Quarantine entries read per store call (each up to 64 KiB), charging
+/// the byte budget between calls.
+const QUARANTINE_READ_STEP: usize = 16;
+
 /// `products`, `product`, `quarantine` and `schemaStatus`.
 pub(crate) fn root_fields(products: &Arc<ProductSet>) -> Vec<Field> {
     let all = products.clone();
@@ -557,21 +561,44 @@ pub(crate) fn root_fields(products: &Arc<ProductSet>) -> Vec<Field> {
                         })
                         .transpose()?;
                     let store = runtime.store().clone();
-                    let (total, mut entries) = blocking(move || {
+                    // Raw payloads are the bulk of the answer: read a few
+                    // at a time, each charged to the request's byte budget
+                    // as it is read, so the reads of all aliases together
+                    // stop at the budget.
+                    let budget = ctx.ctx.data_opt::<Arc<ResponseBudget>>().cloned();
+                    let charged = budget.clone();
+                    let (total, mut entries, over_budget) = blocking(move || {
                         let total = store.quarantine_count(&name).map_err(|e| e.to_string())?;
-                        let entries = store
-                            .quarantine_list(&name, after, first.saturating_add(1))
-                            .map_err(|e| e.to_string())?;
-                        Ok((total, entries))
+                        let want = first.saturating_add(1);
+                        let mut cursor = after;
+                        let mut entries = Vec::new();
+                        while entries.len() < want {
+                            let step = QUARANTINE_READ_STEP.min(want - entries.len());
+                            let page = store
+                                .quarantine_list(&name, cursor, step)
+                                .map_err(|e| e.to_string())?;
+                            let last_page = page.len() < step;
+                            for entry in page {
+                                if let Some(budget) = &charged {
+                                    if budget.charge(entry.item.payload.len()).is_err() {
+                                        return Ok((total, entries, true));
+                                    }
+                                }
+                                cursor = Some(entry.id);
+                                entries.push(entry);
+                            }
+                            if last_page {
+                                break;
+                            }
+                        }
+                        Ok((total, entries, false))
                     })
                     .await?;
+                    if let (true, Some(budget)) = (over_budget, &budget) {
+                        return Err(budget.refusal());
+                    }
                     let has_next = entries.len() > first;
                     entries.truncate(first);
-                    // Raw payloads are the bulk of the answer: charged to
-                    // the request's byte budget before anything is built.
-                    if let Some(budget) = ctx.ctx.data_opt::<ResponseBudget>() {
-                        budget.charge(entries.iter().map(|e| e.item.payload.len()).sum())?;
-                    }
                     let edges: Vec<(String, QuarantineEntry)> =
                         entries.into_iter().map(|e| (e.id.to_string(), e)).collect();
                     let page_info = PageInfoData {

@@ -372,6 +372,10 @@ fn meta_field(api: &Arc<ProductApi>) -> Field {
     .description("Version, first and last seen, source, staleness.")
 }
 
+/// History events read per store call (a sealed chunk's worth by
+/// default), charging the byte budget between calls.
+const HISTORY_READ_STEP: usize = 256;
+
 fn history_field(api: &Arc<ProductApi>) -> Field {
     let api = api.clone();
     let connection = api.names.history_connection.clone();
@@ -402,22 +406,45 @@ fn history_field(api: &Arc<ProductApi>) -> Field {
             let product = api.name().to_string();
             let entity = instance.entity.clone();
             let visible = view.clone();
-            let mut events = blocking(move || {
+            // Past records may carry large values: read in steps, each
+            // event charged to the request's byte budget as it is read,
+            // so the reads of all aliases together stop at the budget.
+            let budget = ctx.ctx.data_opt::<Arc<ResponseBudget>>().cloned();
+            let charged = budget.clone();
+            let (mut events, over_budget) = blocking(move || {
                 if !shown(&store, &visible, &product, &entity)? {
-                    return Ok(Vec::new());
+                    return Ok((Vec::new(), false));
                 }
-                store
-                    .history(&product, &entity, &query)
-                    .map_err(|e| e.to_string())
+                let want = query.limit;
+                let mut step = query;
+                let mut events = Vec::new();
+                while events.len() < want {
+                    step.limit = HISTORY_READ_STEP.min(want - events.len());
+                    let page = store
+                        .history(&product, &entity, &step)
+                        .map_err(|e| e.to_string())?;
+                    let last_page = page.len() < step.limit;
+                    for event in page {
+                        if let Some(budget) = &charged {
+                            if budget.charge(fields_bytes(&event.fields)).is_err() {
+                                return Ok((events, true));
+                            }
+                        }
+                        step.after_version = Some(event.version);
+                        events.push(event);
+                    }
+                    if last_page {
+                        break;
+                    }
+                }
+                Ok((events, false))
             })
             .await?;
+            if let (true, Some(budget)) = (over_budget, &budget) {
+                return Err(budget.refusal());
+            }
             let has_next = events.len() > first;
             events.truncate(first);
-            // Past records may carry large values: charged to the
-            // request's byte budget before the answer is built.
-            if let Some(budget) = ctx.ctx.data_opt::<ResponseBudget>() {
-                budget.charge(events.iter().map(|e| fields_bytes(&e.fields)).sum())?;
-            }
             let edges: Vec<(String, HistoryEvent)> = events
                 .into_iter()
                 .map(|mut e| {

@@ -220,7 +220,7 @@ impl GraphqlApi {
         let learned_text = learn.then(|| query.clone());
         request.query = query;
         if budgeted {
-            request = request.data(budget::ResponseBudget::of(&self.runtime.budgets));
+            request = request.data(Arc::new(budget::ResponseBudget::of(&self.runtime.budgets)));
         }
         // Boxed: the executor's future is large, and inline it would make
         // every request's future (prepared ones too) that large to move.
