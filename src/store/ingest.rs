@@ -457,7 +457,11 @@ impl Store {
                     }
                 };
                 IngestOutcome {
-                    duplicates: changes.iter().filter(|c| c.is_none()).count(),
+                    // A refused resend's records are not duplicates.
+                    duplicates: match resend {
+                        Some(Resend::Conflict) => 0,
+                        _ => changes.iter().filter(|c| c.is_none()).count(),
+                    },
                     changes,
                     quarantined: batch.quarantine.len(),
                     quarantine_ids: new_ids.by_ref().take(batch.quarantine.len()).collect(),
