@@ -735,6 +735,25 @@ mod tests {
     }
 
     #[test]
+    fn receipts_round_trip_and_refuse_what_they_cannot_read() {
+        let receipt = Receipt {
+            request: u64::MAX,
+            accepted: 7,
+            duplicates: 2,
+        };
+        let value = encode_receipt(&receipt);
+        assert_eq!(decode_receipt(&value), Ok(receipt));
+        assert!(decode_receipt(&value[..24]).is_err());
+        assert!(decode_receipt(&[]).is_err());
+        let mut other = value.clone();
+        other[0] = 9;
+        assert!(decode_receipt(&other).is_err());
+        let fp = [7u8; 16];
+        assert_eq!(parse_receipt_key(&receipt_key(&fp)), Some(fp));
+        assert_eq!(parse_receipt_key(&group_key(3)), None);
+    }
+
+    #[test]
     fn duplicates_are_found_within_and_across_batches() {
         let mut mem = Mem::default();
         let plan = mem.batch(10, &[check(1), None, check(2), check(1)]);
