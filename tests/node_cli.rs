@@ -303,3 +303,61 @@ fn the_shipped_production_config_is_valid() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("hub config valid"));
 }
+
+/// `meshlet check` on something that is not a plain file: a named pipe
+/// (nobody writes to it: reading would block forever) and `/dev/zero`
+/// (never ends: reading it whole exhausts memory). Each is refused at
+/// once with a message naming the path; the child runs with a 1 GiB
+/// address-space limit and a deadline, so a regression fails the test
+/// instead of the machine.
+#[cfg(unix)]
+#[test]
+fn check_refuses_pipes_and_devices_without_reading_them() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("pipe.yaml");
+    let c_path = std::ffi::CString::new(fifo.to_str().expect("utf8 path")).expect("no NUL");
+    // SAFETY: a valid NUL-terminated path; mkfifo only reads it.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    let fifo_text = fifo.to_str().expect("utf8 path").to_string();
+    for (path, kind) in [
+        (fifo_text.as_str(), "a named pipe"),
+        ("/dev/zero", "a character device"),
+    ] {
+        let mut cmd = meshlet(dir.path());
+        cmd.args(["check", path])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between
+        // fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: 1 << 30,
+                    rlim_max: 1 << 30,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("meshlet runs");
+        let finished = eventually(Duration::from_secs(20), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        });
+        if !finished {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`meshlet check {path}` did not finish within 20 s");
+        }
+        let out = child.wait_with_output().expect("output");
+        assert_eq!(out.status.code(), Some(1), "{path}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("{path}:1:1: "))
+                && err.contains(&format!("not a regular file ({kind})")),
+            "{path}: {err}"
+        );
+    }
+}

@@ -144,23 +144,60 @@ fn definition_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
     Ok(files)
 }
 
-/// Reads a file as UTF-8, refusing oversized files before reading them
-/// whole.
+/// Reads a file as UTF-8. Only regular files are read (a FIFO would block
+/// forever, a device like `/dev/zero` never ends), and never more than
+/// [`super::yaml::MAX_DEFINITION_BYTES`] plus one byte, whatever the
+/// metadata says: a file that grows while read is still refused, not
+/// read until memory runs out.
 fn read_text(file: &Path) -> Result<String, Diagnostic> {
+    use std::io::Read;
     let limit = super::yaml::MAX_DEFINITION_BYTES as u64;
-    let len = std::fs::metadata(file)
-        .map_err(|e| file_error(file, format!("cannot read: {}", io_reason(&e))))?
-        .len();
-    if len > limit {
-        return Err(file_error(
+    let too_big = |len: u64| {
+        file_error(
             file,
             format!(
                 "file is {len} bytes: a product definition may be at most {limit} bytes (256 KiB)"
             ),
+        )
+    };
+    let meta = std::fs::metadata(file)
+        .map_err(|e| file_error(file, format!("cannot read: {}", io_reason(&e))))?;
+    if !meta.is_file() {
+        return Err(file_error(
+            file,
+            format!(
+                "not a regular file ({}): a product definition must be a plain file",
+                file_kind(&meta)
+            ),
         ));
     }
-    let bytes = std::fs::read(file)
+    if meta.len() > limit {
+        return Err(too_big(meta.len()));
+    }
+    let opened = std::fs::File::open(file)
         .map_err(|e| file_error(file, format!("cannot read: {}", io_reason(&e))))?;
+    // The file may have been swapped for something else since `metadata`:
+    // check what was opened, before reading from it.
+    let opened_meta = opened
+        .metadata()
+        .map_err(|e| file_error(file, format!("cannot read: {}", io_reason(&e))))?;
+    if !opened_meta.is_file() {
+        return Err(file_error(
+            file,
+            format!(
+                "not a regular file ({}): a product definition must be a plain file",
+                file_kind(&opened_meta)
+            ),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(opened_meta.len().min(limit)).unwrap_or(0));
+    opened
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| file_error(file, format!("cannot read: {}", io_reason(&e))))?;
+    if bytes.len() as u64 > limit {
+        return Err(too_big(bytes.len() as u64));
+    }
     String::from_utf8(bytes).map_err(|e| {
         let offset = e.utf8_error().valid_up_to();
         let before = &e.as_bytes()[..offset];
@@ -180,6 +217,31 @@ fn read_text(file: &Path) -> Result<String, Diagnostic> {
             message: format!("invalid utf-8 at byte {offset}: definitions must be utf-8 text"),
         }
     })
+}
+
+/// What kind of non-regular file `meta` describes, for the error.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    let ty = meta.file_type();
+    if ty.is_dir() {
+        return "a folder";
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if ty.is_fifo() {
+            return "a named pipe";
+        }
+        if ty.is_char_device() {
+            return "a character device";
+        }
+        if ty.is_block_device() {
+            return "a block device";
+        }
+        if ty.is_socket() {
+            return "a socket";
+        }
+    }
+    "not a plain file"
 }
 
 /// The OS error without Rust's " (os error 2)" suffix.
