@@ -289,6 +289,10 @@ fn erase(mut config: HubConfig, args: EraseArgs) -> ExitCode {
                 definition.key, config.http.listen
             )
         })?;
+        // The tombstone owed to each upstream is enqueued with the erasure,
+        // as on a running node: the next start sends it.
+        crate::sync::install_planner(&store, &std::sync::Arc::new(products.clone()))
+            .map_err(|e| format!("cannot plan the sync of the erasure: {e}"))?;
         let actor = args
             .actor
             .or_else(|| std::env::var("USER").ok())
@@ -460,6 +464,11 @@ fn quarantine(config: HubConfig, command: QuarantineCommand) -> ExitCode {
                 config.http.listen
             )
         })?;
+        let products = std::sync::Arc::new(products);
+        // Replayed records owe the upstreams what the same records written
+        // by a running node would: their outbox entries go with them.
+        crate::sync::install_planner(&store, &products)
+            .map_err(|e| format!("cannot plan the sync of replayed records: {e}"))?;
         match command {
             QuarantineCommand::List { product, after, limit } => {
                 if products.get(&product).is_none() {
@@ -497,7 +506,7 @@ fn quarantine(config: HubConfig, command: QuarantineCommand) -> ExitCode {
                 let shared_runtime = crate::ingest::priority::IngestRuntime::start(0)
                     .map_err(|e| e.to_string())?;
                 let ingestor = crate::ingest::Ingestor::new(
-                    std::sync::Arc::new(products),
+                    products.clone(),
                     store.clone(),
                     &config.ingest,
                     &tasks,

@@ -428,3 +428,136 @@ fn disk_budget_coalesces_first_then_drops_lowest_priority() {
         "the normal priority entries are all still pending"
     );
 }
+
+/// A lookup on `node` over GraphQL: the `data` member of the answer.
+fn graphql_data(node: &NodeProcess, query: &str) -> serde_json::Value {
+    let body = serde_json::json!({ "query": query }).to_string();
+    let (status, text) = http_post(&node.url("/graphql"), "application/json", body.into_bytes());
+    assert_eq!(status, 200, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert!(answer["errors"].is_null(), "{text}");
+    answer["data"].clone()
+}
+
+/// `meshlet erase` with the edge stopped enqueues the tombstone like the
+/// `eraseMachine` mutation does: the next start sends it, and the entity
+/// is gone from the aggregator too.
+#[test]
+fn offline_erase_sends_its_tombstone_at_the_next_start() {
+    let hq_dir = aggregator_dir();
+    let hq = start_node(hq_dir.path(), None);
+    let edge_dir = edge_dir(&format!("http://{}", hq.http), "");
+    let edge = start_node(edge_dir.path(), None);
+    push(
+        &edge,
+        "machine",
+        "{\"machine_id\":\"m1\",\"site\":\"berlin\",\"temp\":20.5}\n",
+    );
+    wait_drained(&edge);
+    let lookup = "{ machine(machine_id: \"m1\") { machine_id } }";
+    assert_eq!(graphql_data(&hq, lookup)["machine"]["machine_id"], "m1");
+    let (status, _) = edge.stop();
+    assert!(status.success());
+
+    let out = run(
+        edge_dir.path(),
+        &["-c", "meshlet.toml", "erase", "machine", "m1"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "erased machine `m1`\n");
+
+    let edge = start_node(edge_dir.path(), None);
+    wait_drained(&edge);
+    assert!(
+        eventually(Duration::from_secs(10), || graphql_data(&hq, lookup)
+            ["machine"]
+            .is_null()),
+        "the aggregator still holds m1 after the edge's offline erase"
+    );
+    let _ = edge.stop();
+    let _ = hq.stop();
+}
+
+/// An MQTT product whose invalid payloads go to quarantine, synced.
+const ALARM_EDGE: &str = r#"
+product: alarm
+version: 1
+domain: test
+owner: test@example.com
+key: id
+fields:
+  id:    { type: string, required: true }
+  level: { type: int, max: 5 }
+sources:
+  - mqtt: { topic: "alarms/{id}", format: json }
+quality: { on_invalid: quarantine }
+sync:
+  - to: central
+    mode: history
+    when: { batch_age: 20ms }
+"#;
+
+/// `meshlet quarantine replay` with the edge stopped writes the outbox
+/// entries of what it replays, as the HTTP replay of a running node does:
+/// the next start syncs the replayed record.
+#[test]
+fn offline_quarantine_replay_syncs_what_it_replayed() {
+    let hq_dir = workdir(
+        &[(
+            "alarm",
+            without_sync(ALARM_EDGE).replace("max: 5", "max: 10"),
+        )],
+        "node_id = \"hq\"\n[aggregator]\nenabled = true\n",
+    );
+    let hq = start_node(hq_dir.path(), None);
+    let edge_dir = workdir(
+        &[("alarm", ALARM_EDGE.to_string())],
+        &format!(
+            "node_id = \"edge-1\"\n[sync]\nretry_min = \"50ms\"\nretry_max = \"300ms\"\n[upstreams.central]\nurl = \"http://{}\"\n",
+            hq.http
+        ),
+    );
+    let edge = NodeBuilder::new(edge_dir.path())
+        .arg("--config")
+        .arg("meshlet.toml")
+        .start()
+        .expect("edge starts");
+    let port = edge.mqtt.expect("embedded broker").port();
+    let out = mosquitto_pub(port, "alarms/a1", br#"{"level": 9}"#, 1, false);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            metric(
+            &edge,
+            "meshlet_ingest_records_total{product=\"alarm\",source=\"mqtt:0\",outcome=\"quarantined\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+        }),
+        "the alarm was quarantined"
+    );
+    let (status, _) = edge.stop();
+    assert!(status.success());
+
+    let fixed = ALARM_EDGE.replace("max: 5", "max: 10");
+    std::fs::write(edge_dir.path().join("products/alarm.yaml"), fixed).expect("fix definition");
+    let out = run(
+        edge_dir.path(),
+        &["-c", "meshlet.toml", "quarantine", "replay", "alarm"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("replayed 1 of 1"), "{}", stdout(&out));
+
+    let edge = start_node(edge_dir.path(), None);
+    wait_drained(&edge);
+    let lookup = "{ alarm(id: \"a1\") { id level } }";
+    assert!(
+        eventually(Duration::from_secs(10), || graphql_data(&hq, lookup)
+            ["alarm"]["level"]
+            == 9),
+        "the replayed alarm never reached the aggregator: {}",
+        graphql_data(&hq, lookup)
+    );
+    let _ = edge.stop();
+    let _ = hq.stop();
+}

@@ -85,6 +85,20 @@ impl SyncHandle {
     }
 }
 
+/// Installs the outbox planner of `products`' sync rules on `store`: every
+/// later write and erasure enqueues, in its own transaction, what the rules
+/// owe the upstreams. The node does it at start; the offline commands that
+/// change data (`meshlet erase`, `meshlet quarantine replay`) do it too, so
+/// a change made with the node stopped is synced like the same change made
+/// through a running node's API.
+pub fn install_planner(store: &Store, products: &Arc<ProductSet>) -> Result<(), StoreError> {
+    store.set_outbox_planner(Arc::new(planner::RulePlanner::new(
+        products.clone(),
+        store.mask_secret()?,
+    )));
+    Ok(())
+}
+
 /// Installs the outbox planner, starts one sender per upstream and, in
 /// aggregator mode, the receiver (and its MQTT subscription).
 pub fn start(
@@ -97,10 +111,7 @@ pub fn start(
     tasks: &TaskTracker,
 ) -> Result<Arc<SyncHandle>, SyncError> {
     let metrics = Arc::new(SyncMetrics::default());
-    store.set_outbox_planner(Arc::new(planner::RulePlanner::new(
-        products.clone(),
-        store.mask_secret()?,
-    )));
+    install_planner(store, products)?;
     for (name, upstream) in &config.upstreams {
         let transport = sender::Transport::new(name, upstream, node_id).map_err(|source| {
             SyncError::Upstream {
