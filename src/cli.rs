@@ -601,6 +601,28 @@ fn check(config: &HubConfig, args: CheckArgs) -> ExitCode {
     };
     match product::load_paths(&paths, &ctx) {
         Ok(set) => {
+            // What `serve` checks beyond each file: the GraphQL names across
+            // the set, and the hub config's upstreams, TLS files, keys and
+            // tokens.
+            let preflight = crate::node::preflight(config, &set);
+            for warning in &preflight.warnings {
+                eprintln!("warning: {warning}");
+            }
+            if !preflight.problems.is_empty() {
+                for problem in &preflight.problems {
+                    eprintln!("{problem}");
+                }
+                eprintln!(
+                    "error: {} problem{}: `meshlet serve` would refuse to start",
+                    preflight.problems.len(),
+                    if preflight.problems.len() == 1 {
+                        ""
+                    } else {
+                        "s"
+                    }
+                );
+                return ExitCode::FAILURE;
+            }
             let names: Vec<&str> = set.iter().map(|p| p.name.as_str()).collect();
             println!(
                 "ok: {} product{} valid ({}); hub config valid",

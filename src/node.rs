@@ -83,6 +83,111 @@ pub fn load_products(config: &HubConfig) -> Result<ProductSet, LoadErrors> {
     product::load_paths(&config.product_paths(), &ctx)
 }
 
+/// What `meshlet check` found beyond the definitions themselves.
+#[derive(Debug, Default)]
+pub struct Preflight {
+    /// Each stops `serve`: the same checks, with the same messages.
+    pub problems: Vec<String>,
+    /// Worth a look, but `serve` starts anyway.
+    pub warnings: Vec<String>,
+}
+
+/// Every check [`start`] makes before it binds a socket or opens the
+/// store, run without doing either: the GraphQL schema of `products`, the
+/// external broker settings, each upstream (URL, TLS files), the HTTP
+/// listener's TLS files, the store encryption key file, the token file
+/// and the Sparkplug host id. `meshlet check` runs it, so "check passes"
+/// means "serve starts" (unless a port is taken or the store is locked).
+pub fn preflight(config: &HubConfig, products: &ProductSet) -> Preflight {
+    let mut out = Preflight::default();
+    if let Err(err) = api::graphql::sdl(products) {
+        out.problems.extend(err.0);
+    }
+    // The node id upstream clients are named after is only generated at
+    // the first start; any generated one is valid.
+    let node_id = config.node_id.as_deref().unwrap_or("node-00000000");
+    if let Some(external) = &config.mqtt.external {
+        if let Err(err) = client::options(external, node_id) {
+            out.problems.push(format!("mqtt.external: {err}"));
+        }
+    }
+    for (name, upstream) in &config.upstreams {
+        if let Err(err) = crate::sync::check_upstream(name, upstream, node_id) {
+            out.problems.push(err.to_string());
+        }
+    }
+    if let Some(tls) = &config.http.tls {
+        if let Err(err) = api::tls::acceptor(tls) {
+            out.problems.push(format!("http.tls: {err}"));
+        }
+    }
+    if let Some(path) = &config.store.encryption_key_file {
+        if let Err(err) = crate::store::EncryptionKey::from_file(path) {
+            out.problems
+                .push(format!("store.encryption_key_file: {err}"));
+        }
+    }
+    match crate::policy::tokens::TokenFileStore::new(config.tokens_file()).list() {
+        Err(err) => out.problems.push(format!("cannot load API tokens: {err}")),
+        Ok(tokens) => out
+            .warnings
+            .extend(unknown_roles(config, products, &tokens)),
+    }
+    let reads_sparkplug = products
+        .iter()
+        .any(|p| p.sources.iter().any(|s| matches!(s, Source::Sparkplug(_))));
+    if config.sparkplug.state && reads_sparkplug {
+        let id = config
+            .sparkplug
+            .host_id
+            .clone()
+            .unwrap_or_else(|| format!("meshlet-{node_id}"));
+        if let Err(err) = crate::ingest::sparkplug_state::PrimaryHost::new(&id) {
+            out.problems.push(format!("sparkplug.host_id: {err}"));
+        }
+    }
+    out
+}
+
+/// Roles that tokens, certificates or anonymous callers act as but that
+/// no product's `access` names (nor a built-in role): such callers see
+/// nothing, which is allowed but rarely meant.
+fn unknown_roles(
+    config: &HubConfig,
+    products: &ProductSet,
+    tokens: &[crate::policy::tokens::TokenEntry],
+) -> Vec<String> {
+    use crate::policy::access::{ADMIN, EDGE, READER};
+    let known = |role: &str| {
+        [ADMIN, READER, EDGE].contains(&role)
+            || products.iter().any(|p| p.access.contains_key(role))
+    };
+    let mut warnings = Vec::new();
+    for token in tokens.iter().filter(|t| t.revoked_at.is_none()) {
+        if !known(&token.role) {
+            warnings.push(format!(
+                "token `{}` acts as role `{}`, which no product's `access` names: it can read nothing",
+                token.name, token.role
+            ));
+        }
+    }
+    if let Some(role) = config.security.anonymous_role.as_deref() {
+        if role != crate::policy::auth::NO_ANONYMOUS && !known(role) {
+            warnings.push(format!(
+                "security.anonymous_role `{role}` is named by no product's `access`"
+            ));
+        }
+    }
+    for (who, role) in &config.security.certificates {
+        if !known(role) {
+            warnings.push(format!(
+                "security.certificates: `{who}` acts as role `{role}`, which no product's `access` names"
+            ));
+        }
+    }
+    warnings
+}
+
 /// A started node. Dropping it does not stop it: cancel the token given to
 /// [`start`] and call [`RunningNode::wait`].
 pub struct RunningNode {

@@ -200,3 +200,60 @@ async fn reload_swaps_the_schema_and_a_broken_definition_keeps_the_old_one() {
         "{logs}"
     );
 }
+
+/// A product named like one of the catalog's own root fields (`nodes`,
+/// `sync_status`) dropped into a running node's folder: the reload is
+/// refused and reported in `/readyz` and `schemaStatus`, the node keeps
+/// serving, and later reloads still happen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_definition_that_collides_with_the_catalog_cannot_stop_reloading() {
+    let dir = workdir(&[("sensor", SENSOR)], "");
+    let products = dir.path().join("products");
+    let node = start(dir.path());
+    let gql = Gql::new(&node);
+    let wait = Duration::from_secs(15);
+    for name in ["nodes", "sync_status"] {
+        std::fs::write(
+            products.join(format!("{name}.yaml")),
+            COUNTER.replace("product: counter", &format!("product: {name}")),
+        )
+        .expect("write");
+        let status = gql
+            .until(wait, STATUS, |d| {
+                problems(d).contains(&format!("{name}.yaml"))
+            })
+            .await;
+        assert_eq!(status["schemaStatus"]["generation"], 1, "{status}");
+        assert!(
+            problems(&status).contains(&format!("product `{name}`")),
+            "{status}"
+        );
+        let (code, body) = gql.get("/readyz").await;
+        assert_eq!(code, 200, "{body}");
+        let ready: Value = serde_json::from_str(&body).expect("readyz JSON");
+        assert!(
+            ready["problems"]
+                .to_string()
+                .contains(&format!("{name}.yaml")),
+            "{body}"
+        );
+        std::fs::remove_file(products.join(format!("{name}.yaml"))).expect("remove");
+    }
+    // Reloading is alive: the next valid change goes through.
+    std::fs::write(products.join("counter.yaml"), COUNTER).expect("write");
+    let status = gql
+        .until(wait, STATUS, |d| {
+            d["schemaStatus"]["products"] == json!(["counter", "sensor"])
+        })
+        .await;
+    assert_eq!(status["schemaStatus"]["problems"], json!([]), "{status}");
+    let (_, body) = gql.get("/readyz").await;
+    let ready: Value = serde_json::from_str(&body).expect("readyz JSON");
+    assert_eq!(ready["problems"], json!([]), "{body}");
+    let data = gql
+        .data("{ nodes { id } syncStatus { name } }", json!({}))
+        .await;
+    assert_eq!(data["nodes"], json!([]), "{data}");
+    let (status, _) = node.stop();
+    assert!(status.success());
+}

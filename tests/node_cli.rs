@@ -361,3 +361,149 @@ fn check_refuses_pipes_and_devices_without_reading_them() {
         );
     }
 }
+
+/// A definition of product `name` with a string key `id`.
+fn named_product(name: &str) -> String {
+    format!("product: {name}\nversion: 1\ndomain: d\nowner: o@example.com\nkey: id\nfields:\n  id: {{ type: string }}\n")
+}
+
+/// Runs `meshlet serve` in `dir` until it exits (at most 20 s: a node
+/// that starts is killed and reported).
+fn serve_until_exit(dir: &std::path::Path) -> std::process::Output {
+    let mut child = meshlet(dir)
+        .args(["-c", "meshlet.toml", "serve", "--listen", "127.0.0.1:0"])
+        .env("MESHLET_MQTT__EMBEDDED__ENABLED", "false")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("meshlet runs");
+    let exited = eventually(Duration::from_secs(20), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// "check passes" means "serve starts": definitions whose GraphQL names
+/// collide (with each other, with the API's own names or GraphQL's
+/// scalars) and hub configs `serve` refuses are refused by `check` too,
+/// each with a message naming the file and the product or setting — and
+/// `serve` refuses them with an error, never a panic.
+#[test]
+fn check_refuses_everything_serve_refuses() {
+    let cases: &[(&str, &[&str], &str, &[&str])] = &[
+        (
+            "a_1 and a1",
+            &["a_1", "a1"],
+            "",
+            &["a_1.yaml", "product `a1`", "`A1`"],
+        ),
+        (
+            "m and m_connection",
+            &["m", "m_connection"],
+            "",
+            &["m_connection.yaml", "product `m_connection`", "mConnection"],
+        ),
+        (
+            "string",
+            &["string"],
+            "",
+            &["string.yaml", "product `string`", "`String`"],
+        ),
+        ("int", &["int"], "", &["int.yaml", "product `int`", "`Int`"]),
+        (
+            "date_time",
+            &["date_time"],
+            "",
+            &["date_time.yaml", "product `date_time`", "`DateTime`"],
+        ),
+        (
+            "nodes",
+            &["nodes"],
+            "",
+            &["nodes.yaml", "product `nodes`", "`nodes`"],
+        ),
+        (
+            "sync_status",
+            &["sync_status"],
+            "",
+            &["sync_status.yaml", "product `sync_status`", "`syncStatus`"],
+        ),
+        (
+            "an upstream URL",
+            &["ok"],
+            "[upstreams.central]\nurl = \"ftp://hq.example.com\"\n",
+            &["upstream `central`", "ftp://hq.example.com"],
+        ),
+        (
+            "an upstream CA file",
+            &["ok"],
+            "[upstreams.central]\nurl = \"https://hq.example.com\"\nca_file = \"missing-ca.pem\"\n",
+            &["upstream `central`", "missing-ca.pem"],
+        ),
+        (
+            "HTTP TLS files",
+            &["ok"],
+            "[http.tls]\ncert_file = \"missing-cert.pem\"\nkey_file = \"missing-key.pem\"\n",
+            &["http.tls", "missing-cert.pem"],
+        ),
+        (
+            "the store key file",
+            &["ok"],
+            "[store]\nencryption_key_file = \"missing.key\"\n",
+            &["store.encryption_key_file", "missing.key"],
+        ),
+        (
+            "the token file",
+            &["ok"],
+            "[security]\ntokens_file = \"tokens.json\"\n",
+            &["tokens", "tokens.json"],
+        ),
+    ];
+    for (what, products, config, expected) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("products")).expect("products dir");
+        for name in *products {
+            std::fs::write(
+                dir.path().join(format!("products/{name}.yaml")),
+                named_product(name),
+            )
+            .expect("write product");
+        }
+        std::fs::write(dir.path().join("tokens.json"), "{ not json").expect("write tokens");
+        std::fs::write(
+            dir.path().join("meshlet.toml"),
+            format!("data_dir = \"data\"\nproducts = [\"products\"]\n{config}"),
+        )
+        .expect("write config");
+
+        let out = run(dir.path(), &["-c", "meshlet.toml", "check"]);
+        let err = stderr(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{what}: check passed: {}{err}",
+            stdout(&out)
+        );
+        for needle in *expected {
+            assert!(
+                err.contains(needle),
+                "{what}: `{needle}` missing from: {err}"
+            );
+        }
+        assert!(
+            err.lines()
+                .last()
+                .unwrap_or_default()
+                .starts_with("error: "),
+            "{what}: {err}"
+        );
+
+        let out = serve_until_exit(dir.path());
+        let served = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{what}: serve: {served}");
+        assert!(!served.contains("panicked"), "{what}: {served}");
+    }
+}

@@ -99,6 +99,21 @@ pub fn install_planner(store: &Store, products: &Arc<ProductSet>) -> Result<(), 
     Ok(())
 }
 
+/// Checks an upstream's settings as [`start`] would (URL, TLS files,
+/// broker options) without connecting.
+pub fn check_upstream(
+    name: &str,
+    upstream: &crate::config::UpstreamConfig,
+    node_id: &str,
+) -> Result<(), SyncError> {
+    sender::Transport::new(name, upstream, node_id)
+        .map(drop)
+        .map_err(|source| SyncError::Upstream {
+            upstream: name.to_string(),
+            source,
+        })
+}
+
 /// Installs the outbox planner, starts one sender per upstream and, in
 /// aggregator mode, the receiver (and its MQTT subscription).
 pub fn start(

@@ -118,8 +118,15 @@ impl ProductNames {
     }
 }
 
-/// Type names the API defines itself, whatever the products.
+/// Type names the API defines itself, whatever the products: GraphQL's
+/// built-in scalars, then meshlet's own types (the catalog's and sync's
+/// included). A unit test holds this list to the schema of an empty set.
 pub(crate) const SHARED_TYPES: &[&str] = &[
+    "String",
+    "Int",
+    "Float",
+    "Boolean",
+    "ID",
     "Query",
     "Mutation",
     "Subscription",
@@ -147,10 +154,19 @@ pub(crate) const SHARED_TYPES: &[&str] = &[
     "QuarantineEdge",
     "QuarantineConnection",
     "SchemaStatus",
+    "SyncUpstream",
+    "SyncNode",
 ];
 
 /// Root query fields the catalog takes.
-pub(crate) const CATALOG_FIELDS: &[&str] = &["products", "product", "quarantine", "schemaStatus"];
+pub(crate) const CATALOG_FIELDS: &[&str] = &[
+    "products",
+    "product",
+    "quarantine",
+    "schemaStatus",
+    "syncStatus",
+    "nodes",
+];
 
 /// Fields every instance object has besides the product's own.
 pub(crate) const INSTANCE_FIELDS: &[&str] = &["_meta", "history", "audit"];
@@ -162,12 +178,26 @@ pub(crate) const FILTER_COMBINATORS: &[&str] = &["and", "or", "not"];
 /// values of `<Product>OrderField`).
 const NOT_ENUM_VALUES: &[&str] = &["true", "false", "null"];
 
+/// A name problem and the product whose definition must change.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Problem {
+    pub product: String,
+    pub message: String,
+}
+
 /// Checks that the names generated for `products` (name → field names)
-/// are all distinct and free; returns every problem found.
+/// are all distinct and free; returns every problem found, each with the
+/// product to rename or change.
 pub(crate) fn check<'a>(
     products: impl IntoIterator<Item = (&'a str, Vec<&'a str>)>,
-) -> Vec<String> {
-    let mut problems = Vec::new();
+) -> Vec<Problem> {
+    let mut problems: Vec<Problem> = Vec::new();
+    let mut push = |product: &str, message: String| {
+        problems.push(Problem {
+            product: product.to_string(),
+            message,
+        })
+    };
     let mut types: BTreeMap<String, String> = SHARED_TYPES
         .iter()
         .map(|t| (t.to_string(), "the API itself".to_string()))
@@ -181,7 +211,7 @@ pub(crate) fn check<'a>(
         let owner = format!("product `{product}`");
         for ty in names.types() {
             if let Some(other) = types.insert(ty.to_string(), owner.clone()) {
-                problems.push(format!(
+                push(product, format!(
                     "product `{product}`: its GraphQL type name `{ty}` is already taken by {other}; rename the product"
                 ));
                 break;
@@ -189,7 +219,7 @@ pub(crate) fn check<'a>(
         }
         for root in names.root_fields() {
             if let Some(other) = roots.insert(root.to_string(), owner.clone()) {
-                problems.push(format!(
+                push(product, format!(
                     "product `{product}`: its GraphQL field `{root}` is already taken by {other}; rename the product"
                 ));
                 break;
@@ -197,17 +227,17 @@ pub(crate) fn check<'a>(
         }
         for field in fields {
             if INSTANCE_FIELDS.contains(&field) {
-                problems.push(format!(
+                push(product, format!(
                     "product `{product}`: field `{field}` collides with the `{field}` every GraphQL instance has; rename the field"
                 ));
             }
             if FILTER_COMBINATORS.contains(&field) {
-                problems.push(format!(
+                push(product, format!(
                     "product `{product}`: field `{field}` collides with the `{field}` combinator of GraphQL filters; rename the field"
                 ));
             }
             if NOT_ENUM_VALUES.contains(&field) {
-                problems.push(format!(
+                push(product, format!(
                     "product `{product}`: field `{field}` cannot be a GraphQL enum value (orderBy); rename the field"
                 ));
             }
@@ -220,6 +250,60 @@ pub(crate) fn check<'a>(
 mod tests {
     use super::*;
 
+    /// The reserved lists are the schema's own names: every type and root
+    /// query field of the schema of no products is in them, so a product
+    /// can never register a name twice (`nodes`, `sync_status`…).
+    #[test]
+    fn the_reserved_names_cover_the_schema_of_no_products() {
+        let sdl = super::super::sdl(&crate::product::ProductSet::default()).expect("builds");
+        let mut in_query = false;
+        let mut in_description = false;
+        for line in sdl.lines() {
+            let trimmed = line.trim();
+            if trimmed.starts_with("\"\"\"") {
+                let closes_here = trimmed.len() > 3 && trimmed.ends_with("\"\"\"");
+                if !closes_here {
+                    in_description = !in_description;
+                }
+                continue;
+            }
+            if in_description || trimmed.starts_with('"') || trimmed.is_empty() {
+                continue;
+            }
+            let mut words = trimmed.split_whitespace();
+            let first = words.next().unwrap_or_default();
+            if !line.starts_with(char::is_whitespace) {
+                if let ("type" | "scalar" | "enum" | "input" | "interface" | "union", Some(name)) =
+                    (first, words.next())
+                {
+                    assert!(
+                        SHARED_TYPES.contains(&name),
+                        "type `{name}` is missing from SHARED_TYPES"
+                    );
+                    in_query = name == "Query";
+                }
+                continue;
+            }
+            if in_query {
+                let field: String = trimmed
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !field.is_empty() {
+                    assert!(
+                        CATALOG_FIELDS.contains(&field.as_str()),
+                        "root field `{field}` is missing from CATALOG_FIELDS"
+                    );
+                }
+            }
+        }
+        for reserved in ["nodes", "sync_status", "string", "int", "boolean"] {
+            let problems = super::check([(reserved, vec!["id"])]);
+            assert_eq!(problems.len(), 1, "{reserved}: {problems:?}");
+            assert_eq!(problems[0].product, reserved);
+        }
+    }
+
     #[test]
     fn cases() {
         assert_eq!(pascal("machine_health"), "MachineHealth");
@@ -231,23 +315,29 @@ mod tests {
 
     #[test]
     fn collisions_are_reported_with_both_sides() {
-        let problems = check([("a_1", vec!["id"]), ("a1", vec!["id"])]);
+        let check = |products: Vec<(&str, Vec<&str>)>| -> Vec<String> {
+            super::check(products)
+                .into_iter()
+                .map(|p| p.message)
+                .collect()
+        };
+        let problems = check(vec![("a_1", vec!["id"]), ("a1", vec!["id"])]);
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].contains("`A1` is already taken by product `a_1`"));
-        let problems = check([("products", vec!["id"])]);
+        let problems = check(vec![("products", vec!["id"])]);
         assert!(problems[0].contains("taken by the catalog"), "{problems:?}");
-        let problems = check([("page_info", vec!["id"])]);
+        let problems = check(vec![("page_info", vec!["id"])]);
         assert!(
             problems[0].contains("taken by the API itself"),
             "{problems:?}"
         );
-        let problems = check([("contract_format", vec!["id"])]);
+        let problems = check(vec![("contract_format", vec!["id"])]);
         assert!(
             problems[0].contains("taken by the API itself"),
             "{problems:?}"
         );
-        let problems = check([("m", vec!["history", "or", "null"])]);
+        let problems = check(vec![("m", vec!["history", "or", "null"])]);
         assert_eq!(problems.len(), 3, "{problems:?}");
-        assert!(check([("machine_health", vec!["machine_id"])]).is_empty());
+        assert!(check(vec![("machine_health", vec!["machine_id"])]).is_empty());
     }
 }

@@ -154,12 +154,22 @@ impl Reloader {
             .and_then(|loaded| {
                 loaded.map_err(|errors| errors.0.iter().map(|d| d.to_string()).collect())
             });
-        let built = loaded.and_then(|set| {
-            let set = Arc::new(set);
-            build_generation(&set, self.runtime.clone())
-                .map(|generation| (generation, set))
-                .map_err(|e| e.0)
-        });
+        // Built off the runtime, as its own task: whatever a definition
+        // does to the build (a panic included), this loop lives on to
+        // report it and to pick up the next change.
+        let built = match loaded {
+            Err(problems) => Err(problems),
+            Ok(set) => {
+                let set = Arc::new(set);
+                let runtime = self.runtime.clone();
+                let for_build = set.clone();
+                tokio::task::spawn_blocking(move || build_generation(&for_build, runtime))
+                    .await
+                    .map_err(|join| vec![format!("building the GraphQL schema failed: {join}")])
+                    .and_then(|built| built.map_err(|e| e.0))
+                    .map(|generation| (generation, set))
+            }
+        };
         match built {
             Ok((generation, set)) => {
                 self.handle.replace(generation);

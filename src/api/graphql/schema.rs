@@ -272,6 +272,12 @@ pub(crate) fn build_generation(
 /// Builds the schema of `products`, and returns it with its products'
 /// APIs. `runtime` is `None` for a schema that is only printed (`meshlet
 /// schema print`, the golden files).
+///
+/// Never panics: the generated names are checked first, and should a
+/// definition still trip one of async-graphql's registration asserts
+/// (`Field 'x' already exists`), the panic is caught here and becomes a
+/// [`BuildError`] like any other — a definition cannot stop the node, at
+/// start-up or on reload.
 fn build(
     products: &Arc<ProductSet>,
     runtime: Option<Runtime>,
@@ -283,8 +289,44 @@ fn build(
         )
     }));
     if !problems.is_empty() {
-        return Err(BuildError(problems));
+        return Err(BuildError(
+            problems
+                .into_iter()
+                .map(|problem| match products.get(&problem.product) {
+                    Some(p) => format!("{}: {}", p.file.display(), problem.message),
+                    None => problem.message,
+                })
+                .collect(),
+        ));
     }
+    let assembled =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| assemble(products, runtime)));
+    match assembled {
+        Ok(built) => built,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            let files: Vec<String> = products
+                .iter()
+                .map(|p| p.file.display().to_string())
+                .collect();
+            Err(BuildError(vec![format!(
+                "schema construction failed ({what}) for the definitions in {}",
+                files.join(", ")
+            )]))
+        }
+    }
+}
+
+/// Registers every type and root field of `products` (names already
+/// checked) and lets async-graphql check the whole.
+fn assemble(
+    products: &Arc<ProductSet>,
+    runtime: Option<Runtime>,
+) -> Result<(Schema, Vec<Arc<ProductApi>>), BuildError> {
     let apis: Vec<Arc<ProductApi>> = products
         .iter()
         .map(|p| Arc::new(ProductApi::new(p)))
