@@ -355,7 +355,8 @@ pub async fn start(
         }
     }
     // GraphQL: the schema of the loaded products, rebuilt on SIGHUP and
-    // when a definition file changes (ingestion keeps the start-up set).
+    // when a definition file changes; ingestion and sync rules follow each
+    // reload that builds (see `api::graphql::reload`).
     let mask_secret = store.mask_secret().map_err(NodeError::MaskSecret)?;
     let auth = Arc::new(crate::policy::auth::Authenticator::new(
         crate::policy::auth::AuthSettings {
@@ -392,7 +393,7 @@ pub async fn start(
     let app = api::router(ApiState::new(ApiShared {
         node_id: node_id.clone(),
         readiness: readiness.clone(),
-        ingestor,
+        ingestor: ingestor.clone(),
         max_http_body_bytes: config.ingest.max_http_body_bytes,
         graphql,
         tls_metrics: listener.tls_metrics(),
@@ -412,7 +413,10 @@ pub async fn start(
     tasks.spawn(
         crate::retention::sweeper(
             store.clone(),
-            products.clone(),
+            {
+                let ingestor = ingestor.clone();
+                move || ingestor.products()
+            },
             schedule,
             retention_metrics,
             shutdown.clone(),

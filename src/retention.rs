@@ -148,15 +148,17 @@ impl RetentionMetrics {
 }
 
 /// Sweeps until `shutdown`, a bounded slice per product per wake, resuming
-/// where the previous wake stopped.
+/// where the previous wake stopped. `products` is asked at every wake, so
+/// the sweep follows definition reloads (a product's cursor is kept by
+/// name).
 pub async fn sweeper(
     store: Store,
-    products: Arc<ProductSet>,
+    products: impl Fn() -> Arc<ProductSet>,
     schedule: SweepSchedule,
     metrics: RetentionMetrics,
     shutdown: CancellationToken,
 ) {
-    let mut cursors: Vec<Option<String>> = vec![None; products.len()];
+    let mut cursors: std::collections::HashMap<String, Option<String>> = Default::default();
     let mut tick = tokio::time::interval(schedule.interval.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -166,7 +168,10 @@ pub async fn sweeper(
         }
         let started = Instant::now();
         let mut swept_any = false;
-        for (product, cursor) in products.iter().zip(cursors.iter_mut()) {
+        let products = products();
+        cursors.retain(|name, _| products.get(name).is_some());
+        for product in products.iter() {
+            let cursor = cursors.entry(product.name.clone()).or_default();
             let spec = RetentionSpec {
                 history_keep: product.history.keep,
                 history_max_age: product.history.max_age,

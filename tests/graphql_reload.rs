@@ -1,7 +1,7 @@
 //! Reload: a changed definition swaps the GraphQL schema (open
-//! subscriptions keep running), a broken one keeps the old schema and is
-//! reported in `/readyz`, in the catalog and in the log; SIGHUP reloads at
-//! once.
+//! subscriptions keep running) and what ingestion runs on, a broken one
+//! keeps both and is reported in `/readyz`, in the catalog and in the log;
+//! SIGHUP reloads at once.
 
 mod common;
 
@@ -87,20 +87,14 @@ async fn reload_swaps_the_schema_and_a_broken_definition_keeps_the_old_one() {
         .data("{ counterConnection { totalCount } }", json!({}))
         .await;
     assert_eq!(data["counterConnection"]["totalCount"], 0);
-    // Ingestion keeps its start-up definitions, and says so.
-    let errors = gql
-        .errors(
+    // Ingestion follows the reload: the new product takes writes at once.
+    let data = gql
+        .data(
             "mutation { upsertCounter(input: { id: 1 }) { id } }",
             json!({}),
         )
         .await;
-    assert!(
-        errors[0]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("restart"),
-        "{errors:?}"
-    );
+    assert_eq!(data["upsertCounter"]["id"], 1, "{data}");
 
     // The subscription opened before the reload still delivers.
     let response = reqwest::Client::new()
@@ -254,6 +248,70 @@ async fn a_definition_that_collides_with_the_catalog_cannot_stop_reloading() {
         .data("{ nodes { id } syncStatus { name } }", json!({}))
         .await;
     assert_eq!(data["nodes"], json!([]), "{data}");
+    let (status, _) = node.stop();
+    assert!(status.success());
+}
+
+/// What a reload adds is ingested at once, from every kind of source: a
+/// new field over HTTP push, MQTT and the upsert mutation, a new product
+/// over MQTT (embedded broker) — never answered 200 and then dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_and_products_added_by_a_reload_are_ingested_at_once() {
+    let dir = workdir(&[("sensor", SENSOR)], "");
+    let products = dir.path().join("products");
+    let node = start(dir.path());
+    let port = node.mqtt.expect("embedded broker").port();
+    let gql = Gql::new(&node);
+    let wait = Duration::from_secs(15);
+
+    std::fs::write(products.join("sensor.yaml"), with_humidity()).expect("write");
+    std::fs::write(
+        products.join("counter.yaml"),
+        format!("{COUNTER}  n: {{ type: int }}\nsources:\n  - mqtt: {{ topic: \"count/{{id}}\", format: json }}\n"),
+    )
+    .expect("write");
+    gql.until(wait, STATUS, |d| d["schemaStatus"]["generation"] == 2)
+        .await;
+
+    let response = reqwest::Client::new()
+        .post(node.url("/ingest/sensor"))
+        .header("content-type", "application/x-ndjson")
+        .body("{\"sensor_id\": \"h1\", \"temp\": 20.5, \"humidity\": 41.5}\n")
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(response.status(), 200);
+    let out = common::mosquitto_pub(
+        port,
+        "site/x/sensor/h2",
+        br#"{"temp": 21, "humidity": 42.5}"#,
+        1,
+        false,
+    );
+    assert!(out.status.success());
+    let data = gql
+        .data(
+            "mutation { upsertSensor(input: { sensor_id: \"h3\", humidity: 43.5 }) { humidity } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(data["upsertSensor"]["humidity"], 43.5, "{data}");
+    let out = common::mosquitto_pub(port, "count/7", br#"{"n": 3}"#, 1, false);
+    assert!(out.status.success());
+
+    let lookup = r#"{ h1: sensor(sensor_id: "h1") { humidity }
+                      h2: sensor(sensor_id: "h2") { humidity }
+                      h3: sensor(sensor_id: "h3") { humidity }
+                      counter(id: 7) { n } }"#;
+    let data = gql
+        .until(wait, lookup, |d| {
+            !d["counter"].is_null() && !d["h2"].is_null()
+        })
+        .await;
+    assert_eq!(data["h1"]["humidity"], 41.5, "{data}");
+    assert_eq!(data["h2"]["humidity"], 42.5, "{data}");
+    assert_eq!(data["h3"]["humidity"], 43.5, "{data}");
+    assert_eq!(data["counter"]["n"], 3, "{data}");
     let (status, _) = node.stop();
     assert!(status.success());
 }

@@ -62,7 +62,8 @@ fn authorize(
     action: &str,
     allowed: impl Fn(&View) -> bool,
 ) -> Result<View, Response> {
-    let Some(definition) = state.ingestor.products().get(product) else {
+    let products = state.ingestor.products();
+    let Some(definition) = products.get(product) else {
         return Err(error(
             StatusCode::NOT_FOUND,
             format!("no product named `{product}`"),

@@ -251,10 +251,15 @@ pub async fn run(
 ) {
     let mut state = renew_state(&mut options, host.as_ref());
     let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CHANNEL);
-    let mut filters = ingestor.mqtt_filters();
-    if let Some(host) = &host {
-        filters.push((host.topic().to_string(), 1));
-    }
+    let subscriptions = |ingestor: &Ingestor| {
+        let mut filters = ingestor.mqtt_filters();
+        if let Some(host) = &host {
+            filters.push((host.topic().to_string(), 1));
+        }
+        filters
+    };
+    let mut filters = subscriptions(&ingestor);
+    let mut reloads = ingestor.reloads();
     let mut commands = ingestor.sparkplug().commands();
     let metrics = ingestor.metrics().clone();
     let mut backoff = RECONNECT_MIN;
@@ -275,6 +280,22 @@ pub async fn run(
                 _ = shutdown.cancelled() => break RoundEnd::Shutdown,
                 _ = write_failed.cancelled() => break RoundEnd::WriteFailed,
                 event = eventloop.poll() => event,
+                changed = reloads.changed() => {
+                    // Definitions reloaded: subscribe to the topics new
+                    // sources read, drop those no source reads any more
+                    // (a reconnect subscribes to the new list anyway).
+                    if changed.is_err() {
+                        // Cannot happen while `ingestor` lives; never spin.
+                        reloads = ingestor.reloads();
+                        continue;
+                    }
+                    let next = subscriptions(&ingestor);
+                    if connected {
+                        follow_subscriptions(&client, &filters, &next).await;
+                    }
+                    filters = next;
+                    continue;
+                }
                 command = commands.recv() => {
                     // Sparkplug rebirth requests; a lagged receiver only
                     // lost requests that are repeated while needed.
@@ -393,6 +414,33 @@ pub async fn run(
                 }
                 backoff = (backoff * 2).min(RECONNECT_MAX);
             }
+        }
+    }
+}
+
+/// Subscribes to the filters of `next` that `now` lacks (or asks a
+/// different QoS of) and unsubscribes from those `next` dropped.
+async fn follow_subscriptions(client: &AsyncClient, now: &[(String, u8)], next: &[(String, u8)]) {
+    let added: Vec<rumqttc::SubscribeFilter> = next
+        .iter()
+        .filter(|f| !now.contains(f))
+        .map(|(filter, qos)| rumqttc::SubscribeFilter::new(filter.clone(), qos_of(*qos)))
+        .collect();
+    if !added.is_empty() {
+        info!(
+            topics = added.len(),
+            "definitions reloaded: subscribing to new topics"
+        );
+        if let Err(err) = client.subscribe_many(added).await {
+            warn!(error = %err, "subscribing failed");
+        }
+    }
+    for (filter, _) in now
+        .iter()
+        .filter(|(f, _)| !next.iter().any(|(n, _)| n == f))
+    {
+        if let Err(err) = client.unsubscribe(filter.clone()).await {
+            warn!(error = %err, topic = %filter, "unsubscribing failed");
         }
     }
 }

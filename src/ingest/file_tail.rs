@@ -384,6 +384,14 @@ impl FileTail {
     ) -> Result<(), super::WriteError> {
         let arrival = Timestamp::now();
         let origin = Origin::new(format!("file:{}", self.path.display()));
+        // The product as defined now (fields, rules: they follow reloads);
+        // the file, its format and mapping stay those the tail started with.
+        let product = self
+            .ingestor
+            .products()
+            .get(&self.product.name)
+            .cloned()
+            .unwrap_or_else(|| self.product.clone());
         let mut batch = IngestBatch::default();
         let mut event_times = Vec::new();
         for line in lines {
@@ -398,13 +406,9 @@ impl FileTail {
             };
             let prepared = self
                 .ingestor
-                .prepare(&self.product, &self.shape, line, &provenance);
-            self.ingestor.count_rejected(
-                &self.product,
-                &self.source_id,
-                counters,
-                &prepared.rejected,
-            );
+                .prepare(&product, &self.shape, line, &provenance);
+            self.ingestor
+                .count_rejected(&product, &self.source_id, counters, &prepared.rejected);
             batch.records.extend(prepared.batch.records);
             batch.quarantine.extend(prepared.batch.quarantine);
             event_times.extend(prepared.event_times);
@@ -424,7 +428,7 @@ impl FileTail {
         };
         if let Some(write) = self
             .ingestor
-            .queue(&self.product, prepared, false, arrival, counters)
+            .queue(&product, prepared, false, arrival, counters)
             .await
         {
             let pending = super::PendingMessage {

@@ -59,8 +59,12 @@ pub struct Ingestor {
 }
 
 struct Inner {
-    products: Arc<ProductSet>,
-    routes: MqttRoutes,
+    /// The definitions in force and the MQTT routes made of them; swapped
+    /// whole by [`Ingestor::follow`].
+    current: std::sync::RwLock<Arc<Current>>,
+    /// Counts reloads, so sources with standing subscriptions (the
+    /// external broker client) can follow them.
+    reloads: tokio::sync::watch::Sender<u64>,
     sparkplug: sparkplug_route::SparkplugIngest,
     writer: Writer,
     metrics: Arc<IngestMetrics>,
@@ -68,6 +72,14 @@ struct Inner {
     dedupe_capacity: u64,
     store: Store,
     last_warned: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+}
+
+/// One generation of definitions as ingestion sees them. A payload is
+/// run through one generation from routing to queueing; records queued
+/// under an older one are written as they were accepted.
+struct Current {
+    products: Arc<ProductSet>,
+    routes: Arc<MqttRoutes>,
 }
 
 /// One MQTT message as a source received it.
@@ -174,11 +186,7 @@ impl Ingestor {
             u64::from(runtime.nice()),
             std::sync::atomic::Ordering::Relaxed,
         );
-        for product in products.iter() {
-            for (index, source) in product.sources.iter().enumerate() {
-                metrics.source(&product.name, &source_id(index, source));
-            }
-        }
+        register_sources(&products, &metrics);
         let writer = Writer::spawn(
             store.clone(),
             metrics.clone(),
@@ -189,9 +197,12 @@ impl Ingestor {
         );
         Ingestor {
             inner: Arc::new(Inner {
-                routes: MqttRoutes::new(&products, &metrics),
+                current: std::sync::RwLock::new(Arc::new(Current {
+                    routes: Arc::new(MqttRoutes::new(&products, &metrics)),
+                    products: products.clone(),
+                })),
+                reloads: tokio::sync::watch::channel(0).0,
                 sparkplug: sparkplug_route::SparkplugIngest::new(&products, &metrics),
-                products,
                 writer,
                 metrics,
                 limits: Limits {
@@ -205,12 +216,49 @@ impl Ingestor {
         }
     }
 
-    pub fn products(&self) -> &Arc<ProductSet> {
-        &self.inner.products
+    fn current(&self) -> Arc<Current> {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    pub fn routes(&self) -> &MqttRoutes {
-        &self.inner.routes
+    /// The definitions ingestion runs on now (they follow reloads).
+    pub fn products(&self) -> Arc<ProductSet> {
+        self.current().products.clone()
+    }
+
+    /// The MQTT routes of the definitions in force.
+    pub fn routes(&self) -> Arc<MqttRoutes> {
+        self.current().routes.clone()
+    }
+
+    /// Makes `products` the definitions every later payload is routed to
+    /// and validated against: MQTT routes, Sparkplug routes, HTTP push,
+    /// API writes, file tails (fields and rules; a tail's file is the one
+    /// it started with), quarantine replay and aggregator apply. Payloads
+    /// already queued are written as they were accepted. Sources with
+    /// subscriptions learn of it through [`Ingestor::reloads`].
+    pub fn follow(&self, products: Arc<ProductSet>) {
+        let metrics = &self.inner.metrics;
+        register_sources(&products, metrics);
+        let next = Arc::new(Current {
+            routes: Arc::new(MqttRoutes::new(&products, metrics)),
+            products: products.clone(),
+        });
+        self.inner.sparkplug.reroute(&products, metrics);
+        *self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = next;
+        self.inner.reloads.send_modify(|n| *n += 1);
+    }
+
+    /// Changes each time [`Ingestor::follow`] installed new definitions.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.reloads.subscribe()
     }
 
     pub fn sparkplug(&self) -> &sparkplug_route::SparkplugIngest {
@@ -220,7 +268,7 @@ impl Ingestor {
     /// Every MQTT subscription the node's sources need (`mqtt` topic
     /// templates and `sparkplug` groups), each once, with its QoS.
     pub fn mqtt_filters(&self) -> Vec<(String, u8)> {
-        let mut filters = self.inner.routes.filters();
+        let mut filters = self.routes().filters();
         filters.extend(self.inner.sparkplug.filters());
         filters
     }
@@ -256,7 +304,8 @@ impl Ingestor {
         let arrival = Timestamp::now();
         let mut pending = PendingMessage::empty();
         let sparkplug = self.submit_sparkplug(&message, arrival, &mut pending).await;
-        let matched = self.inner.routes.matching(message.topic);
+        let routes = self.routes();
+        let matched = routes.matching(message.topic);
         if matched.is_empty() && sparkplug {
             return pending;
         }
@@ -321,7 +370,8 @@ impl Ingestor {
         pending: &mut PendingMessage,
     ) -> bool {
         let sp = &self.inner.sparkplug;
-        if sp.routes.is_empty() {
+        let sp_routes = sp.routes();
+        if sp_routes.is_empty() {
             return false;
         }
         let metrics = &self.inner.metrics;
@@ -378,7 +428,7 @@ impl Ingestor {
                 .await;
         }
         for update in &handled.updates {
-            for route in sp.routes.iter().filter(|r| r.accepts(update)) {
+            for route in sp_routes.iter().filter(|r| r.accepts(update)) {
                 let Some(document) = route.document(update) else {
                     continue;
                 };
@@ -598,6 +648,16 @@ impl Ingestor {
     }
 }
 
+/// Registers the counters of every source of `products`, so `/metrics`
+/// lists them before their first message.
+fn register_sources(products: &ProductSet, metrics: &IngestMetrics) {
+    for product in products.iter() {
+        for (index, source) in product.sources.iter().enumerate() {
+            metrics.source(&product.name, &source_id(index, source));
+        }
+    }
+}
+
 /// Builds the quarantine entry of one invalid record.
 fn quarantine_item(payload: &[u8], provenance: &Provenance<'_>, bad: &Invalid) -> QuarantineItem {
     let reasons: Vec<String> = bad.reasons.iter().map(|r| r.to_string()).collect();
@@ -730,8 +790,7 @@ impl Ingestor {
     }
 
     fn pushable_product(&self, product_name: &str) -> Result<Arc<Product>, PushRefusal> {
-        self.inner
-            .products
+        self.products()
             .get(product_name)
             .cloned()
             .ok_or_else(|| PushRefusal::UnknownProduct(product_name.to_string()))

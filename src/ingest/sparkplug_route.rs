@@ -40,15 +40,40 @@ pub(crate) struct SparkplugRoute {
     source: SparkplugSource,
 }
 
-/// The host state and routing table of every Sparkplug source.
+/// The host state and routing table of every Sparkplug source. The table
+/// follows definition reloads ([`SparkplugIngest::reroute`]); the host
+/// state (births, aliases, sequence numbers) and the command channel stay.
 pub struct SparkplugIngest {
     pub(crate) host: Mutex<Host>,
-    pub(crate) routes: Vec<SparkplugRoute>,
+    routes: std::sync::RwLock<Arc<Vec<SparkplugRoute>>>,
     commands: broadcast::Sender<Command>,
 }
 
 impl SparkplugIngest {
     pub fn new(products: &ProductSet, metrics: &IngestMetrics) -> SparkplugIngest {
+        SparkplugIngest {
+            host: Mutex::new(Host::new()),
+            routes: std::sync::RwLock::new(Arc::new(Self::table(products, metrics))),
+            commands: broadcast::channel(COMMAND_QUEUE).0,
+        }
+    }
+
+    /// Replaces the routing table with `products`' Sparkplug sources.
+    pub(crate) fn reroute(&self, products: &ProductSet, metrics: &IngestMetrics) {
+        let table = Arc::new(Self::table(products, metrics));
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = table;
+    }
+
+    /// The current routing table (a message is routed on one table, to
+    /// its end).
+    pub(crate) fn routes(&self) -> Arc<Vec<SparkplugRoute>> {
+        self.routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn table(products: &ProductSet, metrics: &IngestMetrics) -> Vec<SparkplugRoute> {
         let mut routes = Vec::new();
         for product in products.iter() {
             for (index, source) in product.sources.iter().enumerate() {
@@ -64,17 +89,13 @@ impl SparkplugIngest {
                 }
             }
         }
-        SparkplugIngest {
-            host: Mutex::new(Host::new()),
-            routes,
-            commands: broadcast::channel(COMMAND_QUEUE).0,
-        }
+        routes
     }
 
     /// `spBv1.0/<group>/#` once per group, QoS 1.
     pub fn filters(&self) -> Vec<(String, u8)> {
         let mut filters: Vec<(String, u8)> = Vec::new();
-        for route in &self.routes {
+        for route in self.routes().iter() {
             let filter = format!("{NAMESPACE}/{}/#", route.source.group);
             if !filters.iter().any(|(f, _)| *f == filter) {
                 filters.push((filter, 1));
@@ -89,7 +110,7 @@ impl SparkplugIngest {
     }
 
     pub(crate) fn reads_group_named(&self, group: &str) -> bool {
-        self.routes.iter().any(|r| r.source.group == group)
+        self.routes().iter().any(|r| r.source.group == group)
     }
 
     /// The commands to publish (rebirth requests), from now on.

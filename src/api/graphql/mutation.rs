@@ -8,9 +8,9 @@
 //! is its arrival. An erasure removes the instance, its history and audit
 //! values (see `Store::erase`) and is answered once durable.
 //!
-//! Writes use the product definitions ingestion loaded at start: a product
-//! added by a reload cannot be written until the node restarts (its
-//! upsert says so). Access rules come with the policy work.
+//! Writes use the product definitions ingestion runs on, which a reload
+//! installs before it swaps the schema: a field or product the schema
+//! shows is one ingestion takes. Access rules come with the policy work.
 
 use std::sync::Arc;
 
@@ -50,7 +50,7 @@ pub(crate) fn input_object(api: &Arc<ProductApi>) -> InputObject {
 fn refusal(product: &str, refusal: PushRefusal) -> async_graphql::Error {
     match refusal {
         PushRefusal::UnknownProduct(_) | PushRefusal::NotPushable(_) => async_graphql::Error::new(
-            format!("product `{product}` is not loaded by ingestion (added by a reload?): restart the node to write to it"),
+            format!("product `{product}` is not loaded by ingestion (removed by a reload in the meantime?)"),
         ),
         PushRefusal::Invalid(invalid) => {
             let reasons: Vec<String> = invalid

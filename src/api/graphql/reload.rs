@@ -14,9 +14,15 @@
 //! place and is reported in the log, in `/readyz` (`problems`) and in the
 //! catalog (`schemaStatus.problems`).
 //!
-//! Only the GraphQL schema is reloaded: ingestion (MQTT routes, HTTP push,
-//! file tails) keeps the definitions it started with until the node
-//! restarts.
+//! A reload that builds is applied whole, in this order: the sync rules
+//! (outbox planner), ingestion ([`crate::ingest::Ingestor::follow`]: MQTT
+//! and Sparkplug routes, HTTP push, API writes, file tails, aggregator
+//! apply — the external broker client subscribes to new topics), then the
+//! schema. So a field or product the API shows is one ingestion takes:
+//! nothing is accepted and then dropped. What a reload does not change
+//! until the node restarts: which files are tailed (a new `file` source,
+//! or a changed path, starts with the next start), the retention sweeper's
+//! product list, and the batch timing of sync senders.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -170,8 +176,21 @@ impl Reloader {
                     .map(|generation| (generation, set))
             }
         };
+        // Sync rules, then ingestion, then the schema: a record accepted
+        // under the new definitions is planned by their rules, and no
+        // client sees a field or product before ingestion takes it.
+        let built = match built {
+            Ok((generation, set)) => match &self.runtime.sync {
+                Some(sync) => crate::sync::install_planner(&sync.store, &set)
+                    .map(|()| (generation, set))
+                    .map_err(|e| vec![format!("installing the new sync rules failed: {e}")]),
+                None => Ok((generation, set)),
+            },
+            Err(problems) => Err(problems),
+        };
         match built {
             Ok((generation, set)) => {
+                self.runtime.ingestor.follow(set.clone());
                 self.handle.replace(generation);
                 let names = names_of(&set);
                 self.runtime.status.loaded(names.clone());
