@@ -561,3 +561,75 @@ fn offline_quarantine_replay_syncs_what_it_replayed() {
     let _ = edge.stop();
     let _ = hq.stop();
 }
+
+/// An aggregator that does not know a product refuses its records, and
+/// the refusal is no acknowledgement: all 100 wait in the edge's outbox
+/// (counted, shown in `syncStatus`), and once the aggregator hot-reloads
+/// a definition of the product — its ingestion follows the reload — every
+/// one of them arrives, once, without restarting either node.
+#[test]
+fn records_of_a_product_the_aggregator_lacks_wait_until_a_reload_brings_it() {
+    let hq_dir = workdir(
+        &[("machine", without_sync(MACHINE_EDGE))],
+        "node_id = \"hq\"\n[aggregator]\nenabled = true\n",
+    );
+    let hq = start_node(hq_dir.path(), None);
+    let edge_dir = edge_dir(&format!("http://{}", hq.http), "");
+    let edge = start_node(edge_dir.path(), None);
+    let mut lines = String::new();
+    for i in 0..100 {
+        lines.push_str(&format!("{{\"meter\":\"r{}\",\"n\":{i}}}\n", i % 10));
+    }
+    push(&edge, "reading", &lines);
+
+    assert!(
+        eventually(Duration::from_secs(15), || metric(
+            &hq,
+            "meshlet_sync_refused_total{reason=\"unknown_product\"}"
+        )
+        .unwrap_or(0.0)
+            >= 2.0),
+        "the aggregator never refused the unknown product"
+    );
+    assert_eq!(pending(&edge), 100.0, "a refusal acknowledged nothing");
+    let refusals = "meshlet_sync_refusals_total{upstream=\"central\",reason=\"unknown_product\"}";
+    assert!(
+        eventually(Duration::from_secs(10), || metric(&edge, refusals)
+            .unwrap_or(0.0)
+            >= 1.0),
+        "the edge does not count the refusals"
+    );
+    let status = graphql_data(&edge, "{ syncStatus { name pending refusals waiting } }");
+    let central = &status["syncStatus"][0];
+    assert_eq!(central["pending"], 100, "{status}");
+    assert!(central["refusals"].as_i64().unwrap_or(0) >= 1, "{status}");
+    let waiting = central["waiting"].as_str().unwrap_or_default();
+    assert!(waiting.contains("product `reading`"), "{status}");
+
+    // The aggregator learns the product by a hot reload: no restart.
+    std::fs::write(
+        hq_dir.path().join("products/reading.yaml"),
+        without_sync(READING_EDGE),
+    )
+    .expect("write definition");
+    wait_drained(&edge);
+    let status = graphql_data(&edge, "{ syncStatus { pending waiting } }");
+    assert!(status["syncStatus"][0]["waiting"].is_null(), "{status}");
+    let _ = edge.stop();
+    let _ = hq.stop();
+
+    let store = open_store(&hq_dir.path().join("data"));
+    let mut arrived = Vec::new();
+    for meter in 0..10 {
+        for event in store
+            .history("reading", &format!("r{meter}"), &HistoryQuery::default())
+            .expect("history")
+        {
+            if let Some(Value::Int(n)) = event.fields.get("n") {
+                arrived.push(*n);
+            }
+        }
+    }
+    arrived.sort_unstable();
+    assert_eq!(arrived, (0..100).collect::<Vec<i64>>(), "every record once");
+}

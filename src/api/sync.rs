@@ -1,7 +1,9 @@
 //! `POST /sync/v1`: envelopes from edges, in aggregator mode. The answer
 //! (200 with what was applied) comes only once it is durable; a malformed
 //! envelope gets 400 (retrying cannot fix it), a store that cannot write
-//! 503. A node not in aggregator mode answers 404.
+//! 503, records of a product this node does not know 409 with code
+//! `unknown_product` (the edge keeps them and retries). A node not in
+//! aggregator mode answers 404.
 //!
 //! Both sit behind the API's authentication: pushing needs the built-in
 //! `edge` role (or `admin`) — give each edge a token made with
@@ -71,6 +73,23 @@ async fn receive(
     }
     match receiver.apply_bytes(&body).await {
         Ok(applied) => Json(applied).into_response(),
+        // Not applied and not acknowledged: the edge keeps the records and
+        // resends them once a definition of the product is loaded here.
+        Err(e @ ApplyError::UnknownProduct { .. }) => {
+            let product = match &e {
+                ApplyError::UnknownProduct { product, .. } => product.clone(),
+                _ => String::new(),
+            };
+            (
+                StatusCode::CONFLICT,
+                Json(json!({
+                    "error": e.to_string(),
+                    "code": crate::sync::UNKNOWN_PRODUCT,
+                    "product": product,
+                })),
+            )
+                .into_response()
+        }
         Err(ApplyError::Envelope(e)) => (
             StatusCode::BAD_REQUEST,
             Json(json!({ "error": e.to_string() })),

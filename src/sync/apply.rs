@@ -18,9 +18,17 @@
 //!
 //! A tombstone erases the entity (a no-op when it is already gone); its
 //! mark is written right after, so a crash in between re-erases, which is
-//! harmless. Records of a product this node does not know are refused,
-//! counted and logged, and their sequence numbers still advance the mark,
-//! so one bad record does not block an edge's outbox forever.
+//! harmless.
+//!
+//! A record of a product this node does not know (yet: its definition may
+//! arrive with the next reload, which ingestion follows) is **refused, and
+//! the refusal is never an acknowledgement**: what came before it in the
+//! envelope is applied with its mark, the mark does not move past it, and
+//! the envelope fails with [`ApplyError::UnknownProduct`] (HTTP 409, code
+//! `unknown_product`; over MQTT, no PUBACK). The edge keeps the entries in
+//! its outbox and sends them again, with back-off, until this node knows
+//! the product; each refusal is counted (`meshlet_sync_refused_total{reason
+//! ="unknown_product"}`) and logged.
 
 use std::sync::Arc;
 
@@ -45,6 +53,10 @@ pub enum ApplyError {
     Write(#[from] WriteError),
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// Not applied, and not to be acknowledged: the sender keeps the
+    /// records and sends them again once this node knows the product.
+    #[error("this node does not know product `{product}` (sent by `{origin}`): its records wait at the sender until a definition of it is loaded here")]
+    UnknownProduct { origin: String, product: String },
 }
 
 /// What one envelope did.
@@ -52,7 +64,6 @@ pub enum ApplyError {
 pub struct Applied {
     pub applied: usize,
     pub duplicates: usize,
-    pub refused: usize,
 }
 
 /// Applies envelopes to the local store.
@@ -166,15 +177,18 @@ impl Receiver {
             let head = &fresh[i];
             let known = self.ingestor.products().get(&head.product).is_some();
             if !known {
+                // What came before is applied and marked; this record and
+                // everything after it stay owed by the sender.
                 self.metrics.refused(
                     "unknown_product",
                     &format!("origin `{}`, product `{}`", envelope.origin, head.product),
                 );
-                outcome.refused += 1;
-                self.write(&head.product, Vec::new(), &source, head.seq, true)
-                    .await?;
-                i += 1;
-                continue;
+                self.metrics
+                    .received(&envelope.origin, outcome.applied, outcome.duplicates);
+                return Err(ApplyError::UnknownProduct {
+                    origin: envelope.origin.clone(),
+                    product: head.product.clone(),
+                });
             }
             if head.tombstone {
                 let (product, entity, at) =
@@ -186,7 +200,7 @@ impl Receiver {
                 })
                 .await
                 .map_err(|_| ApplyError::ShuttingDown)??;
-                self.write(&head.product, Vec::new(), &source, head.seq, false)
+                self.write(&head.product, Vec::new(), &source, head.seq)
                     .await?;
                 outcome.applied += 1;
                 i += 1;
@@ -212,8 +226,7 @@ impl Receiver {
                 .collect();
             let last = fresh[j - 1].seq;
             outcome.applied += records.len();
-            self.write(&head.product, records, &source, last, false)
-                .await?;
+            self.write(&head.product, records, &source, last).await?;
             i = j;
         }
         self.metrics
@@ -221,25 +234,15 @@ impl Receiver {
         Ok(outcome)
     }
 
-    /// One durable write of `records` with the mark `seq`. For a product
-    /// this node does not know, only the mark is written, carried by a
-    /// batch of the first known product (source offsets are node-wide).
+    /// One durable write of `records` with the mark `seq`.
     async fn write(
         &self,
         product: &str,
         records: Vec<IngestRecord>,
         source: &str,
         seq: u64,
-        unknown: bool,
     ) -> Result<(), ApplyError> {
-        let carrier = if unknown {
-            match self.ingestor.products().iter().next() {
-                Some(p) => p.name.clone(),
-                None => return Ok(()),
-            }
-        } else {
-            product.to_string()
-        };
+        let carrier = product.to_string();
         let limits = self
             .ingestor
             .products()

@@ -124,6 +124,24 @@ impl HttpTransport {
         if status.is_success() {
             self.connection = Some(connection);
             Ok(())
+        } else if status == hyper::StatusCode::CONFLICT {
+            // The upstream is there but cannot take these records yet
+            // (`unknown_product`): kept, counted apart, sent again.
+            self.connection = Some(connection);
+            let answer: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            Err(TransportError::Deferred {
+                // A fixed label set, whatever the upstream sends.
+                reason: match answer["code"].as_str() {
+                    Some(super::UNKNOWN_PRODUCT) => super::UNKNOWN_PRODUCT,
+                    _ => "conflict",
+                },
+                detail: answer["error"]
+                    .as_str()
+                    .unwrap_or(text.as_str())
+                    .chars()
+                    .take(300)
+                    .collect(),
+            })
         } else {
             Err(TransportError::Refused(format!(
                 "{} answered {status}: {}",

@@ -14,6 +14,9 @@ use crate::store::{OutboxStats, Store};
 pub struct SyncMetrics {
     counters: Mutex<BTreeMap<(&'static str, Vec<String>), u64>>,
     last_ack: Mutex<BTreeMap<String, Timestamp>>,
+    /// Per upstream: why its outbox waits (the last refusal), until the
+    /// next acknowledgement.
+    waiting: Mutex<BTreeMap<String, String>>,
     upstreams: Mutex<Vec<String>>,
 }
 
@@ -46,6 +49,20 @@ impl SyncMetrics {
         self.add("meshlet_sync_sent_bytes_total", &[upstream], bytes as u64);
         self.add("meshlet_sync_batches_total", &[upstream], 1);
         lock(&self.last_ack).insert(upstream.to_string(), Timestamp::now());
+        lock(&self.waiting).remove(upstream);
+    }
+
+    /// The upstream refused a batch it cannot take yet; the batch stays in
+    /// the outbox and is sent again.
+    pub fn deferred(&self, upstream: &str, reason: &'static str, detail: &str) {
+        tracing::warn!(
+            upstream,
+            reason,
+            detail,
+            "sync batch refused by the upstream; it stays in the outbox and is sent again"
+        );
+        self.add("meshlet_sync_refusals_total", &[upstream, reason], 1);
+        lock(&self.waiting).insert(upstream.to_string(), detail.to_string());
     }
 
     /// A send failed; the batch stays in the outbox.
@@ -96,6 +113,7 @@ impl SyncMetrics {
         let upstreams = lock(&self.upstreams).clone();
         let counters = lock(&self.counters).clone();
         let last_ack = lock(&self.last_ack).clone();
+        let waiting = lock(&self.waiting).clone();
         let sum = |name: &str, upstream: &str| -> u64 {
             counters
                 .iter()
@@ -120,6 +138,8 @@ impl SyncMetrics {
                     last_ack: last_ack.get(name).copied(),
                     errors: sum("meshlet_sync_errors_total", name),
                     dropped: sum("meshlet_sync_dropped_total", name),
+                    refusals: sum("meshlet_sync_refusals_total", name),
+                    waiting: waiting.get(name).cloned(),
                 }
             })
             .collect()
@@ -149,6 +169,11 @@ impl SyncMetrics {
                 "meshlet_sync_errors_total",
                 &["upstream"],
                 "Failed sends to an upstream.",
+            ),
+            (
+                "meshlet_sync_refusals_total",
+                &["upstream", "reason"],
+                "Batches an upstream refused without acknowledging them (e.g. unknown_product); they stay in the outbox and are sent again.",
             ),
             (
                 "meshlet_sync_dropped_total",
@@ -266,4 +291,9 @@ pub struct UpstreamStatus {
     pub last_ack: Option<Timestamp>,
     pub errors: u64,
     pub dropped: u64,
+    /// Batches the upstream refused without acknowledging (since start).
+    pub refusals: u64,
+    /// Why the outbox waits: the upstream's last refusal, until it
+    /// acknowledges again.
+    pub waiting: Option<String>,
 }

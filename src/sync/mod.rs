@@ -41,9 +41,19 @@ pub enum TransportError {
     Unreachable(String),
     #[error("upstream refused the batch: {0}")]
     Refused(String),
+    /// The upstream cannot take the batch yet (it does not know the
+    /// product): the entries stay in the outbox and are sent again.
+    #[error("upstream cannot take the batch yet ({reason}): {detail}")]
+    Deferred {
+        reason: &'static str,
+        detail: String,
+    },
     #[error("outbox: {0}")]
     Store(String),
 }
+
+/// The refusal code of an aggregator that does not know a product.
+pub const UNKNOWN_PRODUCT: &str = "unknown_product";
 
 /// Why sync could not start.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,10 @@
 //!
 //! Also the aggregator's subscriber: `<topic_prefix>/+/+` with a persistent
 //! session and manual acks; a message is acknowledged once applied and
-//! durable (or refused as malformed, which retrying cannot fix).
+//! durable (or refused as malformed, which retrying cannot fix). An
+//! envelope of a product the aggregator does not know is not acknowledged:
+//! the broker's session keeps it and redelivers it (with growing back-off)
+//! until a reload brings the definition.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -120,6 +123,11 @@ pub async fn subscribe(
     let filter = format!("{}/+/+", topic_prefix.trim_end_matches('/'));
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
     let mut backoff = Duration::from_millis(200);
+    // Set while the last envelope could not be applied: reconnecting does
+    // not reset the back-off then, so a refused envelope (a product this
+    // node does not know yet) is retried ever more slowly, not 5 times a
+    // second.
+    let mut refusing = false;
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -127,7 +135,9 @@ pub async fn subscribe(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff = Duration::from_millis(200);
+                if !refusing {
+                    backoff = Duration::from_millis(200);
+                }
                 if let Err(e) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
                     warn!(error = %e, "subscribing to the sync topic failed");
                 }
@@ -146,6 +156,7 @@ pub async fn subscribe(
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 match receiver.apply_bytes(&publish.payload).await {
                     Ok(_) | Err(ApplyError::Envelope(_)) => {
+                        refusing = false;
                         if let Err(e) = client.ack(&publish).await {
                             warn!(error = %e, "sync PUBACK not sent; the broker will redeliver");
                         }
@@ -153,7 +164,8 @@ pub async fn subscribe(
                     Err(e) => {
                         // Not acknowledged: reconnecting makes the broker
                         // redeliver it (and what follows).
-                        warn!(error = %e, topic = %publish.topic, "applying a sync envelope failed; reconnecting");
+                        warn!(error = %e, topic = %publish.topic, retry_in = ?backoff, "sync envelope not applied; not acknowledged, reconnecting for redelivery");
+                        refusing = true;
                         let _ = client.disconnect().await;
                     }
                 }

@@ -9,6 +9,13 @@
 //! run from the head), so the receiver's per-(origin, link, lane) high-water mark
 //! sees ascending sequence numbers. An upstream without a `url` is parked:
 //! its outbox fills (within the budget) and nothing is sent.
+//!
+//! An upstream that answers "not yet" ([`TransportError::Deferred`]: an
+//! aggregator that does not know the product) has acknowledged nothing:
+//! the batch stays, its lane waits behind it (sequence order per lane is
+//! what the receiver's mark relies on), the refusal is counted
+//! (`meshlet_sync_refusals_total`) and shown in `syncStatus { waiting }`,
+//! and it is sent again with back-off until the upstream takes it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,6 +130,14 @@ impl Sender {
                 }
                 Ok(false) if self.transport.is_none() => PARKED_TICK,
                 Ok(false) => IDLE_TICK,
+                Err(TransportError::Deferred { reason, detail }) => {
+                    // Refused, not acknowledged: the batch stays in the
+                    // outbox (its lane waits) and goes again after back-off.
+                    self.metrics.deferred(&self.upstream, reason, &detail);
+                    let wait = jittered(backoff);
+                    backoff = (backoff * 2).min(self.settings.retry_max);
+                    wait
+                }
                 Err(e) => {
                     self.metrics.send_failed(&self.upstream, &e.to_string());
                     let wait = jittered(backoff);

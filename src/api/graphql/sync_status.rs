@@ -63,6 +63,22 @@ pub(crate) fn types() -> Vec<Type> {
             .description(
                 "Entries removed by the disk budget (coalesced or dropped) since the node started.",
             ),
+        )
+        .field(
+            getter::<UpstreamStatus>("refusals", TypeRef::named_nn(TypeRef::INT), |u| {
+                int(u.refusals)
+            })
+            .description(
+                "Batches the upstream refused without acknowledging them since the node started (e.g. a product it does not know); they stay pending and are sent again.",
+            ),
+        )
+        .field(
+            getter::<UpstreamStatus>("waiting", TypeRef::named(TypeRef::STRING), |u| {
+                u.waiting.as_deref().map_or(Gql::Null, text)
+            })
+            .description(
+                "Why pending entries wait: the upstream's last refusal, until it acknowledges again; null when sending goes.",
+            ),
         );
     let node = Object::new("SyncNode")
         .description("An edge this aggregator received sync from (since it started).")
