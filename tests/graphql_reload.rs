@@ -315,3 +315,61 @@ async fn fields_and_products_added_by_a_reload_are_ingested_at_once() {
     let (status, _) = node.stop();
     assert!(status.success());
 }
+
+/// With an external broker, a product a reload adds is subscribed to at
+/// once: its messages are ingested without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_external_broker_client_subscribes_to_topics_a_reload_adds() {
+    let broker = common::Mosquitto::start();
+    let dir = workdir(
+        &[("sensor", SENSOR)],
+        &format!(
+            "[mqtt.embedded]\nenabled = false\n[mqtt.external]\nurl = \"{}\"\nclient_id = \"gw-reload\"\n",
+            broker.url()
+        ),
+    );
+    let node = start(dir.path());
+    let gql = Gql::new(&node);
+    let wait = Duration::from_secs(15);
+    let deadline = std::time::Instant::now() + wait;
+    while gql
+        .metric("meshlet_mqtt_client_connects_total")
+        .await
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node never connected to the external broker"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    std::fs::write(
+        dir.path().join("products/counter.yaml"),
+        format!("{COUNTER}  n: {{ type: int }}\nsources:\n  - mqtt: {{ topic: \"count/{{id}}\", format: json }}\n"),
+    )
+    .expect("write");
+    gql.until(wait, STATUS, |d| d["schemaStatus"]["generation"] == 2)
+        .await;
+    // The subscription is made asynchronously: publish until it lands (a
+    // QoS 1 message with no subscriber yet is not kept by the broker).
+    let lookup = "{ counter(id: 7) { n } }";
+    let client = gql.clone();
+    let landed = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Handle::current();
+        common::eventually(Duration::from_secs(15), || {
+            let out = common::mosquitto_pub(broker.port, "count/7", br#"{"n": 3}"#, 1, false);
+            assert!(out.status.success());
+            let data = runtime.block_on(client.data(lookup, json!({})));
+            data["counter"]["n"] == 3
+        })
+    })
+    .await
+    .expect("publisher");
+    assert!(
+        landed,
+        "messages of the reloaded product were never ingested"
+    );
+    let (status, _) = node.stop();
+    assert!(status.success());
+}
