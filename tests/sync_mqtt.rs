@@ -154,3 +154,77 @@ fn edge_to_mosquitto_to_aggregator_exactly_once_across_an_aggregator_outage() {
         "the redacted field never left in clear"
     );
 }
+
+/// Over MQTT, an aggregator that does not know the product does not
+/// acknowledge its envelopes: the broker's session keeps them and
+/// redelivers them, and once a hot reload brings the definition every
+/// record is applied, once — without restarting the aggregator.
+#[test]
+fn envelopes_of_an_unknown_product_wait_in_the_broker_until_a_reload() {
+    let broker = Mosquitto::start();
+    let other = READING_EDGE
+        .split("\nsync:")
+        .next()
+        .unwrap_or(READING_EDGE)
+        .replace("product: reading", "product: other");
+    let hq_dir = workdir(
+        &other,
+        &format!(
+            "node_id = \"hq\"\n[aggregator]\ntopic_prefix = \"mesh/sync\"\n[aggregator.mqtt]\nurl = \"{}\"\n",
+            broker.url()
+        ),
+    );
+    let edge_dir = workdir(
+        READING_EDGE,
+        &format!(
+            "node_id = \"edge-m\"\n[upstreams.central]\nurl = \"{}\"\ntopic_prefix = \"mesh/sync\"\n",
+            broker.url()
+        ),
+    );
+    let hq = start_aggregator(hq_dir.path());
+    let edge = start_node(edge_dir.path());
+    let lines: String = (0..30)
+        .map(|i| format!("{{\"meter\":\"q\",\"n\":{i}}}\n"))
+        .collect();
+    let (status, body) = http_post(
+        &edge.url("/ingest/reading"),
+        "application/x-ndjson",
+        lines.into_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        eventually(Duration::from_secs(20), || metric(
+            &hq,
+            "meshlet_sync_refused_total{reason=\"unknown_product\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0),
+        "the aggregator refused the unknown product"
+    );
+    assert_eq!(
+        metric(&hq, "meshlet_sync_applied_records_total{origin=\"edge-m\"}").unwrap_or(0.0),
+        0.0
+    );
+
+    // The definition arrives by a hot reload: the broker redelivers.
+    std::fs::write(
+        hq_dir.path().join("products/reading_def.yaml"),
+        READING_EDGE.split("\nsync:").next().unwrap_or(READING_EDGE),
+    )
+    .expect("write definition");
+    assert!(
+        eventually(Duration::from_secs(60), || metric(
+            &hq,
+            "meshlet_sync_applied_records_total{origin=\"edge-m\"}"
+        ) == Some(30.0)),
+        "the refused envelopes never arrived after the reload"
+    );
+    let _ = hq.stop();
+    let _ = edge.stop();
+    let store = open_store(&hq_dir.path().join("data"));
+    assert_eq!(
+        ns(&store, "q"),
+        (0..30).collect::<Vec<_>>(),
+        "each event once, in order"
+    );
+}
