@@ -564,9 +564,10 @@ fn offline_quarantine_replay_syncs_what_it_replayed() {
 
 /// An aggregator that does not know a product refuses its records, and
 /// the refusal is no acknowledgement: all 100 wait in the edge's outbox
-/// (counted, shown in `syncStatus`), and once the aggregator hot-reloads
-/// a definition of the product — its ingestion follows the reload — every
-/// one of them arrives, once, without restarting either node.
+/// (counted, shown in `syncStatus`) while the products it knows still go
+/// up, and once the aggregator hot-reloads a definition of the product —
+/// its ingestion follows the reload — every one of them arrives, once,
+/// without restarting either node.
 #[test]
 fn records_of_a_product_the_aggregator_lacks_wait_until_a_reload_brings_it() {
     let hq_dir = workdir(
@@ -592,6 +593,24 @@ fn records_of_a_product_the_aggregator_lacks_wait_until_a_reload_brings_it() {
         "the aggregator never refused the unknown product"
     );
     assert_eq!(pending(&edge), 100.0, "a refusal acknowledged nothing");
+    // The refused product waits; the products the aggregator knows go on.
+    push(
+        &edge,
+        "machine",
+        "{\"machine_id\":\"m1\",\"site\":\"berlin\",\"temp\":20.5}\n",
+    );
+    let lookup = "{ machine(machine_id: \"m1\") { temp } }";
+    assert!(
+        eventually(Duration::from_secs(15), || graphql_data(&hq, lookup)
+            ["machine"]["temp"]
+            == 20.5),
+        "a known product was held up behind the refused one"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || pending(&edge) == 100.0),
+        "only the refused product's records wait: {}",
+        pending(&edge)
+    );
     let refusals = "meshlet_sync_refusals_total{upstream=\"central\",reason=\"unknown_product\"}";
     assert!(
         eventually(Duration::from_secs(10), || metric(&edge, refusals)

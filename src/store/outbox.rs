@@ -32,7 +32,10 @@
 //! most one state per entity per interval, the latest one. An entry is not
 //! read by a sender before its `hold_until`; a held entry stops its lane
 //! (head of line), so what is sent per lane is always in ascending sequence
-//! order — what receivers' per-lane high-water marks rely on.
+//! order — what receivers' high-water marks rely on. A reader may pass
+//! over whole products (those an upstream refused for now,
+//! [`Store::outbox_read_except`]): each other product's entries still go
+//! in ascending order, and receivers keep a mark per product.
 //!
 //! # Budget
 //!
@@ -58,6 +61,9 @@ pub(crate) const OUTBOX_INDEX_TREE: &str = "outbox_index";
 const SEQ_KEY: &[u8] = b"S";
 const TAG_ENTITY: u8 = b'E';
 const TAG_LATEST: u8 = b'L';
+/// Most entries of refused products one [`Store::outbox_read_except`]
+/// passes over before it stops looking.
+pub const MAX_PASSED_OVER: usize = 50_000;
 
 /// Turns state changes into outbox items; installed once by `sync`.
 pub trait OutboxPlanner: Send + Sync + 'static {
@@ -382,6 +388,23 @@ impl Store {
         max: usize,
         now: Timestamp,
     ) -> Result<Vec<PendingEntry>, StoreError> {
+        self.outbox_read_except(upstream, max, now, &HashSet::new())
+    }
+
+    /// [`Store::outbox_read`] passing over the entries of the products in
+    /// `except` (those the upstream refused for now): they stay, in order,
+    /// and the entries of other products behind them are read. Receivers
+    /// keep their marks per product, so each product's entries still
+    /// arrive in ascending order. At most [`MAX_PASSED_OVER`] entries are
+    /// passed over per read, so a long backlog of a refused product costs a
+    /// bounded scan (what lies beyond waits for a later read).
+    pub fn outbox_read_except(
+        &self,
+        upstream: &str,
+        max: usize,
+        now: Timestamp,
+        except: &HashSet<String>,
+    ) -> Result<Vec<PendingEntry>, StoreError> {
         // Only entries below the sequence counter as it is now: they were
         // all committed before this scan began (the counter moves in the
         // same transaction as the entry), so the scan cannot see a later
@@ -405,6 +428,7 @@ impl Store {
         let mut out: Vec<PendingEntry> = Vec::new();
         let mut lane: Option<u8> = None;
         let mut skip_lane: Option<u8> = None;
+        let mut passed_over = 0usize;
         for item in self.inner.outbox.scan_prefix(&prefix) {
             let (key, bytes) = item.map_err(|e| StoreError::sled("reading the outbox", e))?;
             let this_lane = key.get(prefix.len()).copied().unwrap_or(0);
@@ -415,6 +439,13 @@ impl Store {
                 break;
             }
             let entry = decode_entry(&bytes)?;
+            if except.contains(&entry.item.product) {
+                passed_over += 1;
+                if passed_over >= MAX_PASSED_OVER {
+                    break;
+                }
+                continue;
+            }
             if entry.seq >= horizon {
                 if lane.is_some() {
                     break;

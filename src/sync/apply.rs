@@ -1,13 +1,17 @@
 //! Aggregator mode: applying envelopes from edges, exactly once in effect.
 //!
-//! Per (origin, link, lane) a high-water mark — the highest sequence
-//! number applied — is stored as a source offset
-//! (`sync:<origin>:<lane>:<link>`; origins contain no `:`) in the
-//! same store transaction as the records it covers, so a crash keeps both
-//! or neither. A redelivered envelope (the edge did not see our answer)
-//! finds its records at or below the mark and skips them: at-least-once
-//! on the wire, exactly-once in effect. Envelopes are applied one at a
-//! time (one lock), so check and write never interleave.
+//! Per (origin, link, lane, product) a high-water mark — the highest
+//! sequence number applied — is stored as a source offset
+//! (`syncp:<origin>:<lane>:<product>:<link>`; origins and product names
+//! contain no `:`) in the same store transaction as the records it covers,
+//! so a crash keeps both or neither. A redelivered envelope (the edge did
+//! not see our answer) finds its records at or below the mark and skips
+//! them: at-least-once on the wire, exactly-once in effect. Marks are per
+//! product because an edge passes over a product this node refused for
+//! now and sends the others' later entries first. A store written by an
+//! older version has one mark per lane (`sync:<origin>:<lane>:<link>`): it
+//! still counts, as a floor under every product's mark. Envelopes are
+//! applied one at a time (one lock), so check and write never interleave.
 //!
 //! Each instance is stored with its origin node (`origin.source` =
 //! `sync:<origin node id>`). **Conflicts** between edges writing the same
@@ -27,8 +31,9 @@
 //! the envelope fails with [`ApplyError::UnknownProduct`] (HTTP 409, code
 //! `unknown_product`; over MQTT, no PUBACK). The edge keeps the entries in
 //! its outbox and sends them again, with back-off, until this node knows
-//! the product; each refusal is counted (`meshlet_sync_refused_total{reason
-//! ="unknown_product"}`) and logged.
+//! the product (its other products go on meanwhile); each refusal is
+//! counted (`meshlet_sync_refused_total{reason="unknown_product"}`) and
+//! logged.
 
 use std::sync::Arc;
 
@@ -83,8 +88,29 @@ struct Seen {
     pending: std::collections::BTreeMap<String, u64>,
 }
 
-fn mark_source(origin: &str, link: &str, lane: u8) -> String {
+/// The mark of one (origin, link, lane) as versions before per-product
+/// marks kept it: it covers every product of the lane. Read, never
+/// written any more.
+fn lane_mark_source(origin: &str, link: &str, lane: u8) -> String {
     format!("sync:{origin}:{lane}:{link}")
+}
+
+/// The mark of one (origin, link, lane, product). Product names contain
+/// no `:` and origins none either; the link comes last, so no two keys
+/// meet, and the `syncp:` prefix keeps them apart from lane marks.
+fn mark_source(origin: &str, link: &str, lane: u8, product: &str) -> String {
+    format!("syncp:{origin}:{lane}:{product}:{link}")
+}
+
+fn read_mark(store: &crate::store::Store, source: &str) -> Result<u64, StoreError> {
+    Ok(match store.source_offset(source)? {
+        Some(bytes) => bytes
+            .as_slice()
+            .try_into()
+            .map(u64::from_be_bytes)
+            .unwrap_or(0),
+        None => 0,
+    })
 }
 
 /// What the aggregator knows of one edge (since it started).
@@ -153,23 +179,30 @@ impl Receiver {
     pub async fn apply(&self, envelope: Envelope) -> Result<Applied, ApplyError> {
         let _one = self.one_at_a_time.lock().await;
         let store = self.ingestor.store().clone();
-        let source = mark_source(&envelope.origin, &envelope.link, envelope.lane);
         self.note_node(&envelope);
-        let mark = match store.source_offset(&source)? {
-            Some(bytes) => bytes
-                .as_slice()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .unwrap_or(0),
-            None => 0,
-        };
+        let (from, link, lane) = (&envelope.origin, &envelope.link, envelope.lane);
+        let lane_mark = read_mark(&store, &lane_mark_source(from, link, lane))?;
+        // Each product's mark (at least the lane's, from older versions),
+        // read once per envelope; only products this node knows have one.
+        let mut marks: std::collections::HashMap<String, u64> = Default::default();
+        for record in &envelope.records {
+            if !marks.contains_key(&record.product) {
+                let mark = if self.ingestor.products().get(&record.product).is_some() {
+                    read_mark(&store, &mark_source(from, link, lane, &record.product))?
+                        .max(lane_mark)
+                } else {
+                    lane_mark
+                };
+                marks.insert(record.product.clone(), mark);
+            }
+        }
         let origin = Origin::new(format!("{SYNC_ORIGIN_PREFIX}{}", envelope.origin));
         let mut outcome = Applied::default();
         let total = envelope.records.len();
         let fresh: Vec<_> = envelope
             .records
             .into_iter()
-            .filter(|r| r.seq > mark)
+            .filter(|r| r.seq > marks.get(&r.product).copied().unwrap_or(lane_mark))
             .collect();
         outcome.duplicates = total - fresh.len();
         let mut i = 0;
@@ -200,6 +233,7 @@ impl Receiver {
                 })
                 .await
                 .map_err(|_| ApplyError::ShuttingDown)??;
+                let source = mark_source(from, link, lane, &head.product);
                 self.write(&head.product, Vec::new(), &source, head.seq)
                     .await?;
                 outcome.applied += 1;
@@ -226,6 +260,7 @@ impl Receiver {
                 .collect();
             let last = fresh[j - 1].seq;
             outcome.applied += records.len();
+            let source = mark_source(from, link, lane, &head.product);
             self.write(&head.product, records, &source, last).await?;
             i = j;
         }

@@ -14,8 +14,8 @@ use crate::store::{OutboxStats, Store};
 pub struct SyncMetrics {
     counters: Mutex<BTreeMap<(&'static str, Vec<String>), u64>>,
     last_ack: Mutex<BTreeMap<String, Timestamp>>,
-    /// Per upstream: why its outbox waits (the last refusal), until the
-    /// next acknowledgement.
+    /// Per upstream: why some of its entries wait (the refusals of the
+    /// products it passes over), as its sender says.
     waiting: Mutex<BTreeMap<String, String>>,
     upstreams: Mutex<Vec<String>>,
 }
@@ -49,7 +49,15 @@ impl SyncMetrics {
         self.add("meshlet_sync_sent_bytes_total", &[upstream], bytes as u64);
         self.add("meshlet_sync_batches_total", &[upstream], 1);
         lock(&self.last_ack).insert(upstream.to_string(), Timestamp::now());
-        lock(&self.waiting).remove(upstream);
+    }
+
+    /// Why some of `upstream`'s entries wait (`None`: none does).
+    pub fn waiting(&self, upstream: &str, why: Option<String>) {
+        let mut waiting = lock(&self.waiting);
+        match why {
+            Some(why) => waiting.insert(upstream.to_string(), why),
+            None => waiting.remove(upstream),
+        };
     }
 
     /// The upstream refused a batch it cannot take yet; the batch stays in
@@ -62,7 +70,6 @@ impl SyncMetrics {
             "sync batch refused by the upstream; it stays in the outbox and is sent again"
         );
         self.add("meshlet_sync_refusals_total", &[upstream, reason], 1);
-        lock(&self.waiting).insert(upstream.to_string(), detail.to_string());
     }
 
     /// A send failed; the batch stays in the outbox.
@@ -293,7 +300,7 @@ pub struct UpstreamStatus {
     pub dropped: u64,
     /// Batches the upstream refused without acknowledging (since start).
     pub refusals: u64,
-    /// Why the outbox waits: the upstream's last refusal, until it
-    /// acknowledges again.
+    /// Why some pending entries wait: the upstream's refusal of each
+    /// product it cannot take yet; `None` when nothing waits.
     pub waiting: Option<String>,
 }

@@ -5,9 +5,10 @@
 //!
 //! Guarantees, end to end: the outbox is written in the same transaction
 //! as the change (store), an entry is deleted only after the upstream
-//! acknowledged it (sender), and the receiver skips what its per-(origin,
-//! lane) high-water mark already covers (apply) — at-least-once on the
-//! wire, exactly-once in effect.
+//! acknowledged it (sender) — a refusal is never an acknowledgement —,
+//! and the receiver skips what its per-(origin, link, lane, product)
+//! high-water mark already covers (apply) — at-least-once on the wire,
+//! exactly-once in effect.
 
 pub mod apply;
 pub mod envelope;
@@ -159,6 +160,7 @@ pub fn start(
             batch_size,
             batch_age,
             metrics: metrics.clone(),
+            deferred: Default::default(),
         };
         tasks.spawn(
             sender

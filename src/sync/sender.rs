@@ -12,13 +12,17 @@
 //!
 //! An upstream that answers "not yet" ([`TransportError::Deferred`]: an
 //! aggregator that does not know the product) has acknowledged nothing:
-//! the batch stays, its lane waits behind it (sequence order per lane is
-//! what the receiver's mark relies on), the refusal is counted
+//! the batch stays in the outbox, the refusal is counted
 //! (`meshlet_sync_refusals_total`) and shown in `syncStatus { waiting }`,
-//! and it is sent again with back-off until the upstream takes it.
+//! and that product is passed over (its own back-off, `retry_min` doubling
+//! to `retry_max`) while the other products go on; then it is offered
+//! again, from its oldest entry, until the upstream takes it. Receivers
+//! keep their marks per product, so what is sent of each product per lane
+//! is still in ascending sequence order.
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -69,6 +73,14 @@ impl Transport {
     }
 }
 
+/// A product the upstream refused for now, and when to offer it again.
+pub(crate) struct Deferral {
+    until: Instant,
+    backoff: Duration,
+    /// The upstream's reason, as it said it.
+    detail: String,
+}
+
 pub(crate) struct Sender {
     pub upstream: String,
     pub origin: String,
@@ -79,6 +91,10 @@ pub(crate) struct Sender {
     pub batch_size: usize,
     pub batch_age: Duration,
     pub metrics: Arc<SyncMetrics>,
+    /// Products the upstream cannot take yet (`unknown_product`): passed
+    /// over by reads until their own back-off ends. Bounded by the
+    /// products this node syncs.
+    pub deferred: BTreeMap<String, Deferral>,
 }
 
 /// The batch timing of an upstream: the smallest over its rules.
@@ -130,14 +146,6 @@ impl Sender {
                 }
                 Ok(false) if self.transport.is_none() => PARKED_TICK,
                 Ok(false) => IDLE_TICK,
-                Err(TransportError::Deferred { reason, detail }) => {
-                    // Refused, not acknowledged: the batch stays in the
-                    // outbox (its lane waits) and goes again after back-off.
-                    self.metrics.deferred(&self.upstream, reason, &detail);
-                    let wait = jittered(backoff);
-                    backoff = (backoff * 2).min(self.settings.retry_max);
-                    wait
-                }
                 Err(e) => {
                     self.metrics.send_failed(&self.upstream, &e.to_string());
                     let wait = jittered(backoff);
@@ -160,8 +168,15 @@ impl Sender {
         let store = self.store.clone();
         let upstream = self.upstream.clone();
         let max = self.batch_size;
+        let now = Instant::now();
+        let except: HashSet<String> = self
+            .deferred
+            .iter()
+            .filter(|(_, d)| d.until > now)
+            .map(|(product, _)| product.clone())
+            .collect();
         let entries = tokio::task::spawn_blocking(move || {
-            store.outbox_read(&upstream, max, Timestamp::now())
+            store.outbox_read_except(&upstream, max, Timestamp::now(), &except)
         })
         .await
         .map_err(|e| TransportError::Store(e.to_string()))?
@@ -193,9 +208,34 @@ impl Sender {
             .map_err(|e| TransportError::Config(e.to_string()))?;
         let bytes = body.len();
         debug!(upstream = %self.upstream, records = entries.len(), bytes, first_seq = envelope.first_seq, last_seq = envelope.last_seq, "sending sync batch");
-        tokio::time::timeout(self.settings.send_timeout, transport.send(&product, body))
+        let sent = tokio::time::timeout(self.settings.send_timeout, transport.send(&product, body))
             .await
-            .map_err(|_| TransportError::Unreachable("send timed out".to_string()))??;
+            .map_err(|_| TransportError::Unreachable("send timed out".to_string()))?;
+        if let Err(TransportError::Deferred { reason, detail }) = sent {
+            // Refused, not acknowledged: the entries stay; this product is
+            // passed over until its back-off ends, the others go on.
+            self.metrics.deferred(&self.upstream, reason, &detail);
+            let backoff = self
+                .deferred
+                .get(&product)
+                .map_or(self.settings.retry_min, |d| {
+                    (d.backoff * 2).min(self.settings.retry_max)
+                });
+            self.deferred.insert(
+                product,
+                Deferral {
+                    until: Instant::now() + jittered(backoff),
+                    backoff,
+                    detail,
+                },
+            );
+            self.show_waiting();
+            return Ok(true);
+        }
+        sent?;
+        if self.deferred.remove(&product).is_some() {
+            self.show_waiting();
+        }
         let keys: Vec<Vec<u8>> = entries.into_iter().map(|e| e.key).collect();
         let records = keys.len();
         let store = self.store.clone();
@@ -205,6 +245,18 @@ impl Sender {
             .map_err(|e| TransportError::Store(e.to_string()))?;
         self.metrics.acked(&self.upstream, records, bytes);
         Ok(true)
+    }
+
+    /// Tells the metrics (and `syncStatus`) which products wait, and why.
+    fn show_waiting(&self) {
+        let waiting = (!self.deferred.is_empty()).then(|| {
+            self.deferred
+                .values()
+                .map(|d| d.detail.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        self.metrics.waiting(&self.upstream, waiting);
     }
 
     async fn enforce_budget(&mut self) {
