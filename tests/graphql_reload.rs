@@ -373,3 +373,43 @@ async fn the_external_broker_client_subscribes_to_topics_a_reload_adds() {
     let (status, _) = node.stop();
     assert!(status.success());
 }
+
+/// A file tail takes the fields a reload adds to its product, from the
+/// next line on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_tail_follows_its_products_reload() {
+    const LINE: &str = "product: line\nversion: 1\ndomain: test\nowner: test@example.com\nkey: id\nfields:\n  id: { type: string, required: true }\nsources:\n  - file: { path: \"../feed.ndjson\", format: ndjson }\n";
+    let dir = workdir(&[("line", LINE)], "");
+    let feed = dir.path().join("feed.ndjson");
+    std::fs::write(&feed, "{\"id\": \"a\"}\n").expect("write feed");
+    let node = start(dir.path());
+    let gql = Gql::new(&node);
+    let wait = Duration::from_secs(15);
+    gql.until(wait, "{ line(id: \"a\") { id } }", |d| !d["line"].is_null())
+        .await;
+
+    std::fs::write(
+        dir.path().join("products/line.yaml"),
+        LINE.replace("sources:", "  level: { type: int }\nsources:"),
+    )
+    .expect("write");
+    gql.until(wait, STATUS, |d| d["schemaStatus"]["generation"] == 2)
+        .await;
+    {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&feed)
+            .expect("open feed");
+        file.write_all(b"{\"id\": \"b\", \"level\": 3}\n")
+            .expect("append");
+    }
+    let data = gql
+        .until(wait, "{ line(id: \"b\") { level } }", |d| {
+            !d["line"].is_null()
+        })
+        .await;
+    assert_eq!(data["line"]["level"], 3, "{data}");
+    let (status, _) = node.stop();
+    assert!(status.success());
+}

@@ -386,12 +386,11 @@ impl FileTail {
         let origin = Origin::new(format!("file:{}", self.path.display()));
         // The product as defined now (fields, rules: they follow reloads);
         // the file, its format and mapping stay those the tail started with.
-        let product = self
-            .ingestor
-            .products()
-            .get(&self.product.name)
-            .cloned()
-            .unwrap_or_else(|| self.product.clone());
+        // A product a reload removed takes nothing: the lines stay unread
+        // (the position does not move) until its definition returns.
+        let Some(product) = self.ingestor.products().get(&self.product.name).cloned() else {
+            return Err(super::WriteError::ProductRemoved(self.product.name.clone()));
+        };
         let mut batch = IngestBatch::default();
         let mut event_times = Vec::new();
         for line in lines {

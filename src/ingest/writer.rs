@@ -58,6 +58,10 @@ pub enum WriteError {
     Durable(Arc<StoreError>),
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// The product's definition went away (a reload removed it): nothing
+    /// was written, and the source keeps what it has until it returns.
+    #[error("product `{0}` is no longer defined (removed by a reload): nothing written")]
+    ProductRemoved(String),
 }
 
 type Reply = oneshot::Sender<Result<Written, WriteError>>;

@@ -21,8 +21,10 @@
 //! schema. So a field or product the API shows is one ingestion takes:
 //! nothing is accepted and then dropped. What a reload does not change
 //! until the node restarts: which files are tailed (a new `file` source,
-//! or a changed path, starts with the next start), the retention sweeper's
-//! product list, and the batch timing of sync senders.
+//! or a changed path, starts with the next start; the tail of a product a
+//! reload removed stops taking lines, which stay in the file), and the
+//! batch timing of sync senders. The retention sweeper asks for the
+//! current products at each wake.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
