@@ -271,6 +271,9 @@ pub async fn start(
 ) -> Result<RunningNode, NodeError> {
     let readiness = Readiness::default();
 
+    // Seen before loading: a definition changed while the node starts is
+    // one the reload loop picks up.
+    let definitions_seen = api::graphql::snapshot_definitions(&config.product_paths());
     let products = Arc::new(load_products(&config)?);
     if products.is_empty() {
         warn!("no product definitions loaded: pass --products or set `products` in the config");
@@ -386,7 +389,12 @@ pub async fn start(
     };
     tasks.spawn(
         graphql
-            .watch_definitions(config.product_paths(), reload_context, readiness.clone())
+            .watch_definitions(
+                config.product_paths(),
+                reload_context,
+                readiness.clone(),
+                definitions_seen,
+            )
             .instrument(info_span!("graphql_reload")),
     );
     let retention_metrics = RetentionMetrics::default();

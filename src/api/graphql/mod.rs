@@ -57,7 +57,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info_span, Instrument};
 
-pub use reload::{SchemaHandle, POLL_INTERVAL};
+pub use reload::{snapshot as snapshot_definitions, SchemaHandle, Snapshot, POLL_INTERVAL};
 pub use schema::{sdl, BuildError};
 
 use crate::api::Readiness;
@@ -129,11 +129,14 @@ impl GraphqlApi {
 
     /// The reload loop (SIGHUP, definition file changes) over `paths`; run
     /// it as a task. It ends at shutdown.
+    /// `seen` is what the definition files looked like when the running
+    /// set was loaded ([`snapshot_definitions`], taken before loading).
     pub fn watch_definitions(
         &self,
         paths: Vec<PathBuf>,
         context: LoadContext,
         readiness: Readiness,
+        seen: Snapshot,
     ) -> impl Future<Output = ()> + Send + 'static {
         let reloader = reload::Reloader {
             handle: self.handle.clone(),
@@ -141,6 +144,7 @@ impl GraphqlApi {
             readiness,
             paths,
             context,
+            seen,
         };
         let shutdown = self.runtime.shutdown.clone();
         reloader.run(shutdown)

@@ -88,12 +88,17 @@ pub(crate) struct Reloader {
     pub readiness: Readiness,
     pub paths: Vec<PathBuf>,
     pub context: LoadContext,
+    /// The files as they were when the running definitions were loaded.
+    pub seen: Snapshot,
 }
 
 /// What was seen of the definition files: path, size and mtime of each.
-type Snapshot = Vec<(PathBuf, u64, Option<SystemTime>)>;
+pub type Snapshot = Vec<(PathBuf, u64, Option<SystemTime>)>;
 
-fn snapshot(paths: &[PathBuf]) -> Snapshot {
+/// Sees the definition files under `paths`. The node takes it *before* it
+/// loads the definitions it starts with, so a change made while it starts
+/// is a change the reload loop notices.
+pub fn snapshot(paths: &[PathBuf]) -> Snapshot {
     let mut seen = Vec::new();
     for path in paths {
         let files: Vec<PathBuf> = match std::fs::read_dir(path) {
@@ -121,10 +126,7 @@ impl Reloader {
     /// Watches for SIGHUP and file changes until `shutdown`.
     pub(crate) async fn run(self, shutdown: CancellationToken) {
         let mut hangup = hangup_signal();
-        let paths = self.paths.clone();
-        let mut seen = tokio::task::spawn_blocking(move || snapshot(&paths))
-            .await
-            .unwrap_or_default();
+        let mut seen = self.seen.clone();
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
