@@ -111,6 +111,13 @@ pub fn preflight(config: &HubConfig, products: &ProductSet) -> Preflight {
             out.problems.push(format!("mqtt.external: {err}"));
         }
     }
+    if let Some(broker) = &config.aggregator.mqtt {
+        if let Err(err) = client::options(broker, node_id) {
+            out.warnings.push(format!(
+                "aggregator.mqtt: {err} (the node starts, but does not subscribe to sync envelopes)"
+            ));
+        }
+    }
     for (name, upstream) in &config.upstreams {
         if let Err(err) = crate::sync::check_upstream(name, upstream, node_id) {
             out.problems.push(err.to_string());

@@ -507,3 +507,29 @@ fn check_refuses_everything_serve_refuses() {
         assert!(!served.contains("panicked"), "{what}: {served}");
     }
 }
+
+/// Roles that tokens act as but no product names do not stop `serve`, so
+/// `check` passes — and says so, once per token.
+#[test]
+fn check_warns_about_tokens_whose_role_no_product_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("products")).expect("products dir");
+    std::fs::write(dir.path().join("products/ok.yaml"), named_product("ok")).expect("write");
+    std::fs::write(
+        dir.path().join("meshlet.toml"),
+        "data_dir = \"data\"\nproducts = [\"products\"]\n",
+    )
+    .expect("write config");
+    create_token(dir.path(), "ghost", "casper");
+    create_token(dir.path(), "reader", "dashboard");
+    let out = run(dir.path(), &["-c", "meshlet.toml", "check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "warning: token `casper` acts as role `ghost`, which no product's `access` names"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("dashboard"), "{err}");
+}
