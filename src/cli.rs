@@ -465,10 +465,6 @@ fn quarantine(config: HubConfig, command: QuarantineCommand) -> ExitCode {
             )
         })?;
         let products = std::sync::Arc::new(products);
-        // Replayed records owe the upstreams what the same records written
-        // by a running node would: their outbox entries go with them.
-        crate::sync::install_planner(&store, &products)
-            .map_err(|e| format!("cannot plan the sync of replayed records: {e}"))?;
         match command {
             QuarantineCommand::List { product, after, limit } => {
                 if products.get(&product).is_none() {
@@ -500,6 +496,11 @@ fn quarantine(config: HubConfig, command: QuarantineCommand) -> ExitCode {
                 Ok(())
             }
             QuarantineCommand::Replay { product } => {
+                // Replayed records owe the upstreams what the same records
+                // written by a running node would: their outbox entries go
+                // with them.
+                crate::sync::install_planner(&store, &products)
+                    .map_err(|e| format!("cannot plan the sync of replayed records: {e}"))?;
                 let tasks = tokio_util::task::TaskTracker::new();
                 // A replay is the operator's own foreground work: it runs
                 // at the command's priority, on the command's runtime.
