@@ -60,7 +60,7 @@ pub enum ApplyError {
     ShuttingDown,
     /// Not applied, and not to be acknowledged: the sender keeps the
     /// records and sends them again once this node knows the product.
-    #[error("this node does not know product `{product}` (sent by `{origin}`): its records wait at the sender until a definition of it is loaded here")]
+    #[error("the aggregator does not know product `{product}` (sent by `{origin}`): its records wait at the edge until a definition of it is loaded on the aggregator")]
     UnknownProduct { origin: String, product: String },
 }
 

@@ -221,6 +221,7 @@ impl Sender {
                 .map_or(self.settings.retry_min, |d| {
                     (d.backoff * 2).min(self.settings.retry_max)
                 });
+            let detail = format!("product `{product}` refused ({reason}): {detail}");
             self.deferred.insert(
                 product,
                 Deferral {
