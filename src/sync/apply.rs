@@ -304,3 +304,114 @@ impl Receiver {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::product::{load_path, LoadContext};
+    use crate::record::{Fields, Value};
+    use crate::store::{Store, StoreConfig};
+    use crate::sync::envelope::{EnvelopeRecord, ENVELOPE_FORMAT};
+
+    const PRODUCT: &str = "product: p\nversion: 1\ndomain: d\nowner: o@example.com\nkey: id\nfields:\n  id: { type: string }\n  n: { type: int }\n";
+
+    fn envelope(product: &str, seqs: std::ops::RangeInclusive<u64>) -> Envelope {
+        let records: Vec<EnvelopeRecord> = seqs
+            .map(|seq| EnvelopeRecord {
+                seq,
+                product: product.to_string(),
+                definition_version: 1,
+                entity: "e".to_string(),
+                event_time: Timestamp(i64::try_from(seq).unwrap_or(0) * 1_000_000),
+                fields: Fields::from_iter([("n".to_string(), Value::Int(seq as i64))]),
+                tombstone: false,
+            })
+            .collect();
+        Envelope {
+            format: ENVELOPE_FORMAT,
+            origin: "edge".into(),
+            link: "central".into(),
+            lane: 1,
+            pending: 0,
+            first_seq: records.first().map_or(0, |r| r.seq),
+            last_seq: records.last().map_or(0, |r| r.seq),
+            records,
+        }
+    }
+
+    /// A store written before marks were per product keeps its lane mark:
+    /// it is the floor of every product's mark, so nothing it covers is
+    /// applied twice after the upgrade; an unknown product is refused
+    /// without moving any mark, and the others go on past it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_lane_mark_of_older_stores_is_a_floor_and_refusals_move_no_mark() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("p.yaml"), PRODUCT).expect("write");
+        let products = Arc::new(
+            load_path(&dir.path().join("p.yaml"), &LoadContext::default()).expect("loads"),
+        );
+        let store = Store::open(StoreConfig::new(dir.path().join("store"))).expect("opens");
+        let tasks = tokio_util::task::TaskTracker::new();
+        let runtime = crate::ingest::priority::IngestRuntime::start(0).expect("runtime");
+        let ingestor = Ingestor::new(
+            products,
+            store.clone(),
+            &crate::config::IngestSettings::default(),
+            &tasks,
+            &runtime,
+        );
+        // What an older version left: the lane's mark at 5.
+        let job = WriteJob {
+            product: "p".into(),
+            batch: IngestBatch {
+                source_offset: Some(SourceOffset {
+                    source: lane_mark_source("edge", "central", 1),
+                    position: 5u64.to_be_bytes().to_vec(),
+                }),
+                ..IngestBatch::default()
+            },
+            limits: Default::default(),
+            retained: false,
+            received_at: Timestamp::now(),
+        };
+        ingestor
+            .writer()
+            .submit(job)
+            .await
+            .wait()
+            .await
+            .expect("written");
+        let receiver = Receiver::new(ingestor.clone(), Arc::new(SyncMetrics::default()));
+
+        let applied = receiver.apply(envelope("p", 3..=7)).await.expect("applied");
+        assert_eq!((applied.applied, applied.duplicates), (2, 3));
+        let again = receiver.apply(envelope("p", 3..=7)).await.expect("applied");
+        assert_eq!((again.applied, again.duplicates), (0, 5));
+
+        let refused = receiver.apply(envelope("q", 8..=9)).await;
+        assert!(
+            matches!(&refused, Err(ApplyError::UnknownProduct { product, .. }) if product == "q"),
+            "{refused:?}"
+        );
+        assert_eq!(
+            store
+                .source_offset(&mark_source("edge", "central", 1, "q"))
+                .expect("read"),
+            None,
+            "a refusal writes no mark"
+        );
+        let later = receiver
+            .apply(envelope("p", 10..=11))
+            .await
+            .expect("applied");
+        assert_eq!(
+            later.applied, 2,
+            "other products go on past the refused one"
+        );
+        drop(receiver);
+        drop(ingestor);
+        tasks.close();
+        tasks.wait().await;
+        runtime.stop();
+    }
+}
