@@ -481,9 +481,9 @@ impl Ingestor {
         origin: &Origin,
         pending: &mut PendingMessage,
     ) {
-        let sp = &self.inner.sparkplug;
+        let routes = self.inner.sparkplug.routes();
         let entity = topic.device.unwrap_or(topic.edge_node);
-        for route in sp.routes.iter().filter(|r| r.reads_topic(topic)) {
+        for route in routes.iter().filter(|r| r.reads_topic(topic)) {
             route.counters.message(message.payload.len());
             if route.product.quality.on_invalid != OnInvalid::Quarantine {
                 route.counters.count(Outcome::Rejected, 1);
