@@ -132,6 +132,21 @@ pub struct HttpConfig {
     pub graphiql: bool,
     /// HTTPS instead of HTTP when set (`[http.tls]`).
     pub tls: Option<HttpTlsConfig>,
+    /// Open HTTP connections at most (default 256); a connection beyond
+    /// it gets `503` and is closed, counted in
+    /// `meshlet_http_connections_refused_total`. Lowered at start when the
+    /// process's descriptor limit cannot hold it next to the broker's.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, from the
+    /// connection's start or the previous response (default 10s); an idle
+    /// keep-alive connection is closed after it too.
+    #[serde(with = "humantime_serde_compat")]
+    pub header_read_timeout: Duration,
+    /// How long a request's body may take to arrive, from its headers
+    /// (default 60s: 8 MiB at ~1.1 Mbit/s); a slower body fails the
+    /// request with 408 and closes the connection.
+    #[serde(with = "humantime_serde_compat")]
+    pub body_read_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -140,6 +155,9 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             graphiql: true,
             tls: None,
+            max_connections: 256,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -276,10 +294,43 @@ pub struct EmbeddedBrokerConfig {
     /// (MQTT 3.1.1 has no way to refuse a single packet). Payloads between
     /// `ingest.max_payload_bytes` and this are read and refused per policy.
     pub max_packet_bytes: usize,
+    /// Open connections at most, counted from the moment a socket is
+    /// accepted (before its CONNECT): one beyond it gets CONNACK 0x03 and
+    /// is closed. Lowered at start when the process's descriptor limit
+    /// cannot hold it next to `http.max_connections`.
     pub max_connections: usize,
+    /// Largest CONNECT packet (default 16 KiB: client id, will, login); a
+    /// larger one closes the connection. Together with `max_connections`
+    /// it bounds what sockets that have not connected yet can buffer.
+    pub max_connect_bytes: usize,
+    /// How long a new socket may take to send its CONNECT (default 10s).
+    #[serde(with = "humantime_serde_compat")]
+    pub connect_timeout: Duration,
     /// QoS 1/2 publishes of one connection waiting for their durable ack;
     /// when reached, the connection is not read further (TCP backpressure).
     pub max_inflight: usize,
+    /// Bytes (topic + payload) all retained messages may hold together
+    /// (default 16 MiB). A retained publish beyond it is still ingested and
+    /// delivered, but not retained: counted in
+    /// `meshlet_broker_retained_refused_total` and logged.
+    pub max_retained_bytes: usize,
+    /// Subscriptions one client may hold (default 100); beyond it the
+    /// filter's SUBACK code is 0x80 (failure), counted.
+    pub max_subscriptions: usize,
+    /// Bytes of subscription filters one client may hold (default 16 KiB);
+    /// beyond it SUBACK 0x80, counted.
+    pub max_subscription_bytes: usize,
+    /// Bytes of deliveries queued towards one subscriber (default 2 MiB).
+    /// A subscriber that reads slower than messages arrive loses the
+    /// deliveries beyond it (QoS 0), counted in
+    /// `meshlet_broker_deliveries_dropped_total`; acks are never dropped.
+    pub max_queued_bytes: usize,
+    /// A persistent session (`clean_session = false`) whose client stayed
+    /// away this long is removed (default 2h, `0s`: never), counted in
+    /// `meshlet_broker_sessions_expired_total`. MQTT 3.1.1 leaves this to
+    /// the server; MQTT 5 calls it the session expiry interval.
+    #[serde(with = "humantime_serde_compat")]
+    pub session_expiry: Duration,
     /// Username → password; empty means no authentication.
     pub users: BTreeMap<String, String>,
 }
@@ -291,7 +342,14 @@ impl Default for EmbeddedBrokerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             max_packet_bytes: 1 << 20,
             max_connections: 1_000,
+            max_connect_bytes: 16 * 1024,
+            connect_timeout: Duration::from_secs(10),
             max_inflight: 256,
+            max_retained_bytes: 16 << 20,
+            max_subscriptions: 100,
+            max_subscription_bytes: 16 * 1024,
+            max_queued_bytes: 2 << 20,
+            session_expiry: Duration::from_secs(2 * 3600),
             users: BTreeMap::new(),
         }
     }

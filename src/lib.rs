@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod contract;
 pub mod ingest;
+pub mod listen;
 pub mod memory;
 pub mod node;
 pub mod pipeline;

@@ -277,6 +277,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<RunningNode, NodeError> {
     let readiness = Readiness::default();
+    let config = crate::listen::fit_to_descriptors(config);
 
     // Seen before loading: a definition changed while the node starts is
     // one the reload loop picks up.
@@ -299,7 +300,7 @@ pub async fn start(
         Some(external) => Some(client::options(external, &node_id)?),
         None => None,
     };
-    let listener = HttpListener::bind(config.http.listen, config.http.tls.as_ref()).await?;
+    let listener = HttpListener::bind(&config.http).await?;
     let http_addr = listener.local_addr();
     let http_scheme = listener.scheme();
     let broker = if config.mqtt.embedded.enabled {
@@ -412,6 +413,7 @@ pub async fn start(
         max_http_body_bytes: config.ingest.max_http_body_bytes,
         graphql,
         tls_metrics: listener.tls_metrics(),
+        http_metrics: listener.http_metrics(),
         retention: retention_metrics.clone(),
         auth,
         sync: Some(sync),

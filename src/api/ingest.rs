@@ -447,6 +447,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     state.ingestor.metrics().render_prometheus(&mut text);
     state.graphql.render_prometheus(&mut text);
     state.tls_metrics.render_prometheus(&mut text);
+    state.http_metrics.render_prometheus(&mut text);
     state.retention.render_prometheus(&mut text);
     state
         .ingestor

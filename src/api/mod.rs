@@ -10,6 +10,7 @@ mod auth;
 pub mod graphql;
 mod health;
 mod ingest;
+pub mod serve;
 mod sync;
 pub mod tls;
 
@@ -52,6 +53,8 @@ pub struct ApiShared {
     pub graphql: graphql::GraphqlApi,
     /// Handshake figures of the HTTPS listener (zero without TLS).
     pub tls_metrics: tls::TlsMetrics,
+    /// The listener's connection figures (open, refused, timed out).
+    pub http_metrics: serve::HttpMetrics,
     /// What the retention sweeper removed, for `/metrics`.
     pub retention: crate::retention::RetentionMetrics,
     /// Who is calling: tokens, certificates, anonymous role.
@@ -128,16 +131,16 @@ pub struct HttpListener {
     addr: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
     tls_metrics: tls::TlsMetrics,
+    limits: serve::HttpLimits,
+    metrics: serve::HttpMetrics,
 }
 
 impl HttpListener {
     /// Reads the TLS files (when configured) before binding, so a bad
     /// certificate is reported before anything listens.
-    pub async fn bind(
-        addr: SocketAddr,
-        tls_config: Option<&crate::config::HttpTlsConfig>,
-    ) -> Result<HttpListener, ServeError> {
-        let tls = tls_config.map(tls::acceptor).transpose()?;
+    pub async fn bind(config: &crate::config::HttpConfig) -> Result<HttpListener, ServeError> {
+        let addr = config.listen;
+        let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
@@ -149,6 +152,8 @@ impl HttpListener {
             addr,
             tls,
             tls_metrics: tls::TlsMetrics::default(),
+            limits: serve::HttpLimits::from_config(config),
+            metrics: serve::HttpMetrics::default(),
         })
     }
 
@@ -170,19 +175,16 @@ impl HttpListener {
         self.tls_metrics.clone()
     }
 
+    /// The connection counters, for the router's `/metrics`.
+    pub fn http_metrics(&self) -> serve::HttpMetrics {
+        self.metrics.clone()
+    }
+
     /// Serves until `shutdown` is cancelled, then stops accepting and lets
-    /// in-flight requests finish.
+    /// in-flight requests finish (see [`serve`] for the limits).
     pub async fn serve(self, app: Router, shutdown: CancellationToken) -> Result<(), ServeError> {
-        let addr = self.addr;
-        match self.tls {
-            Some(acceptor) => {
-                tls::serve(self.listener, acceptor, self.tls_metrics, app, shutdown).await;
-                Ok(())
-            }
-            None => axum::serve(self.listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-                .map_err(|source| ServeError::Serve { addr, source }),
-        }
+        let tls = self.tls.map(|acceptor| (acceptor, self.tls_metrics));
+        serve::serve(self.listener, tls, self.limits, self.metrics, app, shutdown).await;
+        Ok(())
     }
 }

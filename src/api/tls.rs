@@ -1,48 +1,32 @@
 //! HTTPS for the HTTP listener: rustls (ring provider) over each accepted
 //! TCP connection, optionally verifying client certificates (mTLS).
 //!
-//! `axum::serve` only drives plain `TcpListener`s, so with TLS configured
-//! this module runs the accept loop itself: one task per connection does
-//! the handshake (bounded by [`HANDSHAKE_TIMEOUT`]) and then serves the
-//! router with hyper's HTTP/1 connection, upgrades included, so
-//! `/graphql/ws` works as `wss://`. A verified client certificate becomes a
-//! [`PeerCertificate`] request extension on every request of its
-//! connection; the policy layer maps it to a role.
+//! This module reads the TLS files and builds the acceptor; the accept
+//! loop (`serve`, shared with plain HTTP) does the handshake per
+//! connection, bounded in time, and then serves the router with hyper's
+//! HTTP/1 connection, upgrades included, so `/graphql/ws` works as
+//! `wss://`. A verified client certificate becomes a [`PeerCertificate`]
+//! request extension on every request of its connection; the policy layer
+//! maps it to a role.
 //!
 //! Invariants: a bad TLS file stops the node at start with an error naming
 //! the file; a failed handshake is counted
 //! (`meshlet_http_tls_handshake_failures_total`), logged at debug and only
-//! closes that connection; at shutdown the loop stops accepting, open
-//! connections finish their in-flight request, and [`serve`] returns once
-//! every connection task ended.
+//! closes that connection.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::Router;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::config::{ClientAuth, HttpTlsConfig};
 use crate::policy::identity::PeerCertificate;
-
-/// A client that has not finished its handshake by then is dropped, so
-/// half-open connections cannot pile up.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Back-off after a failed `accept` (out of file descriptors, mostly), so
-/// the loop does not spin while the condition lasts.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Why the TLS settings cannot be used. Each names the file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -84,9 +68,13 @@ pub struct TlsMetrics {
 }
 
 impl TlsMetrics {
-    fn failed(&self, peer: SocketAddr, reason: &dyn std::fmt::Display) {
+    pub(crate) fn failed(&self, peer: SocketAddr, reason: &dyn std::fmt::Display) {
         self.handshake_failures.fetch_add(1, Ordering::Relaxed);
         debug!(%peer, error = %reason, "TLS handshake failed");
+    }
+
+    pub(crate) fn handshake_done(&self) {
+        self.handshakes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Appends the Prometheus text exposition.
@@ -199,95 +187,6 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsConfigError> {
             detail: other.to_string(),
         },
     })
-}
-
-/// Accepts TLS connections until `shutdown`, then waits for the open ones
-/// to finish their in-flight requests.
-pub(crate) async fn serve(
-    listener: tokio::net::TcpListener,
-    acceptor: TlsAcceptor,
-    metrics: TlsMetrics,
-    app: Router,
-    shutdown: CancellationToken,
-) {
-    let connections = TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    debug!(error = %err, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
-        connections.spawn(connection(
-            stream,
-            peer,
-            acceptor.clone(),
-            metrics.clone(),
-            app.clone(),
-            shutdown.clone(),
-        ));
-    }
-    drop(listener);
-    connections.close();
-    connections.wait().await;
-}
-
-/// One connection: handshake, then HTTP/1 with upgrades until the client
-/// closes or shutdown asks the connection to finish its current request.
-async fn connection(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    acceptor: TlsAcceptor,
-    metrics: TlsMetrics,
-    app: Router,
-    shutdown: CancellationToken,
-) {
-    let tls = tokio::select! {
-        _ = shutdown.cancelled() => return,
-        handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => match handshake {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(err)) => return metrics.failed(peer, &err),
-            Err(_) => return metrics.failed(peer, &"timed out"),
-        },
-    };
-    metrics.handshakes.fetch_add(1, Ordering::Relaxed);
-    let client = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(<[CertificateDer<'_>]>::first)
-        .map(|leaf| peer_certificate(leaf.as_ref()));
-    if let Some(client) = &client {
-        debug!(%peer, subject_cn = ?client.subject_cn, fingerprint = %client.fingerprint_sha256, "client certificate verified");
-    }
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        if let Some(client) = &client {
-            request.extensions_mut().insert(client.clone());
-        }
-        let mut app = app.clone();
-        // Router is always ready (its poll_ready is a no-op), as in axum::serve.
-        async move { tower_service::Service::call(&mut app, request).await }
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .serve_connection(TokioIo::new(tls), service)
-        .with_upgrades();
-    let mut conn = std::pin::pin!(conn);
-    let served = tokio::select! {
-        served = conn.as_mut() => served,
-        _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(err) = served {
-        debug!(%peer, error = %err, "HTTPS connection ended with an error");
-    }
 }
 
 /// What the policy layer learns about a verified client certificate.
