@@ -23,16 +23,22 @@
 //! the node's online STATE at start and routes offline at a clean stop,
 //! before it closes client connections, so connected edges hear it.
 //!
-//! Protection: a connection limit, a CONNECT deadline, optional
-//! username/password, a maximum packet size (a larger packet closes the
+//! Protection: a connection limit counted from `accept` (a socket that has
+//! not sent CONNECT yet holds a slot; one beyond the limit gets CONNACK
+//! 0x03), a CONNECT deadline and size limit, optional username/password,
+//! MQTT 3.1.1 strictness (`broker_connect`: other protocol levels get
+//! CONNACK 0x01), a maximum packet size (a larger packet closes the
 //! connection: MQTT 3.1.1 cannot refuse one packet), keep-alive
 //! enforcement, and at most `max_inflight` publishes per connection waiting
 //! for their ack — beyond that the connection is not read, so the device's
-//! TCP window closes instead of the node's memory growing.
+//! TCP window closes instead of the node's memory growing. Memory held for
+//! clients is bounded in bytes (`broker_limits`): retained messages,
+//! subscriptions per client, deliveries queued per subscriber; persistent
+//! sessions expire after `session_expiry` without their client.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -45,20 +51,29 @@ use rumqttc::mqttbytes::{self, matches, valid_filter, valid_topic, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use super::broker_connect::{self, Violation};
+use super::broker_limits::{Outbox, QueuedBytes, Retained};
+use super::metrics::IngestMetrics;
 use super::sparkplug_state::PrimaryHost;
 use super::{Ingestor, MqttMessage, PendingMessage};
 use crate::config::EmbeddedBrokerConfig;
+use crate::listen::Acceptor;
 
-/// How long a new connection may take to send CONNECT.
-const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
 /// Packets queued towards one client (acks and subscription deliveries);
-/// deliveries beyond it are dropped for that subscriber, acks wait.
+/// deliveries beyond it (or beyond `max_queued_bytes`) are dropped for
+/// that subscriber, acks wait.
 const OUTGOING_QUEUE: usize = 1_024;
+/// Sockets beyond `max_connections` that are told so (their CONNECT read,
+/// CONNACK 0x03 sent) at the same time; more are closed at once.
+const REFUSALS_IN_FLIGHT: usize = 32;
+/// How long a socket beyond the limit may take to send its CONNECT before
+/// it is closed without CONNACK.
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -77,30 +92,48 @@ pub struct EmbeddedBroker {
 
 /// Subscriptions, retained messages and live client ids, shared by every
 /// connection.
-#[derive(Default)]
 struct Shared {
     subscriptions: RwLock<Vec<Subscription>>,
-    retained: RwLock<HashMap<String, Publish>>,
+    retained: RwLock<Retained>,
+    max_retained_bytes: usize,
     /// Client id → the token that closes its current connection (a new
     /// connection with the same id takes over, as MQTT requires).
     clients: Mutex<HashMap<String, (u64, CancellationToken)>>,
     next_connection: AtomicU64,
+    metrics: Arc<IngestMetrics>,
 }
 
 impl Shared {
+    fn new(config: &EmbeddedBrokerConfig, metrics: Arc<IngestMetrics>) -> Shared {
+        Shared {
+            subscriptions: RwLock::default(),
+            retained: RwLock::default(),
+            max_retained_bytes: config.max_retained_bytes,
+            clients: Mutex::default(),
+            next_connection: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
     /// Retains (or clears) and forwards a publish to subscribers, QoS 0.
+    /// A retained message beyond `max_retained_bytes` is delivered but not
+    /// retained (the previous one of its topic stays), counted.
     fn route(&self, publish: &Publish) {
         if publish.retain {
+            let mut kept = publish.clone();
+            kept.qos = QoS::AtMostOnce;
+            kept.pkid = 0;
+            kept.dup = false;
             let mut retained = write(&self.retained);
-            if publish.payload.is_empty() {
-                retained.remove(&publish.topic);
-            } else {
-                let mut kept = publish.clone();
-                kept.qos = QoS::AtMostOnce;
-                kept.pkid = 0;
-                kept.dup = false;
-                retained.insert(publish.topic.clone(), kept);
+            if let Err(refused) = retained.set(&kept, self.max_retained_bytes) {
+                self.metrics
+                    .broker_retained_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(error = %refused, "retained message not retained");
             }
+            self.metrics
+                .broker_retained_bytes
+                .store(retained.bytes() as i64, Ordering::Relaxed);
         }
         let subs = read(&self.subscriptions);
         let mut delivered_to = Vec::new();
@@ -117,7 +150,11 @@ impl Shared {
             out.retain = false;
             // A slow subscriber loses QoS 0 deliveries, never the broker's
             // memory or the publisher's throughput.
-            let _ = sub.deliver.try_send(Packet::Publish(out));
+            if !sub.deliver.deliver(out) {
+                self.metrics
+                    .broker_deliveries_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -125,7 +162,7 @@ impl Shared {
 struct Subscription {
     filter: String,
     connection: u64,
-    deliver: mpsc::Sender<Packet>,
+    deliver: Outbox,
 }
 
 impl EmbeddedBroker {
@@ -159,7 +196,7 @@ impl EmbeddedBroker {
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) {
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::new(&self.config, ingestor.metrics().clone()));
         let state = host.as_ref().map(PrimaryHost::session);
         if let Some(session) = &state {
             shared.route(&state_publish(&session.topic, session.payload(true)));
@@ -174,9 +211,23 @@ impl EmbeddedBroker {
             shared.clone(),
             shutdown.clone(),
         ));
+        if !config.session_expiry.is_zero() {
+            tasks.spawn(expire_sessions(
+                ingestor.clone(),
+                shared.clone(),
+                config.session_expiry,
+                shutdown.clone(),
+            ));
+        }
+        let metrics = ingestor.metrics().clone();
+        // Slots are taken at accept: a socket that has not sent CONNECT
+        // yet holds one, so opening sockets first cannot pass the limit.
+        let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+        let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
+        let mut acceptor = Acceptor::new(self.listener, "mqtt");
         info!(addr = %self.addr, "embedded MQTT broker listening");
         loop {
-            let accepted = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 _ = shutdown.cancelled() => {
                     if let Some(session) = &state {
                         shared.route(&state_publish(&session.topic, session.payload(false)));
@@ -184,27 +235,26 @@ impl EmbeddedBroker {
                     closing.cancel();
                     break;
                 }
-                accepted = self.listener.accept() => accepted,
+                accepted = acceptor.accept(&metrics.broker_accept_errors) => accepted,
             };
-            let (stream, peer) = match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    // Out of file descriptors and the like: keep serving the
-                    // connections we have, try again shortly.
-                    warn!(error = %err, "accepting an MQTT connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                metrics.broker_refused.fetch_add(1, Ordering::Relaxed);
+                debug!(%peer, limit = config.max_connections, "MQTT connection over the limit");
+                if let Ok(refusing) = refusals.clone().try_acquire_owned() {
+                    tasks.spawn(refuse(stream, config.clone(), refusing));
                 }
+                continue;
             };
-            let metrics = ingestor.metrics().clone();
-            let open = metrics.broker_connections.load(Ordering::Relaxed);
+            metrics.broker_sockets.fetch_add(1, Ordering::Relaxed);
             let connection = Connection {
                 id: shared.next_connection.fetch_add(1, Ordering::Relaxed),
                 shared: shared.clone(),
                 config: config.clone(),
                 ingestor: ingestor.clone(),
                 shutdown: closing.child_token(),
-                over_limit: open >= config.max_connections as i64,
+                _slot: SocketSlot(metrics.clone(), slot),
+                subscriptions: AtomicUsize::new(0),
+                subscription_bytes: AtomicUsize::new(0),
             };
             tasks.spawn(
                 connection
@@ -213,6 +263,62 @@ impl EmbeddedBroker {
             );
         }
         debug!("embedded MQTT broker stopped accepting");
+    }
+}
+
+/// Tells a socket beyond `max_connections` so: its CONNECT is read (within
+/// [`REFUSAL_DEADLINE`]) and answered with CONNACK 0x03, server unavailable.
+async fn refuse(
+    mut stream: TcpStream,
+    config: Arc<EmbeddedBrokerConfig>,
+    _refusing: OwnedSemaphorePermit,
+) {
+    let mut buffer = BytesMut::new();
+    let connect = tokio::time::timeout(
+        REFUSAL_DEADLINE,
+        read_connect(&mut stream, &mut buffer, config.max_connect_bytes),
+    )
+    .await;
+    if let Ok(Ok(Packet::Connect(_))) = connect {
+        let refusal = ConnAck::new(ConnectReturnCode::ServiceUnavailable, false);
+        let _ = write_packet(&mut stream, &Packet::ConnAck(refusal)).await;
+    }
+}
+
+/// Removes persistent sessions whose client stayed away longer than
+/// `expiry`, checking a few times per period.
+async fn expire_sessions(
+    ingestor: Ingestor,
+    shared: Arc<Shared>,
+    expiry: Duration,
+    shutdown: CancellationToken,
+) {
+    let every = (expiry / 4).clamp(Duration::from_millis(250), Duration::from_secs(300));
+    loop {
+        let live: std::collections::HashSet<String> =
+            lock(&shared.clients).keys().cloned().collect();
+        let store = ingestor.store().clone();
+        let now = crate::record::Timestamp::now().as_micros();
+        let cutoff = now.saturating_sub(i64::try_from(expiry.as_micros()).unwrap_or(i64::MAX));
+        let swept =
+            tokio::task::spawn_blocking(move || store.expire_mqtt_sessions(cutoff, now, &live))
+                .await;
+        match swept {
+            Ok(Ok(0)) => {}
+            Ok(Ok(removed)) => {
+                shared
+                    .metrics
+                    .broker_sessions_expired
+                    .fetch_add(removed as u64, Ordering::Relaxed);
+                info!(removed, ?expiry, "expired persistent MQTT sessions removed");
+            }
+            Ok(Err(err)) => warn!(error = %err, "could not expire MQTT sessions"),
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
     }
 }
 
@@ -255,7 +361,21 @@ struct Connection {
     config: Arc<EmbeddedBrokerConfig>,
     ingestor: Ingestor,
     shutdown: CancellationToken,
-    over_limit: bool,
+    /// The connection's place under `max_connections`, from accept on.
+    _slot: SocketSlot,
+    /// This connection's subscriptions and their filters' bytes, under
+    /// `max_subscriptions` and `max_subscription_bytes`.
+    subscriptions: AtomicUsize,
+    subscription_bytes: AtomicUsize,
+}
+
+/// Frees a connection slot and counts the socket closed when dropped.
+struct SocketSlot(Arc<IngestMetrics>, #[allow(dead_code)] OwnedSemaphorePermit);
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.0.broker_sockets.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What the reader hands the acker, in arrival order.
@@ -274,6 +394,8 @@ enum AckItem {
 enum ConnectionError {
     #[error("MQTT protocol error: {0}")]
     Protocol(String),
+    #[error("MQTT 3.1.1 violation: {0}")]
+    Violation(Violation),
     #[error("packet larger than the {0}-byte limit")]
     TooLarge(usize),
     #[error("no packet within the keep-alive period")]
@@ -286,14 +408,23 @@ impl Connection {
     async fn run(self, mut stream: TcpStream) {
         let metrics = self.ingestor.metrics().clone();
         let _ = stream.set_nodelay(true);
-        let mut buffer = BytesMut::with_capacity(4 * 1024);
+        let mut buffer = BytesMut::with_capacity(1024);
         let connect = tokio::time::timeout(
-            CONNECT_DEADLINE,
-            read_packet(&mut stream, &mut buffer, self.config.max_packet_bytes),
+            self.config.connect_timeout,
+            read_connect(&mut stream, &mut buffer, self.config.max_connect_bytes),
         )
         .await;
         let connect = match connect {
             Ok(Ok(Packet::Connect(connect))) => connect,
+            Ok(Err(ConnectionError::Violation(violation))) => {
+                metrics.broker_violations[violation.index()].fetch_add(1, Ordering::Relaxed);
+                info!(%violation, "MQTT CONNECT refused");
+                if violation == Violation::UnsupportedProtocol {
+                    let refusal = ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false);
+                    let _ = write_packet(&mut stream, &Packet::ConnAck(refusal)).await;
+                }
+                return;
+            }
             Ok(Ok(other)) => {
                 debug!(packet = ?packet_kind(&other), "first packet is not CONNECT; closing");
                 metrics
@@ -316,6 +447,11 @@ impl Connection {
                 return;
             }
         };
+        if let Err(violation) = broker_connect::check_strings(&connect) {
+            metrics.broker_violations[violation.index()].fetch_add(1, Ordering::Relaxed);
+            info!(%violation, "MQTT CONNECT refused");
+            return;
+        }
         let refusal = self.check_connect(&connect);
         if let Some(code) = refusal {
             metrics.broker_refused.fetch_add(1, Ordering::Relaxed);
@@ -347,15 +483,19 @@ impl Connection {
 
         let (reader, writer) = stream.into_split();
         let (outgoing, outgoing_rx) = mpsc::channel::<Packet>(OUTGOING_QUEUE);
+        let (outgoing, queued) = Outbox::new(outgoing, self.config.max_queued_bytes);
         let (acks, acks_rx) = mpsc::channel::<AckItem>(self.config.max_inflight.max(1));
         let writer_task = tokio::spawn(write_loop(
             writer,
             outgoing_rx,
+            queued,
             self.config.max_packet_bytes,
         ));
         let acker_task = tokio::spawn(ack_loop(acks_rx, outgoing.clone(), self.shutdown.clone()));
         for filter in restored.unwrap_or_default() {
-            self.subscribe(&filter, &outgoing);
+            if !self.subscribe(&filter, &outgoing) {
+                warn!(client = %client_id, %filter, "stored subscription over the client's limits; dropped");
+            }
         }
 
         let result = self
@@ -364,6 +504,10 @@ impl Connection {
         let clean = matches!(result, Ok(true));
         match &result {
             Ok(_) => debug!(client = %client_id, "MQTT client disconnected"),
+            Err(ConnectionError::Violation(violation)) => {
+                metrics.broker_violations[violation.index()].fetch_add(1, Ordering::Relaxed);
+                info!(client = %client_id, %violation, "MQTT connection closed");
+            }
             Err(err) => {
                 if !matches!(err, ConnectionError::Io(_)) {
                     metrics
@@ -385,14 +529,14 @@ impl Connection {
         drop(outgoing);
         self.unsubscribe_all();
         let _ = writer_task.await;
+        if persistent {
+            self.end_session(&client_id).await;
+        }
         self.release(&client_id);
         metrics.broker_connections.fetch_sub(1, Ordering::Relaxed);
     }
 
     fn check_connect(&self, connect: &Connect) -> Option<ConnectReturnCode> {
-        if self.over_limit {
-            return Some(ConnectReturnCode::ServiceUnavailable);
-        }
         if connect.client_id.is_empty() && !connect.clean_session {
             return Some(ConnectReturnCode::BadClientId);
         }
@@ -420,17 +564,33 @@ impl Connection {
     async fn open_session(&self, client_id: &str, persistent: bool) -> Option<Vec<String>> {
         let store = self.ingestor.store().clone();
         let id = client_id.to_string();
+        let expiry = self.config.session_expiry;
+        let metrics = self.shared.metrics.clone();
         let opened = tokio::task::spawn_blocking(move || {
             if !persistent {
                 store.remove_mqtt_session(&id)?;
                 return Ok(None);
             }
+            // An expired session the sweeper has not removed yet is gone
+            // all the same.
+            let now = crate::record::Timestamp::now().as_micros();
+            let cutoff = now.saturating_sub(i64::try_from(expiry.as_micros()).unwrap_or(i64::MAX));
+            if !expiry.is_zero() && store.mqtt_session_expired(&id, cutoff)? {
+                store.remove_mqtt_session(&id)?;
+                metrics
+                    .broker_sessions_expired
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             let existing = store.mqtt_session(&id)?;
-            if existing.is_none() {
-                // Durable before CONNACK: a device that publishes right
-                // away and sees the node crash must find its session.
-                store.set_mqtt_session(&id, &[])?;
-                store.durable_blocking()?;
+            match &existing {
+                None => {
+                    // Durable before CONNACK: a device that publishes right
+                    // away and sees the node crash must find its session.
+                    store.set_mqtt_session(&id, &[])?;
+                    store.durable_blocking()?;
+                }
+                // Connected again: the session no longer expires.
+                Some(filters) => store.set_mqtt_session(&id, filters)?,
             }
             Ok::<_, crate::store::StoreError>(existing)
         })
@@ -461,6 +621,19 @@ impl Connection {
         }
     }
 
+    /// Notes when the client of a persistent session went away: the
+    /// session expires `session_expiry` later.
+    async fn end_session(&self, client_id: &str) {
+        let store = self.ingestor.store().clone();
+        let id = client_id.to_string();
+        let now = crate::record::Timestamp::now().as_micros();
+        let ended =
+            tokio::task::spawn_blocking(move || store.disconnect_mqtt_session(&id, now)).await;
+        if let Ok(Err(err)) = ended {
+            warn!(client = %client_id, error = %err, "could not note the MQTT session's disconnect");
+        }
+    }
+
     /// Closes an earlier connection with the same client id.
     fn take_over(&self, client_id: &str) {
         let mut clients = lock(&self.shared.clients);
@@ -487,7 +660,7 @@ impl Connection {
         mut buffer: BytesMut,
         client_id: &str,
         connect: &Connect,
-        outgoing: &mpsc::Sender<Packet>,
+        outgoing: &Outbox,
         acks: &mpsc::Sender<AckItem>,
     ) -> Result<bool, ConnectionError> {
         // MQTT: the server disconnects after one and a half keep-alive
@@ -506,12 +679,27 @@ impl Connection {
                     send_ack(acks, AckItem::Now(Packet::PubComp(PubComp::new(rel.pkid)))).await?
                 }
                 Packet::Subscribe(subscribe) => {
+                    if subscribe
+                        .filters
+                        .iter()
+                        .any(|f| broker_connect::has_nul(&f.path))
+                    {
+                        return Err(ConnectionError::Violation(Violation::NulCharacter));
+                    }
                     let mut codes = Vec::with_capacity(subscribe.filters.len());
+                    let mut granted = Vec::with_capacity(subscribe.filters.len());
                     for filter in &subscribe.filters {
-                        if valid_filter(&filter.path) {
-                            self.subscribe(&filter.path, outgoing);
+                        if !valid_filter(&filter.path) {
+                            codes.push(SubscribeReasonCode::Failure);
+                        } else if self.subscribe(&filter.path, outgoing) {
                             codes.push(SubscribeReasonCode::Success(QoS::AtMostOnce));
+                            granted.push(filter.path.as_str());
                         } else {
+                            self.shared
+                                .metrics
+                                .broker_subscriptions_refused
+                                .fetch_add(1, Ordering::Relaxed);
+                            debug!(client = %client_id, filter = %filter.path, "subscription refused: the client's subscription limits are reached");
                             codes.push(SubscribeReasonCode::Failure);
                         }
                     }
@@ -523,15 +711,29 @@ impl Connection {
                         AckItem::Now(Packet::SubAck(SubAck::new(subscribe.pkid, codes))),
                     )
                     .await?;
-                    for filter in &subscribe.filters {
-                        self.send_retained(&filter.path, outgoing);
+                    for filter in granted {
+                        self.send_retained(filter, outgoing);
                     }
                 }
                 Packet::Unsubscribe(unsubscribe) => {
+                    if unsubscribe
+                        .topics
+                        .iter()
+                        .any(|t| broker_connect::has_nul(t))
+                    {
+                        return Err(ConnectionError::Violation(Violation::NulCharacter));
+                    }
                     {
                         let mut subs = write(&self.shared.subscriptions);
                         subs.retain(|s| {
-                            !(s.connection == self.id && unsubscribe.topics.contains(&s.filter))
+                            let gone =
+                                s.connection == self.id && unsubscribe.topics.contains(&s.filter);
+                            if gone {
+                                self.subscriptions.fetch_sub(1, Ordering::Relaxed);
+                                self.subscription_bytes
+                                    .fetch_sub(s.filter.len(), Ordering::Relaxed);
+                            }
+                            !gone
                         });
                     }
                     if !connect.clean_session {
@@ -564,6 +766,9 @@ impl Connection {
         client_id: &str,
         acks: &mpsc::Sender<AckItem>,
     ) -> Result<(), ConnectionError> {
+        if broker_connect::has_nul(&publish.topic) {
+            return Err(ConnectionError::Violation(Violation::NulCharacter));
+        }
         if !valid_topic(&publish.topic) || publish.topic.is_empty() {
             return Err(ConnectionError::Protocol(format!(
                 "invalid topic name `{}` in PUBLISH",
@@ -607,27 +812,47 @@ impl Connection {
         self.shared.route(publish);
     }
 
-    fn subscribe(&self, filter: &str, outgoing: &mpsc::Sender<Packet>) {
+    /// Adds a subscription of this connection, unless it would take the
+    /// connection over `max_subscriptions` or `max_subscription_bytes`
+    /// (`false`). A filter it already holds is granted again.
+    fn subscribe(&self, filter: &str, outgoing: &Outbox) -> bool {
         let mut subs = write(&self.shared.subscriptions);
-        if !subs
+        if subs
             .iter()
             .any(|s| s.connection == self.id && s.filter == filter)
         {
-            subs.push(Subscription {
-                filter: filter.to_string(),
-                connection: self.id,
-                deliver: outgoing.clone(),
-            });
+            return true;
         }
+        let count = self.subscriptions.load(Ordering::Relaxed);
+        let bytes = self.subscription_bytes.load(Ordering::Relaxed);
+        if count >= self.config.max_subscriptions
+            || bytes + filter.len() > self.config.max_subscription_bytes
+        {
+            return false;
+        }
+        self.subscriptions.fetch_add(1, Ordering::Relaxed);
+        self.subscription_bytes
+            .fetch_add(filter.len(), Ordering::Relaxed);
+        subs.push(Subscription {
+            filter: filter.to_string(),
+            connection: self.id,
+            deliver: outgoing.clone(),
+        });
+        true
     }
 
-    fn send_retained(&self, filter: &str, outgoing: &mpsc::Sender<Packet>) {
+    fn send_retained(&self, filter: &str, outgoing: &Outbox) {
         let retained = read(&self.shared.retained);
         for (topic, publish) in retained.iter() {
             if matches(topic, filter) {
                 let mut out = publish.clone();
                 out.retain = true;
-                let _ = outgoing.try_send(Packet::Publish(out));
+                if !outgoing.deliver(out) {
+                    self.shared
+                        .metrics
+                        .broker_deliveries_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -670,11 +895,7 @@ async fn send_ack(acks: &mpsc::Sender<AckItem>, item: AckItem) -> Result<(), Con
 
 /// Sends acks in arrival order, each once its records are durable. A
 /// failed write closes the connection without acking: the client resends.
-async fn ack_loop(
-    mut acks: mpsc::Receiver<AckItem>,
-    outgoing: mpsc::Sender<Packet>,
-    close: CancellationToken,
-) {
+async fn ack_loop(mut acks: mpsc::Receiver<AckItem>, outgoing: Outbox, close: CancellationToken) {
     while let Some(item) = acks.recv().await {
         let packet = match item {
             AckItem::Now(packet) => packet,
@@ -704,11 +925,13 @@ async fn ack_loop(
 async fn write_loop(
     mut writer: OwnedWriteHalf,
     mut packets: mpsc::Receiver<Packet>,
+    queued: QueuedBytes,
     max_packet_bytes: usize,
 ) {
     let mut buffer = BytesMut::with_capacity(4 * 1024);
     while let Some(packet) = packets.recv().await {
         buffer.clear();
+        queued.sent(&packet);
         if packet.write(&mut buffer, max_packet_bytes).is_err() {
             continue;
         }
@@ -716,6 +939,7 @@ async fn write_loop(
         while buffer.len() < 64 * 1024 {
             match packets.try_recv() {
                 Ok(more) => {
+                    queued.sent(&more);
                     let _ = more.write(&mut buffer, max_packet_bytes);
                 }
                 Err(_) => break,
@@ -734,6 +958,44 @@ async fn write_packet(stream: &mut TcpStream, packet: &Packet) -> std::io::Resul
         .write(&mut buffer, usize::MAX)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     stream.write_all(&buffer).await
+}
+
+/// Reads a client's first packet, which must be a CONNECT of at most
+/// `max_connect_bytes`: its raw header is checked for what the codec lets
+/// through (`broker_connect::check_frame`) before it is parsed.
+async fn read_connect<R: AsyncReadExt + Unpin>(
+    reader: &mut R,
+    buffer: &mut BytesMut,
+    max_connect_bytes: usize,
+) -> Result<Packet, ConnectionError> {
+    loop {
+        match mqttbytes::check(buffer.iter(), max_connect_bytes) {
+            Ok(header) => {
+                if buffer.first().map(|b| b >> 4) != Some(1) {
+                    return Err(ConnectionError::Protocol(
+                        "first packet is not CONNECT".to_string(),
+                    ));
+                }
+                let frame = buffer.get(..header.frame_length()).unwrap_or_default();
+                broker_connect::check_frame(frame).map_err(ConnectionError::Violation)?;
+                return read_packet(reader, buffer, max_connect_bytes).await;
+            }
+            Err(mqttbytes::Error::InsufficientBytes(_)) => {}
+            Err(mqttbytes::Error::PayloadSizeLimitExceeded(_)) => {
+                return Err(ConnectionError::Violation(Violation::ConnectTooLarge));
+            }
+            Err(err) => return Err(ConnectionError::Protocol(err.to_string())),
+        }
+        // Grow by what the packet still needs, at most 4 KiB at a time.
+        buffer.reserve(4 * 1024);
+        let read = reader.read_buf(buffer).await?;
+        if read == 0 {
+            return Err(ConnectionError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed by the client",
+            )));
+        }
+    }
 }
 
 /// Reads one whole packet, reading from the socket as needed.

@@ -158,6 +158,20 @@ pub struct IngestMetrics {
     pub broker_connections: AtomicI64,
     pub broker_refused: AtomicU64,
     pub broker_protocol_errors: AtomicU64,
+    /// Embedded broker: sockets open (CONNECT pending included), failed
+    /// accepts, and CONNECTs or topics refused per MQTT 3.1.1 by
+    /// [`super::broker_connect::Violation::ALL`] index.
+    pub broker_sockets: AtomicI64,
+    pub broker_accept_errors: AtomicU64,
+    pub broker_violations: [AtomicU64; super::broker_connect::Violation::ALL.len()],
+    /// Embedded broker budgets: retained bytes held, retained publishes
+    /// not retained, subscriptions refused, deliveries dropped for a slow
+    /// subscriber, persistent sessions expired.
+    pub broker_retained_bytes: AtomicI64,
+    pub broker_retained_refused: AtomicU64,
+    pub broker_subscriptions_refused: AtomicU64,
+    pub broker_deliveries_dropped: AtomicU64,
+    pub broker_sessions_expired: AtomicU64,
     /// External broker: successful (re)connections and failed attempts.
     pub upstream_broker_connects: AtomicU64,
     pub upstream_broker_errors: AtomicU64,
@@ -282,7 +296,7 @@ impl IngestMetrics {
                     .collect()
             },
         );
-        let scalars: [(&str, &str, &str, i64); 10] = [
+        let scalars: [(&str, &str, &str, i64); 17] = [
             (
                 "meshlet_ingest_unmatched_messages_total",
                 "counter",
@@ -330,6 +344,48 @@ impl IngestMetrics {
                 "counter",
                 "Connections closed for MQTT protocol errors or oversized packets.",
                 self.broker_protocol_errors.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "meshlet_broker_sockets",
+                "gauge",
+                "Sockets open on the embedded broker, those still to send CONNECT included (counted against max_connections).",
+                self.broker_sockets.load(Ordering::Relaxed),
+            ),
+            (
+                "meshlet_broker_accept_errors_total",
+                "counter",
+                "Failed accepts on the embedded broker's listener (mostly: out of file descriptors).",
+                self.broker_accept_errors.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "meshlet_broker_retained_bytes",
+                "gauge",
+                "Bytes (topic + payload) of the retained messages the embedded broker holds.",
+                self.broker_retained_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "meshlet_broker_retained_refused_total",
+                "counter",
+                "Retained publishes not retained: max_retained_bytes reached (still ingested and delivered).",
+                self.broker_retained_refused.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "meshlet_broker_subscriptions_refused_total",
+                "counter",
+                "Subscription filters refused with SUBACK 0x80: max_subscriptions or max_subscription_bytes reached.",
+                self.broker_subscriptions_refused.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "meshlet_broker_deliveries_dropped_total",
+                "counter",
+                "QoS 0 deliveries dropped for a subscriber whose queue held max_queued_bytes.",
+                self.broker_deliveries_dropped.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "meshlet_broker_sessions_expired_total",
+                "counter",
+                "Persistent MQTT sessions removed after session_expiry without their client.",
+                self.broker_sessions_expired.load(Ordering::Relaxed) as i64,
             ),
             (
                 "meshlet_mqtt_client_connects_total",
@@ -400,6 +456,20 @@ impl IngestMetrics {
             self.push_replayed.load(Ordering::Relaxed),
             self.push_key_conflicts.load(Ordering::Relaxed)
         );
+        let name = "meshlet_broker_violations_total";
+        header(
+            out,
+            name,
+            "counter",
+            "Connections the embedded broker closed for breaking MQTT 3.1.1, by violation (unsupported_protocol got CONNACK 0x01).",
+        );
+        for (violation, count) in super::broker_connect::Violation::ALL
+            .iter()
+            .zip(&self.broker_violations)
+        {
+            let value = count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{violation=\"{}\"}} {value}", violation.name());
+        }
         let name = "meshlet_sparkplug_rebirth_requests_total";
         header(
             out,

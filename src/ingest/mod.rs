@@ -16,6 +16,8 @@
 //! rejected).
 
 pub mod broker;
+mod broker_connect;
+mod broker_limits;
 pub mod client;
 pub mod file_tail;
 pub mod metrics;

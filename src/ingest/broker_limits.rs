@@ -1,0 +1,184 @@
+//! The embedded broker's byte budgets: what retained messages, one
+//! client's subscriptions and one subscriber's delivery queue may hold.
+//!
+//! Why: the broker keeps these in memory on behalf of clients nobody
+//! authenticated (by default), so each is bounded in bytes, not only in
+//! count — 500 retained messages of 1 MB, or a subscriber that never reads
+//! while 1 MB messages flow, must not grow the node by hundreds of MB. What
+//! does not fit is refused in a way the client can see where MQTT 3.1.1
+//! allows it (SUBACK 0x80), and is always counted and logged.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use rumqttc::mqttbytes::v4::{Packet, Publish};
+use tokio::sync::mpsc;
+
+/// Retained messages by topic, with their bytes (topic + payload) kept
+/// under a budget.
+#[derive(Default)]
+pub(crate) struct Retained {
+    messages: HashMap<String, Publish>,
+    bytes: usize,
+}
+
+/// A retained publish that would take the retained messages over
+/// `mqtt.embedded.max_retained_bytes`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "retaining {size} bytes on `{topic}` would exceed max_retained_bytes ({held} of {limit} held)"
+)]
+pub(crate) struct RetainRefused {
+    pub topic: String,
+    pub size: usize,
+    pub held: usize,
+    pub limit: usize,
+}
+
+impl Retained {
+    /// Retains `publish` on its topic (an empty payload clears it), unless
+    /// the total would exceed `limit`; the previous message of the topic
+    /// is then kept.
+    pub(crate) fn set(&mut self, publish: &Publish, limit: usize) -> Result<(), RetainRefused> {
+        let previous = self.messages.get(&publish.topic).map(cost).unwrap_or(0);
+        if publish.payload.is_empty() {
+            self.messages.remove(&publish.topic);
+            self.bytes -= previous;
+            return Ok(());
+        }
+        let size = cost(publish);
+        let held = self.bytes - previous;
+        if held + size > limit {
+            return Err(RetainRefused {
+                topic: publish.topic.clone(),
+                size,
+                held: self.bytes,
+                limit,
+            });
+        }
+        self.messages.insert(publish.topic.clone(), publish.clone());
+        self.bytes = held + size;
+        Ok(())
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &Publish)> {
+        self.messages.iter()
+    }
+}
+
+/// Bytes a publish holds in memory, as the budgets count them.
+pub(crate) fn cost(publish: &Publish) -> usize {
+    publish.topic.len() + publish.payload.len()
+}
+
+/// The packets queued towards one client, with the bytes of the
+/// deliveries among them bounded by `limit`. Acks go through
+/// [`Outbox::send`] and are never dropped; deliveries through
+/// [`Outbox::deliver`], which drops what does not fit (QoS 0).
+#[derive(Clone)]
+pub(crate) struct Outbox {
+    tx: mpsc::Sender<Packet>,
+    queued: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl Outbox {
+    pub(crate) fn new(tx: mpsc::Sender<Packet>, limit: usize) -> (Outbox, QueuedBytes) {
+        let queued = Arc::new(AtomicUsize::new(0));
+        (
+            Outbox {
+                tx,
+                queued: queued.clone(),
+                limit,
+            },
+            QueuedBytes(queued),
+        )
+    }
+
+    /// Queues a delivery unless its bytes would take the queue over the
+    /// limit (one delivery always fits an empty queue) or the queue is
+    /// full; `false` means dropped.
+    pub(crate) fn deliver(&self, publish: Publish) -> bool {
+        let size = cost(&publish);
+        let reserved = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held == 0 || held + size <= self.limit).then_some(held + size)
+            });
+        if reserved.is_err() {
+            return false;
+        }
+        if self.tx.try_send(Packet::Publish(publish)).is_err() {
+            self.queued.fetch_sub(size, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Queues a packet that must not be lost (an ack), waiting for room.
+    pub(crate) async fn send(&self, packet: Packet) -> Result<(), mpsc::error::SendError<Packet>> {
+        self.tx.send(packet).await
+    }
+}
+
+/// The writer's side of an [`Outbox`]'s byte count.
+pub(crate) struct QueuedBytes(Arc<AtomicUsize>);
+
+impl QueuedBytes {
+    /// A packet left the queue (written or discarded).
+    pub(crate) fn sent(&self, packet: &Packet) {
+        if let Packet::Publish(publish) = packet {
+            self.0.fetch_sub(cost(publish), Ordering::AcqRel);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::mqttbytes::QoS;
+
+    fn publish(topic: &str, len: usize) -> Publish {
+        Publish::new(topic, QoS::AtMostOnce, vec![b'x'; len])
+    }
+
+    #[test]
+    fn retained_bytes_stay_under_the_budget() {
+        let mut retained = Retained::default();
+        assert!(retained.set(&publish("a", 99), 200).is_ok());
+        assert_eq!(retained.bytes(), 100);
+        assert!(retained.set(&publish("b", 99), 200).is_ok());
+        let refused = retained.set(&publish("c", 9), 200).unwrap_err();
+        assert_eq!((refused.size, refused.held), (10, 200));
+        // Replacing a topic counts only the difference.
+        assert!(retained.set(&publish("a", 49), 200).is_ok());
+        assert_eq!(retained.bytes(), 150);
+        assert!(retained.set(&publish("c", 49), 200).is_ok());
+        // Clearing frees the bytes.
+        assert!(retained.set(&publish("a", 0), 200).is_ok());
+        assert_eq!(retained.bytes(), 150);
+        assert_eq!(retained.iter().count(), 2);
+    }
+
+    #[tokio::test]
+    async fn deliveries_beyond_the_queue_bytes_are_dropped_and_acks_are_not() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let (outbox, queued) = Outbox::new(tx, 100);
+        assert!(
+            outbox.deliver(publish("t", 200)),
+            "one always fits an empty queue"
+        );
+        assert!(!outbox.deliver(publish("t", 9)));
+        outbox.send(Packet::PingResp).await.unwrap();
+        let first = rx.recv().await.unwrap();
+        queued.sent(&first);
+        assert!(outbox.deliver(publish("t", 49)));
+        assert!(outbox.deliver(publish("t", 49)));
+        assert!(!outbox.deliver(publish("t", 9)));
+    }
+}
