@@ -6,7 +6,7 @@
 //! can. Here, per connection:
 //!
 //! - at most `http.max_connections` are open; one beyond gets a `503`
-//!   written without waiting and is closed
+//!   written without waiting (plain HTTP) and is closed
 //!   (`meshlet_http_connections_refused_total`);
 //! - the request head must arrive within `http.header_read_timeout`,
 //!   counted from the connection's start or the previous response, so an
@@ -157,7 +157,10 @@ pub(crate) async fn serve(
             metrics.0.refused.fetch_add(1, Ordering::Relaxed);
             debug!(%peer, limit = limits.max_connections, "HTTP connection refused: too many open");
             // Best effort and never waiting: the socket buffer takes it.
-            let _ = stream.try_write(REFUSAL);
+            // (Over TLS there is no handshake to say it in: just closed.)
+            if tls.is_none() {
+                let _ = stream.try_write(REFUSAL);
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);

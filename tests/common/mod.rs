@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test file uses a different part of the harness
 
 pub mod graphql;
+pub mod hostile;
 pub mod pki;
 
 use std::io::{BufRead, BufReader};
