@@ -138,7 +138,7 @@ pub struct HttpConfig {
     /// process's descriptor limit cannot hold it next to the broker's.
     pub max_connections: usize,
     /// How long a client may take to send a request's headers, from the
-    /// connection's start or the previous response (default 10s); an idle
+    /// connection's start or the previous response (default 30s); an idle
     /// keep-alive connection is closed after it too.
     #[serde(with = "humantime_serde_compat")]
     pub header_read_timeout: Duration,
@@ -156,7 +156,7 @@ impl Default for HttpConfig {
             graphiql: true,
             tls: None,
             max_connections: 256,
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(60),
         }
     }

@@ -184,6 +184,11 @@ fn retained_messages_stay_within_their_byte_budget() {
         assert!(read_n(&mut publisher, 4).is_some(), "PUBACK {i}");
     }
     let after = rss_bytes(node.pid());
+    eprintln!(
+        "RSS {} MiB -> {} MiB under the load",
+        before / MIB,
+        after / MIB
+    );
     assert!(
         after < before + 48 * MIB,
         "RSS grew {} MiB for 150 MB of retained publishes",
@@ -232,6 +237,11 @@ fn a_subscriber_that_never_reads_costs_at_most_its_queue() {
     }
     // The subscriber is still connected and has read nothing.
     let after = rss_bytes(node.pid());
+    eprintln!(
+        "RSS {} MiB -> {} MiB under the load",
+        before / MIB,
+        after / MIB
+    );
     assert!(
         after < before + 48 * MIB,
         "RSS grew {} MiB for a subscriber that never reads",
@@ -271,6 +281,11 @@ fn subscriptions_are_bounded_per_client() {
         }
     }
     let after = rss_bytes(node.pid());
+    eprintln!(
+        "RSS {} MiB -> {} MiB under the load",
+        before / MIB,
+        after / MIB
+    );
     assert_eq!(granted, 4, "16 KiB of filters per client: four of 4 KB");
     assert_eq!(refused, 40 * 250 - 4);
     assert!(
@@ -302,6 +317,11 @@ fn half_sent_large_connects_are_cut_off() {
         sockets.push(stream);
     }
     let after = rss_bytes(node.pid());
+    eprintln!(
+        "RSS {} MiB -> {} MiB under the load",
+        before / MIB,
+        after / MIB
+    );
     assert!(
         after < before + 24 * MIB,
         "RSS grew {} MiB for 200 half-sent CONNECTs",

@@ -12,12 +12,13 @@
 //!
 //! What it offers beyond ingest, for devices that also talk to each other
 //! or to local apps: subscriptions (delivered at QoS 0), retained messages
-//! (kept in memory) and last wills. Persistent sessions (`clean_session =
-//! false`) are kept in the store with their subscriptions, so after a node
-//! restart a device hears `session_present = 1` and resends its
-//! unacknowledged QoS 1 messages (clients discard them otherwise). What is
-//! not kept: QoS 1/2 deliveries queued for offline subscribers (deliveries
-//! are QoS 0).
+//! (kept in memory, within `max_retained_bytes`) and last wills.
+//! Persistent sessions (`clean_session = false`) are kept in the store
+//! with their subscriptions, so after a node restart a device hears
+//! `session_present = 1` and resends its unacknowledged QoS 1 messages
+//! (clients discard them otherwise); they expire `session_expiry` after
+//! their client left. What is not kept: QoS 1/2 deliveries queued for
+//! offline subscribers (deliveries are QoS 0).
 //!
 //! As a Sparkplug primary host (see `sparkplug_state`) the broker retains
 //! the node's online STATE at start and routes offline at a clean stop,
