@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
@@ -146,12 +147,19 @@ impl Acceptor {
             errors.fetch_add(1, Ordering::Relaxed);
             if is_out_of_descriptors(&err) {
                 warn!(listener = self.what, error = %err, "out of file descriptors; closing a waiting connection, serving the open ones");
-                self.spare = None;
-                if let Ok((stream, peer)) = self.listener.accept().await {
-                    debug!(listener = self.what, %peer, "closed at once: no descriptor for it");
-                    drop(stream);
+                if self.spare.take().is_some() {
+                    // The spare's descriptor is free now: the client that
+                    // waits longest learns at once instead of timing out.
+                    if let Some(Ok((stream, peer))) = self.listener.accept().now_or_never() {
+                        debug!(listener = self.what, %peer, "closed at once: no descriptor for it");
+                        drop(stream);
+                    }
+                    self.spare = take_spare();
+                    if self.spare.is_some() {
+                        // Progress was made; the next accept may succeed.
+                        continue;
+                    }
                 }
-                self.spare = take_spare();
             } else if is_per_connection(&err) {
                 // The client went away between SYN and accept.
                 continue;

@@ -279,3 +279,91 @@ fn reqwest_https_metrics(node: &NodeProcess, cert: &rcgen::Certificate) -> Strin
         }
     })
 }
+
+/// Descriptors held by the node now.
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("proc fd")
+        .count()
+}
+
+#[test]
+fn when_descriptors_run_out_waiting_clients_are_closed_at_once_and_open_ones_served() {
+    let dir = init();
+    let node = NodeBuilder::new(dir.path()).start().expect("node starts");
+    let mqtt = node.mqtt.expect("embedded broker");
+    let (mut device, connack) = mqtt_connect(mqtt, "connected-before", true);
+    assert_eq!(connack, Some(vec![0x20, 2, 0, 0]));
+    // The limit drops under the running node (caps were fitted at start to
+    // the limit it had then): 40 descriptors left.
+    let limit = open_descriptors(node.pid()) + 40;
+    let out = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", node.pid()))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .output()
+        .expect("prlimit runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 200 sockets that never send a request: the node runs out.
+    let hostile: Vec<_> = (0..200)
+        .filter_map(|_| TcpStream::connect_timeout(&node.http, Duration::from_secs(2)).ok())
+        .collect();
+    // A new HTTP client and a new MQTT client learn at once.
+    let mut late_http = socket(node.http, Duration::from_secs(1));
+    let _ = late_http.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        closed_within(&mut late_http, Duration::from_secs(5)),
+        "a client waiting for a descriptor is closed, not left hanging"
+    );
+    let (_late_mqtt, connack) = mqtt_connect(mqtt, "late-device", true);
+    assert_eq!(connack, None, "no CONNACK without a descriptor");
+    // The device connected before is served all along.
+    for pkid in 1..=5u16 {
+        device
+            .write_all(&publish_frame(
+                "sensors/s-1/telemetry",
+                format!(r#"{{"temperature_c": {pkid}}}"#).into_bytes(),
+                QoS::AtLeastOnce,
+                pkid,
+                false,
+            ))
+            .expect("publish");
+        let [hi, lo] = pkid.to_be_bytes();
+        assert_eq!(
+            read_n(&mut device, 4),
+            Some(vec![0x40, 2, hi, lo]),
+            "PUBACK {pkid}"
+        );
+    }
+    drop(hostile);
+    assert!(eventually(Duration::from_secs(40), || {
+        try_get(&node.url("/livez")) == Some(200)
+    }));
+    assert!(counter(&node, "meshlet_http_accept_errors_total") > 0.0);
+    assert!(counter(&node, "meshlet_broker_accept_errors_total") > 0.0);
+    let (status, _) = node.stop();
+    assert!(status.success());
+}
+
+/// A GET's status, `None` when the request failed (a closed connection).
+fn try_get(url: &str) -> Option<u16> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .ok()?;
+        client
+            .get(url)
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
+    })
+}
