@@ -116,11 +116,6 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Tls(#[from] tls::TlsConfigError),
-    #[error("HTTP server on {addr} failed: {source}")]
-    Serve {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
 }
 
 /// A bound listener, so the caller learns the real port (`:0` in tests)
