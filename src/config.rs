@@ -303,6 +303,13 @@ pub struct EmbeddedBrokerConfig {
     /// larger one closes the connection. Together with `max_connections`
     /// it bounds what sockets that have not connected yet can buffer.
     pub max_connect_bytes: usize,
+    /// Bytes all connections together may hold in large packets (over 64
+    /// KiB) still arriving (default 64 MiB). A connection whose next large
+    /// packet does not fit is not read until others completed theirs
+    /// (TCP backpressure), counted in
+    /// `meshlet_broker_packet_budget_waits_total`: half-sent packets hold
+    /// this budget, not `max_connections` x `max_packet_bytes` of memory.
+    pub max_pending_packet_bytes: usize,
     /// How long a new socket may take to send its CONNECT (default 10s).
     #[serde(with = "humantime_serde_compat")]
     pub connect_timeout: Duration,
@@ -343,6 +350,7 @@ impl Default for EmbeddedBrokerConfig {
             max_packet_bytes: 1 << 20,
             max_connections: 1_000,
             max_connect_bytes: 16 * 1024,
+            max_pending_packet_bytes: 64 << 20,
             connect_timeout: Duration::from_secs(10),
             max_inflight: 256,
             max_retained_bytes: 16 << 20,

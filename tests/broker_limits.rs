@@ -373,3 +373,61 @@ fn persistent_sessions_expire_after_their_client_stays_away() {
     let (status, _) = node.stop();
     assert!(status.success());
 }
+
+#[test]
+fn half_sent_large_publishes_hold_the_packet_budget_not_memory() {
+    let (_dir, node) = start(&[(
+        "MESHLET_MQTT__EMBEDDED__MAX_PENDING_PACKET_BYTES",
+        "4194304",
+    )]);
+    let addr = node.mqtt.expect("embedded broker");
+    let before = rss_bytes(node.pid());
+    // 150 connected clients, each half-way through a 1 MB PUBLISH.
+    let mut clients = Vec::new();
+    for i in 0..150 {
+        let (mut stream, connack) = mqtt_connect(addr, &format!("half-{i}"), true);
+        assert_eq!(connack, Some(vec![0x20, 2, 0, 0]));
+        stream
+            .set_write_timeout(Some(Duration::from_secs(2)))
+            .expect("write timeout");
+        let mut frame = publish_frame(
+            "junk/half",
+            vec![b'h'; 1_000_000],
+            QoS::AtMostOnce,
+            0,
+            false,
+        );
+        frame.truncate(512 * 1024);
+        let _ = stream.write_all(&frame);
+        clients.push(stream);
+    }
+    assert!(eventually(Duration::from_secs(10), || {
+        counter(&node, "meshlet_broker_packet_budget_waits_total") > 0.0
+    }));
+    let after = rss_bytes(node.pid());
+    eprintln!(
+        "RSS {} MiB -> {} MiB under the load",
+        before / MIB,
+        after / MIB
+    );
+    assert!(
+        after < before + 32 * MIB,
+        "RSS grew {} MiB for 150 half-sent 1 MB publishes",
+        (after.saturating_sub(before)) / MIB
+    );
+    // A device's ordinary publish does not wait behind them.
+    let (mut device, _) = mqtt_connect(addr, "small-device", true);
+    device
+        .write_all(&publish_frame(
+            "sensors/s-1/telemetry",
+            br#"{"temperature_c": 20}"#.to_vec(),
+            QoS::AtLeastOnce,
+            1,
+            false,
+        ))
+        .expect("publish");
+    assert_eq!(read_n(&mut device, 4), Some(vec![0x40, 2, 0, 1]), "PUBACK");
+    drop(clients);
+    let (status, _) = node.stop();
+    assert!(status.success());
+}

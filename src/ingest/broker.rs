@@ -58,7 +58,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::broker_connect::{self, Violation};
-use super::broker_limits::{Outbox, QueuedBytes, Retained};
+use super::broker_limits::{Held, Outbox, PacketBudget, QueuedBytes, Retained};
 use super::metrics::IngestMetrics;
 use super::sparkplug_state::PrimaryHost;
 use super::{Ingestor, MqttMessage, PendingMessage};
@@ -91,9 +91,18 @@ pub struct EmbeddedBroker {
     config: EmbeddedBrokerConfig,
 }
 
+/// The [`PacketBudget`] of a broker and how often a connection waited for
+/// it.
+struct Budget {
+    bytes: PacketBudget,
+    metrics: Arc<IngestMetrics>,
+}
+
 /// Subscriptions, retained messages and live client ids, shared by every
 /// connection.
 struct Shared {
+    /// Bytes of large packets still arriving, over every connection.
+    packets: Budget,
     subscriptions: RwLock<Vec<Subscription>>,
     retained: RwLock<Retained>,
     max_retained_bytes: usize,
@@ -107,6 +116,10 @@ struct Shared {
 impl Shared {
     fn new(config: &EmbeddedBrokerConfig, metrics: Arc<IngestMetrics>) -> Shared {
         Shared {
+            packets: Budget {
+                bytes: PacketBudget::new(config.max_pending_packet_bytes),
+                metrics: metrics.clone(),
+            },
             subscriptions: RwLock::default(),
             retained: RwLock::default(),
             max_retained_bytes: config.max_retained_bytes,
@@ -669,7 +682,12 @@ impl Connection {
         let idle = (connect.keep_alive > 0)
             .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1_500));
         loop {
-            let next = read_packet(&mut reader, &mut buffer, self.config.max_packet_bytes);
+            let next = read_packet(
+                &mut reader,
+                &mut buffer,
+                self.config.max_packet_bytes,
+                Some(&self.shared.packets),
+            );
             let packet = tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(false),
                 packet = maybe_timeout(idle, next) => packet?,
@@ -979,7 +997,7 @@ async fn read_connect<R: AsyncReadExt + Unpin>(
                 }
                 let frame = buffer.get(..header.frame_length()).unwrap_or_default();
                 broker_connect::check_frame(frame).map_err(ConnectionError::Violation)?;
-                return read_packet(reader, buffer, max_connect_bytes).await;
+                return read_packet(reader, buffer, max_connect_bytes, None).await;
             }
             Err(mqttbytes::Error::InsufficientBytes(_)) => {}
             Err(mqttbytes::Error::PayloadSizeLimitExceeded(_)) => {
@@ -1004,11 +1022,31 @@ async fn read_packet<R: AsyncReadExt + Unpin>(
     reader: &mut R,
     buffer: &mut BytesMut,
     max_packet_bytes: usize,
+    budget: Option<&Budget>,
 ) -> Result<Packet, ConnectionError> {
+    let mut held = Held::default();
     loop {
         match Packet::read(buffer, max_packet_bytes) {
-            Ok(packet) => return Ok(packet),
-            Err(mqttbytes::Error::InsufficientBytes(_)) => {}
+            Ok(packet) => {
+                held.release();
+                return Ok(packet);
+            }
+            Err(mqttbytes::Error::InsufficientBytes(missing)) => {
+                if let Some(budget) = budget {
+                    let frame_length = buffer.len() + missing;
+                    let waits = || {
+                        budget
+                            .metrics
+                            .broker_packet_budget_waits
+                            .fetch_add(1, Ordering::Relaxed);
+                        debug!(
+                            frame_length,
+                            "large packet waits for max_pending_packet_bytes"
+                        );
+                    };
+                    budget.bytes.hold(&mut held, frame_length, waits).await;
+                }
+            }
             Err(mqttbytes::Error::PayloadSizeLimitExceeded(size)) => {
                 let _ = size;
                 return Err(ConnectionError::TooLarge(max_packet_bytes));

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rumqttc::mqttbytes::v4::{Packet, Publish};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// Retained messages by topic, with their bytes (topic + payload) kept
 /// under a budget.
@@ -74,6 +74,73 @@ impl Retained {
 /// Bytes a publish holds in memory, as the budgets count them.
 pub(crate) fn cost(publish: &Publish) -> usize {
     publish.topic.len() + publish.payload.len()
+}
+
+/// Packets up to this size never wait for the [`PacketBudget`]: with
+/// `max_connections` they are bounded already, and a device's ordinary
+/// telemetry must not queue behind someone's half-sent megabyte.
+pub(crate) const SMALL_PACKET: usize = 64 * 1024;
+
+/// The bytes of large packets still arriving, over all connections of the
+/// broker (`mqtt.embedded.max_pending_packet_bytes`). A connection whose
+/// next large packet does not fit is not read until others completed
+/// theirs: sockets each half-way through a 1 MB PUBLISH hold the budget,
+/// not a megabyte of the node's memory each.
+#[derive(Clone)]
+pub(crate) struct PacketBudget {
+    permits: Arc<Semaphore>,
+    total: usize,
+}
+
+/// A connection's share of the [`PacketBudget`] for the packet it reads.
+#[derive(Default)]
+pub(crate) struct Held {
+    permits: Option<OwnedSemaphorePermit>,
+}
+
+impl PacketBudget {
+    pub(crate) fn new(bytes: usize) -> PacketBudget {
+        let total = bytes.clamp(1, Semaphore::MAX_PERMITS);
+        PacketBudget {
+            permits: Arc::new(Semaphore::new(total)),
+            total,
+        }
+    }
+
+    /// Makes `held` cover a packet of `frame_length` bytes (at most the
+    /// whole budget), waiting for room; `waits` is called before a wait.
+    /// `true` when it had to wait.
+    pub(crate) async fn hold(
+        &self,
+        held: &mut Held,
+        frame_length: usize,
+        waits: impl FnOnce(),
+    ) -> bool {
+        let want = frame_length.min(self.total);
+        let have = held.permits.as_ref().map_or(0, |p| p.num_permits());
+        if frame_length <= SMALL_PACKET || want <= have {
+            return false;
+        }
+        let more = u32::try_from(want - have).unwrap_or(u32::MAX);
+        let waited = self.permits.available_permits() < more as usize;
+        if waited {
+            waits();
+        }
+        if let Ok(permit) = self.permits.clone().acquire_many_owned(more).await {
+            match &mut held.permits {
+                Some(existing) => existing.merge(permit),
+                None => held.permits = Some(permit),
+            }
+        }
+        waited
+    }
+}
+
+impl Held {
+    /// The packet was read whole: its share goes back to the budget.
+    pub(crate) fn release(&mut self) {
+        self.permits = None;
+    }
 }
 
 /// The packets queued towards one client, with the bytes of the
@@ -163,6 +230,35 @@ mod tests {
         assert!(retained.set(&publish("a", 0), 200).is_ok());
         assert_eq!(retained.bytes(), 150);
         assert_eq!(retained.iter().count(), 2);
+    }
+
+    #[tokio::test]
+    async fn large_packets_wait_for_the_budget_and_small_ones_never() {
+        let budget = PacketBudget::new(1 << 20);
+        let mut first = Held::default();
+        assert!(
+            !budget.hold(&mut first, 1_000, || {}).await,
+            "small: no hold"
+        );
+        assert!(!budget.hold(&mut first, 600_000, || {}).await);
+        assert!(
+            !budget.hold(&mut first, 700_000, || {}).await,
+            "grows in place"
+        );
+        let mut second = Held::default();
+        let waiting = {
+            let budget = budget.clone();
+            tokio::spawn(async move { budget.hold(&mut second, 500_000, || {}).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "does not fit beside the first");
+        first.release();
+        assert!(waiting.await.unwrap(), "it had to wait");
+        let mut huge = Held::default();
+        assert!(
+            !budget.hold(&mut huge, 10 << 20, || {}).await,
+            "a packet larger than the budget takes it whole"
+        );
     }
 
     #[tokio::test]

@@ -172,6 +172,8 @@ pub struct IngestMetrics {
     pub broker_subscriptions_refused: AtomicU64,
     pub broker_deliveries_dropped: AtomicU64,
     pub broker_sessions_expired: AtomicU64,
+    /// Large packets that waited for `max_pending_packet_bytes`.
+    pub broker_packet_budget_waits: AtomicU64,
     /// External broker: successful (re)connections and failed attempts.
     pub upstream_broker_connects: AtomicU64,
     pub upstream_broker_errors: AtomicU64,
@@ -296,7 +298,7 @@ impl IngestMetrics {
                     .collect()
             },
         );
-        let scalars: [(&str, &str, &str, i64); 17] = [
+        let scalars: [(&str, &str, &str, i64); 18] = [
             (
                 "meshlet_ingest_unmatched_messages_total",
                 "counter",
@@ -386,6 +388,12 @@ impl IngestMetrics {
                 "counter",
                 "Persistent MQTT sessions removed after session_expiry without their client.",
                 self.broker_sessions_expired.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "meshlet_broker_packet_budget_waits_total",
+                "counter",
+                "Large MQTT packets whose connection was not read until max_pending_packet_bytes had room.",
+                self.broker_packet_budget_waits.load(Ordering::Relaxed) as i64,
             ),
             (
                 "meshlet_mqtt_client_connects_total",
