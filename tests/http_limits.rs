@@ -154,6 +154,10 @@ fn hostile_http_sockets_cannot_take_the_descriptors_mqtt_clients_need() {
         .start()
         .expect("node starts");
     let mqtt = node.mqtt.expect("embedded broker");
+    assert!(
+        node.seen_logs.iter().any(|l| l.contains("lowered to fit")),
+        "the caps were fitted to the descriptor limit"
+    );
     // 300 sockets that never send a request: more than the process has
     // descriptors.
     let hostile: Vec<_> = (0..300)

@@ -247,7 +247,8 @@ async fn http<S>(
         let timed_out = Arc::new(AtomicBool::new(false));
         let mut request = request.map(|body| TimedBody {
             inner: body,
-            deadline: Box::pin(tokio::time::sleep(limits.body_read_timeout)),
+            since: tokio::time::Instant::now(),
+            deadline: None,
             timeout: limits.body_read_timeout,
             metrics: body_metrics.clone(),
             timed_out: timed_out.clone(),
@@ -308,7 +309,11 @@ fn body_timeout_response(timeout: Duration) -> axum::response::Response {
 /// head arrived and the body is still not complete.
 pub(crate) struct TimedBody {
     inner: Incoming,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// When the request head arrived.
+    since: tokio::time::Instant,
+    /// Armed on the first read that has to wait, so a body that is
+    /// already complete (most requests) costs no timer.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     timeout: Duration,
     metrics: HttpMetrics,
     /// Set once the deadline passed, for the response.
@@ -335,7 +340,11 @@ impl Body for TimedBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
             Poll::Pending => {
-                if this.deadline.as_mut().poll(cx).is_ready() {
+                let (since, timeout) = (this.since, this.timeout);
+                let deadline = this
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(since + timeout)));
+                if deadline.as_mut().poll(cx).is_ready() {
                     this.timed_out.store(true, Ordering::Relaxed);
                     this.metrics.0.body_timeouts.fetch_add(1, Ordering::Relaxed);
                     debug!(timeout = ?this.timeout, "HTTP request body not received in time");
