@@ -161,3 +161,47 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::super::StoreConfig;
+    use super::*;
+
+    #[test]
+    fn sessions_expire_after_their_client_left_and_live_ones_never() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(StoreConfig::new(dir.path().join("s"))).expect("open");
+        let filters = vec!["a/#".to_string()];
+        store.set_mqtt_session("gone", &filters).unwrap();
+        store.set_mqtt_session("live", &filters).unwrap();
+        store.set_mqtt_session("unstamped", &filters).unwrap();
+        store.disconnect_mqtt_session("gone", 1_000).unwrap();
+        store.disconnect_mqtt_session("live", 1_000).unwrap();
+        store.disconnect_mqtt_session("nobody", 1_000).unwrap();
+        assert_eq!(
+            store.mqtt_session("nobody").unwrap(),
+            None,
+            "no session made"
+        );
+        assert!(store.mqtt_session_expired("gone", 2_000).unwrap());
+        assert!(!store.mqtt_session_expired("gone", 500).unwrap());
+
+        let live: HashSet<String> = ["live".to_string()].into();
+        // Cutoff 2,000: `gone` left at 1,000; `live` is connected again;
+        // `unstamped` (node stopped while it was connected) gets `now`.
+        assert_eq!(store.expire_mqtt_sessions(2_000, 5_000, &live).unwrap(), 1);
+        assert_eq!(store.mqtt_session("gone").unwrap(), None);
+        assert_eq!(store.mqtt_session("live").unwrap(), Some(filters.clone()));
+        assert_eq!(
+            store.mqtt_session("unstamped").unwrap(),
+            Some(filters.clone())
+        );
+        assert!(!store.mqtt_session_expired("unstamped", 5_000).unwrap());
+        assert!(store.mqtt_session_expired("unstamped", 5_001).unwrap());
+        // Connecting again clears the disconnect time.
+        store.set_mqtt_session("unstamped", &filters).unwrap();
+        assert!(!store.mqtt_session_expired("unstamped", i64::MAX).unwrap());
+    }
+}
