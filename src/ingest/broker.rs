@@ -140,10 +140,17 @@ impl Shared {
             kept.dup = false;
             let mut retained = write(&self.retained);
             if let Err(refused) = retained.set(&kept, self.max_retained_bytes) {
-                self.metrics
+                let before = self
+                    .metrics
                     .broker_retained_refused
                     .fetch_add(1, Ordering::Relaxed);
-                warn!(error = %refused, "retained message not retained");
+                // The first and every 1000th, so a device retaining in a
+                // loop does not flood the log; the counter has them all.
+                if before % 1_000 == 0 {
+                    warn!(error = %refused, refused = before + 1, "retained message not retained");
+                } else {
+                    debug!(error = %refused, "retained message not retained");
+                }
             }
             self.metrics
                 .broker_retained_bytes
@@ -950,21 +957,26 @@ async fn write_loop(
     let mut buffer = BytesMut::with_capacity(4 * 1024);
     while let Some(packet) = packets.recv().await {
         buffer.clear();
-        queued.sent(&packet);
+        let mut bytes = QueuedBytes::cost(&packet);
         if packet.write(&mut buffer, max_packet_bytes).is_err() {
+            queued.sent(bytes);
             continue;
         }
         // Coalesce whatever else is ready into one write.
         while buffer.len() < 64 * 1024 {
             match packets.try_recv() {
                 Ok(more) => {
-                    queued.sent(&more);
+                    bytes += QueuedBytes::cost(&more);
                     let _ = more.write(&mut buffer, max_packet_bytes);
                 }
                 Err(_) => break,
             }
         }
-        if writer.write_all(&buffer).await.is_err() {
+        let written = writer.write_all(&buffer).await;
+        // Counted until the socket took them: a subscriber that does not
+        // read holds max_queued_bytes, in the queue and this buffer.
+        queued.sent(bytes);
+        if written.is_err() {
             return;
         }
     }
@@ -988,13 +1000,13 @@ async fn read_connect<R: AsyncReadExt + Unpin>(
     max_connect_bytes: usize,
 ) -> Result<Packet, ConnectionError> {
     loop {
+        if buffer.first().is_some_and(|b| b >> 4 != 1) {
+            return Err(ConnectionError::Protocol(
+                "first packet is not CONNECT".to_string(),
+            ));
+        }
         match mqttbytes::check(buffer.iter(), max_connect_bytes) {
             Ok(header) => {
-                if buffer.first().map(|b| b >> 4) != Some(1) {
-                    return Err(ConnectionError::Protocol(
-                        "first packet is not CONNECT".to_string(),
-                    ));
-                }
                 let frame = buffer.get(..header.frame_length()).unwrap_or_default();
                 broker_connect::check_frame(frame).map_err(ConnectionError::Violation)?;
                 return read_packet(reader, buffer, max_connect_bytes, None).await;

@@ -193,15 +193,22 @@ impl Outbox {
     }
 }
 
-/// The writer's side of an [`Outbox`]'s byte count.
+/// The writer's side of an [`Outbox`]'s byte count: a delivery counts
+/// until the socket took it.
 pub(crate) struct QueuedBytes(Arc<AtomicUsize>);
 
 impl QueuedBytes {
-    /// A packet left the queue (written or discarded).
-    pub(crate) fn sent(&self, packet: &Packet) {
-        if let Packet::Publish(publish) = packet {
-            self.0.fetch_sub(cost(publish), Ordering::AcqRel);
+    /// What `packet` counts against the queue's bytes.
+    pub(crate) fn cost(packet: &Packet) -> usize {
+        match packet {
+            Packet::Publish(publish) => cost(publish),
+            _ => 0,
         }
+    }
+
+    /// Deliveries of `bytes` were written to the socket (or discarded).
+    pub(crate) fn sent(&self, bytes: usize) {
+        self.0.fetch_sub(bytes, Ordering::AcqRel);
     }
 }
 
@@ -272,7 +279,7 @@ mod tests {
         assert!(!outbox.deliver(publish("t", 9)));
         outbox.send(Packet::PingResp).await.unwrap();
         let first = rx.recv().await.unwrap();
-        queued.sent(&first);
+        queued.sent(QueuedBytes::cost(&first));
         assert!(outbox.deliver(publish("t", 49)));
         assert!(outbox.deliver(publish("t", 49)));
         assert!(!outbox.deliver(publish("t", 9)));
