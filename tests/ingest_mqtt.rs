@@ -668,6 +668,11 @@ fn the_embedded_broker_enforces_credentials_and_the_connection_limit() {
     assert_eq!(records(&node, "sensor_reading", "mqtt:0", "accepted"), 1.0);
 
     // One connection held open; the second is refused as unavailable.
+    // (The publisher's connection must have ended first: until it has, it
+    // holds the one slot, and the holder would be the one refused.)
+    assert!(eventually(Duration::from_secs(5), || {
+        metric(&node, "meshlet_broker_sockets") == Some(0.0)
+    }));
     let mut holder = std::process::Command::new("mosquitto_sub")
         .args([
             "-h",
