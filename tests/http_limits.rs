@@ -371,3 +371,37 @@ fn try_get(url: &str) -> Option<u16> {
             .map(|r| r.status().as_u16())
     })
 }
+
+#[test]
+fn websockets_hold_their_connection_slot_while_open() {
+    let dir = init();
+    let node = NodeBuilder::new(dir.path())
+        .env("MESHLET_HTTP__MAX_CONNECTIONS", "4")
+        .start()
+        .expect("node starts");
+    let upgrade = b"GET /graphql/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n";
+    let mut sockets: Vec<_> = (0..4)
+        .map(|_| {
+            let mut ws = socket(node.http, Duration::from_secs(5));
+            ws.write_all(upgrade).expect("upgrade request");
+            let head = read_n(&mut ws, 12).expect("an answer");
+            assert_eq!(&head, b"HTTP/1.1 101", "switched to a WebSocket");
+            ws
+        })
+        .collect();
+    // Four WebSockets open: a fifth connection is over the cap.
+    let mut late = socket(node.http, Duration::from_secs(3));
+    let mut answer = String::new();
+    let _ = late.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 503"),
+        "WebSockets count against http.max_connections: {answer:?}"
+    );
+    sockets.pop();
+    assert!(eventually(Duration::from_secs(10), || {
+        try_get(&node.url("/livez")) == Some(200)
+    }));
+    drop(sockets);
+    let (status, _) = node.stop();
+    assert!(status.success());
+}

@@ -21,8 +21,8 @@
 //!
 //! With TLS, the handshake (bounded by [`HANDSHAKE_TIMEOUT`]) comes first,
 //! and a verified client certificate becomes a [`PeerCertificate`] request
-//! extension. A connection upgraded to a WebSocket leaves hyper and no
-//! longer counts against the cap (GraphQL limits its subscriptions).
+//! extension. A connection upgraded to a WebSocket keeps its slot (the
+//! socket owns it, see [`Slotted`]) until the WebSocket closes.
 //!
 //! Shutdown: the loop stops accepting, open connections finish their
 //! in-flight request, and [`serve`] returns once every connection ended.
@@ -98,7 +98,7 @@ impl HttpMetrics {
             (
                 "meshlet_http_connections",
                 "gauge",
-                "Open HTTP connections (WebSockets excluded).",
+                "Open HTTP connections, WebSockets included.",
                 c.open.load(Ordering::Relaxed),
             ),
             (
@@ -195,9 +195,15 @@ async fn connection(
     slot: OwnedSemaphorePermit,
 ) {
     metrics.0.open.fetch_add(1, Ordering::Relaxed);
-    let _open = OpenGuard(metrics.clone(), slot);
+    let open = OpenGuard(metrics.clone(), slot);
     match tls {
-        None => http(stream, peer, None, limits, metrics, app, shutdown).await,
+        None => {
+            let stream = Slotted {
+                io: stream,
+                _open: open,
+            };
+            http(stream, peer, None, limits, metrics, app, shutdown).await
+        }
         Some((acceptor, tls_metrics)) => {
             let stream = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -217,17 +223,69 @@ async fn connection(
             if let Some(client) = &client {
                 debug!(%peer, subject_cn = ?client.subject_cn, fingerprint = %client.fingerprint_sha256, "client certificate verified");
             }
+            let stream = Slotted {
+                io: stream,
+                _open: open,
+            };
             http(stream, peer, client, limits, metrics, app, shutdown).await
         }
     }
 }
 
-/// Releases the connection's slot and gauge when its task ends.
+/// Releases the connection's slot and gauge when dropped.
 struct OpenGuard(HttpMetrics, #[allow(dead_code)] OwnedSemaphorePermit);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0 .0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection's socket that holds its slot: when hyper hands the socket
+/// to a WebSocket (an upgrade), the slot goes with it, so WebSockets count
+/// against `http.max_connections` for as long as they are open.
+struct Slotted<S> {
+    io: S,
+    _open: OpenGuard,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Slotted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Slotted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }
 
