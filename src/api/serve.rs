@@ -46,7 +46,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::debug;
+use tracing::{debug, debug_span, Instrument};
 
 use super::tls::{self, TlsMetrics};
 use crate::listen::Acceptor;
@@ -164,7 +164,7 @@ pub(crate) async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        connections.spawn(connection(
+        let task = connection(
             stream,
             peer,
             tls.clone(),
@@ -173,7 +173,8 @@ pub(crate) async fn serve(
             app.clone(),
             shutdown.clone(),
             slot,
-        ));
+        );
+        connections.spawn(task.instrument(debug_span!("http_connection", %peer)));
     }
     drop(acceptor);
     connections.close();
