@@ -1029,6 +1029,58 @@ async fn read_connect<R: AsyncReadExt + Unpin>(
     }
 }
 
+/// Why the bytes a client sent are not a packet the broker can take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PacketError {
+    #[error("MQTT protocol error: {0}")]
+    Malformed(String),
+    #[error("packet larger than the {0}-byte limit")]
+    TooLarge(usize),
+}
+
+impl From<PacketError> for ConnectionError {
+    fn from(err: PacketError) -> ConnectionError {
+        match err {
+            PacketError::Malformed(reason) => ConnectionError::Protocol(reason),
+            PacketError::TooLarge(limit) => ConnectionError::TooLarge(limit),
+        }
+    }
+}
+
+/// What the front of a client's bytes holds.
+#[derive(Debug)]
+pub enum Decoded {
+    /// One whole packet, taken off the buffer.
+    Packet(Packet),
+    /// Part of one, left in the buffer: at least `missing` more bytes are
+    /// needed.
+    Partial { missing: usize },
+}
+
+/// The packet reader without the socket: takes the first whole packet off
+/// the front of `buffer`, or says how much of one is missing. Pure, so
+/// the fuzz targets (tests/fuzz) feed it what a client could send.
+pub fn decode_packet(
+    buffer: &mut BytesMut,
+    max_packet_bytes: usize,
+) -> Result<Decoded, PacketError> {
+    match Packet::read(buffer, max_packet_bytes) {
+        Ok(packet) => Ok(Decoded::Packet(packet)),
+        Err(mqttbytes::Error::InsufficientBytes(missing)) => Ok(Decoded::Partial { missing }),
+        Err(mqttbytes::Error::PayloadSizeLimitExceeded(_)) => {
+            Err(PacketError::TooLarge(max_packet_bytes))
+        }
+        Err(err) => Err(PacketError::Malformed(err.to_string())),
+    }
+}
+
+/// What the broker refuses in a raw CONNECT frame that the codec lets
+/// through (see `broker_connect`), by the name of its counter; exposed
+/// for the fuzz targets (tests/fuzz).
+pub fn check_connect_frame(frame: &[u8]) -> Result<(), &'static str> {
+    broker_connect::check_frame(frame).map_err(Violation::name)
+}
+
 /// Reads one whole packet, reading from the socket as needed.
 async fn read_packet<R: AsyncReadExt + Unpin>(
     reader: &mut R,
@@ -1038,12 +1090,12 @@ async fn read_packet<R: AsyncReadExt + Unpin>(
 ) -> Result<Packet, ConnectionError> {
     let mut held = Held::default();
     loop {
-        match Packet::read(buffer, max_packet_bytes) {
-            Ok(packet) => {
+        match decode_packet(buffer, max_packet_bytes)? {
+            Decoded::Packet(packet) => {
                 held.release();
                 return Ok(packet);
             }
-            Err(mqttbytes::Error::InsufficientBytes(missing)) => {
+            Decoded::Partial { missing } => {
                 if let Some(budget) = budget {
                     let frame_length = buffer.len() + missing;
                     let waits = || {
@@ -1059,11 +1111,6 @@ async fn read_packet<R: AsyncReadExt + Unpin>(
                     budget.bytes.hold(&mut held, frame_length, waits).await;
                 }
             }
-            Err(mqttbytes::Error::PayloadSizeLimitExceeded(size)) => {
-                let _ = size;
-                return Err(ConnectionError::TooLarge(max_packet_bytes));
-            }
-            Err(err) => return Err(ConnectionError::Protocol(err.to_string())),
         }
         buffer.reserve(4 * 1024);
         let read = reader.read_buf(buffer).await?;
