@@ -145,12 +145,28 @@ fn push_is_acknowledged_after_durable_and_refused_whole_when_invalid() {
         Some(2.0)
     );
 
-    let (status, _) = node.stop();
-    assert!(status.success());
+    // No graceful stop (it would flush): a 200 must already be on disk, so
+    // the node is killed outright right after the last answer.
+    let (status, body) = http_post(
+        &url,
+        "application/json",
+        br#"{"asset_id": "A-7", "name": "last before the kill"}"#.to_vec(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let mut node = node;
+    node.signal(libc::SIGKILL);
+    let status = node
+        .wait_exit(std::time::Duration::from_secs(10))
+        .expect("the killed node exits");
+    assert!(!status.success(), "killed, not stopped: {status}");
     let store = open_store(&dir.path().join("data"));
     let a1 = store.get("asset", "A-1").expect("read").expect("A-1");
     assert_eq!(a1.fields.get("weight"), Some(&Value::Float(12.5)));
     assert!(store.get("asset", "A-4").expect("read").is_some());
+    assert!(
+        store.get("asset", "A-7").expect("read").is_some(),
+        "acknowledged just before the kill, and stored"
+    );
     assert!(
         store.get("asset", "A-5").expect("read").is_none(),
         "refused requests write nothing"

@@ -222,8 +222,8 @@ fn edge_to_aggregator_over_http_with_rules_masks_and_erasure() {
     );
     assert_eq!(status, 404);
 
-    let _ = hq.stop();
-    let _ = edge.stop();
+    stop_cleanly(hq);
+    stop_cleanly(edge);
 
     let store = open_store(&hq_dir.path().join("data"));
     let m1 = store
@@ -292,8 +292,8 @@ fn upstream_away_then_back_delivers_every_event_once_in_order() {
     let hq_dir = aggregator_dir();
     let hq = start_node(hq_dir.path(), Some(&addr));
     wait_drained(&edge);
-    let _ = hq.stop();
-    let _ = edge.stop();
+    stop_cleanly(hq);
+    stop_cleanly(edge);
 
     let store = open_store(&hq_dir.path().join("data"));
     for meter in 0..3 {
@@ -333,8 +333,8 @@ fn sigkill_mid_send_neither_loses_nor_doubles() {
     }
     let edge = start_node(edge_dir.path(), None);
     wait_drained(&edge);
-    let _ = edge.stop();
-    let _ = hq.stop();
+    stop_cleanly(edge);
+    stop_cleanly(hq);
 
     let store = open_store(&hq_dir.path().join("data"));
     let ns: Vec<i64> = store
@@ -414,7 +414,7 @@ fn disk_budget_coalesces_first_then_drops_lowest_priority() {
         200.0 + 2.0 - coalesced - dropped,
         "every removal is counted"
     );
-    let _ = edge.stop();
+    stop_cleanly(edge);
     let store = open_store(&dir.path().join("data"));
     let left = store
         .outbox_read("central", 10_000, meshlet::record::Timestamp::now())
@@ -474,8 +474,8 @@ fn offline_erase_sends_its_tombstone_at_the_next_start() {
             .is_null()),
         "the aggregator still holds m1 after the edge's offline erase"
     );
-    let _ = edge.stop();
-    let _ = hq.stop();
+    stop_cleanly(edge);
+    stop_cleanly(hq);
 }
 
 /// An MQTT product whose invalid payloads go to quarantine, synced.
@@ -558,8 +558,8 @@ fn offline_quarantine_replay_syncs_what_it_replayed() {
         "the replayed alarm never reached the aggregator: {}",
         graphql_data(&hq, lookup)
     );
-    let _ = edge.stop();
-    let _ = hq.stop();
+    stop_cleanly(edge);
+    stop_cleanly(hq);
 }
 
 /// An aggregator that does not know a product refuses its records, and
@@ -634,8 +634,8 @@ fn records_of_a_product_the_aggregator_lacks_wait_until_a_reload_brings_it() {
     wait_drained(&edge);
     let status = graphql_data(&edge, "{ syncStatus { pending waiting } }");
     assert!(status["syncStatus"][0]["waiting"].is_null(), "{status}");
-    let _ = edge.stop();
-    let _ = hq.stop();
+    stop_cleanly(edge);
+    stop_cleanly(hq);
 
     let store = open_store(&hq_dir.path().join("data"));
     let mut arrived = Vec::new();
@@ -651,4 +651,277 @@ fn records_of_a_product_the_aggregator_lacks_wait_until_a_reload_brings_it() {
     }
     arrived.sort_unstable();
     assert_eq!(arrived, (0..100).collect::<Vec<i64>>(), "every record once");
+}
+
+/// `POST /sync/v1` with a real client, as an edge with `token` (or none).
+fn post_envelope(node: &NodeProcess, body: Vec<u8>, token: Option<&str>) -> (u16, String) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut request = reqwest::Client::new()
+            .post(node.url("/sync/v1"))
+            .header("content-type", meshlet::sync::envelope::CONTENT_TYPE)
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("HTTP request");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("HTTP body"))
+    })
+}
+
+/// The `n` of every history event of `meter` the aggregator serves, oldest
+/// first, read over GraphQL while it runs.
+fn served_history(node: &NodeProcess, meter: &str) -> Vec<i64> {
+    let query = format!(
+        r#"{{"query":"{{ reading(meter: \"{meter}\") {{ history(first: 1000) {{ nodes {{ values {{ n }} }} }} }} }}"}}"#
+    );
+    let (status, body) = http_post(
+        &node.url("/graphql"),
+        "application/json",
+        query.into_bytes(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert!(answer["errors"].is_null(), "{body}");
+    answer["data"]["reading"]["history"]["nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .filter_map(|node| node["values"]["n"].as_i64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn applied(answer: &str) -> (u64, u64, u64) {
+    let answer: serde_json::Value = serde_json::from_str(answer).expect("JSON answer");
+    let count = |key: &str| answer[key].as_u64().unwrap_or(u64::MAX);
+    (count("applied"), count("duplicates"), count("refused"))
+}
+
+#[test]
+fn the_same_envelope_posted_twice_is_applied_once() {
+    let hq_dir = aggregator_dir();
+    let hq = start_node(hq_dir.path(), None);
+    let first = sync_envelope("edge-dup", "d", 1..=5);
+
+    let (status, body) = post_envelope(&hq, first.clone(), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(applied(&body), (5, 0, 0), "{body}");
+    assert_eq!(served_history(&hq, "d"), vec![1, 2, 3, 4, 5]);
+
+    // The edge did not hear the answer and sends the same bytes again.
+    let (status, body) = post_envelope(&hq, first, None);
+    assert_eq!(status, 200, "a redelivery is acknowledged: {body}");
+    assert_eq!(applied(&body), (0, 5, 0), "{body}");
+    let duplicates = "meshlet_sync_duplicate_records_total{origin=\"edge-dup\"}";
+    let applied_total = "meshlet_sync_applied_records_total{origin=\"edge-dup\"}";
+    assert_eq!(metric(&hq, duplicates), Some(5.0));
+    assert_eq!(metric(&hq, applied_total), Some(5.0));
+    assert_eq!(
+        served_history(&hq, "d"),
+        vec![1, 2, 3, 4, 5],
+        "history unchanged by the redelivery"
+    );
+
+    // A resend that grew (4-5 again, 6-7 new), then a gap (8-9 were
+    // dropped by the edge's budget): only what is new is applied.
+    let (status, body) = post_envelope(&hq, sync_envelope("edge-dup", "d", 4..=7), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(applied(&body), (2, 2, 0), "{body}");
+    let (status, body) = post_envelope(&hq, sync_envelope("edge-dup", "d", 10..=10), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(applied(&body), (1, 0, 0), "{body}");
+    assert_eq!(metric(&hq, duplicates), Some(7.0));
+    assert_eq!(metric(&hq, applied_total), Some(8.0));
+    assert_eq!(served_history(&hq, "d"), vec![1, 2, 3, 4, 5, 6, 7, 10]);
+
+    // Another edge's sequence numbers are its own.
+    let (status, body) = post_envelope(&hq, sync_envelope("edge-two", "e", 1..=2), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(applied(&body), (2, 0, 0), "{body}");
+
+    stop_cleanly(hq);
+    let store = open_store(&hq_dir.path().join("data"));
+    let ns: Vec<i64> = store
+        .history("reading", "d", &HistoryQuery::default())
+        .expect("history")
+        .iter()
+        .filter_map(|e| match e.fields.get("n") {
+            Some(Value::Int(n)) => Some(*n),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ns, vec![1, 2, 3, 4, 5, 6, 7, 10], "stored once each");
+}
+
+#[test]
+fn a_secured_aggregator_takes_envelopes_from_edge_tokens_only() {
+    let hq_dir = aggregator_dir();
+    let edge_token = create_token(hq_dir.path(), "edge", "edge-1");
+    let reader_token = create_token(hq_dir.path(), "reader", "dashboard");
+    let admin_token = create_token(hq_dir.path(), "admin", "ops");
+    let hq = NodeBuilder::new(hq_dir.path())
+        .secured()
+        .arg("--config")
+        .arg("meshlet.toml")
+        .env("MESHLET_MQTT__EMBEDDED__ENABLED", "false")
+        .start()
+        .expect("the secured aggregator starts");
+    let applied_from = |origin: &str| {
+        metric(
+            &hq,
+            &format!("meshlet_sync_applied_records_total{{origin=\"{origin}\"}}"),
+        )
+    };
+
+    // Refused: no credentials (401), a wrong token (401), a reader (403).
+    let (status, body) = post_envelope(&hq, sync_envelope("intruder", "x", 1..=3), None);
+    assert_eq!(status, 401, "anonymous: {body}");
+    let (status, body) = post_envelope(
+        &hq,
+        sync_envelope("intruder", "x", 1..=3),
+        Some("mlt_not_a_token"),
+    );
+    assert_eq!(status, 401, "unknown token: {body}");
+    let (status, body) = post_envelope(
+        &hq,
+        sync_envelope("intruder", "x", 1..=3),
+        Some(&reader_token),
+    );
+    assert_eq!(status, 403, "reader: {body}");
+    assert!(body.contains("edge"), "the refusal says who may: {body}");
+    assert_eq!(applied_from("intruder"), None, "nothing applied");
+
+    // An edge configured with the reader's token is refused too, and keeps
+    // its record: a refusal is not an acknowledgement.
+    let wrong_dir = workdir(
+        &[("reading", READING_EDGE.to_string())],
+        &format!(
+            "node_id = \"edge-r\"\n[sync]\nretry_min = \"50ms\"\nretry_max = \"300ms\"\n[upstreams.central]\nurl = \"http://{}\"\ntoken = \"{reader_token}\"\n",
+            hq.http
+        ),
+    );
+    let wrong = start_node(wrong_dir.path(), None);
+    push(&wrong, "reading", "{\"meter\":\"w\",\"n\":1}\n");
+    assert!(
+        eventually(Duration::from_secs(10), || metric(
+            &wrong,
+            "meshlet_sync_errors_total{upstream=\"central\"}"
+        )
+        .unwrap_or(0.0)
+            >= 2.0),
+        "the refused edge keeps retrying"
+    );
+    assert_eq!(pending(&wrong), 1.0, "the refused record waits at the edge");
+    assert_eq!(applied_from("edge-r"), None);
+
+    // The edge with its edge token gets through.
+    let good_dir = workdir(
+        &[("reading", READING_EDGE.to_string())],
+        &format!(
+            "node_id = \"edge-g\"\n[sync]\nretry_min = \"50ms\"\nretry_max = \"300ms\"\n[upstreams.central]\nurl = \"http://{}\"\ntoken = \"{edge_token}\"\n",
+            hq.http
+        ),
+    );
+    let good = start_node(good_dir.path(), None);
+    push(&good, "reading", "{\"meter\":\"g\",\"n\":7}\n");
+    wait_drained(&good);
+    assert_eq!(applied_from("edge-g"), Some(1.0));
+    // An admin may push as well.
+    let (status, body) = post_envelope(
+        &hq,
+        sync_envelope("ops-push", "o", 1..=1),
+        Some(&admin_token),
+    );
+    assert_eq!(status, 200, "admin: {body}");
+    assert_eq!(applied(&body), (1, 0, 0), "{body}");
+
+    stop_cleanly(good);
+    stop_cleanly(wrong);
+    stop_cleanly(hq);
+    let store = open_store(&hq_dir.path().join("data"));
+    assert!(store.get("reading", "g").expect("read").is_some());
+    assert!(store.get("reading", "o").expect("read").is_some());
+    for refused in ["x", "w"] {
+        assert!(
+            store.get("reading", refused).expect("read").is_none(),
+            "nothing from a refused sender is stored ({refused})"
+        );
+    }
+}
+
+#[test]
+fn an_erasure_at_the_edge_erases_the_entity_on_the_aggregator() {
+    let hq_dir = aggregator_dir();
+    let hq = start_node(hq_dir.path(), None);
+    let edge_dir = edge_dir(&format!("http://{}", hq.http), "");
+    let edge = start_node(edge_dir.path(), None);
+    let query = |node: &NodeProcess, q: &str| {
+        let body = serde_json::json!({ "query": q }).to_string().into_bytes();
+        let (status, body) = http_post(&node.url("/graphql"), "application/json", body);
+        assert_eq!(status, 200, "{body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        assert!(answer["errors"].is_null(), "{body}");
+        answer
+    };
+    let applied_total = "meshlet_sync_applied_records_total{origin=\"edge-1\"}";
+
+    push(
+        &edge,
+        "machine",
+        "{\"machine_id\":\"m3\",\"site\":\"paris\",\"temp\":30}\n",
+    );
+    wait_drained(&edge);
+    assert!(
+        eventually(Duration::from_secs(10), || metric(&hq, applied_total)
+            == Some(1.0)),
+        "the record reached the aggregator"
+    );
+    let before = query(&hq, r#"{ machine(machine_id: "m3") { temp site } }"#);
+    assert_eq!(
+        (
+            before["data"]["machine"]["temp"].as_f64(),
+            before["data"]["machine"]["site"].as_str()
+        ),
+        (Some(30.0), Some("paris")),
+        "m3 is on the aggregator before the erase: {before}"
+    );
+
+    let erased = query(&edge, r#"mutation { eraseMachine(machine_id: "m3") }"#);
+    assert_eq!(erased["data"]["eraseMachine"], true);
+    wait_drained(&edge);
+    assert!(
+        eventually(Duration::from_secs(10), || metric(&hq, applied_total)
+            == Some(2.0)),
+        "the tombstone is applied and counted: {:?}",
+        metric(&hq, applied_total)
+    );
+    let after = query(&hq, r#"{ machine(machine_id: "m3") { temp } }"#);
+    assert!(
+        after["data"]["machine"].is_null(),
+        "m3 is gone from the aggregator: {after}"
+    );
+
+    stop_cleanly(edge);
+    stop_cleanly(hq);
+    let store = open_store(&hq_dir.path().join("data"));
+    assert!(store.get("machine", "m3").expect("read").is_none());
+    let tombstone = store
+        .tombstone("machine", "m3")
+        .expect("read")
+        .expect("the aggregator keeps the tombstone");
+    assert_eq!(tombstone.origin.source, "sync:edge-1", "{tombstone:?}");
+    assert!(
+        store
+            .history("machine", "m3", &HistoryQuery::default())
+            .expect("history")
+            .is_empty(),
+        "no history of m3 is left"
+    );
 }

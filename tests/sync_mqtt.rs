@@ -119,7 +119,7 @@ fn edge_to_mosquitto_to_aggregator_exactly_once_across_an_aggregator_outage() {
     );
 
     // The aggregator goes away; the broker keeps its session's queue.
-    let _ = hq.stop();
+    stop_cleanly(hq);
     let (status, body) = http_post(
         &edge.url("/ingest/reading"),
         "application/x-ndjson",
@@ -138,8 +138,8 @@ fn edge_to_mosquitto_to_aggregator_exactly_once_across_an_aggregator_outage() {
         ) == Some(40.0)),
         "the queued 40 arrive after the restart"
     );
-    let _ = hq.stop();
-    let _ = edge.stop();
+    stop_cleanly(hq);
+    stop_cleanly(edge);
 
     let store = open_store(&hq_dir.path().join("data"));
     assert_eq!(
@@ -219,12 +219,67 @@ fn envelopes_of_an_unknown_product_wait_in_the_broker_until_a_reload() {
         ) == Some(30.0)),
         "the refused envelopes never arrived after the reload"
     );
-    let _ = hq.stop();
-    let _ = edge.stop();
+    stop_cleanly(hq);
+    stop_cleanly(edge);
     let store = open_store(&hq_dir.path().join("data"));
     assert_eq!(
         ns(&store, "q"),
         (0..30).collect::<Vec<_>>(),
         "each event once, in order"
+    );
+}
+
+#[test]
+fn a_redelivered_envelope_is_applied_once() {
+    let broker = Mosquitto::start();
+    let hq_dir = workdir(
+        READING_EDGE.split("\nsync:").next().unwrap_or(READING_EDGE),
+        &format!(
+            "node_id = \"hq\"\n[aggregator]\ntopic_prefix = \"mesh/sync\"\n[aggregator.mqtt]\nurl = \"{}\"\n",
+            broker.url()
+        ),
+    );
+    let hq = start_aggregator(hq_dir.path());
+    let topic = "mesh/sync/edge-r/reading";
+    let publish = |envelope: &[u8]| {
+        let out = mosquitto_pub(broker.port, topic, envelope, 1, false);
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    let applied = "meshlet_sync_applied_records_total{origin=\"edge-r\"}";
+    let duplicates = "meshlet_sync_duplicate_records_total{origin=\"edge-r\"}";
+    let envelopes = "meshlet_sync_received_envelopes_total{origin=\"edge-r\"}";
+
+    // The same envelope twice (an edge whose PUBACK was lost resends it).
+    let first = sync_envelope("edge-r", "r", 1..=5);
+    publish(&first);
+    publish(&first);
+    assert!(
+        eventually(Duration::from_secs(20), || metric(&hq, envelopes)
+            == Some(2.0)),
+        "both deliveries arrived"
+    );
+    assert_eq!(metric(&hq, applied), Some(5.0));
+    assert_eq!(metric(&hq, duplicates), Some(5.0));
+
+    // Redelivered from the broker's queue after the aggregator was away,
+    // with an envelope that overlaps it.
+    stop_cleanly(hq);
+    publish(&first);
+    publish(&sync_envelope("edge-r", "r", 4..=8));
+    let hq = start_aggregator(hq_dir.path());
+    assert!(
+        eventually(Duration::from_secs(20), || metric(&hq, envelopes)
+            == Some(2.0)),
+        "the queued deliveries arrived after the restart"
+    );
+    assert_eq!(metric(&hq, applied), Some(3.0), "only 6..=8 are new");
+    assert_eq!(metric(&hq, duplicates), Some(7.0), "1..=5, then 4 and 5");
+    stop_cleanly(hq);
+
+    let store = open_store(&hq_dir.path().join("data"));
+    assert_eq!(
+        ns(&store, "r"),
+        (1..=8).collect::<Vec<_>>(),
+        "each event applied once"
     );
 }

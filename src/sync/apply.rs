@@ -39,7 +39,7 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
-use super::envelope::{Envelope, EnvelopeError};
+use super::envelope::{Envelope, EnvelopeError, EnvelopeRecord};
 use super::metrics::SyncMetrics;
 use crate::ingest::writer::{WriteError, WriteJob};
 use crate::ingest::Ingestor;
@@ -111,6 +111,22 @@ fn read_mark(store: &crate::store::Store, source: &str) -> Result<u64, StoreErro
             .unwrap_or(0),
         None => 0,
     })
+}
+
+/// The duplicate filter: the records above the high-water mark `mark`,
+/// and how many were at or below it (already applied: a redelivery, or an
+/// envelope that overlaps one applied before). Sequence numbers may jump
+/// (the edge's budget dropped or coalesced entries in between); a record
+/// below the mark is never applied again, whatever order envelopes come in.
+/// `mark_of` is the mark that covers a record (its product's).
+fn above_mark(
+    records: Vec<EnvelopeRecord>,
+    mark_of: impl Fn(&EnvelopeRecord) -> u64,
+) -> (Vec<EnvelopeRecord>, usize) {
+    let total = records.len();
+    let fresh: Vec<EnvelopeRecord> = records.into_iter().filter(|r| r.seq > mark_of(r)).collect();
+    let duplicates = total - fresh.len();
+    (fresh, duplicates)
 }
 
 /// What the aggregator knows of one edge (since it started).
@@ -198,13 +214,10 @@ impl Receiver {
         }
         let origin = Origin::new(format!("{SYNC_ORIGIN_PREFIX}{}", envelope.origin));
         let mut outcome = Applied::default();
-        let total = envelope.records.len();
-        let fresh: Vec<_> = envelope
-            .records
-            .into_iter()
-            .filter(|r| r.seq > marks.get(&r.product).copied().unwrap_or(lane_mark))
-            .collect();
-        outcome.duplicates = total - fresh.len();
+        let (fresh, duplicates) = above_mark(envelope.records, |r| {
+            marks.get(&r.product).copied().unwrap_or(lane_mark)
+        });
+        outcome.duplicates = duplicates;
         let mut i = 0;
         while i < fresh.len() {
             let head = &fresh[i];
@@ -413,5 +426,111 @@ mod tests {
         tasks.close();
         tasks.wait().await;
         runtime.stop();
+    }
+
+    fn records(seqs: &[u64]) -> Vec<EnvelopeRecord> {
+        seqs.iter()
+            .map(|&seq| EnvelopeRecord {
+                seq,
+                product: "p".into(),
+                definition_version: 1,
+                entity: format!("e{seq}"),
+                event_time: Timestamp::from_secs(seq as i64),
+                fields: Fields::new(),
+                tombstone: false,
+            })
+            .collect()
+    }
+
+    /// Envelopes in the order they arrive, through the filter and the mark
+    /// the receiver stores after each: what is applied, and how many are
+    /// counted as duplicates.
+    fn deliver(envelopes: &[&[u64]]) -> (Vec<u64>, usize) {
+        let mut mark = 0;
+        let mut applied = Vec::new();
+        let mut duplicates = 0;
+        for seqs in envelopes {
+            let (fresh, skipped) = above_mark(records(seqs), |_| mark);
+            duplicates += skipped;
+            if let Some(last) = fresh.last() {
+                mark = last.seq;
+            }
+            applied.extend(fresh.iter().map(|r| r.seq));
+        }
+        (applied, duplicates)
+    }
+
+    #[test]
+    fn a_redelivered_envelope_is_applied_once() {
+        assert_eq!(deliver(&[&[1, 2, 3], &[1, 2, 3]]), (vec![1, 2, 3], 3));
+        assert_eq!(
+            deliver(&[&[1, 2, 3], &[1, 2, 3], &[1, 2, 3]]),
+            (vec![1, 2, 3], 6)
+        );
+    }
+
+    #[test]
+    fn gaps_in_sequence_numbers_are_applied() {
+        // 4..=6 were coalesced or dropped at the edge: nothing waits for them.
+        assert_eq!(
+            deliver(&[&[1, 2, 3], &[7, 9], &[10]]),
+            (vec![1, 2, 3, 7, 9, 10], 0)
+        );
+        assert_eq!(deliver(&[&[5, 1000]]), (vec![5, 1000], 0));
+    }
+
+    #[test]
+    fn overlapping_and_reordered_envelopes_apply_only_what_is_new() {
+        // A resend that grew: the old part is duplicate, the new part applied.
+        assert_eq!(
+            deliver(&[&[1, 2, 3], &[2, 3, 4, 5]]),
+            (vec![1, 2, 3, 4, 5], 2)
+        );
+        // A stale redelivery arriving after a newer envelope: all skipped,
+        // none applied twice, and the next new envelope still applies.
+        assert_eq!(
+            deliver(&[&[1, 2], &[3, 4], &[1, 2], &[5]]),
+            (vec![1, 2, 3, 4, 5], 2)
+        );
+        // Reordered between two redeliveries of the same pair.
+        assert_eq!(
+            deliver(&[&[3, 4], &[1, 2], &[3, 4], &[5, 6]]),
+            (vec![3, 4, 5, 6], 4)
+        );
+    }
+
+    #[test]
+    fn the_mark_is_the_boundary_itself() {
+        let (fresh, duplicates) = above_mark(records(&[4, 5, 6]), |_| 5);
+        assert_eq!(fresh.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![6]);
+        assert_eq!(duplicates, 2);
+        let (fresh, duplicates) = above_mark(records(&[1, 2]), |_| 0);
+        assert_eq!((fresh.len(), duplicates), (2, 0));
+    }
+
+    #[test]
+    fn marks_are_per_origin_lane_link_and_product() {
+        let sources = [
+            mark_source("edge-1", "central", 0, "p"),
+            mark_source("edge-1", "central", 1, "p"),
+            mark_source("edge-1", "backup", 0, "p"),
+            mark_source("edge-2", "central", 0, "p"),
+            mark_source("edge-1", "central", 0, "q"),
+            lane_mark_source("edge-1", "central", 0),
+        ];
+        let distinct: std::collections::BTreeSet<&String> = sources.iter().collect();
+        assert_eq!(distinct.len(), sources.len(), "{sources:?}");
+    }
+
+    /// Each record is held against its own product's mark.
+    #[test]
+    fn each_record_is_filtered_by_its_products_mark() {
+        let mut mixed = records(&[3, 4, 5, 6]);
+        mixed[1].product = "q".into();
+        mixed[3].product = "q".into();
+        let (fresh, duplicates) = above_mark(mixed, |r| if r.product == "q" { 5 } else { 3 });
+        let kept: Vec<(u64, &str)> = fresh.iter().map(|r| (r.seq, r.product.as_str())).collect();
+        assert_eq!(kept, vec![(5, "p"), (6, "q")]);
+        assert_eq!(duplicates, 2);
     }
 }

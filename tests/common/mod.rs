@@ -309,6 +309,18 @@ impl NodeProcess {
     }
 }
 
+/// SIGTERM, and the node must exit 0: a stop that crashed, timed out or
+/// failed to flush fails the test, with the node's logs.
+#[allow(dead_code)] // not every test binary stops nodes this way
+pub fn stop_cleanly(node: NodeProcess) {
+    let (status, logs) = node.stop();
+    assert!(
+        status.success(),
+        "the node did not stop cleanly ({status}); its logs:\n{}",
+        logs.join("\n")
+    );
+}
+
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
@@ -469,4 +481,43 @@ pub fn http_post(url: &str, content_type: &str, body: Vec<u8>) -> (u16, String) 
         let body = response.text().await.expect("HTTP body");
         (status, body)
     })
+}
+
+/// An envelope as an edge `origin` sends it: `reading` events of meter
+/// `meter`, one per sequence number, with `n` = the sequence number (the
+/// `reading` product of tests/sync_http.rs and tests/sync_mqtt.rs).
+#[allow(dead_code)] // only the sync tests send envelopes
+pub fn sync_envelope(origin: &str, meter: &str, seqs: std::ops::RangeInclusive<u64>) -> Vec<u8> {
+    use meshlet::sync::envelope::{Envelope, EnvelopeRecord, ENVELOPE_FORMAT};
+    let records: Vec<EnvelopeRecord> = seqs
+        .map(|seq| EnvelopeRecord {
+            seq,
+            product: "reading".into(),
+            definition_version: 1,
+            entity: meter.into(),
+            event_time: meshlet::record::Timestamp::from_secs(1_714_564_800 + seq as i64),
+            fields: [
+                (
+                    "meter".to_string(),
+                    meshlet::record::Value::String(meter.into()),
+                ),
+                ("n".to_string(), meshlet::record::Value::Int(seq as i64)),
+            ]
+            .into_iter()
+            .collect(),
+            tombstone: false,
+        })
+        .collect();
+    Envelope {
+        format: ENVELOPE_FORMAT,
+        origin: origin.into(),
+        link: "central".into(),
+        lane: 1,
+        pending: 0,
+        first_seq: records.first().map_or(0, |r| r.seq),
+        last_seq: records.last().map_or(0, |r| r.seq),
+        records,
+    }
+    .encode(3)
+    .expect("the envelope encodes")
 }
