@@ -36,8 +36,11 @@ use meshlet::product::{parse_definition, LoadContext, PayloadFormat, Product, So
 use meshlet::record::{Fields, Origin, Timestamp, Value};
 use rumqttc::mqttbytes::v4::Packet;
 
+/// A target body: one input, a panic when it finds a problem.
+pub type Body = fn(&[u8]);
+
 /// Every target, by the name of its corpus folder and cargo-fuzz binary.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("json", json),
     ("csv", csv),
     ("telemetry", telemetry),
