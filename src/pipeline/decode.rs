@@ -160,25 +160,31 @@ fn csv(text: &str, columns: &[String], limits: &Limits) -> Result<Vec<Item>, Vio
         .has_headers(false)
         .flexible(true)
         .from_reader(text.as_bytes());
-    let mut items = Vec::new();
+    let mut items: Vec<Item> = Vec::new();
+    // A row's index is its 0-based line, but never one a row before it
+    // took: the csv reader also ends rows at a lone `\r` without counting a
+    // line, and two rows with one index would be replayed together from
+    // the quarantine (found by fuzzing).
+    let index_of = |items: &[Item], line: Option<u64>| {
+        let line = line.map_or(0, |l| l.saturating_sub(1) as usize);
+        match items.last() {
+            Some(previous) => line.max(previous.index + 1),
+            None => line,
+        }
+    };
     for row in reader.records() {
         let item = match row {
             Ok(row) => {
-                let index = row
-                    .position()
-                    .map_or(items.len(), |p| p.line().saturating_sub(1) as usize);
                 if row.iter().eq(columns.iter().map(String::as_str)) {
                     continue;
                 }
                 Item {
-                    index,
+                    index: index_of(&items, row.position().map(csv::Position::line)),
                     document: csv_row(&row, columns),
                 }
             }
             Err(e) => Item {
-                index: e
-                    .position()
-                    .map_or(items.len(), |p| p.line().saturating_sub(1) as usize),
+                index: index_of(&items, e.position().map(csv::Position::line)),
                 document: Err(Violation::payload(
                     Rule::Malformed,
                     format!("invalid csv: {e}"),
@@ -324,6 +330,32 @@ mod tests {
         assert_eq!(too_deep_at(r#"{"a":[1,{"b":2}]}"#, 2), Some(8));
         assert_eq!(too_deep_at(r#"{"a":"[[[[\"[[[["}"#, 1), None);
         assert_eq!(too_deep_at(&"[".repeat(100_000), 64), Some(64));
+    }
+
+    /// Regression (fuzzing, csv): rows ended by a lone `\r` all had the
+    /// index of their line, so two records of one payload shared an index.
+    #[test]
+    fn csv_rows_have_distinct_indexes_whatever_ends_them() {
+        let columns: Vec<String> = ["a", "b"].map(String::from).to_vec();
+        let shape = SourceShape {
+            format: PayloadFormat::Csv,
+            map: Default::default(),
+            event_time: None,
+            columns,
+            field: None,
+        };
+        let indexes = |text: &str| -> Vec<usize> {
+            decode(text.as_bytes(), &shape, &Limits::default())
+                .expect("decodes")
+                .iter()
+                .map(|item| item.index)
+                .collect()
+        };
+        assert_eq!(indexes("1,2\r3,4\r5,6\n7,8\n"), vec![0, 1, 2, 3]);
+        assert_eq!(indexes("1,2\r\n3,4\r\n"), vec![0, 1], "CRLF is one line end");
+        let quoted = indexes("a,b\n1,\"x\ny\"\n3,4\n");
+        assert_eq!(quoted.len(), 2, "{quoted:?}");
+        assert!(quoted[0] < quoted[1], "{quoted:?}");
     }
 
     #[test]

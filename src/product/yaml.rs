@@ -56,6 +56,14 @@ pub(crate) fn load(text: &str, diags: &mut Diagnostics) -> Option<Node> {
         );
         return None;
     }
+    if let Some(at) = lone_carriage_return(text) {
+        diags.push(
+            at,
+            DOCUMENT_KEY,
+            "carriage return without a line feed (an old Mac line ending): save the file with \\n or \\r\\n line endings",
+        );
+        return None;
+    }
     if let Some(line) = overly_indented_line(text) {
         diags.push(
             Location { line, column: 1 },
@@ -119,6 +127,24 @@ pub(crate) fn load(text: &str, diags: &mut Diagnostics) -> Option<Node> {
 /// write and which would otherwise become part of the first key.
 pub(crate) fn strip_bom(text: &str) -> &str {
     text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
+/// Where the first `\r` not followed by `\n` is. YAML counts a lone CR
+/// as a line break, but editors, `grep -n` and this module's other checks
+/// count `\n` only: after one, every diagnostic would name a line further
+/// down than the one the operator sees (found by fuzzing: an error on
+/// line 58 of a 56-line file). So it is refused, at its own position.
+fn lone_carriage_return(text: &str) -> Option<Location> {
+    let at = text
+        .match_indices('\r')
+        .map(|(at, _)| at)
+        .find(|&at| text.as_bytes().get(at + 1) != Some(&b'\n'))?;
+    let before = text.get(..at)?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    Some(Location {
+        line: before.matches('\n').count() + 1,
+        column: before.get(line_start..).map_or(0, |l| l.chars().count()) + 1,
+    })
 }
 
 /// The 1-based number of the first line whose leading indentation and
@@ -432,6 +458,30 @@ mod tests {
         assert!(out[0]
             .message
             .starts_with("line indented or nested by more than 256"));
+    }
+
+    /// Regression (fuzzing, product_definition): a lone CR made the parser
+    /// report a syntax error on line 58 of a 56-line file.
+    #[test]
+    fn a_lone_carriage_return_is_refused_where_it_is() {
+        let mut diags = Diagnostics::new(std::path::Path::new("t.yaml"));
+        let text = "product: p\nowner: a\rb\nkey: k\n";
+        assert!(load(text, &mut diags).is_none());
+        let out = diags.into_sorted();
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!((out[0].line, out[0].column), (2, 9), "{out:?}");
+        assert!(out[0].message.starts_with("carriage return without a line feed"));
+
+        let mut diags = Diagnostics::new(std::path::Path::new("t.yaml"));
+        let fuzzed = "access:\r  operator:\n    mask: { a\r\x03g host.\n'#\n# The li";
+        assert!(load(fuzzed, &mut diags).is_none());
+        let out = diags.into_sorted();
+        assert_eq!((out[0].line, out[0].column), (1, 8), "{out:?}");
+
+        // Windows line endings are fine.
+        let mut diags = Diagnostics::new(std::path::Path::new("t.yaml"));
+        assert!(load("a: 1\r\nb: 2\r\n", &mut diags).is_some());
+        assert!(diags.into_sorted().is_empty());
     }
 
     #[test]
