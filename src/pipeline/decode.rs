@@ -352,7 +352,11 @@ mod tests {
                 .collect()
         };
         assert_eq!(indexes("1,2\r3,4\r5,6\n7,8\n"), vec![0, 1, 2, 3]);
-        assert_eq!(indexes("1,2\r\n3,4\r\n"), vec![0, 1], "CRLF is one line end");
+        assert_eq!(
+            indexes("1,2\r\n3,4\r\n"),
+            vec![0, 1],
+            "CRLF is one line end"
+        );
         let quoted = indexes("a,b\n1,\"x\ny\"\n3,4\n");
         assert_eq!(quoted.len(), 2, "{quoted:?}");
         assert!(quoted[0] < quoted[1], "{quoted:?}");

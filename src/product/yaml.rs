@@ -470,7 +470,9 @@ mod tests {
         let out = diags.into_sorted();
         assert_eq!(out.len(), 1, "{out:?}");
         assert_eq!((out[0].line, out[0].column), (2, 9), "{out:?}");
-        assert!(out[0].message.starts_with("carriage return without a line feed"));
+        assert!(out[0]
+            .message
+            .starts_with("carriage return without a line feed"));
 
         let mut diags = Diagnostics::new(std::path::Path::new("t.yaml"));
         let fuzzed = "access:\r  operator:\n    mask: { a\r\x03g host.\n'#\n# The li";
