@@ -138,8 +138,27 @@ impl Store {
         }
         self.consistent_with_instance(&trees, entity, |instance| match instance {
             None => Ok(Vec::new()),
+            Some(bytes) if query.newest_first => {
+                // The open tail is the newest part: read it first, backwards.
+                let state = decode_stored_instance(&trees, entity, bytes)?;
+                let mut events = Vec::new();
+                for event in state.tail.iter().rev() {
+                    let event = event
+                        .decode()
+                        .map_err(|e| StoreError::corrupt(product, entity, "history event", e))?;
+                    if event_wanted(&event, query) {
+                        events.push(event.into());
+                        if events.len() >= query.limit {
+                            return Ok(events);
+                        }
+                    }
+                }
+                read_history(&trees, entity, query, &mut events)?;
+                Ok(events)
+            }
             Some(bytes) => {
-                let mut events = read_history(&trees, entity, query)?;
+                let mut events = Vec::new();
+                read_history(&trees, entity, query, &mut events)?;
                 if events.len() < query.limit {
                     // The open tail, newer than every key's events.
                     let state = decode_stored_instance(&trees, entity, bytes)?;
@@ -288,6 +307,9 @@ fn chunk_outside(header: &ChunkHeader, query: &HistoryQuery) -> bool {
         .after_version
         .is_some_and(|v| header.last_version <= v)
         || query
+            .before_version
+            .is_some_and(|v| header.first_version >= v)
+        || query
             .since
             .is_some_and(|since| header.max_event_time < since)
         || query
@@ -297,20 +319,39 @@ fn chunk_outside(header: &ChunkHeader, query: &HistoryQuery) -> bool {
 
 fn event_wanted(event: &StoredEvent, query: &HistoryQuery) -> bool {
     !(query.after_version.is_some_and(|v| event.version <= v)
+        || query.before_version.is_some_and(|v| event.version >= v)
         || query.since.is_some_and(|since| event.event_time < since)
         || query.until.is_some_and(|until| event.event_time >= until))
 }
 
 /// One range scan over the entity's chunks, then the open-tail keys an
-/// instance written before store format 3 may still have.
+/// instance written before store format 3 may still have — or, for a
+/// newest-first query, the same keys backwards, each chunk's events
+/// newest first. Appends to `out` until it holds `query.limit` events.
 fn read_history(
     trees: &ProductTrees,
     entity: &str,
     query: &HistoryQuery,
-) -> Result<Vec<HistoryEvent>, StoreError> {
+    out: &mut Vec<HistoryEvent>,
+) -> Result<(), StoreError> {
     let product = trees.name.as_str();
-    let mut out = Vec::new();
-    for item in trees.history.scan_prefix(entity_prefix(entity)) {
+    let scan = trees.history.scan_prefix(entity_prefix(entity));
+    let entries: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+        if query.newest_first {
+            Box::new(scan.rev())
+        } else {
+            Box::new(scan)
+        };
+    let take = |event: StoredEvent, out: &mut Vec<HistoryEvent>| {
+        if event_wanted(&event, query) {
+            out.push(event.into());
+        }
+        out.len() >= query.limit
+    };
+    if out.len() >= query.limit {
+        return Ok(());
+    }
+    for item in entries {
         let (key, value) = item.map_err(|e| {
             StoreError::sled(
                 format!("product `{product}`, entity `{entity}`: reading history"),
@@ -329,28 +370,27 @@ fn read_history(
                 if chunk_outside(&header, query) {
                     continue;
                 }
-                let (_, events) = decode_chunk(&value, &trees.dictionaries)
+                let (_, mut events) = decode_chunk(&value, &trees.dictionaries)
                     .map_err(|e| StoreError::corrupt(product, entity, "history chunk", e))?;
+                if query.newest_first {
+                    events.reverse();
+                }
                 for event in events {
-                    if event_wanted(&event, query) {
-                        out.push(event.into());
-                        if out.len() >= query.limit {
-                            return Ok(out);
-                        }
+                    if take(event, out) {
+                        return Ok(());
                     }
                 }
             }
             TAG_TAIL => {
-                if query.after_version.is_some_and(|v| version <= v) {
+                if query.after_version.is_some_and(|v| version <= v)
+                    || query.before_version.is_some_and(|v| version >= v)
+                {
                     continue;
                 }
                 let event: StoredEvent = codec::decode(&value)
                     .map_err(|e| StoreError::corrupt(product, entity, "history event", e))?;
-                if event_wanted(&event, query) {
-                    out.push(event.into());
-                    if out.len() >= query.limit {
-                        return Ok(out);
-                    }
+                if take(event, out) {
+                    return Ok(());
                 }
             }
             other => {
@@ -363,7 +403,7 @@ fn read_history(
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Whether an audit line overlaps the query window.

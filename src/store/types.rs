@@ -69,6 +69,12 @@ pub struct HistoryQuery {
     pub until: Option<Timestamp>,
     /// Only events with `version > after_version` (a paging cursor).
     pub after_version: Option<u64>,
+    /// Only events with `version < before_version` (a paging cursor).
+    pub before_version: Option<u64>,
+    /// Newest first (descending version): the `limit` newest events that
+    /// match, read from the end of the entity's history, so the latest
+    /// readings cost what they return, not the history's length.
+    pub newest_first: bool,
     /// At most this many events.
     pub limit: usize,
 }
@@ -80,6 +86,8 @@ impl Default for HistoryQuery {
             since: None,
             until: None,
             after_version: None,
+            before_version: None,
+            newest_first: false,
             limit: usize::MAX,
         }
     }

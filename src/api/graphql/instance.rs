@@ -299,7 +299,7 @@ pub(crate) fn types(api: &Arc<ProductApi>) -> Vec<Type> {
             )
         }));
     let connection = Object::new(&names.history_connection)
-        .description("A page of history events, oldest first.")
+        .description("A page of history events, oldest first (also when paged backwards with `last`/`before`).")
         .field(Field::new(
             "edges",
             TypeRef::named_nn_list_nn(&names.history_edge),
@@ -376,6 +376,47 @@ fn meta_field(api: &Arc<ProductApi>) -> Field {
 /// default), charging the byte budget between calls.
 const HISTORY_READ_STEP: usize = 256;
 
+/// Which end of the history a page is taken from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum HistoryWindow {
+    /// `first`: the oldest events (in the cursors' range).
+    Oldest(usize),
+    /// `last`: the newest events.
+    Newest(usize),
+}
+
+impl HistoryWindow {
+    fn of(first: Option<usize>, last: Option<usize>) -> async_graphql::Result<HistoryWindow> {
+        match (first, last) {
+            (Some(_), Some(_)) => Err(async_graphql::Error::new(
+                "give `first` (oldest first, with `after`) or `last` (newest first, with `before`), not both",
+            )),
+            (None, Some(last)) => Ok(HistoryWindow::Newest(last)),
+            (first, None) => Ok(HistoryWindow::Oldest(first.unwrap_or(limits::DEFAULT_PAGE))),
+        }
+    }
+
+    fn size(self) -> usize {
+        match self {
+            HistoryWindow::Oldest(n) | HistoryWindow::Newest(n) => n,
+        }
+    }
+
+    fn newest_first(self) -> bool {
+        matches!(self, HistoryWindow::Newest(_))
+    }
+}
+
+/// A history cursor (an event version) from its string form.
+fn history_cursor(cursor: Option<String>) -> async_graphql::Result<Option<u64>> {
+    cursor
+        .map(|c| {
+            c.parse::<u64>()
+                .map_err(|_| async_graphql::Error::new(format!("`{c}` is not a history cursor")))
+        })
+        .transpose()
+}
+
 fn history_field(api: &Arc<ProductApi>) -> Field {
     let api = api.clone();
     let connection = api.names.history_connection.clone();
@@ -388,19 +429,18 @@ fn history_field(api: &Arc<ProductApi>) -> Field {
             // visible); its past records are masked the same way.
             let view = view(&ctx, &api)?;
             require(&ctx, &view, view.read, "read")?;
-            let first = page_size(&ctx, "first")?.unwrap_or(limits::DEFAULT_PAGE);
-            let after = opt_string(&ctx, "after")?
-                .map(|c| {
-                    c.parse::<u64>().map_err(|_| {
-                        async_graphql::Error::new(format!("`{c}` is not a history cursor"))
-                    })
-                })
-                .transpose()?;
+            let window = HistoryWindow::of(
+                page_size(&ctx, "first")?,
+                page_size(&ctx, "last")?,
+            )?;
+            let page = window.size();
             let query = HistoryQuery {
                 since: opt_time(&ctx, "since")?,
                 until: opt_time(&ctx, "until")?,
-                after_version: after,
-                limit: first.saturating_add(1),
+                after_version: history_cursor(opt_string(&ctx, "after")?)?,
+                before_version: history_cursor(opt_string(&ctx, "before")?)?,
+                newest_first: window.newest_first(),
+                limit: page.saturating_add(1),
             };
             let store = runtime.store().clone();
             let product = api.name().to_string();
@@ -430,7 +470,11 @@ fn history_field(api: &Arc<ProductApi>) -> Field {
                                 return Ok((events, true));
                             }
                         }
-                        step.after_version = Some(event.version);
+                        if step.newest_first {
+                            step.before_version = Some(event.version);
+                        } else {
+                            step.after_version = Some(event.version);
+                        }
                         events.push(event);
                     }
                     if last_page {
@@ -443,8 +487,14 @@ fn history_field(api: &Arc<ProductApi>) -> Field {
             if let (true, Some(budget)) = (over_budget, &budget) {
                 return Err(budget.refusal());
             }
-            let has_next = events.len() > first;
-            events.truncate(first);
+            // One more than the page was read: it says whether there is
+            // more on the side the page was cut.
+            let more = events.len() > page;
+            events.truncate(page);
+            if window.newest_first() {
+                // Read newest first; a page is shown oldest first (Relay).
+                events.reverse();
+            }
             let edges: Vec<(String, HistoryEvent)> = events
                 .into_iter()
                 .map(|mut e| {
@@ -453,19 +503,21 @@ fn history_field(api: &Arc<ProductApi>) -> Field {
                 })
                 .collect();
             let page_info = PageInfoData {
-                has_next,
-                has_previous: false,
+                has_next: more && !window.newest_first(),
+                has_previous: more && window.newest_first(),
                 start: edges.first().map(|e| e.0.clone()),
                 end: edges.last().map(|e| e.0.clone()),
             };
             Ok(Some(FieldValue::owned_any(HistoryPage { edges, page_info })))
         })
     })
-    .description("The entity's past records (as received, not merged), oldest first, from the stored history chunks: event time in [since, until), `first` per page (default 100, at most 1000) after the cursor `after`.")
+    .description("The entity's past records (as received, not merged) from the stored history chunks, event time in [since, until), each page oldest first. Forward: the `first` (default 100, at most 1000) oldest after the cursor `after`. Backward: the `last` newest before the cursor `before` (`history(last: 20)` is the latest 20; the page's `startCursor` as `before` gives the 20 before them), read from the newest end so its cost does not grow with the history's length. Cursors are event versions, stable in both directions; `after` and `before` bound either.")
     .argument(InputValue::new("since", TypeRef::named(values::DATE_TIME)))
     .argument(InputValue::new("until", TypeRef::named(values::DATE_TIME)))
     .argument(InputValue::new("first", TypeRef::named(TypeRef::INT)))
     .argument(InputValue::new("after", TypeRef::named(TypeRef::STRING)))
+    .argument(InputValue::new("last", TypeRef::named(TypeRef::INT)))
+    .argument(InputValue::new("before", TypeRef::named(TypeRef::STRING)))
 }
 
 fn audit_field(api: &Arc<ProductApi>) -> Field {
