@@ -23,3 +23,4 @@ pub mod sd_notify;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+pub(crate) mod timeseries;

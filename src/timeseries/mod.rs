@@ -1,0 +1,10 @@
+//! Time-series computations over a product's history, as plain functions
+//! on plain values: no store, no GraphQL, no policy. The API reads the
+//! events (through the role's view, so masks and row filters have already
+//! applied), hands them here, and renders what comes back.
+//!
+//! - [`buckets`]: an entity's events into fixed windows of event time
+//!   (`series`): per numeric field count/min/max/sum/avg/first/last, per
+//!   text field the value held longest and counts and time per value.
+
+pub(crate) mod buckets;
