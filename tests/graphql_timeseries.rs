@@ -1,11 +1,18 @@
 //! Time-series reads through the real binary: newest-first history paging
 //! (`last`/`before`) over sealed chunks and the open tail, with cursors
-//! that round-trip between directions, under a role's row filter and mask.
+//! that round-trip between directions, and `series` buckets compared with
+//! a brute-force computation over the raw events pushed (in random
+//! arrival order, so many arrive late) — both under a role's row filter
+//! and mask.
 
 mod common;
 
+use std::collections::BTreeMap;
+
 use common::graphql::Gql;
 use common::{create_token, NodeBuilder, NodeProcess};
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 /// A probe pushed over HTTP with its event time in the payload; small
@@ -187,6 +194,244 @@ async fn history_pages_newest_first_with_cursors_both_ways_under_policies() {
         )
         .await;
     assert_eq!(data["probe"], Value::Null, "p2 is in lyon: {data}");
+
+    let (status, _) = node.stop();
+    assert!(status.success());
+}
+
+/// One raw reading as pushed: event time (ms), temp, state (each may be absent).
+#[derive(Clone, Debug)]
+struct Raw {
+    ts: i64,
+    temp: Option<f64>,
+    state: Option<&'static str>,
+}
+
+/// What one bucket should hold, computed the obvious way from `raws` (in
+/// arrival order) for window [since, until) ms, buckets `every` ms wide
+/// aligned to the epoch; `round`: the viewer's mask step on temp.
+fn expected(raws: &[Raw], since: i64, until: i64, every: i64, round: Option<f64>) -> Vec<Value> {
+    let mut inside: Vec<(usize, &Raw)> = raws
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.ts >= since && r.ts < until)
+        .collect();
+    inside.sort_by_key(|(i, r)| (r.ts, *i));
+    let states: Vec<(i64, &str)> = inside
+        .iter()
+        .filter_map(|(_, r)| r.state.map(|s| (r.ts, s)))
+        .collect();
+    let mut out = Vec::new();
+    let mut start = since.div_euclid(every) * every;
+    while start < until {
+        let end = start + every;
+        let events: Vec<&Raw> = inside
+            .iter()
+            .filter(|(_, r)| r.ts >= start && r.ts < end)
+            .map(|(_, r)| *r)
+            .collect();
+        let temps: Vec<f64> = events
+            .iter()
+            .filter_map(|r| r.temp)
+            .map(|t| match round {
+                Some(step) => (t / step).round() * step,
+                None => t,
+            })
+            .collect();
+        let temp = if temps.is_empty() {
+            Value::Null
+        } else {
+            let sum: f64 = temps.iter().sum();
+            json!({
+                "count": temps.len(),
+                "min": temps.iter().copied().fold(f64::INFINITY, f64::min),
+                "max": temps.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                "sum": sum,
+                "avg": sum / temps.len() as f64,
+                "first": temps[0],
+                "last": temps[temps.len() - 1],
+            })
+        };
+        let mut shares: BTreeMap<&str, (u64, i64)> = BTreeMap::new();
+        for r in &events {
+            if let Some(s) = r.state {
+                shares.entry(s).or_default().0 += 1;
+            }
+        }
+        for (j, (from, s)) in states.iter().enumerate() {
+            let to = states.get(j + 1).map_or(until, |n| n.0);
+            let overlap = to.min(end) - (*from).max(start);
+            if overlap > 0 {
+                shares.entry(s).or_default().1 += overlap;
+            }
+        }
+        let longest = shares
+            .iter()
+            .filter(|(_, (_, held))| *held > 0)
+            .max_by(|a, b| a.1 .1.cmp(&b.1 .1).then(b.0.cmp(a.0)))
+            .map(|(v, _)| json!(v))
+            .unwrap_or(Value::Null);
+        let values: Vec<Value> = shares
+            .iter()
+            .map(|(v, (count, held))| json!({ "value": v, "count": count, "seconds": *held as f64 / 1000.0 }))
+            .collect();
+        out.push(json!({
+            "start": start, "end": end, "count": events.len(),
+            "temp": temp, "state": { "longest": longest, "values": values },
+        }));
+        start = end;
+    }
+    out
+}
+
+/// Whether two JSON values are equal, numbers within 1e-6.
+fn close(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            (x.as_f64().unwrap_or(f64::NAN) - y.as_f64().unwrap_or(f64::NAN)).abs() < 1e-6
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| close(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| close(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+fn millis(rfc3339: &Value) -> i64 {
+    let text = rfc3339.as_str().expect("a DateTime");
+    let t: jiff::Timestamp = text.parse().expect("RFC 3339");
+    t.as_millisecond()
+}
+
+const SERIES: &str = "query S($id: String!, $since: DateTime, $until: DateTime, $every: Duration!, $fill: SeriesFill) {
+  probe(probe_id: $id) { series(since: $since, until: $until, every: $every, fill: $fill) {
+    start end count temp { count min max sum avg first last } state { longest values { value count seconds } } } } }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_buckets_equal_brute_force_over_random_streams_with_late_events() {
+    let (dir, node) = node();
+    let admin = Gql::new(&node);
+    let viewer = admin.with_token(&create_token(dir.path(), "viewer", "viewer"));
+    let base = 1_700_000_000_000i64;
+    for seed in [7u64, 1234, 99] {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let id = format!("r{seed}");
+        // Distinct event times over two hours with holes, pushed in random
+        // order: most events arrive after newer ones (late).
+        let mut times: Vec<i64> = (0..7_200_000i64).step_by(1_500).collect();
+        times.shuffle(&mut rng);
+        times.truncate(rng.random_range(50..400));
+        let raws: Vec<Raw> = times
+            .iter()
+            .map(|t| Raw {
+                ts: base + t + rng.random_range(0..1_000),
+                temp: rng
+                    .random_bool(0.8)
+                    .then(|| f64::from(rng.random_range(-400i32..1200)) / 8.0),
+                state: rng
+                    .random_bool(0.6)
+                    .then(|| *["ok", "warn", "fault"].choose(&mut rng).expect("a state")),
+            })
+            .collect();
+        let lines: Vec<Value> = raws
+            .iter()
+            .map(|r| {
+                let mut line = json!({ "probe_id": id, "site": "berlin", "ts": r.ts });
+                if let Some(t) = r.temp {
+                    line["temp"] = json!(t);
+                }
+                if let Some(s) = r.state {
+                    line["state"] = json!(s);
+                }
+                line
+            })
+            .collect();
+        for batch in lines.chunks(64) {
+            push(&node, batch).await;
+        }
+
+        let since = base + rng.random_range(0..1_800_000);
+        let until = since + rng.random_range(600_000..5_400_000);
+        let every_min = [1i64, 5, 10][rng.random_range(0..3)];
+        let rfc = |ms: i64| {
+            jiff::Timestamp::from_millisecond(ms)
+                .expect("time")
+                .to_string()
+        };
+        for (client, round) in [(&admin, None), (&viewer, Some(10.0))] {
+            let variables = json!({ "id": id, "since": rfc(since), "until": rfc(until),
+                                    "every": format!("{every_min}m"), "fill": "NULL" });
+            let data = client.data(SERIES, variables).await;
+            let got: Vec<Value> = data["probe"]["series"]
+                .as_array()
+                .expect("buckets")
+                .iter()
+                .map(|b| {
+                    let mut b = b.clone();
+                    b["start"] = json!(millis(&b["start"]));
+                    b["end"] = json!(millis(&b["end"]));
+                    b
+                })
+                .collect();
+            let want = expected(&raws, since, until, every_min * 60_000, round);
+            assert_eq!(got.len(), want.len(), "seed {seed}");
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    close(g, w),
+                    "seed {seed}, role {}:\n got {g:#}\nwant {w:#}",
+                    client.token().map_or("admin", |_| "viewer")
+                );
+            }
+        }
+
+        // Fill NONE leaves empty buckets out; the rest are the same.
+        let variables = json!({ "id": id, "since": rfc(since), "until": rfc(until),
+                                "every": format!("{every_min}m") });
+        let data = admin.data(SERIES, variables).await;
+        let counts: Vec<u64> = data["probe"]["series"]
+            .as_array()
+            .expect("buckets")
+            .iter()
+            .map(|b| b["count"].as_u64().expect("count"))
+            .collect();
+        assert!(counts.iter().all(|c| *c > 0), "{counts:?}");
+        let want = expected(&raws, since, until, every_min * 60_000, None);
+        assert_eq!(
+            counts.len(),
+            want.iter().filter(|b| b["count"] != 0).count()
+        );
+    }
+
+    // The row filter hides a lyon probe's series from the viewer.
+    push(&node, &readings("l1", "lyon", 5)).await;
+    let query = r#"{ probe(probe_id: "l1") { series(since: "2023-11-14T00:00:00Z", until: "2023-11-15T00:00:00Z", every: "1h") { count } } }"#;
+    assert_eq!(
+        admin.data(query, json!({})).await["probe"]["series"][0]["count"],
+        5
+    );
+    assert_eq!(viewer.data(query, json!({})).await["probe"], Value::Null);
+
+    // Too many buckets, or a bad width, are refused before any read.
+    let errors = admin
+        .errors(
+            r#"{ probe(probe_id: "r7") { series(since: "2023-01-01T00:00:00Z", until: "2023-01-02T00:00:00Z", every: "1m") { count } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        errors[0]["extensions"]["code"], "SERIES_TOO_LARGE",
+        "{errors:?}"
+    );
+    let errors = admin
+        .errors(
+            r#"{ probe(probe_id: "r7") { series(every: "soon") { count } } }"#,
+            json!({}),
+        )
+        .await;
+    assert!(format!("{errors:?}").contains("Duration"), "{errors:?}");
 
     let (status, _) = node.stop();
     assert!(status.success());

@@ -10,6 +10,10 @@
 //! so a fragment bomb stays cheap to estimate; cycles count as 0 here and
 //! are refused by validation).
 //!
+//! A `series` multiplies what it selects by its bucket count (from
+//! `since`, `until` and `every` when given as constants or variables,
+//! else the default window or the most a call returns).
+//!
 //! Raw payloads count by their size: inside `quarantine`, `payload` and
 //! `payloadBase64` cost [`PAYLOAD_COST`] each (a quarantined payload is
 //! up to 64 KiB, kept whole), so a page of a thousand payloads is refused
@@ -36,8 +40,58 @@ fn pages_by_default(name: &str) -> bool {
     name.ends_with("Connection") || matches!(name, "history" | "audit" | "quarantine")
 }
 
+/// A constant argument of `field`, variables resolved.
+fn argument(field: &Field, name: &str, variables: &Variables) -> Option<Value> {
+    field
+        .arguments
+        .iter()
+        .find(|(n, _)| n.node.as_str() == name)
+        .and_then(|(_, value)| {
+            value
+                .node
+                .clone()
+                .into_const_with(|var| variables.get(&var).cloned().ok_or(()))
+                .ok()
+        })
+        .filter(|v| !matches!(v, Value::Null))
+}
+
+/// The buckets a `series` field can return: computed from `since`,
+/// `until` and `every` when all are given, the default window without
+/// `since`, else the most a call may return.
+fn series_buckets(field: &Field, variables: &Variables) -> u64 {
+    use super::series::{DEFAULT_BUCKETS, MAX_BUCKETS};
+    let time = |name: &str| match argument(field, name, variables) {
+        Some(Value::String(s)) => crate::record::Timestamp::parse_rfc3339(&s)
+            .ok()
+            .map(|t| t.as_micros()),
+        _ => None,
+    };
+    let every = match argument(field, "every", variables) {
+        Some(Value::String(s)) => humantime::parse_duration(s.trim())
+            .ok()
+            .and_then(|d| i64::try_from(d.as_micros()).ok())
+            .filter(|d| *d > 0),
+        _ => None,
+    };
+    let since_given = argument(field, "since", variables).is_some();
+    let until_given = argument(field, "until", variables).is_some();
+    let buckets = match (time("since"), time("until"), every) {
+        (Some(since), Some(until), Some(every)) if since < until => {
+            u64::try_from((until - since).saturating_add(every - 1) / every + 1)
+                .unwrap_or(MAX_BUCKETS)
+        }
+        _ if !since_given && !until_given => DEFAULT_BUCKETS as u64 + 1,
+        _ => MAX_BUCKETS,
+    };
+    buckets.min(MAX_BUCKETS)
+}
+
 /// The page size a field asks for, 1 for a field that is not paged.
 fn page_of(field: &Field, variables: &Variables) -> u64 {
+    if field.name.node.as_str() == "series" {
+        return series_buckets(field, variables);
+    }
     let mut page = None;
     for (name, value) in &field.arguments {
         if matches!(name.node.as_str(), "first" | "last") {
@@ -157,6 +211,33 @@ mod tests {
         .expect("parses");
         let vars = Variables::from_json(serde_json::json!({ "n": 7 }));
         assert_eq!(estimate(&doc, &vars), 1 + 7 * 2);
+    }
+
+    #[test]
+    fn series_cost_their_bucket_count() {
+        // 1 h in 5 min buckets: at most 13 buckets (an unaligned window
+        // touches one more), each costing its 1 + 2 selected fields.
+        assert_eq!(
+            cost(
+                r#"{ m(id: "a") { series(since: "2024-01-01T00:00:00Z", until: "2024-01-01T01:00:00Z", every: "5m") { count temp { avg } } } }"#
+            ),
+            1 + 1 + 13 * 3
+        );
+        assert_eq!(
+            cost(r#"{ m(id: "a") { series(every: "1m") { count } } }"#),
+            2 + 101
+        );
+        assert_eq!(
+            cost(
+                r#"{ m(id: "a") { series(since: "2024-01-01T00:00:00Z", every: "1s") { count } } }"#
+            ),
+            2 + 1_000
+        );
+        assert!(
+            cost(
+                r#"{ mConnection(first: 100) { nodes { series(every: "1s", since: "2024-01-01T00:00:00Z") { count temp { min max } } } } }"#
+            ) > super::super::limits::MAX_COST
+        );
     }
 
     #[test]

@@ -233,6 +233,7 @@ pub(crate) fn types(api: &Arc<ProductApi>) -> Vec<Type> {
     object = object
         .field(meta_field(api))
         .field(history_field(api))
+        .field(super::series::series_field(api))
         .field(audit_field(api));
 
     let mut values_object = Object::new(&names.values).description(format!(
@@ -340,13 +341,19 @@ pub(crate) fn types(api: &Arc<ProductApi>) -> Vec<Type> {
         event.into(),
         edge.into(),
         connection.into(),
+        super::series::bucket_type(api),
     ]
 }
 
 /// Whether the entity's current (clear) state passes the view's row
 /// filter. History and audit ask the store rather than trust the parent
 /// object: a mutation's answer can be an instance its writer may not read.
-fn shown(store: &Store, view: &View, product: &str, entity: &str) -> Result<bool, String> {
+pub(crate) fn shown(
+    store: &Store,
+    view: &View,
+    product: &str,
+    entity: &str,
+) -> Result<bool, String> {
     if view.reads_clear() {
         return Ok(true);
     }

@@ -43,6 +43,7 @@ mod prepared;
 mod reload;
 mod runtime;
 mod schema;
+mod series;
 mod subscription;
 mod sync_status;
 mod values;

@@ -53,6 +53,8 @@ pub(crate) struct ProductNames {
     pub values: String,
     pub history_connection: String,
     pub history_edge: String,
+    /// One window of `series`.
+    pub bucket: String,
     pub change: String,
     /// Root query field: lookup by key.
     pub lookup: String,
@@ -80,6 +82,7 @@ impl ProductNames {
             values: format!("{p}Values"),
             history_connection: format!("{p}HistoryConnection"),
             history_edge: format!("{p}HistoryEdge"),
+            bucket: format!("{p}Bucket"),
             change: format!("{p}Change"),
             list: format!("{c}Connection"),
             changes: format!("{c}Changes"),
@@ -90,7 +93,7 @@ impl ProductNames {
         }
     }
 
-    fn types(&self) -> [&str; 12] {
+    fn types(&self) -> [&str; 13] {
         [
             &self.object,
             &self.connection,
@@ -103,6 +106,7 @@ impl ProductNames {
             &self.values,
             &self.history_connection,
             &self.history_edge,
+            &self.bucket,
             &self.change,
         ]
     }
@@ -133,6 +137,11 @@ pub(crate) const SHARED_TYPES: &[&str] = &[
     "DateTime",
     "JSON",
     "Long",
+    "Duration",
+    "SeriesFill",
+    "NumberStats",
+    "ValueStats",
+    "ValueShare",
     "PageInfo",
     "InstanceMeta",
     "AuditLine",
@@ -169,7 +178,7 @@ pub(crate) const CATALOG_FIELDS: &[&str] = &[
 ];
 
 /// Fields every instance object has besides the product's own.
-pub(crate) const INSTANCE_FIELDS: &[&str] = &["_meta", "history", "audit"];
+pub(crate) const INSTANCE_FIELDS: &[&str] = &["_meta", "history", "series", "audit"];
 
 /// Combinators of every filter input besides the product's fields.
 pub(crate) const FILTER_COMBINATORS: &[&str] = &["and", "or", "not"];

@@ -362,6 +362,9 @@ fn assemble(
         .register(instance::meta_object())
         .register(instance::audit_object())
         .register(instance::audit_action_enum());
+    for ty in super::series::shared_types() {
+        builder = builder.register(ty);
+    }
     for ty in catalog::types()
         .into_iter()
         .chain(super::sync_status::types())

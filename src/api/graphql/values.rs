@@ -26,6 +26,7 @@ use crate::record::{Timestamp, Value};
 pub(crate) const LONG: &str = "Long";
 pub(crate) const DATE_TIME: &str = "DateTime";
 pub(crate) const JSON: &str = "JSON";
+pub(crate) const DURATION: &str = "Duration";
 
 /// The GraphQL type name of a field type.
 pub(crate) fn type_name(ty: FieldType) -> &'static str {
@@ -40,7 +41,7 @@ pub(crate) fn type_name(ty: FieldType) -> &'static str {
 }
 
 /// The custom scalars, with the checks their input gets.
-pub(crate) fn scalars() -> [Scalar; 3] {
+pub(crate) fn scalars() -> [Scalar; 4] {
     [
         Scalar::new(LONG)
             .description("A 64-bit signed integer, as a JSON number (`int` fields).")
@@ -52,6 +53,9 @@ pub(crate) fn scalars() -> [Scalar; 3] {
             .specified_by_url("https://datatracker.ietf.org/doc/html/rfc3339")
             .validator(|v| matches!(v, Gql::String(s) if Timestamp::parse_rfc3339(s).is_ok())),
         Scalar::new(JSON).description("Any JSON value, stored as is (`json` fields)."),
+        Scalar::new(DURATION)
+            .description("A length of time as text: `30s`, `5m`, `1h`, `1d`, `1h 30m`.")
+            .validator(|v| matches!(v, Gql::String(s) if humantime::parse_duration(s.trim()).is_ok())),
     ]
 }
 
