@@ -2,8 +2,8 @@
 //! (`last`/`before`) over sealed chunks and the open tail, with cursors
 //! that round-trip between directions, and `series` buckets compared with
 //! a brute-force computation over the raw events pushed (in random
-//! arrival order, so many arrive late) — both under a role's row filter
-//! and mask.
+//! arrival order, so many arrive late), and fleet aggregates compared
+//! with a brute-force grouping — all under a role's row filter and masks.
 
 mod common;
 
@@ -29,6 +29,7 @@ fields:
   temp:     { type: float }
   state:    { type: string, enum: [ok, warn, fault] }
   secret:   { type: string, classification: pii }
+  load:     { type: int }
 sources:
   - http: { format: ndjson, event_time: /ts }
 quality: { on_invalid: reject }
@@ -36,7 +37,7 @@ access:
   viewer:
     read: true
     where: "site == 'berlin'"
-    mask: { temp: { round: 10 }, secret: redact }
+    mask: { temp: { round: 10 }, secret: redact, load: null }
   admin: { read: true, write: true, erase: true }
 "#;
 
@@ -432,6 +433,175 @@ async fn series_buckets_equal_brute_force_over_random_streams_with_late_events()
         )
         .await;
     assert!(format!("{errors:?}").contains("Duration"), "{errors:?}");
+
+    let (status, _) = node.stop();
+    assert!(status.success());
+}
+
+/// One instance of the fleet: site, state, temp, load (some absent).
+type Member = (&'static str, Option<&'static str>, Option<f64>, Option<i64>);
+/// (site, state) of a group.
+type GroupKey = (String, Option<String>);
+/// (temp, load) of a member as the role sees them.
+type Numbers = (Option<f64>, Option<i64>);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_aggregates_equal_brute_force_grouping_under_row_filters_and_masks() {
+    let (dir, node) = node();
+    let admin = Gql::new(&node);
+    let viewer = admin.with_token(&create_token(dir.path(), "viewer", "viewer"));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xa66);
+    let sites = ["berlin", "lyon", "paris"];
+    let states = ["ok", "warn", "fault"];
+    // (site, state, temp, load) per instance; some fields absent.
+    let fleet: Vec<Member> = (0..1_100)
+        .map(|_| {
+            (
+                *sites.choose(&mut rng).expect("site"),
+                rng.random_bool(0.9)
+                    .then(|| *states.choose(&mut rng).expect("state")),
+                rng.random_bool(0.8)
+                    .then(|| f64::from(rng.random_range(-200i32..900)) / 4.0),
+                rng.random_bool(0.7).then(|| rng.random_range(0..100i64)),
+            )
+        })
+        .collect();
+    let lines: Vec<Value> = fleet
+        .iter()
+        .enumerate()
+        .map(|(i, (site, state, temp, load))| {
+            let mut line =
+                json!({ "probe_id": format!("f{i:04}"), "site": site, "ts": 1_700_000_000_000i64 });
+            if let Some(s) = state {
+                line["state"] = json!(s);
+            }
+            if let Some(t) = temp {
+                line["temp"] = json!(t);
+            }
+            if let Some(l) = load {
+                line["load"] = json!(l);
+            }
+            line
+        })
+        .collect();
+    for batch in lines.chunks(200) {
+        push(&node, batch).await;
+    }
+
+    const QUERY: &str = "query A($filter: ProbeFilter, $by: [ProbeGroupField!]) {
+      probeAggregate(filter: $filter, groupBy: $by) { groups {
+        key { site state } count min { temp load } max { temp load } avg { temp load } } } }";
+    // The expected groups: (site, state) → count, temp and load statistics.
+    let expect = |by_state: bool, only_fault: bool, berlin_only: bool, round: bool| {
+        let mut groups: BTreeMap<GroupKey, Vec<Numbers>> = BTreeMap::new();
+        for (site, state, temp, load) in &fleet {
+            if (only_fault && *state != Some("fault")) || (berlin_only && *site != "berlin") {
+                continue;
+            }
+            let temp = temp.map(|t| if round { (t / 10.0).round() * 10.0 } else { t });
+            let load = if round { None } else { *load };
+            let key = (
+                site.to_string(),
+                if by_state {
+                    state.map(str::to_string)
+                } else {
+                    None
+                },
+            );
+            groups.entry(key).or_default().push((temp, load));
+        }
+        groups
+            .into_iter()
+            .map(|((site, state), members)| {
+                let temps: Vec<f64> = members.iter().filter_map(|m| m.0).collect();
+                let loads: Vec<f64> = members
+                    .iter()
+                    .filter_map(|m| m.1)
+                    .map(|l| l as f64)
+                    .collect();
+                let stat = |xs: &[f64], f: &dyn Fn(&[f64]) -> f64| {
+                    if xs.is_empty() {
+                        Value::Null
+                    } else {
+                        json!(f(xs))
+                    }
+                };
+                let min = |xs: &[f64]| xs.iter().copied().fold(f64::INFINITY, f64::min);
+                let max = |xs: &[f64]| xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let avg = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
+                json!({
+                    "key": { "site": site, "state": state },
+                    "count": members.len(),
+                    "min": { "temp": stat(&temps, &min), "load": stat(&loads, &min) },
+                    "max": { "temp": stat(&temps, &max), "load": stat(&loads, &max) },
+                    "avg": { "temp": stat(&temps, &avg), "load": stat(&loads, &avg) },
+                })
+            })
+            .collect::<Vec<Value>>()
+    };
+    let check = |got: &Value, want: Vec<Value>, what: &str| {
+        let got = got["probeAggregate"]["groups"]
+            .as_array()
+            .expect("groups")
+            .clone();
+        assert_eq!(got.len(), want.len(), "{what}: {got:#?}");
+        for (g, w) in got.iter().zip(&want) {
+            assert!(close(g, w), "{what}:\n got {g:#}\nwant {w:#}");
+        }
+    };
+
+    let all = admin.data(QUERY, json!({ "by": ["site", "state"] })).await;
+    // Null sorts first, so the BTreeMap's None-first order is the API's.
+    check(
+        &all,
+        expect(true, false, false, false),
+        "admin by site and state",
+    );
+    let faults = admin
+        .data(
+            QUERY,
+            json!({ "by": ["site"], "filter": { "state": { "eq": "fault" } } }),
+        )
+        .await;
+    check(
+        &faults,
+        expect(false, true, false, false),
+        "admin faults by site",
+    );
+    // The viewer: berlin only, temps rounded to 10, load hidden.
+    let seen = viewer.data(QUERY, json!({ "by": ["site", "state"] })).await;
+    check(
+        &seen,
+        expect(true, false, true, true),
+        "viewer by site and state",
+    );
+    // No groupBy: one group of everything the role sees.
+    let one = viewer.data(QUERY, json!({})).await;
+    let groups = one["probeAggregate"]["groups"].as_array().expect("groups");
+    assert_eq!(groups.len(), 1);
+    let berlin = fleet.iter().filter(|f| f.0 == "berlin").count();
+    assert_eq!(groups[0]["count"], berlin);
+    assert_eq!(groups[0]["key"], json!({ "site": null, "state": null }));
+
+    // Grouping by the key makes more groups than allowed: refused.
+    let errors = admin.errors(QUERY, json!({ "by": ["probe_id"] })).await;
+    assert_eq!(
+        errors[0]["extensions"]["code"], "AGGREGATE_TOO_LARGE",
+        "{errors:?}"
+    );
+    // Aggregates count in the query cost: each `groups` as 1000 groups,
+    // so four full aggregates in one query are refused before any scan.
+    let full =
+        "groups { key { site state } count min { temp load } max { temp load } avg { temp load } }";
+    let four: String = ["a", "b", "c", "d"]
+        .iter()
+        .map(|alias| format!("{alias}: probeAggregate {{ {full} }} "))
+        .collect();
+    let errors = admin.errors(&format!("{{ {four} }}"), json!({})).await;
+    assert!(
+        format!("{errors:?}").contains("at most 50000"),
+        "{errors:?}"
+    );
 
     let (status, _) = node.stop();
     assert!(status.success());

@@ -6,5 +6,8 @@
 //! - [`buckets`]: an entity's events into fixed windows of event time
 //!   (`series`): per numeric field count/min/max/sum/avg/first/last, per
 //!   text field the value held longest and counts and time per value.
+//! - [`aggregate`]: current instances grouped by field values (fleet
+//!   aggregates): per group the count and per number field min/max/avg.
 
+pub(crate) mod aggregate;
 pub(crate) mod buckets;

@@ -14,6 +14,8 @@
 //! `since`, `until` and `every` when given as constants or variables,
 //! else the default window or the most a call returns).
 //!
+//! The `groups` of an aggregate count as the most groups one may make.
+//!
 //! Raw payloads count by their size: inside `quarantine`, `payload` and
 //! `payloadBase64` cost [`PAYLOAD_COST`] each (a quarantined payload is
 //! up to 64 KiB, kept whole), so a page of a thousand payloads is refused
@@ -89,8 +91,11 @@ fn series_buckets(field: &Field, variables: &Variables) -> u64 {
 
 /// The page size a field asks for, 1 for a field that is not paged.
 fn page_of(field: &Field, variables: &Variables) -> u64 {
-    if field.name.node.as_str() == "series" {
-        return series_buckets(field, variables);
+    match field.name.node.as_str() {
+        "series" => return series_buckets(field, variables),
+        // The groups of a `<product>Aggregate`: as many as it may make.
+        "groups" => return super::aggregate::MAX_GROUPS as u64,
+        _ => {}
     }
     let mut page = None;
     for (name, value) in &field.arguments {
@@ -237,6 +242,14 @@ mod tests {
             cost(
                 r#"{ mConnection(first: 100) { nodes { series(every: "1s", since: "2024-01-01T00:00:00Z") { count temp { min max } } } } }"#
             ) > super::super::limits::MAX_COST
+        );
+    }
+
+    #[test]
+    fn aggregate_groups_cost_the_most_groups() {
+        assert_eq!(
+            cost("{ mAggregate(groupBy: [site]) { groups { key { site } count avg { temp } } } }"),
+            1 + 1 + 1_000 * (2 + 1 + 2)
         );
     }
 

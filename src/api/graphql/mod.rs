@@ -24,6 +24,7 @@
 //! product (`schema::view`) and goes through that view — rights, row
 //! filter, masks — before anything leaves.
 
+mod aggregate;
 mod budget;
 mod catalog;
 mod connection;

@@ -55,11 +55,20 @@ pub(crate) struct ProductNames {
     pub history_edge: String,
     /// One window of `series`.
     pub bucket: String,
+    /// Fleet aggregates: the result, one group, its key, the group-by
+    /// enum and the per-number-field statistics object.
+    pub aggregate_type: String,
+    pub group: String,
+    pub group_key: String,
+    pub group_field: String,
+    pub numbers: String,
     pub change: String,
     /// Root query field: lookup by key.
     pub lookup: String,
     /// Root query field: the cursor connection.
     pub list: String,
+    /// Root query field: fleet aggregates.
+    pub aggregate: String,
     /// Root subscription field.
     pub changes: String,
     /// Root mutation fields.
@@ -83,6 +92,12 @@ impl ProductNames {
             history_connection: format!("{p}HistoryConnection"),
             history_edge: format!("{p}HistoryEdge"),
             bucket: format!("{p}Bucket"),
+            aggregate_type: format!("{p}Aggregate"),
+            group: format!("{p}Group"),
+            group_key: format!("{p}GroupKey"),
+            group_field: format!("{p}GroupField"),
+            numbers: format!("{p}Numbers"),
+            aggregate: format!("{c}Aggregate"),
             change: format!("{p}Change"),
             list: format!("{c}Connection"),
             changes: format!("{c}Changes"),
@@ -93,7 +108,7 @@ impl ProductNames {
         }
     }
 
-    fn types(&self) -> [&str; 13] {
+    fn types(&self) -> [&str; 18] {
         [
             &self.object,
             &self.connection,
@@ -107,14 +122,20 @@ impl ProductNames {
             &self.history_connection,
             &self.history_edge,
             &self.bucket,
+            &self.aggregate_type,
+            &self.group,
+            &self.group_key,
+            &self.group_field,
+            &self.numbers,
             &self.change,
         ]
     }
 
-    fn root_fields(&self) -> [&str; 5] {
+    fn root_fields(&self) -> [&str; 6] {
         [
             &self.lookup,
             &self.list,
+            &self.aggregate,
             &self.changes,
             &self.upsert,
             &self.erase,

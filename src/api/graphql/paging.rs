@@ -274,6 +274,23 @@ pub(crate) fn page(
     Ok(window.finish())
 }
 
+/// Calls `visit` with every instance matching `filter` (all without
+/// one) in key order, until it returns false. Counts against `budget`.
+pub(crate) fn for_each_match(
+    source: &impl Scan,
+    filter: Option<&Filter>,
+    budget: usize,
+    mut visit: impl FnMut(Instance) -> bool,
+) -> Result<(), PagingError> {
+    walk(source, None, budget, |instance| {
+        if filter.is_none_or(|f| f.matches(&instance.fields)) {
+            visit(instance)
+        } else {
+            true
+        }
+    })
+}
+
 /// How many instances match `filter` (all of them without one).
 pub(crate) fn count(
     source: &impl Scan,

@@ -387,11 +387,15 @@ fn assemble(
         for ty in connection::types(api) {
             builder = builder.register(ty);
         }
+        for ty in super::aggregate::types(api) {
+            builder = builder.register(ty);
+        }
         builder = builder.register(mutation::input_object(api));
         builder = builder.register(subscription::change_object(api));
         query = query
             .field(connection::lookup_field(api))
-            .field(connection::list_field(api));
+            .field(connection::list_field(api))
+            .field(super::aggregate::aggregate_field(api));
         mutation = mutation
             .field(mutation::upsert_field(api))
             .field(mutation::erase_field(api));

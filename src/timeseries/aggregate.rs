@@ -1,0 +1,224 @@
+//! Fleet aggregates: current instances grouped by the values of some
+//! fields, with per group the instance count and per number field the
+//! min, max and avg (over the instances that hold a number there).
+//!
+//! Groups are keyed by the exact values (null, booleans, integers, text;
+//! an instance without the field falls in the null group), kept in key
+//! order, and bounded: the [`Aggregator`] refuses an instance that would
+//! open group number `max_groups + 1`, so memory stays bounded whatever
+//! the fleet holds.
+
+use std::collections::BTreeMap;
+
+use crate::record::{Fields, Value};
+
+/// One part of a group key: the value of one group-by field.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum KeyPart {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Text(String),
+}
+
+impl KeyPart {
+    fn of(value: Option<&Value>) -> KeyPart {
+        match value {
+            Some(Value::Bool(b)) => KeyPart::Bool(*b),
+            Some(Value::Int(i)) => KeyPart::Int(*i),
+            Some(Value::String(s)) => KeyPart::Text(s.clone()),
+            // Group-by fields are string, int or bool; a masked value of
+            // another shape groups as what it is shown as.
+            Some(Value::Float(x)) => KeyPart::Text(x.to_string()),
+            Some(Value::Timestamp(t)) => KeyPart::Int(t.as_micros()),
+            Some(Value::Json(j)) => KeyPart::Text(j.to_string()),
+            Some(Value::Null) | None => KeyPart::Null,
+        }
+    }
+}
+
+/// Min, max and sum of one number field over a group.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Numbers {
+    pub count: u64,
+    pub min: f64,
+    pub max: f64,
+    pub sum: f64,
+}
+
+impl Numbers {
+    pub(crate) fn avg(&self) -> f64 {
+        self.sum / self.count as f64
+    }
+}
+
+/// One group's result: its key (in the order of the group-by fields),
+/// its instance count, and per number field (in the order given) its
+/// statistics, `None` where no instance of the group holds a number.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Group {
+    pub key: Vec<KeyPart>,
+    pub count: u64,
+    pub numbers: Vec<Option<Numbers>>,
+}
+
+/// The aggregate would need more groups than allowed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("more than {0} groups")]
+pub(crate) struct TooManyGroups(pub usize);
+
+/// Accumulates instances' fields into groups.
+pub(crate) struct Aggregator {
+    group_by: Vec<String>,
+    numeric: Vec<String>,
+    max_groups: usize,
+    groups: BTreeMap<Vec<KeyPart>, (u64, Vec<Option<Numbers>>)>,
+}
+
+impl Aggregator {
+    pub(crate) fn new(
+        group_by: Vec<String>,
+        numeric: Vec<String>,
+        max_groups: usize,
+    ) -> Aggregator {
+        Aggregator {
+            group_by,
+            numeric,
+            max_groups,
+            groups: BTreeMap::new(),
+        }
+    }
+
+    /// Counts one instance's (already masked) fields in its group.
+    pub(crate) fn add(&mut self, fields: &Fields) -> Result<(), TooManyGroups> {
+        let key: Vec<KeyPart> = self
+            .group_by
+            .iter()
+            .map(|name| KeyPart::of(fields.get(name)))
+            .collect();
+        if !self.groups.contains_key(&key) && self.groups.len() >= self.max_groups {
+            return Err(TooManyGroups(self.max_groups));
+        }
+        let width = self.numeric.len();
+        let (count, numbers) = self
+            .groups
+            .entry(key)
+            .or_insert_with(|| (0, vec![None; width]));
+        *count += 1;
+        for (name, slot) in self.numeric.iter().zip(numbers.iter_mut()) {
+            let x = match fields.get(name) {
+                Some(Value::Int(i)) => *i as f64,
+                Some(Value::Float(x)) if x.is_finite() => *x,
+                _ => continue,
+            };
+            match slot {
+                Some(n) => {
+                    n.count += 1;
+                    n.min = n.min.min(x);
+                    n.max = n.max.max(x);
+                    n.sum += x;
+                }
+                None => {
+                    *slot = Some(Numbers {
+                        count: 1,
+                        min: x,
+                        max: x,
+                        sum: x,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The groups in key order.
+    pub(crate) fn finish(self) -> Vec<Group> {
+        self.groups
+            .into_iter()
+            .map(|(key, (count, numbers))| Group {
+                key,
+                count,
+                numbers,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn fields(site: Option<&str>, up: Option<bool>, temp: Option<f64>) -> Fields {
+        let mut f = Fields::new();
+        if let Some(s) = site {
+            f.insert("site".into(), Value::String(s.into()));
+        }
+        if let Some(u) = up {
+            f.insert("up".into(), Value::Bool(u));
+        }
+        if let Some(t) = temp {
+            f.insert("temp".into(), Value::Float(t));
+        }
+        f
+    }
+
+    proptest! {
+        /// Each group equals a filter-and-fold over the instances with
+        /// that key; the groups together count every instance once.
+        #[test]
+        fn groups_equal_a_brute_force_computation(
+            rows in prop::collection::vec((
+                prop::option::of(prop::sample::select(vec!["a", "b", "c"])),
+                prop::option::of(any::<bool>()),
+                prop::option::of(-100i32..100),
+            ), 0..200)
+        ) {
+            let rows: Vec<Fields> = rows
+                .into_iter()
+                .map(|(s, u, t)| fields(s, u, t.map(|t| f64::from(t) / 2.0)))
+                .collect();
+            let mut agg = Aggregator::new(vec!["site".into(), "up".into()], vec!["temp".into()], 100);
+            for row in &rows {
+                agg.add(row).expect("few groups");
+            }
+            let groups = agg.finish();
+            prop_assert_eq!(groups.iter().map(|g| g.count).sum::<u64>(), rows.len() as u64);
+            for g in &groups {
+                let members: Vec<&Fields> = rows
+                    .iter()
+                    .filter(|r| KeyPart::of(r.get("site")) == g.key[0] && KeyPart::of(r.get("up")) == g.key[1])
+                    .collect();
+                prop_assert_eq!(g.count, members.len() as u64);
+                let temps: Vec<f64> = members
+                    .iter()
+                    .filter_map(|r| match r.get("temp") { Some(Value::Float(x)) => Some(*x), _ => None })
+                    .collect();
+                match &g.numbers[0] {
+                    None => prop_assert!(temps.is_empty()),
+                    Some(n) => {
+                        prop_assert_eq!(n.count, temps.len() as u64);
+                        prop_assert_eq!(n.min, temps.iter().copied().fold(f64::INFINITY, f64::min));
+                        prop_assert_eq!(n.max, temps.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+                        prop_assert!((n.avg() - temps.iter().sum::<f64>() / temps.len() as f64).abs() < 1e-9);
+                    }
+                }
+            }
+            prop_assert!(groups.windows(2).all(|w| w[0].key < w[1].key));
+        }
+    }
+
+    #[test]
+    fn groups_are_bounded() {
+        let mut agg = Aggregator::new(vec!["site".into()], Vec::new(), 2);
+        agg.add(&fields(Some("a"), None, None)).expect("first");
+        agg.add(&fields(None, None, None))
+            .expect("second: the null group");
+        agg.add(&fields(Some("a"), None, None))
+            .expect("an existing group");
+        assert_eq!(
+            agg.add(&fields(Some("b"), None, None)),
+            Err(TooManyGroups(2))
+        );
+    }
+}
