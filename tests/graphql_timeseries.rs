@@ -415,7 +415,12 @@ async fn series_buckets_equal_brute_force_over_random_streams_with_late_events()
     );
     assert_eq!(viewer.data(query, json!({})).await["probe"], Value::Null);
 
-    // Too many buckets, or a bad width, are refused before any read.
+    // Too many buckets, or a bad width, are refused before any read, and
+    // counted.
+    let errors_before = admin
+        .metric(r#"meshlet_graphql_requests_total{outcome="error"}"#)
+        .await
+        .unwrap_or(0.0);
     let errors = admin
         .errors(
             r#"{ probe(probe_id: "r7") { series(since: "2023-01-01T00:00:00Z", until: "2023-01-02T00:00:00Z", every: "1m") { count } } }"#,
@@ -433,6 +438,11 @@ async fn series_buckets_equal_brute_force_over_random_streams_with_late_events()
         )
         .await;
     assert!(format!("{errors:?}").contains("Duration"), "{errors:?}");
+    let errors_after = admin
+        .metric(r#"meshlet_graphql_requests_total{outcome="error"}"#)
+        .await
+        .unwrap_or(0.0);
+    assert_eq!(errors_after - errors_before, 2.0);
 
     let (status, _) = node.stop();
     assert!(status.success());
