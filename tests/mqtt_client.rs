@@ -190,3 +190,54 @@ fn a_backlog_full_of_offline_state_messages_does_not_stall_the_client() {
         (1..=2_000).collect::<Vec<_>>()
     );
 }
+
+fn client_metric(node: &NodeProcess, name: &str) -> f64 {
+    metric(node, name).unwrap_or(-1.0)
+}
+
+/// The site broker hangs (SIGSTOP: its sockets stay open and say nothing)
+/// in the middle of a QoS 1 stream, with messages read but not yet
+/// acknowledged; when it comes back, the node reconnects by itself and
+/// every message is stored exactly once.
+#[test]
+fn a_silent_broker_is_noticed_and_the_node_reconnects_storing_everything_once() {
+    let broker = Mosquitto::start();
+    let setup = Setup::new(&broker, "1s");
+    let node = start_subscribed(&setup, &broker, 1);
+    let connects = client_metric(&node, "meshlet_mqtt_client_connects_total");
+    let errors = client_metric(&node, "meshlet_mqtt_client_errors_total");
+
+    let port = broker.port;
+    let publisher = std::thread::spawn(move || {
+        publish_lines(port, "site/berlin/sensor/e1", readings(2..=3_000));
+    });
+    assert!(
+        eventually(DEADLINE, || accepted(&node) >= 300.0),
+        "the stream reaches the node"
+    );
+    broker.signal(libc::SIGSTOP);
+    let noticed = eventually(DEADLINE, || {
+        client_metric(&node, "meshlet_mqtt_client_errors_total") > errors
+    });
+    broker.signal(libc::SIGCONT);
+    assert!(noticed, "the node never noticed the silent broker");
+    assert!(
+        eventually(DEADLINE, || {
+            client_metric(&node, "meshlet_mqtt_client_connects_total") > connects
+        }),
+        "the node never reconnected"
+    );
+    publisher.join().expect("the publisher finished");
+    let stored = eventually(DEADLINE, || accepted(&node) >= 2_999.0);
+    let seen = accepted(&node);
+    let (status, _) = node.stop();
+    assert!(
+        stored,
+        "{seen} of 2999 readings stored after the broker came back"
+    );
+    assert!(status.success(), "the node stops cleanly: {status:?}");
+    assert_eq!(
+        stored_seqs(&setup.path().join("data")),
+        (1..=3_000).collect::<Vec<_>>()
+    );
+}
