@@ -11,8 +11,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use common::hostile::{
-    closed_within, connect_frame, mqtt_connect, publish_frame, read_n, read_packet, rss_bytes,
-    socket, subscribe_frame,
+    closed_within, connect_frame, encode, mqtt_connect, publish_frame, read_n, read_packet,
+    rss_bytes, socket, subscribe_frame,
 };
 use common::{eventually, metric, run, stderr, NodeBuilder, NodeProcess};
 use rumqttc::mqttbytes::QoS;
@@ -159,6 +159,76 @@ fn connects_and_topics_that_break_mqtt_3_1_1_are_refused_and_counted() {
             && violations("reserved_flag") == 2.0
             && violations("password_without_username") == 1.0
             && violations("nul_character") == 2.0
+    }));
+    let (status, _) = node.stop();
+    assert!(status.success());
+}
+
+/// U+0000 is not allowed in any MQTT string (§1.5.3): a CONNECT with one
+/// in its client id, will topic or user name is closed without a CONNACK,
+/// an UNSUBSCRIBE with one closes the connection, each counted; a good
+/// client is served meanwhile.
+#[test]
+fn nul_characters_in_connect_strings_and_unsubscribes_close_the_connection() {
+    use rumqttc::mqttbytes::v4::{Connect, LastWill, Packet, Unsubscribe};
+    let (_dir, node) = start(&[]);
+    let addr = node.mqtt.expect("embedded broker");
+    let connect = |edit: &dyn Fn(&mut Connect)| {
+        let mut connect = Connect::new("nul-connect");
+        connect.keep_alive = 60;
+        edit(&mut connect);
+        encode(Packet::Connect(connect))
+    };
+    for (what, frame) in [
+        (
+            "client id",
+            connect(&|c| c.client_id = "nul\0id".to_string()),
+        ),
+        (
+            "will topic",
+            connect(&|c| {
+                c.last_will = Some(LastWill::new(
+                    "plant/\0/will",
+                    b"bye".to_vec(),
+                    QoS::AtLeastOnce,
+                    false,
+                ))
+            }),
+        ),
+        (
+            "user name",
+            connect(&|c| {
+                c.set_login("us\0er", "pwd");
+            }),
+        ),
+    ] {
+        let mut stream = socket(addr, Duration::from_secs(5));
+        stream.write_all(&frame).expect("send");
+        assert_eq!(
+            read_n(&mut stream, 1),
+            None,
+            "NUL in the {what}: no CONNACK"
+        );
+        assert!(closed_within(&mut stream, Duration::from_secs(5)), "{what}");
+    }
+    let (mut stream, connack) = mqtt_connect(addr, "nul-unsubscriber", true);
+    assert_eq!(
+        connack,
+        Some(vec![0x20, 2, 0, 0]),
+        "a good client is served"
+    );
+    let mut unsubscribe = Unsubscribe::new("a/\0/#");
+    unsubscribe.pkid = 3;
+    stream
+        .write_all(&encode(Packet::Unsubscribe(unsubscribe)))
+        .expect("send");
+    assert_eq!(read_n(&mut stream, 4), None, "no UNSUBACK for a NUL filter");
+    assert!(closed_within(&mut stream, Duration::from_secs(5)));
+    assert!(eventually(Duration::from_secs(5), || {
+        counter(
+            &node,
+            "meshlet_broker_violations_total{violation=\"nul_character\"}",
+        ) == 4.0
     }));
     let (status, _) = node.stop();
     assert!(status.success());

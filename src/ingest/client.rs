@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::client_outbox::{Outbox, Queued, Watchdog, COMMANDS_QUEUED, SILENT_KEEP_ALIVES};
 use super::sparkplug_state::{HostSession, PrimaryHost};
 use super::{Ingestor, MqttMessage, PendingMessage};
 use crate::config::ExternalBrokerConfig;
@@ -35,6 +36,12 @@ use crate::config::ExternalBrokerConfig;
 const REQUEST_CHANNEL: usize = 1_024;
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// How long stopping (or dropping a connection) may poll to let acks and
+/// the last STATE leave.
+const DRAIN: Duration = Duration::from_secs(2);
+/// How long the acker may take to ack what was read before a round ends
+/// (half the default shutdown grace); what it did not ack is redelivered.
+const ACKER_DRAIN: Duration = Duration::from_secs(5);
 
 /// Why the external broker settings cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -225,30 +232,21 @@ fn says_offline(payload: &[u8]) -> bool {
         .is_ok_and(|v| v.get("online") == Some(&serde_json::Value::Bool(false)))
 }
 
-/// Publishes the session's STATE (retained, QoS 1).
-async fn publish_state(client: &AsyncClient, session: &HostSession, online: bool) {
-    if let Err(err) = client
-        .publish(
-            session.topic.clone(),
-            QoS::AtLeastOnce,
-            true,
-            session.payload(online),
-        )
-        .await
-    {
-        warn!(error = %err, online, "publishing the sparkplug host STATE failed");
-    }
-}
-
 /// Runs the client until `shutdown`: connects (and reconnects with
 /// back-off), subscribes to every product topic, ingests, acks; as
 /// Sparkplug primary host `host`, keeps its STATE.
+///
+/// The loop that polls the event loop never awaits a send into rumqttc's
+/// request channel (see `client_outbox`), and a [`Watchdog`] drops a
+/// connection on which the broker said nothing for
+/// [`SILENT_KEEP_ALIVES`] keep-alives.
 pub async fn run(
     mut options: MqttOptions,
     ingestor: Ingestor,
     host: Option<PrimaryHost>,
     shutdown: CancellationToken,
 ) {
+    let keep_alive = options.keep_alive();
     let mut state = renew_state(&mut options, host.as_ref());
     let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CHANNEL);
     let subscriptions = |ingestor: &Ingestor| {
@@ -263,6 +261,8 @@ pub async fn run(
     let mut commands = ingestor.sparkplug().commands();
     let metrics = ingestor.metrics().clone();
     let mut backoff = RECONNECT_MIN;
+    let mut outbox = Outbox::default();
+    let mut watchdog = Watchdog::new(keep_alive);
     loop {
         // One ack pipeline per round; a failed write ends the round.
         // Unbounded on purpose: the event loop must never wait for the
@@ -273,13 +273,15 @@ pub async fn run(
         // waits on.
         let (unacked, unacked_rx) = mpsc::unbounded_channel();
         let write_failed = CancellationToken::new();
-        let acker = tokio::spawn(ack_loop(client.clone(), unacked_rx, write_failed.clone()));
+        let mut acker = tokio::spawn(ack_loop(client.clone(), unacked_rx, write_failed.clone()));
         let mut connected = false;
         let ended = loop {
+            // Whatever the last event asked to send, as far as it fits.
+            outbox.flush(&client, state.as_ref());
             let event = tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break RoundEnd::Shutdown,
                 _ = write_failed.cancelled() => break RoundEnd::WriteFailed,
-                event = eventloop.poll() => event,
                 changed = reloads.changed() => {
                     // Definitions reloaded: subscribe to the topics new
                     // sources read, drop those no source reads any more
@@ -291,7 +293,7 @@ pub async fn run(
                     }
                     let next = subscriptions(&ingestor);
                     if connected {
-                        follow_subscriptions(&client, &filters, &next).await;
+                        follow_subscriptions(&mut outbox, &filters, &next);
                     }
                     filters = next;
                     continue;
@@ -300,16 +302,30 @@ pub async fn run(
                     // Sparkplug rebirth requests; a lagged receiver only
                     // lost requests that are repeated while needed.
                     if let Ok(command) = command {
-                        if let Err(err) = client
-                            .publish(command.topic, QoS::AtLeastOnce, false, command.payload)
-                            .await
-                        {
-                            warn!(error = %err, "publishing a command failed");
+                        if outbox.command(command) == Queued::Dropped {
+                            metrics.upstream_commands_dropped.fetch_add(1, Ordering::Relaxed);
+                            warn!(queued = COMMANDS_QUEUED, "the client's outbox is full; a command was dropped");
                         }
                     }
                     continue;
                 }
+                event = eventloop.poll() => event,
+                _ = tokio::time::sleep_until(watchdog.deadline()), if connected => {
+                    metrics.upstream_broker_stalls.fetch_add(1, Ordering::Relaxed);
+                    metrics.upstream_broker_errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(silent_for = ?keep_alive * SILENT_KEEP_ALIVES, "the external MQTT broker said nothing for {SILENT_KEEP_ALIVES} keep-alives; reconnecting");
+                    // Drop the socket; the next poll connects anew, and the
+                    // broker redelivers what was not acknowledged.
+                    eventloop.clean();
+                    connected = false;
+                    outbox.disconnected();
+                    state = renew_state(&mut eventloop.mqtt_options, host.as_ref());
+                    continue;
+                }
             };
+            if matches!(event, Ok(Event::Incoming(_))) {
+                watchdog.heard();
+            }
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     metrics
@@ -320,17 +336,10 @@ pub async fn run(
                         session_present = ack.session_present,
                         "connected to the external MQTT broker"
                     );
-                    if !filters.is_empty() {
-                        let subscriptions = filters.iter().map(|(filter, qos)| {
-                            rumqttc::SubscribeFilter::new(filter.clone(), qos_of(*qos))
-                        });
-                        if let Err(err) = client.subscribe_many(subscriptions).await {
-                            warn!(error = %err, "subscribing failed");
-                        }
-                    }
+                    outbox.subscribe(filters.clone());
                     connected = true;
-                    if let Some(session) = &state {
-                        publish_state(&client, session, true).await;
+                    if state.is_some() {
+                        outbox.state_online();
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish)))
@@ -340,7 +349,7 @@ pub async fn run(
                     if let Some(session) = &state {
                         if says_offline(&publish.payload) {
                             info!(topic = %session.topic, "the host STATE says offline while this node runs; publishing online again");
-                            publish_state(&client, session, true).await;
+                            outbox.state_online();
                         }
                     }
                     if unacked.send((publish, PendingMessage::empty())).is_err() {
@@ -378,6 +387,7 @@ pub async fn run(
                     warn!(error = %err, retry_in = ?backoff, "external MQTT broker connection failed");
                     // The next poll connects anew: a new STATE session.
                     connected = false;
+                    outbox.disconnected();
                     state = renew_state(&mut eventloop.mqtt_options, host.as_ref());
                     tokio::select! {
                         _ = shutdown.cancelled() => break RoundEnd::Shutdown,
@@ -387,17 +397,28 @@ pub async fn run(
                 }
             }
         };
-        // Let the acker finish what was read: those writes are queued.
+        // Let the acker finish what was read: those writes are queued. Its
+        // acks need room in the request channel, so keep polling meanwhile.
         drop(unacked);
-        let _ = acker.await;
+        if drive(&mut eventloop, ACKER_DRAIN, &mut acker)
+            .await
+            .is_none()
+        {
+            // Not done in time: what it did not ack is redelivered.
+            acker.abort();
+        }
         match ended {
             RoundEnd::Shutdown => {
                 // A clean DISCONNECT discards the will: say offline first.
-                if let (Some(session), true) = (&state, connected) {
-                    publish_state(&client, session, false).await;
-                }
+                let offline = state.as_ref().filter(|_| connected);
+                let _ = drive(&mut eventloop, DRAIN, async {
+                    if let Some(session) = offline {
+                        publish_state(&client, session, false).await;
+                    }
+                    let _ = client.disconnect().await;
+                })
+                .await;
                 // Poll briefly so queued PUBACKs leave before disconnecting.
-                let _ = client.disconnect().await;
                 drain_until_disconnected(&mut eventloop).await;
                 debug!("external MQTT client stopped");
                 return;
@@ -405,8 +426,12 @@ pub async fn run(
             RoundEnd::WriteFailed => {
                 // Drop the connection so the broker redelivers what was not
                 // acknowledged; the next poll reconnects.
-                let _ = client.disconnect().await;
+                let _ = drive(&mut eventloop, DRAIN, async {
+                    let _ = client.disconnect().await;
+                })
+                .await;
                 drain_until_disconnected(&mut eventloop).await;
+                outbox.disconnected();
                 state = renew_state(&mut eventloop.mqtt_options, host.as_ref());
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -418,30 +443,65 @@ pub async fn run(
     }
 }
 
-/// Subscribes to the filters of `next` that `now` lacks (or asks a
-/// different QoS of) and unsubscribes from those `next` dropped.
-async fn follow_subscriptions(client: &AsyncClient, now: &[(String, u8)], next: &[(String, u8)]) {
-    let added: Vec<rumqttc::SubscribeFilter> = next
-        .iter()
-        .filter(|f| !now.contains(f))
-        .map(|(filter, qos)| rumqttc::SubscribeFilter::new(filter.clone(), qos_of(*qos)))
-        .collect();
+/// Publishes the session's STATE (retained, QoS 1); only while the event
+/// loop is polled alongside (see [`drive`]).
+async fn publish_state(client: &AsyncClient, session: &HostSession, online: bool) {
+    if let Err(err) = client
+        .publish(
+            session.topic.clone(),
+            QoS::AtLeastOnce,
+            true,
+            session.payload(online),
+        )
+        .await
+    {
+        warn!(error = %err, online, "publishing the sparkplug host STATE failed");
+    }
+}
+
+/// Runs `work` (which may wait for room in the request channel) while
+/// polling the event loop, which makes that room; gives up after `limit`
+/// or when the connection fails (`None`).
+async fn drive<F: std::future::Future>(
+    eventloop: &mut EventLoop,
+    limit: Duration,
+    work: F,
+) -> Option<F::Output> {
+    tokio::pin!(work);
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return Some(out),
+            _ = &mut deadline => return None,
+            event = eventloop.poll() => {
+                // Publishes read now are not acked: the broker keeps them.
+                if event.is_err() {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Queues a subscription for the filters of `next` that `now` lacks (or
+/// asks a different QoS of) and an unsubscription for those `next`
+/// dropped.
+fn follow_subscriptions(outbox: &mut Outbox, now: &[(String, u8)], next: &[(String, u8)]) {
+    let added: Vec<(String, u8)> = next.iter().filter(|f| !now.contains(f)).cloned().collect();
     if !added.is_empty() {
         info!(
             topics = added.len(),
             "definitions reloaded: subscribing to new topics"
         );
-        if let Err(err) = client.subscribe_many(added).await {
-            warn!(error = %err, "subscribing failed");
-        }
+        outbox.subscribe(added);
     }
     for (filter, _) in now
         .iter()
         .filter(|(f, _)| !next.iter().any(|(n, _)| n == f))
     {
-        if let Err(err) = client.unsubscribe(filter.clone()).await {
-            warn!(error = %err, topic = %filter, "unsubscribing failed");
-        }
+        outbox.unsubscribe(filter.clone());
     }
 }
 
@@ -452,7 +512,7 @@ enum RoundEnd {
 
 /// Polls until the connection is gone (or briefly, if it never goes).
 async fn drain_until_disconnected(eventloop: &mut EventLoop) {
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+    let _ = tokio::time::timeout(DRAIN, async {
         loop {
             match eventloop.poll().await {
                 Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
@@ -487,12 +547,5 @@ async fn ack_loop(
                 return;
             }
         }
-    }
-}
-
-fn qos_of(qos: u8) -> QoS {
-    match qos {
-        0 => QoS::AtMostOnce,
-        _ => QoS::AtLeastOnce,
     }
 }

@@ -177,6 +177,11 @@ pub struct IngestMetrics {
     /// External broker: successful (re)connections and failed attempts.
     pub upstream_broker_connects: AtomicU64,
     pub upstream_broker_errors: AtomicU64,
+    /// External broker: connections the client's watchdog dropped because
+    /// the broker said nothing for several keep-alives, and outgoing
+    /// commands dropped because the client's outbox was full.
+    pub upstream_broker_stalls: AtomicU64,
+    pub upstream_commands_dropped: AtomicU64,
     /// Sparkplug B messages with a problem, by
     /// [`super::sparkplug::Problem::ALL`] index, and rebirth requests sent.
     pub sparkplug_problems: [AtomicU64; super::sparkplug::Problem::ALL.len()],
@@ -298,7 +303,7 @@ impl IngestMetrics {
                     .collect()
             },
         );
-        let scalars: [(&str, &str, &str, i64); 18] = [
+        let scalars: [(&str, &str, &str, i64); 20] = [
             (
                 "meshlet_ingest_unmatched_messages_total",
                 "counter",
@@ -406,6 +411,18 @@ impl IngestMetrics {
                 "counter",
                 "Connection errors with the external broker.",
                 self.upstream_broker_errors.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "meshlet_mqtt_client_stalls_total",
+                "counter",
+                "External broker connections dropped and reconnected because the broker said nothing for 3 keep-alives.",
+                self.upstream_broker_stalls.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "meshlet_mqtt_client_commands_dropped_total",
+                "counter",
+                "Commands to the external broker (Sparkplug rebirth requests) dropped because the client's outbox was full.",
+                self.upstream_commands_dropped.load(Ordering::Relaxed) as i64,
             ),
         ];
         for (name, kind, help, value) in scalars {

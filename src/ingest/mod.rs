@@ -19,6 +19,7 @@ pub mod broker;
 mod broker_connect;
 mod broker_limits;
 pub mod client;
+mod client_outbox;
 pub mod file_tail;
 pub mod metrics;
 pub mod priority;

@@ -375,13 +375,19 @@ impl Mosquitto {
     /// Starts `mosquitto` with anonymous access and room for a long
     /// offline queue (the durability tests park thousands of messages).
     pub fn start() -> Mosquitto {
+        Mosquitto::start_with_inflight(100)
+    }
+
+    /// Like [`Mosquitto::start`], with `max_inflight_messages` set (0: no
+    /// limit, the broker sends a whole offline queue at once).
+    pub fn start_with_inflight(max_inflight: u32) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let config = dir.path().join("mosquitto.conf");
         std::fs::write(
             &config,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\n"
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nmax_inflight_messages {max_inflight}\nlog_dest stderr\nlog_type error\n"
             ),
         )
         .expect("write mosquitto.conf");
@@ -405,6 +411,15 @@ impl Mosquitto {
 
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends `signal` to the broker (SIGSTOP pauses it: its connections
+    /// stay open and say nothing, as when a site broker hangs).
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).expect("pid fits i32");
+        // SAFETY: kill(2) with a pid we spawned and still own; no memory involved.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
     }
 }
 
