@@ -27,6 +27,7 @@ fields:
   name:     { type: string, required: true }
 sources:
   - http: {}
+  - mqtt: { topic: "dev/{asset_id}", format: json }
 "#;
 
 const RECORDS: usize = 200;
@@ -40,7 +41,6 @@ fn start(grace: &str) -> (tempfile::TempDir, NodeProcess) {
         .arg("products")
         .arg("--data-dir")
         .arg("data")
-        .env("MESHLET_MQTT__EMBEDDED__ENABLED", "false")
         .env("MESHLET_SHUTDOWN_GRACE", grace)
         .start()
         .expect("node starts");
@@ -102,17 +102,22 @@ fn sigterm_during_a_push_finishes_it_stores_it_and_readyz_says_stopping() {
         .expect("the node starts stopping");
     // Polled through the stop: the push is still open, so the node is
     // draining, and says so instead of refusing the connection.
-    let mut seen = Vec::new();
+    let (mut polls, mut last, mut ready_after_signal) = (0, None, false);
     let stopping = eventually(Duration::from_secs(10), || {
         let answer = readyz(node.http);
-        seen.push(answer.clone());
-        answer.is_some_and(|(code, body)| code == 503 && body.contains("\"stopping\""))
+        polls += 1;
+        ready_after_signal |= answer.as_ref().is_some_and(|(code, _)| *code == 200);
+        let hit = answer
+            .as_ref()
+            .is_some_and(|(code, body)| *code == 503 && body.contains("\"stopping\""));
+        last = answer;
+        hit
     });
-    assert!(stopping, "readyz while draining: {seen:?}");
     assert!(
-        seen.iter().flatten().all(|(code, _)| *code != 200),
-        "never ready after the signal: {seen:?}"
+        stopping,
+        "readyz while draining, {polls} polls, the last: {last:?}"
     );
+    assert!(!ready_after_signal, "never ready after the signal");
 
     push.write_all(&body[body.len() / 2..])
         .expect("second half");
@@ -163,4 +168,85 @@ fn a_second_signal_exits_at_once_while_the_first_still_drains() {
         .expect("the second signal exits at once");
     assert_eq!(status.code(), Some(130), "{status:?}");
     assert_eq!(status.signal(), None, "exited, not killed");
+}
+
+/// A QoS 1 stream into the embedded broker, SIGTERM in the middle of it:
+/// every message the node sent a PUBACK for is in the store after the
+/// stop; the client (raw frames, its own packet ids) knows exactly which.
+#[test]
+fn sigterm_during_a_qos1_stream_stores_every_acknowledged_message() {
+    use common::hostile::{mqtt_connect, publish_frame, read_packet};
+    use rumqttc::QoS;
+    use std::sync::{Arc, Mutex};
+
+    const MESSAGES: u16 = 30_000;
+    let (dir, mut node) = start("30s");
+    let broker = node.mqtt.expect("the embedded broker runs");
+    let (stream, connack) = mqtt_connect(broker, "stream", true);
+    assert_eq!(connack, Some(vec![0x20, 2, 0, 0]), "accepted");
+    let mut reader = stream.try_clone().expect("clone");
+    let acked = Arc::new(Mutex::new(Vec::<u16>::new()));
+    let acks = {
+        let acked = acked.clone();
+        std::thread::spawn(move || {
+            while let Some((first, body)) = read_packet(&mut reader) {
+                if first == 0x40 && body.len() == 2 {
+                    let id = u16::from_be_bytes([body[0], body[1]]);
+                    acked.lock().expect("lock").push(id);
+                }
+            }
+        })
+    };
+    let publisher = std::thread::spawn(move || {
+        let mut stream = stream;
+        let mut sent = 0u16;
+        for id in 1..=MESSAGES {
+            let payload = format!("{{\"name\": \"m{id}\"}}").into_bytes();
+            let frame = publish_frame(&format!("dev/Q-{id}"), payload, QoS::AtLeastOnce, id, false);
+            if stream.write_all(&frame).is_err() {
+                break;
+            }
+            sent = id;
+        }
+        sent
+    });
+
+    assert!(
+        eventually(Duration::from_secs(20), || acked
+            .lock()
+            .expect("lock")
+            .len()
+            >= 500),
+        "the stream flows"
+    );
+    node.signal(libc::SIGTERM);
+    let status = node.wait_exit(Duration::from_secs(30)).expect("exits");
+    assert!(status.success(), "clean stop: {status}");
+    let sent = publisher.join().expect("publisher");
+    acks.join().expect("reader");
+
+    let acked = acked.lock().expect("lock").clone();
+    assert!(
+        (acked.len() as u64) < u64::from(MESSAGES),
+        "the signal came mid-stream ({} of {MESSAGES} acknowledged, {sent} sent)",
+        acked.len()
+    );
+    let store = open_store(&dir.path().join("data"));
+    let missing: Vec<u16> = acked
+        .iter()
+        .copied()
+        .filter(|id| {
+            store
+                .get("asset", &format!("Q-{id}"))
+                .expect("read")
+                .is_none()
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged messages are not stored, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(10)]
+    );
 }
