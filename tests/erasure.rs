@@ -186,6 +186,18 @@ fn erase_removes_every_value_of_the_entity_from_every_tree() {
         kept.iter().any(|at| at.contains("zstd")) && kept.iter().any(|at| at.contains("plain")),
         "the other entity's values are still found, plain and compressed: {kept:?}"
     );
+    // The files themselves, after the erase command flushed and exited:
+    // without encryption, sled's log still holds stale page versions with
+    // the erased values (README, "Erasure": what remains and until when).
+    let dictionaries = open_store(&data)
+        .raw_dictionaries("person")
+        .expect("dictionaries");
+    let on_disk = files_containing(&data, GONE, &dictionaries);
+    assert!(
+        on_disk.iter().all(|at| at.starts_with("store/db:")),
+        "erased values outside sled's log: {on_disk:?}"
+    );
+    eprintln!("erased values left in stale pages of sled's log (no encryption): {on_disk:?}");
 
     let store = open_store(&data);
     assert!(store.get("person", "p-1").expect("get").is_none());

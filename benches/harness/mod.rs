@@ -303,23 +303,71 @@ pub fn publish(port: u16, client_id: &str, messages: &[(String, Vec<u8>)]) -> Du
 
 /// The ingest ceiling: the same QoS 1 publisher → a fresh Mosquitto →
 /// `mosquitto_sub -q 1` (delivery only, nothing stored), in messages/s.
+///
+/// The subscription is confirmed before the clock starts: probe messages
+/// (on `filter`'s topic with `probe` for a trailing `#`) are published
+/// until `mosquitto_sub` prints one, as `benches/ingest_load.rs` does; a
+/// fixed sleep let a late subscription miss the first messages and hang
+/// the count. Probe lines are not counted.
 pub fn mosquitto_sub_ceiling(messages: &[(String, Vec<u8>)], filter: &str) -> f64 {
+    use std::io::BufRead;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const PROBE: &str = "ceiling-probe";
+    let probe_topic = match filter.strip_suffix('#') {
+        Some(prefix) => format!("{prefix}probe"),
+        None => filter.to_string(),
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let (_broker, port) = mosquitto(dir.path());
     let mut sub = Killed(
         Command::new("mosquitto_sub")
             .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
-            .args(["-t", filter, "-C", &messages.len().to_string()])
-            .args(["-i", "ceiling-sub"])
-            .stdout(Stdio::null())
+            .args(["-t", filter, "-i", "ceiling-sub"])
+            .stdout(Stdio::piped())
             .spawn()
             .expect("mosquitto_sub"),
     );
-    std::thread::sleep(Duration::from_millis(300)); // subscribed
+    let stdout = sub.0.stdout.take().expect("stdout");
+    let received = Arc::new(AtomicUsize::new(0));
+    let probed = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let (received, probed) = (received.clone(), probed.clone());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let counter = if line == PROBE { &probed } else { &received };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let end = Instant::now() + Duration::from_secs(10);
+    while probed.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < end, "mosquitto_sub never subscribed");
+        let _ = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-q", "1", "-t", &probe_topic, "-m", PROBE])
+            .status();
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let start = Instant::now();
     publish(port, "ceiling-pub", messages);
-    let _ = sub.0.wait();
-    messages.len() as f64 / start.elapsed().as_secs_f64()
+    let end = Instant::now() + Duration::from_secs(600);
+    while received.load(Ordering::Relaxed) < messages.len() {
+        assert!(
+            Instant::now() < end,
+            "mosquitto_sub received {} of {} messages",
+            received.load(Ordering::Relaxed),
+            messages.len()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let rate = messages.len() as f64 / start.elapsed().as_secs_f64();
+    let _ = sub.0.kill();
+    let _ = reader.join();
+    rate
 }
 
 /// Latencies of one load phase, in microseconds.

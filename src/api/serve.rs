@@ -24,8 +24,13 @@
 //! extension. A connection upgraded to a WebSocket keeps its slot (the
 //! socket owns it, see [`Slotted`]) until the WebSocket closes.
 //!
-//! Shutdown: the loop stops accepting, open connections finish their
-//! in-flight request, and [`serve`] returns once every connection ended.
+//! Shutdown: open connections finish their in-flight request, and
+//! [`serve`] returns once every connection ended. Until then the listener
+//! stays open, and every new connection is answered `503` with
+//! `{"status":"stopping"}` (plain HTTP; over TLS it is closed) and closed:
+//! a load balancer polling `/readyz` sees the node stopping instead of a
+//! refused connection it could take for a crash, and no new work is taken
+//! on while the old drains.
 
 use std::fmt::Write as _;
 use std::future::Future as _;
@@ -55,6 +60,10 @@ use crate::policy::identity::PeerCertificate;
 /// A client that has not finished its TLS handshake by then is dropped, so
 /// half-open connections cannot pile up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a connection opened while the node stops is told (whatever it
+/// asks, `/readyz` included), written without waiting.
+const STOPPING: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 21\r\nconnection: close\r\nretry-after: 1\r\n\r\n{\"status\":\"stopping\"}";
 
 /// What a refused connection is told, written without waiting.
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 63\r\nconnection: close\r\nretry-after: 1\r\n\r\ntoo many open connections (http.max_connections); retry later\r\n";
@@ -135,6 +144,27 @@ impl HttpMetrics {
     }
 }
 
+/// Tells a connection opened during shutdown that the node stops, and
+/// closes it without a reset: at most 64 KiB and one second are spent
+/// reading what the client sent.
+async fn answer_stopping(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.write_all(STOPPING).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let mut left: usize = 64 * 1024;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+}
+
 /// Accepts connections until `shutdown`, then waits for the open ones to
 /// finish their in-flight requests.
 pub(crate) async fn serve(
@@ -176,9 +206,25 @@ pub(crate) async fn serve(
         );
         connections.spawn(task.instrument(debug_span!("http_connection", %peer)));
     }
-    drop(acceptor);
     connections.close();
-    connections.wait().await;
+    // Draining: answer newcomers "stopping" until the last open connection
+    // has finished its request.
+    let drained = connections.wait();
+    let mut drained = std::pin::pin!(drained);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = drained.as_mut() => break,
+            accepted = acceptor.accept(&metrics.0.accept_errors) => accepted,
+        };
+        debug!(%peer, "HTTP connection during shutdown: answered 503 stopping");
+        if tls.is_none() {
+            // Answer, then read (a bounded while) what the client sent: a
+            // socket closed with unread input resets, and the client would
+            // see the reset instead of the answer.
+            tokio::spawn(answer_stopping(stream));
+        }
+    }
+    drop(acceptor);
 }
 
 /// One connection: the TLS handshake if configured, then HTTP/1 with

@@ -536,3 +536,56 @@ pub fn sync_envelope(origin: &str, meter: &str, seqs: std::ops::RangeInclusive<u
     .encode(3)
     .expect("the envelope encodes")
 }
+
+/// Every file under `dir` (relative path) whose bytes hold `needle`: in the
+/// clear (`plain`), or inside a zstd frame that starts anywhere in the file
+/// and opens without or with one of `dictionaries` (`zstd`). This reads the
+/// files themselves, not the store's live trees: stale page versions and
+/// freed segments that the database still keeps count too.
+#[allow(dead_code)] // only the erasure and encryption tests scan files
+pub fn files_containing(dir: &Path, needle: &str, dictionaries: &[Vec<u8>]) -> Vec<String> {
+    use std::io::Read;
+    const MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    let contains = |bytes: &[u8]| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(at) = stack.pop() {
+        for entry in std::fs::read_dir(&at).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let bytes = std::fs::read(&path).expect("read file");
+            let name = path
+                .strip_prefix(dir)
+                .unwrap_or(&path)
+                .display()
+                .to_string();
+            if contains(&bytes) {
+                found.push(format!("{name}: plain"));
+            }
+            let in_frame = (0..bytes.len().saturating_sub(3))
+                .filter(|&at| bytes[at..at + 4] == MAGIC)
+                .any(|at| {
+                    let plain = zstd::stream::decode_all(&bytes[at..]).ok();
+                    plain.is_some_and(|p| contains(&p))
+                        || dictionaries.iter().any(|dictionary| {
+                            let mut plain = Vec::new();
+                            zstd::stream::read::Decoder::with_dictionary(
+                                std::io::BufReader::new(&bytes[at..]),
+                                dictionary,
+                            )
+                            .and_then(|mut d| d.read_to_end(&mut plain))
+                            .is_ok()
+                                && contains(&plain)
+                        })
+                });
+            if in_frame {
+                found.push(format!("{name}: zstd"));
+            }
+        }
+    }
+    found.sort();
+    found
+}
