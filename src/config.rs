@@ -587,6 +587,11 @@ pub struct ApiLimits {
     /// Subscriptions open at once for one identity, over all its
     /// connections. Default 1000.
     pub max_subscriptions_per_identity: usize,
+    /// Query texts kept for automatic persisted queries (Apollo APQ:
+    /// clients then send only the SHA-256), in bytes over all texts;
+    /// registering past it forgets the oldest. 0 turns APQ off (every
+    /// hash-only request gets `PERSISTED_QUERY_NOT_FOUND`). Default 1 MiB.
+    pub max_persisted_query_bytes: usize,
 }
 
 impl ApiLimits {
@@ -611,6 +616,7 @@ impl Default for ApiLimits {
             queue_timeout: Duration::from_secs(2),
             max_subscriptions_per_connection: 100,
             max_subscriptions_per_identity: 1_000,
+            max_persisted_query_bytes: 1 << 20,
         }
     }
 }

@@ -39,6 +39,7 @@ mod normalize;
 mod order;
 mod paging;
 mod parse_cache;
+mod persisted;
 mod prepared;
 mod reload;
 mod runtime;
@@ -90,6 +91,8 @@ pub struct GraphqlApi {
     pub(crate) handle: SchemaHandle,
     pub(crate) runtime: Runtime,
     pub(crate) graphiql: bool,
+    /// Automatic persisted queries (`persisted.rs`).
+    pub(crate) persisted: Arc<persisted::PersistedQueries>,
 }
 
 impl GraphqlApi {
@@ -106,6 +109,9 @@ impl GraphqlApi {
         tasks: &TaskTracker,
         sync: Option<std::sync::Arc<crate::sync::SyncHandle>>,
     ) -> Result<GraphqlApi, BuildError> {
+        let persisted = Arc::new(persisted::PersistedQueries::new(
+            settings.limits.max_persisted_query_bytes,
+        ));
         let runtime = Runtime {
             sync,
             ingestor,
@@ -124,6 +130,7 @@ impl GraphqlApi {
             handle: SchemaHandle::new(generation),
             runtime,
             graphiql: settings.graphiql,
+            persisted,
         })
     }
 
@@ -250,6 +257,7 @@ impl GraphqlApi {
             .metrics
             .render_prometheus(self.runtime.usage.open_subscriptions(), out);
         self.runtime.budgets.render_prometheus(out);
+        self.persisted.render_prometheus(out);
     }
 }
 
