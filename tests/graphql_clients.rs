@@ -392,3 +392,147 @@ async fn graphql_response_json_and_application_graphql() {
         json!({ "data": { "__typename": "Query" } })
     );
 }
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What came over a subscription WebSocket.
+#[derive(Debug)]
+enum Frame {
+    Json(Value),
+    Close(Option<u16>),
+}
+
+/// Opens `/graphql/ws` offering `offer` (a `Sec-WebSocket-Protocol`
+/// value); the socket and the protocol the handshake named.
+async fn ws_connect(node: &common::NodeProcess, offer: &str) -> (Socket, Option<String>) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{}/graphql/ws", node.http)
+        .into_client_request()
+        .expect("ws request");
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        offer.parse().expect("header value"),
+    );
+    let (socket, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("WebSocket connects");
+    let named = response
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (socket, named)
+}
+
+async fn ws_send(socket: &mut Socket, message: Value) {
+    use futures_util::SinkExt;
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            message.to_string(),
+        ))
+        .await
+        .expect("ws send");
+}
+
+/// The next message that is not a keep-alive, or the close frame.
+async fn ws_next(socket: &mut Socket) -> Frame {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(10), socket.next())
+            .await
+            .expect("a WebSocket message in time");
+        match message {
+            None | Some(Err(_)) => return Frame::Close(None),
+            Some(Ok(Message::Close(frame))) => return Frame::Close(frame.map(|f| f.code.into())),
+            Some(Ok(Message::Text(text))) => {
+                let value: Value = json_of(&text);
+                match value["type"].as_str() {
+                    Some("ka" | "pong") => continue,
+                    Some("ping") => ws_send(socket, json!({ "type": "pong" })).await,
+                    _ => return Frame::Json(value),
+                }
+            }
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_websocket_speaks_the_protocol_it_negotiated() {
+    let dir = workdir(&[("sensor", SENSOR)], ANONYMOUS_READS);
+    let token = create_token(dir.path(), "admin", "ops");
+    let node = start(dir.path());
+    let admin = Gql::new(&node).with_token(&token);
+    let offers = [
+        ("graphql-ws, graphql-transport-ws", "graphql-transport-ws"),
+        ("graphql-transport-ws, graphql-ws", "graphql-transport-ws"),
+        ("graphql-transport-ws", "graphql-transport-ws"),
+        ("graphql-ws", "graphql-ws"),
+    ];
+    for (n, (offer, expected)) in offers.into_iter().enumerate() {
+        let (mut socket, named) = ws_connect(&node, offer).await;
+        assert_eq!(named.as_deref(), Some(expected), "offered {offer}");
+        let transport = expected == "graphql-transport-ws";
+        ws_send(
+            &mut socket,
+            json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {token}") } }),
+        )
+        .await;
+        let ack = ws_next(&mut socket).await;
+        assert!(
+            matches!(&ack, Frame::Json(v) if v["type"] == "connection_ack"),
+            "{offer}: {ack:?}"
+        );
+        let start = if transport { "subscribe" } else { "start" };
+        ws_send(
+            &mut socket,
+            json!({ "id": "1", "type": start, "payload": { "query": "subscription { sensorChanges { entity } }" } }),
+        )
+        .await;
+        admin.wait_subscriptions("sensor", 1).await;
+        let entity = format!("w{n}");
+        admin
+            .data(
+                "mutation ($id: String!) { upsertSensor(input: { sensor_id: $id, temp: 1 }) { sensor_id } }",
+                json!({ "id": entity }),
+            )
+            .await;
+        let Frame::Json(message) = ws_next(&mut socket).await else {
+            panic!("{offer}: closed before the change");
+        };
+        let next = if transport { "next" } else { "data" };
+        assert_eq!(message["type"], next, "{offer}: {message}");
+        assert_eq!(
+            message["payload"]["data"]["sensorChanges"]["entity"],
+            entity.as_str()
+        );
+        socket.close(None).await.expect("close");
+        admin.wait_subscriptions("sensor", 0).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_token_in_connection_init_ends_the_connection_as_each_protocol_says() {
+    let dir = workdir(&[("sensor", SENSOR)], ANONYMOUS_READS);
+    let node = start(dir.path());
+    let bad = json!({ "type": "connection_init", "payload": { "Authorization": "Bearer mlt_not_a_token" } });
+
+    // graphql-transport-ws: close code 4403 Forbidden, nothing before it.
+    let (mut socket, _) = ws_connect(&node, "graphql-transport-ws").await;
+    ws_send(&mut socket, bad.clone()).await;
+    let frame = ws_next(&mut socket).await;
+    assert!(matches!(frame, Frame::Close(Some(4403))), "{frame:?}");
+
+    // graphql-ws: `connection_error`, then a close frame.
+    let (mut socket, _) = ws_connect(&node, "graphql-ws").await;
+    ws_send(&mut socket, bad).await;
+    let frame = ws_next(&mut socket).await;
+    assert!(
+        matches!(&frame, Frame::Json(v) if v["type"] == "connection_error" && v["payload"]["message"].is_string()),
+        "{frame:?}"
+    );
+    let frame = ws_next(&mut socket).await;
+    assert!(matches!(frame, Frame::Close(Some(4403))), "{frame:?}");
+}

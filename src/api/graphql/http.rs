@@ -19,9 +19,7 @@
 //! HTTP: status 200 and `errors` in the body (request errors without a
 //! `data` entry).
 
-use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::ErrorExtensions;
-use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::rejection::QueryRejection;
@@ -39,6 +37,7 @@ use tracing::{info_span, Instrument};
 use super::budget::{self, ConnectionSlots};
 use super::limits::{self, MAX_BODY_BYTES};
 use super::persisted::{Lookup, PersistedError};
+use super::ws;
 use super::Busy;
 use crate::api::ApiState;
 use crate::policy::access::{Caller, Identity};
@@ -566,7 +565,6 @@ async fn websocket(
     State(state): State<ApiState>,
     identity: Option<Extension<Identity>>,
     headers: HeaderMap,
-    protocol: Result<GraphQLProtocol, StatusCode>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let upgrade = match upgrade {
@@ -583,7 +581,7 @@ async fn websocket(
             )
         }
     };
-    let Ok(protocol) = protocol else {
+    let Some(protocol) = ws::negotiate(&headers) else {
         return refuse(
             &state,
             StatusCode::BAD_REQUEST,
@@ -601,40 +599,43 @@ async fn websocket(
         .and_then(|v| auth::bearer(v.as_bytes()).ok())
         .map(str::to_string);
     let header_identity = identity.map(|Extension(identity)| (identity, header_token));
+    // The handshake names exactly the protocol that will be spoken.
     upgrade
-        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .protocols([protocol.sec_websocket_protocol()])
         .max_message_size(MAX_BODY_BYTES)
         .on_upgrade(move |socket| {
             async move {
+                let on_init = move |payload: serde_json::Value| async move {
+                    let (identity, token) =
+                        init_identity(&authenticator, header_identity, &payload).map_err(
+                            |failure| {
+                                async_graphql::Error::new(failure.to_string())
+                                    .extend_with(|_, e| e.set("code", "UNAUTHENTICATED"))
+                            },
+                        )?;
+                    let mut caller = Caller::new(identity, secret, denials);
+                    let slots = Arc::new(ConnectionSlots::default());
+                    // Subscriptions outlive requests: they re-check
+                    // the token, so revoking it ends them.
+                    if let Some(token) = token {
+                        caller = caller.revalidated_by(Arc::new(move || {
+                            authenticator.token_still_valid(&token)
+                        }));
+                    }
+                    let mut data = async_graphql::Data::default();
+                    data.insert(caller);
+                    data.insert(slots);
+                    Ok(data)
+                };
                 tokio::select! {
-                    _ = GraphQLWebSocket::new(socket, schema, protocol)
-                        .on_connection_init(move |payload| async move {
-                            let (identity, token) =
-                                init_identity(&authenticator, header_identity, &payload)
-                                    .map_err(|failure| {
-                                        async_graphql::Error::new(failure.to_string()).extend_with(
-                                            |_, e| e.set("code", "UNAUTHENTICATED"),
-                                        )
-                                    })?;
-                            let mut caller = Caller::new(identity, secret, denials);
-                            let slots = Arc::new(ConnectionSlots::default());
-                            // Subscriptions outlive requests: they re-check
-                            // the token, so revoking it ends them.
-                            if let Some(token) = token {
-                                caller = caller.revalidated_by(Arc::new(move || {
-                                    authenticator.token_still_valid(&token)
-                                }));
-                            }
-                            let mut data = async_graphql::Data::default();
-                            data.insert(caller);
-                            data.insert(slots);
-                            Ok(data)
-                        })
-                        .serve() => {}
+                    _ = ws::serve(socket, schema, protocol, on_init) => {}
                     _ = shutdown.cancelled() => {}
                 }
             }
-            .instrument(info_span!("graphql_ws"))
+            .instrument(info_span!(
+                "graphql_ws",
+                protocol = protocol.sec_websocket_protocol()
+            ))
         })
 }
 

@@ -47,6 +47,7 @@ mod schema;
 mod subscription;
 mod sync_status;
 mod values;
+mod ws;
 
 use std::future::Future;
 use std::path::PathBuf;
