@@ -536,3 +536,120 @@ async fn a_bad_token_in_connection_init_ends_the_connection_as_each_protocol_say
     let frame = ws_next(&mut socket).await;
     assert!(matches!(frame, Frame::Close(Some(4403))), "{frame:?}");
 }
+
+/// Opens `/graphql/ws` with an `Origin`; the handshake's status.
+async fn ws_status_with_origin(node: &common::NodeProcess, origin: &str) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Error;
+    let mut request = format!("ws://{}/graphql/ws", node.http)
+        .into_client_request()
+        .expect("ws request");
+    let headers = request.headers_mut();
+    headers.insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().expect("value"),
+    );
+    headers.insert("Origin", origin.parse().expect("value"));
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((_, response)) => response.status().as_u16(),
+        Err(Error::Http(response)) => response.status().as_u16(),
+        Err(err) => panic!("WebSocket handshake: {err}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_lets_configured_origins_in_and_keeps_others_out() {
+    const APP: &str = "https://app.example.com";
+    const EVIL: &str = "https://evil.example.net";
+    let dir = workdir(
+        &[("sensor", SENSOR)],
+        &format!("{ANONYMOUS_READS}[http.cors]\nallow_origins = [\"{APP}\"]\n"),
+    );
+    let node = start(dir.path());
+    let url = node.url("/graphql");
+    let client = reqwest::Client::new();
+    let preflight = |origin: &'static str| {
+        client
+            .request(reqwest::Method::OPTIONS, &url)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "content-type, authorization",
+            )
+            .send()
+    };
+    let response = preflight(APP).await.expect("preflight");
+    assert_eq!(response.status().as_u16(), 204);
+    let headers = response.headers();
+    assert_eq!(headers["access-control-allow-origin"], APP);
+    assert!(headers["access-control-allow-headers"]
+        .to_str()
+        .unwrap_or("")
+        .contains("authorization"));
+    assert!(headers["access-control-allow-methods"]
+        .to_str()
+        .unwrap_or("")
+        .contains("POST"));
+    let response = preflight(EVIL).await.expect("preflight");
+    assert_eq!(response.status().as_u16(), 403);
+    assert!(response
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+
+    // The actual request: the allowed origin may read the answer.
+    for (origin, allowed) in [(APP, true), (EVIL, false)] {
+        let response = client
+            .post(&url)
+            .header("origin", origin)
+            .json(&json!({ "query": "{ __typename }" }))
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(response.status().as_u16(), 200);
+        assert_eq!(
+            response
+                .headers()
+                .get("access-control-allow-origin")
+                .is_some(),
+            allowed,
+            "{origin}"
+        );
+    }
+
+    // WebSockets: the allowed origin and the node's own pages, no other.
+    assert_eq!(ws_status_with_origin(&node, APP).await, 101);
+    assert_eq!(
+        ws_status_with_origin(&node, &format!("http://{}", node.http)).await,
+        101
+    );
+    assert_eq!(ws_status_with_origin(&node, EVIL).await, 403);
+
+    let gql = Gql::new(&node);
+    let refused = |kind: &str| {
+        let gql = gql.clone();
+        let series = format!("meshlet_http_cors_refused_total{{kind=\"{kind}\"}}");
+        async move { gql.metric(&series).await }
+    };
+    assert_eq!(refused("preflight").await, Some(1.0));
+    assert_eq!(refused("websocket").await, Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_cors_config_no_other_origin_is_allowed() {
+    let dir = workdir(&[("sensor", SENSOR)], ANONYMOUS_READS);
+    let node = start(dir.path());
+    let response = reqwest::Client::new()
+        .request(reqwest::Method::OPTIONS, node.url("/graphql"))
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(response.status().as_u16(), 403);
+    assert_eq!(
+        ws_status_with_origin(&node, "https://app.example.com").await,
+        403
+    );
+}
