@@ -653,3 +653,54 @@ async fn without_cors_config_no_other_origin_is_allowed() {
         403
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_values_are_accepted_as_strings_and_answered_as_exact_numbers() {
+    let dir = workdir(&[("sensor", SENSOR)], ANONYMOUS_READS);
+    let token = create_token(dir.path(), "admin", "ops");
+    let node = start(dir.path());
+    let admin = Gql::new(&node).with_token(&token);
+    // 2^53 + 1: a JavaScript number cannot hold it, a string can.
+    let big = "9007199254740993";
+    let data = admin
+        .data(
+            "mutation ($seq: Long) { upsertSensor(input: { sensor_id: \"l1\", seq: $seq }) { seq } }",
+            json!({ "seq": big }),
+        )
+        .await;
+    assert_eq!(data["upsertSensor"]["seq"], 9_007_199_254_740_993i64);
+    // In a literal, in a filter operand, and in a variable of a filter.
+    let data = admin
+        .data(
+            "query ($seq: Long) { a: sensorConnection(filter: { seq: { eq: \"9007199254740993\" } }) { totalCount }
+              b: sensorConnection(filter: { seq: { gte: $seq } }) { totalCount } }",
+            json!({ "seq": big }),
+        )
+        .await;
+    assert_eq!(
+        data,
+        json!({ "a": { "totalCount": 1 }, "b": { "totalCount": 1 } })
+    );
+    // The answer's JSON text holds the exact digits.
+    let response = reqwest::Client::new()
+        .post(node.url("/graphql"))
+        .json(&json!({ "query": "{ sensor(sensor_id: \"l1\") { seq } }" }))
+        .send()
+        .await
+        .expect("POST");
+    let text = response.text().await.expect("body");
+    assert!(text.contains(&format!("\"seq\":{big}")), "{text}");
+    // Not a number, not an i64: refused.
+    for bad in ["1.5", "12abc", "99999999999999999999"] {
+        let errors = admin
+            .errors(
+                "mutation ($seq: Long) { upsertSensor(input: { sensor_id: \"l2\", seq: $seq }) { seq } }",
+                json!({ "seq": bad }),
+            )
+            .await;
+        assert!(
+            errors[0]["message"].as_str().unwrap_or("").contains("Long"),
+            "{bad}: {errors:?}"
+        );
+    }
+}
