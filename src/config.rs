@@ -147,6 +147,19 @@ pub struct HttpConfig {
     /// request with 408 and closes the connection.
     #[serde(with = "humantime_serde_compat")]
     pub body_read_timeout: Duration,
+    /// Browser apps on other origins (`[http.cors]`).
+    pub cors: CorsConfig,
+}
+
+/// `[http.cors]`: which pages on other origins may call the API and open
+/// the subscription WebSocket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Origins exactly as browsers send them (`https://app.example.com`,
+    /// with a port when not the default), or `"*"` for any. Default: none
+    /// (only the node's own pages, e.g. GraphiQL).
+    pub allow_origins: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -158,6 +171,7 @@ impl Default for HttpConfig {
             max_connections: 256,
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(60),
+            cors: CorsConfig::default(),
         }
     }
 }
@@ -587,6 +601,11 @@ pub struct ApiLimits {
     /// Subscriptions open at once for one identity, over all its
     /// connections. Default 1000.
     pub max_subscriptions_per_identity: usize,
+    /// Query texts kept for automatic persisted queries (Apollo APQ:
+    /// clients then send only the SHA-256), in bytes over all texts;
+    /// registering past it forgets the oldest. 0 turns APQ off (every
+    /// hash-only request gets `PERSISTED_QUERY_NOT_FOUND`). Default 1 MiB.
+    pub max_persisted_query_bytes: usize,
 }
 
 impl ApiLimits {
@@ -611,6 +630,7 @@ impl Default for ApiLimits {
             queue_timeout: Duration::from_secs(2),
             max_subscriptions_per_connection: 100,
             max_subscriptions_per_identity: 1_000,
+            max_persisted_query_bytes: 1 << 20,
         }
     }
 }

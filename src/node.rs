@@ -417,6 +417,7 @@ pub async fn start(
         retention: retention_metrics.clone(),
         auth,
         sync: Some(sync),
+        cors: Arc::new(api::Cors::new(&config.http.cors.allow_origins)),
     }));
     let server = tokio::spawn(
         listener

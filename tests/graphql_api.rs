@@ -279,7 +279,7 @@ async fn mutations_history_audit_quarantine_and_catalog() {
         .metric("meshlet_graphql_request_duration_seconds_count")
         .await;
     assert!(timed.unwrap_or(0.0) >= 5.0, "{timed:?}");
-    let (status, page) = gql.get("/graphql").await;
+    let (status, page) = gql.graphiql().await;
     assert_eq!(status, 200);
     assert!(page.contains("GraphiQL") && page.contains("/graphql/ws"));
     let (status, _) = node.stop();

@@ -284,7 +284,7 @@ async fn hostile_queries_get_clear_errors_and_the_server_keeps_answering() {
     assert!(body.contains("WebSocket"), "{body}");
 
     // GraphiQL is off in this config.
-    let (status, body) = gql.get("/graphql").await;
+    let (status, body) = gql.graphiql().await;
     assert_eq!(status, 404);
     assert!(body.contains("http.graphiql"), "{body}");
 

@@ -379,9 +379,9 @@ async fn what_a_plan_cannot_answer_gets_the_executors_error() {
         ),
         (
             counter.into(),
-            json!({"k": "1"}),
+            json!({"k": "one"}),
             Value::Null,
-            "a string for a Long! key",
+            "a non-decimal string for a Long! key",
         ),
         (
             counter.into(),

@@ -13,6 +13,8 @@ as_root() {
 # System packages the tests drive as real processes (brokers, emulators).
 # Each is installed only when missing.
 apt_packages=(mosquitto mosquitto-clients libmosquitto-dev qemu-user-static)
+# Node.js runs the outside GraphQL clients (tests/js, tests/graphql_clients.rs).
+command -v node >/dev/null && command -v npm >/dev/null || apt_packages+=(nodejs npm)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -21,6 +23,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing: ${missing[*]}"
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}"
+fi
+
+# The pinned JS clients (package-lock.json), installed when missing.
+if [ ! -d tests/js/node_modules ]; then
+  (cd tests/js && npm ci --no-audit --no-fund)
 fi
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"

@@ -448,6 +448,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     state.graphql.render_prometheus(&mut text);
     state.tls_metrics.render_prometheus(&mut text);
     state.http_metrics.render_prometheus(&mut text);
+    state.cors.render_prometheus(&mut text);
     state.retention.render_prometheus(&mut text);
     state
         .ingestor

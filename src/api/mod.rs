@@ -7,6 +7,7 @@
 //! `policy::access::View` of the caller's role.
 
 mod auth;
+mod cors;
 pub mod graphql;
 mod health;
 mod ingest;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
+pub use cors::Cors;
 pub use health::{Phase, Readiness};
 
 /// What the handlers share: one `Arc`, so the clone axum makes for every
@@ -61,6 +63,8 @@ pub struct ApiShared {
     pub auth: Arc<crate::policy::auth::Authenticator>,
     /// Upstream sync: the aggregator's receiver and sync figures.
     pub sync: Option<std::sync::Arc<crate::sync::SyncHandle>>,
+    /// Cross-origin access (`[http.cors]`).
+    pub cors: Arc<cors::Cors>,
 }
 
 /// When the process first built its router, as Unix seconds: the
@@ -103,6 +107,10 @@ pub fn router(state: ApiState) -> Router {
     health::routes()
         .merge(ingest::open_routes())
         .merge(protected)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            cors::layer,
+        ))
         .with_state(state)
 }
 

@@ -107,6 +107,20 @@ impl Gql {
         (status, response.text().await.expect("body"))
     }
 
+    /// `GET /graphql` as a browser asks for it (`Accept: text/html`, no
+    /// `query`): GraphiQL, or its refusal. Status and body.
+    pub async fn graphiql(&self) -> (u16, String) {
+        let response = self
+            .client
+            .get(&self.url)
+            .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+            .send()
+            .await
+            .expect("HTTP request");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("body"))
+    }
+
     /// A sample of `/metrics` (see `common::metric`).
     pub async fn metric(&self, series: &str) -> Option<f64> {
         let (status, body) = self.get("/metrics").await;

@@ -40,6 +40,7 @@ mod normalize;
 mod order;
 mod paging;
 mod parse_cache;
+mod persisted;
 mod prepared;
 mod reload;
 mod runtime;
@@ -48,6 +49,7 @@ mod series;
 mod subscription;
 mod sync_status;
 mod values;
+mod ws;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -92,6 +94,8 @@ pub struct GraphqlApi {
     pub(crate) handle: SchemaHandle,
     pub(crate) runtime: Runtime,
     pub(crate) graphiql: bool,
+    /// Automatic persisted queries (`persisted.rs`).
+    pub(crate) persisted: Arc<persisted::PersistedQueries>,
 }
 
 impl GraphqlApi {
@@ -108,6 +112,9 @@ impl GraphqlApi {
         tasks: &TaskTracker,
         sync: Option<std::sync::Arc<crate::sync::SyncHandle>>,
     ) -> Result<GraphqlApi, BuildError> {
+        let persisted = Arc::new(persisted::PersistedQueries::new(
+            settings.limits.max_persisted_query_bytes,
+        ));
         let runtime = Runtime {
             sync,
             ingestor,
@@ -126,6 +133,7 @@ impl GraphqlApi {
             handle: SchemaHandle::new(generation),
             runtime,
             graphiql: settings.graphiql,
+            persisted,
         })
     }
 
@@ -252,6 +260,7 @@ impl GraphqlApi {
             .metrics
             .render_prometheus(self.runtime.usage.open_subscriptions(), out);
         self.runtime.budgets.render_prometheus(out);
+        self.persisted.render_prometheus(out);
     }
 }
 

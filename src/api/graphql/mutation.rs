@@ -22,6 +22,7 @@ use super::paging;
 use super::schema::{blocking, caller, require, runtime, view, ProductApi};
 use super::values;
 use crate::ingest::PushRefusal;
+use crate::product::FieldType;
 use crate::record::Origin;
 
 /// The origin of every API write, as audit and `_meta.source` show it.
@@ -85,8 +86,17 @@ pub(crate) fn upsert_field(api: &Arc<ProductApi>) -> Field {
             let input = ctx.args.try_get("input")?.object()?;
             let mut record = serde_json::Map::new();
             for (name, value) in input.iter() {
-                let json = values::input_json(value.as_value())
-                    .map_err(|e| async_graphql::Error::new(format!("`{name}`: {e}")))?;
+                // A `Long` may come as a decimal string: the pipeline
+                // gets the number.
+                let long = match api.product.field(name.as_str()).map(|f| f.ty) {
+                    Some(FieldType::Int) => values::long(value.as_value()),
+                    _ => None,
+                };
+                let json = match long {
+                    Some(n) => serde_json::Value::from(n),
+                    None => values::input_json(value.as_value())
+                        .map_err(|e| async_graphql::Error::new(format!("`{name}`: {e}")))?,
+                };
                 record.insert(name.to_string(), json);
             }
             let entity = match record.get(&api.product.key) {

@@ -320,7 +320,7 @@ impl Plan {
             }
             KeySource::Variable(name) => match (key_type, variables.get(name)?) {
                 (FieldType::String, Gql::String(s)) => Some(s.clone()),
-                (FieldType::Int, Gql::Number(n)) => n.as_i64().map(|i| i.to_string()),
+                (FieldType::Int, value) => super::values::long(value).map(|i| i.to_string()),
                 _ => None,
             },
         }

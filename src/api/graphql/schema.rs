@@ -63,7 +63,9 @@ impl ProductApi {
         let key = &self.product.key;
         let value = ctx.args.try_get(key)?;
         match self.product.key_field().ty {
-            FieldType::Int => Ok(value.i64()?.to_string()),
+            FieldType::Int => values::long(value.as_value())
+                .map(|i| i.to_string())
+                .ok_or_else(|| async_graphql::Error::new(format!("`{key}`: expected a Long"))),
             _ => Ok(value.string()?.to_string()),
         }
     }

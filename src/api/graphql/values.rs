@@ -10,8 +10,17 @@
 //! | `json` | `JSON` (custom) | any JSON value |
 //!
 //! `int` fields are 64-bit, GraphQL's `Int` is 32-bit: a counter or an
-//! epoch in milliseconds would not fit, so they get `Long`. JavaScript
-//! clients lose precision beyond ±2^53, as with any JSON number.
+//! epoch in milliseconds would not fit, so they get `Long`.
+//!
+//! `Long` input is a JSON number or a string of decimal digits
+//! (`"9007199254740993"`), the form JavaScript clients can send without
+//! rounding. Output is always a JSON number, exact in the JSON text: one
+//! type per field keeps typed clients (codegen, Apollo's cache) simple,
+//! and most values (versions, counts, counters) are far below 2^53. A
+//! JavaScript client reading values above ±2^53 must parse the JSON
+//! losslessly (e.g. `lossless-json`, or `JSON.parse` with a reviver's
+//! `context.source` in Node 21+ and current browsers): plain `JSON.parse`
+//! rounds them.
 //!
 //! A stored value whose type no longer matches the field's declared type
 //! (the definition changed and was reloaded) is returned as `null` rather
@@ -44,8 +53,8 @@ pub(crate) fn type_name(ty: FieldType) -> &'static str {
 pub(crate) fn scalars() -> [Scalar; 4] {
     [
         Scalar::new(LONG)
-            .description("A 64-bit signed integer, as a JSON number (`int` fields).")
-            .validator(|v| matches!(v, Gql::Number(n) if n.is_i64())),
+            .description("A 64-bit signed integer (`int` fields). Returned as a JSON number (exact in the JSON text: parse it losslessly above 2^53 in JavaScript); accepted as a JSON number or as a string of decimal digits.")
+            .validator(|v| long(v).is_some()),
         Scalar::new(DATE_TIME)
             .description(
                 "A point in time as an RFC 3339 string, e.g. `2024-05-01T12:00:00Z`; returned in UTC with up to microsecond precision.",
@@ -57,6 +66,15 @@ pub(crate) fn scalars() -> [Scalar; 4] {
             .description("A length of time as text: `30s`, `5m`, `1h`, `1d`, `1h 30m`.")
             .validator(|v| matches!(v, Gql::String(s) if humantime::parse_duration(s.trim()).is_ok())),
     ]
+}
+
+/// A `Long` input: a JSON number that is an i64, or a decimal string.
+pub(crate) fn long(value: &Gql) -> Option<i64> {
+    match value {
+        Gql::Number(n) => n.as_i64(),
+        Gql::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
 }
 
 /// A timestamp as GraphQL returns it.
@@ -91,7 +109,7 @@ pub(crate) fn input(ty: FieldType, value: &Gql) -> Result<Value, String> {
     match (ty, value) {
         (_, Gql::Null) => Ok(Value::Null),
         (FieldType::String, Gql::String(s)) => Ok(Value::String(s.clone())),
-        (FieldType::Int, Gql::Number(n)) => n.as_i64().map(Value::Int).ok_or_else(wrong),
+        (FieldType::Int, value) => long(value).map(Value::Int).ok_or_else(wrong),
         (FieldType::Float, Gql::Number(n)) => n.as_f64().map(Value::Float).ok_or_else(wrong),
         (FieldType::Bool, Gql::Boolean(b)) => Ok(Value::Bool(*b)),
         (FieldType::Timestamp, Gql::String(s)) => Timestamp::parse_rfc3339(s)
@@ -115,6 +133,18 @@ pub(crate) fn input_json(value: &Gql) -> Result<serde_json::Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn longs_come_as_numbers_or_decimal_strings() {
+        assert_eq!(long(&Gql::from(5)), Some(5));
+        assert_eq!(
+            long(&Gql::String("9007199254740993".into())),
+            Some(9_007_199_254_740_993)
+        );
+        assert_eq!(long(&Gql::String("1.5".into())), None);
+        assert_eq!(long(&Gql::String("99999999999999999999".into())), None);
+        assert_eq!(long(&Gql::Boolean(true)), None);
+    }
 
     #[test]
     fn outputs_follow_the_declared_type() {

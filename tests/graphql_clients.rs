@@ -1,0 +1,706 @@
+//! GraphQL as outside clients speak it (issue 26), against the real node:
+//! the GraphQL-over-HTTP audit suite (npm `graphql-http`, pinned in
+//! `tests/js/package-lock.json`, installed by `tests/run.sh`), queries
+//! over GET, automatic persisted queries, and the
+//! `application/graphql-response+json` media type.
+//!
+//! The node scripts need `node` and `npm ci` in `tests/js`: a missing one
+//! fails the test (tests/run.sh installs both), it is never skipped.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::create_token;
+use common::graphql::{start, workdir, Gql, SENSOR};
+use serde_json::{json, Value};
+
+const ANONYMOUS_READS: &str = "[security]\nanonymous_role = \"reader\"\n";
+
+fn js_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("js")
+}
+
+/// Runs `tests/js/<script>` with `args`; its stdout.
+async fn node_script(script: &str, args: Vec<String>) -> String {
+    let dir = js_dir();
+    assert!(
+        dir.join("node_modules").join("graphql-http").is_dir(),
+        "the JS clients are not installed: run `npm ci` in {} (tests/run.sh does)",
+        dir.display()
+    );
+    let name = script.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(&name)
+            .args(&args)
+            .current_dir(&dir)
+            .output()
+    })
+    .await
+    .expect("node task")
+    .expect("`node` (v20 or later) must be installed: tests/run.sh installs it");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "node {script} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The audit's summary (its last line) for `url`, called with `token`.
+async fn audit(url: &str, token: Option<&str>) -> Value {
+    let mut args = vec![url.to_string()];
+    args.extend(token.map(str::to_string));
+    let out = node_script("audit.mjs", args).await;
+    let last = out.lines().last().unwrap_or("");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("audit summary ({e}): {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_graphql_over_http_audit_passes_anonymous_and_with_a_token() {
+    let dir = workdir(&[("sensor", SENSOR)], ANONYMOUS_READS);
+    let token = create_token(dir.path(), "admin", "ops");
+    let node = start(dir.path());
+    let url = node.url("/graphql");
+    for token in [None, Some(token.as_str())] {
+        let summary = audit(&url, token).await;
+        let who = if token.is_some() {
+            "with a token"
+        } else {
+            "anonymous"
+        };
+        assert_eq!(summary["error"], 0, "{who}: {summary:#}");
+        assert_eq!(summary["warn"], 0, "{who}: {summary:#}");
+        assert!(
+            summary["ok"].as_u64().unwrap_or(0) > 50,
+            "{who}: {summary:#}"
+        );
+        // The MAYs about GET are taken too: mutations refused over GET,
+        // variables as a URL-encoded JSON text.
+        let failed = summary["failed"].as_array().cloned().unwrap_or_default();
+        assert!(
+            failed
+                .iter()
+                .all(|f| !f["name"].as_str().unwrap_or("").contains("GET")),
+            "{who}: {summary:#}"
+        );
+    }
+}
+
+/// A GET on `/graphql` with URL parameters and an `Accept`.
+async fn get(
+    url: &str,
+    token: Option<&str>,
+    accept: &str,
+    params: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let mut request = reqwest::Client::new()
+        .get(url)
+        .query(params)
+        .header("accept", accept);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("GET /graphql");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.text().await.expect("body"))
+}
+
+fn json_of(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_over_get_and_mutations_refused() {
+    let dir = workdir(&[("sensor", SENSOR)], ANONYMOUS_READS);
+    let token = create_token(dir.path(), "admin", "ops");
+    let node = start(dir.path());
+    let url = node.url("/graphql");
+    let admin = Gql::new(&node).with_token(&token);
+    admin
+        .data(
+            r#"mutation { upsertSensor(input: { sensor_id: "s1", temp: 20.5 }) { sensor_id } }"#,
+            json!({}),
+        )
+        .await;
+
+    // A query with variables and a chosen operation, as urql and Apollo
+    // send it.
+    let (status, headers, body) = get(
+        &url,
+        None,
+        "application/json",
+        &[
+            ("query", "query Other { __typename } query One($id: String!) { sensor(sensor_id: $id) { temp } }"),
+            ("variables", r#"{"id":"s1"}"#),
+            ("operationName", "One"),
+            ("extensions", "{}"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(
+        json_of(&body),
+        json!({ "data": { "sensor": { "temp": 20.5 } } })
+    );
+
+    // A mutation over GET is refused, and nothing is executed.
+    let (status, headers, body) = get(
+        &url,
+        Some(&token),
+        "application/json",
+        &[(
+            "query",
+            r#"mutation { upsertSensor(input: { sensor_id: "s2", temp: 1 }) { sensor_id } }"#,
+        )],
+    )
+    .await;
+    assert_eq!(status, 405, "{body}");
+    assert_eq!(headers["allow"], "POST");
+    assert_eq!(
+        json_of(&body)["errors"][0]["extensions"]["code"],
+        "MUTATION_OVER_GET"
+    );
+    let data = admin
+        .data(r#"{ sensor(sensor_id: "s2") { temp } }"#, json!({}))
+        .await;
+    assert_eq!(data["sensor"], Value::Null);
+
+    // Without `query`: GraphiQL for a browser only.
+    let (status, headers, body) = get(&url, None, "text/html,*/*;q=0.8", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap_or("")
+        .starts_with("text/html"));
+    assert!(body.contains("GraphiQL"), "{body}");
+    let (status, _, body) = get(&url, None, "application/json", &[]).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("`query` parameter"), "{body}");
+    // A text/html GET with a query is a query.
+    let (status, _, body) = get(&url, None, "text/html", &[("query", "{ __typename }")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json_of(&body), json!({ "data": { "__typename": "Query" } }));
+    // Variables that are not a JSON object are refused before execution.
+    let (status, _, body) = get(
+        &url,
+        None,
+        "application/json",
+        &[("query", "{ __typename }"), ("variables", "[1]")],
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+}
+
+fn sha256_hex(text: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn post_json(url: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+    let mut request = reqwest::Client::new().post(url).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("POST /graphql");
+    let status = response.status().as_u16();
+    (status, json_of(&response.text().await.expect("body")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_persisted_queries_register_verified_texts() {
+    let dir = workdir(&[("sensor", SENSOR)], ANONYMOUS_READS);
+    let token = create_token(dir.path(), "admin", "ops");
+    let node = start(dir.path());
+    let url = node.url("/graphql");
+    let gql = Gql::new(&node);
+    let query = r#"{ sensor(sensor_id: "p1") { temp } }"#;
+    let hash = sha256_hex(query);
+    let persisted = |hash: &str| json!({ "persistedQuery": { "version": 1, "sha256Hash": hash } });
+
+    // Hash only, unknown: the client is asked for the text.
+    let (status, body) = post_json(&url, None, json!({ "extensions": persisted(&hash) })).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["errors"][0]["message"], "PersistedQueryNotFound");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"],
+        "PERSISTED_QUERY_NOT_FOUND"
+    );
+
+    // A mutation sent with a hash that is not its own is refused and not
+    // executed.
+    let mutation =
+        r#"mutation { upsertSensor(input: { sensor_id: "p1", temp: 7 }) { sensor_id } }"#;
+    let (status, body) = post_json(
+        &url,
+        Some(&token),
+        json!({ "query": mutation, "extensions": persisted(&hash) }),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"],
+        "PERSISTED_QUERY_HASH_MISMATCH"
+    );
+    let data = gql.data(query, json!({})).await;
+    assert_eq!(data["sensor"], Value::Null);
+    // ... nor registered under that hash.
+    let (_, body) = post_json(&url, None, json!({ "extensions": persisted(&hash) })).await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"],
+        "PERSISTED_QUERY_NOT_FOUND"
+    );
+
+    // Text and hash register; then the hash alone runs it, over GET too.
+    Gql::new(&node)
+        .with_token(&token)
+        .data(mutation, json!({}))
+        .await;
+    let (status, body) = post_json(
+        &url,
+        None,
+        json!({ "query": query, "extensions": persisted(&hash) }),
+    )
+    .await;
+    assert_eq!(
+        (status, &body),
+        (200, &json!({ "data": { "sensor": { "temp": 7.0 } } }))
+    );
+    let (status, body) = post_json(&url, None, json!({ "extensions": persisted(&hash) })).await;
+    assert_eq!(
+        (status, &body),
+        (200, &json!({ "data": { "sensor": { "temp": 7.0 } } }))
+    );
+    let extensions = persisted(&hash).to_string();
+    let (status, _, body) = get(
+        &url,
+        None,
+        "application/json",
+        &[("extensions", &extensions)],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json_of(&body),
+        json!({ "data": { "sensor": { "temp": 7.0 } } })
+    );
+
+    // A persisted mutation still cannot run over GET.
+    let mutation_hash = sha256_hex(mutation);
+    let (status, _) = post_json(
+        &url,
+        Some(&token),
+        json!({ "query": mutation, "extensions": persisted(&mutation_hash) }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let extensions = persisted(&mutation_hash).to_string();
+    let (status, _, body) = get(
+        &url,
+        Some(&token),
+        "application/json",
+        &[("extensions", &extensions)],
+    )
+    .await;
+    assert_eq!(status, 405, "{body}");
+
+    let count = |outcome: &str| {
+        let gql = gql.clone();
+        let series = format!("meshlet_graphql_persisted_queries_total{{outcome=\"{outcome}\"}}");
+        async move { gql.metric(&series).await.unwrap_or(0.0) }
+    };
+    assert_eq!(count("miss").await, 2.0);
+    assert_eq!(count("hash_mismatch").await, 1.0);
+    assert_eq!(count("registered").await, 2.0);
+    assert_eq!(count("hit").await, 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphql_response_json_and_application_graphql() {
+    let dir = workdir(&[("sensor", SENSOR)], ANONYMOUS_READS);
+    let node = start(dir.path());
+    let url = node.url("/graphql");
+    let client = reqwest::Client::new();
+    let post = |accept: &'static str, body: Value| {
+        let request = client.post(&url).header("accept", accept).json(&body);
+        async move {
+            let response = request.send().await.expect("POST");
+            let status = response.status().as_u16();
+            let content_type = response.headers()["content-type"]
+                .to_str()
+                .unwrap_or("")
+                .to_string();
+            (
+                status,
+                content_type,
+                json_of(&response.text().await.expect("body")),
+            )
+        }
+    };
+    const GRJ: &str = "application/graphql-response+json";
+    let ok = json!({ "query": "{ __typename }" });
+    let (status, content_type, body) = post(GRJ, ok.clone()).await;
+    assert_eq!((status, content_type.as_str()), (200, GRJ), "{body}");
+    assert_eq!(body, json!({ "data": { "__typename": "Query" } }));
+    let (status, content_type, _) =
+        post("application/json, application/graphql-response+json", ok).await;
+    assert_eq!((status, content_type.as_str()), (200, "application/json"));
+
+    // Request errors: 400 in the new media type, 200 in application/json;
+    // no `data` entry either way.
+    for request in [
+        json!({ "query": "{" }),
+        json!({ "query": "{ noSuchField }" }),
+        json!({ "query": "query ($id: String!) { sensor(sensor_id: $id) { temp } }", "variables": { "id": 5 } }),
+    ] {
+        let (status, content_type, body) = post(GRJ, request.clone()).await;
+        assert_eq!(
+            (status, content_type.as_str()),
+            (400, GRJ),
+            "{request}: {body}"
+        );
+        assert!(
+            body.get("data").is_none() && body["errors"][0]["message"].is_string(),
+            "{body}"
+        );
+        let (status, _, body) = post("application/json", request.clone()).await;
+        assert_eq!(status, 200, "{request}: {body}");
+        assert!(body.get("data").is_none(), "{body}");
+    }
+
+    // A bare query text.
+    let response = client
+        .post(&url)
+        .header("content-type", "application/graphql")
+        .body("{ __typename }")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        json_of(&response.text().await.expect("body")),
+        json!({ "data": { "__typename": "Query" } })
+    );
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What came over a subscription WebSocket.
+#[derive(Debug)]
+enum Frame {
+    Json(Value),
+    Close(Option<u16>),
+}
+
+/// Opens `/graphql/ws` offering `offer` (a `Sec-WebSocket-Protocol`
+/// value); the socket and the protocol the handshake named.
+async fn ws_connect(node: &common::NodeProcess, offer: &str) -> (Socket, Option<String>) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{}/graphql/ws", node.http)
+        .into_client_request()
+        .expect("ws request");
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        offer.parse().expect("header value"),
+    );
+    let (socket, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("WebSocket connects");
+    let named = response
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (socket, named)
+}
+
+async fn ws_send(socket: &mut Socket, message: Value) {
+    use futures_util::SinkExt;
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            message.to_string(),
+        ))
+        .await
+        .expect("ws send");
+}
+
+/// The next message that is not a keep-alive, or the close frame.
+async fn ws_next(socket: &mut Socket) -> Frame {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(10), socket.next())
+            .await
+            .expect("a WebSocket message in time");
+        match message {
+            None | Some(Err(_)) => return Frame::Close(None),
+            Some(Ok(Message::Close(frame))) => return Frame::Close(frame.map(|f| f.code.into())),
+            Some(Ok(Message::Text(text))) => {
+                let value: Value = json_of(&text);
+                match value["type"].as_str() {
+                    Some("ka" | "pong") => continue,
+                    Some("ping") => ws_send(socket, json!({ "type": "pong" })).await,
+                    _ => return Frame::Json(value),
+                }
+            }
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_websocket_speaks_the_protocol_it_negotiated() {
+    let dir = workdir(&[("sensor", SENSOR)], ANONYMOUS_READS);
+    let token = create_token(dir.path(), "admin", "ops");
+    let node = start(dir.path());
+    let admin = Gql::new(&node).with_token(&token);
+    let offers = [
+        ("graphql-ws, graphql-transport-ws", "graphql-transport-ws"),
+        ("graphql-transport-ws, graphql-ws", "graphql-transport-ws"),
+        ("graphql-transport-ws", "graphql-transport-ws"),
+        ("graphql-ws", "graphql-ws"),
+    ];
+    for (n, (offer, expected)) in offers.into_iter().enumerate() {
+        let (mut socket, named) = ws_connect(&node, offer).await;
+        assert_eq!(named.as_deref(), Some(expected), "offered {offer}");
+        let transport = expected == "graphql-transport-ws";
+        ws_send(
+            &mut socket,
+            json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {token}") } }),
+        )
+        .await;
+        let ack = ws_next(&mut socket).await;
+        assert!(
+            matches!(&ack, Frame::Json(v) if v["type"] == "connection_ack"),
+            "{offer}: {ack:?}"
+        );
+        let start = if transport { "subscribe" } else { "start" };
+        ws_send(
+            &mut socket,
+            json!({ "id": "1", "type": start, "payload": { "query": "subscription { sensorChanges { entity } }" } }),
+        )
+        .await;
+        admin.wait_subscriptions("sensor", 1).await;
+        let entity = format!("w{n}");
+        admin
+            .data(
+                "mutation ($id: String!) { upsertSensor(input: { sensor_id: $id, temp: 1 }) { sensor_id } }",
+                json!({ "id": entity }),
+            )
+            .await;
+        let Frame::Json(message) = ws_next(&mut socket).await else {
+            panic!("{offer}: closed before the change");
+        };
+        let next = if transport { "next" } else { "data" };
+        assert_eq!(message["type"], next, "{offer}: {message}");
+        assert_eq!(
+            message["payload"]["data"]["sensorChanges"]["entity"],
+            entity.as_str()
+        );
+        socket.close(None).await.expect("close");
+        admin.wait_subscriptions("sensor", 0).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_token_in_connection_init_ends_the_connection_as_each_protocol_says() {
+    let dir = workdir(&[("sensor", SENSOR)], ANONYMOUS_READS);
+    let node = start(dir.path());
+    let bad = json!({ "type": "connection_init", "payload": { "Authorization": "Bearer mlt_not_a_token" } });
+
+    // graphql-transport-ws: close code 4403 Forbidden, nothing before it.
+    let (mut socket, _) = ws_connect(&node, "graphql-transport-ws").await;
+    ws_send(&mut socket, bad.clone()).await;
+    let frame = ws_next(&mut socket).await;
+    assert!(matches!(frame, Frame::Close(Some(4403))), "{frame:?}");
+
+    // graphql-ws: `connection_error`, then a close frame.
+    let (mut socket, _) = ws_connect(&node, "graphql-ws").await;
+    ws_send(&mut socket, bad).await;
+    let frame = ws_next(&mut socket).await;
+    assert!(
+        matches!(&frame, Frame::Json(v) if v["type"] == "connection_error" && v["payload"]["message"].is_string()),
+        "{frame:?}"
+    );
+    let frame = ws_next(&mut socket).await;
+    assert!(matches!(frame, Frame::Close(Some(4403))), "{frame:?}");
+}
+
+/// Opens `/graphql/ws` with an `Origin`; the handshake's status.
+async fn ws_status_with_origin(node: &common::NodeProcess, origin: &str) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Error;
+    let mut request = format!("ws://{}/graphql/ws", node.http)
+        .into_client_request()
+        .expect("ws request");
+    let headers = request.headers_mut();
+    headers.insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().expect("value"),
+    );
+    headers.insert("Origin", origin.parse().expect("value"));
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((_, response)) => response.status().as_u16(),
+        Err(Error::Http(response)) => response.status().as_u16(),
+        Err(err) => panic!("WebSocket handshake: {err}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_lets_configured_origins_in_and_keeps_others_out() {
+    const APP: &str = "https://app.example.com";
+    const EVIL: &str = "https://evil.example.net";
+    let dir = workdir(
+        &[("sensor", SENSOR)],
+        &format!("{ANONYMOUS_READS}[http.cors]\nallow_origins = [\"{APP}\"]\n"),
+    );
+    let node = start(dir.path());
+    let url = node.url("/graphql");
+    let client = reqwest::Client::new();
+    let preflight = |origin: &'static str| {
+        client
+            .request(reqwest::Method::OPTIONS, &url)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "content-type, authorization",
+            )
+            .send()
+    };
+    let response = preflight(APP).await.expect("preflight");
+    assert_eq!(response.status().as_u16(), 204);
+    let headers = response.headers();
+    assert_eq!(headers["access-control-allow-origin"], APP);
+    assert!(headers["access-control-allow-headers"]
+        .to_str()
+        .unwrap_or("")
+        .contains("authorization"));
+    assert!(headers["access-control-allow-methods"]
+        .to_str()
+        .unwrap_or("")
+        .contains("POST"));
+    let response = preflight(EVIL).await.expect("preflight");
+    assert_eq!(response.status().as_u16(), 403);
+    assert!(response
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+
+    // The actual request: the allowed origin may read the answer.
+    for (origin, allowed) in [(APP, true), (EVIL, false)] {
+        let response = client
+            .post(&url)
+            .header("origin", origin)
+            .json(&json!({ "query": "{ __typename }" }))
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(response.status().as_u16(), 200);
+        assert_eq!(
+            response
+                .headers()
+                .get("access-control-allow-origin")
+                .is_some(),
+            allowed,
+            "{origin}"
+        );
+    }
+
+    // WebSockets: the allowed origin and the node's own pages, no other.
+    assert_eq!(ws_status_with_origin(&node, APP).await, 101);
+    assert_eq!(
+        ws_status_with_origin(&node, &format!("http://{}", node.http)).await,
+        101
+    );
+    assert_eq!(ws_status_with_origin(&node, EVIL).await, 403);
+
+    let gql = Gql::new(&node);
+    let refused = |kind: &str| {
+        let gql = gql.clone();
+        let series = format!("meshlet_http_cors_refused_total{{kind=\"{kind}\"}}");
+        async move { gql.metric(&series).await }
+    };
+    assert_eq!(refused("preflight").await, Some(1.0));
+    assert_eq!(refused("websocket").await, Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_cors_config_no_other_origin_is_allowed() {
+    let dir = workdir(&[("sensor", SENSOR)], ANONYMOUS_READS);
+    let node = start(dir.path());
+    let response = reqwest::Client::new()
+        .request(reqwest::Method::OPTIONS, node.url("/graphql"))
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(response.status().as_u16(), 403);
+    assert_eq!(
+        ws_status_with_origin(&node, "https://app.example.com").await,
+        403
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_values_are_accepted_as_strings_and_answered_as_exact_numbers() {
+    let dir = workdir(&[("sensor", SENSOR)], ANONYMOUS_READS);
+    let token = create_token(dir.path(), "admin", "ops");
+    let node = start(dir.path());
+    let admin = Gql::new(&node).with_token(&token);
+    // 2^53 + 1: a JavaScript number cannot hold it, a string can.
+    let big = "9007199254740993";
+    let data = admin
+        .data(
+            "mutation ($seq: Long) { upsertSensor(input: { sensor_id: \"l1\", seq: $seq }) { seq } }",
+            json!({ "seq": big }),
+        )
+        .await;
+    assert_eq!(data["upsertSensor"]["seq"], 9_007_199_254_740_993i64);
+    // In a literal, in a filter operand, and in a variable of a filter.
+    let data = admin
+        .data(
+            "query ($seq: Long) { a: sensorConnection(filter: { seq: { eq: \"9007199254740993\" } }) { totalCount }
+              b: sensorConnection(filter: { seq: { gte: $seq } }) { totalCount } }",
+            json!({ "seq": big }),
+        )
+        .await;
+    assert_eq!(
+        data,
+        json!({ "a": { "totalCount": 1 }, "b": { "totalCount": 1 } })
+    );
+    // The answer's JSON text holds the exact digits.
+    let response = reqwest::Client::new()
+        .post(node.url("/graphql"))
+        .json(&json!({ "query": "{ sensor(sensor_id: \"l1\") { seq } }" }))
+        .send()
+        .await
+        .expect("POST");
+    let text = response.text().await.expect("body");
+    assert!(text.contains(&format!("\"seq\":{big}")), "{text}");
+    // Not a number, not an i64: refused.
+    for bad in ["1.5", "12abc", "99999999999999999999"] {
+        let errors = admin
+            .errors(
+                "mutation ($seq: Long) { upsertSensor(input: { sensor_id: \"l2\", seq: $seq }) { seq } }",
+                json!({ "seq": bad }),
+            )
+            .await;
+        assert!(
+            errors[0]["message"].as_str().unwrap_or("").contains("Long"),
+            "{bad}: {errors:?}"
+        );
+    }
+}
