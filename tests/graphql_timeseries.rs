@@ -309,7 +309,7 @@ fn millis(rfc3339: &Value) -> i64 {
 
 const SERIES: &str = "query S($id: String!, $since: DateTime, $until: DateTime, $every: Duration!, $fill: SeriesFill) {
   probe(probe_id: $id) { series(since: $since, until: $until, every: $every, fill: $fill) {
-    start end count temp { count min max sum avg first last } state { longest values { value count seconds } } } } }";
+    start end count values { temp { count min max sum avg first last } state { longest values { value count seconds } } } } } }";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn series_buckets_equal_brute_force_over_random_streams_with_late_events() {
@@ -374,6 +374,16 @@ async fn series_buckets_equal_brute_force_over_random_streams_with_late_events()
                     let mut b = b.clone();
                     b["start"] = json!(millis(&b["start"]));
                     b["end"] = json!(millis(&b["end"]));
+                    // Per-field statistics sit under `values`; the
+                    // brute force lists them beside start, end and count.
+                    let stats = b["values"].take();
+                    match (b.as_object_mut(), stats) {
+                        (Some(bucket), Value::Object(stats)) => {
+                            bucket.remove("values");
+                            bucket.extend(stats);
+                        }
+                        (_, other) => panic!("a bucket without values: {other:#}"),
+                    }
                     b
                 })
                 .collect();

@@ -335,14 +335,15 @@ pub(crate) fn types(api: &Arc<ProductApi>) -> Vec<Type> {
             },
         ));
 
-    vec![
+    let mut types = vec![
         object.into(),
         values_object.into(),
         event.into(),
         edge.into(),
         connection.into(),
-        super::series::bucket_type(api),
-    ]
+    ];
+    types.extend(super::series::bucket_types(api));
+    types
 }
 
 /// Whether the entity's current (clear) state passes the view's row

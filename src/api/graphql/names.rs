@@ -53,8 +53,11 @@ pub(crate) struct ProductNames {
     pub values: String,
     pub history_connection: String,
     pub history_edge: String,
-    /// One window of `series`.
+    /// One window of `series`, and its per-field statistics (nested, as
+    /// an event's `values` are, so no product field can collide with the
+    /// bucket's own `start`, `end` and `count`).
     pub bucket: String,
+    pub bucket_values: String,
     /// Fleet aggregates: the result, one group, its key, the group-by
     /// enum and the per-number-field statistics object.
     pub aggregate_type: String,
@@ -92,6 +95,7 @@ impl ProductNames {
             history_connection: format!("{p}HistoryConnection"),
             history_edge: format!("{p}HistoryEdge"),
             bucket: format!("{p}Bucket"),
+            bucket_values: format!("{p}BucketValues"),
             aggregate_type: format!("{p}Aggregate"),
             group: format!("{p}Group"),
             group_key: format!("{p}GroupKey"),
@@ -108,7 +112,7 @@ impl ProductNames {
         }
     }
 
-    fn types(&self) -> [&str; 18] {
+    fn types(&self) -> [&str; 19] {
         [
             &self.object,
             &self.connection,
@@ -122,6 +126,7 @@ impl ProductNames {
             &self.history_connection,
             &self.history_edge,
             &self.bucket,
+            &self.bucket_values,
             &self.aggregate_type,
             &self.group,
             &self.group_key,

@@ -150,8 +150,11 @@ pub(crate) fn shared_types() -> Vec<Type> {
     vec![fill.into(), number.into(), share.into(), stats.into()]
 }
 
-/// The `<Product>Bucket` type.
-pub(crate) fn bucket_type(api: &Arc<ProductApi>) -> Type {
+/// The `<Product>Bucket` type and, when the product has fields to
+/// summarise, its `<Product>BucketValues`: per-field statistics sit one
+/// level down (as an event's `values` do), so a product field named
+/// `start`, `end` or `count` cannot collide with the bucket's own.
+pub(crate) fn bucket_types(api: &Arc<ProductApi>) -> Vec<Type> {
     let time = |t: i64| values::timestamp(Timestamp(t));
     let mut object = Object::new(&api.names.bucket)
         .description(format!(
@@ -174,7 +177,15 @@ pub(crate) fn bucket_type(api: &Arc<ProductApi>) -> Type {
             })
             .description("Events with event time in the bucket."),
         );
-    for (i, (name, _, kind)) in summarised(api).into_iter().enumerate() {
+    let fields = summarised(api);
+    if fields.is_empty() {
+        return vec![object.into()];
+    }
+    let mut stats = Object::new(&api.names.bucket_values).description(format!(
+        "Per-field statistics of one `{}` bucket: numbers get count, min, max, sum, avg, first and last; text the value held longest and each value's share.",
+        api.product.name
+    ));
+    for (i, (name, _, kind)) in fields.into_iter().enumerate() {
         let described = api
             .product
             .fields
@@ -185,7 +196,7 @@ pub(crate) fn bucket_type(api: &Arc<ProductApi>) -> Type {
             FieldKind::Numeric => NUMBER_STATS,
             FieldKind::Text => VALUE_STATS,
         };
-        object = object.field(
+        stats = stats.field(
             Field::new(&name, TypeRef::named(ty), move |ctx| {
                 ready(ctx.parent_value.try_downcast_ref::<Bucket>().map(
                     |b| match b.fields.get(i) {
@@ -200,7 +211,21 @@ pub(crate) fn bucket_type(api: &Arc<ProductApi>) -> Type {
             .description(described),
         );
     }
-    object.into()
+    object = object.field(
+        Field::new(
+            "values",
+            TypeRef::named_nn(&api.names.bucket_values),
+            |ctx| {
+                ready(
+                    ctx.parent_value
+                        .try_downcast_ref::<Bucket>()
+                        .map(|b| Some(FieldValue::borrowed_any(b))),
+                )
+            },
+        )
+        .description("Per-field statistics of the events in the bucket."),
+    );
+    vec![object.into(), stats.into()]
 }
 
 fn bad(code: &str, message: String) -> async_graphql::Error {
