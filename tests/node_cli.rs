@@ -533,3 +533,34 @@ fn check_warns_about_tokens_whose_role_no_product_names() {
     );
     assert!(!err.contains("dashboard"), "{err}");
 }
+
+/// Product fields may be named like the fields the API generates beside
+/// them (a bucket's `start`, `end`, `count` and `values`, a group's
+/// `key` and `count`): `check` passes, the schema builds, and a bucket's
+/// per-field statistics are reachable under `values`. A product with a
+/// `count` field once stopped the node at start (`Field count already
+/// exists`).
+#[test]
+fn fields_named_like_generated_fields_check_and_build() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let products = dir.path().join("products");
+    std::fs::create_dir_all(&products).expect("products dir");
+    std::fs::write(
+        products.join("meter.yaml"),
+        "product: meter\nversion: 1\ndomain: d\nowner: o@example.com\nkey: id\nfields:\n  id: { type: string }\n  count: { type: int }\n  start: { type: float }\n  end: { type: string }\n  values: { type: float }\n  key: { type: string }\n",
+    )
+    .expect("definition");
+    let out = run(dir.path(), &["check", "products"]);
+    assert!(out.status.success(), "check: {}", stderr(&out));
+    let out = run(dir.path(), &["schema", "print", "--products", "products"]);
+    assert!(out.status.success(), "schema print: {}", stderr(&out));
+    let sdl = stdout(&out);
+    let values_type = sdl
+        .split("type MeterBucketValues")
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .unwrap_or_else(|| panic!("no MeterBucketValues in:\n{sdl}"));
+    for field in ["count:", "start:", "end:", "values:"] {
+        assert!(values_type.contains(field), "{field} in {values_type}");
+    }
+}
