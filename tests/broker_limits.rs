@@ -11,13 +11,11 @@ use std::io::Write;
 use std::time::Duration;
 
 use common::hostile::{
-    closed_within, connect_frame, encode, mqtt_connect, publish_frame, read_n, read_packet,
-    rss_bytes, socket, subscribe_frame,
+    assert_rss_growth_below, closed_within, connect_frame, encode, mqtt_connect, publish_frame,
+    read_n, read_packet, rss_bytes, socket, subscribe_frame,
 };
 use common::{eventually, metric, run, stderr, NodeBuilder, NodeProcess};
 use rumqttc::mqttbytes::QoS;
-
-const MIB: u64 = 1 << 20;
 
 fn start(settings: &[(&str, &str)]) -> (tempfile::TempDir, NodeProcess) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -253,17 +251,7 @@ fn retained_messages_stay_within_their_byte_budget() {
         publisher.write_all(&frame).expect("publish");
         assert!(read_n(&mut publisher, 4).is_some(), "PUBACK {i}");
     }
-    let after = rss_bytes(node.pid());
-    eprintln!(
-        "RSS {} MiB -> {} MiB under the load",
-        before / MIB,
-        after / MIB
-    );
-    assert!(
-        after < before + 48 * MIB,
-        "RSS grew {} MiB for 150 MB of retained publishes",
-        (after.saturating_sub(before)) / MIB
-    );
+    assert_rss_growth_below(node.pid(), before, 48, "150 MB of retained publishes");
     let held = counter(&node, "meshlet_broker_retained_bytes");
     assert!(held > 0.0 && held <= 4_194_304.0, "retained bytes {held}");
     assert!(counter(&node, "meshlet_broker_retained_refused_total") >= 140.0);
@@ -306,17 +294,7 @@ fn a_subscriber_that_never_reads_costs_at_most_its_queue() {
         assert!(read_n(&mut publisher, 4).is_some(), "PUBACK {i}");
     }
     // The subscriber is still connected and has read nothing.
-    let after = rss_bytes(node.pid());
-    eprintln!(
-        "RSS {} MiB -> {} MiB under the load",
-        before / MIB,
-        after / MIB
-    );
-    assert!(
-        after < before + 48 * MIB,
-        "RSS grew {} MiB for a subscriber that never reads",
-        (after.saturating_sub(before)) / MIB
-    );
+    assert_rss_growth_below(node.pid(), before, 48, "a subscriber that never reads");
     assert!(counter(&node, "meshlet_broker_deliveries_dropped_total") >= 250.0);
     drop(stalled);
     let (status, _) = node.stop();
@@ -350,19 +328,9 @@ fn subscriptions_are_bounded_per_client() {
             }
         }
     }
-    let after = rss_bytes(node.pid());
-    eprintln!(
-        "RSS {} MiB -> {} MiB under the load",
-        before / MIB,
-        after / MIB
-    );
     assert_eq!(granted, 4, "16 KiB of filters per client: four of 4 KB");
     assert_eq!(refused, 40 * 250 - 4);
-    assert!(
-        after < before + 24 * MIB,
-        "RSS grew {} MiB for 40 MB of refused filters",
-        (after.saturating_sub(before)) / MIB
-    );
+    assert_rss_growth_below(node.pid(), before, 24, "40 MB of refused filters");
     assert!(counter(&node, "meshlet_broker_subscriptions_refused_total") >= 9_996.0);
     let (status, _) = node.stop();
     assert!(status.success());
@@ -386,17 +354,7 @@ fn half_sent_large_connects_are_cut_off() {
         let _ = stream.write_all(&frame);
         sockets.push(stream);
     }
-    let after = rss_bytes(node.pid());
-    eprintln!(
-        "RSS {} MiB -> {} MiB under the load",
-        before / MIB,
-        after / MIB
-    );
-    assert!(
-        after < before + 24 * MIB,
-        "RSS grew {} MiB for 200 half-sent CONNECTs",
-        (after.saturating_sub(before)) / MIB
-    );
+    assert_rss_growth_below(node.pid(), before, 24, "200 half-sent CONNECTs");
     assert!(eventually(Duration::from_secs(10), || {
         counter(
             &node,
@@ -474,17 +432,7 @@ fn half_sent_large_publishes_hold_the_packet_budget_not_memory() {
     assert!(eventually(Duration::from_secs(10), || {
         counter(&node, "meshlet_broker_packet_budget_waits_total") > 0.0
     }));
-    let after = rss_bytes(node.pid());
-    eprintln!(
-        "RSS {} MiB -> {} MiB under the load",
-        before / MIB,
-        after / MIB
-    );
-    assert!(
-        after < before + 32 * MIB,
-        "RSS grew {} MiB for 150 half-sent 1 MB publishes",
-        (after.saturating_sub(before)) / MIB
-    );
+    assert_rss_growth_below(node.pid(), before, 32, "150 half-sent 1 MB publishes");
     // A device's ordinary publish does not wait behind them.
     let (mut device, _) = mqtt_connect(addr, "small-device", true);
     device

@@ -22,6 +22,24 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .expect("VmRSS in /proc status")
 }
 
+/// Asserts that the node's RSS grew by less than `bound_mib` since
+/// `before` (bytes, from [`rss_bytes`]), printing both figures so a run
+/// shows what was measured; `load` names the load in the failure.
+pub fn assert_rss_growth_below(pid: u32, before: u64, bound_mib: u64, load: &str) {
+    const MIB: u64 = 1 << 20;
+    let after = rss_bytes(pid);
+    eprintln!(
+        "RSS {} MiB -> {} MiB under the load",
+        before / MIB,
+        after / MIB
+    );
+    assert!(
+        after < before + bound_mib * MIB,
+        "RSS grew {} MiB for {load}",
+        after.saturating_sub(before) / MIB
+    );
+}
+
 pub fn encode(packet: Packet) -> Vec<u8> {
     let mut buffer = BytesMut::new();
     packet.write(&mut buffer, usize::MAX).expect("encode");
