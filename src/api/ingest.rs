@@ -350,23 +350,6 @@ struct Listing {
     byte_limited: bool,
 }
 
-/// The length of `value` as JSON, without building it.
-fn json_size(value: &impl Serialize) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    let _ = serde_json::to_writer(&mut count, value);
-    count.0
-}
-
 /// Up to `limit` entries after `after`, read a few at a time and stopping
 /// before the answer would be over `max_bytes`: a page of large payloads
 /// is cut short (with a cursor), never built whole.
@@ -399,7 +382,7 @@ fn list_within(
                 payload_bytes: e.item.payload.len(),
                 payload: String::from_utf8_lossy(&e.item.payload).into_owned(),
             };
-            let size = json_size(&view);
+            let size = crate::api::graphql::budget::json_size(&view);
             if used + size + 1 > budget {
                 listing.byte_limited = true;
                 listing.next_after = after;

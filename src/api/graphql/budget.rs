@@ -255,15 +255,16 @@ pub(crate) fn fields_bytes(fields: &crate::record::Fields) -> usize {
             name.len()
                 + match value {
                     Value::String(text) => text.len(),
-                    Value::Json(json) => json_len(json),
+                    Value::Json(json) => json_size(json),
                     _ => 8,
                 }
         })
         .sum()
 }
 
-/// The length of `value` as JSON, without building it.
-fn json_len(value: &serde_json::Value) -> usize {
+/// The length of `value` as JSON, without building it (the response
+/// budget here and the quarantine listing's byte pages both count it).
+pub(crate) fn json_size(value: &impl serde::Serialize) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

@@ -25,7 +25,7 @@
 //! filter, masks — before anything leaves.
 
 mod aggregate;
-mod budget;
+pub(crate) mod budget;
 mod catalog;
 mod connection;
 mod cost;
