@@ -11,10 +11,16 @@
 //!   transaction cost per record; durability is the group commit's job and
 //!   measured end to end by `ingest_load`).
 //! - `sled_floor/*`: sled alone, the floor under `store/*` in the same
-//!   run: 100 records' worth of keys per call, as plain inserts (no
-//!   atomicity) and as one transaction over three trees with the fewest
-//!   operations a record needs (read the instance, write it, append a
-//!   history event). What the store cannot go below on this engine.
+//!   run: 100 records' worth of keys per call. The floor is
+//!   `tx_overwrite_100_records_1kib`: one transaction that writes each
+//!   record's instance (~1 KiB, with its open tail) with the vendored
+//!   sled's `overwrite`, exactly the one write a record costs the writer
+//!   (`src/store/write.rs`), without reading the key first. Beside it, in
+//!   the same run, the same writes as `get` + `insert` (what the writer did
+//!   before `overwrite`, and what stock sled's transactional `insert` does
+//!   inside), plain inserts without a transaction, and format 2's pattern
+//!   (read, rewrite, append a tail key). What the store cannot go below on
+//!   this engine is the first.
 //! - `codec/*`: zstd compression of a history chunk's worth of records,
 //!   the baseline the per-product dictionaries are measured against, and
 //!   `codec/zstd_chunk_dict`: a 32-event chunk with a trained dictionary
@@ -310,17 +316,45 @@ fn bench_sled_floor(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
-    // Store format 3's pattern: a record reads and rewrites one key, its
-    // instance, which carries the open tail (here ~1 KiB: the record's
-    // MessagePack eight times, like a tail of about eight events).
+    // Store format 3's pattern: a record writes one key, its instance,
+    // which carries the open tail (here ~1 KiB: the record's MessagePack
+    // eight times, like a tail of about eight events). The writer writes
+    // it with `overwrite`, which does not read the key: the floor.
     let instances_with_tail = tree("instances_with_tail");
+    let one_kib = |seq: i64| {
+        (0..100)
+            .map(|i| value(i, seq).repeat(8))
+            .collect::<Vec<_>>()
+    };
+    group.bench_function("tx_overwrite_100_records_1kib", |b| {
+        b.iter_batched(
+            || {
+                seq += 1;
+                one_kib(seq)
+            },
+            |values| {
+                instances_with_tail
+                    .transaction(|instances| {
+                        for (i, v) in values.iter().enumerate() {
+                            let entity = format!("PR-{i:04}");
+                            instances.overwrite(entity.as_bytes(), v.as_slice());
+                        }
+                        Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+                    })
+                    .expect("transaction")
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    // The same writes with a read of each key first (`get`, then
+    // `insert`, which looks the key up again to return the old value):
+    // the writer's pattern before `overwrite`, kept as the same-run
+    // baseline the floor is compared against.
     group.bench_function("tx_read_write_100_records_1kib", |b| {
         b.iter_batched(
             || {
                 seq += 1;
-                (0..100)
-                    .map(|i| value(i, seq).repeat(8))
-                    .collect::<Vec<_>>()
+                one_kib(seq)
             },
             |values| {
                 instances_with_tail

@@ -1,9 +1,20 @@
 //! Start-up time and memory of the release node over a large store.
 //!
 //! - start→ready: spawn of the node to the first `/readyz` 200 (polled
-//!   every millisecond), median of 3 starts, over a store with 100,000
-//!   entities and 10 million history events (100 per entity); the node
-//!   is stopped with SIGTERM between starts, as systemd would;
+//!   every millisecond), over a store with 100,000 entities and 10
+//!   million history events (100 per entity), **cold and warm**, three
+//!   of each, alternating. Cold is the budget's case (a gateway that
+//!   boots, or a node restarted after hours of other work): before each
+//!   cold start every file of the data dir and the node binary are
+//!   written back and evicted from the page cache
+//!   (`posix_fadvise(POSIX_FADV_DONTNEED)`, no root needed, only these
+//!   files: `echo 3 > /proc/sys/vm/drop_caches` would also empty the
+//!   cache of everything else on a shared machine), and `mincore`
+//!   confirms how much of them was still resident (printed). Warm is
+//!   the start right after, on the files the cold start just read. On a
+//!   VM the host may still cache the disk: cold here means the guest's
+//!   page cache, not the device. The node is stopped with SIGTERM
+//!   between starts, as systemd would;
 //! - idle RSS (VmRSS after ready and a settle) with an empty store and
 //!   with that store;
 //! - RSS with 1,000,000 entities after the node served a few queries
@@ -19,6 +30,9 @@
 //!
 //! `cargo bench --bench startup` runs the full size; under `cargo test`
 //! (no `--bench` argument) a small store in a temp dir proves it works.
+//! `STARTUP_EVENTS_PER_ENTITY=10` builds a tenth of the start-up store
+//! (a quicker first figure), `STARTUP_MILLION=0` leaves out the
+//! 1,000,000-entity store and its RSS rows.
 
 mod harness;
 
@@ -135,6 +149,90 @@ fn data_dir(root: &Path, shape: Shape) -> PathBuf {
     );
     std::fs::write(&marker, format!("{total} records\n")).expect("marker");
     dir.join("data")
+}
+
+/// Evicting files from the page cache, and checking that it worked.
+mod page_cache {
+    use std::os::fd::AsRawFd;
+    use std::path::{Path, PathBuf};
+
+    /// Every regular file under `dir`, recursively.
+    fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => files(&path, out),
+                Ok(kind) if kind.is_file() => out.push(path),
+                _ => {}
+            }
+        }
+    }
+
+    /// Bytes of `path` resident in the page cache (`mincore` over a
+    /// read-only mapping), and its length.
+    fn resident(path: &Path) -> (u64, u64) {
+        let Ok(file) = std::fs::File::open(path) else {
+            return (0, 0);
+        };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len == 0 {
+            return (0, 0);
+        }
+        // SAFETY: a private read-only mapping of a file we opened, only
+        // passed to mincore and unmapped before returning; its bytes are
+        // never read.
+        unsafe {
+            let page = libc::sysconf(libc::_SC_PAGESIZE).max(1) as u64;
+            let map = libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            );
+            if map == libc::MAP_FAILED {
+                return (0, len);
+            }
+            let mut pages = vec![0u8; len.div_ceil(page) as usize];
+            let ok = libc::mincore(map, len as usize, pages.as_mut_ptr()) == 0;
+            libc::munmap(map, len as usize);
+            if !ok {
+                return (0, len);
+            }
+            let count = pages.iter().filter(|p| **p & 1 == 1).count() as u64;
+            ((count * page).min(len), len)
+        }
+    }
+
+    /// Writes back and evicts every file under `dirs` and each of
+    /// `single` from the page cache. Returns (resident bytes left, total
+    /// bytes): what `mincore` still finds right after the eviction.
+    pub fn evict(dirs: &[&Path], single: &[&Path]) -> (u64, u64) {
+        let mut all = Vec::new();
+        for dir in dirs {
+            files(dir, &mut all);
+        }
+        all.extend(single.iter().map(|p| p.to_path_buf()));
+        for path in &all {
+            let Ok(file) = std::fs::File::open(path) else {
+                continue;
+            };
+            // Dirty pages are not dropped: write them back first.
+            let _ = file.sync_all();
+            // SAFETY: fadvise on a descriptor we own; offset 0, length 0
+            // means the whole file.
+            unsafe {
+                libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+            }
+        }
+        all.iter()
+            .map(|p| resident(p))
+            .fold((0, 0), |(r, t), (pr, pt)| (r + pr, t + pt))
+    }
 }
 
 /// Stops the node with SIGTERM and waits for it (the store flushed).
@@ -261,9 +359,24 @@ fn main() {
     stop(node);
 
     let data = data_dir(&root, history);
-    let mut ready = Vec::new();
-    let mut rss = Vec::new();
+    let binary = harness::node_binary();
+    // Cold, then warm, three times: each cold start after the data dir
+    // and the binary were evicted from the page cache, each warm start
+    // right after the cold one, on the files it just read.
+    let (mut cold, mut ready, mut rss, mut left) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    let mut evicted = (0.0, 0.0);
     for _ in 0..3 {
+        let (data_resident, data_total) = page_cache::evict(&[&data], &[]);
+        let (binary_resident, binary_total) = page_cache::evict(&[], &[&binary]);
+        evicted = (mib(data_total), mib(binary_total));
+        left.push(
+            (data_resident + binary_resident) as f64 * 100.0
+                / (data_total + binary_total).max(1) as f64,
+        );
+        let (_dir, node) = start(&data);
+        cold.push(node.start_to_ready.as_secs_f64() * 1000.0);
+        stop(node);
         let (_dir, node) = start(&data);
         ready.push(node.start_to_ready.as_secs_f64() * 1000.0);
         rss.push(idle_rss(&node, settle));
@@ -288,9 +401,16 @@ fn main() {
         }));
     }
 
-    let data = data_dir(&root, million);
+    // `STARTUP_MILLION=0`: only the start→ready rows (and the idle RSS
+    // beside them), without building or starting the 1M-entity store.
+    let with_million = std::env::var("STARTUP_MILLION").map_or(true, |v| v != "0");
+    let data = if with_million {
+        data_dir(&root, million)
+    } else {
+        PathBuf::new()
+    };
     let (mut million_ready, mut after_queries, mut after_count) = (vec![], vec![], vec![]);
-    for _ in 0..3 {
+    for _ in 0..(if with_million { 3 } else { 0 }) {
         let (_dir, node) = start(&data);
         million_ready.push(node.start_to_ready.as_secs_f64() * 1000.0);
         a_few_queries(&node, million.entities);
@@ -323,14 +443,31 @@ fn main() {
         "| start→ready, empty store | {:.0} ms | 1 |",
         empty_ready.as_secs_f64() * 1000.0
     );
+    let (cold_median, warm_median) = (
+        harness::median(&mut cold.clone()),
+        harness::median(&mut ready.clone()),
+    );
     println!(
-        "| start→ready, {} entities + {} events | {:.0} ms (median) | {} |",
+        "| start→ready, {} entities + {} events, **cold** (data dir, {:.0} MiB, and binary, {:.0} MiB, evicted from the page cache; still resident after eviction: {} %) | {cold_median:.0} ms (median) | {} |",
         history.entities,
         history.entities * history.events_per_entity,
-        harness::median(&mut ready.clone()),
-        ready
-            .iter()
-            .map(|r| format!("{r:.0}"))
+        evicted.0,
+        evicted.1,
+        runs(&left, 1),
+        runs(&cold, 0)
+    );
+    println!(
+        "| start→ready, {} entities + {} events, warm (right after each cold start) | {warm_median:.0} ms (median) | {} |",
+        history.entities,
+        history.entities * history.events_per_entity,
+        runs(&ready, 0)
+    );
+    println!(
+        "| cold / warm | {:.1}× | {} |",
+        cold_median / warm_median.max(0.001),
+        cold.iter()
+            .zip(&ready)
+            .map(|(c, w)| format!("{:.1}", c / w.max(0.001)))
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -355,6 +492,9 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if !with_million {
+        return;
+    }
     println!(
         "| start→ready, {} entities | {:.0} ms (median) | {} |",
         million.entities,

@@ -75,19 +75,21 @@ pub struct Node {
 /// another commit's binary for an A/B run with the same bench), with the
 /// environment of [`node_environment`].
 pub fn node_command() -> Command {
-    let binary = match std::env::var_os("BENCH_NODE_BINARY") {
-        Some(binary) => {
-            eprintln!(
-                "node binary from BENCH_NODE_BINARY: {}",
-                Path::new(&binary).display()
-            );
-            binary
-        }
-        None => env!("CARGO_BIN_EXE_meshlet").into(),
-    };
+    let binary = node_binary();
+    if std::env::var_os("BENCH_NODE_BINARY").is_some() {
+        eprintln!("node binary from BENCH_NODE_BINARY: {}", binary.display());
+    }
     let mut command = Command::new(binary);
     node_environment(&mut command);
     command
+}
+
+/// The node binary a bench starts (see [`node_command`]).
+pub fn node_binary() -> PathBuf {
+    match std::env::var_os("BENCH_NODE_BINARY") {
+        Some(binary) => binary.into(),
+        None => env!("CARGO_BIN_EXE_meshlet").into(),
+    }
 }
 
 /// Cleans the node's environment. The node refuses unknown MESHLET_*

@@ -56,7 +56,7 @@ data_dir = "meshlet-data"
 products = ["products"]
 
 [http]
-# GraphQL (/graphql), ingest (/ingest/<product>), /health, /metrics.
+# GraphQL (/graphql), ingest (/ingest/<product>), /livez, /readyz, /metrics.
 # Loopback only: open it (0.0.0.0:8080) deliberately, with [http.tls] set.
 listen = "127.0.0.1:8080"
 # The GraphiQL playground at GET /graphql; turn off in production.
@@ -184,20 +184,29 @@ fn write_starter(dir: &Path) -> Result<Vec<PathBuf>, InitError> {
     Ok(written)
 }
 
+/// What to run next, as README.md's "From an empty folder" has it line
+/// for line (`tests/readme.rs` checks that every line here is one of the
+/// README's, and runs the README's): the token kept in `$TOKEN`, the node
+/// in the background, its readiness awaited on `/readyz`.
+pub const NEXT_STEPS: &[&str] = &[
+    "meshlet check                                          # config and products: every problem at once",
+    "TOKEN=$(meshlet token create --role admin --name me)   # printed once; only its hash is kept",
+    "meshlet serve &                                        # HTTP on 127.0.0.1:8080, MQTT on 127.0.0.1:1883",
+    "until curl -sf localhost:8080/readyz; do sleep 0.2; done   # 200 once ready",
+    "mosquitto_pub -p 1883 -q 1 -t sensors/s-1/telemetry -m '{\"temperature_c\": 21.5}'",
+    "curl -sf localhost:8080/graphql -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' \\",
+    "  -d '{\"query\": \"{ sensorConnection(first: 10) { nodes { sensor_id temperature_c humidity_pct } } }\"}'",
+    "kill %1 && wait %1                                     # in-flight work finished, store flushed",
+];
+
 fn print_next_steps(dir: &Path) {
-    let cd = if dir == Path::new(".") {
-        String::new()
-    } else {
-        format!("  cd {}\n", dir.display())
-    };
-    println!(
-        "\nNext steps:\n{cd}  meshlet check                                   # validate config and products\n  \
-         meshlet token create --role admin --name me     # API token (shown once)\n  \
-         meshlet serve                                   # HTTP on 127.0.0.1:8080, MQTT on 127.0.0.1:1883\n  \
-         mosquitto_pub -p 1883 -t sensors/s-1/telemetry -m '{{\"temperature_c\": 21.5}}'\n  \
-         curl -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' \\\n       \
-         -d '{{\"query\": \"{{ sensor(sensor_id: \\\"s-1\\\") {{ temperature_c }} }}\"}}' http://127.0.0.1:8080/graphql"
-    );
+    println!("\nNext steps (in one shell):");
+    if dir != Path::new(".") {
+        println!("  cd {}", dir.display());
+    }
+    for line in NEXT_STEPS {
+        println!("  {line}");
+    }
 }
 
 #[cfg(test)]
