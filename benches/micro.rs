@@ -326,6 +326,58 @@ fn bench_sled_floor(c: &mut Criterion) {
             .map(|i| value(i, seq).repeat(8))
             .collect::<Vec<_>>()
     };
+    // The floor against its baseline call by call: on a machine others
+    // share, criterion's runs of one function after the other meet
+    // different neighbours, so the ratio is taken from alternating calls
+    // (order swapped every pair), its median over the pairs.
+    let write_100 = |values: &[Vec<u8>], read_first: bool| {
+        let started = std::time::Instant::now();
+        instances_with_tail
+            .transaction(|instances| {
+                for (i, v) in values.iter().enumerate() {
+                    let entity = format!("PR-{i:04}");
+                    if read_first {
+                        let _current = instances.get(entity.as_bytes())?;
+                        instances.insert(entity.as_bytes(), v.as_slice())?;
+                    } else {
+                        instances.overwrite(entity.as_bytes(), v.as_slice());
+                    }
+                }
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .expect("transaction");
+        started.elapsed().as_secs_f64() * 1e6
+    };
+    let pairs = if std::env::args().any(|a| a == "--bench") {
+        400
+    } else {
+        4
+    };
+    let (mut ratios, mut overwrite_us, mut read_write_us) = (Vec::new(), Vec::new(), Vec::new());
+    for pair in 0..pairs {
+        seq += 1;
+        let values = one_kib(seq);
+        let (o, r) = if pair % 2 == 0 {
+            let o = write_100(&values, false);
+            (o, write_100(&values, true))
+        } else {
+            let r = write_100(&values, true);
+            (write_100(&values, false), r)
+        };
+        ratios.push(o / r);
+        overwrite_us.push(o);
+        read_write_us.push(r);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "sled_floor A/B, {pairs} alternating pairs of 100-record transactions (~1 KiB instances): overwrite / get + insert = {:.2} (median of the per-pair ratios); medians {:.1} / {:.1} µs per record",
+        median(&mut ratios),
+        median(&mut overwrite_us) / 100.0,
+        median(&mut read_write_us) / 100.0,
+    );
     group.bench_function("tx_overwrite_100_records_1kib", |b| {
         b.iter_batched(
             || {
