@@ -13,6 +13,8 @@ as_root() {
 # System packages the tests drive as real processes (brokers, emulators).
 # Each is installed only when missing.
 apt_packages=(mosquitto mosquitto-clients libmosquitto-dev qemu-user-static)
+# curl: README.md's commands, run as written by tests/readme.rs.
+apt_packages+=(curl)
 # Node.js runs the outside GraphQL clients (tests/js, tests/graphql_clients.rs).
 command -v node >/dev/null && command -v npm >/dev/null || apt_packages+=(nodejs npm)
 missing=()
