@@ -194,7 +194,10 @@ fn from_an_empty_folder_runs_as_written() {
     let bin = bin_dir(dir.path());
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).expect("work dir");
-    let (http, mqtt) = (free_port(), free_port());
+    let http = free_port();
+    let mqtt = std::iter::repeat_with(free_port)
+        .find(|port| *port != http)
+        .expect("a second free port");
     let script = with_ports(&script("sh runnable"), http, mqtt);
     let stdout = run_bash(
         &work,
