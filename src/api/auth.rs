@@ -1,7 +1,9 @@
-//! The authentication layer: every route but `/livez`, `/readyz` and
-//! `/metrics` passes through [`require_identity`], which turns the
-//! request's credentials into an [`Identity`] request extension or answers
-//! 401 with `WWW-Authenticate: Bearer`.
+//! The authentication layer: every route but `/livez`, `/readyz`,
+//! `/metrics` and the console's static files (`/`, `/console/*`: the same
+//! for every caller, no data; see `console`) passes through
+//! [`require_identity`], which turns the request's credentials into an
+//! [`Identity`] request extension or answers 401 with
+//! `WWW-Authenticate: Bearer`.
 //!
 //! `/metrics` stays open on purpose: Prometheus scrapers rarely carry
 //! tokens, and it holds counts, never values. Bind the listener to a

@@ -69,6 +69,11 @@ impl Readiness {
         self.write(|state| state.problems = problems);
     }
 
+    /// The problems last set (see [`Readiness::set_problems`]).
+    pub fn problems(&self) -> Vec<String> {
+        self.read(|state| state.problems.clone())
+    }
+
     fn write(&self, change: impl FnOnce(&mut ReadinessState)) {
         // A poisoned lock only means a writer panicked mid-update of plain
         // data; the data is still usable.

@@ -1,12 +1,14 @@
 //! The HTTP surface: one axum router for the operations endpoints, HTTP
-//! push, the quarantine, metrics and GraphQL (`graphql/`).
+//! push, the quarantine, metrics, GraphQL (`graphql/`) and the web
+//! console (`console/`).
 //!
 //! The router only reads shared state; it never owns data. Every route but
-//! the health checks and `/metrics` is behind the authentication layer
-//! (`auth`), and handlers that touch data go through a
-//! `policy::access::View` of the caller's role.
+//! the health checks, `/metrics` and the console's static files is behind
+//! the authentication layer (`auth`), and handlers that touch data go
+//! through a `policy::access::View` of the caller's role.
 
 mod auth;
+mod console;
 mod cors;
 pub mod graphql;
 mod health;
@@ -100,12 +102,14 @@ pub fn router(state: ApiState) -> Router {
     let protected = ingest::routes(state.max_http_body_bytes)
         .merge(graphql::routes())
         .merge(sync::routes())
+        .merge(console::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_identity,
         ));
     health::routes()
         .merge(ingest::open_routes())
+        .merge(console::open_routes())
         .merge(protected)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
