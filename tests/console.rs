@@ -23,7 +23,9 @@ use common::{copy_examples, create_token, NodeBuilder};
 use serde_json::{json, Value};
 
 fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("js")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("js")
 }
 
 /// The example products, as the overview must list them.
@@ -60,7 +62,10 @@ fn the_console_shows_the_node_live_offline_and_per_role() {
     let mqtt = node.mqtt.expect("the embedded broker runs");
 
     assert!(
-        js_dir().join("node_modules").join("playwright-core").is_dir(),
+        js_dir()
+            .join("node_modules")
+            .join("playwright-core")
+            .is_dir(),
         "playwright-core is not installed: run `npm ci` in {} (tests/run.sh does)",
         js_dir().display()
     );

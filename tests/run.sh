@@ -12,7 +12,7 @@ as_root() {
 
 # System packages the tests drive as real processes (brokers, emulators).
 # Each is installed only when missing.
-apt_packages=(mosquitto mosquitto-clients libmosquitto-dev qemu-user-static)
+apt_packages=(mosquitto mosquitto-clients libmosquitto-dev qemu-user-static chromium)
 # curl: README.md's commands, run as written by tests/readme.rs.
 apt_packages+=(curl)
 # Node.js runs the outside GraphQL clients (tests/js, tests/graphql_clients.rs).
@@ -27,8 +27,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}"
 fi
 
-# The pinned JS clients (package-lock.json), installed when missing.
-if [ ! -d tests/js/node_modules ]; then
+# The pinned JS clients and playwright-core (package-lock.json; it drives
+# Debian's chromium for tests/console.rs), installed when missing.
+if [ ! -d tests/js/node_modules/playwright-core ]; then
   (cd tests/js && npm ci --no-audit --no-fund)
 fi
 

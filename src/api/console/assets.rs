@@ -247,7 +247,10 @@ mod tests {
             &with(header::IF_NONE_MATCH, "\"x\", \"abc\""),
             &etag
         ));
-        assert!(not_modified(&with(header::IF_NONE_MATCH, "W/\"abc\""), &etag));
+        assert!(not_modified(
+            &with(header::IF_NONE_MATCH, "W/\"abc\""),
+            &etag
+        ));
         assert!(!not_modified(&with(header::IF_NONE_MATCH, "\"x\""), &etag));
     }
 
