@@ -1,20 +1,27 @@
 // Overview: the node (id, version, uptime, readiness problems, memory,
 // store size), every product the caller's role may see with its live
 // ingest rate, broker and HTTP connections, and sync per upstream.
-// Refreshed every 2 s in place (rows keep their elements, so keyboard
-// focus stays where it was).
+// Refreshed every 2 s in place while the tab is visible (rows keep their
+// elements, so keyboard focus stays where it was).
 
 import { AuthError, getJson, gqlData, metrics, sum } from "./api.js";
 import { badge, bytes, clear, dl, duration, errorBox, esc, h, num, section, table, when } from "./ui.js";
 
 const QUERY = `{
-  products { name domain entities quarantineCount
+  products { name domain quarantineCount
     freshness { lastUpdate stale sla }
     quality { accepted rejected quarantined duplicates } }
   syncStatus { name pending pendingBytes oldestPendingSeconds lastAck errors dropped waiting }
 }`;
 
 const REFRESH_MS = 2000;
+
+// `entities` walks a product's keys on the node (O(n)): counted at start,
+// then at most every 5 s while records arrive, else every minute, so an
+// open overview does not keep a large store's CPU busy.
+const COUNTS = `{ products { name entities } }`;
+const COUNT_MIN_MS = 5000;
+const COUNT_MAX_MS = 60000;
 
 export async function overview(main) {
   const nodeBox = h("div");
@@ -25,6 +32,7 @@ export async function overview(main) {
   const title = h("h1", {}, "Overview");
   let previous = null;
   const rows = new Map();
+  let counts = { at: -Infinity, activity: -1, entities: new Map() };
 
   const productTable = h("table", { id: "products" },
     h("caption", { class: "sr" }, "Products on this node"),
@@ -50,6 +58,12 @@ export async function overview(main) {
   async function refresh() {
     const [data, status, samples] = await Promise.all([gqlData(QUERY), getJson("/console/api/status"), metrics()]);
     const now = performance.now();
+    const activity = data.products.reduce((a, p) => a + p.quality.accepted + p.quality.rejected + p.quality.quarantined, 0);
+    const age = now - counts.at;
+    if (age >= COUNT_MAX_MS || (activity !== counts.activity && age >= COUNT_MIN_MS)) {
+      const fresh = await gqlData(COUNTS);
+      counts = { at: now, activity, entities: new Map(fresh.products.map((p) => [p.name, p.entities])) };
+    }
     clear(problem);
     title.textContent = "Node " + status.node_id;
     document.getElementById("node-id").textContent = status.node_id;
@@ -72,7 +86,7 @@ export async function overview(main) {
       const accepted = sum(samples, "meshlet_ingest_records_total", { product: p.name, outcome: "accepted" });
       const before = previous && previous.accepted.get(p.name);
       const rate = dt > 0 && before !== undefined ? Math.max(0, accepted - before) / dt : null;
-      const texts = [num(p.entities), rate === null ? "–" : num(rate, 1), num(p.quality.accepted), num(p.quality.rejected), num(p.quality.quarantined), num(p.quarantineCount)];
+      const texts = [num(counts.entities.get(p.name)), rate === null ? "–" : num(rate, 1), num(p.quality.accepted), num(p.quality.rejected), num(p.quality.quarantined), num(p.quarantineCount)];
       texts.forEach((t, i) => { if (cells[i].textContent !== t) cells[i].textContent = t; });
       cells[1].setAttribute("data-rate", rate === null ? "" : String(rate));
       clear(cells[6], p.freshness.sla ? (p.freshness.stale ? badge("stale", "bad") : badge("fresh", "ok")) : h("span", { class: "muted" }, "no SLA"));
@@ -113,7 +127,7 @@ export async function overview(main) {
   await refresh();
   let busy = false;
   const timer = setInterval(async () => {
-    if (busy) return;
+    if (busy || document.hidden) return;
     busy = true;
     try { await refresh(); } catch (err) {
       if (err instanceof AuthError) window.dispatchEvent(new CustomEvent("meshlet-auth", { detail: err.message }));

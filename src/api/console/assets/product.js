@@ -152,9 +152,11 @@ export async function productPage(main, name) {
   h("button", { type: "submit" }, "Apply"));
 
   let reloadTimer = null;
+  let poll = null;
   let close = () => {};
   function restart() {
     close();
+    if (poll) { clearInterval(poll); poll = null; }
     live.textContent = "connecting…";
     close = subscribe(changes, { filter }, (d) => {
       live.textContent = "live";
@@ -166,7 +168,11 @@ export async function productPage(main, name) {
       } else if (!reloadTimer) {
         reloadTimer = setTimeout(() => { reloadTimer = null; load(false); }, 300);
       }
-    }, (message) => { live.textContent = "no live updates: " + message; });
+    }, (message) => {
+      // A role without the subscribe right (or a lost socket): poll instead.
+      live.textContent = "no live updates (" + message + "): refreshed every 5 s";
+      if (!poll) poll = setInterval(() => { if (!document.hidden) load(false); }, 5000);
+    });
     // Until the first change arrives, say the subscription is open.
     setTimeout(() => { if (live.textContent === "connecting…") live.textContent = "live"; }, 1500);
   }
@@ -199,5 +205,5 @@ export async function productPage(main, name) {
     section("Service levels", list(sla, "None declared.")));
   await load(false);
   restart();
-  return () => { close(); if (reloadTimer) clearTimeout(reloadTimer); };
+  return () => { close(); if (reloadTimer) clearTimeout(reloadTimer); if (poll) clearInterval(poll); };
 }
