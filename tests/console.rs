@@ -19,7 +19,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{copy_examples, create_token, NodeBuilder};
+use common::{copy_examples, create_token, sync_envelope, NodeBuilder, NodeProcess};
 use serde_json::{json, Value};
 
 fn js_dir() -> PathBuf {
@@ -42,13 +42,42 @@ fn example_products() -> Vec<String> {
     names
 }
 
+/// What an edge syncs to this node, which is also an aggregator (the
+/// Sync page lists the edges heard from).
+const READING: &str = "product: reading\nversion: 1\ndomain: test\nowner: test@example.com\n\
+    key: meter\nfields:\n  meter: { type: string, required: true }\n  n: { type: int }\n\
+    sources:\n  - http: {}\n";
+
+/// POSTs a sync envelope as an edge would (`POST /sync/v1`).
+fn post_envelope(node: &NodeProcess, token: &str, body: Vec<u8>) -> (u16, String) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .post(node.url("/sync/v1"))
+            .header("content-type", meshlet::sync::envelope::CONTENT_TYPE)
+            .bearer_auth(token)
+            .body(body)
+            .send()
+            .await
+            .expect("HTTP request");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("HTTP body"))
+    })
+}
+
 #[test]
 fn the_console_shows_the_node_live_offline_and_per_role() {
     let dir = tempfile::tempdir().expect("tempdir");
     copy_examples(dir.path());
+    std::fs::create_dir_all(dir.path().join("products")).expect("products dir");
+    std::fs::write(dir.path().join("products/reading.yaml"), READING).expect("product");
     std::fs::write(
         dir.path().join("meshlet.toml"),
-        "data_dir = \"data\"\nproducts = [\"schema/examples\"]\n",
+        "data_dir = \"data\"\nproducts = [\"schema/examples\", \"products\"]\n\
+         [aggregator]\nenabled = true\n",
     )
     .expect("config");
     let admin = create_token(dir.path(), "admin", "ops");
@@ -60,6 +89,8 @@ fn the_console_shows_the_node_live_offline_and_per_role() {
         .start()
         .expect("node starts");
     let mqtt = node.mqtt.expect("the embedded broker runs");
+    let (status, body) = post_envelope(&node, &admin, sync_envelope("edge-7", "m1", 1..=3));
+    assert_eq!(status, 200, "{body}");
 
     assert!(
         js_dir()
@@ -83,6 +114,7 @@ fn the_console_shows_the_node_live_offline_and_per_role() {
         "readerToken": reader,
         "productsDir": dir.path().join("schema/examples"),
         "products": example_products(),
+        "edge": "edge-7",
         "outDir": shots,
     });
     let out = Command::new("node")

@@ -1,7 +1,7 @@
 // Drives the web console (issue 28) in headless Chromium against the
 // real node, with every request but the node's own refused: tests/console.rs
 // starts the node and runs `node console.mjs '<json>'` with
-//   { url, mqttPort, adminToken, readerToken, productsDir, products, outDir }
+//   { url, mqttPort, adminToken, readerToken, productsDir, products, edge, outDir }
 // Screenshots go to outDir. Any failure throws (exit code 1); the last
 // stdout line is a JSON summary.
 import { chromium } from "playwright-core";
@@ -197,9 +197,10 @@ try {
   check(replayed.machineHealth && replayed.machineHealth.temperature_c === 200, "the replayed reading is not stored");
   await shot("09-quarantine-replayed");
 
-  // 8. Sync page.
+  // 8. Sync page: this node is also an aggregator and heard from one edge.
   await page.click("nav a:has-text('Sync')");
   await page.locator("h1", { hasText: "Sync" }).waitFor();
+  await page.locator("table", { has: page.locator("caption", { hasText: "Edges heard from" }) }).locator("th", { hasText: cfg.edge }).waitFor({ timeout: DEADLINE });
   await a11y("sync");
   await shot("10-sync");
 
