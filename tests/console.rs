@@ -7,7 +7,8 @@
 //! `tests/js/console.mjs` walks the console: the token prompt when the
 //! anonymous role cannot read, the overview's products, a live ingest rate
 //! and instance table updated without reload, an entity chart, a reader's
-//! masked values, quarantine replay, keyboard navigation, the pages at
+//! masked values, an analyst's row filter (and refused subscription),
+//! quarantine replay, keyboard navigation, the pages at
 //! 360 px, and an accessibility check per page (`tests/js/a11y.mjs`).
 //! Screenshots are kept under `target/tmp/console-screenshots/`.
 //!
@@ -82,6 +83,7 @@ fn the_console_shows_the_node_live_offline_and_per_role() {
     .expect("config");
     let admin = create_token(dir.path(), "admin", "ops");
     let reader = create_token(dir.path(), "operator", "shift-reader");
+    let analyst = create_token(dir.path(), "analyst", "berlin-analyst");
     let node = NodeBuilder::new(dir.path())
         .secured()
         .arg("--config")
@@ -112,6 +114,7 @@ fn the_console_shows_the_node_live_offline_and_per_role() {
         "mqttPort": mqtt.port(),
         "adminToken": admin,
         "readerToken": reader,
+        "analystToken": analyst,
         "productsDir": dir.path().join("schema/examples"),
         "products": example_products(),
         "edge": "edge-7",

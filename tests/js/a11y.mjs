@@ -61,7 +61,7 @@ export function audit() {
     const cs = getComputedStyle(el);
     const fg = rgba(cs.color);
     const opacity = [...(function* () { for (let e = el; e; e = e.parentElement) yield Number(getComputedStyle(e).opacity); })()].reduce((a, b) => a * b, 1);
-    if (opacity < 1) continue; // disabled controls are exempt
+    if (opacity < 1 || el.closest(":disabled")) continue; // disabled controls are exempt (WCAG 1.4.3)
     const bg = background(el);
     const [a, b] = [lum(fg), lum(bg)].sort((x, y) => y - x);
     const ratio = (a + 0.05) / (b + 0.05);

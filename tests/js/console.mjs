@@ -1,7 +1,8 @@
 // Drives the web console (issue 28) in headless Chromium against the
 // real node, with every request but the node's own refused: tests/console.rs
 // starts the node and runs `node console.mjs '<json>'` with
-//   { url, mqttPort, adminToken, readerToken, productsDir, products, edge, outDir }
+//   { url, mqttPort, adminToken, readerToken, analystToken, productsDir,
+//     products, edge, outDir }
 // Screenshots go to outDir. Any failure throws (exit code 1); the last
 // stdout line is a JSON summary.
 import { chromium } from "playwright-core";
@@ -20,8 +21,8 @@ function publish(topic, payload) {
   execFileSync("mosquitto_pub", ["-h", "127.0.0.1", "-p", String(cfg.mqttPort), "-t", topic, "-q", "1", "-m", JSON.stringify(payload)]);
 }
 
-function telemetry(machine, extra = {}) {
-  publish(`plant/berlin/machine/${machine}/telemetry`, { temp: 70, rpm: 1480, state: "ok", hmi: { operator: "alice@example.com" }, ts: new Date().toISOString(), ...extra });
+function telemetry(machine, extra = {}, site = "berlin") {
+  publish(`plant/${site}/machine/${machine}/telemetry`, { temp: 70, rpm: 1480, state: "ok", hmi: { operator: "alice@example.com" }, ts: new Date().toISOString(), ...extra });
 }
 
 function check(condition, message) {
@@ -85,10 +86,19 @@ try {
     summary.a11y[name] = problems;
     check(problems.length === 0, `accessibility problems on ${name}:\n  ${problems.join("\n  ")}`);
   };
+  // Goes to a page of the console and waits until it has been shown.
+  const visit = async (hash) => {
+    await page.locator("main").evaluate((m) => { m.dataset.generation = "stale"; });
+    await page.goto(cfg.url + "/" + hash);
+    await until("the page " + hash, async () => page.locator("main").evaluate((m) => m.dataset.generation && m.dataset.generation !== "stale" && m.getAttribute("aria-busy") === "false"));
+  };
+  // Enters a token and waits until the page has been shown again with it.
   const useToken = async (token) => {
     if (!(await page.locator("#token-dialog").evaluate((d) => d.open))) await page.click("#token-button");
+    const before = Number(await page.locator("main").evaluate((m) => m.dataset.generation)) || 0;
     await page.getByLabel("Token (from meshlet token create)").fill(token);
     await page.getByRole("button", { name: "Use token" }).click();
+    await until("the page shown with the new token", async () => Number(await page.locator("main").evaluate((m) => m.dataset.generation)) > before);
   };
 
   // 1. Anonymous cannot read: the console asks for a token.
@@ -140,6 +150,7 @@ try {
   await page.fill("#filter-value", "PR-0043");
   await page.getByRole("button", { name: "Apply" }).click();
   await until("the filter", async () => (await page.locator("#instances tbody tr").count()) === 1 && (await page.locator("#instance-total").textContent()) === "1");
+  check(await page.getByRole("button", { name: "Load more" }).isHidden(), "Load more is offered on a single page");
   await shot("04-product");
   await a11y("product");
   const contractHref = await page.locator("a[download$='.odcs.json']").getAttribute("href");
@@ -148,7 +159,7 @@ try {
   // 5. Entity page: a chart per number field over the window.
   const now = Date.now();
   for (let k = 12; k >= 1; k--) telemetry("PR-0042", { temp: 60 + k, rpm: 1400 + k * 10, ts: new Date(now - k * 60_000).toISOString() });
-  await page.goto(cfg.url + "/#/product/machine_health/PR-0042");
+  await visit("#/product/machine_health/PR-0042");
   const chart = page.locator("figure[data-field='temperature_c'] svg");
   await chart.waitFor({ timeout: DEADLINE });
   const dots = await chart.locator("circle.dot").count();
@@ -170,26 +181,35 @@ try {
   summary.maskedEmail = masked;
   await shot("06-entity-reader-masked");
   // The reader may not see raw quarantined payloads.
-  await page.goto(cfg.url + "/#/quarantine/machine_health");
-  await page.locator("h1", { hasText: "Quarantine" }).waitFor();
+  await visit("#/quarantine/machine_health");
   await page.locator("main", { hasText: "may not see the raw quarantined payloads" }).waitFor({ timeout: DEADLINE });
   await shot("07-quarantine-reader");
+
+  // An analyst sees Berlin's machines only, and may not subscribe: the
+  // table says so and polls instead.
+  telemetry("PR-0100", { temp: 50 }, "lyon");
+  await until("the Lyon machine", async () => (await gqlAsAdmin('{ machineHealth(machine_id: "PR-0100") { site } }')).machineHealth);
+  await useToken(cfg.analystToken);
+  await visit("#/product/machine_health");
+  await page.locator("#instances tr[data-key='PR-0042']").waitFor({ timeout: DEADLINE });
+  await until("the analyst's refusal to subscribe", async () => (await page.locator("#live-state").textContent()).includes("refreshed every 5 s"));
+  check((await page.locator("#instances tr[data-key='PR-0100']").count()) === 0, "the analyst sees a Lyon machine");
+  await shot("07-product-analyst");
 
   // 7. Quarantine: an out-of-range reading is kept with its reason, shown
   //    to the admin, and replayed once the definition allows it.
   await useToken(cfg.adminToken);
   telemetry("PR-0099", { temp: 200 });
-  await page.goto(cfg.url + "/#/quarantine/machine_health");
-  await page.reload();
+  await visit("#/quarantine/machine_health");
   const entry = page.locator("main tbody tr").first();
   await until("the quarantined payload", async () => (await entry.textContent()).includes("temperature_c"));
   check((await entry.textContent()).includes('"temp":200'), "no payload preview");
   await a11y("quarantine");
   await shot("08-quarantine");
   const file = join(cfg.productsDir, "machine_health.yaml");
-  const generation = (await gqlAsAdmin("{ schemaStatus { generation } }")).schemaStatus.generation;
+  const schemaGeneration = (await gqlAsAdmin("{ schemaStatus { generation } }")).schemaStatus.generation;
   writeFileSync(file, readFileSync(file, "utf8").replace("temperature_c:  { type: float, min: -40, max: 150", "temperature_c:  { type: float, min: -40, max: 250"));
-  await until("the reload of the fixed definition", async () => (await gqlAsAdmin("{ schemaStatus { generation } }")).schemaStatus.generation > generation);
+  await until("the reload of the fixed definition", async () => (await gqlAsAdmin("{ schemaStatus { generation } }")).schemaStatus.generation > schemaGeneration);
   await page.getByRole("button", { name: "Replay through the current definition" }).click();
   await page.locator("main", { hasText: "Replayed 1 of 1" }).waitFor({ timeout: DEADLINE });
   check((await page.locator("#quarantine-total").textContent()) === "0", "the quarantine is not empty after replay");
@@ -235,7 +255,7 @@ try {
     ["quarantine", "#/quarantine/machine_health", "#quarantine-product"],
     ["sync", "#/sync", "h1:has-text('Sync')"],
   ]) {
-    await page.goto(cfg.url + "/" + hash);
+    await visit(hash);
     await page.locator(ready).first().waitFor({ timeout: DEADLINE });
     const width = await page.evaluate(() => document.documentElement.scrollWidth);
     summary.narrow[name] = width;

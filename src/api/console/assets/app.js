@@ -15,6 +15,9 @@ const main = document.getElementById("main");
 const dialog = document.getElementById("token-dialog");
 const input = document.getElementById("token-input");
 let stop = null;
+// Pages shown so far: `data-generation` on <main> (with aria-busy while a
+// page loads) says when a page has finished rendering.
+let generation = 0;
 
 function route() {
   const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean).map(decodeURIComponent);
@@ -42,6 +45,7 @@ async function show() {
     if (here) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
   }
   clear(main, h("p", { class: "muted" }, "Loading…"));
+  main.setAttribute("aria-busy", "true");
   try {
     const nodeId = document.getElementById("node-id");
     if (!nodeId.textContent) getJson("/console/api/status").then((s) => { nodeId.textContent = s.node_id; }, () => {});
@@ -54,6 +58,9 @@ async function show() {
     } else {
       clear(main, errorBox(String(err.message || err)));
     }
+  } finally {
+    main.setAttribute("aria-busy", "false");
+    main.dataset.generation = String(++generation);
   }
 }
 

@@ -105,7 +105,7 @@ export async function overview(main) {
     const broker = samples.meshlet_broker_connections;
     clear(connectionsBox, dl([
       broker && ["Embedded MQTT broker", num(sum(samples, "meshlet_broker_connections")) + " clients connected"],
-      samples.meshlet_mqtt_client_connects_total && ["External MQTT broker", num(sum(samples, "meshlet_mqtt_client_connects_total")) + " connects, " + num(sum(samples, "meshlet_mqtt_client_errors_total")) + " errors"],
+      (sum(samples, "meshlet_mqtt_client_connects_total") + sum(samples, "meshlet_mqtt_client_errors_total") > 0) && ["External MQTT broker", num(sum(samples, "meshlet_mqtt_client_connects_total")) + " connects, " + num(sum(samples, "meshlet_mqtt_client_errors_total")) + " errors since start"],
       ["HTTP", num(sum(samples, "meshlet_http_connections")) + " connections open"],
     ]));
 

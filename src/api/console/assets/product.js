@@ -45,11 +45,13 @@ export async function productPage(main, name) {
   const schema = (contract.schema || [])[0] || {};
   const propertyRules = Object.fromEntries((schema.properties || []).map((prop) => [prop.name, (prop.quality || []).map((q) => q.description).filter(Boolean)]));
 
-  const download = h("a", { href: URL.createObjectURL(new Blob([p.contract], { type: "application/json" })), download: p.name + ".odcs.json", class: "button" }, "Download ODCS contract (JSON)");
+  const contractUrl = URL.createObjectURL(new Blob([p.contract], { type: "application/json" }));
+  const download = h("a", { href: contractUrl, download: p.name + ".odcs.json", class: "button" }, "Download ODCS contract (JSON)");
   const yamlLink = h("button", { type: "button", class: "quiet" , onclick: async () => {
     const y = await gqlData(`query($name: String!) { product(name: $name) { contract } }`, { name });
     const a = h("a", { href: URL.createObjectURL(new Blob([y.product.contract], { type: "application/yaml" })), download: p.name + ".odcs.yaml" });
     document.body.append(a); a.click(); a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10000);
   } }, "YAML");
 
   const fieldsTable = table("Fields of " + p.name,
@@ -137,6 +139,8 @@ export async function productPage(main, name) {
   function fillOps() {
     const f = fields.find((x) => x.name === fieldSelect.value);
     clear(opSelect, (f ? operators(f.type) : []).map(([k, label]) => h("option", { value: k }, label)));
+    opSelect.disabled = !f;
+    valueInput.disabled = !f;
   }
   fieldSelect.addEventListener("change", fillOps);
   fillOps();
@@ -205,5 +209,10 @@ export async function productPage(main, name) {
     section("Service levels", list(sla, "None declared.")));
   await load(false);
   restart();
-  return () => { close(); if (reloadTimer) clearTimeout(reloadTimer); if (poll) clearInterval(poll); };
+  return () => {
+    close();
+    if (reloadTimer) clearTimeout(reloadTimer);
+    if (poll) clearInterval(poll);
+    URL.revokeObjectURL(contractUrl);
+  };
 }
