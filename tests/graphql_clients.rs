@@ -704,3 +704,139 @@ async fn long_values_are_accepted_as_strings_and_answered_as_exact_numbers() {
         );
     }
 }
+
+/// A product only `admin` reads: the (anonymous) `reader` gets `FORBIDDEN`.
+const VAULT: &str = r#"
+product: vault
+version: 1
+domain: test
+owner: test@example.com
+description: Only admins read it.
+key: vault_id
+fields:
+  vault_id: { type: string, required: true }
+  note:     { type: string }
+sources:
+  - http: {}
+access:
+  admin:  { read: true, write: true }
+  reader: { read: false }
+"#;
+
+/// `(path, extensions.code)` of each error, in order.
+fn paths_and_codes(body: &Value) -> Vec<(Value, Value)> {
+    body["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no errors: {body}"))
+        .iter()
+        .map(|e| (e["path"].clone(), e["extensions"]["code"].clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_errors_carry_path_and_code_and_null_their_field() {
+    let dir = workdir(&[("sensor", SENSOR), ("vault", VAULT)], ANONYMOUS_READS);
+    let token = create_token(dir.path(), "admin", "ops");
+    let node = common::NodeBuilder::new(dir.path())
+        .arg("--config")
+        .arg("meshlet.toml")
+        .secured()
+        .start()
+        .expect("node starts");
+    let anonymous = Gql::new(&node);
+    let admin = anonymous.with_token(&token);
+    for id in ["s1", "s2"] {
+        admin
+            .data(
+                &format!(r#"mutation {{ upsertSensor(input: {{ sensor_id: "{id}", temp: 20.5 }}) {{ sensor_id }} }}"#),
+                json!({}),
+            )
+            .await;
+    }
+
+    // A nullable field that fails is null, beside its siblings; a non-null
+    // field that fails nulls its nearest nullable parent.
+    let (status, body) = anonymous
+        .post(
+            r#"{
+                a: sensor(sensor_id: "s1") { temp history(first: -1) { nodes { version } } }
+                b: sensor(sensor_id: "s1") { temp }
+                v: vault(vault_id: "x") { note }
+            }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"],
+        json!({ "a": null, "b": { "temp": 20.5 }, "v": null }),
+        "{body}"
+    );
+    assert_eq!(
+        paths_and_codes(&body),
+        vec![
+            (json!(["a", "history"]), json!("BAD_ARGUMENT")),
+            (json!(["v"]), json!("FORBIDDEN")),
+        ],
+        "{body}"
+    );
+    assert!(body["errors"][0]["locations"].is_array(), "{body}");
+
+    // A non-null field in non-null list items under a non-null root field:
+    // the null reaches `data`; each item's error has its own path. Over
+    // the GraphQL-over-HTTP media type that is an execution result (200),
+    // not a request error.
+    let query =
+        r#"{ sensorConnection { nodes { sensor_id history(first: -1) { nodes { version } } } } }"#;
+    let (status, body) = anonymous.post(query, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"], Value::Null, "{body}");
+    assert_eq!(
+        paths_and_codes(&body),
+        vec![
+            (
+                json!(["sensorConnection", "nodes", 0, "history"]),
+                json!("BAD_ARGUMENT")
+            ),
+            (
+                json!(["sensorConnection", "nodes", 1, "history"]),
+                json!("BAD_ARGUMENT")
+            ),
+        ],
+        "{body}"
+    );
+    let response = reqwest::Client::new()
+        .post(node.url("/graphql"))
+        .header("accept", "application/graphql-response+json")
+        .json(&json!({ "query": query }))
+        .send()
+        .await
+        .expect("POST /graphql");
+    assert_eq!(response.status().as_u16(), 200);
+
+    // Over the WebSocket too (a query on graphql-transport-ws).
+    let (mut socket, _) = ws_connect(&node, "graphql-transport-ws").await;
+    ws_send(&mut socket, json!({ "type": "connection_init" })).await;
+    assert!(matches!(ws_next(&mut socket).await, Frame::Json(m) if m["type"] == "connection_ack"));
+    ws_send(
+        &mut socket,
+        json!({ "id": "1", "type": "subscribe", "payload": { "query": r#"{ v: vault(vault_id: "x") { note } b: sensor(sensor_id: "s2") { temp } }"# } }),
+    )
+    .await;
+    match ws_next(&mut socket).await {
+        Frame::Json(m) => {
+            assert_eq!(m["type"], "next", "{m}");
+            assert_eq!(
+                m["payload"]["data"],
+                json!({ "v": null, "b": { "temp": 20.5 } }),
+                "{m}"
+            );
+            assert_eq!(
+                paths_and_codes(&m["payload"]),
+                vec![(json!(["v"]), json!("FORBIDDEN"))],
+                "{m}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -17,6 +17,7 @@ use async_graphql::dynamic::{
 };
 use async_graphql::{ErrorExtensions, Value as Gql};
 
+use super::field_errors;
 use super::filter;
 use super::paging::{self, ProductScan, SCAN_BUDGET};
 use super::schema::{blocking, getter, ready, require, runtime, view, ProductApi};
@@ -209,7 +210,7 @@ pub(crate) fn aggregate_field(api: &Arc<ProductApi>) -> Field {
             runtime.usage.query(api.name());
             let filter = match ctx.args.get("filter") {
                 Some(value) if !value.is_null() => filter::parse(&api.types, value.as_value())
-                    .map_err(|e| async_graphql::Error::new(format!("`filter`: {e}")))?,
+                    .map_err(|e| field_errors::bad_argument(format!("`filter`: {e}")))?,
                 _ => None,
             };
             let mut group_by = Vec::new();

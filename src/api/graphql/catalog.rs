@@ -26,6 +26,7 @@ use async_graphql::{Name, Value as Gql};
 use base64::Engine;
 
 use super::budget::ResponseBudget;
+use super::field_errors;
 use super::limits;
 use super::paging::SCAN_BUDGET;
 use super::runtime::StatusData;
@@ -544,7 +545,7 @@ pub(crate) fn root_fields(products: &Arc<ProductSet>) -> Vec<Field> {
                     let runtime = runtime(&ctx)?;
                     let name = ctx.args.try_get("product")?.string()?.to_string();
                     let Some(product) = products.get(&name) else {
-                        return Err(async_graphql::Error::new(format!(
+                        return Err(field_errors::bad_argument(format!(
                             "no product named `{name}`"
                         )));
                     };
@@ -554,7 +555,7 @@ pub(crate) fn root_fields(products: &Arc<ProductSet>) -> Vec<Field> {
                     let after = opt_string(&ctx, "after")?
                         .map(|c| {
                             c.parse::<u64>().map_err(|_| {
-                                async_graphql::Error::new(format!(
+                                field_errors::bad_argument(format!(
                                     "`{c}` is not a quarantine cursor"
                                 ))
                             })

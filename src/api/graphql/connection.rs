@@ -10,6 +10,7 @@ use async_graphql::dynamic::{
 };
 use async_graphql::Value as Gql;
 
+use super::field_errors;
 use super::filter::{self, Filter};
 use super::limits;
 use super::order::{self, Order, OrderTerm};
@@ -238,7 +239,7 @@ pub(crate) fn list_field(api: &Arc<ProductApi>) -> Field {
                     .map(|c| {
                         order
                             .decode(&c)
-                            .map_err(|e| async_graphql::Error::new(format!("`{name}`: {e}")))
+                            .map_err(|e| field_errors::bad_argument(format!("`{name}`: {e}")))
                     })
                     .transpose()
             };
@@ -250,7 +251,7 @@ pub(crate) fn list_field(api: &Arc<ProductApi>) -> Field {
             };
             let filter = match ctx.args.get("filter") {
                 Some(value) if !value.is_null() => filter::parse(&api.types, value.as_value())
-                    .map_err(|e| async_graphql::Error::new(format!("`filter`: {e}")))?,
+                    .map_err(|e| field_errors::bad_argument(format!("`filter`: {e}")))?,
                 _ => None,
             };
             let key_order = order.is_key_order(&api.product);
@@ -318,7 +319,7 @@ fn parse_order(
         let item = item.object()?;
         let field = item.try_get("field")?.enum_name()?.to_string();
         if !api.types.contains_key(&field) {
-            return Err(async_graphql::Error::new(format!(
+            return Err(field_errors::bad_argument(format!(
                 "`orderBy`: no field `{field}`"
             )));
         }
@@ -329,7 +330,7 @@ fn parse_order(
         terms.push(OrderTerm { field, descending });
     }
     if terms.len() > order::MAX_TERMS {
-        return Err(async_graphql::Error::new(format!(
+        return Err(field_errors::bad_argument(format!(
             "`orderBy` has {} terms; at most {} are accepted",
             terms.len(),
             order::MAX_TERMS

@@ -12,6 +12,7 @@ use async_graphql::dynamic::{
 use async_graphql::Value as Gql;
 
 use super::budget::{fields_bytes, ResponseBudget};
+use super::field_errors;
 use super::limits;
 use super::schema::{
     blocking, getter, non_null, opt_string, opt_time, page_size, ready, require, runtime, view,
@@ -396,7 +397,7 @@ enum HistoryWindow {
 impl HistoryWindow {
     fn of(first: Option<usize>, last: Option<usize>) -> async_graphql::Result<HistoryWindow> {
         match (first, last) {
-            (Some(_), Some(_)) => Err(async_graphql::Error::new(
+            (Some(_), Some(_)) => Err(field_errors::bad_argument(
                 "give `first` (oldest first, with `after`) or `last` (newest first, with `before`), not both",
             )),
             (None, Some(last)) => Ok(HistoryWindow::Newest(last)),
@@ -420,7 +421,7 @@ fn history_cursor(cursor: Option<String>) -> async_graphql::Result<Option<u64>> 
     cursor
         .map(|c| {
             c.parse::<u64>()
-                .map_err(|_| async_graphql::Error::new(format!("`{c}` is not a history cursor")))
+                .map_err(|_| field_errors::bad_argument(format!("`{c}` is not a history cursor")))
         })
         .transpose()
 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use async_graphql::dynamic::{Field, FieldFuture, FieldValue, InputObject, InputValue, TypeRef};
 use async_graphql::{ErrorExtensions, Value as Gql};
 
+use super::field_errors;
 use super::instance::describe;
 use super::paging;
 use super::schema::{blocking, caller, require, runtime, view, ProductApi};
@@ -95,7 +96,7 @@ pub(crate) fn upsert_field(api: &Arc<ProductApi>) -> Field {
                 let json = match long {
                     Some(n) => serde_json::Value::from(n),
                     None => values::input_json(value.as_value())
-                        .map_err(|e| async_graphql::Error::new(format!("`{name}`: {e}")))?,
+                        .map_err(|e| field_errors::bad_argument(format!("`{name}`: {e}")))?,
                 };
                 record.insert(name.to_string(), json);
             }
@@ -103,7 +104,7 @@ pub(crate) fn upsert_field(api: &Arc<ProductApi>) -> Field {
                 Some(serde_json::Value::String(s)) => s.clone(),
                 Some(serde_json::Value::Number(n)) => n.to_string(),
                 _ => {
-                    return Err(async_graphql::Error::new(format!(
+                    return Err(field_errors::bad_argument(format!(
                         "`{}`: the key is required",
                         api.product.key
                     )))

@@ -18,7 +18,9 @@ use super::names::{self, ProductNames};
 use super::prepared::PreparedLookups;
 use super::reload::Generation;
 use super::runtime::Runtime;
-use super::{catalog, connection, filter, instance, limits, mutation, subscription, values};
+use super::{
+    catalog, connection, field_errors, filter, instance, limits, mutation, subscription, values,
+};
 use crate::policy::access::{Caller, View};
 use crate::product::{FieldType, Product, ProductSet};
 use crate::record::Timestamp;
@@ -65,7 +67,7 @@ impl ProductApi {
         match self.product.key_field().ty {
             FieldType::Int => values::long(value.as_value())
                 .map(|i| i.to_string())
-                .ok_or_else(|| async_graphql::Error::new(format!("`{key}`: expected a Long"))),
+                .ok_or_else(|| field_errors::bad_argument(format!("`{key}`: expected a Long"))),
             _ => Ok(value.string()?.to_string()),
         }
     }
@@ -196,7 +198,7 @@ pub(crate) fn opt_time(
     opt_string(ctx, name)?
         .map(|text| {
             Timestamp::parse_rfc3339(&text)
-                .map_err(|e| async_graphql::Error::new(format!("`{name}`: {e}")))
+                .map_err(|e| field_errors::bad_argument(format!("`{name}`: {e}")))
         })
         .transpose()
 }
@@ -208,7 +210,7 @@ pub(crate) fn page_size(
 ) -> async_graphql::Result<Option<usize>> {
     match opt_i64(ctx, name)? {
         None => Ok(None),
-        Some(n) if n < 0 => Err(async_graphql::Error::new(format!(
+        Some(n) if n < 0 => Err(field_errors::bad_argument(format!(
             "`{name}` must not be negative"
         ))),
         Some(n) if n as u64 > limits::MAX_PAGE as u64 => {
@@ -341,7 +343,8 @@ fn assemble(
     )
     .limit_depth(limits::MAX_DEPTH)
     .limit_complexity(limits::MAX_COMPLEXITY)
-    .extension(limits::Limits::default());
+    .extension(limits::Limits::default())
+    .extension(field_errors::FieldErrors);
     if let Some(runtime) = runtime {
         builder = builder.data(runtime);
     }

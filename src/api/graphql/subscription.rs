@@ -28,6 +28,7 @@ use async_graphql::{ErrorExtensions, Value as Gql};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::budget::{identity_key, ConnectionSlots, SubscriptionSlot};
+use super::field_errors;
 use super::filter::{self, Filter};
 use super::runtime::SubscriptionGuard;
 use super::schema::{caller, getter, ready, require, runtime, view, ProductApi};
@@ -111,7 +112,7 @@ pub(crate) fn changes_field(api: &Arc<ProductApi>) -> SubscriptionField {
                 .subscription_slot(&identity_key(&caller.identity), &connection)?;
             let filter = match ctx.args.get("filter") {
                 Some(value) if !value.is_null() => filter::parse(&api.types, value.as_value())
-                    .map_err(|e| async_graphql::Error::new(format!("`filter`: {e}")))?,
+                    .map_err(|e| field_errors::bad_argument(format!("`filter`: {e}")))?,
                 _ => None,
             };
             runtime
