@@ -42,7 +42,7 @@ const SITES: [&str; 3] = ["berlin", "lyon", "brno"];
 
 const LOOKUP: &str = r#"{ machineHealth(machine_id: "PR-4242") { machine_id site temperature_c spindle_rpm status } }"#;
 const LOOKUP_VARIABLES: &str = r#"query Lookup($id: String!) { machineHealth(machine_id: $id) { machine_id site temperature_c spindle_rpm status } }"#;
-const PAGE: &str = r#"{ machineHealthConnection(first: 100, filter: {site: {eq: "berlin"}}) {
+const PAGE: &str = r#"{ machineHealthConnection(first: 100, filter: {site: {eq: berlin}}) {
     edges { cursor node { machine_id site temperature_c spindle_rpm status } }
     pageInfo { hasNextPage endCursor } } }"#;
 

@@ -840,3 +840,189 @@ async fn field_errors_carry_path_and_code_and_null_their_field() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A product whose `enum:` fields need every naming rule.
+const GADGET: &str = r#"
+product: gadget
+version: 1
+domain: test
+owner: test@example.com
+description: Enum fields.
+key: gadget_id
+fields:
+  gadget_id: { type: string, required: true }
+  status:    { type: string, enum: [ok, warn, fault] }
+  phase:     { type: string, enum: [in-service, 24h, "true"] }
+  tier:      { type: string, enum: [gold, silver], classification: pii }
+sources:
+  - http: { format: json }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enum_fields_are_graphql_enums_in_outputs_inputs_filters_and_order() {
+    let dir = workdir(&[("gadget", GADGET)], "");
+    let node = start(dir.path());
+    let gql = Gql::new(&node);
+
+    // The types: values that are GraphQL names keep their spelling; the
+    // others are mapped, and say what they are stored as.
+    let data = gql
+        .data(
+            r#"{ status: __type(name: "GadgetStatus") { kind enumValues { name description } }
+                 phase: __type(name: "GadgetPhase") { kind enumValues { name description } }
+                 gadget: __type(name: "Gadget") { fields { name type { kind name } } }
+                 filter: __type(name: "GadgetFilter") { inputFields { name type { name } } }
+                 input: __type(name: "GadgetInput") { inputFields { name type { name } } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(data["status"]["kind"], "ENUM");
+    assert_eq!(
+        data["status"]["enumValues"],
+        json!([
+            { "name": "ok", "description": null },
+            { "name": "warn", "description": null },
+            { "name": "fault", "description": null },
+        ])
+    );
+    assert_eq!(
+        data["phase"]["enumValues"],
+        json!([
+            { "name": "in_service", "description": "Stored as `in-service`." },
+            { "name": "_24h", "description": "Stored as `24h`." },
+            { "name": "_true", "description": "Stored as `true`." },
+        ])
+    );
+    let type_of = |list: &Value, field: &str, key: &str| -> Value {
+        list.as_array()
+            .and_then(|l| l.iter().find(|f| f["name"] == field))
+            .map(|f| f["type"][key].clone())
+            .unwrap_or(Value::Null)
+    };
+    let fields = &data["gadget"]["fields"];
+    assert_eq!(type_of(fields, "status", "name"), "GadgetStatus");
+    assert_eq!(type_of(fields, "phase", "name"), "GadgetPhase");
+    // `reader` sees `tier` (pii) redacted: not a value, so it stays text.
+    assert_eq!(type_of(fields, "tier", "name"), "String");
+    let filter = &data["filter"]["inputFields"];
+    assert_eq!(type_of(filter, "status", "name"), "GadgetStatusFilter");
+    assert_eq!(type_of(filter, "tier", "name"), "StringFilter");
+    assert_eq!(
+        type_of(&data["input"]["inputFields"], "phase", "name"),
+        "GadgetPhase"
+    );
+
+    // In: an enum literal, or the name as a JSON string in variables; the
+    // stored text is the definition's.
+    gql.data(
+        r#"mutation { upsertGadget(input: { gadget_id: "g1", status: warn, phase: in_service }) { gadget_id } }"#,
+        json!({}),
+    )
+    .await;
+    gql.data(
+        r#"mutation($s: GadgetStatus, $p: GadgetPhase) { upsertGadget(input: { gadget_id: "g2", status: $s, phase: $p }) { gadget_id } }"#,
+        json!({ "s": "ok", "p": "_24h" }),
+    )
+    .await;
+    let response = reqwest::Client::new()
+        .post(node.url("/ingest/gadget"))
+        .header("content-type", "application/json")
+        .body(r#"{"gadget_id": "g3", "status": "fault", "phase": "true"}"#)
+        .send()
+        .await
+        .expect("POST /ingest/gadget");
+    assert_eq!(response.status().as_u16(), 200);
+    let data = gql
+        .data(
+            r#"{ gadgetConnection(orderBy: [{ field: status, direction: DESC }]) { nodes { gadget_id status phase } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        data["gadgetConnection"]["nodes"],
+        json!([
+            { "gadget_id": "g1", "status": "warn", "phase": "in_service" },
+            { "gadget_id": "g2", "status": "ok", "phase": "_24h" },
+            { "gadget_id": "g3", "status": "fault", "phase": "_true" },
+        ])
+    );
+    // The pipeline got the stored text: a history record as received.
+    let data = gql
+        .data(
+            r#"{ gadget(gadget_id: "g1") { history { nodes { values { phase } } } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        data["gadget"]["history"]["nodes"][0]["values"]["phase"],
+        "in_service"
+    );
+
+    // Filters take enum values, inline and as variables.
+    let ids = |data: &Value| -> Vec<String> {
+        data["gadgetConnection"]["nodes"]
+            .as_array()
+            .map(|n| {
+                n.iter()
+                    .map(|x| x["gadget_id"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let data = gql
+        .data(
+            r#"{ gadgetConnection(filter: { phase: { in: [in_service, _true] } }) { nodes { gadget_id } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(ids(&data), ["g1", "g3"]);
+    let data = gql
+        .data(
+            r#"query($f: GadgetFilter) { gadgetConnection(filter: $f) { nodes { gadget_id } } }"#,
+            json!({ "f": { "or": [{ "status": { "eq": "ok" } }, { "phase": { "ne": "in_service" } }] } }),
+        )
+        .await;
+    assert_eq!(ids(&data), ["g2", "g3"]);
+    let data = gql
+        .data(
+            r#"{ gadgetAggregate(groupBy: [phase]) { groups { key { phase } count } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        data["gadgetAggregate"]["groups"],
+        json!([
+            { "key": { "phase": "_24h" }, "count": 1 },
+            { "key": { "phase": "in_service" }, "count": 1 },
+            { "key": { "phase": "_true" }, "count": 1 },
+        ])
+    );
+
+    // A string literal, as clients sent while the field was a `String`,
+    // is still taken (async-graphql's dynamic schema coerces it).
+    let data = gql
+        .data(
+            r#"{ gadgetConnection(filter: { status: { eq: "ok" } }) { nodes { gadget_id } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(ids(&data), ["g2"]);
+}
+
+#[test]
+fn enum_values_that_would_share_a_graphql_name_are_refused() {
+    let clash = GADGET.replace("[in-service, 24h, \"true\"]", "[in-service, in_service]");
+    let dir = workdir(&[("gadget", &clash)], "");
+    let out = common::meshlet(dir.path())
+        .args(["--config", "meshlet.toml", "schema", "print"])
+        .output()
+        .expect("meshlet schema print");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "`in-service` and `in_service` would both be the GraphQL enum value `in_service`"
+        ),
+        "{stderr}"
+    );
+}

@@ -156,11 +156,11 @@ fn request(fixture: &Fixture, key: &str, in_variables: bool, oracle: bool) -> Va
 
 async fn seed(gql: &Gql) {
     for input in [
-        r#"upsertMachineHealth(input: {machine_id: "PR-0001", site: "berlin", temperature_c: 21.26, status: "ok", operator_email: "alice@example.com"}) { machine_id }"#,
-        r#"upsertMachineHealth(input: {machine_id: "PR-0002", site: "lyon", temperature_c: 30.74, status: "warn", operator_email: "bob@example.com"}) { machine_id }"#,
-        r#"upsertCustomerAsset(input: {asset_id: "ABC00000001", model: "M1", customer_id: 1, customer_name: "Alice Smith", email: "alice@example.com", phone: "+49 30 1234567", contract: "basic", contract_value: 1180.0, notes: "vip", site_postcode: "10115"}) { asset_id }"#,
-        r#"upsertCustomerAsset(input: {asset_id: "ABC00000002", model: "M2", customer_id: 2, customer_name: "Bob Jones", email: "bob@example.com", phone: "+33 1 7654321", contract: "none", contract_value: 1234.0, notes: "late payer", site_postcode: "69001"}) { asset_id }"#,
-        r#"upsertEnergyMeter(input: {meter_id: "M-0001", read_at: "2026-01-01T00:00:00Z", energy_kwh: 100.5, power_kw: 2.5, voltage_v: 230.1, power_factor: 0.95, tariff: "peak"}) { meter_id }"#,
+        r#"upsertMachineHealth(input: {machine_id: "PR-0001", site: berlin, temperature_c: 21.26, status: ok, operator_email: "alice@example.com"}) { machine_id }"#,
+        r#"upsertMachineHealth(input: {machine_id: "PR-0002", site: lyon, temperature_c: 30.74, status: warn, operator_email: "bob@example.com"}) { machine_id }"#,
+        r#"upsertCustomerAsset(input: {asset_id: "ABC00000001", model: "M1", customer_id: 1, customer_name: "Alice Smith", email: "alice@example.com", phone: "+49 30 1234567", contract: basic, contract_value: 1180.0, notes: "vip", site_postcode: "10115"}) { asset_id }"#,
+        r#"upsertCustomerAsset(input: {asset_id: "ABC00000002", model: "M2", customer_id: 2, customer_name: "Bob Jones", email: "bob@example.com", phone: "+33 1 7654321", contract: none, contract_value: 1234.0, notes: "late payer", site_postcode: "69001"}) { asset_id }"#,
+        r#"upsertEnergyMeter(input: {meter_id: "M-0001", read_at: "2026-01-01T00:00:00Z", energy_kwh: 100.5, power_kw: 2.5, voltage_v: 230.1, power_factor: 0.95, tariff: peak}) { meter_id }"#,
         r#"upsertPlcCounter(input: {counter_id: 1, count: 50, label: "line 1", rate: 0.5, ok: true, at: "2026-01-01T00:00:00Z", extra: {a: [1, "x"]}}) { counter_id }"#,
         r#"upsertPlcCounter(input: {counter_id: 42, count: 3, label: "line 42"}) { counter_id }"#,
     ] {

@@ -92,12 +92,12 @@ const METER: Fixture = Fixture {
 
 async fn seed(admin: &Gql) {
     for input in [
-        r#"upsertMachineHealth(input: {machine_id: "PR-0001", site: "berlin", temperature_c: 21.26, status: "ok", operator_email: "alice@example.com"}) { machine_id }"#,
-        r#"upsertMachineHealth(input: {machine_id: "PR-0002", site: "lyon", temperature_c: 30.74, status: "warn", operator_email: "bob@example.com"}) { machine_id }"#,
-        r#"upsertCustomerAsset(input: {asset_id: "ABC00000001", model: "M1", customer_id: 1, customer_name: "Alice Smith", email: "alice@example.com", phone: "+49 30 1111111", contract: "basic", contract_value: 1180.0, notes: "vip", site_postcode: "10115"}) { asset_id }"#,
-        r#"upsertCustomerAsset(input: {asset_id: "ABC00000001", model: "M1", customer_id: 1, customer_name: "Alice Smith", email: "alice@example.com", phone: "+49 30 1234567", contract: "basic", contract_value: 1180.0, notes: "vip", site_postcode: "10115"}) { asset_id }"#,
-        r#"upsertCustomerAsset(input: {asset_id: "ABC00000002", model: "M2", customer_id: 2, customer_name: "Bob Jones", email: "bob@example.com", phone: "+33 1 7654321", contract: "none", contract_value: 1234.0, notes: "late payer", site_postcode: "69001"}) { asset_id }"#,
-        r#"upsertEnergyMeter(input: {meter_id: "M-0001", read_at: "2026-01-01T00:00:00Z", energy_kwh: 100.5, power_kw: 2.5, voltage_v: 230.1, power_factor: 0.95, tariff: "peak"}) { meter_id }"#,
+        r#"upsertMachineHealth(input: {machine_id: "PR-0001", site: berlin, temperature_c: 21.26, status: ok, operator_email: "alice@example.com"}) { machine_id }"#,
+        r#"upsertMachineHealth(input: {machine_id: "PR-0002", site: lyon, temperature_c: 30.74, status: warn, operator_email: "bob@example.com"}) { machine_id }"#,
+        r#"upsertCustomerAsset(input: {asset_id: "ABC00000001", model: "M1", customer_id: 1, customer_name: "Alice Smith", email: "alice@example.com", phone: "+49 30 1111111", contract: basic, contract_value: 1180.0, notes: "vip", site_postcode: "10115"}) { asset_id }"#,
+        r#"upsertCustomerAsset(input: {asset_id: "ABC00000001", model: "M1", customer_id: 1, customer_name: "Alice Smith", email: "alice@example.com", phone: "+49 30 1234567", contract: basic, contract_value: 1180.0, notes: "vip", site_postcode: "10115"}) { asset_id }"#,
+        r#"upsertCustomerAsset(input: {asset_id: "ABC00000002", model: "M2", customer_id: 2, customer_name: "Bob Jones", email: "bob@example.com", phone: "+33 1 7654321", contract: none, contract_value: 1234.0, notes: "late payer", site_postcode: "69001"}) { asset_id }"#,
+        r#"upsertEnergyMeter(input: {meter_id: "M-0001", read_at: "2026-01-01T00:00:00Z", energy_kwh: 100.5, power_kw: 2.5, voltage_v: 230.1, power_factor: 0.95, tariff: peak}) { meter_id }"#,
     ] {
         admin
             .data(&format!("mutation {{ {input} }}"), json!({}))
@@ -618,7 +618,7 @@ async fn leak_probes(analyst: &Gql, technician: &Gql, support: &Gql) {
 /// Write and erase rights on every write path; the audit names the
 /// token's holder, never the token.
 async fn writes_and_erasures(node: &NodeProcess, client: &impl Fn(&str) -> Gql) {
-    let upsert = r#"mutation { upsertCustomerAsset(input: {asset_id: "ABC00000009", model: "M9", customer_id: 9, contract: "basic", email: "zed@example.com"}) { asset_id email } }"#;
+    let upsert = r#"mutation { upsertCustomerAsset(input: {asset_id: "ABC00000009", model: "M9", customer_id: 9, contract: basic, email: "zed@example.com"}) { asset_id email } }"#;
     for role in ["technician", "analyst", "dpo", "operator"] {
         let errors = client(role).errors(upsert, json!({})).await;
         assert_eq!(code(&errors), Some("FORBIDDEN"), "{role}");
@@ -629,7 +629,7 @@ async fn writes_and_erasures(node: &NodeProcess, client: &impl Fn(&str) -> Gql) 
     // redacted and `contract_value` rounded, even in what it just wrote.
     let data = client("support")
         .data(
-            r#"mutation { upsertCustomerAsset(input: {asset_id: "ABC00000007", model: "M7", customer_id: 7, contract: "basic", notes: "owes us", contract_value: 1180.0}) { asset_id notes contract_value } }"#,
+            r#"mutation { upsertCustomerAsset(input: {asset_id: "ABC00000007", model: "M7", customer_id: 7, contract: basic, notes: "owes us", contract_value: 1180.0}) { asset_id notes contract_value } }"#,
             json!({}),
         )
         .await;
@@ -790,7 +790,7 @@ async fn subscriptions(node: &NodeProcess, tokens: &[(&str, String)], admin: &Gq
     // is the next thing the technician sees.
     admin
         .data(
-            r#"mutation { upsertCustomerAsset(input: {asset_id: "ABC00000003", model: "M3", customer_id: 3, contract: "premium", phone: "+49 40 5550000"}) { asset_id } }"#,
+            r#"mutation { upsertCustomerAsset(input: {asset_id: "ABC00000003", model: "M3", customer_id: 3, contract: premium, phone: "+49 40 5550000"}) { asset_id } }"#,
             json!({}),
         )
         .await;
@@ -986,7 +986,7 @@ async fn missing_unknown_malformed_and_revoked_tokens_get_401() {
     loop {
         fresh
             .data(
-                r#"mutation { upsertMachineHealth(input: {machine_id: "PR-0001", status: "ok"}) { machine_id } }"#,
+                r#"mutation { upsertMachineHealth(input: {machine_id: "PR-0001", status: ok}) { machine_id } }"#,
                 json!({}),
             )
             .await;
@@ -1177,7 +1177,7 @@ async fn embedded_default_lets_anonymous_callers_read_without_personal_data() {
         .await;
     assert_eq!(code(&errors), Some("FORBIDDEN"));
     let errors = anonymous
-        .errors(r#"mutation { upsertMachineHealth(input: {machine_id: "PR-0003", status: "ok"}) { machine_id } }"#, json!({}))
+        .errors(r#"mutation { upsertMachineHealth(input: {machine_id: "PR-0003", status: ok}) { machine_id } }"#, json!({}))
         .await;
     assert_eq!(code(&errors), Some("FORBIDDEN"));
     assert_eq!(anonymous.get("/quarantine/customer_asset").await.0, 403);

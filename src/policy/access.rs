@@ -141,6 +141,21 @@ impl View {
     }
 }
 
+/// Whether some role sees `field` of `product` through a mask that
+/// replaces its value with another text (redact, hash, partial): the
+/// GraphQL schema then cannot type it by its declared `enum:` values.
+/// A `null` mask keeps every value that is shown one of them.
+pub fn rewritten_by_a_mask(product: &Product, field: &str) -> bool {
+    let rewrites = |mask: &Mask| !matches!(mask, Mask::Null);
+    let by_rule = product
+        .access
+        .values()
+        .any(|rule| rule.masks.get(field).is_some_and(rewrites));
+    let by_reader = !product.access.contains_key(READER)
+        && reader_masks(product).get(field).is_some_and(rewrites);
+    by_rule || by_reader
+}
+
 fn reader_masks(product: &Product) -> IndexMap<String, Mask> {
     product
         .fields

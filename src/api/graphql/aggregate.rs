@@ -96,20 +96,25 @@ pub(crate) fn types(api: &Arc<ProductApi>) -> Vec<Type> {
     for (name, ty) in groupable(api) {
         field_enum = field_enum.item(name.as_str());
         let wanted = name.clone();
-        key = key.field(Field::new(
-            &name,
-            TypeRef::named(values::type_name(ty)),
-            move |ctx| {
-                ready(ctx.parent_value.try_downcast_ref::<GroupOut>().map(|g| {
-                    g.group_by
-                        .iter()
-                        .position(|n| *n == wanted)
-                        .and_then(|i| g.group.key.get(i))
-                        .map(key_value)
-                        .and_then(super::schema::non_null)
-                }))
-            },
-        ));
+        let enum_type = api.enums.get(&name).cloned();
+        let type_name = enum_type
+            .as_ref()
+            .map_or(values::type_name(ty), |e| e.name.as_str());
+        key = key.field(Field::new(&name, TypeRef::named(type_name), move |ctx| {
+            ready(ctx.parent_value.try_downcast_ref::<GroupOut>().map(|g| {
+                g.group_by
+                    .iter()
+                    .position(|n| *n == wanted)
+                    .and_then(|i| g.group.key.get(i))
+                    .map(|part| match (&enum_type, part) {
+                        (Some(e), KeyPart::Text(s)) => {
+                            e.output(&crate::record::Value::String(s.clone()))
+                        }
+                        _ => key_value(part),
+                    })
+                    .and_then(super::schema::non_null)
+            }))
+        }));
     }
     out.push(field_enum.into());
     out.push(key.into());
@@ -209,7 +214,10 @@ pub(crate) fn aggregate_field(api: &Arc<ProductApi>) -> Field {
             require(&ctx, &view, view.read, "read")?;
             runtime.usage.query(api.name());
             let filter = match ctx.args.get("filter") {
-                Some(value) if !value.is_null() => filter::parse(&api.types, value.as_value())
+                Some(value) if !value.is_null() => filter::parse(
+                    &api.types,
+                    &super::enums::decode_filter(&api.enums, value.as_value()),
+                )
                     .map_err(|e| field_errors::bad_argument(format!("`filter`: {e}")))?,
                 _ => None,
             };

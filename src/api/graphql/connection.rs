@@ -119,7 +119,7 @@ pub(crate) fn types(api: &Arc<ProductApi>) -> Vec<Type> {
         connection.into(),
         order_field.into(),
         order.into(),
-        filter::product_filter_input(product, &names.filter).into(),
+        filter::product_filter_input(product, &api.enums, &names.filter).into(),
     ]
 }
 
@@ -250,7 +250,10 @@ pub(crate) fn list_field(api: &Arc<ProductApi>) -> Field {
                 before: cursor("before")?,
             };
             let filter = match ctx.args.get("filter") {
-                Some(value) if !value.is_null() => filter::parse(&api.types, value.as_value())
+                Some(value) if !value.is_null() => filter::parse(
+                    &api.types,
+                    &super::enums::decode_filter(&api.enums, value.as_value()),
+                )
                     .map_err(|e| field_errors::bad_argument(format!("`filter`: {e}")))?,
                 _ => None,
             };

@@ -99,13 +99,21 @@ pub(crate) fn field_filter_inputs() -> Vec<InputObject> {
 }
 
 /// The filter input of one product.
-pub(crate) fn product_filter_input(product: &Product, type_name: &str) -> InputObject {
+pub(crate) fn product_filter_input(
+    product: &Product,
+    enums: &super::enums::Enums,
+    type_name: &str,
+) -> InputObject {
     let mut input = InputObject::new(type_name).description(format!(
         "Conditions on `{}` instances; all given must hold.",
         product.name
     ));
     for field in product.fields.values() {
-        let mut value = InputValue::new(&field.name, TypeRef::named(field_filter_type(field.ty)));
+        let filter_type = match enums.get(&field.name) {
+            Some(e) => super::enums::filter_name(&e.name),
+            None => field_filter_type(field.ty),
+        };
+        let mut value = InputValue::new(&field.name, TypeRef::named(filter_type));
         if let Some(description) = &field.description {
             value = value.description(description);
         }

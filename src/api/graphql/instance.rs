@@ -12,6 +12,7 @@ use async_graphql::dynamic::{
 use async_graphql::Value as Gql;
 
 use super::budget::{fields_bytes, ResponseBudget};
+use super::enums::EnumType;
 use super::field_errors;
 use super::limits;
 use super::schema::{
@@ -68,35 +69,52 @@ pub(crate) fn describe(field: &ProductField) -> String {
 }
 
 /// One typed product field read off a parent of type `T`.
-fn typed_field<T: HasFields>(field: &ProductField, required: bool, is_key: bool) -> Field {
+fn typed_field<T: HasFields>(
+    api: &ProductApi,
+    field: &ProductField,
+    required: bool,
+    is_key: bool,
+) -> Field {
     let ty = field.ty;
     let name = field.name.clone();
+    let enum_type = api.enums.get(&field.name).cloned();
+    let type_name = enum_type
+        .as_ref()
+        .map_or(values::type_name(ty), |e| e.name.as_str());
     let type_ref = if required {
-        TypeRef::named_nn(values::type_name(ty))
+        TypeRef::named_nn(type_name)
     } else {
-        TypeRef::named(values::type_name(ty))
+        TypeRef::named(type_name)
     };
     Field::new(&field.name, type_ref, move |ctx| {
-        ready(
-            ctx.parent_value
-                .try_downcast_ref::<T>()
-                .map(|parent| non_null(field_output(parent, &name, ty, is_key))),
-        )
+        ready(ctx.parent_value.try_downcast_ref::<T>().map(|parent| {
+            non_null(field_output(
+                parent,
+                &name,
+                ty,
+                is_key,
+                enum_type.as_deref(),
+            ))
+        }))
     })
     .description(describe(field))
 }
 
-/// The value of the product field `name` (of type `ty`) of `parent`, as
-/// the schema returns it. Shared with the prepared lookups
-/// (`prepared.rs`).
+/// The value of the product field `name` (of type `ty`, a GraphQL enum
+/// when `enum_type` is given) of `parent`, as the schema returns it.
+/// Shared with the prepared lookups (`prepared.rs`).
 pub(crate) fn field_output<T: HasFields>(
     parent: &T,
     name: &str,
     ty: FieldType,
     is_key: bool,
+    enum_type: Option<&EnumType>,
 ) -> Gql {
     match parent.fields().get(name) {
-        Some(value) => values::output(ty, value),
+        Some(value) => match enum_type {
+            Some(e) => e.output(value),
+            None => values::output(ty, value),
+        },
         None if is_key => key_value(ty, parent.entity()),
         None => Gql::Null,
     }
@@ -229,7 +247,7 @@ pub(crate) fn types(api: &Arc<ProductApi>) -> Vec<Type> {
     );
     for field in product.fields.values() {
         let is_key = field.name == product.key;
-        object = object.field(typed_field::<Instance>(field, is_key, is_key));
+        object = object.field(typed_field::<Instance>(api, field, is_key, is_key));
     }
     object = object
         .field(meta_field(api))
@@ -242,7 +260,7 @@ pub(crate) fn types(api: &Arc<ProductApi>) -> Vec<Type> {
         product.name
     ));
     for field in product.fields.values() {
-        values_object = values_object.field(typed_field::<HistoryEvent>(field, false, false));
+        values_object = values_object.field(typed_field::<HistoryEvent>(api, field, false, false));
     }
 
     let event = Object::new(&names.event)

@@ -29,6 +29,7 @@ pub(crate) mod budget;
 mod catalog;
 mod connection;
 mod cost;
+mod enums;
 mod field_errors;
 mod filter;
 mod http;

@@ -38,7 +38,10 @@ pub(crate) fn input_object(api: &Arc<ProductApi>) -> InputObject {
         product.name
     ));
     for field in product.fields.values() {
-        let name = values::type_name(field.ty);
+        let name = match api.enums.get(&field.name) {
+            Some(e) => e.name.as_str(),
+            None => values::type_name(field.ty),
+        };
         let ty = if field.name == product.key {
             TypeRef::named_nn(name)
         } else {
@@ -93,9 +96,13 @@ pub(crate) fn upsert_field(api: &Arc<ProductApi>) -> Field {
                     Some(FieldType::Int) => values::long(value.as_value()),
                     _ => None,
                 };
+                let decoded = match api.enums.get(name.as_str()) {
+                    Some(e) => e.input(value.as_value()),
+                    None => value.as_value().clone(),
+                };
                 let json = match long {
                     Some(n) => serde_json::Value::from(n),
-                    None => values::input_json(value.as_value())
+                    None => values::input_json(&decoded)
                         .map_err(|e| field_errors::bad_argument(format!("`{name}`: {e}")))?,
                 };
                 record.insert(name.to_string(), json);

@@ -223,8 +223,21 @@ pub(crate) struct Problem {
 /// Checks that the names generated for `products` (name → field names)
 /// are all distinct and free; returns every problem found, each with the
 /// product to rename or change.
+#[cfg(test)]
 pub(crate) fn check<'a>(
     products: impl IntoIterator<Item = (&'a str, Vec<&'a str>)>,
+) -> Vec<Problem> {
+    check_with_enums(
+        products
+            .into_iter()
+            .map(|(product, fields)| (product, fields, Vec::new())),
+    )
+}
+
+/// [`check`], with the names of each product's enum types (`enums.rs`)
+/// and their filter inputs taken as its types too.
+pub(crate) fn check_with_enums<'a>(
+    products: impl IntoIterator<Item = (&'a str, Vec<&'a str>, Vec<String>)>,
 ) -> Vec<Problem> {
     let mut problems: Vec<Problem> = Vec::new();
     let mut push = |product: &str, message: String| {
@@ -241,7 +254,7 @@ pub(crate) fn check<'a>(
         .iter()
         .map(|f| (f.to_string(), "the catalog".to_string()))
         .collect();
-    for (product, fields) in products {
+    for (product, fields, enum_types) in products {
         let names = ProductNames::new(product);
         let owner = format!("product `{product}`");
         for ty in names.types() {
@@ -250,6 +263,14 @@ pub(crate) fn check<'a>(
                     "product `{product}`: its GraphQL type name `{ty}` is already taken by {other}; rename the product"
                 ));
                 break;
+            }
+        }
+        for ty in enum_types {
+            let owner = format!("an `enum:` field of product `{product}`");
+            if let Some(other) = types.insert(ty.clone(), owner) {
+                push(product, format!(
+                    "product `{product}`: the GraphQL enum type `{ty}` of one of its `enum:` fields is already taken by {other}; rename the field"
+                ));
             }
         }
         for root in names.root_fields() {

@@ -357,7 +357,13 @@ impl Plan {
                         let value = match selected {
                             Selected::Typename => Gql::String(lookup.api.names.object.clone()),
                             Selected::Field { name, ty, is_key } => {
-                                let value = field_output(instance.as_ref(), name, *ty, *is_key);
+                                let value = field_output(
+                                    instance.as_ref(),
+                                    name,
+                                    *ty,
+                                    *is_key,
+                                    lookup.api.enums.get(name).map(|e| e.as_ref()),
+                                );
                                 if *is_key && value == Gql::Null {
                                     // A non-null field without a value: the
                                     // executor's error, not ours to make.

@@ -19,7 +19,8 @@ use super::prepared::PreparedLookups;
 use super::reload::Generation;
 use super::runtime::Runtime;
 use super::{
-    catalog, connection, field_errors, filter, instance, limits, mutation, subscription, values,
+    catalog, connection, enums, field_errors, filter, instance, limits, mutation, subscription,
+    values,
 };
 use crate::policy::access::{Caller, View};
 use crate::product::{FieldType, Product, ProductSet};
@@ -35,12 +36,16 @@ pub(crate) struct ProductApi {
     pub product: Arc<Product>,
     pub names: ProductNames,
     pub types: HashMap<String, FieldType>,
+    /// The `enum:` fields that are GraphQL enums (`enums.rs`).
+    pub enums: enums::Enums,
 }
 
 impl ProductApi {
     fn new(product: &Arc<Product>) -> ProductApi {
+        let names = ProductNames::new(&product.name);
         ProductApi {
-            names: ProductNames::new(&product.name),
+            enums: enums::of_product(product, &names.object),
+            names,
             types: product
                 .fields
                 .values()
@@ -286,12 +291,30 @@ fn build(
     products: &Arc<ProductSet>,
     runtime: Option<Runtime>,
 ) -> Result<(Schema, Vec<Arc<ProductApi>>), BuildError> {
-    let problems = names::check(products.iter().map(|p| {
+    let mut problems = names::check_with_enums(products.iter().map(|p| {
+        let object = ProductNames::new(&p.name).object;
+        let enum_types = enums::enum_fields(p)
+            .flat_map(|f| {
+                let ty = enums::type_name(&object, &f.name);
+                [enums::filter_name(&ty), ty]
+            })
+            .collect();
         (
             p.name.as_str(),
             p.fields.keys().map(String::as_str).collect(),
+            enum_types,
         )
     }));
+    for product in products.iter() {
+        problems.extend(
+            enums::value_problems(product)
+                .into_iter()
+                .map(|message| names::Problem {
+                    product: product.name.clone(),
+                    message,
+                }),
+        );
+    }
     if !problems.is_empty() {
         return Err(BuildError(
             problems
@@ -394,6 +417,11 @@ fn assemble(
         }
         for ty in super::aggregate::types(api) {
             builder = builder.register(ty);
+        }
+        for (field, e) in &api.enums {
+            builder = builder
+                .register(e.graphql_type(api.name(), field))
+                .register(e.filter_input());
         }
         builder = builder.register(mutation::input_object(api));
         builder = builder.register(subscription::change_object(api));

@@ -111,7 +111,10 @@ pub(crate) fn changes_field(api: &Arc<ProductApi>) -> SubscriptionField {
                 .budgets
                 .subscription_slot(&identity_key(&caller.identity), &connection)?;
             let filter = match ctx.args.get("filter") {
-                Some(value) if !value.is_null() => filter::parse(&api.types, value.as_value())
+                Some(value) if !value.is_null() => filter::parse(
+                    &api.types,
+                    &super::enums::decode_filter(&api.enums, value.as_value()),
+                )
                     .map_err(|e| field_errors::bad_argument(format!("`filter`: {e}")))?,
                 _ => None,
             };
