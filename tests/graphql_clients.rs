@@ -1026,3 +1026,140 @@ fn enum_values_that_would_share_a_graphql_name_are_refused() {
         "{stderr}"
     );
 }
+
+/// A product with an `id` field of its own: not a Relay `Node`.
+const THING: &str = r#"
+product: thing
+version: 1
+domain: test
+owner: test@example.com
+description: Has its own id.
+key: id
+fields:
+  id:   { type: string, required: true }
+  name: { type: string }
+sources:
+  - http: {}
+"#;
+
+fn global_id(object: &str, key: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{object}:{key}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_nodes_refetch_instances_by_global_id_under_the_same_policy() {
+    let dir = workdir(
+        &[("sensor", SENSOR), ("vault", VAULT), ("thing", THING)],
+        ANONYMOUS_READS,
+    );
+    let token = create_token(dir.path(), "admin", "ops");
+    let node = common::NodeBuilder::new(dir.path())
+        .arg("--config")
+        .arg("meshlet.toml")
+        .secured()
+        .start()
+        .expect("node starts");
+    let reader = Gql::new(&node);
+    let admin = reader.with_token(&token);
+    admin
+        .data(
+            r#"mutation { a: upsertSensor(input: { sensor_id: "s1", temp: 1.5 }) { sensor_id }
+                          b: upsertSensor(input: { sensor_id: "s2", temp: 2.5 }) { sensor_id }
+                          v: upsertVault(input: { vault_id: "v1", note: "x" }) { vault_id } }"#,
+            json!({}),
+        )
+        .await;
+
+    // Every instance type with no `id` of its own is a Node, with a
+    // global id.
+    let data = reader
+        .data(
+            r#"{ sensorConnection { nodes { id sensor_id } }
+                 sensor: __type(name: "Sensor") { interfaces { name } }
+                 thing: __type(name: "Thing") { interfaces { name } } }"#,
+            json!({}),
+        )
+        .await;
+    let s1 = global_id("Sensor", "s1");
+    let s2 = global_id("Sensor", "s2");
+    assert_eq!(
+        data["sensorConnection"]["nodes"],
+        json!([{ "id": s1, "sensor_id": "s1" }, { "id": s2, "sensor_id": "s2" }])
+    );
+    assert_eq!(data["sensor"]["interfaces"], json!([{ "name": "Node" }]));
+    assert_eq!(data["thing"]["interfaces"], json!([]));
+
+    // node(id:) and nodes(ids:): as the lookup answers, in order, null
+    // where there is none.
+    let data = reader
+        .data(
+            r#"query($id: ID!, $ids: [ID!]!) {
+                node(id: $id) { __typename id ... on Sensor { temp } }
+                nodes(ids: $ids) { id ... on Sensor { sensor_id } } }"#,
+            json!({ "id": s1, "ids": [s2, global_id("Sensor", "nope"), s1] }),
+        )
+        .await;
+    assert_eq!(
+        data["node"],
+        json!({ "__typename": "Sensor", "id": s1, "temp": 1.5 })
+    );
+    assert_eq!(
+        data["nodes"],
+        json!([{ "id": s2, "sensor_id": "s2" }, null, { "id": s1, "sensor_id": "s1" }])
+    );
+
+    // Same policy as the lookup: `reader` may not read `vault`.
+    let (_, body) = reader
+        .post(
+            r#"query($id: ID!) { node(id: $id) { id } }"#,
+            json!({ "id": global_id("Vault", "v1") }),
+        )
+        .await;
+    assert_eq!(body["data"], json!({ "node": null }), "{body}");
+    assert_eq!(
+        paths_and_codes(&body),
+        vec![(json!(["node"]), json!("FORBIDDEN"))]
+    );
+    let data = admin
+        .data(
+            r#"query($id: ID!) { node(id: $id) { ... on Vault { note } } }"#,
+            json!({ "id": global_id("Vault", "v1") }),
+        )
+        .await;
+    assert_eq!(data["node"], json!({ "note": "x" }));
+
+    // Ids that are not ours, and too many of them.
+    for bad in [
+        "not-an-id",
+        &global_id("Thing", "t1"),
+        &global_id("Nope", "x"),
+    ] {
+        let (_, body) = reader
+            .post(
+                r#"query($id: ID!) { node(id: $id) { id } }"#,
+                json!({ "id": bad }),
+            )
+            .await;
+        assert_eq!(body["data"], json!({ "node": null }), "{body}");
+        assert_eq!(
+            paths_and_codes(&body),
+            vec![(json!(["node"]), json!("BAD_ARGUMENT"))],
+            "{bad}"
+        );
+    }
+    let many: Vec<String> = (0..101)
+        .map(|i| global_id("Sensor", &i.to_string()))
+        .collect();
+    let (_, body) = reader
+        .post(
+            r#"query($ids: [ID!]!) { nodes(ids: $ids) { id } }"#,
+            json!({ "ids": many }),
+        )
+        .await;
+    assert_eq!(body["data"], Value::Null, "{body}");
+    assert_eq!(
+        paths_and_codes(&body),
+        vec![(json!(["nodes"]), json!("BAD_ARGUMENT"))]
+    );
+}

@@ -245,9 +245,9 @@ async fn a_definition_that_collides_with_the_catalog_cannot_stop_reloading() {
     let ready: Value = serde_json::from_str(&body).expect("readyz JSON");
     assert_eq!(ready["problems"], json!([]), "{body}");
     let data = gql
-        .data("{ nodes { id } syncStatus { name } }", json!({}))
+        .data("{ syncNodes { id } syncStatus { name } }", json!({}))
         .await;
-    assert_eq!(data["nodes"], json!([]), "{data}");
+    assert_eq!(data["syncNodes"], json!([]), "{data}");
     let (status, _) = node.stop();
     assert!(status.success());
 }

@@ -81,7 +81,12 @@ fn schema_print_prints_the_golden_sdl() {
     assert_eq!(stdout(&out), golden);
     let sdl = stdout(&out);
     for expected in [
-        "type MachineHealth {",
+        "type MachineHealth implements Node {",
+        "\tstatus: MachineHealthStatus\n",
+        "status: MachineHealthStatusFilter",
+        "node(id: ID!): Node",
+        "nodes(ids: [ID!]!): [Node]!",
+        "syncNodes: [SyncNode!]!",
         "machineHealth(machine_id: String!): MachineHealth",
         "machineHealthConnection(",
         "): MachineHealthConnection!",

@@ -180,11 +180,13 @@ fn edge_to_aggregator_over_http_with_rules_masks_and_erasure() {
     let (status, body) = http_post(
         &hq.url("/graphql"),
         "application/json",
-        br#"{"query":"{ nodes { id lastSeen lag pending } machine(machine_id: \"m1\") { _meta { source } } }"}"#.to_vec(),
+        br#"{"query":"{ syncNodes { id lastSeen lag pending } edgeNodes { id } machine(machine_id: \"m1\") { _meta { source } } }"}"#.to_vec(),
     );
     assert_eq!(status, 200, "{body}");
     let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    assert_eq!(answer["data"]["nodes"][0]["id"], "edge-1", "{body}");
+    assert_eq!(answer["data"]["syncNodes"][0]["id"], "edge-1", "{body}");
+    // The deprecated alias answers the same for one release.
+    assert_eq!(answer["data"]["edgeNodes"][0]["id"], "edge-1", "{body}");
     assert_eq!(
         answer["data"]["machine"]["_meta"]["source"], "sync:edge-1",
         "{body}"

@@ -27,6 +27,9 @@
 //!   appends the held-back errors and sets `data` to `null` when a
 //!   non-null root field failed.
 //!
+//! It also gives lists of objects the `null` items the engine cannot hold
+//! ([`null_item`]; Relay's `nodes(ids:)` needs them).
+//!
 //! Errors from the engine itself (a nested field the hook already handled,
 //! validation) keep their own shape. The cost when nothing fails is one
 //! atomic load per field.
@@ -61,6 +64,18 @@ pub(crate) fn with_code(mut err: async_graphql::Error, code: &str) -> async_grap
         .set("code", code);
     err
 }
+
+/// A `null` item in a list of objects or interfaces, which async-graphql
+/// 7.2's dynamic schema cannot hold (it resolves every item as the named
+/// type): the item is made of a type name no schema has, the engine
+/// fails it naming that type, and the hook answers the `null` it stands
+/// for — without an error — when the item may be null.
+pub(crate) fn null_item<'a>() -> async_graphql::dynamic::FieldValue<'a> {
+    async_graphql::dynamic::FieldValue::NULL.with_type(NULL_ITEM)
+}
+
+/// Not a GraphQL name (`#`), so no type of any schema has it.
+const NULL_ITEM: &str = "#null";
 
 /// The extension (registered on every schema generation).
 #[derive(Default)]
@@ -174,6 +189,8 @@ impl Extension for FieldErrorsExtension {
                     .store(state.failed.len(), Ordering::Release);
                 Ok(None)
             }
+            // A null item (`null_item`), not a failure.
+            Err(err) if nullable && err.message.contains(NULL_ITEM) => Ok(None),
             Err(mut err) => {
                 let path = path_of(node);
                 if err.path.is_empty() {

@@ -249,6 +249,11 @@ pub(crate) fn types(api: &Arc<ProductApi>) -> Vec<Type> {
         let is_key = field.name == product.key;
         object = object.field(typed_field::<Instance>(api, field, is_key, is_key));
     }
+    if super::relay::is_node(api) {
+        object = object
+            .implement(super::relay::NODE)
+            .field(super::relay::id_field(api));
+    }
     object = object
         .field(meta_field(api))
         .field(history_field(api))

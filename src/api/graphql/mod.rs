@@ -44,6 +44,7 @@ mod paging;
 mod parse_cache;
 mod persisted;
 mod prepared;
+mod relay;
 mod reload;
 mod runtime;
 mod schema;

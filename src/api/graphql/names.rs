@@ -191,6 +191,7 @@ pub(crate) const SHARED_TYPES: &[&str] = &[
     "SchemaStatus",
     "SyncUpstream",
     "SyncNode",
+    "Node",
 ];
 
 /// Root query fields the catalog takes.
@@ -200,6 +201,9 @@ pub(crate) const CATALOG_FIELDS: &[&str] = &[
     "quarantine",
     "schemaStatus",
     "syncStatus",
+    "syncNodes",
+    "edgeNodes",
+    "node",
     "nodes",
 ];
 

@@ -19,8 +19,8 @@ use super::prepared::PreparedLookups;
 use super::reload::Generation;
 use super::runtime::Runtime;
 use super::{
-    catalog, connection, enums, field_errors, filter, instance, limits, mutation, subscription,
-    values,
+    catalog, connection, enums, field_errors, filter, instance, limits, mutation, relay,
+    subscription, values,
 };
 use crate::policy::access::{Caller, View};
 use crate::product::{FieldType, Product, ProductSet};
@@ -387,6 +387,7 @@ fn assemble(
                 .item("ASC")
                 .item("DESC"),
         )
+        .register(relay::interface())
         .register(instance::meta_object())
         .register(instance::audit_object())
         .register(instance::audit_action_enum());
@@ -437,6 +438,7 @@ fn assemble(
     for field in catalog::root_fields(products)
         .into_iter()
         .chain(super::sync_status::root_fields())
+        .chain(relay::root_fields(&apis))
     {
         query = query.field(field);
     }

@@ -1,6 +1,12 @@
 //! Sync in the catalog: `syncStatus` (per upstream: pending, oldest
-//! pending age, last ack, errors, drops) and, on an aggregator, `nodes`
-//! (the edges it heard from: id, last seen, lag, pending). Instances show
+//! pending age, last ack, errors, drops) and, on an aggregator,
+//! `syncNodes` (the edges it heard from: id, last seen, lag, pending).
+//!
+//! `syncNodes` was `Query.nodes` until Relay's `nodes(ids:)` took that
+//! name (`relay.rs`). The old name cannot stay, so there is no alias under
+//! it; `edgeNodes`, deprecated, answers the same list for one release —
+//! for clients that were pointed at it while moving off `nodes` — and
+//! then goes. Instances show
 //! their origin node in `_meta { source }` (`sync:<node id>`).
 
 use async_graphql::dynamic::{Field, FieldFuture, FieldValue, Object, Type, TypeRef};
@@ -125,18 +131,31 @@ pub(crate) fn root_fields() -> Vec<Field> {
             },
         )
         .description("Per upstream: pending entries, oldest pending age, last ack, errors, drops."),
-        Field::new("nodes", TypeRef::named_nn_list_nn("SyncNode"), |ctx| {
-            FieldFuture::new(async move {
-                let nodes = runtime(&ctx)?
-                    .sync
-                    .as_ref()
-                    .map(|s| s.nodes())
-                    .unwrap_or_default();
-                Ok(Some(FieldValue::list(
-                    nodes.into_iter().map(FieldValue::owned_any),
-                )))
-            })
-        })
-        .description("Aggregator mode: the edges heard from; empty on an edge."),
+        sync_nodes("syncNodes")
+            .description("Aggregator mode: the edges heard from; empty on an edge."),
+        sync_nodes(DEPRECATED_SYNC_NODES)
+            .description("Aggregator mode: the edges heard from (as `syncNodes`).")
+            .deprecation(Some(
+                "Use `syncNodes` (this list was `Query.nodes` before Relay's `nodes(ids:)`); removed in the next release.",
+            )),
     ]
+}
+
+/// The deprecated alias of `syncNodes`.
+pub(crate) const DEPRECATED_SYNC_NODES: &str = "edgeNodes";
+
+/// The edges this aggregator heard from, as field `name`.
+fn sync_nodes(name: &str) -> Field {
+    Field::new(name, TypeRef::named_nn_list_nn("SyncNode"), |ctx| {
+        FieldFuture::new(async move {
+            let nodes = runtime(&ctx)?
+                .sync
+                .as_ref()
+                .map(|s| s.nodes())
+                .unwrap_or_default();
+            Ok(Some(FieldValue::list(
+                nodes.into_iter().map(FieldValue::owned_any),
+            )))
+        })
+    })
 }
