@@ -4,6 +4,10 @@
 //! over GET, automatic persisted queries, and the
 //! `application/graphql-response+json` media type.
 //!
+//! Outside clients (`tests/js/clients.mjs`: Apollo Client, urql,
+//! graphql-ws, subscriptions-transport-ws, pinned in the same lockfile)
+//! run against the node and report what they saw; the assertions are here.
+//!
 //! The node scripts need `node` and `npm ci` in `tests/js`: a missing one
 //! fails the test (tests/run.sh installs both), it is never skipped.
 
@@ -28,7 +32,9 @@ fn js_dir() -> PathBuf {
 async fn node_script(script: &str, args: Vec<String>) -> String {
     let dir = js_dir();
     assert!(
-        dir.join("node_modules").join("graphql-http").is_dir(),
+        ["graphql-http", "@apollo/client", "graphql-ws"]
+            .iter()
+            .all(|package| dir.join("node_modules").join(package).is_dir()),
         "the JS clients are not installed: run `npm ci` in {} (tests/run.sh does)",
         dir.display()
     );
@@ -1162,4 +1168,123 @@ async fn relay_nodes_refetch_instances_by_global_id_under_the_same_policy() {
         paths_and_codes(&body),
         vec![(json!(["nodes"]), json!("BAD_ARGUMENT"))]
     );
+}
+
+/// The answer every client gets to `clients.mjs`'s `Mixed` query: the good
+/// field's data beside the failed one's `null`, and the error with its
+/// path and code. `typename`: the client adds `__typename` (Apollo's cache).
+fn assert_mixed(what: &str, answer: &Value, typename: bool) {
+    let mut ok = json!({ "sensor_id": "s1", "temp": 20.5, "status": "warn" });
+    if typename {
+        ok["__typename"] = json!("Sensor");
+    }
+    assert_eq!(
+        answer["data"],
+        json!({ "ok": ok, "bad": null }),
+        "{what}: {answer:#}"
+    );
+    assert_eq!(
+        answer["errors"],
+        json!([{ "message": "`first` must not be negative", "path": ["bad", "history"], "code": "BAD_ARGUMENT" }]),
+        "{what}: {answer:#}"
+    );
+}
+
+/// A subscription event of `clients.mjs`: a change of the sensor it writes.
+fn assert_event(what: &str, event: &Value) {
+    let change = &event["data"]["sensorChanges"];
+    assert_eq!(change["entity"], "s9", "{what}: {event:#}");
+    assert!(change["instance"]["temp"].is_number(), "{what}: {event:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_js_clients_get_data_and_error_shapes_right() {
+    // No anonymous role: every client must send its token (header, or
+    // `connection_init` payload) or get nothing.
+    let dir = workdir(&[("sensor", SENSOR)], "");
+    let token = create_token(dir.path(), "admin", "ops");
+    let node = common::NodeBuilder::new(dir.path())
+        .arg("--config")
+        .arg("meshlet.toml")
+        .secured()
+        .start()
+        .expect("node starts");
+    Gql::new(&node)
+        .with_token(&token)
+        .data(
+            r#"mutation { upsertSensor(input: { sensor_id: "s1", temp: 20.5, status: warn }) { sensor_id } }"#,
+            json!({}),
+        )
+        .await;
+    let out = node_script("clients.mjs", vec![node.url("/graphql"), token]).await;
+    let report: Value = serde_json::from_str(out.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("clients report ({e}): {out}"));
+    for (name, scenario) in report.as_object().expect("report object") {
+        assert!(
+            scenario.get("failed").is_none() || name == "legacyBothOffered",
+            "{name}: {scenario:#}"
+        );
+    }
+
+    // Apollo Client: HttpLink over POST and (useGETForQueries) GET.
+    let post = &report["apolloHttpPost"];
+    assert_mixed("HttpLink POST", post, true);
+    assert_eq!(post["methods"], json!(["POST"]));
+    let get = &report["apolloHttpGet"];
+    assert_mixed("HttpLink GET", get, true);
+    assert_eq!(get["methods"], json!(["GET"]));
+
+    // PersistedQueryLink: hash only, asked for the text, then hash only.
+    let persisted = &report["apolloPersisted"];
+    assert_mixed("PersistedQueryLink first", &persisted["first"], true);
+    assert_mixed("PersistedQueryLink second", &persisted["second"], true);
+    let sent = persisted["sent"].as_array().expect("sent");
+    let shape: Vec<(bool, bool)> = sent
+        .iter()
+        .map(|r| (r["query"] == true, r["hash"].is_string()))
+        .collect();
+    assert_eq!(
+        shape,
+        [(false, true), (true, true), (false, true)],
+        "{persisted:#}"
+    );
+
+    // BatchHttpLink: refused as a whole, clearly, nothing answered.
+    for result in report["apolloBatch"].as_array().expect("batch results") {
+        assert_eq!(result["error"]["statusCode"], 400, "{result:#}");
+        assert_eq!(
+            result["error"]["body"]["errors"][0]["extensions"]["code"], "BATCHING_DISABLED",
+            "{result:#}"
+        );
+    }
+
+    // GraphQLWsLink (graphql-ws underneath): a query and a subscription.
+    let ws = &report["apolloWs"];
+    assert_mixed("GraphQLWsLink query", &ws["query"], true);
+    assert_event("GraphQLWsLink", &ws["event"]);
+
+    // urql's default: GET within the URL limit.
+    let urql = &report["urqlDefaultGet"];
+    assert_mixed("urql", urql, false);
+    assert_eq!(urql["methods"], json!(["GET"]));
+
+    // graphql-ws with its own protocol, and offering both: the current
+    // protocol is chosen and spoken.
+    for name in ["graphqlWsOneProtocol", "graphqlWsBothOffered"] {
+        let scenario = &report[name];
+        assert_eq!(scenario["protocol"], "graphql-transport-ws", "{name}");
+        assert_mixed(name, &scenario["query"], false);
+        assert_event(name, &scenario["event"]);
+    }
+    // subscriptions-transport-ws with its own (legacy) protocol.
+    let legacy = &report["legacyOneProtocol"];
+    assert_eq!(legacy["protocol"], "graphql-ws");
+    assert_mixed("subscriptions-transport-ws", &legacy["query"], false);
+    assert_event("subscriptions-transport-ws", &legacy["event"]);
+    // Offering both, it is told `graphql-transport-ws` in the handshake
+    // and spoken to in it, as negotiated: a client that offers a protocol
+    // it cannot speak fails at once rather than being answered in another.
+    let both = &report["legacyBothOffered"];
+    assert_eq!(both["protocol"], "graphql-transport-ws", "{both:#}");
+    assert!(both["failed"].is_string(), "{both:#}");
 }

@@ -28,8 +28,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # The pinned JS clients and playwright-core (package-lock.json; it drives
-# Debian's chromium for tests/console.rs), installed when missing.
-if [ ! -d tests/js/node_modules/playwright-core ]; then
+# Debian's chromium for tests/console.rs and tests/graphql_clients.rs),
+# installed when missing or older than the lockfile.
+if [ ! -d tests/js/node_modules/playwright-core ] || [ tests/js/package-lock.json -nt tests/js/node_modules/.package-lock.json ]; then
   (cd tests/js && npm ci --no-audit --no-fund)
 fi
 
