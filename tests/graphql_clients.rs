@@ -1288,3 +1288,143 @@ async fn outside_js_clients_get_data_and_error_shapes_right() {
     assert_eq!(both["protocol"], "graphql-transport-ws", "{both:#}");
     assert!(both["failed"].is_string(), "{both:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphiql_page_and_assets_are_embedded_and_open_and_queries_are_not() {
+    let dir = workdir(&[("sensor", SENSOR)], "");
+    let node = common::NodeBuilder::new(dir.path())
+        .arg("--config")
+        .arg("meshlet.toml")
+        .secured()
+        .start()
+        .expect("node starts");
+    let client = reqwest::Client::new();
+    let send = |path: &str, headers: &[(&str, &str)]| {
+        let mut request = client.get(node.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send()
+    };
+    // The page, without credentials: every asset it names is the node's.
+    let page = send("/graphql", &[("accept", "text/html")])
+        .await
+        .expect("page");
+    assert_eq!(page.status().as_u16(), 200);
+    let html = page.text().await.expect("page body");
+    assert!(!html.contains("https://"), "{html}");
+    let assets: Vec<&str> = html
+        .split('"')
+        .filter(|s| s.starts_with("/graphql/assets/"))
+        .collect();
+    assert_eq!(assets.len(), 5, "{html}");
+    for asset in assets {
+        // As embedded for a browser that takes zstd; decompressed for one
+        // that does not.
+        let zstd = send(asset, &[("accept-encoding", "gzip, br, zstd")])
+            .await
+            .expect("asset");
+        assert_eq!(zstd.status().as_u16(), 200, "{asset}");
+        assert_eq!(zstd.headers()["content-encoding"], "zstd", "{asset}");
+        let compressed = zstd.bytes().await.expect("bytes");
+        let plain = send(asset, &[("accept-encoding", "gzip")])
+            .await
+            .expect("asset");
+        assert!(plain.headers().get("content-encoding").is_none(), "{asset}");
+        assert!(
+            plain.headers()["cache-control"]
+                .to_str()
+                .unwrap_or("")
+                .contains("immutable"),
+            "{asset}"
+        );
+        let plain = plain.bytes().await.expect("bytes");
+        assert_eq!(
+            zstd::stream::decode_all(&compressed[..]).expect("zstd"),
+            plain.to_vec(),
+            "{asset}"
+        );
+    }
+    let missing = send("/graphql/assets/nope.js", &[]).await.expect("404");
+    assert_eq!(missing.status().as_u16(), 404);
+    // Queries still need a token, over GET too, also when a browser asks.
+    for (path, accept) in [
+        ("/graphql?query=%7B__typename%7D", "text/html"),
+        ("/graphql", "application/json"),
+    ] {
+        let refused = send(path, &[("accept", accept)]).await.expect("401");
+        assert_eq!(refused.status().as_u16(), 401, "{path} {accept}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphiql_runs_offline_in_headless_chromium_with_a_token() {
+    let dir = workdir(&[("sensor", SENSOR)], "");
+    let token = create_token(dir.path(), "admin", "ops");
+    let node = common::NodeBuilder::new(dir.path())
+        .arg("--config")
+        .arg("meshlet.toml")
+        .secured()
+        .start()
+        .expect("node starts");
+    Gql::new(&node)
+        .with_token(&token)
+        .data(
+            r#"mutation { upsertSensor(input: { sensor_id: "s1", temp: 20.5, status: warn }) { sensor_id } }"#,
+            json!({}),
+        )
+        .await;
+    assert!(
+        Path::new(&std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()))
+            .exists(),
+        "Debian `chromium` must be installed (tests/run.sh installs it), or CHROMIUM set"
+    );
+    // The screenshot stays under the test's output directory.
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("graphql_clients");
+    std::fs::create_dir_all(&out).expect("output dir");
+    let screenshot = out.join("graphiql.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let profile = tempfile::tempdir().expect("browser profile");
+    let base = node.url("");
+    let base = base.trim_end_matches('/').to_string();
+    let stdout = node_script(
+        "graphiql.mjs",
+        vec![
+            base,
+            token.clone(),
+            screenshot.display().to_string(),
+            profile.path().display().to_string(),
+        ],
+    )
+    .await;
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("browser report ({e}): {stdout}"));
+    assert!(report.get("failed").is_none(), "{report:#}");
+    assert_eq!(report["pageStatus"], 200, "{report:#}");
+    // Nothing but the node was even asked for.
+    assert_eq!(report["blocked"], json!([]), "{report:#}");
+    assert_eq!(
+        report["query"],
+        json!({ "data": { "products": [{ "name": "sensor" }], "sensor": { "temp": 20.5, "status": "warn" } } }),
+        "{report:#}"
+    );
+    assert_eq!(report["event"]["data"]["sensorChanges"]["entity"], "s2");
+    // The token: kept in the tab's session, sent as a header and in
+    // connection_init.
+    assert_eq!(report["sessionToken"], json!(token));
+    let bearer = format!("Bearer {token}");
+    assert!(
+        report["graphqlRequests"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["authorization"] == json!(bearer))),
+        "{report:#}"
+    );
+    assert_eq!(
+        report["connectionInit"],
+        json!([{ "Authorization": bearer }]),
+        "{report:#}"
+    );
+    let png = std::fs::read(&screenshot).expect("screenshot written");
+    assert!(png.starts_with(b"\x89PNG"), "{}", screenshot.display());
+    println!("GraphiQL screenshot: {}", screenshot.display());
+}

@@ -9,6 +9,10 @@
 //! tokens, and it holds counts, never values. Bind the listener to a
 //! trusted interface if even counts are sensitive.
 //!
+//! GraphiQL's page (`GET /graphql` for a browser) is let through without
+//! credentials too: it holds no data, and its token field sends the token
+//! with every query (`graphql::graphiql`).
+//!
 //! The GraphQL WebSocket (`/graphql/ws`) is let through without
 //! credentials, because browsers cannot set headers on a WebSocket: its
 //! token then comes in the `connection_init` payload (see
@@ -38,6 +42,19 @@ pub(crate) async fn require_identity(
     let authorization = request.headers().get(header::AUTHORIZATION).cloned();
     let peer = request.extensions().get::<PeerCertificate>().cloned();
     if authorization.is_none() && peer.is_none() && request.uri().path() == WEBSOCKET_PATH {
+        return next.run(request).await;
+    }
+    // GraphiQL's page: a browser cannot send a token with a page load;
+    // the page holds no data and sends the token with every query.
+    if authorization.is_none()
+        && peer.is_none()
+        && crate::api::graphql::is_graphiql_request(
+            request.method(),
+            request.uri().path(),
+            request.uri().query(),
+            request.headers(),
+        )
+    {
         return next.run(request).await;
     }
     match state.auth.authenticate(

@@ -110,6 +110,7 @@ pub fn router(state: ApiState) -> Router {
     health::routes()
         .merge(ingest::open_routes())
         .merge(console::open_routes())
+        .merge(graphql::open_routes())
         .merge(protected)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -26,7 +26,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde_json::json;
@@ -404,8 +404,11 @@ async fn query_or_graphiql(
             )
         }
     };
-    if params.query.is_none() && params.extensions.is_none() && wants_html(&headers) {
-        return graphiql(&state);
+    if params.query.is_none()
+        && params.extensions.is_none()
+        && super::graphiql::wants_html(&headers)
+    {
+        return super::graphiql::page(&state);
     }
     let incoming = match Incoming::from_params(params) {
         Ok(incoming) => incoming,
@@ -416,21 +419,6 @@ async fn query_or_graphiql(
         Err(refused) => return *refused,
     };
     answer(state, identity, request, Media::of(&headers)).await
-}
-
-fn wants_html(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| {
-            accept.split(',').any(|part| {
-                part.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .eq_ignore_ascii_case("text/html")
-            })
-        })
 }
 
 /// Runs `request` for the caller within its budget and writes the answer
@@ -663,40 +651,3 @@ fn init_identity(
     }
     Ok((authenticator.authenticate(None, None)?, None))
 }
-
-fn graphiql(state: &ApiState) -> Response {
-    if !state.graphql.graphiql {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "errors": [{ "message": "GraphiQL is off (http.graphiql = false); POST queries to /graphql", "extensions": { "code": "GRAPHIQL_OFF" } }] })),
-        )
-            .into_response();
-    }
-    Html(GRAPHIQL_PAGE).into_response()
-}
-
-/// GraphiQL from a CDN, pointed at this node (queries over POST,
-/// subscriptions over graphql-transport-ws). The browser needs the CDN;
-/// the node serves nothing but this page.
-const GRAPHIQL_PAGE: &str = r#"<!doctype html>
-<html lang="en">
-<head>
-  <meta charset="utf-8">
-  <title>meshlet GraphiQL</title>
-  <style>body { margin: 0; height: 100vh; } #graphiql { height: 100vh; }</style>
-  <link rel="stylesheet" href="https://unpkg.com/graphiql@3/graphiql.min.css">
-</head>
-<body>
-  <div id="graphiql">Loading GraphiQL…</div>
-  <script crossorigin src="https://unpkg.com/react@18/umd/react.production.min.js"></script>
-  <script crossorigin src="https://unpkg.com/react-dom@18/umd/react-dom.production.min.js"></script>
-  <script crossorigin src="https://unpkg.com/graphiql@3/graphiql.min.js"></script>
-  <script>
-    const ws = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/graphql/ws';
-    const fetcher = GraphiQL.createFetcher({ url: '/graphql', subscriptionUrl: ws });
-    ReactDOM.createRoot(document.getElementById('graphiql'))
-      .render(React.createElement(GraphiQL, { fetcher, defaultQuery: '{ products { name owner freshness { stale } } }' }));
-  </script>
-</body>
-</html>
-"#;

@@ -1,6 +1,7 @@
 //! The GraphQL API: a schema generated from the product definitions
 //! (async-graphql's dynamic schema), served at `POST /graphql`, with
-//! subscriptions at `GET /graphql/ws` and GraphiQL at `GET /graphql`.
+//! subscriptions at `GET /graphql/ws` and GraphiQL at `GET /graphql`
+//! (embedded, `graphiql.rs`).
 //!
 //! Per product `machine_health`: an object type `MachineHealth` (typed
 //! fields with the definition's descriptions, `_meta`, `history`,
@@ -32,6 +33,7 @@ mod cost;
 mod enums;
 mod field_errors;
 mod filter;
+pub(crate) mod graphiql;
 mod http;
 mod instance;
 mod limits;
@@ -74,6 +76,7 @@ use crate::product::{LoadContext, ProductSet};
 use prepared::Attempt;
 use runtime::Runtime;
 
+pub(crate) use graphiql::{is_open_request as is_graphiql_request, open_routes};
 pub(crate) use http::routes;
 
 /// The name of a product's `erase<Product>` mutation (the `meshlet erase`
