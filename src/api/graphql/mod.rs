@@ -17,8 +17,11 @@
 //! checks the generated names; `values` maps field types and values;
 //! `filter`, `order` and `paging` are the pure core of connections;
 //! `limits` and `cost` keep hostile requests out, `budget` keeps one
-//! caller from taking the node; `runtime` is what resolvers share
-//! across reloads; `reload` swaps the schema; `http` is the axum surface.
+//! caller from taking the node; `field_errors` gives field errors their
+//! path, code and `null` (the spec's, which the dynamic schema does not);
+//! `enums` types `enum:` fields; `relay` is the `Node` interface;
+//! `runtime` is what resolvers share across reloads; `reload` swaps the
+//! schema; `http` is the axum surface, `graphiql` the embedded page.
 //!
 //! Policies: the HTTP layer puts the caller's [`crate::policy::access::Caller`]
 //! into each request's data; every resolver asks it for the view of its
