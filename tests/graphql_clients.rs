@@ -787,6 +787,11 @@ async fn field_errors_carry_path_and_code_and_null_their_field() {
         "{body}"
     );
     assert!(body["errors"][0]["locations"].is_array(), "{body}");
+    // Counted by code.
+    for code in ["BAD_ARGUMENT", "FORBIDDEN"] {
+        let series = format!("meshlet_graphql_field_errors_total{{code=\"{code}\"}}");
+        assert_eq!(anonymous.metric(&series).await, Some(1.0), "{series}");
+    }
 
     // A non-null field in non-null list items under a non-null root field:
     // the null reaches `data`; each item's error has its own path. Over

@@ -14,7 +14,8 @@
 //! `since`, `until` and `every` when given as constants or variables,
 //! else the default window or the most a call returns).
 //!
-//! The `groups` of an aggregate count as the most groups one may make.
+//! The `groups` of an aggregate count as the most groups one may make,
+//! Relay's `nodes(ids:)` as its number of ids.
 //!
 //! Raw payloads count by their size: inside `quarantine`, `payload` and
 //! `payloadBase64` cost [`PAYLOAD_COST`] each (a quarantined payload is
@@ -95,6 +96,15 @@ fn page_of(field: &Field, variables: &Variables) -> u64 {
         "series" => return series_buckets(field, variables),
         // The groups of a `<product>Aggregate`: as many as it may make.
         "groups" => return super::aggregate::MAX_GROUPS as u64,
+        // Relay's `nodes(ids:)`: one instance per id (a connection's
+        // `nodes` has no `ids` and costs nothing more than its page).
+        "nodes" if field.arguments.iter().any(|(n, _)| n.node == "ids") => {
+            let max = super::relay::MAX_IDS as u64;
+            return match argument(field, "ids", variables) {
+                Some(Value::List(ids)) => (ids.len() as u64).min(max),
+                _ => max,
+            };
+        }
         _ => {}
     }
     let mut page = None;
@@ -242,6 +252,27 @@ mod tests {
             cost(
                 r#"{ mConnection(first: 100) { nodes { series(every: "1s", since: "2024-01-01T00:00:00Z") { count temp { min max } } } } }"#
             ) > super::super::limits::MAX_COST
+        );
+    }
+
+    #[test]
+    fn relay_nodes_cost_their_ids() {
+        assert_eq!(
+            cost(r#"{ nodes(ids: ["a", "b"]) { id } }"#),
+            1 + 2,
+            "two ids, one field each"
+        );
+        assert_eq!(
+            cost(
+                r#"query($ids: [ID!]!) { nodes(ids: $ids) { ... on S { history(first: 1000) { nodes { version } } } } }"#
+            ),
+            1 + 100 * (1 + 1000 * 2),
+            "unknown ids: the most a call takes"
+        );
+        // A connection's `nodes` is not Relay's.
+        assert_eq!(
+            cost("{ itemConnection(first: 10) { nodes { id } } }"),
+            1 + 10 * 2
         );
     }
 

@@ -30,6 +30,8 @@
 //! It also gives lists of objects the `null` items the engine cannot hold
 //! ([`null_item`]; Relay's `nodes(ids:)` needs them).
 //!
+//! Each is counted in `meshlet_graphql_field_errors_total{code}`.
+//!
 //! Errors from the engine itself (a nested field the hook already handled,
 //! validation) keep their own shape. The cost when nothing fails is one
 //! atomic load per field.
@@ -46,6 +48,8 @@ use async_graphql::{
 };
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
+
+use super::runtime::Runtime;
 
 /// `extensions.code` of a field error that did not say what it is.
 pub(crate) const INTERNAL: &str = "INTERNAL_SERVER_ERROR";
@@ -199,6 +203,13 @@ impl Extension for FieldErrorsExtension {
                 let extensions = err.extensions.get_or_insert_with(Default::default);
                 if extensions.get("code").is_none() {
                     extensions.set("code", INTERNAL);
+                }
+                if let Some(runtime) = ctx.data_opt::<Runtime>() {
+                    let code = match extensions.get("code") {
+                        Some(Value::String(code)) => code.as_str(),
+                        _ => "other",
+                    };
+                    runtime.metrics.field_error(code);
                 }
                 let mut state = self.shared.state();
                 state.errors.push(err);

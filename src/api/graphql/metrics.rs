@@ -5,6 +5,22 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// The `extensions.code`s of field errors counted by name (any other is
+/// counted as `other`, so the label set stays bounded).
+const FIELD_ERROR_CODES: [&str; 11] = [
+    "BAD_ARGUMENT",
+    "FORBIDDEN",
+    "UNAUTHENTICATED",
+    "PAGE_TOO_LARGE",
+    "SERIES_TOO_LARGE",
+    "AGGREGATE_TOO_LARGE",
+    "RESPONSE_TOO_LARGE",
+    "INVALID_RECORD",
+    "TOO_MANY_SUBSCRIPTIONS",
+    "INTERNAL_SERVER_ERROR",
+    "other",
+];
+
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0];
 
@@ -19,6 +35,8 @@ pub(crate) struct GraphqlMetrics {
     /// Queries answered from a prepared plan (`prepared.rs`), without the
     /// executor.
     pub prepared: AtomicU64,
+    /// Field errors by code (`field_errors.rs`), as [`FIELD_ERROR_CODES`].
+    field_errors: [AtomicU64; FIELD_ERROR_CODES.len()],
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_micros: AtomicU64,
@@ -45,6 +63,18 @@ impl GraphqlMetrics {
         );
     }
 
+    /// Records one field error with `extensions.code` `code`.
+    pub(crate) fn field_error(&self, code: &str) {
+        let last = FIELD_ERROR_CODES.len() - 1;
+        let i = FIELD_ERROR_CODES[..last]
+            .iter()
+            .position(|c| *c == code)
+            .unwrap_or(last);
+        if let Some(counter) = self.field_errors.get(i) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Records one query answered from a prepared plan (it succeeded).
     pub(crate) fn prepared(&self, took: Duration) {
         self.prepared.fetch_add(1, Ordering::Relaxed);
@@ -66,6 +96,17 @@ impl GraphqlMetrics {
             let _ = writeln!(
                 out,
                 "meshlet_graphql_requests_total{{outcome=\"{outcome}\"}} {value}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP meshlet_graphql_field_errors_total GraphQL field errors (each with its path; the field is null) by extensions.code.\n# TYPE meshlet_graphql_field_errors_total counter"
+        );
+        for (code, counter) in FIELD_ERROR_CODES.iter().zip(&self.field_errors) {
+            let _ = writeln!(
+                out,
+                "meshlet_graphql_field_errors_total{{code=\"{code}\"}} {}",
+                load(counter)
             );
         }
         let _ = writeln!(
