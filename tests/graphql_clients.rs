@@ -922,6 +922,22 @@ async fn enum_fields_are_graphql_enums_in_outputs_inputs_filters_and_order() {
         type_of(&data["input"]["inputFields"], "phase", "name"),
         "GadgetPhase"
     );
+    // The catalog says so too.
+    let data = gql
+        .data(
+            r#"{ product(name: "gadget") { fields { name graphqlType } } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        data["product"]["fields"],
+        json!([
+            { "name": "gadget_id", "graphqlType": "String" },
+            { "name": "status", "graphqlType": "GadgetStatus" },
+            { "name": "phase", "graphqlType": "GadgetPhase" },
+            { "name": "tier", "graphqlType": "String" },
+        ])
+    );
 
     // In: an enum literal, or the name as a JSON string in variables; the
     // stored text is the definition's.

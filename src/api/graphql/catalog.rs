@@ -103,6 +103,13 @@ fn store_count_field(
 }
 
 /// The catalog's types.
+/// One field in the catalog: as declared, and its GraphQL type (an enum
+/// type for an `enum:` field that is one, `enums.rs`).
+struct CatalogFieldOut {
+    field: ProductField,
+    graphql_type: String,
+}
+
 pub(crate) fn types() -> Vec<Type> {
     let product = Object::new("CatalogProduct")
         .description("A data product this node serves: its contract and its current figures.")
@@ -148,9 +155,21 @@ pub(crate) fn types() -> Vec<Type> {
                     ctx.parent_value
                         .try_downcast_ref::<Arc<Product>>()
                         .map(|p| {
-                            Some(FieldValue::list(
-                                p.fields.values().map(|x| FieldValue::borrowed_any(x)),
-                            ))
+                            let object = super::names::pascal(&p.name);
+                            let enums: Vec<&str> = super::enums::enum_fields(p)
+                                .map(|f| f.name.as_str())
+                                .collect();
+                            Some(FieldValue::list(p.fields.values().map(|f| {
+                                let graphql_type = if enums.contains(&f.name.as_str()) {
+                                    super::enums::type_name(&object, &f.name)
+                                } else {
+                                    values::type_name(f.ty).to_string()
+                                };
+                                FieldValue::owned_any(CatalogFieldOut {
+                                    field: f.clone(),
+                                    graphql_type,
+                                })
+                            })))
                         }),
                 )
             },
@@ -192,41 +211,41 @@ pub(crate) fn types() -> Vec<Type> {
 
     let field = Object::new("CatalogField")
         .description("One declared field of a product.")
-        .field(getter::<ProductField>(
+        .field(getter::<CatalogFieldOut>(
             "name",
             TypeRef::named_nn(TypeRef::STRING),
-            |f| text(&f.name),
+            |f| text(&f.field.name),
         ))
         .field(
-            getter::<ProductField>("type", TypeRef::named_nn(TypeRef::STRING), |f| {
-                text(f.ty.name())
+            getter::<CatalogFieldOut>("type", TypeRef::named_nn(TypeRef::STRING), |f| {
+                text(f.field.ty.name())
             })
             .description("As declared: string, int, float, bool, timestamp, json."),
         )
-        .field(getter::<ProductField>(
+        .field(getter::<CatalogFieldOut>(
             "graphqlType",
             TypeRef::named_nn(TypeRef::STRING),
-            |f| text(values::type_name(f.ty)),
+            |f| text(&f.graphql_type),
         ))
-        .field(getter::<ProductField>(
+        .field(getter::<CatalogFieldOut>(
             "unit",
             TypeRef::named(TypeRef::STRING),
-            |f| opt_text(f.unit.as_deref()),
+            |f| opt_text(f.field.unit.as_deref()),
         ))
-        .field(getter::<ProductField>(
+        .field(getter::<CatalogFieldOut>(
             "classification",
             TypeRef::named_nn(TypeRef::STRING),
-            |f| text(f.classification.name()),
+            |f| text(f.field.classification.name()),
         ))
-        .field(getter::<ProductField>(
+        .field(getter::<CatalogFieldOut>(
             "required",
             TypeRef::named_nn(TypeRef::BOOLEAN),
-            |f| Gql::Boolean(f.required),
+            |f| Gql::Boolean(f.field.required),
         ))
-        .field(getter::<ProductField>(
+        .field(getter::<CatalogFieldOut>(
             "description",
             TypeRef::named(TypeRef::STRING),
-            |f| opt_text(f.description.as_deref()),
+            |f| opt_text(f.field.description.as_deref()),
         ));
 
     let freshness = Object::new("Freshness")
