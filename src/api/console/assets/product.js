@@ -17,8 +17,11 @@ const PRODUCT = `query($name: String!) { product(name: $name) {
 const PAGE = 50;
 const NUMERIC = new Set(["int", "float"]);
 
-/** The operators a filter offers per field type, as GraphQL filter keys. */
-function operators(type) {
+/** The operators a filter offers per field, as GraphQL filter keys (an
+ *  `enum:` field is a GraphQL enum: equality only, by its GraphQL name). */
+function operators(field) {
+  const type = field.type;
+  if (type === "string" && field.graphqlType !== "String") return [["eq", "="], ["ne", "≠"]];
   if (type === "string") return [["contains", "contains"], ["eq", "="], ["ne", "≠"]];
   if (NUMERIC.has(type) || type === "timestamp") return [["eq", "="], ["gt", ">"], ["gte", "≥"], ["lt", "<"], ["lte", "≤"]];
   if (type === "bool") return [["eq", "="]];
@@ -133,12 +136,12 @@ export async function productPage(main, name) {
   }
 
   // Filter form.
-  const fieldSelect = h("select", { id: "filter-field" }, h("option", { value: "" }, "(no filter)"), fields.filter((f) => operators(f.type).length).map((f) => h("option", { value: f.name }, f.name)));
+  const fieldSelect = h("select", { id: "filter-field" }, h("option", { value: "" }, "(no filter)"), fields.filter((f) => operators(f).length).map((f) => h("option", { value: f.name }, f.name)));
   const opSelect = h("select", { id: "filter-op" });
   const valueInput = h("input", { id: "filter-value", type: "text", autocomplete: "off" });
   function fillOps() {
     const f = fields.find((x) => x.name === fieldSelect.value);
-    clear(opSelect, (f ? operators(f.type) : []).map(([k, label]) => h("option", { value: k }, label)));
+    clear(opSelect, (f ? operators(f) : []).map(([k, label]) => h("option", { value: k }, label)));
     opSelect.disabled = !f;
     valueInput.disabled = !f;
   }
