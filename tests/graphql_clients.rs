@@ -1025,6 +1025,29 @@ async fn enum_fields_are_graphql_enums_in_outputs_inputs_filters_and_order() {
         ])
     );
 
+    // Subscriptions filter by enum values too: the change to g4 (not
+    // in_service) is not sent, the one to g5 is.
+    let mut subscriber = common::graphql::Subscriber::start(
+        &node,
+        common::graphql::Protocol::TransportWs,
+        r#"subscription { gadgetChanges(filter: { phase: { eq: in_service } }) { entity instance { phase } } }"#,
+        json!({}),
+    )
+    .await;
+    gql.wait_subscriptions("gadget", 1).await;
+    gql.data(
+        r#"mutation { a: upsertGadget(input: { gadget_id: "g4", phase: _24h }) { gadget_id }
+                      b: upsertGadget(input: { gadget_id: "g5", phase: in_service }) { gadget_id } }"#,
+        json!({}),
+    )
+    .await;
+    let event = subscriber.next(std::time::Duration::from_secs(10)).await;
+    assert_eq!(
+        event["data"]["gadgetChanges"],
+        json!({ "entity": "g5", "instance": { "phase": "in_service" } }),
+        "{event}"
+    );
+
     // A string literal, as clients sent while the field was a `String`,
     // is still taken (async-graphql's dynamic schema coerces it).
     let data = gql
