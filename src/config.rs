@@ -352,6 +352,10 @@ pub struct EmbeddedBrokerConfig {
     /// the server; MQTT 5 calls it the session expiry interval.
     #[serde(with = "humantime_serde_compat")]
     pub session_expiry: Duration,
+    /// Topic aliases an MQTT 5 client may set on its publishes (default
+    /// 16, told in CONNACK as `topic_alias_maximum`; 0: none). An alias
+    /// outside 1..=this closes the connection with DISCONNECT 0x94.
+    pub max_topic_aliases: u16,
     /// Username → password; empty means no authentication.
     pub users: BTreeMap<String, String>,
 }
@@ -372,6 +376,7 @@ impl Default for EmbeddedBrokerConfig {
             max_subscription_bytes: 16 * 1024,
             max_queued_bytes: 2 << 20,
             session_expiry: Duration::from_secs(2 * 3600),
+            max_topic_aliases: 16,
             users: BTreeMap::new(),
         }
     }

@@ -1,4 +1,5 @@
-//! The embedded MQTT 3.1.1 broker: devices connect straight to the node.
+//! The embedded MQTT broker (3.1.1 and 5): devices connect straight to the
+//! node.
 //!
 //! Why not a general-purpose broker crate (rumqttd): such a broker
 //! acknowledges a device's QoS 1 PUBLISH as soon as it has routed it in
@@ -24,18 +25,29 @@
 //! the node's online STATE at start and routes offline at a clean stop,
 //! before it closes client connections, so connected edges hear it.
 //!
+//! Both versions: a connection speaks the version of its CONNECT (level 4
+//! or 5); the broker works on MQTT 5 packets throughout and a 3.1.1
+//! connection is converted at its edge (`broker_wire`). What MQTT 5 adds —
+//! CONNACK properties and reason codes, session expiry, topic aliases,
+//! receive maximum, maximum packet size, server DISCONNECT reasons, will
+//! delay, message expiry, publish properties forwarded to subscribers
+//! (response topic and correlation data included) and handed to the
+//! pipeline (content type, user properties) — is in `broker_v5`.
+//!
 //! Protection: a connection limit counted from `accept` (a socket that has
 //! not sent CONNECT yet holds a slot; one beyond the limit gets CONNACK
-//! 0x03), a CONNECT deadline and size limit, optional username/password,
-//! MQTT 3.1.1 strictness (`broker_connect`: other protocol levels get
-//! CONNACK 0x01), a maximum packet size (a larger packet closes the
-//! connection: MQTT 3.1.1 cannot refuse one packet), keep-alive
+//! 0x03, 0x89 server busy in MQTT 5), a CONNECT deadline and size limit,
+//! optional username/password, protocol strictness (`broker_connect`:
+//! other protocol levels get CONNACK 0x01), a maximum packet size (a
+//! larger packet closes the connection, with DISCONNECT 0x95 in MQTT 5),
+//! keep-alive
 //! enforcement, and at most `max_inflight` publishes per connection waiting
 //! for their ack — beyond that the connection is not read, so the device's
 //! TCP window closes instead of the node's memory growing. Memory held for
 //! clients is bounded in bytes (`broker_limits`): retained messages,
 //! subscriptions per client, deliveries queued per subscriber; persistent
 //! sessions expire after `session_expiry` without their client.
+
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -44,11 +56,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rumqttc::mqttbytes::v4::{
-    ConnAck, Connect, ConnectReturnCode, LastWill, Packet, PubAck, PubComp, PubRec, Publish,
-    SubAck, SubscribeReasonCode, UnsubAck,
+use rumqttc::mqttbytes;
+use rumqttc::v5::mqttbytes::{matches, valid_filter, valid_topic, QoS};
+use rumqttc::v5::mqttbytes::v5::{
+    ConnAck, Connect, ConnectReturnCode, DisconnectReasonCode, LastWill, Login, Packet, PingResp,
+    PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, Publish,
+    PublishProperties, RetainForwardRule, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
 };
-use rumqttc::mqttbytes::{self, matches, valid_filter, valid_topic, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -59,6 +73,8 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::broker_connect::{self, Violation};
 use super::broker_limits::{Held, Outbox, PacketBudget, QueuedBytes, Retained};
+use super::broker_v5::{self, ClientLimits, Refusal, SessionExpiry, TopicAliases};
+use super::broker_wire::{self, Frame, Protocol, WireError};
 use super::metrics::IngestMetrics;
 use super::sparkplug_state::PrimaryHost;
 use super::{Ingestor, MqttMessage, PendingMessage};
@@ -109,6 +125,13 @@ struct Shared {
     /// Client id → the token that closes its current connection (a new
     /// connection with the same id takes over, as MQTT requires).
     clients: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    /// Client id → the token that cancels its will, while the will waits
+    /// out its delay interval (MQTT 5): the client reconnecting cancels it.
+    delayed_wills: Mutex<HashMap<String, CancellationToken>>,
+    /// Client id → the session expiry granted, for sessions granted less
+    /// than `session_expiry` (MQTT 5). Kept in memory: after a node restart
+    /// such a session expires after `session_expiry`.
+    expiries: Mutex<HashMap<String, Duration>>,
     next_connection: AtomicU64,
     metrics: Arc<IngestMetrics>,
 }
@@ -124,6 +147,8 @@ impl Shared {
             retained: RwLock::default(),
             max_retained_bytes: config.max_retained_bytes,
             clients: Mutex::default(),
+            delayed_wills: Mutex::default(),
+            expiries: Mutex::default(),
             next_connection: AtomicU64::new(0),
             metrics,
         }
@@ -131,8 +156,10 @@ impl Shared {
 
     /// Retains (or clears) and forwards a publish to subscribers, QoS 0.
     /// A retained message beyond `max_retained_bytes` is delivered but not
-    /// retained (the previous one of its topic stays), counted.
-    fn route(&self, publish: &Publish) {
+    /// retained (the previous one of its topic stays), counted. `from` is
+    /// the publishing connection, for subscriptions with MQTT 5's no-local.
+    fn route(&self, publish: &Publish, from: Option<u64>) {
+        let topic = topic_of(publish);
         if publish.retain {
             let mut kept = publish.clone();
             kept.qos = QoS::AtMostOnce;
@@ -159,16 +186,22 @@ impl Shared {
         let subs = read(&self.subscriptions);
         let mut delivered_to = Vec::new();
         for sub in subs.iter() {
-            if delivered_to.contains(&sub.connection) || !matches(&publish.topic, &sub.filter) {
+            if delivered_to.contains(&sub.connection)
+                || (sub.no_local && from == Some(sub.connection))
+                || !matches(topic, &sub.filter)
+            {
                 continue;
             }
             delivered_to.push(sub.connection);
-            let mut out = Publish::from_bytes(
-                publish.topic.clone(),
-                QoS::AtMostOnce,
-                publish.payload.clone(),
-            );
-            out.retain = false;
+            let out = Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: sub.retain_as_published && publish.retain,
+                topic: publish.topic.clone(),
+                pkid: 0,
+                payload: publish.payload.clone(),
+                properties: forwarded(publish.properties.as_ref()),
+            };
             // A slow subscriber loses QoS 0 deliveries, never the broker's
             // memory or the publisher's throughput.
             if !sub.deliver.deliver(out) {
@@ -180,10 +213,29 @@ impl Shared {
     }
 }
 
+/// The properties a publish is forwarded with (§3.3.2.3): all but the
+/// topic alias (one connection's) and subscription identifiers (not
+/// supported).
+fn forwarded(properties: Option<&PublishProperties>) -> Option<PublishProperties> {
+    let mut out = properties?.clone();
+    out.topic_alias = None;
+    out.subscription_identifiers.clear();
+    Some(out)
+}
+
+/// The topic of a publish the broker accepted (checked UTF-8 on the way
+/// in; the node's own publishes are built from strings).
+fn topic_of(publish: &Publish) -> &str {
+    std::str::from_utf8(&publish.topic).unwrap_or_default()
+}
+
 struct Subscription {
     filter: String,
     connection: u64,
     deliver: Outbox,
+    /// MQTT 5 subscription options (§3.8.3.1); 3.1.1: all off.
+    no_local: bool,
+    retain_as_published: bool,
 }
 
 impl EmbeddedBroker {
@@ -220,7 +272,7 @@ impl EmbeddedBroker {
         let shared = Arc::new(Shared::new(&self.config, ingestor.metrics().clone()));
         let state = host.as_ref().map(PrimaryHost::session);
         if let Some(session) = &state {
-            shared.route(&state_publish(&session.topic, session.payload(true)));
+            shared.route(&state_publish(&session.topic, session.payload(true)), None);
             info!(topic = %session.topic, "sparkplug host STATE online");
         }
         // Connections close only after the offline STATE was routed to
@@ -251,7 +303,7 @@ impl EmbeddedBroker {
             let (stream, peer) = tokio::select! {
                 _ = shutdown.cancelled() => {
                     if let Some(session) = &state {
-                        shared.route(&state_publish(&session.topic, session.payload(false)));
+                        shared.route(&state_publish(&session.topic, session.payload(false)), None);
                     }
                     closing.cancel();
                     break;
@@ -273,6 +325,8 @@ impl EmbeddedBroker {
                 config: config.clone(),
                 ingestor: ingestor.clone(),
                 shutdown: closing.child_token(),
+                closing: closing.clone(),
+                tasks: tasks.clone(),
                 _slot: SocketSlot(metrics.clone(), slot),
                 subscriptions: AtomicUsize::new(0),
                 subscription_bytes: AtomicUsize::new(0),
@@ -288,7 +342,8 @@ impl EmbeddedBroker {
 }
 
 /// Tells a socket beyond `max_connections` so: its CONNECT is read (within
-/// [`REFUSAL_DEADLINE`]) and answered with CONNACK 0x03, server unavailable.
+/// [`REFUSAL_DEADLINE`]) and answered with CONNACK 0x03 server unavailable
+/// (MQTT 5: 0x89 server busy).
 async fn refuse(
     mut stream: TcpStream,
     config: Arc<EmbeddedBrokerConfig>,
@@ -300,14 +355,27 @@ async fn refuse(
         read_connect(&mut stream, &mut buffer, config.max_connect_bytes),
     )
     .await;
-    if let Ok(Ok(Packet::Connect(_))) = connect {
-        let refusal = ConnAck::new(ConnectReturnCode::ServiceUnavailable, false);
-        let _ = write_packet(&mut stream, &Packet::ConnAck(refusal)).await;
+    if let Ok(Ok((protocol, Packet::Connect(..)))) = connect {
+        let refusal = connack(ConnectReturnCode::ServerBusy, false, None);
+        let _ = write_packet(&mut stream, protocol, &refusal).await;
     }
 }
 
+fn connack(
+    code: ConnectReturnCode,
+    session_present: bool,
+    properties: Option<rumqttc::v5::mqttbytes::v5::ConnAckProperties>,
+) -> Packet {
+    Packet::ConnAck(ConnAck {
+        session_present,
+        code,
+        properties,
+    })
+}
+
 /// Removes persistent sessions whose client stayed away longer than
-/// `expiry`, checking a few times per period.
+/// `expiry` (or the shorter expiry an MQTT 5 client was granted), checking
+/// a few times per period.
 async fn expire_sessions(
     ingestor: Ingestor,
     shared: Arc<Shared>,
@@ -318,20 +386,50 @@ async fn expire_sessions(
     loop {
         let live: std::collections::HashSet<String> =
             lock(&shared.clients).keys().cloned().collect();
+        let shorter: Vec<(String, Duration)> = lock(&shared.expiries)
+            .iter()
+            .filter(|(id, _)| !live.contains(*id))
+            .map(|(id, expiry)| (id.clone(), *expiry))
+            .collect();
         let store = ingestor.store().clone();
         let now = crate::record::Timestamp::now().as_micros();
-        let cutoff = now.saturating_sub(i64::try_from(expiry.as_micros()).unwrap_or(i64::MAX));
-        let swept =
-            tokio::task::spawn_blocking(move || store.expire_mqtt_sessions(cutoff, now, &live))
-                .await;
+        let cutoff_of = |expiry: Duration| {
+            now.saturating_sub(i64::try_from(expiry.as_micros()).unwrap_or(i64::MAX))
+        };
+        let cutoff = cutoff_of(expiry);
+        let short_cutoffs: Vec<(String, i64)> = shorter
+            .into_iter()
+            .map(|(id, expiry)| (id, cutoff_of(expiry)))
+            .collect();
+        let swept = tokio::task::spawn_blocking(move || {
+            let mut removed = store.expire_mqtt_sessions(cutoff, now, &live)?;
+            let mut gone = Vec::new();
+            for (id, cutoff) in short_cutoffs {
+                if store.mqtt_session_expired(&id, cutoff)? {
+                    store.remove_mqtt_session(&id)?;
+                    removed += 1;
+                    gone.push(id);
+                } else if store.mqtt_session(&id)?.is_none() {
+                    gone.push(id);
+                }
+            }
+            Ok::<_, crate::store::StoreError>((removed, gone))
+        })
+        .await;
         match swept {
-            Ok(Ok(0)) => {}
-            Ok(Ok(removed)) => {
-                shared
-                    .metrics
-                    .broker_sessions_expired
-                    .fetch_add(removed as u64, Ordering::Relaxed);
-                info!(removed, ?expiry, "expired persistent MQTT sessions removed");
+            Ok(Ok((removed, gone))) => {
+                let mut expiries = lock(&shared.expiries);
+                for id in gone {
+                    expiries.remove(&id);
+                }
+                drop(expiries);
+                if removed > 0 {
+                    shared
+                        .metrics
+                        .broker_sessions_expired
+                        .fetch_add(removed as u64, Ordering::Relaxed);
+                    info!(removed, ?expiry, "expired persistent MQTT sessions removed");
+                }
             }
             Ok(Err(err)) => warn!(error = %err, "could not expire MQTT sessions"),
             Err(_) => {}
@@ -345,7 +443,7 @@ async fn expire_sessions(
 
 /// A retained STATE message of the node, as a client would publish it.
 fn state_publish(topic: &str, payload: Vec<u8>) -> Publish {
-    let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload);
+    let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload, None);
     publish.retain = true;
     publish
 }
@@ -364,8 +462,8 @@ async fn publish_commands(
         };
         match command {
             Ok(command) => {
-                let publish = Publish::new(command.topic, QoS::AtMostOnce, command.payload);
-                shared.route(&publish);
+                let publish = Publish::new(command.topic, QoS::AtMostOnce, command.payload, None);
+                shared.route(&publish, None);
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(lost)) => {
                 debug!(lost, "commands lost while the broker was busy");
@@ -381,7 +479,13 @@ struct Connection {
     shared: Arc<Shared>,
     config: Arc<EmbeddedBrokerConfig>,
     ingestor: Ingestor,
+    /// Closes this connection: the broker stopping, or a new connection
+    /// with its client id taking over.
     shutdown: CancellationToken,
+    /// The broker stopping (tells a take-over from a shutdown).
+    closing: CancellationToken,
+    /// Where delayed wills wait.
+    tasks: TaskTracker,
     /// The connection's place under `max_connections`, from accept on.
     _slot: SocketSlot,
     /// This connection's subscriptions and their filters' bytes, under
@@ -415,14 +519,65 @@ enum AckItem {
 enum ConnectionError {
     #[error("MQTT protocol error: {0}")]
     Protocol(String),
-    #[error("MQTT 3.1.1 violation: {0}")]
+    #[error("malformed MQTT packet: {0}")]
+    Malformed(String),
+    #[error("MQTT violation: {0}")]
     Violation(Violation),
+    /// An MQTT 5 rule broken, with the reason code the connection is
+    /// closed with.
+    #[error("MQTT 5 violation: {0}")]
+    Refused(Refusal),
     #[error("packet larger than the {0}-byte limit")]
     TooLarge(usize),
     #[error("no packet within the keep-alive period")]
     KeepAlive,
     #[error("network error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<WireError> for ConnectionError {
+    fn from(err: WireError) -> ConnectionError {
+        match err {
+            WireError::Malformed(reason) => ConnectionError::Malformed(reason),
+            WireError::TooLarge(limit) => ConnectionError::TooLarge(limit),
+        }
+    }
+}
+
+impl ConnectionError {
+    /// The reason an MQTT 5 client is told in the server's DISCONNECT;
+    /// `None` when the socket is gone anyway.
+    fn disconnect_reason(&self) -> Option<DisconnectReasonCode> {
+        Some(match self {
+            ConnectionError::Protocol(_) => DisconnectReasonCode::ProtocolError,
+            ConnectionError::Malformed(_) | ConnectionError::Violation(_) => {
+                DisconnectReasonCode::MalformedPacket
+            }
+            ConnectionError::Refused(refusal) => refusal.code,
+            ConnectionError::TooLarge(_) => DisconnectReasonCode::PacketTooLarge,
+            ConnectionError::KeepAlive => DisconnectReasonCode::KeepAliveTimeout,
+            ConnectionError::Io(_) => return None,
+        })
+    }
+}
+
+/// How a connection's read loop ended without an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    /// The client sent DISCONNECT; `with_will` for MQTT 5's reason 0x04.
+    Disconnect { with_will: bool },
+    /// The broker closes it: shutting down, or a take-over.
+    Closed,
+}
+
+/// What the CONNECT said, as the connection keeps it.
+struct Session {
+    protocol: Protocol,
+    client_id: String,
+    keep_alive: u16,
+    expiry: SessionExpiry,
+    will: Option<LastWill>,
+    limits: ClientLimits,
 }
 
 impl Connection {
@@ -435,18 +590,20 @@ impl Connection {
             read_connect(&mut stream, &mut buffer, self.config.max_connect_bytes),
         )
         .await;
-        let connect = match connect {
-            Ok(Ok(Packet::Connect(connect))) => connect,
+        let (protocol, connect, will, login) = match connect {
+            Ok(Ok((protocol, Packet::Connect(connect, will, login)))) => {
+                (protocol, connect, will, login)
+            }
             Ok(Err(ConnectionError::Violation(violation))) => {
                 metrics.broker_violations[violation.index()].fetch_add(1, Ordering::Relaxed);
                 info!(%violation, "MQTT CONNECT refused");
                 if violation == Violation::UnsupportedProtocol {
-                    let refusal = ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false);
-                    let _ = write_packet(&mut stream, &Packet::ConnAck(refusal)).await;
+                    let refusal = connack(ConnectReturnCode::RefusedProtocolVersion, false, None);
+                    let _ = write_packet(&mut stream, Protocol::V311, &refusal).await;
                 }
                 return;
             }
-            Ok(Ok(other)) => {
+            Ok(Ok((_, other))) => {
                 debug!(packet = ?packet_kind(&other), "first packet is not CONNECT; closing");
                 metrics
                     .broker_protocol_errors
@@ -468,101 +625,164 @@ impl Connection {
                 return;
             }
         };
-        if let Err(violation) = broker_connect::check_strings(&connect) {
+        if let Err(violation) = broker_connect::check_strings(&connect, will.as_ref(), login.as_ref()) {
             metrics.broker_violations[violation.index()].fetch_add(1, Ordering::Relaxed);
             info!(%violation, "MQTT CONNECT refused");
             return;
         }
-        let refusal = self.check_connect(&connect);
-        if let Some(code) = refusal {
+        if let Some(code) = self.check_connect(protocol, &connect, login.as_ref()) {
             metrics.broker_refused.fetch_add(1, Ordering::Relaxed);
             info!(client = %connect.client_id, reason = ?code, "MQTT connection refused");
-            let _ = write_packet(&mut stream, &Packet::ConnAck(ConnAck::new(code, false))).await;
+            let _ = write_packet(&mut stream, protocol, &connack(code, false, None)).await;
             return;
         }
-        let client_id = if connect.client_id.is_empty() {
+        let assigned = connect.client_id.is_empty();
+        let client_id = if assigned {
             format!("meshlet-anon-{}", self.id)
         } else {
             connect.client_id.clone()
         };
         self.take_over(&client_id);
-        let persistent = !connect.clean_session;
-        let restored = self.open_session(&client_id, persistent).await;
+        let expiry = broker_v5::session_expiry(protocol, &connect, self.config.session_expiry);
+        let restored = self
+            .open_session(&client_id, connect.clean_start, expiry)
+            .await;
         let session_present = restored.is_some();
-        if write_packet(
-            &mut stream,
-            &Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, session_present)),
-        )
-        .await
-        .is_err()
-        {
+        let properties = (protocol == Protocol::V5).then(|| {
+            broker_v5::connack_properties(
+                &self.config,
+                expiry,
+                assigned.then_some(client_id.as_str()),
+            )
+        });
+        let accepted = connack(ConnectReturnCode::Success, session_present, properties);
+        if write_packet(&mut stream, protocol, &accepted).await.is_err() {
             self.release(&client_id);
             return;
         }
         metrics.broker_connections.fetch_add(1, Ordering::Relaxed);
-        debug!(client = %client_id, keep_alive = connect.keep_alive, session_present, "MQTT client connected");
+        if protocol == Protocol::V5 {
+            metrics.broker_v5_connections.fetch_add(1, Ordering::Relaxed);
+        }
+        debug!(client = %client_id, keep_alive = connect.keep_alive, session_present, version = protocol.name(), "MQTT client connected");
+        let mut session = Session {
+            protocol,
+            client_id,
+            keep_alive: connect.keep_alive,
+            expiry,
+            will,
+            limits: ClientLimits::of(&connect),
+        };
 
         let (reader, writer) = stream.into_split();
         let (outgoing, outgoing_rx) = mpsc::channel::<Packet>(OUTGOING_QUEUE);
         let (outgoing, queued) = Outbox::new(outgoing, self.config.max_queued_bytes);
         let (acks, acks_rx) = mpsc::channel::<AckItem>(self.config.max_inflight.max(1));
+        let unacked = Arc::new(AtomicUsize::new(0));
         let writer_task = tokio::spawn(write_loop(
             writer,
             outgoing_rx,
             queued,
-            self.config.max_packet_bytes,
+            protocol,
+            session.limits.max_packet_bytes,
+            metrics.clone(),
         ));
-        let acker_task = tokio::spawn(ack_loop(acks_rx, outgoing.clone(), self.shutdown.clone()));
+        let acker_task = tokio::spawn(ack_loop(
+            acks_rx,
+            outgoing.clone(),
+            self.shutdown.clone(),
+            unacked.clone(),
+        ));
         for filter in restored.unwrap_or_default() {
-            if !self.subscribe(&filter, &outgoing) {
-                warn!(client = %client_id, %filter, "stored subscription over the client's limits; dropped");
+            if !self.subscribe(&filter, &outgoing, false, false) {
+                warn!(client = %session.client_id, %filter, "stored subscription over the client's limits; dropped");
             }
         }
 
         let result = self
-            .read_loop(reader, buffer, &client_id, &connect, &outgoing, &acks)
+            .read_loop(reader, buffer, &mut session, &outgoing, &acks, &unacked)
             .await;
-        let clean = matches!(result, Ok(true));
-        match &result {
-            Ok(_) => debug!(client = %client_id, "MQTT client disconnected"),
-            Err(ConnectionError::Violation(violation)) => {
-                metrics.broker_violations[violation.index()].fetch_add(1, Ordering::Relaxed);
-                info!(client = %client_id, %violation, "MQTT connection closed");
+        let client_id = session.client_id.clone();
+        let mut reason = None;
+        let publish_will = match &result {
+            Ok(Ended::Disconnect { with_will }) => {
+                debug!(client = %client_id, "MQTT client disconnected");
+                *with_will
+            }
+            Ok(Ended::Closed) => {
+                reason = Some(if self.closing.is_cancelled() {
+                    DisconnectReasonCode::ServerShuttingDown
+                } else {
+                    DisconnectReasonCode::SessionTakenOver
+                });
+                debug!(client = %client_id, "MQTT connection closed by the broker");
+                true
             }
             Err(err) => {
-                if !matches!(err, ConnectionError::Io(_)) {
-                    metrics
-                        .broker_protocol_errors
-                        .fetch_add(1, Ordering::Relaxed);
+                match err {
+                    ConnectionError::Violation(violation) => {
+                        metrics.broker_violations[violation.index()]
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    ConnectionError::Io(_) => {}
+                    _ => {
+                        metrics
+                            .broker_protocol_errors
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                 }
+                reason = err.disconnect_reason();
                 info!(client = %client_id, error = %err, "MQTT connection closed");
+                true
             }
-        }
-        if !clean {
-            if let Some(will) = &connect.last_will {
-                self.publish_will(will, &client_id).await;
+        };
+        if publish_will {
+            if let Some(will) = session.will.take() {
+                self.publish_will(will, &session).await;
             }
         }
         // Let acks for what was read finish (they are durable work), then
-        // close the socket.
+        // tell an MQTT 5 client why it is closed, then close the socket.
         drop(acks);
         let _ = acker_task.await;
+        if let (Protocol::V5, Some(code)) = (protocol, reason) {
+            let why = match &result {
+                Err(err) => err.to_string(),
+                _ => String::new(),
+            };
+            let _ = outgoing
+                .send(Packet::Disconnect(broker_v5::disconnect(code, &why)))
+                .await;
+        }
         drop(outgoing);
         self.unsubscribe_all();
         let _ = writer_task.await;
-        if persistent {
+        if session.expiry.persistent() {
             self.end_session(&client_id).await;
+        } else if protocol == Protocol::V5 && !connect.clean_start {
+            // Resumed, but with expiry 0: the session ends now.
+            self.remove_session(&client_id).await;
         }
         self.release(&client_id);
         metrics.broker_connections.fetch_sub(1, Ordering::Relaxed);
+        if protocol == Protocol::V5 {
+            metrics.broker_v5_connections.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
-    fn check_connect(&self, connect: &Connect) -> Option<ConnectReturnCode> {
-        if connect.client_id.is_empty() && !connect.clean_session {
+    fn check_connect(
+        &self,
+        protocol: Protocol,
+        connect: &Connect,
+        login: Option<&Login>,
+    ) -> Option<ConnectReturnCode> {
+        // MQTT 5 assigns an id to an empty one whatever the session
+        // (§3.1.3.1); 3.1.1 only for a clean session.
+        if protocol == Protocol::V311 && connect.client_id.is_empty() && !connect.clean_start {
             return Some(ConnectReturnCode::BadClientId);
         }
         if !self.config.users.is_empty() {
-            let ok = connect.login.as_ref().is_some_and(|login| {
+            let ok = login.is_some_and(|login| {
                 self.config
                     .users
                     .get(&login.username)
@@ -577,20 +797,40 @@ impl Connection {
         None
     }
 
-    /// Starts the client's session: a clean one ends any stored session; a
-    /// persistent one is created, or resumed with its subscriptions
+    /// Starts the client's session: a clean start ends any stored session;
+    /// a persistent one is created, or resumed with its subscriptions
     /// (`Some`, and CONNACK says `session_present`). Sessions survive node
     /// restarts, so a device resends its unacknowledged QoS 1 messages after
     /// the node crashed instead of discarding them.
-    async fn open_session(&self, client_id: &str, persistent: bool) -> Option<Vec<String>> {
+    async fn open_session(
+        &self,
+        client_id: &str,
+        clean_start: bool,
+        granted: SessionExpiry,
+    ) -> Option<Vec<String>> {
         let store = self.ingestor.store().clone();
         let id = client_id.to_string();
-        let expiry = self.config.session_expiry;
+        // The expiry the stored session was granted when its client left.
+        let expiry = lock(&self.shared.expiries)
+            .get(client_id)
+            .copied()
+            .unwrap_or(self.config.session_expiry);
+        let persistent = granted.persistent();
+        {
+            let mut expiries = lock(&self.shared.expiries);
+            if persistent && granted.granted < self.config.session_expiry {
+                expiries.insert(client_id.to_string(), granted.granted);
+            } else {
+                expiries.remove(client_id);
+            }
+        }
         let metrics = self.shared.metrics.clone();
         let opened = tokio::task::spawn_blocking(move || {
-            if !persistent {
+            if clean_start {
                 store.remove_mqtt_session(&id)?;
-                return Ok(None);
+                if !persistent {
+                    return Ok(None);
+                }
             }
             // An expired session the sweeper has not removed yet is gone
             // all the same.
@@ -602,16 +842,21 @@ impl Connection {
                     .broker_sessions_expired
                     .fetch_add(1, Ordering::Relaxed);
             }
-            let existing = store.mqtt_session(&id)?;
-            match &existing {
-                None => {
+            let existing = if clean_start {
+                None
+            } else {
+                store.mqtt_session(&id)?
+            };
+            match (&existing, persistent) {
+                (None, true) => {
                     // Durable before CONNACK: a device that publishes right
                     // away and sees the node crash must find its session.
                     store.set_mqtt_session(&id, &[])?;
                     store.durable_blocking()?;
                 }
                 // Connected again: the session no longer expires.
-                Some(filters) => store.set_mqtt_session(&id, filters)?,
+                (Some(filters), true) => store.set_mqtt_session(&id, filters)?,
+                (_, false) => {}
             }
             Ok::<_, crate::store::StoreError>(existing)
         })
@@ -655,8 +900,24 @@ impl Connection {
         }
     }
 
-    /// Closes an earlier connection with the same client id.
+    /// Ends a session whose expiry ran out with its connection (MQTT 5
+    /// session expiry 0).
+    async fn remove_session(&self, client_id: &str) {
+        let store = self.ingestor.store().clone();
+        let id = client_id.to_string();
+        let removed = tokio::task::spawn_blocking(move || store.remove_mqtt_session(&id)).await;
+        if let Ok(Err(err)) = removed {
+            warn!(client = %client_id, error = %err, "could not remove the ended MQTT session");
+        }
+    }
+
+    /// Closes an earlier connection with the same client id, and cancels
+    /// the will it may still have waiting.
     fn take_over(&self, client_id: &str) {
+        if let Some(will) = lock(&self.shared.delayed_wills).remove(client_id) {
+            debug!(client = %client_id, "client reconnected within its will delay; will cancelled");
+            will.cancel();
+        }
         let mut clients = lock(&self.shared.clients);
         if let Some((_, previous)) =
             clients.insert(client_id.to_string(), (self.id, self.shutdown.clone()))
@@ -673,36 +934,62 @@ impl Connection {
         }
     }
 
-    /// Reads packets until the client disconnects (`Ok(true)` for a clean
-    /// DISCONNECT) or something goes wrong.
+    /// Reads packets until the client disconnects or something goes wrong.
     async fn read_loop(
         &self,
         mut reader: OwnedReadHalf,
         mut buffer: BytesMut,
-        client_id: &str,
-        connect: &Connect,
+        session: &mut Session,
         outgoing: &Outbox,
         acks: &mpsc::Sender<AckItem>,
-    ) -> Result<bool, ConnectionError> {
+        unacked: &AtomicUsize,
+    ) -> Result<Ended, ConnectionError> {
         // MQTT: the server disconnects after one and a half keep-alive
         // periods without a packet.
-        let idle = (connect.keep_alive > 0)
-            .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1_500));
+        let idle = (session.keep_alive > 0)
+            .then(|| Duration::from_millis(u64::from(session.keep_alive) * 1_500));
+        let mut aliases = TopicAliases::new(match session.protocol {
+            Protocol::V5 => self.config.max_topic_aliases,
+            Protocol::V311 => 0,
+        });
+        let receive_maximum = usize::from(broker_v5::receive_maximum(&self.config));
         loop {
             let next = read_packet(
                 &mut reader,
                 &mut buffer,
+                session.protocol,
                 self.config.max_packet_bytes,
                 Some(&self.shared.packets),
             );
             let packet = tokio::select! {
-                _ = self.shutdown.cancelled() => return Ok(false),
+                _ = self.shutdown.cancelled() => return Ok(Ended::Closed),
                 packet = maybe_timeout(idle, next) => packet?,
             };
             match packet {
-                Packet::Publish(publish) => self.on_publish(publish, client_id, acks).await?,
+                Packet::Publish(mut publish) => {
+                    if session.protocol == Protocol::V5 {
+                        aliases.resolve(&mut publish).map_err(ConnectionError::Refused)?;
+                        if publish.qos != QoS::AtMostOnce
+                            && unacked.load(Ordering::Acquire) >= receive_maximum
+                        {
+                            return Err(ConnectionError::Refused(Refusal::new(
+                                DisconnectReasonCode::ReceiveMaximumExceeded,
+                                format!("more than {receive_maximum} unacknowledged QoS 1/2 publishes"),
+                            )));
+                        }
+                    }
+                    self.on_publish(publish, session, acks, unacked).await?
+                }
                 Packet::PubRel(rel) => {
-                    send_ack(acks, AckItem::Now(Packet::PubComp(PubComp::new(rel.pkid)))).await?
+                    send_ack(
+                        acks,
+                        AckItem::Now(Packet::PubComp(PubComp {
+                            pkid: rel.pkid,
+                            reason: PubCompReason::Success,
+                            properties: None,
+                        })),
+                    )
+                    .await?
                 }
                 Packet::Subscribe(subscribe) => {
                     if subscribe
@@ -715,26 +1002,44 @@ impl Connection {
                     let mut codes = Vec::with_capacity(subscribe.filters.len());
                     let mut granted = Vec::with_capacity(subscribe.filters.len());
                     for filter in &subscribe.filters {
-                        if !valid_filter(&filter.path) {
-                            codes.push(SubscribeReasonCode::Failure);
-                        } else if self.subscribe(&filter.path, outgoing) {
+                        if filter.path.starts_with("$share/") {
+                            codes.push(SubscribeReasonCode::SharedSubscriptionsNotSupported);
+                        } else if !valid_filter(&filter.path) {
+                            codes.push(SubscribeReasonCode::TopicFilterInvalid);
+                        } else if let Some(new) = self.subscribe_new(
+                            &filter.path,
+                            outgoing,
+                            filter.nolocal,
+                            filter.preserve_retain,
+                        ) {
                             codes.push(SubscribeReasonCode::Success(QoS::AtMostOnce));
-                            granted.push(filter.path.as_str());
+                            let send = match filter.retain_forward_rule {
+                                RetainForwardRule::OnEverySubscribe => true,
+                                RetainForwardRule::OnNewSubscribe => new,
+                                RetainForwardRule::Never => false,
+                            };
+                            if send {
+                                granted.push(filter.path.as_str());
+                            }
                         } else {
                             self.shared
                                 .metrics
                                 .broker_subscriptions_refused
                                 .fetch_add(1, Ordering::Relaxed);
-                            debug!(client = %client_id, filter = %filter.path, "subscription refused: the client's subscription limits are reached");
-                            codes.push(SubscribeReasonCode::Failure);
+                            debug!(client = %session.client_id, filter = %filter.path, "subscription refused: the client's subscription limits are reached");
+                            codes.push(SubscribeReasonCode::QuotaExceeded);
                         }
                     }
-                    if !connect.clean_session {
-                        self.save_session(client_id).await;
+                    if session.expiry.persistent() {
+                        self.save_session(&session.client_id).await;
                     }
                     send_ack(
                         acks,
-                        AckItem::Now(Packet::SubAck(SubAck::new(subscribe.pkid, codes))),
+                        AckItem::Now(Packet::SubAck(SubAck {
+                            pkid: subscribe.pkid,
+                            return_codes: codes,
+                            properties: None,
+                        })),
                     )
                     .await?;
                     for filter in granted {
@@ -743,36 +1048,73 @@ impl Connection {
                 }
                 Packet::Unsubscribe(unsubscribe) => {
                     if unsubscribe
-                        .topics
+                        .filters
                         .iter()
                         .any(|t| broker_connect::has_nul(t))
                     {
                         return Err(ConnectionError::Violation(Violation::NulCharacter));
                     }
+                    let mut reasons = vec![UnsubAckReason::NoSubscriptionExisted; unsubscribe.filters.len()];
                     {
                         let mut subs = write(&self.shared.subscriptions);
                         subs.retain(|s| {
-                            let gone =
-                                s.connection == self.id && unsubscribe.topics.contains(&s.filter);
-                            if gone {
+                            let position = (s.connection == self.id)
+                                .then(|| unsubscribe.filters.iter().position(|f| *f == s.filter))
+                                .flatten();
+                            if let Some(i) = position {
+                                if let Some(reason) = reasons.get_mut(i) {
+                                    *reason = UnsubAckReason::Success;
+                                }
                                 self.subscriptions.fetch_sub(1, Ordering::Relaxed);
                                 self.subscription_bytes
                                     .fetch_sub(s.filter.len(), Ordering::Relaxed);
                             }
-                            !gone
+                            position.is_none()
                         });
                     }
-                    if !connect.clean_session {
-                        self.save_session(client_id).await;
+                    if session.expiry.persistent() {
+                        self.save_session(&session.client_id).await;
                     }
                     send_ack(
                         acks,
-                        AckItem::Now(Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid))),
+                        AckItem::Now(Packet::UnsubAck(UnsubAck {
+                            pkid: unsubscribe.pkid,
+                            reasons,
+                            properties: None,
+                        })),
                     )
                     .await?;
                 }
-                Packet::PingReq => send_ack(acks, AckItem::Now(Packet::PingResp)).await?,
-                Packet::Disconnect => return Ok(true),
+                Packet::PingReq(_) => send_ack(acks, AckItem::Now(Packet::PingResp(PingResp))).await?,
+                Packet::Disconnect(disconnect) => {
+                    if let Some(asked) = disconnect
+                        .properties
+                        .as_ref()
+                        .and_then(|p| p.session_expiry_interval)
+                    {
+                        // §3.14.2.2.2: from zero to non-zero is an error.
+                        if !session.expiry.persistent() && asked > 0 {
+                            return Err(ConnectionError::Protocol(
+                                "DISCONNECT sets a session expiry the CONNECT did not have"
+                                    .to_string(),
+                            ));
+                        }
+                        let asked = Duration::from_secs(u64::from(asked));
+                        session.expiry.granted = if self.config.session_expiry.is_zero() {
+                            asked
+                        } else {
+                            asked.min(self.config.session_expiry)
+                        };
+                        let mut expiries = lock(&self.shared.expiries);
+                        if session.expiry.granted < self.config.session_expiry {
+                            expiries.insert(session.client_id.clone(), session.expiry.granted);
+                        }
+                    }
+                    return Ok(Ended::Disconnect {
+                        with_will: disconnect.reason_code
+                            == DisconnectReasonCode::DisconnectWithWillMessage,
+                    });
+                }
                 // Acks of our QoS 0 deliveries never come; anything else from
                 // a client is a protocol violation.
                 Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => {}
@@ -789,72 +1131,105 @@ impl Connection {
     async fn on_publish(
         &self,
         publish: Publish,
-        client_id: &str,
+        session: &Session,
         acks: &mpsc::Sender<AckItem>,
+        unacked: &AtomicUsize,
     ) -> Result<(), ConnectionError> {
-        if broker_connect::has_nul(&publish.topic) {
+        let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+            return Err(ConnectionError::Malformed(
+                "topic name is not UTF-8".to_string(),
+            ));
+        };
+        if broker_connect::has_nul(topic) {
             return Err(ConnectionError::Violation(Violation::NulCharacter));
         }
-        if !valid_topic(&publish.topic) || publish.topic.is_empty() {
-            return Err(ConnectionError::Protocol(format!(
-                "invalid topic name `{}` in PUBLISH",
-                publish.topic
-            )));
+        if !valid_topic(topic) || topic.is_empty() {
+            let reason = format!("invalid topic name `{topic}` in PUBLISH");
+            return Err(match session.protocol {
+                Protocol::V311 => ConnectionError::Protocol(reason),
+                Protocol::V5 => ConnectionError::Refused(Refusal::new(
+                    DisconnectReasonCode::TopicNameInvalid,
+                    reason,
+                )),
+            });
         }
-        self.route_to_subscribers(&publish);
+        self.shared.route(&publish, Some(self.id));
+        let (content_type, user_properties) = broker_v5::metadata(&publish);
         let pending = self
             .ingestor
             .submit_mqtt(MqttMessage {
-                topic: &publish.topic,
+                topic,
                 payload: &publish.payload,
                 retained: false,
                 redelivery: publish.dup,
-                client: Some(client_id),
+                client: Some(&session.client_id),
+                content_type,
+                user_properties,
             })
             .await;
         match publish.qos {
             // Written all the same; nothing to acknowledge, only to count.
             QoS::AtMostOnce => send_ack(acks, AckItem::Count(pending)).await?,
             QoS::AtLeastOnce => {
-                send_ack(
-                    acks,
-                    AckItem::AfterDurable(Packet::PubAck(PubAck::new(publish.pkid)), pending),
-                )
-                .await?
+                unacked.fetch_add(1, Ordering::AcqRel);
+                let ack = Packet::PubAck(PubAck {
+                    pkid: publish.pkid,
+                    reason: PubAckReason::Success,
+                    properties: None,
+                });
+                send_ack(acks, AckItem::AfterDurable(ack, pending)).await?
             }
             QoS::ExactlyOnce => {
-                send_ack(
-                    acks,
-                    AckItem::AfterDurable(Packet::PubRec(PubRec::new(publish.pkid)), pending),
-                )
-                .await?
+                unacked.fetch_add(1, Ordering::AcqRel);
+                let ack = Packet::PubRec(PubRec {
+                    pkid: publish.pkid,
+                    reason: PubRecReason::Success,
+                    properties: None,
+                });
+                send_ack(acks, AckItem::AfterDurable(ack, pending)).await?
             }
         }
         Ok(())
     }
 
-    /// Retains (or clears) and forwards a publish to subscribers, QoS 0.
-    fn route_to_subscribers(&self, publish: &Publish) {
-        self.shared.route(publish);
-    }
-
     /// Adds a subscription of this connection, unless it would take the
     /// connection over `max_subscriptions` or `max_subscription_bytes`
     /// (`false`). A filter it already holds is granted again.
-    fn subscribe(&self, filter: &str, outgoing: &Outbox) -> bool {
+    fn subscribe(
+        &self,
+        filter: &str,
+        outgoing: &Outbox,
+        no_local: bool,
+        retain_as_published: bool,
+    ) -> bool {
+        self.subscribe_new(filter, outgoing, no_local, retain_as_published)
+            .is_some()
+    }
+
+    /// [`Connection::subscribe`], saying whether the subscription is new
+    /// (`Some(true)`) or replaced one of the same filter (`Some(false)`).
+    fn subscribe_new(
+        &self,
+        filter: &str,
+        outgoing: &Outbox,
+        no_local: bool,
+        retain_as_published: bool,
+    ) -> Option<bool> {
         let mut subs = write(&self.shared.subscriptions);
-        if subs
-            .iter()
-            .any(|s| s.connection == self.id && s.filter == filter)
+        if let Some(existing) = subs
+            .iter_mut()
+            .find(|s| s.connection == self.id && s.filter == filter)
         {
-            return true;
+            existing.no_local = no_local;
+            existing.retain_as_published = retain_as_published;
+            return Some(false);
         }
         let count = self.subscriptions.load(Ordering::Relaxed);
         let bytes = self.subscription_bytes.load(Ordering::Relaxed);
         if count >= self.config.max_subscriptions
             || bytes + filter.len() > self.config.max_subscription_bytes
         {
-            return false;
+            return None;
         }
         self.subscriptions.fetch_add(1, Ordering::Relaxed);
         self.subscription_bytes
@@ -863,22 +1238,34 @@ impl Connection {
             filter: filter.to_string(),
             connection: self.id,
             deliver: outgoing.clone(),
+            no_local,
+            retain_as_published,
         });
-        true
+        Some(true)
     }
 
     fn send_retained(&self, filter: &str, outgoing: &Outbox) {
         let retained = read(&self.shared.retained);
-        for (topic, publish) in retained.iter() {
-            if matches(topic, filter) {
-                let mut out = publish.clone();
-                out.retain = true;
-                if !outgoing.deliver(out) {
-                    self.shared
-                        .metrics
-                        .broker_deliveries_dropped
-                        .fetch_add(1, Ordering::Relaxed);
+        for (topic, kept) in retained.iter() {
+            if !matches(topic, filter) {
+                continue;
+            }
+            let mut out = kept.publish.clone();
+            out.retain = true;
+            match broker_v5::remaining_expiry(&out, kept.since.elapsed()) {
+                Some(Err(())) => continue,
+                Some(Ok(left)) => {
+                    if let Some(p) = out.properties.as_mut() {
+                        p.message_expiry_interval = Some(left);
+                    }
                 }
+                None => {}
+            }
+            if !outgoing.deliver(out) {
+                self.shared
+                    .metrics
+                    .broker_deliveries_dropped
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -887,28 +1274,92 @@ impl Connection {
         write(&self.shared.subscriptions).retain(|s| s.connection != self.id);
     }
 
-    /// Publishes the client's last will after an abnormal disconnect: to
-    /// subscribers, and into ingest like any publish from the client.
-    async fn publish_will(&self, will: &LastWill, client_id: &str) {
-        if !valid_topic(&will.topic) || will.topic.is_empty() {
+    /// Publishes the client's last will after an abnormal disconnect (or
+    /// an MQTT 5 DISCONNECT 0x04): to subscribers, and into ingest like any
+    /// publish from the client. An MQTT 5 will delay interval (capped by
+    /// the session expiry) waits first, unless the client comes back.
+    async fn publish_will(&self, will: LastWill, session: &Session) {
+        let Ok(topic) = std::str::from_utf8(&will.topic) else {
+            return;
+        };
+        if !valid_topic(topic) || topic.is_empty() {
             return;
         }
-        let mut publish =
-            Publish::from_bytes(will.topic.clone(), QoS::AtMostOnce, will.message.clone());
-        publish.retain = will.retain;
-        self.route_to_subscribers(&publish);
-        let pending = self
-            .ingestor
-            .submit_mqtt(MqttMessage {
-                topic: &will.topic,
-                payload: &will.message,
-                retained: false,
-                redelivery: false,
-                client: Some(client_id),
-            })
-            .await;
-        drop(pending);
+        let delay = will
+            .properties
+            .as_ref()
+            .and_then(|p| p.delay_interval)
+            .map(|d| Duration::from_secs(u64::from(d)).min(session.expiry.granted))
+            .unwrap_or_default();
+        let properties = will.properties.as_ref().map(|p| PublishProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            topic_alias: None,
+            response_topic: p.response_topic.clone(),
+            correlation_data: p.correlation_data.clone(),
+            user_properties: p.user_properties.clone(),
+            subscription_identifiers: Vec::new(),
+            content_type: p.content_type.clone(),
+        });
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: will.retain,
+            topic: will.topic.clone(),
+            pkid: 0,
+            payload: will.message.clone(),
+            properties,
+        };
+        let shared = self.shared.clone();
+        let ingestor = self.ingestor.clone();
+        let client_id = session.client_id.clone();
+        if delay.is_zero() {
+            send_will(&shared, &ingestor, &publish, &client_id).await;
+            return;
+        }
+        let cancel = CancellationToken::new();
+        lock(&self.shared.delayed_wills).insert(client_id.clone(), cancel.clone());
+        let closing = self.closing.clone();
+        debug!(client = %client_id, ?delay, "will waits for its delay interval");
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                // The broker stopping drops the will: the client's
+                // reconnect to the restarted node must not find it sent.
+                _ = closing.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            let mine = {
+                let mut wills = lock(&shared.delayed_wills);
+                let mine = wills.get(&client_id).is_some_and(|t| !t.is_cancelled());
+                if mine {
+                    wills.remove(&client_id);
+                }
+                mine
+            };
+            if mine {
+                send_will(&shared, &ingestor, &publish, &client_id).await;
+            }
+        });
     }
+}
+
+/// Routes a will and hands it to ingest.
+async fn send_will(shared: &Shared, ingestor: &Ingestor, publish: &Publish, client_id: &str) {
+    shared.route(publish, None);
+    let (content_type, user_properties) = broker_v5::metadata(publish);
+    let pending = ingestor
+        .submit_mqtt(MqttMessage {
+            topic: topic_of(publish),
+            payload: &publish.payload,
+            retained: false,
+            redelivery: false,
+            client: Some(client_id),
+            content_type,
+            user_properties,
+        })
+        .await;
+    drop(pending);
 }
 
 async fn send_ack(acks: &mpsc::Sender<AckItem>, item: AckItem) -> Result<(), ConnectionError> {
@@ -921,7 +1372,14 @@ async fn send_ack(acks: &mpsc::Sender<AckItem>, item: AckItem) -> Result<(), Con
 
 /// Sends acks in arrival order, each once its records are durable. A
 /// failed write closes the connection without acking: the client resends.
-async fn ack_loop(mut acks: mpsc::Receiver<AckItem>, outgoing: Outbox, close: CancellationToken) {
+/// `unacked` counts the client's QoS 1/2 publishes not acknowledged yet
+/// (MQTT 5 receive maximum): a PUBACK or PUBCOMP sent ends one.
+async fn ack_loop(
+    mut acks: mpsc::Receiver<AckItem>,
+    outgoing: Outbox,
+    close: CancellationToken,
+    unacked: Arc<AtomicUsize>,
+) {
     while let Some(item) = acks.recv().await {
         let packet = match item {
             AckItem::Now(packet) => packet,
@@ -942,37 +1400,56 @@ async fn ack_loop(mut acks: mpsc::Receiver<AckItem>, outgoing: Outbox, close: Ca
                 }
             },
         };
+        if matches!(packet, Packet::PubAck(_) | Packet::PubComp(_)) {
+            let _ = unacked.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
         if outgoing.send(packet).await.is_err() {
             return;
         }
     }
 }
 
+/// Writes what is queued for a client, in its protocol. A delivery larger
+/// than the client's own maximum packet size (MQTT 5) is not sent, and
+/// counted as dropped (§3.1.2.11.4).
 async fn write_loop(
     mut writer: OwnedWriteHalf,
     mut packets: mpsc::Receiver<Packet>,
     queued: QueuedBytes,
-    max_packet_bytes: usize,
+    protocol: Protocol,
+    client_max_packet_bytes: usize,
+    metrics: Arc<IngestMetrics>,
 ) {
     let mut buffer = BytesMut::with_capacity(4 * 1024);
+    let encode = |packet: &Packet, buffer: &mut BytesMut| {
+        if matches!(packet, Packet::Publish(_)) && packet.size() > client_max_packet_bytes {
+            metrics
+                .broker_deliveries_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(size = packet.size(), max = client_max_packet_bytes, "delivery larger than the client's maximum packet size; not sent");
+            return;
+        }
+        broker_wire::encode(protocol, packet, buffer);
+    };
     while let Some(packet) = packets.recv().await {
         buffer.clear();
         let mut bytes = QueuedBytes::cost(&packet);
-        if packet.write(&mut buffer, max_packet_bytes).is_err() {
-            queued.sent(bytes);
-            continue;
-        }
+        encode(&packet, &mut buffer);
         // Coalesce whatever else is ready into one write.
         while buffer.len() < 64 * 1024 {
             match packets.try_recv() {
                 Ok(more) => {
                     bytes += QueuedBytes::cost(&more);
-                    let _ = more.write(&mut buffer, max_packet_bytes);
+                    encode(&more, &mut buffer);
                 }
                 Err(_) => break,
             }
         }
-        let written = writer.write_all(&buffer).await;
+        let written = if buffer.is_empty() {
+            Ok(())
+        } else {
+            writer.write_all(&buffer).await
+        };
         // Counted until the socket took them: a subscriber that does not
         // read holds max_queued_bytes, in the queue and this buffer.
         queued.sent(bytes);
@@ -983,22 +1460,31 @@ async fn write_loop(
     let _ = writer.shutdown().await;
 }
 
-async fn write_packet(stream: &mut TcpStream, packet: &Packet) -> std::io::Result<()> {
+async fn write_packet(
+    stream: &mut TcpStream,
+    protocol: Protocol,
+    packet: &Packet,
+) -> std::io::Result<()> {
     let mut buffer = BytesMut::new();
-    packet
-        .write(&mut buffer, usize::MAX)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    if !broker_wire::encode(protocol, packet, &mut buffer) {
+        return Err(std::io::Error::other(format!(
+            "{} cannot be encoded for MQTT {}",
+            packet_kind(packet),
+            protocol.name()
+        )));
+    }
     stream.write_all(&buffer).await
 }
 
 /// Reads a client's first packet, which must be a CONNECT of at most
 /// `max_connect_bytes`: its raw header is checked for what the codec lets
-/// through (`broker_connect::check_frame`) before it is parsed.
+/// through (`broker_connect::check_frame`) before it is parsed, and its
+/// protocol level picks the codec of the connection.
 async fn read_connect<R: AsyncReadExt + Unpin>(
     reader: &mut R,
     buffer: &mut BytesMut,
     max_connect_bytes: usize,
-) -> Result<Packet, ConnectionError> {
+) -> Result<(Protocol, Packet), ConnectionError> {
     loop {
         if buffer.first().is_some_and(|b| b >> 4 != 1) {
             return Err(ConnectionError::Protocol(
@@ -1009,7 +1495,9 @@ async fn read_connect<R: AsyncReadExt + Unpin>(
             Ok(header) => {
                 let frame = buffer.get(..header.frame_length()).unwrap_or_default();
                 broker_connect::check_frame(frame).map_err(ConnectionError::Violation)?;
-                return read_packet(reader, buffer, max_connect_bytes, None).await;
+                let protocol = Protocol::of_connect(frame);
+                let packet = read_packet(reader, buffer, protocol, max_connect_bytes, None).await?;
+                return Ok((protocol, packet));
             }
             Err(mqttbytes::Error::InsufficientBytes(_)) => {}
             Err(mqttbytes::Error::PayloadSizeLimitExceeded(_)) => {
@@ -1038,39 +1526,45 @@ pub enum PacketError {
     TooLarge(usize),
 }
 
-impl From<PacketError> for ConnectionError {
-    fn from(err: PacketError) -> ConnectionError {
-        match err {
-            PacketError::Malformed(reason) => ConnectionError::Protocol(reason),
-            PacketError::TooLarge(limit) => ConnectionError::TooLarge(limit),
-        }
-    }
-}
-
 /// What the front of a client's bytes holds.
 #[derive(Debug)]
 pub enum Decoded {
     /// One whole packet, taken off the buffer.
-    Packet(Packet),
+    Packet(mqttbytes::v4::Packet),
     /// Part of one, left in the buffer: at least `missing` more bytes are
     /// needed.
     Partial { missing: usize },
 }
 
-/// The packet reader without the socket: takes the first whole packet off
-/// the front of `buffer`, or says how much of one is missing. Pure, so
-/// the fuzz targets (tests/fuzz) feed it what a client could send.
+/// The MQTT 3.1.1 packet reader without the socket: takes the first whole
+/// packet off the front of `buffer`, or says how much of one is missing.
+/// Pure, so the fuzz targets (tests/fuzz) feed it what a client could
+/// send; [`decode_packet_v5`] is the same for MQTT 5.
 pub fn decode_packet(
     buffer: &mut BytesMut,
     max_packet_bytes: usize,
 ) -> Result<Decoded, PacketError> {
-    match Packet::read(buffer, max_packet_bytes) {
+    match mqttbytes::v4::Packet::read(buffer, max_packet_bytes) {
         Ok(packet) => Ok(Decoded::Packet(packet)),
         Err(mqttbytes::Error::InsufficientBytes(missing)) => Ok(Decoded::Partial { missing }),
         Err(mqttbytes::Error::PayloadSizeLimitExceeded(_)) => {
             Err(PacketError::TooLarge(max_packet_bytes))
         }
         Err(err) => Err(PacketError::Malformed(err.to_string())),
+    }
+}
+
+/// The MQTT 5 packet reader the broker uses on a level 5 connection, for
+/// the fuzz targets: `Ok(None)` when the packet is not whole yet.
+pub fn decode_packet_v5(
+    buffer: &mut BytesMut,
+    max_packet_bytes: usize,
+) -> Result<Option<Packet>, PacketError> {
+    match broker_wire::decode(Protocol::V5, buffer, max_packet_bytes) {
+        Ok(Frame::Packet(packet)) => Ok(Some(packet)),
+        Ok(Frame::Partial { .. }) => Ok(None),
+        Err(WireError::Malformed(reason)) => Err(PacketError::Malformed(reason)),
+        Err(WireError::TooLarge(limit)) => Err(PacketError::TooLarge(limit)),
     }
 }
 
@@ -1085,17 +1579,18 @@ pub fn check_connect_frame(frame: &[u8]) -> Result<(), &'static str> {
 async fn read_packet<R: AsyncReadExt + Unpin>(
     reader: &mut R,
     buffer: &mut BytesMut,
+    protocol: Protocol,
     max_packet_bytes: usize,
     budget: Option<&Budget>,
 ) -> Result<Packet, ConnectionError> {
     let mut held = Held::default();
     loop {
-        match decode_packet(buffer, max_packet_bytes)? {
-            Decoded::Packet(packet) => {
+        match broker_wire::decode(protocol, buffer, max_packet_bytes)? {
+            Frame::Packet(packet) => {
                 held.release();
                 return Ok(packet);
             }
-            Decoded::Partial { missing } => {
+            Frame::Partial { missing } => {
                 if let Some(budget) = budget {
                     let frame_length = buffer.len() + missing;
                     let waits = || {
@@ -1137,7 +1632,8 @@ async fn maybe_timeout<F: std::future::Future<Output = Result<Packet, Connection
 
 fn packet_kind(packet: &Packet) -> &'static str {
     match packet {
-        Packet::Connect(_) => "CONNECT",
+        Packet::Auth(_) => "AUTH",
+        Packet::Connect(..) => "CONNECT",
         Packet::ConnAck(_) => "CONNACK",
         Packet::Publish(_) => "PUBLISH",
         Packet::PubAck(_) => "PUBACK",
@@ -1148,9 +1644,9 @@ fn packet_kind(packet: &Packet) -> &'static str {
         Packet::SubAck(_) => "SUBACK",
         Packet::Unsubscribe(_) => "UNSUBSCRIBE",
         Packet::UnsubAck(_) => "UNSUBACK",
-        Packet::PingReq => "PINGREQ",
-        Packet::PingResp => "PINGRESP",
-        Packet::Disconnect => "DISCONNECT",
+        Packet::PingReq(_) => "PINGREQ",
+        Packet::PingResp(_) => "PINGRESP",
+        Packet::Disconnect(_) => "DISCONNECT",
     }
 }
 

@@ -3,22 +3,21 @@
 //! the parsed packet, so the broker answers per MQTT 3.1.1 instead of
 //! half-understanding a client.
 //!
-//! The broker speaks MQTT 3.1.1 only (protocol name `MQTT`, level 4).
-//! Any other level under `MQTT` (5 included) and MQTT 3.1 (`MQIsdp`, level
-//! 3) get CONNACK 0x01 "unacceptable protocol version" and are closed
-//! (§3.1.2.2): an MQTT 5 client that were answered as 3.1.1 would have its
-//! property bytes read as payload. Any other protocol name, a reserved bit
+//! The broker speaks MQTT 3.1.1 and 5 (protocol name `MQTT`, level 4 or
+//! 5; `broker_wire` picks the codec by the level). Any other level under
+//! `MQTT` and MQTT 3.1 (`MQIsdp`, level 3) get CONNACK 0x01 "unacceptable
+//! protocol version" and are closed (§3.1.2.2). Any other protocol name, a reserved bit
 //! set (fixed-header flags, connect flag bit 0), inconsistent will flags,
 //! a password without a user name (§3.1.2.9), and U+0000 in any string
 //! (§1.5.3) close the connection without CONNACK, as the spec requires.
 
-use rumqttc::mqttbytes::v4::Connect;
+use rumqttc::v5::mqttbytes::v5::{Connect, LastWill, Login};
 
 /// Why a CONNECT (or a later packet's topic) is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum Violation {
     /// A protocol level this broker does not speak: CONNACK 0x01, close.
-    #[error("unsupported MQTT protocol version (only 3.1.1 is spoken)")]
+    #[error("unsupported MQTT protocol version (3.1.1 and 5 are spoken)")]
     UnsupportedProtocol,
     /// Not an MQTT protocol name at all: close.
     #[error("unknown protocol name")]
@@ -92,7 +91,7 @@ pub(crate) fn check_frame(frame: &[u8]) -> Result<(), Violation> {
         return Ok(());
     };
     match (name, level) {
-        (b"MQTT", 4) => {}
+        (b"MQTT", 4 | 5) => {}
         (b"MQTT", _) | (b"MQIsdp", _) => return Err(Violation::UnsupportedProtocol),
         _ => return Err(Violation::ProtocolName),
     }
@@ -123,10 +122,19 @@ fn check_flags(flags: u8) -> Result<(), Violation> {
     Ok(())
 }
 
-/// Checks the strings of a parsed CONNECT for U+0000.
-pub(crate) fn check_strings(connect: &Connect) -> Result<(), Violation> {
-    let will_topic = connect.last_will.as_ref().map(|w| w.topic.as_str());
-    let username = connect.login.as_ref().map(|l| l.username.as_str());
+/// Checks the strings of a parsed CONNECT for U+0000 (a will topic that
+/// is not UTF-8 counts as one: both make the string malformed).
+pub(crate) fn check_strings(
+    connect: &Connect,
+    will: Option<&LastWill>,
+    login: Option<&Login>,
+) -> Result<(), Violation> {
+    let will_topic = match will.map(|w| std::str::from_utf8(&w.topic)) {
+        Some(Ok(topic)) => Some(topic),
+        Some(Err(_)) => return Err(Violation::NulCharacter),
+        None => None,
+    };
+    let username = login.map(|l| l.username.as_str());
     let strings = [Some(connect.client_id.as_str()), will_topic, username];
     if strings.into_iter().flatten().any(has_nul) {
         return Err(Violation::NulCharacter);
@@ -163,7 +171,8 @@ mod tests {
     }
 
     #[test]
-    fn mqtt_3_1_1_passes() {
+    fn mqtt_3_1_1_and_5_pass() {
+        assert_eq!(check_frame(&frame(0x10, b"MQTT", 5, 0b0000_0010)), Ok(()));
         assert_eq!(check_frame(&frame(0x10, b"MQTT", 4, 0b0000_0010)), Ok(()));
         assert_eq!(check_frame(&frame(0x10, b"MQTT", 4, 0b1100_0010)), Ok(()));
         assert_eq!(check_frame(&frame(0x10, b"MQTT", 4, 0b0011_0110)), Ok(()));
@@ -172,8 +181,7 @@ mod tests {
     #[test]
     fn other_versions_get_unacceptable_protocol_version() {
         for (name, level) in [
-            (&b"MQTT"[..], 5),
-            (b"MQTT", 6),
+            (&b"MQTT"[..], 6),
             (b"MQTT", 3),
             (b"MQIsdp", 3),
         ] {

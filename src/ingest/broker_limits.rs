@@ -12,15 +12,24 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use rumqttc::mqttbytes::v4::{Packet, Publish};
+use std::time::Instant;
+
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// Retained messages by topic, with their bytes (topic + payload) kept
 /// under a budget.
 #[derive(Default)]
 pub(crate) struct Retained {
-    messages: HashMap<String, Publish>,
+    messages: HashMap<String, Kept>,
     bytes: usize,
+}
+
+/// A retained message and since when it is kept (its MQTT 5 message
+/// expiry interval counts down from then).
+pub(crate) struct Kept {
+    pub publish: Publish,
+    pub since: Instant,
 }
 
 /// A retained publish that would take the retained messages over
@@ -41,9 +50,14 @@ impl Retained {
     /// the total would exceed `limit`; the previous message of the topic
     /// is then kept.
     pub(crate) fn set(&mut self, publish: &Publish, limit: usize) -> Result<(), RetainRefused> {
-        let previous = self.messages.get(&publish.topic).map(cost).unwrap_or(0);
+        let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+        let previous = self
+            .messages
+            .get(&topic)
+            .map(|kept| cost(&kept.publish))
+            .unwrap_or(0);
         if publish.payload.is_empty() {
-            self.messages.remove(&publish.topic);
+            self.messages.remove(&topic);
             self.bytes -= previous;
             return Ok(());
         }
@@ -51,13 +65,19 @@ impl Retained {
         let held = self.bytes - previous;
         if held + size > limit {
             return Err(RetainRefused {
-                topic: publish.topic.clone(),
+                topic,
                 size,
                 held: self.bytes,
                 limit,
             });
         }
-        self.messages.insert(publish.topic.clone(), publish.clone());
+        self.messages.insert(
+            topic,
+            Kept {
+                publish: publish.clone(),
+                since: Instant::now(),
+            },
+        );
         self.bytes = held + size;
         Ok(())
     }
@@ -66,7 +86,7 @@ impl Retained {
         self.bytes
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &Publish)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &Kept)> {
         self.messages.iter()
     }
 }
@@ -215,10 +235,11 @@ impl QueuedBytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rumqttc::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::PingResp;
+    use rumqttc::v5::mqttbytes::QoS;
 
     fn publish(topic: &str, len: usize) -> Publish {
-        Publish::new(topic, QoS::AtMostOnce, vec![b'x'; len])
+        Publish::new(topic, QoS::AtMostOnce, vec![b'x'; len], None)
     }
 
     #[test]
@@ -277,7 +298,7 @@ mod tests {
             "one always fits an empty queue"
         );
         assert!(!outbox.deliver(publish("t", 9)));
-        outbox.send(Packet::PingResp).await.unwrap();
+        outbox.send(Packet::PingResp(PingResp)).await.unwrap();
         let first = rx.recv().await.unwrap();
         queued.sent(QueuedBytes::cost(&first));
         assert!(outbox.deliver(publish("t", 49)));

@@ -364,6 +364,8 @@ pub async fn run(
                             retained: publish.retain,
                             redelivery: publish.dup,
                             client: None,
+                            content_type: None,
+                            user_properties: &[],
                         })
                         .await;
                     if unacked.send((publish, pending)).is_err() {

@@ -156,6 +156,8 @@ pub struct IngestMetrics {
     /// Embedded broker: open connections, connections refused (limit,
     /// bad credentials), connections closed for protocol errors.
     pub broker_connections: AtomicI64,
+    /// Of `broker_connections`, those speaking MQTT 5.
+    pub broker_v5_connections: AtomicI64,
     pub broker_refused: AtomicU64,
     pub broker_protocol_errors: AtomicU64,
     /// Embedded broker: sockets open (CONNECT pending included), failed
@@ -303,7 +305,7 @@ impl IngestMetrics {
                     .collect()
             },
         );
-        let scalars: [(&str, &str, &str, i64); 20] = [
+        let scalars: [(&str, &str, &str, i64); 21] = [
             (
                 "meshlet_ingest_unmatched_messages_total",
                 "counter",
@@ -339,6 +341,12 @@ impl IngestMetrics {
                 "gauge",
                 "Open connections to the embedded broker.",
                 self.broker_connections.load(Ordering::Relaxed),
+            ),
+            (
+                "meshlet_broker_mqtt5_connections",
+                "gauge",
+                "Open connections to the embedded broker that speak MQTT 5 (of meshlet_broker_connections).",
+                self.broker_v5_connections.load(Ordering::Relaxed),
             ),
             (
                 "meshlet_broker_refused_total",
@@ -385,7 +393,7 @@ impl IngestMetrics {
             (
                 "meshlet_broker_deliveries_dropped_total",
                 "counter",
-                "QoS 0 deliveries dropped for a subscriber whose queue held max_queued_bytes.",
+                "QoS 0 deliveries dropped for a subscriber whose queue held max_queued_bytes, or larger than its MQTT 5 maximum packet size.",
                 self.broker_deliveries_dropped.load(Ordering::Relaxed) as i64,
             ),
             (
@@ -486,7 +494,7 @@ impl IngestMetrics {
             out,
             name,
             "counter",
-            "Connections the embedded broker closed for breaking MQTT 3.1.1, by violation (unsupported_protocol got CONNACK 0x01).",
+            "Connections the embedded broker closed for breaking MQTT 3.1.1 or 5, by violation (unsupported_protocol got CONNACK 0x01).",
         );
         for (violation, count) in super::broker_connect::Violation::ALL
             .iter()

@@ -18,6 +18,8 @@
 pub mod broker;
 mod broker_connect;
 mod broker_limits;
+mod broker_v5;
+mod broker_wire;
 pub mod client;
 mod client_outbox;
 pub mod file_tail;
@@ -38,7 +40,7 @@ use tracing::{debug, warn};
 
 use crate::config::IngestSettings;
 use crate::pipeline::{self, Input, Invalid, Limits, Processed, SourceShape};
-use crate::product::{OnInvalid, Product, ProductSet, Source};
+use crate::product::{OnInvalid, PayloadFormat, Product, ProductSet, Source};
 use crate::record::{Origin, Timestamp};
 use crate::store::{IngestBatch, IngestLimits, IngestRecord, QuarantineItem, Store};
 
@@ -95,6 +97,23 @@ pub struct MqttMessage<'a> {
     pub redelivery: bool,
     /// The MQTT client id of the publisher, when known.
     pub client: Option<&'a str>,
+    /// MQTT 5 content type: an NDJSON type reads the payload as NDJSON
+    /// (as an HTTP push's `Content-Type` does).
+    pub content_type: Option<&'a str>,
+    /// MQTT 5 user properties: one named like a field of the product gives
+    /// that field (a topic capture wins over it, it wins over the
+    /// payload), one named like the source's top-level event time key
+    /// gives the event time when the payload has none.
+    pub user_properties: &'a [(String, String)],
+}
+
+/// An NDJSON content type, as HTTP pushes name it (MQTT 5 publishes carry
+/// one in their content type property).
+pub(crate) fn is_ndjson_content_type(content_type: &str) -> bool {
+    let content_type = content_type.to_ascii_lowercase();
+    content_type.contains("ndjson")
+        || content_type.contains("jsonl")
+        || content_type.contains("json-seq")
 }
 
 /// What a submitted payload will come to: resolves once everything it
@@ -331,15 +350,38 @@ impl Ingestor {
             let route = m.route;
             let counters = &route.counters;
             counters.message(message.payload.len());
+            // MQTT 5 user properties before the topic's captures: the last
+            // of a name wins, and the topic is what the broker routed on.
+            let with_properties;
+            let captures = if message.user_properties.is_empty() {
+                &m.captures
+            } else {
+                with_properties = message
+                    .user_properties
+                    .iter()
+                    .chain(&m.captures)
+                    .cloned()
+                    .collect::<Vec<_>>();
+                &with_properties
+            };
             let provenance = Provenance {
                 source_id: &route.source_id,
                 topic: Some(message.topic),
-                captures: &m.captures,
+                captures,
                 arrival,
                 origin: &origin,
                 redelivery: message.redelivery,
             };
-            let prepared = self.prepare(&route.product, &route.shape, message.payload, &provenance);
+            let shape = match message.content_type {
+                Some(content_type)
+                    if route.shape.format == PayloadFormat::Json
+                        && is_ndjson_content_type(content_type) =>
+                {
+                    std::borrow::Cow::Owned(route.shape.clone().with_format(PayloadFormat::Ndjson))
+                }
+                _ => std::borrow::Cow::Borrowed(&route.shape),
+            };
+            let prepared = self.prepare(&route.product, &shape, message.payload, &provenance);
             self.count_rejected(
                 &route.product,
                 &route.source_id,
@@ -739,7 +781,7 @@ impl Ingestor {
         &self,
         product_name: &str,
         payload: &[u8],
-        format: crate::product::PayloadFormat,
+        format: PayloadFormat,
         actor: Option<String>,
         idempotency: Option<crate::store::Idempotency>,
     ) -> Result<PendingMessage, PushRefusal> {
@@ -781,7 +823,7 @@ impl Ingestor {
     ) -> Result<PendingMessage, PushRefusal> {
         let product = self.pushable_product(product_name)?;
         let shape = SourceShape {
-            format: crate::product::PayloadFormat::Json,
+            format: PayloadFormat::Json,
             map: Default::default(),
             event_time: None,
             columns: Vec::new(),

@@ -48,7 +48,7 @@ pub(crate) fn build(
             "the key field is not declared by the product",
         ));
     }
-    let (event_time, event_time_from_payload) = match event_time(shape, document) {
+    let (event_time, event_time_from_payload) = match event_time(shape, document, input) {
         Ok(Some(t)) => (t, true),
         Ok(None) => (input.arrival, false),
         Err(problem) => {
@@ -252,15 +252,36 @@ fn written_pattern(compiled: &str) -> &str {
 
 /// The event time in the document: `None` when there is no pointer, or it
 /// finds nothing or null (the arrival time is used then). Raw payloads
-/// have no event time.
-fn event_time(shape: &SourceShape, document: &Json) -> Result<Option<Timestamp>, Violation> {
+/// have no event time. When the document has none and the pointer is one
+/// top-level key (`/ts`), a capture of that name gives it: the transport's
+/// metadata (an MQTT 5 user property, a topic level) can carry the event
+/// time of a payload that does not.
+fn event_time(
+    shape: &SourceShape,
+    document: &Json,
+    input: &Input<'_>,
+) -> Result<Option<Timestamp>, Violation> {
     if shape.format == PayloadFormat::Raw {
         return Ok(None);
     }
     let Some(pointer) = shape.event_time_pointer() else {
         return Ok(None);
     };
-    match super::pointer::lookup(document, pointer) {
+    let captured;
+    let found = match super::pointer::lookup(document, pointer) {
+        None | Some(Json::Null) => {
+            let key = pointer.strip_prefix('/').filter(|k| !k.contains('/'));
+            match key.and_then(|k| input.captures.iter().rev().find(|(f, _)| f == k)) {
+                Some((_, text)) => {
+                    captured = Json::String(text.clone());
+                    Some(&captured)
+                }
+                None => None,
+            }
+        }
+        found => found,
+    };
+    match found {
         None | Some(Json::Null) => Ok(None),
         Some(raw) => match coerce(raw, FieldType::Timestamp) {
             Ok(Value::Timestamp(t)) => Ok(Some(t)),
