@@ -27,11 +27,20 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}"
 fi
 
-# The pinned JS clients and playwright-core (package-lock.json; it drives
-# Debian's chromium for tests/console.rs and tests/graphql_clients.rs),
-# installed when missing or older than the lockfile.
+# The pinned JS clients (GraphQL, MQTT.js for tests/mqtt_conformance.rs)
+# and playwright-core (package-lock.json; it drives Debian's chromium for
+# tests/console.rs and tests/graphql_clients.rs), installed when missing or
+# older than the lockfile.
 if [ ! -d tests/js/node_modules/playwright-core ] || [ tests/js/package-lock.json -nt tests/js/node_modules/.package-lock.json ]; then
   (cd tests/js && npm ci --no-audit --no-fund)
+fi
+
+# The pinned Python MQTT client (tests/py/requirements.txt) that
+# tests/mqtt_conformance.rs drives, installed when missing.
+if ! python3 -c 'import paho.mqtt' >/dev/null 2>&1; then
+  command -v pip3 >/dev/null || as_root apt-get install -y -qq python3-pip
+  pip3 install --quiet -r tests/py/requirements.txt \
+    || pip3 install --quiet --break-system-packages -r tests/py/requirements.txt
 fi
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"

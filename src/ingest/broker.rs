@@ -48,7 +48,6 @@
 //! subscriptions per client, deliveries queued per subscriber; persistent
 //! sessions expire after `session_expiry` without their client.
 
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -57,12 +56,12 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttc::mqttbytes;
-use rumqttc::v5::mqttbytes::{matches, valid_filter, valid_topic, QoS};
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, Connect, ConnectReturnCode, DisconnectReasonCode, LastWill, Login, Packet, PingResp,
-    PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, Publish,
-    PublishProperties, RetainForwardRule, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, Publish, PublishProperties,
+    RetainForwardRule, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
 };
+use rumqttc::v5::mqttbytes::{valid_filter, valid_topic, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -188,7 +187,7 @@ impl Shared {
         for sub in subs.iter() {
             if delivered_to.contains(&sub.connection)
                 || (sub.no_local && from == Some(sub.connection))
-                || !matches(topic, &sub.filter)
+                || !broker_connect::topic_matches(topic, &sub.filter)
             {
                 continue;
             }
@@ -625,7 +624,9 @@ impl Connection {
                 return;
             }
         };
-        if let Err(violation) = broker_connect::check_strings(&connect, will.as_ref(), login.as_ref()) {
+        if let Err(violation) =
+            broker_connect::check_strings(&connect, will.as_ref(), login.as_ref())
+        {
             metrics.broker_violations[violation.index()].fetch_add(1, Ordering::Relaxed);
             info!(%violation, "MQTT CONNECT refused");
             return;
@@ -656,13 +657,18 @@ impl Connection {
             )
         });
         let accepted = connack(ConnectReturnCode::Success, session_present, properties);
-        if write_packet(&mut stream, protocol, &accepted).await.is_err() {
+        if write_packet(&mut stream, protocol, &accepted)
+            .await
+            .is_err()
+        {
             self.release(&client_id);
             return;
         }
         metrics.broker_connections.fetch_add(1, Ordering::Relaxed);
         if protocol == Protocol::V5 {
-            metrics.broker_v5_connections.fetch_add(1, Ordering::Relaxed);
+            metrics
+                .broker_v5_connections
+                .fetch_add(1, Ordering::Relaxed);
         }
         debug!(client = %client_id, keep_alive = connect.keep_alive, session_present, version = protocol.name(), "MQTT client connected");
         let mut session = Session {
@@ -678,7 +684,6 @@ impl Connection {
         let (outgoing, outgoing_rx) = mpsc::channel::<Packet>(OUTGOING_QUEUE);
         let (outgoing, queued) = Outbox::new(outgoing, self.config.max_queued_bytes);
         let (acks, acks_rx) = mpsc::channel::<AckItem>(self.config.max_inflight.max(1));
-        let unacked = Arc::new(AtomicUsize::new(0));
         let writer_task = tokio::spawn(write_loop(
             writer,
             outgoing_rx,
@@ -687,12 +692,7 @@ impl Connection {
             session.limits.max_packet_bytes,
             metrics.clone(),
         ));
-        let acker_task = tokio::spawn(ack_loop(
-            acks_rx,
-            outgoing.clone(),
-            self.shutdown.clone(),
-            unacked.clone(),
-        ));
+        let acker_task = tokio::spawn(ack_loop(acks_rx, outgoing.clone(), self.shutdown.clone()));
         for filter in restored.unwrap_or_default() {
             if !self.subscribe(&filter, &outgoing, false, false) {
                 warn!(client = %session.client_id, %filter, "stored subscription over the client's limits; dropped");
@@ -700,7 +700,7 @@ impl Connection {
         }
 
         let result = self
-            .read_loop(reader, buffer, &mut session, &outgoing, &acks, &unacked)
+            .read_loop(reader, buffer, &mut session, &outgoing, &acks)
             .await;
         let client_id = session.client_id.clone();
         let mut reason = None;
@@ -766,7 +766,9 @@ impl Connection {
         self.release(&client_id);
         metrics.broker_connections.fetch_sub(1, Ordering::Relaxed);
         if protocol == Protocol::V5 {
-            metrics.broker_v5_connections.fetch_sub(1, Ordering::Relaxed);
+            metrics
+                .broker_v5_connections
+                .fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -942,7 +944,6 @@ impl Connection {
         session: &mut Session,
         outgoing: &Outbox,
         acks: &mpsc::Sender<AckItem>,
-        unacked: &AtomicUsize,
     ) -> Result<Ended, ConnectionError> {
         // MQTT: the server disconnects after one and a half keep-alive
         // periods without a packet.
@@ -952,7 +953,6 @@ impl Connection {
             Protocol::V5 => self.config.max_topic_aliases,
             Protocol::V311 => 0,
         });
-        let receive_maximum = usize::from(broker_v5::receive_maximum(&self.config));
         loop {
             let next = read_packet(
                 &mut reader,
@@ -968,17 +968,11 @@ impl Connection {
             match packet {
                 Packet::Publish(mut publish) => {
                     if session.protocol == Protocol::V5 {
-                        aliases.resolve(&mut publish).map_err(ConnectionError::Refused)?;
-                        if publish.qos != QoS::AtMostOnce
-                            && unacked.load(Ordering::Acquire) >= receive_maximum
-                        {
-                            return Err(ConnectionError::Refused(Refusal::new(
-                                DisconnectReasonCode::ReceiveMaximumExceeded,
-                                format!("more than {receive_maximum} unacknowledged QoS 1/2 publishes"),
-                            )));
-                        }
+                        aliases
+                            .resolve(&mut publish)
+                            .map_err(ConnectionError::Refused)?;
                     }
-                    self.on_publish(publish, session, acks, unacked).await?
+                    self.on_publish(publish, session, acks).await?
                 }
                 Packet::PubRel(rel) => {
                     send_ack(
@@ -1054,7 +1048,8 @@ impl Connection {
                     {
                         return Err(ConnectionError::Violation(Violation::NulCharacter));
                     }
-                    let mut reasons = vec![UnsubAckReason::NoSubscriptionExisted; unsubscribe.filters.len()];
+                    let mut reasons =
+                        vec![UnsubAckReason::NoSubscriptionExisted; unsubscribe.filters.len()];
                     {
                         let mut subs = write(&self.shared.subscriptions);
                         subs.retain(|s| {
@@ -1085,7 +1080,9 @@ impl Connection {
                     )
                     .await?;
                 }
-                Packet::PingReq(_) => send_ack(acks, AckItem::Now(Packet::PingResp(PingResp))).await?,
+                Packet::PingReq(_) => {
+                    send_ack(acks, AckItem::Now(Packet::PingResp(PingResp))).await?
+                }
                 Packet::Disconnect(disconnect) => {
                     if let Some(asked) = disconnect
                         .properties
@@ -1133,7 +1130,6 @@ impl Connection {
         publish: Publish,
         session: &Session,
         acks: &mpsc::Sender<AckItem>,
-        unacked: &AtomicUsize,
     ) -> Result<(), ConnectionError> {
         let Ok(topic) = std::str::from_utf8(&publish.topic) else {
             return Err(ConnectionError::Malformed(
@@ -1171,7 +1167,6 @@ impl Connection {
             // Written all the same; nothing to acknowledge, only to count.
             QoS::AtMostOnce => send_ack(acks, AckItem::Count(pending)).await?,
             QoS::AtLeastOnce => {
-                unacked.fetch_add(1, Ordering::AcqRel);
                 let ack = Packet::PubAck(PubAck {
                     pkid: publish.pkid,
                     reason: PubAckReason::Success,
@@ -1180,7 +1175,6 @@ impl Connection {
                 send_ack(acks, AckItem::AfterDurable(ack, pending)).await?
             }
             QoS::ExactlyOnce => {
-                unacked.fetch_add(1, Ordering::AcqRel);
                 let ack = Packet::PubRec(PubRec {
                     pkid: publish.pkid,
                     reason: PubRecReason::Success,
@@ -1247,7 +1241,7 @@ impl Connection {
     fn send_retained(&self, filter: &str, outgoing: &Outbox) {
         let retained = read(&self.shared.retained);
         for (topic, kept) in retained.iter() {
-            if !matches(topic, filter) {
+            if !broker_connect::topic_matches(topic, filter) {
                 continue;
             }
             let mut out = kept.publish.clone();
@@ -1372,14 +1366,7 @@ async fn send_ack(acks: &mpsc::Sender<AckItem>, item: AckItem) -> Result<(), Con
 
 /// Sends acks in arrival order, each once its records are durable. A
 /// failed write closes the connection without acking: the client resends.
-/// `unacked` counts the client's QoS 1/2 publishes not acknowledged yet
-/// (MQTT 5 receive maximum): a PUBACK or PUBCOMP sent ends one.
-async fn ack_loop(
-    mut acks: mpsc::Receiver<AckItem>,
-    outgoing: Outbox,
-    close: CancellationToken,
-    unacked: Arc<AtomicUsize>,
-) {
+async fn ack_loop(mut acks: mpsc::Receiver<AckItem>, outgoing: Outbox, close: CancellationToken) {
     while let Some(item) = acks.recv().await {
         let packet = match item {
             AckItem::Now(packet) => packet,
@@ -1400,9 +1387,6 @@ async fn ack_loop(
                 }
             },
         };
-        if matches!(packet, Packet::PubAck(_) | Packet::PubComp(_)) {
-            let _ = unacked.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        }
         if outgoing.send(packet).await.is_err() {
             return;
         }
@@ -1426,7 +1410,11 @@ async fn write_loop(
             metrics
                 .broker_deliveries_dropped
                 .fetch_add(1, Ordering::Relaxed);
-            debug!(size = packet.size(), max = client_max_packet_bytes, "delivery larger than the client's maximum packet size; not sent");
+            debug!(
+                size = packet.size(),
+                max = client_max_packet_bytes,
+                "delivery larger than the client's maximum packet size; not sent"
+            );
             return;
         }
         broker_wire::encode(protocol, packet, buffer);

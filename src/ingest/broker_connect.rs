@@ -148,6 +148,18 @@ pub(crate) fn has_nul(text: &str) -> bool {
     text.contains('\0')
 }
 
+/// Whether `topic` matches `filter` (§4.7), `$`-topics included: a filter
+/// starting with a wildcard does not match a topic starting with `$`
+/// (§4.7.2), one starting with `$` does. (rumqttc's `matches` matches no
+/// `$`-topic at all.)
+pub(crate) fn topic_matches(topic: &str, filter: &str) -> bool {
+    match (topic.strip_prefix('$'), filter.strip_prefix('$')) {
+        (Some(topic), Some(filter)) => rumqttc::v5::mqttbytes::matches(topic, filter),
+        (Some(_), None) | (None, Some(_)) => false,
+        (None, None) => rumqttc::v5::mqttbytes::matches(topic, filter),
+    }
+}
+
 /// Splits a length-prefixed MQTT string off `bytes`.
 fn split_string(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     let (len, rest) = bytes.split_first_chunk::<2>()?;
@@ -180,11 +192,7 @@ mod tests {
 
     #[test]
     fn other_versions_get_unacceptable_protocol_version() {
-        for (name, level) in [
-            (&b"MQTT"[..], 6),
-            (b"MQTT", 3),
-            (b"MQIsdp", 3),
-        ] {
+        for (name, level) in [(&b"MQTT"[..], 6), (b"MQTT", 3), (b"MQIsdp", 3)] {
             assert_eq!(
                 check_frame(&frame(0x10, name, level, 2)),
                 Err(Violation::UnsupportedProtocol),
@@ -219,6 +227,16 @@ mod tests {
             check_frame(&frame(0x10, b"MQTT", 4, 0b0001_1110)),
             Err(Violation::WillFlags)
         );
+    }
+
+    #[test]
+    fn dollar_topics_match_only_filters_that_name_them() {
+        assert!(topic_matches("$SYS/broker/uptime", "$SYS/#"));
+        assert!(topic_matches("$SYS/broker/uptime", "$SYS/+/uptime"));
+        assert!(!topic_matches("$SYS/broker/uptime", "#"));
+        assert!(!topic_matches("$SYS/broker/uptime", "+/broker/uptime"));
+        assert!(topic_matches("plant/a", "#"));
+        assert!(!topic_matches("plant/a", "$plant/a"));
     }
 
     #[test]

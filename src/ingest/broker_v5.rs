@@ -11,8 +11,11 @@
 //! - the session expiry granted is the client's, capped by
 //!   `mqtt.embedded.session_expiry`; a 3.1.1 client with
 //!   `clean_session = false` gets that cap (3.1.1 has no interval);
-//! - `receive_maximum` = `max_inflight`: more unacknowledged QoS 1/2
-//!   publishes than that closes the connection with 0x93;
+//! - `receive_maximum` = `max_inflight`: beyond that many unacknowledged
+//!   QoS 1/2 publishes the connection is not read (TCP backpressure), as
+//!   for 3.1.1, rather than closed with 0x93 — MQTT.js 5 does not honour
+//!   a server's receive maximum, and closing would cut such devices off
+//!   at every burst;
 //! - `topic_alias_maximum` = `mqtt.embedded.max_topic_aliases` (inbound
 //!   only: the broker does not alias what it sends);
 //! - `maximum_packet_size` = `max_packet_bytes`; a delivery larger than
@@ -306,7 +309,11 @@ mod tests {
         let capped = v5(&connect(false, Some(u32::MAX)));
         assert_eq!(capped.granted, hour);
         assert_eq!(capped.announce(), Some(3600));
-        let never = session_expiry(Protocol::V5, &connect(false, Some(u32::MAX)), Duration::ZERO);
+        let never = session_expiry(
+            Protocol::V5,
+            &connect(false, Some(u32::MAX)),
+            Duration::ZERO,
+        );
         assert_eq!(never.granted, Duration::MAX);
         let v4 = |clean| session_expiry(Protocol::V311, &connect(clean, None), hour);
         assert!(!v4(true).persistent());
@@ -319,13 +326,20 @@ mod tests {
         let config = EmbeddedBrokerConfig::default();
         let p = connack_properties(
             &config,
-            session_expiry(Protocol::V5, &connect(false, Some(10)), config.session_expiry),
+            session_expiry(
+                Protocol::V5,
+                &connect(false, Some(10)),
+                config.session_expiry,
+            ),
             Some("meshlet-anon-1"),
         );
         assert_eq!(p.receive_max, Some(config.max_inflight as u16));
         assert_eq!(p.max_packet_size, Some(config.max_packet_bytes as u32));
         assert_eq!(p.topic_alias_max, Some(config.max_topic_aliases));
-        assert_eq!(p.assigned_client_identifier.as_deref(), Some("meshlet-anon-1"));
+        assert_eq!(
+            p.assigned_client_identifier.as_deref(),
+            Some("meshlet-anon-1")
+        );
         assert_eq!(p.shared_subscription_available, Some(0));
     }
 
@@ -392,7 +406,13 @@ mod tests {
             message_expiry_interval: Some(10),
             ..Default::default()
         });
-        assert_eq!(remaining_expiry(&publish, Duration::from_secs(4)), Some(Ok(6)));
-        assert_eq!(remaining_expiry(&publish, Duration::from_secs(10)), Some(Err(())));
+        assert_eq!(
+            remaining_expiry(&publish, Duration::from_secs(4)),
+            Some(Ok(6))
+        );
+        assert_eq!(
+            remaining_expiry(&publish, Duration::from_secs(10)),
+            Some(Err(()))
+        );
     }
 }

@@ -14,16 +14,16 @@
 //! in, packets out.
 
 use bytes::{Bytes, BytesMut};
-use rumqttc::mqttbytes::v4;
 use rumqttc::mqttbytes as mqtt4;
-use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode, Filter, LastWill,
-    Login, Packet, PingReq, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
-    PubRecReason, PubRel, PubRelReason, Publish, RetainForwardRule, SubAck, Subscribe,
-    SubscribeReasonCode, UnsubAck, Unsubscribe,
+    ConnAck, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode, Filter, LastWill, Login,
+    Packet, PingReq, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason,
+    PubRel, PubRelReason, Publish, RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode,
+    UnsubAck, Unsubscribe,
 };
 use rumqttc::v5::mqttbytes::Error as Error5;
+use rumqttc::v5::mqttbytes::QoS;
 
 /// The MQTT version a connection speaks, from its CONNECT's protocol level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -244,7 +244,9 @@ pub fn from_v4(packet: v4::Packet) -> Packet {
                 .return_codes
                 .into_iter()
                 .map(|code| match code {
-                    v4::SubscribeReasonCode::Success(qos) => SubscribeReasonCode::Success(qos_5(qos)),
+                    v4::SubscribeReasonCode::Success(qos) => {
+                        SubscribeReasonCode::Success(qos_5(qos))
+                    }
                     v4::SubscribeReasonCode::Failure => SubscribeReasonCode::Failure,
                 })
                 .collect(),
@@ -273,9 +275,10 @@ pub fn from_v4(packet: v4::Packet) -> Packet {
 /// (DISCONNECT and AUTH from a server, a CONNECT).
 pub fn to_v4(packet: &Packet) -> Option<v4::Packet> {
     Some(match packet {
-        Packet::ConnAck(ack) => {
-            v4::Packet::ConnAck(v4::ConnAck::new(connack_code_v4(ack.code), ack.session_present))
-        }
+        Packet::ConnAck(ack) => v4::Packet::ConnAck(v4::ConnAck::new(
+            connack_code_v4(ack.code),
+            ack.session_present,
+        )),
         Packet::Publish(publish) => {
             let mut out = v4::Publish::from_bytes(
                 String::from_utf8_lossy(&publish.topic).into_owned(),
@@ -296,7 +299,9 @@ pub fn to_v4(packet: &Packet) -> Option<v4::Packet> {
             ack.return_codes
                 .iter()
                 .map(|code| match code {
-                    SubscribeReasonCode::Success(qos) => v4::SubscribeReasonCode::Success(qos_4(*qos)),
+                    SubscribeReasonCode::Success(qos) => {
+                        v4::SubscribeReasonCode::Success(qos_4(*qos))
+                    }
                     _ => v4::SubscribeReasonCode::Failure,
                 })
                 .collect(),
@@ -378,7 +383,9 @@ mod tests {
         let mut v4_connect = v4::Connect::new("c");
         v4_connect.keep_alive = 30;
         let mut frame = BytesMut::new();
-        v4::Packet::Connect(v4_connect).write(&mut frame, 1024).unwrap();
+        v4::Packet::Connect(v4_connect)
+            .write(&mut frame, 1024)
+            .unwrap();
         assert_eq!(Protocol::of_connect(&frame), Protocol::V311);
         let (v5_connect, _, _) = match round_trip_connect_v5() {
             Packet::Connect(c, w, l) => (c, w, l),
@@ -545,6 +552,9 @@ mod tests {
             downgrade(QoS::ExactlyOnce, QoS::AtLeastOnce),
             QoS::AtLeastOnce
         );
-        assert_eq!(downgrade(QoS::AtMostOnce, QoS::ExactlyOnce), QoS::AtMostOnce);
+        assert_eq!(
+            downgrade(QoS::AtMostOnce, QoS::ExactlyOnce),
+            QoS::AtMostOnce
+        );
     }
 }
