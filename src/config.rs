@@ -341,10 +341,13 @@ pub struct EmbeddedBrokerConfig {
     /// Bytes of subscription filters one client may hold (default 16 KiB);
     /// beyond it SUBACK 0x80, counted.
     pub max_subscription_bytes: usize,
-    /// Bytes of deliveries queued towards one subscriber (default 2 MiB).
-    /// A subscriber that reads slower than messages arrive loses the
-    /// deliveries beyond it (QoS 0), counted in
-    /// `meshlet_broker_deliveries_dropped_total`; acks are never dropped.
+    /// Bytes of deliveries queued towards one subscriber (default 2 MiB),
+    /// and, apart, of the QoS 1/2 deliveries its session holds (in flight
+    /// and waiting, also while a persistent session's client is away). A
+    /// subscriber that reads slower than messages arrive loses the QoS 0
+    /// deliveries beyond it; a QoS 1/2 delivery beyond its session's bytes
+    /// is not queued; both counted in
+    /// `meshlet_broker_deliveries_dropped_total`. Acks are never dropped.
     pub max_queued_bytes: usize,
     /// A persistent session (`clean_session = false`) whose client stayed
     /// away this long is removed (default 2h, `0s`: never), counted in
@@ -352,6 +355,12 @@ pub struct EmbeddedBrokerConfig {
     /// the server; MQTT 5 calls it the session expiry interval.
     #[serde(with = "humantime_serde_compat")]
     pub session_expiry: Duration,
+    /// The highest QoS a subscription is granted (default 2; 0, 1 or 2,
+    /// more counts as 2): a client asking more gets this in its SUBACK,
+    /// and deliveries to it are downgraded to it. QoS 1/2 deliveries are
+    /// resent (DUP) when the client reconnects, up to `max_inflight` of
+    /// them (or the client's receive maximum) in flight at once.
+    pub max_delivery_qos: u8,
     /// Topic aliases an MQTT 5 client may set on its publishes (default
     /// 16, told in CONNACK as `topic_alias_maximum`; 0: none). An alias
     /// outside 1..=this closes the connection with DISCONNECT 0x94.
@@ -376,6 +385,7 @@ impl Default for EmbeddedBrokerConfig {
             max_subscription_bytes: 16 * 1024,
             max_queued_bytes: 2 << 20,
             session_expiry: Duration::from_secs(2 * 3600),
+            max_delivery_qos: 2,
             max_topic_aliases: 16,
             users: BTreeMap::new(),
         }

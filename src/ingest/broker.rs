@@ -12,14 +12,18 @@
 //! fsync.
 //!
 //! What it offers beyond ingest, for devices that also talk to each other
-//! or to local apps: subscriptions (delivered at QoS 0), retained messages
-//! (kept in memory, within `max_retained_bytes`) and last wills.
-//! Persistent sessions (`clean_session = false`) are kept in the store
-//! with their subscriptions, so after a node restart a device hears
-//! `session_present = 1` and resends its unacknowledged QoS 1 messages
-//! (clients discard them otherwise); they expire `session_expiry` after
-//! their client left. What is not kept: QoS 1/2 deliveries queued for
-//! offline subscribers (deliveries are QoS 0).
+//! or to local apps: subscriptions at QoS 0, 1 and 2 (QoS 1/2 deliveries
+//! of a session in `broker_session`: in-flight window, resent with DUP on
+//! reconnect, queued while a persistent session's client is away; one
+//! delivery per client at the highest QoS of its overlapping
+//! subscriptions), retained messages (kept in memory, within
+//! `max_retained_bytes`) and last wills.
+//! Persistent sessions (`clean_session = false`, or an MQTT 5 session
+//! expiry) are kept in the store with their subscriptions and their QoS,
+//! so after a node restart a device hears `session_present = 1` and
+//! resends its unacknowledged QoS 1 messages (clients discard them
+//! otherwise); they expire `session_expiry` after their client left. What
+//! a node restart loses: QoS 1/2 deliveries queued for away clients.
 //!
 //! As a Sparkplug primary host (see `sparkplug_state`) the broker retains
 //! the node's online STATE at start and routes offline at a clean stop,
@@ -65,13 +69,14 @@ use rumqttc::v5::mqttbytes::{valid_filter, valid_topic, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::broker_connect::{self, Violation};
 use super::broker_limits::{Held, Outbox, PacketBudget, QueuedBytes, Retained};
+use super::broker_session::{self, Deliveries};
 use super::broker_v5::{self, ClientLimits, Refusal, SessionExpiry, TopicAliases};
 use super::broker_wire::{self, Frame, Protocol, WireError};
 use super::metrics::IngestMetrics;
@@ -79,6 +84,7 @@ use super::sparkplug_state::PrimaryHost;
 use super::{Ingestor, MqttMessage, PendingMessage};
 use crate::config::EmbeddedBrokerConfig;
 use crate::listen::Acceptor;
+use rumqttc::v5::mqttbytes::v5::{PubAck as PubAckIn, PubComp as PubCompIn};
 
 /// Packets queued towards one client (acks and subscription deliveries);
 /// deliveries beyond it (or beyond `max_queued_bytes`) are dropped for
@@ -131,8 +137,34 @@ struct Shared {
     /// than `session_expiry` (MQTT 5). Kept in memory: after a node restart
     /// such a session expires after `session_expiry`.
     expiries: Mutex<HashMap<String, Duration>>,
+    /// Client id → the QoS 1/2 deliveries of its session, while it is
+    /// connected and, for a persistent session, while it is away.
+    sessions: Mutex<HashMap<String, SessionHandle>>,
+    /// The highest QoS a subscription is granted.
+    max_delivery_qos: QoS,
     next_connection: AtomicU64,
     metrics: Arc<IngestMetrics>,
+}
+
+/// One session's QoS 1/2 deliveries and the wake-up of the task that
+/// sends them while the client is connected.
+#[derive(Clone)]
+struct SessionHandle {
+    deliveries: Arc<Mutex<Deliveries>>,
+    wake: Arc<Notify>,
+}
+
+impl SessionHandle {
+    fn new(limit: usize, window: usize) -> SessionHandle {
+        SessionHandle {
+            deliveries: Arc::new(Mutex::new(Deliveries::new(limit, window))),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    fn same(&self, other: &SessionHandle) -> bool {
+        Arc::ptr_eq(&self.deliveries, &other.deliveries)
+    }
 }
 
 impl Shared {
@@ -148,20 +180,30 @@ impl Shared {
             clients: Mutex::default(),
             delayed_wills: Mutex::default(),
             expiries: Mutex::default(),
+            sessions: Mutex::default(),
+            max_delivery_qos: match config.max_delivery_qos {
+                0 => QoS::AtMostOnce,
+                1 => QoS::AtLeastOnce,
+                _ => QoS::ExactlyOnce,
+            },
             next_connection: AtomicU64::new(0),
             metrics,
         }
     }
 
-    /// Retains (or clears) and forwards a publish to subscribers, QoS 0.
-    /// A retained message beyond `max_retained_bytes` is delivered but not
+    /// Retains (or clears) and forwards a publish to subscribers. A
+    /// retained message beyond `max_retained_bytes` is delivered but not
     /// retained (the previous one of its topic stays), counted. `from` is
     /// the publishing connection, for subscriptions with MQTT 5's no-local.
+    ///
+    /// Overlapping subscriptions: a client whose subscriptions match the
+    /// topic more than once gets the message once, at the highest QoS
+    /// granted among them (MQTT 3.1.1 §3.3.5 requires it; MQTT 5 §3.3.4
+    /// allows it), retained-as-published if any of them asks.
     fn route(&self, publish: &Publish, from: Option<u64>) {
         let topic = topic_of(publish);
         if publish.retain {
             let mut kept = publish.clone();
-            kept.qos = QoS::AtMostOnce;
             kept.pkid = 0;
             kept.dup = false;
             let mut retained = write(&self.retained);
@@ -183,32 +225,68 @@ impl Shared {
                 .store(retained.bytes() as i64, Ordering::Relaxed);
         }
         let subs = read(&self.subscriptions);
-        let mut delivered_to = Vec::new();
+        // (subscription, highest QoS granted, retain as published)
+        let mut targets: Vec<(&Subscription, QoS, bool)> = Vec::new();
         for sub in subs.iter() {
-            if delivered_to.contains(&sub.connection)
-                || (sub.no_local && from == Some(sub.connection))
+            if (sub.no_local && from == Some(sub.connection))
                 || !broker_connect::topic_matches(topic, &sub.filter)
             {
                 continue;
             }
-            delivered_to.push(sub.connection);
+            match targets.iter_mut().find(|(t, _, _)| t.client == sub.client) {
+                Some((_, qos, rap)) => {
+                    if (sub.qos as u8) > (*qos as u8) {
+                        *qos = sub.qos;
+                    }
+                    *rap |= sub.retain_as_published;
+                }
+                None => targets.push((sub, sub.qos, sub.retain_as_published)),
+            }
+        }
+        for (sub, granted, retain_as_published) in targets {
             let out = Publish {
                 dup: false,
-                qos: QoS::AtMostOnce,
-                retain: sub.retain_as_published && publish.retain,
+                qos: broker_wire::downgrade(publish.qos, granted),
+                retain: retain_as_published && publish.retain,
                 topic: publish.topic.clone(),
                 pkid: 0,
                 payload: publish.payload.clone(),
                 properties: forwarded(publish.properties.as_ref()),
             };
-            // A slow subscriber loses QoS 0 deliveries, never the broker's
-            // memory or the publisher's throughput.
-            if !sub.deliver.deliver(out) {
+            if !self.deliver(sub, out) {
                 self.metrics
                     .broker_deliveries_dropped
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Hands one delivery to a subscriber: QoS 0 to its connection's queue
+    /// (lost when it is full or the client is away: a slow subscriber
+    /// loses QoS 0 deliveries, never the broker's memory or the
+    /// publisher's throughput), QoS 1/2 to its session (kept while the
+    /// client is away, within `max_queued_bytes`). `false`: dropped.
+    fn deliver(&self, sub: &Subscription, out: Publish) -> bool {
+        if Packet::Publish(out.clone()).size() > sub.max_packet_bytes {
+            debug!(
+                size = out.payload.len(),
+                max = sub.max_packet_bytes,
+                "delivery larger than the client's maximum packet size; not sent"
+            );
+            return false;
+        }
+        if out.qos == QoS::AtMostOnce {
+            return match &sub.deliver {
+                Some(outbox) => outbox.deliver(out),
+                // Away: QoS 0 is not queued for it (MQTT allows either).
+                None => true,
+            };
+        }
+        let queued = lock(&sub.session.deliveries).push(out);
+        if queued {
+            sub.session.wake.notify_one();
+        }
+        queued
     }
 }
 
@@ -230,11 +308,30 @@ fn topic_of(publish: &Publish) -> &str {
 
 struct Subscription {
     filter: String,
+    /// The client id of the session it belongs to.
+    client: String,
+    /// The connection that made it (or restored it), for no-local.
     connection: u64,
-    deliver: Outbox,
+    /// The connection's queue, `None` while a persistent session's client
+    /// is away.
+    deliver: Option<Outbox>,
+    /// Where its QoS 1/2 deliveries go.
+    session: SessionHandle,
+    /// The QoS granted.
+    qos: QoS,
+    /// The client's maximum packet size (MQTT 5; unlimited for 3.1.1).
+    max_packet_bytes: usize,
     /// MQTT 5 subscription options (§3.8.3.1); 3.1.1: all off.
     no_local: bool,
     retain_as_published: bool,
+}
+
+/// What this connection's subscriptions deliver through.
+struct Attached {
+    client_id: String,
+    outbox: Outbox,
+    session: SessionHandle,
+    max_packet_bytes: usize,
 }
 
 impl EmbeddedBroker {
@@ -390,6 +487,11 @@ async fn expire_sessions(
             .filter(|(id, _)| !live.contains(*id))
             .map(|(id, expiry)| (id.clone(), *expiry))
             .collect();
+        let away: Vec<String> = lock(&shared.sessions)
+            .keys()
+            .filter(|id| !live.contains(*id))
+            .cloned()
+            .collect();
         let store = ingestor.store().clone();
         let now = crate::record::Timestamp::now().as_micros();
         let cutoff_of = |expiry: Duration| {
@@ -412,16 +514,37 @@ async fn expire_sessions(
                     gone.push(id);
                 }
             }
-            Ok::<_, crate::store::StoreError>((removed, gone))
+            // Away sessions whose stored session is gone (expired now or
+            // before) take their queued deliveries and subscriptions along.
+            let mut ended = Vec::new();
+            for id in away {
+                if store.mqtt_session(&id)?.is_none() {
+                    ended.push(id);
+                }
+            }
+            Ok::<_, crate::store::StoreError>((removed, gone, ended))
         })
         .await;
         match swept {
-            Ok(Ok((removed, gone))) => {
+            Ok(Ok((removed, gone, ended))) => {
                 let mut expiries = lock(&shared.expiries);
                 for id in gone {
                     expiries.remove(&id);
                 }
                 drop(expiries);
+                if !ended.is_empty() {
+                    let live: std::collections::HashSet<String> =
+                        lock(&shared.clients).keys().cloned().collect();
+                    let ended: Vec<String> =
+                        ended.into_iter().filter(|id| !live.contains(id)).collect();
+                    let mut sessions = lock(&shared.sessions);
+                    for id in &ended {
+                        sessions.remove(id);
+                    }
+                    drop(sessions);
+                    write(&shared.subscriptions)
+                        .retain(|s| s.deliver.is_some() || !ended.contains(&s.client));
+                }
                 if removed > 0 {
                     shared
                         .metrics
@@ -693,14 +816,32 @@ impl Connection {
             metrics.clone(),
         ));
         let acker_task = tokio::spawn(ack_loop(acks_rx, outgoing.clone(), self.shutdown.clone()));
-        for filter in restored.unwrap_or_default() {
-            if !self.subscribe(&filter, &outgoing, false, false) {
+        let window =
+            usize::from(session.limits.receive_maximum).min(self.config.max_inflight.max(1));
+        let attached = Attached {
+            client_id: session.client_id.clone(),
+            outbox: outgoing.clone(),
+            session: self.attach_session(&session.client_id, session_present, window),
+            max_packet_bytes: session.limits.max_packet_bytes,
+        };
+        // An away session's subscriptions, or a taken-over connection's,
+        // are this connection's now.
+        self.forget_subscriptions(&session.client_id);
+        for stored in restored.unwrap_or_default() {
+            let (filter, qos) = broker_session::parse_stored_filter(&stored);
+            if !self.subscribe(filter, qos, &attached, false, false) {
                 warn!(client = %session.client_id, %filter, "stored subscription over the client's limits; dropped");
             }
         }
+        let stop_deliveries = CancellationToken::new();
+        let delivery_task = tokio::spawn(delivery_loop(
+            attached.session.clone(),
+            outgoing.clone(),
+            stop_deliveries.clone(),
+        ));
 
         let result = self
-            .read_loop(reader, buffer, &mut session, &outgoing, &acks)
+            .read_loop(reader, buffer, &mut session, &attached, &acks)
             .await;
         let client_id = session.client_id.clone();
         let mut reason = None;
@@ -743,6 +884,9 @@ impl Connection {
         }
         // Let acks for what was read finish (they are durable work), then
         // tell an MQTT 5 client why it is closed, then close the socket.
+        // What was delivered and not acknowledged stays in the session.
+        stop_deliveries.cancel();
+        let _ = delivery_task.await;
         drop(acks);
         let _ = acker_task.await;
         if let (Protocol::V5, Some(code)) = (protocol, reason) {
@@ -755,7 +899,22 @@ impl Connection {
                 .await;
         }
         drop(outgoing);
-        self.unsubscribe_all();
+        let current = lock(&self.shared.clients)
+            .get(&client_id)
+            .is_some_and(|(id, _)| *id == self.id);
+        if session.expiry.persistent() && current {
+            self.go_away();
+        } else {
+            self.unsubscribe_all();
+            let mut sessions = lock(&self.shared.sessions);
+            if sessions
+                .get(&client_id)
+                .is_some_and(|h| h.same(&attached.session))
+            {
+                sessions.remove(&client_id);
+            }
+        }
+        drop(attached);
         let _ = writer_task.await;
         if session.expiry.persistent() {
             self.end_session(&client_id).await;
@@ -878,7 +1037,7 @@ impl Connection {
         let filters: Vec<String> = read(&self.shared.subscriptions)
             .iter()
             .filter(|s| s.connection == self.id)
-            .map(|s| s.filter.clone())
+            .map(|s| broker_session::stored_filter(&s.filter, s.qos))
             .collect();
         let store = self.ingestor.store().clone();
         let id = client_id.to_string();
@@ -942,7 +1101,7 @@ impl Connection {
         mut reader: OwnedReadHalf,
         mut buffer: BytesMut,
         session: &mut Session,
-        outgoing: &Outbox,
+        attached: &Attached,
         acks: &mpsc::Sender<AckItem>,
     ) -> Result<Ended, ConnectionError> {
         // MQTT: the server disconnects after one and a half keep-alive
@@ -1002,18 +1161,21 @@ impl Connection {
                             codes.push(SubscribeReasonCode::TopicFilterInvalid);
                         } else if let Some(new) = self.subscribe_new(
                             &filter.path,
-                            outgoing,
+                            broker_wire::downgrade(filter.qos, self.shared.max_delivery_qos),
+                            attached,
                             filter.nolocal,
                             filter.preserve_retain,
                         ) {
-                            codes.push(SubscribeReasonCode::Success(QoS::AtMostOnce));
+                            let qos =
+                                broker_wire::downgrade(filter.qos, self.shared.max_delivery_qos);
+                            codes.push(SubscribeReasonCode::Success(qos));
                             let send = match filter.retain_forward_rule {
                                 RetainForwardRule::OnEverySubscribe => true,
                                 RetainForwardRule::OnNewSubscribe => new,
                                 RetainForwardRule::Never => false,
                             };
                             if send {
-                                granted.push(filter.path.as_str());
+                                granted.push((filter.path.as_str(), qos));
                             }
                         } else {
                             self.shared
@@ -1036,8 +1198,8 @@ impl Connection {
                         })),
                     )
                     .await?;
-                    for filter in granted {
-                        self.send_retained(filter, outgoing);
+                    for (filter, qos) in granted {
+                        self.send_retained(filter, qos, attached).await;
                     }
                 }
                 Packet::Unsubscribe(unsubscribe) => {
@@ -1112,9 +1274,19 @@ impl Connection {
                             == DisconnectReasonCode::DisconnectWithWillMessage,
                     });
                 }
-                // Acks of our QoS 0 deliveries never come; anything else from
-                // a client is a protocol violation.
-                Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => {}
+                // The client's acks of QoS 1/2 deliveries: a done one
+                // makes room in the window.
+                Packet::PubAck(PubAckIn { pkid, .. }) | Packet::PubComp(PubCompIn { pkid, .. }) => {
+                    if lock(&attached.session.deliveries).complete(pkid) {
+                        attached.session.wake.notify_one();
+                    }
+                }
+                Packet::PubRec(rec) => {
+                    let release = lock(&attached.session.deliveries).received(rec.pkid);
+                    if let Some(release) = release {
+                        send_ack(acks, AckItem::Now(release)).await?;
+                    }
+                }
                 other => {
                     return Err(ConnectionError::Protocol(format!(
                         "unexpected {} from a client",
@@ -1192,11 +1364,12 @@ impl Connection {
     fn subscribe(
         &self,
         filter: &str,
-        outgoing: &Outbox,
+        qos: QoS,
+        attached: &Attached,
         no_local: bool,
         retain_as_published: bool,
     ) -> bool {
-        self.subscribe_new(filter, outgoing, no_local, retain_as_published)
+        self.subscribe_new(filter, qos, attached, no_local, retain_as_published)
             .is_some()
     }
 
@@ -1205,7 +1378,8 @@ impl Connection {
     fn subscribe_new(
         &self,
         filter: &str,
-        outgoing: &Outbox,
+        qos: QoS,
+        attached: &Attached,
         no_local: bool,
         retain_as_published: bool,
     ) -> Option<bool> {
@@ -1214,6 +1388,7 @@ impl Connection {
             .iter_mut()
             .find(|s| s.connection == self.id && s.filter == filter)
         {
+            existing.qos = qos;
             existing.no_local = no_local;
             existing.retain_as_published = retain_as_published;
             return Some(false);
@@ -1230,23 +1405,34 @@ impl Connection {
             .fetch_add(filter.len(), Ordering::Relaxed);
         subs.push(Subscription {
             filter: filter.to_string(),
+            client: attached.client_id.clone(),
             connection: self.id,
-            deliver: outgoing.clone(),
+            deliver: Some(attached.outbox.clone()),
+            session: attached.session.clone(),
+            qos,
+            max_packet_bytes: attached.max_packet_bytes,
             no_local,
             retain_as_published,
         });
         Some(true)
     }
 
-    fn send_retained(&self, filter: &str, outgoing: &Outbox) {
-        let retained = read(&self.shared.retained);
-        for (topic, kept) in retained.iter() {
-            if !broker_connect::topic_matches(topic, filter) {
-                continue;
-            }
-            let mut out = kept.publish.clone();
+    /// Sends the retained messages matching a new subscription, every one
+    /// of them: QoS 0 ones wait for room in the subscriber's queue (its own
+    /// pace holds the SUBSCRIBE's connection back, nothing is cut), QoS 1/2
+    /// ones go to its session (within `max_queued_bytes`, counted beyond).
+    async fn send_retained(&self, filter: &str, granted: QoS, attached: &Attached) {
+        // Clones share the payload bytes: the list costs pointers, not
+        // another copy of the retained messages.
+        let matching: Vec<(Publish, Duration)> = read(&self.shared.retained)
+            .iter()
+            .filter(|(topic, _)| broker_connect::topic_matches(topic, filter))
+            .map(|(_, kept)| (kept.publish.clone(), kept.since.elapsed()))
+            .collect();
+        for (mut out, waited) in matching {
             out.retain = true;
-            match broker_v5::remaining_expiry(&out, kept.since.elapsed()) {
+            out.qos = broker_wire::downgrade(out.qos, granted);
+            match broker_v5::remaining_expiry(&out, waited) {
                 Some(Err(())) => continue,
                 Some(Ok(left)) => {
                     if let Some(p) = out.properties.as_mut() {
@@ -1255,7 +1441,25 @@ impl Connection {
                 }
                 None => {}
             }
-            if !outgoing.deliver(out) {
+            if Packet::Publish(out.clone()).size() > attached.max_packet_bytes {
+                self.shared
+                    .metrics
+                    .broker_deliveries_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if out.qos == QoS::AtMostOnce {
+                if attached
+                    .outbox
+                    .deliver_wait(Packet::Publish(out))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            } else if lock(&attached.session.deliveries).push(out) {
+                attached.session.wake.notify_one();
+            } else {
                 self.shared
                     .metrics
                     .broker_deliveries_dropped
@@ -1266,6 +1470,39 @@ impl Connection {
 
     fn unsubscribe_all(&self) {
         write(&self.shared.subscriptions).retain(|s| s.connection != self.id);
+    }
+
+    /// The client of a persistent session left: its subscriptions stay,
+    /// delivering QoS 1/2 into the session until it returns.
+    fn go_away(&self) {
+        for sub in write(&self.shared.subscriptions).iter_mut() {
+            if sub.connection == self.id {
+                sub.deliver = None;
+            }
+        }
+    }
+
+    /// Drops the subscriptions other connections of `client_id` left (an
+    /// away session's, a taken-over connection's): the stored session is
+    /// what this connection restores.
+    fn forget_subscriptions(&self, client_id: &str) {
+        write(&self.shared.subscriptions).retain(|s| s.client != client_id);
+    }
+
+    /// The QoS 1/2 deliveries of this connection's session: the away
+    /// session's when it is resumed, else new ones.
+    fn attach_session(&self, client_id: &str, resumed: bool, window: usize) -> SessionHandle {
+        let mut sessions = lock(&self.shared.sessions);
+        if resumed {
+            if let Some(handle) = sessions.get(client_id) {
+                lock(&handle.deliveries).reattach(window);
+                handle.wake.notify_one();
+                return handle.clone();
+            }
+        }
+        let handle = SessionHandle::new(self.config.max_queued_bytes, window);
+        sessions.insert(client_id.to_string(), handle.clone());
+        handle
     }
 
     /// Publishes the client's last will after an abnormal disconnect (or
@@ -1354,6 +1591,26 @@ async fn send_will(shared: &Shared, ingestor: &Ingestor, publish: &Publish, clie
         })
         .await;
     drop(pending);
+}
+
+/// Sends a session's QoS 1/2 deliveries while its client is connected:
+/// resends first, then what the window lets through, again whenever a
+/// delivery is queued or acknowledged. Waits for room in the connection's
+/// queue (never drops); `stop` ends it when the connection closes.
+async fn delivery_loop(session: SessionHandle, outbox: Outbox, stop: CancellationToken) {
+    loop {
+        let packets = lock(&session.deliveries).next();
+        for packet in packets {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                sent = outbox.deliver_wait(packet) => if sent.is_err() { return },
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = session.wake.notified() => {}
+        }
+    }
 }
 
 async fn send_ack(acks: &mpsc::Sender<AckItem>, item: AckItem) -> Result<(), ConnectionError> {

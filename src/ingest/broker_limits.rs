@@ -211,6 +211,22 @@ impl Outbox {
     pub(crate) async fn send(&self, packet: Packet) -> Result<(), mpsc::error::SendError<Packet>> {
         self.tx.send(packet).await
     }
+
+    /// Queues a delivery that must not be lost (QoS 1/2, a retained
+    /// message for a new subscription), waiting for room: the subscriber's
+    /// own pace holds it back, its bytes count as any delivery's.
+    pub(crate) async fn deliver_wait(
+        &self,
+        packet: Packet,
+    ) -> Result<(), mpsc::error::SendError<Packet>> {
+        let size = QueuedBytes::cost(&packet);
+        self.queued.fetch_add(size, Ordering::AcqRel);
+        let sent = self.tx.send(packet).await;
+        if sent.is_err() {
+            self.queued.fetch_sub(size, Ordering::AcqRel);
+        }
+        sent
+    }
 }
 
 /// The writer's side of an [`Outbox`]'s byte count: a delivery counts
