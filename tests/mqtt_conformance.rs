@@ -399,3 +399,285 @@ fn mqtt5_violations_get_a_disconnect_with_their_reason() {
     assert_eq!(disconnect_reason(&mut stream), Some(0x95));
     stop_cleanly(node);
 }
+
+mod raw311 {
+    //! MQTT 3.1.1 frames for what a test must see byte by byte: QoS
+    //! grants, DUP flags, packet ids.
+    use super::*;
+    use rumqttc::mqttbytes::v4::{
+        Packet as P4, PubAck, PubComp, PubRec, Subscribe, SubscribeFilter,
+    };
+    use rumqttc::mqttbytes::QoS as Q4;
+
+    pub fn encode(packet: P4) -> Vec<u8> {
+        let mut buffer = BytesMut::new();
+        packet.write(&mut buffer, usize::MAX).expect("encode");
+        buffer.to_vec()
+    }
+
+    pub fn subscribe(pkid: u16, filters: &[(&str, u8)]) -> Vec<u8> {
+        let mut subscribe = Subscribe::new_many(filters.iter().map(|(f, q)| {
+            let qos = match q {
+                0 => Q4::AtMostOnce,
+                1 => Q4::AtLeastOnce,
+                _ => Q4::ExactlyOnce,
+            };
+            SubscribeFilter::new(f.to_string(), qos)
+        }));
+        subscribe.pkid = pkid;
+        encode(P4::Subscribe(subscribe))
+    }
+
+    pub fn puback(pkid: u16) -> Vec<u8> {
+        encode(P4::PubAck(PubAck::new(pkid)))
+    }
+
+    pub fn pubrec(pkid: u16) -> Vec<u8> {
+        encode(P4::PubRec(PubRec::new(pkid)))
+    }
+
+    pub fn pubcomp(pkid: u16) -> Vec<u8> {
+        encode(P4::PubComp(PubComp::new(pkid)))
+    }
+
+    /// A PUBLISH as read by `read_packet`: (flags, topic, pkid, payload).
+    pub fn parse_publish(first: u8, body: &[u8]) -> (u8, String, u16, Vec<u8>) {
+        assert_eq!(first >> 4, 3, "a PUBLISH: {first:#x}");
+        let len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+        let topic = String::from_utf8(body[2..2 + len].to_vec()).expect("topic");
+        let qos = (first >> 1) & 3;
+        let (pkid, rest) = if qos > 0 {
+            (
+                u16::from_be_bytes([body[2 + len], body[3 + len]]),
+                &body[4 + len..],
+            )
+        } else {
+            (0, &body[2 + len..])
+        };
+        (first & 0x0f, topic, pkid, rest.to_vec())
+    }
+}
+
+use common::hostile::{mqtt_connect, publish_frame};
+use rumqttc::mqttbytes::QoS as Q4;
+
+/// Publishes one QoS 1 message over a raw 3.1.1 connection and waits for
+/// its PUBACK (so it was routed before this returns).
+fn publish_acked(addr: SocketAddr, client: &str, topic: &str, payload: &[u8]) {
+    let (mut stream, connack) = mqtt_connect(addr, client, true);
+    assert_eq!(connack, Some(vec![0x20, 2, 0, 0]));
+    stream
+        .write_all(&publish_frame(
+            topic,
+            payload.to_vec(),
+            Q4::AtLeastOnce,
+            1,
+            false,
+        ))
+        .expect("publish");
+    let (first, _) = read_packet(&mut stream).expect("PUBACK");
+    assert_eq!(first, 0x40, "PUBACK");
+}
+
+/// The third point: SUBACK granted QoS 0 whatever was asked, so a
+/// command to a briefly offline device was lost. Now QoS 1 is granted, a
+/// delivery the device did not acknowledge is resent with DUP and the same
+/// packet id when it reconnects to its session, and what came while it was
+/// away is queued for it, in order.
+#[test]
+fn qos1_deliveries_wait_for_an_away_device_and_are_resent_with_dup() {
+    let setup = Setup::new("");
+    let node = setup.start();
+    let addr = mqtt_addr(&node);
+
+    let (mut device, connack) = mqtt_connect(addr, "dev-1", false);
+    assert_eq!(connack, Some(vec![0x20, 2, 0, 0]));
+    device
+        .write_all(&raw311::subscribe(1, &[("cmd/dev-1", 1)]))
+        .expect("subscribe");
+    assert_eq!(
+        common::hostile::read_n(&mut device, 5),
+        Some(vec![0x90, 3, 0, 1, 0x01]),
+        "QoS 1 granted"
+    );
+    publish_acked(addr, "app-1", "cmd/dev-1", b"one");
+    let (first, body) = read_packet(&mut device).expect("delivery");
+    let (flags, topic, pkid, payload) = raw311::parse_publish(first, &body);
+    assert_eq!(
+        (flags, topic.as_str(), payload.as_slice()),
+        (0x02, "cmd/dev-1", &b"one"[..])
+    );
+    // Gone without PUBACK; once the broker saw it go, what comes is
+    // queued for the session.
+    drop(device);
+    assert!(eventually(Duration::from_secs(5), || {
+        metric(&node, "meshlet_broker_connections").unwrap_or(1.0) == 0.0
+    }));
+    publish_acked(addr, "app-1", "cmd/dev-1", b"two");
+
+    let (mut device, connack) = mqtt_connect(addr, "dev-1", false);
+    assert_eq!(connack, Some(vec![0x20, 2, 1, 0]), "session present");
+    let (first, body) = read_packet(&mut device).expect("resend");
+    let (flags, _, again, payload) = raw311::parse_publish(first, &body);
+    assert_eq!(
+        (flags, again, payload.as_slice()),
+        (0x0A, pkid, &b"one"[..]),
+        "DUP, same id"
+    );
+    device.write_all(&raw311::puback(again)).expect("puback");
+    let (first, body) = read_packet(&mut device).expect("queued while away");
+    let (flags, _, next, payload) = raw311::parse_publish(first, &body);
+    assert_eq!((flags, payload.as_slice()), (0x02, &b"two"[..]));
+    device.write_all(&raw311::puback(next)).expect("puback");
+    stop_cleanly(node);
+}
+
+/// QoS 1/2 deliveries held for an away session are bounded in bytes; the
+/// ones beyond are dropped and counted, the first ones kept in order.
+#[test]
+fn an_away_sessions_queue_is_bounded_and_its_drops_counted() {
+    let setup = Setup::new("[mqtt.embedded]\nmax_queued_bytes = 1000\n");
+    let node = setup.start();
+    let addr = mqtt_addr(&node);
+    let (mut device, _) = mqtt_connect(addr, "dev-2", false);
+    device
+        .write_all(&raw311::subscribe(1, &[("cmd/dev-2", 1)]))
+        .expect("subscribe");
+    assert_eq!(
+        common::hostile::read_n(&mut device, 5),
+        Some(vec![0x90, 3, 0, 1, 0x01])
+    );
+    drop(device);
+    // The session is away once the broker saw the socket close: a
+    // publish to it from then on is queued (or dropped), never sent.
+    assert!(eventually(Duration::from_secs(5), || {
+        metric(&node, "meshlet_broker_connections").unwrap_or(1.0) == 0.0
+    }));
+    for i in 0..20 {
+        publish_acked(addr, "app-2", "cmd/dev-2", format!("{i:0>100}").as_bytes());
+    }
+    let dropped = metric(&node, "meshlet_broker_deliveries_dropped_total").unwrap_or(0.0);
+    assert!(
+        dropped >= 10.0,
+        "about half of 20 x 109 bytes fit in 1000: {dropped}"
+    );
+    let (mut device, connack) = mqtt_connect(addr, "dev-2", false);
+    assert_eq!(connack, Some(vec![0x20, 2, 1, 0]));
+    let mut got = Vec::new();
+    while got.len() < 20 - dropped as usize {
+        let (first, body) = read_packet(&mut device).expect("queued delivery");
+        let (_, _, pkid, payload) = raw311::parse_publish(first, &body);
+        device.write_all(&raw311::puback(pkid)).expect("puback");
+        got.push(String::from_utf8(payload).expect("text"));
+    }
+    let expected: Vec<String> = (0..got.len()).map(|i| format!("{i:0>100}")).collect();
+    assert_eq!(got, expected, "the oldest kept, in order");
+    stop_cleanly(node);
+}
+
+/// The sixth point, MQTT 3.1.1 §3.3.5: a client whose
+/// subscriptions overlap gets one message, at the highest QoS granted
+/// among the matching ones (here 2, with its PUBREC/PUBREL/PUBCOMP).
+#[test]
+fn overlapping_subscriptions_get_one_message_at_the_highest_qos() {
+    let setup = Setup::new("");
+    let node = setup.start();
+    let addr = mqtt_addr(&node);
+    let (mut client, _) = mqtt_connect(addr, "overlap", true);
+    client
+        .write_all(&raw311::subscribe(7, &[("ov/#", 0), ("ov/a", 2)]))
+        .expect("subscribe");
+    assert_eq!(
+        common::hostile::read_n(&mut client, 6),
+        Some(vec![0x90, 4, 0, 7, 0x00, 0x02])
+    );
+    let (mut publisher, _) = mqtt_connect(addr, "overlap-pub", true);
+    publisher
+        .write_all(&publish_frame(
+            "ov/a",
+            b"both".to_vec(),
+            Q4::ExactlyOnce,
+            1,
+            false,
+        ))
+        .expect("publish");
+    let (first, _) = read_packet(&mut publisher).expect("PUBREC");
+    assert_eq!(first, 0x50);
+    let (first, body) = read_packet(&mut client).expect("delivery");
+    let (flags, topic, pkid, _) = raw311::parse_publish(first, &body);
+    assert_eq!((flags, topic.as_str()), (0x04, "ov/a"), "QoS 2");
+    client.write_all(&raw311::pubrec(pkid)).expect("pubrec");
+    let (first, body) = read_packet(&mut client).expect("PUBREL");
+    assert_eq!((first, body), (0x62, pkid.to_be_bytes().to_vec()));
+    client.write_all(&raw311::pubcomp(pkid)).expect("pubcomp");
+    // Only `ov/#` matches this one: QoS 0. Had `ov/a` come twice, the
+    // second copy would be before it.
+    publisher
+        .write_all(&publish_frame(
+            "ov/b",
+            b"one".to_vec(),
+            Q4::AtLeastOnce,
+            2,
+            false,
+        ))
+        .expect("publish");
+    let (first, body) = read_packet(&mut client).expect("next delivery");
+    let (flags, topic, _, _) = raw311::parse_publish(first, &body);
+    assert_eq!(
+        (flags, topic.as_str()),
+        (0x00, "ov/b"),
+        "the next is ov/b, at QoS 0"
+    );
+    stop_cleanly(node);
+}
+
+/// The fifth point: retained fan-out was cut at 1,023 messages per
+/// subscription. A wildcard subscription now gets all 5,000.
+#[test]
+fn a_wildcard_subscription_gets_all_5000_retained_messages() {
+    let setup = Setup::new("");
+    let node = setup.start();
+    let addr = mqtt_addr(&node);
+    let (mut publisher, _) = mqtt_connect(addr, "retainer", true);
+    let mut frames = Vec::new();
+    for i in 0..5_000 {
+        frames.extend(publish_frame(
+            &format!("fan/{i}"),
+            format!("{i}").into_bytes(),
+            Q4::AtMostOnce,
+            0,
+            true,
+        ));
+    }
+    // A QoS 1 fence: its PUBACK comes after everything before it was read.
+    frames.extend(publish_frame(
+        "fan/fence",
+        b"f".to_vec(),
+        Q4::AtLeastOnce,
+        1,
+        false,
+    ));
+    publisher.write_all(&frames).expect("publish");
+    let (first, _) = read_packet(&mut publisher).expect("PUBACK");
+    assert_eq!(first, 0x40);
+
+    let (mut subscriber, _) = mqtt_connect(addr, "fan-sub", true);
+    subscriber
+        .write_all(&raw311::subscribe(1, &[("fan/#", 0)]))
+        .expect("subscribe");
+    let (first, _) = read_packet(&mut subscriber).expect("SUBACK");
+    assert_eq!(first, 0x90);
+    let mut topics = std::collections::HashSet::new();
+    while topics.len() < 5_000 {
+        match read_packet(&mut subscriber) {
+            Some((first, body)) => {
+                let (flags, topic, _, _) = raw311::parse_publish(first, &body);
+                assert_eq!(flags & 1, 1, "sent as retained");
+                topics.insert(topic);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(topics.len(), 5_000, "every retained message, none cut");
+    stop_cleanly(node);
+}

@@ -635,6 +635,9 @@ enum AckItem {
     /// durable (the counters are updated by whoever waits), and waiting
     /// here bounds how many unacknowledged writes a connection can queue.
     Count(PendingMessage),
+    /// Fired once everything before it is queued to the client (a SUBACK
+    /// before the retained messages of its subscriptions).
+    Reached(tokio::sync::oneshot::Sender<()>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -1198,6 +1201,16 @@ impl Connection {
                         })),
                     )
                     .await?;
+                    if !granted.is_empty() {
+                        // The SUBACK first, then the retained messages.
+                        let (reached, queued) = tokio::sync::oneshot::channel();
+                        send_ack(acks, AckItem::Reached(reached)).await?;
+                        if queued.await.is_err() {
+                            return Err(ConnectionError::Protocol(
+                                "connection is closing".to_string(),
+                            ));
+                        }
+                    }
                     for (filter, qos) in granted {
                         self.send_retained(filter, qos, attached).await;
                     }
@@ -1627,6 +1640,10 @@ async fn ack_loop(mut acks: mpsc::Receiver<AckItem>, outgoing: Outbox, close: Ca
     while let Some(item) = acks.recv().await {
         let packet = match item {
             AckItem::Now(packet) => packet,
+            AckItem::Reached(reached) => {
+                let _ = reached.send(());
+                continue;
+            }
             AckItem::Count(pending) => {
                 if let Err(err) = pending.wait().await {
                     // QoS 0 promised nothing; the failure is counted by
