@@ -681,3 +681,66 @@ fn a_wildcard_subscription_gets_all_5000_retained_messages() {
     assert_eq!(topics.len(), 5_000, "every retained message, none cut");
     stop_cleanly(node);
 }
+
+/// The fourth point: retained messages lived in memory only and
+/// were gone after a restart. Now they are kept in the store: a set one
+/// comes back after the node restarted, a cleared one does not.
+#[test]
+fn retained_messages_survive_a_restart() {
+    let setup = Setup::new("");
+    let node = setup.start();
+    let addr = mqtt_addr(&node);
+    let (mut publisher, _) = mqtt_connect(addr, "retainer", true);
+    let mut frames = Vec::new();
+    frames.extend(publish_frame(
+        "keep/a",
+        b"stays".to_vec(),
+        Q4::AtLeastOnce,
+        1,
+        true,
+    ));
+    frames.extend(publish_frame(
+        "keep/b",
+        b"goes".to_vec(),
+        Q4::AtLeastOnce,
+        2,
+        true,
+    ));
+    frames.extend(publish_frame(
+        "keep/b",
+        Vec::new(),
+        Q4::AtLeastOnce,
+        3,
+        true,
+    ));
+    publisher.write_all(&frames).expect("publish");
+    for _ in 0..3 {
+        let (first, _) = read_packet(&mut publisher).expect("PUBACK");
+        assert_eq!(first, 0x40);
+    }
+    drop(publisher);
+    stop_cleanly(node);
+
+    let node = setup.start();
+    let (mut subscriber, _) = mqtt_connect(mqtt_addr(&node), "reader", true);
+    subscriber
+        .write_all(&raw311::subscribe(1, &[("keep/#", 1)]))
+        .expect("subscribe");
+    let (first, _) = read_packet(&mut subscriber).expect("SUBACK");
+    assert_eq!(first, 0x90);
+    let (first, body) = read_packet(&mut subscriber).expect("the retained message");
+    let (flags, topic, pkid, payload) = raw311::parse_publish(first, &body);
+    assert_eq!(
+        (flags, topic.as_str(), payload.as_slice()),
+        (0x03, "keep/a", &b"stays"[..]),
+        "retained, at QoS 1"
+    );
+    subscriber.write_all(&raw311::puback(pkid)).expect("puback");
+    // Nothing for keep/b: a fence publish on the same subscription comes
+    // next.
+    publish_acked(mqtt_addr(&node), "fence", "keep/fence", b"f");
+    let (first, body) = read_packet(&mut subscriber).expect("fence");
+    let (_, topic, _, _) = raw311::parse_publish(first, &body);
+    assert_eq!(topic, "keep/fence", "the cleared keep/b did not come back");
+    stop_cleanly(node);
+}

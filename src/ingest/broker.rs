@@ -16,8 +16,9 @@
 //! of a session in `broker_session`: in-flight window, resent with DUP on
 //! reconnect, queued while a persistent session's client is away; one
 //! delivery per client at the highest QoS of its overlapping
-//! subscriptions), retained messages (kept in memory, within
-//! `max_retained_bytes`) and last wills.
+//! subscriptions), retained messages (in memory within
+//! `max_retained_bytes`, mirrored into the store by `broker_retained` so
+//! they survive a restart) and last wills.
 //! Persistent sessions (`clean_session = false`, or an MQTT 5 session
 //! expiry) are kept in the store with their subscriptions and their QoS,
 //! so after a node restart a device hears `session_present = 1` and
@@ -76,6 +77,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::broker_connect::{self, Violation};
 use super::broker_limits::{Held, Outbox, PacketBudget, QueuedBytes, Retained};
+use super::broker_retained::{self, RetainedChange};
 use super::broker_session::{self, Deliveries};
 use super::broker_v5::{self, ClientLimits, Refusal, SessionExpiry, TopicAliases};
 use super::broker_wire::{self, Frame, Protocol, WireError};
@@ -142,6 +144,8 @@ struct Shared {
     sessions: Mutex<HashMap<String, SessionHandle>>,
     /// The highest QoS a subscription is granted.
     max_delivery_qos: QoS,
+    /// Retained changes on their way to the store (`broker_retained`).
+    persist: mpsc::Sender<RetainedChange>,
     next_connection: AtomicU64,
     metrics: Arc<IngestMetrics>,
 }
@@ -168,8 +172,13 @@ impl SessionHandle {
 }
 
 impl Shared {
-    fn new(config: &EmbeddedBrokerConfig, metrics: Arc<IngestMetrics>) -> Shared {
+    fn new(
+        config: &EmbeddedBrokerConfig,
+        metrics: Arc<IngestMetrics>,
+        persist: mpsc::Sender<RetainedChange>,
+    ) -> Shared {
         Shared {
+            persist,
             packets: Budget {
                 bytes: PacketBudget::new(config.max_pending_packet_bytes),
                 metrics: metrics.clone(),
@@ -191,6 +200,62 @@ impl Shared {
         }
     }
 
+    /// Loads the retained messages the store kept, through the
+    /// `max_retained_bytes` budget: what no longer fits (the budget was
+    /// lowered) is removed from the store too, counted as refused.
+    async fn load_retained(&self, store: &crate::store::Store) {
+        let reading = store.clone();
+        let stored = match tokio::task::spawn_blocking(move || reading.mqtt_retained()).await {
+            Ok(Ok(stored)) => stored,
+            Ok(Err(err)) => {
+                warn!(error = %err, "stored retained messages could not be read; starting without them");
+                return;
+            }
+            Err(_) => return,
+        };
+        let mut refused = Vec::new();
+        let mut loaded = 0usize;
+        {
+            let mut retained = write(&self.retained);
+            for message in stored {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(err) => {
+                        warn!(error = %err, "a stored retained message is unreadable; skipped");
+                        continue;
+                    }
+                };
+                let topic = message.topic.clone();
+                let (publish, since) = broker_retained::from_stored(message);
+                match retained.set_since(&publish, self.max_retained_bytes, since) {
+                    Ok(()) => loaded += 1,
+                    Err(_) => {
+                        self.metrics
+                            .broker_retained_refused
+                            .fetch_add(1, Ordering::Relaxed);
+                        refused.push(topic);
+                    }
+                }
+            }
+            self.metrics
+                .broker_retained_bytes
+                .store(retained.bytes() as i64, Ordering::Relaxed);
+        }
+        if !refused.is_empty() {
+            warn!(
+                refused = refused.len(),
+                limit = self.max_retained_bytes,
+                "stored retained messages beyond max_retained_bytes dropped"
+            );
+        }
+        for topic in refused {
+            let _ = self.persist.send(RetainedChange::Clear(topic)).await;
+        }
+        if loaded > 0 {
+            info!(loaded, "retained messages loaded from the store");
+        }
+    }
+
     /// Retains (or clears) and forwards a publish to subscribers. A
     /// retained message beyond `max_retained_bytes` is delivered but not
     /// retained (the previous one of its topic stays), counted. `from` is
@@ -200,24 +265,34 @@ impl Shared {
     /// topic more than once gets the message once, at the highest QoS
     /// granted among them (MQTT 3.1.1 §3.3.5 requires it; MQTT 5 §3.3.4
     /// allows it), retained-as-published if any of them asks.
-    fn route(&self, publish: &Publish, from: Option<u64>) {
+    ///
+    /// Returns the change to the retained messages for the store, which
+    /// [`Shared::publish`] hands on.
+    fn route(&self, publish: &Publish, from: Option<u64>) -> Option<RetainedChange> {
         let topic = topic_of(publish);
+        let mut change = None;
         if publish.retain {
             let mut kept = publish.clone();
             kept.pkid = 0;
             kept.dup = false;
             let mut retained = write(&self.retained);
-            if let Err(refused) = retained.set(&kept, self.max_retained_bytes) {
-                let before = self
-                    .metrics
-                    .broker_retained_refused
-                    .fetch_add(1, Ordering::Relaxed);
-                // The first and every 1000th, so a device retaining in a
-                // loop does not flood the log; the counter has them all.
-                if before % 1_000 == 0 {
-                    warn!(error = %refused, refused = before + 1, "retained message not retained");
-                } else {
-                    debug!(error = %refused, "retained message not retained");
+            match retained.set(&kept, self.max_retained_bytes) {
+                Ok(()) if kept.payload.is_empty() => {
+                    change = Some(RetainedChange::Clear(topic.to_string()));
+                }
+                Ok(()) => change = Some(RetainedChange::Set(broker_retained::to_stored(&kept))),
+                Err(refused) => {
+                    let before = self
+                        .metrics
+                        .broker_retained_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    // The first and every 1000th, so a device retaining in a
+                    // loop does not flood the log; the counter has them all.
+                    if before % 1_000 == 0 {
+                        warn!(error = %refused, refused = before + 1, "retained message not retained");
+                    } else {
+                        debug!(error = %refused, "retained message not retained");
+                    }
                 }
             }
             self.metrics
@@ -258,6 +333,16 @@ impl Shared {
                     .broker_deliveries_dropped
                     .fetch_add(1, Ordering::Relaxed);
             }
+        }
+        change
+    }
+
+    /// [`Shared::route`], then the retained change on to the store: waits
+    /// while the store writer is behind, so no retained change is left out
+    /// of the store.
+    async fn publish(&self, publish: &Publish, from: Option<u64>) {
+        if let Some(change) = self.route(publish, from) {
+            let _ = self.persist.send(change).await;
         }
     }
 
@@ -365,10 +450,19 @@ impl EmbeddedBroker {
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) {
-        let shared = Arc::new(Shared::new(&self.config, ingestor.metrics().clone()));
+        let (persist, changes) = mpsc::channel(broker_retained::PERSIST_QUEUE);
+        let shared = Arc::new(Shared::new(
+            &self.config,
+            ingestor.metrics().clone(),
+            persist,
+        ));
+        tasks.spawn(broker_retained::persist(ingestor.store().clone(), changes));
+        shared.load_retained(ingestor.store()).await;
         let state = host.as_ref().map(PrimaryHost::session);
         if let Some(session) = &state {
-            shared.route(&state_publish(&session.topic, session.payload(true)), None);
+            shared
+                .publish(&state_publish(&session.topic, session.payload(true)), None)
+                .await;
             info!(topic = %session.topic, "sparkplug host STATE online");
         }
         // Connections close only after the offline STATE was routed to
@@ -399,7 +493,9 @@ impl EmbeddedBroker {
             let (stream, peer) = tokio::select! {
                 _ = shutdown.cancelled() => {
                     if let Some(session) = &state {
-                        shared.route(&state_publish(&session.topic, session.payload(false)), None);
+                        shared
+                            .publish(&state_publish(&session.topic, session.payload(false)), None)
+                            .await;
                     }
                     closing.cancel();
                     break;
@@ -585,7 +681,7 @@ async fn publish_commands(
         match command {
             Ok(command) => {
                 let publish = Publish::new(command.topic, QoS::AtMostOnce, command.payload, None);
-                shared.route(&publish, None);
+                shared.publish(&publish, None).await;
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(lost)) => {
                 debug!(lost, "commands lost while the broker was busy");
@@ -1334,7 +1430,7 @@ impl Connection {
                 )),
             });
         }
-        self.shared.route(&publish, Some(self.id));
+        self.shared.publish(&publish, Some(self.id)).await;
         let (content_type, user_properties) = broker_v5::metadata(&publish);
         let pending = self
             .ingestor
@@ -1590,7 +1686,7 @@ impl Connection {
 
 /// Routes a will and hands it to ingest.
 async fn send_will(shared: &Shared, ingestor: &Ingestor, publish: &Publish, client_id: &str) {
-    shared.route(publish, None);
+    shared.publish(publish, None).await;
     let (content_type, user_properties) = broker_v5::metadata(publish);
     let pending = ingestor
         .submit_mqtt(MqttMessage {

@@ -50,6 +50,17 @@ impl Retained {
     /// the total would exceed `limit`; the previous message of the topic
     /// is then kept.
     pub(crate) fn set(&mut self, publish: &Publish, limit: usize) -> Result<(), RetainRefused> {
+        self.set_since(publish, limit, Instant::now())
+    }
+
+    /// [`Retained::set`] for a message retained `since` (one loaded from
+    /// the store keeps its age, for its message expiry).
+    pub(crate) fn set_since(
+        &mut self,
+        publish: &Publish,
+        limit: usize,
+        since: Instant,
+    ) -> Result<(), RetainRefused> {
         let topic = String::from_utf8_lossy(&publish.topic).into_owned();
         let previous = self
             .messages
@@ -75,7 +86,7 @@ impl Retained {
             topic,
             Kept {
                 publish: publish.clone(),
-                since: Instant::now(),
+                since,
             },
         );
         self.bytes = held + size;

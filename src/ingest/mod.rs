@@ -18,6 +18,7 @@
 pub mod broker;
 mod broker_connect;
 mod broker_limits;
+mod broker_retained;
 mod broker_session;
 mod broker_v5;
 mod broker_wire;

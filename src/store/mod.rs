@@ -157,6 +157,7 @@ mod offsets;
 mod outbox;
 mod quarantine;
 mod read;
+pub mod retained;
 mod retention;
 mod seal;
 mod sessions;
