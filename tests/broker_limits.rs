@@ -154,7 +154,7 @@ fn connects_and_topics_that_break_mqtt_3_1_1_are_refused_and_counted() {
         )
     };
     assert!(eventually(Duration::from_secs(5), || {
-        violations("unsupported_protocol") == 3.0
+        violations("unsupported_protocol") == 2.0
             && violations("reserved_flag") == 2.0
             && violations("password_without_username") == 1.0
             && violations("nul_character") == 2.0
