@@ -95,6 +95,9 @@ const OUTGOING_QUEUE: usize = 1_024;
 /// Sockets beyond `max_connections` that are told so (their CONNECT read,
 /// CONNACK 0x03 sent) at the same time; more are closed at once.
 const REFUSALS_IN_FLIGHT: usize = 32;
+/// How long a closing connection may take to send the QoS 1/2 deliveries
+/// queued for it when it closed.
+const FINAL_DELIVERIES: Duration = Duration::from_secs(2);
 /// How long a socket beyond the limit may take to send its CONNECT before
 /// it is closed without CONNACK.
 const REFUSAL_DEADLINE: Duration = Duration::from_secs(1);
@@ -986,6 +989,23 @@ impl Connection {
         // What was delivered and not acknowledged stays in the session.
         stop_deliveries.cancel();
         let _ = delivery_task.await;
+        // What was queued for the client up to now still goes out (the
+        // offline STATE routed just before a shutdown closes connections),
+        // for as long as the client reads it.
+        // Not after a take-over: the new connection sends them.
+        let last = if reason == Some(DisconnectReasonCode::SessionTakenOver) {
+            Vec::new()
+        } else {
+            lock(&attached.session.deliveries).next()
+        };
+        let flush = async {
+            for packet in last {
+                if outgoing.deliver_wait(packet).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(FINAL_DELIVERIES, flush).await;
         drop(acks);
         let _ = acker_task.await;
         if let (Protocol::V5, Some(code)) = (protocol, reason) {
