@@ -104,6 +104,7 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
             "x != null and (y == false or z < 9223372036854775807)",
         ]),
         "mqtt_packet" => vec![mqtt_seed()],
+        "mqtt5_packet" => vec![mqtt5_seed()],
         "product_definition" => {
             let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/examples");
             let mut files: Vec<PathBuf> = std::fs::read_dir(&examples)
@@ -228,6 +229,53 @@ fn sparkplug_seed() -> Vec<u8> {
 
 /// A client's session: CONNECT with a login and a will, SUBSCRIBE,
 /// PUBLISH at each QoS, PUBACK, UNSUBSCRIBE, PINGREQ, DISCONNECT.
+/// An MQTT 5 session's packets with properties: CONNECT, SUBSCRIBE with
+/// options, PUBLISH with a topic alias and user properties, a bare
+/// DISCONNECT.
+fn mqtt5_seed() -> Vec<u8> {
+    use rumqttc::v5::mqttbytes::v5::{
+        Connect as Connect5, ConnectProperties, Filter, Packet as Packet5, Publish as Publish5,
+        PublishProperties, Subscribe as Subscribe5,
+    };
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    let mut properties = ConnectProperties::new();
+    properties.session_expiry_interval = Some(300);
+    properties.receive_maximum = Some(10);
+    properties.topic_alias_max = Some(4);
+    let connect = Connect5 {
+        keep_alive: 30,
+        client_id: "device-5".into(),
+        clean_start: false,
+        properties: Some(properties),
+    };
+    let mut publish = Publish5::new(
+        "plant/berlin/m1",
+        QoS5::AtLeastOnce,
+        r#"{"t":1}"#,
+        Some(PublishProperties {
+            topic_alias: Some(1),
+            content_type: Some("application/json".into()),
+            user_properties: vec![("ts".into(), "2024-05-01T12:00:00Z".into())],
+            ..Default::default()
+        }),
+    );
+    publish.pkid = 7;
+    let mut subscribe = Subscribe5::new(Filter::new("plant/+/m1/#", QoS5::ExactlyOnce), None);
+    subscribe.pkid = 1;
+    let mut buffer = BytesMut::new();
+    for packet in [
+        Packet5::Connect(connect, None, None),
+        Packet5::Subscribe(subscribe),
+        Packet5::Publish(publish),
+    ] {
+        packet
+            .write(&mut buffer, None)
+            .expect("a seed packet encodes");
+    }
+    buffer.extend_from_slice(&[0xE0, 0x00]);
+    buffer.to_vec()
+}
+
 fn mqtt_seed() -> Vec<u8> {
     let mut connect = Connect::new("device-1");
     connect.keep_alive = 30;

@@ -549,6 +549,18 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_never_panic_either_codec(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            for protocol in [Protocol::V311, Protocol::V5] {
+                let mut buffer = BytesMut::from(&bytes[..]);
+                while let Ok(Frame::Packet(packet)) = decode(protocol, &mut buffer, 1024) {
+                    let _ = encode(protocol, &packet, &mut BytesMut::new());
+                }
+            }
+        }
+    }
+
     #[test]
     fn downgrade_takes_the_lower_qos() {
         assert_eq!(

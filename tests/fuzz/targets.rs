@@ -28,7 +28,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use meshlet::ingest::broker::{check_connect_frame, decode_packet, Decoded};
+use meshlet::ingest::broker::{check_connect_frame, decode_packet, decode_packet_v5, Decoded};
 use meshlet::ingest::sparkplug::{Host, MessageType, Topic};
 use meshlet::pipeline::{self, Input, Limits, SourceShape};
 use meshlet::policy::expr;
@@ -47,6 +47,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("sparkplug", sparkplug),
     ("row_filter", row_filter),
     ("mqtt_packet", mqtt_packet),
+    ("mqtt5_packet", mqtt5_packet),
     ("product_definition", product_definition),
 ];
 
@@ -385,6 +386,28 @@ pub fn mqtt_packet(data: &[u8]) {
             Ok(Decoded::Partial { missing }) => {
                 assert_eq!(buffer, before, "an incomplete packet consumed bytes");
                 assert!(missing > 0, "a partial packet that misses nothing");
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// The bytes an MQTT 5 client sends the embedded broker, read off the
+/// front packet by packet with the reader a level 5 connection uses: it
+/// never panics, and a packet it returns took bytes off the buffer.
+pub fn mqtt5_packet(data: &[u8]) {
+    const MAX_PACKET_BYTES: usize = 4 * 1024;
+    let mut buffer = BytesMut::from(data);
+    loop {
+        let before = buffer.len();
+        match decode_packet_v5(&mut buffer, MAX_PACKET_BYTES) {
+            Ok(Some(packet)) => assert!(
+                buffer.len() < before,
+                "{packet:?} decoded without consuming a byte"
+            ),
+            Ok(None) => {
+                assert_eq!(buffer.len(), before, "an incomplete packet consumed bytes");
                 return;
             }
             Err(_) => return,
