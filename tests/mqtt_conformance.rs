@@ -258,6 +258,37 @@ fn mqtt5_will_waits_for_its_delay_and_a_return_cancels_it() {
     stop_cleanly(node);
 }
 
+/// QoS over MQTT 5 with MQTT.js: QoS 2 asked is granted, and QoS 1
+/// publishes made while the persistent session's client was away reach it
+/// when it returns, in order, at QoS 1.
+#[test]
+fn mqtt5_qos1_deliveries_wait_for_the_client_to_return() {
+    let setup = Setup::new("");
+    let node = setup.start();
+    let result = mqtt_js(mqtt_addr(&node), "offline", "5");
+    assert_eq!(result["granted"], serde_json::json!([2]), "{result}");
+    assert_eq!(result["sessionPresent"], true, "{result}");
+    let got: Vec<(String, u64)> = result["got"]
+        .as_array()
+        .map(|got| {
+            got.iter()
+                .map(|m| {
+                    (
+                        m["payload"].as_str().unwrap_or("").to_string(),
+                        m["qos"].as_u64().unwrap_or(9),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        got,
+        vec![("one".into(), 1), ("two".into(), 1), ("three".into(), 1)],
+        "{result}"
+    );
+    stop_cleanly(node);
+}
+
 /// A delivery larger than the subscriber's maximum packet size is not
 /// sent to it (and counted), smaller ones are.
 #[test]

@@ -15,6 +15,12 @@ function connect(options = {}) {
       connectTimeout: 5000,
       ...options,
     });
+    // Every message from the first on, even those that come with the
+    // CONNACK (a resumed session's).
+    client.inbox = [];
+    client.on("message", (topic, payload, packet) =>
+      client.inbox.push({ topic, payload: payload.toString(), qos: packet.qos }),
+    );
     client.once("connect", (connack) => resolve({ client, connack }));
     client.once("error", (err) => reject(err));
   });
@@ -186,6 +192,35 @@ const cases = {
     await returned.client.endAsync();
     await watcher.endAsync();
     return { wills: got.map((m) => m.topic), arrivals };
+  },
+
+  // QoS 1/2 over MQTT 5: the QoS asked is granted, and what comes while a
+  // persistent session's client is away waits for it, in order.
+  async offline() {
+    const options = {
+      clientId: "off-dev",
+      clean: false,
+      properties: { sessionExpiryInterval: 300 },
+    };
+    const first = await connect(options);
+    const granted = await first.client.subscribeAsync("cmd/off-dev", { qos: 2 });
+    await first.client.endAsync();
+    const { client: app } = await connect({ clientId: "off-app" });
+    for (const n of ["one", "two", "three"]) {
+      await app.publishAsync("cmd/off-dev", n, { qos: 1 });
+    }
+    await app.endAsync();
+    const again = await connect(options);
+    const deadline = Date.now() + DEADLINE_MS;
+    while (again.client.inbox.length < 3 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await again.client.endAsync();
+    return {
+      granted: granted.map((g) => g.qos),
+      sessionPresent: again.connack.sessionPresent,
+      got: again.client.inbox,
+    };
   },
 
   // A client's maximum packet size: what is larger is not sent to it.
