@@ -9,7 +9,10 @@
 //! - external: the same publisher → Mosquitto → meshlet (persistent
 //!   session; at QoS 1 manual acks after the durability barrier);
 //! - embedded: the publisher → meshlet's own broker (at QoS 1 each PUBACK
-//!   only once the record is on disk).
+//!   only once the record is on disk);
+//! - embedded, MQTT 5: the same over MQTT 5 (rumqttc's v5 client, a
+//!   content type and a user property on every publish), to compare with
+//!   the 3.1.1 row of the same run.
 //!
 //! A meshlet row counts a message only once its record passed the
 //! durability barrier (the node's `meshlet_ingest_records_written_total`);
@@ -252,6 +255,67 @@ fn publish(port: u16, client_id: &str, messages: &[(String, Vec<u8>)], qos: QoS)
     while Instant::now() < end {
         match connection.recv_timeout(Duration::from_secs(1)) {
             Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) | Ok(Err(_)) => break,
+            _ => {}
+        }
+    }
+    elapsed
+}
+
+/// [`publish`] over MQTT 5: every publish with a content type and a user
+/// property, as an MQTT 5 device sends them.
+fn publish5(port: u16, client_id: &str, messages: &[(String, Vec<u8>)], qos: u8) -> Duration {
+    use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PublishProperties};
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::{Client as Client5, Event as Event5, MqttOptions as Options5};
+    let qos = if qos == 0 {
+        QoS5::AtMostOnce
+    } else {
+        QoS5::AtLeastOnce
+    };
+    let mut options = Options5::new(client_id, "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(60));
+    options.set_outgoing_inflight_upper_limit(100);
+    let (client, mut connection) = Client5::new(options, 1000);
+    let to_send = messages.to_vec();
+    let start = Instant::now();
+    let sender = std::thread::spawn(move || {
+        for (topic, payload) in to_send {
+            let properties = PublishProperties {
+                content_type: Some("application/json".into()),
+                user_properties: vec![("fw".into(), "1.4.2".into())],
+                ..Default::default()
+            };
+            if client
+                .publish_with_properties(topic, qos, false, payload, properties)
+                .is_err()
+            {
+                break;
+            }
+        }
+        client
+    });
+    let mut done = 0;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while done < messages.len() && Instant::now() < deadline {
+        match (qos, connection.recv_timeout(Duration::from_secs(5))) {
+            (QoS5::AtMostOnce, Ok(Ok(Event5::Outgoing(Outgoing::Publish(_)))))
+            | (_, Ok(Ok(Event5::Incoming(Packet5::PubAck(_))))) => done += 1,
+            (_, Ok(Err(err))) => panic!("publisher {client_id}: {err}"),
+            _ => {}
+        }
+    }
+    let elapsed = start.elapsed();
+    assert_eq!(
+        done,
+        messages.len(),
+        "every message sent (and acked at QoS 1)"
+    );
+    let client = sender.join().expect("sender");
+    let _ = client.disconnect();
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        match connection.recv_timeout(Duration::from_secs(1)) {
+            Ok(Ok(Event5::Outgoing(Outgoing::Disconnect))) | Ok(Err(_)) => break,
             _ => {}
         }
     }
@@ -598,6 +662,8 @@ fn wait_for(count: impl Fn() -> usize, target: usize) -> (usize, Instant) {
 enum Via {
     External,
     Embedded,
+    /// The embedded broker over MQTT 5.
+    Embedded5,
 }
 
 /// Figures from the node's own counters, for the smoke assertions.
@@ -636,7 +702,7 @@ fn meshlet(s: Settings, via: Via, qos: u8) -> (Run, Counters) {
             std::thread::sleep(Duration::from_millis(300)); // subscribed
             (Some(broker), node, port)
         }
-        Via::Embedded => {
+        Via::Embedded | Via::Embedded5 => {
             let node = start_node(
                 dir.path(),
                 "products",
@@ -654,15 +720,15 @@ fn meshlet(s: Settings, via: Via, qos: u8) -> (Run, Counters) {
     let writer_busy = || metric(&node.http, "meshlet_ingest_writer_busy_seconds_total");
     let busy_before = writer_busy();
     let start = Instant::now();
-    let client_id = match via {
-        Via::External => "external-pub",
-        Via::Embedded => "embedded-pub",
+    let acked = match via {
+        Via::External => publish(port, "external-pub", &messages, qos_of(qos)),
+        Via::Embedded => publish(port, "embedded-pub", &messages, qos_of(qos)),
+        Via::Embedded5 => publish5(port, "embedded5-pub", &messages, qos),
     };
-    let acked = publish(port, client_id, &messages, qos_of(qos));
     let (stored, last) = wait_for(written, s.messages);
     // At QoS 1 on the embedded path the PUBACK is the durable signal and
     // needs no polling granularity; elsewhere the counter is.
-    let secs = if via == Via::Embedded && qos == 1 {
+    let secs = if via != Via::External && qos == 1 {
         acked.as_secs_f64()
     } else {
         last.duration_since(start).as_secs_f64()
@@ -767,10 +833,14 @@ fn loadavg() -> String {
         .join(" ")
 }
 
-const ROWS: [(&str, Option<Via>); 3] = [
+const ROWS: [(&str, Option<Via>); 4] = [
     ("mosquitto → mosquitto_sub (ceiling, nothing stored)", None),
     ("mosquitto → meshlet (external client)", Some(Via::External)),
     ("device → meshlet embedded broker", Some(Via::Embedded)),
+    (
+        "device → meshlet embedded broker, MQTT 5",
+        Some(Via::Embedded5),
+    ),
 ];
 
 fn main() {
