@@ -355,7 +355,7 @@ impl Shared {
     /// publisher's throughput), QoS 1/2 to its session (kept while the
     /// client is away, within `max_queued_bytes`). `false`: dropped.
     fn deliver(&self, sub: &Subscription, out: Publish) -> bool {
-        if Packet::Publish(out.clone()).size() > sub.max_packet_bytes {
+        if out.size() > sub.max_packet_bytes {
             debug!(
                 size = out.payload.len(),
                 max = sub.max_packet_bytes,
@@ -1061,6 +1061,14 @@ impl Connection {
         if protocol == Protocol::V311 && connect.client_id.is_empty() && !connect.clean_start {
             return Some(ConnectReturnCode::BadClientId);
         }
+        // Enhanced authentication (AUTH) is not offered (§4.12).
+        if connect
+            .properties
+            .as_ref()
+            .is_some_and(|p| p.authentication_method.is_some())
+        {
+            return Some(ConnectReturnCode::BadAuthenticationMethod);
+        }
         if !self.config.users.is_empty() {
             let ok = login.is_some_and(|login| {
                 self.config
@@ -1570,7 +1578,7 @@ impl Connection {
                 }
                 None => {}
             }
-            if Packet::Publish(out.clone()).size() > attached.max_packet_bytes {
+            if out.size() > attached.max_packet_bytes {
                 self.shared
                     .metrics
                     .broker_deliveries_dropped
@@ -1663,7 +1671,7 @@ impl Connection {
         });
         let publish = Publish {
             dup: false,
-            qos: QoS::AtMostOnce,
+            qos: will.qos,
             retain: will.retain,
             topic: will.topic.clone(),
             pkid: 0,

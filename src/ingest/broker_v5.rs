@@ -43,9 +43,10 @@ pub(crate) fn session_expiry(
 ) -> SessionExpiry {
     match protocol {
         Protocol::V311 if connect.clean_start => SessionExpiry::none(),
-        // 3.1.1 leaves expiry to the server: `session_expiry`, or never.
+        // 3.1.1 leaves expiry to the server: `session_expiry`, or never
+        // (`0s`).
         Protocol::V311 => SessionExpiry {
-            granted: max,
+            granted: if max.is_zero() { Duration::MAX } else { max },
             asked: None,
         },
         Protocol::V5 => {
@@ -319,6 +320,11 @@ mod tests {
         assert!(!v4(true).persistent());
         assert_eq!(v4(false).granted, hour);
         assert_eq!(v4(false).announce(), None, "3.1.1 has no property");
+        let forever = session_expiry(Protocol::V311, &connect(false, None), Duration::ZERO);
+        assert!(
+            forever.persistent(),
+            "`0s`: never expires, still persistent"
+        );
     }
 
     #[test]
