@@ -289,6 +289,82 @@ fn mqtt5_qos1_deliveries_wait_for_the_client_to_return() {
     stop_cleanly(node);
 }
 
+/// Message expiry: a retained message is delivered while its expiry
+/// interval lasts, and not after.
+#[test]
+fn mqtt5_retained_messages_expire() {
+    let setup = Setup::new("");
+    let node = setup.start();
+    let result = mqtt_js(mqtt_addr(&node), "expiry", "5");
+    assert_eq!(result["fresh"], serde_json::json!(["exp/a", "exp/b"]), "{result}");
+    assert_eq!(result["later"], serde_json::json!(["exp/b"]), "{result}");
+    stop_cleanly(node);
+}
+
+/// The client's receive maximum bounds the QoS 1 deliveries in flight to
+/// it: with 2, the third waits for a PUBACK.
+#[test]
+fn mqtt5_deliveries_respect_the_clients_receive_maximum() {
+    let setup = Setup::new("");
+    let node = setup.start();
+    let addr = mqtt_addr(&node);
+    let mut stream = socket(addr, Duration::from_secs(5));
+    let mut properties = ConnectProperties::new();
+    properties.receive_maximum = Some(2);
+    let connect = Connect {
+        keep_alive: 60,
+        client_id: "small-window".into(),
+        clean_start: true,
+        properties: Some(properties),
+    };
+    stream
+        .write_all(&encode(Packet::Connect(connect, None, None)))
+        .expect("CONNECT");
+    let (first, _) = read_packet(&mut stream).expect("CONNACK");
+    assert_eq!(first, 0x20);
+    let subscribe = rumqttc::v5::mqttbytes::v5::Subscribe::new(
+        rumqttc::v5::mqttbytes::v5::Filter::new("win/#", QoS::AtLeastOnce),
+        None,
+    );
+    let mut subscribe = subscribe;
+    subscribe.pkid = 1;
+    stream
+        .write_all(&encode(Packet::Subscribe(subscribe)))
+        .expect("SUBSCRIBE");
+    let (first, _) = read_packet(&mut stream).expect("SUBACK");
+    assert_eq!(first, 0x90);
+    for i in 0..3 {
+        publish_acked(addr, "win-pub", &format!("win/{i}"), b"x");
+    }
+    let mut pkids = Vec::new();
+    for _ in 0..2 {
+        let (first, body) = read_packet(&mut stream).expect("delivery");
+        assert_eq!(first & 0xF6, 0x32, "QoS 1 PUBLISH: {first:#x}");
+        let len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+        pkids.push(u16::from_be_bytes([body[2 + len], body[3 + len]]));
+    }
+    // The third is held back while two are unacknowledged.
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    assert!(read_packet(&mut stream).is_none(), "a third in flight");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut puback = BytesMut::new();
+    Packet::PubAck(rumqttc::v5::mqttbytes::v5::PubAck {
+        pkid: pkids[0],
+        reason: rumqttc::v5::mqttbytes::v5::PubAckReason::Success,
+        properties: None,
+    })
+    .write(&mut puback, None)
+    .expect("encode");
+    stream.write_all(&puback).expect("PUBACK");
+    let (first, _) = read_packet(&mut stream).expect("the third, after a PUBACK");
+    assert_eq!(first & 0xF6, 0x32);
+    stop_cleanly(node);
+}
+
 /// A delivery larger than the subscriber's maximum packet size is not
 /// sent to it (and counted), smaller ones are.
 #[test]

@@ -223,6 +223,42 @@ const cases = {
     };
   },
 
+  // Message expiry: a retained message with a 1 s expiry is delivered with
+  // what is left of it, and no longer once it expired.
+  async expiry() {
+    const { client: pub } = await connect({ clientId: "exp-pub" });
+    await pub.publishAsync("exp/a", "short-lived", {
+      qos: 1,
+      retain: true,
+      properties: { messageExpiryInterval: 1 },
+    });
+    await pub.publishAsync("exp/b", "lasting", { qos: 1, retain: true });
+    await pub.endAsync();
+    const retainedNow = async (id) => {
+      const { client } = await connect({ clientId: id });
+      await client.subscribeAsync("exp/#", { qos: 1 });
+      // exp/b always comes; exp/a before it if still retained (topic order
+      // is not promised, so wait for exp/b and look at everything).
+      const deadline = Date.now() + DEADLINE_MS;
+      while (!client.inbox.some((m) => m.topic === "exp/b") && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      const topics = client.inbox.map((m) => m.topic).sort();
+      await client.endAsync();
+      return topics;
+    };
+    const fresh = await retainedNow("exp-sub-1");
+    // Poll until the 1 s expiry passed (at most 5 s).
+    let later = fresh;
+    const until = Date.now() + 5000;
+    let n = 2;
+    while (later.includes("exp/a") && Date.now() < until) {
+      await new Promise((r) => setTimeout(r, 200));
+      later = await retainedNow(`exp-sub-${n++}`);
+    }
+    return { fresh, later };
+  },
+
   // A client's maximum packet size: what is larger is not sent to it.
   async maxpacket() {
     const { client: sub } = await connect({
