@@ -296,7 +296,11 @@ fn mqtt5_retained_messages_expire() {
     let setup = Setup::new("");
     let node = setup.start();
     let result = mqtt_js(mqtt_addr(&node), "expiry", "5");
-    assert_eq!(result["fresh"], serde_json::json!(["exp/a", "exp/b"]), "{result}");
+    assert_eq!(
+        result["fresh"],
+        serde_json::json!(["exp/a", "exp/b"]),
+        "{result}"
+    );
     assert_eq!(result["later"], serde_json::json!(["exp/b"]), "{result}");
     stop_cleanly(node);
 }

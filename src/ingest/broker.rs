@@ -1202,14 +1202,14 @@ impl Connection {
     /// Closes an earlier connection with the same client id, and cancels
     /// the will it may still have waiting.
     fn take_over(&self, client_id: &str) {
+        let mut clients = lock(&self.shared.clients);
+        let previous = clients.insert(client_id.to_string(), (self.id, self.shutdown.clone()));
         if let Some(will) = lock(&self.shared.delayed_wills).remove(client_id) {
             debug!(client = %client_id, "client reconnected within its will delay; will cancelled");
             will.cancel();
         }
-        let mut clients = lock(&self.shared.clients);
-        if let Some((_, previous)) =
-            clients.insert(client_id.to_string(), (self.id, self.shutdown.clone()))
-        {
+        drop(clients);
+        if let Some((_, previous)) = previous {
             info!(client = %client_id, "client id reconnected; closing its previous connection");
             previous.cancel();
         }
@@ -1685,8 +1685,22 @@ impl Connection {
             send_will(&shared, &ingestor, &publish, &client_id).await;
             return;
         }
+        // A new connection of the session already came (a take-over): the
+        // will is not sent (MQTT 5 §3.1.3.2.2).
+        // Checked and noted under the clients lock, which `take_over`
+        // holds while it cancels waiting wills: one or the other sees it.
         let cancel = CancellationToken::new();
-        lock(&self.shared.delayed_wills).insert(client_id.clone(), cancel.clone());
+        {
+            let clients = lock(&self.shared.clients);
+            if clients
+                .get(&client_id)
+                .is_some_and(|(id, _)| *id != self.id)
+            {
+                debug!(client = %client_id, "will dropped: the client is back");
+                return;
+            }
+            lock(&self.shared.delayed_wills).insert(client_id.clone(), cancel.clone());
+        }
         let closing = self.closing.clone();
         debug!(client = %client_id, ?delay, "will waits for its delay interval");
         self.tasks.spawn(async move {
