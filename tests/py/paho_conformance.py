@@ -3,10 +3,10 @@
 tests/mqtt_conformance.rs runs one case per call and reads the JSON line
 this prints. Usage: paho_conformance.py <host> <port> <case> <5|4>
 
-Absence is proven without sleeping: after what must not arrive, a marker
-is published on a topic the same subscriber holds; deliveries to one
-subscriber keep their order, so once the marker is in, nothing else is
-coming.
+Absence is proven without sleeping: after what must not arrive, the
+publisher sends a QoS 1 marker on a topic the subscriber holds; the broker
+routes one connection's publishes in order and delivers to one subscriber
+in order, so once the marker is in, nothing else is coming.
 """
 
 import json
@@ -31,8 +31,10 @@ class Peer:
         self.messages = []
         self.changed = threading.Condition()
         self.connack = None
+        self.subacks = set()
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         self.client.connect(HOST, PORT, keepalive=30)
         self.client.loop_start()
         with self.changed:
@@ -46,17 +48,23 @@ class Peer:
             self.connack = (reason_code, properties)
             self.changed.notify_all()
 
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        with self.changed:
+            self.subacks.add(mid)
+            self.changed.notify_all()
+
     def _on_message(self, client, userdata, message):
         with self.changed:
             self.messages.append(message)
             self.changed.notify_all()
 
     def subscribe(self, topic, qos=0):
+        """Subscribes and waits for the SUBACK."""
         result, mid = self.client.subscribe(topic, qos)
         assert result == mqtt.MQTT_ERR_SUCCESS
-        # A round trip the broker answers in order: once a QoS 1 publish
-        # to ourselves is back, the SUBACK was processed.
-        return mid
+        with self.changed:
+            if not self.changed.wait_for(lambda: mid in self.subacks, DEADLINE):
+                raise RuntimeError(f"no SUBACK for {topic}")
 
     def unsubscribe(self, topic):
         self.client.unsubscribe(topic)
@@ -75,11 +83,11 @@ class Peer:
                 raise RuntimeError(f"nothing on {topic}")
             return list(self.messages)
 
-    def sync(self, marker):
-        """Publishes `marker` to ourselves and waits for it: everything
-        routed to us before it has arrived."""
+    def sync(self, marker, via=None):
+        """Has `via` (or ourselves) publish `marker` to us and waits for
+        it: everything `via` published before it has arrived."""
         self.subscribe(marker, 1)
-        self.publish(marker, b"marker", qos=1)
+        (via or self).publish(marker, b"marker", qos=1)
         return [m for m in self.wait_for(marker) if m.topic != marker]
 
     def close(self):
@@ -96,7 +104,7 @@ def basics():
     sub.sync(f"mark/{v}/0")
     for qos in range(3):
         pub.publish(f"q/{qos}", f"at {qos}".encode(), qos=qos)
-    result["received"] = sorted({m.topic for m in sub.sync(f"mark/{v}/1") if m.topic.startswith("q/")})
+    result["received"] = sorted({m.topic for m in sub.sync(f"mark/{v}/1", pub) if m.topic.startswith("q/")})
 
     # Retained: set, delivered to a new subscriber with the retain flag;
     # cleared by an empty retained publish.
@@ -119,14 +127,14 @@ def basics():
     named.sync(f"mark/{v}/5")
     pub.publish("$app/status", b"up", qos=1)
     result["dollar_by_name"] = [m.topic for m in named.wait_for("$app/status") if m.topic.startswith("$")]
-    result["dollar_by_hash"] = [m.topic for m in hashed.sync(f"mark/{v}/6") if m.topic.startswith("$")]
+    result["dollar_by_hash"] = [m.topic for m in hashed.sync(f"mark/{v}/6", pub) if m.topic.startswith("$")]
 
     # Unsubscribe: nothing more on the filter.
     sub.subscribe(f"u{v}/#", 1)
     sub.unsubscribe(f"u{v}/#")
     before = len(sub.sync(f"mark/{v}/7"))
     pub.publish(f"u{v}/x", b"gone", qos=1)
-    after = sub.sync(f"mark/{v}/8")
+    after = sub.sync(f"mark/{v}/8", pub)
     result["after_unsubscribe"] = [m.topic for m in after[before:] if m.topic.startswith(f"u{v}/")]
 
     if VERSION == "5":
