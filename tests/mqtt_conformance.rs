@@ -422,6 +422,7 @@ fn paho_clients_over_mqtt5_and_3_1_1() {
             serde_json::json!([]),
             "{version}: {result}"
         );
+        assert_eq!(result["anonymous_accepted"], true, "{version}: {result}");
         if version == "5" {
             let assigned = result["assigned_id"].as_str().unwrap_or("");
             assert!(assigned.starts_with("meshlet-anon-"), "{result}");
@@ -480,7 +481,8 @@ fn disconnect_reason(stream: &mut std::net::TcpStream) -> Option<u8> {
 
 /// What a conforming client never does, refused with the MQTT 5 reason:
 /// a topic alias beyond the maximum (0x94), one used before it was set
-/// (0x82), a packet over the maximum packet size (0x95). (More than the
+/// (0x82), silence past the keep-alive (0x8D), a packet over the maximum
+/// packet size (0x95). (More than the
 /// receive maximum unacknowledged is met with backpressure, not a
 /// DISCONNECT: see `broker_v5`.)
 #[test]
@@ -500,6 +502,21 @@ fn mqtt5_violations_get_a_disconnect_with_their_reason() {
         .write_all(&publish_v5("", QoS::AtMostOnce, 0, Some(3)))
         .expect("send");
     assert_eq!(disconnect_reason(&mut stream), Some(0x82));
+
+    // Keep-alive 1 s and silence: DISCONNECT 0x8D after one and a half.
+    let mut stream = socket(addr, Duration::from_secs(5));
+    let connect = Connect {
+        keep_alive: 1,
+        client_id: "silent".into(),
+        clean_start: true,
+        properties: Some(ConnectProperties::new()),
+    };
+    stream
+        .write_all(&encode(Packet::Connect(connect, None, None)))
+        .expect("send CONNECT");
+    let (first, _) = read_packet(&mut stream).expect("CONNACK");
+    assert_eq!(first, 0x20);
+    assert_eq!(disconnect_reason(&mut stream), Some(0x8D), "keep-alive timeout");
 
     let mut stream = connect_v5(addr, "too-large");
     let mut big = Publish::new("site/a/sensor/b", QoS::AtMostOnce, vec![b' '; 8000], None);

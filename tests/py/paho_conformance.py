@@ -137,11 +137,14 @@ def basics():
     after = sub.sync(f"mark/{v}/8", pub)
     result["after_unsubscribe"] = [m.topic for m in after[before:] if m.topic.startswith(f"u{v}/")]
 
+    # A zero-length client id: MQTT 5 gets one assigned (in CONNACK), a
+    # 3.1.1 clean session is accepted.
+    anonymous = Peer("")
     if VERSION == "5":
-        anonymous = Peer("")
         properties = anonymous.connack[1]
         result["assigned_id"] = getattr(properties, "AssignedClientIdentifier", None)
-        anonymous.close()
+    result["anonymous_accepted"] = not anonymous.connack[0].is_failure
+    anonymous.close()
     for peer in (sub, pub, late, later, hashed, named):
         peer.close()
     return result
