@@ -367,6 +367,12 @@ pub struct EmbeddedBrokerConfig {
     pub max_topic_aliases: u16,
     /// Username → password; empty means no authentication.
     pub users: BTreeMap<String, String>,
+    /// Username → the topic filters it may subscribe within (default
+    /// empty: every user may subscribe to anything). A listed user's
+    /// SUBSCRIBE to a filter no pattern covers is refused (SUBACK 0x80 in
+    /// 3.1.1, 0x87 not authorized in MQTT 5), counted in
+    /// `meshlet_broker_subscriptions_refused_total`.
+    pub subscribe_acl: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for EmbeddedBrokerConfig {
@@ -388,6 +394,7 @@ impl Default for EmbeddedBrokerConfig {
             max_delivery_qos: 2,
             max_topic_aliases: 16,
             users: BTreeMap::new(),
+            subscribe_acl: BTreeMap::new(),
         }
     }
 }

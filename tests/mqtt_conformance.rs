@@ -431,6 +431,36 @@ fn paho_clients_over_mqtt5_and_3_1_1() {
     stop_cleanly(node);
 }
 
+/// Subscribe failure: a user under `subscribe_acl` subscribing beyond its
+/// patterns is refused — 0x87 (not authorized) in MQTT 5, 0x80 in 3.1.1 —
+/// and counted; within them it is granted.
+#[test]
+fn paho_subscriptions_beyond_the_users_acl_fail() {
+    let setup = Setup::new(
+        "[mqtt.embedded]\nusers = { sensor = \"s3cret\" }\nsubscribe_acl = { sensor = [\"cmd/sensor/#\"] }\n",
+    );
+    let node = setup.start();
+    let addr = mqtt_addr(&node);
+    for (version, refused) in [("5", 0x87), ("4", 0x80)] {
+        let result = paho(addr, "acl", version);
+        assert_eq!(
+            result["within"],
+            serde_json::json!([1]),
+            "{version}: {result}"
+        );
+        assert_eq!(
+            result["beyond"],
+            serde_json::json!([refused]),
+            "{version}: {result}"
+        );
+    }
+    assert_eq!(
+        metric(&node, "meshlet_broker_subscriptions_refused_total"),
+        Some(2.0)
+    );
+    stop_cleanly(node);
+}
+
 fn encode(packet: Packet) -> Vec<u8> {
     let mut buffer = BytesMut::new();
     packet.write(&mut buffer, None).expect("encode");
@@ -516,7 +546,11 @@ fn mqtt5_violations_get_a_disconnect_with_their_reason() {
         .expect("send CONNECT");
     let (first, _) = read_packet(&mut stream).expect("CONNACK");
     assert_eq!(first, 0x20);
-    assert_eq!(disconnect_reason(&mut stream), Some(0x8D), "keep-alive timeout");
+    assert_eq!(
+        disconnect_reason(&mut stream),
+        Some(0x8D),
+        "keep-alive timeout"
+    );
 
     let mut stream = connect_v5(addr, "too-large");
     let mut big = Publish::new("site/a/sensor/b", QoS::AtMostOnce, vec![b' '; 8000], None);

@@ -798,6 +798,8 @@ enum Ended {
 struct Session {
     protocol: Protocol,
     client_id: String,
+    /// The user name it logged in with, for `subscribe_acl`.
+    username: Option<String>,
     keep_alive: u16,
     expiry: SessionExpiry,
     will: Option<LastWill>,
@@ -899,6 +901,7 @@ impl Connection {
         let mut session = Session {
             protocol,
             client_id,
+            username: login.as_ref().map(|l| l.username.clone()),
             keep_alive: connect.keep_alive,
             expiry,
             will,
@@ -931,6 +934,10 @@ impl Connection {
         self.forget_subscriptions(&session.client_id);
         for stored in restored.unwrap_or_default() {
             let (filter, qos) = broker_session::parse_stored_filter(&stored);
+            if !self.may_subscribe(&session, filter) {
+                info!(client = %session.client_id, %filter, "stored subscription no longer allowed by mqtt.embedded.subscribe_acl; dropped");
+                continue;
+            }
             if !self.subscribe(filter, qos, &attached, false, false) {
                 warn!(client = %session.client_id, %filter, "stored subscription over the client's limits; dropped");
             }
@@ -1286,6 +1293,13 @@ impl Connection {
                             codes.push(SubscribeReasonCode::SharedSubscriptionsNotSupported);
                         } else if !valid_filter(&filter.path) {
                             codes.push(SubscribeReasonCode::TopicFilterInvalid);
+                        } else if !self.may_subscribe(session, &filter.path) {
+                            self.shared
+                                .metrics
+                                .broker_subscriptions_refused
+                                .fetch_add(1, Ordering::Relaxed);
+                            info!(client = %session.client_id, filter = %filter.path, "subscription refused by mqtt.embedded.subscribe_acl");
+                            codes.push(SubscribeReasonCode::NotAuthorized);
                         } else if let Some(new) = self.subscribe_new(
                             &filter.path,
                             broker_wire::downgrade(filter.qos, self.shared.max_delivery_qos),
@@ -1493,6 +1507,20 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// Whether `subscribe_acl` lets this connection's user subscribe to
+    /// `filter`: a user without an entry may subscribe to anything.
+    fn may_subscribe(&self, session: &Session, filter: &str) -> bool {
+        let Some(user) = &session.username else {
+            return true;
+        };
+        match self.config.subscribe_acl.get(user) {
+            None => true,
+            Some(patterns) => patterns
+                .iter()
+                .any(|pattern| broker_connect::filter_covered(filter, pattern)),
+        }
     }
 
     /// Adds a subscription of this connection, unless it would take the

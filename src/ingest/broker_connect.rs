@@ -160,6 +160,26 @@ pub(crate) fn topic_matches(topic: &str, filter: &str) -> bool {
     }
 }
 
+/// Whether every topic `filter` matches is matched by `pattern` too (an
+/// ACL pattern covers a subscription): level by level, `#` in the pattern
+/// covers the rest, `+` covers one level that is not `#`, a name covers
+/// the same name.
+pub(crate) fn filter_covered(filter: &str, pattern: &str) -> bool {
+    let mut levels = filter.split('/');
+    for allowed in pattern.split('/') {
+        if allowed == "#" {
+            return true;
+        }
+        match levels.next() {
+            None | Some("#") => return false,
+            Some("+") if allowed != "+" => return false,
+            Some(level) if allowed != "+" && allowed != level => return false,
+            Some(_) => {}
+        }
+    }
+    levels.next().is_none()
+}
+
 /// Splits a length-prefixed MQTT string off `bytes`.
 fn split_string(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     let (len, rest) = bytes.split_first_chunk::<2>()?;
@@ -237,6 +257,21 @@ mod tests {
         assert!(!topic_matches("$SYS/broker/uptime", "+/broker/uptime"));
         assert!(topic_matches("plant/a", "#"));
         assert!(!topic_matches("plant/a", "$plant/a"));
+    }
+
+    #[test]
+    fn acl_patterns_cover_filters_within_them() {
+        assert!(filter_covered("plant/a/cmd", "plant/#"));
+        assert!(filter_covered("plant/+/cmd", "plant/#"));
+        assert!(filter_covered("plant/#", "plant/#"));
+        assert!(filter_covered("plant/a/cmd", "plant/+/cmd"));
+        assert!(filter_covered("plant/+/cmd", "plant/+/cmd"));
+        assert!(!filter_covered("plant/#", "plant/+/cmd"));
+        assert!(!filter_covered("#", "plant/#"));
+        assert!(!filter_covered("plant/+/cmd", "plant/a/cmd"));
+        assert!(!filter_covered("plant/a", "plant/a/cmd"));
+        assert!(!filter_covered("plant/a/cmd/x", "plant/+/cmd"));
+        assert!(!filter_covered("other/a", "plant/#"));
     }
 
     #[test]

@@ -24,14 +24,16 @@ DEADLINE = 10.0
 class Peer:
     """One client with its received messages and CONNACK."""
 
-    def __init__(self, client_id):
+    def __init__(self, client_id, login=None):
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=PROTOCOL
         )
+        if login:
+            self.client.username_pw_set(*login)
         self.messages = []
         self.changed = threading.Condition()
         self.connack = None
-        self.subacks = set()
+        self.subacks = {}
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
@@ -50,7 +52,7 @@ class Peer:
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
         with self.changed:
-            self.subacks.add(mid)
+            self.subacks[mid] = [getattr(rc, "value", rc) for rc in reason_codes]
             self.changed.notify_all()
 
     def _on_message(self, client, userdata, message):
@@ -59,12 +61,13 @@ class Peer:
             self.changed.notify_all()
 
     def subscribe(self, topic, qos=0):
-        """Subscribes and waits for the SUBACK."""
+        """Subscribes and waits for the SUBACK; its return codes."""
         result, mid = self.client.subscribe(topic, qos)
         assert result == mqtt.MQTT_ERR_SUCCESS
         with self.changed:
             if not self.changed.wait_for(lambda: mid in self.subacks, DEADLINE):
                 raise RuntimeError(f"no SUBACK for {topic}")
+            return self.subacks[mid]
 
     def unsubscribe(self, topic):
         self.client.unsubscribe(topic)
@@ -150,7 +153,19 @@ def basics():
     return result
 
 
-CASES = {"basics": basics}
+def acl():
+    """A user under `subscribe_acl`: a filter within its patterns is
+    granted, one beyond is refused."""
+    peer = Peer(f"paho-acl-{VERSION}", ("sensor", "s3cret"))
+    result = {
+        "within": peer.subscribe("cmd/sensor/1", 1),
+        "beyond": peer.subscribe("plant/#", 1),
+    }
+    peer.close()
+    return result
+
+
+CASES = {"basics": basics, "acl": acl}
 
 if __name__ == "__main__":
     print(json.dumps(CASES[CASE]()))
