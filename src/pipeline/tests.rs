@@ -960,3 +960,41 @@ fn an_invalid_record_names_its_entity_when_the_key_is_readable() {
         vec![Some("42".to_string())]
     );
 }
+
+/// Transport metadata (an MQTT 5 user property, handed in as a capture)
+/// named like the event time's top-level key gives the event time of a
+/// payload without one; the payload's own wins.
+#[test]
+fn a_capture_named_like_the_event_time_key_gives_a_missing_event_time() {
+    let p = machine("reject");
+    let s = shape(&p, 0);
+    let captures = [
+        ("ts", "2024-05-01T12:00:00Z"),
+        ("site", "berlin"),
+        ("machine_id", "m1"),
+    ];
+    let a = accepted(run_with(
+        &p,
+        &s,
+        br#"{"firmware": "1.0"}"#,
+        &captures,
+        &Limits::default(),
+    ));
+    assert_eq!(a.record.event_time, at("2024-05-01T12:00:00Z"));
+    assert!(
+        a.event_time_from_payload,
+        "sent by the device: deduplicated"
+    );
+    let a = accepted(run_with(
+        &p,
+        &s,
+        br#"{"firmware": "1.0", "ts": "2024-05-01T13:00:00Z"}"#,
+        &captures,
+        &Limits::default(),
+    ));
+    assert_eq!(
+        a.record.event_time,
+        at("2024-05-01T13:00:00Z"),
+        "the payload's wins"
+    );
+}
