@@ -947,6 +947,7 @@ impl Connection {
             attached.session.clone(),
             outgoing.clone(),
             stop_deliveries.clone(),
+            metrics.clone(),
         ));
 
         let result = self
@@ -1776,9 +1777,24 @@ async fn send_will(shared: &Shared, ingestor: &Ingestor, publish: &Publish, clie
 /// resends first, then what the window lets through, again whenever a
 /// delivery is queued or acknowledged. Waits for room in the connection's
 /// queue (never drops); `stop` ends it when the connection closes.
-async fn delivery_loop(session: SessionHandle, outbox: Outbox, stop: CancellationToken) {
+async fn delivery_loop(
+    session: SessionHandle,
+    outbox: Outbox,
+    stop: CancellationToken,
+    metrics: Arc<IngestMetrics>,
+) {
     loop {
-        let packets = lock(&session.deliveries).next();
+        let (packets, expired) = {
+            let mut deliveries = lock(&session.deliveries);
+            (deliveries.next(), deliveries.expired())
+        };
+        if expired > 0 {
+            // Expired while it waited: MQTT 5 says not to send it; counted
+            // with the deliveries that were not made.
+            metrics
+                .broker_deliveries_dropped
+                .fetch_add(expired as u64, Ordering::Relaxed);
+        }
         for packet in packets {
             tokio::select! {
                 _ = stop.cancelled() => return,

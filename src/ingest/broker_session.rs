@@ -17,10 +17,13 @@
 //!   first, in packet id order of sending, with DUP set (a PUBREL for
 //!   those the client already PUBRECed), MQTT 3.1.1 §4.4 / 5 §4.4;
 //! - while no connection is attached, deliveries queue (persistent
-//!   sessions), within the same byte limit. Kept in memory: a node restart
+//!   sessions), within the same byte limit; one whose MQTT 5 message
+//!   expiry passed while it waited is not sent (it goes with what is left
+//!   of its interval otherwise, §3.3.2.3.3). Kept in memory: a node restart
 //!   loses them (the session's subscriptions survive, in the store).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
 
 use rumqttc::v5::mqttbytes::v5::{Packet, PubRel, PubRelReason, Publish};
 use rumqttc::v5::mqttbytes::QoS;
@@ -30,8 +33,9 @@ use rumqttc::v5::mqttbytes::QoS;
 pub(crate) struct Deliveries {
     /// In flight, by packet id, with the order they were sent in.
     inflight: BTreeMap<u16, Inflight>,
-    /// Waiting for room in the window (or for the client to come back).
-    queue: VecDeque<Publish>,
+    /// Waiting for room in the window (or for the client to come back),
+    /// with when each was queued.
+    queue: VecDeque<(Publish, Instant)>,
     /// Bytes of `inflight` and `queue`.
     bytes: usize,
     limit: usize,
@@ -42,6 +46,9 @@ pub(crate) struct Deliveries {
     /// Whether the in-flight ones were sent on the current connection
     /// (`false` after [`Deliveries::reattach`]: resend them first).
     resent: bool,
+    /// Queued deliveries dropped because their message expiry passed,
+    /// not yet taken by [`Deliveries::expired`].
+    expired: usize,
 }
 
 #[derive(Debug)]
@@ -63,18 +70,24 @@ impl Deliveries {
             next_pkid: 1,
             sent_seq: 0,
             resent: true,
+            expired: 0,
         }
     }
 
     /// Queues a QoS 1/2 delivery; `false` when it would take the session
     /// over its byte limit (one always fits an empty session).
     pub(crate) fn push(&mut self, publish: Publish) -> bool {
+        self.push_at(publish, Instant::now())
+    }
+
+    /// [`Deliveries::push`] of a delivery queued at `at`.
+    pub(crate) fn push_at(&mut self, publish: Publish, at: Instant) -> bool {
         let size = cost(&publish);
         if self.bytes > 0 && self.bytes + size > self.limit {
             return false;
         }
         self.bytes += size;
-        self.queue.push_back(publish);
+        self.queue.push_back((publish, at));
         true
     }
 
@@ -88,6 +101,12 @@ impl Deliveries {
     /// The packets to send now, in order: on a new connection the resends
     /// first, then queued deliveries while the window has room.
     pub(crate) fn next(&mut self) -> Vec<Packet> {
+        self.next_at(Instant::now())
+    }
+
+    /// [`Deliveries::next`] as of `now`: queued deliveries whose message
+    /// expiry passed are dropped (see [`Deliveries::expired`]).
+    pub(crate) fn next_at(&mut self, now: Instant) -> Vec<Packet> {
         let mut out = Vec::new();
         if !self.resent {
             self.resent = true;
@@ -108,11 +127,27 @@ impl Deliveries {
             }
         }
         while self.inflight.len() < self.window {
-            let Some(mut publish) = self.queue.pop_front() else {
+            let Some((mut publish, queued_at)) = self.queue.pop_front() else {
                 break;
             };
+            match super::broker_v5::remaining_expiry(
+                &publish,
+                now.saturating_duration_since(queued_at),
+            ) {
+                Some(Err(())) => {
+                    self.bytes -= cost(&publish);
+                    self.expired += 1;
+                    continue;
+                }
+                Some(Ok(left)) => {
+                    if let Some(p) = publish.properties.as_mut() {
+                        p.message_expiry_interval = Some(left);
+                    }
+                }
+                None => {}
+            }
             let Some(pkid) = self.free_pkid() else {
-                self.queue.push_front(publish);
+                self.queue.push_front((publish, queued_at));
                 break;
             };
             publish.pkid = pkid;
@@ -156,6 +191,12 @@ impl Deliveries {
             reason: PubRelReason::Success,
             properties: None,
         }))
+    }
+
+    /// How many queued deliveries expired since the last call (the caller
+    /// counts them).
+    pub(crate) fn expired(&mut self) -> usize {
+        std::mem::take(&mut self.expired)
     }
 
     #[cfg(test)]
@@ -271,6 +312,42 @@ mod tests {
             big.push(publish("t", QoS::AtLeastOnce, 500)),
             "one always fits"
         );
+    }
+
+    #[test]
+    fn queued_deliveries_expire_and_the_rest_carry_what_is_left() {
+        use rumqttc::v5::mqttbytes::v5::PublishProperties;
+        use std::time::Duration;
+        let expiring = |secs| {
+            Publish::new(
+                "t",
+                QoS::AtLeastOnce,
+                vec![b'x'; 4],
+                Some(PublishProperties {
+                    message_expiry_interval: Some(secs),
+                    ..Default::default()
+                }),
+            )
+        };
+        let mut d = Deliveries::new(1 << 20, 10);
+        let start = Instant::now();
+        assert!(d.push_at(expiring(5), start));
+        assert!(d.push_at(expiring(60), start));
+        assert!(d.push_at(publish("t", QoS::AtLeastOnce, 4), start));
+        let sent = d.next_at(start + Duration::from_secs(10));
+        assert_eq!(sent.len(), 2, "the 5 s one expired while queued");
+        assert_eq!(d.expired(), 1);
+        assert_eq!(d.expired(), 0, "taken once");
+        match &sent[0] {
+            Packet::Publish(p) => assert_eq!(
+                p.properties
+                    .as_ref()
+                    .and_then(|p| p.message_expiry_interval),
+                Some(50)
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(d.bytes(), 2 * (1 + 4), "the expired one's bytes are freed");
     }
 
     #[test]
