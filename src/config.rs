@@ -355,6 +355,11 @@ pub struct EmbeddedBrokerConfig {
     /// the server; MQTT 5 calls it the session expiry interval.
     #[serde(with = "humantime_serde_compat")]
     pub session_expiry: Duration,
+    /// Bytes the QoS 1/2 deliveries of all sessions may hold together,
+    /// in flight and queued (default 64 MiB): beyond it a delivery is not
+    /// queued, counted in `meshlet_broker_deliveries_dropped_total`, so a
+    /// fleet of away devices cannot hold `max_queued_bytes` each.
+    pub max_session_bytes: usize,
     /// The highest QoS a subscription is granted (default 2; 0, 1 or 2,
     /// more counts as 2): a client asking more gets this in its SUBACK,
     /// and deliveries to it are downgraded to it. QoS 1/2 deliveries are
@@ -391,6 +396,7 @@ impl Default for EmbeddedBrokerConfig {
             max_subscription_bytes: 16 * 1024,
             max_queued_bytes: 2 << 20,
             session_expiry: Duration::from_secs(2 * 3600),
+            max_session_bytes: 64 << 20,
             max_delivery_qos: 2,
             max_topic_aliases: 16,
             users: BTreeMap::new(),

@@ -78,7 +78,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use super::broker_connect::{self, Violation};
 use super::broker_limits::{Held, Outbox, PacketBudget, QueuedBytes, Retained};
 use super::broker_retained::{self, RetainedChange};
-use super::broker_session::{self, Deliveries};
+use super::broker_session::{self, Deliveries, SessionBudget};
 use super::broker_v5::{self, ClientLimits, Refusal, SessionExpiry, TopicAliases};
 use super::broker_wire::{self, Frame, Protocol, WireError};
 use super::metrics::IngestMetrics;
@@ -147,6 +147,8 @@ struct Shared {
     sessions: Mutex<HashMap<String, SessionHandle>>,
     /// The highest QoS a subscription is granted.
     max_delivery_qos: QoS,
+    /// The bytes all sessions' QoS 1/2 deliveries may hold together.
+    session_bytes: SessionBudget,
     /// Retained changes on their way to the store (`broker_retained`).
     persist: mpsc::Sender<RetainedChange>,
     next_connection: AtomicU64,
@@ -162,9 +164,9 @@ struct SessionHandle {
 }
 
 impl SessionHandle {
-    fn new(limit: usize, window: usize) -> SessionHandle {
+    fn new(limit: usize, window: usize, budget: SessionBudget) -> SessionHandle {
         SessionHandle {
-            deliveries: Arc::new(Mutex::new(Deliveries::new(limit, window))),
+            deliveries: Arc::new(Mutex::new(Deliveries::with_budget(limit, window, budget))),
             wake: Arc::new(Notify::new()),
         }
     }
@@ -193,6 +195,7 @@ impl Shared {
             delayed_wills: Mutex::default(),
             expiries: Mutex::default(),
             sessions: Mutex::default(),
+            session_bytes: SessionBudget::new(config.max_session_bytes),
             max_delivery_qos: match config.max_delivery_qos {
                 0 => QoS::AtMostOnce,
                 1 => QoS::AtLeastOnce,
@@ -1666,7 +1669,11 @@ impl Connection {
                 return handle.clone();
             }
         }
-        let handle = SessionHandle::new(self.config.max_queued_bytes, window);
+        let handle = SessionHandle::new(
+            self.config.max_queued_bytes,
+            window,
+            self.shared.session_bytes.clone(),
+        );
         sessions.insert(client_id.to_string(), handle.clone());
         handle
     }

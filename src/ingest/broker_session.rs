@@ -9,7 +9,10 @@
 //!   PUBCOMPed): the client's receive maximum (MQTT 5) capped by
 //!   `mqtt.embedded.max_inflight`;
 //! - the bytes (topic + payload) held — in flight and queued — stay under
-//!   `limit` (`mqtt.embedded.max_queued_bytes`); a delivery beyond it is
+//!   `limit` (`mqtt.embedded.max_queued_bytes`), and those of all sessions
+//!   together under a [`SessionBudget`] (`mqtt.embedded.max_session_bytes`:
+//!   a thousand away devices must not hold a thousand queues' worth of the
+//!   node's memory); a delivery beyond either is
 //!   refused ([`Deliveries::push`] → `false`) and the caller counts it in
 //!   `meshlet_broker_deliveries_dropped_total`: nothing queued is dropped
 //!   later, so what a client was sent in order stays in order;
@@ -23,10 +26,51 @@
 //!   loses them (the session's subscriptions survive, in the store).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rumqttc::v5::mqttbytes::v5::{Packet, PubRel, PubRelReason, Publish};
 use rumqttc::v5::mqttbytes::QoS;
+
+/// The bytes all sessions' QoS 1/2 deliveries hold together, under one
+/// limit.
+#[derive(Clone, Debug)]
+pub(crate) struct SessionBudget {
+    held: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl SessionBudget {
+    pub(crate) fn new(limit: usize) -> SessionBudget {
+        SessionBudget {
+            held: Arc::new(AtomicUsize::new(0)),
+            limit,
+        }
+    }
+
+    fn reserve(&self, size: usize) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held + size <= self.limit).then_some(held + size)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, size: usize) {
+        let _ = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                Some(held.saturating_sub(size))
+            });
+    }
+
+    /// Bytes held now.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+}
 
 /// The QoS 1/2 deliveries of one session.
 #[derive(Debug)]
@@ -49,6 +93,14 @@ pub(crate) struct Deliveries {
     /// Queued deliveries dropped because their message expiry passed,
     /// not yet taken by [`Deliveries::expired`].
     expired: usize,
+    /// All sessions' bytes; this session's `bytes` are part of it.
+    budget: SessionBudget,
+}
+
+impl Drop for Deliveries {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
 }
 
 #[derive(Debug)]
@@ -60,8 +112,15 @@ struct Inflight {
 }
 
 impl Deliveries {
+    #[cfg(test)]
     pub(crate) fn new(limit: usize, window: usize) -> Deliveries {
+        Deliveries::with_budget(limit, window, SessionBudget::new(usize::MAX))
+    }
+
+    /// Deliveries of at most `limit` bytes, counted in `budget` too.
+    pub(crate) fn with_budget(limit: usize, window: usize, budget: SessionBudget) -> Deliveries {
         Deliveries {
+            budget,
             inflight: BTreeMap::new(),
             queue: VecDeque::new(),
             bytes: 0,
@@ -84,6 +143,9 @@ impl Deliveries {
     pub(crate) fn push_at(&mut self, publish: Publish, at: Instant) -> bool {
         let size = cost(&publish);
         if self.bytes > 0 && self.bytes + size > self.limit {
+            return false;
+        }
+        if !self.budget.reserve(size) {
             return false;
         }
         self.bytes += size;
@@ -136,6 +198,7 @@ impl Deliveries {
             ) {
                 Some(Err(())) => {
                     self.bytes -= cost(&publish);
+                    self.budget.release(cost(&publish));
                     self.expired += 1;
                     continue;
                 }
@@ -172,6 +235,7 @@ impl Deliveries {
         match self.inflight.remove(&pkid) {
             Some(done) => {
                 self.bytes -= cost(&done.publish);
+                self.budget.release(cost(&done.publish));
                 true
             }
             None => false,
@@ -348,6 +412,30 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(d.bytes(), 2 * (1 + 4), "the expired one's bytes are freed");
+    }
+
+    #[test]
+    fn all_sessions_together_stay_under_their_budget() {
+        let budget = SessionBudget::new(100);
+        let mut a = Deliveries::with_budget(1 << 20, 10, budget.clone());
+        let mut b = Deliveries::with_budget(1 << 20, 10, budget.clone());
+        assert!(a.push(publish("t", QoS::AtLeastOnce, 59)));
+        assert!(
+            !b.push(publish("t", QoS::AtLeastOnce, 59)),
+            "over 100 together"
+        );
+        assert!(b.push(publish("t", QoS::AtLeastOnce, 39)));
+        assert_eq!(budget.held(), 100);
+        let sent = a.next();
+        assert_eq!(sent.len(), 1);
+        assert!(a.complete(1));
+        assert_eq!(
+            budget.held(),
+            40,
+            "an acknowledged delivery frees its bytes"
+        );
+        drop(b);
+        assert_eq!(budget.held(), 0, "an ended session frees its bytes");
     }
 
     #[test]
