@@ -999,7 +999,7 @@ impl Connection {
         // tell an MQTT 5 client why it is closed, then close the socket.
         // What was delivered and not acknowledged stays in the session.
         stop_deliveries.cancel();
-        let _ = delivery_task.await;
+        let unsent = delivery_task.await.unwrap_or_default();
         // What was queued for the client up to now still goes out (the
         // offline STATE routed just before a shutdown closes connections),
         // for as long as the client reads it.
@@ -1007,7 +1007,9 @@ impl Connection {
         let last = if reason == Some(DisconnectReasonCode::SessionTakenOver) {
             Vec::new()
         } else {
-            lock(&attached.session.deliveries).next()
+            let mut last = unsent;
+            last.extend(lock(&attached.session.deliveries).next());
+            last
         };
         let flush = async {
             for packet in last {
@@ -1783,13 +1785,15 @@ async fn send_will(shared: &Shared, ingestor: &Ingestor, publish: &Publish, clie
 /// Sends a session's QoS 1/2 deliveries while its client is connected:
 /// resends first, then what the window lets through, again whenever a
 /// delivery is queued or acknowledged. Waits for room in the connection's
-/// queue (never drops); `stop` ends it when the connection closes.
+/// queue (never drops); `stop` ends it when the connection closes, and it
+/// returns what it had taken to send and had not queued yet (in flight
+/// for the session: the connection's last flush sends them).
 async fn delivery_loop(
     session: SessionHandle,
     outbox: Outbox,
     stop: CancellationToken,
     metrics: Arc<IngestMetrics>,
-) {
+) -> Vec<Packet> {
     loop {
         let (packets, expired) = {
             let mut deliveries = lock(&session.deliveries);
@@ -1802,14 +1806,20 @@ async fn delivery_loop(
                 .broker_deliveries_dropped
                 .fetch_add(expired as u64, Ordering::Relaxed);
         }
-        for packet in packets {
+        let mut packets = std::collections::VecDeque::from(packets);
+        while let Some(packet) = packets.front().cloned() {
             tokio::select! {
-                _ = stop.cancelled() => return,
-                sent = outbox.deliver_wait(packet) => if sent.is_err() { return },
+                _ = stop.cancelled() => return packets.into(),
+                sent = outbox.deliver_wait(packet) => {
+                    if sent.is_err() {
+                        return Vec::new();
+                    }
+                    packets.pop_front();
+                }
             }
         }
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return Vec::new(),
             _ = session.wake.notified() => {}
         }
     }
