@@ -564,9 +564,10 @@ impl Default for IngestSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
-    /// `mqtt://`, `mqtts://` (a broker or broker cluster) or `https://`
-    /// (`http://` for tests and trusted links) of an upstream meshlet in
-    /// aggregator mode.
+    /// `mqtt://`, `mqtts://` (a broker or broker cluster), `nats://`,
+    /// `tls://` (NATS JetStream; several servers of a cluster separated by
+    /// commas) or `https://` (`http://` for tests and trusted links) of an
+    /// upstream meshlet in aggregator mode.
     pub url: Option<String>,
     /// MQTT: envelopes go to `<topic_prefix>/<origin node>/<product>`.
     pub topic_prefix: String,
@@ -574,7 +575,8 @@ pub struct UpstreamConfig {
     pub client_id: Option<String>,
     pub username: Option<String>,
     pub password: Option<String>,
-    /// HTTPS: sent as `Authorization: Bearer <token>`.
+    /// HTTPS: sent as `Authorization: Bearer <token>`. NATS: the
+    /// server's auth token.
     pub token: Option<String>,
     /// PEM CA bundle for TLS; the system roots when absent.
     pub ca_file: Option<PathBuf>,
@@ -583,6 +585,26 @@ pub struct UpstreamConfig {
     pub client_key_file: Option<PathBuf>,
     /// This upstream's outbox budget; `sync.max_outbox_bytes` when absent.
     pub max_outbox_bytes: Option<u64>,
+    /// NATS: the JetStream stream envelopes go into. Default `MESHLET_SYNC`.
+    pub stream: String,
+    /// NATS: envelopes go to `<subject_prefix>.<origin node>.<product>`.
+    /// Default `meshlet.sync`.
+    pub subject_prefix: String,
+    /// NATS: create the stream (subjects `<subject_prefix>.>`) when it does
+    /// not exist. `false`: it must exist; until it does, sends fail and are
+    /// retried (counted in `meshlet_sync_errors_total`). Default true.
+    pub create_stream: bool,
+    /// NATS: replicas of a stream this node creates (1, or 3 or 5 on a
+    /// JetStream cluster). Default 1.
+    pub stream_replicas: usize,
+    /// NATS: the duplicate window of a stream this node creates: a resend
+    /// with the same `Nats-Msg-Id` within it is dropped by JetStream.
+    /// Longer than `sync.retry_max`, so a resend after an unseen ack falls
+    /// in it. Default 10m.
+    #[serde(with = "humantime_serde_compat")]
+    pub duplicate_window: Duration,
+    /// NATS: a credentials file (`.creds`: user JWT and nkey seed).
+    pub credentials_file: Option<PathBuf>,
 }
 
 impl Default for UpstreamConfig {
@@ -598,6 +620,12 @@ impl Default for UpstreamConfig {
             client_cert_file: None,
             client_key_file: None,
             max_outbox_bytes: None,
+            stream: DEFAULT_NATS_STREAM.to_string(),
+            subject_prefix: DEFAULT_NATS_SUBJECT_PREFIX.to_string(),
+            create_stream: true,
+            stream_replicas: 1,
+            duplicate_window: Duration::from_secs(600),
+            credentials_file: None,
         }
     }
 }
@@ -703,6 +731,81 @@ pub struct AggregatorConfig {
     pub mqtt: Option<ExternalBrokerConfig>,
     /// The prefix edges publish under (their upstream's `topic_prefix`).
     pub topic_prefix: Option<String>,
+    /// Also consume envelopes from a NATS JetStream stream.
+    pub nats: Option<AggregatorNatsConfig>,
+}
+
+/// The JetStream stream edges' `nats://` upstreams publish into.
+pub const DEFAULT_NATS_STREAM: &str = "MESHLET_SYNC";
+/// The subject prefix of edges' `nats://` upstreams.
+pub const DEFAULT_NATS_SUBJECT_PREFIX: &str = "meshlet.sync";
+
+/// `[aggregator.nats]`: a durable pull consumer on the sync stream.
+/// Aggregators with the same `durable` share its messages (one domain's
+/// load spread over several nodes); aggregators with different
+/// `filter_subject`s (and so different `durable`s) each take their own
+/// products — `meshlet.sync.*.machine_health` takes one product from every
+/// edge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregatorNatsConfig {
+    /// `nats://` or `tls://` servers, separated by commas. Required.
+    pub url: String,
+    /// The stream to consume. It must exist (edges create it); until it
+    /// does, the consumer retries with back-off. Default `MESHLET_SYNC`.
+    pub stream: String,
+    /// The durable consumer's name. Default `meshlet-aggregator`.
+    pub durable: String,
+    /// Subjects this consumer takes. Default `meshlet.sync.>` (every
+    /// product of every edge).
+    pub filter_subject: String,
+    /// How long JetStream waits for this node's ack before it redelivers a
+    /// message (to any node on the durable). Default 30s.
+    #[serde(with = "humantime_serde_compat")]
+    pub ack_wait: Duration,
+    /// Messages delivered and not yet acknowledged, over every node on the
+    /// durable: the bound on what a crash leaves to redeliver. Default 1024.
+    pub max_ack_pending: i64,
+    /// Messages one pull asks for (this node's in-memory bound). Default 64.
+    pub batch: usize,
+    /// When an envelope cannot be applied yet (a product this node does
+    /// not know, a store error), it is not acknowledged: JetStream
+    /// redelivers it after this delay. Default 5s.
+    #[serde(with = "humantime_serde_compat")]
+    pub retry_delay: Duration,
+    /// The server's auth token.
+    pub token: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// A credentials file (`.creds`: user JWT and nkey seed).
+    pub credentials_file: Option<PathBuf>,
+    /// PEM CA bundle for TLS; the system roots when absent.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain and key (mutual TLS).
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+}
+
+impl Default for AggregatorNatsConfig {
+    fn default() -> Self {
+        AggregatorNatsConfig {
+            url: String::new(),
+            stream: DEFAULT_NATS_STREAM.to_string(),
+            durable: "meshlet-aggregator".to_string(),
+            filter_subject: format!("{DEFAULT_NATS_SUBJECT_PREFIX}.>"),
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 1024,
+            batch: 64,
+            retry_delay: Duration::from_secs(5),
+            token: None,
+            username: None,
+            password: None,
+            credentials_file: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+        }
+    }
 }
 
 impl HubConfig {

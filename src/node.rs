@@ -118,6 +118,11 @@ pub fn preflight(config: &HubConfig, products: &ProductSet) -> Preflight {
             ));
         }
     }
+    if let Some(nats) = &config.aggregator.nats {
+        if let Err(err) = crate::sync::check_aggregator_nats(nats) {
+            out.problems.push(err);
+        }
+    }
     for (name, upstream) in &config.upstreams {
         if let Err(err) = crate::sync::check_upstream(name, upstream, node_id) {
             out.problems.push(err.to_string());

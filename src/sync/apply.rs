@@ -20,6 +20,19 @@
 //! as old, from a smaller origin id — does not overwrite the state (it only
 //! fills fields the instance lacks, and goes to history).
 //!
+//! **Redeliveries from a shared JetStream consumer.** First deliveries of
+//! one (origin, link, lane, product) reach any one node in ascending
+//! order, so the high-water mark holds for them. A *redelivered* message
+//! (not acknowledged in time: its node crashed, or it was refused for now)
+//! may reach this node after later envelopes of the same key were applied
+//! here — by then the mark is above it, though this node never applied it.
+//! So the mark also keeps the last [`RECENT_ENVELOPES`] envelopes applied
+//! under it (first sequence number, and up to where): a redelivery is held
+//! against that list, not against the mark — what this node applied of it
+//! is skipped, the rest applied. The list lives in the same stored value
+//! as the mark (written with the records, so a crash keeps both or
+//! neither); a value of 8 bytes (older versions) is a bare mark.
+//!
 //! A tombstone erases the entity (a no-op when it is already gone); its
 //! mark is written right after, so a crash in between re-erases, which is
 //! harmless.
@@ -102,15 +115,72 @@ fn mark_source(origin: &str, link: &str, lane: u8, product: &str) -> String {
     format!("syncp:{origin}:{lane}:{product}:{link}")
 }
 
-fn read_mark(store: &crate::store::Store, source: &str) -> Result<u64, StoreError> {
-    Ok(match store.source_offset(source)? {
-        Some(bytes) => bytes
-            .as_slice()
-            .try_into()
-            .map(u64::from_be_bytes)
-            .unwrap_or(0),
-        None => 0,
-    })
+/// Envelopes remembered under each mark, for redeliveries (16 bytes each).
+pub const RECENT_ENVELOPES: usize = 64;
+
+/// A high-water mark and the envelopes last applied under it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Mark {
+    /// The highest sequence number applied.
+    high: u64,
+    /// (first sequence number of an envelope, last of its records applied
+    /// here), oldest first, at most [`RECENT_ENVELOPES`].
+    recent: Vec<(u64, u64)>,
+}
+
+impl Mark {
+    /// 8 bytes of mark, then 16 per recent envelope (big-endian); a value
+    /// that does not parse counts as no mark at all beyond its first 8 bytes.
+    fn decode(bytes: &[u8]) -> Mark {
+        let word = |at: usize| -> Option<u64> {
+            bytes
+                .get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+        };
+        let high = word(0).unwrap_or(0);
+        let recent = (0..(bytes.len().saturating_sub(8)) / 16)
+            .filter_map(|i| Some((word(8 + 16 * i)?, word(16 + 16 * i)?)))
+            .collect();
+        Mark { high, recent }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + 16 * self.recent.len());
+        out.extend_from_slice(&self.high.to_be_bytes());
+        for (first, upto) in &self.recent {
+            out.extend_from_slice(&first.to_be_bytes());
+            out.extend_from_slice(&upto.to_be_bytes());
+        }
+        out
+    }
+
+    /// Records `first_seq`'s envelope as applied up to `upto`.
+    fn applied(&mut self, first_seq: u64, upto: u64) {
+        self.high = self.high.max(upto);
+        self.recent.retain(|(first, _)| *first != first_seq);
+        self.recent.push((first_seq, upto));
+        if self.recent.len() > RECENT_ENVELOPES {
+            let excess = self.recent.len() - RECENT_ENVELOPES;
+            self.recent.drain(..excess);
+        }
+    }
+
+    /// What of the envelope starting at `first_seq` this node applied (0:
+    /// none it remembers).
+    fn applied_of(&self, first_seq: u64) -> u64 {
+        self.recent
+            .iter()
+            .find(|(first, _)| *first == first_seq)
+            .map_or(0, |(_, upto)| *upto)
+    }
+}
+
+fn read_mark(store: &crate::store::Store, source: &str) -> Result<Mark, StoreError> {
+    Ok(store
+        .source_offset(source)?
+        .map(|bytes| Mark::decode(&bytes))
+        .unwrap_or_default())
 }
 
 /// The duplicate filter: the records above the high-water mark `mark`,
@@ -192,30 +262,71 @@ impl Receiver {
         self.apply(envelope).await
     }
 
+    /// As [`Receiver::apply_bytes`], for a message the transport delivers
+    /// again (`redelivered`: JetStream's delivery count above 1): it is
+    /// held against the envelopes this node remembers applying, not
+    /// against the high-water mark (see the module doc).
+    pub async fn apply_delivery(
+        &self,
+        bytes: &[u8],
+        redelivered: bool,
+    ) -> Result<Applied, ApplyError> {
+        let envelope = match Envelope::decode(bytes) {
+            Ok(e) => e,
+            Err(e) => {
+                self.metrics.refused("bad_envelope", &e.to_string());
+                return Err(e.into());
+            }
+        };
+        self.apply_with(envelope, redelivered).await
+    }
+
     pub async fn apply(&self, envelope: Envelope) -> Result<Applied, ApplyError> {
+        self.apply_with(envelope, false).await
+    }
+
+    async fn apply_with(
+        &self,
+        envelope: Envelope,
+        redelivered: bool,
+    ) -> Result<Applied, ApplyError> {
         let _one = self.one_at_a_time.lock().await;
         let store = self.ingestor.store().clone();
         self.note_node(&envelope);
         let (from, link, lane) = (&envelope.origin, &envelope.link, envelope.lane);
-        let lane_mark = read_mark(&store, &lane_mark_source(from, link, lane))?;
-        // Each product's mark (at least the lane's, from older versions),
-        // read once per envelope; only products this node knows have one.
-        let mut marks: std::collections::HashMap<String, u64> = Default::default();
+        let lane_mark = read_mark(&store, &lane_mark_source(from, link, lane))?.high;
+        // Each product's mark, read once per envelope; only products this
+        // node knows have one.
+        let mut marks: std::collections::HashMap<String, Mark> = Default::default();
         for record in &envelope.records {
             if !marks.contains_key(&record.product) {
                 let mark = if self.ingestor.products().get(&record.product).is_some() {
                     read_mark(&store, &mark_source(from, link, lane, &record.product))?
-                        .max(lane_mark)
                 } else {
-                    lane_mark
+                    Mark::default()
                 };
                 marks.insert(record.product.clone(), mark);
             }
         }
+        let first_seq = envelope.first_seq;
+        // What covers a record: its product's mark (at least the lane's,
+        // from older versions) — or, for a redelivery, what this node
+        // remembers applying of this very envelope.
+        let covered: std::collections::HashMap<String, u64> = marks
+            .iter()
+            .map(|(product, mark)| {
+                let floor = if redelivered {
+                    mark.applied_of(first_seq)
+                } else {
+                    mark.high.max(lane_mark)
+                };
+                (product.clone(), floor)
+            })
+            .collect();
         let origin = Origin::new(format!("{SYNC_ORIGIN_PREFIX}{}", envelope.origin));
         let mut outcome = Applied::default();
         let (fresh, duplicates) = above_mark(envelope.records, |r| {
-            marks.get(&r.product).copied().unwrap_or(lane_mark)
+            covered.get(&r.product).copied().unwrap_or(lane_mark)
         });
         outcome.duplicates = duplicates;
         let mut i = 0;
@@ -247,7 +358,10 @@ impl Receiver {
                 .await
                 .map_err(|_| ApplyError::ShuttingDown)??;
                 let source = mark_source(from, link, lane, &head.product);
-                self.write(&head.product, Vec::new(), &source, head.seq)
+                let mark = marks.entry(head.product.clone()).or_default();
+                mark.applied(first_seq, head.seq);
+                let position = mark.encode();
+                self.write(&head.product, Vec::new(), &source, position)
                     .await?;
                 outcome.applied += 1;
                 i += 1;
@@ -274,7 +388,11 @@ impl Receiver {
             let last = fresh[j - 1].seq;
             outcome.applied += records.len();
             let source = mark_source(from, link, lane, &head.product);
-            self.write(&head.product, records, &source, last).await?;
+            let mark = marks.entry(head.product.clone()).or_default();
+            mark.applied(first_seq, last);
+            let position = mark.encode();
+            self.write(&head.product, records, &source, position)
+                .await?;
             i = j;
         }
         self.metrics
@@ -282,13 +400,13 @@ impl Receiver {
         Ok(outcome)
     }
 
-    /// One durable write of `records` with the mark `seq`.
+    /// One durable write of `records` with the mark (encoded) `position`.
     async fn write(
         &self,
         product: &str,
         records: Vec<IngestRecord>,
         source: &str,
-        seq: u64,
+        position: Vec<u8>,
     ) -> Result<(), ApplyError> {
         let carrier = product.to_string();
         let limits = self
@@ -304,7 +422,7 @@ impl Receiver {
                 quarantine: Vec::new(),
                 source_offset: Some(SourceOffset {
                     source: source.to_string(),
-                    position: seq.to_be_bytes().to_vec(),
+                    position,
                 }),
                 resolve_quarantine: Vec::new(),
                 idempotency: None,
@@ -426,6 +544,86 @@ mod tests {
         tasks.close();
         tasks.wait().await;
         runtime.stop();
+    }
+
+    /// A redelivery from a shared JetStream consumer may come after later
+    /// envelopes of its key were applied here: held against what this
+    /// node remembers applying of it, not against the mark, it is applied
+    /// (once), and a redelivery of what was applied here is skipped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_redelivery_below_the_mark_is_applied_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("p.yaml"), PRODUCT).expect("write");
+        let products = Arc::new(
+            load_path(&dir.path().join("p.yaml"), &LoadContext::default()).expect("loads"),
+        );
+        let store = Store::open(StoreConfig::new(dir.path().join("store"))).expect("opens");
+        let tasks = tokio_util::task::TaskTracker::new();
+        let runtime = crate::ingest::priority::IngestRuntime::start(0).expect("runtime");
+        let ingestor = Ingestor::new(
+            products,
+            store.clone(),
+            &crate::config::IngestSettings::default(),
+            &tasks,
+            &runtime,
+        );
+        let receiver = Receiver::new(ingestor.clone(), Arc::new(SyncMetrics::default()));
+        let bytes = |e: Envelope| e.encode(1).expect("encodes");
+
+        // 4..=6 first (1..=3 went to a node that died before its ack).
+        let applied = receiver
+            .apply_delivery(&bytes(envelope("p", 4..=6)), false)
+            .await
+            .expect("applied");
+        assert_eq!((applied.applied, applied.duplicates), (3, 0));
+        let late = receiver
+            .apply_delivery(&bytes(envelope("p", 1..=3)), true)
+            .await
+            .expect("applied");
+        assert_eq!(
+            (late.applied, late.duplicates),
+            (3, 0),
+            "a redelivery below the mark that this node never applied is applied"
+        );
+        let again = receiver
+            .apply_delivery(&bytes(envelope("p", 1..=3)), true)
+            .await
+            .expect("applied");
+        assert_eq!((again.applied, again.duplicates), (0, 3));
+        let again = receiver
+            .apply_delivery(&bytes(envelope("p", 4..=6)), true)
+            .await
+            .expect("applied");
+        assert_eq!((again.applied, again.duplicates), (0, 3));
+        // First deliveries still go by the mark.
+        let stale = receiver
+            .apply_delivery(&bytes(envelope("p", 2..=3)), false)
+            .await
+            .expect("applied");
+        assert_eq!((stale.applied, stale.duplicates), (0, 2));
+        drop(receiver);
+        drop(ingestor);
+        tasks.close();
+        tasks.wait().await;
+        runtime.stop();
+    }
+
+    #[test]
+    fn marks_round_trip_and_read_older_values() {
+        let mut mark = Mark::default();
+        for first in 0..(RECENT_ENVELOPES as u64 + 5) {
+            mark.applied(first * 10, first * 10 + 3);
+        }
+        assert_eq!(mark.recent.len(), RECENT_ENVELOPES);
+        assert_eq!(Mark::decode(&mark.encode()), mark);
+        assert_eq!(mark.applied_of(0), 0, "the oldest were forgotten");
+        assert_eq!(
+            Mark::decode(&7u64.to_be_bytes()),
+            Mark {
+                high: 7,
+                recent: Vec::new()
+            }
+        );
     }
 
     fn records(seqs: &[u64]) -> Vec<EnvelopeRecord> {

@@ -18,6 +18,36 @@ pub struct SyncMetrics {
     /// products it passes over), as its sender says.
     waiting: Mutex<BTreeMap<String, String>>,
     upstreams: Mutex<Vec<String>>,
+    /// Per JetStream durable this aggregator consumes: its lag as last
+    /// read. Bounded by `[aggregator.nats]` (one durable per node).
+    consumers: Mutex<BTreeMap<String, ConsumerStatus>>,
+}
+
+/// A JetStream consumer's lag, as JetStream reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConsumerLag {
+    /// Messages in the stream (matching the filter) not yet delivered.
+    pub pending: u64,
+    /// Delivered and not yet acknowledged (over every node on the durable).
+    pub ack_pending: u64,
+    /// Delivered more than once and not yet acknowledged.
+    pub redelivered: u64,
+    /// Pull requests waiting on the server.
+    pub waiting: u64,
+}
+
+/// One JetStream consumer of this aggregator.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConsumerStatus {
+    pub durable: String,
+    pub stream: String,
+    pub filter_subject: String,
+    /// `None` until JetStream answered once.
+    pub lag: Option<ConsumerLag>,
+    /// Envelopes nak'ed (not applied, offered again) since start.
+    pub naks: u64,
+    /// The last connection or consumer error, until the next lag reading.
+    pub error: Option<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -90,6 +120,55 @@ impl SyncMetrics {
             "sync outbox over budget: entries removed"
         );
         self.add("meshlet_sync_dropped_total", &[upstream, reason], count);
+    }
+
+    /// Aggregator: a JetStream durable this node consumes.
+    pub fn register_consumer(&self, durable: &str, stream: &str, filter_subject: &str) {
+        lock(&self.consumers).insert(
+            durable.to_string(),
+            ConsumerStatus {
+                durable: durable.to_string(),
+                stream: stream.to_string(),
+                filter_subject: filter_subject.to_string(),
+                ..ConsumerStatus::default()
+            },
+        );
+    }
+
+    /// Aggregator: the durable's lag as JetStream reports it.
+    pub fn consumer_lag(&self, durable: &str, lag: ConsumerLag) {
+        if let Some(c) = lock(&self.consumers).get_mut(durable) {
+            c.lag = Some(lag);
+            c.error = None;
+        }
+    }
+
+    /// Aggregator: the durable could not be reached or bound.
+    pub fn consumer_error(&self, durable: &str, error: &str) {
+        self.add("meshlet_sync_jetstream_errors_total", &[durable], 1);
+        if let Some(c) = lock(&self.consumers).get_mut(durable) {
+            c.error = Some(error.chars().take(300).collect());
+        }
+    }
+
+    /// Aggregator: a message was not applied and not acknowledged;
+    /// JetStream offers it again after the retry delay.
+    pub fn consumer_nak(&self, durable: &str, reason: &'static str, detail: &str) {
+        tracing::warn!(
+            durable,
+            reason,
+            detail,
+            "sync envelope from JetStream not applied; nak'ed, it is delivered again"
+        );
+        self.add("meshlet_sync_jetstream_naks_total", &[durable, reason], 1);
+        if let Some(c) = lock(&self.consumers).get_mut(durable) {
+            c.naks += 1;
+        }
+    }
+
+    /// Aggregator: the JetStream durables this node consumes.
+    pub fn consumers(&self) -> Vec<ConsumerStatus> {
+        lock(&self.consumers).values().cloned().collect()
     }
 
     /// Aggregator: an envelope was applied.
@@ -207,6 +286,16 @@ impl SyncMetrics {
                 &["reason"],
                 "Envelopes refused (aggregator).",
             ),
+            (
+                "meshlet_sync_jetstream_naks_total",
+                &["durable", "reason"],
+                "JetStream messages not applied and not acknowledged (nak'ed: delivered again) (aggregator).",
+            ),
+            (
+                "meshlet_sync_jetstream_errors_total",
+                &["durable"],
+                "JetStream connection or consumer failures, retried with back-off (aggregator).",
+            ),
         ];
         let counters = lock(&self.counters).clone();
         for (name, label_names, help) in LABELS {
@@ -220,6 +309,7 @@ impl SyncMetrics {
                 let _ = writeln!(out, "{series}{{{}}} {n}", labels.join(","));
             }
         }
+        self.render_consumers(out);
         let upstreams = lock(&self.upstreams).clone();
         let last_ack = lock(&self.last_ack).clone();
         let now = Timestamp::now();
@@ -277,6 +367,43 @@ impl SyncMetrics {
                 escape(u),
                 t.0 as f64 / 1e6
             );
+        }
+    }
+}
+
+impl SyncMetrics {
+    /// The JetStream consumer lag gauges (only series JetStream answered).
+    fn render_consumers(&self, out: &mut String) {
+        let consumers = self.consumers();
+        let gauges: [(&str, &str, fn(&ConsumerLag) -> u64); 3] = [
+            (
+                "meshlet_sync_jetstream_pending",
+                "Messages in the sync stream for a durable consumer not yet delivered (aggregator).",
+                |l| l.pending,
+            ),
+            (
+                "meshlet_sync_jetstream_ack_pending",
+                "Messages delivered to a durable consumer and not yet acknowledged, over all its nodes (aggregator).",
+                |l| l.ack_pending,
+            ),
+            (
+                "meshlet_sync_jetstream_redelivered",
+                "Messages of a durable consumer delivered more than once and not yet acknowledged (aggregator).",
+                |l| l.redelivered,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for c in &consumers {
+                if let Some(lag) = &c.lag {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{durable=\"{}\"}} {}",
+                        escape(&c.durable),
+                        value(lag)
+                    );
+                }
+            }
         }
     }
 }

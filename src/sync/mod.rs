@@ -1,6 +1,7 @@
 //! Upstream sync: sync rules turned into outbox entries (`planner`), one
-//! sender per upstream (`sender`) over MQTT (`mqtt`) or HTTPS (`http`),
-//! the wire envelope (`envelope`), and aggregator mode (`apply`): the same
+//! sender per upstream (`sender`) over MQTT (`mqtt`), HTTPS (`http`) or
+//! NATS JetStream (`nats`), the wire envelope (`envelope`), and aggregator
+//! mode (`apply`; `nats_consumer` for a JetStream durable): the same
 //! binary receiving envelopes from many edges.
 //!
 //! Guarantees, end to end: the outbox is written in the same transaction
@@ -15,6 +16,8 @@ pub mod envelope;
 mod http;
 pub mod metrics;
 mod mqtt;
+mod nats;
+mod nats_consumer;
 pub mod planner;
 mod sender;
 
@@ -31,7 +34,7 @@ use crate::store::{Store, StoreError};
 
 pub use apply::NodeStatus;
 pub use apply::{Applied, ApplyError, Receiver};
-pub use metrics::{SyncMetrics, UpstreamStatus};
+pub use metrics::{ConsumerLag, ConsumerStatus, SyncMetrics, UpstreamStatus};
 
 /// Why a send did not get acknowledged, or a transport cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +90,11 @@ impl SyncHandle {
         self.metrics.upstreams(&self.store)
     }
 
+    /// The JetStream durables this node consumes, with their lag.
+    pub fn consumers(&self) -> Vec<ConsumerStatus> {
+        self.metrics.consumers()
+    }
+
     /// The edges this node heard from (empty unless an aggregator).
     pub fn nodes(&self) -> Vec<NodeStatus> {
         self.receiver
@@ -108,6 +116,13 @@ pub fn install_planner(store: &Store, products: &Arc<ProductSet>) -> Result<(), 
         store.mask_secret()?,
     )));
     Ok(())
+}
+
+/// Checks `[aggregator.nats]` as [`start`] would, without connecting.
+pub fn check_aggregator_nats(config: &crate::config::AggregatorNatsConfig) -> Result<(), String> {
+    nats_consumer::check(config)
+        .map(drop)
+        .map_err(|e| format!("aggregator.nats: {e}"))
 }
 
 /// Checks an upstream's settings as [`start`] would (URL, TLS files,
@@ -169,8 +184,25 @@ pub fn start(
         );
     }
     let aggregator = &config.aggregator;
-    let receiver = (aggregator.enabled || aggregator.mqtt.is_some())
+    let receiver = (aggregator.enabled || aggregator.mqtt.is_some() || aggregator.nats.is_some())
         .then(|| Arc::new(Receiver::new(ingestor.clone(), metrics.clone())));
+    if let (Some(receiver), Some(nats)) = (&receiver, &aggregator.nats) {
+        let endpoint = nats_consumer::check(nats).map_err(|source| SyncError::Upstream {
+            upstream: "aggregator.nats".to_string(),
+            source,
+        })?;
+        tasks.spawn(
+            nats_consumer::consume(
+                nats.clone(),
+                endpoint,
+                node_id.to_string(),
+                receiver.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            )
+            .instrument(info_span!("sync_aggregator_nats", durable = %nats.durable)),
+        );
+    }
     if let (Some(receiver), Some(broker)) = (&receiver, &aggregator.mqtt) {
         let prefix = aggregator
             .topic_prefix

@@ -31,6 +31,7 @@ use super::envelope::Envelope;
 use super::http::HttpTransport;
 use super::metrics::SyncMetrics;
 use super::mqtt::MqttTransport;
+use super::nats::NatsTransport;
 use super::TransportError;
 use crate::config::{SyncSettings, UpstreamConfig};
 use crate::product::ProductSet;
@@ -46,6 +47,7 @@ const ZSTD_LEVEL: i32 = 3;
 pub(crate) enum Transport {
     Http(HttpTransport),
     Mqtt(Box<MqttTransport>),
+    Nats(Box<NatsTransport>),
 }
 
 impl Transport {
@@ -57,6 +59,11 @@ impl Transport {
         let Some(url) = &config.url else {
             return Ok(None);
         };
+        if super::nats::is_nats_url(url) {
+            return Ok(Some(Transport::Nats(Box::new(NatsTransport::new(
+                upstream, url, config, origin,
+            )?))));
+        }
         if url.starts_with("mqtt://") || url.starts_with("mqtts://") {
             return Ok(Some(Transport::Mqtt(Box::new(MqttTransport::new(
                 upstream, url, config, origin,
@@ -65,10 +72,25 @@ impl Transport {
         Ok(Some(Transport::Http(HttpTransport::new(url, config)?)))
     }
 
-    async fn send(&mut self, product: &str, body: Vec<u8>) -> Result<(), TransportError> {
+    async fn send(
+        &mut self,
+        envelope: &Envelope,
+        product: &str,
+        body: Vec<u8>,
+    ) -> Result<(), TransportError> {
         match self {
             Transport::Http(t) => t.send(body).await,
             Transport::Mqtt(t) => t.send(product, body).await,
+            Transport::Nats(t) => {
+                let id = super::nats::message_id(
+                    &envelope.origin,
+                    &envelope.link,
+                    envelope.lane,
+                    envelope.first_seq,
+                    envelope.last_seq,
+                );
+                t.send(product, id, body).await
+            }
         }
     }
 }
@@ -208,9 +230,12 @@ impl Sender {
             .map_err(|e| TransportError::Config(e.to_string()))?;
         let bytes = body.len();
         debug!(upstream = %self.upstream, records = entries.len(), bytes, first_seq = envelope.first_seq, last_seq = envelope.last_seq, "sending sync batch");
-        let sent = tokio::time::timeout(self.settings.send_timeout, transport.send(&product, body))
-            .await
-            .map_err(|_| TransportError::Unreachable("send timed out".to_string()))?;
+        let sent = tokio::time::timeout(
+            self.settings.send_timeout,
+            transport.send(&envelope, &product, body),
+        )
+        .await
+        .map_err(|_| TransportError::Unreachable("send timed out".to_string()))?;
         if let Err(TransportError::Deferred { reason, detail }) = sent {
             // Refused, not acknowledged: the entries stay; this product is
             // passed over until its back-off ends, the others go on.
