@@ -13,6 +13,9 @@ as_root() {
 # System packages the tests drive as real processes (brokers, emulators).
 # Each is installed only when missing.
 apt_packages=(mosquitto mosquitto-clients libmosquitto-dev qemu-user-static chromium)
+# nats-server (JetStream since 2.2): the NATS upstream and aggregator
+# tests (tests/sync_nats.rs) run a real single server and a 3-server cluster.
+apt_packages+=(nats-server)
 # curl: README.md's commands, run as written by tests/readme.rs.
 apt_packages+=(curl)
 # Node.js runs the outside GraphQL clients (tests/js, tests/graphql_clients.rs).

@@ -5,6 +5,7 @@
 
 pub mod graphql;
 pub mod hostile;
+pub mod nats;
 pub mod pki;
 
 use std::io::{BufRead, BufReader};

@@ -7,13 +7,15 @@
 //! it; `edgeNodes`, deprecated, answers the same list for one release —
 //! for clients that were pointed at it while moving off `nodes` — and
 //! then goes. Instances show
-//! their origin node in `_meta { source }` (`sync:<node id>`).
+//! their origin node in `_meta { source }` (`sync:<node id>`). On an
+//! aggregator that consumes a NATS JetStream durable, `syncConsumers`
+//! shows its lag (pending, ack pending, redelivered) and naks.
 
 use async_graphql::dynamic::{Field, FieldFuture, FieldValue, Object, Type, TypeRef};
 use async_graphql::Value as Gql;
 
 use super::schema::{blocking, getter, runtime};
-use crate::sync::{NodeStatus, UpstreamStatus};
+use crate::sync::{ConsumerStatus, NodeStatus, UpstreamStatus};
 
 fn text(s: &str) -> Gql {
     Gql::String(s.to_string())
@@ -110,7 +112,55 @@ pub(crate) fn types() -> Vec<Type> {
             })
             .description("Entries it still held after its last envelopes."),
         );
-    vec![upstream.into(), node.into()]
+    let lag = |c: &ConsumerStatus, f: fn(&crate::sync::ConsumerLag) -> u64| {
+        c.lag.as_ref().map_or(Gql::Null, |l| int(f(l)))
+    };
+    let consumer = Object::new("SyncConsumer")
+        .description("A NATS JetStream durable consumer this aggregator takes envelopes from.")
+        .field(getter::<ConsumerStatus>(
+            "durable",
+            TypeRef::named_nn(TypeRef::STRING),
+            |c| text(&c.durable),
+        ))
+        .field(getter::<ConsumerStatus>(
+            "stream",
+            TypeRef::named_nn(TypeRef::STRING),
+            |c| text(&c.stream),
+        ))
+        .field(getter::<ConsumerStatus>(
+            "filterSubject",
+            TypeRef::named_nn(TypeRef::STRING),
+            |c| text(&c.filter_subject),
+        ))
+        .field(
+            getter::<ConsumerStatus>("pending", TypeRef::named(TypeRef::INT), move |c| {
+                lag(c, |l| l.pending)
+            })
+            .description("Messages in the stream for this consumer not yet delivered; null until JetStream answered."),
+        )
+        .field(
+            getter::<ConsumerStatus>("ackPending", TypeRef::named(TypeRef::INT), move |c| {
+                lag(c, |l| l.ack_pending)
+            })
+            .description("Delivered and not yet acknowledged, over every node on the durable."),
+        )
+        .field(
+            getter::<ConsumerStatus>("redelivered", TypeRef::named(TypeRef::INT), move |c| {
+                lag(c, |l| l.redelivered)
+            })
+            .description("Delivered more than once and not yet acknowledged."),
+        )
+        .field(
+            getter::<ConsumerStatus>("naks", TypeRef::named_nn(TypeRef::INT), |c| int(c.naks))
+                .description("Envelopes not applied and offered again (e.g. an unknown product) since the node started."),
+        )
+        .field(
+            getter::<ConsumerStatus>("error", TypeRef::named(TypeRef::STRING), |c| {
+                c.error.as_deref().map_or(Gql::Null, text)
+            })
+            .description("The last connection or consumer error, until JetStream answers again."),
+        );
+    vec![upstream.into(), node.into(), consumer.into()]
 }
 
 pub(crate) fn root_fields() -> Vec<Field> {
@@ -138,6 +188,23 @@ pub(crate) fn root_fields() -> Vec<Field> {
             .deprecation(Some(
                 "Use `syncNodes` (this list was `Query.nodes` before Relay's `nodes(ids:)`); removed in the next release.",
             )),
+        Field::new(
+            "syncConsumers",
+            TypeRef::named_nn_list_nn("SyncConsumer"),
+            |ctx| {
+                FieldFuture::new(async move {
+                    let consumers = runtime(&ctx)?
+                        .sync
+                        .as_ref()
+                        .map(|s| s.consumers())
+                        .unwrap_or_default();
+                    Ok(Some(FieldValue::list(
+                        consumers.into_iter().map(FieldValue::owned_any),
+                    )))
+                })
+            },
+        )
+        .description("Aggregator mode: the NATS JetStream durables consumed, with their lag; empty otherwise."),
     ]
 }
 

@@ -1,0 +1,105 @@
+//! Real `nats-server` processes with JetStream on loopback ports: one
+//! server, or a cluster whose servers route to each other. Each keeps its
+//! store in a temp dir; every process is killed on drop.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{eventually, free_port};
+
+struct Server {
+    child: Option<Child>,
+    port: u16,
+}
+
+/// A JetStream cluster (or one server: a cluster of one without routes).
+pub struct NatsCluster {
+    servers: Vec<Server>,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    /// Starts `size` servers; with more than one they form a cluster with
+    /// JetStream (streams may then have up to `size` replicas).
+    pub fn start(size: usize) -> NatsCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, route)| format!("\"nats-route://127.0.0.1:{route}\""))
+            .collect();
+        let mut servers = Vec::new();
+        for (i, (port, route)) in ports.iter().enumerate() {
+            let store = dir.path().join(format!("n{i}"));
+            let cluster = if size > 1 {
+                format!(
+                    "cluster {{\n  name: meshlet-test\n  listen: 127.0.0.1:{route}\n  routes: [{}]\n}}\n",
+                    routes.join(", ")
+                )
+            } else {
+                String::new()
+            };
+            let config = format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{port}\njetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 64MB\n  max_file_store: 256MB\n}}\n{cluster}",
+                store.display()
+            );
+            let file = dir.path().join(format!("n{i}.conf"));
+            std::fs::write(&file, config).expect("write nats config");
+            servers.push(Server {
+                child: Some(spawn(&file)),
+                port: *port,
+            });
+        }
+        for server in &servers {
+            let port = server.port;
+            assert!(
+                eventually(Duration::from_secs(15), || std::net::TcpStream::connect((
+                    "127.0.0.1",
+                    port
+                ))
+                .is_ok()),
+                "nats-server did not listen on {port}"
+            );
+        }
+        NatsCluster { servers, _dir: dir }
+    }
+
+    /// Every server, comma-separated (the node's `url`).
+    pub fn url(&self) -> String {
+        self.servers
+            .iter()
+            .map(|s| format!("nats://127.0.0.1:{}", s.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// SIGKILL one server (a crash: no goodbye to clients or routes).
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.servers.get_mut(index).and_then(|s| s.child.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn spawn(config: &Path) -> Child {
+    Command::new("nats-server")
+        .arg("-c")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server is installed (tests/run.sh installs it)")
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for server in &mut self.servers {
+            if let Some(mut child) = server.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
