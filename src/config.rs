@@ -1064,6 +1064,26 @@ mod tests {
         );
     }
 
+    /// README's NATS JetStream sample, as written, is a valid config.
+    #[test]
+    fn the_readme_nats_sample_loads() {
+        let readme = include_str!("../README.md");
+        let block = readme
+            .split("### The central mesh on NATS JetStream")
+            .nth(1)
+            .and_then(|s| s.split("```toml\n").nth(1))
+            .and_then(|s| s.split("```").next())
+            .expect("README has the NATS sample");
+        let file = write(block);
+        let config = load_with_env(Some(file.path()), env(&[])).expect("loads");
+        let central = config.upstreams.get("central").expect("central");
+        assert_eq!(central.stream_replicas, 3);
+        assert_eq!(central.duplicate_window, Duration::from_secs(600));
+        let nats = config.aggregator.nats.expect("aggregator.nats");
+        assert_eq!(nats.filter_subject, "meshlet.sync.*.machine_health");
+        assert_eq!(nats.ack_wait, AggregatorNatsConfig::default().ack_wait);
+    }
+
     #[test]
     fn env_overrides_the_file() {
         let file = write("[http]\nlisten = \"0.0.0.0:9000\"\n");

@@ -213,8 +213,7 @@ fn two_edges_a_replicated_stream_and_two_aggregators_on_one_durable_survive_kill
         eventually(Duration::from_secs(60), || {
             applied(&b, &origins) + on_a as f64 >= total
                 && metric(&b, "meshlet_sync_jetstream_pending{durable=\"plant\"}") == Some(0.0)
-                && metric(&b, "meshlet_sync_jetstream_ack_pending{durable=\"plant\"}")
-                    == Some(0.0)
+                && metric(&b, "meshlet_sync_jetstream_ack_pending{durable=\"plant\"}") == Some(0.0)
         }),
         "agg-b took over what agg-a left (applied {} + {on_a} on agg-a, of {total})",
         applied(&b, &origins)
@@ -308,6 +307,38 @@ fn aggregators_on_different_filters_take_their_own_products() {
             "meshlet_sync_applied_records_total{origin=\"edge-1\"}"
         ) == Some(30.0)),
         "agg-r applied the 30 readings"
+    );
+    // syncConsumers shows the durable's lag: nothing left, the naks counted.
+    let lag_of = |node: &NodeProcess| {
+        let body = serde_json::json!({
+            "query": "{ syncConsumers { durable filterSubject pending ackPending redelivered naks } }"
+        })
+        .to_string();
+        let (status, text) =
+            http_post(&node.url("/graphql"), "application/json", body.into_bytes());
+        assert_eq!(status, 200, "{text}");
+        let answer: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        answer["data"]["syncConsumers"][0].clone()
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let lag = lag_of(&l);
+            lag["pending"] == 0 && lag["ackPending"] == 0
+        }),
+        "agg-l's consumer caught up: {}",
+        lag_of(&l)
+    );
+    let lag = lag_of(&l);
+    assert_eq!(lag["durable"], "alarms", "{lag}");
+    assert_eq!(lag["filterSubject"], "meshlet.sync.*.alarm", "{lag}");
+    assert!(lag["naks"].as_u64().unwrap_or(0) >= 1, "{lag}");
+    assert_eq!(
+        metric(
+            &r,
+            "meshlet_sync_jetstream_naks_total{durable=\"readings\",reason=\"unknown_product\"}"
+        ),
+        None,
+        "agg-r knows readings: nothing nak'ed"
     );
     stop_cleanly(r);
     stop_cleanly(l);
