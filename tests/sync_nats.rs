@@ -356,3 +356,72 @@ fn aggregators_on_different_filters_take_their_own_products() {
         assert_eq!(events(&r_store, "alarm", &id), 0, "{id} on agg-r");
     }
 }
+
+/// `tls://` with a client certificate and a token: envelopes go up and are
+/// applied; an edge that does not trust the server's certificate sends
+/// nothing, counts its failures and keeps its outbox.
+#[test]
+fn tls_with_client_certificates_and_a_token() {
+    let pki = tempfile::tempdir().expect("tempdir");
+    common::pki::make_pki(pki.path());
+    let nats = NatsCluster::start_tls(pki.path(), "s3cret");
+    let p = pki.path().display();
+    let tls = |ca: &str| {
+        format!(
+            "token = \"s3cret\"\nca_file = \"{p}/{ca}.pem\"\nclient_cert_file = \"{p}/client.pem\"\nclient_key_file = \"{p}/client.key\"\n"
+        )
+    };
+    let edge_with = |id: &str, ca: &str| {
+        let dir = workdir(
+            &[("reading", format!("{READING}{SYNC}"))],
+            &format!(
+                "node_id = \"{id}\"\n[sync]\nretry_min = \"100ms\"\nretry_max = \"1s\"\n[upstreams.central]\nurl = \"{}\"\n{}",
+                nats.url(),
+                tls(ca)
+            ),
+        );
+        let node = start_node(dir.path());
+        (dir, node)
+    };
+    let (_good_dir, good) = edge_with("edge-t", "ca");
+    let (_bad_dir, bad) = edge_with("edge-x", "other-ca");
+    post(&good, "reading", readings("edge-t", 0, 12));
+    post(&bad, "reading", readings("edge-x", 0, 12));
+    assert!(
+        eventually(Duration::from_secs(30), || pending(&good) == 0.0),
+        "the TLS upstream acknowledged the envelopes"
+    );
+    let hq_dir = workdir(
+        &[("reading", READING.to_string())],
+        &format!(
+            "node_id = \"hq\"\n[aggregator.nats]\nurl = \"{}\"\n{}",
+            nats.url(),
+            tls("ca")
+        ),
+    );
+    let hq = start_node(hq_dir.path());
+    assert!(
+        eventually(Duration::from_secs(30), || metric(
+            &hq,
+            "meshlet_sync_applied_records_total{origin=\"edge-t\"}"
+        ) == Some(12.0)),
+        "the aggregator applied them over TLS"
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || metric(
+            &bad,
+            "meshlet_sync_errors_total{upstream=\"central\"}"
+        )
+        .unwrap_or(0.0)
+            >= 2.0),
+        "the edge that does not trust the server counts its failures"
+    );
+    assert_eq!(pending(&bad), 12.0, "and keeps every entry");
+    assert_eq!(
+        metric(&hq, "meshlet_sync_applied_records_total{origin=\"edge-x\"}"),
+        None
+    );
+    stop_cleanly(hq);
+    stop_cleanly(good);
+    stop_cleanly(bad);
+}

@@ -1,7 +1,8 @@
 //! `meshlet status`: a one-screen summary of a running node, from what it
 //! already serves — `/metrics` (sampled twice for rates, plus build and
 //! start time) and the GraphQL catalog (`products` with entities,
-//! freshness, quality and quarantine; `syncStatus`). The GraphQL call
+//! freshness, quality and quarantine; `syncStatus`; `syncConsumers`, the
+//! JetStream lag of an aggregator). The GraphQL call
 //! needs a token when the node's config has no anonymous role.
 //!
 //! Fetching is the only I/O; parsing the Prometheus text and laying out
@@ -68,7 +69,8 @@ pub enum StatusError {
 
 const QUERY: &str = "{ products { name entities quarantineCount \
     freshness { lastUpdate stale sla } quality { accepted rejected quarantined duplicates } } \
-    syncStatus { name pending oldestPendingSeconds lastAck errors dropped } }";
+    syncStatus { name pending oldestPendingSeconds lastAck errors dropped } \
+    syncConsumers { durable filterSubject pending ackPending redelivered naks error } }";
 
 /// `meshlet status`.
 pub fn run(config: &HubConfig, args: StatusArgs) -> ExitCode {
@@ -426,6 +428,26 @@ fn render(url: &str, data: &Value, before: &Samples, after: &Samples, sample: Du
             u["dropped"],
         );
     }
+    for c in data["syncConsumers"].as_array().into_iter().flatten() {
+        let n = |v: &Value| {
+            v.as_u64()
+                .map_or_else(|| "?".to_string(), |n| n.to_string())
+        };
+        let _ = writeln!(
+            out,
+            "  JetStream durable {} ({}): pending {}, ack pending {}, redelivered {}, naks {}{}",
+            c["durable"].as_str().unwrap_or("?"),
+            c["filterSubject"].as_str().unwrap_or("?"),
+            n(&c["pending"]),
+            n(&c["ackPending"]),
+            n(&c["redelivered"]),
+            n(&c["naks"]),
+            c["error"]
+                .as_str()
+                .map(|e| format!(", error: {e}"))
+                .unwrap_or_default(),
+        );
+    }
     out
 }
 
@@ -476,7 +498,9 @@ mod tests {
                 "freshness": { "lastUpdate": "2026-01-01T00:00:00Z", "stale": true, "sla": "1m" },
                 "quality": { "accepted": 26, "rejected": 1, "quarantined": 2, "duplicates": 0 } }],
             "syncStatus": [{ "name": "central", "pending": 5, "oldestPendingSeconds": 90.0,
-                "lastAck": null, "errors": 0, "dropped": 0 }]
+                "lastAck": null, "errors": 0, "dropped": 0 }],
+            "syncConsumers": [{ "durable": "plant", "filterSubject": "meshlet.sync.>",
+                "pending": 12, "ackPending": 3, "redelivered": 1, "naks": 0, "error": null }]
         });
         let screen = render("http://x", &data, &before, &after, Duration::from_secs(2));
         assert!(screen.starts_with("meshlet 1.2.3 at http://x"), "{screen}");
@@ -491,6 +515,10 @@ mod tests {
         );
         assert!(
             screen.contains("central          pending 5 (oldest 1m 30s), last ack never"),
+            "{screen}"
+        );
+        assert!(
+            screen.contains("JetStream durable plant (meshlet.sync.>): pending 12, ack pending 3, redelivered 1, naks 0\n"),
             "{screen}"
         );
     }

@@ -375,7 +375,8 @@ impl SyncMetrics {
     /// The JetStream consumer lag gauges (only series JetStream answered).
     fn render_consumers(&self, out: &mut String) {
         let consumers = self.consumers();
-        let gauges: [(&str, &str, fn(&ConsumerLag) -> u64); 3] = [
+        type Gauge = (&'static str, &'static str, fn(&ConsumerLag) -> u64);
+        let gauges: [Gauge; 3] = [
             (
                 "meshlet_sync_jetstream_pending",
                 "Messages in the sync stream for a durable consumer not yet delivered (aggregator).",

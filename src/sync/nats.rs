@@ -344,14 +344,20 @@ mod tests {
         );
         assert!(matches!(ok("http://x:1"), Err(TransportError::Config(_))));
         assert!(matches!(ok(","), Err(TransportError::Config(_))));
-        let mut bad = UpstreamConfig::default();
-        bad.subject_prefix = "a.*".into();
+        let bad = UpstreamConfig {
+            subject_prefix: "a.*".into(),
+            ..UpstreamConfig::default()
+        };
         assert!(NatsTransport::new("central", "nats://h:1", &bad, "gw").is_err());
-        let mut bad = UpstreamConfig::default();
-        bad.stream = "a.b".into();
+        let bad = UpstreamConfig {
+            stream: "a.b".into(),
+            ..UpstreamConfig::default()
+        };
         assert!(NatsTransport::new("central", "nats://h:1", &bad, "gw").is_err());
-        let mut missing = UpstreamConfig::default();
-        missing.credentials_file = Some("/nonexistent/x.creds".into());
+        let missing = UpstreamConfig {
+            credentials_file: Some("/nonexistent/x.creds".into()),
+            ..UpstreamConfig::default()
+        };
         assert!(matches!(
             NatsTransport::new("central", "nats://h:1", &missing, "gw"),
             Err(TransportError::Config(_))

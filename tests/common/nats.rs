@@ -16,6 +16,8 @@ struct Server {
 /// A JetStream cluster (or one server: a cluster of one without routes).
 pub struct NatsCluster {
     servers: Vec<Server>,
+    /// `nats` or `tls`.
+    scheme: &'static str,
     _dir: tempfile::TempDir,
 }
 
@@ -23,6 +25,20 @@ impl NatsCluster {
     /// Starts `size` servers; with more than one they form a cluster with
     /// JetStream (streams may then have up to `size` replicas).
     pub fn start(size: usize) -> NatsCluster {
+        NatsCluster::start_with(size, "", "nats")
+    }
+
+    /// One server that requires TLS with client certificates from the
+    /// [`super::pki::make_pki`] in `pki`, and the auth `token`.
+    pub fn start_tls(pki: &Path, token: &str) -> NatsCluster {
+        let tls = format!(
+            "tls {{\n  cert_file: \"{0}/server.pem\"\n  key_file: \"{0}/server.key\"\n  ca_file: \"{0}/ca.pem\"\n  verify: true\n}}\nauthorization {{\n  token: \"{token}\"\n}}\n",
+            pki.display()
+        );
+        NatsCluster::start_with(1, &tls, "tls")
+    }
+
+    fn start_with(size: usize, extra: &str, scheme: &'static str) -> NatsCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
         let routes: Vec<String> = ports
@@ -41,7 +57,7 @@ impl NatsCluster {
                 String::new()
             };
             let config = format!(
-                "server_name: n{i}\nlisten: 127.0.0.1:{port}\njetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 64MB\n  max_file_store: 256MB\n}}\n{cluster}",
+                "server_name: n{i}\nlisten: 127.0.0.1:{port}\njetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 64MB\n  max_file_store: 256MB\n}}\n{cluster}{extra}",
                 store.display()
             );
             let file = dir.path().join(format!("n{i}.conf"));
@@ -62,14 +78,18 @@ impl NatsCluster {
                 "nats-server did not listen on {port}"
             );
         }
-        NatsCluster { servers, _dir: dir }
+        NatsCluster {
+            servers,
+            scheme,
+            _dir: dir,
+        }
     }
 
     /// Every server, comma-separated (the node's `url`).
     pub fn url(&self) -> String {
         self.servers
             .iter()
-            .map(|s| format!("nats://127.0.0.1:{}", s.port))
+            .map(|s| format!("{}://127.0.0.1:{}", self.scheme, s.port))
             .collect::<Vec<_>>()
             .join(",")
     }
