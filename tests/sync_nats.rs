@@ -425,3 +425,73 @@ fn tls_with_client_certificates_and_a_token() {
     stop_cleanly(good);
     stop_cleanly(bad);
 }
+
+/// A server that takes at most 2 KiB per message: the client refuses the
+/// 8-record envelopes before sending anything, and the edge sends the
+/// same records again, fewer at a time (counted), until they fit — every
+/// record arrives, once.
+#[test]
+fn envelopes_over_the_servers_max_payload_go_in_smaller_pieces() {
+    const BLOB: &str = "product: blob\nversion: 1\ndomain: test\nowner: test@example.com\nkey: id\nfields:\n  id: { type: string, required: true }\n  note: { type: string }\nsources:\n  - http: {}\n";
+    let nats = NatsCluster::start_with(1, "max_payload: 2048\n", "nats");
+    let dir = workdir(
+        &[("blob", format!("{BLOB}{SYNC}"))],
+        &format!(
+            "node_id = \"edge-b\"\n[sync]\nretry_min = \"100ms\"\nretry_max = \"1s\"\n[upstreams.central]\nurl = \"{}\"\n",
+            nats.url()
+        ),
+    );
+    let e = start_node(dir.path());
+    // 1000 hex digits of a simple generator each: zstd cannot shrink them
+    // much, so 8 records are ~4 KiB on the wire.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let lines: String = (0..24)
+        .map(|i| {
+            let note: String = (0..1000)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    char::from_digit((x % 16) as u32, 16).unwrap_or('0')
+                })
+                .collect();
+            format!("{{\"id\":\"b{i}\",\"note\":\"{note}\"}}\n")
+        })
+        .collect();
+    post(&e, "blob", lines);
+    assert!(
+        eventually(Duration::from_secs(30), || pending(&e) == 0.0),
+        "every record went up in envelopes that fit (pending {})",
+        pending(&e)
+    );
+    assert!(
+        metric(
+            &e,
+            "meshlet_sync_split_envelopes_total{upstream=\"central\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "the refusals were counted"
+    );
+    let hq_dir = workdir(
+        &[("blob", BLOB.to_string())],
+        &format!(
+            "node_id = \"hq\"\n[aggregator.nats]\nurl = \"{}\"\n",
+            nats.url()
+        ),
+    );
+    let hq = start_node(hq_dir.path());
+    assert!(
+        eventually(Duration::from_secs(30), || metric(
+            &hq,
+            "meshlet_sync_applied_records_total{origin=\"edge-b\"}"
+        ) == Some(24.0)),
+        "the aggregator applied all 24"
+    );
+    stop_cleanly(hq);
+    stop_cleanly(e);
+    let store = open_store(&hq_dir.path().join("data"));
+    for i in 0..24 {
+        assert_eq!(events(&store, "blob", &format!("b{i}")), 1, "b{i}");
+    }
+}

@@ -108,6 +108,18 @@ impl SyncMetrics {
         self.add("meshlet_sync_errors_total", &[upstream], 1);
     }
 
+    /// An envelope was too large for the upstream; it goes again, smaller.
+    pub fn split(&self, upstream: &str, records: usize, limit: usize, detail: &str) {
+        tracing::warn!(
+            upstream,
+            records,
+            limit,
+            detail,
+            "sync envelope too large for the upstream; sending fewer records at a time"
+        );
+        self.add("meshlet_sync_split_envelopes_total", &[upstream], 1);
+    }
+
     /// Outbox entries removed by the disk budget.
     pub fn dropped(&self, upstream: &str, reason: &str, count: u64) {
         if count == 0 {
@@ -260,6 +272,11 @@ impl SyncMetrics {
                 "meshlet_sync_refusals_total",
                 &["upstream", "reason"],
                 "Batches an upstream refused without acknowledging them (e.g. unknown_product); they stay in the outbox and are sent again.",
+            ),
+            (
+                "meshlet_sync_split_envelopes_total",
+                &["upstream"],
+                "Envelopes an upstream could not take in one message (too large); sent again with fewer records.",
             ),
             (
                 "meshlet_sync_dropped_total",

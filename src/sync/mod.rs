@@ -52,6 +52,10 @@ pub enum TransportError {
         reason: &'static str,
         detail: String,
     },
+    /// The envelope is larger than the upstream takes in one message
+    /// (NATS `max_payload`): the sender sends fewer records at a time.
+    #[error("envelope too large for the upstream: {0}")]
+    TooLarge(String),
     #[error("outbox: {0}")]
     Store(String),
 }
@@ -176,6 +180,7 @@ pub fn start(
             batch_age,
             metrics: metrics.clone(),
             deferred: Default::default(),
+            max_records: None,
         };
         tasks.spawn(
             sender

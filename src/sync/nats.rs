@@ -14,6 +14,10 @@
 //! subject (a dot separates subject tokens); the envelope carries the id
 //! as it is.
 //!
+//! An envelope over the server's `max_payload` is refused by the client
+//! before anything is sent ([`TransportError::TooLarge`]): the sender
+//! sends it again with fewer records.
+//!
 //! The connection (TLS through the same rustls setup as the MQTT and HTTPS
 //! clients, token, user and password, or a `.creds` file) is made on first
 //! use; async-nats reconnects it in the background, and a publish whose ack
@@ -304,13 +308,21 @@ impl NatsTransport {
             context
                 .send_publish(subject, publish)
                 .await
-                .map_err(|e| TransportError::Unreachable(format!("NATS publish: {e}")))?
+                .map_err(|e| match e.kind() {
+                    // Checked by the client against the server's limit:
+                    // nothing was sent.
+                    jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
+                        TransportError::TooLarge(e.to_string())
+                    }
+                    _ => TransportError::Unreachable(format!("NATS publish: {e}")),
+                })?
                 .await
                 .map_err(|e| TransportError::Unreachable(format!("JetStream publish ack: {e}")))
         }
         .await;
         let ack = match result {
             Ok(ack) => ack,
+            Err(e @ TransportError::TooLarge(_)) => return Err(e),
             Err(e) => {
                 // The stream may have gone (or never matched): look again.
                 self.stream_ready = false;

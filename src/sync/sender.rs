@@ -3,6 +3,12 @@
 //! with jitter while the upstream is away, and keeps the outbox within its
 //! disk budget.
 //!
+//! An envelope the upstream cannot take in one message
+//! ([`TransportError::TooLarge`], NATS's `max_payload`) is sent again at
+//! once with half the records, down to one (counted in
+//! `meshlet_sync_split_envelopes_total`); the limit doubles back after
+//! each acknowledged envelope.
+//!
 //! A batch is sent when it is full (`batch_size`) or its oldest entry is
 //! `batch_age` old; both are the smallest over the sync rules that name
 //! this upstream. One envelope holds one lane and one product (the longest
@@ -117,6 +123,10 @@ pub(crate) struct Sender {
     /// over by reads until their own back-off ends. Bounded by the
     /// products this node syncs.
     pub deferred: BTreeMap<String, Deferral>,
+    /// Records per envelope while the upstream refuses larger messages
+    /// ([`TransportError::TooLarge`]): halved on each refusal, doubled
+    /// back after each acknowledged envelope until `batch_size`.
+    pub max_records: Option<usize>,
 }
 
 /// The batch timing of an upstream: the smallest over its rules.
@@ -210,7 +220,10 @@ impl Sender {
         if !full && Timestamp::now() < oldest.saturating_add(self.batch_age) {
             return Ok(false);
         }
-        let entries = first_run(entries);
+        let mut entries = first_run(entries);
+        if let Some(limit) = self.max_records {
+            entries.truncate(limit.max(1));
+        }
         let pending = self
             .store
             .outbox_stats(&self.upstream)
@@ -258,7 +271,21 @@ impl Sender {
             self.show_waiting();
             return Ok(true);
         }
+        if let Err(TransportError::TooLarge(detail)) = &sent {
+            if entries.len() > 1 {
+                // Nothing was sent: the same entries go again, fewer at a time.
+                let limit = entries.len() / 2;
+                self.metrics
+                    .split(&self.upstream, entries.len(), limit, detail);
+                self.max_records = Some(limit);
+                return Ok(true);
+            }
+        }
         sent?;
+        self.max_records = self
+            .max_records
+            .map(|m| m.saturating_mul(2))
+            .filter(|m| *m < self.batch_size);
         if self.deferred.remove(&product).is_some() {
             self.show_waiting();
         }

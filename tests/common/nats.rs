@@ -38,7 +38,9 @@ impl NatsCluster {
         NatsCluster::start_with(1, &tls, "tls")
     }
 
-    fn start_with(size: usize, extra: &str, scheme: &'static str) -> NatsCluster {
+    /// `size` servers with `extra` appended to each one's config, reached
+    /// over `scheme` (`nats` or `tls`).
+    pub fn start_with(size: usize, extra: &str, scheme: &'static str) -> NatsCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
         let routes: Vec<String> = ports
