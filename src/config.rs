@@ -603,6 +603,14 @@ pub struct UpstreamConfig {
     /// in it. Default 10m.
     #[serde(with = "humantime_serde_compat")]
     pub duplicate_window: Duration,
+    /// NATS: how long a stream this node creates keeps a message (consumed
+    /// or not: a `limits` stream). "0s": no age limit. Default 7d.
+    #[serde(with = "humantime_serde_compat")]
+    pub stream_max_age: Duration,
+    /// NATS: bytes a stream this node creates may hold; when full it
+    /// refuses new messages (the edges keep them in their outboxes) rather
+    /// than dropping old ones. 0: up to the server's own limits. Default 0.
+    pub stream_max_bytes: u64,
     /// NATS: a credentials file (`.creds`: user JWT and nkey seed).
     pub credentials_file: Option<PathBuf>,
 }
@@ -625,6 +633,8 @@ impl Default for UpstreamConfig {
             create_stream: true,
             stream_replicas: 1,
             duplicate_window: Duration::from_secs(600),
+            stream_max_age: Duration::from_secs(7 * 86_400),
+            stream_max_bytes: 0,
             credentials_file: None,
         }
     }

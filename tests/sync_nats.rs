@@ -495,3 +495,41 @@ fn envelopes_over_the_servers_max_payload_go_in_smaller_pieces() {
         assert_eq!(events(&store, "blob", &format!("b{i}")), 1, "b{i}");
     }
 }
+
+/// A stream the edge created with `stream_max_bytes` refuses new messages
+/// once full instead of dropping old ones: the refused envelopes are not
+/// acknowledged, so they stay in the outbox (and the failures are counted).
+#[test]
+fn a_full_stream_refuses_and_the_edge_keeps_its_entries() {
+    let nats = NatsCluster::start(1);
+    let dir = workdir(
+        &[("reading", format!("{READING}{SYNC}"))],
+        &format!(
+            "node_id = \"edge-f\"\n[sync]\nretry_min = \"100ms\"\nretry_max = \"500ms\"\n[upstreams.central]\nurl = \"{}\"\nstream_max_bytes = 2048\n",
+            nats.url()
+        ),
+    );
+    let e = start_node(dir.path());
+    post(&e, "reading", readings("edge-f", 0, 200));
+    assert!(
+        eventually(Duration::from_secs(30), || metric(
+            &e,
+            "meshlet_sync_errors_total{upstream=\"central\"}"
+        )
+        .unwrap_or(0.0)
+            >= 3.0),
+        "the full stream's refusals are counted"
+    );
+    let left = pending(&e);
+    assert!(
+        left > 0.0 && left < 200.0,
+        "some envelopes fit, the rest stay in the outbox: {left}"
+    );
+    let sent = metric(&e, "meshlet_sync_sent_records_total{upstream=\"central\"}").unwrap_or(0.0);
+    assert_eq!(
+        sent + left,
+        200.0,
+        "each entry is either acknowledged or kept"
+    );
+    stop_cleanly(e);
+}

@@ -9,7 +9,8 @@
 //! outbox grew meanwhile): it must not be dropped as the shorter one.
 //!
 //! The stream (subjects `<subject_prefix>.>`) is created when missing, with
-//! the configured replicas and duplicate window, or must exist
+//! the configured replicas, duplicate window, age and size limits (full:
+//! it refuses new messages, which stay in the outbox), or must exist
 //! (`create_stream = false`). Dots in an origin node id become `_` in the
 //! subject (a dot separates subject tokens); the envelope carries the id
 //! as it is.
@@ -206,6 +207,8 @@ pub struct NatsTransport {
     create_stream: bool,
     replicas: usize,
     duplicate_window: Duration,
+    max_age: Duration,
+    max_bytes: i64,
     origin_token: String,
     context: Option<jetstream::Context>,
     /// Set once the stream was found or created on this connection.
@@ -241,6 +244,11 @@ impl NatsTransport {
             create_stream: config.create_stream,
             replicas: config.stream_replicas.max(1),
             duplicate_window: config.duplicate_window,
+            max_age: config.stream_max_age,
+            max_bytes: match config.stream_max_bytes {
+                0 => -1,
+                n => i64::try_from(n).unwrap_or(i64::MAX),
+            },
             origin_token: subject_token(origin),
             context: None,
             stream_ready: false,
@@ -269,6 +277,11 @@ impl NatsTransport {
                     subjects: vec![format!("{}.>", self.subject_prefix)],
                     num_replicas: self.replicas,
                     duplicate_window: self.duplicate_window,
+                    max_age: self.max_age,
+                    max_bytes: self.max_bytes,
+                    // Full: refuse new messages (they stay in the edges'
+                    // outboxes), never drop unconsumed old ones.
+                    discard: jetstream::stream::DiscardPolicy::New,
                     storage: jetstream::stream::StorageType::File,
                     ..Default::default()
                 })
