@@ -533,3 +533,52 @@ fn a_full_stream_refuses_and_the_edge_keeps_its_entries() {
     );
     stop_cleanly(e);
 }
+
+/// The only NATS server crashes and comes back on its store: the edge
+/// keeps what it could not publish and sends it after, the aggregator
+/// binds its durable again and goes on where its acks stopped — every
+/// record applied once.
+#[test]
+fn a_server_crash_and_restart_loses_nothing() {
+    let mut nats = NatsCluster::start(1);
+    let (_edge_dir, e) = edge("edge-r", &nats, 1);
+    post(&e, "reading", readings("edge-r", 0, 30));
+    assert!(
+        eventually(Duration::from_secs(30), || pending(&e) == 0.0),
+        "the stream acknowledged the first readings"
+    );
+    let (hq_dir, hq) = aggregator("hq", &nats, "plant", "meshlet.sync.>");
+    let applied_now =
+        || metric(&hq, "meshlet_sync_applied_records_total{origin=\"edge-r\"}").unwrap_or(0.0);
+    assert!(
+        eventually(Duration::from_secs(30), || applied_now() == 30.0),
+        "the first 30 applied"
+    );
+    nats.kill(0);
+    post(&e, "reading", readings("edge-r", 30, 30));
+    assert!(
+        eventually(Duration::from_secs(30), || metric(
+            &e,
+            "meshlet_sync_errors_total{upstream=\"central\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0),
+        "the edge counts its failed sends while the server is down"
+    );
+    assert!(pending(&e) > 0.0, "and keeps the entries");
+    nats.restart(0);
+    assert!(
+        eventually(Duration::from_secs(60), || pending(&e) == 0.0
+            && applied_now() == 60.0),
+        "after the restart everything went up and was applied (applied {}, pending {})",
+        applied_now(),
+        pending(&e)
+    );
+    stop_cleanly(hq);
+    stop_cleanly(e);
+    let store = open_store(&hq_dir.path().join("data"));
+    for i in 0..60 {
+        let meter = format!("edge-r-{i}");
+        assert_eq!(events(&store, "reading", &meter), 1, "{meter}");
+    }
+}

@@ -39,6 +39,8 @@ use crate::config::AggregatorNatsConfig;
 pub const LAG_INTERVAL: Duration = Duration::from_secs(2);
 /// Idle heartbeat of a pull: a dead connection is noticed within two.
 const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Pull errors in a row after which the consumer is bound again.
+const MAX_PULL_FAILURES: u32 = 3;
 
 /// Checks the settings without connecting.
 pub(crate) fn check(config: &AggregatorNatsConfig) -> Result<Endpoint, TransportError> {
@@ -129,6 +131,7 @@ async fn run(
         .messages()
         .await
         .map_err(|e| format!("pulling from `{}`: {e}", config.durable))?;
+    let mut failures = 0u32;
     let mut lag = tokio::time::interval(LAG_INTERVAL);
     lag.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -152,12 +155,18 @@ async fn run(
             None => return Ok(()),
             Some(Ok(message)) => message,
             Some(Err(e)) => {
-                // Missed heartbeats and the like: the stream goes on or
-                // ends; a terminal error ends it.
-                warn!(durable = %config.durable, error = %e, "JetStream pull error");
+                // A missed heartbeat or a reconnect: the stream goes on.
+                // Several in a row (the consumer was deleted, the stream
+                // is gone): bind again, with back-off.
+                failures += 1;
+                warn!(durable = %config.durable, error = %e, failures, "JetStream pull error");
+                if failures >= MAX_PULL_FAILURES {
+                    return Err(format!("pulling from `{}`: {e}", config.durable));
+                }
                 continue;
             }
         };
+        failures = 0;
         let redelivered = message.info().map(|i| i.delivered > 1).unwrap_or(false);
         match receiver.apply_delivery(&message.payload, redelivered).await {
             Ok(_) => {

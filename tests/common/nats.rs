@@ -11,6 +11,7 @@ use super::{eventually, free_port};
 struct Server {
     child: Option<Child>,
     port: u16,
+    config: std::path::PathBuf,
 }
 
 /// A JetStream cluster (or one server: a cluster of one without routes).
@@ -67,6 +68,7 @@ impl NatsCluster {
             servers.push(Server {
                 child: Some(spawn(&file)),
                 port: *port,
+                config: file,
             });
         }
         for server in &servers {
@@ -102,6 +104,27 @@ impl NatsCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+impl NatsCluster {
+    /// Starts a killed server again, on its port and its JetStream store.
+    pub fn restart(&mut self, index: usize) {
+        let server = self
+            .servers
+            .get_mut(index)
+            .expect("a server of the cluster");
+        assert!(server.child.is_none(), "server {index} still runs");
+        server.child = Some(spawn(&server.config));
+        let port = server.port;
+        assert!(
+            eventually(Duration::from_secs(15), || std::net::TcpStream::connect((
+                "127.0.0.1",
+                port
+            ))
+            .is_ok()),
+            "nats-server did not listen on {port} again"
+        );
     }
 }
 
