@@ -26,12 +26,13 @@
 //! (not acknowledged in time: its node crashed, or it was refused for now)
 //! may reach this node after later envelopes of the same key were applied
 //! here — by then the mark is above it, though this node never applied it.
-//! So the mark also keeps the last [`RECENT_ENVELOPES`] envelopes applied
-//! under it (first sequence number, and up to where): a redelivery is held
-//! against that list, not against the mark — what this node applied of it
-//! is skipped, the rest applied. The list lives in the same stored value
-//! as the mark (written with the records, so a crash keeps both or
-//! neither); a value of 8 bytes (older versions) is a bare mark.
+//! So a mark fed from JetStream also keeps the last [`RECENT_ENVELOPES`]
+//! envelopes applied under it (first sequence number, and up to where): a
+//! redelivery is held against that list, not against the mark — what this
+//! node applied of it is skipped, the rest applied. The list lives in the
+//! same stored value as the mark (written with the records, so a crash
+//! keeps both or neither); a value of 8 bytes (older versions, and links
+//! over HTTPS or MQTT, which deliver in order) is a bare mark.
 //!
 //! A tombstone erases the entity (a no-op when it is already gone); its
 //! mark is written right after, so a crash in between re-erases, which is
@@ -155,9 +156,14 @@ impl Mark {
         out
     }
 
-    /// Records `first_seq`'s envelope as applied up to `upto`.
-    fn applied(&mut self, first_seq: u64, upto: u64) {
+    /// Records `first_seq`'s envelope as applied up to `upto`; `remember`
+    /// it only where redeliveries may come out of order (JetStream), so
+    /// the marks of HTTPS and MQTT links stay 8 bytes.
+    fn applied(&mut self, first_seq: u64, upto: u64, remember: bool) {
         self.high = self.high.max(upto);
+        if !remember {
+            return;
+        }
         self.recent.retain(|(first, _)| *first != first_seq);
         self.recent.push((first_seq, upto));
         if self.recent.len() > RECENT_ENVELOPES {
@@ -174,6 +180,15 @@ impl Mark {
             .find(|(first, _)| *first == first_seq)
             .map_or(0, |(_, upto)| *upto)
     }
+}
+
+/// How an envelope reached this node.
+#[derive(Clone, Copy, Debug)]
+enum Delivery {
+    /// HTTPS, MQTT: each link's envelopes come in sequence order.
+    InOrder,
+    /// A JetStream durable; `redelivered` when delivered before.
+    JetStream { redelivered: bool },
 }
 
 fn read_mark(store: &crate::store::Store, source: &str) -> Result<Mark, StoreError> {
@@ -278,18 +293,21 @@ impl Receiver {
                 return Err(e.into());
             }
         };
-        self.apply_with(envelope, redelivered).await
+        self.apply_with(envelope, Delivery::JetStream { redelivered })
+            .await
     }
 
     pub async fn apply(&self, envelope: Envelope) -> Result<Applied, ApplyError> {
-        self.apply_with(envelope, false).await
+        self.apply_with(envelope, Delivery::InOrder).await
     }
 
     async fn apply_with(
         &self,
         envelope: Envelope,
-        redelivered: bool,
+        delivery: Delivery,
     ) -> Result<Applied, ApplyError> {
+        let remember = matches!(delivery, Delivery::JetStream { .. });
+        let redelivered = matches!(delivery, Delivery::JetStream { redelivered: true });
         let _one = self.one_at_a_time.lock().await;
         let store = self.ingestor.store().clone();
         self.note_node(&envelope);
@@ -359,7 +377,7 @@ impl Receiver {
                 .map_err(|_| ApplyError::ShuttingDown)??;
                 let source = mark_source(from, link, lane, &head.product);
                 let mark = marks.entry(head.product.clone()).or_default();
-                mark.applied(first_seq, head.seq);
+                mark.applied(first_seq, head.seq, remember);
                 let position = mark.encode();
                 self.write(&head.product, Vec::new(), &source, position)
                     .await?;
@@ -389,7 +407,7 @@ impl Receiver {
             outcome.applied += records.len();
             let source = mark_source(from, link, lane, &head.product);
             let mark = marks.entry(head.product.clone()).or_default();
-            mark.applied(first_seq, last);
+            mark.applied(first_seq, last, remember);
             let position = mark.encode();
             self.write(&head.product, records, &source, position)
                 .await?;
@@ -612,7 +630,7 @@ mod tests {
     fn marks_round_trip_and_read_older_values() {
         let mut mark = Mark::default();
         for first in 0..(RECENT_ENVELOPES as u64 + 5) {
-            mark.applied(first * 10, first * 10 + 3);
+            mark.applied(first * 10, first * 10 + 3, true);
         }
         assert_eq!(mark.recent.len(), RECENT_ENVELOPES);
         assert_eq!(Mark::decode(&mark.encode()), mark);
