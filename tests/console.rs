@@ -180,7 +180,12 @@ async fn the_console_switched_off_is_gone_and_the_api_stays() {
                 request = request.bearer_auth(token);
             }
             let response = request.send().await.expect("request");
-            assert_eq!(response.status(), 404, "{path} (token: {})", token.is_some());
+            assert_eq!(
+                response.status(),
+                404,
+                "{path} (token: {})",
+                token.is_some()
+            );
             let body = response.text().await.expect("body");
             assert!(!body.contains("<script"), "{path}: {body}");
         }

@@ -88,7 +88,12 @@ fn pending(node: &NodeProcess) -> f64 {
 
 #[test]
 fn a_sync_rule_with_now_sends_recent_records_and_keeps_old_ones_home() {
-    let without_sync = READING_EDGE.split("\nsync:").next().unwrap_or("").to_string() + "\n";
+    let without_sync = READING_EDGE
+        .split("\nsync:")
+        .next()
+        .unwrap_or("")
+        .to_string()
+        + "\n";
     let hq_dir = workdir(
         &without_sync,
         "node_id = \"hq\"\n[aggregator]\nenabled = true\n",
@@ -131,12 +136,19 @@ fn a_sync_rule_with_now_sends_recent_records_and_keeps_old_ones_home() {
     );
     assert_eq!(held(&hq, "old"), None, "a record two hours old stayed home");
     assert_eq!(held(&hq, "undated"), None, "a null time is not recent");
-    assert_eq!(held(&edge, "old"), Some(2), "the edge holds it all the same");
+    assert_eq!(
+        held(&edge, "old"),
+        Some(2),
+        "the edge holds it all the same"
+    );
 
     // The rule is read for each change: the old meter reporting now goes up.
     push(
         &edge,
-        &format!("{{\"meter\":\"old\",\"reported_at\":\"{}\",\"n\":5}}\n", at(0)),
+        &format!(
+            "{{\"meter\":\"old\",\"reported_at\":\"{}\",\"n\":5}}\n",
+            at(0)
+        ),
     );
     assert!(
         eventually(Duration::from_secs(30), || held(&hq, "old") == Some(5)),
@@ -166,6 +178,12 @@ access:
   past:
     read: true
     where: "reported_at <= now()"
+  active:
+    read: true
+    where: "_meta.lastSeen > now() - 10s"
+  quiet:
+    read: true
+    where: "_meta.lastSeen <= now() - 10s and _meta.version >= 1"
   admin: { read: true, write: true, erase: true }
 "#;
 
@@ -192,7 +210,11 @@ async fn listed(gql: &Gql) -> Vec<String> {
         .iter()
         .filter_map(|n| n["meter"].as_str().map(str::to_string))
         .collect();
-    assert_eq!(page["totalCount"].as_u64(), Some(keys.len() as u64), "{page}");
+    assert_eq!(
+        page["totalCount"].as_u64(),
+        Some(keys.len() as u64),
+        "{page}"
+    );
     keys
 }
 
@@ -201,6 +223,8 @@ async fn an_access_rule_with_now_hides_old_rows_at_read_time() {
     let dir = workdir(READING_ACCESS, "");
     let recent_token = create_token(dir.path(), "recent", "recent");
     let past_token = create_token(dir.path(), "past", "past");
+    let active_token = create_token(dir.path(), "active", "active");
+    let quiet_token = create_token(dir.path(), "quiet", "quiet");
     let admin_token = create_token(dir.path(), "admin", "admin");
     let node = NodeBuilder::new(dir.path())
         .secured()
@@ -213,6 +237,8 @@ async fn an_access_rule_with_now_hides_old_rows_at_read_time() {
     let admin = gql.with_token(&admin_token);
     let recent = gql.with_token(&recent_token);
     let past = gql.with_token(&past_token);
+    let active = gql.with_token(&active_token);
+    let quiet = gql.with_token(&quiet_token);
 
     // `future` is stamped a few seconds ahead: `past` sees it only once its
     // time has come, with no reload — the rule reads the clock per read.
@@ -237,9 +263,22 @@ async fn an_access_rule_with_now_hides_old_rows_at_read_time() {
         )
         .await;
 
+    // `_meta.lastSeen`: just written, so active and not quiet (yet).
+    assert_eq!(listed(&active).await, ["fresh", "future", "stale"]);
+    assert_eq!(listed(&quiet).await, Vec::<String>::new());
+    assert_eq!(lookup(&quiet, "fresh").await, Value::Null);
+
     assert_eq!(lookup(&recent, "fresh").await["n"], 1);
-    assert_eq!(lookup(&recent, "stale").await, Value::Null, "hidden by lookup");
-    assert_eq!(listed(&recent).await, ["fresh", "future"], "hidden from the connection");
+    assert_eq!(
+        lookup(&recent, "stale").await,
+        Value::Null,
+        "hidden by lookup"
+    );
+    assert_eq!(
+        listed(&recent).await,
+        ["fresh", "future"],
+        "hidden from the connection"
+    );
     assert_eq!(listed(&admin).await, ["fresh", "future", "stale"]);
 
     assert_eq!(lookup(&past, "future").await, Value::Null, "not yet");
@@ -256,6 +295,19 @@ async fn an_access_rule_with_now_hides_old_rows_at_read_time() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(listed(&past).await, ["fresh", "future", "stale"]);
+
+    // Ten seconds after the last write, every row has gone quiet.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while !listed(&active).await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "`_meta.lastSeen > now() - 10s` kept showing rows"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(listed(&quiet).await, ["fresh", "future", "stale"]);
+    assert_eq!(lookup(&quiet, "stale").await["n"], 2);
+    assert_eq!(lookup(&active, "stale").await, Value::Null);
 
     stop_cleanly(node);
 }
@@ -281,7 +333,9 @@ access:
   d: { read: true, where: "reported_at > now() - 7" }
   e: { read: true, where: "now() > reported_at" }
   f: { read: true, where: "meter < now()" }
-  ok: { read: true, where: "reported_at > now() - 7d and reported_at <= now() + 1h30m" }
+  g: { read: true, where: "_meta.lastSeen > 5" }
+  h: { read: true, where: "_meta.lastSen < now() - 1h" }
+  ok: { read: true, where: "reported_at > now() - 7d and _meta.lastSeen <= now() + 1h30m" }
 "#,
     )
     .expect("write");
@@ -301,6 +355,10 @@ access:
          comparison",
         "./reading.yaml:16:36: access.f.where: invalid row filter: cannot compare string field \
          `meter` with a time (now())",
+        "./reading.yaml:17:45: access.g.where: invalid row filter: cannot compare timestamp field \
+         `_meta.lastSeen` with an integer",
+        "./reading.yaml:18:28: access.h.where: invalid row filter: unknown field `_meta.lastSen`; \
+         the _meta fields are _meta.lastSeen, _meta.firstSeen, _meta.eventTime, _meta.version",
     ] {
         assert!(
             err.lines().any(|l| l.starts_with(expected)),
@@ -308,5 +366,5 @@ access:
         );
     }
     assert!(!err.contains("access.ok"), "{err}");
-    assert!(err.contains("error: 6 problems in 1 file"), "{err}");
+    assert!(err.contains("error: 8 problems in 1 file"), "{err}");
 }

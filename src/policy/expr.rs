@@ -26,6 +26,8 @@
 //! time       = "now" "(" ")" { ("+" | "-") duration }
 //! duration   = { digits unit }+            (unit: ms s m h d w; `7d`, `1h30m`)
 //! field      = [A-Za-z_][A-Za-z0-9_]*      (but not a keyword)
+//!            | "_meta." meta
+//! meta       = "lastSeen" | "firstSeen" | "eventTime" | "version"
 //! string     = '…' | "…"                   (escapes: \\ \' \" \n \t \r)
 //! integer    = ["-"] digits                (64-bit)
 //! float      = ["-"] digits ["." digits] [("e"|"E") ["+"|"-"] digits]
@@ -40,6 +42,10 @@
 //!
 //! - A field missing from the record is `null`; so is a json field holding
 //!   JSON `null`.
+//! - `_meta.lastSeen`, `_meta.firstSeen`, `_meta.eventTime` (timestamps)
+//!   and `_meta.version` (int) read the instance's bookkeeping, as GraphQL's
+//!   `_meta` shows it: `_meta.lastSeen < now() - 1h` is "silent for an
+//!   hour". They are `null` where no instance is at hand ([`Expr::eval`]).
 //! - `is null`, `== null` and `!= null` are the only tests that can be true of
 //!   a null value. Every other comparison involving null is **false** — as in
 //!   SQL, but with two values instead of three: `not (x > 3)` is **true** when
@@ -151,6 +157,58 @@ impl OperandType {
     }
 }
 
+/// An instance's bookkeeping that `_meta.*` fields read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowMeta {
+    pub version: u64,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+    pub event_time: Timestamp,
+}
+
+/// Which `_meta` field a predicate reads; resolved at parse time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MetaField {
+    LastSeen,
+    FirstSeen,
+    EventTime,
+    Version,
+}
+
+impl MetaField {
+    const ALL: [(&'static str, MetaField); 4] = [
+        ("lastSeen", MetaField::LastSeen),
+        ("firstSeen", MetaField::FirstSeen),
+        ("eventTime", MetaField::EventTime),
+        ("version", MetaField::Version),
+    ];
+
+    /// `_meta.lastSeen` → `LastSeen`; `None` for any other name.
+    fn of(field: &str) -> Option<MetaField> {
+        let name = field.strip_prefix("_meta.")?;
+        MetaField::ALL
+            .iter()
+            .find(|(text, _)| *text == name)
+            .map(|(_, meta)| *meta)
+    }
+
+    fn operand_type(self) -> OperandType {
+        match self {
+            MetaField::Version => OperandType::Int,
+            _ => OperandType::Timestamp,
+        }
+    }
+
+    fn value(self, row: &RowMeta) -> Value {
+        match self {
+            MetaField::LastSeen => Value::Timestamp(row.last_seen),
+            MetaField::FirstSeen => Value::Timestamp(row.first_seen),
+            MetaField::EventTime => Value::Timestamp(row.event_time),
+            MetaField::Version => Value::Int(i64::try_from(row.version).unwrap_or(i64::MAX)),
+        }
+    }
+}
+
 /// A parsed row filter: immutable, cheap to evaluate, safe to share.
 #[derive(Clone, Debug)]
 pub struct Expr {
@@ -245,13 +303,24 @@ impl Expr {
         } else {
             Timestamp::MIN
         };
-        self.root.eval(fields, now)
+        self.root.eval(fields, None, now)
+    }
+
+    /// Whether an instance passes the filter: its fields, and its `_meta`
+    /// for `_meta.*`, `now()` being this moment.
+    pub fn eval_row(&self, fields: &Fields, meta: &RowMeta) -> bool {
+        let now = if self.relative {
+            Timestamp::now()
+        } else {
+            Timestamp::MIN
+        };
+        self.root.eval(fields, Some(meta), now)
     }
 
     /// Whether the record passes the filter with `now()` being `now`: one
     /// clock for a whole scan, and deterministic tests.
-    pub fn eval_at(&self, fields: &Fields, now: Timestamp) -> bool {
-        self.root.eval(fields, now)
+    pub fn eval_at(&self, fields: &Fields, meta: Option<&RowMeta>, now: Timestamp) -> bool {
+        self.root.eval(fields, meta, now)
     }
 
     /// Whether the filter compares with `now()`, so its answer for one row
@@ -309,6 +378,8 @@ enum Node {
 #[derive(Clone, Debug, PartialEq)]
 struct Predicate {
     field: String,
+    /// Set when `field` is one of `_meta.*`.
+    meta: Option<MetaField>,
     at: At,
     test: Test,
 }
@@ -516,12 +587,12 @@ fn cmp_int_float(int: i64, float: f64) -> Option<Ordering> {
 }
 
 impl Node {
-    fn eval(&self, fields: &Fields, now: Timestamp) -> bool {
+    fn eval(&self, fields: &Fields, meta: Option<&RowMeta>, now: Timestamp) -> bool {
         match self {
-            Node::Or(children) => children.iter().any(|c| c.eval(fields, now)),
-            Node::And(children) => children.iter().all(|c| c.eval(fields, now)),
-            Node::Not(inner) => !inner.eval(fields, now),
-            Node::Predicate(p) => p.eval(fields, now),
+            Node::Or(children) => children.iter().any(|c| c.eval(fields, meta, now)),
+            Node::And(children) => children.iter().all(|c| c.eval(fields, meta, now)),
+            Node::Not(inner) => !inner.eval(fields, meta, now),
+            Node::Predicate(p) => p.eval(fields, meta, now),
         }
     }
 
@@ -540,8 +611,16 @@ impl Node {
 }
 
 impl Predicate {
-    fn eval(&self, fields: &Fields, now: Timestamp) -> bool {
-        let value = fields.get(self.field.as_str()).unwrap_or(&NULL);
+    fn eval(&self, fields: &Fields, meta: Option<&RowMeta>, now: Timestamp) -> bool {
+        let meta_value;
+        let value = match (self.meta, meta) {
+            (Some(field), Some(row)) => {
+                meta_value = field.value(row);
+                &meta_value
+            }
+            (Some(_), None) => &NULL,
+            (None, _) => fields.get(self.field.as_str()).unwrap_or(&NULL),
+        };
         let operand = Operand::of(value);
         let is_null = matches!(operand, Operand::Null);
         match &self.test {
@@ -584,8 +663,25 @@ impl Predicate {
     /// as (byte offset, message).
     fn check(&self, field_type: &dyn Fn(&str) -> Option<OperandType>) -> Vec<(usize, String)> {
         let field = &self.field;
-        let Some(ty) = field_type(field) else {
-            return vec![(self.at.0, format!("unknown field `{field}`"))];
+        let ty = match self.meta {
+            Some(meta) => meta.operand_type(),
+            None if field.starts_with("_meta.") => {
+                let known: Vec<String> = MetaField::ALL
+                    .iter()
+                    .map(|(name, _)| format!("_meta.{name}"))
+                    .collect();
+                return vec![(
+                    self.at.0,
+                    format!(
+                        "unknown field `{field}`; the _meta fields are {}",
+                        known.join(", ")
+                    ),
+                )];
+            }
+            None => match field_type(field) {
+                Some(ty) => ty,
+                None => return vec![(self.at.0, format!("unknown field `{field}`"))],
+            },
         };
         let mut problems = Vec::new();
         match &self.test {
@@ -1036,6 +1132,13 @@ impl<'s> Lexer<'s> {
                 while self.peek_char().is_some_and(is_field_char) {
                     self.bump();
                 }
+                // `_meta.lastSeen`: the one dotted name.
+                if &self.src[start..self.pos] == "_meta" && self.peek_char() == Some('.') {
+                    self.bump();
+                    while self.peek_char().is_some_and(is_field_char) {
+                        self.bump();
+                    }
+                }
                 match Keyword::from_word(&self.src[start..self.pos]) {
                     Some(keyword) => Tok::Keyword(keyword),
                     None => Tok::Field,
@@ -1479,6 +1582,7 @@ impl<'s> Parser<'s> {
             }
         };
         Ok(Node::Predicate(Predicate {
+            meta: MetaField::of(&field),
             field,
             at: At(at),
             test,
@@ -2144,7 +2248,7 @@ mod tests {
             let expr = parse(source).unwrap_or_else(|e| panic!("`{source}`: {e}"));
             assert!(expr.is_relative(), "`{source}`");
             assert_eq!(
-                expr.eval_at(&record, *now),
+                expr.eval_at(&record, None, *now),
                 *expected,
                 "`{source}` at {now}"
             );
@@ -2157,7 +2261,66 @@ mod tests {
         // Saturates instead of overflowing at the ends of time.
         assert!(parse("seen > now() - 10000000w")
             .unwrap()
-            .eval_at(&record, Timestamp::MIN));
+            .eval_at(&record, None, Timestamp::MIN));
+    }
+
+    #[test]
+    fn meta_fields_read_the_instance_bookkeeping() {
+        let t = |s: &str| Timestamp::parse_rfc3339(s).unwrap();
+        let meta = RowMeta {
+            version: 7,
+            first_seen: t("2024-01-01T00:00:00Z"),
+            last_seen: t("2024-05-01T12:00:00Z"),
+            event_time: t("2024-05-01T11:59:00Z"),
+        };
+        let now = t("2024-05-01T14:00:00Z");
+        let record = sample();
+        let cases: &[(&str, bool)] = &[
+            ("_meta.lastSeen < now() - 1h", true),
+            ("_meta.lastSeen > now() - 1h", false),
+            ("_meta.firstSeen < '2024-02-01T00:00:00Z'", true),
+            ("_meta.eventTime >= '2024-05-01T11:59:00Z'", true),
+            ("_meta.version >= 7 and _meta.version in [7, 8]", true),
+            ("_meta.version > 7", false),
+            ("_meta.lastSeen is null", false),
+        ];
+        for (source, expected) in cases {
+            let expr = parse(source).unwrap_or_else(|e| panic!("`{source}`: {e}"));
+            assert_eq!(
+                expr.eval_at(&record, Some(&meta), now),
+                *expected,
+                "`{source}`"
+            );
+            assert_eq!(expr.to_string(), *source, "displays as written");
+        }
+        // Without an instance at hand, _meta is null.
+        let silent = parse("_meta.lastSeen < now() - 1h").unwrap();
+        assert!(!silent.eval_at(&record, None, now));
+        assert!(parse("_meta.lastSeen is null").unwrap().eval(&record));
+        assert!(silent.eval_row(&record, &meta), "2024 is long ago");
+        assert_eq!(
+            problems("_meta.lastSeen > 5 or _meta.version < now() or _meta.nope == 1"),
+            vec![
+                (
+                    18,
+                    "cannot compare timestamp field `_meta.lastSeen` with an integer; write the \
+                     time as an RFC 3339 string like '2024-05-01T12:00:00Z'"
+                        .to_string()
+                ),
+                (
+                    39,
+                    "cannot compare int field `_meta.version` with a time (now()): only \
+                     timestamp fields compare with now()"
+                        .to_string()
+                ),
+                (
+                    48,
+                    "unknown field `_meta.nope`; the _meta fields are _meta.lastSeen, \
+                     _meta.firstSeen, _meta.eventTime, _meta.version"
+                        .to_string()
+                ),
+            ]
+        );
     }
 
     #[test]
@@ -2584,6 +2747,7 @@ mod tests {
             ];
             (field_name(), test).prop_map(|(field, test)| {
                 Node::Predicate(Predicate {
+                    meta: MetaField::of(&field),
                     field,
                     at: At(0),
                     test,
