@@ -149,6 +149,10 @@ pub struct HttpConfig {
     pub body_read_timeout: Duration,
     /// Browser apps on other origins (`[http.cors]`).
     pub cors: CorsConfig,
+    /// Serve the built-in web console at `/` and `/console/*` (default
+    /// true). Off, those paths answer 404 and no console file is served;
+    /// the API, `/metrics` and health checks are unchanged.
+    pub console: bool,
 }
 
 /// `[http.cors]`: which pages on other origins may call the API and open
@@ -167,6 +171,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             graphiql: true,
+            console: true,
             tls: None,
             max_connections: 256,
             header_read_timeout: Duration::from_secs(30),

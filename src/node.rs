@@ -423,6 +423,7 @@ pub async fn start(
         auth,
         sync: Some(sync),
         cors: Arc::new(api::Cors::new(&config.http.cors.allow_origins)),
+        console: config.http.console,
     }));
     let server = tokio::spawn(
         listener

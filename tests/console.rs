@@ -148,6 +148,75 @@ fn the_console_shows_the_node_live_offline_and_per_role() {
     common::stop_cleanly(node);
 }
 
+/// `[http] console = false`: no console route exists (`/`, its files and
+/// its status answer 404, with or without a token); the API is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_switched_off_is_gone_and_the_api_stays() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_examples(dir.path());
+    std::fs::write(
+        dir.path().join("meshlet.toml"),
+        "data_dir = \"data\"\nproducts = [\"schema/examples\"]\n[http]\nconsole = false\n",
+    )
+    .expect("config");
+    let admin = create_token(dir.path(), "admin", "ops");
+    let node = NodeBuilder::new(dir.path())
+        .secured()
+        .arg("--config")
+        .arg("meshlet.toml")
+        .start()
+        .expect("node starts");
+    let client = reqwest::Client::new();
+    for path in [
+        "/",
+        "/console/app.js",
+        "/console/console.css",
+        "/console/index.html",
+        "/console/api/status",
+    ] {
+        for token in [None, Some(admin.as_str())] {
+            let mut request = client.get(node.url(path));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.expect("request");
+            assert_eq!(
+                response.status(),
+                404,
+                "{path} (token: {})",
+                token.is_some()
+            );
+            let body = response.text().await.expect("body");
+            assert!(!body.contains("<script"), "{path}: {body}");
+        }
+    }
+    let answer = client
+        .post(node.url("/graphql"))
+        .bearer_auth(&admin)
+        .json(&json!({ "query": "{ products { name } }" }))
+        .send()
+        .await
+        .expect("graphql");
+    assert_eq!(answer.status(), 200);
+    let answer: Value = answer.json().await.expect("json");
+    assert!(
+        answer["data"]["products"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty()),
+        "{answer}"
+    );
+    assert_eq!(
+        client
+            .get(node.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .status(),
+        200
+    );
+    common::stop_cleanly(node);
+}
+
 /// The shell is served without credentials, compiled in, with its
 /// content type, a validator and gzip; the data behind it is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

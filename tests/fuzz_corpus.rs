@@ -102,6 +102,7 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
             "not (a > 3 or b <= -2.5e3) && c in ['x', \"y\", null] and d is not null",
             "tags contains 'red' || t >= '2024-05-01T00:00:00Z' and n not in [1, 2.0, true]",
             "x != null and (y == false or z < 9223372036854775807)",
+            "t > now() - 7d and (_meta.lastSeen <= now()-1h30m or _meta.version >= 2)",
         ]),
         "mqtt_packet" => vec![mqtt_seed()],
         "mqtt5_packet" => vec![mqtt5_seed()],

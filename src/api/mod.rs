@@ -67,6 +67,8 @@ pub struct ApiShared {
     pub sync: Option<std::sync::Arc<crate::sync::SyncHandle>>,
     /// Cross-origin access (`[http.cors]`).
     pub cors: Arc<cors::Cors>,
+    /// Whether the web console is served (`[http] console`).
+    pub console: bool,
 }
 
 /// When the process first built its router, as Unix seconds: the
@@ -99,17 +101,24 @@ pub(crate) fn closing(mut response: axum::response::Response) -> axum::response:
 /// Builds the router for the given state.
 pub fn router(state: ApiState) -> Router {
     started_at();
+    // With the console off (`[http] console = false`) none of its routes
+    // exist: `/`, its files and its status answer 404 like any unknown path.
+    let (console_open, console_protected) = if state.console {
+        (console::open_routes(), console::routes())
+    } else {
+        (Router::new(), Router::new())
+    };
     let protected = ingest::routes(state.max_http_body_bytes)
         .merge(graphql::routes())
         .merge(sync::routes())
-        .merge(console::routes())
+        .merge(console_protected)
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_identity,
         ));
     health::routes()
         .merge(ingest::open_routes())
-        .merge(console::open_routes())
+        .merge(console_open)
         .merge(graphql::open_routes())
         .merge(protected)
         .layer(axum::middleware::from_fn_with_state(

@@ -29,9 +29,11 @@ use std::sync::{Arc, Mutex};
 
 use indexmap::IndexMap;
 
+use super::expr::RowMeta;
 use super::masking::{MaskSecret, Masker};
 use crate::product::{Classification, FieldType, Mask, Product, RowFilter};
 use crate::record::Fields;
+use crate::store::Instance;
 
 /// The built-in operator role.
 pub const ADMIN: &str = "admin";
@@ -62,6 +64,16 @@ pub struct View {
     masks: IndexMap<String, Mask>,
     key_field: String,
     secret: MaskSecret,
+}
+
+/// An instance's bookkeeping as row filters read it (`_meta.lastSeen`…).
+pub fn row_meta(instance: &Instance) -> RowMeta {
+    RowMeta {
+        version: instance.version,
+        first_seen: instance.first_seen,
+        last_seen: instance.last_seen,
+        event_time: instance.event_time,
+    }
 }
 
 impl View {
@@ -114,9 +126,20 @@ impl View {
         self.reads_clear() || (self.role == ADMIN && self.read)
     }
 
-    /// Whether an instance (its clear fields) passes the row filter.
+    /// Whether clear fields with no instance at hand pass the row filter
+    /// (`_meta.*` reads as null).
     pub fn shows(&self, fields: &Fields) -> bool {
         self.read && self.row_filter.as_ref().is_none_or(|f| f.eval(fields))
+    }
+
+    /// Whether an instance (its clear fields and its `_meta`) passes the
+    /// row filter, `now()` being this moment.
+    pub fn shows_instance(&self, instance: &Instance) -> bool {
+        self.read
+            && self
+                .row_filter
+                .as_ref()
+                .is_none_or(|f| f.eval_row(&instance.fields, &row_meta(instance)))
     }
 
     /// The masks of this view, ready to apply.

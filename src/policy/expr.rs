@@ -18,11 +18,16 @@
 //! and        = unary { ("and" | "&&") unary }
 //! unary      = ("not" | "!") unary | "(" expr ")" | predicate
 //! predicate  = field ("==" | "!=" | "<" | "<=" | ">" | ">=") literal
+//!            | field ("<" | "<=" | ">" | ">=") time
 //!            | field ["not"] "in" "[" [ literal { "," literal } ] "]"
 //!            | field "contains" literal
 //!            | field "is" ["not"] "null"
 //! literal    = string | integer | float | "true" | "false" | "null"
+//! time       = "now" "(" ")" { ("+" | "-") duration }
+//! duration   = { digits unit }+            (unit: ms s m h d w; `7d`, `1h30m`)
 //! field      = [A-Za-z_][A-Za-z0-9_]*      (but not a keyword)
+//!            | "_meta." meta
+//! meta       = "lastSeen" | "firstSeen" | "eventTime" | "version"
 //! string     = '…' | "…"                   (escapes: \\ \' \" \n \t \r)
 //! integer    = ["-"] digits                (64-bit)
 //! float      = ["-"] digits ["." digits] [("e"|"E") ["+"|"-"] digits]
@@ -37,6 +42,10 @@
 //!
 //! - A field missing from the record is `null`; so is a json field holding
 //!   JSON `null`.
+//! - `_meta.lastSeen`, `_meta.firstSeen`, `_meta.eventTime` (timestamps)
+//!   and `_meta.version` (int) read the instance's bookkeeping, as GraphQL's
+//!   `_meta` shows it: `_meta.lastSeen < now() - 1h` is "silent for an
+//!   hour". They are `null` where no instance is at hand ([`Expr::eval`]).
 //! - `is null`, `== null` and `!= null` are the only tests that can be true of
 //!   a null value. Every other comparison involving null is **false** — as in
 //!   SQL, but with two values instead of three: `not (x > 3)` is **true** when
@@ -47,6 +56,14 @@
 //! - Strings compare by byte order (so `'Z' < 'a'`).
 //! - Timestamp fields compare with RFC 3339 string literals
 //!   (`t >= '2024-05-01T00:00:00Z'`), parsed when the expression is parsed.
+//! - Timestamp fields also compare with times relative to the moment of
+//!   evaluation: `reported_at > now() - 7d`. `now()` is read when the
+//!   filter runs (a sync rule when the change is planned for sending, an
+//!   access filter when the row is read), never when the definition is
+//!   loaded, so a rule loaded a week ago still means "the last 7 days".
+//!   Only the ordering operators take a time: `==` against a clock that
+//!   moves every microsecond is never meant. A time compared with anything
+//!   but a timestamp field is refused by [`Expr::check`] (and is false).
 //! - Values of different types never compare: the test is false — for `!=`
 //!   too (`x != 'a'` on an int `x` is false; [`Expr::check`] reports it).
 //! - `x in [a, b]` means `x == a or x == b`; `x not in [a, b]` means
@@ -140,11 +157,66 @@ impl OperandType {
     }
 }
 
+/// An instance's bookkeeping that `_meta.*` fields read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowMeta {
+    pub version: u64,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+    pub event_time: Timestamp,
+}
+
+/// Which `_meta` field a predicate reads; resolved at parse time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MetaField {
+    LastSeen,
+    FirstSeen,
+    EventTime,
+    Version,
+}
+
+impl MetaField {
+    const ALL: [(&'static str, MetaField); 4] = [
+        ("lastSeen", MetaField::LastSeen),
+        ("firstSeen", MetaField::FirstSeen),
+        ("eventTime", MetaField::EventTime),
+        ("version", MetaField::Version),
+    ];
+
+    /// `_meta.lastSeen` → `LastSeen`; `None` for any other name.
+    fn of(field: &str) -> Option<MetaField> {
+        let name = field.strip_prefix("_meta.")?;
+        MetaField::ALL
+            .iter()
+            .find(|(text, _)| *text == name)
+            .map(|(_, meta)| *meta)
+    }
+
+    fn operand_type(self) -> OperandType {
+        match self {
+            MetaField::Version => OperandType::Int,
+            _ => OperandType::Timestamp,
+        }
+    }
+
+    fn value(self, row: &RowMeta) -> Value {
+        match self {
+            MetaField::LastSeen => Value::Timestamp(row.last_seen),
+            MetaField::FirstSeen => Value::Timestamp(row.first_seen),
+            MetaField::EventTime => Value::Timestamp(row.event_time),
+            MetaField::Version => Value::Int(i64::try_from(row.version).unwrap_or(i64::MAX)),
+        }
+    }
+}
+
 /// A parsed row filter: immutable, cheap to evaluate, safe to share.
 #[derive(Clone, Debug)]
 pub struct Expr {
     source: String,
     root: Node,
+    /// Whether any predicate compares with `now()`: only then does
+    /// [`Expr::eval`] read the clock.
+    relative: bool,
 }
 
 /// Equal when the trees are; see the module docs.
@@ -182,10 +254,19 @@ pub fn parse(source: &str) -> Result<Expr, ExprError> {
     let root = parser.parse_or()?;
     let end = parser.next()?;
     match end.kind {
-        Tok::Eof => Ok(Expr {
-            source: source.to_string(),
-            root,
-        }),
+        Tok::Eof => {
+            let mut relative = false;
+            root.for_each_predicate(&mut |p| {
+                if let Test::Compare { literal, .. } = &p.test {
+                    relative |= matches!(literal.value, LitValue::Now { .. });
+                }
+            });
+            Ok(Expr {
+                source: source.to_string(),
+                root,
+                relative,
+            })
+        }
         Tok::RParen => Err(parser.error(end.start, "found `)` with no matching `(`")),
         _ => Err(parser.error(
             end.start,
@@ -213,10 +294,39 @@ impl Expr {
         names
     }
 
-    /// Whether the record passes the filter. Never panics, never allocates;
-    /// see the module docs for how nulls and mismatched types behave.
+    /// Whether the record passes the filter, `now()` being this moment.
+    /// Never panics, never allocates; see the module docs for how nulls and
+    /// mismatched types behave.
     pub fn eval(&self, fields: &Fields) -> bool {
-        self.root.eval(fields)
+        let now = if self.relative {
+            Timestamp::now()
+        } else {
+            Timestamp::MIN
+        };
+        self.root.eval(fields, None, now)
+    }
+
+    /// Whether an instance passes the filter: its fields, and its `_meta`
+    /// for `_meta.*`, `now()` being this moment.
+    pub fn eval_row(&self, fields: &Fields, meta: &RowMeta) -> bool {
+        let now = if self.relative {
+            Timestamp::now()
+        } else {
+            Timestamp::MIN
+        };
+        self.root.eval(fields, Some(meta), now)
+    }
+
+    /// Whether the record passes the filter with `now()` being `now`: one
+    /// clock for a whole scan, and deterministic tests.
+    pub fn eval_at(&self, fields: &Fields, meta: Option<&RowMeta>, now: Timestamp) -> bool {
+        self.root.eval(fields, meta, now)
+    }
+
+    /// Whether the filter compares with `now()`, so its answer for one row
+    /// changes as time passes.
+    pub fn is_relative(&self) -> bool {
+        self.relative
     }
 
     /// Type-checks literals against the declared field types; returns every
@@ -268,6 +378,8 @@ enum Node {
 #[derive(Clone, Debug, PartialEq)]
 struct Predicate {
     field: String,
+    /// Set when `field` is one of `_meta.*`.
+    meta: Option<MetaField>,
     at: At,
     test: Test,
 }
@@ -337,6 +449,11 @@ enum LitValue {
         text: String,
         timestamp: Option<Timestamp>,
     },
+    /// `now() + offset`: a timestamp known only when the filter runs.
+    Now {
+        /// Signed offset in microseconds (`now() - 1h` is -3_600_000_000).
+        offset: i64,
+    },
 }
 
 impl LitValue {
@@ -353,8 +470,14 @@ impl LitValue {
             LitValue::Int(_) => "an integer",
             LitValue::Float(_) => "a float",
             LitValue::Str { .. } => "a string",
+            LitValue::Now { .. } => "a time relative to now()",
         }
     }
+}
+
+/// `now + offset` microseconds, saturating at the ends of time.
+fn shifted(now: Timestamp, offset: i64) -> Timestamp {
+    Timestamp::from_micros(now.as_micros().saturating_add(offset))
 }
 
 // ---------------------------------------------------------------------------
@@ -407,7 +530,7 @@ impl<'a> Operand<'a> {
 
     /// How this operand orders against a literal; `None` when they are of
     /// different types (or either is null or NaN): every test is then false.
-    fn compare(self, literal: &LitValue) -> Option<Ordering> {
+    fn compare(self, literal: &LitValue, now: Timestamp) -> Option<Ordering> {
         match (self, literal) {
             (Operand::Bool(a), LitValue::Bool(b)) => Some(a.cmp(b)),
             (Operand::Int(a), LitValue::Int(b)) => Some(a.cmp(b)),
@@ -421,17 +544,20 @@ impl<'a> Operand<'a> {
                     timestamp: Some(b), ..
                 },
             ) => Some(a.cmp(b)),
+            (Operand::Time(a), LitValue::Now { offset }) => Some(a.cmp(&shifted(now, *offset))),
             _ => None,
         }
     }
 
+    /// Equality never involves `now()` (the parser keeps it to orderings),
+    /// so no clock is needed.
     fn equals(self, literal: &LitValue) -> bool {
-        self.compare(literal) == Some(Ordering::Equal)
+        self.compare(literal, Timestamp::MIN) == Some(Ordering::Equal)
     }
 
     fn differs(self, literal: &LitValue) -> bool {
         matches!(
-            self.compare(literal),
+            self.compare(literal, Timestamp::MIN),
             Some(Ordering::Less | Ordering::Greater)
         )
     }
@@ -461,12 +587,12 @@ fn cmp_int_float(int: i64, float: f64) -> Option<Ordering> {
 }
 
 impl Node {
-    fn eval(&self, fields: &Fields) -> bool {
+    fn eval(&self, fields: &Fields, meta: Option<&RowMeta>, now: Timestamp) -> bool {
         match self {
-            Node::Or(children) => children.iter().any(|c| c.eval(fields)),
-            Node::And(children) => children.iter().all(|c| c.eval(fields)),
-            Node::Not(inner) => !inner.eval(fields),
-            Node::Predicate(p) => p.eval(fields),
+            Node::Or(children) => children.iter().any(|c| c.eval(fields, meta, now)),
+            Node::And(children) => children.iter().all(|c| c.eval(fields, meta, now)),
+            Node::Not(inner) => !inner.eval(fields, meta, now),
+            Node::Predicate(p) => p.eval(fields, meta, now),
         }
     }
 
@@ -485,8 +611,16 @@ impl Node {
 }
 
 impl Predicate {
-    fn eval(&self, fields: &Fields) -> bool {
-        let value = fields.get(self.field.as_str()).unwrap_or(&NULL);
+    fn eval(&self, fields: &Fields, meta: Option<&RowMeta>, now: Timestamp) -> bool {
+        let meta_value;
+        let value = match (self.meta, meta) {
+            (Some(field), Some(row)) => {
+                meta_value = field.value(row);
+                &meta_value
+            }
+            (Some(_), None) => &NULL,
+            (None, _) => fields.get(self.field.as_str()).unwrap_or(&NULL),
+        };
         let operand = Operand::of(value);
         let is_null = matches!(operand, Operand::Null);
         match &self.test {
@@ -502,7 +636,7 @@ impl Predicate {
                         value,
                         Value::Int(_) | Value::Float(_) | Value::String(_) | Value::Timestamp(_)
                     );
-                    orderable && operand.compare(lit).is_some_and(|o| op.holds(o))
+                    orderable && operand.compare(lit, now).is_some_and(|o| op.holds(o))
                 }
             },
             Test::In {
@@ -529,8 +663,25 @@ impl Predicate {
     /// as (byte offset, message).
     fn check(&self, field_type: &dyn Fn(&str) -> Option<OperandType>) -> Vec<(usize, String)> {
         let field = &self.field;
-        let Some(ty) = field_type(field) else {
-            return vec![(self.at.0, format!("unknown field `{field}`"))];
+        let ty = match self.meta {
+            Some(meta) => meta.operand_type(),
+            None if field.starts_with("_meta.") => {
+                let known: Vec<String> = MetaField::ALL
+                    .iter()
+                    .map(|(name, _)| format!("_meta.{name}"))
+                    .collect();
+                return vec![(
+                    self.at.0,
+                    format!(
+                        "unknown field `{field}`; the _meta fields are {}",
+                        known.join(", ")
+                    ),
+                )];
+            }
+            None => match field_type(field) {
+                Some(ty) => ty,
+                None => return vec![(self.at.0, format!("unknown field `{field}`"))],
+            },
         };
         let mut problems = Vec::new();
         match &self.test {
@@ -583,6 +734,20 @@ impl Predicate {
 
 /// Whether `literal` can ever compare with a field of type `ty`.
 fn check_literal(ty: OperandType, field: &str, literal: &Literal) -> Option<(usize, String)> {
+    if let LitValue::Now { .. } = literal.value {
+        if ty == OperandType::Timestamp {
+            return None;
+        }
+        return Some((
+            literal.at.0,
+            format!(
+                "cannot compare {} field `{field}` with a time ({}): only timestamp fields \
+                 compare with now()",
+                ty.name(),
+                Literal::display(&literal.value)
+            ),
+        ));
+    }
     let fits = match (ty, &literal.value) {
         (_, LitValue::Null) | (OperandType::Json, _) => true,
         (OperandType::String, LitValue::Str { .. }) => true,
@@ -696,9 +861,26 @@ impl fmt::Display for Predicate {
     }
 }
 
+impl Literal {
+    /// The canonical text of a literal value, for messages.
+    fn display(value: &LitValue) -> String {
+        Literal {
+            value: value.clone(),
+            at: At(0),
+        }
+        .to_string()
+    }
+}
+
 impl fmt::Display for Literal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.value {
+            LitValue::Now { offset: 0 } => f.write_str("now()"),
+            LitValue::Now { offset } => {
+                let sign = if *offset < 0 { '-' } else { '+' };
+                write!(f, "now() {sign} ")?;
+                write_duration(f, offset.unsigned_abs())
+            }
             LitValue::Null => f.write_str("null"),
             LitValue::Bool(b) => write!(f, "{b}"),
             LitValue::Int(i) => write!(f, "{i}"),
@@ -708,6 +890,34 @@ impl fmt::Display for Literal {
             LitValue::Str { text, .. } => f.write_str(&quote(text)),
         }
     }
+}
+
+/// Microseconds in each duration unit, largest first; `write_duration`
+/// and the lexer share it so display and parsing agree.
+const UNITS: [(&str, u64); 6] = [
+    ("w", 7 * 86_400_000_000),
+    ("d", 86_400_000_000),
+    ("h", 3_600_000_000),
+    ("m", 60_000_000),
+    ("s", 1_000_000),
+    ("ms", 1_000),
+];
+
+/// A duration as compound units without weeks (`14d`, `1d12h`, `1m30s`).
+/// Every duration the lexer makes is a whole number of milliseconds, its
+/// smallest unit, so this text lexes back to the same value.
+fn write_duration(f: &mut fmt::Formatter<'_>, micros: u64) -> fmt::Result {
+    if micros < 1_000 {
+        return f.write_str("0s");
+    }
+    let mut rest = micros;
+    for (unit, size) in UNITS.iter().skip(1) {
+        if rest >= *size {
+            write!(f, "{}{unit}", rest / size)?;
+            rest %= size;
+        }
+    }
+    Ok(())
 }
 
 /// `text` as a single-quoted literal that lexes back to `text`.
@@ -739,6 +949,11 @@ enum Tok {
     Str(String),
     Int(i64),
     Float(f64),
+    /// A signed duration in microseconds (`7d`, `-1h30m`).
+    Duration(i64),
+    Plus,
+    /// A `-` not followed by a digit (`now() - 1h`).
+    Minus,
     Cmp(CmpOp),
     LParen,
     RParen,
@@ -856,6 +1071,7 @@ impl<'s> Lexer<'s> {
             '[' => Tok::LBracket,
             ']' => Tok::RBracket,
             ',' => Tok::Comma,
+            '+' => Tok::Plus,
             '=' => {
                 if self.eat('=') {
                     if self.eat('=') {
@@ -915,6 +1131,13 @@ impl<'s> Lexer<'s> {
             c if is_field_start(c) => {
                 while self.peek_char().is_some_and(is_field_char) {
                     self.bump();
+                }
+                // `_meta.lastSeen`: the one dotted name.
+                if &self.src[start..self.pos] == "_meta" && self.peek_char() == Some('.') {
+                    self.bump();
+                    while self.peek_char().is_some_and(is_field_char) {
+                        self.bump();
+                    }
                 }
                 match Keyword::from_word(&self.src[start..self.pos]) {
                     Some(keyword) => Tok::Keyword(keyword),
@@ -998,7 +1221,8 @@ impl<'s> Lexer<'s> {
             lexer.pos > from
         };
         if self.src.as_bytes().get(start) == Some(&b'-') && !digits(self) {
-            return Err(self.error(start, "expected a digit after `-`"));
+            // The parser decides whether a lone `-` is allowed here.
+            return Ok(Tok::Minus);
         }
         digits(self);
         let mut is_float = false;
@@ -1035,6 +1259,15 @@ impl<'s> Lexer<'s> {
                 ));
             }
         }
+        if !is_float && self.peek_char().is_some_and(|c| c.is_ascii_alphabetic()) {
+            while self.peek_char().is_some_and(is_field_char) {
+                self.bump();
+            }
+            let text = &self.src[start..self.pos];
+            return lex_duration(text)
+                .map(Tok::Duration)
+                .map_err(|why| self.error(start, format!("invalid number `{text}`; {why}")));
+        }
         if self
             .peek_char()
             .is_some_and(|c| is_field_char(c) || c == '.')
@@ -1069,6 +1302,39 @@ impl<'s> Lexer<'s> {
             })
         }
     }
+}
+
+/// A duration token's text (`7d`, `-1h30m`) as signed microseconds, or
+/// why it is not one.
+fn lex_duration(text: &str) -> Result<i64, String> {
+    const HINT: &str = "a duration is a number with a unit: ms, s, m, h, d or w (e.g. 7d, 1h30m)";
+    let (negative, mut rest) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let mut total: i64 = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let letters = rest[digits..]
+            .bytes()
+            .take_while(u8::is_ascii_alphabetic)
+            .count();
+        let (number, unit) = (&rest[..digits], &rest[digits..digits + letters]);
+        let size = UNITS
+            .iter()
+            .find(|(name, _)| *name == unit)
+            .map(|(_, size)| *size);
+        let (Ok(number), Some(size)) = (number.parse::<i64>(), size) else {
+            return Err(HINT.to_string());
+        };
+        total = i64::try_from(size)
+            .ok()
+            .and_then(|size| number.checked_mul(size))
+            .and_then(|micros| total.checked_add(micros))
+            .ok_or_else(|| "the duration is out of range".to_string())?;
+        rest = &rest[digits + letters..];
+    }
+    Ok(if negative { -total } else { total })
 }
 
 // ---------------------------------------------------------------------------
@@ -1124,6 +1390,7 @@ impl<'s> Parser<'s> {
             Tok::Field => format!("field `{shown}`"),
             Tok::Str(_) => format!("string {shown}"),
             Tok::Int(_) | Tok::Float(_) => format!("number {shown}"),
+            Tok::Duration(_) => format!("duration {shown}"),
             _ => format!("`{shown}`"),
         }
     }
@@ -1227,6 +1494,16 @@ impl<'s> Parser<'s> {
         let test = match token.kind {
             Tok::Cmp(op) => {
                 let literal = self.parse_literal(op.symbol())?;
+                if !op.is_ordering() && matches!(literal.value, LitValue::Now { .. }) {
+                    return Err(self.error(
+                        literal.at.0,
+                        format!(
+                            "`{}` with a time relative to now() holds for at most one \
+                             microsecond; use `<`, `<=`, `>` or `>=`",
+                            op.symbol()
+                        ),
+                    ));
+                }
                 if op.is_ordering() && literal.value == LitValue::Null {
                     return Err(self.error(
                         literal.at.0,
@@ -1260,6 +1537,7 @@ impl<'s> Parser<'s> {
             }
             Tok::Keyword(Keyword::Contains) => {
                 let needle = self.parse_literal("contains")?;
+                self.refuse_time(&needle, "contains")?;
                 if needle.value == LitValue::Null {
                     return Err(self.error(
                         needle.at.0,
@@ -1285,6 +1563,13 @@ impl<'s> Parser<'s> {
                 }
                 Test::IsNull { negated }
             }
+            Tok::LParen if field.eq_ignore_ascii_case("now") => {
+                return Err(self.error(
+                    at,
+                    "now() goes on the right of a comparison, after a timestamp field: \
+                     write `reported_at > now() - 7d`",
+                ));
+            }
             _ => {
                 return Err(self.error(
                     token.start,
@@ -1297,6 +1582,7 @@ impl<'s> Parser<'s> {
             }
         };
         Ok(Node::Predicate(Predicate {
+            meta: MetaField::of(&field),
             field,
             at: At(at),
             test,
@@ -1312,6 +1598,25 @@ impl<'s> Parser<'s> {
             Tok::Keyword(Keyword::True) => LitValue::Bool(true),
             Tok::Keyword(Keyword::False) => LitValue::Bool(false),
             Tok::Keyword(Keyword::Null) => LitValue::Null,
+            Tok::Field
+                if self.lexer.src[token.start..token.end].eq_ignore_ascii_case("now")
+                    && self.next_if(|t| *t == Tok::LParen)?.is_some() =>
+            {
+                self.parse_now(token.start)?
+            }
+            Tok::Minus => {
+                return Err(self.error(token.start, "expected a digit after `-`"));
+            }
+            Tok::Duration(_) => {
+                let text = &self.lexer.src[token.start..token.end];
+                return Err(self.error(
+                    token.start,
+                    format!(
+                        "a duration needs a time to count from: write `now() - {}`",
+                        text.trim_start_matches('-')
+                    ),
+                ));
+            }
             Tok::Field => {
                 let name = &self.lexer.src[token.start..token.end];
                 return Err(self.error(
@@ -1338,6 +1643,82 @@ impl<'s> Parser<'s> {
         })
     }
 
+    /// The rest of `now() ± duration…`; `now(` is already consumed.
+    fn parse_now(&mut self, start: usize) -> Result<LitValue, ExprError> {
+        let close = self.next()?;
+        if close.kind != Tok::RParen {
+            return Err(self.error(
+                close.start,
+                format!(
+                    "expected `)` after `now(`: now() takes no arguments, found {}",
+                    self.describe(&close)
+                ),
+            ));
+        }
+        let mut offset: i64 = 0;
+        loop {
+            let token = self.next()?;
+            let step = match token.kind {
+                Tok::Plus | Tok::Minus => {
+                    let sign = if token.kind == Tok::Plus { "+" } else { "-" };
+                    let amount = self.next()?;
+                    match amount.kind {
+                        Tok::Duration(d) if d >= 0 => {
+                            if sign == "-" {
+                                -d
+                            } else {
+                                d
+                            }
+                        }
+                        _ => {
+                            return Err(self.error(
+                                amount.start,
+                                format!(
+                                    "expected a duration after `now() {sign}`, like 7d, 1h, \
+                                     30m or 10s; found {}",
+                                    self.describe(&amount)
+                                ),
+                            ));
+                        }
+                    }
+                }
+                // `now()-7d` lexes the sign into the duration.
+                Tok::Duration(d) if d < 0 => d,
+                Tok::Int(i) if i < 0 => {
+                    return Err(self.error(
+                        token.start,
+                        format!(
+                            "expected a duration after `now() -`, like 7d, 1h, 30m or 10s; \
+                             found {}",
+                            self.describe(&token)
+                        ),
+                    ));
+                }
+                _ => {
+                    self.push_back(token);
+                    return Ok(LitValue::Now { offset });
+                }
+            };
+            offset = offset
+                .checked_add(step)
+                .ok_or_else(|| self.error(start, "the offset from now() is out of range"))?;
+        }
+    }
+
+    /// `now()` is compared with, never looked for in a list or a string.
+    fn refuse_time(&self, literal: &Literal, place: &str) -> Result<(), ExprError> {
+        if matches!(literal.value, LitValue::Now { .. }) {
+            return Err(self.error(
+                literal.at.0,
+                format!(
+                    "a time relative to now() cannot be used in {place}; compare with `<`, \
+                     `<=`, `>` or `>=`"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn parse_list(&mut self, after: &str) -> Result<Vec<Literal>, ExprError> {
         let open = self.next()?;
         if open.kind != Tok::LBracket {
@@ -1356,6 +1737,7 @@ impl<'s> Parser<'s> {
         let mut separator = "[";
         loop {
             let literal = self.parse_literal(separator)?;
+            self.refuse_time(&literal, "a list")?;
             if literal.value == LitValue::Null {
                 return Err(self.error(
                     literal.at.0,
@@ -1810,7 +2192,12 @@ mod tests {
                 6,
                 "expected digits in the exponent of number `1e+`",
             ),
-            ("a == 12abc", 6, "invalid number `12abc`"),
+            (
+                "a == 12abc",
+                6,
+                "invalid number `12abc`; a duration is a number with a unit: ms, s, m, h, d or w \
+                 (e.g. 7d, 1h30m)",
+            ),
             ("a == - 3", 6, "expected a digit after `-`"),
             (
                 "a == .5",
@@ -1832,6 +2219,227 @@ mod tests {
         assert_eq!(
             parse("site ==").unwrap_err().to_string(),
             "at column 8: expected a value after `==`, found end of input"
+        );
+    }
+
+    #[test]
+    fn now_is_read_at_evaluation_and_offsets_by_durations() {
+        let seen = Timestamp::parse_rfc3339("2024-05-01T12:00:00Z").unwrap();
+        let hours = |h: i64| Timestamp::from_micros(seen.as_micros() + h * 3_600_000_000);
+        let record = sample();
+        let cases: &[(&str, Timestamp, bool)] = &[
+            ("seen > now() - 1h", hours(0), true),
+            ("seen > now() - 1h", hours(1), false),
+            ("seen >= now() - 1h", hours(1), true),
+            ("seen > now()-1h", hours(2), false),
+            ("seen < now() - 7d", hours(7 * 24 + 1), true),
+            ("seen < now() - 1w", hours(7 * 24 - 1), false),
+            ("seen < now() + 30m", hours(0), true),
+            ("seen <= now() - 1h30m", hours(2), true),
+            ("seen <= now() - 1h - 30m", hours(1), false),
+            ("seen > NOW() - 90s", hours(0), true),
+            ("not (seen > now() - 1h)", hours(5), true),
+            // Only timestamp fields compare with a time; null is false.
+            ("site > now() - 1h", hours(0), false),
+            ("nothing > now() - 1h", hours(0), false),
+            ("missing < now()", hours(0), false),
+        ];
+        for (source, now, expected) in cases {
+            let expr = parse(source).unwrap_or_else(|e| panic!("`{source}`: {e}"));
+            assert!(expr.is_relative(), "`{source}`");
+            assert_eq!(
+                expr.eval_at(&record, None, *now),
+                *expected,
+                "`{source}` at {now}"
+            );
+        }
+        // eval reads the clock: a time in 2024 is more than a day ago.
+        assert!(parse("seen < now() - 1d").unwrap().eval(&record));
+        assert!(!parse("seen == '2024-05-01T12:00:00Z'")
+            .unwrap()
+            .is_relative());
+        // Saturates instead of overflowing at the ends of time.
+        assert!(parse("seen > now() - 10000000w")
+            .unwrap()
+            .eval_at(&record, None, Timestamp::MIN));
+    }
+
+    #[test]
+    fn meta_fields_read_the_instance_bookkeeping() {
+        let t = |s: &str| Timestamp::parse_rfc3339(s).unwrap();
+        let meta = RowMeta {
+            version: 7,
+            first_seen: t("2024-01-01T00:00:00Z"),
+            last_seen: t("2024-05-01T12:00:00Z"),
+            event_time: t("2024-05-01T11:59:00Z"),
+        };
+        let now = t("2024-05-01T14:00:00Z");
+        let record = sample();
+        let cases: &[(&str, bool)] = &[
+            ("_meta.lastSeen < now() - 1h", true),
+            ("_meta.lastSeen > now() - 1h", false),
+            ("_meta.firstSeen < '2024-02-01T00:00:00Z'", true),
+            ("_meta.eventTime >= '2024-05-01T11:59:00Z'", true),
+            ("_meta.version >= 7 and _meta.version in [7, 8]", true),
+            ("_meta.version > 7", false),
+            ("_meta.lastSeen is null", false),
+        ];
+        for (source, expected) in cases {
+            let expr = parse(source).unwrap_or_else(|e| panic!("`{source}`: {e}"));
+            assert_eq!(
+                expr.eval_at(&record, Some(&meta), now),
+                *expected,
+                "`{source}`"
+            );
+            assert_eq!(expr.to_string(), *source, "displays as written");
+        }
+        // Without an instance at hand, _meta is null.
+        let silent = parse("_meta.lastSeen < now() - 1h").unwrap();
+        assert!(!silent.eval_at(&record, None, now));
+        assert!(parse("_meta.lastSeen is null").unwrap().eval(&record));
+        assert!(silent.eval_row(&record, &meta), "2024 is long ago");
+        assert_eq!(
+            problems("_meta.lastSeen > 5 or _meta.version < now() or _meta.nope == 1"),
+            vec![
+                (
+                    18,
+                    "cannot compare timestamp field `_meta.lastSeen` with an integer; write the \
+                     time as an RFC 3339 string like '2024-05-01T12:00:00Z'"
+                        .to_string()
+                ),
+                (
+                    39,
+                    "cannot compare int field `_meta.version` with a time (now()): only \
+                     timestamp fields compare with now()"
+                        .to_string()
+                ),
+                (
+                    48,
+                    "unknown field `_meta.nope`; the _meta fields are _meta.lastSeen, \
+                     _meta.firstSeen, _meta.eventTime, _meta.version"
+                        .to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn times_display_canonically_and_parse_back() {
+        let cases = [
+            ("seen>now()", "seen > now()"),
+            ("seen > now()-7d", "seen > now() - 7d"),
+            ("seen > Now() + 90m", "seen > now() + 1h30m"),
+            ("seen > now() - 1w", "seen > now() - 7d"),
+            ("seen > now() - 1h - 1h + 30s", "seen > now() - 1h59m30s"),
+            ("seen > now() - 1500ms", "seen > now() - 1s500ms"),
+            ("seen > now() - 1h + 1h", "seen > now()"),
+        ];
+        for (source, canonical) in cases {
+            let expr = parse(source).unwrap();
+            assert_eq!(expr.to_string(), canonical, "`{source}`");
+            assert_eq!(parse(canonical).unwrap(), expr, "`{canonical}`");
+        }
+        assert_ne!(
+            parse("seen > now() - 1h").unwrap(),
+            parse("seen > now() - 2h").unwrap()
+        );
+        // A field may still be called `now`.
+        assert!(parse("now == 1").is_ok());
+    }
+
+    #[test]
+    fn misused_times_are_refused_with_their_column() {
+        let cases: &[(&str, usize, &str)] = &[
+            (
+                "seen == now()",
+                9,
+                "`==` with a time relative to now() holds for at most one microsecond; use \
+                 `<`, `<=`, `>` or `>=`",
+            ),
+            (
+                "seen > 7d",
+                8,
+                "a duration needs a time to count from: write `now() - 7d`",
+            ),
+            (
+                "seen > now() - 7",
+                16,
+                "expected a duration after `now() -`, like 7d, 1h, 30m or 10s; found number 7",
+            ),
+            (
+                "seen > now()-7",
+                13,
+                "expected a duration after `now() -`, like 7d, 1h, 30m or 10s; found number -7",
+            ),
+            (
+                "seen > now() - 7x",
+                16,
+                "invalid number `7x`; a duration is a number with a unit: ms, s, m, h, d or w \
+                 (e.g. 7d, 1h30m)",
+            ),
+            (
+                "seen > now(1)",
+                12,
+                "expected `)` after `now(`: now() takes no arguments, found number 1",
+            ),
+            (
+                "now() > seen",
+                1,
+                "now() goes on the right of a comparison, after a timestamp field: write \
+                 `reported_at > now() - 7d`",
+            ),
+            (
+                "seen in [now()]",
+                10,
+                "a time relative to now() cannot be used in a list; compare with `<`, `<=`, \
+                 `>` or `>=`",
+            ),
+            (
+                "tags contains now()",
+                15,
+                "a time relative to now() cannot be used in contains; compare with `<`, `<=`, \
+                 `>` or `>=`",
+            ),
+            (
+                "seen > now() - 99999999999999d",
+                16,
+                "invalid number `99999999999999d`; the duration is out of range",
+            ),
+            ("seen > now() * 2", 14, "unexpected character `*`"),
+        ];
+        for (source, column, message) in cases {
+            let error = parse(source).expect_err(source);
+            assert_eq!(
+                (error.column, error.message.as_str()),
+                (*column, *message),
+                "`{source}`"
+            );
+        }
+    }
+
+    #[test]
+    fn check_allows_now_only_against_timestamp_fields() {
+        assert_eq!(problems("seen > now() - 7d and seen <= now()"), vec![]);
+        assert_eq!(
+            problems("count > now() - 1h or site < now() or tags > now()"),
+            vec![
+                (
+                    9,
+                    "cannot compare int field `count` with a time (now() - 1h): only timestamp \
+                     fields compare with now()"
+                        .to_string()
+                ),
+                (
+                    30,
+                    "cannot compare string field `site` with a time (now()): only timestamp \
+                     fields compare with now()"
+                        .to_string()
+                ),
+                (
+                    39,
+                    "cannot order json field `tags` with `>`; use `==`, `!=` or `in`".to_string()
+                ),
+            ]
         );
     }
 
@@ -1992,6 +2600,14 @@ mod tests {
         use proptest::prelude::*;
 
         const TOKENS: &[&str] = &[
+            "now",
+            "now()",
+            "+",
+            "-",
+            "7d",
+            "1h30m",
+            "-2s",
+            "3x",
             "(",
             ")",
             "[",
@@ -2089,8 +2705,15 @@ mod tests {
                 any::<String>().prop_map(LitValue::string),
                 Just("2024-05-01T12:00:00.5+02:00".to_string()).prop_map(LitValue::string),
             ];
+            // Null and now() are for comparisons only (not lists or contains).
             let value = if allow_null {
-                prop_oneof![9 => value, 1 => Just(LitValue::Null)].boxed()
+                prop_oneof![
+                    8 => value,
+                    1 => Just(LitValue::Null),
+                    1 => (-1_000_000_000_i64..1_000_000_000)
+                        .prop_map(|ms| LitValue::Now { offset: ms * 1_000 }),
+                ]
+                .boxed()
             } else {
                 value.boxed()
             };
@@ -2110,10 +2733,10 @@ mod tests {
             );
             let test = prop_oneof![
                 (op, literal(true)).prop_map(|(op, literal)| {
-                    let op = if literal.value == LitValue::Null && op.is_ordering() {
-                        CmpOp::Eq
-                    } else {
-                        op
+                    let op = match literal.value {
+                        LitValue::Null if op.is_ordering() => CmpOp::Eq,
+                        LitValue::Now { .. } if !op.is_ordering() => CmpOp::Gt,
+                        _ => op,
                     };
                     Test::Compare { op, literal }
                 }),
@@ -2124,6 +2747,7 @@ mod tests {
             ];
             (field_name(), test).prop_map(|(field, test)| {
                 Node::Predicate(Predicate {
+                    meta: MetaField::of(&field),
                     field,
                     at: At(0),
                     test,
@@ -2161,7 +2785,7 @@ mod tests {
 
             #[test]
             fn display_parses_back_to_an_equal_expr(root in node()) {
-                let expr = Expr { source: String::new(), root };
+                let expr = Expr { source: String::new(), root, relative: true };
                 let canonical = expr.to_string();
                 let reparsed = parse(&canonical);
                 prop_assert_eq!(reparsed.as_ref(), Ok(&expr), "canonical text: {}", canonical);

@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use crate::policy::access::row_meta;
 use crate::policy::masking::{MaskSecret, Masker};
 use crate::product::{Priority, Product, ProductSet, SyncMode, SyncRule};
 use crate::record::{Fields, Record, Timestamp};
@@ -63,7 +64,7 @@ impl OutboxPlanner for RulePlanner {
             if rule
                 .row_filter
                 .as_ref()
-                .is_some_and(|f| !f.eval(&change.instance.fields))
+                .is_some_and(|f| !f.eval_row(&change.instance.fields, &row_meta(&change.instance)))
             {
                 continue;
             }

@@ -167,6 +167,15 @@ try {
   check((await chart.locator("path.line").getAttribute("d")).split("L").length >= 10, "the chart line has too few points");
   summary.chartPoints = dots;
   check((await page.locator("main").textContent()).includes("alice@example.com"), "admin sees the operator's email in clear");
+  // The entity page follows the entity by subscription: a new reading
+  // shows without a reload.
+  await until("the entity subscription", async () => (await page.locator("#entity-live").textContent()) === "live");
+  await page.evaluate(() => { window.__sameDocument = true; });
+  const currentTemp = () => page.locator("tr", { has: page.locator("th", { hasText: "temperature_c" }) }).locator("td").first().textContent();
+  check(!(await currentTemp()).includes("91.5"), "the new reading is shown before it was sent");
+  telemetry("PR-0042", { temp: 91.5 });
+  await until("the entity's new temperature", async () => (await currentTemp()).includes("91.5"));
+  check(await page.evaluate(() => window.__sameDocument === true), "the entity page was reloaded");
   await shot("05-entity");
   await a11y("entity");
 

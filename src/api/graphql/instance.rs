@@ -383,7 +383,7 @@ pub(crate) fn shown(
         return Ok(true);
     }
     let current = store.get(product, entity).map_err(|e| e.to_string())?;
-    Ok(current.is_some_and(|i| view.shows(&i.fields)))
+    Ok(current.is_some_and(|i| view.shows_instance(&i)))
 }
 
 fn meta_field(api: &Arc<ProductApi>) -> Field {

@@ -68,7 +68,7 @@ impl Scan for ProductScan<'_> {
 /// hides it. The entity key stays the store's (history and audit look it
 /// up); a masked key field shows only the masked value.
 pub(crate) fn see(view: &View, mut instance: Instance) -> Option<Instance> {
-    if !view.shows(&instance.fields) {
+    if !view.shows_instance(&instance) {
         return None;
     }
     view.mask_fields(&mut instance.fields);

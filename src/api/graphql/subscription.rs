@@ -177,7 +177,7 @@ async fn next_change<'a>(mut feed: Feed) -> Option<(async_graphql::Result<FieldV
                 for change in &event.changes {
                     // Row filter on the clear state, then masks, then the
                     // subscriber's own filter on what it may see.
-                    if !feed.view.shows(&change.instance.fields) {
+                    if !feed.view.shows_instance(&change.instance) {
                         continue;
                     }
                     let mut change = change.clone();

@@ -1,9 +1,12 @@
 // Entity page: one instance's current values with its _meta, a chart per
 // number field over a chosen window (the downsampled `series`: min, max
 // and average per window, computed by the node, masks applied), and the
-// audit trail (who or what changed it, never values).
+// audit trail (who or what changed it, never values). It follows the
+// entity live: a change subscription filtered on its key redraws the page
+// (values, charts, audit) without a reload; a role that may not subscribe
+// gets a refresh every 5 s instead, as on the product page.
 
-import { gqlData } from "./api.js";
+import { gqlData, subscribe } from "./api.js";
 import { lineChart } from "./chart.js";
 import { badge, clear, dl, errorBox, esc, h, lowerFirst, num, section, table, value, when } from "./ui.js";
 
@@ -41,13 +44,16 @@ export async function entityPage(main, name, key) {
   const windowSelect = h("select", { id: "window" }, WINDOWS.map(([label]) => h("option", { value: label }, "last " + label)));
   windowSelect.value = sessionStorage.getItem("meshlet.console.window") || "1h";
   const body = h("div");
+  const keyValue = keyField.type === "int" ? String(key) : key;
+  const changes = `subscription($filter: ${p.graphqlType}Filter) { change: ${root}Changes(filter: $filter) { entity } }`;
+  const live = h("span", { id: "entity-live", class: "muted" }, "connecting…");
 
   async function load() {
     const [, span, every] = WINDOWS.find((w) => w[0] === windowSelect.value) || WINDOWS[1];
     const to = Date.now();
     const from = to - span * 1000;
     const data = await gqlData(query, {
-      key: keyField.type === "int" ? String(key) : key,
+      key: keyValue,
       since: new Date(from).toISOString(), until: new Date(to).toISOString(), every,
     });
     const it = data.it;
@@ -89,8 +95,29 @@ export async function entityPage(main, name, key) {
     h("p", { class: "crumbs" }, h("a", { href: "#/" }, "Overview"), " / ", h("a", { href: "#/product/" + esc(name) }, name), " / ", key),
     h("h1", {}, key),
     h("p", { class: "controls" }, h("label", { for: "window" }, "Chart window "), windowSelect,
-      " ", h("button", { type: "button", class: "quiet", onclick: () => load().catch((e) => clear(body, errorBox(e.message))) }, "Refresh")),
+      " ", h("button", { type: "button", class: "quiet", onclick: () => load().catch((e) => clear(body, errorBox(e.message))) }, "Refresh"),
+      " ", live),
     body);
   await load();
-  return () => {};
+
+  // Live: each change of this entity redraws the page, at most one redraw
+  // in flight and bursts coalesced.
+  let reloadTimer = null;
+  let poll = null;
+  const reload = () => load().catch((e) => clear(body, errorBox(e.message)));
+  const close = subscribe(changes, { filter: { [p.key]: { eq: keyValue } } }, () => {
+    live.textContent = "live";
+    if (!reloadTimer) reloadTimer = setTimeout(() => { reloadTimer = null; reload(); }, 200);
+  }, (message) => {
+    live.textContent = "no live updates (" + message + "): refreshed every 5 s";
+    if (!poll) poll = setInterval(() => { if (!document.hidden) reload(); }, 5000);
+  });
+  // Until the first change arrives, say the subscription is open.
+  const opened = setTimeout(() => { if (live.textContent === "connecting…") live.textContent = "live"; }, 1500);
+  return () => {
+    close();
+    clearTimeout(opened);
+    if (reloadTimer) clearTimeout(reloadTimer);
+    if (poll) clearInterval(poll);
+  };
 }
