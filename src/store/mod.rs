@@ -150,7 +150,9 @@ mod dictionary_train;
 mod durable;
 mod erase;
 mod error;
+mod hot;
 mod ingest;
+mod journal;
 mod keys;
 mod merge;
 mod offsets;
@@ -172,6 +174,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 pub use config::{DictionaryConfig, StoreConfig};
 pub use dictionary::DictionaryInfo;
 pub use error::StoreError;
+pub use journal::JournalStats;
 pub use outbox::{BudgetReport, OutboxEntry, OutboxItem, OutboxPlanner, OutboxStats, PendingEntry};
 pub use retention::RETENTION_ORIGIN;
 pub use seal::{EncryptionKey, KeyCheck, KeyFileError};
@@ -197,7 +200,12 @@ use stored::StoredMeta;
 /// retention sweep, and readers read both, so opening converts nothing;
 /// the number still changes because a format 2 build would not see the
 /// tail events in the instance.
-pub const STORE_FORMAT_VERSION: u32 = 3;
+///
+/// 4: writes go to the `journal` tree first and reach the other trees at
+/// checkpoints (`journal.rs`). A format 3 store has no journal, so opening
+/// converts nothing; the number changes because a format 3 build would
+/// ignore the frames a crash left (and lose acknowledged writes).
+pub const STORE_FORMAT_VERSION: u32 = 4;
 
 const META_TREE: &str = "meta";
 const META_FORMAT_KEY: &[u8] = b"format";
@@ -214,7 +222,7 @@ struct Inner {
     db: sled::Db,
     products: RwLock<HashMap<String, Arc<ProductTrees>>>,
     /// `source_offsets`: one position per source, node-wide.
-    offsets: sled::Tree,
+    offsets: hot::HotTree,
     /// Serializes every write, so transactions never conflict.
     writer: Mutex<()>,
     group: GroupCommit,
@@ -222,8 +230,8 @@ struct Inner {
     seal: seal::Seal,
     /// `outbox` and `outbox_index` (see `outbox.rs`), the planner that
     /// fills them, and the pending tally per upstream.
-    outbox: sled::Tree,
-    outbox_index: sled::Tree,
+    outbox: hot::HotTree,
+    outbox_index: hot::HotTree,
     planner: RwLock<Option<Arc<dyn OutboxPlanner>>>,
     tally: Mutex<outbox::Tally>,
     /// Requests to the dictionary trainer thread (`None`: dictionaries
@@ -233,17 +241,40 @@ struct Inner {
     /// Instances and keys walked by bulk reads since the heap was last
     /// trimmed (`crate::memory`).
     walked_since_trim: std::sync::atomic::AtomicU64,
+    /// The hot state over the written trees (`hot.rs`) and the journal
+    /// that makes it durable (`journal.rs`).
+    hot: hot::HotTrees,
+    journal: journal::Journal,
+    /// Stopped (and joined) first when the store is dropped.
+    checkpointer: Mutex<Option<journal::Checkpointer>>,
+}
+
+impl Drop for Inner {
+    /// A clean close leaves no frame to replay: the hot state goes into
+    /// the trees (the flusher's drop then flushes them).
+    fn drop(&mut self) {
+        drop(
+            self.checkpointer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = self.journal.checkpoint(&self.hot) {
+            tracing::warn!(error = %e, "checkpoint on close failed; the journal keeps the writes");
+        }
+    }
 }
 
 /// The trees of one product.
 pub(crate) struct ProductTrees {
     pub name: String,
-    pub instances: sled::Tree,
-    pub history: sled::Tree,
-    pub audit: sled::Tree,
-    pub tombstones: sled::Tree,
-    pub dedupe: sled::Tree,
-    pub quarantine: sled::Tree,
+    pub instances: hot::HotTree,
+    pub history: hot::HotTree,
+    pub audit: hot::HotTree,
+    pub tombstones: hot::HotTree,
+    pub dedupe: hot::HotTree,
+    pub quarantine: hot::HotTree,
     /// History dictionaries (`dictionary.rs`).
     pub dictionaries: dictionary::ProductDictionaries,
     /// The newest committed states, for lookups (`current.rs`).
@@ -351,19 +382,25 @@ impl Store {
         let db = open_waiting_for_lock(&config)
             .map_err(|e| StoreError::sled(format!("opening {}", config.path.display()), e))?;
         check_format(&db, &config)?;
-        let offsets = db.open_tree(offsets::OFFSETS_TREE).map_err(|e| {
-            StoreError::sled(format!("opening tree `{}`", offsets::OFFSETS_TREE), e)
-        })?;
+        let meta = db
+            .open_tree(META_TREE)
+            .map_err(|e| StoreError::sled("opening tree `meta`", e))?;
+        let hot = hot::HotTrees::new(db.clone());
+        // Before anything reads a tree: frames a crash left go in first.
+        let journal = journal::Journal::open(&db, meta, seal.clone(), &hot)?;
         let open_tree = |name: &str| {
-            db.open_tree(name)
+            hot.open(name)
                 .map_err(|e| StoreError::sled(format!("opening tree `{name}`"), e))
         };
+        let offsets = open_tree(offsets::OFFSETS_TREE)?;
         let outbox = open_tree(outbox::OUTBOX_TREE)?;
         let outbox_index = open_tree(outbox::OUTBOX_INDEX_TREE)?;
         let group = GroupCommit::start(db.clone())?;
         let dictionaries_on = config.dictionary.enabled;
+        let checkpoint_interval = config.checkpoint_interval;
         let store = Store {
-            inner: Arc::new_cyclic(|weak| Inner {
+            inner: Arc::new_cyclic(|weak| {
+                Inner {
                 config,
                 db,
                 products: RwLock::new(HashMap::new()),
@@ -386,6 +423,16 @@ impl Store {
                 },
                 training: dictionary_train::TrainingCounters::default(),
                 walked_since_trim: std::sync::atomic::AtomicU64::new(0),
+                hot,
+                journal,
+                checkpointer: Mutex::new(
+                    journal::Checkpointer::start(weak.clone(), checkpoint_interval)
+                        .map_err(|e| {
+                            tracing::warn!(error = %e, "no checkpoint thread; the hot state is checkpointed when it passes hot_bytes");
+                        })
+                        .ok(),
+                ),
+            }
             }),
         };
         store.outbox_recount()?;
@@ -545,6 +592,11 @@ impl Store {
     /// (erasure checks, corruption injection). Not part of the API.
     #[doc(hidden)]
     pub fn raw_db(&self) -> &sled::Db {
+        // What is looked at must be in the trees, not only in the journal
+        // and the hot state.
+        if let Err(e) = self.checkpoint() {
+            tracing::warn!(error = %e, "checkpoint before handing out the raw database failed");
+        }
         // Whatever is written through it bypasses the lookup caches.
         for trees in self
             .inner
@@ -589,6 +641,13 @@ impl Store {
         let open = |suffix: &str| {
             let name = format!("{product}/{suffix}");
             self.inner
+                .hot
+                .open(&name)
+                .map_err(|e| StoreError::sled(format!("opening tree `{name}`"), e))
+        };
+        let open_cold = |suffix: &str| {
+            let name = format!("{product}/{suffix}");
+            self.inner
                 .db
                 .open_tree(&name)
                 .map_err(|e| StoreError::sled(format!("opening tree `{name}`"), e))
@@ -603,7 +662,7 @@ impl Store {
             quarantine: open("quarantine")?,
             dictionaries: dictionary::ProductDictionaries::open(
                 product,
-                open(dictionary::DICTIONARIES)?,
+                open_cold(dictionary::DICTIONARIES)?,
                 self.inner.seal.clone(),
                 self.inner.config.zstd_level,
                 self.inner.config.dictionary.clone(),

@@ -1,0 +1,123 @@
+//! Bytes written to disk per raw payload byte by the store's ingest path
+//! (`/proc/self/io` `write_bytes`), as the writer drives it: groups of
+//! single-record jobs for 1,000 machines, one durability barrier per group.
+//! A measurement, not a check: `#[ignore]`d, run with `--ignored --nocapture`.
+
+use meshlet::record::{Fields, Origin, Record, Timestamp, Value};
+use meshlet::store::{IngestBatch, IngestLimits, IngestRecord, Store, StoreConfig};
+
+fn write_bytes() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn machine(i: u64, n: u64) -> (Record, usize) {
+    let mut fields = Fields::new();
+    fields.insert("machine_id".into(), Value::String(format!("m-{i:04}")));
+    fields.insert("site".into(), Value::String("berlin".into()));
+    fields.insert(
+        "temperature".into(),
+        Value::Float(40.0 + (n % 17) as f64 * 0.37),
+    );
+    fields.insert(
+        "vibration".into(),
+        Value::Float(0.1 + (n % 11) as f64 * 0.013),
+    );
+    fields.insert("rpm".into(), Value::Int(1400 + (n % 50) as i64));
+    fields.insert("status".into(), Value::String("running".into()));
+    let raw = format!(
+        r#"{{"machine_id":"m-{i:04}","site":"berlin","temperature":{},"vibration":{},"rpm":{},"status":"running","ts":{}}}"#,
+        40.0 + (n % 17) as f64 * 0.37,
+        0.1 + (n % 11) as f64 * 0.013,
+        1400 + (n % 50),
+        1_700_000_000_000u64 + n
+    );
+    (
+        Record {
+            entity: format!("m-{i:04}"),
+            fields,
+            event_time: Timestamp::from_millis(1_700_000_000_000 + n as i64),
+            origin: Origin::new("mqtt:0"),
+        },
+        raw.len() + 1,
+    )
+}
+
+#[test]
+#[ignore = "measurement; run with --ignored --nocapture"]
+fn bytes_written_per_raw_byte() {
+    let records: u64 = std::env::var("AMP_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let group: u64 = std::env::var("AMP_GROUP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let durable_each = std::env::var("AMP_NO_FLUSH").is_err();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(StoreConfig::new(dir.path().join("db"))).expect("open");
+    let limits = IngestLimits::default();
+    let before = write_bytes();
+    let started = std::time::Instant::now();
+    let mut raw = 0usize;
+    let mut n = 0u64;
+    let mut flushes = 0u64;
+    while n < records {
+        let mut batches = Vec::new();
+        for _ in 0..group {
+            let (record, len) = machine(n % 1000, n);
+            raw += len;
+            let mut fp = [0u8; 16];
+            fp[..8].copy_from_slice(&n.to_be_bytes());
+            batches.push(IngestBatch {
+                records: vec![IngestRecord {
+                    record,
+                    fingerprint: Some(fp),
+                    check_duplicate: true,
+                }],
+                ..IngestBatch::default()
+            });
+            n += 1;
+        }
+        let refs: Vec<_> = batches.iter().map(|b| (b, Timestamp::now())).collect();
+        for r in store.ingest_group("machine_health", &refs, &limits) {
+            r.expect("ingest");
+        }
+        if durable_each {
+            store.durable_blocking().expect("durable");
+            flushes += 1;
+        }
+    }
+    store.durable_blocking().expect("durable");
+    let elapsed = started.elapsed();
+    let written = write_bytes() - before;
+    let size = store.size_on_disk().unwrap_or(0);
+    for tree in [
+        "machine_health/instances",
+        "machine_health/history",
+        "machine_health/dedupe",
+        "machine_health/audit",
+        "journal",
+    ] {
+        if let Ok(t) = store.raw_db().open_tree(tree) {
+            let (k, v) = t
+                .iter()
+                .flatten()
+                .fold((0usize, 0usize), |(k, v), (a, b)| (k + 1, v + b.len()));
+            println!(
+                "tree {tree}: {k} keys, {v} value bytes, {:.0} B avg",
+                v as f64 / k.max(1) as f64
+            );
+        }
+    }
+    println!(
+        "records {records} group {group} flushes {flushes}: raw {raw} B, written {written} B = {:.2}x raw, size_on_disk {size} B = {:.2}x, {:.1} us/record",
+        written as f64 / raw as f64,
+        size as f64 / raw as f64,
+        elapsed.as_micros() as f64 / records as f64
+    );
+}
