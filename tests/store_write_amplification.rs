@@ -125,7 +125,7 @@ fn bytes_written_per_raw_byte() {
             let (k, v) = t
                 .iter()
                 .flatten()
-                .fold((0usize, 0usize), |(k, v), (a, b)| (k + 1, v + b.len()));
+                .fold((0usize, 0usize), |(k, v), (_, b)| (k + 1, v + b.len()));
             println!(
                 "tree {tree}: {k} keys, {v} value bytes, {:.0} B avg",
                 v as f64 / k.max(1) as f64
