@@ -60,10 +60,16 @@ fn bytes_written_per_raw_byte() {
     let durable_each = std::env::var("AMP_NO_FLUSH").is_err();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = StoreConfig::new(dir.path().join("db"));
-    if let Some(ms) = std::env::var("AMP_CHECKPOINT_MS").ok().and_then(|v| v.parse().ok()) {
+    if let Some(ms) = std::env::var("AMP_CHECKPOINT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         config.checkpoint_interval = std::time::Duration::from_millis(ms);
     }
-    if let Some(bytes) = std::env::var("AMP_HOT_BYTES").ok().and_then(|v| v.parse().ok()) {
+    if let Some(bytes) = std::env::var("AMP_HOT_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         config.hot_bytes = bytes;
     }
     let store = Store::open(config).expect("open");
@@ -103,11 +109,17 @@ fn bytes_written_per_raw_byte() {
     let elapsed = started.elapsed();
     let written = write_bytes() - before;
     let stats = store.journal_stats();
-    let frames = stats.frames_written.load(std::sync::atomic::Ordering::Relaxed);
+    let frames = stats
+        .frames_written
+        .load(std::sync::atomic::Ordering::Relaxed);
     let frame_bytes = stats.frame_bytes.load(std::sync::atomic::Ordering::Relaxed);
     let checkpoints = stats.checkpoints.load(std::sync::atomic::Ordering::Relaxed);
-    let keys = stats.checkpoint_keys.load(std::sync::atomic::Ordering::Relaxed);
-    let micros = stats.checkpoint_micros.load(std::sync::atomic::Ordering::Relaxed);
+    let keys = stats
+        .checkpoint_keys
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let micros = stats
+        .checkpoint_micros
+        .load(std::sync::atomic::Ordering::Relaxed);
     println!(
         "journal: {frames} frames, {frame_bytes} B ({:.2}x raw); {checkpoints} checkpoints, {keys} keys, {} ms",
         frame_bytes as f64 / raw as f64,

@@ -483,6 +483,69 @@ impl Store {
     pub fn journal_stats(&self) -> Arc<JournalStats> {
         Arc::clone(&self.inner.journal.stats)
     }
+
+    /// The journal's and the hot state's series, Prometheus text format.
+    pub fn render_journal_prometheus(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let stats = &self.inner.journal.stats;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let families: [(&str, &str, &str, String); 8] = [
+            (
+                "meshlet_store_journal_frames_total",
+                "counter",
+                "Journal frames written (one per write group).",
+                load(&stats.frames_written).to_string(),
+            ),
+            (
+                "meshlet_store_journal_frame_bytes_total",
+                "counter",
+                "Bytes of journal frames as stored (compressed, sealed).",
+                load(&stats.frame_bytes).to_string(),
+            ),
+            (
+                "meshlet_store_journal_frames_replayed_total",
+                "counter",
+                "Journal frames applied at open, after a crash.",
+                load(&stats.frames_replayed).to_string(),
+            ),
+            (
+                "meshlet_store_checkpoints_total",
+                "counter",
+                "Checkpoints of the hot state into the trees.",
+                load(&stats.checkpoints).to_string(),
+            ),
+            (
+                "meshlet_store_checkpoint_keys_total",
+                "counter",
+                "Keys written or removed by checkpoints.",
+                load(&stats.checkpoint_keys).to_string(),
+            ),
+            (
+                "meshlet_store_checkpoint_seconds_total",
+                "counter",
+                "Time spent in checkpoints (the writer waits meanwhile).",
+                format!("{}", load(&stats.checkpoint_micros) as f64 / 1e6),
+            ),
+            (
+                "meshlet_store_hot_bytes",
+                "gauge",
+                "Bytes of hot state not yet checkpointed (bounded by store.hot_bytes).",
+                self.inner.hot.bytes().to_string(),
+            ),
+            (
+                "meshlet_store_journal_pending_frames",
+                "gauge",
+                "Journal frames not yet checkpointed.",
+                self.inner.journal.pending_frames().to_string(),
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+    }
 }
 
 /// The background checkpointer: one thread per store, checkpointing every
