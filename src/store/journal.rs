@@ -324,12 +324,12 @@ impl Journal {
 }
 
 /// A crash injected at a named point, for the crash tests: in debug builds
-/// only, when `MESHLET_FAILPOINT` names the point (the process aborts, as
+/// only, when `FAILPOINT_MESHLET_STORE` names the point (the process aborts, as
 /// a SIGKILL would stop it; after a flush, so what was written is on disk
 /// and the next open sees a half-finished step if there is one).
 fn failpoint(name: &str, flush: Option<&sled::Tree>) {
     #[cfg(debug_assertions)]
-    if std::env::var("MESHLET_FAILPOINT").is_ok_and(|v| v == name) {
+    if std::env::var("FAILPOINT_MESHLET_STORE").is_ok_and(|v| v == name) {
         if let Some(tree) = flush {
             let _ = tree.flush();
         }
