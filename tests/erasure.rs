@@ -258,3 +258,70 @@ fn erase_of_an_entity_known_only_from_the_quarantine_removes_its_payloads() {
         .expect("tombstone")
         .is_some());
 }
+
+/// Every value of the journal's frames as written (zstd frames opened),
+/// read with sled directly: `Store::open` would replay and empty it.
+fn journal_occurrences(data_dir: &Path, needle: &str) -> Vec<String> {
+    let db = sled::open(data_dir.join("store")).expect("raw sled opens");
+    let journal = db.open_tree("journal").expect("journal tree");
+    let mut found = Vec::new();
+    for item in journal.iter() {
+        let (key, value) = item.expect("frame");
+        let contains = |bytes: &[u8]| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+        if contains(&value) || zstd_frames(&value, &[]).iter().any(|f| contains(f)) {
+            found.push(format!("journal frame {key:?}"));
+        }
+    }
+    found
+}
+
+/// Store format 4 keeps acknowledged writes in journal frames until a
+/// checkpoint. An erasure while the node runs must not leave a frame
+/// holding the entity's values: it checkpoints, which drops every frame
+/// before it. The node is SIGKILLed right after the erasure (no clean
+/// close, no later checkpoint) and the raw journal is scanned.
+#[test]
+fn an_erasure_leaves_no_journal_frame_with_the_entity() {
+    let dir = workdir(
+        &[("person", PERSON)],
+        "[store]\ncheckpoint_interval = \"1h\"\n",
+    );
+    let mut node = NodeBuilder::new(dir.path())
+        .arg("--config")
+        .arg("meshlet.toml")
+        .start()
+        .expect("node starts");
+    for version in 0..3 {
+        push(
+            &node,
+            &[
+                format!(r#"{{"person_id":"p-1","name":"Ann {GONE} {version}"}}"#),
+                format!(r#"{{"person_id":"p-2","name":"Bob {KEPT} {version}"}}"#),
+            ],
+        );
+    }
+    let (status, body) = http_post(
+        &node.url("/graphql"),
+        "application/json",
+        br#"{"query":"mutation { erasePerson(person_id: \"p-1\") }"}"#.to_vec(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("true"), "{body}");
+    // One more write after the erasure: it is in a frame, p-1 is not.
+    push(
+        &node,
+        &[format!(r#"{{"person_id":"p-2","name":"Bob {KEPT} late"}}"#)],
+    );
+    node.signal(libc::SIGKILL);
+    let _ = node.wait_exit(Duration::from_secs(10));
+
+    let data = dir.path().join("data");
+    assert!(
+        !journal_occurrences(&data, KEPT).is_empty(),
+        "the write after the erasure is in a journal frame (the scan sees into frames)"
+    );
+    let left = journal_occurrences(&data, GONE);
+    assert!(left.is_empty(), "frames still hold the erased entity: {left:?}");
+    let left = occurrences(&data, GONE);
+    assert!(left.is_empty(), "values of the erased entity remain: {left:?}");
+}
