@@ -321,7 +321,13 @@ fn an_erasure_leaves_no_journal_frame_with_the_entity() {
         "the write after the erasure is in a journal frame (the scan sees into frames)"
     );
     let left = journal_occurrences(&data, GONE);
-    assert!(left.is_empty(), "frames still hold the erased entity: {left:?}");
+    assert!(
+        left.is_empty(),
+        "frames still hold the erased entity: {left:?}"
+    );
     let left = occurrences(&data, GONE);
-    assert!(left.is_empty(), "values of the erased entity remain: {left:?}");
+    assert!(
+        left.is_empty(),
+        "values of the erased entity remain: {left:?}"
+    );
 }

@@ -361,3 +361,64 @@ fn sigkill_loop(rounds: usize) {
         started.elapsed()
     );
 }
+
+/// A store written by a format 3 build (no journal) opens as format 4 with
+/// its data, and goes on taking writes through the journal.
+#[test]
+fn a_format_3_store_opens_as_format_4() {
+    use meshlet::record::{Fields, Origin, Record, Timestamp};
+    use meshlet::store::{Store, StoreConfig, STORE_FORMAT_VERSION};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    let record = |n: i64| Record {
+        entity: "m1".into(),
+        fields: Fields::from([("n".to_string(), Value::Int(n))]),
+        event_time: Timestamp::from_secs(n),
+        origin: Origin::new("test"),
+    };
+    {
+        let store = Store::open(StoreConfig::new(&path)).expect("open");
+        store.upsert("p", &[record(1), record(2)]).expect("upsert");
+    }
+    // What a format 3 build leaves: the same trees, `meta/format` = 3
+    // (MessagePack {"format_version": 3} behind format byte 1), no journal.
+    {
+        let db = sled::open(&path).expect("raw sled");
+        assert_eq!(db.open_tree("journal").expect("journal").len(), 0);
+        db.drop_tree("journal").expect("drop journal");
+        let mut format = vec![1u8, 0x81, 0xae];
+        format.extend_from_slice(b"format_version");
+        format.push(3);
+        db.open_tree("meta")
+            .expect("meta")
+            .insert("format", format)
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    let store = Store::open(StoreConfig::new(&path)).expect("a format 3 store opens");
+    assert_eq!(STORE_FORMAT_VERSION, 4);
+    let stamped = store
+        .raw_db()
+        .open_tree("meta")
+        .expect("meta")
+        .get("format")
+        .expect("get")
+        .expect("format");
+    assert_eq!(stamped.last(), Some(&4), "stamped with format 4");
+    assert_eq!(store.get("p", "m1").expect("get").expect("m1").version, 2);
+    store.upsert("p", &[record(3)]).expect("upsert");
+    assert_eq!(
+        store.journal_pending_frames(),
+        1,
+        "the write went to the journal"
+    );
+    drop(store);
+    let store = Store::open(StoreConfig::new(&path)).expect("reopen");
+    let history = store
+        .history("p", "m1", &HistoryQuery::default())
+        .expect("history");
+    assert_eq!(
+        history.iter().map(|e| e.version).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+}
