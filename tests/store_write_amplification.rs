@@ -58,6 +58,8 @@ fn bytes_written_per_raw_byte() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
     let durable_each = std::env::var("AMP_NO_FLUSH").is_err();
+    // Paced ingest (records per second), as a gateway sees it; unpaced when unset.
+    let rate: Option<f64> = std::env::var("AMP_RATE").ok().and_then(|v| v.parse().ok());
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = StoreConfig::new(dir.path().join("db"));
     if let Some(ms) = std::env::var("AMP_CHECKPOINT_MS")
@@ -80,6 +82,12 @@ fn bytes_written_per_raw_byte() {
     let mut n = 0u64;
     let mut flushes = 0u64;
     while n < records {
+        if let Some(rate) = rate {
+            let due = started + std::time::Duration::from_secs_f64(n as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
         let mut batches = Vec::new();
         for _ in 0..group {
             let (record, len) = machine(n % 1000, n);

@@ -1,7 +1,7 @@
 //! Ingest: everything one batch from one source produces for one product
 //! — records, dedupe registrations, quarantine inserts, evictions and
-//! resolutions, the source offset — written as one sled transaction, so a
-//! crash keeps all of it or none. [`Store::upsert`] is this same path with
+//! resolutions, the source offset — written as one hot transaction (one
+//! journal frame, see `journal.rs`), so a crash keeps all of it or none. [`Store::upsert`] is this same path with
 //! plain records only.
 //!
 //! Steps, all under the writer lock except encoding:
@@ -11,7 +11,8 @@
 //!    the quarantine (`quarantine.rs`, which needs range scans that
 //!    transactions cannot do); the lock guarantees that nothing changes
 //!    before the commit, and the dedupe copy takes the plan only after it;
-//! 3. one transaction over the product's six trees and the offsets tree:
+//! 3. one hot transaction over the product's six trees, the offsets tree
+//!    and the outbox trees:
 //!    merge the records that are not duplicates (`write.rs`), write the
 //!    planned keys and the offset.
 

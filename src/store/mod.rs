@@ -10,15 +10,41 @@
 //! (`dedupe.rs`), `{product}/quarantine` (`quarantine.rs`) and
 //! `{product}/dictionaries` (history zstd dictionaries, `dictionary.rs`;
 //! trained off the write path by `dictionary_train.rs`). Global:
-//! `source_offsets` (`offsets.rs`), and `meta`, which holds the store format
-//! version; a database written by a newer format is refused at open with
-//! [`StoreError::NewerFormat`] instead of being misread.
+//! `source_offsets` (`offsets.rs`), `journal` (`journal.rs`), and `meta`,
+//! which holds the store format version and the newest checkpointed
+//! journal frame; a database written by a newer format is refused at open
+//! with [`StoreError::NewerFormat`] instead of being misread.
 //!
-//! # Writes
+//! # Writes: journal first, trees at checkpoints (store format 4)
 //!
-//! Writers are serialized by one mutex, so sled transactions never conflict
-//! and never retry. Every batch is one multi-tree transaction: all of it or
-//! none is applied, also across a crash. Readers take no lock.
+//! Writers are serialized by one mutex. Every batch is one
+//! [`Store::hot_transaction`]: its rules (merge, tail and seal, audit
+//! coalescing, dedupe, quarantine, offsets, outbox) read and write the
+//! product's trees through a write-back overlay, the **hot state**
+//! (`hot.rs`); when it succeeds, its write set becomes one zstd-compressed
+//! **journal frame** (one sled key) and joins the hot state. The group
+//! commit's flush makes the frame durable, and acknowledgements wait for
+//! it as before. A **checkpoint** (`journal.rs`) moves the hot state into
+//! the trees and drops the frames behind it in one sled transaction, every
+//! `checkpoint_interval` (default 5 s), whenever the hot state passes
+//! `hot_bytes` (default 8 MiB), before writes that bypass it and on close;
+//! opening the store replays the frames a crash left. So an entity that
+//! reports every second has its instance written to its tree once per
+//! interval, not once per record, and all writes of a group are one value.
+//!
+//! Why (measured, `tests/store_write_amplification.rs`): with a sled
+//! transaction per group straight into the trees, 50,000 records of 1,000
+//! machines wrote 43–46 bytes to disk per raw JSON byte, with or without a
+//! flush per group. Each record rewrote its ~1 KiB instance (open history
+//! tail included) and a few small keys, ~8× the raw bytes; sled 0.34's
+//! log-structured pages multiplied that by ~5 (a leaf of several instances
+//! is rewritten whole every ten updates, and its cleaner relocates live
+//! pages). The journal path wrote 5.2× on the same run: the frames are
+//! ~1.1× the raw bytes, and sled still multiplies what it is given — the
+//! figures, and what is left, are in `benches/README.md`.
+//!
+//! Every batch is all or nothing, also across a crash: a frame is one
+//! sled insert, a checkpoint one transaction. Readers take no lock.
 //!
 //! [`Store::ingest`] writes everything one batch from one source produces
 //! for one product ([`IngestBatch`]): its records, the registration of their
@@ -44,7 +70,14 @@
 //! **Outbox** (`outbox.rs`): what sync owes each upstream. When an
 //! [`OutboxPlanner`] is installed, every applied record's outbox items and
 //! an erasure's tombstones (and the removal of the entity's pending
-//! entries) are written in the same transaction as the change.
+//! entries) are written in the same transaction as the change. With the
+//! journal, the outbox trees are hot trees like the others, so an outbox
+//! entry is in the same frame as its change — atomic by construction —
+//! and sync reads it from the hot state at once. Chosen over a
+//! per-upstream cursor over the journal because that would keep frames
+//! alive for as long as an upstream is offline (days, at the edge) and
+//! replace the outbox's priorities, coalescing and budget with a second
+//! mechanism; in the frame, the journal stays one checkpoint long.
 //!
 //! **Source offsets** (`offsets.rs`): one opaque position per source name,
 //! node-wide; [`Store::source_offset`] reads it back.
@@ -107,7 +140,12 @@
 //! `Created` audit line after the `Erased` one, and the tombstone is removed
 //! in the same transaction (a tombstone means "erased and not seen since").
 //! The guarantee is logical: no tree holds an erased value afterwards; sled
-//! may keep old bytes in its log segments until it reuses them.
+//! may keep old bytes in its log segments until it reuses them. Journal
+//! frames written before the erasure hold the entity's values until the
+//! next checkpoint, so the erasure checkpoints right after its own write,
+//! under the writer lock: when [`Store::erase`] returns, no frame holds the
+//! entity (the window is the erasure call itself; a crash inside it
+//! replays the frames, erasure included).
 //!
 //! Retention expiry ([`Store::sweep_retention`]) removes an entity whose
 //! `last_seen` is older than `expire_after` the same way, but keeps one
@@ -116,7 +154,9 @@
 //!
 //! # Reads
 //!
-//! Reads go straight to sled. A history read checks that the instance
+//! Reads see the hot state first, then sled (`hot.rs`; range scans merge
+//! both in key order), so an acknowledged write is visible at once. A
+//! history read checks that the instance
 //! record is byte-identical before and after the range scan (every write
 //! that moves history rewrites it) and retries, finally under the writer
 //! lock, so a concurrent seal or sweep never yields missing or doubled
@@ -135,8 +175,8 @@
 //!
 //! A write is on disk once [`Store::durable`] (or
 //! [`Store::durable_blocking`]) called after it returned has returned Ok;
-//! concurrent callers share one flush (see `durable.rs`). sled also flushes
-//! on its own every 500 ms.
+//! concurrent callers share one flush (see `durable.rs`), which makes the
+//! write's journal frame durable. sled also flushes on its own every 500 ms.
 
 mod audit;
 mod chunk;
