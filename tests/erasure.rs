@@ -259,17 +259,25 @@ fn erase_of_an_entity_known_only_from_the_quarantine_removes_its_payloads() {
         .is_some());
 }
 
-/// Every value of the journal's frames as written (zstd frames opened),
-/// read with sled directly: `Store::open` would replay and empty it.
+/// Journal frames (in `store/journal/*.wal`) holding `needle`, zstd frames
+/// opened, read as files: `Store::open` would replay and remove them.
 fn journal_occurrences(data_dir: &Path, needle: &str) -> Vec<String> {
-    let db = sled::open(data_dir.join("store")).expect("raw sled opens");
-    let journal = db.open_tree("journal").expect("journal tree");
     let mut found = Vec::new();
-    for item in journal.iter() {
-        let (key, value) = item.expect("frame");
-        let contains = |bytes: &[u8]| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
-        if contains(&value) || zstd_frames(&value, &[]).iter().any(|f| contains(f)) {
-            found.push(format!("journal frame {key:?}"));
+    let contains = |bytes: &[u8]| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+    for entry in std::fs::read_dir(data_dir.join("store/journal")).expect("journal dir") {
+        let path = entry.expect("entry").path();
+        let bytes = std::fs::read(&path).expect("segment");
+        // Records: payload length (u32 BE), CRC (u32), sequence (u64),
+        // payload; each payload's zstd frame opened on its own.
+        let mut rest = bytes.as_slice();
+        while rest.len() >= 16 {
+            let len = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+            let end = (16 + len).min(rest.len());
+            let payload = &rest[16..end];
+            if contains(payload) || zstd_frames(payload, &[]).iter().any(|f| contains(f)) {
+                found.push(format!("{}: frame {:?}", path.display(), &rest[8..16]));
+            }
+            rest = &rest[end..];
         }
     }
     found

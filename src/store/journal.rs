@@ -62,6 +62,9 @@
 //! Their total is bounded by what one checkpoint interval or `hot_bytes`
 //! lets accumulate.
 
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -74,7 +77,8 @@ use super::seal::{self, Seal};
 use super::write::TxResult;
 use super::{tx_result, Inner, Store, StoreError};
 
-/// The journal's sled tree.
+/// The journal's directory inside the store's, and the tree name its
+/// frames are sealed under.
 pub(crate) const JOURNAL_TREE: &str = "journal";
 /// `meta` key of the newest checkpointed frame sequence (`u64` BE).
 const META_CHECKPOINT_KEY: &[u8] = b"checkpoint_seq";
@@ -101,8 +105,15 @@ pub struct JournalStats {
     pub frames_replayed: AtomicU64,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-struct Seqs {
+/// The journal's files and sequence numbers (under its mutex).
+struct Segments {
+    /// The segment frames are appended to, shared with the flusher so it
+    /// can sync without holding the lock.
+    current: Arc<File>,
+    current_path: PathBuf,
+    /// Segments before the current one (kept only until a checkpoint's
+    /// flush made their frames durable in the trees).
+    older: Vec<PathBuf>,
     /// The oldest frame not yet checkpointed.
     first: u64,
     /// The sequence the next frame gets.
@@ -110,10 +121,11 @@ struct Seqs {
 }
 
 pub(crate) struct Journal {
-    tree: sled::Tree,
+    dir: PathBuf,
+    db: sled::Db,
     meta: sled::Tree,
     seal: Seal,
-    seqs: Mutex<Seqs>,
+    segments: Mutex<Segments>,
     pub stats: Arc<JournalStats>,
 }
 
@@ -121,69 +133,148 @@ fn corrupt(seq: u64, detail: impl ToString) -> StoreError {
     StoreError::bookkeeping(format!("journal frame {seq}"), "journal frame", detail)
 }
 
+/// Record header: payload length (`u32`), CRC-32 of sequence and payload
+/// (`u32`), sequence (`u64`), all big-endian.
+const RECORD_HEADER: usize = 16;
+
+fn segment_name(first: u64) -> String {
+    format!("{first:020}.wal")
+}
+
+/// Makes the creation or removal of files in `dir` durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
 impl Journal {
-    /// Opens the journal and replays the frames a crash left into the
-    /// trees (see the module docs).
+    fn io(&self, what: &str, e: std::io::Error) -> StoreError {
+        StoreError::Journal {
+            path: self.dir.clone(),
+            detail: format!("{what}: {e}"),
+        }
+    }
+
+    /// Opens the journal directory `dir` and replays the frames a crash
+    /// left into the trees (see the module docs).
     pub fn open(
+        dir: PathBuf,
         db: &sled::Db,
         meta: sled::Tree,
         seal: Seal,
         hot: &HotTrees,
     ) -> Result<Journal, StoreError> {
-        let tree = db
-            .open_tree(JOURNAL_TREE)
-            .map_err(|e| StoreError::sled(format!("opening tree `{JOURNAL_TREE}`"), e))?;
+        let io = |what: &str, e: std::io::Error| StoreError::Journal {
+            path: dir.clone(),
+            detail: format!("{what}: {e}"),
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| io("creating the directory", e))?;
         let checkpointed = meta
             .get(META_CHECKPOINT_KEY)
             .map_err(|e| StoreError::sled("reading the checkpoint sequence", e))?
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0);
-        let last = tree
-            .last()
-            .map_err(|e| StoreError::sled("reading the journal", e))?
-            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
-            .map(u64::from_be_bytes);
-        let next = last.map_or(checkpointed + 1, |l| l.max(checkpointed) + 1);
+        let mut found: Vec<(u64, PathBuf)> = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| io("listing", e))? {
+            let entry = entry.map_err(|e| io("listing", e))?;
+            let name = entry.file_name();
+            let Some(first) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".wal"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            found.push((first, entry.path()));
+        }
+        found.sort();
+        // A placeholder until replay knows where the next frame starts.
+        let placeholder = dir.join(".open");
+        let current = Arc::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&placeholder)
+                .map_err(|e| io("creating a segment", e))?,
+        );
         let journal = Journal {
-            tree,
+            dir: dir.clone(),
+            db: db.clone(),
             meta,
             seal,
-            seqs: Mutex::new(Seqs { first: next, next }),
+            segments: Mutex::new(Segments {
+                current,
+                current_path: placeholder.clone(),
+                older: found.iter().map(|(_, p)| p.clone()).collect(),
+                first: checkpointed + 1,
+                next: checkpointed + 1,
+            }),
             stats: Arc::new(JournalStats::default()),
         };
-        journal.replay(hot)?;
+        let last = journal.replay(&found, checkpointed, hot)?;
+        // Frames continue after everything seen, replayed or not.
+        let next = last.max(checkpointed) + 1;
+        {
+            let mut segments = journal.segments();
+            segments.first = next;
+            segments.next = next;
+        }
+        journal.rotate()?;
+        let _ = std::fs::remove_file(&placeholder);
         Ok(journal)
     }
 
-    fn seqs(&self) -> MutexGuard<'_, Seqs> {
-        self.seqs.lock().unwrap_or_else(|p| p.into_inner())
+    fn segments(&self) -> MutexGuard<'_, Segments> {
+        self.segments.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Frames not checkpointed yet.
     pub fn pending_frames(&self) -> u64 {
-        let seqs = *self.seqs();
-        seqs.next - seqs.first
+        let segments = self.segments();
+        segments.next - segments.first
     }
 
-    /// Applies every frame in the journal to the trees, in order, and
-    /// removes them, in one transaction.
-    fn replay(&self, hot: &HotTrees) -> Result<(), StoreError> {
+    /// Reads every frame of `found` (ascending), applies those after
+    /// `checkpointed` to the trees and records the newest as checkpointed,
+    /// in one transaction, then flushes. Returns the newest sequence seen.
+    fn replay(
+        &self,
+        found: &[(u64, PathBuf)],
+        checkpointed: u64,
+        hot: &HotTrees,
+    ) -> Result<u64, StoreError> {
         let started = Instant::now();
         let mut sets: std::collections::BTreeMap<String, WriteSet> = Default::default();
-        let mut frames = Vec::new();
-        for item in self.tree.iter() {
-            let (key, value) = item.map_err(|e| StoreError::sled("reading the journal", e))?;
-            let seq = <[u8; 8]>::try_from(key.as_ref())
-                .map(u64::from_be_bytes)
-                .map_err(|_| corrupt(0, "malformed frame key"))?;
-            for (tree, writes) in self.decode(seq, &value)? {
-                sets.entry(tree).or_default().extend(writes);
+        let mut replayed = 0u64;
+        let mut last = 0u64;
+        for (_, path) in found {
+            let bytes = std::fs::read(path).map_err(|e| self.io("reading a segment", e))?;
+            let mut rest = bytes.as_slice();
+            while !rest.is_empty() {
+                let Some((seq, payload, tail)) = read_record(rest) else {
+                    // A record cut short by the crash: it was never
+                    // acknowledged (its sync did not complete), and nothing
+                    // after it was written.
+                    tracing::warn!(
+                        segment = %path.display(),
+                        bytes = rest.len(),
+                        "journal ends in an incomplete record; ignored"
+                    );
+                    break;
+                };
+                rest = tail;
+                last = last.max(seq);
+                if seq <= checkpointed {
+                    continue;
+                }
+                for (tree, writes) in self.decode(seq, payload)? {
+                    sets.entry(tree).or_default().extend(writes);
+                }
+                replayed += 1;
             }
-            frames.push(key);
         }
-        if frames.is_empty() {
-            return Ok(());
+        if replayed == 0 {
+            return Ok(last);
         }
         let trees: Vec<HotTree> = sets
             .keys()
@@ -193,13 +284,10 @@ impl Journal {
             })
             .collect::<Result<_, _>>()?;
         let dirty: Vec<(HotTree, WriteSet)> = trees.into_iter().zip(sets.into_values()).collect();
-        let last = frames
-            .last()
-            .and_then(|k| <[u8; 8]>::try_from(k.as_ref()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
-        let keys = self.commit(&dirty, &frames, last)?;
-        let replayed = frames.len() as u64;
+        let keys = self.commit(&dirty, last)?;
+        self.db
+            .flush()
+            .map_err(|e| StoreError::sled("flushing the replayed journal", e))?;
         self.stats
             .frames_replayed
             .fetch_add(replayed, Ordering::Relaxed);
@@ -209,20 +297,13 @@ impl Journal {
             millis = started.elapsed().as_millis() as u64,
             "journal replayed"
         );
-        Ok(())
+        Ok(last)
     }
 
-    /// One transaction: the write sets into their trees, `frames` out of
-    /// the journal, `last` as the checkpoint sequence. Returns the keys
-    /// written.
-    fn commit(
-        &self,
-        dirty: &[(HotTree, WriteSet)],
-        frames: &[IVec],
-        last: u64,
-    ) -> Result<u64, StoreError> {
+    /// One transaction: the write sets into their trees and `last` as the
+    /// checkpointed sequence. Returns the keys written.
+    fn commit(&self, dirty: &[(HotTree, WriteSet)], last: u64) -> Result<u64, StoreError> {
         let mut trees: Vec<&sled::Tree> = dirty.iter().map(|(t, _)| t.sled()).collect();
-        trees.push(&self.tree);
         trees.push(&self.meta);
         let n = dirty.len();
         let result = trees.as_slice().transaction(|tx| {
@@ -238,17 +319,49 @@ impl Journal {
                     keys += 1;
                 }
             }
-            for key in frames {
-                tx[n].remove(key)?;
-            }
-            tx[n + 1].overwrite(META_CHECKPOINT_KEY, last.to_be_bytes().as_slice());
+            tx[n].overwrite(META_CHECKPOINT_KEY, last.to_be_bytes().as_slice());
             Ok::<_, ConflictableTransactionError<StoreError>>(keys)
         });
         tx_result(result, || "checkpoint: writing the hot state".to_string())
     }
 
+    /// Starts a new segment at the next sequence and removes the older
+    /// ones (every frame in them is checkpointed and flushed). Call with
+    /// no frame pending.
+    fn rotate(&self) -> Result<(), StoreError> {
+        let mut segments = self.segments();
+        let path = self.dir.join(segment_name(segments.next));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| self.io("creating a segment", e))?;
+        // The new segment's name must be durable before a frame in it is
+        // acknowledged.
+        sync_dir(&self.dir).map_err(|e| self.io("syncing the directory", e))?;
+        let old = std::mem::replace(&mut segments.current_path, path.clone());
+        segments.current = Arc::new(file);
+        let mut older = std::mem::take(&mut segments.older);
+        older.push(old);
+        drop(segments);
+        failpoint("journal-truncate", None);
+        for old in older {
+            if old != path {
+                if let Err(e) = std::fs::remove_file(&old) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(segment = %old.display(), error = %e, "cannot remove a checkpointed journal segment");
+                    }
+                }
+            }
+        }
+        // Not needed for correctness (replay skips checkpointed frames);
+        // keeps removed segments from coming back after a crash.
+        let _ = sync_dir(&self.dir);
+        Ok(())
+    }
+
     /// Appends the frame of one transaction's write sets; returns its size.
-    /// Call under the writer lock.
+    /// Call under the writer lock. Durable after the next [`Journal::sync`].
     pub fn append(&self, sets: &[(&HotTree, &WriteSet)]) -> Result<usize, StoreError> {
         let plain = encode_frame(sets);
         let mut bytes = Vec::with_capacity(plain.len() / 4 + 8);
@@ -257,20 +370,40 @@ impl Journal {
         let packed = zstd::bulk::compress(&plain, FRAME_ZSTD_LEVEL)
             .map_err(|e| StoreError::encode("(journal)", "(frame)", "journal frame", e))?;
         bytes.extend_from_slice(&packed);
-        let mut seqs = self.seqs();
-        let key = seqs.next.to_be_bytes();
-        let bytes = seal::seal(&self.seal, JOURNAL_TREE, &key, bytes)
+        let mut segments = self.segments();
+        let seq = segments.next;
+        let payload = seal::seal(&self.seal, JOURNAL_TREE, &seq.to_be_bytes(), bytes)
             .map_err(|e| StoreError::encode("(journal)", "(frame)", "journal frame", e))?;
-        let len = bytes.len();
-        self.tree
-            .insert(key, bytes)
-            .map_err(|e| StoreError::sled("writing a journal frame", e))?;
-        seqs.next += 1;
+        let len = u32::try_from(payload.len()).map_err(|_| {
+            StoreError::encode("(journal)", "(frame)", "journal frame", "frame over 4 GiB")
+        })?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&seq.to_be_bytes());
+        crc.update(&payload);
+        let mut record = Vec::with_capacity(RECORD_HEADER + payload.len());
+        record.extend_from_slice(&len.to_be_bytes());
+        record.extend_from_slice(&crc.finalize().to_be_bytes());
+        record.extend_from_slice(&seq.to_be_bytes());
+        record.extend_from_slice(&payload);
+        // One write per frame, appended: a crash leaves a prefix of it at
+        // worst, which replay recognises and ignores.
+        (&*segments.current)
+            .write_all(&record)
+            .map_err(|e| self.io("appending a frame", e))?;
+        segments.next += 1;
         self.stats.frames_written.fetch_add(1, Ordering::Relaxed);
         self.stats
             .frame_bytes
-            .fetch_add(len as u64, Ordering::Relaxed);
-        Ok(len)
+            .fetch_add(record.len() as u64, Ordering::Relaxed);
+        Ok(record.len())
+    }
+
+    /// Makes every frame appended so far durable (the group commit's
+    /// flusher calls it before flushing sled). Does not hold the lock
+    /// while syncing, so appends go on meanwhile.
+    pub fn sync(&self) -> std::io::Result<()> {
+        let current = Arc::clone(&self.segments().current);
+        current.sync_data()
     }
 
     fn decode(&self, seq: u64, value: &[u8]) -> Result<Vec<(String, WriteSet)>, StoreError> {
@@ -296,20 +429,25 @@ impl Journal {
     /// Moves the hot state into sled and drops the frames behind it (see
     /// the module docs). Call under the writer lock.
     pub fn checkpoint(&self, hot: &HotTrees) -> Result<(), StoreError> {
-        let seqs = *self.seqs();
+        let (first, next) = {
+            let segments = self.segments();
+            (segments.first, segments.next)
+        };
         let dirty = hot.dirty();
-        if dirty.is_empty() && seqs.first == seqs.next {
+        if dirty.is_empty() && first == next {
             return Ok(());
         }
         let started = Instant::now();
         failpoint("checkpoint-before", None);
-        let frames: Vec<IVec> = (seqs.first..seqs.next)
-            .map(|s| IVec::from(&s.to_be_bytes()[..]))
-            .collect();
-        let keys = self.commit(&dirty, &frames, seqs.next.saturating_sub(1))?;
-        failpoint("checkpoint-after", Some(&self.tree));
+        let keys = self.commit(&dirty, next.saturating_sub(1))?;
+        // Durable before the frames go: until then they are the copy.
+        self.db
+            .flush()
+            .map_err(|e| StoreError::sled("flushing a checkpoint", e))?;
+        failpoint("checkpoint-after", None);
         hot.clear();
-        self.seqs().first = seqs.next;
+        self.segments().first = next;
+        self.rotate()?;
         let micros = started.elapsed().as_micros() as u64;
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.stats
@@ -318,20 +456,38 @@ impl Journal {
         self.stats
             .checkpoint_micros
             .fetch_add(micros, Ordering::Relaxed);
-        tracing::debug!(frames = frames.len(), keys, micros, "checkpoint done");
+        tracing::debug!(frames = next - first, keys, micros, "checkpoint done");
         Ok(())
     }
+}
+
+/// Splits one record off `bytes`: its sequence, payload and the rest, or
+/// `None` when the record is incomplete or its checksum fails.
+fn read_record(bytes: &[u8]) -> Option<(u64, &[u8], &[u8])> {
+    let header = bytes.get(..RECORD_HEADER)?;
+    let len = u32::from_be_bytes(header.get(..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_be_bytes(header.get(4..8)?.try_into().ok()?);
+    let seq_bytes = header.get(8..16)?;
+    let seq = u64::from_be_bytes(seq_bytes.try_into().ok()?);
+    let payload = bytes.get(RECORD_HEADER..RECORD_HEADER.checked_add(len)?)?;
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(seq_bytes);
+    hasher.update(payload);
+    if hasher.finalize() != crc {
+        return None;
+    }
+    Some((seq, payload, bytes.get(RECORD_HEADER + len..)?))
 }
 
 /// A crash injected at a named point, for the crash tests: in debug builds
 /// only, when `FAILPOINT_MESHLET_STORE` names the point (the process aborts, as
 /// a SIGKILL would stop it; after a flush, so what was written is on disk
 /// and the next open sees a half-finished step if there is one).
-fn failpoint(name: &str, flush: Option<&sled::Tree>) {
+fn failpoint(name: &str, flush: Option<&sled::Db>) {
     #[cfg(debug_assertions)]
     if std::env::var("FAILPOINT_MESHLET_STORE").is_ok_and(|v| v == name) {
-        if let Some(tree) = flush {
-            let _ = tree.flush();
+        if let Some(db) = flush {
+            let _ = db.flush();
         }
         eprintln!("meshlet: failpoint {name}: aborting");
         std::process::abort();

@@ -284,7 +284,7 @@ struct Inner {
     /// The hot state over the written trees (`hot.rs`) and the journal
     /// that makes it durable (`journal.rs`).
     hot: hot::HotTrees,
-    journal: journal::Journal,
+    journal: Arc<journal::Journal>,
     /// Stopped (and joined) first when the store is dropped.
     checkpointer: Mutex<Option<journal::Checkpointer>>,
 }
@@ -427,7 +427,13 @@ impl Store {
             .map_err(|e| StoreError::sled("opening tree `meta`", e))?;
         let hot = hot::HotTrees::new(db.clone());
         // Before anything reads a tree: frames a crash left go in first.
-        let journal = journal::Journal::open(&db, meta, seal.clone(), &hot)?;
+        let journal = Arc::new(journal::Journal::open(
+            config.path.join(journal::JOURNAL_TREE),
+            &db,
+            meta,
+            seal.clone(),
+            &hot,
+        )?);
         let open_tree = |name: &str| {
             hot.open(name)
                 .map_err(|e| StoreError::sled(format!("opening tree `{name}`"), e))
@@ -435,7 +441,7 @@ impl Store {
         let offsets = open_tree(offsets::OFFSETS_TREE)?;
         let outbox = open_tree(outbox::OUTBOX_TREE)?;
         let outbox_index = open_tree(outbox::OUTBOX_INDEX_TREE)?;
-        let group = GroupCommit::start(db.clone())?;
+        let group = GroupCommit::start(db.clone(), Arc::clone(&journal))?;
         let dictionaries_on = config.dictionary.enabled;
         let checkpoint_interval = config.checkpoint_interval;
         let store = Store {
