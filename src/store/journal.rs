@@ -6,17 +6,23 @@
 //! # Why (measured, `tests/store_write_amplification.rs`)
 //!
 //! Before the journal, 50,000 single-record jobs of 1,000 machines in
-//! groups of 100 wrote **43–46 bytes to disk per raw JSON byte**, with a
-//! durability barrier per group or with none at all (43.6×): the flushes
-//! were not the cost. Each record rewrote its instance (~0.8–1 KiB with
-//! the open history tail) plus dedupe, history and audit keys, ~8× the raw
-//! bytes handed to sled; sled 0.34's log-structured page cache multiplied
-//! that by ~5 (leaf pages of several instances consolidated and rewritten
-//! whole, segments relocated by its cleaner). So the fix is writing fewer
-//! and larger things: one frame per write group instead of one instance
-//! rewrite per record, and each dirty key once per checkpoint.
+//! groups of 100 wrote **43–46 bytes to disk per raw JSON byte**
+//! (`/proc/self/io` `write_bytes`), with a durability barrier per group or
+//! with none at all: each record rewrote its instance (~0.8–1 KiB with the
+//! open history tail) plus dedupe, history and audit keys, ~8× the raw
+//! bytes handed to sled, and sled 0.34's log-structured pages multiplied
+//! that by ~5 (a leaf of several instances is rewritten whole every ten
+//! updates; its cleaner relocates live pages). So: write fewer and larger
+//! things — one frame per write group, each dirty key once per checkpoint.
 //!
-//! # Frames
+//! The first version kept the frames in a sled tree. At a gateway's pace
+//! (1,000 records/s, groups of 10, a barrier per group) it wrote **122×**:
+//! sled's flush and page rewrites cost ~10× the frame at every barrier,
+//! whatever the frame. In an append-only file, a barrier costs the frame
+//! and the page it ends in: **10×** on the same run, and 5.5× unpaced.
+//! sled stays the store; the journal is its write-ahead log.
+//!
+//! # Frames and segments
 //!
 //! A frame is the write set of one [`Store::hot_transaction`]: per hot tree
 //! (by sled tree name), the keys written with their new values or their
@@ -25,42 +31,49 @@
 //! so everything a group did is in one frame or in none. Plain layout
 //! (version 1): `u32` tree count, then per tree a `u16`-prefixed name, a
 //! `u32` entry count, and per entry a `u32`-prefixed key, a presence byte
-//! and, when present, a `u32`-prefixed value. The frame value is a format
-//! byte, the plain length (`u32`) and the zstd frame; sealed under the
-//! `journal` tree and its key when encryption is on. Keys are the frame
-//! sequence, `u64` big-endian.
+//! and, when present, a `u32`-prefixed value. The payload is a format
+//! byte, the plain length (`u32`) and the zstd frame, sealed (as the value
+//! of its sequence number in the `journal` tree) when encryption is on.
+//!
+//! Frames are appended, one `write` each, to segment files
+//! `<store>/journal/<first sequence>.wal` as records: payload length
+//! (`u32`), CRC-32 of sequence and payload, sequence (`u64`), payload. A
+//! new segment starts at every checkpoint (its directory entry synced
+//! before a frame in it can be acknowledged) and the older ones are
+//! removed.
 //!
 //! A frame is physical (what to write), not logical (what came in), so
 //! replay needs neither the outbox planner (installed after open), nor the
-//! dictionaries, nor the configuration of the write that made it: applying
-//! the frames after the last checkpoint in order gives exactly the state
-//! the acknowledged writes had.
+//! dictionaries, nor the configuration of the write that made it, and
+//! applying a frame twice changes nothing.
 //!
 //! # Durability
 //!
-//! The frame is inserted before the write set joins the overlay; the group
-//! commit's flush (`durable.rs`) makes it durable, and acknowledgements
-//! still wait for that flush. sled recovers a single insert whole or not
-//! at all.
+//! The frame is appended before the write set joins the overlay; the group
+//! commit's flusher (`durable.rs`) `fdatasync`s the segment (then flushes
+//! sled, for what goes there directly), and acknowledgements wait for it
+//! as before. A crash can leave the last record cut short; its sync never
+//! completed, so it was never acknowledged, and replay ignores it (length
+//! and CRC).
 //!
 //! # Checkpoints
 //!
-//! A checkpoint writes every dirty key of every hot tree, removes the
-//! frames up to the newest one and records that sequence in `meta`, all
-//! in **one** sled transaction: after a crash either the old trees and all
-//! frames are there (replay applies them) or the new trees and none of
-//! those frames — never a frame applied twice over a newer state. It runs
+//! A checkpoint writes every dirty key of every hot tree and the newest
+//! frame sequence (`meta/checkpoint_seq`) in **one** sled transaction,
+//! flushes sled, and only then removes the segments: after a crash either
+//! the old trees and the frames are there (replay applies them) or the new
+//! trees with a sequence that makes replay skip those frames. It runs
 //! under the writer lock, every `store.checkpoint_interval` (a background
 //! thread), whenever the overlay passes `store.hot_bytes` (the writer,
-//! right after its write), before every write that goes to sled directly,
-//! and when the store closes.
+//! right after its write), right after an erasure, and when the store
+//! closes.
 //!
 //! # Replay
 //!
-//! At open, the frames left are applied the same way as a checkpoint (one
-//! transaction with their removal), before anything reads the store.
-//! Their total is bounded by what one checkpoint interval or `hot_bytes`
-//! lets accumulate.
+//! At open, the frames after `meta/checkpoint_seq` are applied like a
+//! checkpoint (one transaction, then a flush) before anything reads the
+//! store, and a new segment starts. Their total is bounded by what one
+//! checkpoint interval or `hot_bytes` lets accumulate.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
