@@ -168,13 +168,13 @@ fn assert_exactly_once(found: &BTreeMap<String, Vec<i64>>, per_device: i64) {
 }
 
 /// The node crashes (a failpoint aborts it, as SIGKILL would) right before
-/// a checkpoint's transaction, and right after it committed and was
-/// flushed but before the hot state was dropped — the transaction also
-/// truncates the journal, so the second is "during truncation". Every
-/// acknowledged record is there exactly once after the restart.
+/// a checkpoint's transaction; right after it committed and was flushed,
+/// before the hot state was dropped; and during the journal's truncation
+/// (the new segment created, the checkpointed ones not yet removed).
+/// Every acknowledged record is there exactly once after the restart.
 #[test]
 fn a_crash_on_either_side_of_a_checkpoint_loses_and_doubles_nothing() {
-    for failpoint in ["checkpoint-before", "checkpoint-after"] {
+    for failpoint in ["checkpoint-before", "checkpoint-after", "journal-truncate"] {
         let dir = workdir(
             &[("counter", COUNTER)],
             "[store]\ncheckpoint_interval = \"300ms\"\n[mqtt.embedded]\nenabled = false\n",
