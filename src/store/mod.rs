@@ -209,6 +209,7 @@ mod sessions;
 mod stored;
 mod types;
 mod write;
+pub mod writer;
 mod writer_states;
 
 use std::collections::HashMap;
@@ -228,6 +229,9 @@ pub use types::{
     Tombstone,
 };
 pub use write::SYNC_ORIGIN_PREFIX;
+pub use writer::{
+    ChangeEvent, PendingWrite, WriteError, WriteJob, Writer, WriterCounters, Written,
+};
 
 pub use durable::DurableBarrier;
 use durable::GroupCommit;
@@ -290,6 +294,9 @@ struct Inner {
     journal: Arc<journal::Journal>,
     /// Stopped (and joined) first when the store is dropped.
     checkpointer: Mutex<Option<journal::Checkpointer>>,
+    /// The change feed the writer publishes durable changes on
+    /// (`writer.rs`); GraphQL and sync subscribe here.
+    changes: tokio::sync::broadcast::Sender<Arc<writer::ChangeEvent>>,
 }
 
 impl Drop for Inner {
@@ -474,6 +481,7 @@ impl Store {
                 walked_since_trim: std::sync::atomic::AtomicU64::new(0),
                 hot,
                 journal,
+                changes: tokio::sync::broadcast::channel(writer::CHANGE_FEED_CAPACITY).0,
                 checkpointer: Mutex::new(
                     journal::Checkpointer::start(weak.clone(), checkpoint_interval)
                         .map_err(|e| {
@@ -487,6 +495,13 @@ impl Store {
         store.outbox_recount()?;
         tracing::debug!("store opened");
         Ok(store)
+    }
+
+    /// The feed of durable changes the writer publishes, from now on
+    /// (a slow subscriber gets `RecvError::Lagged` and can re-read the
+    /// store).
+    pub fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<Arc<writer::ChangeEvent>> {
+        self.inner.changes.subscribe()
     }
 
     /// The configuration the store was opened with.
