@@ -317,6 +317,7 @@ fn sigkill_loop(rounds: usize) {
     let mut rng = rand::rng();
     let mut node = start_in(dir.path(), &[]);
     let mut kills = 0;
+    let mut restarts = Vec::new();
     let started = Instant::now();
     while kills < rounds && busy.load(Ordering::SeqCst) {
         // Random moments, not a wait for a condition: a kill lands anywhere.
@@ -324,7 +325,11 @@ fn sigkill_loop(rounds: usize) {
         node.signal(libc::SIGKILL);
         let _ = node.wait_exit(Duration::from_secs(10));
         kills += 1;
+        // Spawn to ready (the harness waits for the ready line), replay
+        // of what the kill left included.
+        let restart = Instant::now();
         node = start_in(dir.path(), &[]);
+        restarts.push(restart.elapsed());
     }
     let acked = publisher.join().expect("publisher");
     assert_eq!(acked, devices.len() * per_device as usize);
@@ -356,9 +361,13 @@ fn sigkill_loop(rounds: usize) {
     let (status, _) = node.stop();
     assert!(status.success());
     assert_exactly_once(&stored(dir.path(), &devices), per_device);
+    restarts.sort();
     eprintln!(
-        "{kills} SIGKILLs in {:?}, {acked} messages, none lost or doubled",
-        started.elapsed()
+        "{kills} SIGKILLs in {:?}, {acked} messages, none lost or doubled; \
+         start to ready after a SIGKILL: median {:?}, max {:?}",
+        started.elapsed(),
+        restarts.get(restarts.len() / 2),
+        restarts.last()
     );
 }
 
