@@ -224,3 +224,90 @@ fn sled_bytes_written_per_flush() {
         "sled: {per:.0} bytes written per 2 KiB journal append + flush (bulk removal every 500)"
     );
 }
+
+/// Start-up after a SIGKILL with the hot state nearly full (just under
+/// `hot_bytes`, nothing checkpointed): the replay is the bound on how long
+/// readiness waits. The test re-runs its own binary as the writer.
+#[test]
+#[ignore = "measurement; run with --ignored --nocapture"]
+fn open_after_sigkill_with_a_full_hot_state() {
+    use std::io::{BufRead, BufReader};
+    const CHILD: &str = "AMP_REPLAY_CHILD";
+    let config = |path: &std::path::Path| {
+        let mut config = StoreConfig::new(path);
+        config.checkpoint_interval = std::time::Duration::from_secs(3600);
+        config
+    };
+    if let Ok(path) = std::env::var(CHILD) {
+        let store = Store::open(config(std::path::Path::new(&path))).expect("open");
+        let limits = IngestLimits::default();
+        let bound = store.config().hot_bytes as u64;
+        let mut n = 0u64;
+        // Stop just short of the bound (a group is ~14 KiB of frame), so
+        // no checkpoint ran: the longest replay there can be.
+        while store.hot_bytes() as u64 + 65_536 < bound
+            && store.journal_pending_bytes() + 65_536 < bound
+        {
+            let batches: Vec<IngestBatch> = (0..100)
+                .map(|_| {
+                    let (record, _) = machine(n % 1000, n);
+                    n += 1;
+                    IngestBatch {
+                        records: vec![IngestRecord {
+                            record,
+                            fingerprint: None,
+                            check_duplicate: false,
+                        }],
+                        ..IngestBatch::default()
+                    }
+                })
+                .collect();
+            let refs: Vec<_> = batches.iter().map(|b| (b, Timestamp::now())).collect();
+            for r in store.ingest_group("machine_health", &refs, &limits) {
+                r.expect("ingest");
+            }
+        }
+        assert_eq!(
+            store
+                .journal_stats()
+                .checkpoints
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        store.durable_blocking().expect("durable");
+        println!("ready {n} {}", store.journal_pending_frames());
+        std::thread::sleep(std::time::Duration::from_secs(600));
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("db");
+    let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .args([
+            "--exact",
+            "open_after_sigkill_with_a_full_hot_state",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(CHILD, &path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("child");
+    let stdout = child.stdout.take().expect("stdout");
+    let line = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("ready"))
+        .expect("the child filled the hot state");
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let started = std::time::Instant::now();
+    let store = Store::open(config(&path)).expect("reopen");
+    let opened = started.elapsed();
+    let stats = store.journal_stats();
+    println!(
+        "{line}: reopened in {opened:?}, {} frames replayed",
+        stats
+            .frames_replayed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+}

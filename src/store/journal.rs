@@ -131,6 +131,8 @@ struct Segments {
     first: u64,
     /// The sequence the next frame gets.
     next: u64,
+    /// Bytes of the frames not yet checkpointed: what a replay would read.
+    pending_bytes: u64,
 }
 
 pub(crate) struct Journal {
@@ -221,6 +223,7 @@ impl Journal {
                 older: found.iter().map(|(_, p)| p.clone()).collect(),
                 first: checkpointed + 1,
                 next: checkpointed + 1,
+                pending_bytes: 0,
             }),
             stats: Arc::new(JournalStats::default()),
         };
@@ -245,6 +248,11 @@ impl Journal {
     pub fn pending_frames(&self) -> u64 {
         let segments = self.segments();
         segments.next - segments.first
+    }
+
+    /// Bytes of the frames not checkpointed yet.
+    pub fn pending_bytes(&self) -> u64 {
+        self.segments().pending_bytes
     }
 
     /// Reads every frame of `found` (ascending), applies those after
@@ -406,6 +414,7 @@ impl Journal {
             .write_all(&record)
             .map_err(|e| self.io("appending a frame", e))?;
         segments.next += 1;
+        segments.pending_bytes += record.len() as u64;
         self.stats.frames_written.fetch_add(1, Ordering::Relaxed);
         self.stats
             .frame_bytes
@@ -461,7 +470,11 @@ impl Journal {
             .map_err(|e| StoreError::sled("flushing a checkpoint", e))?;
         failpoint("checkpoint-after", None);
         hot.clear();
-        self.segments().first = next;
+        {
+            let mut segments = self.segments();
+            segments.first = next;
+            segments.pending_bytes = 0;
+        }
         self.rotate(true)?;
         let micros = started.elapsed().as_micros() as u64;
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -620,7 +633,11 @@ impl Store {
         for (tree, set) in writes {
             tree.merge(set);
         }
-        if self.inner.hot.bytes() > self.inner.config.hot_bytes {
+        // Both bound a replay: the hot state is what it writes, the
+        // frames what it reads (each frame holds whole instances, so they
+        // grow faster than the hot state when entities report often).
+        let bound = self.inner.config.hot_bytes;
+        if self.inner.hot.bytes() > bound || self.inner.journal.pending_bytes() > bound as u64 {
             self.inner.journal.checkpoint(&self.inner.hot)?;
         }
         Ok(value)
@@ -643,6 +660,12 @@ impl Store {
     /// Journal frames written since the last checkpoint.
     pub fn journal_pending_frames(&self) -> u64 {
         self.inner.journal.pending_frames()
+    }
+
+    /// Bytes of journal frames written since the last checkpoint: what a
+    /// replay after a crash would read now.
+    pub fn journal_pending_bytes(&self) -> u64 {
+        self.inner.journal.pending_bytes()
     }
 
     /// Bytes the hot state holds now.
