@@ -26,8 +26,8 @@
 //! commit's flush makes the frame durable, and acknowledgements wait for
 //! it as before. A **checkpoint** (`journal.rs`) moves the hot state into
 //! the trees and drops the frames behind it in one sled transaction, every
-//! `checkpoint_interval` (default 5 s), whenever the hot state passes
-//! `hot_bytes` (default 8 MiB), before writes that bypass it and on close;
+//! `checkpoint_interval` (default 30 s), whenever the hot state or the
+//! frames since the last checkpoint pass `hot_bytes` (default 8 MiB), before writes that bypass it and on close;
 //! opening the store replays the frames a crash left. So an entity that
 //! reports every second has its instance written to its tree once per
 //! interval, not once per record, and all writes of a group are one value.
