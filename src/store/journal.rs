@@ -64,10 +64,9 @@
 //! the old trees and the frames are there (replay applies them) or the new
 //! trees with a sequence that makes replay skip those frames. It runs
 //! under the writer lock, every `store.checkpoint_interval` (a background
-//! thread), whenever the overlay or the frames since the last checkpoint pass
-//! `store.hot_bytes` (the writer,
-//! right after its write), right after an erasure, and when the store
-//! closes.
+//! thread), whenever the overlay or the frames since the last checkpoint
+//! pass `store.hot_bytes` (the writer, right after its write), right after
+//! an erasure, and when the store closes.
 //!
 //! # Replay
 //!
