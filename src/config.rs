@@ -230,6 +230,16 @@ pub struct StoreSettings {
     /// lookups, so lookups do not wait on the writer's sled transactions.
     /// 0 turns it off.
     pub instance_cache_entries: usize,
+    /// Bytes of hot state — keys written since the last checkpoint, kept
+    /// in memory and in the journal — before the writer checkpoints them
+    /// into the trees at once. Bounds the memory and the replay after a
+    /// crash.
+    pub hot_bytes: usize,
+    /// How often the hot state is checkpointed into the trees: each dirty
+    /// key is written to its tree once per interval, however often it
+    /// changed. Longer saves flash writes; the replay after a crash grows.
+    #[serde(with = "humantime_serde_compat")]
+    pub checkpoint_interval: Duration,
     /// How often the retention sweeper wakes.
     #[serde(with = "humantime_serde_compat")]
     pub retention_interval: Duration,
@@ -254,6 +264,8 @@ impl Default for StoreSettings {
             history_block_events: 16,
             zstd_level: 3,
             instance_cache_entries: 10_000,
+            hot_bytes: crate::store::StoreConfig::DEFAULT_HOT_BYTES,
+            checkpoint_interval: crate::store::StoreConfig::DEFAULT_CHECKPOINT_INTERVAL,
             retention_interval: Duration::from_secs(30),
             retention_budget: 1_000,
             encryption_key_file: None,

@@ -487,6 +487,8 @@ pub(crate) async fn open_store(config: &HubConfig) -> Result<Store, NodeError> {
     store_config.history_chunk_events = config.store.history_chunk_events;
     store_config.history_block_events = config.store.history_block_events;
     store_config.instance_cache_entries = config.store.instance_cache_entries;
+    store_config.hot_bytes = config.store.hot_bytes;
+    store_config.checkpoint_interval = config.store.checkpoint_interval;
     store_config.zstd_level = config.store.zstd_level;
     store_config.dictionary = config.store.dictionary.clone();
     store_config.encryption_key = config

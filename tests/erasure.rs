@@ -258,3 +258,84 @@ fn erase_of_an_entity_known_only_from_the_quarantine_removes_its_payloads() {
         .expect("tombstone")
         .is_some());
 }
+
+/// Journal frames (in `store/journal/*.wal`) holding `needle`, zstd frames
+/// opened, read as files: `Store::open` would replay and remove them.
+fn journal_occurrences(data_dir: &Path, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let contains = |bytes: &[u8]| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+    for entry in std::fs::read_dir(data_dir.join("store/journal")).expect("journal dir") {
+        let path = entry.expect("entry").path();
+        let bytes = std::fs::read(&path).expect("segment");
+        // Records: payload length (u32 BE), CRC (u32), sequence (u64),
+        // payload; each payload's zstd frame opened on its own.
+        let mut rest = bytes.as_slice();
+        while rest.len() >= 16 {
+            let len = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+            let end = (16 + len).min(rest.len());
+            let payload = &rest[16..end];
+            if contains(payload) || zstd_frames(payload, &[]).iter().any(|f| contains(f)) {
+                found.push(format!("{}: frame {:?}", path.display(), &rest[8..16]));
+            }
+            rest = &rest[end..];
+        }
+    }
+    found
+}
+
+/// Store format 4 keeps acknowledged writes in journal frames until a
+/// checkpoint. An erasure while the node runs must not leave a frame
+/// holding the entity's values: it checkpoints, which drops every frame
+/// before it. The node is SIGKILLed right after the erasure (no clean
+/// close, no later checkpoint) and the raw journal is scanned.
+#[test]
+fn an_erasure_leaves_no_journal_frame_with_the_entity() {
+    let dir = workdir(
+        &[("person", PERSON)],
+        "[store]\ncheckpoint_interval = \"1h\"\n",
+    );
+    let mut node = NodeBuilder::new(dir.path())
+        .arg("--config")
+        .arg("meshlet.toml")
+        .start()
+        .expect("node starts");
+    for version in 0..3 {
+        push(
+            &node,
+            &[
+                format!(r#"{{"person_id":"p-1","name":"Ann {GONE} {version}"}}"#),
+                format!(r#"{{"person_id":"p-2","name":"Bob {KEPT} {version}"}}"#),
+            ],
+        );
+    }
+    let (status, body) = http_post(
+        &node.url("/graphql"),
+        "application/json",
+        br#"{"query":"mutation { erasePerson(person_id: \"p-1\") }"}"#.to_vec(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("true"), "{body}");
+    // One more write after the erasure: it is in a frame, p-1 is not.
+    push(
+        &node,
+        &[format!(r#"{{"person_id":"p-2","name":"Bob {KEPT} late"}}"#)],
+    );
+    node.signal(libc::SIGKILL);
+    let _ = node.wait_exit(Duration::from_secs(10));
+
+    let data = dir.path().join("data");
+    assert!(
+        !journal_occurrences(&data, KEPT).is_empty(),
+        "the write after the erasure is in a journal frame (the scan sees into frames)"
+    );
+    let left = journal_occurrences(&data, GONE);
+    assert!(
+        left.is_empty(),
+        "frames still hold the erased entity: {left:?}"
+    );
+    let left = occurrences(&data, GONE);
+    assert!(
+        left.is_empty(),
+        "values of the erased entity remain: {left:?}"
+    );
+}

@@ -437,6 +437,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         .ingestor
         .store()
         .render_dictionary_prometheus(&mut text);
+    state.ingestor.store().render_journal_prometheus(&mut text);
     state.auth.render_prometheus(&mut text);
     if let Some(sync) = &state.sync {
         sync.render_prometheus(&mut text);

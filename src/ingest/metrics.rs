@@ -541,3 +541,23 @@ fn escape(value: &str) -> String {
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
+
+impl crate::store::WriterCounters for IngestMetrics {
+    fn writer_busy(&self, micros: u64) {
+        self.writer_busy_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    fn write_failed(&self) {
+        self.write_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn durable_barrier(&self) {
+        self.durable_barriers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn batch_written(&self, records: usize) {
+        self.batches_written.fetch_add(1, Ordering::Relaxed);
+        self.records_written
+            .fetch_add(records as u64, Ordering::Relaxed);
+    }
+}

@@ -3,7 +3,7 @@
 //! Every source (the embedded broker, the external broker client, HTTP
 //! push, file tails) hands its payloads to the [`Ingestor`], which routes
 //! them to products, runs each product's pipeline (decode, map, coerce,
-//! validate), sends what must be written to the [`writer`] and returns a
+//! validate), sends what must be written to the store's [`writer`](crate::store::writer) and returns a
 //! pending result that resolves once the records are durable. Sources
 //! acknowledge their senders (MQTT PUBACK, HTTP 2xx, the file offset) only
 //! then, so a kill at any moment loses nothing acknowledged.
@@ -33,7 +33,6 @@ pub mod sparkplug;
 pub mod sparkplug_proto;
 pub mod sparkplug_route;
 pub mod sparkplug_state;
-pub mod writer;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,9 +45,9 @@ use crate::product::{OnInvalid, PayloadFormat, Product, ProductSet, Source};
 use crate::record::{Origin, Timestamp};
 use crate::store::{IngestBatch, IngestLimits, IngestRecord, QuarantineItem, Store};
 
+pub use crate::store::{ChangeEvent, PendingWrite, WriteError, WriteJob, Writer, Written};
 pub use metrics::{IngestMetrics, Outcome, SourceCounters, SourceFigures};
 pub use routes::{source_id, MqttRoutes};
-pub use writer::{ChangeEvent, PendingWrite, WriteError, WriteJob, Writer, Written};
 
 /// Quarantined payloads larger than this keep only their first bytes (the
 /// reason says so): a quarantine of oversized payloads must not fill the

@@ -260,7 +260,7 @@ impl Window {
         Ok(window)
     }
 
-    fn load(product: &str, tree: &sled::Tree) -> Result<Window, StoreError> {
+    fn load(product: &str, tree: &super::hot::HotTree) -> Result<Window, StoreError> {
         let span = tracing::debug_span!("store.dedupe.load", product);
         let _enter = span.enter();
         let window = Window::from_entries(
@@ -353,7 +353,7 @@ impl DedupeIndex {
 pub(crate) fn loaded<'a>(
     slot: &'a mut Option<Window>,
     product: &str,
-    tree: &sled::Tree,
+    tree: &super::hot::HotTree,
 ) -> Result<&'a mut Window, StoreError> {
     if slot.is_none() {
         *slot = Some(Window::load(product, tree)?);

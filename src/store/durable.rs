@@ -95,7 +95,10 @@ fn verdict(status: &FlushStatus, ticket: Ticket) -> Verdict {
 }
 
 impl GroupCommit {
-    pub(crate) fn start(db: sled::Db) -> Result<GroupCommit, StoreError> {
+    pub(crate) fn start(
+        db: sled::Db,
+        journal: Arc<super::journal::Journal>,
+    ) -> Result<GroupCommit, StoreError> {
         let (watch, _) = watch::channel(FlushStatus::default());
         let shared = Arc::new(Shared {
             write_gen: AtomicU64::new(0),
@@ -106,7 +109,7 @@ impl GroupCommit {
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("meshlet-store-flush".to_string())
-            .spawn(move || flusher(db, thread_shared))
+            .spawn(move || flusher(db, journal, thread_shared))
             .map_err(|e| StoreError::Flush {
                 detail: format!("cannot start the flusher thread: {e}"),
             })?;
@@ -224,7 +227,7 @@ impl Drop for GroupCommit {
     }
 }
 
-fn flusher(db: sled::Db, shared: Arc<Shared>) {
+fn flusher(db: sled::Db, journal: Arc<super::journal::Journal>, shared: Arc<Shared>) {
     loop {
         let mut state = shared.lock();
         while !state.requested && !state.shutdown {
@@ -241,7 +244,12 @@ fn flusher(db: sled::Db, shared: Arc<Shared>) {
         // to here has committed, so this flush covers it.
         let gen = shared.write_gen.load(Ordering::SeqCst);
         let span = tracing::debug_span!("store.flush", gen);
-        let result = span.in_scope(|| db.flush());
+        // The journal holds the writes of ingest; sled, what went to it
+        // directly (checkpoints flush themselves).
+        let result = span.in_scope(|| {
+            journal.sync().map_err(|e| format!("journal: {e}"))?;
+            db.flush().map_err(|e| e.to_string())
+        });
 
         let mut state = shared.lock();
         state.status.rounds_completed += 1;
@@ -253,7 +261,7 @@ fn flusher(db: sled::Db, shared: Arc<Shared>) {
             }
             Err(e) => {
                 tracing::error!(gen, error = %e, "store flush failed");
-                state.status.last_error = Some(e.to_string());
+                state.status.last_error = Some(e);
             }
         }
         let status = state.status.clone();

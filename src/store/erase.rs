@@ -18,7 +18,6 @@
 //! for every expired entity of a sweep).
 
 use sled::transaction::ConflictableTransactionError;
-use sled::Transactional;
 
 use super::chunk::decode_chunk_header;
 use super::codec;
@@ -27,7 +26,7 @@ use super::outbox::{ErasePlan, OutboxDelta, OutboxTx};
 use super::quarantine::{self, EntityEntries};
 use super::read::decode_stored_instance;
 use super::stored::{StoredAuditLine, StoredTombstone};
-use super::{tx_result, AuditAction, ProductTrees, Store, StoreError, AUDIT, HISTORY, TOMBSTONES};
+use super::{AuditAction, ProductTrees, Store, StoreError, AUDIT, HISTORY, TOMBSTONES};
 use crate::record::{Origin, Timestamp};
 
 /// What removing an entity took away.
@@ -104,6 +103,10 @@ impl Store {
             Some((&tombstone, &outbox)),
             Some(&quarantined),
         )?;
+        // No journal frame may keep the entity's values: the checkpoint
+        // moves the erasure into the trees and drops every frame before
+        // it (the window is the erasure call itself, under the lock).
+        self.checkpoint_locked()?;
         self.inner.group.wrote();
         // Dictionaries hold no value of this entity alone (see
         // `dictionary_train.rs`); retrain so the next one does not even
@@ -178,59 +181,68 @@ pub(crate) fn remove_entity(
         .map_err(|e| StoreError::encode(product, entity, "quarantine state", e))?;
 
     let (outbox_tree, outbox_index) = store.outbox_trees();
-    let result = (
-        &trees.instances,
-        &trees.history,
-        &trees.audit,
-        &trees.tombstones,
-        &trees.quarantine,
-        outbox_tree,
-        outbox_index,
-    )
-        .transaction(
-            |(instances, history, audit, tombstones, quarantine_tree, entries, index)| {
-                instances.remove(entity.as_bytes())?;
-                for key in &history_keys {
-                    history.remove(key)?;
-                }
-                for key in &audit_keys {
-                    audit.remove(key)?;
-                }
-                let id = audit
-                    .generate_id()
-                    .map_err(ConflictableTransactionError::Storage)?;
-                let key = audit_key(entity, id);
-                let sealed = trees.seal(AUDIT, &key, line_bytes.clone()).map_err(|e| {
-                    ConflictableTransactionError::Abort(StoreError::encode(
-                        product,
-                        entity,
-                        "audit line",
-                        e,
-                    ))
-                })?;
-                audit.insert(key, sealed)?;
-                if let Some(bytes) = &tombstone_bytes {
-                    tombstones.insert(entity.as_bytes(), bytes.clone())?;
-                }
-                for key in &quarantine_keys {
-                    quarantine_tree.remove(key.as_slice())?;
-                }
-                if let Some(state) = &quarantine_state {
-                    quarantine_tree.insert(quarantine::STATE_KEY, state.clone())?;
-                }
-                let mut delta = OutboxDelta::default();
-                if let Some((_, plan)) = erasure {
-                    let outbox = OutboxTx {
-                        entries,
-                        index,
-                        now: line.last_at,
-                    };
-                    outbox.erase(&plan.pending, &plan.tombstones, &mut delta)?;
-                }
-                Ok::<_, ConflictableTransactionError<StoreError>>(delta)
-            },
-        );
-    let delta = tx_result(result, || context("removing the entity"))?;
+    let delta = store.hot_transaction(
+        &[
+            &trees.instances,
+            &trees.history,
+            &trees.audit,
+            &trees.tombstones,
+            &trees.quarantine,
+            outbox_tree,
+            outbox_index,
+        ],
+        |views| {
+            let [instances, history, audit, tombstones, quarantine_tree, entries, index] = views
+            else {
+                return Err(ConflictableTransactionError::Abort(StoreError::encode(
+                    product,
+                    entity,
+                    "erasure",
+                    "seven trees expected",
+                )));
+            };
+            instances.remove(entity.as_bytes())?;
+            for key in &history_keys {
+                history.remove(key)?;
+            }
+            for key in &audit_keys {
+                audit.remove(key)?;
+            }
+            let id = audit
+                .generate_id()
+                .map_err(ConflictableTransactionError::Storage)?;
+            let key = audit_key(entity, id);
+            let sealed = trees.seal(AUDIT, &key, line_bytes.clone()).map_err(|e| {
+                ConflictableTransactionError::Abort(StoreError::encode(
+                    product,
+                    entity,
+                    "audit line",
+                    e,
+                ))
+            })?;
+            audit.insert(key, sealed)?;
+            if let Some(bytes) = &tombstone_bytes {
+                tombstones.insert(entity.as_bytes(), bytes.clone())?;
+            }
+            for key in &quarantine_keys {
+                quarantine_tree.remove(key.as_slice())?;
+            }
+            if let Some(state) = &quarantine_state {
+                quarantine_tree.insert(quarantine::STATE_KEY, state.clone())?;
+            }
+            let mut delta = OutboxDelta::default();
+            if let Some((_, plan)) = erasure {
+                let outbox = OutboxTx {
+                    entries,
+                    index,
+                    now: line.last_at,
+                };
+                outbox.erase(&plan.pending, &plan.tombstones, &mut delta)?;
+            }
+            Ok::<_, ConflictableTransactionError<StoreError>>(delta)
+        },
+        || context("removing the entity"),
+    )?;
     trees.forget_instance(entity);
     store.apply_outbox_delta(delta);
     Ok(Removed {

@@ -112,6 +112,10 @@ pub enum StoreError {
         source: sled::Error,
     },
 
+    /// The journal (`journal.rs`) could not be written, synced or read.
+    #[error("store journal at {}: {detail}", path.display())]
+    Journal { path: PathBuf, detail: String },
+
     /// A group flush failed: writes since the last successful flush may
     /// not be durable.
     #[error("store: flush to disk failed: {detail}")]

@@ -1,7 +1,7 @@
 //! Ingest: everything one batch from one source produces for one product
 //! — records, dedupe registrations, quarantine inserts, evictions and
-//! resolutions, the source offset — written as one sled transaction, so a
-//! crash keeps all of it or none. [`Store::upsert`] is this same path with
+//! resolutions, the source offset — written as one hot transaction (one
+//! journal frame, see `journal.rs`), so a crash keeps all of it or none. [`Store::upsert`] is this same path with
 //! plain records only.
 //!
 //! Steps, all under the writer lock except encoding:
@@ -11,13 +11,13 @@
 //!    the quarantine (`quarantine.rs`, which needs range scans that
 //!    transactions cannot do); the lock guarantees that nothing changes
 //!    before the commit, and the dedupe copy takes the plan only after it;
-//! 3. one transaction over the product's six trees and the offsets tree:
+//! 3. one hot transaction over the product's six trees, the offsets tree
+//!    and the outbox trees:
 //!    merge the records that are not duplicates (`write.rs`), write the
 //!    planned keys and the offset.
 
-use sled::Transactional;
-
 use super::dedupe::{self, DedupePlan, KeyWrite};
+use super::hot::TxTree;
 use super::offsets::encode_offset;
 use super::outbox::{OutboxDelta, OutboxTx};
 use super::quarantine::{self, encode_entry, entry_key, QuarantinePlan, TreeEntries};
@@ -27,7 +27,7 @@ use super::types::{
 };
 use super::write::{TxResult, UpsertTx};
 use super::writer_states::PendingStates;
-use super::{codec, tx_result, Store, StoreError, QUARANTINE};
+use super::{codec, Store, StoreError, QUARANTINE};
 use crate::record::{Record, Timestamp};
 
 /// One record to apply, borrowed (so [`Store::upsert`] needs no copies).
@@ -334,29 +334,29 @@ impl Store {
 
         let planner = self.planner();
         let (outbox_tree, outbox_index) = self.outbox_trees();
-        let result = (
-            &trees.instances,
-            &trees.history,
-            &trees.audit,
-            &trees.tombstones,
-            &trees.dedupe,
-            &trees.quarantine,
-            &self.inner.offsets,
-            outbox_tree,
-            outbox_index,
-        )
-            .transaction(
-                |(
-                    instances,
-                    history,
-                    audit,
-                    tombstones,
-                    dedupe_tree,
-                    quarantine_tree,
-                    offsets_tree,
-                    outbox_entries,
-                    outbox_index,
-                )| {
+        let result = self.hot_transaction(
+            &[
+                &trees.instances,
+                &trees.history,
+                &trees.audit,
+                &trees.tombstones,
+                &trees.dedupe,
+                &trees.quarantine,
+                &self.inner.offsets,
+                outbox_tree,
+                outbox_index,
+            ],
+            |views| {
+                    let [instances, history, audit, tombstones, dedupe_tree, quarantine_tree, offsets_tree, outbox_entries, outbox_index] =
+                        views
+                    else {
+                        return Err(super::write::abort(StoreError::encode(
+                            product,
+                            "(group)",
+                            "ingest group",
+                            "nine trees expected",
+                        )));
+                    };
                     let mut delta = OutboxDelta::default();
                     let mut pending = PendingStates::new();
                     let mut changes_per_batch = Vec::with_capacity(batches.len());
@@ -412,15 +412,16 @@ impl Store {
                         offsets_tree.overwrite(*key, value.as_slice());
                     }
                     Ok((changes_per_batch, delta, pending))
-                },
-            );
-        let (changes_per_batch, delta, pending) = tx_result(result, || {
-            format!(
-                "product `{product}`: writing {} batches with {records_total} records, \
-                 {quarantine_total} quarantine items",
-                batches.len(),
-            )
-        })?;
+            },
+            || {
+                format!(
+                    "product `{product}`: writing {} batches with {records_total} records, \
+                     {quarantine_total} quarantine items",
+                    batches.len(),
+                )
+            },
+        );
+        let (changes_per_batch, delta, pending) = result?;
         self.apply_outbox_delta(delta);
         if let (Some(window), Some(changes)) = (dedupe_slot.as_mut(), dedupe.delta.take()) {
             window.apply(changes);
@@ -606,7 +607,7 @@ impl<I: Iterator> Iterator for ExactLen<I> {
 impl<I: Iterator> ExactSizeIterator for ExactLen<I> {}
 
 /// Applies planned inserts and removals inside the transaction.
-fn write_keys(tree: &sled::transaction::TransactionalTree, writes: &[KeyWrite]) -> TxResult<()> {
+fn write_keys(tree: &TxTree<'_>, writes: &[KeyWrite]) -> TxResult<()> {
     for (key, value) in writes {
         match value {
             Some(value) => tree.overwrite(key.as_slice(), value.as_slice()),

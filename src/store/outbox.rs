@@ -48,12 +48,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
-use sled::transaction::TransactionalTree;
-use sled::Transactional;
 
 use super::codec;
+use super::hot::{HotTree, TxTree};
 use super::write::{abort, TxResult};
-use super::{tx_result, Change, Store, StoreError};
+use super::{Change, Store, StoreError};
 use crate::record::{Fields, Record, Timestamp};
 
 pub(crate) const OUTBOX_TREE: &str = "outbox";
@@ -210,8 +209,8 @@ fn decode_entry(bytes: &[u8]) -> Result<OutboxEntry, StoreError> {
 
 /// The outbox trees inside a write transaction.
 pub(crate) struct OutboxTx<'a> {
-    pub entries: &'a TransactionalTree,
-    pub index: &'a TransactionalTree,
+    pub entries: &'a TxTree<'a>,
+    pub index: &'a TxTree<'a>,
     pub now: Timestamp,
 }
 
@@ -340,7 +339,7 @@ impl Store {
             .clone()
     }
 
-    pub(crate) fn outbox_trees(&self) -> (&sled::Tree, &sled::Tree) {
+    pub(crate) fn outbox_trees(&self) -> (&HotTree, &HotTree) {
         (&self.inner.outbox, &self.inner.outbox_index)
     }
 
@@ -491,8 +490,12 @@ impl Store {
         &self,
         work: impl Fn(&OutboxTx<'_>, &mut OutboxDelta) -> TxResult<()>,
     ) -> Result<OutboxDelta, StoreError> {
-        let result =
-            (&self.inner.outbox, &self.inner.outbox_index).transaction(|(entries, index)| {
+        self.hot_transaction(
+            &[&self.inner.outbox, &self.inner.outbox_index],
+            |views| {
+                let [entries, index] = views else {
+                    return Err(abort(corrupt("outbox", "two trees expected")));
+                };
                 let tx = OutboxTx {
                     entries,
                     index,
@@ -501,8 +504,9 @@ impl Store {
                 let mut delta = OutboxDelta::default();
                 work(&tx, &mut delta)?;
                 Ok(delta)
-            });
-        tx_result(result, || "updating the outbox".to_string())
+            },
+            || "updating the outbox".to_string(),
+        )
     }
 
     /// Removes entries in transactions of bounded size (caller holds the

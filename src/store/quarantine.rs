@@ -133,12 +133,12 @@ pub(crate) fn plan(
 /// An [`EntrySource`] over the product's stored `quarantine` tree.
 pub(crate) struct TreeEntries<'t> {
     product: &'t str,
-    tree: &'t sled::Tree,
-    oldest: Option<sled::Iter>,
+    tree: &'t super::hot::HotTree,
+    oldest: Option<super::hot::MergeIter>,
 }
 
 impl<'t> TreeEntries<'t> {
-    pub(crate) fn new(product: &'t str, tree: &'t sled::Tree) -> Self {
+    pub(crate) fn new(product: &'t str, tree: &'t super::hot::HotTree) -> Self {
         TreeEntries {
             product,
             tree,
@@ -183,7 +183,7 @@ impl EntrySource for TreeEntries<'_> {
 /// The stored quarantine state; an empty quarantine if there is none yet.
 pub(crate) fn load_state(
     product: &str,
-    tree: &sled::Tree,
+    tree: &super::hot::HotTree,
 ) -> Result<StoredQuarantineState, StoreError> {
     let bytes = tree.get(STATE_KEY).map_err(|e| {
         StoreError::sled(

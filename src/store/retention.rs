@@ -19,7 +19,6 @@
 use std::ops::Bound;
 
 use sled::transaction::ConflictableTransactionError;
-use sled::Transactional;
 
 use super::chunk::{decode_chunk, decode_chunk_header, encode_chunk, ChunkHeader};
 use super::codec::{self, CodecError, Dictionaries};
@@ -28,8 +27,7 @@ use super::keys::{chunk_key, entity_prefix, parse_history_key, TAG_CHUNK, TAG_TA
 use super::read::decode_stored_instance;
 use super::stored::{StoredAuditLine, StoredEvent, StoredInstance, TailEvent};
 use super::{
-    tx_result, AuditAction, ProductTrees, RetentionSpec, Store, StoreError, SweepReport, HISTORY,
-    INSTANCES,
+    AuditAction, ProductTrees, RetentionSpec, Store, StoreError, SweepReport, HISTORY, INSTANCES,
 };
 use crate::record::{Origin, Timestamp};
 
@@ -324,17 +322,29 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| StoreError::encode(product, entity, "history chunk", e))?;
         trees.forget_instance(entity);
-        let result = (&trees.instances, &trees.history).transaction(|(instances, history)| {
-            for key in &plan.removes {
-                history.remove(key.as_slice())?;
-            }
-            for (key, value) in &inserts {
-                history.insert(key.as_slice(), value.as_slice())?;
-            }
-            instances.insert(entity.as_bytes(), instance_bytes.as_slice())?;
-            Ok::<_, ConflictableTransactionError<StoreError>>(())
-        });
-        tx_result(result, || context("trimming history"))?;
+        let result = self.hot_transaction(
+            &[&trees.instances, &trees.history],
+            |views| {
+                let [instances, history] = views else {
+                    return Err(ConflictableTransactionError::Abort(StoreError::encode(
+                        product,
+                        entity,
+                        "retention",
+                        "two trees expected",
+                    )));
+                };
+                for key in &plan.removes {
+                    history.remove(key.as_slice())?;
+                }
+                for (key, value) in &inserts {
+                    history.insert(key.as_slice(), value.as_slice())?;
+                }
+                instances.insert(entity.as_bytes(), instance_bytes.as_slice())?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            },
+            || context("trimming history"),
+        );
+        result?;
         trees.forget_instance(entity);
         self.inner.group.wrote();
         report.events_removed += plan.events_removed;

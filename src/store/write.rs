@@ -2,7 +2,9 @@
 //! transaction (the transaction itself is run by `ingest.rs`), and
 //! [`Store::upsert`], an ingest batch of plain records.
 
-use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::transaction::ConflictableTransactionError;
+
+use super::hot::TxTree;
 
 use super::audit::{coalesce, AuditChange};
 use super::chunk::{decode_chunk, encode_chunk};
@@ -34,10 +36,10 @@ pub(super) struct UpsertTx<'a> {
     pub block_events: u64,
     pub zstd_level: i32,
     pub received_at: Timestamp,
-    pub instances: &'a TransactionalTree,
-    pub history: &'a TransactionalTree,
-    pub audit: &'a TransactionalTree,
-    pub tombstones: &'a TransactionalTree,
+    pub instances: &'a TxTree<'a>,
+    pub history: &'a TxTree<'a>,
+    pub audit: &'a TxTree<'a>,
+    pub tombstones: &'a TxTree<'a>,
     /// For sealing values of an encrypted store.
     pub trees: &'a ProductTrees,
 }
@@ -479,6 +481,7 @@ mod tests {
         assert_eq!((lines[1].from_version, lines[1].to_version), (2, 10));
 
         // Format 1 kept the newest line in the tree: put it back there.
+        store.checkpoint().expect("checkpoint");
         let trees = store.product("p").unwrap();
         let bytes = trees.instances.get("m").unwrap().unwrap();
         let mut state: StoredInstance = codec::decode(&bytes).unwrap();
@@ -486,10 +489,12 @@ mod tests {
         assert_eq!(state.audit_tail, Some(open.id));
         trees
             .audit
+            .sled()
             .insert(audit_key("m", open.id), codec::encode(&open.line).unwrap())
             .unwrap();
         trees
             .instances
+            .sled()
             .insert("m", codec::encode(&state).unwrap())
             .unwrap();
         store.raw_db(); // the lookup caches no longer hold what is stored
@@ -560,6 +565,7 @@ mod tests {
                 .collect()
         };
         assert_eq!(history("m"), (1..=6).collect::<Vec<_>>());
+        store.checkpoint().expect("checkpoint");
         for entity in ["m", "n"] {
             assert_eq!(tail_keys(entity), 0, "the tail 5..=6 is in the instance");
             // Put the tail back into the tree, as format 2 wrote it.
@@ -570,11 +576,13 @@ mod tests {
                 let version = event.decode().unwrap().version;
                 trees
                     .history
+                    .sled()
                     .insert(tail_key(entity, version), event.0)
                     .unwrap();
             }
             trees
                 .instances
+                .sled()
                 .insert(entity, codec::encode(&state).unwrap())
                 .unwrap();
             assert_eq!(tail_keys(entity), 2);

@@ -55,10 +55,10 @@ use tokio::sync::Mutex;
 
 use super::envelope::{Envelope, EnvelopeError, EnvelopeRecord};
 use super::metrics::SyncMetrics;
-use crate::ingest::writer::{WriteError, WriteJob};
 use crate::ingest::Ingestor;
 use crate::record::{Origin, Record, Timestamp};
 use crate::store::{IngestBatch, IngestRecord, SourceOffset, StoreError, SYNC_ORIGIN_PREFIX};
+use crate::store::{WriteError, WriteJob};
 
 /// Why an envelope was not applied. Its sender must retry (or, for
 /// [`ApplyError::Envelope`], fix what it sends).

@@ -290,7 +290,7 @@ pub(crate) struct Busy;
 
 /// Keeps each product's last update current from the change feed.
 async fn watch_freshness(runtime: Runtime) {
-    let mut feed = runtime.ingestor.writer().subscribe_changes();
+    let mut feed = runtime.store().subscribe_changes();
     loop {
         let received = tokio::select! {
             _ = runtime.shutdown.cancelled() => return,

@@ -73,7 +73,7 @@ pub(crate) fn change_object(api: &Arc<ProductApi>) -> Object {
 
 /// What one subscription's stream carries between events.
 struct Feed {
-    changes: tokio::sync::broadcast::Receiver<Arc<crate::ingest::ChangeEvent>>,
+    changes: tokio::sync::broadcast::Receiver<Arc<crate::store::ChangeEvent>>,
     product: String,
     filter: Option<Filter>,
     view: Arc<View>,
@@ -123,7 +123,7 @@ pub(crate) fn changes_field(api: &Arc<ProductApi>) -> SubscriptionField {
                 .subscriptions_started
                 .fetch_add(1, Ordering::Relaxed);
             let feed = Feed {
-                changes: runtime.ingestor.writer().subscribe_changes(),
+                changes: runtime.store().subscribe_changes(),
                 product: api.name().to_string(),
                 filter,
                 view,

@@ -1,4 +1,7 @@
-//! The one writer between every source and the store.
+//! The one writer between every source and the store, owned by the store
+//! with its group commit and change feed: sources submit jobs to it, the
+//! API and sync subscribe to its feed, and none of them depends on the
+//! other (see DESIGN.md).
 //!
 //! Sources hand it write jobs over a bounded queue and wait for the reply;
 //! it takes whatever has queued up (up to `batch_max_records`), writes the
@@ -12,17 +15,26 @@
 //! sockets and files: backpressure instead of memory. Each job still gets
 //! its own result: a job the store refuses fails alone.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info_span, warn, Instrument};
 
-use super::metrics::IngestMetrics;
+use super::{Change, DurableBarrier, IngestBatch, IngestLimits, IngestOutcome, Store, StoreError};
 use crate::record::Timestamp;
-use crate::store::{
-    Change, DurableBarrier, IngestBatch, IngestLimits, IngestOutcome, Store, StoreError,
-};
+
+/// What the writer counts, kept by its owner (ingest exports them as
+/// `meshlet_ingest_*`).
+pub trait WriterCounters: Send + Sync {
+    /// Time spent applying one group to the store.
+    fn writer_busy(&self, micros: u64);
+    /// A job (or a whole group, when its barrier failed) was not written.
+    fn write_failed(&self);
+    /// A durability barrier passed.
+    fn durable_barrier(&self);
+    /// A job passed its barrier with this many records applied.
+    fn batch_written(&self, records: usize);
+}
 
 /// One product's share of what one message, request or file batch
 /// produced.
@@ -77,7 +89,7 @@ pub struct ChangeEvent {
 
 /// Change events buffered per slow consumer before it starts missing
 /// them (it then gets `RecvError::Lagged` and can re-read the store).
-const CHANGE_FEED_CAPACITY: usize = 4_096;
+pub(crate) const CHANGE_FEED_CAPACITY: usize = 4_096;
 
 /// A cheap handle for submitting jobs.
 #[derive(Clone)]
@@ -104,14 +116,14 @@ impl Writer {
     /// is drained.
     pub fn spawn(
         store: Store,
-        metrics: Arc<IngestMetrics>,
+        metrics: Arc<dyn WriterCounters>,
         queue_depth: usize,
         batch_max_records: usize,
         tasks: &tokio_util::task::TaskTracker,
         runtime: &tokio::runtime::Handle,
     ) -> Writer {
         let (queue, jobs) = mpsc::channel(queue_depth.max(1));
-        let (changes, _) = broadcast::channel(CHANGE_FEED_CAPACITY);
+        let changes = store.inner.changes.clone();
         tasks.spawn_on(
             run(
                 store,
@@ -126,7 +138,8 @@ impl Writer {
         Writer { queue, changes }
     }
 
-    /// The feed of durable changes, from now on.
+    /// The feed of durable changes, from now on (the store's, see
+    /// [`Store::subscribe_changes`]).
     pub fn subscribe_changes(&self) -> broadcast::Receiver<Arc<ChangeEvent>> {
         self.changes.subscribe()
     }
@@ -158,7 +171,7 @@ struct Applied {
 
 async fn run(
     store: Store,
-    metrics: Arc<IngestMetrics>,
+    metrics: Arc<dyn WriterCounters>,
     mut jobs: mpsc::Receiver<(WriteJob, Reply)>,
     batch_max_records: usize,
     feed: broadcast::Sender<Arc<ChangeEvent>>,
@@ -192,10 +205,7 @@ async fn run(
             let _entered = span.enter();
             let started = std::time::Instant::now();
             let results = apply_group(&store, &mut group);
-            busy.writer_busy_micros.fetch_add(
-                u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-                Ordering::Relaxed,
-            );
+            busy.writer_busy(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
             // Taken right after the commit: covers this group, not the next.
             let durable = store.durable_barrier();
             Applied {
@@ -216,7 +226,7 @@ async fn run(
                 // A panic in the store: the replies were dropped with the
                 // group, so every sender sees ShuttingDown and redelivers.
                 warn!(error = %join, "write group panicked");
-                metrics.write_failures.fetch_add(1, Ordering::Relaxed);
+                metrics.write_failed();
             }
         }
     }
@@ -231,7 +241,7 @@ async fn run(
 /// is durable, and publishes its changes.
 async fn acknowledge(
     mut applied: mpsc::Receiver<Applied>,
-    metrics: Arc<IngestMetrics>,
+    metrics: Arc<dyn WriterCounters>,
     feed: broadcast::Sender<Arc<ChangeEvent>>,
 ) {
     while let Some(Applied {
@@ -241,25 +251,22 @@ async fn acknowledge(
     }) = applied.recv().await
     {
         let durable = durable.wait().await;
-        metrics.durable_barriers.fetch_add(1, Ordering::Relaxed);
+        metrics.durable_barrier();
         let durable = durable.map_err(|e| WriteError::Durable(Arc::new(e)));
         if let Err(err) = &durable {
             warn!(error = %err, "durability barrier failed; no sender of this group is acknowledged");
-            metrics.write_failures.fetch_add(1, Ordering::Relaxed);
+            metrics.write_failed();
         }
         for ((job, reply), result) in group.into_iter().zip(results) {
             let result = match (&durable, result) {
                 (Err(err), _) => Err(err.clone()),
                 (Ok(()), Ok(mut written)) => {
-                    metrics.batches_written.fetch_add(1, Ordering::Relaxed);
                     let changes: Vec<Change> = std::mem::take(&mut written.outcome.changes)
                         .into_iter()
                         .flatten()
                         .collect();
                     written.accepted = changes.len();
-                    metrics
-                        .records_written
-                        .fetch_add(changes.len() as u64, Ordering::Relaxed);
+                    metrics.batch_written(changes.len());
                     if !changes.is_empty() && feed.receiver_count() > 0 {
                         // Nobody listening is not an error.
                         let _ = feed.send(Arc::new(ChangeEvent {
@@ -270,7 +277,7 @@ async fn acknowledge(
                     Ok(written)
                 }
                 (Ok(()), Err(err)) => {
-                    metrics.write_failures.fetch_add(1, Ordering::Relaxed);
+                    metrics.write_failed();
                     Err(err)
                 }
             };
