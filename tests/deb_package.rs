@@ -71,7 +71,9 @@ fn ok(program: &str, args: &[&str]) -> String {
 }
 
 fn installed() -> bool {
-    sh("dpkg-query", &["-W", "-f=${Status}", "meshlet"]).status.success()
+    sh("dpkg-query", &["-W", "-f=${Status}", "meshlet"])
+        .status
+        .success()
         && stdout(&sh("dpkg-query", &["-W", "-f=${Status}", "meshlet"])).contains("installed")
 }
 
@@ -123,7 +125,10 @@ fn lookup(node: &NodeProcess) -> serde_json::Value {
 #[test]
 fn the_amd64_deb_installs_runs_keeps_data_on_remove_and_purges() {
     if let Some(why) = missing_prerequisite() {
-        assert!(!required(), "{why}, and CI (or REQUIRE_DEB_PACKAGE) requires this test");
+        assert!(
+            !required(),
+            "{why}, and CI (or REQUIRE_DEB_PACKAGE) requires this test"
+        );
         let _ = writeln!(
             std::io::stderr(),
             "SKIPPED deb_package: {why}; this test checked nothing"
@@ -142,7 +147,14 @@ fn the_amd64_deb_installs_runs_keeps_data_on_remove_and_purges() {
     // points the `target/release/meshlet` asset at target/debug).
     let out = Command::new(env!("CARGO"))
         .current_dir(repo_root())
-        .args(["deb", "--no-build", "--no-strip", "--fast", "--profile", "dev"])
+        .args([
+            "deb",
+            "--no-build",
+            "--no-strip",
+            "--fast",
+            "--profile",
+            "dev",
+        ])
         .arg("--output")
         .arg(&deb)
         .output()
@@ -157,7 +169,10 @@ fn the_amd64_deb_installs_runs_keeps_data_on_remove_and_purges() {
         "./usr/lib/systemd/system/meshlet.service",
         "./usr/share/doc/meshlet/examples/machine_health.yaml",
     ] {
-        assert!(contents.contains(path), "{path} in the package:\n{contents}");
+        assert!(
+            contents.contains(path),
+            "{path} in the package:\n{contents}"
+        );
     }
 
     let _purge = Purge;
@@ -172,7 +187,11 @@ fn the_amd64_deb_installs_runs_keeps_data_on_remove_and_purges() {
     assert_eq!(data.uid(), uid, "{DATA} belongs to the meshlet user");
     assert_eq!(data.mode() & 0o777, 0o750);
     let config = std::fs::metadata(CONFIG).expect("config");
-    assert_eq!(config.mode() & 0o777, 0o640, "tokens and passwords stay private");
+    assert_eq!(
+        config.mode() & 0o777,
+        0o640,
+        "tokens and passwords stay private"
+    );
 
     // The operator's part: a product definition.
     std::fs::copy(

@@ -237,7 +237,12 @@ fn stamp(version: u32) -> Vec<u8> {
         format_version: u32,
     }
     let mut out = vec![1u8];
-    out.extend(rmp_serde::to_vec_named(&Meta { format_version: version }).expect("encode"));
+    out.extend(
+        rmp_serde::to_vec_named(&Meta {
+            format_version: version,
+        })
+        .expect("encode"),
+    );
     out
 }
 
