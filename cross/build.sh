@@ -37,6 +37,9 @@ if [ -n "${DEB:-}" ] && ! cargo deb --version >/dev/null 2>&1; then
   cargo install --locked --quiet cargo-deb --version "${CARGO_DEB_VERSION:-3.8.0}"
 fi
 
+# CARGO_TARGET_DIR is honoured (a second build while another holds the
+# lock on target/); the binaries and packages still land in target/cross.
+target_dir="${CARGO_TARGET_DIR:-target}"
 mkdir -p target/cross
 for target in "${targets[@]}"; do
   rustup target add "$target" >/dev/null
@@ -50,7 +53,7 @@ for target in "${targets[@]}"; do
   cargo zigbuild --locked --profile "$profile" --target "$build_target" --bin meshlet
   out_dir="$profile"
   [ "$profile" = "dev" ] && out_dir=debug
-  cp "target/$target/$out_dir/meshlet" "target/cross/meshlet-$target"
+  cp "$target_dir/$target/$out_dir/meshlet" "target/cross/meshlet-$target"
   size=$(stat -c %s "target/cross/meshlet-$target")
   xz_size=$(xz -9 --stdout "target/cross/meshlet-$target" | wc -c)
   echo "target/cross/meshlet-$target: $((size / 1024)) KiB, xz -9: $((xz_size / 1024)) KiB"
