@@ -4,17 +4,20 @@
 # enough for the gateways still in the field). C parts (zstd, ring,
 # mimalloc) are cross-compiled by zig through cargo-zigbuild.
 #
-#   cross/build.sh                      # all three, release profile
+#   cross/build.sh                      # all three, edge profile (small)
 #   cross/build.sh aarch64-unknown-linux-musl
 #   PROFILE=cross-ci cross/build.sh aarch64-unknown-linux-musl   # CI: faster to build
+#   DEB=1 cross/build.sh                # and a .deb per target (arm64, amd64, armhf)
 #
-# Binaries land in target/cross/meshlet-<target>; sizes are printed.
+# Binaries land in target/cross/meshlet-<target>; sizes (and xz -9 sizes,
+# the download over a cellular link) are printed. With DEB=1 the packages
+# land in target/cross/ too (cargo-deb, installed on first use).
 # Installs what it needs when missing: zig (pip package `ziglang`),
 # cargo-zigbuild, the rustup targets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-profile="${PROFILE:-release}"
+profile="${PROFILE:-edge}"
 if [ "$#" -gt 0 ]; then
   targets=("$@")
 else
@@ -29,7 +32,14 @@ if ! command -v cargo-zigbuild >/dev/null 2>&1; then
   echo "installing cargo-zigbuild"
   cargo install --locked --quiet cargo-zigbuild
 fi
+if [ -n "${DEB:-}" ] && ! cargo deb --version >/dev/null 2>&1; then
+  echo "installing cargo-deb"
+  cargo install --locked --quiet cargo-deb --version "${CARGO_DEB_VERSION:-3.8.0}"
+fi
 
+# CARGO_TARGET_DIR is honoured (a second build while another holds the
+# lock on target/); the binaries and packages still land in target/cross.
+target_dir="${CARGO_TARGET_DIR:-target}"
 mkdir -p target/cross
 for target in "${targets[@]}"; do
   rustup target add "$target" >/dev/null
@@ -43,7 +53,13 @@ for target in "${targets[@]}"; do
   cargo zigbuild --locked --profile "$profile" --target "$build_target" --bin meshlet
   out_dir="$profile"
   [ "$profile" = "dev" ] && out_dir=debug
-  cp "target/$target/$out_dir/meshlet" "target/cross/meshlet-$target"
+  cp "$target_dir/$target/$out_dir/meshlet" "target/cross/meshlet-$target"
   size=$(stat -c %s "target/cross/meshlet-$target")
-  echo "target/cross/meshlet-$target: $((size / 1024)) KiB"
+  xz_size=$(xz -9 --stdout "target/cross/meshlet-$target" | wc -c)
+  echo "target/cross/meshlet-$target: $((size / 1024)) KiB, xz -9: $((xz_size / 1024)) KiB"
+  if [ -n "${DEB:-}" ]; then
+    # The architecture (arm64, amd64, armhf) follows from the target; the
+    # binary is the one just built (already stripped by the profile).
+    cargo deb --no-build --no-strip --target "$target" --profile "$profile" --output target/cross/
+  fi
 done

