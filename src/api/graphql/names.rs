@@ -191,6 +191,7 @@ pub(crate) const SHARED_TYPES: &[&str] = &[
     "SchemaStatus",
     "SyncUpstream",
     "SyncNode",
+    "SyncConsumer",
     "Node",
 ];
 
@@ -202,6 +203,7 @@ pub(crate) const CATALOG_FIELDS: &[&str] = &[
     "schemaStatus",
     "syncStatus",
     "syncNodes",
+    "syncConsumers",
     "edgeNodes",
     "node",
     "nodes",
