@@ -231,8 +231,12 @@ async fn run(
         }
     }
     drop(applied_tx);
-    if let Err(e) = acker.await {
-        warn!(error = %e, "the acker panicked");
+    match acker.await {
+        Ok(()) => {}
+        // The runtime is going away (a start-up that failed after the
+        // writer started): nothing was acknowledged that is not durable.
+        Err(e) if e.is_cancelled() => debug!("the acker was cancelled: the runtime is stopping"),
+        Err(e) => warn!(error = %e, "the acker panicked"),
     }
     debug!("writer stopped: every source is gone");
 }
