@@ -114,6 +114,10 @@ try {
   check(blocked.length === 0, "requests outside the node: " + blocked.join(", "));
   check(pageErrors.length === 0, "page errors: " + pageErrors.join("\n"));
   summary.ok = true;
+} catch (err) {
+  // What the page said is usually why it never got where it was awaited.
+  err.message += "\npage errors: " + (pageErrors.join("\n") || "none") + "\nrequests outside the node: " + (blocked.join(", ") || "none");
+  throw err;
 } finally {
   if (browser) await browser.close();
   rmSync(profile, { recursive: true, force: true });
