@@ -12,7 +12,7 @@ as_root() {
 
 # System packages the tests drive as real processes (brokers, emulators).
 # Each is installed only when missing.
-apt_packages=(mosquitto mosquitto-clients libmosquitto-dev qemu-user-static chromium)
+apt_packages=(mosquitto mosquitto-clients libmosquitto-dev qemu-user-static chromium firefox-esr)
 # nats-server (JetStream since 2.2): the NATS upstream and aggregator
 # tests (tests/sync_nats.rs) run a real single server and a 3-server cluster.
 apt_packages+=(nats-server)
@@ -32,9 +32,11 @@ fi
 
 # The pinned JS clients (GraphQL, MQTT.js for tests/mqtt_conformance.rs)
 # and playwright-core (package-lock.json; it drives Debian's chromium for
-# tests/console.rs and tests/graphql_clients.rs), installed when missing or
-# older than the lockfile.
-if [ ! -d tests/js/node_modules/playwright-core ] || [ tests/js/package-lock.json -nt tests/js/node_modules/.package-lock.json ]; then
+# tests/console.rs and tests/graphql_clients.rs) and puppeteer-core (it
+# drives Debian's firefox-esr over WebDriver BiDi for tests/console.rs;
+# neither downloads a browser), installed when missing or older than the
+# lockfile.
+if [ ! -d tests/js/node_modules/playwright-core ] || [ ! -d tests/js/node_modules/puppeteer-core ] || [ tests/js/package-lock.json -nt tests/js/node_modules/.package-lock.json ]; then
   (cd tests/js && npm ci --no-audit --no-fund)
 fi
 
