@@ -126,23 +126,7 @@ fn the_console_shows_the_node_live_offline_and_per_role() {
         "edge": "edge-7",
         "outDir": shots,
     });
-    let out = Command::new("node")
-        .arg("console.mjs")
-        .arg(config.to_string())
-        .env("CHROMIUM", &chromium)
-        .current_dir(js_dir())
-        .output()
-        .expect("`node` (v20 or later) must be installed: tests/run.sh installs it");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "console.mjs failed:\n{stdout}\n{}\nscreenshots so far: {}",
-        String::from_utf8_lossy(&out.stderr),
-        shots.display()
-    );
-    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("summary ({e}): {stdout}"));
-    assert_eq!(summary["ok"], true, "{summary:#}");
+    let summary = run_browser_script("console.mjs", &config, ("CHROMIUM", &chromium), &shots);
     println!(
         "console: rate shown {}, {} chart points, masked email {}, widths at 360px {}, screenshots in {}",
         summary["rateText"],
@@ -199,23 +183,12 @@ fn the_console_works_in_firefox() {
         "products": example_products(),
         "outDir": shots,
     });
-    let out = Command::new("node")
-        .arg("console_firefox.mjs")
-        .arg(config.to_string())
-        .env("FIREFOX", &firefox)
-        .current_dir(js_dir())
-        .output()
-        .expect("`node` (v20 or later) must be installed: tests/run.sh installs it");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "console_firefox.mjs failed:\n{stdout}\n{}\nscreenshots so far: {}",
-        String::from_utf8_lossy(&out.stderr),
-        shots.display()
+    let summary = run_browser_script(
+        "console_firefox.mjs",
+        &config,
+        ("FIREFOX", &firefox),
+        &shots,
     );
-    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("summary ({e}): {stdout}"));
-    assert_eq!(summary["ok"], true, "{summary:#}");
     println!(
         "console in {}: {} chart points, facts {}, screenshots in {}",
         summary["browser"],
@@ -394,4 +367,33 @@ async fn the_console_shell_is_open_cached_and_compressed_but_its_data_is_not() {
     );
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
     common::stop_cleanly(node);
+}
+
+/// Runs one browser script of `tests/js` with its JSON config (the browser's
+/// path in `browser_env`) and returns the summary it prints last, which must
+/// say `ok`; a failure shows its output and where the screenshots are.
+fn run_browser_script(
+    script: &str,
+    config: &Value,
+    browser_env: (&str, &str),
+    shots: &Path,
+) -> Value {
+    let out = Command::new("node")
+        .arg(script)
+        .arg(config.to_string())
+        .env(browser_env.0, browser_env.1)
+        .current_dir(js_dir())
+        .output()
+        .expect("`node` (v20 or later) must be installed: tests/run.sh installs it");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{stdout}\n{}\nscreenshots so far: {}",
+        String::from_utf8_lossy(&out.stderr),
+        shots.display()
+    );
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("summary ({e}): {stdout}"));
+    assert_eq!(summary["ok"], true, "{summary:#}");
+    summary
 }
