@@ -235,6 +235,7 @@ def main():
     binaries = [arg.split("=", 1) for arg in sys.argv[1:]]
     if not binaries or any(len(b) != 2 for b in binaries):
         sys.exit(__doc__)
+    binaries = [(label, os.path.abspath(binary)) for label, binary in binaries]
     payloads = bodies()
     raw = sum(len(p) for p in payloads)
     print(
