@@ -185,9 +185,11 @@ impl Mark {
 /// How an envelope reached this node.
 #[derive(Clone, Copy, Debug)]
 enum Delivery {
-    /// HTTPS, MQTT: each link's envelopes come in sequence order.
+    /// HTTPS: each link's envelopes come in sequence order.
     InOrder,
-    /// A JetStream durable; `redelivered` when delivered before.
+    /// A JetStream durable or an MQTT session; `redelivered` when delivered
+    /// before (JetStream's count above 1, MQTT's DUP flag): a broker may
+    /// redeliver a refused envelope after later ones were applied.
     JetStream { redelivered: bool },
 }
 

@@ -154,7 +154,12 @@ pub async fn subscribe(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                match receiver.apply_bytes(&publish.payload).await {
+                // A DUP delivery is a broker's redelivery after a reconnect
+                // (e.g. of an envelope this node refused): it can come after
+                // later envelopes of its link were applied, so it is held
+                // against the envelopes remembered as applied, not against
+                // the high-water mark, which would skip it and ack it unapplied.
+                match receiver.apply_delivery(&publish.payload, publish.dup).await {
                     Ok(_) | Err(ApplyError::Envelope(_)) => {
                         refusing = false;
                         if let Err(e) = client.ack(&publish).await {
