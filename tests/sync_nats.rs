@@ -47,26 +47,11 @@ sync:
 "#;
 
 fn workdir(products: &[(&str, String)], config: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir_all(dir.path().join("products")).expect("products dir");
-    for (name, yaml) in products {
-        std::fs::write(dir.path().join(format!("products/{name}.yaml")), yaml).expect("write");
-    }
-    std::fs::write(
-        dir.path().join("meshlet.toml"),
-        format!("data_dir = \"data\"\nproducts = [\"products\"]\n{config}"),
-    )
-    .expect("write config");
-    dir
+    node_workdir(products, config)
 }
 
 fn start_node(dir: &Path) -> NodeProcess {
-    NodeBuilder::new(dir)
-        .arg("--config")
-        .arg("meshlet.toml")
-        .env("MESHLET_MQTT__EMBEDDED__ENABLED", "false")
-        .start()
-        .expect("node starts")
+    start_configured(dir)
 }
 
 fn edge(id: &str, nats: &NatsCluster, replicas: usize) -> (tempfile::TempDir, NodeProcess) {

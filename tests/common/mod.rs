@@ -590,3 +590,35 @@ pub fn files_containing(dir: &Path, needle: &str, dictionaries: &[Vec<u8>]) -> V
     found.sort();
     found
 }
+
+/// A node's working folder as the two-node tests write it: each
+/// `(name, yaml)` as `products/<name>.yaml`, and a `meshlet.toml` with
+/// `data_dir = "data"`, `products = ["products"]` and then `config`.
+pub fn node_workdir<S: AsRef<str>>(products: &[(&str, S)], config: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("products")).expect("products dir");
+    for (name, yaml) in products {
+        std::fs::write(
+            dir.path().join(format!("products/{name}.yaml")),
+            yaml.as_ref(),
+        )
+        .expect("write");
+    }
+    std::fs::write(
+        dir.path().join("meshlet.toml"),
+        format!("data_dir = \"data\"\nproducts = [\"products\"]\n{config}"),
+    )
+    .expect("write config");
+    dir
+}
+
+/// Starts the node of a [`node_workdir`] on its `meshlet.toml`, with the
+/// embedded broker off.
+pub fn start_configured(dir: &Path) -> NodeProcess {
+    NodeBuilder::new(dir)
+        .arg("--config")
+        .arg("meshlet.toml")
+        .env("MESHLET_MQTT__EMBEDDED__ENABLED", "false")
+        .start()
+        .expect("node starts")
+}
