@@ -1,4 +1,4 @@
-//! Audit coalescing (pure).
+//! Audit coalescing and the audit hash chain (pure).
 //!
 //! An audit line says who changed an entity and which fields, never the
 //! values. Consecutive `Updated` changes from the same origin (same source
@@ -8,10 +8,48 @@
 //! extend nor break a line. A different origin, or any other action
 //! (`Created`, `Erased`, `Expired`), starts a new line: creation stays
 //! visible on its own line even when the same device keeps updating.
+//!
+//! # The chain
+//!
+//! Why: a consumer must be able to tell that nobody edited or removed an
+//! entity's audit lines after the fact. Each line carries an
+//! [`AuditLink`]: the SHA-256 of the line before it (`prev`), a digest of
+//! the history events it covers (`events`, every event from its
+//! `from_version` to `events_to`, including records that changed no
+//! value), and the SHA-256 of its own content (`hash`: action, times,
+//! versions, count, field names, source and actor, `prev`, `events`;
+//! never values). The newest line's hash is the entity's *head*
+//! (`auditHead` in GraphQL): anyone who kept a head can later prove that
+//! every line up to it is unchanged (`meshlet audit verify`,
+//! `auditVerified`). A chain alone does not stop someone who rewrites every
+//! line and hash after an edit; a head kept elsewhere does.
+//!
+//! Where a chain starts: at the first line that has a link. Lines written
+//! before (store format 4 as it was, no `link`) still read and are reported
+//! as unchained; a line without a link after a linked one is a break. The
+//! first linked line links to zero, except an `Erased`/`Expired` line,
+//! which links to the head of the lines it replaced and counts them
+//! (`replaced`): erasure removes the lines but the chain stays verifiable,
+//! and the line commits to what it replaced. An entity re-created after an
+//! erasure links its `Created` line to the `Erased` line (its hash rides
+//! in the tombstone); one re-created after expiry starts at zero again
+//! right after the `Expired` line (expiry keeps no tombstone).
 
-use super::stored::StoredAuditLine;
+use ring::digest::{Context, SHA256};
+
+use super::stored::{AuditLink, StoredAuditLine};
 use super::types::AuditAction;
 use crate::record::{Origin, Timestamp};
+
+/// A SHA-256 digest.
+pub(crate) type Hash = [u8; 32];
+
+/// The `prev` of the first line of a chain.
+pub(crate) const GENESIS: Hash = [0; 32];
+
+/// Domain separation: a line hash is never a valid event digest.
+const LINE_DOMAIN: &[u8] = b"meshlet audit line v1\0";
+const EVENTS_DOMAIN: &[u8] = b"meshlet audit events v1\0";
 
 /// One audit-worthy change.
 pub(crate) struct AuditChange<'a> {
@@ -58,9 +96,117 @@ pub(crate) fn coalesce(
                 count: 1,
                 fields,
                 origin: change.origin.clone(),
+                link: None,
             })
         }
     }
+}
+
+/// Starts the chain of a new line after the line whose hash is `prev`
+/// ([`GENESIS`] for the first), covering no event yet.
+pub(crate) fn link_after(line: &mut StoredAuditLine, prev: Hash) {
+    line.link = Some(AuditLink {
+        prev,
+        events: GENESIS,
+        events_to: 0,
+        replaced: 0,
+        hash: GENESIS,
+    });
+    rehash(line);
+}
+
+/// Links an `Erased`/`Expired` line to the head of the `replaced` lines it
+/// stands for (`head` is [`GENESIS`] when none of them was linked).
+pub(crate) fn link_replacing(line: &mut StoredAuditLine, head: Hash, replaced: u64) {
+    link_after(line, head);
+    if let Some(link) = line.link.as_mut() {
+        link.replaced = replaced;
+    }
+    rehash(line);
+}
+
+/// Folds one history event (its encoded bytes, as the writer appended
+/// them) into a line's events digest; a line without a link is left as
+/// it is (a line from before the chain stays unchained).
+pub(crate) fn cover_event(line: &mut StoredAuditLine, version: u64, event: &[u8]) {
+    let Some(link) = line.link.as_mut() else {
+        return;
+    };
+    link.events = fold_event(&link.events, version, event);
+    link.events_to = version;
+    rehash(line);
+}
+
+/// `events' = SHA-256(domain ‖ events ‖ version ‖ event bytes)`.
+pub(crate) fn fold_event(events: &Hash, version: u64, event: &[u8]) -> Hash {
+    let mut ctx = Context::new(&SHA256);
+    ctx.update(EVENTS_DOMAIN);
+    ctx.update(events);
+    ctx.update(&version.to_be_bytes());
+    ctx.update(event);
+    digest(ctx)
+}
+
+/// Recomputes the line's own hash after a change to it.
+pub(crate) fn rehash(line: &mut StoredAuditLine) {
+    if let Some(hash) = content_hash(line) {
+        if let Some(link) = line.link.as_mut() {
+            link.hash = hash;
+        }
+    }
+}
+
+/// The hash a linked line must carry: SHA-256 over a fixed,
+/// length-prefixed layout of its content (never values), `prev`,
+/// `events`, `events_to` and `replaced`. `None` for an unlinked line.
+pub(crate) fn content_hash(line: &StoredAuditLine) -> Option<Hash> {
+    let link = line.link.as_ref()?;
+    let mut ctx = Context::new(&SHA256);
+    ctx.update(LINE_DOMAIN);
+    ctx.update(&link.prev);
+    ctx.update(&[match line.action {
+        AuditAction::Created => 1,
+        AuditAction::Updated => 2,
+        AuditAction::Erased => 3,
+        AuditAction::Expired => 4,
+    }]);
+    ctx.update(&line.first_at.0.to_be_bytes());
+    ctx.update(&line.last_at.0.to_be_bytes());
+    ctx.update(&line.from_version.to_be_bytes());
+    ctx.update(&line.to_version.to_be_bytes());
+    ctx.update(&line.count.to_be_bytes());
+    ctx.update(&(line.fields.len() as u64).to_be_bytes());
+    for name in &line.fields {
+        put_str(&mut ctx, name);
+    }
+    put_str(&mut ctx, &line.origin.source);
+    match &line.origin.actor {
+        Some(actor) => {
+            ctx.update(&[1]);
+            put_str(&mut ctx, actor);
+        }
+        None => ctx.update(&[0]),
+    }
+    ctx.update(&link.events);
+    ctx.update(&link.events_to.to_be_bytes());
+    ctx.update(&link.replaced.to_be_bytes());
+    Some(digest(ctx))
+}
+
+fn put_str(ctx: &mut Context, s: &str) {
+    ctx.update(&(s.len() as u64).to_be_bytes());
+    ctx.update(s.as_bytes());
+}
+
+fn digest(ctx: Context) -> Hash {
+    let mut out = GENESIS;
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// Lower-case hex of a hash, as the CLI and GraphQL show it.
+pub fn hex(hash: &Hash) -> String {
+    hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

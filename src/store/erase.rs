@@ -19,6 +19,7 @@
 
 use sled::transaction::ConflictableTransactionError;
 
+use super::audit::{self, Hash, GENESIS};
 use super::chunk::decode_chunk_header;
 use super::codec;
 use super::keys::{audit_key, entity_prefix, parse_history_key, TAG_CHUNK};
@@ -26,7 +27,7 @@ use super::outbox::{ErasePlan, OutboxDelta, OutboxTx};
 use super::quarantine::{self, EntityEntries};
 use super::read::decode_stored_instance;
 use super::stored::{StoredAuditLine, StoredTombstone};
-use super::{AuditAction, ProductTrees, Store, StoreError, AUDIT, HISTORY, TOMBSTONES};
+use super::{AuditAction, ProductTrees, Store, StoreError, AUDIT, HISTORY, INSTANCES, TOMBSTONES};
 use crate::record::{Origin, Timestamp};
 
 /// What removing an entity took away.
@@ -88,11 +89,13 @@ impl Store {
             count: 1,
             fields: Vec::new(),
             origin: origin.clone(),
+            link: None, // linked by `remove_entity`
         };
         let tombstone = StoredTombstone {
             erased_at: at,
             origin: origin.clone(),
             last_version,
+            audit_head: Vec::new(), // set by `remove_entity`
         };
         let outbox = self.plan_outbox_erase(product, entity, at)?;
         let removed = remove_entity(
@@ -125,7 +128,9 @@ impl Store {
 /// Removes instance, history (the tree's: the open tail in the instance is
 /// the caller's to count) and audit of `entity` (and the `quarantined`
 /// entries, updating the quarantine count) and appends `line` (and
-/// `tombstone`) in one transaction. The caller holds the writer lock, so
+/// `tombstone`) in one transaction. `line` is linked to the head of the
+/// audit lines it replaces, and the tombstone carries its hash (see
+/// `audit.rs`). The caller holds the writer lock, so
 /// the key lists read before the transaction cannot change.
 pub(crate) fn remove_entity(
     store: &Store,
@@ -159,10 +164,25 @@ pub(crate) fn remove_entity(
         history_keys.push(key);
     }
     let mut audit_keys = Vec::new();
+    let mut tree_head = None;
     for item in trees.audit.scan_prefix(&prefix) {
-        let (key, _) = item.map_err(|e| StoreError::sled(context("listing audit"), e))?;
+        let (key, value) = item.map_err(|e| StoreError::sled(context("listing audit"), e))?;
+        tree_head = Some((key.clone(), value));
         audit_keys.push(key);
     }
+    let (head, replaced) = replaced_head(trees, entity, tree_head, audit_keys.len() as u64)?;
+    let mut line = line.clone();
+    audit::link_replacing(&mut line, head, replaced);
+    let line = &line;
+    let tombstone = tombstone.map(|t| StoredTombstone {
+        audit_head: line
+            .link
+            .as_ref()
+            .map(|l| l.hash.to_vec())
+            .unwrap_or_default(),
+        ..t.clone()
+    });
+    let tombstone = tombstone.as_ref();
     let line_bytes =
         codec::encode(line).map_err(|e| StoreError::encode(product, entity, "audit line", e))?;
     let tombstone_bytes = tombstone
@@ -249,4 +269,44 @@ pub(crate) fn remove_entity(
         history_events,
         quarantine_entries: quarantine_keys.len(),
     })
+}
+
+/// The head of the audit chain an erasure or expiry replaces, and how many
+/// lines it replaces: the instance's open line if there is one, else the
+/// newest line of the tree (`tree_head`, key and value). An unreadable or
+/// unlinked head gives [`GENESIS`]: the new line then starts a chain.
+fn replaced_head(
+    trees: &ProductTrees,
+    entity: &str,
+    tree_head: Option<(sled::IVec, sled::IVec)>,
+    tree_lines: u64,
+) -> Result<(Hash, u64), StoreError> {
+    let product = trees.name.as_str();
+    let instance = trees.instances.get(entity.as_bytes()).map_err(|e| {
+        StoreError::sled(
+            format!("product `{product}`, entity `{entity}`: reading instance"),
+            e,
+        )
+    })?;
+    let open = instance.and_then(|bytes| {
+        trees
+            .open(INSTANCES, entity.as_bytes(), &bytes)
+            .and_then(|plain| codec::decode::<super::stored::StoredInstance>(&plain))
+            .ok()
+            .and_then(|state| state.audit_open)
+    });
+    if let Some(open) = open {
+        let head = open.line.link.map_or(GENESIS, |l| l.hash);
+        return Ok((head, tree_lines + 1));
+    }
+    let head = tree_head
+        .and_then(|(key, value)| {
+            trees
+                .open(AUDIT, &key, &value)
+                .and_then(|plain| codec::decode::<StoredAuditLine>(&plain))
+                .ok()
+        })
+        .and_then(|line| line.link)
+        .map_or(GENESIS, |l| l.hash);
+    Ok((head, tree_lines))
 }

@@ -182,6 +182,7 @@
 //! write's journal frame durable. sled also flushes on its own every 500 ms.
 
 mod audit;
+mod audit_verify;
 mod chunk;
 mod chunk_columns;
 mod codec;
@@ -215,6 +216,7 @@ mod writer_states;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+pub use audit_verify::{AuditBreak, AuditVerdict};
 pub use config::{DictionaryConfig, StoreConfig};
 pub use dictionary::DictionaryInfo;
 pub use error::StoreError;

@@ -224,7 +224,7 @@ impl Store {
     /// before and after, and every write that touches history or closes
     /// an audit line rewrites it. On a mismatch `read` runs again, finally
     /// under the writer lock.
-    fn consistent_with_instance<T>(
+    pub(super) fn consistent_with_instance<T>(
         &self,
         trees: &ProductTrees,
         entity: &str,

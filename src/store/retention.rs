@@ -266,6 +266,7 @@ impl Store {
                 count: 1,
                 fields: Vec::new(),
                 origin: Origin::new(RETENTION_ORIGIN),
+                link: None, // linked by `remove_entity`
             };
             let removed = remove_entity(self, trees, entity, &line, None, None)?;
             self.inner.group.wrote();

@@ -226,6 +226,29 @@ pub(crate) struct StoredAuditLine {
     pub count: u64,
     pub fields: Vec<String>,
     pub origin: Origin,
+    /// Its link in the entity's audit hash chain (see `audit.rs`); `None`
+    /// on lines written before the chain (store format 4 as it was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<AuditLink>,
+}
+
+/// An audit line's place in the hash chain, see `audit.rs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct AuditLink {
+    /// Hash of the line before (zero for the first of a chain; for an
+    /// `Erased`/`Expired` line, the head of the lines it replaced).
+    #[serde(with = "bin32")]
+    pub prev: [u8; 32],
+    /// Digest of the history events from `from_version` to `events_to`.
+    #[serde(with = "bin32")]
+    pub events: [u8; 32],
+    pub events_to: u64,
+    /// How many lines an `Erased`/`Expired` line replaced.
+    #[serde(default)]
+    pub replaced: u64,
+    /// Hash of this line's content, `prev` and `events`.
+    #[serde(with = "bin32")]
+    pub hash: [u8; 32],
 }
 
 impl From<StoredAuditLine> for AuditEntry {
@@ -239,6 +262,7 @@ impl From<StoredAuditLine> for AuditEntry {
             count: l.count,
             fields: l.fields,
             origin: l.origin,
+            hash: l.link.map(|link| super::audit::hex(&link.hash)),
         }
     }
 }
@@ -249,6 +273,10 @@ pub(crate) struct StoredTombstone {
     pub erased_at: Timestamp,
     pub origin: Origin,
     pub last_version: u64,
+    /// Hash of the `Erased` audit line, so a re-created entity's `Created`
+    /// line links to it (see `audit.rs`); empty on older tombstones.
+    #[serde(default, with = "bin", skip_serializing_if = "Vec::is_empty")]
+    pub audit_head: Vec<u8>,
 }
 
 impl From<StoredTombstone> for Tombstone {
@@ -375,6 +403,21 @@ mod bin16 {
     }
 }
 
+/// `[u8; 32]` as MessagePack `bin`.
+mod bin32 {
+    use serde::{de, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let bytes = d.deserialize_byte_buf(super::bin::BytesVisitor)?;
+        <[u8; 32]>::try_from(bytes.as_slice())
+            .map_err(|_| de::Error::invalid_length(bytes.len(), &"32 bytes"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,6 +480,7 @@ mod tests {
                     count: 6,
                     fields: vec!["temp".to_string()],
                     origin: event.origin.clone(),
+                    link: None,
                 },
             }),
             tail: vec![tail.clone()],

@@ -150,6 +150,9 @@ pub struct AuditEntry {
     /// Names of the fields changed (union over the line), never values.
     pub fields: Vec<String>,
     pub origin: Origin,
+    /// Hex SHA-256 of the line in the entity's audit chain; `None` for a
+    /// line written before the chain.
+    pub hash: Option<String>,
 }
 
 /// Left behind by [`Store::erase`](super::Store::erase).

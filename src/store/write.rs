@@ -6,7 +6,7 @@ use sled::transaction::ConflictableTransactionError;
 
 use super::hot::TxTree;
 
-use super::audit::{coalesce, AuditChange};
+use super::audit::{self, coalesce, AuditChange, Hash, GENESIS};
 use super::chunk::{decode_chunk, encode_chunk};
 use super::codec;
 use super::ingest::{BatchIn, RecordIn};
@@ -18,6 +18,7 @@ use super::stored::{
 use super::writer_states::PendingStates;
 use super::{
     AuditAction, Change, IngestLimits, ProductTrees, Store, StoreError, AUDIT, HISTORY, INSTANCES,
+    TOMBSTONES,
 };
 use crate::record::{Record, Timestamp};
 
@@ -101,18 +102,25 @@ impl UpsertTx<'_> {
         state.last_seen = self.received_at;
         state.last_origin = record.origin.clone();
 
-        self.append_history(entity, &mut state, record)?;
+        // Re-created after an erase: the tombstone no longer holds; its
+        // chain head is where the new `Created` line links.
+        let erased_head = if created {
+            self.take_tombstone_head(entity)?
+        } else {
+            GENESIS
+        };
+        let event = self.append_history(entity, &mut state, record)?;
         if created || !changed.is_empty() {
             let action = if created {
                 AuditAction::Created
             } else {
                 AuditAction::Updated
             };
-            self.append_audit(entity, &mut state, action, &changed, record)?;
+            self.append_audit(entity, &mut state, action, &changed, record, erased_head)?;
         }
-        if created {
-            // Re-created after an erase: the tombstone no longer holds.
-            self.tombstones.remove(entity.as_bytes())?;
+        // Every event, changing or not, is covered by the open line.
+        if let Some(open) = state.audit_open.as_mut() {
+            audit::cover_event(&mut open.line, state.version, &event);
         }
 
         let bytes = state
@@ -157,14 +165,34 @@ impl UpsertTx<'_> {
         }
     }
 
+    /// Removes the entity's tombstone; the hash of its `Erased` audit line
+    /// ([`GENESIS`] if there is none or it does not read).
+    fn take_tombstone_head(&self, entity: &str) -> TxResult<Hash> {
+        let Some(bytes) = self.tombstones.remove(entity.as_bytes())? else {
+            return Ok(GENESIS);
+        };
+        let tombstone = self
+            .trees
+            .open(TOMBSTONES, entity.as_bytes(), &bytes)
+            .and_then(|plain| codec::decode::<super::stored::StoredTombstone>(&plain));
+        match tombstone {
+            Ok(t) => Ok(Hash::try_from(t.audit_head.as_slice()).unwrap_or(GENESIS)),
+            Err(e) => {
+                tracing::warn!(product = self.product, entity, error = %e, "corrupt tombstone; the new audit chain starts afresh");
+                Ok(GENESIS)
+            }
+        }
+    }
+
     /// Appends the record to the open tail (in the instance), sealing it
-    /// when full.
+    /// when full. Returns the event's encoded bytes (a copy of what the
+    /// tail holds), which the open audit line's digest covers.
     fn append_history(
         &self,
         entity: &str,
         state: &mut StoredInstance,
         record: &Record,
-    ) -> TxResult<()> {
+    ) -> TxResult<Vec<u8>> {
         if state.tail.len() as u64 != state.tail_len {
             self.take_tree_tail_events(entity, state)?;
         }
@@ -181,13 +209,13 @@ impl UpsertTx<'_> {
         if state.tail.is_empty() {
             state.tail_start = version;
         }
-        state.tail.push(TailEvent(bytes));
+        state.tail.push(TailEvent(bytes.clone()));
         state.tail_len = state.tail.len() as u64;
         let span = version.saturating_sub(state.tail_start) + 1;
         if state.tail_len >= self.block_events || span >= 2 * self.block_events {
             self.seal(entity, state)?;
         }
-        Ok(())
+        Ok(bytes)
     }
 
     /// An instance written before store format 3 keeps its open tail in
@@ -337,7 +365,8 @@ impl UpsertTx<'_> {
     }
 
     /// Extends the instance's open audit line or starts a new one, writing
-    /// the line it closes to the audit tree.
+    /// the line it closes to the audit tree. A new line links to the one it
+    /// closes, or to `erased_head` when there is none (see `audit.rs`).
     fn append_audit(
         &self,
         entity: &str,
@@ -345,6 +374,7 @@ impl UpsertTx<'_> {
         action: AuditAction,
         changed: &[String],
         record: &Record,
+        erased_head: Hash,
     ) -> TxResult<()> {
         if state.audit_open.is_none() {
             state.audit_open = self.take_tree_tail(entity, state)?;
@@ -358,14 +388,20 @@ impl UpsertTx<'_> {
         };
         match coalesce(state.audit_open.as_ref().map(|open| &open.line), &change) {
             Ok(extended) => {
+                // Its hash is recomputed when the record's event is
+                // folded in (`apply`), right after.
                 if let Some(open) = state.audit_open.as_mut() {
                     open.line = extended;
                 }
             }
-            Err(new_line) => {
+            Err(mut new_line) => {
+                let mut prev = erased_head;
                 if let Some(closed) = state.audit_open.take() {
+                    // A line from before the chain: the chain starts here.
+                    prev = closed.line.link.as_ref().map_or(GENESIS, |l| l.hash);
                     self.write_audit_line(entity, closed.id, &closed.line)?;
                 }
+                audit::link_after(&mut new_line, prev);
                 let id = self
                     .audit
                     .generate_id()
