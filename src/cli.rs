@@ -1,5 +1,5 @@
 //! The command line: `meshlet init`, `meshlet status`, `meshlet serve`, `meshlet check`, `meshlet quarantine`,
-//! `meshlet erase`, `meshlet key generate`, `meshlet token create|revoke|list`,
+//! `meshlet erase`, `meshlet audit verify`, `meshlet key generate`, `meshlet token create|revoke|list`,
 //! `meshlet schema print`, `meshlet contract export|import`, `meshlet --version`.
 //!
 //! This is the binary's edge: errors become one readable report on stderr
@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+mod audit;
 mod contract;
 mod init;
 mod progress;
@@ -78,6 +79,10 @@ pub enum Command {
     /// stopped; a running node offers the same as the `erase<Product>`
     /// GraphQL mutation.
     Erase(EraseArgs),
+    /// Verify the audit hash chains (with the node stopped; a running
+    /// node offers `auditVerified` per instance in GraphQL).
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Store encryption keys.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -209,6 +214,7 @@ pub fn main() -> ExitCode {
         Command::Schema(SchemaCommand::Print { products }) => print_schema(&config, products),
         Command::Contract(command) => contract::run(&config, command),
         Command::Erase(args) => erase(config, args),
+        Command::Audit(command) => audit::run(config, command),
         Command::Key(KeyCommand::Generate { out }) => generate_key(out),
         Command::Token(command) => token(&config, command),
     }

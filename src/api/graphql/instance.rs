@@ -1,7 +1,8 @@
 //! The object types of one product's instances: `<Product>` (typed fields,
-//! `_meta`, `history`, `audit`), its history events (`<Product>Event`
-//! with `<Product>Values`) and history connection, and the shared
-//! `InstanceMeta` and `AuditLine`.
+//! `_meta`, `history`, `audit`, `auditHead`, `auditVerified`), its history
+//! events (`<Product>Event` with `<Product>Values`) and history connection,
+//! and the shared `InstanceMeta`, `AuditLine`, `AuditVerification` and
+//! `AuditBreak`.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -24,7 +25,8 @@ use crate::policy::access::View;
 use crate::product::{Field as ProductField, FieldType};
 use crate::record::{Fields, Timestamp};
 use crate::store::{
-    AuditAction, AuditEntry, AuditQuery, HistoryEvent, HistoryQuery, Instance, Store,
+    AuditAction, AuditBreak, AuditEntry, AuditQuery, AuditVerdict, HistoryEvent, HistoryQuery,
+    Instance, Store,
 };
 
 /// Something with a product's fields: an instance, or a history event.
@@ -225,6 +227,39 @@ pub(crate) fn audit_object() -> Object {
         .field(getter::<AuditEntry>("actor", TypeRef::named(TypeRef::STRING), |a| {
             a.origin.actor.clone().map(Gql::String).unwrap_or(Gql::Null)
         }))
+        .field(getter::<AuditEntry>("hash", TypeRef::named(TypeRef::STRING), |a| {
+            a.hash.clone().map(Gql::String).unwrap_or(Gql::Null)
+        }).description("Hex SHA-256 of the line in the entity's audit hash chain; null for a line written before the chain."))
+}
+
+/// The shared `AuditVerification` type (`auditVerified`).
+pub(crate) fn audit_verification_object() -> Object {
+    Object::new("AuditVerification")
+        .description("The outcome of checking an entity's audit hash chain: every line's hash, its link to the line before, and the digest of the history events it covers while history still holds them.")
+        .field(getter::<AuditVerdict>("ok", TypeRef::named_nn(TypeRef::BOOLEAN), |v| Gql::Boolean(v.broken.is_none())))
+        .field(getter::<AuditVerdict>("lines", TypeRef::named_nn(values::LONG), |v| Gql::from(v.lines)).description("Lines read (up to the first break)."))
+        .field(getter::<AuditVerdict>("linked", TypeRef::named_nn(values::LONG), |v| Gql::from(v.linked)).description("Lines whose hash and link were checked."))
+        .field(getter::<AuditVerdict>("unlinked", TypeRef::named_nn(values::LONG), |v| Gql::from(v.unlinked)).description("Lines written before the chain (no hash)."))
+        .field(getter::<AuditVerdict>("eventsPruned", TypeRef::named_nn(values::LONG), |v| Gql::from(v.events_pruned)).description("Linked lines whose history retention dropped, so their events digest was not compared."))
+        .field(getter::<AuditVerdict>("head", TypeRef::named(TypeRef::STRING), |v| v.head.clone().map(Gql::String).unwrap_or(Gql::Null)).description("Hex hash of the newest linked line."))
+        .field(
+            Field::new("broken", TypeRef::named("AuditBreak"), |ctx| {
+                ready(ctx.parent_value.try_downcast_ref::<AuditVerdict>().map(|v| {
+                    v.broken.clone().map(FieldValue::owned_any)
+                }))
+            })
+            .description("The first broken link; null when the chain verifies."),
+        )
+}
+
+/// The shared `AuditBreak` type.
+pub(crate) fn audit_break_object() -> Object {
+    Object::new("AuditBreak")
+        .description("Where and why an audit hash chain breaks.")
+        .field(getter::<AuditBreak>("line", TypeRef::named_nn(values::LONG), |b| Gql::from(b.line)).description("Position of the line, 1 for the oldest."))
+        .field(getter::<AuditBreak>("fromVersion", TypeRef::named_nn(values::LONG), |b| Gql::from(b.from_version)))
+        .field(getter::<AuditBreak>("toVersion", TypeRef::named_nn(values::LONG), |b| Gql::from(b.to_version)))
+        .field(getter::<AuditBreak>("reason", TypeRef::named_nn(TypeRef::STRING), |b| Gql::String(b.reason.clone())))
 }
 
 /// A page of history events.
@@ -258,7 +293,9 @@ pub(crate) fn types(api: &Arc<ProductApi>) -> Vec<Type> {
         .field(meta_field(api))
         .field(history_field(api))
         .field(super::series::series_field(api))
-        .field(audit_field(api));
+        .field(audit_field(api))
+        .field(audit_head_field(api))
+        .field(audit_verified_field(api));
 
     let mut values_object = Object::new(&names.values).description(format!(
         "The fields one `{}` record carried, as received (absent: not sent or sent as null).",
@@ -550,6 +587,61 @@ fn history_field(api: &Arc<ProductApi>) -> Field {
     .argument(InputValue::new("after", TypeRef::named(TypeRef::STRING)))
     .argument(InputValue::new("last", TypeRef::named(TypeRef::INT)))
     .argument(InputValue::new("before", TypeRef::named(TypeRef::STRING)))
+}
+
+fn audit_head_field(api: &Arc<ProductApi>) -> Field {
+    let api = api.clone();
+    Field::new("auditHead", TypeRef::named(TypeRef::STRING), move |ctx| {
+        let api = api.clone();
+        FieldFuture::new(async move {
+            let instance = ctx.parent_value.try_downcast_ref::<Instance>()?;
+            let runtime = runtime(&ctx)?;
+            let view = view(&ctx, &api)?;
+            require(&ctx, &view, view.read, "read")?;
+            let store = runtime.store().clone();
+            let product = api.name().to_string();
+            let entity = instance.entity.clone();
+            let head = blocking(move || {
+                if !shown(&store, &view, &product, &entity)? {
+                    return Ok(None);
+                }
+                store
+                    .audit_head(&product, &entity)
+                    .map_err(|e| e.to_string())
+            })
+            .await?;
+            Ok(head.map(|h| FieldValue::value(Gql::String(h))))
+        })
+    })
+    .description("Hex SHA-256 of the entity's newest audit line: keep it elsewhere, and `auditVerified` (or `meshlet audit verify`) later proves every line up to it unchanged. Null when the entity has no line written since the chain began.")
+}
+
+fn audit_verified_field(api: &Arc<ProductApi>) -> Field {
+    let api = api.clone();
+    Field::new("auditVerified", TypeRef::named("AuditVerification"), move |ctx| {
+        let api = api.clone();
+        FieldFuture::new(async move {
+            let instance = ctx.parent_value.try_downcast_ref::<Instance>()?;
+            let runtime = runtime(&ctx)?;
+            let view = view(&ctx, &api)?;
+            require(&ctx, &view, view.read, "read")?;
+            let store = runtime.store().clone();
+            let product = api.name().to_string();
+            let entity = instance.entity.clone();
+            let verdict = blocking(move || {
+                if !shown(&store, &view, &product, &entity)? {
+                    return Ok(None);
+                }
+                store
+                    .verify_audit(&product, &entity)
+                    .map(Some)
+                    .map_err(|e| e.to_string())
+            })
+            .await?;
+            Ok(verdict.map(FieldValue::owned_any))
+        })
+    })
+    .description("Checks the entity's audit hash chain now (reads every audit line and the history they cover) and reports the first broken link.")
 }
 
 fn audit_field(api: &Arc<ProductApi>) -> Field {

@@ -172,6 +172,8 @@ pub(crate) const SHARED_TYPES: &[&str] = &[
     "InstanceMeta",
     "AuditLine",
     "AuditAction",
+    "AuditVerification",
+    "AuditBreak",
     "OrderDirection",
     "StringFilter",
     "LongFilter",
@@ -210,7 +212,14 @@ pub(crate) const CATALOG_FIELDS: &[&str] = &[
 ];
 
 /// Fields every instance object has besides the product's own.
-pub(crate) const INSTANCE_FIELDS: &[&str] = &["_meta", "history", "series", "audit"];
+pub(crate) const INSTANCE_FIELDS: &[&str] = &[
+    "_meta",
+    "history",
+    "series",
+    "audit",
+    "auditHead",
+    "auditVerified",
+];
 
 /// Combinators of every filter input besides the product's fields.
 pub(crate) const FILTER_COMBINATORS: &[&str] = &["and", "or", "not"];

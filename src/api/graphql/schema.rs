@@ -390,6 +390,8 @@ fn assemble(
         .register(relay::interface())
         .register(instance::meta_object())
         .register(instance::audit_object())
+        .register(instance::audit_verification_object())
+        .register(instance::audit_break_object())
         .register(instance::audit_action_enum());
     for ty in super::series::shared_types() {
         builder = builder.register(ty);
