@@ -9,7 +9,8 @@
 //!   telemetry payload a device publishes, as one message and as a batch.
 //! - `store/*`: one durable-less batch upsert of N records into sled (the
 //!   transaction cost per record; durability is the group commit's job and
-//!   measured end to end by `ingest_load`).
+//!   measured end to end by `ingest_load`); `*_no_audit_chain`: the same
+//!   without the audit hash chain, so the difference is its cost.
 //! - `sled_floor/*`: sled alone, the floor under `store/*` in the same
 //!   run: 100 records' worth of keys per call. The floor is
 //!   `tx_overwrite_100_records_1kib`: one transaction that writes each
@@ -115,20 +116,29 @@ fn bench_store(c: &mut Criterion) {
     let store = Store::open(StoreConfig::new(dir.path().join("db"))).expect("store opens");
     let mut seq = 0i64;
     let mut group = c.benchmark_group("store");
-    for batch in [1usize, 100] {
-        group.throughput(Throughput::Elements(batch as u64));
-        group.bench_function(format!("upsert_batch_{batch}"), |b| {
-            b.iter_batched(
-                || {
-                    seq += 1;
-                    (0..batch)
-                        .map(|i| record(i % 1000, seq))
-                        .collect::<Vec<_>>()
-                },
-                |records| store.upsert("machine_health", &records).expect("upsert"),
-                BatchSize::SmallInput,
-            )
-        });
+    // The same batches without the audit hash chain (`StoreConfig::
+    // audit_chain`, bench-only), in the same run: the chain's cost per
+    // record is the difference.
+    let unchained_dir = tempfile::tempdir().expect("temp dir");
+    let mut unchained_config = StoreConfig::new(unchained_dir.path().join("db"));
+    unchained_config.audit_chain = false;
+    let unchained = Store::open(unchained_config).expect("store opens");
+    for (name, store) in [("", &store), ("_no_audit_chain", &unchained)] {
+        for batch in [1usize, 100] {
+            group.throughput(Throughput::Elements(batch as u64));
+            group.bench_function(format!("upsert_batch_{batch}{name}"), |b| {
+                b.iter_batched(
+                    || {
+                        seq += 1;
+                        (0..batch)
+                            .map(|i| record(i % 1000, seq))
+                            .collect::<Vec<_>>()
+                    },
+                    |records| store.upsert("machine_health", &records).expect("upsert"),
+                    BatchSize::SmallInput,
+                )
+            });
+        }
     }
     // A writer group: 100 one-record jobs (one MQTT message each), one
     // transaction per job (before) vs one per group (`ingest_group`).

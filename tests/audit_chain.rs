@@ -95,7 +95,10 @@ async fn an_edited_audit_record_is_the_broken_link_that_audit_verify_reports() {
     assert_eq!(verified["ok"], true, "{p1}");
     assert_eq!(verified["broken"], json!(null));
     assert_eq!(verified["head"], json!(head));
-    assert_eq!((verified["linked"].as_i64(), verified["unlinked"].as_i64()), (Some(2), Some(0)));
+    assert_eq!(
+        (verified["linked"].as_i64(), verified["unlinked"].as_i64()),
+        (Some(2), Some(0))
+    );
     let lines = p1["audit"].as_array().expect("lines");
     assert_eq!(lines.len(), 2, "Created, then the coalesced updates: {p1}");
     assert_eq!(lines[1]["hash"], json!(head));
@@ -108,7 +111,10 @@ async fn an_edited_audit_record_is_the_broken_link_that_audit_verify_reports() {
     assert!(out.contains("0 broken"), "{out}");
     let (ok, out) = verify(dir.path(), &["person", "p-1"]);
     assert!(ok, "{out}");
-    assert!(out.contains(&format!("head {head}")), "the same head offline: {out}");
+    assert!(
+        out.contains(&format!("head {head}")),
+        "the same head offline: {out}"
+    );
 
     // One byte of p-1's closed `Created` line, in its field names: the
     // line still decodes, so only the hash can tell.
@@ -168,7 +174,10 @@ async fn an_edited_audit_record_is_the_broken_link_that_audit_verify_reports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_from_before_the_chain_verifies_with_its_lines_unlinked() {
     let dir = tempfile::tempdir().expect("tempdir");
-    copy_dir(&repo_root().join("tests/fixtures/store-format-3"), dir.path());
+    copy_dir(
+        &repo_root().join("tests/fixtures/store-format-3"),
+        dir.path(),
+    );
     let (ok, out) = verify(dir.path(), &[]);
     assert!(ok, "{out}");
     assert!(out.contains(" 0 linked,"), "nothing hashed yet: {out}");

@@ -89,7 +89,9 @@ fn verify(
     let mut out = Vec::new();
     for product in products {
         let verdicts = match key {
-            Some(key) => vec![store.verify_audit(product, key).map_err(|e| e.to_string())?],
+            Some(key) => vec![store
+                .verify_audit(product, key)
+                .map_err(|e| e.to_string())?],
             None => store
                 .verify_audit_product(product)
                 .map_err(|e| e.to_string())?,

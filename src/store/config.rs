@@ -61,6 +61,11 @@ pub struct StoreConfig {
     /// byte with 5 s and 6.3 with 30 s (`tests/store_write_amplification.rs`).
     /// The replay stays bounded by `hot_bytes`. At least 10 ms.
     pub checkpoint_interval: std::time::Duration,
+    /// Whether new audit lines are hash-chained (`audit.rs`). Always on;
+    /// off only so `benches/micro.rs` can measure what the chain costs a
+    /// record in the same run. Not a node setting.
+    #[doc(hidden)]
+    pub audit_chain: bool,
 }
 
 /// When and how per-product history dictionaries are trained; the
@@ -128,6 +133,7 @@ impl StoreConfig {
             instance_cache_entries: Self::DEFAULT_INSTANCE_CACHE_ENTRIES,
             hot_bytes: Self::DEFAULT_HOT_BYTES,
             checkpoint_interval: Self::DEFAULT_CHECKPOINT_INTERVAL,
+            audit_chain: true,
         }
     }
 

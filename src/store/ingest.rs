@@ -378,6 +378,7 @@ impl Store {
                             chunk_events: config.history_chunk_events as u64,
                             block_events: config.effective_block_events() as u64,
                             zstd_level: config.zstd_level,
+                            audit_chain: config.audit_chain,
                             received_at: *received_at,
                             instances,
                             history,

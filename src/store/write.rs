@@ -36,6 +36,8 @@ pub(super) struct UpsertTx<'a> {
     /// `chunk_events` when blocks are off.
     pub block_events: u64,
     pub zstd_level: i32,
+    /// `StoreConfig::audit_chain`: off only in a bench.
+    pub audit_chain: bool,
     pub received_at: Timestamp,
     pub instances: &'a TxTree<'a>,
     pub history: &'a TxTree<'a>,
@@ -119,8 +121,8 @@ impl UpsertTx<'_> {
             self.append_audit(entity, &mut state, action, &changed, record, erased_head)?;
         }
         // Every event, changing or not, is covered by the open line.
-        if let Some(open) = state.audit_open.as_mut() {
-            audit::cover_event(&mut open.line, state.version, &event);
+        if let (Some(open), Some(event)) = (state.audit_open.as_mut(), &event) {
+            audit::cover_event(&mut open.line, state.version, event);
         }
 
         let bytes = state
@@ -186,13 +188,14 @@ impl UpsertTx<'_> {
 
     /// Appends the record to the open tail (in the instance), sealing it
     /// when full. Returns the event's encoded bytes (a copy of what the
-    /// tail holds), which the open audit line's digest covers.
+    /// tail holds), which the open audit line's digest covers (`None`
+    /// with the chain off).
     fn append_history(
         &self,
         entity: &str,
         state: &mut StoredInstance,
         record: &Record,
-    ) -> TxResult<Vec<u8>> {
+    ) -> TxResult<Option<Vec<u8>>> {
         if state.tail.len() as u64 != state.tail_len {
             self.take_tree_tail_events(entity, state)?;
         }
@@ -209,13 +212,14 @@ impl UpsertTx<'_> {
         if state.tail.is_empty() {
             state.tail_start = version;
         }
-        state.tail.push(TailEvent(bytes.clone()));
+        let covered = self.audit_chain.then(|| bytes.clone());
+        state.tail.push(TailEvent(bytes));
         state.tail_len = state.tail.len() as u64;
         let span = version.saturating_sub(state.tail_start) + 1;
         if state.tail_len >= self.block_events || span >= 2 * self.block_events {
             self.seal(entity, state)?;
         }
-        Ok(bytes)
+        Ok(covered)
     }
 
     /// An instance written before store format 3 keeps its open tail in
@@ -401,7 +405,9 @@ impl UpsertTx<'_> {
                     prev = closed.line.link.as_ref().map_or(GENESIS, |l| l.hash);
                     self.write_audit_line(entity, closed.id, &closed.line)?;
                 }
-                audit::link_after(&mut new_line, prev);
+                if self.audit_chain {
+                    audit::link_after(&mut new_line, prev);
+                }
                 let id = self
                     .audit
                     .generate_id()

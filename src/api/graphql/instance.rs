@@ -256,10 +256,27 @@ pub(crate) fn audit_verification_object() -> Object {
 pub(crate) fn audit_break_object() -> Object {
     Object::new("AuditBreak")
         .description("Where and why an audit hash chain breaks.")
-        .field(getter::<AuditBreak>("line", TypeRef::named_nn(values::LONG), |b| Gql::from(b.line)).description("Position of the line, 1 for the oldest."))
-        .field(getter::<AuditBreak>("fromVersion", TypeRef::named_nn(values::LONG), |b| Gql::from(b.from_version)))
-        .field(getter::<AuditBreak>("toVersion", TypeRef::named_nn(values::LONG), |b| Gql::from(b.to_version)))
-        .field(getter::<AuditBreak>("reason", TypeRef::named_nn(TypeRef::STRING), |b| Gql::String(b.reason.clone())))
+        .field(
+            getter::<AuditBreak>("line", TypeRef::named_nn(values::LONG), |b| {
+                Gql::from(b.line)
+            })
+            .description("Position of the line, 1 for the oldest."),
+        )
+        .field(getter::<AuditBreak>(
+            "fromVersion",
+            TypeRef::named_nn(values::LONG),
+            |b| Gql::from(b.from_version),
+        ))
+        .field(getter::<AuditBreak>(
+            "toVersion",
+            TypeRef::named_nn(values::LONG),
+            |b| Gql::from(b.to_version),
+        ))
+        .field(getter::<AuditBreak>(
+            "reason",
+            TypeRef::named_nn(TypeRef::STRING),
+            |b| Gql::String(b.reason.clone()),
+        ))
 }
 
 /// A page of history events.
