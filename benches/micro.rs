@@ -140,6 +140,28 @@ fn bench_store(c: &mut Criterion) {
             });
         }
     }
+    // The chain's own work per record, alone: fold one encoded event (a
+    // machine_health record as the writer encodes it) into an open line's
+    // digest and rehash the line.
+    group.throughput(Throughput::Elements(1));
+    let sample = record(1, 1);
+    let event = rmp_serde::to_vec(&(
+        1u64,
+        sample.event_time,
+        sample.event_time,
+        &sample.fields,
+        &sample.origin,
+    ))
+    .expect("encode");
+    let fields: Vec<String> = sample.fields.keys().cloned().collect();
+    let mut line = meshlet::store::AuditBenchLine::new(&fields, &sample.origin);
+    let mut version = 1u64;
+    group.bench_function("audit_chain_step", |b| {
+        b.iter(|| {
+            version += 1;
+            line.step(version, &event)
+        })
+    });
     // A writer group: 100 one-record jobs (one MQTT message each), one
     // transaction per job (before) vs one per group (`ingest_group`).
     group.throughput(Throughput::Elements(100));

@@ -257,7 +257,7 @@ async fn matrix_of_roles_products_and_paths() {
             // masked the same way; the audit names the writer.
             for key in fixture.keys {
                 let query = format!(
-                    "{{ {}({}: \"{key}\") {{ {sel} history(first: 10) {{ nodes {{ values {{ {sel} }} }} }} audit {{ actor fields }} }} }}",
+                    "{{ {}({}: \"{key}\") {{ {sel} history(first: 10) {{ nodes {{ values {{ {sel} }} }} }} audit {{ actor fields }} auditHead auditVerified {{ ok linked }} }} }}",
                     fixture.lookup,
                     fixture.key,
                     sel = fixture.selection
@@ -302,6 +302,13 @@ async fn matrix_of_roles_products_and_paths() {
                             audit.iter().all(|a| a["actor"] == "admin"),
                             "{what}: {audit:?}"
                         );
+                        // The audit chain is there for every role that
+                        // sees the instance, and verifies.
+                        assert!(
+                            found["auditHead"].as_str().is_some_and(|h| h.len() == 64),
+                            "{what}: {found}"
+                        );
+                        assert_eq!(found["auditVerified"]["ok"], true, "{what}: {found}");
                     }
                 }
             }

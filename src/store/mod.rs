@@ -216,6 +216,8 @@ mod writer_states;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+#[doc(hidden)]
+pub use audit::BenchLine as AuditBenchLine;
 pub use audit_verify::{AuditBreak, AuditVerdict};
 pub use config::{DictionaryConfig, StoreConfig};
 pub use dictionary::DictionaryInfo;

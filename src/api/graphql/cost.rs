@@ -21,6 +21,10 @@
 //! `payloadBase64` cost [`PAYLOAD_COST`] each (a quarantined payload is
 //! up to 64 KiB, kept whole), so a page of a thousand payloads is refused
 //! before it is read, while a page of their reasons is not.
+//!
+//! `auditVerified` costs [`AUDIT_VERIFY_COST`] (it reads the entity's
+//! whole audit and the history it covers): one entity's is affordable, a
+//! page of a hundred is refused.
 
 use std::collections::HashMap;
 
@@ -32,6 +36,10 @@ use super::limits::{DEFAULT_PAGE, MAX_PAGE};
 /// What one raw payload field costs: a quarantined payload is kept up to
 /// 64 KiB, i.e. about as many bytes as 64 ordinary values of a KiB.
 pub(crate) const PAYLOAD_COST: u64 = 64;
+
+/// What `auditVerified` costs: it reads every audit line of the entity
+/// and the history they cover, as much as a page of [`MAX_PAGE`] events.
+pub(crate) const AUDIT_VERIFY_COST: u64 = MAX_PAGE as u64;
 
 /// Fields that return a raw payload (inside `quarantine`).
 fn is_payload(name: &str) -> bool {
@@ -152,6 +160,8 @@ impl<'d> Estimator<'d> {
                     let inner = self.selection_set(&field.selection_set.node, inside);
                     let own = if quarantine && is_payload(name) {
                         PAYLOAD_COST
+                    } else if name == "auditVerified" && !quarantine {
+                        AUDIT_VERIFY_COST
                     } else {
                         1
                     };
@@ -304,6 +314,18 @@ mod tests {
         assert_eq!(
             cost("{ quarantine(product: \"p\", first: 10) { ...E } } fragment E on QuarantineConnection { edges { node { payloadBase64 } } }"),
             1 + 10 * (1 + (1 + PAYLOAD_COST))
+        );
+    }
+
+    #[test]
+    fn audit_verification_costs_a_full_page() {
+        assert_eq!(
+            cost("{ item(id: 1) { auditVerified { ok } } }"),
+            1 + (AUDIT_VERIFY_COST + 1)
+        );
+        assert!(
+            cost("{ itemConnection(first: 100) { nodes { auditVerified { ok } } } }")
+                > super::super::limits::MAX_COST
         );
     }
 
