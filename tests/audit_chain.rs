@@ -3,7 +3,8 @@
 //! after the node stops `meshlet audit verify` checks every chain of the
 //! data directory. One byte of one audit record changed with sled directly
 //! (as someone with the files could) is reported as that entity's broken
-//! link, with a non-zero exit; the other entity still verifies. A store of
+//! link, with a non-zero exit; the other entity (erased by then, its chain
+//! kept verifiable by its `Erased` line) still verifies. A store of
 //! format 3 (lines from before the chain) verifies too.
 
 mod common;
@@ -116,6 +117,17 @@ async fn an_edited_audit_record_is_the_broken_link_that_audit_verify_reports() {
         "the same head offline: {out}"
     );
 
+    // Erasure keeps the chain verifiable: p-2's lines make way for one
+    // `Erased` line that links to their head.
+    let out = run(
+        dir.path(),
+        &["--config", "meshlet.toml", "erase", "person", "p-2"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (ok, out) = verify(dir.path(), &["person", "p-2"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("1 entities, 1 audit lines: 1 linked"), "{out}");
+
     // One byte of p-1's closed `Created` line, in its field names: the
     // line still decodes, so only the hash can tell.
     {
@@ -142,7 +154,7 @@ async fn an_edited_audit_record_is_the_broken_link_that_audit_verify_reports() {
         out.contains("BROKEN person `p-1`: line 1") && out.contains("does not match its hash"),
         "{out}"
     );
-    assert!(!out.contains("`p-2`"), "p-2 is intact: {out}");
+    assert!(!out.contains("`p-2`"), "p-2's chain is intact: {out}");
     assert!(out.contains("1 broken"), "{out}");
     let (ok, out) = verify(dir.path(), &["person", "p-2"]);
     assert!(ok, "{out}");
