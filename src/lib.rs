@@ -20,6 +20,7 @@ pub mod product;
 pub mod record;
 pub mod retention;
 pub mod sd_notify;
+pub mod sources;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

@@ -24,11 +24,11 @@ use crate::api::{self, ApiShared, ApiState, HttpListener, Phase, Readiness};
 use crate::config::HubConfig;
 use crate::ingest::broker::{BrokerBindError, EmbeddedBroker};
 use crate::ingest::client::{self, ClientConfigError};
-use crate::ingest::file_tail::FileTail;
 use crate::ingest::priority::{IngestRuntime, IngestRuntimeError};
 use crate::ingest::Ingestor;
-use crate::product::{self, LoadContext, LoadErrors, ProductSet, Source};
+use crate::product::{self, LoadContext, LoadErrors, ProductSet};
 use crate::retention::{RetentionMetrics, SweepSchedule};
+use crate::sources::SourceKind;
 use crate::store::{Store, StoreConfig, StoreError};
 
 /// Why the node could not start or stop cleanly.
@@ -60,6 +60,8 @@ pub enum NodeError {
     IngestRuntime(#[from] IngestRuntimeError),
     #[error(transparent)]
     MqttClient(#[from] ClientConfigError),
+    #[error(transparent)]
+    Source(#[from] crate::sources::StartError),
     #[error(transparent)]
     Graphql(#[from] api::graphql::BuildError),
     #[error("cannot load API tokens: {0}")]
@@ -147,7 +149,7 @@ pub fn preflight(config: &HubConfig, products: &ProductSet) -> Preflight {
     }
     let reads_sparkplug = products
         .iter()
-        .any(|p| p.sources.iter().any(|s| matches!(s, Source::Sparkplug(_))));
+        .any(|p| p.sources.iter().any(|s| s.kind() == SourceKind::Sparkplug));
     if config.sparkplug.state && reads_sparkplug {
         let id = config
             .sparkplug
@@ -354,22 +356,16 @@ pub async fn start(
             on_ingest,
         );
     }
-    for product in products.iter() {
-        for (index, source) in product.sources.iter().enumerate() {
-            if let Source::File(file) = source {
-                let tail = FileTail::new(
-                    ingestor.clone(),
-                    product.clone(),
-                    index,
-                    file,
-                    config.ingest.file_poll_interval,
-                );
-                let span =
-                    info_span!("file_tail", product = %product.name, path = %file.path.display());
-                tasks.spawn_on(tail.run(shutdown.clone()).instrument(span), on_ingest);
-            }
-        }
-    }
+    // Sources that read by themselves (file tails, pollers): one task each.
+    crate::sources::start_all(
+        &ingestor,
+        &products,
+        &config.ingest,
+        &shutdown,
+        |task, span| {
+            tasks.spawn_on(task.instrument(span), on_ingest);
+        },
+    )?;
     // GraphQL: the schema of the loaded products, rebuilt on SIGHUP and
     // when a definition file changes; ingestion and sync rules follow each
     // reload that builds (see `api::graphql::reload`).

@@ -376,10 +376,5 @@ fn custom(product: &Product) -> Vec<Value> {
 }
 
 fn source_text(source: &Source) -> Value {
-    match source {
-        Source::Mqtt(mqtt) => json!({ "mqtt": mqtt.topic.to_string() }),
-        Source::Http(_) => json!({ "http": "POST /ingest/<product>" }),
-        Source::File(file) => json!({ "file": file.path.display().to_string() }),
-        Source::Sparkplug(sp) => json!({ "sparkplug": format!("spBv1.0/{}/#", sp.group) }),
-    }
+    source.spec().contract()
 }

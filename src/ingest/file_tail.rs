@@ -94,13 +94,14 @@ impl FileTail {
     pub fn new(
         ingestor: Ingestor,
         product: Arc<Product>,
-        index: usize,
+        id: crate::sources::SourceId,
         source: &FileSource,
         poll: Duration,
     ) -> FileTail {
-        let source_id = super::source_id(index, &crate::product::Source::File(source.clone()));
+        use crate::sources::SourceSpec;
+        let source_id = id.to_string();
         FileTail {
-            shape: SourceShape::from_source(&crate::product::Source::File(source.clone())),
+            shape: source.shape(),
             ingestor,
             product,
             source_id,

@@ -41,13 +41,14 @@ use tracing::{debug, warn};
 
 use crate::config::IngestSettings;
 use crate::pipeline::{self, Input, Invalid, Limits, Processed, SourceShape};
-use crate::product::{OnInvalid, PayloadFormat, Product, ProductSet, Source};
+use crate::product::{OnInvalid, PayloadFormat, Product, ProductSet};
 use crate::record::{Origin, Timestamp};
+use crate::sources::SourceKind;
 use crate::store::{IngestBatch, IngestLimits, IngestRecord, QuarantineItem, Store};
 
 pub use crate::store::{ChangeEvent, PendingWrite, WriteError, WriteJob, Writer, Written};
 pub use metrics::{IngestMetrics, Outcome, SourceCounters, SourceFigures};
-pub use routes::{source_id, MqttRoutes};
+pub use routes::MqttRoutes;
 
 /// Quarantined payloads larger than this keep only their first bytes (the
 /// reason says so): a quarantine of oversized payloads must not fill the
@@ -699,7 +700,7 @@ impl Ingestor {
 fn register_sources(products: &ProductSet, metrics: &IngestMetrics) {
     for product in products.iter() {
         for (index, source) in product.sources.iter().enumerate() {
-            metrics.source(&product.name, &source_id(index, source));
+            metrics.source(&product.name, &source.id(index).to_string());
         }
     }
 }
@@ -791,18 +792,18 @@ impl Ingestor {
             .sources
             .iter()
             .enumerate()
-            .find(|(_, s)| matches!(s, Source::Http(_)))
+            .find(|(_, s)| s.kind() == SourceKind::Http)
         else {
             return Err(PushRefusal::NotPushable(product_name.to_string()));
         };
         let shape = SourceShape::from_source(source).with_format(format);
         let origin = Origin {
-            source: "http".to_string(),
+            source: SourceKind::Http.name().to_string(),
             actor,
         };
         self.submit_whole(
             &product,
-            &source_id(index, source),
+            &source.id(index).to_string(),
             &shape,
             payload,
             origin,

@@ -9,7 +9,8 @@
 //! writes nothing twice.
 
 use crate::pipeline::{self, Input, SourceShape};
-use crate::product::{Product, Source};
+use crate::product::Product;
+use crate::sources::SourceId;
 use crate::store::{IngestBatch, IngestRecord, QuarantineEntry, StoreError};
 
 use super::{Ingestor, WriteError, WriteJob};
@@ -131,21 +132,6 @@ fn rerun(
 /// The shape of the source an entry came from: the same source when the
 /// definition still has it, else the first source of the same kind.
 fn shape_for(product: &Product, source_id: &str) -> Option<SourceShape> {
-    let (kind, index) = source_id.split_once(':')?;
-    let same_kind = |source: &Source| {
-        matches!(
-            (kind, source),
-            ("mqtt", Source::Mqtt(_))
-                | ("http", Source::Http(_))
-                | ("file", Source::File(_))
-                | ("sparkplug", Source::Sparkplug(_))
-        )
-    };
-    let by_index = index
-        .parse::<usize>()
-        .ok()
-        .and_then(|i| product.sources.get(i))
-        .filter(|s| same_kind(s));
-    let source = by_index.or_else(|| product.sources.iter().find(|s| same_kind(s)))?;
-    Some(SourceShape::from_source(source))
+    let id = SourceId::parse(source_id)?;
+    Some(crate::sources::same_kind(product, id)?.spec().shape())
 }

@@ -38,25 +38,13 @@ pub struct MqttRoutes {
     routes: Vec<MqttRoute>,
 }
 
-/// The id of a product's `index`-th source, as counters and quarantine
-/// entries name it: `mqtt:0`, `http:1`, `file:2`.
-pub fn source_id(index: usize, source: &Source) -> String {
-    let kind = match source {
-        Source::Mqtt(_) => "mqtt",
-        Source::Http(_) => "http",
-        Source::File(_) => "file",
-        Source::Sparkplug(_) => "sparkplug",
-    };
-    format!("{kind}:{index}")
-}
-
 impl MqttRoutes {
     pub fn new(products: &ProductSet, metrics: &IngestMetrics) -> MqttRoutes {
         let mut routes = Vec::new();
         for product in products.iter() {
             for (index, source) in product.sources.iter().enumerate() {
                 if let Source::Mqtt(mqtt) = source {
-                    let source_id = source_id(index, source);
+                    let source_id = source.id(index).to_string();
                     routes.push(MqttRoute {
                         counters: metrics.source(&product.name, &source_id),
                         product: product.clone(),

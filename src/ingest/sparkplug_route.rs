@@ -78,7 +78,7 @@ impl SparkplugIngest {
         for product in products.iter() {
             for (index, source) in product.sources.iter().enumerate() {
                 if let Source::Sparkplug(sp) = source {
-                    let source_id = super::source_id(index, source);
+                    let source_id = source.id(index).to_string();
                     routes.push(SparkplugRoute {
                         counters: metrics.source(&product.name, &source_id),
                         product: product.clone(),

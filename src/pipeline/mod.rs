@@ -91,32 +91,7 @@ impl SourceShape {
     /// The shape of `source`. HTTP sources have no map and no event time:
     /// pushed records use the field names as keys.
     pub fn from_source(source: &Source) -> SourceShape {
-        let shape = match source {
-            Source::Mqtt(mqtt) => SourceShape {
-                format: mqtt.format,
-                map: mqtt.map.clone(),
-                event_time: mqtt.event_time.clone(),
-                columns: mqtt.columns.clone(),
-                field: mqtt.field.clone(),
-            },
-            Source::Http(http) => SourceShape {
-                format: http.format,
-                map: http.map.clone(),
-                event_time: http.event_time.clone(),
-                columns: Vec::new(),
-                field: None,
-            },
-            Source::File(file) => SourceShape {
-                format: file.format,
-                map: file.map.clone(),
-                event_time: file.event_time.clone(),
-                columns: file.columns.clone(),
-                field: None,
-            },
-            Source::Sparkplug(sp) => return SourceShape::sparkplug(sp),
-        };
-        let format = shape.format;
-        shape.with_format(format)
+        source.spec().shape()
     }
 
     /// The shape of the JSON document the Sparkplug host builds per

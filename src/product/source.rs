@@ -29,6 +29,7 @@ use super::diagnostic::Diagnostics;
 use super::field::FieldTable;
 use super::reader::{self, elements, entries, expect_list, expect_mapping, Entry, MapReader};
 use super::topic::TopicTemplate;
+use crate::sources::SourceKind;
 
 /// One source of records for a product.
 #[derive(Clone, Debug)]
@@ -159,7 +160,6 @@ pub struct SparkplugSource {
     pub online: Option<String>,
 }
 
-const KINDS: &[&str] = &["mqtt", "http", "file", "sparkplug"];
 const SPARKPLUG_KEYS: &[&str] = &["group", "edge_node", "device", "metrics", "online"];
 const MQTT_KEYS: &[&str] = &[
     "topic",
@@ -246,13 +246,15 @@ fn parse_source(
     ctx: &SourceContext<'_>,
     diags: &mut Diagnostics,
 ) -> Option<Source> {
+    let kinds = SourceKind::names();
+    let expected = kinds.join(", ");
     let map = MapReader::open(
         entry,
-        "a source: one of mqtt, http, file, sparkplug",
-        KINDS,
+        &format!("a source: one of {expected}"),
+        &kinds,
         diags,
     )?;
-    let present: Vec<Entry<'_>> = KINDS.iter().filter_map(|k| map.get(k)).collect();
+    let present: Vec<Entry<'_>> = kinds.iter().filter_map(|k| map.get(k)).collect();
     match present.as_slice() {
         [] => {
             // Unknown keys were reported by `open`; only an empty item is left.
@@ -260,16 +262,16 @@ fn parse_source(
                 diags.push(
                     entry.at(),
                     &entry.path,
-                    "expected one of mqtt, http, file, sparkplug, found an empty mapping",
+                    format!("expected one of {expected}, found an empty mapping"),
                 );
             }
             None
         }
-        [one] => match one.path.rsplit('.').next() {
-            Some("mqtt") => parse_mqtt(one, ctx, diags).map(Source::Mqtt),
-            Some("http") => parse_http(one, ctx, diags).map(Source::Http),
-            Some("sparkplug") => parse_sparkplug(one, ctx, diags).map(Source::Sparkplug),
-            _ => parse_file(one, ctx, diags).map(Source::File),
+        [one] => match one.path.rsplit('.').next().and_then(SourceKind::parse)? {
+            SourceKind::Mqtt => parse_mqtt(one, ctx, diags).map(Source::Mqtt),
+            SourceKind::Http => parse_http(one, ctx, diags).map(Source::Http),
+            SourceKind::File => parse_file(one, ctx, diags).map(Source::File),
+            SourceKind::Sparkplug => parse_sparkplug(one, ctx, diags).map(Source::Sparkplug),
         },
         [_, second, ..] => {
             diags.push(

@@ -1,0 +1,25 @@
+//! `http` sources: fed by the API's push endpoint (`POST /ingest/<product>`,
+//! `Ingestor::submit_push`); nothing to start per source.
+
+use serde_json::json;
+
+use super::SourceSpec;
+use crate::pipeline::SourceShape;
+use crate::product::HttpSource;
+
+impl SourceSpec for HttpSource {
+    fn shape(&self) -> SourceShape {
+        SourceShape {
+            format: self.format,
+            map: self.map.clone(),
+            event_time: self.event_time.clone(),
+            columns: Vec::new(),
+            field: None,
+        }
+        .with_format(self.format)
+    }
+
+    fn contract(&self) -> serde_json::Value {
+        json!({ "http": "POST /ingest/<product>" })
+    }
+}
