@@ -1,5 +1,5 @@
 //! The command line: `meshlet init`, `meshlet status`, `meshlet serve`, `meshlet check`, `meshlet quarantine`,
-//! `meshlet erase`, `meshlet audit verify`, `meshlet key generate`, `meshlet token create|revoke|list`,
+//! `meshlet erase`, `meshlet audit verify`, `meshlet key generate|rotate`, `meshlet token create|revoke|list`,
 //! `meshlet schema print`, `meshlet contract export|import`, `meshlet --version`.
 //!
 //! This is the binary's edge: errors become one readable report on stderr
@@ -16,6 +16,7 @@ use tracing::{error, info};
 mod audit;
 mod contract;
 mod init;
+mod key;
 mod progress;
 mod status;
 
@@ -101,6 +102,9 @@ pub enum KeyCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// Seal the store's data key with a new store key, rewriting no data
+    /// (also while the node runs; it uses the new key from its next start).
+    Rotate(key::RotateArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -216,6 +220,7 @@ pub fn main() -> ExitCode {
         Command::Erase(args) => erase(config, args),
         Command::Audit(command) => audit::run(config, command),
         Command::Key(KeyCommand::Generate { out }) => generate_key(out),
+        Command::Key(KeyCommand::Rotate(args)) => key::rotate(&config, args),
         Command::Token(command) => token(&config, command),
     }
 }

@@ -13,6 +13,7 @@
 //! | [`FORMAT_ZSTD_DICT_MSGPACK`] (5) | `u32 BE` dictionary id, then a zstd frame of MessagePack with named fields compressed with that dictionary of the product (see [`super::dictionary`]) |
 //!
 //! | `FORMAT_DICTIONARY` (6) | a stored dictionary, see [`super::dictionary`] |
+//! | `FORMAT_ENTITY_SEALED` (9) | AES-256-GCM with the entity's own key, see [`super::keys_entity`] |
 //!
 //! Format 5 is only written for history chunk bodies; a value of format 2
 //! and one of format 5 of an older dictionary stay readable forever, so

@@ -111,6 +111,12 @@ impl Store {
         // it (the window is the erasure call itself, under the lock).
         self.checkpoint_locked()?;
         self.inner.group.wrote();
+        // Only now, with the erasure in the trees: every copy of the
+        // entity's values left anywhere stops opening (`keys_entity.rs`).
+        let shredded = trees.destroy_entity_key(entity).map_err(|e| StoreError::Meta {
+            path: self.config().path.clone(),
+            detail: format!("product `{product}`, entity `{entity}`: the erasure is done but its key was not destroyed: {e}"),
+        })?;
         // Dictionaries hold no value of this entity alone (see
         // `dictionary_train.rs`); retrain so the next one does not even
         // count it.
@@ -119,6 +125,7 @@ impl Store {
             last_version,
             history_events = removed.history_events + tail_events,
             quarantine_entries = removed.quarantine_entries,
+            shredded,
             "entity erased"
         );
         Ok(true)
@@ -256,6 +263,7 @@ pub(crate) fn remove_entity(
                     entries,
                     index,
                     now: line.last_at,
+                    keys: store.entity_keys(),
                 };
                 outbox.erase(&plan.pending, &plan.tombstones, &mut delta)?;
             }

@@ -252,12 +252,10 @@ impl Store {
                 offsets.push((o.source.as_bytes(), bytes));
             }
             for item in batch.quarantine {
-                entries.push(encode_entry(
-                    product,
-                    item,
-                    *received_at,
-                    config.zstd_level,
-                )?);
+                entries.push((
+                    item.entity.clone(),
+                    encode_entry(product, item, *received_at, config.zstd_level)?,
+                ));
             }
         }
         let resolve: Vec<u64> = batches
@@ -320,9 +318,13 @@ impl Store {
             for &id in &plan.removes {
                 quarantine_writes.push((entry_key(id), None));
             }
-            for (id, bytes) in plan.new_ids.iter().zip(entries).skip(plan.new_evicted) {
+            for (id, (entity, bytes)) in plan.new_ids.iter().zip(entries).skip(plan.new_evicted) {
                 let key = entry_key(*id);
-                let bytes = trees.seal(QUARANTINE, &key, bytes).map_err(|e| {
+                let sealed = match &entity {
+                    Some(entity) => trees.seal_entity(QUARANTINE, entity, &key, bytes),
+                    None => trees.seal(QUARANTINE, &key, bytes),
+                };
+                let bytes = sealed.map_err(|e| {
                     StoreError::encode(product, "(quarantine)", "quarantine entry", e)
                 })?;
                 quarantine_writes.push((key, Some(bytes)));
@@ -332,6 +334,15 @@ impl Store {
             quarantine_writes.push((quarantine::STATE_KEY.to_vec(), Some(state)));
         }
 
+        // Entity keys of new entities exist and are durable before the
+        // frame that holds their first values (`keys_entity.rs`).
+        trees
+            .ensure_entity_keys(
+                batches
+                    .iter()
+                    .flat_map(|(b, _)| b.records.iter().map(|r| r.record.entity.as_str())),
+            )
+            .map_err(|e| StoreError::encode(product, "(batch)", "entity keys", e))?;
         let planner = self.planner();
         let (outbox_tree, outbox_index) = self.outbox_trees();
         let result = self.hot_transaction(
@@ -390,6 +401,7 @@ impl Store {
                             entries: outbox_entries,
                             index: outbox_index,
                             now: *received_at,
+                            keys: self.entity_keys(),
                         };
                         let mut changes = Vec::with_capacity(batch.records.len());
                         for r in &batch.records {

@@ -198,6 +198,7 @@ mod hot;
 mod ingest;
 mod journal;
 mod keys;
+pub(crate) mod keys_entity;
 mod merge;
 mod offsets;
 mod outbox;
@@ -223,9 +224,10 @@ pub use config::{DictionaryConfig, StoreConfig};
 pub use dictionary::DictionaryInfo;
 pub use error::StoreError;
 pub use journal::JournalStats;
+pub use keys_entity::bench_seal_open as bench_entity_seal_open;
 pub use outbox::{BudgetReport, OutboxEntry, OutboxItem, OutboxPlanner, OutboxStats, PendingEntry};
 pub use retention::RETENTION_ORIGIN;
-pub use seal::{EncryptionKey, KeyCheck, KeyFileError};
+pub use seal::{rotate as rotate_key, EncryptionKey, KeyCheck, KeyFileError};
 pub use types::{
     AuditAction, AuditEntry, AuditQuery, Change, Fingerprint, HistoryEvent, HistoryQuery,
     Idempotency, IngestBatch, IngestLimits, IngestOutcome, IngestRecord, Instance, Page,
@@ -279,6 +281,8 @@ struct Inner {
     group: GroupCommit,
     /// The sealer of an encrypted store.
     seal: seal::Seal,
+    /// The entity keys of an encrypted store (`keys_entity.rs`).
+    entity_keys: Option<Arc<keys_entity::EntityKeys>>,
     /// `outbox` and `outbox_index` (see `outbox.rs`), the planner that
     /// fills them, and the pending tally per upstream.
     outbox: hot::HotTree,
@@ -339,6 +343,7 @@ pub(crate) struct ProductTrees {
     /// (`writer_states.rs`).
     pub writer_states: writer_states::WriterStates,
     seal: seal::Seal,
+    entity_keys: Option<Arc<keys_entity::EntityKeys>>,
 }
 
 /// Tree suffixes, for the associated data of sealed values.
@@ -372,7 +377,54 @@ impl ProductTrees {
         seal::seal(&self.seal, &format!("{}/{tree}", self.name), key, plain)
     }
 
-    /// Opens a value [`ProductTrees::seal`]ed under the same tree and key.
+    /// Seals the encoded value of `key` in the product's tree `tree` with
+    /// the key of `entity` (`keys_entity.rs`): for values that hold the
+    /// entity's data and go with its erasure. A no-op for a plain store.
+    pub(crate) fn seal_entity(
+        &self,
+        tree: &str,
+        entity: &str,
+        key: &[u8],
+        plain: Vec<u8>,
+    ) -> Result<Vec<u8>, codec::CodecError> {
+        match &self.entity_keys {
+            None => self.seal(tree, key, plain),
+            Some(keys) => keys.seal(
+                &self.name,
+                entity,
+                &format!("{}/{tree}", self.name),
+                key,
+                &plain,
+            ),
+        }
+    }
+
+    /// Creates (and syncs, once) the keys these entities lack; a no-op
+    /// for a plain store. Quarantined entries and other writers create
+    /// keys one at a time in [`ProductTrees::seal_entity`].
+    pub(crate) fn ensure_entity_keys<'e>(
+        &self,
+        entities: impl IntoIterator<Item = &'e str>,
+    ) -> Result<(), keys_entity::EntityKeyError> {
+        match &self.entity_keys {
+            Some(keys) => keys.ensure(&self.name, entities).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// Destroys the key of `entity` (erasure); whether it had one.
+    pub(crate) fn destroy_entity_key(
+        &self,
+        entity: &str,
+    ) -> Result<bool, keys_entity::EntityKeyError> {
+        match &self.entity_keys {
+            Some(keys) => keys.destroy(&self.name, entity),
+            None => Ok(false),
+        }
+    }
+
+    /// Opens a value [`ProductTrees::seal`]ed or
+    /// [`ProductTrees::seal_entity`]ed under the same tree and key.
     pub(crate) fn open<'a>(
         &self,
         tree: &str,
@@ -381,6 +433,13 @@ impl ProductTrees {
     ) -> Result<std::borrow::Cow<'a, [u8]>, codec::CodecError> {
         if self.seal.is_none() {
             return Ok(std::borrow::Cow::Borrowed(bytes));
+        }
+        if let (Some(keys), Some(&keys_entity::FORMAT_ENTITY_SEALED)) =
+            (&self.entity_keys, bytes.first())
+        {
+            return keys
+                .open(&format!("{}/{tree}", self.name), key, bytes)
+                .map(std::borrow::Cow::Owned);
         }
         seal::open(&self.seal, &format!("{}/{tree}", self.name), key, bytes)
     }
@@ -433,6 +492,17 @@ impl Store {
         let _enter = span.enter();
         // Before sled touches anything: a wrong or missing key stops here.
         let seal = seal::check_key(&config.path, config.encryption_key.as_ref())?;
+        let entity_keys = match &seal {
+            Some(data) => Some(Arc::new(
+                keys_entity::EntityKeys::load(&config.path, Arc::clone(data)).map_err(|e| {
+                    StoreError::Meta {
+                        path: config.path.clone(),
+                        detail: e.to_string(),
+                    }
+                })?,
+            )),
+            None => None,
+        };
         let db = open_waiting_for_lock(&config)
             .map_err(|e| StoreError::sled(format!("opening {}", config.path.display()), e))?;
         check_format(&db, &config)?;
@@ -468,6 +538,7 @@ impl Store {
                 writer: Mutex::new(()),
                 group,
                 seal,
+                entity_keys,
                 outbox,
                 outbox_index,
                 planner: RwLock::new(None),
@@ -645,6 +716,11 @@ impl Store {
         seal::seal(&self.inner.seal, tree, key, plain)
     }
 
+    /// The entity keys of an encrypted store (`keys_entity.rs`).
+    pub(crate) fn entity_keys(&self) -> Option<&keys_entity::EntityKeys> {
+        self.inner.entity_keys.as_deref()
+    }
+
     /// Opens a value [`Store::seal_value`] sealed under the same tree and key.
     #[allow(dead_code)] // the outbox (sync) is its first user
     pub(crate) fn open_value<'a>(
@@ -742,6 +818,7 @@ impl Store {
                 self.inner.config.instance_cache_entries,
             ),
             seal: self.inner.seal.clone(),
+            entity_keys: self.inner.entity_keys.clone(),
         });
         products.insert(product.to_string(), Arc::clone(&trees));
         tracing::debug!(product, "product trees opened");

@@ -51,6 +51,7 @@ use serde::{Deserialize, Serialize};
 
 use super::codec;
 use super::hot::{HotTree, TxTree};
+use super::keys_entity::{EntityKeys, FORMAT_ENTITY_SEALED};
 use super::write::{abort, TxResult};
 use super::{Change, Store, StoreError};
 use crate::record::{Fields, Record, Timestamp};
@@ -203,8 +204,20 @@ fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
     StoreError::bookkeeping("outbox".to_string(), what, detail)
 }
 
-fn decode_entry(bytes: &[u8]) -> Result<OutboxEntry, StoreError> {
-    codec::decode(bytes).map_err(|e| corrupt("outbox entry", e))
+/// Decodes an entry; one sealed with its entity's key (encrypted store)
+/// is opened first.
+fn decode_entry(
+    keys: Option<&EntityKeys>,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<OutboxEntry, StoreError> {
+    match (keys, bytes.first()) {
+        (Some(keys), Some(&FORMAT_ENTITY_SEALED)) => keys
+            .open(OUTBOX_TREE, key, bytes)
+            .and_then(|plain| codec::decode(&plain)),
+        _ => codec::decode(bytes),
+    }
+    .map_err(|e| corrupt("outbox entry", e))
 }
 
 /// The outbox trees inside a write transaction.
@@ -212,6 +225,9 @@ pub(crate) struct OutboxTx<'a> {
     pub entries: &'a TxTree<'a>,
     pub index: &'a TxTree<'a>,
     pub now: Timestamp,
+    /// An encrypted store's entity keys: entries with values are sealed
+    /// with their entity's key (tombstones are not: they outlive it).
+    pub keys: Option<&'a EntityKeys>,
 }
 
 impl OutboxTx<'_> {
@@ -237,7 +253,7 @@ impl OutboxTx<'_> {
         let Some(bytes) = self.entries.remove(key)? else {
             return Ok(None);
         };
-        let entry = decode_entry(&bytes).map_err(abort)?;
+        let entry = decode_entry(self.keys, key, &bytes).map_err(abort)?;
         let item = &entry.item;
         self.index
             .remove(entity_index_key(&item.product, &item.entity, key))?;
@@ -271,14 +287,25 @@ impl OutboxTx<'_> {
             enqueued_at: self.now,
             item,
         };
-        let bytes = codec::encode(&entry).map_err(|e| {
-            abort(StoreError::encode(
-                &entry.item.product,
-                &entry.item.entity,
-                "outbox entry",
-                e,
-            ))
-        })?;
+        let bytes = codec::encode(&entry)
+            .and_then(|plain| match self.keys {
+                Some(keys) if !entry.item.tombstone => keys.seal(
+                    &entry.item.product,
+                    &entry.item.entity,
+                    OUTBOX_TREE,
+                    &key,
+                    &plain,
+                ),
+                _ => Ok(plain),
+            })
+            .map_err(|e| {
+                abort(StoreError::encode(
+                    &entry.item.product,
+                    &entry.item.entity,
+                    "outbox entry",
+                    e,
+                ))
+            })?;
         let item = &entry.item;
         self.index.overwrite(
             entity_index_key(&item.product, &item.entity, &key),
@@ -437,7 +464,7 @@ impl Store {
             if lane.is_some_and(|l| l != this_lane) || out.len() >= max {
                 break;
             }
-            let entry = decode_entry(&bytes)?;
+            let entry = decode_entry(self.entity_keys(), &key, &bytes)?;
             if except.contains(&entry.item.product) {
                 passed_over += 1;
                 if passed_over >= MAX_PASSED_OVER {
@@ -500,6 +527,7 @@ impl Store {
                     entries,
                     index,
                     now: Timestamp::now(),
+                    keys: self.entity_keys(),
                 };
                 let mut delta = OutboxDelta::default();
                 work(&tx, &mut delta)?;
@@ -550,7 +578,7 @@ impl Store {
             if !key.starts_with(&prefix) || key.len() <= prefix.len() {
                 break;
             }
-            let entry = decode_entry(&value)?;
+            let entry = decode_entry(self.entity_keys(), &key, &value)?;
             oldest = Some(oldest.map_or(entry.enqueued_at, |o| o.min(entry.enqueued_at)));
             let lane = key[prefix.len()];
             if lane == 255 {
@@ -566,13 +594,43 @@ impl Store {
         })
     }
 
-    /// Recounts the tally from disk (at open).
+    /// Recounts the tally from disk (at open), first dropping the entries
+    /// of erased entities whose keys are gone (`keys_entity.rs`): an
+    /// erasure removes them before it destroys the key, so only a restored
+    /// backup or a crash between the two leaves any, and nothing could
+    /// ever send them.
     pub(crate) fn outbox_recount(&self) -> Result<(), StoreError> {
         let mut tally = Tally::default();
+        let mut shredded: Vec<(sled::IVec, String, String)> = Vec::new();
         for item in self.inner.outbox.iter() {
-            let (_, value) = item.map_err(|e| StoreError::sled("counting the outbox", e))?;
-            let entry = decode_entry(&value)?;
+            let (key, value) = item.map_err(|e| StoreError::sled("counting the outbox", e))?;
+            if let Some((product, entity)) = self.entity_keys().and_then(|k| k.shredded(&value)) {
+                shredded.push((key, product, entity));
+                continue;
+            }
+            let entry = decode_entry(self.entity_keys(), &key, &value)?;
             tally.add(&entry.item.upstream, value.len() as u64);
+        }
+        if !shredded.is_empty() {
+            let _writer = self.write_lock();
+            self.hot_transaction(
+                &[&self.inner.outbox, &self.inner.outbox_index],
+                |views| {
+                    let [entries, index] = views else {
+                        return Err(abort(corrupt("outbox", "two trees expected")));
+                    };
+                    for (key, product, entity) in &shredded {
+                        entries.remove(key.as_ref())?;
+                        index.remove(entity_index_key(product, entity, key))?;
+                    }
+                    Ok(())
+                },
+                || "dropping the outbox entries of erased entities".to_string(),
+            )?;
+            tracing::warn!(
+                entries = shredded.len(),
+                "dropped outbox entries of erased entities (their keys are destroyed)"
+            );
         }
         *self.inner.tally.lock().unwrap_or_else(|p| p.into_inner()) = tally;
         Ok(())
@@ -607,7 +665,7 @@ impl Store {
         let mut slots: Vec<Slot> = Vec::new();
         for item in self.inner.outbox.scan_prefix(&prefix) {
             let (key, value) = item.map_err(|e| StoreError::sled("reading the outbox", e))?;
-            let entry = decode_entry(&value)?;
+            let entry = decode_entry(self.entity_keys(), &key, &value)?;
             let mut id = Vec::new();
             part(&mut id, &entry.item.product);
             part(&mut id, &entry.item.entity);

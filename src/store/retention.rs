@@ -310,14 +310,14 @@ impl Store {
         state.history_rev = state.history_rev.wrapping_add(1);
         let instance_bytes = state
             .encode()
-            .and_then(|plain| trees.seal(INSTANCES, entity.as_bytes(), plain))
+            .and_then(|plain| trees.seal_entity(INSTANCES, entity, entity.as_bytes(), plain))
             .map_err(|e| StoreError::encode(product, entity, "instance", e))?;
         let inserts = plan
             .inserts
             .iter()
             .map(|(key, plain)| {
                 trees
-                    .seal(HISTORY, key, plain.clone())
+                    .seal_entity(HISTORY, entity, key, plain.clone())
                     .map(|sealed| (key.clone(), sealed))
             })
             .collect::<Result<Vec<_>, _>>()

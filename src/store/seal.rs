@@ -18,6 +18,28 @@
 //! database (`<store>/encryption.canary`, a sealed constant), checked
 //! before the database is opened, so a wrong or missing key stops the node
 //! without touching the data.
+//!
+//! # Key hierarchy (issue 30 point 2)
+//!
+//! The configured key is the *store key*. It seals one thing: the store's
+//! *data key*, kept wrapped in `<store>/encryption.datakey` (see
+//! [`check_key`]). The data key seals everything that is not one entity's
+//! values (the canary, the mask secret, dictionaries, journal frames as a
+//! whole, audit lines, tombstones) and wraps the *entity keys*
+//! (`keys_entity.rs`), which seal each entity's values. So:
+//!
+//! - `meshlet key rotate` re-wraps the data key under a new store key and
+//!   rewrites nothing else ([`rotate`]). Whoever holds the old store key
+//!   *and* a copy of the old `encryption.datakey` still reads the data: a
+//!   rotation retires a key for what is written from now on, it does not
+//!   re-encrypt what a stolen backup already holds.
+//! - A store written before the data key existed (values sealed with the
+//!   store key directly) gets `encryption.datakey` on its first open: its
+//!   data key *is* its store key, so every old value still opens, and a
+//!   rotation afterwards works the same way.
+//! - The canary of a new store is sealed with the data key, so a build
+//!   that predates the data key refuses the store ("wrong key") instead of
+//!   writing values under the store key that this build would not read.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -36,6 +58,8 @@ pub(crate) const FORMAT_SEALED: u8 = 4;
 /// The canary's file name inside the store directory.
 pub(crate) const CANARY_FILE: &str = "encryption.canary";
 const CANARY_PLAINTEXT: &[u8] = b"meshlet store encryption canary v1";
+/// The data key, sealed by the store key, inside the store directory.
+pub(crate) const DATA_KEY_FILE: &str = "encryption.datakey";
 
 /// A 256-bit store key. Its `Debug` never shows the bytes.
 #[derive(Clone, PartialEq, Eq)]
@@ -124,7 +148,7 @@ pub(crate) type Seal = Option<Arc<Sealer>>;
 
 /// Associated data: tree name and key, length-prefixed so no two
 /// (tree, key) pairs give the same bytes.
-fn aad(tree: &str, key: &[u8]) -> Vec<u8> {
+pub(crate) fn aad(tree: &str, key: &[u8]) -> Vec<u8> {
     let mut aad = Vec::with_capacity(8 + tree.len() + key.len());
     aad.extend_from_slice(&(tree.len() as u32).to_be_bytes());
     aad.extend_from_slice(tree.as_bytes());
@@ -134,12 +158,69 @@ fn aad(tree: &str, key: &[u8]) -> Vec<u8> {
 
 impl Sealer {
     pub(crate) fn new(key: &EncryptionKey) -> Result<Sealer, CodecError> {
-        let unbound = UnboundKey::new(&AES_256_GCM, key.0.as_slice())
+        Sealer::from_raw(key.0.as_slice())
+    }
+
+    /// A sealer over raw key bytes (an entity key, `keys_entity.rs`).
+    pub(crate) fn from_raw(raw: &[u8]) -> Result<Sealer, CodecError> {
+        let unbound = UnboundKey::new(&AES_256_GCM, raw)
             .map_err(|_| CodecError("AES-256-GCM refused the key".into()))?;
         Ok(Sealer {
             key: LessSafeKey::new(unbound),
             rng: SystemRandom::new(),
         })
+    }
+
+    /// Fresh random bytes (nonces, new keys).
+    pub(crate) fn random(&self, out: &mut [u8]) -> Result<(), CodecError> {
+        self.rng
+            .fill(out)
+            .map_err(|_| CodecError("no system randomness".into()))
+    }
+
+    /// Seals `plain` and appends `nonce ++ ciphertext ++ tag` to `out`
+    /// (no format byte): the body of an entity-sealed value.
+    pub(crate) fn seal_into(
+        &self,
+        aad_bytes: &[u8],
+        plain: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.random(&mut nonce)?;
+        out.extend_from_slice(&nonce);
+        let start = out.len();
+        out.extend_from_slice(plain);
+        let mut body = out.split_off(start);
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad_bytes),
+                &mut body,
+            )
+            .map_err(|_| CodecError("sealing failed".into()))?;
+        out.extend_from_slice(&body);
+        Ok(())
+    }
+
+    /// Opens what [`Sealer::seal_into`] appended.
+    pub(crate) fn open_body(&self, aad_bytes: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CodecError> {
+        if sealed.len() < NONCE_LEN + 16 {
+            return Err(CodecError("sealed value too short".into()));
+        }
+        let (nonce, body) = sealed.split_at(NONCE_LEN);
+        let nonce =
+            Nonce::try_assume_unique_for_key(nonce).map_err(|_| CodecError("bad nonce".into()))?;
+        let mut body = body.to_vec();
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(aad_bytes), &mut body)
+            .map_err(|_| {
+                CodecError("sealed value does not open (wrong key, or moved or altered)".into())
+            })?;
+        let len = plain.len();
+        body.truncate(len);
+        Ok(body)
     }
 
     pub(crate) fn seal(&self, tree: &str, key: &[u8], plain: &[u8]) -> Result<Vec<u8>, CodecError> {
@@ -227,6 +308,8 @@ pub enum KeyCheck {
     Wrong { path: PathBuf },
     #[error("the store in {} holds unencrypted data and a key is configured: encryption cannot be switched on for existing data; start with an empty data directory (or leave the key out)", path.display())]
     Unencrypted { path: PathBuf },
+    #[error("the store in {} is not encrypted: there is no key to rotate", path.display())]
+    NotEncrypted { path: PathBuf },
     #[error("cannot read or write {}: {detail}", path.display())]
     Io { path: PathBuf, detail: String },
     #[error("the store key: {0}")]
@@ -234,45 +317,121 @@ pub enum KeyCheck {
 }
 
 /// Decides the sealing mode of the store at `store_path` before the
-/// database is opened. Writes only for a new, encrypted store (the canary).
+/// database is opened: the sealer of the store's data key (see the module
+/// docs). Writes only for a new encrypted store (data key and canary) and
+/// for an encrypted store without a data key file yet (that file).
 pub(crate) fn check_key(store_path: &Path, key: Option<&EncryptionKey>) -> Result<Seal, KeyCheck> {
     let canary_path = store_path.join(CANARY_FILE);
-    let io = |source: std::io::Error| KeyCheck::Io {
-        path: canary_path.clone(),
-        detail: source.to_string(),
-    };
-    let canary = match std::fs::read(&canary_path) {
-        Ok(bytes) => Some(bytes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io(e)),
-    };
+    let data_key_path = store_path.join(DATA_KEY_FILE);
+    let canary = read_optional(&canary_path)?;
     let path = store_path.to_path_buf();
     match (canary, key) {
         (None, None) => Ok(None),
         (Some(_), None) => Err(KeyCheck::Missing { path }),
         (Some(canary), Some(key)) => {
-            let sealer = Sealer::new(key).map_err(|e| KeyCheck::Key(e.0))?;
-            match sealer.open(CANARY_FILE, &[], &canary) {
-                Ok(plain) if plain == CANARY_PLAINTEXT => Ok(Some(Arc::new(sealer))),
+            let store_sealer = Sealer::new(key).map_err(|e| KeyCheck::Key(e.0))?;
+            let data_sealer = match read_optional(&data_key_path)? {
+                Some(wrapped) => {
+                    let raw = store_sealer
+                        .open(DATA_KEY_FILE, &[], &wrapped)
+                        .map_err(|_| KeyCheck::Wrong { path: path.clone() })?;
+                    Sealer::from_raw(&raw).map_err(|e| KeyCheck::Key(e.0))?
+                }
+                None => {
+                    // A store from before the data key: its data key is
+                    // its store key (checked by the canary below).
+                    let plain = store_sealer.open(CANARY_FILE, &[], &canary);
+                    if plain.as_deref().ok() != Some(CANARY_PLAINTEXT) {
+                        return Err(KeyCheck::Wrong { path });
+                    }
+                    write_data_key(&store_sealer, &data_key_path, key.0.as_slice())?;
+                    tracing::info!(path = %store_path.display(), "encrypted store given a data key file (its data key is its store key)");
+                    store_sealer
+                }
+            };
+            match data_sealer.open(CANARY_FILE, &[], &canary) {
+                Ok(plain) if plain == CANARY_PLAINTEXT => Ok(Some(Arc::new(data_sealer))),
                 _ => Err(KeyCheck::Wrong { path }),
             }
         }
         (None, Some(key)) => {
             let has_data = std::fs::read_dir(store_path)
-                .map(|mut entries| entries.next().is_some())
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .any(|e| e.file_name() != std::ffi::OsStr::new(DATA_KEY_FILE))
+                })
                 .unwrap_or(false);
             if has_data {
                 return Err(KeyCheck::Unencrypted { path });
             }
-            let sealer = Sealer::new(key).map_err(|e| KeyCheck::Key(e.0))?;
-            let canary = sealer
+            let store_sealer = Sealer::new(key).map_err(|e| KeyCheck::Key(e.0))?;
+            let mut raw = [0u8; 32];
+            store_sealer
+                .random(&mut raw)
+                .map_err(|e| KeyCheck::Key(e.0))?;
+            let data_sealer = Sealer::from_raw(&raw).map_err(|e| KeyCheck::Key(e.0))?;
+            let canary = data_sealer
                 .seal(CANARY_FILE, &[], CANARY_PLAINTEXT)
                 .map_err(|e| KeyCheck::Key(e.0))?;
-            std::fs::create_dir_all(store_path).map_err(io)?;
-            crate::atomic_file::replace(&canary_path, &canary, None).map_err(io)?;
-            Ok(Some(Arc::new(sealer)))
+            std::fs::create_dir_all(store_path).map_err(|e| io_error(&canary_path, e))?;
+            // The data key first: the canary is what makes the directory
+            // an encrypted store, and a data key file alone is no data.
+            write_data_key(&store_sealer, &data_key_path, &raw)?;
+            crate::atomic_file::replace(&canary_path, &canary, None)
+                .map_err(|e| io_error(&canary_path, e))?;
+            Ok(Some(Arc::new(data_sealer)))
         }
     }
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> KeyCheck {
+    KeyCheck::Io {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    }
+}
+
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, KeyCheck> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error(path, e)),
+    }
+}
+
+fn write_data_key(store_sealer: &Sealer, path: &Path, raw: &[u8]) -> Result<(), KeyCheck> {
+    let wrapped = store_sealer
+        .seal(DATA_KEY_FILE, &[], raw)
+        .map_err(|e| KeyCheck::Key(e.0))?;
+    crate::atomic_file::replace(path, &wrapped, Some(0o600)).map_err(|e| io_error(path, e))
+}
+
+/// `meshlet key rotate`: re-wraps the data key of the encrypted store at
+/// `store_path` under `new` (checked with `old` first, which must open it
+/// and the canary). Rewrites `encryption.datakey` atomically and nothing
+/// else, so it is safe while a node runs on the store (the node read the
+/// data key when it opened); the node needs `new` from its next start.
+pub fn rotate(store_path: &Path, old: &EncryptionKey, new: &EncryptionKey) -> Result<(), KeyCheck> {
+    if read_optional(&store_path.join(CANARY_FILE))?.is_none() {
+        return Err(KeyCheck::NotEncrypted {
+            path: store_path.to_path_buf(),
+        });
+    }
+    // Opens (and migrates a store without a data key file) with the old key.
+    let _ = check_key(store_path, Some(old))?;
+    let data_key_path = store_path.join(DATA_KEY_FILE);
+    let wrapped = read_optional(&data_key_path)?.ok_or_else(|| KeyCheck::Io {
+        path: data_key_path.clone(),
+        detail: "missing after the check".into(),
+    })?;
+    let raw = Sealer::new(old)
+        .and_then(|s| s.open(DATA_KEY_FILE, &[], &wrapped))
+        .map_err(|_| KeyCheck::Wrong {
+            path: store_path.to_path_buf(),
+        })?;
+    let new_sealer = Sealer::new(new).map_err(|e| KeyCheck::Key(e.0))?;
+    write_data_key(&new_sealer, &data_key_path, &raw)
 }
 
 #[cfg(test)]

@@ -127,7 +127,10 @@ impl UpsertTx<'_> {
 
         let bytes = state
             .encode()
-            .and_then(|plain| self.trees.seal(INSTANCES, entity.as_bytes(), plain))
+            .and_then(|plain| {
+                self.trees
+                    .seal_entity(INSTANCES, entity, entity.as_bytes(), plain)
+            })
             .map_err(|e| abort(StoreError::encode(self.product, entity, "instance", e)))?;
         self.instances.overwrite(entity.as_bytes(), bytes);
         let change = Change {
@@ -353,7 +356,7 @@ impl UpsertTx<'_> {
         };
         let key = chunk_key(entity, first.version);
         let bytes = encode_chunk(events, self.zstd_level, &self.trees.dictionaries)
-            .and_then(|plain| self.trees.seal(HISTORY, &key, plain))
+            .and_then(|plain| self.trees.seal_entity(HISTORY, entity, &key, plain))
             .map_err(|e| abort(StoreError::encode(self.product, entity, what, e)))?;
         tracing::debug!(
             product = self.product,
