@@ -33,6 +33,9 @@ pub struct HubConfig {
     /// This node's identity in the mesh; generated once and kept in the data
     /// directory when not set.
     pub node_id: Option<String>,
+    /// This node's site: reference-data rules (`sync: - from: …`) may
+    /// filter on it with `${node_site}` in their `where`.
+    pub node_site: Option<String>,
     /// Where the store lives.
     pub data_dir: PathBuf,
     /// Product definition files or folders. Empty: `./schema/examples` if it
@@ -65,6 +68,7 @@ impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
             node_id: None,
+            node_site: None,
             data_dir: PathBuf::from("./meshlet-data"),
             products: Vec::new(),
             http: HttpConfig::default(),
@@ -630,6 +634,26 @@ pub struct UpstreamConfig {
     pub stream_max_bytes: u64,
     /// NATS: a credentials file (`.creds`: user JWT and nkey seed).
     pub credentials_file: Option<PathBuf>,
+    /// NATS: the JetStream key-value bucket reference data lives in
+    /// (`sync: - from: <upstream>` rules watch it; an upstream with
+    /// `publish = "reference"` writes it). Default `meshlet_reference`.
+    pub reference_bucket: String,
+    /// NATS: where this node's `sync: - to:` rules for this upstream go:
+    /// `stream` (envelopes into the sync stream, the default) or
+    /// `reference` (each instance put into `reference_bucket`, keyed
+    /// `<product>.<entity>`, for edges to watch).
+    pub publish: PublishMode,
+}
+
+/// Where an upstream's sends go (`upstreams.<name>.publish`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// Envelopes into the sync stream (or to the aggregator).
+    #[default]
+    Stream,
+    /// Instances into the reference key-value bucket (NATS only).
+    Reference,
 }
 
 impl Default for UpstreamConfig {
@@ -653,6 +677,8 @@ impl Default for UpstreamConfig {
             stream_max_age: Duration::from_secs(7 * 86_400),
             stream_max_bytes: 0,
             credentials_file: None,
+            reference_bucket: DEFAULT_REFERENCE_BUCKET.to_string(),
+            publish: PublishMode::Stream,
         }
     }
 }
@@ -763,6 +789,8 @@ pub struct AggregatorConfig {
 }
 
 /// The JetStream stream edges' `nats://` upstreams publish into.
+/// The default reference key-value bucket.
+pub const DEFAULT_REFERENCE_BUCKET: &str = "meshlet_reference";
 pub const DEFAULT_NATS_STREAM: &str = "MESHLET_SYNC";
 /// The subject prefix of edges' `nats://` upstreams.
 pub const DEFAULT_NATS_SUBJECT_PREFIX: &str = "meshlet.sync";

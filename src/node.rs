@@ -130,6 +130,8 @@ pub fn preflight(config: &HubConfig, products: &ProductSet) -> Preflight {
             out.problems.push(err.to_string());
         }
     }
+    out.problems
+        .extend(crate::sync::check_references(config, products, node_id));
     if let Some(tls) = &config.http.tls {
         if let Err(err) = api::tls::acceptor(tls) {
             out.problems.push(format!("http.tls: {err}"));

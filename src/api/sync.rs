@@ -35,6 +35,100 @@ pub(super) fn routes() -> Router<ApiState> {
             post(receive).layer(DefaultBodyLimit::max(MAX_BODY)),
         )
         .route("/sync/v1/nodes", get(nodes))
+        .route("/sync/v1/reference/{product}", get(reference))
+}
+
+/// The longest a reference long-poll is held.
+const MAX_REFERENCE_WAIT: std::time::Duration = std::time::Duration::from_secs(25);
+
+#[derive(serde::Deserialize)]
+struct ReferenceQuery {
+    #[serde(default)]
+    after: u64,
+    /// e.g. `20s`; default and most [`MAX_REFERENCE_WAIT`].
+    wait: Option<String>,
+}
+
+/// `GET /sync/v1/reference/<product>?after=<revision>&wait=20s`: the
+/// reference entries of `product` after `after` (MessagePack
+/// [`crate::sync::reference::ReferencePage`]), at once when there are
+/// some, else after `wait` with none. Needs the `edge` (or `admin`) role;
+/// 404 on a node that publishes no reference data.
+async fn reference(
+    State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
+    axum::extract::Path(product): axum::extract::Path<String>,
+    axum::extract::Query(query): axum::extract::Query<ReferenceQuery>,
+) -> Response {
+    let Some(sync) = state.sync.clone() else {
+        return no_reference();
+    };
+    if !may_push_sync(&identity.role) {
+        state
+            .auth
+            .denials()
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({ "error": format!("role `{}` may not read reference data (needs `edge` or `admin`)", identity.role) })),
+        )
+            .into_response();
+    }
+    let valid = !product.is_empty()
+        && product.len() <= 63
+        && product
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !valid {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": format!("`{}` is not a product name", product.chars().take(80).collect::<String>()) })),
+        )
+            .into_response();
+    }
+    let wait = match query.wait.as_deref().map(humantime::parse_duration) {
+        None => MAX_REFERENCE_WAIT,
+        Some(Ok(w)) => w.min(MAX_REFERENCE_WAIT),
+        Some(Err(e)) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "error": format!("wait: {e}") })),
+            )
+                .into_response()
+        }
+    };
+    match sync.reference_page(&product, query.after, wait).await {
+        None => no_reference(),
+        Some(Ok(page)) => match rmp_serde::to_vec_named(&page) {
+            Ok(body) => (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    crate::sync::reference::PAGE_CONTENT_TYPE,
+                )],
+                body,
+            )
+                .into_response(),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({ "error": e.to_string() })),
+            )
+                .into_response(),
+        },
+        Some(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "1")],
+            Json(json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+fn no_reference() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "error": "this node publishes no reference data (no upstream with publish = \"reference\" on NATS)" })),
+    )
+        .into_response()
 }
 
 fn not_aggregator() -> Response {

@@ -2,7 +2,8 @@
 //! already serves — `/metrics` (sampled twice for rates, plus build and
 //! start time) and the GraphQL catalog (`products` with entities,
 //! freshness, quality and quarantine; `syncStatus`; `syncConsumers`, the
-//! JetStream lag of an aggregator). The GraphQL call
+//! JetStream lag of an aggregator; `syncReferences`, the reference-data
+//! revisions of an edge). The GraphQL call
 //! needs a token when the node's config has no anonymous role.
 //!
 //! Fetching is the only I/O; parsing the Prometheus text and laying out
@@ -70,7 +71,8 @@ pub enum StatusError {
 const QUERY: &str = "{ products { name entities quarantineCount \
     freshness { lastUpdate stale sla } quality { accepted rejected quarantined duplicates } } \
     syncStatus { name pending oldestPendingSeconds lastAck errors dropped } \
-    syncConsumers { durable filterSubject pending ackPending redelivered naks error } }";
+    syncConsumers { durable filterSubject pending ackPending redelivered naks error } \
+    syncReferences { upstream product revision stored filtered lastApplied error } }";
 
 /// `meshlet status`.
 pub fn run(config: &HubConfig, args: StatusArgs) -> ExitCode {
@@ -443,6 +445,22 @@ fn render(url: &str, data: &Value, before: &Samples, after: &Samples, sample: Du
             n(&c["redelivered"]),
             n(&c["naks"]),
             c["error"]
+                .as_str()
+                .map(|e| format!(", error: {e}"))
+                .unwrap_or_default(),
+        );
+    }
+    for r in data["syncReferences"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  reference {} from {}: revision {}, stored {}, filtered {}, last applied {}{}",
+            r["product"].as_str().unwrap_or("?"),
+            r["upstream"].as_str().unwrap_or("?"),
+            r["revision"],
+            r["stored"],
+            r["filtered"],
+            r["lastApplied"].as_str().unwrap_or("never"),
+            r["error"]
                 .as_str()
                 .map(|e| format!(", error: {e}"))
                 .unwrap_or_default(),

@@ -15,7 +15,7 @@ use super::policies::{
 };
 use super::reader::{self, Entry, MapReader};
 use super::source::{parse_sources, Source, SourceContext};
-use super::sync::{parse_sync, SyncContext, SyncRule};
+use super::sync::{parse_sync, ReferenceRule, SyncContext, SyncRule};
 use super::yaml;
 
 /// What a definition is checked against besides itself.
@@ -52,6 +52,8 @@ pub struct Product {
     /// Role name → rule, in declaration order.
     pub access: IndexMap<String, AccessRule>,
     pub sync: Vec<SyncRule>,
+    /// `sync: - from: …` rules: reference data this node receives.
+    pub reference: Vec<ReferenceRule>,
     /// The definition file.
     pub file: PathBuf,
 }
@@ -191,7 +193,7 @@ fn build(
         upstreams: &ctx.upstreams,
         filters: &filters,
     };
-    let sync = map
+    let (sync, reference) = map
         .get("sync")
         .map(|e| parse_sync(&e, &sync_ctx, diags))
         .unwrap_or_default();
@@ -210,6 +212,7 @@ fn build(
         freshness,
         access,
         sync,
+        reference,
         file: file.to_path_buf(),
     };
     Some((

@@ -41,6 +41,18 @@ pub(crate) fn parse_row_filter(
     diags: &mut Diagnostics,
 ) -> Option<RowFilter> {
     let source = reader::string(entry, diags)?;
+    parse_row_filter_text(entry, &source, ctx, diags)
+}
+
+/// [`parse_row_filter`] of `source` (the entry's text, possibly with
+/// placeholders already replaced) reported at `entry`.
+pub(crate) fn parse_row_filter_text(
+    entry: &Entry<'_>,
+    source: &str,
+    ctx: &FilterContext<'_>,
+    diags: &mut Diagnostics,
+) -> Option<RowFilter> {
+    let source = source.to_string();
     let report = |error: &ExprError, diags: &mut Diagnostics| {
         diags.push(
             place(ctx.text, entry.at(), &source, error.column),

@@ -85,6 +85,6 @@ pub use policies::{HistoryPolicy, OnInvalid, QualityPolicy, RetentionPolicy};
 pub use source::{
     check_json_pointer, FileSource, HttpSource, MqttSource, PayloadFormat, Source, SparkplugSource,
 };
-pub use sync::{Priority, SyncMode, SyncRule, SyncWhen};
+pub use sync::{Priority, ReferenceRule, SyncMode, SyncRule, SyncWhen, REFERENCE_PLACEHOLDERS};
 pub use topic::TopicTemplate;
 pub use yaml::{yaml_to_json, MAX_DEFINITION_BYTES, MAX_DEPTH};

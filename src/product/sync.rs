@@ -4,10 +4,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use indexmap::IndexMap;
+use marked_yaml::Node;
 
 use super::diagnostic::Diagnostics;
 use super::field::FieldTable;
-use super::filter::{parse_row_filter, FilterContext, RowFilter};
+use super::filter::{parse_row_filter, parse_row_filter_text, FilterContext, RowFilter};
 use super::mask::{parse_masks, Mask};
 use super::reader::{self, did_you_mean, elements, expect_list, Entry, MapReader};
 
@@ -27,6 +28,61 @@ pub struct SyncRule {
     pub when: SyncWhen,
     pub priority: Priority,
     pub mode: SyncMode,
+}
+
+/// One reference-data rule (`- from: <upstream>`): the product's
+/// instances flow *down* from the mesh (a JetStream key-value bucket, or an
+/// aggregator's `GET /sync/v1/reference/<product>`) into this node's store,
+/// filtered by `where` and masked by `mask` on this node, before they are
+/// stored: what a rule drops or masks never reaches the disk here.
+#[derive(Clone, Debug)]
+pub struct ReferenceRule {
+    /// The upstream, by its name in the hub config.
+    pub from: String,
+    /// The `where` text as written: `${node_id}` and `${node_site}` are
+    /// replaced by this node's values when sync starts
+    /// ([`ReferenceRule::row_filter`]); checked at load with placeholders.
+    pub filter_source: Option<String>,
+    /// The fields kept; `None` keeps all (the key is always kept).
+    pub fields: Option<Vec<String>>,
+    /// Masks applied before storing (`mask:`).
+    pub masks: IndexMap<String, Mask>,
+}
+
+/// The placeholders a reference rule's `where` may use.
+pub const REFERENCE_PLACEHOLDERS: [&str; 2] = ["${node_id}", "${node_site}"];
+
+impl ReferenceRule {
+    /// The `where` with this node's id and site put in (as string
+    /// literals). An error names what is missing (a `${node_site}` on a
+    /// node without `node_site`).
+    pub fn row_filter(
+        &self,
+        node_id: &str,
+        node_site: Option<&str>,
+    ) -> Result<Option<RowFilter>, String> {
+        let Some(source) = &self.filter_source else {
+            return Ok(None);
+        };
+        let mut text = source.replace("${node_id}", &quote(node_id));
+        if text.contains("${node_site}") {
+            let site = node_site.ok_or_else(|| {
+                format!(
+                    "reference rule `from: {}` filters on `${{node_site}}`, but this node has no `node_site` in its config",
+                    self.from
+                )
+            })?;
+            text = text.replace("${node_site}", &quote(site));
+        }
+        crate::policy::expr::parse(&text)
+            .map(Some)
+            .map_err(|e| format!("reference rule `from: {}`: where `{text}`: {}", self.from, e.message))
+    }
+}
+
+/// `value` as a filter string literal.
+fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// When a change is sent.
@@ -99,7 +155,7 @@ impl SyncMode {
     }
 }
 
-const RULE_KEYS: &[&str] = &["to", "fields", "where", "mask", "when", "priority", "mode"];
+const RULE_KEYS: &[&str] = &["to", "from", "fields", "where", "mask", "when", "priority", "mode"];
 const WHEN_KEYS: &[&str] = &["on_change", "min_interval", "batch_size", "batch_age"];
 const MAX_BATCH: u64 = 10_000;
 
@@ -110,18 +166,103 @@ pub(crate) struct SyncContext<'a> {
     pub filters: &'a FilterContext<'a>,
 }
 
+/// The rules of a `sync:` list: `to:` rules (up) and `from:` rules
+/// (reference data down).
 pub(crate) fn parse_sync(
     entry: &Entry<'_>,
     ctx: &SyncContext<'_>,
     diags: &mut Diagnostics,
-) -> Vec<SyncRule> {
+) -> (Vec<SyncRule>, Vec<ReferenceRule>) {
     let Some(seq) = expect_list(entry, "a list of sync rules, e.g. `- to: central`", diags) else {
-        return Vec::new();
+        return Default::default();
     };
-    elements(seq, &entry.path)
-        .iter()
-        .filter_map(|e| parse_rule(e, ctx, diags))
-        .collect()
+    let mut up = Vec::new();
+    let mut down = Vec::new();
+    for e in elements(seq, &entry.path).iter() {
+        let is_from = matches!(e.node(), Node::Mapping(m) if m.keys().any(|k| k.as_str() == "from"));
+        if is_from {
+            down.extend(parse_reference_rule(e, ctx, diags));
+        } else {
+            up.extend(parse_rule(e, ctx, diags));
+        }
+    }
+    (up, down)
+}
+
+/// Keys a `from:` rule takes (timing, priority and mode are the sender's).
+const REFERENCE_KEYS: &[&str] = &["from", "fields", "where", "mask"];
+
+fn parse_reference_rule(
+    entry: &Entry<'_>,
+    ctx: &SyncContext<'_>,
+    diags: &mut Diagnostics,
+) -> Option<ReferenceRule> {
+    let map = MapReader::open(
+        entry,
+        "a reference rule, e.g. `{ from: central, where: \"site == ${node_site}\" }`",
+        REFERENCE_KEYS,
+        diags,
+    )?;
+    let from = map
+        .required("from", diags)
+        .and_then(|e| known_upstream(&e, ctx, diags));
+    let fields = map.get("fields").map(|e| parse_field_list(&e, ctx, diags));
+    let masks = map
+        .get("mask")
+        .map(|e| parse_masks(&e, ctx.fields, ctx.key_field, diags))
+        .unwrap_or_default();
+    let filter_source = map.get("where").and_then(|e| {
+        let source = reader::string(&e, diags)?;
+        // Checked with each placeholder as a string; an unknown `${…}`
+        // is named here rather than as a parse error of `$`.
+        let mut probe = source.clone();
+        for p in REFERENCE_PLACEHOLDERS {
+            probe = probe.replace(p, "'x'");
+        }
+        if let Some(start) = probe.find("${") {
+            let name: String = probe[start..].chars().take_while(|c| *c != '}').collect();
+            diags.push(
+                e.at(),
+                &e.path,
+                format!(
+                    "unknown placeholder `{name}}}` in a reference rule's where; use {}",
+                    REFERENCE_PLACEHOLDERS.join(" or ")
+                ),
+            );
+            return None;
+        }
+        parse_row_filter_text(&e, &probe, ctx.filters, diags).map(|_| source)
+    });
+    Some(ReferenceRule {
+        from: from?,
+        filter_source,
+        fields: fields.flatten(),
+        masks,
+    })
+}
+
+/// `e` as the name of an upstream the hub config declares (else reported).
+fn known_upstream(e: &Entry<'_>, ctx: &SyncContext<'_>, diags: &mut Diagnostics) -> Option<String> {
+    let name = reader::string(e, diags)?;
+    if ctx.upstreams.contains(&name) {
+        return Some(name);
+    }
+    let declared: Vec<&str> = ctx.upstreams.iter().map(String::as_str).collect();
+    let message = if declared.is_empty() {
+        format!(
+            "unknown upstream `{}`: the hub config declares no upstreams",
+            reader::shorten(&name)
+        )
+    } else {
+        format!(
+            "unknown upstream `{}`{}; declared upstreams: {}",
+            reader::shorten(&name),
+            did_you_mean(&name, &declared),
+            declared.join(", ")
+        )
+    };
+    diags.push(e.at(), &e.path, message);
+    None
 }
 
 fn parse_rule(
@@ -135,28 +276,9 @@ fn parse_rule(
         RULE_KEYS,
         diags,
     )?;
-    let to = map.required("to", diags).and_then(|e| {
-        let name = reader::string(&e, diags)?;
-        if ctx.upstreams.contains(&name) {
-            return Some(name);
-        }
-        let declared: Vec<&str> = ctx.upstreams.iter().map(String::as_str).collect();
-        let message = if declared.is_empty() {
-            format!(
-                "unknown upstream `{}`: the hub config declares no upstreams",
-                reader::shorten(&name)
-            )
-        } else {
-            format!(
-                "unknown upstream `{}`{}; declared upstreams: {}",
-                reader::shorten(&name),
-                did_you_mean(&name, &declared),
-                declared.join(", ")
-            )
-        };
-        diags.push(e.at(), &e.path, message);
-        None
-    });
+    let to = map
+        .required("to", diags)
+        .and_then(|e| known_upstream(&e, ctx, diags));
     let fields = map.get("fields").map(|e| parse_field_list(&e, ctx, diags));
     let masks = map
         .get("mask")

@@ -91,6 +91,48 @@ impl HttpTransport {
         }
     }
 
+    /// `GET <url>/sync/v1<suffix>`: the body of a 2xx answer; any other
+    /// status is [`TransportError::Refused`] with the answer's text.
+    pub async fn get(&mut self, suffix: &str) -> Result<Vec<u8>, TransportError> {
+        let mut connection = match self.connection.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => self.connect().await?,
+        };
+        connection
+            .ready()
+            .await
+            .map_err(|e| TransportError::Unreachable(e.to_string()))?;
+        let mut request = hyper::Request::get(format!("{}{suffix}", self.path))
+            .header(hyper::header::HOST, self.authority.as_str());
+        if let Some(token) = &self.token {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| TransportError::Config(e.to_string()))?;
+        let response = connection
+            .send_request(request)
+            .await
+            .map_err(|e| TransportError::Unreachable(e.to_string()))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| TransportError::Unreachable(e.to_string()))?
+            .to_bytes();
+        if status.is_success() {
+            self.connection = Some(connection);
+            Ok(body.to_vec())
+        } else {
+            Err(TransportError::Refused(format!(
+                "{} answered {status}: {}",
+                self.authority,
+                String::from_utf8_lossy(&body).chars().take(300).collect::<String>()
+            )))
+        }
+    }
+
     /// Sends one encoded envelope; Ok once the upstream acknowledged it.
     pub async fn send(&mut self, body: Vec<u8>) -> Result<(), TransportError> {
         let mut connection = match self.connection.take() {

@@ -21,6 +21,28 @@ pub struct SyncMetrics {
     /// Per JetStream durable this aggregator consumes: its lag as last
     /// read. Bounded by `[aggregator.nats]` (one durable per node).
     consumers: Mutex<BTreeMap<String, ConsumerStatus>>,
+    /// Per (upstream, product) reference replica (`from:` rules): bounded
+    /// by the loaded definitions.
+    references: Mutex<BTreeMap<(String, String), ReferenceStatus>>,
+}
+
+/// One reference-data replica on this node (a `sync: - from:` rule).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReferenceStatus {
+    pub upstream: String,
+    pub product: String,
+    /// The last revision applied (durable in the store).
+    pub revision: u64,
+    /// Instances stored, filtered out by `where`, erased, malformed since
+    /// start.
+    pub stored: u64,
+    pub filtered: u64,
+    pub erased: u64,
+    pub malformed: u64,
+    /// When a page was last applied.
+    pub last_applied: Option<Timestamp>,
+    /// The last failure (connection, watch, store), until a page applies.
+    pub error: Option<String>,
 }
 
 /// A JetStream consumer's lag, as JetStream reports it.
@@ -179,6 +201,54 @@ impl SyncMetrics {
     }
 
     /// Aggregator: the JetStream durables this node consumes.
+    /// A reference replica starts at `revision` (read from the store).
+    pub fn register_reference(&self, upstream: &str, product: &str, revision: u64) {
+        lock(&self.references).insert(
+            (upstream.to_string(), product.to_string()),
+            ReferenceStatus {
+                upstream: upstream.to_string(),
+                product: product.to_string(),
+                revision,
+                ..ReferenceStatus::default()
+            },
+        );
+    }
+
+    pub fn reference_applied(
+        &self,
+        upstream: &str,
+        product: &str,
+        revision: u64,
+        page: &super::reference::PageOutcome,
+    ) {
+        let mut all = lock(&self.references);
+        let r = all
+            .entry((upstream.to_string(), product.to_string()))
+            .or_default();
+        r.upstream = upstream.to_string();
+        r.product = product.to_string();
+        r.revision = r.revision.max(revision);
+        r.stored += page.stored as u64;
+        r.filtered += page.filtered as u64;
+        r.erased += page.erased as u64;
+        r.malformed += page.malformed as u64;
+        r.last_applied = Some(Timestamp::now());
+        r.error = None;
+    }
+
+    /// A reference replica's failure (logged by the caller), counted in
+    /// `meshlet_sync_reference_errors_total`.
+    pub fn reference_error(&self, upstream: &str, product: &str, error: &str) {
+        self.add("meshlet_sync_reference_errors_total", &[upstream, product], 1);
+        if let Some(r) = lock(&self.references).get_mut(&(upstream.to_string(), product.to_string())) {
+            r.error = Some(error.chars().take(300).collect());
+        }
+    }
+
+    pub fn references(&self) -> Vec<ReferenceStatus> {
+        lock(&self.references).values().cloned().collect()
+    }
+
     pub fn consumers(&self) -> Vec<ConsumerStatus> {
         lock(&self.consumers).values().cloned().collect()
     }
@@ -313,6 +383,11 @@ impl SyncMetrics {
                 &["durable"],
                 "JetStream connection or consumer failures, retried with back-off (aggregator).",
             ),
+            (
+                "meshlet_sync_reference_errors_total",
+                &["upstream", "product"],
+                "Reference-data watch, long-poll or store failures, retried with back-off (edge).",
+            ),
         ];
         let counters = lock(&self.counters).clone();
         for (name, label_names, help) in LABELS {
@@ -327,6 +402,7 @@ impl SyncMetrics {
             }
         }
         self.render_consumers(out);
+        self.render_references(out);
         let upstreams = lock(&self.upstreams).clone();
         let last_ack = lock(&self.last_ack).clone();
         let now = Timestamp::now();
@@ -389,6 +465,50 @@ impl SyncMetrics {
 }
 
 impl SyncMetrics {
+    /// The reference replicas' revision gauge and counters.
+    fn render_references(&self, out: &mut String) {
+        let references = self.references();
+        type Series = (&'static str, &'static str, &'static str, fn(&ReferenceStatus) -> u64);
+        let series: [Series; 4] = [
+            (
+                "meshlet_sync_reference_revision",
+                "gauge",
+                "The last reference-data revision applied to the store, per upstream and product (edge).",
+                |r| r.revision,
+            ),
+            (
+                "meshlet_sync_reference_stored_total",
+                "counter",
+                "Reference instances stored since start (edge).",
+                |r| r.stored,
+            ),
+            (
+                "meshlet_sync_reference_filtered_total",
+                "counter",
+                "Reference instances not stored: the rule's where does not match here (edge).",
+                |r| r.filtered,
+            ),
+            (
+                "meshlet_sync_reference_malformed_total",
+                "counter",
+                "Reference values that do not decode or name another entity than their key (edge).",
+                |r| r.malformed,
+            ),
+        ];
+        for (name, kind, help, value) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for r in &references {
+                let _ = writeln!(
+                    out,
+                    "{name}{{upstream=\"{}\",product=\"{}\"}} {}",
+                    escape(&r.upstream),
+                    escape(&r.product),
+                    value(r)
+                );
+            }
+        }
+    }
+
     /// The JetStream consumer lag gauges (only series JetStream answered).
     fn render_consumers(&self, out: &mut String) {
         let consumers = self.consumers();

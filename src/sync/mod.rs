@@ -19,6 +19,9 @@ mod mqtt;
 mod nats;
 mod nats_consumer;
 pub mod planner;
+pub mod reference;
+mod reference_http;
+mod reference_nats;
 mod sender;
 
 use std::sync::Arc;
@@ -34,7 +37,8 @@ use crate::store::{Store, StoreError};
 
 pub use apply::NodeStatus;
 pub use apply::{Applied, ApplyError, Receiver};
-pub use metrics::{ConsumerLag, ConsumerStatus, SyncMetrics, UpstreamStatus};
+pub use metrics::{ConsumerLag, ConsumerStatus, ReferenceStatus, SyncMetrics, UpstreamStatus};
+pub use reference_http::POLL_WAIT as REFERENCE_POLL_WAIT;
 
 /// Why a send did not get acknowledged, or a transport cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +77,8 @@ pub enum SyncError {
     },
     #[error("reading the mask secret: {0}")]
     Secret(#[from] StoreError),
+    #[error("reference data: {0}")]
+    Reference(String),
 }
 
 /// What the API needs of sync: the receiver (aggregator mode) and the
@@ -82,6 +88,11 @@ pub struct SyncHandle {
     pub metrics: Arc<SyncMetrics>,
     /// `Some` when this node accepts `POST /sync/v1`.
     pub receiver: Option<Arc<Receiver>>,
+    /// `Some` when this node publishes reference data (an upstream with
+    /// `publish = "reference"`): serves `GET /sync/v1/reference/…`.
+    pub reference: Option<Arc<reference_nats::BucketReader>>,
+    /// The node's shutdown: a held long-poll answers at once.
+    pub shutdown: CancellationToken,
 }
 
 impl SyncHandle {
@@ -97,6 +108,23 @@ impl SyncHandle {
     /// The JetStream durables this node consumes, with their lag.
     pub fn consumers(&self) -> Vec<ConsumerStatus> {
         self.metrics.consumers()
+    }
+
+    /// The reference replicas this node keeps (`from:` rules).
+    pub fn references(&self) -> Vec<ReferenceStatus> {
+        self.metrics.references()
+    }
+
+    /// The reference page of `product` after `after` (long-poll), when
+    /// this node publishes reference data.
+    pub async fn reference_page(
+        &self,
+        product: &str,
+        after: u64,
+        wait: std::time::Duration,
+    ) -> Option<Result<reference::ReferencePage, TransportError>> {
+        let reader = self.reference.as_ref()?;
+        Some(reader.page(product, after, wait, &self.shutdown).await)
     }
 
     /// The edges this node heard from (empty unless an aggregator).
@@ -142,6 +170,139 @@ pub fn check_upstream(
             upstream: name.to_string(),
             source,
         })
+}
+
+/// Checks every `from:` rule of `products` as [`start`] would: its
+/// upstream can carry reference data (`nats://`, `tls://`, `https://`;
+/// not MQTT), and its `where` has what it needs (`node_site`).
+pub fn check_references(
+    config: &HubConfig,
+    products: &ProductSet,
+    node_id: &str,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for product in products.iter() {
+        for rule in &product.reference {
+            let at = format!("product `{}`, `sync: - from: {}`", product.name, rule.from);
+            if let Err(e) = rule.row_filter(node_id, config.node_site.as_deref()) {
+                problems.push(format!("{at}: {e}"));
+            }
+            let Some(upstream) = config.upstreams.get(&rule.from) else {
+                problems.push(format!("{at}: no such upstream"));
+                continue;
+            };
+            match upstream.url.as_deref() {
+                Some(url) if url.starts_with("mqtt://") || url.starts_with("mqtts://") => {
+                    problems.push(format!(
+                        "{at}: reference data does not flow over MQTT (a broker has no \"everything after revision N\" to resume from); use a nats:// or https:// upstream"
+                    ))
+                }
+                Some(url) if nats::is_nats_url(url) => {
+                    if let Err(e) = nats::check_bucket_name(&upstream.reference_bucket) {
+                        problems.push(format!("{at}: {e}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    problems
+}
+
+/// Starts one task per `from:` rule: a key-value watch (NATS) or a
+/// long-poll (HTTPS) applying into `store`. A rule whose upstream is
+/// parked (no `url`) keeps what the store holds.
+fn start_references(
+    config: &HubConfig,
+    node_id: &str,
+    products: &Arc<ProductSet>,
+    ingestor: &Ingestor,
+    metrics: &Arc<SyncMetrics>,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) -> Result<(), SyncError> {
+    let problems = check_references(config, products, node_id);
+    if let Some(first) = problems.into_iter().next() {
+        return Err(SyncError::Reference(first));
+    }
+    let store = ingestor.store();
+    for product in products.iter() {
+        for rule in &product.reference {
+            let upstream_error = |source| SyncError::Upstream {
+                upstream: rule.from.clone(),
+                source,
+            };
+            let applier = reference::Applier::new(
+                product,
+                rule,
+                node_id,
+                config.node_site.as_deref(),
+                ingestor.clone(),
+                store.mask_secret()?,
+                metrics.clone(),
+            )
+            .map_err(SyncError::Reference)?;
+            let revision = applier
+                .last_revision()
+                .map_err(|e| SyncError::Reference(e.to_string()))?;
+            metrics.register_reference(&rule.from, &product.name, revision);
+            let Some(upstream) = config.upstreams.get(&rule.from) else {
+                continue;
+            };
+            let Some(url) = upstream.url.as_deref() else {
+                continue;
+            };
+            let span = info_span!("sync_reference", upstream = %rule.from, product = %product.name);
+            if nats::is_nats_url(url) {
+                let endpoint = nats::Endpoint::new(&nats::EndpointSettings::of_upstream(url, upstream))
+                    .map_err(upstream_error)?;
+                tasks.spawn(
+                    reference_nats::watch(
+                        endpoint,
+                        upstream.reference_bucket.clone(),
+                        format!("meshlet-reference-{node_id}-{}", rule.from),
+                        applier,
+                        metrics.clone(),
+                        shutdown.clone(),
+                    )
+                    .instrument(span),
+                );
+            } else {
+                let transport =
+                    http::HttpTransport::new(url, upstream).map_err(upstream_error)?;
+                tasks.spawn(
+                    reference_http::poll(transport, applier, metrics.clone(), shutdown.clone())
+                        .instrument(span),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The reader behind `GET /sync/v1/reference/…`: the first upstream with
+/// `publish = "reference"` on NATS.
+fn reference_reader(
+    config: &HubConfig,
+    node_id: &str,
+) -> Result<Option<Arc<reference_nats::BucketReader>>, SyncError> {
+    let Some((name, upstream, url)) = config.upstreams.iter().find_map(|(name, u)| {
+        let url = u.url.as_deref()?;
+        (u.publish == crate::config::PublishMode::Reference && nats::is_nats_url(url))
+            .then_some((name, u, url))
+    }) else {
+        return Ok(None);
+    };
+    let endpoint = nats::Endpoint::new(&nats::EndpointSettings::of_upstream(url, upstream))
+        .map_err(|source| SyncError::Upstream {
+            upstream: name.clone(),
+            source,
+        })?;
+    Ok(Some(Arc::new(reference_nats::BucketReader::new(
+        endpoint,
+        upstream.reference_bucket.clone(),
+        format!("meshlet-reference-reader-{node_id}"),
+    ))))
 }
 
 /// Installs the outbox planner, starts one sender per upstream and, in
@@ -224,9 +385,14 @@ pub fn start(
             .instrument(info_span!("sync_aggregator_mqtt")),
         );
     }
+    start_references(
+        config, node_id, products, ingestor, &metrics, shutdown, tasks,
+    )?;
     Ok(Arc::new(SyncHandle {
         store: store.clone(),
         metrics,
         receiver,
+        reference: reference_reader(config, node_id)?,
+        shutdown: shutdown.clone(),
     }))
 }

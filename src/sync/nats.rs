@@ -189,6 +189,54 @@ impl Endpoint {
     }
 }
 
+/// A key-value bucket name: `[A-Za-z0-9_-]+`.
+pub(crate) fn check_bucket_name(name: &str) -> Result<(), TransportError> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(TransportError::Config(format!(
+            "reference_bucket `{name}`: a key-value bucket name is made of letters, digits, `_` and `-`"
+        )));
+    }
+    Ok(())
+}
+
+/// The reference bucket: found, or created (one value per key, file
+/// storage, `replicas`) when `create` — the publishing side; edges only
+/// look it up, and wait (retrying) until a publisher made it.
+pub(crate) async fn open_bucket(
+    context: &jetstream::Context,
+    bucket: &str,
+    create: bool,
+    replicas: usize,
+) -> Result<jetstream::kv::Store, TransportError> {
+    if let Ok(kv) = context.get_key_value(bucket).await {
+        return Ok(kv);
+    }
+    if !create {
+        return Err(TransportError::Unreachable(format!(
+            "key-value bucket `{bucket}` is not there (yet)"
+        )));
+    }
+    context
+        .create_key_value(jetstream::kv::Config {
+            bucket: bucket.to_string(),
+            description: "meshlet reference data (sync: - from: rules)".to_string(),
+            history: 1,
+            num_replicas: replicas.max(1),
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            TransportError::Unreachable(format!(
+                "key-value bucket `{bucket}` could not be found or created: {e}"
+            ))
+        })
+}
+
 /// The subject token of an origin node id.
 pub(crate) fn subject_token(id: &str) -> String {
     id.replace('.', "_")
@@ -213,6 +261,10 @@ pub struct NatsTransport {
     context: Option<jetstream::Context>,
     /// Set once the stream was found or created on this connection.
     stream_ready: bool,
+    /// `publish = "reference"`: sends are puts into this bucket.
+    reference_bucket: Option<String>,
+    /// The bucket, once found or created on this connection.
+    kv: Option<jetstream::kv::Store>,
 }
 
 impl NatsTransport {
@@ -230,6 +282,7 @@ impl NatsTransport {
                 config.subject_prefix
             )));
         }
+        check_bucket_name(&config.reference_bucket)?;
         if config.stream.is_empty() || config.stream.contains(['.', '*', '>', ' ', '/']) {
             return Err(TransportError::Config(format!(
                 "stream `{}`: a JetStream stream name has no `.`, `*`, `>`, `/` or spaces",
@@ -252,7 +305,66 @@ impl NatsTransport {
             origin_token: subject_token(origin),
             context: None,
             stream_ready: false,
+            reference_bucket: (config.publish == crate::config::PublishMode::Reference)
+                .then(|| config.reference_bucket.clone()),
+            kv: None,
         })
+    }
+
+    /// Whether sends are key-value puts (`publish = "reference"`).
+    pub fn publishes_reference(&self) -> bool {
+        self.reference_bucket.is_some()
+    }
+
+    /// Puts each record of `envelope` into the reference bucket (a
+    /// tombstone deletes its key); Ok once JetStream stored every one.
+    /// A failure part-way leaves the whole envelope in the outbox: the
+    /// puts already made are made again, which only moves revisions.
+    pub async fn put_reference(
+        &mut self,
+        envelope: &super::envelope::Envelope,
+    ) -> Result<(), TransportError> {
+        let Some(bucket) = self.reference_bucket.clone() else {
+            return Err(TransportError::Config("not a reference upstream".into()));
+        };
+        let kv = match &self.kv {
+            Some(kv) => kv.clone(),
+            None => {
+                let context = self.context().await?;
+                let kv = open_bucket(&context, &bucket, self.create_stream, self.replicas).await?;
+                self.kv = Some(kv.clone());
+                kv
+            }
+        };
+        let result = async {
+            for record in &envelope.records {
+                let key = super::reference::kv_key(&record.product, &record.entity);
+                if record.tombstone {
+                    kv.delete(&key)
+                        .await
+                        .map_err(|e| TransportError::Unreachable(format!("reference delete `{key}`: {e}")))?;
+                    continue;
+                }
+                let value = super::reference::ReferenceValue {
+                    entity: record.entity.clone(),
+                    event_time: record.event_time,
+                    definition_version: record.definition_version,
+                    fields: record.fields.clone(),
+                }
+                .encode()
+                .map_err(TransportError::Store)?;
+                kv.put(&key, value.into()).await.map_err(|e| {
+                    TransportError::Unreachable(format!("reference put `{key}`: {e}"))
+                })?;
+            }
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            // The bucket may have gone: look again next time.
+            self.kv = None;
+        }
+        result
     }
 
     async fn context(&mut self) -> Result<jetstream::Context, TransportError> {

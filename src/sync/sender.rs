@@ -87,6 +87,7 @@ impl Transport {
         match self {
             Transport::Http(t) => t.send(body).await,
             Transport::Mqtt(t) => t.send(product, body).await,
+            Transport::Nats(t) if t.publishes_reference() => t.put_reference(envelope).await,
             Transport::Nats(t) => {
                 let id = super::nats::message_id(
                     &envelope.origin,

@@ -194,6 +194,7 @@ pub(crate) const SHARED_TYPES: &[&str] = &[
     "SyncUpstream",
     "SyncNode",
     "SyncConsumer",
+    "SyncReference",
     "Node",
 ];
 
@@ -206,6 +207,7 @@ pub(crate) const CATALOG_FIELDS: &[&str] = &[
     "syncStatus",
     "syncNodes",
     "syncConsumers",
+    "syncReferences",
     "edgeNodes",
     "node",
     "nodes",

@@ -15,7 +15,7 @@ use async_graphql::dynamic::{Field, FieldFuture, FieldValue, Object, Type, TypeR
 use async_graphql::Value as Gql;
 
 use super::schema::{blocking, getter, runtime};
-use crate::sync::{ConsumerStatus, NodeStatus, UpstreamStatus};
+use crate::sync::{ConsumerStatus, NodeStatus, ReferenceStatus, UpstreamStatus};
 
 fn text(s: &str) -> Gql {
     Gql::String(s.to_string())
@@ -160,7 +160,47 @@ pub(crate) fn types() -> Vec<Type> {
             })
             .description("The last connection or consumer error, until JetStream answers again."),
         );
-    vec![upstream.into(), node.into(), consumer.into()]
+    let reference = Object::new("SyncReference")
+        .description("A reference-data replica this node keeps (a product's `sync: - from:` rule).")
+        .field(getter::<ReferenceStatus>(
+            "upstream",
+            TypeRef::named_nn(TypeRef::STRING),
+            |r| text(&r.upstream),
+        ))
+        .field(getter::<ReferenceStatus>(
+            "product",
+            TypeRef::named_nn(TypeRef::STRING),
+            |r| text(&r.product),
+        ))
+        .field(
+            getter::<ReferenceStatus>("revision", TypeRef::named_nn(TypeRef::INT), |r| {
+                int(r.revision)
+            })
+            .description("The last revision applied to the store (0: none yet); the next watch or poll starts after it."),
+        )
+        .field(
+            getter::<ReferenceStatus>("stored", TypeRef::named_nn(TypeRef::INT), |r| int(r.stored))
+                .description("Instances stored since the node started."),
+        )
+        .field(
+            getter::<ReferenceStatus>("filtered", TypeRef::named_nn(TypeRef::INT), |r| {
+                int(r.filtered)
+            })
+            .description("Instances not stored since start: the rule's `where` does not match on this node."),
+        )
+        .field(
+            getter::<ReferenceStatus>("lastApplied", TypeRef::named(TypeRef::STRING), |r| {
+                r.last_applied.map_or(Gql::Null, |t| Gql::String(t.to_string()))
+            })
+            .description("When a page was last applied (RFC 3339), since the node started."),
+        )
+        .field(
+            getter::<ReferenceStatus>("error", TypeRef::named(TypeRef::STRING), |r| {
+                r.error.as_deref().map_or(Gql::Null, text)
+            })
+            .description("The last watch, poll or store failure, until a page applies again."),
+        );
+    vec![upstream.into(), node.into(), consumer.into(), reference.into()]
 }
 
 pub(crate) fn root_fields() -> Vec<Field> {
@@ -205,6 +245,23 @@ pub(crate) fn root_fields() -> Vec<Field> {
             },
         )
         .description("Aggregator mode: the NATS JetStream durables consumed, with their lag; empty otherwise."),
+        Field::new(
+            "syncReferences",
+            TypeRef::named_nn_list_nn("SyncReference"),
+            |ctx| {
+                FieldFuture::new(async move {
+                    let references = runtime(&ctx)?
+                        .sync
+                        .as_ref()
+                        .map(|s| s.references())
+                        .unwrap_or_default();
+                    Ok(Some(FieldValue::list(
+                        references.into_iter().map(FieldValue::owned_any),
+                    )))
+                })
+            },
+        )
+        .description("The reference-data replicas this node keeps (`sync: - from:` rules), with the revision each has applied; empty when none."),
     ]
 }
 
