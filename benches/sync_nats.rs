@@ -80,7 +80,10 @@ fn nats_server(dir: &Path) -> (Killed, u16) {
 fn wait_until(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !done() {
-        assert!(start.elapsed() < deadline, "{what}: not done in {deadline:?}");
+        assert!(
+            start.elapsed() < deadline,
+            "{what}: not done in {deadline:?}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     start.elapsed()
@@ -211,12 +214,8 @@ fn main() {
             })
             .collect();
         let body = format!("[{}]", rows.join(","));
-        let (status, answer) = harness::http_request(
-            &edge.http,
-            "POST",
-            "/ingest/reading",
-            body.as_bytes(),
-        );
+        let (status, answer) =
+            harness::http_request(&edge.http, "POST", "/ingest/reading", body.as_bytes());
         assert_eq!(status, 200, "{answer}");
     }
     let queued = metric(&edge.http, "meshlet_sync_pending{upstream=\"central\"}");
@@ -234,8 +233,14 @@ fn main() {
     let send = wait_until("edge → JetStream", deadline, || {
         metric(&edge.http, "meshlet_sync_pending{upstream=\"central\"}") == 0.0
     });
-    let envelopes = metric(&edge.http, "meshlet_sync_batches_total{upstream=\"central\"}");
-    let sent_bytes = metric(&edge.http, "meshlet_sync_sent_bytes_total{upstream=\"central\"}");
+    let envelopes = metric(
+        &edge.http,
+        "meshlet_sync_batches_total{upstream=\"central\"}",
+    );
+    let sent_bytes = metric(
+        &edge.http,
+        "meshlet_sync_sent_bytes_total{upstream=\"central\"}",
+    );
     assert!(envelopes > 0.0);
     drop(edge);
 

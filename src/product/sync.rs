@@ -74,9 +74,12 @@ impl ReferenceRule {
             })?;
             text = text.replace("${node_site}", &quote(site));
         }
-        crate::policy::expr::parse(&text)
-            .map(Some)
-            .map_err(|e| format!("reference rule `from: {}`: where `{text}`: {}", self.from, e.message))
+        crate::policy::expr::parse(&text).map(Some).map_err(|e| {
+            format!(
+                "reference rule `from: {}`: where `{text}`: {}",
+                self.from, e.message
+            )
+        })
     }
 }
 
@@ -155,7 +158,9 @@ impl SyncMode {
     }
 }
 
-const RULE_KEYS: &[&str] = &["to", "from", "fields", "where", "mask", "when", "priority", "mode"];
+const RULE_KEYS: &[&str] = &[
+    "to", "from", "fields", "where", "mask", "when", "priority", "mode",
+];
 const WHEN_KEYS: &[&str] = &["on_change", "min_interval", "batch_size", "batch_age"];
 const MAX_BATCH: u64 = 10_000;
 
@@ -179,7 +184,8 @@ pub(crate) fn parse_sync(
     let mut up = Vec::new();
     let mut down = Vec::new();
     for e in elements(seq, &entry.path).iter() {
-        let is_from = matches!(e.node(), Node::Mapping(m) if m.keys().any(|k| k.as_str() == "from"));
+        let is_from =
+            matches!(e.node(), Node::Mapping(m) if m.keys().any(|k| k.as_str() == "from"));
         if is_from {
             down.extend(parse_reference_rule(e, ctx, diags));
         } else {

@@ -128,7 +128,10 @@ impl HttpTransport {
             Err(TransportError::Refused(format!(
                 "{} answered {status}: {}",
                 self.authority,
-                String::from_utf8_lossy(&body).chars().take(300).collect::<String>()
+                String::from_utf8_lossy(&body)
+                    .chars()
+                    .take(300)
+                    .collect::<String>()
             )))
         }
     }

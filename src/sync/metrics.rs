@@ -239,8 +239,14 @@ impl SyncMetrics {
     /// A reference replica's failure (logged by the caller), counted in
     /// `meshlet_sync_reference_errors_total`.
     pub fn reference_error(&self, upstream: &str, product: &str, error: &str) {
-        self.add("meshlet_sync_reference_errors_total", &[upstream, product], 1);
-        if let Some(r) = lock(&self.references).get_mut(&(upstream.to_string(), product.to_string())) {
+        self.add(
+            "meshlet_sync_reference_errors_total",
+            &[upstream, product],
+            1,
+        );
+        if let Some(r) =
+            lock(&self.references).get_mut(&(upstream.to_string(), product.to_string()))
+        {
             r.error = Some(error.chars().take(300).collect());
         }
     }
@@ -468,7 +474,12 @@ impl SyncMetrics {
     /// The reference replicas' revision gauge and counters.
     fn render_references(&self, out: &mut String) {
         let references = self.references();
-        type Series = (&'static str, &'static str, &'static str, fn(&ReferenceStatus) -> u64);
+        type Series = (
+            &'static str,
+            &'static str,
+            &'static str,
+            fn(&ReferenceStatus) -> u64,
+        );
         let series: [Series; 4] = [
             (
                 "meshlet_sync_reference_revision",

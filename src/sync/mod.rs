@@ -175,11 +175,7 @@ pub fn check_upstream(
 /// Checks every `from:` rule of `products` as [`start`] would: its
 /// upstream can carry reference data (`nats://`, `tls://`, `https://`;
 /// not MQTT), and its `where` has what it needs (`node_site`).
-pub fn check_references(
-    config: &HubConfig,
-    products: &ProductSet,
-    node_id: &str,
-) -> Vec<String> {
+pub fn check_references(config: &HubConfig, products: &ProductSet, node_id: &str) -> Vec<String> {
     let mut problems = Vec::new();
     for product in products.iter() {
         for rule in &product.reference {
@@ -254,8 +250,9 @@ fn start_references(
             };
             let span = info_span!("sync_reference", upstream = %rule.from, product = %product.name);
             if nats::is_nats_url(url) {
-                let endpoint = nats::Endpoint::new(&nats::EndpointSettings::of_upstream(url, upstream))
-                    .map_err(upstream_error)?;
+                let endpoint =
+                    nats::Endpoint::new(&nats::EndpointSettings::of_upstream(url, upstream))
+                        .map_err(upstream_error)?;
                 tasks.spawn(
                     reference_nats::watch(
                         endpoint,
@@ -268,8 +265,7 @@ fn start_references(
                     .instrument(span),
                 );
             } else {
-                let transport =
-                    http::HttpTransport::new(url, upstream).map_err(upstream_error)?;
+                let transport = http::HttpTransport::new(url, upstream).map_err(upstream_error)?;
                 tasks.spawn(
                     reference_http::poll(transport, applier, metrics.clone(), shutdown.clone())
                         .instrument(span),

@@ -220,21 +220,36 @@ pub(crate) async fn open_bucket(
             "key-value bucket `{bucket}` is not there (yet)"
         )));
     }
+    // The bucket's stream made here as async-nats' `create_key_value`
+    // makes it (`KV_<bucket>`, `$KV.<bucket>.>`, rollups, direct gets),
+    // without its account-info query, which fails to parse the answer of
+    // servers before 2.10 (Debian's 2.9).
     context
-        .create_key_value(jetstream::kv::Config {
-            bucket: bucket.to_string(),
-            description: "meshlet reference data (sync: - from: rules)".to_string(),
-            history: 1,
-            num_replicas: replicas.max(1),
+        .create_stream(jetstream::stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some("meshlet reference data (sync: - from: rules)".to_string()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_bytes: -1,
+            max_message_size: -1,
             storage: jetstream::stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            num_replicas: replicas.max(1),
+            discard: jetstream::stream::DiscardPolicy::New,
             ..Default::default()
         })
         .await
         .map_err(|e| {
             TransportError::Unreachable(format!(
-                "key-value bucket `{bucket}` could not be found or created: {e}"
+                "key-value bucket `{bucket}` could not be created: {e}"
             ))
-        })
+        })?;
+    context
+        .get_key_value(bucket)
+        .await
+        .map_err(|e| TransportError::Unreachable(format!("key-value bucket `{bucket}`: {e}")))
 }
 
 /// The subject token of an origin node id.
@@ -340,9 +355,9 @@ impl NatsTransport {
             for record in &envelope.records {
                 let key = super::reference::kv_key(&record.product, &record.entity);
                 if record.tombstone {
-                    kv.delete(&key)
-                        .await
-                        .map_err(|e| TransportError::Unreachable(format!("reference delete `{key}`: {e}")))?;
+                    kv.delete(&key).await.map_err(|e| {
+                        TransportError::Unreachable(format!("reference delete `{key}`: {e}"))
+                    })?;
                     continue;
                 }
                 let value = super::reference::ReferenceValue {

@@ -70,8 +70,8 @@ async fn poll_once(
             .map_err(|_| format!("no answer within {POLL_TIMEOUT:?}"))?
             .map_err(|e| e.to_string())?,
     };
-    let page: ReferencePage =
-        rmp_serde::from_slice(&body).map_err(|e| format!("the answer is no reference page: {e}"))?;
+    let page: ReferencePage = rmp_serde::from_slice(&body)
+        .map_err(|e| format!("the answer is no reference page: {e}"))?;
     if page.entries.is_empty() && page.revision <= after {
         return Ok(());
     }

@@ -200,7 +200,12 @@ pub(crate) fn types() -> Vec<Type> {
             })
             .description("The last watch, poll or store failure, until a page applies again."),
         );
-    vec![upstream.into(), node.into(), consumer.into(), reference.into()]
+    vec![
+        upstream.into(),
+        node.into(),
+        consumer.into(),
+        reference.into(),
+    ]
 }
 
 pub(crate) fn root_fields() -> Vec<Field> {
