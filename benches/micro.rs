@@ -123,7 +123,17 @@ fn bench_store(c: &mut Criterion) {
     let mut unchained_config = StoreConfig::new(unchained_dir.path().join("db"));
     unchained_config.audit_chain = false;
     let unchained = Store::open(unchained_config).expect("store opens");
-    for (name, store) in [("", &store), ("_no_audit_chain", &unchained)] {
+    // And encrypted at rest, with entity keys (issue 30 point 2): the
+    // per-record cost of sealing against the plain store, same run.
+    let sealed_dir = tempfile::tempdir().expect("temp dir");
+    let mut sealed_config = StoreConfig::new(sealed_dir.path().join("db"));
+    sealed_config.encryption_key = Some(meshlet::store::EncryptionKey::generate().expect("key"));
+    let sealed = Store::open(sealed_config).expect("store opens");
+    for (name, store) in [
+        ("", &store),
+        ("_no_audit_chain", &unchained),
+        ("_encrypted", &sealed),
+    ] {
         for batch in [1usize, 100] {
             group.throughput(Throughput::Elements(batch as u64));
             group.bench_function(format!("upsert_batch_{batch}{name}"), |b| {
@@ -160,6 +170,24 @@ fn bench_store(c: &mut Criterion) {
         b.iter(|| {
             version += 1;
             line.step(version, &event)
+        })
+    });
+    // One value (an instance of ~1 KiB) sealed and opened with its
+    // entity's key (key lookup, AES key schedule, AES-GCM) against the
+    // data key's ready sealer: what entity keys add per value.
+    let entity_seal = meshlet::store::EntitySealBench::new(1000);
+    let instance_bytes = vec![0x5au8; 1024];
+    let mut n = 0usize;
+    group.bench_function("entity_seal_open_1kib", |b| {
+        b.iter(|| {
+            n = (n + 1) % 1000;
+            entity_seal.entity_round(n, &instance_bytes)
+        })
+    });
+    group.bench_function("data_key_seal_open_1kib", |b| {
+        b.iter(|| {
+            n = (n + 1) % 1000;
+            entity_seal.data_round(n, &instance_bytes)
         })
     });
     // A writer group: 100 one-record jobs (one MQTT message each), one

@@ -504,24 +504,72 @@ fn open_with(raw: &[u8; 32], tree: &str, key: &[u8], body: &[u8]) -> Result<Vec<
     Sealer::from_raw(raw)?.open_body(&seal::aad(tree, key), body)
 }
 
-/// Micro bench entry: seal and open one value with a fresh entity key
-/// (what ingest and reads pay per value on top of the data key's seal).
+/// Micro bench (`benches/micro.rs`, `store/entity_seal_*`): one value
+/// sealed and opened through the entity keys (lookup, key schedule,
+/// AES-GCM), against the same with the data key's ready sealer — the
+/// per-value cost of shredding.
 #[doc(hidden)]
-pub fn bench_seal_open(plain: &[u8]) -> usize {
-    let raw = [7u8; 32];
-    let sealed = seal_with(
-        &raw,
-        "bench",
-        "machine-0001",
-        "bench/instances",
-        b"machine-0001",
-        plain,
-    )
-    .unwrap_or_default();
-    let body = sealed.get(1 + 4 + 5 + 12..).unwrap_or_default();
-    open_with(&raw, "bench/instances", b"machine-0001", body)
-        .map(|p| p.len())
-        .unwrap_or(0)
+pub struct BenchSeal {
+    dir: PathBuf,
+    keys: EntityKeys,
+    data: Arc<Sealer>,
+}
+
+impl Drop for BenchSeal {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[doc(hidden)]
+impl BenchSeal {
+    /// A key file of `entities` entities in a temporary directory.
+    pub fn new(entities: usize) -> BenchSeal {
+        let dir = std::env::temp_dir().join(format!(
+            "meshlet-bench-keys-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let data = Arc::new(Sealer::from_raw(&[3u8; 32]).expect("sealer"));
+        let keys = EntityKeys::load(&dir, Arc::clone(&data)).expect("keys");
+        let names: Vec<String> = (0..entities).map(|i| format!("machine-{i:05}")).collect();
+        keys.ensure("bench", names.iter().map(String::as_str))
+            .expect("ensure");
+        BenchSeal { dir, keys, data }
+    }
+
+    /// Seal and open `plain` as entity `i`'s instance with its key.
+    pub fn entity_round(&self, i: usize, plain: &[u8]) -> usize {
+        let entity = format!("machine-{i:05}");
+        let sealed = self
+            .keys
+            .seal(
+                "bench",
+                &entity,
+                "bench/instances",
+                entity.as_bytes(),
+                plain,
+            )
+            .expect("seal");
+        self.keys
+            .open("bench/instances", entity.as_bytes(), &sealed)
+            .expect("open")
+            .len()
+    }
+
+    /// The same with the data key (what every value cost before).
+    pub fn data_round(&self, i: usize, plain: &[u8]) -> usize {
+        let entity = format!("machine-{i:05}");
+        let sealed = self
+            .data
+            .seal("bench/instances", entity.as_bytes(), plain)
+            .expect("seal");
+        self.data
+            .open("bench/instances", entity.as_bytes(), &sealed)
+            .expect("open")
+            .len()
+    }
 }
 
 #[cfg(test)]

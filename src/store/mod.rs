@@ -224,7 +224,7 @@ pub use config::{DictionaryConfig, StoreConfig};
 pub use dictionary::DictionaryInfo;
 pub use error::StoreError;
 pub use journal::JournalStats;
-pub use keys_entity::bench_seal_open as bench_entity_seal_open;
+pub use keys_entity::BenchSeal as EntitySealBench;
 pub use outbox::{BudgetReport, OutboxEntry, OutboxItem, OutboxPlanner, OutboxStats, PendingEntry};
 pub use retention::RETENTION_ORIGIN;
 pub use seal::{rotate as rotate_key, EncryptionKey, KeyCheck, KeyFileError};

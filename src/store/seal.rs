@@ -534,4 +534,67 @@ mod tests {
             Err(KeyCheck::Missing { .. })
         ));
     }
+
+    #[test]
+    fn a_store_without_a_data_key_gets_one_and_rotation_rewraps_only_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // The older layout: canary and values sealed with the store key.
+        let legacy = dir.path().join("legacy");
+        std::fs::create_dir_all(&legacy).unwrap();
+        let old = Sealer::new(&key(1)).unwrap();
+        std::fs::write(
+            legacy.join(CANARY_FILE),
+            old.seal(CANARY_FILE, &[], CANARY_PLAINTEXT).unwrap(),
+        )
+        .unwrap();
+        let value = old.seal("p/instances", b"e", b"old value").unwrap();
+        assert!(matches!(
+            check_key(&legacy, Some(&key(2))),
+            Err(KeyCheck::Wrong { .. })
+        ));
+        assert!(
+            !legacy.join(DATA_KEY_FILE).exists(),
+            "a wrong key writes nothing"
+        );
+        let data = check_key(&legacy, Some(&key(1))).unwrap().unwrap();
+        assert!(legacy.join(DATA_KEY_FILE).exists());
+        assert_eq!(
+            data.open("p/instances", b"e", &value).unwrap(),
+            b"old value"
+        );
+
+        rotate(&legacy, &key(1), &key(2)).unwrap();
+        assert!(matches!(
+            check_key(&legacy, Some(&key(1))),
+            Err(KeyCheck::Wrong { .. })
+        ));
+        let data = check_key(&legacy, Some(&key(2))).unwrap().unwrap();
+        assert_eq!(
+            data.open("p/instances", b"e", &value).unwrap(),
+            b"old value"
+        );
+        assert!(matches!(
+            rotate(&legacy, &key(1), &key(3)),
+            Err(KeyCheck::Wrong { .. })
+        ));
+
+        // A new store's data key is not its store key.
+        let fresh = dir.path().join("fresh");
+        let data = check_key(&fresh, Some(&key(1))).unwrap().unwrap();
+        let sealed = data.seal("t", b"k", b"v").unwrap();
+        assert!(Sealer::new(&key(1))
+            .unwrap()
+            .open("t", b"k", &sealed)
+            .is_err());
+        rotate(&fresh, &key(1), &key(4)).unwrap();
+        let data = check_key(&fresh, Some(&key(4))).unwrap().unwrap();
+        assert_eq!(data.open("t", b"k", &sealed).unwrap(), b"v");
+
+        let plain = dir.path().join("plain");
+        std::fs::create_dir_all(&plain).unwrap();
+        assert!(matches!(
+            rotate(&plain, &key(1), &key(2)),
+            Err(KeyCheck::NotEncrypted { .. })
+        ));
+    }
 }
