@@ -1,5 +1,5 @@
 //! The command line: `meshlet init`, `meshlet status`, `meshlet serve`, `meshlet check`, `meshlet quarantine`,
-//! `meshlet erase`, `meshlet audit verify`, `meshlet key generate|rotate`, `meshlet token create|revoke|list`,
+//! `meshlet erase`, `meshlet audit verify`, `meshlet sync verify`, `meshlet key generate|rotate`, `meshlet token create|revoke|list`,
 //! `meshlet schema print`, `meshlet contract export|import`, `meshlet --version`.
 //!
 //! This is the binary's edge: errors become one readable report on stderr
@@ -19,6 +19,7 @@ mod init;
 mod key;
 mod progress;
 mod status;
+mod sync;
 
 use crate::config::{self, HubConfig};
 use crate::product::{self, LoadContext};
@@ -87,6 +88,10 @@ pub enum Command {
     /// Store encryption keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Sync checks: `verify UPSTREAM` compares digests with the
+    /// aggregator and sends again only what differs.
+    #[command(subcommand)]
+    Sync(sync::SyncCommand),
     /// Create, revoke and list API tokens (also while the node runs: it
     /// notices the token file change within a second, or on SIGHUP).
     #[command(subcommand)]
@@ -221,6 +226,7 @@ pub fn main() -> ExitCode {
         Command::Audit(command) => audit::run(config, command),
         Command::Key(KeyCommand::Generate { out }) => generate_key(out),
         Command::Key(KeyCommand::Rotate(args)) => key::rotate(&config, args),
+        Command::Sync(command) => sync::run(config, command),
         Command::Token(command) => token(&config, command),
     }
 }

@@ -643,6 +643,11 @@ pub struct UpstreamConfig {
     /// `reference` (each instance put into `reference_bucket`, keyed
     /// `<product>.<entity>`, for edges to watch).
     pub publish: PublishMode,
+    /// `https://` (or `http://`) API of the aggregator behind a NATS or
+    /// MQTT upstream, for `meshlet sync verify` and `sync.verify_interval`
+    /// (its digests are read over HTTP); an HTTPS upstream's own `url`
+    /// when absent.
+    pub verify_url: Option<String>,
 }
 
 /// Where an upstream's sends go (`upstreams.<name>.publish`).
@@ -679,6 +684,7 @@ impl Default for UpstreamConfig {
             credentials_file: None,
             reference_bucket: DEFAULT_REFERENCE_BUCKET.to_string(),
             publish: PublishMode::Stream,
+            verify_url: None,
         }
     }
 }
@@ -761,6 +767,11 @@ pub struct SyncSettings {
     /// How long one send may take before it counts as failed.
     #[serde(with = "humantime_serde_compat")]
     pub send_timeout: Duration,
+    /// How often each upstream's digests are compared with the
+    /// aggregator's and what differs is sent again (`meshlet sync
+    /// verify`, periodically). "0s" (default): never.
+    #[serde(with = "humantime_serde_compat")]
+    pub verify_interval: Duration,
 }
 
 impl Default for SyncSettings {
@@ -770,14 +781,21 @@ impl Default for SyncSettings {
             retry_min: Duration::from_millis(500),
             retry_max: Duration::from_secs(60),
             send_timeout: Duration::from_secs(30),
+            verify_interval: Duration::ZERO,
         }
     }
 }
 
 /// Aggregator mode: this node accepts envelopes from edges.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AggregatorConfig {
+    /// Recompute the digests of what this node holds of each edge from
+    /// its instances at start (a full read of the store), so records
+    /// lost or edited behind the store's back show up in `meshlet sync
+    /// verify`. Default true; when false they are rebuilt only once
+    /// (a store that predates them).
+    pub digest_rebuild_on_start: bool,
     /// Serve `POST /sync/v1`.
     pub enabled: bool,
     /// Also subscribe to `<topic_prefix>/+/+` on this broker.
@@ -786,6 +804,18 @@ pub struct AggregatorConfig {
     pub topic_prefix: Option<String>,
     /// Also consume envelopes from a NATS JetStream stream.
     pub nats: Option<AggregatorNatsConfig>,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        AggregatorConfig {
+            digest_rebuild_on_start: true,
+            enabled: false,
+            mqtt: None,
+            topic_prefix: None,
+            nats: None,
+        }
+    }
 }
 
 /// The JetStream stream edges' `nats://` upstreams publish into.

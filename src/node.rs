@@ -523,7 +523,7 @@ fn sparkplug_host(
 
 /// `<data_dir>/node_id` so it survives restarts (upstreams key their
 /// de-duplication on it).
-fn resolve_node_id(config: &HubConfig) -> Result<String, NodeError> {
+pub(crate) fn resolve_node_id(config: &HubConfig) -> Result<String, NodeError> {
     if let Some(id) = &config.node_id {
         return Ok(id.clone());
     }

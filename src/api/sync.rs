@@ -12,6 +12,14 @@
 //!
 //! `GET /sync/v1/nodes`: the edges this aggregator heard from since it
 //! started (`id`, `last_seen`, `lag_seconds`, `pending`).
+//!
+//! `GET /sync/v1/digest/<origin>/<product>`: the digest of what this node
+//! holds of edge `origin` in `product` (`{"buckets": [{bucket, xor,
+//! count}]}`, non-empty buckets only); `?bucket=<0..255>` lists that
+//! bucket's keys and leaf hashes (`{"leaves": [{entity, hash}]}`). The
+//! edge compares them with its own (`meshlet sync verify`, `sync::digest`).
+//! Same roles as pushing (`edge`, `admin`): the answer holds keys as the
+//! edge sent them and hashes, never values.
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Extension, State};
@@ -36,6 +44,72 @@ pub(super) fn routes() -> Router<ApiState> {
         )
         .route("/sync/v1/nodes", get(nodes))
         .route("/sync/v1/reference/{product}", get(reference))
+        .route("/sync/v1/digest/{origin}/{product}", get(digest))
+}
+
+#[derive(serde::Deserialize)]
+struct DigestQuery {
+    bucket: Option<u16>,
+}
+
+/// `GET /sync/v1/digest/<origin>/<product>[?bucket=n]` (see the module doc).
+async fn digest(
+    State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
+    axum::extract::Path((origin, product)): axum::extract::Path<(String, String)>,
+    axum::extract::Query(query): axum::extract::Query<DigestQuery>,
+) -> Response {
+    let Some(sync) = state.sync.as_ref().filter(|s| s.receiver.is_some()) else {
+        return not_aggregator();
+    };
+    if !may_push_sync(&identity.role) {
+        state
+            .auth
+            .denials()
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({ "error": format!("role `{}` may not read sync digests (needs `edge` or `admin`)", identity.role) })),
+        )
+            .into_response();
+    }
+    let bucket = match query.bucket.map(u8::try_from) {
+        None => None,
+        Some(Ok(b)) => Some(b),
+        Some(Err(_)) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "error": "bucket: expected 0 to 255" })),
+            )
+                .into_response()
+        }
+    };
+    let store = sync.store.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        let scope = crate::store::DigestScope::Held(&origin);
+        match bucket {
+            None => store
+                .digest_buckets(scope, &product)
+                .map(|buckets| json!({ "buckets": buckets })),
+            Some(b) => store
+                .digest_leaves(scope, &product, b)
+                .map(|leaves| json!({ "leaves": leaves })),
+        }
+    })
+    .await;
+    match answer {
+        Ok(Ok(body)) => Json(body).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "error": format!("digest task: {e}") })),
+        )
+            .into_response(),
+    }
 }
 
 /// The longest a reference long-poll is held.

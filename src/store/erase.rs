@@ -229,6 +229,7 @@ pub(crate) fn remove_entity(
                 )));
             };
             instances.remove(entity.as_bytes())?;
+            super::digest::DigestTx { index }.removed(product, entity)?;
             for key in &history_keys {
                 history.remove(key)?;
             }

@@ -344,6 +344,7 @@ impl Store {
             )
             .map_err(|e| StoreError::encode(product, "(batch)", "entity keys", e))?;
         let planner = self.planner();
+        let held_digests = self.held_digests();
         let (outbox_tree, outbox_index) = self.outbox_trees();
         let result = self.hot_transaction(
             &[
@@ -410,6 +411,9 @@ impl Store {
                                 continue;
                             }
                             let change = tx.apply(r.record, &mut pending)?;
+                            if held_digests {
+                                super::digest::DigestTx { index: outbox_index }.held(product, &change)?;
+                            }
                             if let Some(planner) = &planner {
                                 for item in planner.on_change(product, r.record, &change) {
                                     outbox.push(item, &mut delta)?;

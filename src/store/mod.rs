@@ -191,6 +191,7 @@ mod current;
 mod dedupe;
 mod dictionary;
 mod dictionary_train;
+mod digest;
 mod durable;
 mod erase;
 mod error;
@@ -222,6 +223,7 @@ pub use audit::BenchLine as AuditBenchLine;
 pub use audit_verify::{AuditBreak, AuditVerdict};
 pub use config::{DictionaryConfig, StoreConfig};
 pub use dictionary::DictionaryInfo;
+pub use digest::{BucketDigest, Leaf, Scope as DigestScope, BUCKETS as DIGEST_BUCKETS};
 pub use error::StoreError;
 pub use journal::JournalStats;
 pub use keys_entity::BenchSeal as EntitySealBench;
@@ -288,6 +290,9 @@ struct Inner {
     outbox: hot::HotTree,
     outbox_index: hot::HotTree,
     planner: RwLock<Option<Arc<dyn OutboxPlanner>>>,
+    /// Whether ingestion keeps the held sync digests (aggregator mode;
+    /// `digest.rs`).
+    held_digests: std::sync::atomic::AtomicBool,
     tally: Mutex<outbox::Tally>,
     /// Requests to the dictionary trainer thread (`None`: dictionaries
     /// off, or the thread could not start).
@@ -542,6 +547,7 @@ impl Store {
                 outbox,
                 outbox_index,
                 planner: RwLock::new(None),
+                held_digests: Default::default(),
                 tally: Mutex::new(outbox::Tally::default()),
                 trainer: if dictionaries_on {
                     dictionary_train::start_trainer(weak.clone())

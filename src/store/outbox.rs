@@ -307,6 +307,7 @@ impl OutboxTx<'_> {
                 ))
             })?;
         let item = &entry.item;
+        super::digest::DigestTx { index: self.index }.sent(item)?;
         self.index.overwrite(
             entity_index_key(&item.product, &item.entity, &key),
             &[] as &[u8],
@@ -380,6 +381,16 @@ impl Store {
         }
         for (upstream, bytes) in &delta.removed {
             tally.sub(upstream, *bytes);
+        }
+    }
+
+    /// Whether any outbox entry of the entity is still pending (sync
+    /// verification leaves such entities alone: they are on their way).
+    pub fn outbox_has_pending(&self, product: &str, entity: &str) -> Result<bool, StoreError> {
+        let prefix = entity_index_prefix(product, entity);
+        match self.inner.outbox_index.scan_prefix(&prefix).next() {
+            Some(Err(e)) => Err(StoreError::sled("listing outbox entries", e)),
+            found => Ok(found.is_some()),
         }
     }
 

@@ -24,6 +24,9 @@ pub struct SyncMetrics {
     /// Per (upstream, product) reference replica (`from:` rules): bounded
     /// by the loaded definitions.
     references: Mutex<BTreeMap<(String, String), ReferenceStatus>>,
+    /// Per upstream: when its digests were last compared, and how many
+    /// buckets differed then (`sync::digest`).
+    verify: Mutex<BTreeMap<String, (Timestamp, u64)>>,
 }
 
 /// One reference-data replica on this node (a `sync: - from:` rule).
@@ -88,6 +91,33 @@ impl SyncMetrics {
         *lock(&self.counters)
             .entry((name, labels.iter().map(|l| l.to_string()).collect()))
             .or_default() += n;
+    }
+
+    /// A digest comparison ran (`sync::digest`).
+    pub fn verified(&self, report: &super::digest::VerifyReport) {
+        let upstream = report.upstream.as_str();
+        let repaired = report.resent + report.tombstones;
+        let result = if report.differing == 0 {
+            "ok"
+        } else {
+            "repaired"
+        };
+        self.add("meshlet_sync_verify_runs_total", &[upstream, result], 1);
+        self.add("meshlet_sync_verify_repaired_total", &[upstream], repaired);
+        lock(&self.verify).insert(
+            upstream.to_string(),
+            (Timestamp::now(), report.mismatched_buckets as u64),
+        );
+    }
+
+    /// A digest comparison could not run.
+    pub fn verify_failed(&self, upstream: &str, error: &str) {
+        tracing::warn!(
+            upstream,
+            error,
+            "sync digest comparison failed; trying again at the next interval"
+        );
+        self.add("meshlet_sync_verify_runs_total", &[upstream, "error"], 1);
     }
 
     /// The upstream acknowledged a batch.
@@ -385,6 +415,16 @@ impl SyncMetrics {
                 "JetStream messages not applied and not acknowledged (nak'ed: delivered again) (aggregator).",
             ),
             (
+                "meshlet_sync_verify_runs_total",
+                &["upstream", "result"],
+                "Digest comparisons with an upstream (result: ok, repaired, error).",
+            ),
+            (
+                "meshlet_sync_verify_repaired_total",
+                &["upstream"],
+                "Entities whose state (or tombstone) a digest comparison enqueued again.",
+            ),
+            (
                 "meshlet_sync_jetstream_errors_total",
                 &["durable"],
                 "JetStream connection or consumer failures, retried with back-off (aggregator).",
@@ -463,6 +503,30 @@ impl SyncMetrics {
             let _ = writeln!(
                 out,
                 "meshlet_sync_last_ack_timestamp_seconds{{upstream=\"{}\"}} {}",
+                escape(u),
+                t.0 as f64 / 1e6
+            );
+        }
+        let verify = lock(&self.verify).clone();
+        let _ = writeln!(
+            out,
+            "# HELP meshlet_sync_verify_mismatched_buckets Digest buckets that differed from the upstream's at the last comparison.\n# TYPE meshlet_sync_verify_mismatched_buckets gauge"
+        );
+        for (u, (_, buckets)) in &verify {
+            let _ = writeln!(
+                out,
+                "meshlet_sync_verify_mismatched_buckets{{upstream=\"{}\"}} {buckets}",
+                escape(u)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP meshlet_sync_verify_last_run_timestamp_seconds When the digests were last compared with an upstream (Unix seconds).\n# TYPE meshlet_sync_verify_last_run_timestamp_seconds gauge"
+        );
+        for (u, (t, _)) in &verify {
+            let _ = writeln!(
+                out,
+                "meshlet_sync_verify_last_run_timestamp_seconds{{upstream=\"{}\"}} {}",
                 escape(u),
                 t.0 as f64 / 1e6
             );

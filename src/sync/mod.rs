@@ -12,6 +12,7 @@
 //! exactly-once in effect.
 
 pub mod apply;
+pub mod digest;
 pub mod envelope;
 mod http;
 pub mod metrics;
@@ -79,6 +80,8 @@ pub enum SyncError {
     Secret(#[from] StoreError),
     #[error("reference data: {0}")]
     Reference(String),
+    #[error("preparing the sync digests: {0}")]
+    Digests(StoreError),
 }
 
 /// What the API needs of sync: the receiver (aggregator mode) and the
@@ -147,6 +150,35 @@ pub fn install_planner(store: &Store, products: &Arc<ProductSet>) -> Result<(), 
         products.clone(),
         store.mask_secret()?,
     )));
+    Ok(())
+}
+
+/// Aggregator mode: ingestion keeps the held digests from now on; they
+/// are rebuilt from the instances first (`always`, or when the store
+/// predates them), so what is there is what they say.
+pub fn prepare_held_digests(
+    store: &Store,
+    products: &ProductSet,
+    always: bool,
+) -> Result<(), StoreError> {
+    store.enable_held_digests();
+    if always || !store.digests_built(false)? {
+        let names: Vec<String> = products.names().map(str::to_string).collect();
+        let changed = store.rebuild_held_digests(&names)?;
+        info!(changed, "held sync digests rebuilt from the instances");
+    }
+    Ok(())
+}
+
+/// Edge side: the sent digests are kept by the outbox from the moment the
+/// planner is installed; a store that predates them gets them rebuilt
+/// from its instances (what the rules would send now).
+pub fn prepare_sent_digests(store: &Store, products: &ProductSet) -> Result<(), StoreError> {
+    if !store.digests_built(true)? {
+        let names: Vec<String> = products.names().map(str::to_string).collect();
+        let changed = store.rebuild_sent_digests(&names)?;
+        info!(changed, "sent sync digests built from the instances");
+    }
     Ok(())
 }
 
@@ -314,6 +346,7 @@ pub fn start(
 ) -> Result<Arc<SyncHandle>, SyncError> {
     let metrics = Arc::new(SyncMetrics::default());
     install_planner(store, products)?;
+    prepare_sent_digests(store, products).map_err(SyncError::Digests)?;
     for (name, upstream) in &config.upstreams {
         let transport = sender::Transport::new(name, upstream, node_id).map_err(|source| {
             SyncError::Upstream {
@@ -345,7 +378,35 @@ pub fn start(
                 .instrument(info_span!("sync_sender", upstream = %name)),
         );
     }
+    if !config.sync.verify_interval.is_zero() {
+        let verified = config.upstreams.iter().filter(|(_, u)| {
+            u.url.is_some() && u.publish != crate::config::PublishMode::Reference
+        });
+        for (name, upstream) in verified {
+            let verifier = digest::Verifier::new(name, upstream, node_id).map_err(|e| {
+                SyncError::Upstream {
+                    upstream: name.clone(),
+                    source: TransportError::Config(format!("sync.verify_interval: {e}")),
+                }
+            })?;
+            tasks.spawn(
+                digest::periodic(
+                    verifier,
+                    config.sync.verify_interval,
+                    store.clone(),
+                    products.clone(),
+                    metrics.clone(),
+                    shutdown.clone(),
+                )
+                .instrument(info_span!("sync_verify", upstream = %name)),
+            );
+        }
+    }
     let aggregator = &config.aggregator;
+    if aggregator.enabled || aggregator.mqtt.is_some() || aggregator.nats.is_some() {
+        prepare_held_digests(store, products, aggregator.digest_rebuild_on_start)
+            .map_err(SyncError::Digests)?;
+    }
     let receiver = (aggregator.enabled || aggregator.mqtt.is_some() || aggregator.nats.is_some())
         .then(|| Arc::new(Receiver::new(ingestor.clone(), metrics.clone())));
     if let (Some(receiver), Some(nats)) = (&receiver, &aggregator.nats) {
