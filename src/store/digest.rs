@@ -657,6 +657,7 @@ impl Store {
                     entries,
                     index,
                     now,
+                    keys: self.entity_keys(),
                 };
                 let mut delta = super::outbox::OutboxDelta::default();
                 for item in &items {
