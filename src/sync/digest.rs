@@ -47,10 +47,9 @@ pub enum VerifyError {
         upstream: String,
         source: TransportError,
     },
-    #[error("upstream `{upstream}` answered {status} for {what}: {detail}")]
+    #[error("upstream `{upstream}`, {what}: {detail}")]
     Answer {
         upstream: String,
-        status: u16,
         what: String,
         detail: String,
     },
@@ -187,26 +186,20 @@ impl Verifier {
         rest: String,
         what: &str,
     ) -> Result<T, VerifyError> {
-        let (status, body) =
-            self.client
-                .get(&rest)
-                .await
-                .map_err(|source| VerifyError::Transport {
-                    upstream: self.upstream.clone(),
-                    source,
-                })?;
-        let answer = |detail: String| VerifyError::Answer {
+        // A non-2xx answer is `Refused` with the upstream's text.
+        let body = self
+            .client
+            .get(&format!("/{rest}"))
+            .await
+            .map_err(|source| VerifyError::Transport {
+                upstream: self.upstream.clone(),
+                source,
+            })?;
+        serde_json::from_slice(&body).map_err(|e| VerifyError::Answer {
             upstream: self.upstream.clone(),
-            status,
             what: what.to_string(),
-            detail,
-        };
-        if status != 200 {
-            return Err(answer(
-                String::from_utf8_lossy(&body).chars().take(300).collect(),
-            ));
-        }
-        serde_json::from_slice(&body).map_err(|e| answer(format!("not a digest: {e}")))
+            detail: format!("not a digest: {e}"),
+        })
     }
 
     async fn remote_buckets(&mut self, product: &str) -> Result<Vec<BucketDigest>, VerifyError> {

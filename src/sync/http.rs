@@ -197,42 +197,6 @@ impl HttpTransport {
     }
 }
 
-impl HttpTransport {
-    /// `GET <url>/sync/v1/<rest>`: the status and body (sync
-    /// verification reads the aggregator's digests this way).
-    pub async fn get(&mut self, rest: &str) -> Result<(u16, Bytes), TransportError> {
-        let mut connection = match self.connection.take() {
-            Some(c) if !c.is_closed() => c,
-            _ => self.connect().await?,
-        };
-        connection
-            .ready()
-            .await
-            .map_err(|e| TransportError::Unreachable(e.to_string()))?;
-        let mut request = hyper::Request::get(format!("{}/{rest}", self.path))
-            .header(hyper::header::HOST, self.authority.as_str());
-        if let Some(token) = &self.token {
-            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let request = request
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| TransportError::Config(e.to_string()))?;
-        let response = connection
-            .send_request(request)
-            .await
-            .map_err(|e| TransportError::Unreachable(e.to_string()))?;
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| TransportError::Unreachable(e.to_string()))?
-            .to_bytes();
-        self.connection = Some(connection);
-        Ok((status, body))
-    }
-}
-
 async fn handshake<S>(io: TokioIo<S>) -> Result<SendRequest<Full<Bytes>>, TransportError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

@@ -379,9 +379,10 @@ pub fn start(
         );
     }
     if !config.sync.verify_interval.is_zero() {
-        let verified = config.upstreams.iter().filter(|(_, u)| {
-            u.url.is_some() && u.publish != crate::config::PublishMode::Reference
-        });
+        let verified = config
+            .upstreams
+            .iter()
+            .filter(|(_, u)| u.url.is_some() && u.publish != crate::config::PublishMode::Reference);
         for (name, upstream) in verified {
             let verifier = digest::Verifier::new(name, upstream, node_id).map_err(|e| {
                 SyncError::Upstream {
