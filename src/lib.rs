@@ -24,4 +24,5 @@ pub mod sources;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
-pub(crate) mod timeseries;
+#[doc(hidden)]
+pub mod timeseries;

@@ -24,6 +24,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::chunk_columns::{from_columns, to_columns, Columns};
+use super::chunk_summary::{decode_summary, encode_summary, summarise, ChunkSummary};
 use super::codec::{self, CodecError, Dictionaries, FORMAT_CHUNK};
 use super::stored::StoredEvent;
 use crate::record::Timestamp;
@@ -41,6 +42,12 @@ pub(crate) struct ChunkHeader {
     /// before columns existed: the field is absent) or [`LAYOUT_COLUMNS`].
     #[serde(default)]
     pub layout: u8,
+    /// Bytes of the per-field summary (`chunk_summary.rs`) between the
+    /// header and the body; 0 (absent in chunks sealed before summaries
+    /// existed, or with `history_summaries` off): none, a reader decodes
+    /// the events instead.
+    #[serde(default)]
+    pub summary_len: u32,
 }
 
 /// Body = `Vec<StoredEvent>`, one named MessagePack map per event.
@@ -49,11 +56,22 @@ pub(crate) const LAYOUT_ROWS: u8 = 0;
 pub(crate) const LAYOUT_COLUMNS: u8 = 1;
 
 /// Encodes events (non-empty, ascending versions) into one chunk frame,
-/// compressing the body with the newest of `dictionaries` if there is one.
+/// compressing the body with the newest of `dictionaries` if there is one,
+/// with a summary.
 pub(crate) fn encode_chunk(
     events: &[StoredEvent],
     zstd_level: i32,
     dictionaries: &dyn Dictionaries,
+) -> Result<Vec<u8>, CodecError> {
+    encode_chunk_with(events, zstd_level, dictionaries, true)
+}
+
+/// [`encode_chunk`], with the per-field summary only if `summaries`.
+pub(crate) fn encode_chunk_with(
+    events: &[StoredEvent],
+    zstd_level: i32,
+    dictionaries: &dyn Dictionaries,
+    summaries: bool,
 ) -> Result<Vec<u8>, CodecError> {
     let (first, last) = match (events.first(), events.last()) {
         (Some(f), Some(l)) => (f, l),
@@ -74,15 +92,27 @@ pub(crate) fn encode_chunk(
             .max()
             .unwrap_or(first.event_time),
         layout: LAYOUT_COLUMNS,
+        summary_len: 0,
+    };
+    let summary = if summaries {
+        encode_summary(&summarise(events))?
+    } else {
+        Vec::new()
+    };
+    let header = ChunkHeader {
+        summary_len: u32::try_from(summary.len())
+            .map_err(|_| CodecError("chunk summary too large".to_string()))?,
+        ..header
     };
     let header_bytes = codec::encode(&header)?;
     let body = codec::encode_compressed_with(&to_columns(events), zstd_level, dictionaries)?;
     let header_len = u32::try_from(header_bytes.len())
         .map_err(|_| CodecError("chunk header too large".to_string()))?;
-    let mut out = Vec::with_capacity(5 + header_bytes.len() + body.len());
+    let mut out = Vec::with_capacity(5 + header_bytes.len() + summary.len() + body.len());
     out.push(FORMAT_CHUNK);
     out.extend_from_slice(&header_len.to_be_bytes());
     out.extend_from_slice(&header_bytes);
+    out.extend_from_slice(&summary);
     out.extend_from_slice(&body);
     Ok(out)
 }
@@ -114,14 +144,40 @@ pub(crate) fn decode_chunk_header(bytes: &[u8]) -> Result<ChunkHeader, CodecErro
     codec::decode(header)
 }
 
+/// The header, and the body after the summary the header announces.
+fn split_body<'a>(header: &ChunkHeader, rest: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), CodecError> {
+    let len = header.summary_len as usize;
+    if rest.len() < len {
+        return Err(CodecError("truncated chunk summary".to_string()));
+    }
+    Ok(rest.split_at(len))
+}
+
+/// Reads the header and the summary (`None`: a chunk sealed without one),
+/// without decompressing the body.
+pub(crate) fn decode_chunk_summary(
+    bytes: &[u8],
+) -> Result<(ChunkHeader, Option<ChunkSummary>), CodecError> {
+    let (header_bytes, rest) = split_frame(bytes)?;
+    let header: ChunkHeader = codec::decode(header_bytes)?;
+    let (summary, _) = split_body(&header, rest)?;
+    let summary = if summary.is_empty() {
+        None
+    } else {
+        Some(decode_summary(summary)?)
+    };
+    Ok((header, summary))
+}
+
 /// Reads header and events, checking that they agree; a dictionary body
 /// looks its dictionary up in `dictionaries`.
 pub(crate) fn decode_chunk(
     bytes: &[u8],
     dictionaries: &dyn Dictionaries,
 ) -> Result<(ChunkHeader, Vec<StoredEvent>), CodecError> {
-    let (header_bytes, body) = split_frame(bytes)?;
+    let (header_bytes, rest) = split_frame(bytes)?;
     let header: ChunkHeader = codec::decode(header_bytes)?;
+    let (_, body) = split_body(&header, rest)?;
     let events: Vec<StoredEvent> = match header.layout {
         LAYOUT_ROWS => codec::decode_with(body, dictionaries)?,
         LAYOUT_COLUMNS => from_columns(codec::decode_with::<Columns>(body, dictionaries)?)?,
@@ -176,8 +232,16 @@ mod tests {
                 min_event_time: Timestamp(980),
                 max_event_time: Timestamp(990),
                 layout: LAYOUT_COLUMNS,
+                summary_len: header.summary_len,
             }
         );
+        assert!(header.summary_len > 0);
+        let (_, summary) = decode_chunk_summary(&bytes).unwrap();
+        assert_eq!(summary.unwrap().blocks[0].count, 11);
+        let bare = encode_chunk_with(&events, 3, &NoDictionaries, false).unwrap();
+        let (h3, none) = decode_chunk_summary(&bare).unwrap();
+        assert_eq!((h3.summary_len, none), (0, None));
+        assert_eq!(decode_chunk(&bare, &NoDictionaries).unwrap().1, events);
         let (h2, back) = decode_chunk(&bytes, &NoDictionaries).unwrap();
         assert_eq!(h2, header);
         assert_eq!(back, events);
@@ -252,6 +316,7 @@ mod row_layout_tests {
         let events: Vec<_> = (1..=20).map(|v| event(v, v as i64 * 10)).collect();
         let bytes = old_chunk(&events);
         assert_eq!(decode_chunk_header(&bytes).unwrap().layout, LAYOUT_ROWS);
+        assert_eq!(decode_chunk_summary(&bytes).unwrap().1, None);
         let (_, back) = decode_chunk(&bytes, &NoDictionaries).unwrap();
         assert_eq!(back, events);
     }

@@ -29,6 +29,12 @@ pub struct StoreConfig {
     /// that many events. At least 2. A full chunk then holds
     /// `history_chunk_events` rounded down to a multiple of this.
     pub history_block_events: usize,
+    /// Seal per-field summaries (count/min/max/sum/first/last, text
+    /// states) into each history chunk (see `chunk_summary.rs`), so
+    /// `series` reads summaries instead of decompressing events. Default
+    /// on; off writes chunks as before summaries existed (tests of old
+    /// chunks, or a disk that cannot spare the ~10–30% per chunk).
+    pub history_summaries: bool,
     /// zstd level for chunks. Default 3 (zstd's own default: good ratio at
     /// low CPU cost on ARM).
     pub zstd_level: i32,
@@ -126,6 +132,7 @@ impl StoreConfig {
             cache_capacity_bytes: Self::DEFAULT_CACHE_CAPACITY_BYTES,
             history_chunk_events: Self::DEFAULT_HISTORY_CHUNK_EVENTS,
             history_block_events: Self::DEFAULT_HISTORY_BLOCK_EVENTS,
+            history_summaries: true,
             zstd_level: Self::DEFAULT_ZSTD_LEVEL,
             max_entity_key_bytes: Self::DEFAULT_MAX_ENTITY_KEY_BYTES,
             encryption_key: None,

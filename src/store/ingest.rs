@@ -391,6 +391,7 @@ impl Store {
                             block_events: config.effective_block_events() as u64,
                             zstd_level: config.zstd_level,
                             audit_chain: config.audit_chain,
+                            summaries: config.history_summaries,
                             received_at: *received_at,
                             instances,
                             history,

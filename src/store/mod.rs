@@ -185,6 +185,8 @@ mod audit;
 mod audit_verify;
 mod chunk;
 mod chunk_columns;
+mod chunk_summary;
+mod series_read;
 mod codec;
 mod config;
 mod current;
@@ -221,6 +223,8 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 #[doc(hidden)]
 pub use audit::BenchLine as AuditBenchLine;
 pub use audit_verify::{AuditBreak, AuditVerdict};
+pub(crate) use chunk_summary::BlockSummary;
+pub(crate) use series_read::SeriesReadError;
 pub use config::{DictionaryConfig, StoreConfig};
 pub use dictionary::DictionaryInfo;
 pub use digest::{BucketDigest, Leaf, Scope as DigestScope, BUCKETS as DIGEST_BUCKETS};

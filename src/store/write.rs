@@ -7,7 +7,7 @@ use sled::transaction::ConflictableTransactionError;
 use super::hot::TxTree;
 
 use super::audit::{self, coalesce, AuditChange, Hash, GENESIS};
-use super::chunk::{decode_chunk, encode_chunk};
+use super::chunk::{decode_chunk, encode_chunk_with};
 use super::codec;
 use super::ingest::{BatchIn, RecordIn};
 use super::keys::{audit_key, chunk_key, tail_key};
@@ -38,6 +38,8 @@ pub(super) struct UpsertTx<'a> {
     pub zstd_level: i32,
     /// `StoreConfig::audit_chain`: off only in a bench.
     pub audit_chain: bool,
+    /// `StoreConfig::history_summaries`: per-field summaries in chunks.
+    pub summaries: bool,
     pub received_at: Timestamp,
     pub instances: &'a TxTree<'a>,
     pub history: &'a TxTree<'a>,
@@ -355,8 +357,13 @@ impl UpsertTx<'_> {
             return Ok(None);
         };
         let key = chunk_key(entity, first.version);
-        let bytes = encode_chunk(events, self.zstd_level, &self.trees.dictionaries)
-            .and_then(|plain| self.trees.seal_entity(HISTORY, entity, &key, plain))
+        let bytes = encode_chunk_with(
+            events,
+            self.zstd_level,
+            &self.trees.dictionaries,
+            self.summaries,
+        )
+        .and_then(|plain| self.trees.seal_entity(HISTORY, entity, &key, plain))
             .map_err(|e| abort(StoreError::encode(self.product, entity, what, e)))?;
         tracing::debug!(
             product = self.product,

@@ -14,7 +14,7 @@ use crate::record::{Fields, Value};
 
 /// One part of a group key: the value of one group-by field.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum KeyPart {
+pub enum KeyPart {
     Null,
     Bool(bool),
     Int(i64),
@@ -39,7 +39,7 @@ impl KeyPart {
 
 /// Min, max and sum of one number field over a group.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct Numbers {
+pub struct Numbers {
     pub count: u64,
     pub min: f64,
     pub max: f64,
@@ -47,7 +47,7 @@ pub(crate) struct Numbers {
 }
 
 impl Numbers {
-    pub(crate) fn avg(&self) -> f64 {
+    pub fn avg(&self) -> f64 {
         self.sum / self.count as f64
     }
 }
@@ -56,7 +56,7 @@ impl Numbers {
 /// its instance count, and per number field (in the order given) its
 /// statistics, `None` where no instance of the group holds a number.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Group {
+pub struct Group {
     pub key: Vec<KeyPart>,
     pub count: u64,
     pub numbers: Vec<Option<Numbers>>,
@@ -65,10 +65,10 @@ pub(crate) struct Group {
 /// The aggregate would need more groups than allowed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("more than {0} groups")]
-pub(crate) struct TooManyGroups(pub usize);
+pub struct TooManyGroups(pub usize);
 
 /// Accumulates instances' fields into groups.
-pub(crate) struct Aggregator {
+pub struct Aggregator {
     group_by: Vec<String>,
     numeric: Vec<String>,
     max_groups: usize,
@@ -76,7 +76,7 @@ pub(crate) struct Aggregator {
 }
 
 impl Aggregator {
-    pub(crate) fn new(
+    pub fn new(
         group_by: Vec<String>,
         numeric: Vec<String>,
         max_groups: usize,
@@ -90,7 +90,7 @@ impl Aggregator {
     }
 
     /// Counts one instance's (already masked) fields in its group.
-    pub(crate) fn add(&mut self, fields: &Fields) -> Result<(), TooManyGroups> {
+    pub fn add(&mut self, fields: &Fields) -> Result<(), TooManyGroups> {
         let key: Vec<KeyPart> = self
             .group_by
             .iter()
@@ -132,7 +132,7 @@ impl Aggregator {
     }
 
     /// The groups in key order.
-    pub(crate) fn finish(self) -> Vec<Group> {
+    pub fn finish(self) -> Vec<Group> {
         self.groups
             .into_iter()
             .map(|(key, (count, numbers))| Group {

@@ -9,5 +9,11 @@
 //! - [`aggregate`]: current instances grouped by field values (fleet
 //!   aggregates): per group the count and per number field min/max/avg.
 
-pub(crate) mod aggregate;
-pub(crate) mod buckets;
+//! - [`read`]: one entity's buckets from the store, reading sealed chunk
+//!   summaries instead of events where they stand in exactly.
+//!
+//! Public (hidden from docs) only so `benches/timeseries.rs` can drive it.
+
+pub mod aggregate;
+pub mod buckets;
+pub mod read;

@@ -270,6 +270,7 @@ impl GraphqlApi {
             .render_prometheus(self.runtime.usage.open_subscriptions(), out);
         self.runtime.budgets.render_prometheus(out);
         self.persisted.render_prometheus(out);
+        crate::timeseries::read::render_prometheus(out);
     }
 }
 

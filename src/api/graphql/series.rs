@@ -23,21 +23,20 @@ use super::schema::{
 };
 use super::values;
 use crate::product::FieldType;
-use crate::record::{Timestamp, Value};
-use crate::store::HistoryQuery;
+use crate::record::Timestamp;
 use crate::timeseries::buckets::{
-    buckets, Bucket, Event, FieldKind, FieldStats, Fill, NumberStats, Sample, ValueShare,
-    ValueStats, Window,
+    Bucket, FieldKind, FieldStats, Fill, NumberStats, ValueShare, ValueStats, Window,
 };
+use crate::timeseries::read::{entity_series, SeriesError};
 
 /// Buckets one `series` call may return.
 pub(crate) const MAX_BUCKETS: u64 = 1_000;
-/// Events one `series` call may read (about 2.3 days of a 1 Hz sensor).
+/// Decoded events plus chunk summary blocks one `series` call may hold
+/// (decoded: about 2.3 days of a 1 Hz sensor; read from summaries, far
+/// more: a block stands for up to a chunk's events).
 pub(crate) const MAX_SERIES_EVENTS: usize = 200_000;
 /// Buckets when `since` is not given: `since = until - DEFAULT_BUCKETS · every`.
 pub(crate) const DEFAULT_BUCKETS: i64 = 100;
-/// Events read from the store per call.
-const READ_STEP: usize = 4_096;
 
 pub(crate) const FILL_ENUM: &str = "SeriesFill";
 pub(crate) const NUMBER_STATS: &str = "NumberStats";
@@ -251,31 +250,6 @@ fn every_micros(text: &str) -> async_graphql::Result<i64> {
         .map_err(|_| bad("BAD_ARGUMENT", format!("`every`: `{text}` is too long")))
 }
 
-/// A history event's fields as the bucketing sees them (already masked).
-fn event_of(
-    time: i64,
-    version: u64,
-    fields: &crate::record::Fields,
-    spec: &[(String, FieldType, FieldKind)],
-) -> Event {
-    let values = spec
-        .iter()
-        .map(|(name, _, kind)| {
-            fields.get(name).map(|value| match (kind, value) {
-                (FieldKind::Numeric, Value::Int(i)) => Sample::Number(*i as f64),
-                (FieldKind::Numeric, Value::Float(x)) => Sample::Number(*x),
-                (FieldKind::Text, Value::String(s)) => Sample::Text(s.clone()),
-                _ => Sample::Clear,
-            })
-        })
-        .collect();
-    Event {
-        time,
-        version,
-        values,
-    }
-}
-
 /// The `series` field of `<Product>`.
 pub(crate) fn series_field(api: &Arc<ProductApi>) -> Field {
     let api = api.clone();
@@ -313,43 +287,33 @@ pub(crate) fn series_field(api: &Arc<ProductApi>) -> Field {
                 },
                 _ => Fill::None,
             };
-            let spec = summarised(&api);
-            let kinds: Vec<FieldKind> = spec.iter().map(|s| s.2).collect();
+            let spec: Vec<(String, FieldKind)> =
+                summarised(&api).into_iter().map(|(name, _, kind)| (name, kind)).collect();
             let store = runtime.store().clone();
             let product = api.name().to_string();
             let entity = instance.entity.clone();
             let visible = view.clone();
-            let events = blocking(move || {
+            let read = blocking(move || {
                 if !shown(&store, &visible, &product, &entity)? {
                     return Ok(None);
                 }
-                let mut query = HistoryQuery {
-                    since: Some(Timestamp(since)),
-                    until: Some(Timestamp(until)),
-                    ..HistoryQuery::default()
-                };
-                let mut events = Vec::new();
-                loop {
-                    query.limit = READ_STEP;
-                    let page = store.history(&product, &entity, &query).map_err(|e| e.to_string())?;
-                    let last_page = page.len() < READ_STEP;
-                    for mut event in page {
-                        query.after_version = Some(event.version);
-                        visible.mask_fields(&mut event.fields);
-                        events.push(event_of(event.event_time.as_micros(), event.version, &event.fields, &spec));
-                    }
-                    if events.len() > MAX_SERIES_EVENTS {
-                        return Ok(Some(Err(events.len())));
-                    }
-                    if last_page {
-                        return Ok(Some(Ok(events)));
-                    }
+                // Summaries hold clear values: a role with a mask on any
+                // summarised field reads the events, masked one by one.
+                let masker = visible.masker();
+                let clear = !spec.iter().any(|(name, _)| masker.masks_field(name));
+                let mask = |fields: &mut crate::record::Fields| visible.mask_fields(fields);
+                match entity_series(
+                    &store, &product, &entity, &spec, &window, fill, clear, MAX_SERIES_EVENTS, &mask,
+                ) {
+                    Ok(outcome) => Ok(Some(Ok(outcome.buckets))),
+                    Err(SeriesError::TooLarge(n)) => Ok(Some(Err(n))),
+                    Err(SeriesError::Store(e)) => Err(e.to_string()),
                 }
             })
             .await?;
-            let events = match events {
+            let out = match read {
                 None => Vec::new(),
-                Some(Ok(events)) => events,
+                Some(Ok(buckets)) => buckets,
                 Some(Err(_)) => {
                     return Err(bad(
                         "SERIES_TOO_LARGE",
@@ -357,7 +321,6 @@ pub(crate) fn series_field(api: &Arc<ProductApi>) -> Field {
                     ))
                 }
             };
-            let out = buckets(&kinds, events, &window, fill);
             Ok(Some(FieldValue::list(out.into_iter().map(FieldValue::owned_any))))
         })
     })
