@@ -39,7 +39,11 @@ fn env(name: &str, default: usize, quick: bool) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if quick { (default / 100).max(10) } else { default })
+        .unwrap_or(if quick {
+            (default / 100).max(10)
+        } else {
+            default
+        })
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -80,8 +84,14 @@ fn reading(entity: &str, i: i64, rng: &mut Rng, temp: &mut f64, state: &mut usiz
         *state = (rng.next() % 3) as usize;
     }
     let mut fields = Fields::new();
-    fields.insert("temperature_c".into(), Value::Float((*temp * 10.0).round() / 10.0));
-    fields.insert("spindle_rpm".into(), Value::Int(1400 + (rng.next() % 50) as i64));
+    fields.insert(
+        "temperature_c".into(),
+        Value::Float((*temp * 10.0).round() / 10.0),
+    );
+    fields.insert(
+        "spindle_rpm".into(),
+        Value::Int(1400 + (rng.next() % 50) as i64),
+    );
     fields.insert("status".into(), Value::String(STATES[*state].into()));
     Record {
         entity: entity.to_string(),
@@ -185,7 +195,9 @@ fn last_twenty(quick: bool, runs: usize) {
         limit: 20,
         ..HistoryQuery::default()
     };
-    let (big, got) = time(runs * 10, || store.history(P, "big", &query).expect("history"));
+    let (big, got) = time(runs * 10, || {
+        store.history(P, "big", &query).expect("history")
+    });
     assert_eq!(got.len(), 20);
     assert_eq!(got[0].version, events as u64);
     let (small, got) = time(runs * 10, || {
@@ -224,13 +236,22 @@ fn fleet(quick: bool, runs: usize) {
     let mut batch = Vec::with_capacity(1_000);
     for i in 0..instances {
         let mut fields = Fields::new();
-        fields.insert("site".into(), Value::String(["berlin", "lyon", "brno"][i % 3].into()));
+        fields.insert(
+            "site".into(),
+            Value::String(["berlin", "lyon", "brno"][i % 3].into()),
+        );
         fields.insert(
             "temperature_c".into(),
             Value::Float(40.0 + (rng.next() % 550) as f64 / 10.0),
         );
-        fields.insert("spindle_rpm".into(), Value::Int(800 + (rng.next() % 2000) as i64));
-        fields.insert("status".into(), Value::String(STATES[(rng.next() % 3) as usize].into()));
+        fields.insert(
+            "spindle_rpm".into(),
+            Value::Int(800 + (rng.next() % 2000) as i64),
+        );
+        fields.insert(
+            "status".into(),
+            Value::String(STATES[(rng.next() % 3) as usize].into()),
+        );
         batch.push(Record {
             entity: format!("M-{i:06}"),
             fields,
@@ -258,7 +279,10 @@ fn fleet(quick: bool, runs: usize) {
         aggregator.finish()
     });
     assert_eq!(groups.len(), 3);
-    assert_eq!(groups.iter().map(|g| g.count).sum::<u64>(), instances as u64);
+    assert_eq!(
+        groups.iter().map(|g| g.count).sum::<u64>(),
+        instances as u64
+    );
     let (plain, seen) = time(runs, || {
         let mut seen = 0u64;
         scan(&store, &mut |_| seen += 1);

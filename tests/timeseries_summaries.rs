@@ -312,7 +312,10 @@ fn old_chunks_without_summaries_still_answer() {
     )
     .expect("series");
     assert_eq!(got.buckets, want);
-    assert_eq!(got.chunks_summarised, 0, "nothing was sealed with summaries");
+    assert_eq!(
+        got.chunks_summarised, 0,
+        "nothing was sealed with summaries"
+    );
     assert!(got.chunks_decoded > 0);
     assert!(want.iter().map(|b| b.count).sum::<u64>() > 500);
 }
@@ -343,7 +346,10 @@ fn an_in_order_stream_is_read_from_summaries_with_few_events_decoded() {
         &|_| {},
     )
     .expect("series");
-    assert_eq!(got.buckets, from_raw_events(&store, "fast", &window, Fill::None));
+    assert_eq!(
+        got.buckets,
+        from_raw_events(&store, "fast", &window, Fill::None)
+    );
     assert_eq!(got.buckets.iter().map(|b| b.count).sum::<u64>(), 4_000);
     // Only the open tail (fewer than a block) and what the tail's range
     // overlaps is read as events.

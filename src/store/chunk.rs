@@ -145,7 +145,10 @@ pub(crate) fn decode_chunk_header(bytes: &[u8]) -> Result<ChunkHeader, CodecErro
 }
 
 /// The header, and the body after the summary the header announces.
-fn split_body<'a>(header: &ChunkHeader, rest: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), CodecError> {
+fn split_body<'a>(
+    header: &ChunkHeader,
+    rest: &'a [u8],
+) -> Result<(&'a [u8], &'a [u8]), CodecError> {
     let len = header.summary_len as usize;
     if rest.len() < len {
         return Err(CodecError("truncated chunk summary".to_string()));

@@ -43,12 +43,7 @@ use crate::record::Value;
 /// Block widths tried, smallest first, in µs: 1 minute, 5 minutes, 1
 /// hour, 1 day. Buckets of `1m`, `5m`, `1h`, `1d` (what dashboards ask)
 /// hold whole blocks of every width up to their own.
-pub(crate) const GRANULARITIES: [i64; 4] = [
-    60_000_000,
-    300_000_000,
-    3_600_000_000,
-    86_400_000_000,
-];
+pub(crate) const GRANULARITIES: [i64; 4] = [60_000_000, 300_000_000, 3_600_000_000, 86_400_000_000];
 
 /// Most blocks per chunk before a wider block is tried (a chunk of a 1 Hz
 /// stream, ~256 s: 1–2 blocks of 5 minutes).
@@ -268,11 +263,10 @@ pub(crate) fn encode_summary(summary: &ChunkSummary) -> Result<Vec<u8>, CodecErr
 
 pub(crate) fn decode_summary(bytes: &[u8]) -> Result<ChunkSummary, CodecError> {
     match bytes.split_first() {
-        Some((&SUMMARY_FORMAT, rest)) => rmp_serde::from_slice(rest)
-            .map_err(|e| CodecError(format!("chunk summary: {e}"))),
-        Some((other, _)) => Err(CodecError(format!(
-            "unknown chunk summary format {other}"
-        ))),
+        Some((&SUMMARY_FORMAT, rest)) => {
+            rmp_serde::from_slice(rest).map_err(|e| CodecError(format!("chunk summary: {e}")))
+        }
+        Some((other, _)) => Err(CodecError(format!("unknown chunk summary format {other}"))),
         None => Err(CodecError("empty chunk summary".to_string())),
     }
 }

@@ -111,8 +111,8 @@ impl Store {
                     .map_err(|e| corrupt("history entry", e))?;
                 match tag {
                     TAG_CHUNK => {
-                        let (header, summary) =
-                            decode_chunk_summary(&plain).map_err(|e| corrupt("history chunk", e))?;
+                        let (header, summary) = decode_chunk_summary(&plain)
+                            .map_err(|e| corrupt("history chunk", e))?;
                         if header.max_event_time < since || header.min_event_time >= until {
                             continue;
                         }
@@ -123,8 +123,8 @@ impl Store {
                         });
                     }
                     TAG_TAIL => {
-                        let event: StoredEvent = codec::decode(&plain)
-                            .map_err(|e| corrupt("history event", e))?;
+                        let event: StoredEvent =
+                            codec::decode(&plain).map_err(|e| corrupt("history event", e))?;
                         if in_window(event.event_time.0) {
                             loose.push(event);
                         }

@@ -76,11 +76,7 @@ pub struct Aggregator {
 }
 
 impl Aggregator {
-    pub fn new(
-        group_by: Vec<String>,
-        numeric: Vec<String>,
-        max_groups: usize,
-    ) -> Aggregator {
+    pub fn new(group_by: Vec<String>, numeric: Vec<String>, max_groups: usize) -> Aggregator {
         Aggregator {
             group_by,
             numeric,

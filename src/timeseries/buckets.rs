@@ -327,7 +327,8 @@ pub fn buckets_with(
                 for (i, (kind, field)) in kinds.iter().zip(&block.fields).enumerate() {
                     match kind {
                         FieldKind::Numeric => {
-                            if let (Some(n), Some(slot)) = (field.numbers, bucket.numbers.get_mut(i))
+                            if let (Some(n), Some(slot)) =
+                                (field.numbers, bucket.numbers.get_mut(i))
                             {
                                 match slot {
                                     Some(acc) => acc.merge(&n),
