@@ -120,21 +120,30 @@ fn du(path: &Path) -> u64 {
     total
 }
 
-/// Chunk body format 5: `[3][u32 header len][header][5][u32 id]…`.
-fn uses_dictionary(chunk: &[u8]) -> bool {
-    let header_len = u32::from_be_bytes(chunk[1..5].try_into().expect("4 bytes")) as usize;
-    chunk.get(5 + header_len) == Some(&5)
+/// The header fields read here (plain MessagePack with named fields).
+#[derive(serde::Deserialize)]
+struct Header {
+    count: u64,
+    /// Bytes of the per-field summary between header and body.
+    #[serde(default)]
+    summary_len: u32,
 }
 
-/// The count in a chunk header (plain MessagePack with named fields).
-fn chunk_count(chunk: &[u8]) -> u64 {
-    #[derive(serde::Deserialize)]
-    struct Header {
-        count: u64,
-    }
+fn header(chunk: &[u8]) -> (usize, Header) {
     let header_len = u32::from_be_bytes(chunk[1..5].try_into().expect("4 bytes")) as usize;
     let header: Header = rmp_serde::from_slice(&chunk[6..5 + header_len]).expect("chunk header");
-    header.count
+    (5 + header_len, header)
+}
+
+/// Chunk body format 5: `[3][u32 header len][header][summary][5][u32 id]…`.
+fn uses_dictionary(chunk: &[u8]) -> bool {
+    let (end, header) = header(chunk);
+    chunk.get(end + header.summary_len as usize) == Some(&5)
+}
+
+/// The count in a chunk header.
+fn chunk_count(chunk: &[u8]) -> u64 {
+    header(chunk).1.count
 }
 
 fn run(machines: usize, messages: u64, chunk_events: usize, dictionary: bool) -> Figures {
