@@ -473,7 +473,11 @@ mod tests {
             }
             let plain = trees.open(HISTORY, &key, &value).expect("opens");
             let header_len = u32::from_be_bytes(plain[1..5].try_into().unwrap()) as usize;
-            let body = &plain[5 + header_len..];
+            // The per-field summary sits between header and body.
+            let summary = crate::store::chunk::decode_chunk_header(&plain)
+                .unwrap()
+                .summary_len as usize;
+            let body = &plain[5 + header_len + summary..];
             out.push(match body[0] {
                 FORMAT_ZSTD_DICT_MSGPACK => {
                     Some(u32::from_be_bytes(body[1..5].try_into().unwrap()))
