@@ -186,7 +186,6 @@ mod audit_verify;
 mod chunk;
 mod chunk_columns;
 mod chunk_summary;
-mod series_read;
 mod codec;
 mod config;
 mod current;
@@ -210,6 +209,7 @@ mod read;
 pub mod retained;
 mod retention;
 mod seal;
+mod series_read;
 mod sessions;
 mod stored;
 mod types;
@@ -224,7 +224,6 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 pub use audit::BenchLine as AuditBenchLine;
 pub use audit_verify::{AuditBreak, AuditVerdict};
 pub(crate) use chunk_summary::BlockSummary;
-pub(crate) use series_read::SeriesReadError;
 pub use config::{DictionaryConfig, StoreConfig};
 pub use dictionary::DictionaryInfo;
 pub use digest::{BucketDigest, Leaf, Scope as DigestScope, BUCKETS as DIGEST_BUCKETS};
@@ -234,6 +233,7 @@ pub use keys_entity::BenchSeal as EntitySealBench;
 pub use outbox::{BudgetReport, OutboxEntry, OutboxItem, OutboxPlanner, OutboxStats, PendingEntry};
 pub use retention::RETENTION_ORIGIN;
 pub use seal::{rotate as rotate_key, EncryptionKey, KeyCheck, KeyFileError};
+pub(crate) use series_read::SeriesReadError;
 pub use types::{
     AuditAction, AuditEntry, AuditQuery, Change, Fingerprint, HistoryEvent, HistoryQuery,
     Idempotency, IngestBatch, IngestLimits, IngestOutcome, IngestRecord, Instance, Page,

@@ -364,7 +364,7 @@ impl UpsertTx<'_> {
             self.summaries,
         )
         .and_then(|plain| self.trees.seal_entity(HISTORY, entity, &key, plain))
-            .map_err(|e| abort(StoreError::encode(self.product, entity, what, e)))?;
+        .map_err(|e| abort(StoreError::encode(self.product, entity, what, e)))?;
         tracing::debug!(
             product = self.product,
             entity,
