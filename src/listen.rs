@@ -82,6 +82,7 @@ fn fit_caps(available: u64, http: usize, mqtt: usize) -> (usize, usize) {
 
 /// The soft `RLIMIT_NOFILE` after raising it to the hard limit.
 #[cfg(unix)]
+#[allow(unsafe_code)] // getrlimit/setrlimit: libc, no safe wrapper in std
 #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
 fn raise_descriptor_limit() -> Option<u64> {
     let mut limit = libc::rlimit {

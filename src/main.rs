@@ -1,4 +1,6 @@
 //! The `meshlet` binary: parse the command line and hand over to the library.
+#![deny(unsafe_code)]
+#![deny(clippy::unwrap_used)]
 
 /// mimalloc on every Linux build. musl's allocator serialises threads on
 /// one lock, which cost the static edge builds a large share of their

@@ -71,6 +71,7 @@ static CONFIGURED_PURGE_DELAY_MS: std::sync::OnceLock<i64> = std::sync::OnceLock
 /// remembers the value in effect for `/metrics`. Called first thing in
 /// `main`, by the binary whose global allocator mimalloc is.
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // mimalloc's options: C API only
 pub fn configure_allocator() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets one of mimalloc's options; it has no preconditions.
@@ -102,6 +103,7 @@ pub const WALKED_BEFORE_TRIM: u64 = 50_000;
 /// Gives the allocators' free pages back to the kernel. Returns whether
 /// this build can (Linux); blocking, takes a few milliseconds on a heap of
 /// a few hundred MiB.
+#[allow(unsafe_code)] // mi_collect, malloc_trim: C API only
 pub fn release_free_heap() -> bool {
     #[cfg(target_os = "linux")]
     {
@@ -129,6 +131,7 @@ pub fn release_free_heap() -> bool {
 /// would keep what the burst freed until it next allocated; the keeper
 /// calls this every tick. When nothing is due it is a clock read and a
 /// walk of the keeper thread's own few pages.
+#[allow(unsafe_code)] // mi_collect: C API only
 pub fn purge_due_free_pages() {
     #[cfg(target_os = "linux")]
     // SAFETY: mi_collect only frees and purges mimalloc's own empty pages;

@@ -133,7 +133,7 @@ pub fn preflight(config: &HubConfig, products: &ProductSet) -> Preflight {
     out.problems
         .extend(crate::sync::check_references(config, products, node_id));
     if let Some(tls) = &config.http.tls {
-        if let Err(err) = api::tls::acceptor(tls) {
+        if let Err(err) = crate::tls::acceptor(tls) {
             out.problems.push(format!("http.tls: {err}"));
         }
     }

@@ -50,6 +50,13 @@ fi
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# Style and lints first, so CI fails fast on them: formatting as
+# `cargo fmt` writes it, and clippy with every warning an error (the crate
+# lints in src/lib.rs deny `unsafe` outside the few C calls and `unwrap()`
+# outside tests).
+cargo fmt --all --check
+cargo clippy --locked --all-targets -- -D warnings
+
 # The static aarch64 build that tests/cross_qemu.rs runs under qemu; the
 # cross-ci profile keeps release semantics at a fraction of the build time
 # (the `edge` profile cross/build.sh ships by default costs a fat-LTO,

@@ -8,14 +8,15 @@
 //! through a `policy::access::View` of the caller's role.
 
 mod auth;
+#[cfg(feature = "console")]
 mod console;
 mod cors;
 pub mod graphql;
 mod health;
 mod ingest;
 pub mod serve;
+use crate::tls;
 mod sync;
-pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -98,13 +99,39 @@ pub(crate) fn closing(mut response: axum::response::Response) -> axum::response:
     response
 }
 
+/// `/` and `/console/*` in a build without the web console: 404 with why.
+#[cfg(not(feature = "console"))]
+fn no_console_routes() -> Router<ApiState> {
+    async fn absent() -> axum::response::Response {
+        use axum::response::IntoResponse;
+        (
+            axum::http::StatusCode::NOT_FOUND,
+            "the web console is not in this build (built without the cargo feature `console`)\n",
+        )
+            .into_response()
+    }
+    Router::new()
+        .route("/", axum::routing::get(absent))
+        .route("/console", axum::routing::get(absent))
+        .route("/console/{*rest}", axum::routing::get(absent))
+}
+
 /// Builds the router for the given state.
 pub fn router(state: ApiState) -> Router {
     started_at();
     // With the console off (`[http] console = false`) none of its routes
     // exist: `/`, its files and its status answer 404 like any unknown path.
+    #[cfg(feature = "console")]
     let (console_open, console_protected) = if state.console {
         (console::open_routes(), console::routes())
+    } else {
+        (Router::new(), Router::new())
+    };
+    // A build without the `console` feature says so where the console
+    // would be, instead of a bare 404.
+    #[cfg(not(feature = "console"))]
+    let (console_open, console_protected) = if state.console {
+        (no_console_routes(), Router::new())
     } else {
         (Router::new(), Router::new())
     };

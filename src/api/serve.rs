@@ -53,9 +53,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, debug_span, Instrument};
 
-use super::tls::{self, TlsMetrics};
 use crate::listen::Acceptor;
 use crate::policy::identity::PeerCertificate;
+use crate::tls::{self, TlsMetrics};
 
 /// A client that has not finished its TLS handshake by then is dropped, so
 /// half-open connections cannot pile up.

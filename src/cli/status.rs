@@ -13,16 +13,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::TcpStream;
 
 use crate::config::HubConfig;
+use crate::http_client::{HttpClient, HttpClientError, TlsFiles};
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -100,7 +97,7 @@ pub fn run(config: &HubConfig, args: StatusArgs) -> ExitCode {
 
 async fn collect(config: &HubConfig, args: &StatusArgs) -> Result<String, StatusError> {
     let url = args.url.clone().unwrap_or_else(|| default_url(config));
-    let client = Client::new(&url, args.ca_file.clone(), args.token.clone())?;
+    let mut client = Client::new(&url, args.ca_file.clone(), args.token.clone())?;
     let before = parse_metrics(&client.request("/metrics", None).await?);
     let body = serde_json::json!({ "query": QUERY }).to_string();
     let answer: Value = serde_json::from_str(&client.request("/graphql", Some(body)).await?)
@@ -132,19 +129,9 @@ fn default_url(config: &HubConfig) -> String {
     format!("{scheme}://{addr}")
 }
 
-/// A one-request-per-connection HTTP/1.1 client over hyper and rustls (the
-/// stack the node already has; status makes three requests).
-struct Client {
-    host: String,
-    port: u16,
-    authority: String,
-    base_path: String,
-    tls: Option<(
-        tokio_rustls::TlsConnector,
-        rustls_pki_types::ServerName<'static>,
-    )>,
-    token: Option<String>,
-}
+/// The node's one HTTP client with the CA file given; GET `path`, or POST
+/// a JSON `body`; the body of a 2xx answer.
+struct Client(HttpClient);
 
 impl Client {
     fn new(
@@ -152,114 +139,46 @@ impl Client {
         ca_file: Option<PathBuf>,
         token: Option<String>,
     ) -> Result<Client, StatusError> {
-        let bad = |reason: &str| StatusError::Url {
-            url: url.to_string(),
-            reason: reason.to_string(),
+        let files = TlsFiles {
+            ca_file: ca_file.as_deref(),
+            ..TlsFiles::default()
         };
-        let uri: hyper::Uri = url.parse().map_err(|_| bad("not a URL"))?;
-        let secure = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(bad("expected http:// or https://")),
-        };
-        let authority = uri.authority().ok_or_else(|| bad("no host"))?.clone();
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let port = authority
-            .port_u16()
-            .unwrap_or(if secure { 443 } else { 80 });
-        let tls = if secure {
-            let config =
-                crate::ingest::client::rustls_client_config(ca_file.as_deref(), None, None)
-                    .map_err(|e| StatusError::Tls(e.to_string()))?;
-            let name = rustls_pki_types::ServerName::try_from(host.clone())
-                .map_err(|_| bad("the host is not a valid TLS server name"))?;
-            Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
-        } else {
-            None
-        };
-        Ok(Client {
-            host,
-            port,
-            authority: authority.to_string(),
-            base_path: uri.path().trim_end_matches('/').to_string(),
-            tls,
-            token,
-        })
+        HttpClient::new(url, files, token)
+            .map(Client)
+            .map_err(StatusError::from)
     }
 
-    /// GET `path` (or POST a JSON `body`); the body of a 2xx answer.
-    async fn request(&self, path: &str, body: Option<String>) -> Result<String, StatusError> {
-        let unreachable = |reason: String| StatusError::Unreachable {
-            authority: self.authority.clone(),
-            reason,
-        };
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let full = format!("{}{path}", self.base_path);
-        let mut request = hyper::Request::builder()
-            .method(if body.is_some() { "POST" } else { "GET" })
-            .uri(full.as_str())
-            .header(hyper::header::HOST, self.authority.as_str())
-            .header(hyper::header::CONTENT_TYPE, "application/json");
-        if let Some(token) = &self.token {
-            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| unreachable(e.to_string()))?;
-        let response = match &self.tls {
-            Some((connector, name)) => {
-                let stream = connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(|e| unreachable(format!("TLS: {e}")))?;
-                send(TokioIo::new(stream), request).await
-            }
-            None => send(TokioIo::new(tcp), request).await,
-        }
-        .map_err(unreachable)?;
-        let status = response.status();
-        let text = response
-            .into_body()
-            .collect()
-            .await
-            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-            .map_err(|e| unreachable(e.to_string()))?;
-        if status.is_success() {
+    async fn request(&mut self, path: &str, body: Option<String>) -> Result<String, StatusError> {
+        let answer = self
+            .0
+            .request(path, body.map(|b| ("application/json", Bytes::from(b))))
+            .await?;
+        let text = answer.text();
+        if answer.status.is_success() {
             Ok(text)
         } else {
             Err(StatusError::Http {
-                path: full,
-                status: status.as_u16(),
+                path: path.to_string(),
+                status: answer.status.as_u16(),
                 body: text.chars().take(300).collect(),
             })
         }
     }
 }
 
-async fn send<S>(
-    io: TokioIo<S>,
-    request: hyper::Request<Full<Bytes>>,
-) -> Result<hyper::Response<hyper::body::Incoming>, String>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| e.to_string())?;
-    // Ends with the response (the sender is dropped after one request).
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())
+impl From<HttpClientError> for StatusError {
+    fn from(err: HttpClientError) -> StatusError {
+        match err {
+            HttpClientError::Url { url, reason } => StatusError::Url {
+                url,
+                reason: reason.to_string(),
+            },
+            HttpClientError::Tls(e) => StatusError::Tls(e.to_string()),
+            HttpClientError::Unreachable { authority, reason } => {
+                StatusError::Unreachable { authority, reason }
+            }
+        }
+    }
 }
 
 /// Prometheus samples by series name, each with its labels.

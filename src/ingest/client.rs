@@ -17,7 +17,6 @@
 //! client's retained message) is answered with online again, so edges are
 //! never left believing a running host is gone.
 
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,14 +47,8 @@ const ACKER_DRAIN: Duration = Duration::from_secs(5);
 pub enum ClientConfigError {
     #[error("mqtt.external.url `{url}`: {reason}")]
     Url { url: String, reason: String },
-    #[error("mqtt.external: cannot read {what} {}: {source}", path.display())]
-    File {
-        what: &'static str,
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
     #[error("mqtt.external: {0}")]
-    Tls(String),
+    Tls(#[from] crate::tls::TlsConfigError),
 }
 
 /// Builds the rumqttc options: address, identity, session, TLS.
@@ -110,106 +103,14 @@ pub fn options(
     Ok(options)
 }
 
-/// rustls with the ring provider; the configured CA or the system roots;
-/// a client certificate when configured.
+/// The node's one TLS client setup ([`crate::tls::client_config`]) with
+/// this broker's files.
 fn tls_config(config: &ExternalBrokerConfig) -> Result<rustls::ClientConfig, ClientConfigError> {
-    rustls_client_config(
+    Ok(crate::tls::client_config(
         config.ca_file.as_deref(),
         config.client_cert_file.as_deref(),
         config.client_key_file.as_deref(),
-    )
-}
-
-/// The rustls client setup shared by every outgoing TLS connection (the
-/// external broker, sync upstreams): ring provider, a CA file or the
-/// system roots, an optional client certificate.
-pub(crate) fn rustls_client_config(
-    ca_file: Option<&Path>,
-    client_cert_file: Option<&Path>,
-    client_key_file: Option<&Path>,
-) -> Result<rustls::ClientConfig, ClientConfigError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::PrivateKeyDer;
-
-    struct Files<'a> {
-        ca_file: Option<&'a Path>,
-        client_cert_file: Option<&'a Path>,
-        client_key_file: Option<&'a Path>,
-    }
-    let config = Files {
-        ca_file,
-        client_cert_file,
-        client_key_file,
-    };
-    if config.client_cert_file.is_some() != config.client_key_file.is_some() {
-        return Err(ClientConfigError::Tls(
-            "client_cert_file and client_key_file go together".to_string(),
-        ));
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    match &config.ca_file {
-        Some(path) => {
-            let certs = read_certs(path, "CA file")?;
-            for cert in certs {
-                roots.add(cert).map_err(|e| {
-                    ClientConfigError::Tls(format!("CA file {}: {e}", path.display()))
-                })?;
-            }
-        }
-        None => {
-            let native = rustls_native_certs::load_native_certs();
-            for cert in native.certs {
-                let _ = roots.add(cert);
-            }
-            if roots.is_empty() {
-                return Err(ClientConfigError::Tls(
-                    "no system CA certificates found; set mqtt.external.ca_file".to_string(),
-                ));
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ClientConfigError::Tls(e.to_string()))?
-        .with_root_certificates(roots);
-    match (&config.client_cert_file, &config.client_key_file) {
-        (Some(cert_path), Some(key_path)) => {
-            let chain = read_certs(cert_path, "client certificate")?;
-            let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
-                ClientConfigError::Tls(format!("client key {}: {e}", key_path.display()))
-            })?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| ClientConfigError::Tls(format!("client certificate: {e}")))
-        }
-        (None, None) => Ok(builder.with_no_client_auth()),
-        _ => Err(ClientConfigError::Tls(
-            "client_cert_file and client_key_file go together".to_string(),
-        )),
-    }
-}
-
-fn read_certs(
-    path: &Path,
-    what: &'static str,
-) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, ClientConfigError> {
-    use rustls_pki_types::pem::PemObject;
-    let bytes = std::fs::read(path).map_err(|source| ClientConfigError::File {
-        what,
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<_, _>>()
-        .map_err(|e| ClientConfigError::Tls(format!("{what} {}: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(ClientConfigError::Tls(format!(
-            "{what} {} holds no PEM certificate",
-            path.display()
-        )));
-    }
-    Ok(certs)
+    )?)
 }
 
 /// A new STATE session for the next CONNECT: its offline message becomes

@@ -134,6 +134,7 @@ impl Drop for IngestRuntime {
 /// The calling thread's nice value. Linux keeps it per thread: with
 /// `PRIO_PROCESS` and who = 0, get/setpriority act on the calling thread.
 #[cfg(unix)]
+#[allow(unsafe_code)] // getpriority: libc, no safe wrapper in std
 fn this_thread_nice() -> i32 {
     // SAFETY: no pointers are passed. It fails only for an unknown `which`
     // or a `who` that does not exist, neither possible for the calling
@@ -144,6 +145,7 @@ fn this_thread_nice() -> i32 {
 /// Sets the calling thread's nice value, leaving the rest of the process
 /// alone. Raising it (a lower priority) needs no privilege.
 #[cfg(unix)]
+#[allow(unsafe_code)] // setpriority: libc, no safe wrapper in std
 fn set_this_thread_nice(nice: i32) -> std::io::Result<()> {
     // SAFETY: no pointers are passed; acts on the calling thread only.
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
@@ -177,6 +179,7 @@ mod tests {
         after_comm.split(' ').nth(16).unwrap().parse().unwrap()
     }
 
+    #[allow(unsafe_code)] // gettid: libc
     fn this_thread_id() -> i32 {
         // SAFETY: gettid takes no arguments and cannot fail.
         unsafe { libc::syscall(libc::SYS_gettid) as i32 }

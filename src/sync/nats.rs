@@ -124,7 +124,7 @@ impl Endpoint {
             || settings.client_key_file.is_some();
         let tls = if wants_tls {
             Some(
-                crate::ingest::client::rustls_client_config(
+                crate::tls::client_config(
                     settings.ca_file,
                     settings.client_cert_file,
                     settings.client_key_file,

@@ -37,6 +37,7 @@ struct Asset {
     zstd: &'static [u8],
 }
 
+#[cfg(feature = "graphiql")]
 const ASSETS: [Asset; 5] = [
     Asset {
         name: "react-18.3.1.js",
@@ -64,6 +65,12 @@ const ASSETS: [Asset; 5] = [
         zstd: include_bytes!("graphiql/graphiql-3.8.3.css.zst"),
     },
 ];
+
+/// A build without the `graphiql` feature has no page and no assets; it
+/// says so instead (the setting `http.graphiql` stays valid, so one
+/// configuration serves every build).
+#[cfg(not(feature = "graphiql"))]
+const ASSETS: [Asset; 0] = [];
 
 /// Where the assets are served.
 pub(crate) const ASSETS_PATH: &str = "/graphql/assets/";
@@ -120,16 +127,23 @@ pub(crate) fn wants_html(headers: &HeaderMap) -> bool {
 }
 
 fn off() -> Response {
+    let message = if cfg!(feature = "graphiql") {
+        "GraphiQL is off (http.graphiql = false); POST queries to /graphql"
+    } else {
+        "GraphiQL is not in this build (built without the cargo feature `graphiql`); POST queries to /graphql"
+    };
     (
         StatusCode::NOT_FOUND,
-        Json(json!({ "errors": [{ "message": "GraphiQL is off (http.graphiql = false); POST queries to /graphql", "extensions": { "code": "GRAPHIQL_OFF" } }] })),
+        Json(
+            json!({ "errors": [{ "message": message, "extensions": { "code": "GRAPHIQL_OFF" } }] }),
+        ),
     )
         .into_response()
 }
 
 /// The page, or 404 when GraphiQL is off.
 pub(crate) fn page(state: &ApiState) -> Response {
-    if !state.graphql.graphiql {
+    if !state.graphql.graphiql || !cfg!(feature = "graphiql") {
         return off();
     }
     ([(header::CACHE_CONTROL, "no-cache")], Html(PAGE)).into_response()
@@ -140,7 +154,7 @@ async fn asset(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if !state.graphql.graphiql {
+    if !state.graphql.graphiql || !cfg!(feature = "graphiql") {
         return off();
     }
     let Some(asset) = ASSETS.iter().find(|a| a.name == name) else {
@@ -250,6 +264,7 @@ const PAGE: &str = r#"<!doctype html>
 mod tests {
     use super::*;
 
+    #[cfg(feature = "graphiql")]
     #[test]
     fn every_asset_decompresses_and_the_page_names_them_all() {
         for asset in &ASSETS {

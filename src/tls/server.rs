@@ -1,4 +1,4 @@
-//! HTTPS for the HTTP listener: rustls (ring provider) over each accepted
+//! The server side, HTTPS for the HTTP listener: rustls (ring provider) over each accepted
 //! TCP connection, optionally verifying client certificates (mTLS).
 //!
 //! This module reads the TLS files and builds the acceptor; the accept
@@ -16,48 +16,15 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
+use super::{provider, read_certs, read_key, TlsConfigError};
 use crate::config::{ClientAuth, HttpTlsConfig};
 use crate::policy::identity::PeerCertificate;
-
-/// Why the TLS settings cannot be used. Each names the file at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsConfigError {
-    #[error("cannot read {what} {}: {source}", path.display())]
-    Read {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{what} {} is not valid PEM: {detail}", path.display())]
-    Pem {
-        what: &'static str,
-        path: PathBuf,
-        detail: String,
-    },
-    #[error("{what} {} holds no {expected}", path.display())]
-    Empty {
-        what: &'static str,
-        path: PathBuf,
-        expected: &'static str,
-    },
-    #[error("http.tls.key_file {} does not belong to http.tls.cert_file {}: {detail}", key.display(), cert.display())]
-    KeyMismatch {
-        cert: PathBuf,
-        key: PathBuf,
-        detail: String,
-    },
-    #[error("http.tls.client_ca_file {}: {detail}", path.display())]
-    ClientCa { path: PathBuf, detail: String },
-}
 
 /// Handshake figures for `/metrics`; cheap to clone, shared with the
 /// connection tasks.
@@ -94,9 +61,9 @@ impl TlsMetrics {
 
 /// Reads the configured files and builds the acceptor.
 pub(crate) fn acceptor(config: &HttpTlsConfig) -> Result<TlsAcceptor, TlsConfigError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = provider();
     let chain = read_certs(&config.cert_file, "http.tls.cert_file")?;
-    let key = read_key(&config.key_file)?;
+    let key = read_key(&config.key_file, "http.tls.key_file")?;
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsConfigError::KeyMismatch {
@@ -140,53 +107,6 @@ pub(crate) fn acceptor(config: &HttpTlsConfig) -> Result<TlsAcceptor, TlsConfigE
             })?;
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(server)))
-}
-
-fn read_file(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsConfigError> {
-    std::fs::read(path).map_err(|source| TlsConfigError::Read {
-        what,
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-fn read_certs(
-    path: &Path,
-    what: &'static str,
-) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
-    let bytes = read_file(path, what)?;
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<_, _>>()
-        .map_err(|e| TlsConfigError::Pem {
-            what,
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(TlsConfigError::Empty {
-            what,
-            path: path.to_path_buf(),
-            expected: "PEM certificate",
-        });
-    }
-    Ok(certs)
-}
-
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsConfigError> {
-    let what = "http.tls.key_file";
-    let bytes = read_file(path, what)?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
-        rustls_pki_types::pem::Error::NoItemsFound => TlsConfigError::Empty {
-            what,
-            path: path.to_path_buf(),
-            expected: "PEM private key",
-        },
-        other => TlsConfigError::Pem {
-            what,
-            path: path.to_path_buf(),
-            detail: other.to_string(),
-        },
-    })
 }
 
 /// What the policy layer learns about a verified client certificate.
