@@ -289,20 +289,20 @@ fn main() {
         raw_publish
     );
     println!(
-        "| edge → JetStream | {:.0} | {:.0} | {:.2} |",
+        "| edge → JetStream | {:.0} | {:.0} | {:.3} |",
         rate(envelopes, send),
         rate(records as f64, send),
         rate(envelopes, send) / raw_publish
     );
     println!("| raw pull + double ack | {:.0} | — | 1 |", raw_consume);
     println!(
-        "| one aggregator | {:.0} | {:.0} | {:.2} |",
+        "| one aggregator | {:.0} | {:.0} | {:.3} |",
         rate(records as f64 / per_envelope, one_time),
         rate(records as f64, one_time),
         rate(envelopes, one_time) / raw_consume
     );
     println!(
-        "| two aggregators, one durable (a took {:.0}%) | {:.0} | {:.0} | {:.2} |",
+        "| two aggregators, one durable (a took {:.0}%) | {:.0} | {:.0} | {:.3} |",
         (share * 100.0).abs(),
         rate(envelopes, two_time),
         rate(records as f64, two_time),
