@@ -787,14 +787,15 @@ impl Default for SyncSettings {
 }
 
 /// Aggregator mode: this node accepts envelopes from edges.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AggregatorConfig {
     /// Recompute the digests of what this node holds of each edge from
-    /// its instances at start (a full read of the store), so records
-    /// lost or edited behind the store's back show up in `meshlet sync
-    /// verify`. Default true; when false they are rebuilt only once
-    /// (a store that predates them).
+    /// its instances at start, so records lost or edited behind the
+    /// store's back (a restore, a disk fault, an offline edit) show up in
+    /// `meshlet sync verify`. It is a full read of the store (seconds per
+    /// 100k entities: benches/README.md), so default false: they are then
+    /// rebuilt only once, for a store that predates them.
     pub digest_rebuild_on_start: bool,
     /// Serve `POST /sync/v1`.
     pub enabled: bool,
@@ -804,18 +805,6 @@ pub struct AggregatorConfig {
     pub topic_prefix: Option<String>,
     /// Also consume envelopes from a NATS JetStream stream.
     pub nats: Option<AggregatorNatsConfig>,
-}
-
-impl Default for AggregatorConfig {
-    fn default() -> Self {
-        AggregatorConfig {
-            digest_rebuild_on_start: true,
-            enabled: false,
-            mqtt: None,
-            topic_prefix: None,
-            nats: None,
-        }
-    }
 }
 
 /// The JetStream stream edges' `nats://` upstreams publish into.

@@ -156,7 +156,7 @@ fn verify_repairs_deleted_and_stale_records_on_the_aggregator_without_a_full_res
     let listen = format!("127.0.0.1:{}", free_port());
     let hq_dir = workdir(
         &without_sync(MACHINE_EDGE),
-        "node_id = \"hq\"\n[aggregator]\nenabled = true\n",
+        "node_id = \"hq\"\n[aggregator]\nenabled = true\ndigest_rebuild_on_start = true\n",
     );
     let mut hq = start_node(hq_dir.path(), &listen);
     let edge_dir = workdir(
@@ -262,7 +262,7 @@ fn periodic_verify_repairs_a_restarted_aggregator_and_reports_metrics() {
     let listen = format!("127.0.0.1:{}", free_port());
     let hq_dir = workdir(
         &without_sync(MACHINE_EDGE),
-        "node_id = \"hq\"\n[aggregator]\nenabled = true\n",
+        "node_id = \"hq\"\n[aggregator]\nenabled = true\ndigest_rebuild_on_start = true\n",
     );
     let hq = start_node(hq_dir.path(), &listen);
     let edge_dir = workdir(

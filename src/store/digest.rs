@@ -34,9 +34,10 @@
 //!
 //! A rebuild ([`Store::rebuild_held_digests`],
 //! [`Store::rebuild_sent_digests`]) recomputes from the instances under
-//! the writer lock; the aggregator does it at every start by default, so
-//! records lost or edited behind the store's back (a restore, a disk
-//! fault, an offline edit) show up in its digest.
+//! the writer lock; the aggregator does it at every start with
+//! `aggregator.digest_rebuild_on_start`, so records lost or edited behind
+//! the store's back (a restore, a disk fault, an offline edit) show up in
+//! its digest (otherwise only once, for a store that predates them).
 
 use serde::{Deserialize, Serialize};
 
