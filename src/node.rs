@@ -149,6 +149,7 @@ pub fn preflight(config: &HubConfig, products: &ProductSet) -> Preflight {
             .warnings
             .extend(unknown_roles(config, products, &tokens)),
     }
+    out.problems.extend(crate::sources::preflight(products));
     let reads_sparkplug = products
         .iter()
         .any(|p| p.sources.iter().any(|s| s.kind() == SourceKind::Sparkplug));

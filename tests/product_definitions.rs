@@ -745,9 +745,9 @@ fn source_settings_are_consistent() {
             "bad.yaml:11:21: sources[1].http.format: payload format `csv` is not supported by http sources; expected one of: json, ndjson",
             "bad.yaml:12:59: sources[2].file.columns[2]: column `id` is listed twice: each field may be one column",
             "bad.yaml:12:76: sources[2].file.event_time: event_time `/ts` does not name a csv column; expected `/` and one of: id, temp",
-            "bad.yaml:13:5: sources[3]: expected one of mqtt, http, file, sparkplug, found an empty mapping",
+            "bad.yaml:13:5: sources[3]: expected one of mqtt, http, file, sparkplug, modbus, found an empty mapping",
             "bad.yaml:15:5: sources[4].http: expected one source kind per list item, found several: write each source as its own `- ` item",
-            "bad.yaml:16:5: sources[5].mqt: unknown key `mqt` (did you mean `mqtt`?); expected one of: mqtt, http, file, sparkplug",
+            "bad.yaml:16:5: sources[5].mqt: unknown key `mqt` (did you mean `mqtt`?); expected one of: mqtt, http, file, sparkplug, modbus",
         ]
     );
 }
@@ -866,4 +866,46 @@ fn odd_yaml_is_an_error_not_a_crash() {
         assert!(!errors.0.is_empty(), "{text:?}");
         let _ = yaml_to_json(text);
     }
+}
+
+#[test]
+fn modbus_source_settings_are_checked() {
+    let text = format!("{BASE}  closed: {{ type: bool }}\nsources:\n  - modbus: {{ devices: [{{ address: '10.0.0.7:x', key: m1 }}, {{ address: 10.0.0.8, unit: 300, key: m1 }}], registers: {{ temp: {{ table: coil, address: 0, type: f32 }}, id: {{ address: 1 }}, nope: {{ address: 2 }}, closed: {{ address: 65535, type: u32, word_order: little }} }}, poll_interval: 0s }}\n  - modbus: {{ devices: [], registers: {{}} }}\n  - modbus: {{ devices: [{{ address: meter, key: a }}, {{ address: meter, key: a }}], registers: {{ temp: {{ address: 0, scale: x, byte_order: middle }}, closed: {{ table: coil, address: 0, scale: 2 }} }}, timeout: soon }}\n");
+    assert_eq!(
+        errors(&text),
+        [
+            "bad.yaml:11:36: sources[0].modbus.devices[0].address: invalid device address `10.0.0.7:x`: expected host or host:port, e.g. 10.0.0.7:502",
+            "bad.yaml:11:88: sources[0].modbus.devices[1].unit: expected a whole number from 0 to 255, found the number `300`",
+            "bad.yaml:11:157: sources[0].modbus.registers.temp.type: a coil table holds bits: its type is bool",
+            "bad.yaml:11:164: sources[0].modbus.registers.id: field `id` is a string field but a modbus u16 value needs a numeric field (int or float)",
+            "bad.yaml:11:184: sources[0].modbus.registers.nope: register target `nope` is not a declared field; declared fields: id, temp, closed",
+            "bad.yaml:11:206: sources[0].modbus.registers.closed: field `closed` is a bool field but a modbus u32 value needs a numeric field (int or float)",
+            "bad.yaml:11:282: sources[0].modbus.poll_interval: expected a duration greater than zero, found `0s`",
+            "bad.yaml:12:24: sources[1].modbus.devices: expected at least one device",
+            "bad.yaml:12:39: sources[1].modbus.registers: expected at least one register",
+            "bad.yaml:13:53: sources[2].modbus.devices[1]: device key `a` is used twice: each device is its own entity",
+            "bad.yaml:13:122: sources[2].modbus.registers.temp.scale: expected a finite number, found `x`",
+            "bad.yaml:13:137: sources[2].modbus.registers.temp.byte_order: unknown byte_order `middle`; expected one of: big, little",
+            "bad.yaml:13:182: sources[2].modbus.registers.closed.scale: `scale` does not apply to a bool value",
+            "bad.yaml:13:205: sources[2].modbus.timeout: invalid duration `soon`: expected a number with a unit, e.g. 10s, 5m, 7d",
+        ]
+    );
+}
+
+#[test]
+fn the_modbus_example_loads_and_matches_the_json_schema() {
+    let file = root().join("schema/modbus/modbus_meter.yaml");
+    let text = std::fs::read_to_string(&file).expect("readable");
+    let product = match parse_definition(&file, &text, &ctx()) {
+        Ok(p) => p,
+        Err(errors) => panic!("the modbus example does not load:\n{errors}"),
+    };
+    let Source::Modbus(modbus) = &product.sources[0] else {
+        panic!("modbus first")
+    };
+    assert_eq!(modbus.devices[0].address, "127.0.0.1:1502");
+    assert_eq!(modbus.registers.len(), 4);
+    assert_eq!(schema_errors(&text), Vec::<String>::new());
+    let bad = text.replace("type: u32", "type: u64");
+    assert_eq!(schema_errors(&bad).len(), 1, "{:?}", schema_errors(&bad));
 }

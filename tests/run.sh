@@ -41,8 +41,9 @@ if [ ! -d tests/js/node_modules/playwright-core ] || [ ! -d tests/js/node_module
 fi
 
 # The pinned Python MQTT client (tests/py/requirements.txt) that
-# tests/mqtt_conformance.rs drives, installed when missing.
-if ! python3 -c 'import paho.mqtt' >/dev/null 2>&1; then
+# tests/mqtt_conformance.rs drives, and the Modbus TCP simulator
+# (pymodbus) that tests/sources_modbus.rs polls, installed when missing.
+if ! python3 -c 'import paho.mqtt, pymodbus' >/dev/null 2>&1; then
   command -v pip3 >/dev/null || as_root apt-get install -y -qq python3-pip
   pip3 install --quiet -r tests/py/requirements.txt \
     || pip3 install --quiet --break-system-packages -r tests/py/requirements.txt

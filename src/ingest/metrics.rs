@@ -61,6 +61,12 @@ pub struct SourceCounters {
     last_event_time: AtomicI64,
     /// Invalid records by the first rule they broke.
     by_rule: Mutex<BTreeMap<&'static str, u64>>,
+    /// Sources that read by themselves (pollers): failed reads by reason.
+    read_errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// Pollers: devices polled, and those the last poll did not reach
+    /// (`-1` devices: not a polled source).
+    devices: AtomicI64,
+    devices_down: AtomicI64,
 }
 
 /// A snapshot of one source's counters, for the catalog and tests.
@@ -81,6 +87,7 @@ impl SourceCounters {
     fn new() -> SourceCounters {
         SourceCounters {
             last_event_time: AtomicI64::new(i64::MIN),
+            devices: AtomicI64::new(-1),
             ..SourceCounters::default()
         }
     }
@@ -98,6 +105,26 @@ impl SourceCounters {
 
     pub fn invalid_rule(&self, rule: Rule) {
         *lock(&self.by_rule).entry(rule.name()).or_default() += 1;
+    }
+
+    /// A poller's read failed (`connect`, `timeout`, `io`, `exception`).
+    pub fn read_error(&self, reason: &'static str) {
+        *lock(&self.read_errors).entry(reason).or_default() += 1;
+    }
+
+    /// Failed reads by reason.
+    pub fn read_errors(&self) -> BTreeMap<&'static str, u64> {
+        lock(&self.read_errors).clone()
+    }
+
+    /// Marks this source as a poller of `n` devices.
+    pub fn polled_devices(&self, n: usize) {
+        self.devices.store(n as i64, Ordering::Relaxed);
+    }
+
+    /// How many devices the last poll did not reach.
+    pub fn devices_down(&self, n: usize) {
+        self.devices_down.store(n as i64, Ordering::Relaxed);
     }
 
     pub fn event_time(&self, time: Timestamp) {
@@ -292,6 +319,31 @@ impl IngestMetrics {
                     .iter()
                     .map(|(rule, n)| (format!(",rule=\"{rule}\""), n.to_string()))
                     .collect()
+            },
+        );
+        family(
+            "meshlet_ingest_read_errors_total",
+            "counter",
+            "Failed reads of sources that poll by themselves, by reason: connect, timeout, io, exception, short_reply.",
+            &|_, c| {
+                lock(&c.read_errors)
+                    .iter()
+                    .map(|(reason, n)| (format!(",reason=\"{reason}\""), n.to_string()))
+                    .collect()
+            },
+        );
+        family(
+            "meshlet_ingest_devices_down",
+            "gauge",
+            "Devices of a polling source that its last poll did not reach.",
+            &|_, c| {
+                if c.devices.load(Ordering::Relaxed) < 0 {
+                    return Vec::new();
+                }
+                vec![(
+                    String::new(),
+                    c.devices_down.load(Ordering::Relaxed).to_string(),
+                )]
             },
         );
         family(

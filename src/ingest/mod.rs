@@ -836,6 +836,27 @@ impl Ingestor {
             .await
     }
 
+    /// A record a source built itself (a Modbus poll): one JSON object
+    /// whose keys are the field names, event time = arrival, all or nothing
+    /// like [`Ingestor::submit_push`], counted under `source_id`.
+    pub async fn submit_polled(
+        &self,
+        product: &Arc<Product>,
+        source_id: &str,
+        payload: &[u8],
+        origin: Origin,
+    ) -> Result<PendingMessage, PushRefusal> {
+        let shape = SourceShape {
+            format: PayloadFormat::Json,
+            map: Default::default(),
+            event_time: None,
+            columns: Vec::new(),
+            field: None,
+        };
+        self.submit_whole(product, source_id, &shape, payload, origin, None)
+            .await
+    }
+
     fn pushable_product(&self, product_name: &str) -> Result<Arc<Product>, PushRefusal> {
         self.products()
             .get(product_name)

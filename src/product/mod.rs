@@ -60,15 +60,15 @@
 
 mod access;
 mod definition;
-mod diagnostic;
+pub(crate) mod diagnostic;
 mod duration;
 mod field;
 mod filter;
 mod load;
 mod mask;
 mod policies;
-mod reader;
-mod source;
+pub(crate) mod reader;
+pub(crate) mod source;
 mod sync;
 mod topic;
 mod yaml;

@@ -41,6 +41,8 @@ pub enum Source {
     File(FileSource),
     /// Sparkplug B edge nodes and devices, read as a host application.
     Sparkplug(SparkplugSource),
+    /// Modbus TCP devices, polled (`sources::modbus`).
+    Modbus(crate::sources::modbus::ModbusSource),
 }
 
 /// How a payload is encoded.
@@ -272,6 +274,9 @@ fn parse_source(
             SourceKind::Http => parse_http(one, ctx, diags).map(Source::Http),
             SourceKind::File => parse_file(one, ctx, diags).map(Source::File),
             SourceKind::Sparkplug => parse_sparkplug(one, ctx, diags).map(Source::Sparkplug),
+            SourceKind::Modbus => {
+                crate::sources::modbus::parse(one, ctx, diags).map(Source::Modbus)
+            }
         },
         [_, second, ..] => {
             diags.push(

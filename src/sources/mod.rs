@@ -31,6 +31,7 @@ use crate::product::{Product, Source};
 
 mod file;
 mod http;
+pub mod modbus;
 mod mqtt;
 mod sparkplug;
 
@@ -46,15 +47,18 @@ pub enum SourceKind {
     File,
     /// Sparkplug B edge nodes and devices, read as a host application.
     Sparkplug,
+    /// Modbus TCP devices, polled.
+    Modbus,
 }
 
 impl SourceKind {
     /// Every kind, in the order diagnostics list them.
-    pub const ALL: [SourceKind; 4] = [
+    pub const ALL: [SourceKind; 5] = [
         SourceKind::Mqtt,
         SourceKind::Http,
         SourceKind::File,
         SourceKind::Sparkplug,
+        SourceKind::Modbus,
     ];
 
     /// The kind's name in definitions, ids and metrics labels.
@@ -64,6 +68,7 @@ impl SourceKind {
             SourceKind::Http => "http",
             SourceKind::File => "file",
             SourceKind::Sparkplug => "sparkplug",
+            SourceKind::Modbus => "modbus",
         }
     }
 
@@ -73,7 +78,7 @@ impl SourceKind {
     }
 
     /// The kinds' names, for definition keys and "expected one of" lists.
-    pub fn names() -> [&'static str; 4] {
+    pub fn names() -> [&'static str; 5] {
         SourceKind::ALL.map(SourceKind::name)
     }
 }
@@ -138,6 +143,12 @@ pub trait SourceSpec {
     /// Where records come from, as a data contract states it.
     fn contract(&self) -> serde_json::Value;
 
+    /// Why this build cannot run this source, if it cannot (a kind left
+    /// out by a cargo feature); `check` and start-up report it.
+    fn unavailable(&self) -> Option<&'static str> {
+        None
+    }
+
     /// The task that reads this source by itself (a tail, a poller), with
     /// the tracing span it runs in; `None` for sources fed from outside
     /// (MQTT routes, HTTP push).
@@ -157,6 +168,7 @@ impl Source {
             Source::Http(_) => SourceKind::Http,
             Source::File(_) => SourceKind::File,
             Source::Sparkplug(_) => SourceKind::Sparkplug,
+            Source::Modbus(_) => SourceKind::Modbus,
         }
     }
 
@@ -168,6 +180,7 @@ impl Source {
             Source::Http(s) => s,
             Source::File(s) => s,
             Source::Sparkplug(s) => s,
+            Source::Modbus(s) => s,
         }
     }
 
@@ -189,6 +202,23 @@ pub fn same_kind(product: &Product, id: SourceId) -> Option<&Source> {
         .get(id.index)
         .filter(|s| s.kind() == id.kind)
         .or_else(|| product.sources.iter().find(|s| s.kind() == id.kind))
+}
+
+/// The sources of `products` this build cannot run, one problem each.
+pub fn preflight(products: &crate::product::ProductSet) -> Vec<String> {
+    let mut problems = Vec::new();
+    for product in products.iter() {
+        for (index, source) in product.sources.iter().enumerate() {
+            if let Some(why) = source.spec().unavailable() {
+                problems.push(format!(
+                    "product `{}` source {}: {why}",
+                    product.name,
+                    source.id(index)
+                ));
+            }
+        }
+    }
+    problems
 }
 
 /// Starts the task of every source that reads by itself, on `spawn`.

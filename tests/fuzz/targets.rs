@@ -113,7 +113,8 @@ fn shape(product: &Product, format: PayloadFormat) -> SourceShape {
             Source::Mqtt(mqtt) => mqtt.format == format,
             Source::File(file) => file.format == format,
             Source::Http(http) => http.format == format && format != PayloadFormat::Json,
-            Source::Sparkplug(_) => false,
+            // These build their own documents; no payload format to fuzz.
+            Source::Sparkplug(_) | Source::Modbus(_) => false,
         })
         .unwrap_or_else(|| panic!("the fuzz product has no {} source", format.name()));
     SourceShape::from_source(source)
