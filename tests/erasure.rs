@@ -268,19 +268,47 @@ fn journal_occurrences(data_dir: &Path, needle: &str) -> Vec<String> {
         let path = entry.expect("entry").path();
         let bytes = std::fs::read(&path).expect("segment");
         // Records: payload length (u32 BE), CRC (u32), sequence (u64),
-        // payload; each payload's zstd frame opened on its own.
+        // payload. A payload is a format byte, the plain length (u32) and
+        // either a zstd frame of its own (format 1) or the next piece of
+        // the segment's zstd stream (format 2), decoded in order.
+        let mut stream = zstd::stream::raw::Decoder::new().expect("decoder");
         let mut rest = bytes.as_slice();
         while rest.len() >= 16 {
             let len = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
             let end = (16 + len).min(rest.len());
             let payload = &rest[16..end];
-            if contains(payload) || zstd_frames(payload, &[]).iter().any(|f| contains(f)) {
+            let plain = match payload.first() {
+                Some(2) if payload.len() >= 5 => stream_piece(&mut stream, &payload[5..]),
+                _ => zstd_frames(payload, &[]).concat(),
+            };
+            if contains(payload) || contains(&plain) {
                 found.push(format!("{}: frame {:?}", path.display(), &rest[8..16]));
             }
             rest = &rest[end..];
         }
     }
     found
+}
+
+/// What one piece of a journal segment's zstd stream decodes to, given
+/// the pieces before it (fed to the same decoder in order).
+fn stream_piece(decoder: &mut zstd::stream::raw::Decoder<'static>, piece: &[u8]) -> Vec<u8> {
+    use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+    let mut plain = Vec::new();
+    let mut input = InBuffer::around(piece);
+    loop {
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut output = OutBuffer::around(&mut chunk[..]);
+        if decoder.run(&mut input, &mut output).is_err() {
+            break;
+        }
+        let wrote = output.pos();
+        plain.extend_from_slice(&chunk[..wrote]);
+        if wrote == 0 && input.pos() == piece.len() {
+            break;
+        }
+    }
+    plain
 }
 
 /// Store format 4 keeps acknowledged writes in journal frames until a

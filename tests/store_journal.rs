@@ -168,9 +168,10 @@ fn assert_exactly_once(found: &BTreeMap<String, Vec<i64>>, per_device: i64) {
 }
 
 /// The node crashes (a failpoint aborts it, as SIGKILL would) right before
-/// a checkpoint's transaction; right after it committed and was flushed,
-/// before the hot state was dropped; and during the journal's truncation
-/// (the new segment created, the checkpointed ones not yet removed).
+/// a checkpoint's transaction; right after it committed (hot state
+/// dropped, new segment started, sled not flushed yet); and during the
+/// journal's truncation (sled flushed, the checkpointed segments not yet
+/// removed).
 /// Every acknowledged record is there exactly once after the restart.
 #[test]
 fn a_crash_on_either_side_of_a_checkpoint_loses_and_doubles_nothing() {

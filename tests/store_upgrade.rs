@@ -189,6 +189,36 @@ async fn a_store_of_format_3_reads_back_the_same_after_the_upgrade() {
     stop_cleanly(node);
 }
 
+/// The node is killed (a failpoint aborts it, as SIGKILL would) in the
+/// middle of the format 3 → 4 migration, after the conversion and before
+/// the new format is stamped: the next start finishes the migration and
+/// reads back what the format 3 build answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_during_the_migration_is_finished_by_the_next_start() {
+    let dir = copy_fixture();
+    let expected: Value =
+        serde_json::from_str(&read(&fixture().join("expected.json"))).expect("expected.json");
+    let token = read(&fixture().join("token")).trim().to_string();
+    let crashed = NodeBuilder::new(dir.path())
+        .secured()
+        .arg("--config")
+        .arg("meshlet.toml")
+        .env("FAILPOINT_MESHLET_STORE", "store-migration")
+        .start();
+    match crashed {
+        Ok(_) => panic!("the failpoint stopped the node before it was ready"),
+        Err(logs) => assert!(
+            logs.contains("failpoint store-migration"),
+            "stopped by the failpoint, not something else: {logs}"
+        ),
+    }
+    let node = start_secured(dir.path());
+    let gql = Gql::new(&node).with_token(&token);
+    let answer = gql.data(READ_BACK, json!({})).await;
+    assert_eq!(answer, expected, "the migration finished on the next start");
+    stop_cleanly(node);
+}
+
 #[test]
 fn a_store_written_by_a_newer_meshlet_is_refused_and_left_alone() {
     let dir = copy_fixture();

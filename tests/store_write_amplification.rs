@@ -248,8 +248,10 @@ fn open_after_sigkill_with_a_full_hot_state() {
         let mut n = 0u64;
         // Stop just short of the bound (a group is ~14 KiB of frame), so
         // no checkpoint ran: the longest replay there can be.
+        // The writer's two triggers: the hot state past `hot_bytes`, the
+        // plain frames past 8× that.
         while store.hot_bytes() as u64 + 65_536 < bound
-            && store.journal_pending_bytes() + 65_536 < bound
+            && store.journal_pending_plain_bytes() + (1 << 20) < bound * 8
         {
             let batches: Vec<IngestBatch> = (0..100)
                 .map(|_| {
@@ -303,12 +305,20 @@ fn open_after_sigkill_with_a_full_hot_state() {
         .expect("the child filled the hot state");
     child.kill().expect("SIGKILL");
     let _ = child.wait();
+    let segments: u64 = std::fs::read_dir(path.join("journal"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
     let started = std::time::Instant::now();
     let store = Store::open(config(&path)).expect("reopen");
     let opened = started.elapsed();
     let stats = store.journal_stats();
     println!(
-        "{line}: reopened in {opened:?}, {} frames replayed",
+        "{line}: reopened in {opened:?} (journal left {segments} B before the replay), {} frames replayed",
         stats
             .frames_replayed
             .load(std::sync::atomic::Ordering::Relaxed)

@@ -27,7 +27,8 @@
 //! it as before. A **checkpoint** (`journal.rs`) moves the hot state into
 //! the trees and drops the frames behind it in one sled transaction, every
 //! `checkpoint_interval` (default 30 s), whenever the hot state or the
-//! frames since the last checkpoint pass `hot_bytes` (default 8 MiB), before writes that bypass it and on close;
+//! plain frames since the last checkpoint pass `hot_bytes` (default 8 MiB)
+//! or 8× that, before writes that bypass it and on close;
 //! opening the store replays the frames a crash left. So an entity that
 //! reports every second has its instance written to its tree once per
 //! interval, not once per record, and all writes of a group are one value.
@@ -905,6 +906,9 @@ fn check_format(db: &sled::Db, config: &StoreConfig) -> Result<(), StoreError> {
             }
             if stored.format_version < STORE_FORMAT_VERSION {
                 dedupe::migrate_format_1(db)?;
+                // A crash here (converted, not stamped) is finished by the
+                // next open: both steps are idempotent (tests/store_upgrade.rs).
+                journal::failpoint("store-migration", Some(db));
                 stamp_format(&meta, config)?;
                 tracing::info!(
                     from = stored.format_version,
