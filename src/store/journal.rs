@@ -229,10 +229,11 @@ fn decompress_piece(
     let mut input = InBuffer::around(piece);
     loop {
         let (read, wrote) = (input.pos(), out.len());
-        let pos = out.len();
-        let mut output = OutBuffer::around_pos(&mut out, pos);
-        decoder.run(&mut input, &mut output)?;
-        drop(output);
+        {
+            let pos = out.len();
+            let mut output = OutBuffer::around_pos(&mut out, pos);
+            decoder.run(&mut input, &mut output)?;
+        }
         if input.pos() == piece.len() && out.len() >= len {
             break;
         }
