@@ -335,6 +335,11 @@ impl Sender {
             Ok(Err(e)) => {
                 warn!(upstream = %self.upstream, error = %e, "outbox budget check failed")
             }
+            // The runtime shutting down (a node that stops, or fails to
+            // start) cancels a blocking task not yet run: no panic.
+            Err(e) if e.is_cancelled() => {
+                tracing::debug!(upstream = %self.upstream, "outbox budget check cancelled by shutdown")
+            }
             Err(e) => warn!(upstream = %self.upstream, error = %e, "outbox budget check panicked"),
         }
     }
