@@ -56,10 +56,10 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # lints in src/lib.rs deny `unsafe` outside the few C calls and `unwrap()`
 # outside tests). Clippy runs again without the default features
 # (graphiql, console), so the code of a trimmed edge build cannot rot.
-# Formatting checks meshlet's own package only: the sled fork
-# (src/vendor/sled) keeps upstream's layout so it diffs cleanly against
-# the published crate.
-cargo fmt -p meshlet --check
+# The sled fork (src/vendor/sled) keeps upstream's layout so it diffs
+# cleanly against the published crate: its rustfmt.toml turns formatting
+# off there.
+cargo fmt --all --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo clippy --locked --lib --bins --no-default-features -- -D warnings
 
