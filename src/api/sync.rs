@@ -62,16 +62,8 @@ async fn digest(
     let Some(sync) = state.sync.as_ref().filter(|s| s.receiver.is_some()) else {
         return not_aggregator();
     };
-    if !may_push_sync(&identity.role) {
-        state
-            .auth
-            .denials()
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return (
-            StatusCode::FORBIDDEN,
-            Json(json!({ "error": format!("role `{}` may not read sync digests (needs `edge` or `admin`)", identity.role) })),
-        )
-            .into_response();
+    if let Some(refused) = refuse_unless_sync_role(&state, &identity, "read sync digests") {
+        return refused;
     }
     let bucket = match query.bucket.map(u8::try_from) {
         None => None,
@@ -137,16 +129,8 @@ async fn reference(
     let Some(sync) = state.sync.clone() else {
         return no_reference();
     };
-    if !may_push_sync(&identity.role) {
-        state
-            .auth
-            .denials()
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return (
-            StatusCode::FORBIDDEN,
-            Json(json!({ "error": format!("role `{}` may not read reference data (needs `edge` or `admin`)", identity.role) })),
-        )
-            .into_response();
+    if let Some(refused) = refuse_unless_sync_role(&state, &identity, "read reference data") {
+        return refused;
     }
     let valid = !product.is_empty()
         && product.len() <= 63
@@ -205,6 +189,23 @@ fn no_reference() -> Response {
         .into_response()
 }
 
+/// The `edge`/`admin` gate of every sync endpoint: `None` when the role
+/// may, else the 403 naming what it may not do (and one more denial).
+fn refuse_unless_sync_role(state: &ApiState, identity: &Identity, what: &str) -> Option<Response> {
+    if may_push_sync(&identity.role) {
+        return None;
+    }
+    state
+        .auth
+        .denials()
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let error = format!(
+        "role `{}` may not {what} (needs `edge` or `admin`)",
+        identity.role
+    );
+    Some((StatusCode::FORBIDDEN, Json(json!({ "error": error }))).into_response())
+}
+
 fn not_aggregator() -> Response {
     (
         StatusCode::NOT_FOUND,
@@ -228,16 +229,8 @@ async fn receive(
     let Some(receiver) = state.sync.as_ref().and_then(|s| s.receiver.clone()) else {
         return not_aggregator();
     };
-    if !may_push_sync(&identity.role) {
-        state
-            .auth
-            .denials()
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return (
-            StatusCode::FORBIDDEN,
-            Json(json!({ "error": format!("role `{}` may not push sync envelopes (needs `edge` or `admin`)", identity.role) })),
-        )
-            .into_response();
+    if let Some(refused) = refuse_unless_sync_role(&state, &identity, "push sync envelopes") {
+        return refused;
     }
     match receiver.apply_bytes(&body).await {
         Ok(applied) => Json(applied).into_response(),
