@@ -190,3 +190,73 @@ async fn meters_are_polled_written_back_and_failures_counted() {
     assert!(gql.metric(&accepted).await.is_some_and(|n| n >= 3.0));
     common::stop_cleanly(node);
 }
+
+/// A device that refuses one read with a Modbus exception (ILLEGAL DATA
+/// ADDRESS: this meter maps no input register, so it has no power
+/// reading) is up: the refusal is counted as `reason="exception"`, the
+/// fields it could read are written, and the other meter keeps being
+/// polled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exception_reply_is_counted_and_polling_goes_on() {
+    let port = free_port();
+    let _full = Simulator::start(port, REGISTERS);
+    let partial_port = free_port();
+    let _partial = Simulator::start(
+        partial_port,
+        r#"{"hr": [17254, 32768, 54919, 18], "ir": [], "co": [0]}"#,
+    );
+    let dir = workdir(&[("modbus_meter", &product(port, partial_port))], "");
+    let node = start(dir.path());
+    let gql = Gql::new(&node);
+
+    let exceptions = series("meshlet_ingest_read_errors_total", ",reason=\"exception\"");
+    until("the refused input-register reads are counted", || async {
+        gql.metric(&exceptions).await.is_some_and(|n| n >= 2.0)
+    })
+    .await;
+    until("M-0002's reading without its power", || async {
+        !meter(&gql, "M-0002").await.is_null()
+    })
+    .await;
+    let partial = meter(&gql, "M-0002").await;
+    assert_eq!(partial["voltage_v"], json!(230.5));
+    assert_eq!(partial["breaker_closed"], json!(false));
+    assert!(partial["power_kw"].is_null(), "no made-up power: {partial}");
+    let energy = partial["energy_kwh"].as_f64().expect("energy");
+    assert!((energy - 12345.67).abs() < 1e-6, "{energy}");
+
+    // The full meter is read as before, and keeps being read: a value a
+    // master writes shows up while the other meter's exceptions go on.
+    assert_eq!(meter(&gql, "M-0001").await["power_kw"], json!(-1.5));
+    let before = gql.metric(&exceptions).await.unwrap_or(0.0);
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut master = tokio_modbus::client::tcp::connect(addr)
+        .await
+        .expect("connect to the simulator");
+    use tokio_modbus::client::Writer;
+    let raw: u32 = 1_400_000; // 14000.00 kWh
+    master
+        .write_multiple_registers(2, &[(raw & 0xFFFF) as u16, (raw >> 16) as u16])
+        .await
+        .expect("write")
+        .expect("no exception");
+    until("M-0001's written energy is read", || async {
+        meter(&gql, "M-0001").await["energy_kwh"]
+            .as_f64()
+            .is_some_and(|e| (e - 14000.0).abs() < 1e-6)
+    })
+    .await;
+    until("exceptions go on being counted", || async {
+        gql.metric(&exceptions).await.is_some_and(|n| n > before)
+    })
+    .await;
+    let down = series("meshlet_ingest_devices_down", "");
+    assert_eq!(
+        gql.metric(&down).await,
+        Some(0.0),
+        "a device that answers with an exception is up"
+    );
+    let timeouts = series("meshlet_ingest_read_errors_total", ",reason=\"timeout\"");
+    assert_eq!(gql.metric(&timeouts).await.unwrap_or(0.0), 0.0);
+    common::stop_cleanly(node);
+}
