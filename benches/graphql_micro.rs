@@ -234,8 +234,8 @@ fn bench_graphql(c: &mut Criterion) {
         fixture.execute_prepared(text_lookup(key));
         fixture.execute_prepared(variables_lookup(key));
     }
-    let mut metrics = String::new();
-    fixture.api.render_prometheus(&mut metrics);
+    let api = fixture.api.clone();
+    let metrics = meshlet::telemetry::expose::render_fn(move |enc| api.encode_metrics(enc));
     let prepared = metrics
         .lines()
         .find_map(|l| l.strip_prefix("meshlet_graphql_prepared_total "))

@@ -10,7 +10,6 @@
 //! which makes the bound observable (`visited ≤ sweeps × budget`).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -96,8 +95,11 @@ impl RetentionMetrics {
             .unwrap_or_default()
     }
 
-    /// Appends the Prometheus text exposition.
-    pub fn render_prometheus(&self, out: &mut String) {
+    /// The retention families of `/metrics`.
+    pub fn encode_metrics(
+        &self,
+        enc: &mut crate::telemetry::expose::Encoder<'_>,
+    ) -> crate::telemetry::expose::Encoded {
         let figures = self.lock();
         let families: [Family; 5] = [
             (
@@ -127,23 +129,26 @@ impl RetentionMetrics {
             ),
         ];
         for (name, help, value) in families {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            let mut f = crate::telemetry::expose::counter_family(enc, name, help)?;
             for (product, totals) in &figures.products {
-                let _ = writeln!(out, "{name}{{product=\"{product}\"}} {}", value(totals));
+                f.sample(&[("product", product.as_str())], value(totals))?;
             }
         }
         if let (Some(took), Some(at)) = (figures.last_duration, figures.last_run) {
-            let _ = writeln!(
-                out,
-                "# HELP meshlet_retention_sweep_duration_seconds Wall time of the last retention wake (all products).\n# TYPE meshlet_retention_sweep_duration_seconds gauge\nmeshlet_retention_sweep_duration_seconds {}",
-                took.as_secs_f64()
-            );
-            let _ = writeln!(
-                out,
-                "# HELP meshlet_retention_last_run_timestamp_seconds When the last retention wake ended (Unix time).\n# TYPE meshlet_retention_last_run_timestamp_seconds gauge\nmeshlet_retention_last_run_timestamp_seconds {}",
-                at.as_micros() as f64 / 1e6
-            );
+            crate::telemetry::expose::gauge(
+                enc,
+                "meshlet_retention_sweep_duration_seconds",
+                "Wall time of the last retention wake (all products).",
+                took.as_secs_f64(),
+            )?;
+            crate::telemetry::expose::gauge(
+                enc,
+                "meshlet_retention_last_run_timestamp_seconds",
+                "When the last retention wake ended (Unix time).",
+                at.as_micros() as f64 / 1e6,
+            )?;
         }
+        Ok(())
     }
 }
 

@@ -1,7 +1,10 @@
-//! Logging: one tracing subscriber for the whole process, text or JSON.
+//! Logging: one tracing subscriber for the whole process, text or JSON;
+//! and the `/metrics` exposition ([`expose`]).
 //!
 //! `RUST_LOG` wins over the configured level so an operator can turn up
 //! one module's logging without touching the config file.
+
+pub mod expose;
 
 use tracing_subscriber::EnvFilter;
 

@@ -220,8 +220,8 @@ fn metrics_are_served_as_prometheus_text() {
     let (status, body) = http_get(&node.url("/metrics"));
     assert_eq!(status, 200);
     assert!(
-        body.contains("# TYPE meshlet_ingest_records_total counter"),
-        "{body}"
+        body.contains("# TYPE meshlet_ingest_records counter"),
+        "OpenMetrics: the counter family is named without _total: {body}"
     );
     assert!(
         body.contains("meshlet_ingest_records_total{product=\"asset\",source=\"http:0\",outcome=\"accepted\"} 0"),

@@ -1,8 +1,10 @@
 //! `/metrics` follows the Prometheus naming and exposition conventions on a
 //! node with some traffic: every family has one HELP and one TYPE line,
-//! counters (and only counters) end in `_total`, point-in-time gauges end
-//! in `_timestamp_seconds`, and every name has the `meshlet_` prefix (or
-//! is a standard `process_` one).
+//! counter samples (and only those) end in `_total` (OpenMetrics names the
+//! family without it: `# TYPE meshlet_x counter`, sample `meshlet_x_total`),
+//! point-in-time gauges end in `_timestamp_seconds`, every name has the
+//! `meshlet_` prefix (or is a standard `process_` one), and the exposition
+//! ends with `# EOF`.
 
 mod common;
 
@@ -30,6 +32,11 @@ fn metric_names_follow_prometheus_conventions() {
     }
     let (status, text) = http_get(&node.url("/metrics"));
     assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        text.lines().last(),
+        Some("# EOF"),
+        "OpenMetrics ends with # EOF"
+    );
     // The writer applied both messages (acked only once durable), so its
     // busy time is on the clock: what tells an operator whether the single
     // writer is what limits ingest.
@@ -65,13 +72,23 @@ fn metric_names_follow_prometheus_conventions() {
         }
     }
     for name in &sampled {
-        let family = ["_bucket", "_sum", "_count"]
-            .iter()
-            .filter_map(|suffix| name.strip_suffix(suffix))
-            .find(|base| types.get(*base).is_some_and(|k| k == "histogram"))
-            .unwrap_or(name);
+        let family = [
+            ("_bucket", "histogram"),
+            ("_sum", "histogram"),
+            ("_count", "histogram"),
+        ]
+        .iter()
+        .chain(&[("_total", "counter")])
+        .filter_map(|(suffix, kind)| Some((name.strip_suffix(suffix)?, *kind)))
+        .find(|(base, kind)| types.get(*base).is_some_and(|k| k == kind))
+        .map(|(base, _)| base)
+        .unwrap_or(name);
         if !types.contains_key(family) {
             problems.push(format!("{family}: samples without a TYPE line"));
+        }
+        let counter = types.get(family).is_some_and(|k| k == "counter");
+        if counter != name.ends_with("_total") {
+            problems.push(format!("{name}: only counter samples end in _total"));
         }
     }
     let offenders: BTreeMap<&str, &str> = KNOWN_OFFENDERS.iter().copied().collect();
@@ -82,8 +99,10 @@ fn metric_names_follow_prometheus_conventions() {
         if !(name.starts_with("meshlet_") || name.starts_with("process_")) {
             problems.push(format!("{name}: not in the meshlet_ namespace"));
         }
-        if (kind == "counter") != name.ends_with("_total") {
-            problems.push(format!("{name}: a {kind}; only counters end in _total"));
+        if name.ends_with("_total") {
+            problems.push(format!(
+                "{name}: a {kind} family; a family name never ends in _total"
+            ));
         }
         if name.ends_with("_time_seconds") && name != "process_start_time_seconds" {
             match offenders.get(name.as_str()) {

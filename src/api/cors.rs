@@ -51,23 +51,23 @@ impl Cors {
         self.any || self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
     }
 
-    pub fn render_prometheus(&self, out: &mut String) {
-        use std::fmt::Write;
-        let name = "meshlet_http_cors_refused_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Browser requests refused for their Origin (not in http.cors.allow_origins): CORS preflights and WebSocket upgrades.\n# TYPE {name} counter"
-        );
+    /// `meshlet_http_cors_refused_total` for `/metrics`.
+    pub fn encode_metrics(
+        &self,
+        enc: &mut crate::telemetry::expose::Encoder<'_>,
+    ) -> crate::telemetry::expose::Encoded {
+        let mut f = crate::telemetry::expose::counter_family(
+            enc,
+            "meshlet_http_cors_refused_total",
+            "Browser requests refused for their Origin (not in http.cors.allow_origins): CORS preflights and WebSocket upgrades.",
+        )?;
         for (kind, counter) in [
             ("preflight", &self.refused_preflights),
             ("websocket", &self.refused_websockets),
         ] {
-            let _ = writeln!(
-                out,
-                "{name}{{kind=\"{kind}\"}} {}",
-                counter.load(Ordering::Relaxed)
-            );
+            f.sample(&[("kind", kind)], counter.load(Ordering::Relaxed))?;
         }
+        Ok(())
     }
 }
 

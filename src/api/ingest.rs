@@ -425,56 +425,71 @@ async fn replay_quarantine(
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {
-    let mut text = String::with_capacity(4 * 1024);
-    render_process(&mut text);
-    state.ingestor.metrics().render_prometheus(&mut text);
-    state.graphql.render_prometheus(&mut text);
-    state.tls_metrics.render_prometheus(&mut text);
-    state.http_metrics.render_prometheus(&mut text);
-    state.cors.render_prometheus(&mut text);
-    state.retention.render_prometheus(&mut text);
-    state
-        .ingestor
-        .store()
-        .render_dictionary_prometheus(&mut text);
-    state.ingestor.store().render_journal_prometheus(&mut text);
-    state.auth.render_prometheus(&mut text);
-    if let Some(sync) = &state.sync {
-        sync.render_prometheus(&mut text);
-    }
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
+        [(header::CONTENT_TYPE, crate::telemetry::expose::CONTENT_TYPE)],
+        crate::telemetry::expose::render(NodeMetrics(state)),
     )
         .into_response()
+}
+
+/// One scrape of the node: every module's families, read when scraped.
+struct NodeMetrics(ApiState);
+
+impl std::fmt::Debug for NodeMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeMetrics")
+    }
+}
+
+impl prometheus_client::collector::Collector for NodeMetrics {
+    fn encode(
+        &self,
+        mut enc: crate::telemetry::expose::Encoder,
+    ) -> crate::telemetry::expose::Encoded {
+        let state = &self.0;
+        encode_process(&mut enc)?;
+        state.ingestor.metrics().encode_metrics(&mut enc)?;
+        state.graphql.encode_metrics(&mut enc)?;
+        state.tls_metrics.encode_metrics(&mut enc)?;
+        state.http_metrics.encode_metrics(&mut enc)?;
+        state.cors.encode_metrics(&mut enc)?;
+        state.retention.encode_metrics(&mut enc)?;
+        let store = state.ingestor.store();
+        store.encode_dictionary_metrics(&mut enc)?;
+        store.encode_journal_metrics(&mut enc)?;
+        state.auth.encode_metrics(&mut enc)?;
+        if let Some(sync) = &state.sync {
+            sync.encode_metrics(&mut enc)?;
+        }
+        Ok(())
+    }
 }
 
 /// Which build runs and since when: `meshlet_build_info` (value 1, the
 /// facts in labels), `process_start_time_seconds`, and the allocator's
 /// purge delay where the binary set it.
-fn render_process(out: &mut String) {
-    use std::fmt::Write;
-    let _ = writeln!(
-        out,
-        "# HELP meshlet_build_info The running build (value 1).\n# TYPE meshlet_build_info gauge\n\
-         meshlet_build_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION"),
-    );
-    let _ = writeln!(
-        out,
-        "# HELP process_start_time_seconds When the node started (Unix seconds).\n\
-         # TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {}",
-        super::started_at()
-    );
+fn encode_process(
+    enc: &mut crate::telemetry::expose::Encoder<'_>,
+) -> crate::telemetry::expose::Encoded {
+    crate::telemetry::expose::gauge_family(
+        enc,
+        "meshlet_build_info",
+        "The running build (value 1).",
+    )?
+    .sample(&[("version", env!("CARGO_PKG_VERSION"))], 1)?;
+    crate::telemetry::expose::gauge(
+        enc,
+        "process_start_time_seconds",
+        "When the node started (Unix seconds).",
+        super::started_at(),
+    )?;
     if let Some(delay_ms) = crate::memory::allocator_purge_delay_ms() {
-        let _ = writeln!(
-            out,
-            "# HELP meshlet_allocator_purge_delay_seconds How long freed heap pages wait before they go back to the kernel (MIMALLOC_PURGE_DELAY, in ms).\n\
-             # TYPE meshlet_allocator_purge_delay_seconds gauge\nmeshlet_allocator_purge_delay_seconds {}",
-            delay_ms as f64 / 1000.0
-        );
+        crate::telemetry::expose::gauge(
+            enc,
+            "meshlet_allocator_purge_delay_seconds",
+            "How long freed heap pages wait before they go back to the kernel (MIMALLOC_PURGE_DELAY, in ms).",
+            delay_ms as f64 / 1000.0,
+        )?;
     }
+    Ok(())
 }

@@ -32,7 +32,6 @@
 //! refused connection it could take for a crash, and no new work is taken
 //! on while the old drains.
 
-use std::fmt::Write as _;
 use std::future::Future as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -100,47 +99,44 @@ struct Counters {
 }
 
 impl HttpMetrics {
-    /// Appends the Prometheus text exposition.
-    pub fn render_prometheus(&self, out: &mut String) {
+    /// The listener's families of `/metrics`.
+    pub fn encode_metrics(
+        &self,
+        enc: &mut crate::telemetry::expose::Encoder<'_>,
+    ) -> crate::telemetry::expose::Encoded {
         let c = &self.0;
-        let series: [(&str, &str, &str, i64); 5] = [
-            (
-                "meshlet_http_connections",
-                "gauge",
-                "Open HTTP connections, WebSockets included.",
-                c.open.load(Ordering::Relaxed),
-            ),
+        crate::telemetry::expose::gauge(
+            enc,
+            "meshlet_http_connections",
+            "Open HTTP connections, WebSockets included.",
+            c.open.load(Ordering::Relaxed),
+        )?;
+        let counters: [(&str, &str, &AtomicU64); 4] = [
             (
                 "meshlet_http_connections_refused_total",
-                "counter",
                 "HTTP connections closed at once with 503: http.max_connections were open.",
-                c.refused.load(Ordering::Relaxed) as i64,
+                &c.refused,
             ),
             (
                 "meshlet_http_header_timeouts_total",
-                "counter",
                 "HTTP connections closed because request headers did not arrive within http.header_read_timeout.",
-                c.header_timeouts.load(Ordering::Relaxed) as i64,
+                &c.header_timeouts,
             ),
             (
                 "meshlet_http_body_timeouts_total",
-                "counter",
                 "HTTP requests failed because the body did not arrive within http.body_read_timeout.",
-                c.body_timeouts.load(Ordering::Relaxed) as i64,
+                &c.body_timeouts,
             ),
             (
                 "meshlet_http_accept_errors_total",
-                "counter",
                 "Failed accepts on the HTTP listener (mostly: out of file descriptors).",
-                c.accept_errors.load(Ordering::Relaxed) as i64,
+                &c.accept_errors,
             ),
         ];
-        for (name, kind, help, value) in series {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+        for (name, help, value) in counters {
+            crate::telemetry::expose::counter(enc, name, help, value.load(Ordering::Relaxed))?;
         }
+        Ok(())
     }
 }
 

@@ -2,16 +2,17 @@
 //! of it, plus the node-wide figures no single product owns.
 //!
 //! Counters are plain atomics, registered once per (product, source) at
-//! start, so the hot path never takes a lock. They are read by `/metrics`
-//! (Prometheus text) and, later, by the GraphQL catalog.
+//! start, so the hot path never takes a lock. `/metrics` reads them at
+//! scrape time (src/telemetry/expose.rs), and so do the GraphQL catalog and
+//! `/status`.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::pipeline::Rule;
 use crate::record::Timestamp;
+use crate::telemetry::expose;
 
 /// What became of one record (or of one payload that yielded none).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -260,318 +261,282 @@ impl IngestMetrics {
         total
     }
 
-    /// The Prometheus text exposition of every ingest counter.
-    pub fn render_prometheus(&self, out: &mut String) {
-        // One snapshot per source, so every family shows the same moment.
-        let sources: Vec<(String, SourceFigures, Arc<SourceCounters>)> = lock(&self.sources)
+    /// Every ingest family for `/metrics` (src/telemetry/expose.rs).
+    pub fn encode_metrics(&self, enc: &mut expose::Encoder<'_>) -> expose::Encoded {
+        // One snapshot of the sources, so every family shows the same set.
+        let sources: Vec<((String, String), Arc<SourceCounters>)> = lock(&self.sources)
             .iter()
-            .map(|((product, source), c)| {
-                let label = format!(
-                    "product=\"{}\",source=\"{}\"",
-                    escape(product),
-                    escape(source)
-                );
-                (label, c.figures(), c.clone())
-            })
+            .map(|(key, c)| (key.clone(), c.clone()))
             .collect();
-        // One family: its header, then each source's samples as (extra
-        // labels, value).
-        let mut family = |name: &str, kind: &str, help: &str, samples: &Samples| {
-            header(out, name, kind, help);
-            for (label, figures, counters) in &sources {
-                for (extra, value) in samples(figures, counters) {
-                    let _ = writeln!(out, "{name}{{{label}{extra}}} {value}");
-                }
-            }
+        let labels = |(product, source): &(String, String)| {
+            [("product", product.clone()), ("source", source.clone())]
         };
-        family(
+        let mut f = expose::counter_family(
+            enc,
             "meshlet_ingest_messages_total",
-            "counter",
             "Payloads received per product source.",
-            &|f, _| vec![(String::new(), f.messages.to_string())],
-        );
-        family(
+        )?;
+        for (key, c) in &sources {
+            f.sample(&labels(key), c.messages.load(Ordering::Relaxed))?;
+        }
+        let mut f = expose::counter_family(
+            enc,
             "meshlet_ingest_bytes_total",
-            "counter",
             "Payload bytes received per product source.",
-            &|f, _| vec![(String::new(), f.bytes.to_string())],
-        );
-        family(
+        )?;
+        for (key, c) in &sources {
+            f.sample(&labels(key), c.bytes.load(Ordering::Relaxed))?;
+        }
+        let mut f = expose::counter_family(
+            enc,
             "meshlet_ingest_records_total",
-            "counter",
             "Records by outcome: accepted, rejected, quarantined, duplicate, retained_known.",
-            &|_, c| {
-                Outcome::ALL
-                    .into_iter()
-                    .map(|o| {
-                        let n = c.outcomes[o.index()].load(Ordering::Relaxed);
-                        (format!(",outcome=\"{}\"", o.name()), n.to_string())
-                    })
-                    .collect()
-            },
-        );
-        family(
+        )?;
+        for ((product, source), c) in &sources {
+            for o in Outcome::ALL {
+                let n = c.outcomes[o.index()].load(Ordering::Relaxed);
+                let set = [
+                    ("product", product.as_str()),
+                    ("source", source.as_str()),
+                    ("outcome", o.name()),
+                ];
+                f.sample(&set, n)?;
+            }
+        }
+        let mut f = expose::counter_family(
+            enc,
             "meshlet_ingest_invalid_total",
-            "counter",
             "Invalid records by the first quality rule they broke.",
-            &|_, c| {
-                lock(&c.by_rule)
-                    .iter()
-                    .map(|(rule, n)| (format!(",rule=\"{rule}\""), n.to_string()))
-                    .collect()
-            },
-        );
-        family(
+        )?;
+        for ((product, source), c) in &sources {
+            for (rule, n) in lock(&c.by_rule).iter() {
+                let set = [
+                    ("product", product.as_str()),
+                    ("source", source.as_str()),
+                    ("rule", rule),
+                ];
+                f.sample(&set, *n)?;
+            }
+        }
+        let mut f = expose::counter_family(
+            enc,
             "meshlet_ingest_read_errors_total",
-            "counter",
             "Failed reads of sources that poll by themselves, by reason: connect, timeout, io, exception, short_reply.",
-            &|_, c| {
-                lock(&c.read_errors)
-                    .iter()
-                    .map(|(reason, n)| (format!(",reason=\"{reason}\""), n.to_string()))
-                    .collect()
-            },
-        );
-        family(
+        )?;
+        for ((product, source), c) in &sources {
+            for (reason, n) in lock(&c.read_errors).iter() {
+                let set = [
+                    ("product", product.as_str()),
+                    ("source", source.as_str()),
+                    ("reason", reason),
+                ];
+                f.sample(&set, *n)?;
+            }
+        }
+        let mut f = expose::gauge_family(
+            enc,
             "meshlet_ingest_devices_down",
-            "gauge",
             "Devices of a polling source that its last poll did not reach.",
-            &|_, c| {
-                if c.devices.load(Ordering::Relaxed) < 0 {
-                    return Vec::new();
-                }
-                vec![(
-                    String::new(),
-                    c.devices_down.load(Ordering::Relaxed).to_string(),
-                )]
-            },
-        );
-        family(
+        )?;
+        for (key, c) in &sources {
+            if c.devices.load(Ordering::Relaxed) >= 0 {
+                f.sample(&labels(key), c.devices_down.load(Ordering::Relaxed))?;
+            }
+        }
+        let mut f = expose::gauge_family(
+            enc,
             "meshlet_ingest_last_event_time_seconds",
-            "gauge",
             "Newest accepted event time per product source.",
-            &|f, _| {
-                f.last_event_time
-                    .map(|t| (String::new(), (t.as_micros() as f64 / 1e6).to_string()))
-                    .into_iter()
-                    .collect()
-            },
-        );
-        let scalars: [(&str, &str, &str, i64); 21] = [
+        )?;
+        for (key, c) in &sources {
+            let last = c.last_event_time.load(Ordering::Relaxed);
+            if last != i64::MIN {
+                f.sample(&labels(key), last as f64 / 1e6)?;
+            }
+        }
+        let counters: [(&str, &str, &AtomicU64); 16] = [
             (
                 "meshlet_ingest_unmatched_messages_total",
-                "counter",
                 "MQTT messages whose topic matched no product source.",
-                self.unmatched_messages.load(Ordering::Relaxed) as i64,
+                &self.unmatched_messages,
             ),
             (
                 "meshlet_ingest_write_failures_total",
-                "counter",
                 "Write batches the store refused; their senders were not acknowledged.",
-                self.write_failures.load(Ordering::Relaxed) as i64,
+                &self.write_failures,
             ),
             (
                 "meshlet_ingest_batches_written_total",
-                "counter",
                 "Write batches that passed the durability barrier.",
-                self.batches_written.load(Ordering::Relaxed) as i64,
+                &self.batches_written,
             ),
             (
                 "meshlet_ingest_records_written_total",
-                "counter",
                 "Records that passed the durability barrier.",
-                self.records_written.load(Ordering::Relaxed) as i64,
+                &self.records_written,
             ),
             (
                 "meshlet_ingest_durable_barriers_total",
-                "counter",
                 "Durability barriers (one fsync each) shared by the write groups.",
-                self.durable_barriers.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "meshlet_broker_connections",
-                "gauge",
-                "Open connections to the embedded broker.",
-                self.broker_connections.load(Ordering::Relaxed),
-            ),
-            (
-                "meshlet_broker_mqtt5_connections",
-                "gauge",
-                "Open connections to the embedded broker that speak MQTT 5 (of meshlet_broker_connections).",
-                self.broker_v5_connections.load(Ordering::Relaxed),
+                &self.durable_barriers,
             ),
             (
                 "meshlet_broker_refused_total",
-                "counter",
                 "Connections the embedded broker refused (limit, credentials).",
-                self.broker_refused.load(Ordering::Relaxed) as i64,
+                &self.broker_refused,
             ),
             (
                 "meshlet_broker_protocol_errors_total",
-                "counter",
                 "Connections closed for MQTT protocol errors or oversized packets.",
-                self.broker_protocol_errors.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "meshlet_broker_sockets",
-                "gauge",
-                "Sockets open on the embedded broker, those still to send CONNECT included (counted against max_connections).",
-                self.broker_sockets.load(Ordering::Relaxed),
+                &self.broker_protocol_errors,
             ),
             (
                 "meshlet_broker_accept_errors_total",
-                "counter",
                 "Failed accepts on the embedded broker's listener (mostly: out of file descriptors).",
-                self.broker_accept_errors.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "meshlet_broker_retained_bytes",
-                "gauge",
-                "Bytes (topic + payload) of the retained messages the embedded broker holds.",
-                self.broker_retained_bytes.load(Ordering::Relaxed),
+                &self.broker_accept_errors,
             ),
             (
                 "meshlet_broker_retained_refused_total",
-                "counter",
                 "Retained publishes not retained: max_retained_bytes reached (still ingested and delivered).",
-                self.broker_retained_refused.load(Ordering::Relaxed) as i64,
+                &self.broker_retained_refused,
             ),
             (
                 "meshlet_broker_subscriptions_refused_total",
-                "counter",
                 "Subscription filters refused with SUBACK 0x80: max_subscriptions or max_subscription_bytes reached.",
-                self.broker_subscriptions_refused.load(Ordering::Relaxed) as i64,
+                &self.broker_subscriptions_refused,
             ),
             (
                 "meshlet_broker_deliveries_dropped_total",
-                "counter",
                 "QoS 0 deliveries dropped for a subscriber whose queue held max_queued_bytes, or larger than its MQTT 5 maximum packet size.",
-                self.broker_deliveries_dropped.load(Ordering::Relaxed) as i64,
+                &self.broker_deliveries_dropped,
             ),
             (
                 "meshlet_broker_sessions_expired_total",
-                "counter",
                 "Persistent MQTT sessions removed after session_expiry without their client.",
-                self.broker_sessions_expired.load(Ordering::Relaxed) as i64,
+                &self.broker_sessions_expired,
             ),
             (
                 "meshlet_broker_packet_budget_waits_total",
-                "counter",
                 "Large MQTT packets whose connection was not read until max_pending_packet_bytes had room.",
-                self.broker_packet_budget_waits.load(Ordering::Relaxed) as i64,
+                &self.broker_packet_budget_waits,
             ),
             (
                 "meshlet_mqtt_client_connects_total",
-                "counter",
                 "Successful connections to the external broker.",
-                self.upstream_broker_connects.load(Ordering::Relaxed) as i64,
+                &self.upstream_broker_connects,
             ),
             (
                 "meshlet_mqtt_client_errors_total",
-                "counter",
                 "Connection errors with the external broker.",
-                self.upstream_broker_errors.load(Ordering::Relaxed) as i64,
+                &self.upstream_broker_errors,
             ),
             (
                 "meshlet_mqtt_client_stalls_total",
-                "counter",
                 "External broker connections dropped and reconnected because the broker said nothing for 3 keep-alives.",
-                self.upstream_broker_stalls.load(Ordering::Relaxed) as i64,
-            ),
-            (
-                "meshlet_mqtt_client_commands_dropped_total",
-                "counter",
-                "Commands to the external broker (Sparkplug rebirth requests) dropped because the client's outbox was full.",
-                self.upstream_commands_dropped.load(Ordering::Relaxed) as i64,
+                &self.upstream_broker_stalls,
             ),
         ];
-        for (name, kind, help, value) in scalars {
-            header(out, name, kind, help);
-            let _ = writeln!(out, "{name} {value}");
+        for (name, help, value) in counters {
+            expose::counter(enc, name, help, value.load(Ordering::Relaxed))?;
         }
-        let name = "meshlet_ingest_cpu_nice";
-        header(
-            out,
-            name,
-            "gauge",
+        expose::counter(
+            enc,
+            "meshlet_mqtt_client_commands_dropped_total",
+            "Commands to the external broker (Sparkplug rebirth requests) dropped because the client's outbox was full.",
+            self.upstream_commands_dropped.load(Ordering::Relaxed),
+        )?;
+        let gauges: [(&str, &str, &AtomicI64); 4] = [
+            (
+                "meshlet_broker_connections",
+                "Open connections to the embedded broker.",
+                &self.broker_connections,
+            ),
+            (
+                "meshlet_broker_mqtt5_connections",
+                "Open connections to the embedded broker that speak MQTT 5 (of meshlet_broker_connections).",
+                &self.broker_v5_connections,
+            ),
+            (
+                "meshlet_broker_sockets",
+                "Sockets open on the embedded broker, those still to send CONNECT included (counted against max_connections).",
+                &self.broker_sockets,
+            ),
+            (
+                "meshlet_broker_retained_bytes",
+                "Bytes (topic + payload) of the retained messages the embedded broker holds.",
+                &self.broker_retained_bytes,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            expose::gauge(enc, name, help, value.load(Ordering::Relaxed))?;
+        }
+        expose::gauge(
+            enc,
+            "meshlet_ingest_cpu_nice",
             "Nice levels the ingest sources and the writer run below the API (ingest.nice); 0: same priority.",
-        );
-        let _ = writeln!(out, "{name} {}", self.cpu_nice.load(Ordering::Relaxed));
-        let name = "meshlet_ingest_priority_failures_total";
-        header(
-            out,
-            name,
-            "counter",
+            self.cpu_nice.load(Ordering::Relaxed),
+        )?;
+        expose::counter(
+            enc,
+            "meshlet_ingest_priority_failures_total",
             "Ingest threads whose CPU priority could not be lowered; they run at the node's priority.",
-        );
-        let _ = writeln!(out, "{name} {}", super::priority::priority_failures());
-        let name = "meshlet_ingest_writer_busy_seconds_total";
-        header(
-            out,
-            name,
-            "counter",
+            super::priority::priority_failures(),
+        )?;
+        expose::counter(
+            enc,
+            "meshlet_ingest_writer_busy_seconds_total",
             "Time the single store writer spent applying write groups; its rate near 1 means the writer limits ingest.",
-        );
-        let busy = self.writer_busy_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name} {busy}");
-        let name = "meshlet_sparkplug_problems_total";
-        header(
-            out,
-            name,
-            "counter",
+            self.writer_busy_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        )?;
+        let mut f = expose::counter_family(
+            enc,
+            "meshlet_sparkplug_problems_total",
             "Sparkplug B messages with a problem, by kind (bad payload, seq gap, unknown alias, ...).",
-        );
+        )?;
         for (problem, count) in super::sparkplug::Problem::ALL
             .iter()
             .zip(&self.sparkplug_problems)
         {
-            let value = count.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}{{problem=\"{}\"}} {value}", problem.name());
+            f.sample(
+                &[("problem", problem.name())],
+                count.load(Ordering::Relaxed),
+            )?;
         }
-        let name = "meshlet_ingest_idempotent_resends_total";
-        header(
-            out,
-            name,
-            "counter",
+        let mut f = expose::counter_family(
+            enc,
+            "meshlet_ingest_idempotent_resends_total",
             "HTTP pushes with an Idempotency-Key already applied: replayed (answered as the first time, nothing written) or conflict (the key came with another body, refused).",
-        );
-        let _ = writeln!(
-            out,
-            "{name}{{outcome=\"replayed\"}} {}\n{name}{{outcome=\"conflict\"}} {}",
+        )?;
+        f.sample(
+            &[("outcome", "replayed")],
             self.push_replayed.load(Ordering::Relaxed),
-            self.push_key_conflicts.load(Ordering::Relaxed)
-        );
-        let name = "meshlet_broker_violations_total";
-        header(
-            out,
-            name,
-            "counter",
+        )?;
+        f.sample(
+            &[("outcome", "conflict")],
+            self.push_key_conflicts.load(Ordering::Relaxed),
+        )?;
+        let mut f = expose::counter_family(
+            enc,
+            "meshlet_broker_violations_total",
             "Connections the embedded broker closed for breaking MQTT 3.1.1 or 5, by violation (unsupported_protocol got CONNACK 0x01).",
-        );
+        )?;
         for (violation, count) in super::broker_connect::Violation::ALL
             .iter()
             .zip(&self.broker_violations)
         {
-            let value = count.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}{{violation=\"{}\"}} {value}", violation.name());
+            f.sample(
+                &[("violation", violation.name())],
+                count.load(Ordering::Relaxed),
+            )?;
         }
-        let name = "meshlet_sparkplug_rebirth_requests_total";
-        header(
-            out,
-            name,
-            "counter",
+        expose::counter(
+            enc,
+            "meshlet_sparkplug_rebirth_requests_total",
             "Rebirth commands (NCMD Node Control/Rebirth) sent to edge nodes.",
-        );
-        let _ = writeln!(
-            out,
-            "{name} {}",
-            self.sparkplug_rebirths.load(Ordering::Relaxed)
-        );
+            self.sparkplug_rebirths.load(Ordering::Relaxed),
+        )
     }
 }
-
-/// One metric family's samples for one source: (extra labels, value).
-type Samples = dyn Fn(&SourceFigures, &SourceCounters) -> Vec<(String, String)>;
 
 /// Locks plain counters; a poisoned lock only means a panic elsewhere
 /// mid-update of numbers that are still usable.
@@ -579,19 +544,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// Escapes a Prometheus label value.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 impl crate::store::WriterCounters for IngestMetrics {

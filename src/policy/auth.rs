@@ -217,24 +217,27 @@ impl Authenticator {
         })
     }
 
-    /// `meshlet_auth_failures_total` in Prometheus text format.
-    pub fn render_prometheus(&self, out: &mut String) {
-        out.push_str(
-            "# HELP meshlet_auth_failures_total Requests refused by authentication, by reason.\n",
-        );
-        out.push_str("# TYPE meshlet_auth_failures_total counter\n");
+    /// `meshlet_auth_failures_total` and `meshlet_access_denied_total`
+    /// for `/metrics`.
+    pub fn encode_metrics(
+        &self,
+        enc: &mut crate::telemetry::expose::Encoder<'_>,
+    ) -> crate::telemetry::expose::Encoded {
+        use crate::telemetry::expose;
+        let mut f = expose::counter_family(
+            enc,
+            "meshlet_auth_failures_total",
+            "Requests refused by authentication, by reason.",
+        )?;
         for (reason, count) in REASONS.iter().zip(&self.failures) {
-            out.push_str(&format!(
-                "meshlet_auth_failures_total{{reason=\"{reason}\"}} {}\n",
-                count.load(Ordering::Relaxed)
-            ));
+            f.sample(&[("reason", *reason)], count.load(Ordering::Relaxed))?;
         }
-        out.push_str("# HELP meshlet_access_denied_total API actions refused because the caller's role lacks the right (GraphQL FORBIDDEN, HTTP 403).\n");
-        out.push_str("# TYPE meshlet_access_denied_total counter\n");
-        out.push_str(&format!(
-            "meshlet_access_denied_total {}\n",
-            self.denials.load(Ordering::Relaxed)
-        ));
+        expose::counter(
+            enc,
+            "meshlet_access_denied_total",
+            "API actions refused because the caller's role lacks the right (GraphQL FORBIDDEN, HTTP 403).",
+            self.denials.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -293,8 +296,8 @@ mod tests {
         assert_eq!(auth.authenticate(None, None).unwrap().role, "reader");
         let none = authenticator(dir.path(), Some(NO_ANONYMOUS));
         assert_eq!(none.authenticate(None, None), Err(AuthFailure::Missing));
-        let mut text = String::new();
-        auth.render_prometheus(&mut text);
+        let auth = std::sync::Arc::new(auth);
+        let text = crate::telemetry::expose::render_fn(move |enc| auth.encode_metrics(enc));
         assert!(text.contains("meshlet_auth_failures_total{reason=\"bad_header\"} 2"));
         assert!(text.contains("meshlet_auth_failures_total{reason=\"malformed\"} 1"));
     }

@@ -698,8 +698,9 @@ mod tests {
         let infos = store.dictionaries(P).expect("list");
         assert_eq!(infos[0].reason, "chunks");
         assert_eq!(store.dictionary_counts().0, 1);
-        let mut metrics = String::new();
-        store.render_dictionary_prometheus(&mut metrics);
+        let scraped = store.clone();
+        let metrics =
+            crate::telemetry::expose::render_fn(move |enc| scraped.encode_dictionary_metrics(enc));
         assert!(
             metrics.contains("meshlet_store_dictionary_trainings_total{outcome=\"trained\"} 1"),
             "{metrics}"

@@ -167,26 +167,27 @@ impl Store {
         )
     }
 
-    /// Appends the trainer's counters to a Prometheus text exposition:
-    /// failed trainings are the bad input here (samples zstd cannot train
-    /// on), and are logged with the reason.
-    pub fn render_dictionary_prometheus(&self, out: &mut String) {
-        use std::fmt::Write as _;
+    /// The trainer's counters for `/metrics`: failed trainings are the bad
+    /// input here (samples zstd cannot train on), and are logged with the
+    /// reason.
+    pub fn encode_dictionary_metrics(
+        &self,
+        enc: &mut crate::telemetry::expose::Encoder<'_>,
+    ) -> crate::telemetry::expose::Encoded {
         let (trained, failed, skipped) = self.dictionary_counts();
-        let _ = writeln!(
-            out,
-            "# HELP meshlet_store_dictionary_trainings_total History dictionary trainings by outcome (trained; skipped: too few samples yet; failed: see the log).\n# TYPE meshlet_store_dictionary_trainings_total counter"
-        );
+        let mut f = crate::telemetry::expose::counter_family(
+            enc,
+            "meshlet_store_dictionary_trainings_total",
+            "History dictionary trainings by outcome (trained; skipped: too few samples yet; failed: see the log).",
+        )?;
         for (outcome, n) in [
             ("trained", trained),
             ("skipped", skipped),
             ("failed", failed),
         ] {
-            let _ = writeln!(
-                out,
-                "meshlet_store_dictionary_trainings_total{{outcome=\"{outcome}\"}} {n}"
-            );
+            f.sample(&[("outcome", outcome)], n)?;
         }
+        Ok(())
     }
 
     pub(crate) fn train_with(

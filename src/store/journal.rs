@@ -942,67 +942,61 @@ impl Store {
         Arc::clone(&self.inner.journal.stats)
     }
 
-    /// The journal's and the hot state's series, Prometheus text format.
-    pub fn render_journal_prometheus(&self, out: &mut String) {
-        use std::fmt::Write as _;
+    /// The journal's and the hot state's series for `/metrics`.
+    pub fn encode_journal_metrics(
+        &self,
+        enc: &mut crate::telemetry::expose::Encoder<'_>,
+    ) -> crate::telemetry::expose::Encoded {
         let stats = &self.inner.journal.stats;
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let families: [(&str, &str, &str, String); 8] = [
+        let counters: [(&str, &str, &AtomicU64); 5] = [
             (
                 "meshlet_store_journal_frames_total",
-                "counter",
                 "Journal frames written (one per write group).",
-                load(&stats.frames_written).to_string(),
+                &stats.frames_written,
             ),
             (
                 "meshlet_store_journal_frame_bytes_total",
-                "counter",
                 "Bytes of journal frames as stored (compressed, sealed).",
-                load(&stats.frame_bytes).to_string(),
+                &stats.frame_bytes,
             ),
             (
                 "meshlet_store_journal_frames_replayed_total",
-                "counter",
                 "Journal frames applied at open, after a crash.",
-                load(&stats.frames_replayed).to_string(),
+                &stats.frames_replayed,
             ),
             (
                 "meshlet_store_checkpoints_total",
-                "counter",
                 "Checkpoints of the hot state into the trees.",
-                load(&stats.checkpoints).to_string(),
+                &stats.checkpoints,
             ),
             (
                 "meshlet_store_checkpoint_keys_total",
-                "counter",
                 "Keys written or removed by checkpoints.",
-                load(&stats.checkpoint_keys).to_string(),
-            ),
-            (
-                "meshlet_store_checkpoint_seconds_total",
-                "counter",
-                "Time spent in checkpoints (the writer waits for the commit, not the flush).",
-                format!("{}", load(&stats.checkpoint_micros) as f64 / 1e6),
-            ),
-            (
-                "meshlet_store_hot_bytes",
-                "gauge",
-                "Bytes of hot state not yet checkpointed (bounded by store.hot_bytes).",
-                self.inner.hot.bytes().to_string(),
-            ),
-            (
-                "meshlet_store_journal_pending_frames",
-                "gauge",
-                "Journal frames not yet checkpointed.",
-                self.inner.journal.pending_frames().to_string(),
+                &stats.checkpoint_keys,
             ),
         ];
-        for (name, kind, help, value) in families {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+        for (name, help, value) in counters {
+            crate::telemetry::expose::counter(enc, name, help, load(value))?;
         }
+        crate::telemetry::expose::counter(
+            enc,
+            "meshlet_store_checkpoint_seconds_total",
+            "Time spent in checkpoints (the writer waits for the commit, not the flush).",
+            load(&stats.checkpoint_micros) as f64 / 1e6,
+        )?;
+        crate::telemetry::expose::gauge(
+            enc,
+            "meshlet_store_hot_bytes",
+            "Bytes of hot state not yet checkpointed (bounded by store.hot_bytes).",
+            self.inner.hot.bytes() as u64,
+        )?;
+        crate::telemetry::expose::gauge(
+            enc,
+            "meshlet_store_journal_pending_frames",
+            "Journal frames not yet checkpointed.",
+            self.inner.journal.pending_frames(),
+        )
     }
 }
 

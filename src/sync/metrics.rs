@@ -2,11 +2,11 @@
 //! logged and counted.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Mutex;
 
 use crate::record::Timestamp;
 use crate::store::{OutboxStats, Store};
+use crate::telemetry::expose;
 
 /// Counters keyed by label values; a handful of series, so a locked map
 /// off the hot path is fine.
@@ -349,9 +349,9 @@ impl SyncMetrics {
             .collect()
     }
 
-    /// Prometheus text for every series, plus the outbox gauges read from
-    /// the store.
-    pub fn render_prometheus(&self, store: &Store, out: &mut String) {
+    /// Every sync family for `/metrics`, plus the outbox gauges read from
+    /// the store (src/telemetry/expose.rs).
+    pub fn encode_metrics(&self, store: &Store, enc: &mut expose::Encoder<'_>) -> expose::Encoded {
         // Name, label names, HELP text.
         const LABELS: &[(&str, &[&str], &str)] = &[
             (
@@ -437,25 +437,21 @@ impl SyncMetrics {
         ];
         let counters = lock(&self.counters).clone();
         for (name, label_names, help) in LABELS {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for ((series, values), n) in counters.iter().filter(|((s, _), _)| s == name) {
-                let labels: Vec<String> = label_names
+            let mut f = expose::counter_family(enc, name, help)?;
+            for ((_, values), n) in counters.iter().filter(|((s, _), _)| s == name) {
+                let set: Vec<(&str, &str)> = label_names
                     .iter()
-                    .zip(values)
-                    .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                    .copied()
+                    .zip(values.iter().map(String::as_str))
                     .collect();
-                let _ = writeln!(out, "{series}{{{}}} {n}", labels.join(","));
+                f.sample(&set, *n)?;
             }
         }
-        self.render_consumers(out);
-        self.render_references(out);
+        self.encode_consumers(enc)?;
+        self.encode_references(enc)?;
         let upstreams = lock(&self.upstreams).clone();
         let last_ack = lock(&self.last_ack).clone();
         let now = Timestamp::now();
-        let _ = writeln!(
-            out,
-            "# HELP meshlet_sync_pending Outbox entries an upstream has not acknowledged yet.\n# TYPE meshlet_sync_pending gauge"
-        );
         let mut stats: Vec<(String, OutboxStats)> = Vec::new();
         for upstream in &upstreams {
             match store.outbox_stats(upstream) {
@@ -463,129 +459,101 @@ impl SyncMetrics {
                 Err(e) => tracing::warn!(upstream, error = %e, "reading outbox figures failed"),
             }
         }
+        let mut f = expose::gauge_family(
+            enc,
+            "meshlet_sync_pending",
+            "Outbox entries an upstream has not acknowledged yet.",
+        )?;
         for (u, s) in &stats {
-            let _ = writeln!(
-                out,
-                "meshlet_sync_pending{{upstream=\"{}\"}} {}",
-                escape(u),
-                s.pending
-            );
+            f.sample(&[("upstream", u.as_str())], s.pending)?;
         }
-        let _ = writeln!(
-            out,
-            "# HELP meshlet_sync_pending_bytes Bytes of the outbox entries an upstream has not acknowledged yet.\n# TYPE meshlet_sync_pending_bytes gauge"
-        );
+        let mut f = expose::gauge_family(
+            enc,
+            "meshlet_sync_pending_bytes",
+            "Bytes of the outbox entries an upstream has not acknowledged yet.",
+        )?;
         for (u, s) in &stats {
-            let _ = writeln!(
-                out,
-                "meshlet_sync_pending_bytes{{upstream=\"{}\"}} {}",
-                escape(u),
-                s.bytes
-            );
+            f.sample(&[("upstream", u.as_str())], s.bytes)?;
         }
-        let _ = writeln!(
-            out,
-            "# HELP meshlet_sync_oldest_pending_seconds Age of the oldest unacknowledged outbox entry (0 when none).\n# TYPE meshlet_sync_oldest_pending_seconds gauge"
-        );
+        let mut f = expose::gauge_family(
+            enc,
+            "meshlet_sync_oldest_pending_seconds",
+            "Age of the oldest unacknowledged outbox entry (0 when none).",
+        )?;
         for (u, s) in &stats {
             let age = s.oldest.map_or(0.0, |o| (now.0 - o.0).max(0) as f64 / 1e6);
-            let _ = writeln!(
-                out,
-                "meshlet_sync_oldest_pending_seconds{{upstream=\"{}\"}} {age}",
-                escape(u)
-            );
+            f.sample(&[("upstream", u.as_str())], age)?;
         }
-        let _ = writeln!(
-            out,
-            "# HELP meshlet_sync_last_ack_timestamp_seconds When an upstream last acknowledged an envelope (Unix seconds).\n# TYPE meshlet_sync_last_ack_timestamp_seconds gauge"
-        );
+        let mut f = expose::gauge_family(
+            enc,
+            "meshlet_sync_last_ack_timestamp_seconds",
+            "When an upstream last acknowledged an envelope (Unix seconds).",
+        )?;
         for (u, t) in &last_ack {
-            let _ = writeln!(
-                out,
-                "meshlet_sync_last_ack_timestamp_seconds{{upstream=\"{}\"}} {}",
-                escape(u),
-                t.0 as f64 / 1e6
-            );
+            f.sample(&[("upstream", u.as_str())], t.0 as f64 / 1e6)?;
         }
         let verify = lock(&self.verify).clone();
-        let _ = writeln!(
-            out,
-            "# HELP meshlet_sync_verify_mismatched_buckets Digest buckets that differed from the upstream's at the last comparison.\n# TYPE meshlet_sync_verify_mismatched_buckets gauge"
-        );
+        let mut f = expose::gauge_family(
+            enc,
+            "meshlet_sync_verify_mismatched_buckets",
+            "Digest buckets that differed from the upstream's at the last comparison.",
+        )?;
         for (u, (_, buckets)) in &verify {
-            let _ = writeln!(
-                out,
-                "meshlet_sync_verify_mismatched_buckets{{upstream=\"{}\"}} {buckets}",
-                escape(u)
-            );
+            f.sample(&[("upstream", u.as_str())], *buckets)?;
         }
-        let _ = writeln!(
-            out,
-            "# HELP meshlet_sync_verify_last_run_timestamp_seconds When the digests were last compared with an upstream (Unix seconds).\n# TYPE meshlet_sync_verify_last_run_timestamp_seconds gauge"
-        );
+        let mut f = expose::gauge_family(
+            enc,
+            "meshlet_sync_verify_last_run_timestamp_seconds",
+            "When the digests were last compared with an upstream (Unix seconds).",
+        )?;
         for (u, (t, _)) in &verify {
-            let _ = writeln!(
-                out,
-                "meshlet_sync_verify_last_run_timestamp_seconds{{upstream=\"{}\"}} {}",
-                escape(u),
-                t.0 as f64 / 1e6
-            );
+            f.sample(&[("upstream", u.as_str())], t.0 as f64 / 1e6)?;
         }
+        Ok(())
     }
 }
 
 impl SyncMetrics {
     /// The reference replicas' revision gauge and counters.
-    fn render_references(&self, out: &mut String) {
+    fn encode_references(&self, enc: &mut expose::Encoder<'_>) -> expose::Encoded {
         let references = self.references();
-        type Series = (
-            &'static str,
-            &'static str,
-            &'static str,
-            fn(&ReferenceStatus) -> u64,
-        );
-        let series: [Series; 4] = [
-            (
-                "meshlet_sync_reference_revision",
-                "gauge",
-                "The last reference-data revision applied to the store, per upstream and product (edge).",
-                |r| r.revision,
-            ),
+        let mut f = expose::gauge_family(
+            enc,
+            "meshlet_sync_reference_revision",
+            "The last reference-data revision applied to the store, per upstream and product (edge).",
+        )?;
+        for r in &references {
+            f.sample(&reference_labels(r), r.revision)?;
+        }
+        type Series = (&'static str, &'static str, fn(&ReferenceStatus) -> u64);
+        let series: [Series; 3] = [
             (
                 "meshlet_sync_reference_stored_total",
-                "counter",
                 "Reference instances stored since start (edge).",
                 |r| r.stored,
             ),
             (
                 "meshlet_sync_reference_filtered_total",
-                "counter",
                 "Reference instances not stored: the rule's where does not match here (edge).",
                 |r| r.filtered,
             ),
             (
                 "meshlet_sync_reference_malformed_total",
-                "counter",
                 "Reference values that do not decode or name another entity than their key (edge).",
                 |r| r.malformed,
             ),
         ];
-        for (name, kind, help, value) in series {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (name, help, value) in series {
+            let mut f = expose::counter_family(enc, name, help)?;
             for r in &references {
-                let _ = writeln!(
-                    out,
-                    "{name}{{upstream=\"{}\",product=\"{}\"}} {}",
-                    escape(&r.upstream),
-                    escape(&r.product),
-                    value(r)
-                );
+                f.sample(&reference_labels(r), value(r))?;
             }
         }
+        Ok(())
     }
 
     /// The JetStream consumer lag gauges (only series JetStream answered).
-    fn render_consumers(&self, out: &mut String) {
+    fn encode_consumers(&self, enc: &mut expose::Encoder<'_>) -> expose::Encoded {
         let consumers = self.consumers();
         type Gauge = (&'static str, &'static str, fn(&ConsumerLag) -> u64);
         let gauges: [Gauge; 3] = [
@@ -606,26 +574,22 @@ impl SyncMetrics {
             ),
         ];
         for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            let mut f = expose::gauge_family(enc, name, help)?;
             for c in &consumers {
                 if let Some(lag) = &c.lag {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{durable=\"{}\"}} {}",
-                        escape(&c.durable),
-                        value(lag)
-                    );
+                    f.sample(&[("durable", c.durable.as_str())], value(lag))?;
                 }
             }
         }
+        Ok(())
     }
 }
 
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+fn reference_labels(r: &ReferenceStatus) -> [(&'static str, &str); 2] {
+    [
+        ("upstream", r.upstream.as_str()),
+        ("product", r.product.as_str()),
+    ]
 }
 
 /// One upstream's sync status.

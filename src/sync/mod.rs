@@ -99,8 +99,12 @@ pub struct SyncHandle {
 }
 
 impl SyncHandle {
-    pub fn render_prometheus(&self, out: &mut String) {
-        self.metrics.render_prometheus(&self.store, out);
+    /// The sync families of `/metrics`.
+    pub fn encode_metrics(
+        &self,
+        enc: &mut crate::telemetry::expose::Encoder<'_>,
+    ) -> crate::telemetry::expose::Encoded {
+        self.metrics.encode_metrics(&self.store, enc)
     }
 
     /// Every upstream's status (reads the outbox figures: blocking, cheap).

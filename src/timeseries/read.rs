@@ -192,21 +192,34 @@ pub fn entity_series(
     })
 }
 
-/// Appends the `series` read counters to a Prometheus text exposition.
-pub(crate) fn render_prometheus(out: &mut String) {
-    use std::fmt::Write;
-    let name = "meshlet_series_chunks_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} History chunks `series` read: as their sealed summaries (body not decompressed) or decoded (no summary, a mask on a summarised field, a block across buckets or overlapping late events).\n# TYPE {name} counter\n{name}{{read=\"summary\"}} {}\n{name}{{read=\"decoded\"}} {}",
+/// The `series` read counters for `/metrics`.
+pub(crate) fn encode_metrics(
+    enc: &mut crate::telemetry::expose::Encoder<'_>,
+) -> crate::telemetry::expose::Encoded {
+    let mut f = crate::telemetry::expose::counter_family(
+        enc,
+        "meshlet_series_chunks_total",
+        "History chunks `series` read: as their sealed summaries (body not decompressed) or decoded (no summary, a mask on a summarised field, a block across buckets or overlapping late events).",
+    )?;
+    f.sample(
+        &[("read", "summary")],
         CHUNKS_SUMMARISED.load(Ordering::Relaxed),
+    )?;
+    f.sample(
+        &[("read", "decoded")],
         CHUNKS_DECODED.load(Ordering::Relaxed),
-    );
-    let name = "meshlet_series_events_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} History events `series` covered: by chunk summaries, or decompressed.\n# TYPE {name} counter\n{name}{{read=\"summary\"}} {}\n{name}{{read=\"decoded\"}} {}",
+    )?;
+    let mut f = crate::telemetry::expose::counter_family(
+        enc,
+        "meshlet_series_events_total",
+        "History events `series` covered: by chunk summaries, or decompressed.",
+    )?;
+    f.sample(
+        &[("read", "summary")],
         EVENTS_SUMMARISED.load(Ordering::Relaxed),
+    )?;
+    f.sample(
+        &[("read", "decoded")],
         EVENTS_DECODED.load(Ordering::Relaxed),
-    );
+    )
 }

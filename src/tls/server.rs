@@ -44,18 +44,23 @@ impl TlsMetrics {
         self.handshakes.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Appends the Prometheus text exposition.
-    pub fn render_prometheus(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "# HELP meshlet_http_tls_handshakes_total TLS handshakes completed on the HTTP listener.\n# TYPE meshlet_http_tls_handshakes_total counter\nmeshlet_http_tls_handshakes_total {}",
-            self.handshakes.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP meshlet_http_tls_handshake_failures_total TLS handshakes on the HTTP listener that failed or timed out (untrusted or missing client certificate, protocol errors).\n# TYPE meshlet_http_tls_handshake_failures_total counter\nmeshlet_http_tls_handshake_failures_total {}",
-            self.handshake_failures.load(Ordering::Relaxed)
-        );
+    /// The handshake counters of `/metrics`.
+    pub fn encode_metrics(
+        &self,
+        enc: &mut crate::telemetry::expose::Encoder<'_>,
+    ) -> crate::telemetry::expose::Encoded {
+        crate::telemetry::expose::counter(
+            enc,
+            "meshlet_http_tls_handshakes_total",
+            "TLS handshakes completed on the HTTP listener.",
+            self.handshakes.load(Ordering::Relaxed),
+        )?;
+        crate::telemetry::expose::counter(
+            enc,
+            "meshlet_http_tls_handshake_failures_total",
+            "TLS handshakes on the HTTP listener that failed or timed out (untrusted or missing client certificate, protocol errors).",
+            self.handshake_failures.load(Ordering::Relaxed),
+        )
     }
 }
 

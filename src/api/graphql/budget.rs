@@ -56,7 +56,7 @@ pub(crate) struct Budgets {
     limits: ApiLimits,
     queries: Mutex<HashMap<String, Arc<Semaphore>>>,
     subscriptions: Mutex<HashMap<String, usize>>,
-    /// Refusals, by reason (see [`Budgets::render_prometheus`]).
+    /// Refusals, by reason (see [`Budgets::encode_metrics`]).
     pub(crate) refused_queries: AtomicU64,
     pub(crate) refused_subscriptions: AtomicU64,
     pub(crate) responses_too_large: AtomicU64,
@@ -150,26 +150,24 @@ impl Budgets {
         }
     }
 
-    /// Appends `meshlet_api_refused_total{reason}` to a Prometheus text
-    /// exposition.
-    pub(crate) fn render_prometheus(&self, out: &mut String) {
-        use std::fmt::Write;
-        let name = "meshlet_api_refused_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} API requests refused by the [api] budgets: concurrent queries of one identity, subscriptions per connection or identity, responses over max_response_bytes.\n# TYPE {name} counter"
-        );
+    /// `meshlet_api_refused_total{reason}` for `/metrics`.
+    pub(crate) fn encode_metrics(
+        &self,
+        enc: &mut crate::telemetry::expose::Encoder<'_>,
+    ) -> crate::telemetry::expose::Encoded {
+        let mut f = crate::telemetry::expose::counter_family(
+            enc,
+            "meshlet_api_refused_total",
+            "API requests refused by the [api] budgets: concurrent queries of one identity, subscriptions per connection or identity, responses over max_response_bytes.",
+        )?;
         for (reason, counter) in [
             ("concurrent_queries", &self.refused_queries),
             ("subscriptions", &self.refused_subscriptions),
             ("response_too_large", &self.responses_too_large),
         ] {
-            let _ = writeln!(
-                out,
-                "{name}{{reason=\"{reason}\"}} {}",
-                counter.load(Ordering::Relaxed)
-            );
+            f.sample(&[("reason", reason)], counter.load(Ordering::Relaxed))?;
         }
+        Ok(())
     }
 }
 

@@ -1,9 +1,10 @@
 //! GraphQL figures for `/metrics`: requests by outcome, their latency, and
 //! subscriptions (open now from the usage counters, started in total).
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use crate::telemetry::expose;
 
 /// The `extensions.code`s of field errors counted by name (any other is
 /// counted as `other`, so the label set stays bounded).
@@ -81,64 +82,76 @@ impl GraphqlMetrics {
         self.request(took, true);
     }
 
-    /// Appends the Prometheus text exposition.
-    pub(crate) fn render_prometheus(&self, open_subscriptions: i64, out: &mut String) {
+    /// The GraphQL request families of `/metrics`.
+    pub(crate) fn encode_metrics(
+        &self,
+        open_subscriptions: i64,
+        enc: &mut expose::Encoder<'_>,
+    ) -> expose::Encoded {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP meshlet_graphql_requests_total GraphQL queries and mutations by outcome (refused: before execution).\n# TYPE meshlet_graphql_requests_total counter"
-        );
+        let mut f = expose::counter_family(
+            enc,
+            "meshlet_graphql_requests_total",
+            "GraphQL queries and mutations by outcome (refused: before execution).",
+        )?;
         for (outcome, value) in [
             ("ok", load(&self.ok)),
             ("error", load(&self.errors)),
             ("refused", load(&self.refused)),
         ] {
-            let _ = writeln!(
-                out,
-                "meshlet_graphql_requests_total{{outcome=\"{outcome}\"}} {value}"
-            );
+            f.sample(&[("outcome", outcome)], value)?;
         }
-        let _ = writeln!(
-            out,
-            "# HELP meshlet_graphql_field_errors_total GraphQL field errors (each with its path; the field is null) by extensions.code.\n# TYPE meshlet_graphql_field_errors_total counter"
-        );
+        let mut f = expose::counter_family(
+            enc,
+            "meshlet_graphql_field_errors_total",
+            "GraphQL field errors (each with its path; the field is null) by extensions.code.",
+        )?;
         for (code, counter) in FIELD_ERROR_CODES.iter().zip(&self.field_errors) {
-            let _ = writeln!(
-                out,
-                "meshlet_graphql_field_errors_total{{code=\"{code}\"}} {}",
-                load(counter)
-            );
+            f.sample(&[("code", *code)], load(counter))?;
         }
-        let _ = writeln!(
-            out,
-            "# HELP meshlet_graphql_prepared_total GraphQL queries answered from a prepared plan (key lookups of a shape answered before), without the executor; they are also counted in meshlet_graphql_requests_total.\n# TYPE meshlet_graphql_prepared_total counter\nmeshlet_graphql_prepared_total {}",
-            load(&self.prepared)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP meshlet_graphql_request_duration_seconds Time to execute a GraphQL query or mutation.\n# TYPE meshlet_graphql_request_duration_seconds histogram"
-        );
-        for (bound, bucket) in BUCKETS.iter().zip(&self.latency_buckets) {
-            let _ = writeln!(
-                out,
-                "meshlet_graphql_request_duration_seconds_bucket{{le=\"{bound}\"}} {}",
-                load(bucket)
-            );
-        }
+        expose::counter(
+            enc,
+            "meshlet_graphql_prepared_total",
+            "GraphQL queries answered from a prepared plan (key lookups of a shape answered before), without the executor; they are also counted in meshlet_graphql_requests_total.",
+            load(&self.prepared),
+        )?;
+        // The buckets count cumulatively; the encoder wants each bucket's
+        // own share and adds them up again.
         let count = load(&self.latency_count);
-        let _ = writeln!(
-            out,
-            "meshlet_graphql_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}\nmeshlet_graphql_request_duration_seconds_sum {}\nmeshlet_graphql_request_duration_seconds_count {count}",
-            load(&self.latency_micros) as f64 / 1e6
-        );
-        let _ = writeln!(
-            out,
-            "# HELP meshlet_graphql_subscriptions_open GraphQL subscriptions open now.\n# TYPE meshlet_graphql_subscriptions_open gauge\nmeshlet_graphql_subscriptions_open {open_subscriptions}"
-        );
-        let _ = writeln!(
-            out,
-            "# HELP meshlet_graphql_subscriptions_total GraphQL subscriptions started.\n# TYPE meshlet_graphql_subscriptions_total counter\nmeshlet_graphql_subscriptions_total {}",
-            load(&self.subscriptions_started)
-        );
+        let mut below = 0;
+        let mut buckets: Vec<(f64, u64)> = BUCKETS
+            .iter()
+            .zip(&self.latency_buckets)
+            .map(|(bound, bucket)| {
+                let cumulative = load(bucket);
+                let own = cumulative.saturating_sub(below);
+                below = cumulative;
+                (*bound, own)
+            })
+            .collect();
+        buckets.push((f64::INFINITY, count.saturating_sub(below)));
+        expose::histogram_family(
+            enc,
+            "meshlet_graphql_request_duration_seconds",
+            "Time to execute a GraphQL query or mutation.",
+        )?
+        .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            load(&self.latency_micros) as f64 / 1e6,
+            count,
+            &buckets,
+            None,
+        )?;
+        expose::gauge(
+            enc,
+            "meshlet_graphql_subscriptions_open",
+            "GraphQL subscriptions open now.",
+            open_subscriptions,
+        )?;
+        expose::counter(
+            enc,
+            "meshlet_graphql_subscriptions_total",
+            "GraphQL subscriptions started.",
+            load(&self.subscriptions_started),
+        )
     }
 }

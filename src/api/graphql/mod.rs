@@ -263,14 +263,17 @@ impl GraphqlApi {
         &self.handle
     }
 
-    /// Appends GraphQL figures to a Prometheus text exposition.
-    pub fn render_prometheus(&self, out: &mut String) {
+    /// The GraphQL families of `/metrics`.
+    pub fn encode_metrics(
+        &self,
+        enc: &mut crate::telemetry::expose::Encoder<'_>,
+    ) -> crate::telemetry::expose::Encoded {
         self.runtime
             .metrics
-            .render_prometheus(self.runtime.usage.open_subscriptions(), out);
-        self.runtime.budgets.render_prometheus(out);
-        self.persisted.render_prometheus(out);
-        crate::timeseries::read::render_prometheus(out);
+            .encode_metrics(self.runtime.usage.open_subscriptions(), enc)?;
+        self.runtime.budgets.encode_metrics(enc)?;
+        self.persisted.encode_metrics(enc)?;
+        crate::timeseries::read::encode_metrics(enc)
     }
 }
 

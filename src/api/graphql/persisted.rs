@@ -135,31 +135,30 @@ impl PersistedQueries {
         self.kept.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn render_prometheus(&self, out: &mut String) {
-        use std::fmt::Write;
-        let name = "meshlet_graphql_persisted_queries_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Automatic persisted queries: hash found, hash unknown (client asked for the text), text registered, hash not the text's SHA-256 (refused).\n# TYPE {name} counter"
-        );
+    pub(crate) fn encode_metrics(
+        &self,
+        enc: &mut crate::telemetry::expose::Encoder<'_>,
+    ) -> crate::telemetry::expose::Encoded {
+        use crate::telemetry::expose;
+        let mut f = expose::counter_family(
+            enc,
+            "meshlet_graphql_persisted_queries_total",
+            "Automatic persisted queries: hash found, hash unknown (client asked for the text), text registered, hash not the text's SHA-256 (refused).",
+        )?;
         for (outcome, counter) in [
             ("hit", &self.hits),
             ("miss", &self.misses),
             ("registered", &self.registered),
             ("hash_mismatch", &self.mismatches),
         ] {
-            let _ = writeln!(
-                out,
-                "{name}{{outcome=\"{outcome}\"}} {}",
-                counter.load(Ordering::Relaxed)
-            );
+            f.sample(&[("outcome", outcome)], counter.load(Ordering::Relaxed))?;
         }
-        let name = "meshlet_graphql_persisted_query_bytes";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Bytes of query text kept for automatic persisted queries (at most api.max_persisted_query_bytes).\n# TYPE {name} gauge\n{name} {}",
-            self.lock().bytes
-        );
+        expose::gauge(
+            enc,
+            "meshlet_graphql_persisted_query_bytes",
+            "Bytes of query text kept for automatic persisted queries (at most api.max_persisted_query_bytes).",
+            self.lock().bytes as u64,
+        )
     }
 }
 
