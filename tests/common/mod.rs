@@ -501,7 +501,7 @@ pub fn http_post(url: &str, content_type: &str, body: Vec<u8>) -> (u16, String) 
 
 /// An envelope as an edge `origin` sends it: `reading` events of meter
 /// `meter`, one per sequence number, with `n` = the sequence number (the
-/// `reading` product of tests/sync_http.rs and tests/sync_mqtt.rs).
+/// `reading` product of tests/it/sync_http.rs and tests/it/sync_mqtt.rs).
 #[allow(dead_code)] // only the sync tests send envelopes
 pub fn sync_envelope(origin: &str, meter: &str, seqs: std::ops::RangeInclusive<u64>) -> Vec<u8> {
     use meshlet::sync::envelope::{Envelope, EnvelopeRecord, ENVELOPE_FORMAT};

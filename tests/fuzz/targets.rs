@@ -1,6 +1,6 @@
 //! The bodies of the fuzz targets, shared by the cargo-fuzz crate (this
 //! folder's `fuzz_targets/`, each a one-line call) and by the corpus replay
-//! in the main test run (`tests/fuzz_corpus.rs`, stable Rust, no
+//! in the main test run (`tests/it/fuzz_corpus.rs`, stable Rust, no
 //! cargo-fuzz), so the two cannot drift.
 //!
 //! Every body takes the bytes a hostile or broken sender could produce,

@@ -6,7 +6,7 @@
 // Usage: node clients.mjs <http url of /graphql> <token>
 // Prints one JSON object as the last line: per scenario what the client
 // saw (data, errors with path and extensions, HTTP methods and bodies
-// sent, close codes). The Rust test (tests/graphql_clients.rs) asserts on
+// sent, close codes). The Rust test (tests/it/graphql_clients.rs) asserts on
 // it; this script only drives the clients and reports.
 //
 // Subscriptions: each scenario subscribes, then writes an upsert every

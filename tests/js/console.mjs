@@ -1,5 +1,5 @@
 // Drives the web console (issue 28) in headless Chromium against the
-// real node, with every request but the node's own refused: tests/console.rs
+// real node, with every request but the node's own refused: tests/it/console.rs
 // starts the node and runs `node console.mjs '<json>'` with
 //   { url, mqttPort, adminToken, readerToken, analystToken, productsDir,
 //     products, edge, outDir }

@@ -1,7 +1,7 @@
 // The web console (issue 28: "current Chromium and Firefox") in headless
 // Firefox (Debian `firefox-esr`), driven by puppeteer-core over WebDriver
 // BiDi: Playwright cannot drive a stock Firefox, puppeteer-core can and
-// downloads no browser. tests/console.rs starts the node and runs
+// downloads no browser. tests/it/console.rs starts the node and runs
 // `node console_firefox.mjs '<json>'` with { url, mqttPort, adminToken,
 // products, outDir }. A short walk (the Chromium test covers the rest):
 // the overview's products and node facts, a product table updated by

@@ -1,5 +1,5 @@
 // MQTT.js (pinned in package-lock.json) against the node's embedded broker:
-// tests/mqtt_conformance.rs runs one case per call and reads the JSON line
+// tests/it/mqtt_conformance.rs runs one case per call and reads the JSON line
 // this prints. Usage: node mqtt_conformance.mjs <mqtt://host:port> <case> <version>
 import mqtt from "mqtt";
 

@@ -1,6 +1,6 @@
 """paho-mqtt (pinned in requirements.txt) against the node's embedded broker.
 
-tests/mqtt_conformance.rs runs one case per call and reads the JSON line
+tests/it/mqtt_conformance.rs runs one case per call and reads the JSON line
 this prints. Usage: paho_conformance.py <host> <port> <case> <5|4>
 
 Absence is proven without sleeping: after what must not arrive, the
