@@ -183,6 +183,13 @@ impl HotTree {
         );
     }
 
+    /// The value the overlay holds for `key`, if it holds one (not a
+    /// removal): what a frame since the last checkpoint wrote, so what
+    /// replay rebuilds before the next frame (the journal's delta base).
+    pub fn overlay_value(&self, key: &[u8]) -> Option<IVec> {
+        self.read_overlay().get(key).cloned().flatten()
+    }
+
     /// The newest value of `key`: the overlay's, else sled's.
     pub fn get<K: AsRef<[u8]>>(&self, key: K) -> sled::Result<Option<IVec>> {
         if let Some(value) = self.read_overlay().get(key.as_ref()) {

@@ -101,6 +101,7 @@ use std::time::{Duration, Instant};
 use sled::transaction::ConflictableTransactionError;
 use sled::{IVec, Transactional};
 
+use super::delta;
 use super::hot::{HotTree, HotTrees, TxTree, WriteSet};
 use super::seal::{self, Seal};
 use super::write::TxResult;
@@ -117,6 +118,10 @@ const FRAME_FORMAT_SINGLE: u8 = 1;
 /// Frame value format byte of a frame that is the next piece of its
 /// segment's zstd stream (see the module docs).
 const FRAME_FORMAT_STREAM: u8 = 2;
+/// Frame value format byte of a streamed frame whose values may be
+/// deltas against the key's previous value (see the module docs, "Record
+/// deltas"); formats 1 and 2 still replay.
+const FRAME_FORMAT_DELTA: u8 = 3;
 /// Largest plain frame accepted when decoding (a frame is one write
 /// group's keys; far below this in practice).
 const MAX_PLAIN_FRAME: usize = 1 << 30;
@@ -418,7 +423,9 @@ impl Journal {
                 };
                 rest = tail;
                 last = last.max(seq);
-                let frame = self.decode(seq, payload, &mut stream)?;
+                let frame = self.decode(seq, payload, &mut stream, |tree, key| {
+                    sets.get(tree).and_then(|w| w.get(key)).cloned().flatten()
+                })?;
                 if seq <= checkpointed {
                     continue;
                 }
@@ -532,12 +539,12 @@ impl Journal {
     /// Appends the frame of one transaction's write sets; returns its size.
     /// Call under the writer lock. Durable after the next [`Journal::sync`].
     pub fn append(&self, sets: &[(&HotTree, &WriteSet)]) -> Result<usize, StoreError> {
-        let plain = encode_frame(sets);
+        let plain = encode_frame(sets, |tree, key| tree.overlay_value(key));
         let plain_len = u32::try_from(plain.len()).map_err(|_| {
             StoreError::encode("(journal)", "(frame)", "journal frame", "frame over 4 GiB")
         })?;
         let mut bytes = Vec::with_capacity(plain.len() / 4 + 8);
-        bytes.push(FRAME_FORMAT_STREAM);
+        bytes.push(FRAME_FORMAT_DELTA);
         bytes.extend_from_slice(&plain_len.to_be_bytes());
         let mut segments = self.segments();
         if let Err(e) = compress_piece(&mut segments.encoder, &plain, &mut bytes) {
@@ -599,18 +606,20 @@ impl Journal {
     }
 
     /// Decodes frame `seq`; `stream` is its segment's zstd stream (created
-    /// at the segment's first streamed frame).
+    /// at the segment's first streamed frame), `base` the value a key has
+    /// before this frame (what its deltas apply to).
     fn decode(
         &self,
         seq: u64,
         value: &[u8],
         stream: &mut Option<zstd::stream::raw::Decoder<'static>>,
+        base: impl Fn(&str, &[u8]) -> Option<IVec>,
     ) -> Result<Vec<(String, WriteSet)>, StoreError> {
         let key = seq.to_be_bytes();
         let bytes =
             seal::open(&self.seal, JOURNAL_TREE, &key, value).map_err(|e| corrupt(seq, e))?;
         let (format, rest) = bytes.split_first().ok_or_else(|| corrupt(seq, "empty"))?;
-        if *format != FRAME_FORMAT_SINGLE && *format != FRAME_FORMAT_STREAM {
+        if ![FRAME_FORMAT_SINGLE, FRAME_FORMAT_STREAM, FRAME_FORMAT_DELTA].contains(format) {
             return Err(corrupt(seq, format!("unknown frame format {format}")));
         }
         let len = rest
@@ -632,7 +641,8 @@ impl Journal {
             };
             decompress_piece(decoder, &rest[4..], len).map_err(|e| corrupt(seq, e))?
         };
-        decode_frame(&plain).ok_or_else(|| corrupt(seq, "malformed frame"))
+        let base = (*format == FRAME_FORMAT_DELTA).then_some(&base as &Base<'_>);
+        decode_frame(&plain, base).map_err(|e| corrupt(seq, e))
     }
 
     /// Moves the hot state into sled and drops the frames behind it (see
@@ -772,7 +782,17 @@ pub(crate) fn failpoint(name: &str, flush: Option<&sled::Db>) {
     let _ = (name, flush);
 }
 
-fn encode_frame(sets: &[(&HotTree, &WriteSet)]) -> Vec<u8> {
+/// Where a frame's deltas find their bases: the value a key of a tree
+/// (by name) has before the frame, as replay has rebuilt it.
+type Base<'a> = dyn Fn(&str, &[u8]) -> Option<IVec> + 'a;
+
+/// The plain frame of `sets`. A value whose key has a `base` (the value
+/// an earlier frame since the last checkpoint wrote) is written as a
+/// delta against it when that is shorter (presence byte 2).
+fn encode_frame(
+    sets: &[(&HotTree, &WriteSet)],
+    base: impl Fn(&HotTree, &[u8]) -> Option<IVec>,
+) -> Vec<u8> {
     let size: usize = sets
         .iter()
         .map(|(t, w)| {
@@ -782,7 +802,8 @@ fn encode_frame(sets: &[(&HotTree, &WriteSet)]) -> Vec<u8> {
                     .sum::<usize>()
         })
         .sum();
-    let mut out = Vec::with_capacity(size + 4);
+    let mut out = Vec::with_capacity(size / 4 + 4);
+    let mut scratch = Vec::new();
     out.extend_from_slice(&(sets.len() as u32).to_be_bytes());
     for (tree, writes) in sets {
         let name = tree.name().as_bytes();
@@ -792,6 +813,21 @@ fn encode_frame(sets: &[(&HotTree, &WriteSet)]) -> Vec<u8> {
         for (key, value) in writes.iter() {
             out.extend_from_slice(&(key.len() as u32).to_be_bytes());
             out.extend_from_slice(key);
+            let base = value
+                .as_ref()
+                .filter(|v| v.len() >= delta::MIN_DELTA_INPUT)
+                .and_then(|_| base(tree, key))
+                .filter(|b| b.len() >= delta::MIN_DELTA_INPUT);
+            if let (Some(value), Some(base)) = (value, base) {
+                scratch.clear();
+                delta::encode(&base, value, &mut scratch);
+                if scratch.len() < value.len() {
+                    out.push(2);
+                    out.extend_from_slice(&(scratch.len() as u32).to_be_bytes());
+                    out.extend_from_slice(&scratch);
+                    continue;
+                }
+            }
             match value {
                 Some(value) => {
                     out.push(1);
@@ -805,8 +841,29 @@ fn encode_frame(sets: &[(&HotTree, &WriteSet)]) -> Vec<u8> {
     out
 }
 
-/// Reads a plain frame; `None` if it is malformed (never panics).
-fn decode_frame(mut bytes: &[u8]) -> Option<Vec<(String, WriteSet)>> {
+/// Reads a plain frame; an error if it is malformed (never panics). Its
+/// deltas are applied to what `base` says (`None`: a frame format
+/// without deltas, where presence byte 2 is malformed).
+fn decode_frame(
+    bytes: &[u8],
+    base: Option<&Base<'_>>,
+) -> Result<Vec<(String, WriteSet)>, &'static str> {
+    decode_frame_entries(bytes, base)?.ok_or("malformed frame")
+}
+
+fn decode_frame_entries(
+    mut bytes: &[u8],
+    base: Option<&Base<'_>>,
+) -> Result<Option<Vec<(String, WriteSet)>>, &'static str> {
+    // `?` on these is `return Ok(None)`: malformed.
+    macro_rules! some {
+        ($e:expr) => {
+            match $e {
+                Some(v) => v,
+                None => return Ok(None),
+            }
+        };
+    }
     fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         let (head, rest) = (bytes.get(..n)?, bytes.get(n..)?);
         *bytes = rest;
@@ -815,31 +872,42 @@ fn decode_frame(mut bytes: &[u8]) -> Option<Vec<(String, WriteSet)>> {
     fn u32_at(bytes: &mut &[u8]) -> Option<usize> {
         Some(u32::from_be_bytes(take(bytes, 4)?.try_into().ok()?) as usize)
     }
-    let trees = u32_at(&mut bytes)?;
+    let trees = some!(u32_at(&mut bytes));
     let mut out = Vec::with_capacity(trees.min(1024));
     for _ in 0..trees {
-        let name_len = u16::from_be_bytes(take(&mut bytes, 2)?.try_into().ok()?) as usize;
-        let name = std::str::from_utf8(take(&mut bytes, name_len)?)
-            .ok()?
-            .to_string();
-        let entries = u32_at(&mut bytes)?;
+        let name_len = some!(take(&mut bytes, 2).and_then(|b| <[u8; 2]>::try_from(b).ok()));
+        let name_len = u16::from_be_bytes(name_len) as usize;
+        let name =
+            some!(take(&mut bytes, name_len).and_then(|n| std::str::from_utf8(n).ok())).to_string();
+        let entries = some!(u32_at(&mut bytes));
         let mut writes = WriteSet::new();
         for _ in 0..entries {
-            let key_len = u32_at(&mut bytes)?;
-            let key = IVec::from(take(&mut bytes, key_len)?);
-            let value = match take(&mut bytes, 1)?.first()? {
+            let key_len = some!(u32_at(&mut bytes));
+            let key = IVec::from(some!(take(&mut bytes, key_len)));
+            let value = match some!(take(&mut bytes, 1).and_then(|b| b.first())) {
                 0 => None,
                 1 => {
-                    let len = u32_at(&mut bytes)?;
-                    Some(IVec::from(take(&mut bytes, len)?))
+                    let len = some!(u32_at(&mut bytes));
+                    Some(IVec::from(some!(take(&mut bytes, len))))
                 }
-                _ => return None,
+                2 => {
+                    let Some(base) = base else {
+                        return Ok(None);
+                    };
+                    let len = some!(u32_at(&mut bytes));
+                    let patch = some!(take(&mut bytes, len));
+                    let old = base(&name, &key).ok_or("a delta without a base value")?;
+                    let new =
+                        delta::apply(&old, patch).ok_or("a delta made against another value")?;
+                    Some(IVec::from(new))
+                }
+                _ => return Ok(None),
             };
             writes.insert(key, value);
         }
         out.push((name, writes));
     }
-    bytes.is_empty().then_some(out)
+    Ok(bytes.is_empty().then_some(out))
 }
 
 impl Store {
@@ -1082,14 +1150,62 @@ mod tests {
             (IVec::from(&b"k2"[..]), None),
         ]);
         let wb = WriteSet::from([(IVec::from(&b""[..]), Some(IVec::from(&b""[..])))]);
-        let plain = encode_frame(&[(&a, &wa), (&b, &wb)]);
-        let back = decode_frame(&plain).expect("decodes");
+        let plain = encode_frame(&[(&a, &wa), (&b, &wb)], |_, _| None);
+        let back = decode_frame(&plain, None).expect("decodes");
         assert_eq!(
             back,
             vec![("p/instances".to_string(), wa), ("outbox".to_string(), wb)]
         );
         for cut in 0..plain.len() {
-            assert!(decode_frame(&plain[..cut]).is_none(), "cut at {cut}");
+            assert!(decode_frame(&plain[..cut], None).is_err(), "cut at {cut}");
         }
+    }
+
+    /// A value rewritten since the last checkpoint goes as a delta against
+    /// the overlay's value; replay rebuilds it from the value it rebuilt
+    /// before, and refuses one made against something else.
+    #[test]
+    fn a_rewritten_value_is_a_delta_that_needs_its_base() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::open(dir.path().join("db")).expect("open");
+        let hot = HotTrees::new(db);
+        let tree = hot.open("p/instances").expect("tree");
+        let old: Vec<u8> = (0..2000u32).map(|i| (i % 251) as u8).collect();
+        let mut new = old.clone();
+        new[10] = 0xff;
+        new.extend_from_slice(b"one more event at the end of the open tail");
+        tree.merge(WriteSet::from([(
+            IVec::from(&b"m-1"[..]),
+            Some(IVec::from(old.clone())),
+        )]));
+        let writes = WriteSet::from([
+            (IVec::from(&b"m-1"[..]), Some(IVec::from(new.clone()))),
+            (IVec::from(&b"m-2"[..]), Some(IVec::from(old.clone()))),
+        ]);
+        let plain = encode_frame(&[(&tree, &writes)], |t, k| t.overlay_value(k));
+        assert!(
+            plain.len() < old.len() + new.len() / 10,
+            "{} B: m-2 whole, m-1 a delta",
+            plain.len()
+        );
+        let base = |name: &str, key: &[u8]| {
+            (name == "p/instances" && key == b"m-1").then(|| IVec::from(old.clone()))
+        };
+        let back = decode_frame(&plain, Some(&base)).expect("decodes");
+        assert_eq!(back, vec![("p/instances".to_string(), writes)]);
+        assert!(
+            decode_frame(&plain, None).is_err(),
+            "format 2 has no deltas"
+        );
+        let none = |_: &str, _: &[u8]| None;
+        assert_eq!(
+            decode_frame(&plain, Some(&none)),
+            Err("a delta without a base value")
+        );
+        let other = |_: &str, _: &[u8]| Some(IVec::from(new.clone()));
+        assert_eq!(
+            decode_frame(&plain, Some(&other)),
+            Err("a delta made against another value")
+        );
     }
 }

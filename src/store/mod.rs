@@ -191,6 +191,7 @@ mod codec;
 mod config;
 mod current;
 mod dedupe;
+mod delta;
 mod dictionary;
 mod dictionary_train;
 mod digest;
