@@ -67,12 +67,21 @@ pub(crate) fn encode(base: &[u8], target: &[u8], out: &mut Vec<u8>) {
     put_varint(out, target.len() as u64);
     put_varint(out, base.len() as u64);
     out.extend_from_slice(&crc32fast::hash(base).to_be_bytes());
-    // Table of the last base position of each hashed 8 bytes (+1; 0 is
-    // empty), sized to the base.
-    let bits = (base.len().max(256).next_power_of_two().trailing_zeros() + 1).min(20);
+    // Table of base positions (+1; 0 is empty) by the hash of the 8 bytes
+    // there, every `STEP`th position: a match of `MIN_MATCH + STEP - 1`
+    // bytes or more covers one, and extending it backwards finds its
+    // start. A quarter of the hashing, for the few bytes of shorter
+    // matches lost.
+    const STEP: usize = 4;
+    let bits = ((base.len() / STEP)
+        .max(64)
+        .next_power_of_two()
+        .trailing_zeros()
+        + 1)
+    .min(20);
     let mut table = vec![0u32; 1 << bits];
     if base.len() >= MIN_MATCH {
-        for pos in 0..=base.len() - MIN_MATCH {
+        for pos in (0..=base.len() - MIN_MATCH).step_by(STEP) {
             table[hash8(&base[pos..], bits)] = pos as u32 + 1;
         }
     }

@@ -270,7 +270,8 @@ fn journal_occurrences(data_dir: &Path, needle: &str) -> Vec<String> {
         // Records: payload length (u32 BE), CRC (u32), sequence (u64),
         // payload. A payload is a format byte, the plain length (u32) and
         // either a zstd frame of its own (format 1) or the next piece of
-        // the segment's zstd stream (format 2), decoded in order.
+        // the segment's zstd stream (formats 2 and 3; 3 may hold deltas,
+        // whose literals are the new bytes), decoded in order.
         let mut stream = zstd::stream::raw::Decoder::new().expect("decoder");
         let mut rest = bytes.as_slice();
         while rest.len() >= 16 {
@@ -278,7 +279,7 @@ fn journal_occurrences(data_dir: &Path, needle: &str) -> Vec<String> {
             let end = (16 + len).min(rest.len());
             let payload = &rest[16..end];
             let plain = match payload.first() {
-                Some(2) if payload.len() >= 5 => stream_piece(&mut stream, &payload[5..]),
+                Some(2 | 3) if payload.len() >= 5 => stream_piece(&mut stream, &payload[5..]),
                 _ => zstd_frames(payload, &[]).concat(),
             };
             if contains(payload) || contains(&plain) {

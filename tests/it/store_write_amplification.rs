@@ -136,8 +136,16 @@ fn bytes_written_per_raw_byte() {
     }
     store.durable_blocking().expect("durable");
     // What is still in the hot state is written too (a checkpoint, as at
-    // close): counted, so short runs are not flattered.
+    // close): counted, so short runs are not flattered. What sled writes
+    // for it, per byte of hot state it moves, is its amplification.
+    let hot = store.hot_bytes();
+    let before_checkpoint = write_bytes();
     store.checkpoint().expect("checkpoint");
+    let checkpoint_written = write_bytes() - before_checkpoint;
+    println!(
+        "last checkpoint: {hot} B of hot state, sled wrote {checkpoint_written} B ({:.2}x)",
+        checkpoint_written as f64 / hot.max(1) as f64
+    );
     let elapsed = started.elapsed();
     println!(
         "{}",
