@@ -53,6 +53,7 @@ mod store_dictionaries;
 mod store_encryption;
 mod store_ingest;
 mod store_journal;
+mod store_kill_loop;
 mod store_shredding;
 mod store_upgrade;
 mod store_write_amplification;

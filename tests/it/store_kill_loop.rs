@@ -5,7 +5,7 @@
 //! exactly once (a resend after a kill is not written twice), and no
 //! start-up replayed for longer than one checkpoint interval.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
