@@ -22,12 +22,12 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::api::{self, ApiShared, ApiState, HttpListener, Phase, Readiness};
 use crate::config::HubConfig;
-use crate::ingest::broker::{BrokerBindError, EmbeddedBroker};
-use crate::ingest::client::{self, ClientConfigError};
 use crate::ingest::priority::{IngestRuntime, IngestRuntimeError};
 use crate::ingest::Ingestor;
 use crate::product::{self, LoadContext, LoadErrors, ProductSet};
 use crate::retention::{RetentionMetrics, SweepSchedule};
+use crate::sources::mqtt::broker::{BrokerBindError, EmbeddedBroker};
+use crate::sources::mqtt::client::{self, ClientConfigError};
 use crate::sources::SourceKind;
 use crate::store::{Store, StoreConfig, StoreError};
 
@@ -71,7 +71,7 @@ pub enum NodeError {
     #[error(transparent)]
     Sync(#[from] crate::sync::SyncError),
     #[error(transparent)]
-    SparkplugHost(#[from] crate::ingest::sparkplug_state::HostIdError),
+    SparkplugHost(#[from] crate::sources::sparkplug::state::HostIdError),
     #[error("a background task failed: {0}")]
     Task(String),
 }
@@ -159,7 +159,7 @@ pub fn preflight(config: &HubConfig, products: &ProductSet) -> Preflight {
             .host_id
             .clone()
             .unwrap_or_else(|| format!("meshlet-{node_id}"));
-        if let Err(err) = crate::ingest::sparkplug_state::PrimaryHost::new(&id) {
+        if let Err(err) = crate::sources::sparkplug::state::PrimaryHost::new(&id) {
             out.problems.push(format!("sparkplug.host_id: {err}"));
         }
     }
@@ -510,7 +510,7 @@ fn sparkplug_host(
     config: &HubConfig,
     node_id: &str,
     ingestor: &Ingestor,
-) -> Result<Option<crate::ingest::sparkplug_state::PrimaryHost>, NodeError> {
+) -> Result<Option<crate::sources::sparkplug::state::PrimaryHost>, NodeError> {
     if !config.sparkplug.state || ingestor.sparkplug().filters().is_empty() {
         return Ok(None);
     }
@@ -519,7 +519,9 @@ fn sparkplug_host(
         .host_id
         .clone()
         .unwrap_or_else(|| format!("meshlet-{node_id}"));
-    Ok(Some(crate::ingest::sparkplug_state::PrimaryHost::new(&id)?))
+    Ok(Some(crate::sources::sparkplug::state::PrimaryHost::new(
+        &id,
+    )?))
 }
 
 /// `<data_dir>/node_id` so it survives restarts (upstreams key their

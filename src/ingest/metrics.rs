@@ -190,10 +190,10 @@ pub struct IngestMetrics {
     pub broker_protocol_errors: AtomicU64,
     /// Embedded broker: sockets open (CONNECT pending included), failed
     /// accepts, and CONNECTs or topics refused per MQTT 3.1.1 by
-    /// [`super::broker_connect::Violation::ALL`] index.
+    /// [`crate::sources::mqtt::broker::Violation::ALL`] index.
     pub broker_sockets: AtomicI64,
     pub broker_accept_errors: AtomicU64,
-    pub broker_violations: [AtomicU64; super::broker_connect::Violation::ALL.len()],
+    pub broker_violations: [AtomicU64; crate::sources::mqtt::broker::Violation::ALL.len()],
     /// Embedded broker budgets: retained bytes held, retained publishes
     /// not retained, subscriptions refused, deliveries dropped for a slow
     /// subscriber, persistent sessions expired.
@@ -520,7 +520,7 @@ impl IngestMetrics {
             "meshlet_broker_violations_total",
             "Connections the embedded broker closed for breaking MQTT 3.1.1 or 5, by violation (unsupported_protocol got CONNACK 0x01).",
         )?;
-        for (violation, count) in super::broker_connect::Violation::ALL
+        for (violation, count) in crate::sources::mqtt::broker::Violation::ALL
             .iter()
             .zip(&self.broker_violations)
         {

@@ -15,24 +15,9 @@
 //! (the pipeline removes bad optional fields; records it cannot repair are
 //! rejected).
 
-pub mod broker;
-mod broker_connect;
-mod broker_limits;
-mod broker_retained;
-mod broker_session;
-mod broker_v5;
-mod broker_wire;
-pub mod client;
-mod client_outbox;
-pub mod file_tail;
 pub mod metrics;
 pub mod priority;
 pub mod replay;
-pub mod routes;
-pub mod sparkplug;
-pub mod sparkplug_proto;
-pub mod sparkplug_route;
-pub mod sparkplug_state;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,9 +31,10 @@ use crate::record::{Origin, Timestamp};
 use crate::sources::SourceKind;
 use crate::store::{IngestBatch, IngestLimits, IngestRecord, QuarantineItem, Store};
 
+use crate::sources::mqtt::routes::MqttRoutes;
+use crate::sources::sparkplug::{host as sparkplug, route as sparkplug_route};
 pub use crate::store::{ChangeEvent, PendingWrite, WriteError, WriteJob, Writer, Written};
 pub use metrics::{IngestMetrics, Outcome, SourceCounters, SourceFigures};
-pub use routes::MqttRoutes;
 
 /// Quarantined payloads larger than this keep only their first bytes (the
 /// reason says so): a quarantine of oversized payloads must not fill the
@@ -138,8 +124,15 @@ pub struct Summary {
 }
 
 impl PendingMessage {
-    fn empty() -> PendingMessage {
+    pub(crate) fn empty() -> PendingMessage {
         PendingMessage { writes: Vec::new() }
+    }
+
+    /// The pending result of one write [`Ingestor::queue`] queued.
+    pub(crate) fn of(write: (PendingWrite, Arc<SourceCounters>, Vec<Timestamp>)) -> PendingMessage {
+        PendingMessage {
+            writes: vec![write],
+        }
     }
 
     /// Waits until durable; an error means the sender must not be

@@ -95,7 +95,7 @@ impl SourceShape {
     }
 
     /// The shape of the JSON document the Sparkplug host builds per
-    /// update (see `ingest::sparkplug`): the key field holds the device or edge node id,: `__metrics` holds the
+    /// update (see `sources::sparkplug::host`): the key field holds the device or edge node id,: `__metrics` holds the
     /// metrics by name, `__ts` the
     /// payload timestamp, `__online` the birth/death state. The `__`
     /// prefix cannot clash with a field name.

@@ -18,7 +18,7 @@
 //! `sparkplug` sources have no payload mapping of their own: `metrics`
 //! maps fields to Sparkplug metric names, the key field takes the device
 //! (or edge node) id and the event time is the payload timestamp (see
-//! [`SparkplugSource`]; `ingest::sparkplug` is the host state machine).
+//! [`SparkplugSource`]; `sources::sparkplug::host` is the host state machine).
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -13,10 +13,12 @@
 //!   payloads are read), the data contract (where records come from) and
 //!   the node (the task it runs, if it polls or tails by itself).
 //!
-//! The wire protocols stay with their owners: the embedded broker and the
-//! external MQTT client feed every `mqtt` and `sparkplug` source through
-//! `ingest::routes` and `ingest::sparkplug_route`; `http` sources are fed
-//! by the API's push endpoint. Kinds that read by themselves (`file`,
+//! Each kind's protocol code lives in its folder: the embedded broker and
+//! the external MQTT client (`mqtt/`) feed every `mqtt` and `sparkplug`
+//! source through `mqtt::routes` and `sparkplug::route`; `http` sources are
+//! fed by the API's push endpoint. What every kind shares (the
+//! [`Ingestor`]: pipeline, queueing, durable acks; replay; counters) stays
+//! in `crate::ingest`. Kinds that read by themselves (`file`,
 //! `modbus`) start one task per source through [`SourceSpec::start`].
 
 use std::fmt;
@@ -29,11 +31,11 @@ use crate::ingest::Ingestor;
 use crate::pipeline::SourceShape;
 use crate::product::{Product, Source};
 
-mod file;
-mod http;
+pub mod file;
+pub mod http;
 pub mod modbus;
-mod mqtt;
-mod sparkplug;
+pub mod mqtt;
+pub mod sparkplug;
 
 /// The kinds of source a product may list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

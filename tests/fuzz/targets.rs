@@ -28,12 +28,14 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use meshlet::ingest::broker::{check_connect_frame, decode_packet, decode_packet_v5, Decoded};
-use meshlet::ingest::sparkplug::{Host, MessageType, Topic};
 use meshlet::pipeline::{self, Input, Limits, SourceShape};
 use meshlet::policy::expr;
 use meshlet::product::{parse_definition, LoadContext, PayloadFormat, Product, Source};
 use meshlet::record::{Fields, Origin, Timestamp, Value};
+use meshlet::sources::mqtt::broker::{
+    check_connect_frame, decode_packet, decode_packet_v5, Decoded,
+};
+use meshlet::sources::sparkplug::host::{Host, MessageType, Topic};
 use rumqttc::mqttbytes::v4::Packet;
 
 /// A target body: one input, a panic when it finds a problem.

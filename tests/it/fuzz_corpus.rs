@@ -18,7 +18,7 @@ mod targets;
 use std::path::{Path, PathBuf};
 
 use bytes::BytesMut;
-use meshlet::ingest::sparkplug_proto::{datatype, Metric, MetricValue, Payload};
+use meshlet::sources::sparkplug::proto::{datatype, Metric, MetricValue, Payload};
 use prost::Message;
 use rumqttc::mqttbytes::v4::{Connect, Login, Packet, PubAck, Publish, Subscribe, Unsubscribe};
 use rumqttc::mqttbytes::QoS;

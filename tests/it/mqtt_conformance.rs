@@ -514,7 +514,7 @@ fn disconnect_reason(stream: &mut std::net::TcpStream) -> Option<u8> {
 /// (0x82), silence past the keep-alive (0x8D), a packet over the maximum
 /// packet size (0x95). (More than the
 /// receive maximum unacknowledged is met with backpressure, not a
-/// DISCONNECT: see `broker_v5`.)
+/// DISCONNECT: see `sources::mqtt::broker::v5`.)
 #[test]
 fn mqtt5_violations_get_a_disconnect_with_their_reason() {
     let setup = Setup::new("[mqtt.embedded]\nmax_packet_bytes = 4096\n");

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::graphql::Gql;
 use common::*;
-use meshlet::ingest::sparkplug_proto::{datatype, Metric, MetricValue, Payload};
+use meshlet::sources::sparkplug::proto::{datatype, Metric, MetricValue, Payload};
 use prost::Message;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};

@@ -1,6 +1,12 @@
-//! `mqtt` sources: fed by the embedded broker and the external MQTT
-//! client through the topic routes (`ingest::routes`); nothing to start
-//! per source.
+//! `mqtt` sources: fed by the embedded broker (`broker/`) and the external
+//! MQTT client (`client`) through the topic routes (`routes`); nothing to
+//! start per source. Both MQTT ends also carry the `sparkplug` sources'
+//! messages (see `sources::sparkplug`).
+
+pub mod broker;
+pub mod client;
+mod client_outbox;
+pub mod routes;
 
 use serde_json::json;
 

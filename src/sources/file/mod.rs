@@ -1,14 +1,16 @@
-//! `file` sources: one tail task per source (`ingest::file_tail`), which
+//! `file` sources: one tail task per source (`tail`), which
 //! keeps its read position in the store under the source's id.
+
+pub mod tail;
 
 use futures_util::FutureExt;
 use serde_json::json;
 use tracing::info_span;
 
 use super::{SourceSpec, StartContext, StartError};
-use crate::ingest::file_tail::FileTail;
 use crate::pipeline::SourceShape;
 use crate::product::FileSource;
+use tail::FileTail;
 
 impl SourceSpec for FileSource {
     fn shape(&self) -> SourceShape {

@@ -1,5 +1,5 @@
 //! The embedded broker's retained messages across restarts: each change
-//! to the in-memory set (`broker_limits::Retained`) is mirrored into the
+//! to the in-memory set (`limits::Retained`) is mirrored into the
 //! store (`store::retained`) by one task, in order; at start they are
 //! loaded back through the same `max_retained_bytes` budget.
 //!

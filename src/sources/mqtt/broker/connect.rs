@@ -4,7 +4,7 @@
 //! half-understanding a client.
 //!
 //! The broker speaks MQTT 3.1.1 and 5 (protocol name `MQTT`, level 4 or
-//! 5; `broker_wire` picks the codec by the level). Any other level under
+//! 5; `wire` picks the codec by the level). Any other level under
 //! `MQTT` and MQTT 3.1 (`MQIsdp`, level 3) get CONNACK 0x01 "unacceptable
 //! protocol version" and are closed (§3.1.2.2). Any other protocol name, a reserved bit
 //! set (fixed-header flags, connect flag bit 0), inconsistent will flags,

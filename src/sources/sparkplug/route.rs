@@ -14,8 +14,8 @@ use std::time::Instant;
 use serde_json::{Map, Value as Json};
 use tokio::sync::broadcast;
 
-use super::metrics::{IngestMetrics, SourceCounters};
-use super::sparkplug::{Host, Topic, Update, UpdateKind, NAMESPACE};
+use super::host::{Host, Topic, Update, UpdateKind, NAMESPACE};
+use crate::ingest::{IngestMetrics, SourceCounters};
 use crate::pipeline::SourceShape;
 use crate::product::{Product, ProductSet, Source, SparkplugSource};
 
@@ -127,7 +127,7 @@ impl SparkplugIngest {
     /// Locks the host; a poisoned lock means a panic elsewhere, and the
     /// state is still a consistent picture (each message updates it
     /// before any code that could panic).
-    pub(crate) fn handle(&self, topic: &Topic<'_>, payload: &[u8]) -> super::sparkplug::Handled {
+    pub(crate) fn handle(&self, topic: &Topic<'_>, payload: &[u8]) -> super::host::Handled {
         let mut host = match self.host.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
@@ -151,7 +151,7 @@ impl SparkplugRoute {
 
     /// Whether this source reads messages of `topic` (its group, edge
     /// node and device), whatever they carry.
-    pub(crate) fn reads_topic(&self, topic: &super::sparkplug::Topic<'_>) -> bool {
+    pub(crate) fn reads_topic(&self, topic: &super::host::Topic<'_>) -> bool {
         let s = &self.source;
         s.group == topic.group
             && s.edge_node.as_ref().is_none_or(|n| n == topic.edge_node)

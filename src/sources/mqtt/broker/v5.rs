@@ -30,7 +30,7 @@ use rumqttc::v5::mqttbytes::v5::{
     ConnAckProperties, Connect, Disconnect, DisconnectProperties, DisconnectReasonCode, Publish,
 };
 
-use super::broker_wire::Protocol;
+use super::wire::Protocol;
 use crate::config::EmbeddedBrokerConfig;
 
 /// A 3.1.1 client that asked for a persistent session, or an MQTT 5

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use serde_json::Value as Json;
 
-use super::sparkplug_proto::{datatype, Metric, MetricValue, Payload};
+use super::proto::{datatype, Metric, MetricValue, Payload};
 
 /// The topic namespace of Sparkplug B.
 pub const NAMESPACE: &str = "spBv1.0";

@@ -36,7 +36,7 @@ pub enum Protocol {
 
 impl Protocol {
     /// The protocol of a whole CONNECT frame that passed
-    /// `broker_connect::check_frame` (so its name is `MQTT` and its level 4
+    /// `connect::check_frame` (so its name is `MQTT` and its level 4
     /// or 5); 3.1.1 when the frame is too short to say.
     pub fn of_connect(frame: &[u8]) -> Protocol {
         // Fixed header byte, 1-4 remaining-length bytes, then the 6 bytes
@@ -155,7 +155,7 @@ pub fn encode(protocol: Protocol, packet: &Packet, buffer: &mut BytesMut) -> boo
 
 /// A 3.1.1 packet in its MQTT 5 form (no properties; a clean session is a
 /// clean start — the session expiry the broker derives from it, see
-/// `broker_session`).
+/// `session`).
 pub fn from_v4(packet: v4::Packet) -> Packet {
     match packet {
         v4::Packet::Connect(connect) => {

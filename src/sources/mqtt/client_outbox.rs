@@ -22,8 +22,8 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, QoS};
 use tokio::time::Instant;
 
-use super::sparkplug_route::Command;
-use super::sparkplug_state::HostSession;
+use crate::sources::sparkplug::route::Command;
+use crate::sources::sparkplug::state::HostSession;
 
 /// Commands waiting for room in the request channel, at most.
 pub(crate) const COMMANDS_QUEUED: usize = 256;

@@ -22,7 +22,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::sparkplug::NAMESPACE;
+use super::host::NAMESPACE;
 
 /// Why a configured host id cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

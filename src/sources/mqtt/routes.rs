@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use super::metrics::{IngestMetrics, SourceCounters};
+use crate::ingest::{IngestMetrics, SourceCounters};
 use crate::pipeline::SourceShape;
 use crate::product::{Product, ProductSet, Source};
 

@@ -9,7 +9,7 @@
 //! broker redelivers it (the dedupe set recognises what was already
 //! written).
 //!
-//! As a Sparkplug primary host (see `sparkplug_state`), the client
+//! As a Sparkplug primary host (see `sources::sparkplug::state`), the client
 //! registers an offline STATE as its MQTT will at every CONNECT, publishes
 //! online after each CONNACK and offline before a clean DISCONNECT. It
 //! also subscribes to its own STATE topic: an offline there while it runs
@@ -27,9 +27,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::client_outbox::{Outbox, Queued, Watchdog, COMMANDS_QUEUED, SILENT_KEEP_ALIVES};
-use super::sparkplug_state::{HostSession, PrimaryHost};
-use super::{Ingestor, MqttMessage, PendingMessage};
 use crate::config::ExternalBrokerConfig;
+use crate::ingest::{Ingestor, MqttMessage, PendingMessage};
+use crate::sources::sparkplug::state::{HostSession, PrimaryHost};
 
 /// Capacity of rumqttc's request channel (our acks and subscriptions).
 const REQUEST_CHANNEL: usize = 1_024;

@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Ingestor, Provenance, SourceCounters};
+use crate::ingest::{Ingestor, Provenance, SourceCounters};
 use crate::pipeline::SourceShape;
 use crate::product::{FileSource, PayloadFormat, Product};
 use crate::record::{Origin, Timestamp};
@@ -318,7 +318,7 @@ impl FileTail {
         bytes: &[u8],
         synthetic_newline: bool,
         counters: &Arc<SourceCounters>,
-    ) -> Result<(), super::WriteError> {
+    ) -> Result<(), crate::ingest::WriteError> {
         let max_line = self.ingestor.limits().max_payload_bytes;
         let mut data = std::mem::take(&mut current.partial);
         data.extend_from_slice(bytes);
@@ -382,7 +382,7 @@ impl FileTail {
         lines: &[Vec<u8>],
         end_offset: u64,
         counters: &Arc<SourceCounters>,
-    ) -> Result<(), super::WriteError> {
+    ) -> Result<(), crate::ingest::WriteError> {
         let arrival = Timestamp::now();
         let origin = Origin::new(format!("file:{}", self.path.display()));
         // The product as defined now (fields, rules: they follow reloads);
@@ -390,7 +390,9 @@ impl FileTail {
         // A product a reload removed takes nothing: the lines stay unread
         // (the position does not move) until its definition returns.
         let Some(product) = self.ingestor.products().get(&self.product.name).cloned() else {
-            return Err(super::WriteError::ProductRemoved(self.product.name.clone()));
+            return Err(crate::ingest::WriteError::ProductRemoved(
+                self.product.name.clone(),
+            ));
         };
         let mut batch = IngestBatch::default();
         let mut event_times = Vec::new();
@@ -421,7 +423,7 @@ impl FileTail {
             source: self.offset_key(),
             position: position.encode(),
         });
-        let prepared = super::Prepared {
+        let prepared = crate::ingest::Prepared {
             batch,
             rejected: Vec::new(),
             event_times,
@@ -431,10 +433,7 @@ impl FileTail {
             .queue(&product, prepared, false, arrival, counters)
             .await
         {
-            let pending = super::PendingMessage {
-                writes: vec![write],
-            };
-            pending.wait().await?;
+            crate::ingest::PendingMessage::of(write).wait().await?;
         }
         current.position = position;
         debug!(

@@ -192,10 +192,7 @@ impl Deliveries {
             let Some((mut publish, queued_at)) = self.queue.pop_front() else {
                 break;
             };
-            match super::broker_v5::remaining_expiry(
-                &publish,
-                now.saturating_duration_since(queued_at),
-            ) {
+            match super::v5::remaining_expiry(&publish, now.saturating_duration_since(queued_at)) {
                 Some(Err(())) => {
                     self.bytes -= cost(&publish);
                     self.budget.release(cost(&publish));

@@ -13,11 +13,11 @@
 //!
 //! What it offers beyond ingest, for devices that also talk to each other
 //! or to local apps: subscriptions at QoS 0, 1 and 2 (QoS 1/2 deliveries
-//! of a session in `broker_session`: in-flight window, resent with DUP on
+//! of a session in `session`: in-flight window, resent with DUP on
 //! reconnect, queued while a persistent session's client is away; one
 //! delivery per client at the highest QoS of its overlapping
 //! subscriptions), retained messages (in memory within
-//! `max_retained_bytes`, mirrored into the store by `broker_retained` so
+//! `max_retained_bytes`, mirrored into the store by `retained` so
 //! they survive a restart) and last wills.
 //! Persistent sessions (`clean_session = false`, or an MQTT 5 session
 //! expiry) are kept in the store with their subscriptions and their QoS,
@@ -26,32 +26,39 @@
 //! otherwise); they expire `session_expiry` after their client left. What
 //! a node restart loses: QoS 1/2 deliveries queued for away clients.
 //!
-//! As a Sparkplug primary host (see `sparkplug_state`) the broker retains
+//! As a Sparkplug primary host (see `sources::sparkplug::state`) the broker retains
 //! the node's online STATE at start and routes offline at a clean stop,
 //! before it closes client connections, so connected edges hear it.
 //!
 //! Both versions: a connection speaks the version of its CONNECT (level 4
 //! or 5); the broker works on MQTT 5 packets throughout and a 3.1.1
-//! connection is converted at its edge (`broker_wire`). What MQTT 5 adds —
+//! connection is converted at its edge (`wire`). What MQTT 5 adds —
 //! CONNACK properties and reason codes, session expiry, topic aliases,
 //! receive maximum, maximum packet size, server DISCONNECT reasons, will
 //! delay, message expiry, publish properties forwarded to subscribers
 //! (response topic and correlation data included) and handed to the
-//! pipeline (content type, user properties) — is in `broker_v5`.
+//! pipeline (content type, user properties) — is in `v5`.
 //!
 //! Protection: a connection limit counted from `accept` (a socket that has
 //! not sent CONNECT yet holds a slot; one beyond the limit gets CONNACK
 //! 0x03, 0x89 server busy in MQTT 5), a CONNECT deadline and size limit,
-//! optional username/password, protocol strictness (`broker_connect`:
+//! optional username/password, protocol strictness (`connect`:
 //! other protocol levels get CONNACK 0x01), a maximum packet size (a
 //! larger packet closes the connection, with DISCONNECT 0x95 in MQTT 5),
 //! keep-alive
 //! enforcement, and at most `max_inflight` publishes per connection waiting
 //! for their ack — beyond that the connection is not read, so the device's
 //! TCP window closes instead of the node's memory growing. Memory held for
-//! clients is bounded in bytes (`broker_limits`): retained messages,
+//! clients is bounded in bytes (`limits`): retained messages,
 //! subscriptions per client, deliveries queued per subscriber; persistent
 //! sessions expire after `session_expiry` without their client.
+
+mod connect;
+mod limits;
+mod retained;
+mod session;
+mod v5;
+mod wire;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -75,17 +82,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use super::broker_connect::{self, Violation};
-use super::broker_limits::{Held, Outbox, PacketBudget, QueuedBytes, Retained};
-use super::broker_retained::{self, RetainedChange};
-use super::broker_session::{self, Deliveries, SessionBudget};
-use super::broker_v5::{self, ClientLimits, Refusal, SessionExpiry, TopicAliases};
-use super::broker_wire::{self, Frame, Protocol, WireError};
-use super::metrics::IngestMetrics;
-use super::sparkplug_state::PrimaryHost;
-use super::{Ingestor, MqttMessage, PendingMessage};
+pub(crate) use self::connect::Violation;
+use self::limits::{Held, Outbox, PacketBudget, QueuedBytes, Retained};
+use self::retained::RetainedChange;
+use self::session::{Deliveries, SessionBudget};
+use self::v5::{ClientLimits, Refusal, SessionExpiry, TopicAliases};
+use self::wire::{Frame, Protocol, WireError};
 use crate::config::EmbeddedBrokerConfig;
+use crate::ingest::IngestMetrics;
+use crate::ingest::{Ingestor, MqttMessage, PendingMessage};
 use crate::listen::Acceptor;
+use crate::sources::sparkplug::state::PrimaryHost;
 use rumqttc::v5::mqttbytes::v5::{PubAck as PubAckIn, PubComp as PubCompIn};
 
 /// Packets queued towards one client (acks and subscription deliveries);
@@ -149,7 +156,7 @@ struct Shared {
     max_delivery_qos: QoS,
     /// The bytes all sessions' QoS 1/2 deliveries may hold together.
     session_bytes: SessionBudget,
-    /// Retained changes on their way to the store (`broker_retained`).
+    /// Retained changes on their way to the store (`retained`).
     persist: mpsc::Sender<RetainedChange>,
     next_connection: AtomicU64,
     metrics: Arc<IngestMetrics>,
@@ -232,7 +239,7 @@ impl Shared {
                     }
                 };
                 let topic = message.topic.clone();
-                let (publish, since) = broker_retained::from_stored(message);
+                let (publish, since) = retained::from_stored(message);
                 match retained.set_since(&publish, self.max_retained_bytes, since) {
                     Ok(()) => loaded += 1,
                     Err(_) => {
@@ -286,7 +293,7 @@ impl Shared {
                 Ok(()) if kept.payload.is_empty() => {
                     change = Some(RetainedChange::Clear(topic.to_string()));
                 }
-                Ok(()) => change = Some(RetainedChange::Set(broker_retained::to_stored(&kept))),
+                Ok(()) => change = Some(RetainedChange::Set(retained::to_stored(&kept))),
                 Err(refused) => {
                     let before = self
                         .metrics
@@ -310,7 +317,7 @@ impl Shared {
         let mut targets: Vec<(&Subscription, QoS, bool)> = Vec::new();
         for sub in subs.iter() {
             if (sub.no_local && from == Some(sub.connection))
-                || !broker_connect::topic_matches(topic, &sub.filter)
+                || !connect::topic_matches(topic, &sub.filter)
             {
                 continue;
             }
@@ -327,7 +334,7 @@ impl Shared {
         for (sub, granted, retain_as_published) in targets {
             let out = Publish {
                 dup: false,
-                qos: broker_wire::downgrade(publish.qos, granted),
+                qos: wire::downgrade(publish.qos, granted),
                 retain: retain_as_published && publish.retain,
                 topic: publish.topic.clone(),
                 pkid: 0,
@@ -456,13 +463,13 @@ impl EmbeddedBroker {
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) {
-        let (persist, changes) = mpsc::channel(broker_retained::PERSIST_QUEUE);
+        let (persist, changes) = mpsc::channel(retained::PERSIST_QUEUE);
         let shared = Arc::new(Shared::new(
             &self.config,
             ingestor.metrics().clone(),
             persist,
         ));
-        tasks.spawn(broker_retained::persist(ingestor.store().clone(), changes));
+        tasks.spawn(retained::persist(ingestor.store().clone(), changes));
         shared.load_retained(ingestor.store()).await;
         let state = host.as_ref().map(PrimaryHost::session);
         if let Some(session) = &state {
@@ -675,7 +682,7 @@ fn state_publish(topic: &str, payload: Vec<u8>) -> Publish {
 /// Publishes the node's own commands (Sparkplug rebirth requests) to the
 /// broker's subscribers, as if a client had sent them.
 async fn publish_commands(
-    mut commands: tokio::sync::broadcast::Receiver<super::sparkplug_route::Command>,
+    mut commands: tokio::sync::broadcast::Receiver<crate::sources::sparkplug::route::Command>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
@@ -854,9 +861,7 @@ impl Connection {
                 return;
             }
         };
-        if let Err(violation) =
-            broker_connect::check_strings(&connect, will.as_ref(), login.as_ref())
-        {
+        if let Err(violation) = connect::check_strings(&connect, will.as_ref(), login.as_ref()) {
             metrics.broker_violations[violation.index()].fetch_add(1, Ordering::Relaxed);
             info!(%violation, "MQTT CONNECT refused");
             return;
@@ -874,17 +879,13 @@ impl Connection {
             connect.client_id.clone()
         };
         self.take_over(&client_id);
-        let expiry = broker_v5::session_expiry(protocol, &connect, self.config.session_expiry);
+        let expiry = v5::session_expiry(protocol, &connect, self.config.session_expiry);
         let restored = self
             .open_session(&client_id, connect.clean_start, expiry)
             .await;
         let session_present = restored.is_some();
         let properties = (protocol == Protocol::V5).then(|| {
-            broker_v5::connack_properties(
-                &self.config,
-                expiry,
-                assigned.then_some(client_id.as_str()),
-            )
+            v5::connack_properties(&self.config, expiry, assigned.then_some(client_id.as_str()))
         });
         let accepted = connack(ConnectReturnCode::Success, session_present, properties);
         if write_packet(&mut stream, protocol, &accepted)
@@ -936,7 +937,7 @@ impl Connection {
         // are this connection's now.
         self.forget_subscriptions(&session.client_id);
         for stored in restored.unwrap_or_default() {
-            let (filter, qos) = broker_session::parse_stored_filter(&stored);
+            let (filter, qos) = session::parse_stored_filter(&stored);
             if !self.may_subscribe(&session, filter) {
                 info!(client = %session.client_id, %filter, "stored subscription no longer allowed by mqtt.embedded.subscribe_acl; dropped");
                 continue;
@@ -1027,7 +1028,7 @@ impl Connection {
                 _ => String::new(),
             };
             let _ = outgoing
-                .send(Packet::Disconnect(broker_v5::disconnect(code, &why)))
+                .send(Packet::Disconnect(v5::disconnect(code, &why)))
                 .await;
         }
         drop(outgoing);
@@ -1177,7 +1178,7 @@ impl Connection {
         let filters: Vec<String> = read(&self.shared.subscriptions)
             .iter()
             .filter(|s| s.connection == self.id)
-            .map(|s| broker_session::stored_filter(&s.filter, s.qos))
+            .map(|s| session::stored_filter(&s.filter, s.qos))
             .collect();
         let store = self.ingestor.store().clone();
         let id = client_id.to_string();
@@ -1285,11 +1286,7 @@ impl Connection {
                     .await?
                 }
                 Packet::Subscribe(subscribe) => {
-                    if subscribe
-                        .filters
-                        .iter()
-                        .any(|f| broker_connect::has_nul(&f.path))
-                    {
+                    if subscribe.filters.iter().any(|f| connect::has_nul(&f.path)) {
                         return Err(ConnectionError::Violation(Violation::NulCharacter));
                     }
                     let mut codes = Vec::with_capacity(subscribe.filters.len());
@@ -1308,13 +1305,12 @@ impl Connection {
                             codes.push(SubscribeReasonCode::NotAuthorized);
                         } else if let Some(new) = self.subscribe_new(
                             &filter.path,
-                            broker_wire::downgrade(filter.qos, self.shared.max_delivery_qos),
+                            wire::downgrade(filter.qos, self.shared.max_delivery_qos),
                             attached,
                             filter.nolocal,
                             filter.preserve_retain,
                         ) {
-                            let qos =
-                                broker_wire::downgrade(filter.qos, self.shared.max_delivery_qos);
+                            let qos = wire::downgrade(filter.qos, self.shared.max_delivery_qos);
                             codes.push(SubscribeReasonCode::Success(qos));
                             let send = match filter.retain_forward_rule {
                                 RetainForwardRule::OnEverySubscribe => true,
@@ -1360,11 +1356,7 @@ impl Connection {
                     }
                 }
                 Packet::Unsubscribe(unsubscribe) => {
-                    if unsubscribe
-                        .filters
-                        .iter()
-                        .any(|t| broker_connect::has_nul(t))
-                    {
+                    if unsubscribe.filters.iter().any(|t| connect::has_nul(t)) {
                         return Err(ConnectionError::Violation(Violation::NulCharacter));
                     }
                     let mut reasons =
@@ -1465,7 +1457,7 @@ impl Connection {
                 "topic name is not UTF-8".to_string(),
             ));
         };
-        if broker_connect::has_nul(topic) {
+        if connect::has_nul(topic) {
             return Err(ConnectionError::Violation(Violation::NulCharacter));
         }
         if !valid_topic(topic) || topic.is_empty() {
@@ -1479,7 +1471,7 @@ impl Connection {
             });
         }
         self.shared.publish(&publish, Some(self.id)).await;
-        let (content_type, user_properties) = broker_v5::metadata(&publish);
+        let (content_type, user_properties) = v5::metadata(&publish);
         let pending = self
             .ingestor
             .submit_mqtt(MqttMessage {
@@ -1525,7 +1517,7 @@ impl Connection {
             None => true,
             Some(patterns) => patterns
                 .iter()
-                .any(|pattern| broker_connect::filter_covered(filter, pattern)),
+                .any(|pattern| connect::filter_covered(filter, pattern)),
         }
     }
 
@@ -1597,13 +1589,13 @@ impl Connection {
         // another copy of the retained messages.
         let matching: Vec<(Publish, Duration)> = read(&self.shared.retained)
             .iter()
-            .filter(|(topic, _)| broker_connect::topic_matches(topic, filter))
+            .filter(|(topic, _)| connect::topic_matches(topic, filter))
             .map(|(_, kept)| (kept.publish.clone(), kept.since.elapsed()))
             .collect();
         for (mut out, waited) in matching {
             out.retain = true;
-            out.qos = broker_wire::downgrade(out.qos, granted);
-            match broker_v5::remaining_expiry(&out, waited) {
+            out.qos = wire::downgrade(out.qos, granted);
+            match v5::remaining_expiry(&out, waited) {
                 Some(Err(())) => continue,
                 Some(Ok(left)) => {
                     if let Some(p) = out.properties.as_mut() {
@@ -1767,7 +1759,7 @@ impl Connection {
 /// Routes a will and hands it to ingest.
 async fn send_will(shared: &Shared, ingestor: &Ingestor, publish: &Publish, client_id: &str) {
     shared.publish(publish, None).await;
-    let (content_type, user_properties) = broker_v5::metadata(publish);
+    let (content_type, user_properties) = v5::metadata(publish);
     let pending = ingestor
         .submit_mqtt(MqttMessage {
             topic: topic_of(publish),
@@ -1890,7 +1882,7 @@ async fn write_loop(
             );
             return;
         }
-        broker_wire::encode(protocol, packet, buffer);
+        wire::encode(protocol, packet, buffer);
     };
     while let Some(packet) = packets.recv().await {
         buffer.clear();
@@ -1927,7 +1919,7 @@ async fn write_packet(
     packet: &Packet,
 ) -> std::io::Result<()> {
     let mut buffer = BytesMut::new();
-    if !broker_wire::encode(protocol, packet, &mut buffer) {
+    if !wire::encode(protocol, packet, &mut buffer) {
         return Err(std::io::Error::other(format!(
             "{} cannot be encoded for MQTT {}",
             packet_kind(packet),
@@ -1939,7 +1931,7 @@ async fn write_packet(
 
 /// Reads a client's first packet, which must be a CONNECT of at most
 /// `max_connect_bytes`: its raw header is checked for what the codec lets
-/// through (`broker_connect::check_frame`) before it is parsed, and its
+/// through (`connect::check_frame`) before it is parsed, and its
 /// protocol level picks the codec of the connection.
 async fn read_connect<R: AsyncReadExt + Unpin>(
     reader: &mut R,
@@ -1955,7 +1947,7 @@ async fn read_connect<R: AsyncReadExt + Unpin>(
         match mqttbytes::check(buffer.iter(), max_connect_bytes) {
             Ok(header) => {
                 let frame = buffer.get(..header.frame_length()).unwrap_or_default();
-                broker_connect::check_frame(frame).map_err(ConnectionError::Violation)?;
+                connect::check_frame(frame).map_err(ConnectionError::Violation)?;
                 let protocol = Protocol::of_connect(frame);
                 let packet = read_packet(reader, buffer, protocol, max_connect_bytes, None).await?;
                 return Ok((protocol, packet));
@@ -2021,7 +2013,7 @@ pub fn decode_packet_v5(
     buffer: &mut BytesMut,
     max_packet_bytes: usize,
 ) -> Result<Option<Packet>, PacketError> {
-    match broker_wire::decode(Protocol::V5, buffer, max_packet_bytes) {
+    match wire::decode(Protocol::V5, buffer, max_packet_bytes) {
         Ok(Frame::Packet(packet)) => Ok(Some(packet)),
         Ok(Frame::Partial { .. }) => Ok(None),
         Err(WireError::Malformed(reason)) => Err(PacketError::Malformed(reason)),
@@ -2030,10 +2022,10 @@ pub fn decode_packet_v5(
 }
 
 /// What the broker refuses in a raw CONNECT frame that the codec lets
-/// through (see `broker_connect`), by the name of its counter; exposed
+/// through (see `connect`), by the name of its counter; exposed
 /// for the fuzz targets (tests/fuzz).
 pub fn check_connect_frame(frame: &[u8]) -> Result<(), &'static str> {
-    broker_connect::check_frame(frame).map_err(Violation::name)
+    connect::check_frame(frame).map_err(Violation::name)
 }
 
 /// Reads one whole packet, reading from the socket as needed.
@@ -2046,7 +2038,7 @@ async fn read_packet<R: AsyncReadExt + Unpin>(
 ) -> Result<Packet, ConnectionError> {
     let mut held = Held::default();
     loop {
-        match broker_wire::decode(protocol, buffer, max_packet_bytes)? {
+        match wire::decode(protocol, buffer, max_packet_bytes)? {
             Frame::Packet(packet) => {
                 held.release();
                 return Ok(packet);

@@ -1,6 +1,13 @@
 //! `sparkplug` sources: MQTT messages in the `spBv1.0` namespace, decoded
-//! by the host state machine (`ingest::sparkplug`) and routed per source by
-//! `ingest::sparkplug_route`; nothing to start per source.
+//! by the host state machine (`host`, on the wire format of `proto`) and
+//! routed per source by `route`; `state` is the node's own host STATE.
+//! The messages arrive through the MQTT ends of `sources::mqtt`; nothing to
+//! start per source.
+
+pub mod host;
+pub mod proto;
+pub mod route;
+pub mod state;
 
 use serde_json::json;
 
