@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::chunk::{decode_chunk, decode_chunk_header, ChunkHeader};
 use super::codec;
-use super::keys::{entity_prefix, parse_history_key, TAG_CHUNK, TAG_TAIL};
+use super::keys::{chunk_key, entity_prefix, parse_history_key, TAG_CHUNK, TAG_TAIL};
 use super::stored::{StoredAuditLine, StoredEvent, StoredInstance, StoredState, StoredTombstone};
 use super::{
     AuditEntry, AuditQuery, HistoryEvent, HistoryQuery, Instance, Page, ProductTrees, Store,
@@ -153,7 +153,7 @@ impl Store {
                         }
                     }
                 }
-                read_history(&trees, entity, query, &mut events)?;
+                read_history_newest_first(&trees, entity, query, state.version, &mut events)?;
                 Ok(events)
             }
             Some(bytes) => {
@@ -324,86 +324,176 @@ fn event_wanted(event: &StoredEvent, query: &HistoryQuery) -> bool {
         || query.until.is_some_and(|until| event.event_time >= until))
 }
 
+/// Versions the first backward window of a newest-first read spans; each
+/// further window doubles it. Small enough that the newest few chunks
+/// (256 events each by default) are all the first window touches.
+const NEWEST_FIRST_SPAN: u64 = 1_024;
+
+/// What the walk over history entries does next.
+enum Walk {
+    /// Keep reading entries in this direction.
+    More,
+    /// `out` holds `query.limit` events, or nothing further back can match.
+    Done,
+}
+
 /// One range scan over the entity's chunks, then the open-tail keys an
-/// instance written before store format 3 may still have — or, for a
-/// newest-first query, the same keys backwards, each chunk's events
-/// newest first. Appends to `out` until it holds `query.limit` events.
+/// instance written before store format 3 may still have. Appends to
+/// `out` until it holds `query.limit` events.
 fn read_history(
     trees: &ProductTrees,
     entity: &str,
     query: &HistoryQuery,
     out: &mut Vec<HistoryEvent>,
 ) -> Result<(), StoreError> {
+    if out.len() >= query.limit {
+        return Ok(());
+    }
+    for item in trees.history.scan_prefix(entity_prefix(entity)) {
+        if let Walk::Done = visit_history_entry(trees, entity, query, item, out)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The newest-first read after the instance's open tail: the open-tail
+/// keys of an instance written before store format 3 (backwards), then
+/// the sealed chunks backwards in key windows of growing version spans
+/// below `newest` (or `before_version`), each chunk's events newest first.
+///
+/// Why windows and not one backward scan of the entity's prefix: a range
+/// over the store's hot trees gathers every not-yet-checkpointed key of
+/// the range before yielding the first (sealed and merged blocks leave
+/// one per block until the next checkpoint), so a prefix-wide range cost
+/// the latest readings as much as the entity's recent history; a window
+/// of [`NEWEST_FIRST_SPAN`] versions costs what the newest chunks hold.
+/// Chunks are keyed by their first version and never overlap in
+/// versions, so windows read in descending key order yield the events in
+/// descending version order, and the walk stops at the first chunk wholly
+/// at or below `after_version`.
+fn read_history_newest_first(
+    trees: &ProductTrees,
+    entity: &str,
+    query: &HistoryQuery,
+    newest: u64,
+    out: &mut Vec<HistoryEvent>,
+) -> Result<(), StoreError> {
+    if out.len() >= query.limit {
+        return Ok(());
+    }
+    let prefix = entity_prefix(entity);
+    let mut tail_start = prefix.clone();
+    tail_start.push(TAG_TAIL);
+    let mut tail_end = prefix;
+    tail_end.push(TAG_TAIL + 1);
+    for item in trees
+        .history
+        .range::<&[u8], _>(tail_start.as_slice()..tail_end.as_slice())
+        .rev()
+    {
+        if let Walk::Done = visit_history_entry(trees, entity, query, item, out)? {
+            return Ok(());
+        }
+    }
+    // Chunks whose first version is below `hi` are what is left to read.
+    let mut hi = newest
+        .saturating_add(1)
+        .min(query.before_version.unwrap_or(u64::MAX));
+    let mut span = NEWEST_FIRST_SPAN;
+    while hi > 0 {
+        let lo = hi.saturating_sub(span);
+        let (start, end) = (chunk_key(entity, lo), chunk_key(entity, hi));
+        for item in trees
+            .history
+            .range::<&[u8], _>(start.as_slice()..end.as_slice())
+            .rev()
+        {
+            if let Walk::Done = visit_history_entry(trees, entity, query, item, out)? {
+                return Ok(());
+            }
+        }
+        hi = lo;
+        span = span.saturating_mul(2);
+    }
+    Ok(())
+}
+
+/// Reads one history entry (a sealed chunk or a pre-format-3 tail key)
+/// into `out`, events in the query's direction.
+fn visit_history_entry(
+    trees: &ProductTrees,
+    entity: &str,
+    query: &HistoryQuery,
+    item: sled::Result<(sled::IVec, sled::IVec)>,
+    out: &mut Vec<HistoryEvent>,
+) -> Result<Walk, StoreError> {
     let product = trees.name.as_str();
-    let scan = trees.history.scan_prefix(entity_prefix(entity));
-    let entries: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
-        if query.newest_first {
-            Box::new(scan.rev())
-        } else {
-            Box::new(scan)
-        };
     let take = |event: StoredEvent, out: &mut Vec<HistoryEvent>| {
         if event_wanted(&event, query) {
             out.push(event.into());
         }
         out.len() >= query.limit
     };
-    if out.len() >= query.limit {
-        return Ok(());
-    }
-    for item in entries {
-        let (key, value) = item.map_err(|e| {
-            StoreError::sled(
-                format!("product `{product}`, entity `{entity}`: reading history"),
-                e,
-            )
-        })?;
-        let (tag, version) = parse_history_key(&key)
-            .ok_or_else(|| StoreError::corrupt(product, entity, "history key", "malformed key"))?;
-        let value = trees
-            .open(HISTORY, &key, &value)
-            .map_err(|e| StoreError::corrupt(product, entity, "history entry", e))?;
-        match tag {
-            TAG_CHUNK => {
-                let header = decode_chunk_header(&value)
-                    .map_err(|e| StoreError::corrupt(product, entity, "history chunk", e))?;
-                if chunk_outside(&header, query) {
-                    continue;
-                }
-                let (_, mut events) = decode_chunk(&value, &trees.dictionaries)
-                    .map_err(|e| StoreError::corrupt(product, entity, "history chunk", e))?;
-                if query.newest_first {
-                    events.reverse();
-                }
-                for event in events {
-                    if take(event, out) {
-                        return Ok(());
-                    }
-                }
+    let (key, value) = item.map_err(|e| {
+        StoreError::sled(
+            format!("product `{product}`, entity `{entity}`: reading history"),
+            e,
+        )
+    })?;
+    let (tag, version) = parse_history_key(&key)
+        .ok_or_else(|| StoreError::corrupt(product, entity, "history key", "malformed key"))?;
+    let value = trees
+        .open(HISTORY, &key, &value)
+        .map_err(|e| StoreError::corrupt(product, entity, "history entry", e))?;
+    match tag {
+        TAG_CHUNK => {
+            let header = decode_chunk_header(&value)
+                .map_err(|e| StoreError::corrupt(product, entity, "history chunk", e))?;
+            if query.newest_first
+                && query
+                    .after_version
+                    .is_some_and(|v| header.last_version <= v)
+            {
+                // Every older chunk lies below the cursor too.
+                return Ok(Walk::Done);
             }
-            TAG_TAIL => {
-                if query.after_version.is_some_and(|v| version <= v)
-                    || query.before_version.is_some_and(|v| version >= v)
-                {
-                    continue;
-                }
-                let event: StoredEvent = codec::decode(&value)
-                    .map_err(|e| StoreError::corrupt(product, entity, "history event", e))?;
+            if chunk_outside(&header, query) {
+                return Ok(Walk::More);
+            }
+            let (_, mut events) = decode_chunk(&value, &trees.dictionaries)
+                .map_err(|e| StoreError::corrupt(product, entity, "history chunk", e))?;
+            if query.newest_first {
+                events.reverse();
+            }
+            for event in events {
                 if take(event, out) {
-                    return Ok(());
+                    return Ok(Walk::Done);
                 }
-            }
-            other => {
-                return Err(StoreError::corrupt(
-                    product,
-                    entity,
-                    "history key",
-                    format!("unknown tag {other}"),
-                ))
             }
         }
+        TAG_TAIL => {
+            if query.after_version.is_some_and(|v| version <= v)
+                || query.before_version.is_some_and(|v| version >= v)
+            {
+                return Ok(Walk::More);
+            }
+            let event: StoredEvent = codec::decode(&value)
+                .map_err(|e| StoreError::corrupt(product, entity, "history event", e))?;
+            if take(event, out) {
+                return Ok(Walk::Done);
+            }
+        }
+        other => {
+            return Err(StoreError::corrupt(
+                product,
+                entity,
+                "history key",
+                format!("unknown tag {other}"),
+            ))
+        }
     }
-    Ok(())
+    Ok(Walk::More)
 }
 
 /// Whether an audit line overlaps the query window.
