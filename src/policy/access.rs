@@ -152,6 +152,12 @@ impl View {
         self.masker().apply_fields(fields);
     }
 
+    /// Whether any field is masked for this view (else fields are shown
+    /// as stored and need no copy).
+    pub fn masks_fields(&self) -> bool {
+        !self.masks.is_empty()
+    }
+
     /// The entity key as this view shows it.
     pub fn entity_key(&self, entity: &str) -> String {
         self.masker().entity_key(entity)

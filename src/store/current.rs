@@ -80,6 +80,9 @@ pub(crate) struct FillTicket(u64);
 pub(crate) struct CurrentCache {
     entries: RwLock<Entries>,
     capacity: usize,
+    /// Every current instance, for fleet aggregates (`projection.rs`):
+    /// fed by the same hooks, off until the first aggregate builds it.
+    pub projection: super::projection::Projection,
 }
 
 impl CurrentCache {
@@ -88,6 +91,7 @@ impl CurrentCache {
         CurrentCache {
             entries: RwLock::new(Entries::default()),
             capacity,
+            projection: super::projection::Projection::new(),
         }
     }
 
@@ -160,6 +164,8 @@ impl CurrentCache {
     /// lock, after the transaction succeeded), in commit order: an entity
     /// a group wrote several times ends with its last state.
     pub fn committed<'a>(&self, states: impl IntoIterator<Item = &'a Arc<Instance>>) {
+        let states: Vec<&Arc<Instance>> = states.into_iter().collect();
+        self.projection.committed(states.iter().copied());
         if self.capacity == 0 {
             return;
         }
@@ -196,6 +202,7 @@ impl CurrentCache {
     /// Drops `entity` (before a commit that removes or rewrites it outside
     /// ingest).
     pub fn forget(&self, entity: &str) {
+        self.projection.forget(entity);
         let mut entries = self.write();
         entries.map.remove(entity);
         // Counted even when absent: a reader's sled read may be older.
@@ -204,6 +211,7 @@ impl CurrentCache {
 
     /// Drops everything (the raw database was handed out).
     pub fn clear(&self) {
+        self.projection.clear();
         let mut entries = self.write();
         entries.map.clear();
         entries.removals += 1;

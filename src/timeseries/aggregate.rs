@@ -8,7 +8,8 @@
 //! open group number `max_groups + 1`, so memory stays bounded whatever
 //! the fleet holds.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
 use crate::record::{Fields, Value};
 
@@ -22,18 +23,9 @@ pub enum KeyPart {
 }
 
 impl KeyPart {
+    #[cfg(test)]
     fn of(value: Option<&Value>) -> KeyPart {
-        match value {
-            Some(Value::Bool(b)) => KeyPart::Bool(*b),
-            Some(Value::Int(i)) => KeyPart::Int(*i),
-            Some(Value::String(s)) => KeyPart::Text(s.clone()),
-            // Group-by fields are string, int or bool; a masked value of
-            // another shape groups as what it is shown as.
-            Some(Value::Float(x)) => KeyPart::Text(x.to_string()),
-            Some(Value::Timestamp(t)) => KeyPart::Int(t.as_micros()),
-            Some(Value::Json(j)) => KeyPart::Text(j.to_string()),
-            Some(Value::Null) | None => KeyPart::Null,
-        }
+        KeyRef::of(value).owned()
     }
 }
 
@@ -67,12 +59,61 @@ pub struct Group {
 #[error("more than {0} groups")]
 pub struct TooManyGroups(pub usize);
 
+/// A group-by value as read from an instance, borrowed: looking up an
+/// existing group allocates nothing (the fleet aggregate adds 100,000
+/// instances into a handful of groups).
+#[derive(Hash)]
+enum KeyRef<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Text(std::borrow::Cow<'a, str>),
+}
+
+impl<'a> KeyRef<'a> {
+    fn of(value: Option<&'a Value>) -> KeyRef<'a> {
+        match value {
+            Some(Value::Bool(b)) => KeyRef::Bool(*b),
+            Some(Value::Int(i)) => KeyRef::Int(*i),
+            Some(Value::String(s)) => KeyRef::Text(s.as_str().into()),
+            // Group-by fields are string, int or bool; a masked value of
+            // another shape groups as what it is shown as.
+            Some(Value::Float(x)) => KeyRef::Text(x.to_string().into()),
+            Some(Value::Timestamp(t)) => KeyRef::Int(t.as_micros()),
+            Some(Value::Json(j)) => KeyRef::Text(j.to_string().into()),
+            Some(Value::Null) | None => KeyRef::Null,
+        }
+    }
+
+    fn matches(&self, part: &KeyPart) -> bool {
+        match (self, part) {
+            (KeyRef::Null, KeyPart::Null) => true,
+            (KeyRef::Bool(a), KeyPart::Bool(b)) => a == b,
+            (KeyRef::Int(a), KeyPart::Int(b)) => a == b,
+            (KeyRef::Text(a), KeyPart::Text(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    fn owned(self) -> KeyPart {
+        match self {
+            KeyRef::Null => KeyPart::Null,
+            KeyRef::Bool(b) => KeyPart::Bool(b),
+            KeyRef::Int(i) => KeyPart::Int(i),
+            KeyRef::Text(s) => KeyPart::Text(s.into_owned()),
+        }
+    }
+}
+
 /// Accumulates instances' fields into groups.
 pub struct Aggregator {
     group_by: Vec<String>,
     numeric: Vec<String>,
     max_groups: usize,
-    groups: BTreeMap<Vec<KeyPart>, (u64, Vec<Option<Numbers>>)>,
+    /// Groups in the order they were opened; sorted by key at the end.
+    groups: Vec<Group>,
+    /// Hash of a key → the groups with that hash.
+    index: HashMap<u64, Vec<usize>>,
 }
 
 impl Aggregator {
@@ -81,27 +122,51 @@ impl Aggregator {
             group_by,
             numeric,
             max_groups,
-            groups: BTreeMap::new(),
+            groups: Vec::new(),
+            index: HashMap::new(),
         }
     }
 
     /// Counts one instance's (already masked) fields in its group.
     pub fn add(&mut self, fields: &Fields) -> Result<(), TooManyGroups> {
-        let key: Vec<KeyPart> = self
-            .group_by
-            .iter()
-            .map(|name| KeyPart::of(fields.get(name)))
-            .collect();
-        if !self.groups.contains_key(&key) && self.groups.len() >= self.max_groups {
-            return Err(TooManyGroups(self.max_groups));
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for name in &self.group_by {
+            KeyRef::of(fields.get(name)).hash(&mut hasher);
         }
-        let width = self.numeric.len();
-        let (count, numbers) = self
-            .groups
-            .entry(key)
-            .or_insert_with(|| (0, vec![None; width]));
-        *count += 1;
-        for (name, slot) in self.numeric.iter().zip(numbers.iter_mut()) {
+        let hash = hasher.finish();
+        let found = self.index.get(&hash).and_then(|ids| {
+            ids.iter().copied().find(|&i| {
+                self.group_by
+                    .iter()
+                    .zip(&self.groups[i].key)
+                    .all(|(name, part)| KeyRef::of(fields.get(name)).matches(part))
+            })
+        });
+        let i = match found {
+            Some(i) => i,
+            None => {
+                if self.groups.len() >= self.max_groups {
+                    return Err(TooManyGroups(self.max_groups));
+                }
+                self.groups.push(Group {
+                    key: self
+                        .group_by
+                        .iter()
+                        .map(|name| KeyRef::of(fields.get(name)).owned())
+                        .collect(),
+                    count: 0,
+                    numbers: vec![None; self.numeric.len()],
+                });
+                self.index
+                    .entry(hash)
+                    .or_default()
+                    .push(self.groups.len() - 1);
+                self.groups.len() - 1
+            }
+        };
+        let group = &mut self.groups[i];
+        group.count += 1;
+        for (name, slot) in self.numeric.iter().zip(group.numbers.iter_mut()) {
             let x = match fields.get(name) {
                 Some(Value::Int(i)) => *i as f64,
                 Some(Value::Float(x)) if x.is_finite() => *x,
@@ -128,15 +193,9 @@ impl Aggregator {
     }
 
     /// The groups in key order.
-    pub fn finish(self) -> Vec<Group> {
+    pub fn finish(mut self) -> Vec<Group> {
+        self.groups.sort_by(|a, b| a.key.cmp(&b.key));
         self.groups
-            .into_iter()
-            .map(|(key, (count, numbers))| Group {
-                key,
-                count,
-                numbers,
-            })
-            .collect()
     }
 }
 

@@ -221,5 +221,6 @@ pub(crate) fn encode_metrics(
     f.sample(
         &[("read", "decoded")],
         EVENTS_DECODED.load(Ordering::Relaxed),
-    )
+    )?;
+    crate::store::encode_projection_metrics(enc)
 }
