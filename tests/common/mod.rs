@@ -615,10 +615,74 @@ pub fn node_workdir<S: AsRef<str>>(products: &[(&str, S)], config: &str) -> temp
 /// Starts the node of a [`node_workdir`] on its `meshlet.toml`, with the
 /// embedded broker off.
 pub fn start_configured(dir: &Path) -> NodeProcess {
-    NodeBuilder::new(dir)
+    start_configured_on(dir, None)
+}
+
+/// [`start_configured`] on a chosen HTTP address (a restart that keeps
+/// its port, an upstream URL written before the node starts); a free port
+/// when `None`.
+pub fn start_configured_on(dir: &Path, listen: Option<&str>) -> NodeProcess {
+    let mut builder = NodeBuilder::new(dir)
         .arg("--config")
         .arg("meshlet.toml")
-        .env("MESHLET_MQTT__EMBEDDED__ENABLED", "false")
-        .start()
-        .expect("node starts")
+        .env("MESHLET_MQTT__EMBEDDED__ENABLED", "false");
+    if let Some(addr) = listen {
+        builder = builder.listen(addr);
+    }
+    builder.start().expect("node starts")
+}
+
+/// A product definition without its `sync:` rules (the aggregator's copy
+/// of an edge's product); `sync:` must be the YAML's last section.
+pub fn without_sync(yaml: &str) -> String {
+    yaml.split("\nsync:").next().unwrap_or(yaml).to_string() + "\n"
+}
+
+/// Posts NDJSON to `/ingest/<product>`; the node must accept it (200).
+pub fn push_ndjson(node: &NodeProcess, product: &str, ndjson: &str) {
+    let (status, body) = http_post(
+        &node.url(&format!("/ingest/{product}")),
+        "application/x-ndjson",
+        ndjson.as_bytes().to_vec(),
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Copies the directory tree `from` into `to` (created when missing):
+/// fixtures into a temp dir, a stopped node's store into a backup.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy file");
+        }
+    }
+}
+
+/// Every file under `dir` (path relative to `dir`) with its bytes, to
+/// show that a refused command changed no byte or which files one
+/// rewrote.
+pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(at) = stack.pop() {
+        for entry in std::fs::read_dir(&at).expect("read dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let name = path
+                    .strip_prefix(dir)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
+                files.insert(name, std::fs::read(&path).expect("read file"));
+            }
+        }
+    }
+    files
 }

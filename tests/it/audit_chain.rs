@@ -186,7 +186,7 @@ async fn an_edited_audit_record_is_the_broken_link_that_audit_verify_reports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_from_before_the_chain_verifies_with_its_lines_unlinked() {
     let dir = tempfile::tempdir().expect("tempdir");
-    copy_dir(
+    copy_tree(
         &repo_root().join("tests/fixtures/store-format-3"),
         dir.path(),
     );
@@ -194,17 +194,4 @@ async fn a_store_from_before_the_chain_verifies_with_its_lines_unlinked() {
     assert!(ok, "{out}");
     assert!(out.contains(" 0 linked,"), "nothing hashed yet: {out}");
     assert!(!out.contains(" 0 from before the chain"), "{out}");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            std::fs::create_dir_all(&target).expect("mkdir");
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
 }

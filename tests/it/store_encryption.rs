@@ -8,7 +8,6 @@
 
 use crate::common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -68,24 +67,6 @@ fn occurrences(store: &Store, needle: &str) -> Vec<String> {
         }
     }
     found
-}
-
-/// Every file under `dir` with its bytes.
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(at) = stack.pop() {
-        for entry in std::fs::read_dir(&at).expect("read dir") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let bytes = std::fs::read(&path).expect("read file");
-                files.insert(path.display().to_string(), bytes);
-            }
-        }
-    }
-    files
 }
 
 fn key_file(dir: &Path, name: &str) -> std::path::PathBuf {

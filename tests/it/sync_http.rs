@@ -4,7 +4,6 @@
 
 use crate::common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -53,38 +52,8 @@ sync:
     when: { batch_age: 20ms, batch_size: 16 }
 "#;
 
-/// The aggregator's definitions: the same products, no sync rules.
-fn without_sync(yaml: &str) -> String {
-    yaml.split("\nsync:").next().unwrap_or(yaml).to_string() + "\n"
-}
-
-fn workdir(products: &[(&str, String)], config: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir_all(dir.path().join("products")).expect("products dir");
-    for (name, yaml) in products {
-        std::fs::write(dir.path().join(format!("products/{name}.yaml")), yaml).expect("write");
-    }
-    std::fs::write(
-        dir.path().join("meshlet.toml"),
-        format!("data_dir = \"data\"\nproducts = [\"products\"]\n{config}"),
-    )
-    .expect("write config");
-    dir
-}
-
-fn start_node(dir: &Path, listen: Option<&str>) -> NodeProcess {
-    let mut builder = NodeBuilder::new(dir)
-        .arg("--config")
-        .arg("meshlet.toml")
-        .env("MESHLET_MQTT__EMBEDDED__ENABLED", "false");
-    if let Some(addr) = listen {
-        builder = builder.listen(addr);
-    }
-    builder.start().expect("node starts")
-}
-
 fn aggregator_dir() -> tempfile::TempDir {
-    workdir(
+    node_workdir(
         &[
             ("machine", without_sync(MACHINE_EDGE)),
             ("reading", without_sync(READING_EDGE)),
@@ -94,7 +63,7 @@ fn aggregator_dir() -> tempfile::TempDir {
 }
 
 fn edge_dir(upstream: &str, extra: &str) -> tempfile::TempDir {
-    workdir(
+    node_workdir(
         &[
             ("machine", MACHINE_EDGE.to_string()),
             ("reading", READING_EDGE.to_string()),
@@ -103,15 +72,6 @@ fn edge_dir(upstream: &str, extra: &str) -> tempfile::TempDir {
             "node_id = \"edge-1\"\n[sync]\nretry_min = \"50ms\"\nretry_max = \"300ms\"\n{extra}[upstreams.central]\nurl = \"{upstream}\"\n"
         ),
     )
-}
-
-fn push(node: &NodeProcess, product: &str, ndjson: &str) {
-    let (status, body) = http_post(
-        &node.url(&format!("/ingest/{product}")),
-        "application/x-ndjson",
-        ndjson.as_bytes().to_vec(),
-    );
-    assert_eq!(status, 200, "{body}");
 }
 
 fn pending(node: &NodeProcess) -> f64 {
@@ -136,11 +96,11 @@ fn string(value: Option<&Value>) -> Option<&str> {
 #[test]
 fn edge_to_aggregator_over_http_with_rules_masks_and_erasure() {
     let hq_dir = aggregator_dir();
-    let hq = start_node(hq_dir.path(), None);
+    let hq = start_configured_on(hq_dir.path(), None);
     let edge_dir = edge_dir(&format!("http://{}", hq.http), "");
-    let edge = start_node(edge_dir.path(), None);
+    let edge = start_configured_on(edge_dir.path(), None);
 
-    push(
+    push_ndjson(
         &edge,
         "machine",
         "{\"machine_id\":\"m1\",\"site\":\"berlin\",\"temp\":20.5,\"operator\":\"alice@example.com\",\"note\":\"local only\"}\n\
@@ -274,12 +234,12 @@ fn upstream_away_then_back_delivers_every_event_once_in_order() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let edge_dir = edge_dir(&format!("http://{addr}"), "");
-    let edge = start_node(edge_dir.path(), None);
+    let edge = start_configured_on(edge_dir.path(), None);
     let mut lines = String::new();
     for i in 0..60 {
         lines.push_str(&format!("{{\"meter\":\"r{}\",\"n\":{i}}}\n", i % 3));
     }
-    push(&edge, "reading", &lines);
+    push_ndjson(&edge, "reading", &lines);
     assert!(
         eventually(Duration::from_secs(10), || metric(
             &edge,
@@ -292,7 +252,7 @@ fn upstream_away_then_back_delivers_every_event_once_in_order() {
     assert_eq!(pending(&edge), 60.0, "everything waits in the outbox");
 
     let hq_dir = aggregator_dir();
-    let hq = start_node(hq_dir.path(), Some(&addr));
+    let hq = start_configured_on(hq_dir.path(), Some(&addr));
     wait_drained(&edge);
     stop_cleanly(hq);
     stop_cleanly(edge);
@@ -318,22 +278,22 @@ fn upstream_away_then_back_delivers_every_event_once_in_order() {
 #[test]
 fn sigkill_mid_send_neither_loses_nor_doubles() {
     let hq_dir = aggregator_dir();
-    let hq = start_node(hq_dir.path(), None);
+    let hq = start_configured_on(hq_dir.path(), None);
     let edge_dir = edge_dir(&format!("http://{}", hq.http), "");
     let mut sent = 0i64;
     for _round in 0..4 {
-        let mut edge = start_node(edge_dir.path(), None);
+        let mut edge = start_configured_on(edge_dir.path(), None);
         let mut lines = String::new();
         for _ in 0..50 {
             lines.push_str(&format!("{{\"meter\":\"k\",\"n\":{sent}}}\n"));
             sent += 1;
         }
-        push(&edge, "reading", &lines);
+        push_ndjson(&edge, "reading", &lines);
         // Killed while its sender is busy with the batch just accepted.
         edge.signal(libc::SIGKILL);
         let _ = edge.wait_exit(Duration::from_secs(10));
     }
-    let edge = start_node(edge_dir.path(), None);
+    let edge = start_configured_on(edge_dir.path(), None);
     wait_drained(&edge);
     stop_cleanly(edge);
     stop_cleanly(hq);
@@ -359,7 +319,7 @@ fn sigkill_mid_send_neither_loses_nor_doubles() {
 fn disk_budget_coalesces_first_then_drops_lowest_priority() {
     // A parked upstream (no url) with a tiny budget; `reading` is low
     // priority history, `machine` normal priority latest state.
-    let dir = workdir(
+    let dir = node_workdir(
         &[
             ("machine", MACHINE_EDGE.to_string()),
             (
@@ -372,13 +332,13 @@ fn disk_budget_coalesces_first_then_drops_lowest_priority() {
         ],
         "node_id = \"edge-b\"\n[sync]\nmax_outbox_bytes = 3000\n",
     );
-    let edge = start_node(dir.path(), None);
+    let edge = start_configured_on(dir.path(), None);
     let mut lines = String::new();
     for i in 0..200 {
         lines.push_str(&format!("{{\"meter\":\"b{}\",\"n\":{i}}}\n", i % 40));
     }
-    push(&edge, "reading", &lines);
-    push(
+    push_ndjson(&edge, "reading", &lines);
+    push_ndjson(
         &edge,
         "machine",
         "{\"machine_id\":\"h1\",\"site\":\"berlin\",\"temp\":1}\n{\"machine_id\":\"h2\",\"site\":\"berlin\",\"temp\":2}\n",
@@ -447,10 +407,10 @@ fn graphql_data(node: &NodeProcess, query: &str) -> serde_json::Value {
 #[test]
 fn offline_erase_sends_its_tombstone_at_the_next_start() {
     let hq_dir = aggregator_dir();
-    let hq = start_node(hq_dir.path(), None);
+    let hq = start_configured_on(hq_dir.path(), None);
     let edge_dir = edge_dir(&format!("http://{}", hq.http), "");
-    let edge = start_node(edge_dir.path(), None);
-    push(
+    let edge = start_configured_on(edge_dir.path(), None);
+    push_ndjson(
         &edge,
         "machine",
         "{\"machine_id\":\"m1\",\"site\":\"berlin\",\"temp\":20.5}\n",
@@ -468,7 +428,7 @@ fn offline_erase_sends_its_tombstone_at_the_next_start() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "erased machine `m1`\n");
 
-    let edge = start_node(edge_dir.path(), None);
+    let edge = start_configured_on(edge_dir.path(), None);
     wait_drained(&edge);
     assert!(
         eventually(Duration::from_secs(10), || graphql_data(&hq, lookup)
@@ -504,15 +464,15 @@ sync:
 /// the next start syncs the replayed record.
 #[test]
 fn offline_quarantine_replay_syncs_what_it_replayed() {
-    let hq_dir = workdir(
+    let hq_dir = node_workdir(
         &[(
             "alarm",
             without_sync(ALARM_EDGE).replace("max: 5", "max: 10"),
         )],
         "node_id = \"hq\"\n[aggregator]\nenabled = true\n",
     );
-    let hq = start_node(hq_dir.path(), None);
-    let edge_dir = workdir(
+    let hq = start_configured_on(hq_dir.path(), None);
+    let edge_dir = node_workdir(
         &[("alarm", ALARM_EDGE.to_string())],
         &format!(
             "node_id = \"edge-1\"\n[sync]\nretry_min = \"50ms\"\nretry_max = \"300ms\"\n[upstreams.central]\nurl = \"http://{}\"\n",
@@ -550,7 +510,7 @@ fn offline_quarantine_replay_syncs_what_it_replayed() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("replayed 1 of 1"), "{}", stdout(&out));
 
-    let edge = start_node(edge_dir.path(), None);
+    let edge = start_configured_on(edge_dir.path(), None);
     wait_drained(&edge);
     let lookup = "{ alarm(id: \"a1\") { id level } }";
     assert!(
@@ -572,18 +532,18 @@ fn offline_quarantine_replay_syncs_what_it_replayed() {
 /// without restarting either node.
 #[test]
 fn records_of_a_product_the_aggregator_lacks_wait_until_a_reload_brings_it() {
-    let hq_dir = workdir(
+    let hq_dir = node_workdir(
         &[("machine", without_sync(MACHINE_EDGE))],
         "node_id = \"hq\"\n[aggregator]\nenabled = true\n",
     );
-    let hq = start_node(hq_dir.path(), None);
+    let hq = start_configured_on(hq_dir.path(), None);
     let edge_dir = edge_dir(&format!("http://{}", hq.http), "");
-    let edge = start_node(edge_dir.path(), None);
+    let edge = start_configured_on(edge_dir.path(), None);
     let mut lines = String::new();
     for i in 0..100 {
         lines.push_str(&format!("{{\"meter\":\"r{}\",\"n\":{i}}}\n", i % 10));
     }
-    push(&edge, "reading", &lines);
+    push_ndjson(&edge, "reading", &lines);
 
     assert!(
         eventually(Duration::from_secs(15), || metric(
@@ -596,7 +556,7 @@ fn records_of_a_product_the_aggregator_lacks_wait_until_a_reload_brings_it() {
     );
     assert_eq!(pending(&edge), 100.0, "a refusal acknowledged nothing");
     // The refused product waits; the products the aggregator knows go on.
-    push(
+    push_ndjson(
         &edge,
         "machine",
         "{\"machine_id\":\"m1\",\"site\":\"berlin\",\"temp\":20.5}\n",
@@ -710,7 +670,7 @@ fn applied(answer: &str) -> (u64, u64) {
 #[test]
 fn the_same_envelope_posted_twice_is_applied_once() {
     let hq_dir = aggregator_dir();
-    let hq = start_node(hq_dir.path(), None);
+    let hq = start_configured_on(hq_dir.path(), None);
     let first = sync_envelope("edge-dup", "d", 1..=5);
 
     let (status, body) = post_envelope(&hq, first.clone(), None);
@@ -803,15 +763,15 @@ fn a_secured_aggregator_takes_envelopes_from_edge_tokens_only() {
 
     // An edge configured with the reader's token is refused too, and keeps
     // its record: a refusal is not an acknowledgement.
-    let wrong_dir = workdir(
+    let wrong_dir = node_workdir(
         &[("reading", READING_EDGE.to_string())],
         &format!(
             "node_id = \"edge-r\"\n[sync]\nretry_min = \"50ms\"\nretry_max = \"300ms\"\n[upstreams.central]\nurl = \"http://{}\"\ntoken = \"{reader_token}\"\n",
             hq.http
         ),
     );
-    let wrong = start_node(wrong_dir.path(), None);
-    push(&wrong, "reading", "{\"meter\":\"w\",\"n\":1}\n");
+    let wrong = start_configured_on(wrong_dir.path(), None);
+    push_ndjson(&wrong, "reading", "{\"meter\":\"w\",\"n\":1}\n");
     assert!(
         eventually(Duration::from_secs(10), || metric(
             &wrong,
@@ -825,15 +785,15 @@ fn a_secured_aggregator_takes_envelopes_from_edge_tokens_only() {
     assert_eq!(applied_from("edge-r"), None);
 
     // The edge with its edge token gets through.
-    let good_dir = workdir(
+    let good_dir = node_workdir(
         &[("reading", READING_EDGE.to_string())],
         &format!(
             "node_id = \"edge-g\"\n[sync]\nretry_min = \"50ms\"\nretry_max = \"300ms\"\n[upstreams.central]\nurl = \"http://{}\"\ntoken = \"{edge_token}\"\n",
             hq.http
         ),
     );
-    let good = start_node(good_dir.path(), None);
-    push(&good, "reading", "{\"meter\":\"g\",\"n\":7}\n");
+    let good = start_configured_on(good_dir.path(), None);
+    push_ndjson(&good, "reading", "{\"meter\":\"g\",\"n\":7}\n");
     wait_drained(&good);
     assert_eq!(applied_from("edge-g"), Some(1.0));
     // An admin may push as well.
@@ -862,9 +822,9 @@ fn a_secured_aggregator_takes_envelopes_from_edge_tokens_only() {
 #[test]
 fn an_erasure_at_the_edge_erases_the_entity_on_the_aggregator() {
     let hq_dir = aggregator_dir();
-    let hq = start_node(hq_dir.path(), None);
+    let hq = start_configured_on(hq_dir.path(), None);
     let edge_dir = edge_dir(&format!("http://{}", hq.http), "");
-    let edge = start_node(edge_dir.path(), None);
+    let edge = start_configured_on(edge_dir.path(), None);
     let query = |node: &NodeProcess, q: &str| {
         let body = serde_json::json!({ "query": q }).to_string().into_bytes();
         let (status, body) = http_post(&node.url("/graphql"), "application/json", body);
@@ -875,7 +835,7 @@ fn an_erasure_at_the_edge_erases_the_entity_on_the_aggregator() {
     };
     let applied_total = "meshlet_sync_applied_records_total{origin=\"edge-1\"}";
 
-    push(
+    push_ndjson(
         &edge,
         "machine",
         "{\"machine_id\":\"m3\",\"site\":\"paris\",\"temp\":30}\n",

@@ -32,24 +32,11 @@ sync:
 "#;
 
 fn workdir(yaml: &str, config: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir_all(dir.path().join("products")).expect("products dir");
-    std::fs::write(dir.path().join("products/reading.yaml"), yaml).expect("write");
-    std::fs::write(
-        dir.path().join("meshlet.toml"),
-        format!("data_dir = \"data\"\nproducts = [\"products\"]\n{config}"),
-    )
-    .expect("write config");
-    dir
+    node_workdir(&[("reading", yaml)], config)
 }
 
 fn start_node(dir: &Path) -> NodeProcess {
-    NodeBuilder::new(dir)
-        .arg("--config")
-        .arg("meshlet.toml")
-        .env("MESHLET_MQTT__EMBEDDED__ENABLED", "false")
-        .start()
-        .expect("node starts")
+    start_configured(dir)
 }
 
 fn start_aggregator(dir: &Path) -> NodeProcess {

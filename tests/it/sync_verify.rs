@@ -40,39 +40,16 @@ sync:
     when: { batch_age: 20ms, batch_size: 100 }
 "#;
 
-fn without_sync(yaml: &str) -> String {
-    yaml.split("\nsync:").next().unwrap_or(yaml).to_string() + "\n"
-}
-
 fn workdir(product: &str, config: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir_all(dir.path().join("products")).expect("products dir");
-    std::fs::write(dir.path().join("products/machine.yaml"), product).expect("write");
-    std::fs::write(
-        dir.path().join("meshlet.toml"),
-        format!("data_dir = \"data\"\nproducts = [\"products\"]\n{config}"),
-    )
-    .expect("write config");
-    dir
+    node_workdir(&[("machine", product)], config)
 }
 
 fn start_node(dir: &Path, listen: &str) -> NodeProcess {
-    NodeBuilder::new(dir)
-        .arg("--config")
-        .arg("meshlet.toml")
-        .env("MESHLET_MQTT__EMBEDDED__ENABLED", "false")
-        .listen(listen)
-        .start()
-        .expect("node starts")
+    start_configured_on(dir, Some(listen))
 }
 
 fn push(node: &NodeProcess, ndjson: &str) {
-    let (status, body) = http_post(
-        &node.url("/ingest/machine"),
-        "application/x-ndjson",
-        ndjson.as_bytes().to_vec(),
-    );
-    assert_eq!(status, 200, "{body}");
+    push_ndjson(node, "machine", ndjson)
 }
 
 fn machines(n: usize, temp: f64) -> String {

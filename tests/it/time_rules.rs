@@ -48,12 +48,7 @@ fn start_node(dir: &Path) -> NodeProcess {
 }
 
 fn push(node: &NodeProcess, ndjson: &str) {
-    let (status, body) = http_post(
-        &node.url("/ingest/reading"),
-        "application/x-ndjson",
-        ndjson.as_bytes().to_vec(),
-    );
-    assert_eq!(status, 200, "{body}");
+    common::push_ndjson(node, "reading", ndjson)
 }
 
 fn graphql(node: &NodeProcess, query: &str) -> Value {
