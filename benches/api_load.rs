@@ -27,13 +27,15 @@
 //! `cargo bench --bench api_load` runs the full size; under `cargo test`
 //! (no `--bench` argument) a smoke size proves the harness works.
 
-mod harness;
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::bench;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::{Latencies, Node};
+use bench::{Latencies, Node};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -116,7 +118,7 @@ fn preload(node: &Node, entities: usize) {
             })
             .collect();
         let body = serde_json::to_vec(&batch).expect("json");
-        let (status, text) = harness::http_request(&node.http, "POST", "/ingest/meter", &body);
+        let (status, text) = bench::http_request(&node.http, "POST", "/ingest/meter", &body);
         assert_eq!(status, 200, "preload push: {text}");
     }
 }
@@ -383,10 +385,10 @@ struct Cpu {
 impl Cpu {
     fn now(node: u32, broker: u32) -> Cpu {
         Cpu {
-            node: harness::cpu_seconds(node),
-            generator: harness::cpu_seconds(std::process::id()),
-            broker: harness::cpu_seconds(broker),
-            machine: harness::machine_busy_seconds(),
+            node: bench::cpu_seconds(node),
+            generator: bench::cpu_seconds(std::process::id()),
+            broker: bench::cpu_seconds(broker),
+            machine: bench::machine_busy_seconds(),
         }
     }
 }
@@ -537,12 +539,12 @@ fn main() {
     let size = if full { FULL } else { SMOKE };
     let messages: Vec<_> = (0..size.ingest_messages).map(telemetry).collect();
 
-    let ceiling = harness::mosquitto_sub_ceiling(&messages, "meter/#");
+    let ceiling = bench::mosquitto_sub_ceiling(&messages, "meter/#");
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let (broker, port) = harness::mosquitto(dir.path());
+    let (broker, port) = bench::mosquitto(dir.path());
     let broker_pid = broker.0.id();
-    let node = harness::start_node(
+    let node = bench::start_node(
         dir.path(),
         std::path::Path::new("data"),
         &[("meter.yaml", PRODUCT)],
@@ -554,15 +556,15 @@ fn main() {
         &format!("[mqtt.embedded]\nenabled = false\n[mqtt.external]\nurl = \"mqtt://127.0.0.1:{port}\"\n[api]\nmax_concurrent_queries = {CONNECTIONS}\n"),
     );
     let end = Instant::now() + Duration::from_secs(10);
-    while harness::metric(&node.http, "meshlet_mqtt_client_connects_total") < 1.0 {
+    while bench::metric(&node.http, "meshlet_mqtt_client_connects_total") < 1.0 {
         assert!(Instant::now() < end, "node connected to the broker");
         std::thread::sleep(Duration::from_millis(20));
     }
     // Subscribed: a probe reading is stored (published again until one
     // is, instead of a fixed sleep a slow subscription could outlast).
-    let probed = harness::metric(&node.http, "meshlet_ingest_records_written_total");
+    let probed = bench::metric(&node.http, "meshlet_ingest_records_written_total");
     let end = Instant::now() + Duration::from_secs(10);
-    while harness::metric(&node.http, "meshlet_ingest_records_written_total") <= probed {
+    while bench::metric(&node.http, "meshlet_ingest_records_written_total") <= probed {
         assert!(
             Instant::now() < end,
             "the node's subscription stores a probe"
@@ -580,11 +582,11 @@ fn main() {
     }
     preload(&node, size.entities);
 
-    let written = || harness::metric(&node.http, "meshlet_ingest_records_written_total");
+    let written = || bench::metric(&node.http, "meshlet_ingest_records_written_total");
     let before = written();
     let start = Instant::now();
-    let busy_before = harness::machine_busy_seconds();
-    harness::publish(port, "sustain-pub", &messages);
+    let busy_before = bench::machine_busy_seconds();
+    bench::publish(port, "sustain-pub", &messages);
     let end = Instant::now() + Duration::from_secs(600);
     while written() < before + messages.len() as f64 {
         assert!(Instant::now() < end, "node caught up");
@@ -593,7 +595,7 @@ fn main() {
     let sustainable = messages.len() as f64 / start.elapsed().as_secs_f64();
     // Publisher, broker and node together, per message stored.
     let machine_us_per_message =
-        (harness::machine_busy_seconds() - busy_before) * 1e6 / messages.len() as f64;
+        (bench::machine_busy_seconds() - busy_before) * 1e6 / messages.len() as f64;
 
     let livez = run_phase(&node, broker_pid, Load::Livez, &size, None);
     let lookup_load = Load::Lookup {
@@ -686,7 +688,7 @@ fn main() {
     );
     println!(
         "| phase | req/s | vs /livez | p50 ms | p99 ms | node CPU (cores) | errors | machine CPU (cores of {}) | generator | broker | machine µs per request |",
-        harness::machine_cores()
+        bench::machine_cores()
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     print_row("`GET /livez` (HTTP ceiling)", &livez, None);
@@ -716,7 +718,7 @@ fn main() {
             "CPU budget, key {form}: a lookup costs {lookup_us:.0} µs of machine CPU (node {:.0}, generator {:.0}); a stored message {machine_us_per_message:.0} µs (publisher, broker, node); {BUDGET_LOOKUPS:.0} lookups/s + {rate:.0} msgs/s need {needed:.2} cores of {}",
             phase.node_cores * 1e6 / phase.rate(),
             phase.generator_cores * 1e6 / phase.rate(),
-            harness::machine_cores()
+            bench::machine_cores()
         );
     }
     // The budget itself: the offered rate served, with its p99.

@@ -31,15 +31,20 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS};
 
-mod harness;
-use harness::{machine_busy_seconds, machine_cores};
+#[path = "../tests/common/mod.rs"]
+mod common;
+use bench::{
+    cpu_seconds, machine_busy_seconds, machine_cores, median, metric, mosquitto, proc_status_kib,
+    Killed,
+};
+use common::bench;
 
 /// How long a QoS 0 run may see no progress before the rest counts as
 /// lost.
@@ -115,72 +120,8 @@ impl Settings {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn wait_port(port: u16) {
-    let end = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < end, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A payload that only says `mosquitto_sub` is subscribed.
 const PROBE: &str = "probe";
-
-/// A child process killed on drop unless it was stopped before.
-struct Killed(Child);
-
-impl Killed {
-    /// Stops the process with SIGTERM (the node flushes and closes its
-    /// store) and waits for it, so the data dir is measured at rest.
-    fn terminate(&mut self) {
-        let pid = self.0.id() as libc::pid_t;
-        // SAFETY: kill(2) on a child we own and have not reaped yet.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-        let end = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < end {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("node {pid} did not stop within 30 s of SIGTERM");
-    }
-}
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn mosquitto(dir: &Path) -> (Killed, u16) {
-    let port = free_port();
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nmax_inflight_messages 1000\n"),
-    )
-    .expect("conf");
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto installed (tests/run.sh installs it)");
-    wait_port(port);
-    (Killed(child), port)
-}
 
 /// `n` telemetry messages round-robin over `devices` machines, so every
 /// device gets its own entity key and its own rising event times.
@@ -322,66 +263,6 @@ fn publish5(port: u16, client_id: &str, messages: &[(String, Vec<u8>)], qos: u8)
     elapsed
 }
 
-fn metric(http: &str, series: &str) -> f64 {
-    let url = format!("http://{http}/metrics");
-    let body = http_get(&url);
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok())?
-        })
-        .unwrap_or(0.0)
-}
-
-/// A tiny HTTP/1.0 GET, to keep the harness free of an HTTP client crate.
-fn http_get(url: &str) -> String {
-    use std::io::{Read, Write};
-    let rest = url.trim_start_matches("http://");
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let Ok(mut stream) = std::net::TcpStream::connect(host) else {
-        return String::new();
-    };
-    let _ = write!(stream, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
-}
-
-/// One line of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
-fn proc_status_kib(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// User plus system CPU seconds of a process (`/proc/<pid>/stat` fields 14
-/// and 15).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The command name may hold spaces; the fields after it do not.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // fields[0] is field 3 (state), so utime (14) and stime (15) are 11, 12.
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    (ticks(11) + ticks(12)) as f64 / hz
-}
-
 /// Bytes under `path`: allocated on disk (like `du`) and apparent (the
 /// sum of file lengths, like `du --apparent-size`). Preallocated or sparse
 /// store files make the two differ.
@@ -420,7 +301,7 @@ fn start_node(dir: &Path, products: &str, config: &str) -> Node {
         format!("data_dir = \"data\"\nproducts = [\"{products}\"]\n[log]\nformat = \"json\"\nlevel = \"warn,meshlet::node=info\"\n{config}"),
     )
     .expect("config");
-    let mut command = harness::node_command();
+    let mut command = bench::node_command();
     let mut child = command
         .current_dir(dir)
         .args([
@@ -802,15 +683,6 @@ fn idle_rss(settle: Duration) -> u64 {
     );
     std::thread::sleep(settle);
     proc_status_kib(node.pid(), "VmRSS")
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
 }
 
 fn machine() -> String {

@@ -34,12 +34,14 @@
 //! (a quicker first figure), `STARTUP_MILLION=0` leaves out the
 //! 1,000,000-entity store and its RSS rows.
 
-mod harness;
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::bench;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use harness::Node;
+use bench::Node;
 use meshlet::record::{Fields, Origin, Record, Timestamp, Value};
 use meshlet::store::{Store, StoreConfig};
 
@@ -253,7 +255,7 @@ fn stop(mut node: Node) {
 
 fn start(data: &Path) -> (tempfile::TempDir, Node) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let node = harness::start_node(
+    let node = bench::start_node(
         dir.path(),
         data,
         &[("meter.yaml", PRODUCT)],
@@ -265,7 +267,7 @@ fn start(data: &Path) -> (tempfile::TempDir, Node) {
 /// Idle RSS in MiB: after ready and `settle`.
 fn idle_rss(node: &Node, settle: Duration) -> f64 {
     std::thread::sleep(settle);
-    harness::rss_mib(node.pid)
+    bench::rss_mib(node.pid)
 }
 
 /// The node's default `[store] cache_capacity_mb` (16), in bytes.
@@ -285,7 +287,7 @@ fn open_ms<T>(open: impl FnOnce() -> T) -> f64 {
 
 fn graphql(node: &Node, query: &str) -> String {
     let body = serde_json::to_vec(&serde_json::json!({ "query": query })).expect("json");
-    let (status, text) = harness::http_request(&node.http, "POST", "/graphql", &body);
+    let (status, text) = bench::http_request(&node.http, "POST", "/graphql", &body);
     assert_eq!(status, 200, "{text}");
     assert!(!text.contains("\"errors\""), "{text}");
     text
@@ -359,7 +361,7 @@ fn main() {
     stop(node);
 
     let data = data_dir(&root, history);
-    let binary = harness::node_binary();
+    let binary = bench::node_binary();
     // Cold, then warm, three times: each cold start after the data dir
     // and the binary were evicted from the page cache, each warm start
     // right after the cold one, on the files it just read.
@@ -443,10 +445,7 @@ fn main() {
         "| start→ready, empty store | {:.0} ms | 1 |",
         empty_ready.as_secs_f64() * 1000.0
     );
-    let (cold_median, warm_median) = (
-        harness::median(&mut cold.clone()),
-        harness::median(&mut ready.clone()),
-    );
+    let (cold_median, warm_median) = (bench::median(cold.clone()), bench::median(ready.clone()));
     println!(
         "| start→ready, {} entities + {} events, **cold** (data dir, {:.0} MiB, and binary, {:.0} MiB, evicted from the page cache; still resident after eviction: {} %) | {cold_median:.0} ms (median) | {} |",
         history.entities,
@@ -473,12 +472,12 @@ fn main() {
     );
     println!(
         "| floor: `sled::open` of that store alone | {:.0} ms (median) | {} |",
-        harness::median(&mut sled_open.clone()),
+        bench::median(sled_open.clone()),
         runs(&sled_open, 0)
     );
     println!(
         "| floor: `Store::open` of that store | {:.0} ms (median) | {} |",
-        harness::median(&mut store_open.clone()),
+        bench::median(store_open.clone()),
         runs(&store_open, 0)
     );
     println!("| idle RSS, empty store | {empty_rss:.1} MiB | 1 |");
@@ -486,7 +485,7 @@ fn main() {
         "| idle RSS, {} entities + {} events | {:.1} MiB (median) | {} |",
         history.entities,
         history.entities * history.events_per_entity,
-        harness::median(&mut rss.clone()),
+        bench::median(rss.clone()),
         rss.iter()
             .map(|r| format!("{r:.1}"))
             .collect::<Vec<_>>()
@@ -498,19 +497,19 @@ fn main() {
     println!(
         "| start→ready, {} entities | {:.0} ms (median) | {} |",
         million.entities,
-        harness::median(&mut million_ready.clone()),
+        bench::median(million_ready.clone()),
         runs(&million_ready, 0)
     );
     println!(
         "| RSS, {} entities, after 100 lookups + 3 pages | {:.1} MiB (median) | {} |",
         million.entities,
-        harness::median(&mut after_queries.clone()),
+        bench::median(after_queries.clone()),
         runs(&after_queries, 1)
     );
     println!(
         "| RSS, {} entities, after a `totalCount` over all | {:.1} MiB (median) | {} |",
         million.entities,
-        harness::median(&mut after_count.clone()),
+        bench::median(after_count.clone()),
         runs(&after_count, 1)
     );
 }

@@ -30,8 +30,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
-mod harness;
-use harness::{free_port, metric, start_node, wait_port, Killed, Node};
+#[path = "../tests/common/mod.rs"]
+mod common;
+use bench::{metric, start_node, Killed, Node};
+use common::bench;
+use common::{free_port, wait_port};
 
 const READING: &str = r#"
 product: reading
@@ -116,7 +119,7 @@ fn aggregator(dir: &Path, url: &str, durable: &str) -> Node {
 /// Records the aggregator applied (from the one edge, whatever its
 /// generated id).
 fn applied(node: &Node) -> f64 {
-    harness::http_get(&node.http, "/metrics")
+    bench::http_get(&node.http, "/metrics")
         .1
         .lines()
         .filter(|l| l.starts_with("meshlet_sync_applied_records_total{"))
@@ -220,7 +223,7 @@ fn main() {
             .collect();
         let body = format!("[{}]", rows.join(","));
         let (status, answer) =
-            harness::http_request(&edge.http, "POST", "/ingest/reading", body.as_bytes());
+            bench::http_request(&edge.http, "POST", "/ingest/reading", body.as_bytes());
         assert_eq!(status, 200, "{answer}");
     }
     let queued = metric(&edge.http, "meshlet_sync_pending{upstream=\"central\"}");

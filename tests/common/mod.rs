@@ -3,6 +3,7 @@
 //! polling (never by sleeping a fixed time), and a clean stop.
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod bench;
 pub mod graphql;
 pub mod hostile;
 pub mod nats;
@@ -365,6 +366,38 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// Waits (at most 10 s) until something accepts connections on `port`.
+pub fn wait_port(port: u16) {
+    let up = eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(up, "nothing listens on {port}");
+}
+
+/// Starts `mosquitto` on a free loopback port with its config in `dir`:
+/// anonymous access, no persistence, `max_inflight` (0: no limit) and
+/// `max_queued` per client, only errors logged. Returns once it listens.
+pub fn spawn_mosquitto(dir: &Path, max_inflight: u32, max_queued: u32) -> (Child, u16) {
+    let port = free_port();
+    let config = dir.join("mosquitto.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages {max_queued}\nmax_inflight_messages {max_inflight}\nlog_dest stderr\nlog_type error\n"
+        ),
+    )
+    .expect("write mosquitto.conf");
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto is installed (tests/run.sh installs it)");
+    wait_port(port);
+    (child, port)
+}
+
 /// A real Mosquitto broker on a free loopback port, stopped on drop.
 pub struct Mosquitto {
     child: Child,
@@ -383,26 +416,7 @@ impl Mosquitto {
     /// limit, the broker sends a whole offline queue at once).
     pub fn start_with_inflight(max_inflight: u32) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let config = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nmax_inflight_messages {max_inflight}\nlog_dest stderr\nlog_type error\n"
-            ),
-        )
-        .expect("write mosquitto.conf");
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto is installed (tests/run.sh installs it)");
-        let up = eventually(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        assert!(up, "mosquitto did not start listening on {port}");
+        let (child, port) = spawn_mosquitto(dir.path(), max_inflight, 100_000);
         Mosquitto {
             child,
             port,
@@ -462,15 +476,20 @@ pub fn mosquitto_pub(port: u16, topic: &str, payload: &[u8], qos: u8, retain: bo
 }
 
 /// Reads a counter or gauge from the node's `/metrics` (Prometheus text):
-/// the sample whose name and labels start with `series`.
+/// the sample named exactly `series` (name and labels).
 pub fn metric(node: &NodeProcess, series: &str) -> Option<f64> {
     let (status, body) = http_get(&node.url("/metrics"));
     assert_eq!(status, 200, "{body}");
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| l.rsplit_once(' ').is_some_and(|(name, _)| name == series))
-        .and_then(|l| l.rsplit_once(' '))
-        .and_then(|(_, v)| v.parse().ok())
+    metric_value(&body, series)
+}
+
+/// The value of the sample named exactly `series` (name and labels) in
+/// Prometheus text.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
 }
 
 /// Opens the store of a stopped node's data directory.

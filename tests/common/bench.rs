@@ -1,12 +1,12 @@
-//! What the process-level benches (`api_load`, `startup`) share: the
-//! release node and Mosquitto as child processes, a keep-alive HTTP/1.1
-//! client small enough not to be the bottleneck, the raw broker ceiling,
-//! and readings from `/proc` and `/metrics`.
+//! What the process-level benches (`api_load`, `ingest_load`, `startup`,
+//! `sync_nats`) share on top of the test kit: the release node and
+//! Mosquitto as child processes, a raw HTTP/1.0 client small enough not to
+//! be the bottleneck, the raw broker ceiling, and readings from `/proc`
+//! and `/metrics`.
 //!
-//! Not a bench target itself (a directory without `main.rs`); each bench
-//! includes it with `mod harness;`, so an item one of them does not use
-//! is not dead code for the other.
-#![allow(dead_code)]
+//! Part of the one kit in `tests/common/` (free ports, Mosquitto, node
+//! process, PKI) that the integration tests and the benches both include:
+//! a bench says `#[path = "../tests/common/mod.rs"] mod common;`.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -15,23 +15,28 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+/// A child process killed and reaped on drop unless it was stopped before.
+pub struct Killed(pub Child);
 
-pub fn wait_port(port: u16) {
-    let end = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < end, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(20));
+impl Killed {
+    /// Stops the process with SIGTERM (the node flushes and closes its
+    /// store) and waits for it, so the data dir is measured at rest.
+    pub fn terminate(&mut self) {
+        let pid = self.0.id() as libc::pid_t;
+        // SAFETY: kill(2) on a child we own and have not reaped yet.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("process {pid} did not stop within 30 s of SIGTERM");
     }
 }
-
-/// A child process killed and reaped on drop.
-pub struct Killed(pub Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -40,23 +45,10 @@ impl Drop for Killed {
     }
 }
 
-/// Mosquitto on a free port with room for a long queue.
+/// Mosquitto on a free port with room for a long queue (a million
+/// queued, a thousand in flight).
 pub fn mosquitto(dir: &Path) -> (Killed, u16) {
-    let port = free_port();
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 1000000\nmax_inflight_messages 1000\n"),
-    )
-    .expect("conf");
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto installed (tests/run.sh installs it)");
-    wait_port(port);
+    let (child, port) = super::spawn_mosquitto(dir, 1000, 1_000_000);
     (Killed(child), port)
 }
 
@@ -129,7 +121,7 @@ pub fn start_node(dir: &Path, data_dir: &Path, products: &[(&str, &str)], config
         ),
     )
     .expect("config");
-    let port = free_port();
+    let port = super::free_port();
     let log = dir.join("node.log");
     let mut command = node_command();
     let started = Instant::now();
@@ -200,29 +192,27 @@ pub fn http_get(host: &str, path: &str) -> (u16, String) {
     http_request(host, "GET", path, b"")
 }
 
+/// A sample of the node's `/metrics` (0 when absent).
 pub fn metric(host: &str, series: &str) -> f64 {
-    http_get(host, "/metrics")
-        .1
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok())?
-        })
-        .unwrap_or(0.0)
+    super::metric_value(&http_get(host, "/metrics").1, series).unwrap_or(0.0)
 }
 
 /// VmRSS of `pid` in MiB.
 pub fn rss_mib(pid: u32) -> f64 {
+    proc_status_kib(pid, "VmRSS") as f64 / 1024.0
+}
+
+/// One line of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`); 0 when
+/// the process or the line is gone.
+pub fn proc_status_kib(pid: u32, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
-/// User + system CPU time of `pid` so far, in seconds.
 /// CPU seconds the whole machine spent busy (every process, every core:
 /// user, nice, system, irq, softirq and steal from `/proc/stat`), so a
 /// phase can say whether the cores were saturated and what a request cost
@@ -250,6 +240,7 @@ pub fn machine_cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
+/// User + system CPU time of `pid` so far, in seconds.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are
@@ -395,8 +386,13 @@ impl Latencies {
     }
 }
 
-/// The median of `values` (the middle one of an odd count).
-pub fn median(values: &mut [f64]) -> f64 {
+/// The median of `values` (the mean of the middle two of an even count;
+/// NaN for none).
+pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
