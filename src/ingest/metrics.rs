@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::pipeline::Rule;
+use crate::pipeline::{Invalid, Rule};
 use crate::record::Timestamp;
 use crate::telemetry::expose;
 
@@ -50,9 +50,17 @@ impl Outcome {
     }
 }
 
-/// The counters of one source of one product.
+/// The counters of one source of one product: the handle a source
+/// resolves once at start, so counting (and the internal events below)
+/// costs no lookup or allocation per record.
 #[derive(Debug, Default)]
 pub struct SourceCounters {
+    /// Whose counters these are, for the internal events' log lines.
+    product: String,
+    source: String,
+    /// When an event of this source last logged at warn (Unix µs): at
+    /// most one warn per [`WARN_INTERVAL`], debug otherwise.
+    last_warned: AtomicI64,
     /// Payloads (MQTT messages, HTTP bodies, file lines) that reached the
     /// source's decoder.
     messages: AtomicU64,
@@ -84,9 +92,15 @@ pub struct SourceFigures {
     pub last_event_time: Option<Timestamp>,
 }
 
+/// How often one source may log a refusal at warn level.
+const WARN_INTERVAL_MICROS: i64 = 10_000_000;
+
 impl SourceCounters {
-    fn new() -> SourceCounters {
+    fn new(product: &str, source: &str) -> SourceCounters {
         SourceCounters {
+            product: product.to_string(),
+            source: source.to_string(),
+            last_warned: AtomicI64::new(i64::MIN),
             last_event_time: AtomicI64::new(i64::MIN),
             devices: AtomicI64::new(-1),
             ..SourceCounters::default()
@@ -128,6 +142,18 @@ impl SourceCounters {
         self.devices_down.store(n as i64, Ordering::Relaxed);
     }
 
+    /// Whether an event may log at warn now (at most once per
+    /// [`WARN_INTERVAL_MICROS`] per source; a lost race logs at debug).
+    fn may_warn(&self) -> bool {
+        let now = Timestamp::now().as_micros();
+        let last = self.last_warned.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= WARN_INTERVAL_MICROS
+            && self
+                .last_warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
     pub fn event_time(&self, time: Timestamp) {
         self.last_event_time
             .fetch_max(time.as_micros(), Ordering::Relaxed);
@@ -155,6 +181,61 @@ impl SourceCounters {
                 + figures.retained_known,
             ..figures
         }
+    }
+}
+
+/// Internal events of ingest: each logs and counts in one place (vector's
+/// `internal_events` habit), so a refusal is never counted without a log
+/// line or logged without a count. A source calls them on its counters
+/// handle; refusals log at warn at most once per 10 s per source.
+impl SourceCounters {
+    /// Records refused by their product's quality rules (not stored, not
+    /// quarantined): by outcome, by the first rule each broke.
+    pub fn records_rejected(&self, rejected: &[Invalid]) {
+        let Some(first) = rejected.first() else {
+            return;
+        };
+        self.count(Outcome::Rejected, rejected.len() as u64);
+        for bad in rejected {
+            if let Some(reason) = bad.reasons.first() {
+                self.invalid_rule(reason.rule);
+            }
+        }
+        let reasons = super::reasons_text(first);
+        let (product, source, n) = (&self.product, &self.source, rejected.len());
+        if self.may_warn() {
+            tracing::warn!(product, source, rejected = n, reasons, "records rejected");
+        } else {
+            tracing::debug!(product, source, rejected = n, reasons, "records rejected");
+        }
+    }
+
+    /// A payload refused whole before it became records (a Sparkplug
+    /// payload that does not decode, under `on_invalid: reject`).
+    pub fn payload_rejected(&self, why: &dyn std::fmt::Display) {
+        self.count(Outcome::Rejected, 1);
+        let (product, source) = (&self.product, &self.source);
+        if self.may_warn() {
+            tracing::warn!(product, source, %why, "payload rejected");
+        } else {
+            tracing::debug!(product, source, %why, "payload rejected");
+        }
+    }
+
+    /// Records quarantined (kept whole with their reasons, durable): the
+    /// reasons are in the quarantine entries, so this logs at debug.
+    pub fn records_quarantined(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.count(Outcome::Quarantined, n as u64);
+        let (product, source) = (&self.product, &self.source);
+        tracing::debug!(
+            product,
+            source,
+            quarantined = n,
+            "records quarantined (durable)"
+        );
     }
 }
 
@@ -229,7 +310,7 @@ impl IngestMetrics {
         let mut sources = lock(&self.sources);
         sources
             .entry((product.to_string(), source.to_string()))
-            .or_insert_with(|| Arc::new(SourceCounters::new()))
+            .or_insert_with(|| Arc::new(SourceCounters::new(product, source)))
             .clone()
     }
 
@@ -563,5 +644,25 @@ impl crate::store::WriterCounters for IngestMetrics {
         self.batches_written.fetch_add(1, Ordering::Relaxed);
         self.records_written
             .fetch_add(records as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_events_count_every_time_and_warn_once_per_interval() {
+        let metrics = IngestMetrics::default();
+        let counters = metrics.source("p", "mqtt:0");
+        assert!(counters.may_warn(), "the first refusal of a source warns");
+        assert!(!counters.may_warn(), "the next within 10 s logs at debug");
+        counters.payload_rejected(&"bad payload");
+        counters.payload_rejected(&"bad payload");
+        counters.records_quarantined(3);
+        counters.records_quarantined(0);
+        let figures = counters.figures();
+        assert_eq!((figures.rejected, figures.quarantined), (2, 3));
+        assert_eq!(figures.received, 5);
     }
 }

@@ -146,7 +146,7 @@ impl PendingMessage {
                     let accepted = written.accepted;
                     counters.count(Outcome::Accepted, accepted as u64);
                     counters.count(Outcome::Duplicate, written.outcome.duplicates as u64);
-                    counters.count(Outcome::Quarantined, written.outcome.quarantined as u64);
+                    counters.records_quarantined(written.outcome.quarantined);
                     counters.count(Outcome::RetainedKnown, written.retained_known.len() as u64);
                     if let Some(newest) = times.iter().max() {
                         counters.event_time(*newest);
@@ -526,7 +526,9 @@ impl Ingestor {
         for route in routes.iter().filter(|r| r.reads_topic(topic)) {
             route.counters.message(message.payload.len());
             if route.product.quality.on_invalid != OnInvalid::Quarantine {
-                route.counters.count(Outcome::Rejected, 1);
+                route
+                    .counters
+                    .payload_rejected(&sparkplug::Problem::BadPayload);
                 continue;
             }
             let provenance = Provenance {
@@ -611,29 +613,16 @@ impl Ingestor {
         }
     }
 
-    /// Counts and logs rejected records (rate-limited per source).
+    /// Counts and logs rejected records (rate-limited per source): the
+    /// [`SourceCounters::records_rejected`] event.
     pub fn count_rejected(
         &self,
-        product: &Product,
-        source_id: &str,
+        _product: &Product,
+        _source_id: &str,
         counters: &SourceCounters,
         rejected: &[Invalid],
     ) {
-        if rejected.is_empty() {
-            return;
-        }
-        counters.count(Outcome::Rejected, rejected.len() as u64);
-        for bad in rejected {
-            if let Some(first) = bad.reasons.first() {
-                counters.invalid_rule(first.rule);
-            }
-        }
-        let reasons = reasons_text(&rejected[0]);
-        if self.may_warn(&product.name, source_id) {
-            warn!(product = %product.name, source = source_id, rejected = rejected.len(), reasons = %reasons, "records rejected");
-        } else {
-            debug!(product = %product.name, source = source_id, rejected = rejected.len(), reasons = %reasons, "records rejected");
-        }
+        counters.records_rejected(rejected);
     }
 
     /// Queues a prepared batch for writing; `None` when there is nothing to
