@@ -425,20 +425,46 @@ async fn series_buckets_equal_brute_force_over_random_streams_with_late_events()
     );
     assert_eq!(viewer.data(query, json!({})).await["probe"], Value::Null);
 
-    // Too many buckets, or a bad width, are refused before any read, and
-    // counted.
+    // A 30-day chart in 5-minute buckets (8,640) passes the query cost;
+    // its buckets hold every event a 1-day bucketing finds.
+    let month = |every: &str| {
+        format!(
+            r#"{{ probe(probe_id: "r7") {{ series(since: "2023-10-20T00:00:00Z", until: "2023-11-19T00:00:00Z", every: "{every}") {{ count values {{ temp {{ avg max }} }} }} }} }}"#
+        )
+    };
+    let data = admin.data(&month("5m"), json!({})).await;
+    let buckets = data["probe"]["series"].as_array().expect("buckets");
+    let total = |buckets: &[Value]| -> u64 {
+        buckets
+            .iter()
+            .map(|b| b["count"].as_u64().expect("count"))
+            .sum()
+    };
+    let daily = admin.data(&month("1d"), json!({})).await;
+    let daily = daily["probe"]["series"].as_array().expect("buckets");
+    assert!(total(buckets) > 0);
+    assert_eq!(total(buckets), total(daily));
+    assert!(buckets.len() > daily.len());
+
+    // Too many buckets for the cost limit (1-minute buckets over 30 days),
+    // or a bad width, are refused before any read, and counted.
     let errors_before = admin
         .metric(r#"meshlet_graphql_requests_total{outcome="error"}"#)
         .await
         .unwrap_or(0.0);
-    let errors = admin
-        .errors(
-            r#"{ probe(probe_id: "r7") { series(since: "2023-01-01T00:00:00Z", until: "2023-01-02T00:00:00Z", every: "1m") { count } } }"#,
-            json!({}),
-        )
-        .await;
+    let refused_before = admin
+        .metric(r#"meshlet_graphql_requests_total{outcome="refused"}"#)
+        .await
+        .unwrap_or(0.0);
+    let errors = admin.errors(&month("1m"), json!({})).await;
     assert_eq!(
-        errors[0]["extensions"]["code"], "SERIES_TOO_LARGE",
+        errors[0]["extensions"]["code"], "QUERY_TOO_COSTLY",
+        "{errors:?}"
+    );
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("at most 50000")),
         "{errors:?}"
     );
     let errors = admin
@@ -452,7 +478,14 @@ async fn series_buckets_equal_brute_force_over_random_streams_with_late_events()
         .metric(r#"meshlet_graphql_requests_total{outcome="error"}"#)
         .await
         .unwrap_or(0.0);
-    assert_eq!(errors_after - errors_before, 2.0);
+    let refused_after = admin
+        .metric(r#"meshlet_graphql_requests_total{outcome="refused"}"#)
+        .await
+        .unwrap_or(0.0);
+    assert_eq!(
+        (errors_after - errors_before) + (refused_after - refused_before),
+        2.0
+    );
 
     let (status, _) = node.stop();
     assert!(status.success());

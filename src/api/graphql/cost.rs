@@ -11,8 +11,10 @@
 //! are refused by validation).
 //!
 //! A `series` multiplies what it selects by its bucket count (from
-//! `since`, `until` and `every` when given as constants or variables,
-//! else the default window or the most a call returns).
+//! `since`, `until` — now when left out, as the resolver does — and
+//! `every` when given as constants or variables, else the default window
+//! or the most a call returns): the cost, not a fixed bucket cap, is
+//! what limits a chart.
 //!
 //! The `groups` of an aggregate count as the most groups one may make,
 //! Relay's `nodes(ids:)` as its number of ids.
@@ -68,7 +70,7 @@ fn argument(field: &Field, name: &str, variables: &Variables) -> Option<Value> {
 }
 
 /// The buckets a `series` field can return: computed from `since`,
-/// `until` and `every` when all are given, the default window without
+/// `until` (now when not given) and `every`, the default window without
 /// `since`, else the most a call may return.
 fn series_buckets(field: &Field, variables: &Variables) -> u64 {
     use super::series::{DEFAULT_BUCKETS, MAX_BUCKETS};
@@ -87,7 +89,12 @@ fn series_buckets(field: &Field, variables: &Variables) -> u64 {
     };
     let since_given = argument(field, "since", variables).is_some();
     let until_given = argument(field, "until", variables).is_some();
-    let buckets = match (time("since"), time("until"), every) {
+    let until = if until_given {
+        time("until")
+    } else {
+        Some(crate::record::Timestamp::now().as_micros())
+    };
+    let buckets = match (time("since"), until, every) {
         (Some(since), Some(until), Some(every)) if since < until => {
             u64::try_from((until - since).saturating_add(every - 1) / every + 1)
                 .unwrap_or(MAX_BUCKETS)
@@ -252,12 +259,22 @@ mod tests {
             cost(r#"{ m(id: "a") { series(every: "1m") { count } } }"#),
             2 + 101
         );
-        assert_eq!(
+        // Without `until` the window ends now: years of 1 s buckets.
+        assert!(
             cost(
                 r#"{ m(id: "a") { series(since: "2024-01-01T00:00:00Z", every: "1s") { count } } }"#
-            ),
-            2 + 1_000
+            ) > super::super::limits::MAX_COST
         );
+        // A 30-day chart in 5-minute buckets of a few statistics fits the
+        // limit; in 1-minute buckets it does not.
+        let month = |every: &str| {
+            cost(&format!(
+                r#"{{ m(id: "a") {{ series(since: "2024-01-01T00:00:00Z", until: "2024-01-31T00:00:00Z", every: "{every}") {{ count temp {{ min max avg }} }} }} }}"#
+            ))
+        };
+        assert_eq!(month("5m"), 2 + 8_641 * 5);
+        assert!(month("5m") <= super::super::limits::MAX_COST);
+        assert!(month("1m") > super::super::limits::MAX_COST);
         assert!(
             cost(
                 r#"{ mConnection(first: 100) { nodes { series(every: "1s", since: "2024-01-01T00:00:00Z") { count temp { min max } } } } }"#

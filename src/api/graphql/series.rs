@@ -4,10 +4,15 @@
 //! bucketing is `timeseries::buckets`, this file only reads arguments,
 //! bounds the work and renders buckets.
 //!
-//! Bounds: at most [`MAX_BUCKETS`] buckets per call (checked before any
-//! read) and at most [`MAX_SERIES_EVENTS`] events in the window (the read
-//! stops and the call is refused with `SERIES_TOO_LARGE`), so one call's
-//! memory is bounded whatever the history holds.
+//! Bounds: the query cost model (`cost.rs`) counts every bucket a
+//! `series` can return times what each bucket selects, so a 30-day chart
+//! in 5-minute buckets (8,640) of a few statistics passes and a 1-minute
+//! one (43,200) is refused before it runs (`QUERY_TOO_COSTLY`). Behind
+//! it, at most [`MAX_BUCKETS`] buckets per call (checked before any read;
+//! the cost model's estimate cannot know `until` = now to the
+//! microsecond) and at most [`MAX_SERIES_EVENTS`] events in the window
+//! (the read stops and the call is refused with `SERIES_TOO_LARGE`), so
+//! one call's memory is bounded whatever the history holds.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +34,10 @@ use crate::timeseries::buckets::{
 };
 use crate::timeseries::read::{entity_series, SeriesError};
 
-/// Buckets one `series` call may return.
-pub(crate) const MAX_BUCKETS: u64 = 1_000;
+/// Buckets one `series` call may return: as many as the cost limit could
+/// ever let through (each bucket costs at least 1); the cost model is
+/// what bounds a query, this only backs it.
+pub(crate) const MAX_BUCKETS: u64 = super::limits::MAX_COST;
 /// Decoded events plus chunk summary blocks one `series` call may hold
 /// (decoded: about 2.3 days of a 1 Hz sensor; read from summaries, far
 /// more: a block stands for up to a chunk's events).
@@ -276,7 +283,7 @@ pub(crate) fn series_field(api: &Arc<ProductApi>) -> Field {
             if count > MAX_BUCKETS {
                 return Err(bad(
                     "SERIES_TOO_LARGE",
-                    format!("this series has {count} buckets; at most {MAX_BUCKETS} per call: narrow [since, until) or widen `every`"),
+                    format!("this series has {count} buckets; at most {MAX_BUCKETS} per call (and fewer as each bucket selects more): narrow [since, until) or widen `every`"),
                 ));
             }
             let fill = match ctx.args.get("fill") {
@@ -325,7 +332,7 @@ pub(crate) fn series_field(api: &Arc<ProductApi>) -> Field {
         })
     })
     .description(format!(
-        "The entity's history downsampled into windows of event time `every` wide (`1m`, `5m`, `1h`, `1d`; at least 1s), aligned to the Unix epoch (UTC), over [since, until) (until: now; since: {DEFAULT_BUCKETS} buckets before until). Event time decides the bucket, so late events land where they belong. Per number field min/max/avg/sum/first/last, per text field the value held longest and each value's count and seconds held. At most {MAX_BUCKETS} buckets and {MAX_SERIES_EVENTS} events per call (`SERIES_TOO_LARGE`). Values are as the caller's role sees them: masked values are what is aggregated."
+        "The entity's history downsampled into windows of event time `every` wide (`1m`, `5m`, `1h`, `1d`; at least 1s), aligned to the Unix epoch (UTC), over [since, until) (until: now; since: {DEFAULT_BUCKETS} buckets before until). Event time decides the bucket, so late events land where they belong. Per number field min/max/avg/sum/first/last, per text field the value held longest and each value's count and seconds held. Buckets count in the query cost (buckets × fields selected per bucket; a 30-day chart in 5-minute buckets of a few statistics fits), and at most {MAX_SERIES_EVENTS} events per call (`SERIES_TOO_LARGE`). Values are as the caller's role sees them: masked values are what is aggregated."
     ))
     .argument(InputValue::new("since", TypeRef::named(values::DATE_TIME)))
     .argument(InputValue::new("until", TypeRef::named(values::DATE_TIME)))
