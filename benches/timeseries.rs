@@ -215,6 +215,9 @@ fn last_twenty(quick: bool, runs: usize) {
     );
 }
 
+/// What a fleet source calls with each instance's fields.
+type Visit<'a> = &'a mut dyn FnMut(&Fields);
+
 /// Every instance of the product, a page of 1,000 at a time.
 fn scan(store: &Store, visit: &mut dyn FnMut(&Fields)) {
     let mut after: Option<String> = None;
@@ -269,7 +272,7 @@ fn fleet(quick: bool, runs: usize) {
         store.upsert(P, &batch).expect("upsert");
     }
     store.durable_blocking().expect("flush");
-    let aggregate_with = |instances: &mut dyn FnMut(&mut dyn FnMut(&Fields))| {
+    let aggregate_with = |instances: &mut dyn FnMut(Visit<'_>)| {
         let mut aggregator = Aggregator::new(
             vec!["site".to_string()],
             vec!["temperature_c".to_string(), "spindle_rpm".to_string()],
