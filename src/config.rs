@@ -1138,10 +1138,10 @@ mod tests {
         );
     }
 
-    /// README's NATS JetStream sample, as written, is a valid config.
+    /// schema/README.md's NATS JetStream sample, as written, is a valid config.
     #[test]
     fn the_readme_nats_sample_loads() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../schema/README.md");
         let block = readme
             .split("### The central mesh on NATS JetStream")
             .nth(1)
