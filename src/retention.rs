@@ -214,6 +214,12 @@ pub async fn sweeper(
                     metrics.failed(&product.name);
                     warn!(product = %product.name, error = %err, "retention sweep failed")
                 }
+                // The runtime shutting down cancels a blocking task not
+                // yet run: not a failure, and nothing more to sweep.
+                Err(join) if join.is_cancelled() => {
+                    tracing::debug!(product = %product.name, "retention sweep cancelled by shutdown");
+                    return;
+                }
                 Err(join) => {
                     metrics.failed(&product.name);
                     warn!(product = %product.name, error = %join, "retention sweep panicked")

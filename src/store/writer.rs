@@ -222,6 +222,13 @@ async fn run(
                     break;
                 }
             }
+            // The runtime shutting down cancelled the group before it
+            // ran: its replies were dropped unanswered (senders see
+            // ShuttingDown and redeliver), and no later group can run.
+            Err(join) if join.is_cancelled() => {
+                debug!("write group cancelled: the runtime is stopping");
+                break;
+            }
             Err(join) => {
                 // A panic in the store: the replies were dropped with the
                 // group, so every sender sees ShuttingDown and redelivers.
