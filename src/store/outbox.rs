@@ -134,29 +134,63 @@ pub struct BudgetReport {
 /// outbox write happens under the store's writer lock).
 #[derive(Default)]
 pub(crate) struct Tally {
-    per_upstream: HashMap<String, (u64, u64)>,
+    per_upstream: HashMap<String, UpstreamTally>,
+}
+
+/// One upstream's pending figures, and where its reads start.
+#[derive(Default)]
+struct UpstreamTally {
+    pending: u64,
+    bytes: u64,
+    /// Pending entries per lane: the lanes a read visits, in order.
+    lanes: BTreeMap<u8, u64>,
+    /// Per lane, a key no pending entry of that lane lies below: the
+    /// first entry the last read found. Reads start here, not at the
+    /// lane's start, so what was acknowledged since the last checkpoint
+    /// (removals the hot overlay still holds, keys sled still holds) is
+    /// not walked again by every read — which made the send rate fall
+    /// with the backlog. A new entry always has the highest sequence
+    /// number yet, so it lands above its lane's floor.
+    floors: HashMap<u8, Vec<u8>>,
 }
 
 impl Tally {
-    fn add(&mut self, upstream: &str, bytes: u64) {
+    fn add(&mut self, upstream: &str, key: &[u8], bytes: u64) {
         let slot = self.per_upstream.entry(upstream.to_string()).or_default();
-        slot.0 += 1;
-        slot.1 += bytes;
+        slot.pending += 1;
+        slot.bytes += bytes;
+        let lane = lane_of(upstream, key);
+        *slot.lanes.entry(lane).or_default() += 1;
+        // Never above a pending entry (cannot happen, see `floors`; kept
+        // so a wrong floor can only cost a longer walk, never an entry).
+        if let Some(floor) = slot.floors.get_mut(&lane) {
+            if key < floor.as_slice() {
+                *floor = key.to_vec();
+            }
+        }
     }
 
-    fn sub(&mut self, upstream: &str, bytes: u64) {
+    fn sub(&mut self, upstream: &str, key: &[u8], bytes: u64) {
         if let Some(slot) = self.per_upstream.get_mut(upstream) {
-            slot.0 = slot.0.saturating_sub(1);
-            slot.1 = slot.1.saturating_sub(bytes);
+            slot.pending = slot.pending.saturating_sub(1);
+            slot.bytes = slot.bytes.saturating_sub(bytes);
+            let lane = lane_of(upstream, key);
+            if let Some(count) = slot.lanes.get_mut(&lane) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    slot.lanes.remove(&lane);
+                }
+            }
         }
     }
 }
 
-/// What a transaction did to the outbox, applied to the tally after commit.
+/// What a transaction did to the outbox (upstream, entry key, bytes),
+/// applied to the tally after commit.
 #[derive(Default, Debug)]
 pub(crate) struct OutboxDelta {
-    added: Vec<(String, u64)>,
-    removed: Vec<(String, u64)>,
+    added: Vec<(String, Vec<u8>, u64)>,
+    removed: Vec<(String, Vec<u8>, u64)>,
 }
 
 fn part(buf: &mut Vec<u8>, s: &str) {
@@ -177,6 +211,20 @@ fn entry_key(upstream: &str, priority: u8, seq: u64) -> Vec<u8> {
     key.push(255 - priority);
     key.extend_from_slice(&seq.to_be_bytes());
     key
+}
+
+/// The lane of an entry key of `upstream`.
+fn lane_of(upstream: &str, key: &[u8]) -> u8 {
+    let at = 2 + upstream.len().min(usize::from(u16::MAX));
+    key.get(at).copied().unwrap_or(0)
+}
+
+/// The sequence number of an entry key (its last 8 bytes).
+fn seq_of(key: &[u8]) -> u64 {
+    key.len()
+        .checked_sub(8)
+        .and_then(|at| key[at..].try_into().ok())
+        .map_or(0, u64::from_be_bytes)
 }
 
 fn entity_index_prefix(product: &str, entity: &str) -> Vec<u8> {
@@ -265,7 +313,7 @@ impl OutboxTx<'_> {
         }
         delta
             .removed
-            .push((item.upstream.clone(), bytes.len() as u64));
+            .push((item.upstream.clone(), key.to_vec(), bytes.len() as u64));
         Ok(Some(entry))
     }
 
@@ -317,7 +365,7 @@ impl OutboxTx<'_> {
         }
         delta
             .added
-            .push((item.upstream.clone(), bytes.len() as u64));
+            .push((item.upstream.clone(), key.clone(), bytes.len() as u64));
         self.entries.overwrite(key, bytes);
         Ok(())
     }
@@ -348,6 +396,89 @@ pub(crate) struct ErasePlan {
     pub tombstones: Vec<OutboxItem>,
 }
 
+/// One lane's entries in key (= sequence) order, from a floor up to a
+/// sequence horizon, read in windows of sequence numbers: each window is
+/// one bounded range of the hot tree, so a read costs what it returns
+/// and not the lane's depth (a range copies the overlay's part of it up
+/// front, and after a restart the overlay can hold the whole backlog).
+/// Windows double while empty (other upstreams and lanes share the
+/// sequence), and start again small once one holds something.
+struct LaneScan<'a> {
+    store: &'a Store,
+    prefix: Vec<u8>,
+    lane: u8,
+    /// The next window starts here (inclusive)…
+    next_seq: u64,
+    /// …and nothing at or above this is read.
+    horizon: u64,
+    base: u64,
+    width: u64,
+    window: Option<super::hot::MergeIter>,
+    /// The floor's key: entries below it in its first window are skipped
+    /// by the range itself.
+    start_key: Option<Vec<u8>>,
+}
+
+impl<'a> LaneScan<'a> {
+    fn new(
+        store: &'a Store,
+        upstream: &str,
+        lane: u8,
+        floor: Option<&[u8]>,
+        horizon: u64,
+        wanted: usize,
+    ) -> LaneScan<'a> {
+        let base = (wanted as u64).saturating_mul(2).clamp(64, 1 << 16);
+        LaneScan {
+            store,
+            prefix: upstream_prefix(upstream),
+            lane,
+            next_seq: floor.map_or(0, seq_of),
+            horizon,
+            base,
+            width: base,
+            window: None,
+            start_key: floor.map(<[u8]>::to_vec),
+        }
+    }
+
+    fn key(&self, seq: u64) -> Vec<u8> {
+        let mut key = self.prefix.clone();
+        key.push(self.lane);
+        key.extend_from_slice(&seq.to_be_bytes());
+        key
+    }
+
+    fn next_entry(&mut self) -> Result<Option<(sled::IVec, sled::IVec)>, StoreError> {
+        loop {
+            if let Some(window) = self.window.as_mut() {
+                match window.next() {
+                    Some(Ok(kv)) => {
+                        self.width = self.base;
+                        return Ok(Some(kv));
+                    }
+                    Some(Err(e)) => return Err(StoreError::sled("reading the outbox", e)),
+                    None => {
+                        self.window = None;
+                        self.width = self.width.saturating_mul(2);
+                    }
+                }
+            }
+            if self.next_seq >= self.horizon {
+                return Ok(None);
+            }
+            let end_seq = self.next_seq.saturating_add(self.width).min(self.horizon);
+            let start = match self.start_key.take() {
+                Some(key) => key,
+                None => self.key(self.next_seq),
+            };
+            let end = self.key(end_seq);
+            self.next_seq = end_seq;
+            self.window = Some(self.store.inner.outbox.range(start..end));
+        }
+    }
+}
+
 impl Store {
     /// Installs the planner every later write consults. Replaces any
     /// earlier one.
@@ -376,11 +507,11 @@ impl Store {
             return;
         }
         let mut tally = self.inner.tally.lock().unwrap_or_else(|p| p.into_inner());
-        for (upstream, bytes) in &delta.added {
-            tally.add(upstream, *bytes);
+        for (upstream, key, bytes) in &delta.added {
+            tally.add(upstream, key, *bytes);
         }
-        for (upstream, bytes) in &delta.removed {
-            tally.sub(upstream, *bytes);
+        for (upstream, key, bytes) in &delta.removed {
+            tally.sub(upstream, key, *bytes);
         }
     }
 
@@ -461,49 +592,70 @@ impl Store {
             ),
             None => return Ok(Vec::new()),
         };
-        let prefix = upstream_prefix(upstream);
         let mut out: Vec<PendingEntry> = Vec::new();
-        let mut lane: Option<u8> = None;
-        let mut skip_lane: Option<u8> = None;
         let mut passed_over = 0usize;
-        for item in self.inner.outbox.scan_prefix(&prefix) {
-            let (key, bytes) = item.map_err(|e| StoreError::sled("reading the outbox", e))?;
-            let this_lane = key.get(prefix.len()).copied().unwrap_or(0);
-            if skip_lane == Some(this_lane) {
-                continue;
+        'lanes: for (lane, floor) in self.outbox_lanes(upstream) {
+            let mut scan = LaneScan::new(self, upstream, lane, floor.as_deref(), horizon, max);
+            let mut first = true;
+            while let Some((key, bytes)) = scan.next_entry()? {
+                if first {
+                    self.raise_floor(upstream, lane, &key);
+                    first = false;
+                }
+                let entry = decode_entry(self.entity_keys(), &key, &bytes)?;
+                if except.contains(&entry.item.product) {
+                    passed_over += 1;
+                    if passed_over >= MAX_PASSED_OVER {
+                        break 'lanes;
+                    }
+                    continue;
+                }
+                if entry.item.hold_until > now {
+                    // A held head skips its lane; a held entry behind
+                    // what was read ends the read (head of line).
+                    if out.is_empty() {
+                        continue 'lanes;
+                    }
+                    break 'lanes;
+                }
+                out.push(PendingEntry {
+                    key: key.to_vec(),
+                    entry,
+                });
+                if out.len() >= max {
+                    break 'lanes;
+                }
             }
-            if lane.is_some_and(|l| l != this_lane) || out.len() >= max {
+            if !out.is_empty() {
                 break;
             }
-            let entry = decode_entry(self.entity_keys(), &key, &bytes)?;
-            if except.contains(&entry.item.product) {
-                passed_over += 1;
-                if passed_over >= MAX_PASSED_OVER {
-                    break;
-                }
-                continue;
-            }
-            if entry.seq >= horizon {
-                if lane.is_some() {
-                    break;
-                }
-                skip_lane = Some(this_lane);
-                continue;
-            }
-            if entry.item.hold_until > now {
-                if lane.is_some() {
-                    break;
-                }
-                skip_lane = Some(this_lane);
-                continue;
-            }
-            lane = Some(this_lane);
-            out.push(PendingEntry {
-                key: key.to_vec(),
-                entry,
-            });
         }
         Ok(out)
+    }
+
+    /// The lanes of `upstream` holding entries, in order, each with its
+    /// floor (where its reads start).
+    fn outbox_lanes(&self, upstream: &str) -> Vec<(u8, Option<Vec<u8>>)> {
+        let tally = self.inner.tally.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(slot) = tally.per_upstream.get(upstream) else {
+            return Vec::new();
+        };
+        slot.lanes
+            .keys()
+            .map(|lane| (*lane, slot.floors.get(lane).cloned()))
+            .collect()
+    }
+
+    /// A read found `key` first in its lane, starting at the lane's
+    /// floor: nothing of the lane is pending below it.
+    fn raise_floor(&self, upstream: &str, lane: u8, key: &[u8]) {
+        let mut tally = self.inner.tally.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = tally.per_upstream.get_mut(upstream) {
+            let floor = slot.floors.entry(lane).or_default();
+            if key > floor.as_slice() {
+                *floor = key.to_vec();
+            }
+        }
     }
 
     /// Deletes entries the upstream acknowledged. Keys already gone (an
@@ -574,29 +726,15 @@ impl Store {
             .unwrap_or_else(|p| p.into_inner())
             .per_upstream
             .get(upstream)
-            .copied()
-            .unwrap_or_default();
+            .map_or((0, 0), |slot| (slot.pending, slot.bytes));
         // The oldest entry is the head of one of the (at most 256) lanes.
-        let prefix = upstream_prefix(upstream);
         let mut oldest: Option<Timestamp> = None;
-        let mut lane_start = prefix.clone();
-        lane_start.push(0);
-        loop {
-            let Some(item) = self.inner.outbox.range(lane_start.clone()..).next() else {
-                break;
-            };
-            let (key, value) = item.map_err(|e| StoreError::sled("reading the outbox", e))?;
-            if !key.starts_with(&prefix) || key.len() <= prefix.len() {
-                break;
+        for (lane, floor) in self.outbox_lanes(upstream) {
+            let mut scan = LaneScan::new(self, upstream, lane, floor.as_deref(), u64::MAX, 1);
+            if let Some((key, value)) = scan.next_entry()? {
+                let entry = decode_entry(self.entity_keys(), &key, &value)?;
+                oldest = Some(oldest.map_or(entry.enqueued_at, |o| o.min(entry.enqueued_at)));
             }
-            let entry = decode_entry(self.entity_keys(), &key, &value)?;
-            oldest = Some(oldest.map_or(entry.enqueued_at, |o| o.min(entry.enqueued_at)));
-            let lane = key[prefix.len()];
-            if lane == 255 {
-                break;
-            }
-            lane_start.truncate(prefix.len());
-            lane_start.push(lane + 1);
         }
         Ok(OutboxStats {
             pending,
@@ -620,7 +758,7 @@ impl Store {
                 continue;
             }
             let entry = decode_entry(self.entity_keys(), &key, &value)?;
-            tally.add(&entry.item.upstream, value.len() as u64);
+            tally.add(&entry.item.upstream, &key, value.len() as u64);
         }
         if !shredded.is_empty() {
             let _writer = self.write_lock();
