@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::store::StoreConfig;
 use figment::providers::Serialized;
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -260,21 +261,48 @@ pub struct StoreSettings {
     pub dictionary: crate::store::DictionaryConfig,
 }
 
+/// The store's defaults are [`StoreConfig`]'s (one definition each); only
+/// the settings the store does not own (the sweeper's) are defined here.
 impl Default for StoreSettings {
     fn default() -> Self {
         StoreSettings {
-            cache_capacity_mb: 16,
-            history_chunk_events: 256,
-            history_block_events: 16,
-            zstd_level: 3,
-            instance_cache_entries: 10_000,
-            hot_bytes: crate::store::StoreConfig::DEFAULT_HOT_BYTES,
-            checkpoint_interval: crate::store::StoreConfig::DEFAULT_CHECKPOINT_INTERVAL,
+            cache_capacity_mb: StoreConfig::DEFAULT_CACHE_CAPACITY_BYTES >> 20,
+            history_chunk_events: StoreConfig::DEFAULT_HISTORY_CHUNK_EVENTS,
+            history_block_events: StoreConfig::DEFAULT_HISTORY_BLOCK_EVENTS,
+            zstd_level: StoreConfig::DEFAULT_ZSTD_LEVEL,
+            instance_cache_entries: StoreConfig::DEFAULT_INSTANCE_CACHE_ENTRIES,
+            hot_bytes: StoreConfig::DEFAULT_HOT_BYTES,
+            checkpoint_interval: StoreConfig::DEFAULT_CHECKPOINT_INTERVAL,
             retention_interval: Duration::from_secs(30),
             retention_budget: 1_000,
             encryption_key_file: None,
             dictionary: crate::store::DictionaryConfig::default(),
         }
+    }
+}
+
+impl StoreSettings {
+    /// The store's config at `path` from these settings: the one mapping
+    /// from `[store]` to [`StoreConfig`], used by start-up and by `check`
+    /// (through [`StoreSettings::validate`]), so they cannot disagree. The
+    /// encryption key is read by the caller (it is a file).
+    pub fn store_config(&self, path: PathBuf) -> StoreConfig {
+        let mut config = StoreConfig::new(path);
+        config.cache_capacity_bytes = self.cache_capacity_mb.saturating_mul(1 << 20);
+        config.history_chunk_events = self.history_chunk_events;
+        config.history_block_events = self.history_block_events;
+        config.instance_cache_entries = self.instance_cache_entries;
+        config.hot_bytes = self.hot_bytes;
+        config.checkpoint_interval = self.checkpoint_interval;
+        config.zstd_level = self.zstd_level;
+        config.dictionary = self.dictionary.clone();
+        config
+    }
+
+    /// Every problem of `[store]` that would stop the store from opening,
+    /// worded as start-up words it.
+    pub fn validate(&self) -> Result<(), crate::store::StoreError> {
+        self.store_config(PathBuf::new()).validate()
     }
 }
 

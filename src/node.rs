@@ -29,7 +29,7 @@ use crate::retention::{RetentionMetrics, SweepSchedule};
 use crate::sources::mqtt::broker::{BrokerBindError, EmbeddedBroker};
 use crate::sources::mqtt::client::{self, ClientConfigError};
 use crate::sources::SourceKind;
-use crate::store::{Store, StoreConfig, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Why the node could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +136,10 @@ pub fn preflight(config: &HubConfig, products: &ProductSet) -> Preflight {
         if let Err(err) = crate::tls::acceptor(tls) {
             out.problems.push(format!("http.tls: {err}"));
         }
+    }
+    // The same check the store's open makes, from the same mapping.
+    if let Err(err) = config.store.validate() {
+        out.problems.push(err.to_string());
     }
     if let Some(path) = &config.store.encryption_key_file {
         if let Err(err) = crate::store::EncryptionKey::from_file(path) {
@@ -481,15 +485,7 @@ pub async fn start(
 
 pub(crate) async fn open_store(config: &HubConfig) -> Result<Store, NodeError> {
     let path = config.data_dir.join("store");
-    let mut store_config = StoreConfig::new(path.clone());
-    store_config.cache_capacity_bytes = config.store.cache_capacity_mb.saturating_mul(1 << 20);
-    store_config.history_chunk_events = config.store.history_chunk_events;
-    store_config.history_block_events = config.store.history_block_events;
-    store_config.instance_cache_entries = config.store.instance_cache_entries;
-    store_config.hot_bytes = config.store.hot_bytes;
-    store_config.checkpoint_interval = config.store.checkpoint_interval;
-    store_config.zstd_level = config.store.zstd_level;
-    store_config.dictionary = config.store.dictionary.clone();
+    let mut store_config = config.store.store_config(path.clone());
     store_config.encryption_key = config
         .store
         .encryption_key_file

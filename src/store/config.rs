@@ -151,7 +151,7 @@ impl StoreConfig {
     }
 
     /// Every problem at once, so one edit fixes the config.
-    pub(crate) fn validate(&self) -> Result<(), StoreError> {
+    pub fn validate(&self) -> Result<(), StoreError> {
         let mut problems = Vec::new();
         if self.history_chunk_events < 2 {
             problems.push(format!(

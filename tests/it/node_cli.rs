@@ -508,6 +508,34 @@ fn check_refuses_everything_serve_refuses() {
     }
 }
 
+/// `[store]` settings the store cannot open with are refused by `check`
+/// with the message start-up gives (one mapping from settings to the
+/// store's config, one `validate`), every problem at once.
+#[test]
+fn check_and_serve_refuse_bad_store_settings_with_the_same_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("products")).expect("products dir");
+    std::fs::write(dir.path().join("products/ok.yaml"), named_product("ok")).expect("write");
+    std::fs::write(
+        dir.path().join("meshlet.toml"),
+        "data_dir = \"data\"\nproducts = [\"products\"]\n[store]\nzstd_level = 99\nhot_bytes = 10\n",
+    )
+    .expect("write config");
+    let out = run(dir.path(), &["-c", "meshlet.toml", "check"]);
+    let checked = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "check passed: {checked}");
+    let out = serve_until_exit(dir.path());
+    let served = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "serve: {served}");
+    for needle in [
+        "store config: zstd_level must be in",
+        "got 99; hot_bytes must be at least 65536, got 10",
+    ] {
+        assert!(checked.contains(needle), "check: `{needle}` missing: {checked}");
+        assert!(served.contains(needle), "serve: `{needle}` missing: {served}");
+    }
+}
+
 /// Roles that tokens act as but no product names do not stop `serve`, so
 /// `check` passes — and says so, once per token.
 #[test]
