@@ -531,8 +531,14 @@ fn check_and_serve_refuse_bad_store_settings_with_the_same_message() {
         "store config: zstd_level must be in",
         "got 99; hot_bytes must be at least 65536, got 10",
     ] {
-        assert!(checked.contains(needle), "check: `{needle}` missing: {checked}");
-        assert!(served.contains(needle), "serve: `{needle}` missing: {served}");
+        assert!(
+            checked.contains(needle),
+            "check: `{needle}` missing: {checked}"
+        );
+        assert!(
+            served.contains(needle),
+            "serve: `{needle}` missing: {served}"
+        );
     }
 }
 
