@@ -9,6 +9,7 @@
 mod common;
 
 mod api_budgets;
+mod architecture;
 mod audit_chain;
 mod broker_limits;
 mod console;
