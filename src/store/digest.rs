@@ -285,7 +285,19 @@ impl DigestTx<'_, '_> {
         if item.tombstone {
             self.set(scope, &item.product, &item.sent_entity, None, None)
         } else if item.coalesce {
-            let hash = leaf_hash(&item.sent_entity, item.event_time, &item.fields);
+            // The nulls of a `latest` item clear fields upstream: the
+            // state it will hold has none of them.
+            let hash = if item.fields.values().any(|v| v.is_null()) {
+                let held: Fields = item
+                    .fields
+                    .iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                leaf_hash(&item.sent_entity, item.event_time, &held)
+            } else {
+                leaf_hash(&item.sent_entity, item.event_time, &item.fields)
+            };
             self.set(
                 scope,
                 &item.product,

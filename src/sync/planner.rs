@@ -54,6 +54,24 @@ impl RulePlanner {
     }
 }
 
+/// A `latest` item is the entity's whole state: every field the rule
+/// sends that the state lacks goes as `null`, so the upstream's merge
+/// (absent keeps, `null` clears) ends with exactly this state — a field
+/// cleared here is cleared there, also when the clearing record was
+/// coalesced into a later state, and when `sync verify` resends it. The
+/// sent digest leaves the nulls out: it is the state the upstream holds.
+fn cleared_as_null(product: &Product, rule: &SyncRule, state: &Fields, out: &mut Fields) {
+    let names: Box<dyn Iterator<Item = &String>> = match &rule.fields {
+        Some(names) => Box::new(names.iter()),
+        None => Box::new(product.fields.keys()),
+    };
+    for name in names {
+        if !state.contains_key(name) && !out.contains_key(name) {
+            out.insert(name.clone(), crate::record::Value::Null);
+        }
+    }
+}
+
 impl OutboxPlanner for RulePlanner {
     fn on_change(&self, product: &str, record: &Record, change: &Change) -> Vec<OutboxItem> {
         let Some(product) = self.products.get(product) else {
@@ -77,6 +95,10 @@ impl OutboxPlanner for RulePlanner {
                 }
                 SyncMode::History => (&record.fields, record.event_time),
             };
+            let mut fields = self.project(product, rule, fields);
+            if rule.mode == SyncMode::Latest {
+                cleared_as_null(product, rule, &change.instance.fields, &mut fields);
+            }
             let hold = rule.when.min_interval.map_or(Timestamp::MIN, |i| {
                 change.instance.last_seen.saturating_add(i)
             });
@@ -88,7 +110,7 @@ impl OutboxPlanner for RulePlanner {
                 entity: change.entity.clone(),
                 sent_entity: self.sent_entity(product, rule, &change.entity),
                 event_time,
-                fields: self.project(product, rule, fields),
+                fields,
                 tombstone: false,
                 coalesce: rule.mode == SyncMode::Latest,
                 hold_until: hold,

@@ -501,3 +501,52 @@ proptest! {
         prop_assert_eq!(hq.rebuild_held_digests(&names).expect("rebuild"), 0);
     }
 }
+
+/// A field cleared with `null` at the edge is cleared at the aggregator:
+/// a `latest` state names the fields it lacks as nulls, so the
+/// aggregator's merge drops them, and the held digest equals the sent one
+/// (before, the aggregator kept the old value and verify found the entity
+/// different at every run, resending it forever).
+#[test]
+fn a_field_cleared_with_null_at_the_edge_is_cleared_at_the_aggregator() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let hq_dir = workdir(
+        &without_sync(MACHINE_EDGE),
+        "node_id = \"hq\"\n[aggregator]\nenabled = true\n",
+    );
+    let hq = start_node(hq_dir.path(), &listen);
+    let edge_dir = workdir(
+        MACHINE_EDGE,
+        &format!("node_id = \"edge-1\"\n[sync]\nretry_min = \"50ms\"\nretry_max = \"300ms\"\n[upstreams.central]\nurl = \"http://{listen}\"\n"),
+    );
+    let edge = start_node(edge_dir.path(), &format!("127.0.0.1:{}", free_port()));
+    push(
+        &edge,
+        "{\"machine_id\":\"m001\",\"site\":\"berlin\",\"temp\":1.5,\"operator\":\"a@example.com\"}\n",
+    );
+    wait_drained(&edge);
+    assert!(eventually(Duration::from_secs(10), || applied(&hq) >= 1.0));
+    push(
+        &edge,
+        "{\"machine_id\":\"m001\",\"site\":\"berlin\",\"temp\":null}\n",
+    );
+    wait_drained(&edge);
+    assert!(eventually(Duration::from_secs(10), || applied(&hq) >= 2.0));
+    stop_cleanly(edge);
+    let report = verify(edge_dir.path(), &["--dry-run"]);
+    assert_eq!(report["differing"], 0, "{report}");
+    assert_eq!(report["mismatched_buckets"], 0, "{report}");
+    stop_cleanly(hq);
+    let store = open_store(&hq_dir.path().join("data"));
+    let instance = store.get("machine", "m001").expect("read").expect("synced");
+    assert_eq!(instance.fields.get("temp"), None, "{:?}", instance.fields);
+    assert_eq!(
+        instance.fields.get("site"),
+        Some(&Value::String("berlin".into()))
+    );
+    assert!(
+        instance.fields.contains_key("operator"),
+        "a field the record did not carry stays: {:?}",
+        instance.fields
+    );
+}
