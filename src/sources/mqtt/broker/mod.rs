@@ -55,6 +55,7 @@
 
 mod connect;
 mod limits;
+mod protocol;
 mod retained;
 mod session;
 mod v5;
@@ -69,11 +70,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use rumqttc::mqttbytes;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, Connect, ConnectReturnCode, DisconnectReasonCode, LastWill, Login, Packet, PingResp,
-    PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, Publish, PublishProperties,
-    RetainForwardRule, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    ConnAck, Connect, ConnectReturnCode, DisconnectReasonCode, Login, Packet, Publish,
+    PublishProperties, RetainForwardRule, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
 };
-use rumqttc::v5::mqttbytes::{valid_filter, valid_topic, QoS};
+use rumqttc::v5::mqttbytes::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -84,16 +84,16 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 pub(crate) use self::connect::Violation;
 use self::limits::{Held, Outbox, PacketBudget, QueuedBytes, Retained};
+use self::protocol::{Action, Cause, Close, ConnectionState, Requested, Settings, Will};
 use self::retained::RetainedChange;
 use self::session::{Deliveries, SessionBudget};
-use self::v5::{ClientLimits, Refusal, SessionExpiry, TopicAliases};
+use self::v5::{ClientLimits, Refusal, SessionExpiry};
 use self::wire::{Frame, Protocol, WireError};
 use crate::config::EmbeddedBrokerConfig;
 use crate::ingest::IngestMetrics;
 use crate::ingest::{Ingestor, MqttMessage, PendingMessage};
 use crate::listen::Acceptor;
 use crate::sources::sparkplug::state::PrimaryHost;
-use rumqttc::v5::mqttbytes::v5::{PubAck as PubAckIn, PubComp as PubCompIn};
 
 /// Packets queued towards one client (acks and subscription deliveries);
 /// deliveries beyond it (or beyond `max_queued_bytes`) are dropped for
@@ -795,27 +795,6 @@ impl ConnectionError {
     }
 }
 
-/// How a connection's read loop ended without an error.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Ended {
-    /// The client sent DISCONNECT; `with_will` for MQTT 5's reason 0x04.
-    Disconnect { with_will: bool },
-    /// The broker closes it: shutting down, or a take-over.
-    Closed,
-}
-
-/// What the CONNECT said, as the connection keeps it.
-struct Session {
-    protocol: Protocol,
-    client_id: String,
-    /// The user name it logged in with, for `subscribe_acl`.
-    username: Option<String>,
-    keep_alive: u16,
-    expiry: SessionExpiry,
-    will: Option<LastWill>,
-    limits: ClientLimits,
-}
-
 impl Connection {
     async fn run(self, mut stream: TcpStream) {
         let metrics = self.ingestor.metrics().clone();
@@ -902,15 +881,21 @@ impl Connection {
                 .fetch_add(1, Ordering::Relaxed);
         }
         debug!(client = %client_id, keep_alive = connect.keep_alive, session_present, version = protocol.name(), "MQTT client connected");
-        let mut session = Session {
+        let acl = login
+            .as_ref()
+            .and_then(|login| self.config.subscribe_acl.get(&login.username))
+            .cloned();
+        let mut session = ConnectionState::new(
             protocol,
             client_id,
-            username: login.as_ref().map(|l| l.username.clone()),
-            keep_alive: connect.keep_alive,
+            connect.keep_alive,
             expiry,
             will,
-            limits: ClientLimits::of(&connect),
-        };
+            ClientLimits::of(&connect),
+            acl,
+            self.settings(),
+            std::time::Instant::now(),
+        );
 
         let (reader, writer) = stream.into_split();
         let (outgoing, outgoing_rx) = mpsc::channel::<Packet>(OUTGOING_QUEUE);
@@ -938,7 +923,7 @@ impl Connection {
         self.forget_subscriptions(&session.client_id);
         for stored in restored.unwrap_or_default() {
             let (filter, qos) = session::parse_stored_filter(&stored);
-            if !self.may_subscribe(&session, filter) {
+            if !session.may_subscribe(filter) {
                 info!(client = %session.client_id, %filter, "stored subscription no longer allowed by mqtt.embedded.subscribe_acl; dropped");
                 continue;
             }
@@ -954,26 +939,16 @@ impl Connection {
             metrics.clone(),
         ));
 
-        let result = self
+        let close = self
             .read_loop(reader, buffer, &mut session, &attached, &acks)
             .await;
         let client_id = session.client_id.clone();
-        let mut reason = None;
-        let publish_will = match &result {
-            Ok(Ended::Disconnect { with_will }) => {
-                debug!(client = %client_id, "MQTT client disconnected");
-                *with_will
+        match &close.cause {
+            Cause::Disconnect { .. } => debug!(client = %client_id, "MQTT client disconnected"),
+            Cause::ShuttingDown | Cause::TakenOver => {
+                debug!(client = %client_id, "MQTT connection closed by the broker")
             }
-            Ok(Ended::Closed) => {
-                reason = Some(if self.closing.is_cancelled() {
-                    DisconnectReasonCode::ServerShuttingDown
-                } else {
-                    DisconnectReasonCode::SessionTakenOver
-                });
-                debug!(client = %client_id, "MQTT connection closed by the broker");
-                true
-            }
-            Err(err) => {
+            Cause::Error(err) => {
                 match err {
                     ConnectionError::Violation(violation) => {
                         metrics.broker_violations[violation.index()]
@@ -986,15 +961,12 @@ impl Connection {
                             .fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                reason = err.disconnect_reason();
                 info!(client = %client_id, error = %err, "MQTT connection closed");
-                true
             }
-        };
-        if publish_will {
-            if let Some(will) = session.will.take() {
-                self.publish_will(will, &session).await;
-            }
+        }
+        let reason = close.reason;
+        if let Some(will) = close.will {
+            self.publish_will(will, &client_id).await;
         }
         // Let acks for what was read finish (they are durable work), then
         // tell an MQTT 5 client why it is closed, then close the socket.
@@ -1023,8 +995,8 @@ impl Connection {
         drop(acks);
         let _ = acker_task.await;
         if let (Protocol::V5, Some(code)) = (protocol, reason) {
-            let why = match &result {
-                Err(err) => err.to_string(),
+            let why = match &close.cause {
+                Cause::Error(err) => err.to_string(),
                 _ => String::new(),
             };
             let _ = outgoing
@@ -1236,23 +1208,26 @@ impl Connection {
         }
     }
 
-    /// Reads packets until the client disconnects or something goes wrong.
+    /// The protocol settings of this broker's connections.
+    fn settings(&self) -> Settings {
+        Settings {
+            max_delivery_qos: self.shared.max_delivery_qos,
+            max_session_expiry: self.config.session_expiry,
+            max_topic_aliases: self.config.max_topic_aliases,
+            receive_maximum: v5::receive_maximum(&self.config),
+        }
+    }
+
+    /// Reads packets until the connection ends, handing each to the
+    /// protocol state and carrying out what it decides.
     async fn read_loop(
         &self,
         mut reader: OwnedReadHalf,
         mut buffer: BytesMut,
-        session: &mut Session,
+        session: &mut ConnectionState,
         attached: &Attached,
         acks: &mpsc::Sender<AckItem>,
-    ) -> Result<Ended, ConnectionError> {
-        // MQTT: the server disconnects after one and a half keep-alive
-        // periods without a packet.
-        let idle = (session.keep_alive > 0)
-            .then(|| Duration::from_millis(u64::from(session.keep_alive) * 1_500));
-        let mut aliases = TopicAliases::new(match session.protocol {
-            Protocol::V5 => self.config.max_topic_aliases,
-            Protocol::V311 => 0,
-        });
+    ) -> Close {
         loop {
             let next = read_packet(
                 &mut reader,
@@ -1261,221 +1236,189 @@ impl Connection {
                 self.config.max_packet_bytes,
                 Some(&self.shared.packets),
             );
-            let packet = tokio::select! {
-                _ = self.shutdown.cancelled() => return Ok(Ended::Closed),
-                packet = maybe_timeout(idle, next) => packet?,
-            };
-            match packet {
-                Packet::Publish(mut publish) => {
-                    if session.protocol == Protocol::V5 {
-                        aliases
-                            .resolve(&mut publish)
-                            .map_err(ConnectionError::Refused)?;
-                    }
-                    self.on_publish(publish, session, acks).await?
-                }
-                Packet::PubRel(rel) => {
-                    send_ack(
-                        acks,
-                        AckItem::Now(Packet::PubComp(PubComp {
-                            pkid: rel.pkid,
-                            reason: PubCompReason::Success,
-                            properties: None,
-                        })),
-                    )
-                    .await?
-                }
-                Packet::Subscribe(subscribe) => {
-                    if subscribe.filters.iter().any(|f| connect::has_nul(&f.path)) {
-                        return Err(ConnectionError::Violation(Violation::NulCharacter));
-                    }
-                    let mut codes = Vec::with_capacity(subscribe.filters.len());
-                    let mut granted = Vec::with_capacity(subscribe.filters.len());
-                    for filter in &subscribe.filters {
-                        if filter.path.starts_with("$share/") {
-                            codes.push(SubscribeReasonCode::SharedSubscriptionsNotSupported);
-                        } else if !valid_filter(&filter.path) {
-                            codes.push(SubscribeReasonCode::TopicFilterInvalid);
-                        } else if !self.may_subscribe(session, &filter.path) {
-                            self.shared
-                                .metrics
-                                .broker_subscriptions_refused
-                                .fetch_add(1, Ordering::Relaxed);
-                            info!(client = %session.client_id, filter = %filter.path, "subscription refused by mqtt.embedded.subscribe_acl");
-                            codes.push(SubscribeReasonCode::NotAuthorized);
-                        } else if let Some(new) = self.subscribe_new(
-                            &filter.path,
-                            wire::downgrade(filter.qos, self.shared.max_delivery_qos),
-                            attached,
-                            filter.nolocal,
-                            filter.preserve_retain,
-                        ) {
-                            let qos = wire::downgrade(filter.qos, self.shared.max_delivery_qos);
-                            codes.push(SubscribeReasonCode::Success(qos));
-                            let send = match filter.retain_forward_rule {
-                                RetainForwardRule::OnEverySubscribe => true,
-                                RetainForwardRule::OnNewSubscribe => new,
-                                RetainForwardRule::Never => false,
-                            };
-                            if send {
-                                granted.push((filter.path.as_str(), qos));
-                            }
-                        } else {
-                            self.shared
-                                .metrics
-                                .broker_subscriptions_refused
-                                .fetch_add(1, Ordering::Relaxed);
-                            debug!(client = %session.client_id, filter = %filter.path, "subscription refused: the client's subscription limits are reached");
-                            codes.push(SubscribeReasonCode::QuotaExceeded);
-                        }
-                    }
-                    if session.expiry.persistent() {
-                        self.save_session(&session.client_id).await;
-                    }
-                    send_ack(
-                        acks,
-                        AckItem::Now(Packet::SubAck(SubAck {
-                            pkid: subscribe.pkid,
-                            return_codes: codes,
-                            properties: None,
-                        })),
-                    )
-                    .await?;
-                    if !granted.is_empty() {
-                        // The SUBACK first, then the retained messages.
-                        let (reached, queued) = tokio::sync::oneshot::channel();
-                        send_ack(acks, AckItem::Reached(reached)).await?;
-                        if queued.await.is_err() {
-                            return Err(ConnectionError::Protocol(
-                                "connection is closing".to_string(),
-                            ));
-                        }
-                    }
-                    for (filter, qos) in granted {
-                        self.send_retained(filter, qos, attached).await;
-                    }
-                }
-                Packet::Unsubscribe(unsubscribe) => {
-                    if unsubscribe.filters.iter().any(|t| connect::has_nul(t)) {
-                        return Err(ConnectionError::Violation(Violation::NulCharacter));
-                    }
-                    let mut reasons =
-                        vec![UnsubAckReason::NoSubscriptionExisted; unsubscribe.filters.len()];
-                    {
-                        let mut subs = write(&self.shared.subscriptions);
-                        subs.retain(|s| {
-                            let position = (s.connection == self.id)
-                                .then(|| unsubscribe.filters.iter().position(|f| *f == s.filter))
-                                .flatten();
-                            if let Some(i) = position {
-                                if let Some(reason) = reasons.get_mut(i) {
-                                    *reason = UnsubAckReason::Success;
-                                }
-                                self.subscriptions.fetch_sub(1, Ordering::Relaxed);
-                                self.subscription_bytes
-                                    .fetch_sub(s.filter.len(), Ordering::Relaxed);
-                            }
-                            position.is_none()
-                        });
-                    }
-                    if session.expiry.persistent() {
-                        self.save_session(&session.client_id).await;
-                    }
-                    send_ack(
-                        acks,
-                        AckItem::Now(Packet::UnsubAck(UnsubAck {
-                            pkid: unsubscribe.pkid,
-                            reasons,
-                            properties: None,
-                        })),
-                    )
-                    .await?;
-                }
-                Packet::PingReq(_) => {
-                    send_ack(acks, AckItem::Now(Packet::PingResp(PingResp))).await?
-                }
-                Packet::Disconnect(disconnect) => {
-                    if let Some(asked) = disconnect
-                        .properties
-                        .as_ref()
-                        .and_then(|p| p.session_expiry_interval)
-                    {
-                        // §3.14.2.2.2: from zero to non-zero is an error.
-                        if !session.expiry.persistent() && asked > 0 {
-                            return Err(ConnectionError::Protocol(
-                                "DISCONNECT sets a session expiry the CONNECT did not have"
-                                    .to_string(),
-                            ));
-                        }
-                        let asked = Duration::from_secs(u64::from(asked));
-                        session.expiry.granted = if self.config.session_expiry.is_zero() {
-                            asked
-                        } else {
-                            asked.min(self.config.session_expiry)
-                        };
-                        let mut expiries = lock(&self.shared.expiries);
-                        if session.expiry.granted < self.config.session_expiry {
-                            expiries.insert(session.client_id.clone(), session.expiry.granted);
-                        }
-                    }
-                    return Ok(Ended::Disconnect {
-                        with_will: disconnect.reason_code
-                            == DisconnectReasonCode::DisconnectWithWillMessage,
+            let deadline = session.deadline().map(tokio::time::Instant::from_std);
+            let actions = tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    return session.close(if self.closing.is_cancelled() {
+                        Cause::ShuttingDown
+                    } else {
+                        Cause::TakenOver
                     });
                 }
-                // The client's acks of QoS 1/2 deliveries: a done one
-                // makes room in the window.
-                Packet::PubAck(PubAckIn { pkid, .. }) | Packet::PubComp(PubCompIn { pkid, .. }) => {
-                    if lock(&attached.session.deliveries).complete(pkid) {
-                        attached.session.wake.notify_one();
+                packet = until(deadline, next) => match packet {
+                    Ok(packet) => session.on_packet(packet, std::time::Instant::now()),
+                    Err(ConnectionError::KeepAlive) => {
+                        session.on_tick(std::time::Instant::now())
                     }
+                    Err(err) => return session.close(Cause::Error(err)),
+                },
+            };
+            for action in actions {
+                if let Action::Close(close) = action {
+                    return close;
                 }
-                Packet::PubRec(rec) => {
-                    let release = lock(&attached.session.deliveries).received(rec.pkid);
-                    if let Some(release) = release {
-                        send_ack(acks, AckItem::Now(release)).await?;
-                    }
-                }
-                other => {
-                    return Err(ConnectionError::Protocol(format!(
-                        "unexpected {} from a client",
-                        packet_kind(&other)
-                    )))
+                if let Err(err) = self.execute(action, session, attached, acks).await {
+                    return session.close(Cause::Error(err));
                 }
             }
         }
     }
 
+    /// Carries out one action of the protocol state (all but closing).
+    async fn execute(
+        &self,
+        action: Action,
+        session: &ConnectionState,
+        attached: &Attached,
+        acks: &mpsc::Sender<AckItem>,
+    ) -> Result<(), ConnectionError> {
+        match action {
+            Action::Ingest { publish, ack } => self.on_publish(publish, ack, session, acks).await,
+            Action::Send(packet) => send_ack(acks, AckItem::Now(packet)).await,
+            Action::Subscribe { pkid, filters } => {
+                let mut codes = Vec::with_capacity(filters.len());
+                let mut granted = Vec::with_capacity(filters.len());
+                for Requested { filter, verdict } in &filters {
+                    let grant = match verdict {
+                        Ok(grant) => grant,
+                        Err(code) => {
+                            if *code == SubscribeReasonCode::NotAuthorized {
+                                self.shared
+                                    .metrics
+                                    .broker_subscriptions_refused
+                                    .fetch_add(1, Ordering::Relaxed);
+                                info!(client = %session.client_id, %filter, "subscription refused by mqtt.embedded.subscribe_acl");
+                            }
+                            codes.push(*code);
+                            continue;
+                        }
+                    };
+                    match self.subscribe_new(
+                        filter,
+                        grant.qos,
+                        attached,
+                        grant.no_local,
+                        grant.retain_as_published,
+                    ) {
+                        Some(new) => {
+                            codes.push(SubscribeReasonCode::Success(grant.qos));
+                            let send = match grant.retained {
+                                RetainForwardRule::OnEverySubscribe => true,
+                                RetainForwardRule::OnNewSubscribe => new,
+                                RetainForwardRule::Never => false,
+                            };
+                            if send {
+                                granted.push((filter.as_str(), grant.qos));
+                            }
+                        }
+                        None => {
+                            self.shared
+                                .metrics
+                                .broker_subscriptions_refused
+                                .fetch_add(1, Ordering::Relaxed);
+                            debug!(client = %session.client_id, %filter, "subscription refused: the client's subscription limits are reached");
+                            codes.push(SubscribeReasonCode::QuotaExceeded);
+                        }
+                    }
+                }
+                if session.expiry.persistent() {
+                    self.save_session(&session.client_id).await;
+                }
+                send_ack(
+                    acks,
+                    AckItem::Now(Packet::SubAck(SubAck {
+                        pkid,
+                        return_codes: codes,
+                        properties: None,
+                    })),
+                )
+                .await?;
+                if !granted.is_empty() {
+                    // The SUBACK first, then the retained messages.
+                    let (reached, queued) = tokio::sync::oneshot::channel();
+                    send_ack(acks, AckItem::Reached(reached)).await?;
+                    if queued.await.is_err() {
+                        return Err(ConnectionError::Protocol(
+                            "connection is closing".to_string(),
+                        ));
+                    }
+                }
+                for (filter, qos) in granted {
+                    self.send_retained(filter, qos, attached).await;
+                }
+                Ok(())
+            }
+            Action::Unsubscribe { pkid, filters } => {
+                let mut reasons = vec![UnsubAckReason::NoSubscriptionExisted; filters.len()];
+                {
+                    let mut subs = write(&self.shared.subscriptions);
+                    subs.retain(|s| {
+                        let position = (s.connection == self.id)
+                            .then(|| filters.iter().position(|f| *f == s.filter))
+                            .flatten();
+                        if let Some(i) = position {
+                            if let Some(reason) = reasons.get_mut(i) {
+                                *reason = UnsubAckReason::Success;
+                            }
+                            self.subscriptions.fetch_sub(1, Ordering::Relaxed);
+                            self.subscription_bytes
+                                .fetch_sub(s.filter.len(), Ordering::Relaxed);
+                        }
+                        position.is_none()
+                    });
+                }
+                if session.expiry.persistent() {
+                    self.save_session(&session.client_id).await;
+                }
+                send_ack(
+                    acks,
+                    AckItem::Now(Packet::UnsubAck(UnsubAck {
+                        pkid,
+                        reasons,
+                        properties: None,
+                    })),
+                )
+                .await
+            }
+            // The client's acks of QoS 1/2 deliveries: a done one makes
+            // room in the window.
+            Action::Delivered(pkid) => {
+                if lock(&attached.session.deliveries).complete(pkid) {
+                    attached.session.wake.notify_one();
+                }
+                Ok(())
+            }
+            Action::Release(pkid) => {
+                let release = lock(&attached.session.deliveries).received(pkid);
+                match release {
+                    Some(release) => send_ack(acks, AckItem::Now(release)).await,
+                    None => Ok(()),
+                }
+            }
+            Action::ShorterExpiry(granted) => {
+                lock(&self.shared.expiries).insert(session.client_id.clone(), granted);
+                Ok(())
+            }
+            Action::Close(_) => Ok(()),
+        }
+    }
+
+    /// A publish the protocol state accepted: to subscribers, to ingest,
+    /// and its ack (if any) queued behind the ones before it, to leave
+    /// once durable.
     async fn on_publish(
         &self,
         publish: Publish,
-        session: &Session,
+        ack: Option<Packet>,
+        session: &ConnectionState,
         acks: &mpsc::Sender<AckItem>,
     ) -> Result<(), ConnectionError> {
-        let Ok(topic) = std::str::from_utf8(&publish.topic) else {
-            return Err(ConnectionError::Malformed(
-                "topic name is not UTF-8".to_string(),
-            ));
-        };
-        if connect::has_nul(topic) {
-            return Err(ConnectionError::Violation(Violation::NulCharacter));
-        }
-        if !valid_topic(topic) || topic.is_empty() {
-            let reason = format!("invalid topic name `{topic}` in PUBLISH");
-            return Err(match session.protocol {
-                Protocol::V311 => ConnectionError::Protocol(reason),
-                Protocol::V5 => ConnectionError::Refused(Refusal::new(
-                    DisconnectReasonCode::TopicNameInvalid,
-                    reason,
-                )),
-            });
-        }
         self.shared.publish(&publish, Some(self.id)).await;
         let (content_type, user_properties) = v5::metadata(&publish);
         let pending = self
             .ingestor
             .submit_mqtt(MqttMessage {
-                topic,
+                topic: topic_of(&publish),
                 payload: &publish.payload,
                 retained: false,
                 redelivery: publish.dup,
@@ -1484,40 +1427,10 @@ impl Connection {
                 user_properties,
             })
             .await;
-        match publish.qos {
+        match ack {
             // Written all the same; nothing to acknowledge, only to count.
-            QoS::AtMostOnce => send_ack(acks, AckItem::Count(pending)).await?,
-            QoS::AtLeastOnce => {
-                let ack = Packet::PubAck(PubAck {
-                    pkid: publish.pkid,
-                    reason: PubAckReason::Success,
-                    properties: None,
-                });
-                send_ack(acks, AckItem::AfterDurable(ack, pending)).await?
-            }
-            QoS::ExactlyOnce => {
-                let ack = Packet::PubRec(PubRec {
-                    pkid: publish.pkid,
-                    reason: PubRecReason::Success,
-                    properties: None,
-                });
-                send_ack(acks, AckItem::AfterDurable(ack, pending)).await?
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether `subscribe_acl` lets this connection's user subscribe to
-    /// `filter`: a user without an entry may subscribe to anything.
-    fn may_subscribe(&self, session: &Session, filter: &str) -> bool {
-        let Some(user) = &session.username else {
-            return true;
-        };
-        match self.config.subscribe_acl.get(user) {
-            None => true,
-            Some(patterns) => patterns
-                .iter()
-                .any(|pattern| connect::filter_covered(filter, pattern)),
+            None => send_ack(acks, AckItem::Count(pending)).await,
+            Some(ack) => send_ack(acks, AckItem::AfterDurable(ack, pending)).await,
         }
     }
 
@@ -1676,41 +1589,11 @@ impl Connection {
     /// an MQTT 5 DISCONNECT 0x04): to subscribers, and into ingest like any
     /// publish from the client. An MQTT 5 will delay interval (capped by
     /// the session expiry) waits first, unless the client comes back.
-    async fn publish_will(&self, will: LastWill, session: &Session) {
-        let Ok(topic) = std::str::from_utf8(&will.topic) else {
-            return;
-        };
-        if !valid_topic(topic) || topic.is_empty() {
-            return;
-        }
-        let delay = will
-            .properties
-            .as_ref()
-            .and_then(|p| p.delay_interval)
-            .map(|d| Duration::from_secs(u64::from(d)).min(session.expiry.granted))
-            .unwrap_or_default();
-        let properties = will.properties.as_ref().map(|p| PublishProperties {
-            payload_format_indicator: p.payload_format_indicator,
-            message_expiry_interval: p.message_expiry_interval,
-            topic_alias: None,
-            response_topic: p.response_topic.clone(),
-            correlation_data: p.correlation_data.clone(),
-            user_properties: p.user_properties.clone(),
-            subscription_identifiers: Vec::new(),
-            content_type: p.content_type.clone(),
-        });
-        let publish = Publish {
-            dup: false,
-            qos: will.qos,
-            retain: will.retain,
-            topic: will.topic.clone(),
-            pkid: 0,
-            payload: will.message.clone(),
-            properties,
-        };
+    async fn publish_will(&self, will: Will, client_id: &str) {
+        let Will { publish, delay } = will;
         let shared = self.shared.clone();
         let ingestor = self.ingestor.clone();
-        let client_id = session.client_id.clone();
+        let client_id = client_id.to_string();
         if delay.is_zero() {
             send_will(&shared, &ingestor, &publish, &client_id).await;
             return;
@@ -2071,12 +1954,13 @@ async fn read_packet<R: AsyncReadExt + Unpin>(
     }
 }
 
-async fn maybe_timeout<F: std::future::Future<Output = Result<Packet, ConnectionError>>>(
-    idle: Option<Duration>,
+/// `future`, unless `deadline` passes first (a keep-alive expiry).
+async fn until<F: std::future::Future<Output = Result<Packet, ConnectionError>>>(
+    deadline: Option<tokio::time::Instant>,
     future: F,
 ) -> Result<Packet, ConnectionError> {
-    match idle {
-        Some(limit) => tokio::time::timeout(limit, future)
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, future)
             .await
             .unwrap_or(Err(ConnectionError::KeepAlive)),
         None => future.await,
