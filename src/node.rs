@@ -368,6 +368,7 @@ pub async fn start(
         &ingestor,
         &products,
         &config.ingest,
+        &config.data_dir,
         &shutdown,
         |task, span| {
             tasks.spawn_on(task.instrument(span), on_ingest);

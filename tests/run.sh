@@ -41,9 +41,10 @@ if [ ! -d tests/js/node_modules/playwright-core ] || [ ! -d tests/js/node_module
 fi
 
 # The pinned Python MQTT client (tests/py/requirements.txt) that
-# tests/it/mqtt_conformance.rs drives, and the Modbus TCP simulator
-# (pymodbus) that tests/it/sources_modbus.rs polls, installed when missing.
-if ! python3 -c 'import paho.mqtt, pymodbus' >/dev/null 2>&1; then
+# tests/it/mqtt_conformance.rs drives, the Modbus TCP simulator
+# (pymodbus) that tests/it/sources_modbus.rs polls, and the OPC UA server
+# (asyncua) tests/it/sources_opcua.rs subscribes to, installed when missing.
+if ! python3 -c 'import paho.mqtt, pymodbus, asyncua' >/dev/null 2>&1; then
   command -v pip3 >/dev/null || as_root apt-get install -y -qq python3-pip
   pip3 install --quiet -r tests/py/requirements.txt \
     || pip3 install --quiet --break-system-packages -r tests/py/requirements.txt

@@ -43,6 +43,8 @@ pub enum Source {
     Sparkplug(SparkplugSource),
     /// Modbus TCP devices, polled (`sources::modbus`).
     Modbus(crate::sources::modbus::ModbusSource),
+    /// OPC UA nodes, monitored (`sources::opcua`).
+    Opcua(crate::sources::opcua::OpcuaSource),
 }
 
 /// How a payload is encoded.
@@ -277,6 +279,7 @@ fn parse_source(
             SourceKind::Modbus => {
                 crate::sources::modbus::parse(one, ctx, diags).map(Source::Modbus)
             }
+            SourceKind::Opcua => crate::sources::opcua::parse(one, ctx, diags).map(Source::Opcua),
         },
         [_, second, ..] => {
             diags.push(

@@ -1,7 +1,7 @@
 //! Sources: the one owner of "which kinds of source exist".
 //!
 //! A product's `sources:` list names kinds (`mqtt`, `http`, `file`,
-//! `sparkplug`, `modbus`). Everything the rest of the node asks of a kind
+//! `sparkplug`, `modbus`, `opcua`). Everything the rest of the node asks of a kind
 //! goes through this module, so a new kind is a folder here plus its line
 //! in [`SourceKind`] and in [`Source::spec`]:
 //!
@@ -19,7 +19,7 @@
 //! fed by the API's push endpoint. What every kind shares (the
 //! [`Ingestor`]: pipeline, queueing, durable acks; replay; counters) stays
 //! in `crate::ingest`. Kinds that read by themselves (`file`,
-//! `modbus`) start one task per source through [`SourceSpec::start`].
+//! `modbus`, `opcua`) start one task per source through [`SourceSpec::start`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -35,6 +35,7 @@ pub mod file;
 pub mod http;
 pub mod modbus;
 pub mod mqtt;
+pub mod opcua;
 pub mod sparkplug;
 
 /// The kinds of source a product may list.
@@ -51,16 +52,19 @@ pub enum SourceKind {
     Sparkplug,
     /// Modbus TCP devices, polled.
     Modbus,
+    /// OPC UA server nodes, monitored through a subscription.
+    Opcua,
 }
 
 impl SourceKind {
     /// Every kind, in the order diagnostics list them.
-    pub const ALL: [SourceKind; 5] = [
+    pub const ALL: [SourceKind; 6] = [
         SourceKind::Mqtt,
         SourceKind::Http,
         SourceKind::File,
         SourceKind::Sparkplug,
         SourceKind::Modbus,
+        SourceKind::Opcua,
     ];
 
     /// The kind's name in definitions, ids and metrics labels.
@@ -71,6 +75,7 @@ impl SourceKind {
             SourceKind::File => "file",
             SourceKind::Sparkplug => "sparkplug",
             SourceKind::Modbus => "modbus",
+            SourceKind::Opcua => "opcua",
         }
     }
 
@@ -80,7 +85,7 @@ impl SourceKind {
     }
 
     /// The kinds' names, for definition keys and "expected one of" lists.
-    pub fn names() -> [&'static str; 5] {
+    pub fn names() -> [&'static str; 6] {
         SourceKind::ALL.map(SourceKind::name)
     }
 }
@@ -123,6 +128,9 @@ pub struct StartContext<'a> {
     pub product: &'a Arc<Product>,
     pub id: SourceId,
     pub settings: &'a crate::config::IngestSettings,
+    /// The node's data directory (a source's own state, e.g. OPC UA
+    /// certificates, lives under it).
+    pub data_dir: &'a std::path::Path,
     pub shutdown: CancellationToken,
 }
 
@@ -171,6 +179,7 @@ impl Source {
             Source::File(_) => SourceKind::File,
             Source::Sparkplug(_) => SourceKind::Sparkplug,
             Source::Modbus(_) => SourceKind::Modbus,
+            Source::Opcua(_) => SourceKind::Opcua,
         }
     }
 
@@ -183,6 +192,7 @@ impl Source {
             Source::File(s) => s,
             Source::Sparkplug(s) => s,
             Source::Modbus(s) => s,
+            Source::Opcua(s) => s,
         }
     }
 
@@ -228,6 +238,7 @@ pub fn start_all(
     ingestor: &Ingestor,
     products: &crate::product::ProductSet,
     settings: &crate::config::IngestSettings,
+    data_dir: &std::path::Path,
     shutdown: &CancellationToken,
     mut spawn: impl FnMut(BoxFuture<'static, ()>, tracing::Span),
 ) -> Result<(), StartError> {
@@ -238,6 +249,7 @@ pub fn start_all(
                 product,
                 id: source.id(index),
                 settings,
+                data_dir,
                 shutdown: shutdown.clone(),
             };
             if let Some((task, span)) = source.spec().start(ctx)? {

@@ -47,6 +47,7 @@ mod readme;
 mod retention_sweep;
 mod shutdown;
 mod sources_modbus;
+mod sources_opcua;
 mod sparkplug;
 mod store_api;
 mod store_crash;

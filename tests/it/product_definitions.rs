@@ -745,9 +745,9 @@ fn source_settings_are_consistent() {
             "bad.yaml:11:21: sources[1].http.format: payload format `csv` is not supported by http sources; expected one of: json, ndjson",
             "bad.yaml:12:59: sources[2].file.columns[2]: column `id` is listed twice: each field may be one column",
             "bad.yaml:12:76: sources[2].file.event_time: event_time `/ts` does not name a csv column; expected `/` and one of: id, temp",
-            "bad.yaml:13:5: sources[3]: expected one of mqtt, http, file, sparkplug, modbus, found an empty mapping",
+            "bad.yaml:13:5: sources[3]: expected one of mqtt, http, file, sparkplug, modbus, opcua, found an empty mapping",
             "bad.yaml:15:5: sources[4].http: expected one source kind per list item, found several: write each source as its own `- ` item",
-            "bad.yaml:16:5: sources[5].mqt: unknown key `mqt` (did you mean `mqtt`?); expected one of: mqtt, http, file, sparkplug, modbus",
+            "bad.yaml:16:5: sources[5].mqt: unknown key `mqt` (did you mean `mqtt`?); expected one of: mqtt, http, file, sparkplug, modbus, opcua",
         ]
     );
 }
@@ -893,6 +893,28 @@ fn modbus_source_settings_are_checked() {
 }
 
 #[test]
+fn opcua_source_settings_are_checked() {
+    let text = format!("{BASE}sources:\n  - opcua: {{ endpoint: 'http://plc:4840/', security: sign, publishing_interval: 10ms, user: {{ name: u, password_env: 'my password' }}, entities: [{{ key: l1, nodes: {{ temp: 'Line1.Temp', nope: 'ns=2;s=X' }} }}, {{ key: l1, nodes: {{ temp: 'ns=2;i=x' }} }}] }}\n  - opcua: {{ endpoint: 'opc.tcp://plc:99999/', entities: [] }}\n  - opcua: {{ endpoint: 'opc.tcp://plc/', securty: none, entities: [{{ key: a, nodes: {{ temp: 'ns=2;s=T' }} }}, {{ key: b, nodes: {{ id: 'ns=2;s=T' }} }}, {{ key: c, nodes: {{}} }}] }}\n");
+    assert_eq!(
+        errors(&text),
+        [
+            "bad.yaml:10:24: sources[0].opcua.endpoint: invalid OPC UA endpoint `http://plc:4840/`: it must start with opc.tcp://; expected opc.tcp://host:port/path, e.g. opc.tcp://10.0.0.9:4840/",
+            "bad.yaml:10:54: sources[0].opcua.security: security `sign` is not supported yet: this meshlet's OPC UA client opens channels with security mode none only (run it on a trusted network or a VPN)",
+            "bad.yaml:10:81: sources[0].opcua.publishing_interval: publishing_interval 10ms is below the least this source asks for, 50ms",
+            "bad.yaml:10:118: sources[0].opcua.user.password_env: `my password` is not an environment variable name (letters, digits and _, not starting with a digit); the password itself never goes in a definition",
+            "bad.yaml:10:172: sources[0].opcua.entities[0].nodes.temp: invalid node id `Line1.Temp`: no identifier type: write s=<name> for a string id, i=<number> for a numeric one; expected e.g. \"ns=2;s=Line1.Speed\" or \"ns=3;i=1001\"",
+            "bad.yaml:10:186: sources[0].opcua.entities[0].nodes.nope: node target `nope` is not a declared field; declared fields: id, temp",
+            "bad.yaml:10:234: sources[0].opcua.entities[1].nodes.temp: invalid node id `ns=2;i=x`: a numeric identifier (i=) is a number from 0 to 4294967295; expected e.g. \"ns=2;s=Line1.Speed\" or \"ns=3;i=1001\"",
+            "bad.yaml:11:24: sources[1].opcua.endpoint: invalid OPC UA endpoint `opc.tcp://plc:99999/`: its port is not a number from 1 to 65535; expected opc.tcp://host:port/path, e.g. opc.tcp://10.0.0.9:4840/",
+            "bad.yaml:11:58: sources[1].opcua.entities: expected at least one entity",
+            "bad.yaml:12:42: sources[2].opcua.securty: unknown key `securty` (did you mean `security`?); expected one of: endpoint, publishing_interval, security, user, entities",
+            "bad.yaml:12:109: sources[2].opcua.entities[1]: node `ns=2;s=T` is mapped twice (entity `a` field `temp`, entity `b` field `id`): one node feeds one field",
+            "bad.yaml:12:165: sources[2].opcua.entities[2].nodes: expected at least one node",
+        ]
+    );
+}
+
+#[test]
 fn the_modbus_example_loads_and_matches_the_json_schema() {
     let file = root().join("schema/modbus/modbus_meter.yaml");
     let text = std::fs::read_to_string(&file).expect("readable");
@@ -907,5 +929,24 @@ fn the_modbus_example_loads_and_matches_the_json_schema() {
     assert_eq!(modbus.registers.len(), 4);
     assert_eq!(schema_errors(&text), Vec::<String>::new());
     let bad = text.replace("type: u32", "type: u64");
+    assert_eq!(schema_errors(&bad).len(), 1, "{:?}", schema_errors(&bad));
+}
+
+#[test]
+fn the_opcua_example_loads_and_matches_the_json_schema() {
+    let file = root().join("schema/opcua/opcua_line.yaml");
+    let text = std::fs::read_to_string(&file).expect("readable");
+    let product = match parse_definition(&file, &text, &ctx()) {
+        Ok(p) => p,
+        Err(errors) => panic!("the opcua example does not load:\n{errors}"),
+    };
+    let Source::Opcua(opcua) = &product.sources[0] else {
+        panic!("opcua first")
+    };
+    assert_eq!(opcua.endpoint, "opc.tcp://127.0.0.1:4840/meshlet/");
+    assert_eq!(opcua.entities.len(), 2);
+    assert_eq!(opcua.entities[1].nodes["count"], "ns=2;s=Line2.Count");
+    assert_eq!(schema_errors(&text), Vec::<String>::new());
+    let bad = text.replace("\"ns=2;s=Line1.Speed\"", "\"Line1.Speed\"");
     assert_eq!(schema_errors(&bad).len(), 1, "{:?}", schema_errors(&bad));
 }
