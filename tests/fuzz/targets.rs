@@ -116,7 +116,7 @@ fn shape(product: &Product, format: PayloadFormat) -> SourceShape {
             Source::File(file) => file.format == format,
             Source::Http(http) => http.format == format && format != PayloadFormat::Json,
             // These build their own documents; no payload format to fuzz.
-            Source::Sparkplug(_) | Source::Modbus(_) => false,
+            Source::Sparkplug(_) | Source::Modbus(_) | Source::Opcua(_) => false,
         })
         .unwrap_or_else(|| panic!("the fuzz product has no {} source", format.name()));
     SourceShape::from_source(source)
