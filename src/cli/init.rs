@@ -185,7 +185,7 @@ fn write_starter(dir: &Path) -> Result<Vec<PathBuf>, InitError> {
 }
 
 /// What to run next, as README.md's "From an empty folder" has it line
-/// for line (`tests/readme.rs` checks that every line here is one of the
+/// for line (`tests/it/readme.rs` checks that every line here is one of the
 /// README's, and runs the README's): the token kept in `$TOKEN`, the node
 /// in the background, its readiness awaited on `/readyz`.
 pub const NEXT_STEPS: &[&str] = &[

@@ -806,13 +806,7 @@ impl Ingestor {
         origin: Origin,
     ) -> Result<PendingMessage, PushRefusal> {
         let product = self.pushable_product(product_name)?;
-        let shape = SourceShape {
-            format: PayloadFormat::Json,
-            map: Default::default(),
-            event_time: None,
-            columns: Vec::new(),
-            field: None,
-        };
+        let shape = SourceShape::named_fields();
         let source_id = origin.source.clone();
         self.submit_whole(&product, &source_id, &shape, payload, origin, None)
             .await
@@ -828,13 +822,7 @@ impl Ingestor {
         payload: &[u8],
         origin: Origin,
     ) -> Result<PendingMessage, PushRefusal> {
-        let shape = SourceShape {
-            format: PayloadFormat::Json,
-            map: Default::default(),
-            event_time: None,
-            columns: Vec::new(),
-            field: None,
-        };
+        let shape = SourceShape::named_fields();
         self.submit_whole(product, source_id, &shape, payload, origin, None)
             .await
     }

@@ -94,9 +94,23 @@ impl SourceShape {
         source.spec().shape()
     }
 
+    /// The shape of a JSON object a source or the API builds itself (a
+    /// Modbus poll, an OPC UA publishing cycle, a GraphQL mutation): its
+    /// keys are the field names, so nothing is mapped, and the event time
+    /// is the arrival's.
+    pub fn named_fields() -> SourceShape {
+        SourceShape {
+            format: PayloadFormat::Json,
+            map: IndexMap::new(),
+            event_time: None,
+            columns: Vec::new(),
+            field: None,
+        }
+    }
+
     /// The shape of the JSON document the Sparkplug host builds per
-    /// update (see `sources::sparkplug::host`): the key field holds the device or edge node id,: `__metrics` holds the
-    /// metrics by name, `__ts` the
+    /// update (see `sources::sparkplug::host`): the key field holds the
+    /// device or edge node id, `__metrics` the metrics by name, `__ts` the
     /// payload timestamp, `__online` the birth/death state. The `__`
     /// prefix cannot clash with a field name.
     pub fn sparkplug(source: &crate::product::SparkplugSource) -> SourceShape {

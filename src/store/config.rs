@@ -57,14 +57,14 @@ pub struct StoreConfig {
     /// checkpoint, before the writer checkpoints at once. Default 8 MiB:
     /// with ~1 KiB instances, a few thousand dirty entities; it bounds the
     /// memory and the replay after a crash (8 MiB of frames replayed in
-    /// 0.76 s, debug build, `tests/store_write_amplification.rs`). At
+    /// 0.76 s, debug build, `tests/it/store_write_amplification.rs`). At
     /// least 64 KiB.
     pub hot_bytes: usize,
     /// How often the hot state is checkpointed into the trees (sooner when
     /// `hot_bytes` is reached). Default 30 s: a checkpoint rewrites every
     /// dirty instance through sled, whose pages multiply it ~5×; at 1,000
     /// records/s of 1,000 devices, 60 s of ingest wrote 20.1 bytes per raw
-    /// byte with 5 s and 6.3 with 30 s (`tests/store_write_amplification.rs`).
+    /// byte with 5 s and 6.3 with 30 s (`tests/it/store_write_amplification.rs`).
     /// The replay stays bounded by `hot_bytes`. At least 10 ms.
     pub checkpoint_interval: std::time::Duration,
     /// Whether new audit lines are hash-chained (`audit.rs`). Always on;

@@ -35,7 +35,7 @@
 //!   read sled before the commit cannot fill after it.
 //!
 //! `lookups_never_go_back_a_version_while_the_writer_commits`
-//! (tests/store_api.rs) is the test. It caught the first version of this
+//! (tests/it/store_api.rs) is the test. It caught the first version of this
 //! cache, which had none of these rules.
 //!
 //! The cache is bounded by entries (`StoreConfig::instance_cache_entries`).

@@ -49,7 +49,7 @@
 //!
 //! # Measured
 //!
-//! `tests/store_dictionaries.rs` prints the training time; it is reported
+//! `tests/it/store_dictionaries.rs` prints the training time; it is reported
 //! in the dictionary info (`train_millis`) and the log line.
 
 use std::collections::HashMap;

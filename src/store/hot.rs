@@ -294,7 +294,7 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 /// iterator's snapshot and a checkpoint then wrote, below a key already
 /// returned (or yield again after it said it was done). Such a key is
 /// skipped, like any key written during a scan may be; found by
-/// `tests/graphql_paging.rs`, where it showed entities twice.
+/// `tests/it/graphql_paging.rs`, where it showed entities twice.
 pub(crate) struct MergeIter {
     sled: sled::Iter,
     hot: VecDeque<(IVec, Option<IVec>)>,

@@ -3,7 +3,7 @@
 //! trees and drop the frames behind them; replay of the frames a crash
 //! left.
 //!
-//! # Why (measured, `tests/store_write_amplification.rs`)
+//! # Why (measured, `tests/it/store_write_amplification.rs`)
 //!
 //! Before the journal, 50,000 single-record jobs of 1,000 machines in
 //! groups of 100 wrote **43–46 bytes to disk per raw JSON byte**
@@ -146,7 +146,7 @@ const FRAME_FORMAT_DELTA: u8 = 3;
 /// group's keys; far below this in practice).
 const MAX_PLAIN_FRAME: usize = 1 << 30;
 /// zstd level of a segment's stream. Measured with
-/// `tests/store_write_amplification.rs` (see benches/README.md, "Writes
+/// `tests/it/store_write_amplification.rs` (see benches/README.md, "Writes
 /// to disk"): what the stream gains comes from matches against earlier
 /// frames (the same instances, a little longer each time), which level 3
 /// finds well enough; frames are read only by replay.

@@ -33,7 +33,7 @@
 //! reports every second has its instance written to its tree once per
 //! interval, not once per record, and all writes of a group are one value.
 //!
-//! Why (measured, `tests/store_write_amplification.rs`): with a sled
+//! Why (measured, `tests/it/store_write_amplification.rs`): with a sled
 //! transaction per group straight into the trees, 50,000 records of 1,000
 //! machines wrote 43–46 bytes to disk per raw JSON byte, with or without a
 //! flush per group. Each record rewrote its ~1 KiB instance (open history
@@ -910,7 +910,7 @@ fn check_format(db: &sled::Db, config: &StoreConfig) -> Result<(), StoreError> {
             if stored.format_version < STORE_FORMAT_VERSION {
                 dedupe::migrate_format_1(db)?;
                 // A crash here (converted, not stamped) is finished by the
-                // next open: both steps are idempotent (tests/store_upgrade.rs).
+                // next open: both steps are idempotent (tests/it/store_upgrade.rs).
                 journal::failpoint("store-migration", Some(db));
                 stamp_format(&meta, config)?;
                 tracing::info!(

@@ -9,7 +9,7 @@
 //! The instances come from the store's in-memory projection of current
 //! states (`store/projection.rs`: shared, already decoded), or, when that
 //! is over its memory bound, from a scan of the store; the answers are
-//! the same (`tests/graphql_timeseries.rs` compares them with brute force
+//! the same (`tests/it/graphql_timeseries.rs` compares them with brute force
 //! under random writes, erasures, row filters and masks).
 //!
 //! Bounds: at most `paging::SCAN_BUDGET` instances are visited, and

@@ -33,7 +33,7 @@
 //!   the resolvers' own functions (`connection::lookup_visible`,
 //!   `instance::field_output`), and the response is an
 //!   `async_graphql::Response` serialized as the executor's is.
-//!   `tests/graphql_prepared.rs` compares the two answers byte for byte for
+//!   `tests/it/graphql_prepared.rs` compares the two answers byte for byte for
 //!   every role of the example products.
 //! - Plans belong to one schema generation (`reload.rs`): a reload starts
 //!   with none.

@@ -27,7 +27,6 @@ pub use spec::{DataType, ModbusDevice, ModbusSource, Order, Register, Table};
 
 use super::{SourceSpec, StartContext, StartError};
 use crate::pipeline::SourceShape;
-use crate::product::PayloadFormat;
 
 #[cfg(not(feature = "modbus"))]
 const UNAVAILABLE: &str =
@@ -37,13 +36,7 @@ impl SourceSpec for ModbusSource {
     /// The poller builds one JSON object per device whose keys are the
     /// field names, so nothing is mapped; the event time is the poll's.
     fn shape(&self) -> SourceShape {
-        SourceShape {
-            format: PayloadFormat::Json,
-            map: Default::default(),
-            event_time: None,
-            columns: Vec::new(),
-            field: None,
-        }
+        SourceShape::named_fields()
     }
 
     fn contract(&self) -> serde_json::Value {

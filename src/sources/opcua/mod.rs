@@ -36,7 +36,6 @@ pub use spec::{OpcuaEntity, OpcuaSource, OpcuaUser};
 
 use super::{SourceSpec, StartContext, StartError};
 use crate::pipeline::SourceShape;
-use crate::product::PayloadFormat;
 
 #[cfg(not(feature = "opcua"))]
 const UNAVAILABLE: &str =
@@ -46,13 +45,7 @@ impl SourceSpec for OpcuaSource {
     /// The subscriber builds one JSON object per entity whose keys are the
     /// field names, so nothing is mapped; the event time is the arrival's.
     fn shape(&self) -> SourceShape {
-        SourceShape {
-            format: PayloadFormat::Json,
-            map: Default::default(),
-            event_time: None,
-            columns: Vec::new(),
-            field: None,
-        }
+        SourceShape::named_fields()
     }
 
     fn contract(&self) -> serde_json::Value {
