@@ -477,6 +477,34 @@ pub fn mosquitto_pub(port: u16, topic: &str, payload: &[u8], qos: u8, retain: bo
 
 /// Reads a counter or gauge from the node's `/metrics` (Prometheus text):
 /// the sample named exactly `series` (name and labels).
+/// A raw MQTT 3.1.1 connection to `port` with a persistent session
+/// (`clean_session = false`), CONNECT written, CONNACK not yet read: the
+/// durability tests drive PUBLISH/PUBACK themselves, byte for byte, so a
+/// client library cannot hide a lost acknowledgement. `None` while the
+/// node is down (the caller retries).
+pub fn raw_mqtt_connect(
+    port: u16,
+    client_id: &str,
+    read_timeout: Duration,
+) -> Option<std::net::TcpStream> {
+    use rumqttc::mqttbytes::v4::{Connect, Packet};
+    use std::io::Write;
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        std::thread::sleep(Duration::from_millis(50));
+        return None;
+    };
+    let _ = stream.set_read_timeout(Some(read_timeout));
+    let mut connect = Connect::new(client_id);
+    connect.clean_session = false;
+    connect.keep_alive = 30;
+    let mut buffer = bytes::BytesMut::new();
+    Packet::Connect(connect)
+        .write(&mut buffer, usize::MAX)
+        .expect("encode");
+    stream.write_all(&buffer).ok()?;
+    Some(stream)
+}
+
 pub fn metric(node: &NodeProcess, series: &str) -> Option<f64> {
     let (status, body) = http_get(&node.url("/metrics"));
     assert_eq!(status, 200, "{body}");

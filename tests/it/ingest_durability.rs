@@ -234,7 +234,7 @@ fn quiet(node: &NodeProcess, source: &str) -> bool {
 /// node for the client.
 fn publish_slowly(port: u16, messages: &[(String, Vec<u8>)]) -> usize {
     use bytes::BytesMut;
-    use rumqttc::mqttbytes::v4::{Connect, Packet, Publish};
+    use rumqttc::mqttbytes::v4::{Packet, Publish};
     use rumqttc::mqttbytes::QoS;
     use std::collections::VecDeque;
     use std::io::{ErrorKind, Read};
@@ -256,21 +256,11 @@ fn publish_slowly(port: u16, messages: &[(String, Vec<u8>)]) -> usize {
         buffer
     };
     'connection: while acked.iter().any(|a| !a) && std::time::Instant::now() < deadline {
-        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-            std::thread::sleep(Duration::from_millis(50));
+        let Some(mut stream) =
+            raw_mqtt_connect(port, "durability-publisher", Duration::from_millis(50))
+        else {
             continue;
         };
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
-        let mut connect = Connect::new("durability-publisher");
-        connect.clean_session = false;
-        connect.keep_alive = 30;
-        let mut buffer = BytesMut::new();
-        Packet::Connect(connect)
-            .write(&mut buffer, usize::MAX)
-            .expect("encode");
-        if stream.write_all(&buffer).is_err() {
-            continue;
-        }
         let mut incoming = BytesMut::new();
         let mut connected = false;
         // Resend what the last connection left unacknowledged, then keep

@@ -61,7 +61,7 @@ fn message(index: usize) -> (String, Vec<u8>) {
 /// index mod 60,000 + 1 (unique within the window).
 fn publish_until(port: u16, stop: &AtomicBool) -> Vec<bool> {
     use bytes::BytesMut;
-    use rumqttc::mqttbytes::v4::{Connect, Packet, Publish};
+    use rumqttc::mqttbytes::v4::{Packet, Publish};
     use rumqttc::mqttbytes::QoS;
 
     const WINDOW: usize = 20;
@@ -86,21 +86,11 @@ fn publish_until(port: u16, stop: &AtomicBool) -> Vec<bool> {
                 break;
             }
         }
-        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-            std::thread::sleep(Duration::from_millis(50));
+        let Some(mut stream) =
+            raw_mqtt_connect(port, "kill-loop-publisher", Duration::from_millis(20))
+        else {
             continue;
         };
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(20)));
-        let mut connect = Connect::new("kill-loop-publisher");
-        connect.clean_session = false;
-        connect.keep_alive = 30;
-        let mut buffer = BytesMut::new();
-        Packet::Connect(connect)
-            .write(&mut buffer, usize::MAX)
-            .expect("encode");
-        if stream.write_all(&buffer).is_err() {
-            continue;
-        }
         let mut incoming = BytesMut::new();
         let mut connected = false;
         let mut resend: VecDeque<usize> = in_flight.clone();
