@@ -425,11 +425,12 @@ async fn series_buckets_equal_brute_force_over_random_streams_with_late_events()
     );
     assert_eq!(viewer.data(query, json!({})).await["probe"], Value::Null);
 
-    // A 30-day chart in 5-minute buckets (8,640) passes the query cost;
-    // its buckets hold every event a 1-day bucketing finds.
+    // A 30-day chart in 5-minute buckets (8,640) of count + min/max/avg
+    // passes the query cost (a bucket's `values` wrapper is free); its
+    // buckets hold every event a 1-day bucketing finds.
     let month = |every: &str| {
         format!(
-            r#"{{ probe(probe_id: "r7") {{ series(since: "2023-10-20T00:00:00Z", until: "2023-11-19T00:00:00Z", every: "{every}") {{ count values {{ temp {{ avg max }} }} }} }} }}"#
+            r#"{{ probe(probe_id: "r7") {{ series(since: "2023-10-20T00:00:00Z", until: "2023-11-19T00:00:00Z", every: "{every}") {{ count values {{ temp {{ min max avg }} }} }} }} }}"#
         )
     };
     let data = admin.data(&month("5m"), json!({})).await;

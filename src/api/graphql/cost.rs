@@ -14,7 +14,10 @@
 //! `since`, `until` — now when left out, as the resolver does — and
 //! `every` when given as constants or variables, else the default window
 //! or the most a call returns): the cost, not a fixed bucket cap, is
-//! what limits a chart.
+//! what limits a chart. A bucket's `values` costs nothing itself: it
+//! only groups the per-field statistics, which are counted, so a 30-day
+//! chart in 5-minute buckets of count + min/max/avg (8,641 × 5) fits
+//! the limit and the same chart in 1-minute buckets does not.
 //!
 //! The `groups` of an aggregate count as the most groups one may make,
 //! Relay's `nodes(ids:)` as its number of ids.
@@ -148,15 +151,16 @@ fn page_of(field: &Field, variables: &Variables) -> u64 {
 struct Estimator<'d> {
     doc: &'d ExecutableDocument,
     variables: &'d Variables,
-    /// (Fragment, inside `quarantine`) → its cost; `None` while it is
-    /// being costed (a cycle).
-    fragments: HashMap<(&'d Name, bool), Option<u64>>,
+    /// (Fragment, inside `quarantine`, directly inside `series`) → its
+    /// cost; `None` while it is being costed (a cycle).
+    fragments: HashMap<(&'d Name, bool, bool), Option<u64>>,
 }
 
 impl<'d> Estimator<'d> {
     /// `quarantine`: the set is inside a `quarantine` field, where raw
-    /// payloads are selected.
-    fn selection_set(&mut self, set: &'d SelectionSet, quarantine: bool) -> u64 {
+    /// payloads are selected; `bucket`: the set is a `series` bucket's,
+    /// whose `values` wrapper is free.
+    fn selection_set(&mut self, set: &'d SelectionSet, quarantine: bool, bucket: bool) -> u64 {
         let mut cost = 0u64;
         for selection in &set.items {
             let one = match &selection.node {
@@ -164,21 +168,24 @@ impl<'d> Estimator<'d> {
                     let field = &field.node;
                     let name = field.name.node.as_str();
                     let inside = quarantine || name == "quarantine";
-                    let inner = self.selection_set(&field.selection_set.node, inside);
+                    let inner =
+                        self.selection_set(&field.selection_set.node, inside, name == "series");
                     let own = if quarantine && is_payload(name) {
                         PAYLOAD_COST
                     } else if name == "auditVerified" && !quarantine {
                         AUDIT_VERIFY_COST
+                    } else if bucket && name == "values" {
+                        0
                     } else {
                         1
                     };
                     own.saturating_add(inner.saturating_mul(page_of(field, self.variables)))
                 }
                 Selection::InlineFragment(fragment) => {
-                    self.selection_set(&fragment.node.selection_set.node, quarantine)
+                    self.selection_set(&fragment.node.selection_set.node, quarantine, bucket)
                 }
                 Selection::FragmentSpread(spread) => {
-                    self.fragment(&spread.node.fragment_name.node, quarantine)
+                    self.fragment(&spread.node.fragment_name.node, quarantine, bucket)
                 }
             };
             cost = cost.saturating_add(one);
@@ -186,8 +193,8 @@ impl<'d> Estimator<'d> {
         cost
     }
 
-    fn fragment(&mut self, name: &'d Name, quarantine: bool) -> u64 {
-        match self.fragments.get(&(name, quarantine)) {
+    fn fragment(&mut self, name: &'d Name, quarantine: bool, bucket: bool) -> u64 {
+        match self.fragments.get(&(name, quarantine, bucket)) {
             Some(Some(cost)) => return *cost,
             Some(None) => return 0,
             None => {}
@@ -195,9 +202,9 @@ impl<'d> Estimator<'d> {
         let Some(fragment) = self.doc.fragments.get(name) else {
             return 0;
         };
-        self.fragments.insert((name, quarantine), None);
-        let cost = self.selection_set(&fragment.node.selection_set.node, quarantine);
-        self.fragments.insert((name, quarantine), Some(cost));
+        self.fragments.insert((name, quarantine, bucket), None);
+        let cost = self.selection_set(&fragment.node.selection_set.node, quarantine, bucket);
+        self.fragments.insert((name, quarantine, bucket), Some(cost));
         cost
     }
 }
@@ -211,7 +218,7 @@ pub(crate) fn estimate(doc: &ExecutableDocument, variables: &Variables) -> u64 {
     };
     doc.operations
         .iter()
-        .map(|(_, op)| estimator.selection_set(&op.node.selection_set.node, false))
+        .map(|(_, op)| estimator.selection_set(&op.node.selection_set.node, false, false))
         .max()
         .unwrap_or(0)
 }
@@ -265,16 +272,28 @@ mod tests {
                 r#"{ m(id: "a") { series(since: "2024-01-01T00:00:00Z", every: "1s") { count } } }"#
             ) > super::super::limits::MAX_COST
         );
-        // A 30-day chart in 5-minute buckets of a few statistics fits the
-        // limit; in 1-minute buckets it does not.
+        // A 30-day chart in 5-minute buckets of count + min/max/avg fits
+        // the limit (the bucket's `values` wrapper is free, directly and
+        // through a fragment); in 1-minute buckets it does not.
         let month = |every: &str| {
             cost(&format!(
-                r#"{{ m(id: "a") {{ series(since: "2024-01-01T00:00:00Z", until: "2024-01-31T00:00:00Z", every: "{every}") {{ count temp {{ min max avg }} }} }} }}"#
+                r#"{{ m(id: "a") {{ series(since: "2024-01-01T00:00:00Z", until: "2024-01-31T00:00:00Z", every: "{every}") {{ count values {{ temp {{ min max avg }} }} }} }} }}"#
             ))
         };
         assert_eq!(month("5m"), 2 + 8_641 * 5);
         assert!(month("5m") <= super::super::limits::MAX_COST);
         assert!(month("1m") > super::super::limits::MAX_COST);
+        assert_eq!(
+            cost(
+                r#"{ m(id: "a") { series(since: "2024-01-01T00:00:00Z", until: "2024-01-31T00:00:00Z", every: "5m") { ...B } } } fragment B on MBucket { count values { temp { min max avg } } }"#
+            ),
+            2 + 8_641 * 5
+        );
+        // Only a bucket's `values` is free: an event's still costs 1.
+        assert_eq!(
+            cost(r#"{ m(id: "a") { history(first: 10) { nodes { values { temp } } } } }"#),
+            1 + (1 + 10 * (1 + (1 + 1)))
+        );
         assert!(
             cost(
                 r#"{ mConnection(first: 100) { nodes { series(every: "1s", since: "2024-01-01T00:00:00Z") { count temp { min max } } } } }"#
