@@ -32,7 +32,7 @@ use indexmap::IndexMap;
 use super::expr::RowMeta;
 use super::masking::{MaskSecret, Masker};
 use crate::product::{Classification, FieldType, Mask, Product, RowFilter};
-use crate::record::Fields;
+use crate::record::{Fields, Value};
 use crate::store::Instance;
 
 /// The built-in operator role.
@@ -156,6 +156,20 @@ impl View {
     /// as stored and need no copy).
     pub fn masks_fields(&self) -> bool {
         !self.masks.is_empty()
+    }
+
+    /// Whether a row filter limits which instances this view shows.
+    pub fn filters_rows(&self) -> bool {
+        self.row_filter.is_some()
+    }
+
+    /// One field's value as this view shows it: `None` when the field is
+    /// not masked (shown as stored), `Some(None)` when the mask removes
+    /// it. The same as [`View::mask_fields`] on a map holding only it.
+    pub fn mask_one(&self, name: &str, value: &Value) -> Option<Option<Value>> {
+        self.masks
+            .get(name)
+            .map(|mask| super::masking::mask_value(mask, value, &self.secret))
     }
 
     /// The entity key as this view shows it.

@@ -235,6 +235,7 @@ pub use journal::JournalStats;
 pub use keys_entity::BenchSeal as EntitySealBench;
 pub use outbox::{BudgetReport, OutboxEntry, OutboxItem, OutboxPlanner, OutboxStats, PendingEntry};
 pub(crate) use projection::encode_metrics as encode_projection_metrics;
+pub use projection::{Cell, ColumnSnapshot, FleetColumns};
 pub use retention::RETENTION_ORIGIN;
 pub use seal::{rotate as rotate_key, EncryptionKey, KeyCheck, KeyFileError};
 pub(crate) use series_read::SeriesReadError;

@@ -7,14 +7,23 @@
 //! order, and bounded: the [`Aggregator`] refuses an instance that would
 //! open group number `max_groups + 1`, so memory stays bounded whatever
 //! the fleet holds.
+//!
+//! Two ways in, one answer: [`Aggregator`] takes instances' field maps
+//! one by one; [`aggregate_columns`] takes the store's columnar
+//! projection (`store/projection.rs`) and groups it without touching an
+//! instance unless a row or query filter must read one: a group-by value
+//! becomes a small per-query id once per distinct text (so a row costs
+//! an array index, not a hash of its text), numbers are read from flat
+//! cells.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
 use crate::record::{Fields, Value};
+use crate::store::{Cell, ColumnSnapshot, FleetColumns, Instance};
 
 /// One part of a group key: the value of one group-by field.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum KeyPart {
     Null,
     Bool(bool),
@@ -197,6 +206,226 @@ impl Aggregator {
         self.groups.sort_by(|a, b| a.key.cmp(&b.key));
         self.groups
     }
+}
+
+/// A field's mask as the caller's role applies it (`None`: removed).
+pub type Mask<'a> = &'a dyn Fn(&Value) -> Option<Value>;
+
+/// A number as the aggregate counts it: ints and finite floats.
+fn number(value: Option<&Value>) -> Option<f64> {
+    match value {
+        Some(Value::Int(i)) => Some(*i as f64),
+        Some(Value::Float(x)) if x.is_finite() => Some(*x),
+        _ => None,
+    }
+}
+
+/// The value one cell stands for, the row's for JSON.
+fn cell_value(
+    column: &ColumnSnapshot,
+    cell: Cell,
+    row: Option<&Instance>,
+    name: &str,
+) -> Option<Value> {
+    match cell {
+        Cell::Other => row.and_then(|r| r.fields.get(name)).cloned(),
+        cell => column.value(cell),
+    }
+}
+
+/// Group-by values of one column → small ids, for one query.
+struct KeyIds {
+    /// Text code → id (`u32::MAX`: not seen yet).
+    by_code: Vec<u32>,
+    absent: u32,
+    bools: [u32; 2],
+    by_part: HashMap<KeyPart, u32>,
+    parts: Vec<KeyPart>,
+}
+
+const UNSEEN: u32 = u32::MAX;
+
+impl KeyIds {
+    fn new() -> KeyIds {
+        KeyIds {
+            by_code: Vec::new(),
+            absent: UNSEEN,
+            bools: [UNSEEN; 2],
+            by_part: HashMap::new(),
+            parts: Vec::new(),
+        }
+    }
+
+    fn intern(&mut self, part: KeyPart) -> u32 {
+        if let Some(&id) = self.by_part.get(&part) {
+            return id;
+        }
+        let id = self.parts.len() as u32;
+        self.parts.push(part.clone());
+        self.by_part.insert(part, id);
+        id
+    }
+
+    /// The id of `slot`'s value in `column`, masked by `mask`.
+    fn id(
+        &mut self,
+        column: &ColumnSnapshot,
+        slot: usize,
+        row: Option<&Instance>,
+        name: &str,
+        mask: Option<Mask<'_>>,
+    ) -> u32 {
+        let cell = column.cells[slot];
+        // The fast cases: a mask is a function of the value, so its
+        // result is as cacheable as the value.
+        let cached = match cell {
+            Cell::Text(code) => self.by_code.get(code as usize).copied(),
+            // A masked view hides nothing of a missing field (null).
+            Cell::Absent => Some(self.absent),
+            Cell::Bool(b) if mask.is_none() => Some(self.bools[usize::from(b)]),
+            _ => None,
+        };
+        if let Some(id) = cached.filter(|id| *id != UNSEEN) {
+            return id;
+        }
+        let value = cell_value(column, cell, row, name);
+        let value = match mask {
+            Some(mask) => value.and_then(|v| mask(&v)),
+            None => value,
+        };
+        let id = self.intern(KeyRef::of(value.as_ref()).owned());
+        match cell {
+            Cell::Text(code) => {
+                let code = code as usize;
+                if self.by_code.len() <= code {
+                    self.by_code.resize(code + 1, UNSEEN);
+                }
+                self.by_code[code] = id;
+            }
+            Cell::Absent => self.absent = id,
+            Cell::Bool(b) if mask.is_none() => self.bools[usize::from(b)] = id,
+            _ => {}
+        }
+        id
+    }
+}
+
+/// The groups of the live rows of `fleet` (its columns: `group_by`'s,
+/// then `numeric`'s) that `keep` keeps (it sees the row; `fleet.rows`
+/// must be there when `keep` is given), each field through its mask in
+/// `masks` (same order as the columns). The same groups [`Aggregator`]
+/// makes from the rows' masked fields, sums added in slot order.
+pub fn aggregate_columns(
+    fleet: &FleetColumns,
+    group_by: &[String],
+    numeric: &[String],
+    masks: &[Option<Mask<'_>>],
+    keep: Option<&dyn Fn(&Instance) -> bool>,
+    max_groups: usize,
+) -> Result<Vec<Group>, TooManyGroups> {
+    let k = group_by.len();
+    let (keys, numbers) = fleet.columns.split_at(k.min(fleet.columns.len()));
+    let mask = |i: usize| masks.get(i).copied().flatten();
+    let mut ids: Vec<KeyIds> = (0..k).map(|_| KeyIds::new()).collect();
+    let mut groups: Vec<Group> = Vec::new();
+    // Group of one key id (one group-by field) or of several.
+    let mut by_id: Vec<u32> = Vec::new();
+    let mut by_ids: HashMap<Vec<u32>, u32> = HashMap::new();
+    let mut scratch = vec![0u32; k];
+    let rows = fleet.rows.as_deref();
+    for (slot, live) in fleet.live.iter().enumerate() {
+        if !*live {
+            continue;
+        }
+        let row = rows.and_then(|r| r[slot].as_deref());
+        if let Some(keep) = keep {
+            if !row.is_some_and(keep) {
+                continue;
+            }
+        }
+        for (j, column) in keys.iter().enumerate() {
+            scratch[j] = ids[j].id(column, slot, row, &group_by[j], mask(j));
+        }
+        let found = match k {
+            0 => (!groups.is_empty()).then_some(0),
+            1 => by_id
+                .get(scratch[0] as usize)
+                .copied()
+                .filter(|g| *g != UNSEEN),
+            _ => by_ids.get(&scratch[..]).copied(),
+        };
+        let g = match found {
+            Some(g) => g as usize,
+            None => {
+                if groups.len() >= max_groups {
+                    return Err(TooManyGroups(max_groups));
+                }
+                let g = groups.len() as u32;
+                groups.push(Group {
+                    key: scratch
+                        .iter()
+                        .zip(&ids)
+                        .map(|(id, ids)| ids.parts[*id as usize].clone())
+                        .collect(),
+                    count: 0,
+                    numbers: vec![None; numeric.len()],
+                });
+                match k {
+                    0 => {}
+                    1 => {
+                        let id = scratch[0] as usize;
+                        if by_id.len() <= id {
+                            by_id.resize(id + 1, UNSEEN);
+                        }
+                        by_id[id] = g;
+                    }
+                    _ => {
+                        by_ids.insert(scratch.clone(), g);
+                    }
+                }
+                g as usize
+            }
+        };
+        let group = &mut groups[g];
+        group.count += 1;
+        for (i, (column, slot_numbers)) in numbers.iter().zip(group.numbers.iter_mut()).enumerate() {
+            let cell = column.cells[slot];
+            let x = match (mask(k + i), cell) {
+                (None, Cell::Int(v)) => v as f64,
+                (None, Cell::Float(x)) if x.is_finite() => x,
+                (None, Cell::Other) => match number(row.and_then(|r| r.fields.get(&numeric[i]))) {
+                    Some(x) => x,
+                    None => continue,
+                },
+                (None, _) | (Some(_), Cell::Absent) => continue,
+                (Some(mask), cell) => {
+                    let masked = cell_value(column, cell, row, &numeric[i]).and_then(|v| mask(&v));
+                    match number(masked.as_ref()) {
+                        Some(x) => x,
+                        None => continue,
+                    }
+                }
+            };
+            match slot_numbers {
+                Some(n) => {
+                    n.count += 1;
+                    n.min = n.min.min(x);
+                    n.max = n.max.max(x);
+                    n.sum += x;
+                }
+                None => {
+                    *slot_numbers = Some(Numbers {
+                        count: 1,
+                        min: x,
+                        max: x,
+                        sum: x,
+                    })
+                }
+            }
+        }
+    }
+    groups.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(groups)
 }
 
 #[cfg(test)]

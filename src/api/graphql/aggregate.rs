@@ -7,8 +7,10 @@
 //! `timeseries::aggregate`.
 //!
 //! The instances come from the store's in-memory projection of current
-//! states (`store/projection.rs`: shared, already decoded), or, when that
-//! is over its memory bound, from a scan of the store; the answers are
+//! states (`store/projection.rs`), read as columns (the wanted fields'
+//! cells copied; the rows only when a row filter or `filter` must read
+//! them), or, when that is over its memory bound, from a scan of the
+//! store; the answers are
 //! the same (`tests/it/graphql_timeseries.rs` compares them with brute force
 //! under random writes, erasures, row filters and masks).
 //!
@@ -29,7 +31,8 @@ use super::paging::{self, ProductScan, SCAN_BUDGET};
 use super::schema::{blocking, getter, ready, require, runtime, view, ProductApi};
 use super::values;
 use crate::product::FieldType;
-use crate::timeseries::aggregate::{Aggregator, Group, KeyPart, Numbers};
+use crate::record::Value;
+use crate::timeseries::aggregate::{aggregate_columns, Aggregator, Group, KeyPart, Mask, Numbers};
 
 /// Groups one aggregate may return.
 pub(crate) const MAX_GROUPS: usize = 1_000;
@@ -242,36 +245,61 @@ pub(crate) fn aggregate_field(api: &Arc<ProductApi>) -> Field {
             let product = api.name().to_string();
             let keys = group_by.clone();
             let groups = blocking(move || {
-                let mut aggregator = Aggregator::new(keys.to_vec(), numeric, MAX_GROUPS);
+                let mut aggregator = Aggregator::new(keys.to_vec(), numeric.clone(), MAX_GROUPS);
                 let mut too_many = false;
-                match store.current_instances(&product).map_err(|e| e.to_string())? {
-                    // The in-memory projection: the same instances a scan
-                    // decodes, through the same row filter, masks and filter.
-                    Some(instances) => {
-                        if instances.len() > SCAN_BUDGET {
+                let mut wanted = keys.to_vec();
+                wanted.extend(numeric.iter().cloned());
+                // Row and query filters read the instance (the query
+                // filter its masked fields): only then are rows copied.
+                let filters = view.filters_rows() || filter.is_some();
+                match store
+                    .fleet_columns(&product, &wanted, filters)
+                    .map_err(|e| e.to_string())?
+                {
+                    // The in-memory projection, columnar: the same
+                    // instances a scan decodes, through the same row
+                    // filter, masks and filter.
+                    Some(fleet) => {
+                        if fleet.live.iter().filter(|l| **l).count() > SCAN_BUDGET {
                             return Err(paging::PagingError::Budget(SCAN_BUDGET).to_string());
                         }
-                        let masks = view.masks_fields();
-                        for instance in &instances {
+                        // A masked field's cells go through the role's mask.
+                        let masks: Vec<Option<Box<dyn Fn(&Value) -> Option<Value> + '_>>> = wanted
+                            .iter()
+                            .map(|name| {
+                                let view = &view;
+                                view.mask_one(name, &Value::Null).map(|_| {
+                                    Box::new(move |v: &Value| view.mask_one(name, v).flatten())
+                                        as Box<dyn Fn(&Value) -> Option<Value> + '_>
+                                })
+                            })
+                            .collect();
+                        let masks: Vec<Option<Mask<'_>>> =
+                            masks.iter().map(|m| m.as_deref()).collect();
+                        let keep = |instance: &crate::store::Instance| {
                             if !view.shows_instance(instance) {
-                                continue;
+                                return false;
                             }
-                            let masked;
-                            let fields = if masks {
+                            let Some(filter) = &filter else {
+                                return true;
+                            };
+                            if view.masks_fields() {
                                 let mut fields = instance.fields.clone();
                                 view.mask_fields(&mut fields);
-                                masked = fields;
-                                &masked
+                                filter.matches(&fields)
                             } else {
-                                &instance.fields
-                            };
-                            if filter.as_ref().is_none_or(|f| f.matches(fields))
-                                && aggregator.add(fields).is_err()
-                            {
-                                too_many = true;
-                                break;
+                                filter.matches(&instance.fields)
                             }
-                        }
+                        };
+                        return Ok(aggregate_columns(
+                            &fleet,
+                            &keys,
+                            &numeric,
+                            &masks,
+                            filters.then_some(&keep as &dyn Fn(&crate::store::Instance) -> bool),
+                            MAX_GROUPS,
+                        )
+                        .ok());
                     }
                     // Over the projection's bound: scan.
                     None => paging::for_each_match(
