@@ -13,13 +13,19 @@
 //!   (what a role with a mask gets, and what `series` did before
 //!   summaries). Also printed: the share of events decompressed.
 //! - `last 20 of 10M`: the newest 20 events of an entity holding
-//!   10,000,000 (`TS_LAST_EVENTS`); baseline: the newest 20 of an entity
-//!   holding 1,000 (what it costs when history is short).
+//!   10,000,000 (`TS_LAST_EVENTS`), measured on the way at 100k, 1M, 3M
+//!   (`TS_LAST_SIZES`) and stopping early after `TS_FILL_SECS` of
+//!   filling; baseline: the newest 20 of an entity holding 1,000 in the
+//!   same store (what it costs when history is short).
 //! - `fleet aggregate`: 100,000 instances (`TS_FLEET`) grouped by a
 //!   3-value field with min/max/avg of two numbers, from the in-memory
-//!   projection of current instances (`store/projection.rs`; its first
-//!   build is printed apart); baseline: the same aggregate over a scan of
-//!   every instance (what a product over the projection's bound gets).
+//!   projection of current instances read as columns (what
+//!   `<product>Aggregate` does; the first call, which builds the
+//!   projection, is printed apart); baselines: the projection's rows one
+//!   field map at a time, and a scan of every instance (what a product
+//!   over the projection's bound gets).
+//!
+//! The stores are filled `TS_FILL_BATCH` (10,000) records per upsert.
 //!
 //! Medians of `TS_RUNS` (default 15) runs after one warm-up. Without
 //! `--bench` (as `cargo test --all-targets` runs it) sizes shrink 100×.
@@ -28,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use meshlet::record::{Fields, Origin, Record, Timestamp, Value};
 use meshlet::store::{HistoryQuery, Store, StoreConfig};
-use meshlet::timeseries::aggregate::Aggregator;
+use meshlet::timeseries::aggregate::{aggregate_columns, Aggregator};
 use meshlet::timeseries::buckets::{FieldKind, Fill, Window};
 use meshlet::timeseries::read::entity_series;
 
@@ -103,19 +109,52 @@ fn reading(entity: &str, i: i64, rng: &mut Rng, temp: &mut f64, state: &mut usiz
     }
 }
 
-fn fill(store: &Store, entity: &str, events: usize) {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let (mut temp, mut state) = (60.0, 0);
-    let mut batch = Vec::with_capacity(1_000);
-    for i in 0..events as i64 {
-        batch.push(reading(entity, i, &mut rng, &mut temp, &mut state));
-        if batch.len() == 1_000 {
+/// Records per `upsert` while filling (`TS_FILL_BATCH`): one store
+/// transaction each, so larger groups fill faster (the store's per-commit
+/// costs are paid per group, as the writer pays them under load).
+fn fill_batch() -> usize {
+    env("TS_FILL_BATCH", 10_000, false).max(1)
+}
+
+/// Writes events `from..to` of the 1 Hz stream of `entity` (the stream is
+/// the same whatever the split: the generator is re-run from the start).
+fn fill_range(store: &Store, entity: &str, from: usize, to: usize, gen: &mut Generator) {
+    let size = fill_batch();
+    let mut batch = Vec::with_capacity(size);
+    for i in from as i64..to as i64 {
+        batch.push(gen.reading(entity, i));
+        if batch.len() == size {
             store.upsert(P, &batch).expect("upsert");
             batch.clear();
         }
     }
     if !batch.is_empty() {
         store.upsert(P, &batch).expect("upsert");
+    }
+}
+
+fn fill(store: &Store, entity: &str, events: usize) {
+    fill_range(store, entity, 0, events, &mut Generator::new());
+}
+
+/// The 1 Hz stream's state between calls.
+struct Generator {
+    rng: Rng,
+    temp: f64,
+    state: usize,
+}
+
+impl Generator {
+    fn new() -> Generator {
+        Generator {
+            rng: Rng(0x9e37_79b9_7f4a_7c15),
+            temp: 60.0,
+            state: 0,
+        }
+    }
+
+    fn reading(&mut self, entity: &str, i: i64) -> Record {
+        reading(entity, i, &mut self.rng, &mut self.temp, &mut self.state)
     }
 }
 
@@ -183,36 +222,59 @@ fn series(quick: bool, runs: usize) {
     );
 }
 
+/// The last 20 of an entity measured as its history grows: at every
+/// size of `TS_LAST_SIZES` (default 100k, 1M, 3M, 10M; the last is
+/// `TS_LAST_EVENTS`) up to what fills within `TS_FILL_SECS` (default
+/// 1,200 s), each against an entity of 1,000 in the same store and run.
+/// Flat in history length is the property that carries to any size.
 fn last_twenty(quick: bool, runs: usize) {
     let events = env("TS_LAST_EVENTS", 10_000_000, quick);
+    let budget = Duration::from_secs(env("TS_FILL_SECS", 1_200, false) as u64);
+    let mut sizes: Vec<usize> = std::env::var("TS_LAST_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![100_000, 1_000_000, 3_000_000]);
+    sizes.retain(|s| *s < events);
+    sizes.push(events);
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open(dir.path());
-    let start = Instant::now();
-    fill(&store, "big", events);
     fill(&store, "small", 1_000);
-    store.durable_blocking().expect("flush");
-    let filled = start.elapsed();
     let query = HistoryQuery {
         newest_first: true,
         limit: 20,
         ..HistoryQuery::default()
     };
-    let (big, got) = time(runs * 10, || {
-        store.history(P, "big", &query).expect("history")
-    });
-    assert_eq!(got.len(), 20);
-    assert_eq!(got[0].version, events as u64);
-    let (small, got) = time(runs * 10, || {
-        store.history(P, "small", &query).expect("history")
-    });
-    assert_eq!(got.len(), 20);
-    println!(
-        "last 20 of {events} events (filled in {:.1} s): {:.3} ms median; of 1,000 events: {:.3} ms ({:.2}x)",
-        filled.as_secs_f64(),
-        ms(big),
-        ms(small),
-        ms(big) / ms(small),
-    );
+    let start = Instant::now();
+    let mut gen = Generator::new();
+    let mut filled = 0;
+    for size in sizes {
+        fill_range(&store, "big", filled, size, &mut gen);
+        filled = size;
+        store.durable_blocking().expect("flush");
+        let (big, got) = time(runs * 10, || {
+            store.history(P, "big", &query).expect("history")
+        });
+        assert_eq!(got.len(), 20);
+        assert_eq!(got[0].version, size as u64);
+        let (small, got) = time(runs * 10, || {
+            store.history(P, "small", &query).expect("history")
+        });
+        assert_eq!(got.len(), 20);
+        println!(
+            "last 20 of {size} events (filled to here in {:.1} s): {:.3} ms median; of 1,000 events: {:.3} ms ({:.2}x)",
+            start.elapsed().as_secs_f64(),
+            ms(big),
+            ms(small),
+            ms(big) / ms(small),
+        );
+        if start.elapsed() > budget && size < events {
+            println!(
+                "last 20: stopped filling at {size} events (TS_FILL_SECS = {} s passed)",
+                budget.as_secs()
+            );
+            break;
+        }
+    }
 }
 
 /// What a fleet source calls with each instance's fields.
@@ -263,7 +325,7 @@ fn fleet(quick: bool, runs: usize) {
             event_time: Timestamp(BASE),
             origin: Origin::new("mqtt:plant"),
         });
-        if batch.len() == 1_000 {
+        if batch.len() == fill_batch() {
             store.upsert(P, &batch).expect("upsert");
             batch.clear();
         }
@@ -272,16 +334,32 @@ fn fleet(quick: bool, runs: usize) {
         store.upsert(P, &batch).expect("upsert");
     }
     store.durable_blocking().expect("flush");
+    let group_by = vec!["site".to_string()];
+    let numeric = vec!["temperature_c".to_string(), "spindle_rpm".to_string()];
     let aggregate_with = |instances: &mut dyn FnMut(Visit<'_>)| {
-        let mut aggregator = Aggregator::new(
-            vec!["site".to_string()],
-            vec!["temperature_c".to_string(), "spindle_rpm".to_string()],
-            1_000,
-        );
+        let mut aggregator = Aggregator::new(group_by.clone(), numeric.clone(), 1_000);
         instances(&mut |fields| aggregator.add(fields).expect("three groups"));
         aggregator.finish()
     };
-    let from_projection = || {
+    // What `<product>Aggregate` does: the wanted columns, grouped.
+    let wanted: Vec<String> = group_by.iter().chain(&numeric).cloned().collect();
+    let from_columns = || {
+        let fleet = store
+            .fleet_columns(P, &wanted, false)
+            .expect("projection")
+            .expect("within its bound");
+        aggregate_columns(
+            &fleet,
+            &group_by,
+            &numeric,
+            &[None, None, None],
+            None,
+            1_000,
+        )
+        .expect("three groups")
+    };
+    // The projection's rows, one field map at a time (before the columns).
+    let from_rows = || {
         aggregate_with(&mut |visit| {
             let instances = store
                 .current_instances(P)
@@ -293,15 +371,16 @@ fn fleet(quick: bool, runs: usize) {
         })
     };
     let start = Instant::now();
-    let built = from_projection();
+    let built = from_columns();
     let build = start.elapsed();
-    let (fast, groups) = time(runs, from_projection);
+    let (fast, groups) = time(runs, from_columns);
     assert_eq!(groups, built);
     assert_eq!(groups.len(), 3);
     assert_eq!(
         groups.iter().map(|g| g.count).sum::<u64>(),
         instances as u64
     );
+    let (rows, by_rows) = time(runs, from_rows);
     let (scanned, baseline) = time(runs.min(5), || {
         aggregate_with(&mut |visit| scan(&store, visit))
     });
@@ -325,10 +404,14 @@ fn fleet(quick: bool, runs: usize) {
             })
     };
     assert!(same(&baseline, &groups), "{baseline:?} vs {groups:?}");
+    assert!(same(&by_rows, &groups), "{by_rows:?} vs {groups:?}");
     println!(
-        "fleet aggregate of {instances} instances by a 3-value field: projection {:.2} ms median (first call, building it: {:.0} ms); scan and aggregate {:.2} ms ({:.1}x)",
+        "fleet aggregate of {instances} instances by a 3-value field: columns {:.2} ms median ({:.3} us/instance; first call, building the projection: {:.0} ms); projection rows one by one {:.2} ms ({:.1}x); scan and aggregate {:.2} ms ({:.1}x)",
         ms(fast),
+        ms(fast) * 1e3 / instances as f64,
         ms(build),
+        ms(rows),
+        ms(rows) / ms(fast),
         ms(scanned),
         ms(scanned) / ms(fast),
     );

@@ -388,7 +388,8 @@ pub fn aggregate_columns(
         };
         let group = &mut groups[g];
         group.count += 1;
-        for (i, (column, slot_numbers)) in numbers.iter().zip(group.numbers.iter_mut()).enumerate() {
+        for (i, (column, slot_numbers)) in numbers.iter().zip(group.numbers.iter_mut()).enumerate()
+        {
             let cell = column.cells[slot];
             let x = match (mask(k + i), cell) {
                 (None, Cell::Int(v)) => v as f64,

@@ -204,7 +204,8 @@ impl<'d> Estimator<'d> {
         };
         self.fragments.insert((name, quarantine, bucket), None);
         let cost = self.selection_set(&fragment.node.selection_set.node, quarantine, bucket);
-        self.fragments.insert((name, quarantine, bucket), Some(cost));
+        self.fragments
+            .insert((name, quarantine, bucket), Some(cost));
         cost
     }
 }
