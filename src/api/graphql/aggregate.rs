@@ -34,6 +34,9 @@ use crate::product::FieldType;
 use crate::record::Value;
 use crate::timeseries::aggregate::{aggregate_columns, Aggregator, Group, KeyPart, Mask, Numbers};
 
+/// A field's mask as the role applies it, owned by the query.
+type OwnedMask<'a> = Box<dyn Fn(&Value) -> Option<Value> + 'a>;
+
 /// Groups one aggregate may return.
 pub(crate) const MAX_GROUPS: usize = 1_000;
 
@@ -264,13 +267,13 @@ pub(crate) fn aggregate_field(api: &Arc<ProductApi>) -> Field {
                             return Err(paging::PagingError::Budget(SCAN_BUDGET).to_string());
                         }
                         // A masked field's cells go through the role's mask.
-                        let masks: Vec<Option<Box<dyn Fn(&Value) -> Option<Value> + '_>>> = wanted
+                        let masks: Vec<Option<OwnedMask<'_>>> = wanted
                             .iter()
                             .map(|name| {
                                 let view = &view;
                                 view.mask_one(name, &Value::Null).map(|_| {
                                     Box::new(move |v: &Value| view.mask_one(name, v).flatten())
-                                        as Box<dyn Fn(&Value) -> Option<Value> + '_>
+                                        as OwnedMask<'_>
                                 })
                             })
                             .collect();
