@@ -19,6 +19,7 @@ pub mod atomic_file;
 pub mod cli;
 pub mod config;
 pub mod contract;
+pub mod expr;
 pub mod http_client;
 pub mod ingest;
 pub mod listen;

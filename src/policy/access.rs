@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex};
 
 use indexmap::IndexMap;
 
-use super::expr::RowMeta;
 use super::masking::{MaskSecret, Masker};
+use crate::expr::RowMeta;
 use crate::product::{Classification, FieldType, Mask, Product, RowFilter};
 use crate::record::{Fields, Value};
 use crate::store::Instance;

@@ -1,12 +1,11 @@
-//! Local policies: the expression language, roles and masks.
+//! Local policies: roles, masks, tokens and who a request is.
 //!
 //! Policies sit at the edges where data leaves a stage (API reads, sync),
 //! never scattered through the stages themselves. This module owns the pure
 //! pieces they are built from; nothing here touches a socket or a disk.
 //!
-//! - [`expr`]: the row-filter language of `where:` clauses in access roles and
-//!   sync rules — parsed and type-checked once when a product definition is
-//!   loaded, then evaluated on every record on the hot paths.
+//! - The row-filter language of `where:` clauses is [`crate::expr`], a
+//!   leaf that product definitions parse with and policies evaluate.
 //! - [`masking`]: field masks applied to records as a role or an upstream
 //!   may see them, with the keyed pseudonym secret behind `hash`.
 //! - [`access`]: the per (role, product) [`access::View`] every API path
@@ -16,7 +15,6 @@
 
 pub mod access;
 pub mod auth;
-pub mod expr;
 pub mod identity;
 pub mod masking;
 pub mod tokens;

@@ -1,4 +1,4 @@
-//! Row filters (`where:`): expressions of [`crate::policy::expr`], parsed
+//! Row filters (`where:`): expressions of [`crate::expr`], parsed
 //! and type-checked against the product's fields at load.
 //!
 //! Expression errors are placed inside the YAML string: when the whole
@@ -8,7 +8,7 @@
 //! it points at the start of the value, and the message still carries the
 //! column inside the expression.
 
-use crate::policy::expr::{self, Expr, ExprError, OperandType};
+use crate::expr::{self, Expr, ExprError, OperandType};
 
 use super::diagnostic::{Diagnostics, Location};
 use super::field::{FieldTable, FieldType};

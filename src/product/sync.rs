@@ -74,7 +74,7 @@ impl ReferenceRule {
             })?;
             text = text.replace("${node_site}", &quote(site));
         }
-        crate::policy::expr::parse(&text).map(Some).map_err(|e| {
+        crate::expr::parse(&text).map(Some).map_err(|e| {
             format!(
                 "reference rule `from: {}`: where `{text}`: {}",
                 self.from, e.message

@@ -39,8 +39,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::metrics::SyncMetrics;
+use crate::expr::RowMeta;
 use crate::ingest::Ingestor;
-use crate::policy::expr::RowMeta;
 use crate::policy::masking::{MaskSecret, Masker};
 use crate::product::{Product, ReferenceRule, RowFilter};
 use crate::record::{Fields, Origin, Record, Timestamp};

@@ -28,8 +28,8 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use bytes::BytesMut;
+use meshlet::expr;
 use meshlet::pipeline::{self, Input, Limits, SourceShape};
-use meshlet::policy::expr;
 use meshlet::product::{parse_definition, LoadContext, PayloadFormat, Product, Source};
 use meshlet::record::{Fields, Origin, Timestamp, Value};
 use meshlet::sources::mqtt::broker::{

@@ -1083,7 +1083,7 @@ async fn missing_unknown_malformed_and_revoked_tokens_get_401() {
                 PIECES[rng.random_range(0..PIECES.len())]
             })
             .collect();
-        let _ = meshlet::policy::expr::parse(&text);
+        let _ = meshlet::expr::parse(&text);
     }
     good.get("/livez").await;
     let (status, _) = fresh.post("{ products { name } }", json!({})).await;
