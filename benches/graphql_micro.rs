@@ -107,7 +107,7 @@ impl Fixture {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let products = products();
-        let secret = store.mask_secret().expect("mask secret");
+        let secret = meshlet::policy::masking::MaskSecret::of_store(&store).expect("mask secret");
         let api = runtime.block_on(async {
             // The micro benchmark measures the API alone: no ingest runs.
             let shared_runtime = IngestRuntime::start(0).expect("ingest runtime");
@@ -121,7 +121,7 @@ impl Fixture {
             GraphqlApi::start(
                 products,
                 ingestor,
-                store.mask_secret().expect("mask secret"),
+                meshlet::policy::masking::MaskSecret::of_store(&store).expect("mask secret"),
                 GraphqlSettings::default(),
                 shutdown.clone(),
                 &tasks,

@@ -377,7 +377,8 @@ pub async fn start(
     // GraphQL: the schema of the loaded products, rebuilt on SIGHUP and
     // when a definition file changes; ingestion and sync rules follow each
     // reload that builds (see `api::graphql::reload`).
-    let mask_secret = store.mask_secret().map_err(NodeError::MaskSecret)?;
+    let mask_secret =
+        crate::policy::masking::MaskSecret::of_store(&store).map_err(NodeError::MaskSecret)?;
     let auth = Arc::new(crate::policy::auth::Authenticator::new(
         crate::policy::auth::AuthSettings {
             tokens_file: config.tokens_file(),

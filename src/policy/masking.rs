@@ -22,6 +22,7 @@ use ring::hmac;
 
 use crate::product::Mask;
 use crate::record::{Fields, Record, Value};
+use crate::store::{Store, StoreError};
 
 /// What `redact` leaves in place of a string.
 pub const REDACTED: &str = "[redacted]";
@@ -59,6 +60,20 @@ impl MaskSecret {
         }
         Ok(MaskSecret {
             key: hmac::Key::new(hmac::HMAC_SHA256, bytes),
+        })
+    }
+
+    /// The node's secret, kept with its data in `store` (created on first
+    /// use): pseudonyms stay stable as long as the data does.
+    pub fn of_store(store: &Store) -> Result<MaskSecret, StoreError> {
+        let bytes = store.mask_secret_bytes(|| {
+            MaskSecret::generate()
+                .map(|b| b.to_vec())
+                .map_err(|e| e.to_string())
+        })?;
+        MaskSecret::from_bytes(&bytes).map_err(|e| StoreError::Meta {
+            path: store.config().path.clone(),
+            detail: format!("mask secret: {e}"),
         })
     }
 

@@ -658,45 +658,42 @@ impl Store {
             .swap(0, std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The node secret that keys `hash` masks, created (random) on first
-    /// use and kept with the data: pseudonyms stay stable across restarts
-    /// as long as the data does, and go with it when the data is wiped.
-    pub fn mask_secret(&self) -> Result<crate::policy::masking::MaskSecret, StoreError> {
-        use crate::policy::masking::MaskSecret;
+    /// The stored bytes of the node secret that keys `hash` masks, created
+    /// by `fresh` on first use and kept with the data: pseudonyms stay
+    /// stable across restarts as long as the data does, and go with it when
+    /// the data is wiped. The store keeps the bytes; what they mean is
+    /// policy's (`policy::masking::MaskSecret::of_store`).
+    pub fn mask_secret_bytes(
+        &self,
+        fresh: impl FnOnce() -> Result<Vec<u8>, String>,
+    ) -> Result<Vec<u8>, StoreError> {
         let meta = self
             .inner
             .db
             .open_tree(META_TREE)
             .map_err(|e| StoreError::sled("opening tree `meta`", e))?;
-        let invalid = |e: crate::policy::masking::MaskSecretError| StoreError::Meta {
+        let invalid = |detail: String| StoreError::Meta {
             path: self.inner.config.path.clone(),
-            detail: format!("mask secret: {e}"),
+            detail: format!("mask secret: {detail}"),
         };
         let opened = |bytes: &[u8]| {
             seal::open(&self.inner.seal, META_TREE, META_MASK_SECRET_KEY, bytes)
                 .map(|b| b.into_owned())
-                .map_err(|e| StoreError::Meta {
-                    path: self.inner.config.path.clone(),
-                    detail: format!("mask secret: {e}"),
-                })
+                .map_err(|e| invalid(e.to_string()))
         };
         if let Some(bytes) = meta
             .get(META_MASK_SECRET_KEY)
             .map_err(|e| StoreError::sled("reading the mask secret", e))?
         {
-            return MaskSecret::from_bytes(&opened(&bytes)?).map_err(invalid);
+            return opened(&bytes);
         }
-        let fresh = MaskSecret::generate().map_err(invalid)?;
         let fresh = seal::seal(
             &self.inner.seal,
             META_TREE,
             META_MASK_SECRET_KEY,
-            fresh[..].to_vec(),
+            fresh().map_err(invalid)?,
         )
-        .map_err(|e| StoreError::Meta {
-            path: self.inner.config.path.clone(),
-            detail: format!("mask secret: {e}"),
-        })?;
+        .map_err(|e| invalid(e.to_string()))?;
         // Two first callers race: compare-and-swap keeps exactly one secret.
         let _ = meta
             .compare_and_swap(
@@ -714,7 +711,7 @@ impl Store {
                 path: self.inner.config.path.clone(),
                 detail: "mask secret vanished after it was written".into(),
             })?;
-        MaskSecret::from_bytes(&opened(&stored)?).map_err(invalid)
+        opened(&stored)
     }
 
     /// Seals the encoded value of `key` in the (global) tree `tree` for an

@@ -152,7 +152,7 @@ impl SyncHandle {
 pub fn install_planner(store: &Store, products: &Arc<ProductSet>) -> Result<(), StoreError> {
     store.set_outbox_planner(Arc::new(planner::RulePlanner::new(
         products.clone(),
-        store.mask_secret()?,
+        crate::policy::masking::MaskSecret::of_store(store)?,
     )));
     Ok(())
 }
@@ -270,7 +270,7 @@ fn start_references(
                 node_id,
                 config.node_site.as_deref(),
                 ingestor.clone(),
-                store.mask_secret()?,
+                crate::policy::masking::MaskSecret::of_store(store)?,
                 metrics.clone(),
             )
             .map_err(SyncError::Reference)?;

@@ -184,7 +184,7 @@ sync:
         };
         let products = Arc::new(load_path(&dir.join("machine.yaml"), &ctx).expect("loads"));
         let store = Store::open(StoreConfig::new(dir.join("store"))).expect("opens");
-        let secret = store.mask_secret().expect("secret");
+        let secret = crate::policy::masking::MaskSecret::of_store(&store).expect("secret");
         store.set_outbox_planner(Arc::new(RulePlanner::new(products.clone(), secret)));
         (store, products)
     }

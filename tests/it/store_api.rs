@@ -1190,15 +1190,32 @@ fn the_mask_secret_is_created_once_and_kept() {
     let path = dir.path().join("db");
     let first = {
         let store = Store::open(StoreConfig::new(&path)).unwrap();
-        let a = store.mask_secret().unwrap().pseudonym("alice");
-        assert_eq!(a, store.mask_secret().unwrap().pseudonym("alice"));
+        let a = meshlet::policy::masking::MaskSecret::of_store(&store)
+            .unwrap()
+            .pseudonym("alice");
+        assert_eq!(
+            a,
+            meshlet::policy::masking::MaskSecret::of_store(&store)
+                .unwrap()
+                .pseudonym("alice")
+        );
         a
     };
     let store = Store::open(StoreConfig::new(&path)).unwrap();
-    assert_eq!(store.mask_secret().unwrap().pseudonym("alice"), first);
+    assert_eq!(
+        meshlet::policy::masking::MaskSecret::of_store(&store)
+            .unwrap()
+            .pseudonym("alice"),
+        first
+    );
     let other = tempfile::tempdir().unwrap();
     let elsewhere = Store::open(StoreConfig::new(other.path().join("db"))).unwrap();
-    assert_ne!(elsewhere.mask_secret().unwrap().pseudonym("alice"), first);
+    assert_ne!(
+        meshlet::policy::masking::MaskSecret::of_store(&elsewhere)
+            .unwrap()
+            .pseudonym("alice"),
+        first
+    );
 }
 
 fn open_cached(dir: &std::path::Path, entries: usize) -> Store {

@@ -142,10 +142,12 @@ fn an_encrypted_store_reads_back_with_its_key_and_shows_nothing_without_it() {
         .expect("quarantine");
     assert_eq!(quarantined.len(), 1);
     assert!(String::from_utf8_lossy(&quarantined[0].item.payload).contains(MARKER));
-    let secret = store.mask_secret().expect("mask secret");
+    let secret = meshlet::policy::masking::MaskSecret::of_store(&store).expect("mask secret");
     assert_eq!(
         secret.pseudonym("x"),
-        store.mask_secret().expect("again").pseudonym("x"),
+        meshlet::policy::masking::MaskSecret::of_store(&store)
+            .expect("again")
+            .pseudonym("x"),
         "the sealed mask secret reads back the same"
     );
     // On disk, nothing of it in the clear, compressed or not.
