@@ -262,7 +262,10 @@ async fn connection(
                 .1
                 .peer_certificates()
                 .and_then(<[CertificateDer<'_>]>::first)
-                .map(|leaf| tls::peer_certificate(leaf.as_ref()));
+                .map(|leaf| PeerCertificate {
+                    subject_cn: tls::subject_common_name(leaf.as_ref()),
+                    fingerprint_sha256: tls::fingerprint_sha256(leaf.as_ref()),
+                });
             if let Some(client) = &client {
                 debug!(%peer, subject_cn = ?client.subject_cn, fingerprint = %client.fingerprint_sha256, "client certificate verified");
             }

@@ -3,8 +3,8 @@
 //! file and the setting.
 //!
 //! - [`server`]: the HTTPS listener's acceptor (optional client
-//!   certificates), its handshake counters, and what the policy layer
-//!   learns about a verified client certificate.
+//!   certificates), its handshake counters, and the facts of a verified client
+//!   certificate the policy layer maps to a role.
 //! - [`client`]: the one client setup every outgoing connection uses (the
 //!   external MQTT broker, sync upstreams over HTTPS, MQTT and NATS, the
 //!   reference-data feeds, `meshlet status`): a CA file or the system
@@ -21,7 +21,7 @@ pub mod server;
 
 pub(crate) use client::client_config;
 pub use server::TlsMetrics;
-pub(crate) use server::{acceptor, peer_certificate};
+pub(crate) use server::{acceptor, fingerprint_sha256, subject_common_name};
 
 /// Why the TLS settings cannot be used. Each names the file at fault.
 #[derive(Debug, thiserror::Error)]

@@ -5,9 +5,9 @@
 //! loop (`serve`, shared with plain HTTP) does the handshake per
 //! connection, bounded in time, and then serves the router with hyper's
 //! HTTP/1 connection, upgrades included, so `/graphql/ws` works as
-//! `wss://`. A verified client certificate becomes a [`PeerCertificate`]
-//! request extension on every request of its connection; the policy layer
-//! maps it to a role.
+//! `wss://`. Of a verified client certificate it reads what the policy
+//! layer maps to a role (the subject's common name and the fingerprint);
+//! the accept loop puts them on every request of its connection.
 //!
 //! Invariants: a bad TLS file stops the node at start with an error naming
 //! the file; a failed handshake is counted
@@ -24,7 +24,6 @@ use tracing::debug;
 
 use super::{provider, read_certs, read_key, TlsConfigError};
 use crate::config::{ClientAuth, HttpTlsConfig};
-use crate::policy::identity::PeerCertificate;
 
 /// Handshake figures for `/metrics`; cheap to clone, shared with the
 /// connection tasks.
@@ -114,17 +113,15 @@ pub(crate) fn acceptor(config: &HttpTlsConfig) -> Result<TlsAcceptor, TlsConfigE
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
-/// What the policy layer learns about a verified client certificate.
-pub(crate) fn peer_certificate(der: &[u8]) -> PeerCertificate {
+/// SHA-256 of a certificate's DER encoding, lowercase hex: pins one
+/// certificate, whatever its names say.
+pub(crate) fn fingerprint_sha256(der: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, der);
     let mut fingerprint = String::with_capacity(64);
     for byte in digest.as_ref() {
         let _ = write!(fingerprint, "{byte:02x}");
     }
-    PeerCertificate {
-        subject_cn: subject_common_name(der),
-        fingerprint_sha256: fingerprint,
-    }
+    fingerprint
 }
 
 /// The subject's first common name (OID 2.5.4.3) of a DER certificate.
@@ -133,7 +130,7 @@ pub(crate) fn peer_certificate(der: &[u8]) -> PeerCertificate {
 /// verified the certificate during the handshake, and the CN is the only
 /// field the policy layer maps. Anything unexpected gives `None`, never a
 /// panic.
-fn subject_common_name(der: &[u8]) -> Option<String> {
+pub(crate) fn subject_common_name(der: &[u8]) -> Option<String> {
     const SEQUENCE: u8 = 0x30;
     const SET: u8 = 0x31;
     const OID: u8 = 0x06;
@@ -221,10 +218,13 @@ mod tests {
             .distinguished_name
             .push(rcgen::DnType::CommonName, "device-7.example");
         let cert = params.self_signed(&key).unwrap();
-        let peer = peer_certificate(cert.der());
-        assert_eq!(peer.subject_cn.as_deref(), Some("device-7.example"));
-        assert_eq!(peer.fingerprint_sha256.len(), 64);
-        assert_eq!(peer, peer_certificate(cert.der()), "stable");
+        assert_eq!(
+            subject_common_name(cert.der()).as_deref(),
+            Some("device-7.example")
+        );
+        let fingerprint = fingerprint_sha256(cert.der());
+        assert_eq!(fingerprint.len(), 64);
+        assert_eq!(fingerprint, fingerprint_sha256(cert.der()), "stable");
     }
 
     #[test]
@@ -233,7 +233,7 @@ mod tests {
         let mut params = rcgen::CertificateParams::new(vec!["x".into()]).unwrap();
         params.distinguished_name = rcgen::DistinguishedName::new();
         let cert = params.self_signed(&key).unwrap();
-        assert_eq!(peer_certificate(cert.der()).subject_cn, None);
+        assert_eq!(subject_common_name(cert.der()), None);
     }
 
     proptest::proptest! {

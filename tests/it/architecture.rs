@@ -35,7 +35,6 @@ const KNOWN: &[(&str, &str)] = &[
     ("policy", "product"),
     ("policy", "store"),
     ("policy", "telemetry"),
-    ("product", "policy"),
     ("product", "sources"),
     ("sources", "config"),
     ("sources", "ingest"),
@@ -44,11 +43,9 @@ const KNOWN: &[(&str, &str)] = &[
     ("sources", "product"),
     ("sources", "store"),
     ("sources", "tls"),
-    ("store", "policy"),
     ("store", "telemetry"),
     ("telemetry", "config"),
     ("tls", "config"),
-    ("tls", "policy"),
     ("tls", "telemetry"),
 ];
 
