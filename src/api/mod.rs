@@ -15,8 +15,9 @@ pub mod graphql;
 mod health;
 mod ingest;
 pub mod serve;
-use crate::tls;
+pub mod status;
 mod sync;
+use crate::tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -120,25 +121,25 @@ fn no_console_routes() -> Router<ApiState> {
 pub fn router(state: ApiState) -> Router {
     started_at();
     // With the console off (`[http] console = false`) none of its routes
-    // exist: `/`, its files and its status answer 404 like any unknown path.
+    // exist: `/` and its files answer 404 like any unknown path.
     #[cfg(feature = "console")]
-    let (console_open, console_protected) = if state.console {
-        (console::open_routes(), console::routes())
+    let console_open = if state.console {
+        console::open_routes()
     } else {
-        (Router::new(), Router::new())
+        Router::new()
     };
     // A build without the `console` feature says so where the console
     // would be, instead of a bare 404.
     #[cfg(not(feature = "console"))]
-    let (console_open, console_protected) = if state.console {
-        (no_console_routes(), Router::new())
+    let console_open = if state.console {
+        no_console_routes()
     } else {
-        (Router::new(), Router::new())
+        Router::new()
     };
     let protected = ingest::routes(state.max_http_body_bytes)
         .merge(graphql::routes())
         .merge(sync::routes())
-        .merge(console_protected)
+        .merge(status::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_identity,

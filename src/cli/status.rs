@@ -1,15 +1,15 @@
-//! `meshlet status`: a one-screen summary of a running node, from what it
-//! already serves — `/metrics` (sampled twice for rates, plus build and
-//! start time) and the GraphQL catalog (`products` with entities,
-//! freshness, quality and quarantine; `syncStatus`; `syncConsumers`, the
-//! JetStream lag of an aggregator; `syncReferences`, the reference-data
-//! revisions of an edge). The GraphQL call
-//! needs a token when the node's config has no anonymous role.
+//! `meshlet status`: a one-screen summary of a running node, from the
+//! node's own status document (`GET /status/v1`, src/api/status.rs:
+//! store, ingest per source, sync per upstream, readiness; read twice,
+//! `--sample` apart, for the rates) and the GraphQL catalog (`products`
+//! with entities, freshness, quality and quarantine, as the token's role
+//! may see them). `--json` prints the status document as the node served
+//! it. Both calls need a token when the node's config has no anonymous
+//! role.
 //!
-//! Fetching is the only I/O; parsing the Prometheus text and laying out
-//! the screen are plain functions, unit-tested below.
+//! Fetching is the only I/O; laying out the screen is a plain function,
+//! unit-tested below.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::Value;
 
+use crate::api::status::{NodeStatus, SourceStatus};
 use crate::config::HubConfig;
 use crate::http_client::{HttpClient, HttpClientError, TlsFiles};
 
@@ -44,6 +45,10 @@ pub struct StatusArgs {
     /// How long to watch the counters for the per-second rates.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
     pub sample: Duration,
+    /// Print the node's status document (`GET /status/v1`, one reading,
+    /// no rates) as JSON instead of the screen.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Why no summary could be shown.
@@ -63,13 +68,19 @@ pub enum StatusError {
     },
     #[error("the node's GraphQL answer is not what status expects: {0}")]
     Answer(String),
+    #[error("the node at {url} has no {path}: it runs a meshlet older than this one ({version}), which `meshlet status` needs; upgrade the node or read its /metrics")]
+    NoStatus {
+        url: String,
+        path: &'static str,
+        version: &'static str,
+    },
+    #[error("the node's {path} is not a status document this meshlet reads: {reason}")]
+    Document { path: &'static str, reason: String },
 }
 
+/// The products table: what the token's role may see.
 const QUERY: &str = "{ products { name entities quarantineCount \
-    freshness { lastUpdate stale sla } quality { accepted rejected quarantined duplicates } } \
-    syncStatus { name pending oldestPendingSeconds lastAck errors dropped } \
-    syncConsumers { durable filterSubject pending ackPending redelivered naks error } \
-    syncReferences { upstream product revision stored filtered lastApplied error } }";
+    freshness { lastUpdate stale sla } quality { accepted rejected quarantined duplicates } } }";
 
 /// `meshlet status`.
 pub fn run(config: &HubConfig, args: StatusArgs) -> ExitCode {
@@ -98,7 +109,20 @@ pub fn run(config: &HubConfig, args: StatusArgs) -> ExitCode {
 async fn collect(config: &HubConfig, args: &StatusArgs) -> Result<String, StatusError> {
     let url = args.url.clone().unwrap_or_else(|| default_url(config));
     let mut client = Client::new(&url, args.ca_file.clone(), args.token.clone())?;
-    let before = parse_metrics(&client.request("/metrics", None).await?);
+    if args.json {
+        let text = client.status_text(&url).await?;
+        let document: Value =
+            serde_json::from_str(&text).map_err(|e| StatusError::Document {
+                path: crate::api::status::PATH,
+                reason: e.to_string(),
+            })?;
+        let pretty = serde_json::to_string_pretty(&document).map_err(|e| StatusError::Document {
+            path: crate::api::status::PATH,
+            reason: e.to_string(),
+        })?;
+        return Ok(format!("{pretty}\n"));
+    }
+    let before = client.status(&url).await?;
     let body = serde_json::json!({ "query": QUERY }).to_string();
     let answer: Value = serde_json::from_str(&client.request("/graphql", Some(body)).await?)
         .map_err(|e| StatusError::Answer(e.to_string()))?;
@@ -106,7 +130,7 @@ async fn collect(config: &HubConfig, args: &StatusArgs) -> Result<String, Status
         return Err(StatusError::Answer(errors.to_string()));
     }
     tokio::time::sleep(args.sample).await;
-    let after = parse_metrics(&client.request("/metrics", None).await?);
+    let after = client.status(&url).await?;
     Ok(render(&url, &answer["data"], &before, &after, args.sample))
 }
 
@@ -166,6 +190,29 @@ impl Client {
     }
 }
 
+impl Client {
+    /// `GET /status/v1` as text; a node without it (404) is an older one.
+    async fn status_text(&mut self, url: &str) -> Result<String, StatusError> {
+        match self.request(crate::api::status::PATH, None).await {
+            Err(StatusError::Http { status: 404, .. }) => Err(StatusError::NoStatus {
+                url: url.to_string(),
+                path: crate::api::status::PATH,
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+            other => other,
+        }
+    }
+
+    /// `GET /status/v1`, read.
+    async fn status(&mut self, url: &str) -> Result<NodeStatus, StatusError> {
+        let text = self.status_text(url).await?;
+        serde_json::from_str(&text).map_err(|e| StatusError::Document {
+            path: crate::api::status::PATH,
+            reason: e.to_string(),
+        })
+    }
+}
+
 impl From<HttpClientError> for StatusError {
     fn from(err: HttpClientError) -> StatusError {
         match err {
@@ -181,72 +228,6 @@ impl From<HttpClientError> for StatusError {
     }
 }
 
-/// Prometheus samples by series name, each with its labels.
-type Samples = BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>>;
-
-/// Parses the Prometheus text format: `name{a="x",b="y"} value` lines;
-/// comments and lines that do not parse are skipped.
-fn parse_metrics(text: &str) -> Samples {
-    let mut out = Samples::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Ok(value) = value.parse::<f64>() else {
-            continue;
-        };
-        let (name, labels) = match series.split_once('{') {
-            Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
-            None => (series, BTreeMap::new()),
-        };
-        out.entry(name.to_string())
-            .or_default()
-            .push((labels, value));
-    }
-    out
-}
-
-fn parse_labels(text: &str) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::new();
-    let mut rest = text;
-    while let Some((key, after)) = rest.split_once("=\"") {
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let mut end = after.len();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => {
-                    if let Some((_, escaped)) = chars.next() {
-                        value.push(if escaped == 'n' { '\n' } else { escaped });
-                    }
-                }
-                '"' => {
-                    end = i + 1;
-                    break;
-                }
-                c => value.push(c),
-            }
-        }
-        labels.insert(key.trim_start_matches(',').trim().to_string(), value);
-        rest = &after[end..];
-    }
-    labels
-}
-
-/// Sum of a series' samples whose labels include every `(key, value)`.
-fn sum(samples: &Samples, name: &str, with: &[(&str, &str)]) -> f64 {
-    samples
-        .get(name)
-        .into_iter()
-        .flatten()
-        .filter(|(labels, _)| {
-            with.iter()
-                .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|(_, value)| value)
-        .fold(0.0, |a, b| a + b) // not `sum()`: an empty f64 sum is -0
-}
-
 fn uptime(seconds: f64) -> String {
     let s = seconds.max(0.0) as u64;
     match s {
@@ -257,27 +238,79 @@ fn uptime(seconds: f64) -> String {
     }
 }
 
-/// Lays out the screen from one GraphQL answer and two metric samples
-/// taken `sample` apart.
-fn render(url: &str, data: &Value, before: &Samples, after: &Samples, sample: Duration) -> String {
+/// Bytes for a person: `512 B`, `1.5 MiB`.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// A source's count of `outcome` (`accepted`, ...).
+fn outcome(source: &SourceStatus, outcome: &str) -> u64 {
+    match outcome {
+        "accepted" => source.accepted,
+        "rejected" => source.rejected,
+        "quarantined" => source.quarantined,
+        "duplicate" => source.duplicates,
+        _ => 0,
+    }
+}
+
+/// The same source in an earlier reading.
+fn earlier<'a>(before: &'a NodeStatus, source: &SourceStatus) -> Option<&'a SourceStatus> {
+    before
+        .ingest
+        .sources
+        .iter()
+        .find(|s| s.product == source.product && s.source == source.source)
+}
+
+/// Lays out the screen from the products of one GraphQL answer and two
+/// status readings taken `sample` apart.
+fn render(
+    url: &str,
+    data: &Value,
+    before: &NodeStatus,
+    after: &NodeStatus,
+    sample: Duration,
+) -> String {
     let mut out = String::new();
-    let version = after
-        .get("meshlet_build_info")
-        .and_then(|s| s.first())
-        .and_then(|(labels, _)| labels.get("version").cloned())
-        .unwrap_or_else(|| "?".to_string());
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    let up = match sum(after, "process_start_time_seconds", &[]) {
-        started if started > 0.0 => uptime(now - started),
-        _ => "?".to_string(),
-    };
-    let _ = writeln!(out, "meshlet {version} at {url}, up {up}");
+    let _ = writeln!(
+        out,
+        "meshlet {} at {url}, up {}",
+        after.version,
+        uptime(after.uptime_seconds)
+    );
+    let phase = serde_json::to_value(after.readiness.phase)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let _ = writeln!(out, "node {}, {phase}", after.node_id);
+    for problem in &after.readiness.problems {
+        let _ = writeln!(out, "  problem: {problem}");
+    }
+    let store = &after.store;
+    let _ = writeln!(
+        out,
+        "store format {}, {} on disk, {} hot; journal {} frames ({}) since the last of {} checkpoints",
+        store.format_version,
+        store.bytes_on_disk.map_or_else(|| "?".to_string(), size),
+        size(store.hot_bytes),
+        store.journal.pending_frames,
+        size(store.journal.pending_bytes),
+        store.checkpoints.count,
+    );
 
     let secs = sample.as_secs_f64().max(0.001);
-    let records = "meshlet_ingest_records_total";
     let _ = writeln!(
         out,
         "\n{:<22} {:>9}  {:<28} {:<5} {:>9} {:>9}  QUARANTINED (NOW)",
@@ -318,69 +351,93 @@ fn render(url: &str, data: &Value, before: &Samples, after: &Samples, sample: Du
         "\nINGEST since start (rate over the last {})",
         humantime::format_duration(sample)
     );
-    for outcome in ["accepted", "rejected", "quarantined", "duplicate"] {
-        let total = sum(after, records, &[("outcome", outcome)]);
-        let rate = (total - sum(before, records, &[("outcome", outcome)])).max(0.0) / secs;
-        let _ = writeln!(out, "  {outcome:<12} {:>10}  {rate:>8.1}/s", total as u64);
+    let sources = &after.ingest.sources;
+    for name in ["accepted", "rejected", "quarantined", "duplicate"] {
+        let total: u64 = sources.iter().map(|s| outcome(s, name)).sum();
+        let gained: u64 = sources
+            .iter()
+            .map(|s| {
+                let was = earlier(before, s).map_or(0, |b| outcome(b, name));
+                outcome(s, name).saturating_sub(was)
+            })
+            .sum();
+        let rate = gained as f64 / secs;
+        let _ = writeln!(out, "  {name:<12} {total:>10}  {rate:>8.1}/s");
     }
-    let unmatched = sum(after, "meshlet_ingest_unmatched_messages_total", &[]);
-    let failures = sum(after, "meshlet_ingest_write_failures_total", &[]);
     let _ = writeln!(
         out,
-        "  unmatched MQTT messages {unmatched}, store write failures {failures}"
+        "  unmatched MQTT messages {}, store write failures {}",
+        after.ingest.unmatched_messages, after.ingest.write_failures
     );
+    if !sources.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {:<22} {:<12} {:>9} {:>9} {:>11} {:>10}  DEVICES DOWN",
+            "PRODUCT", "SOURCE", "ACCEPTED", "REJECTED", "QUARANTINED", "ACCEPTED/s"
+        );
+    }
+    for s in sources {
+        let was = earlier(before, s).map_or(0, |b| b.accepted);
+        let rate = s.accepted.saturating_sub(was) as f64 / secs;
+        let down = match (s.devices_down, s.devices) {
+            (Some(down), Some(of)) => format!("{down} of {of}"),
+            _ => "-".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<22} {:<12} {:>9} {:>9} {:>11} {rate:>10.1}  {down}",
+            s.product, s.source, s.accepted, s.rejected, s.quarantined
+        );
+    }
 
     let _ = writeln!(out, "\nSYNC");
-    let upstreams = data["syncStatus"].as_array().cloned().unwrap_or_default();
-    if upstreams.is_empty() {
+    let sync = &after.sync;
+    if sync.upstreams.is_empty() {
         let _ = writeln!(out, "  (no upstreams)");
     }
-    for u in &upstreams {
-        let oldest = u["oldestPendingSeconds"]
-            .as_f64()
+    for u in &sync.upstreams {
+        let oldest = u
+            .oldest_pending_seconds
             .map_or_else(|| "-".to_string(), uptime);
         let _ = writeln!(
             out,
             "  {:<16} pending {} (oldest {oldest}), last ack {}, errors {}, dropped {}",
-            u["name"].as_str().unwrap_or("?"),
-            u["pending"],
-            u["lastAck"].as_str().unwrap_or("never"),
-            u["errors"],
-            u["dropped"],
+            u.name,
+            u.pending,
+            u.last_ack.as_deref().unwrap_or("never"),
+            u.errors,
+            u.dropped,
         );
     }
-    for c in data["syncConsumers"].as_array().into_iter().flatten() {
-        let n = |v: &Value| {
-            v.as_u64()
-                .map_or_else(|| "?".to_string(), |n| n.to_string())
-        };
+    let n = |v: Option<u64>| v.map_or_else(|| "?".to_string(), |n| n.to_string());
+    for c in &sync.consumers {
         let _ = writeln!(
             out,
             "  JetStream durable {} ({}): pending {}, ack pending {}, redelivered {}, naks {}{}",
-            c["durable"].as_str().unwrap_or("?"),
-            c["filterSubject"].as_str().unwrap_or("?"),
-            n(&c["pending"]),
-            n(&c["ackPending"]),
-            n(&c["redelivered"]),
-            n(&c["naks"]),
-            c["error"]
-                .as_str()
+            c.durable,
+            c.filter_subject,
+            n(c.pending),
+            n(c.ack_pending),
+            n(c.redelivered),
+            c.naks,
+            c.error
+                .as_deref()
                 .map(|e| format!(", error: {e}"))
                 .unwrap_or_default(),
         );
     }
-    for r in data["syncReferences"].as_array().into_iter().flatten() {
+    for r in &sync.references {
         let _ = writeln!(
             out,
             "  reference {} from {}: revision {}, stored {}, filtered {}, last applied {}{}",
-            r["product"].as_str().unwrap_or("?"),
-            r["upstream"].as_str().unwrap_or("?"),
-            r["revision"],
-            r["stored"],
-            r["filtered"],
-            r["lastApplied"].as_str().unwrap_or("never"),
-            r["error"]
-                .as_str()
+            r.product,
+            r.upstream,
+            r.revision,
+            r.stored,
+            r.filtered,
+            r.last_applied.as_deref().unwrap_or("never"),
+            r.error
+                .as_deref()
                 .map(|e| format!(", error: {e}"))
                 .unwrap_or_default(),
         );
@@ -391,56 +448,113 @@ fn render(url: &str, data: &Value, before: &Samples, after: &Samples, sample: Du
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::status::*;
 
-    const METRICS: &str = "# HELP x y\n\
-        meshlet_ingest_records_total{product=\"a\",source=\"mqtt:0\",outcome=\"accepted\"} 4\n\
-        meshlet_ingest_records_total{product=\"b\",source=\"http:1\",outcome=\"accepted\"} 6\n\
-        meshlet_ingest_records_total{product=\"b\",source=\"http:1\",outcome=\"rejected\"} 1\n\
-        meshlet_build_info{version=\"1.2.3\"} 1\n\
-        weird{a=\"q\\\"uote, and more\",b=\"2\"} 7\n\
-        not a sample\n";
-
-    #[test]
-    fn metrics_parse_with_labels_and_escapes() {
-        let samples = parse_metrics(METRICS);
-        assert_eq!(
-            sum(
-                &samples,
-                "meshlet_ingest_records_total",
-                &[("outcome", "accepted")]
-            ),
-            10.0
-        );
-        assert_eq!(
-            sum(
-                &samples,
-                "meshlet_ingest_records_total",
-                &[("product", "b")]
-            ),
-            7.0
-        );
-        let (labels, value) = &samples["weird"][0];
-        assert_eq!(labels["a"], "q\"uote, and more");
-        assert_eq!(labels["b"], "2");
-        assert_eq!(*value, 7.0);
-        assert!(!samples.contains_key("not"));
+    fn reading(accepted: u64) -> NodeStatus {
+        let source = |product: &str, source: &str, accepted: u64, rejected: u64| SourceStatus {
+            product: product.into(),
+            source: source.into(),
+            messages: accepted + rejected,
+            bytes: 0,
+            accepted,
+            rejected,
+            quarantined: 0,
+            duplicates: 0,
+            retained_known: 0,
+            invalid_by_rule: Default::default(),
+            last_event_time: None,
+            devices: (source == "modbus:1").then_some(3),
+            devices_down: (source == "modbus:1").then_some(1),
+            read_errors: Default::default(),
+        };
+        NodeStatus {
+            status_version: VERSION,
+            node_id: "edge-1".into(),
+            version: "1.2.3".into(),
+            started_at: 0.0,
+            uptime_seconds: 90.0,
+            readiness: ReadinessStatus {
+                phase: crate::api::Phase::Ready,
+                problems: vec!["upstream central is down".into()],
+            },
+            memory_rss_bytes: None,
+            store: StoreStatus {
+                format_version: 4,
+                bytes_on_disk: Some(3 * 1024 * 1024),
+                hot_bytes: 2048,
+                journal: JournalStatus {
+                    frames_written: 9,
+                    frame_bytes: 100,
+                    frames_replayed: 0,
+                    pending_frames: 2,
+                    pending_bytes: 512,
+                },
+                checkpoints: CheckpointStatus {
+                    count: 7,
+                    keys: 70,
+                    seconds: 0.1,
+                },
+            },
+            ingest: IngestStatus {
+                sources: vec![
+                    source("a", "mqtt:0", 4, 0),
+                    source("b", "http:1", accepted, 1),
+                    source("b", "modbus:1", 0, 0),
+                ],
+                unmatched_messages: 0,
+                write_failures: 0,
+                batches_written: 1,
+                records_written: 1,
+            },
+            sync: SyncStatus {
+                upstreams: vec![UpstreamStatus {
+                    name: "central".into(),
+                    pending: 5,
+                    pending_bytes: 10,
+                    oldest_pending_seconds: Some(90.0),
+                    last_ack: None,
+                    errors: 0,
+                    dropped: 0,
+                    refusals: 0,
+                    waiting: None,
+                }],
+                consumers: vec![ConsumerStatus {
+                    durable: "plant".into(),
+                    stream: "S".into(),
+                    filter_subject: "meshlet.sync.>".into(),
+                    pending: Some(12),
+                    ack_pending: Some(3),
+                    redelivered: Some(1),
+                    naks: 0,
+                    error: None,
+                }],
+                references: Vec::new(),
+            },
+        }
     }
 
     #[test]
-    fn the_screen_shows_products_rates_and_sync() {
-        let before = parse_metrics(METRICS);
-        let after = parse_metrics(&METRICS.replace("} 6\n", "} 26\n"));
+    fn the_screen_shows_the_node_products_rates_and_sync() {
         let data = serde_json::json!({
             "products": [{ "name": "b", "entities": 3, "quarantineCount": 2,
                 "freshness": { "lastUpdate": "2026-01-01T00:00:00Z", "stale": true, "sla": "1m" },
-                "quality": { "accepted": 26, "rejected": 1, "quarantined": 2, "duplicates": 0 } }],
-            "syncStatus": [{ "name": "central", "pending": 5, "oldestPendingSeconds": 90.0,
-                "lastAck": null, "errors": 0, "dropped": 0 }],
-            "syncConsumers": [{ "durable": "plant", "filterSubject": "meshlet.sync.>",
-                "pending": 12, "ackPending": 3, "redelivered": 1, "naks": 0, "error": null }]
+                "quality": { "accepted": 26, "rejected": 1, "quarantined": 2, "duplicates": 0 } }]
         });
-        let screen = render("http://x", &data, &before, &after, Duration::from_secs(2));
-        assert!(screen.starts_with("meshlet 1.2.3 at http://x"), "{screen}");
+        let screen = render(
+            "http://x",
+            &data,
+            &reading(6),
+            &reading(26),
+            Duration::from_secs(2),
+        );
+        assert!(
+            screen.starts_with("meshlet 1.2.3 at http://x, up 1m 30s\nnode edge-1, ready\n  problem: upstream central is down\n"),
+            "{screen}"
+        );
+        assert!(
+            screen.contains("store format 4, 3.0 MiB on disk, 2.0 KiB hot; journal 2 frames (512 B) since the last of 7 checkpoints"),
+            "{screen}"
+        );
         assert!(screen.contains("STALE"), "{screen}");
         assert!(
             screen.contains("accepted             30      10.0/s"),
@@ -451,6 +565,12 @@ mod tests {
             "{screen}"
         );
         assert!(
+            screen.contains("  b                      http:1              26         1           0       10.0  -\n"),
+            "{screen}"
+        );
+        assert!(screen.contains("modbus:1"), "{screen}");
+        assert!(screen.contains("  1 of 3\n"), "{screen}");
+        assert!(
             screen.contains("central          pending 5 (oldest 1m 30s), last ack never"),
             "{screen}"
         );
@@ -458,6 +578,13 @@ mod tests {
             screen.contains("JetStream durable plant (meshlet.sync.>): pending 12, ack pending 3, redelivered 1, naks 0\n"),
             "{screen}"
         );
+    }
+
+    #[test]
+    fn sizes_read_like_a_person_writes_them() {
+        assert_eq!(size(512), "512 B");
+        assert_eq!(size(1536), "1.5 KiB");
+        assert_eq!(size(3 * 1024 * 1024), "3.0 MiB");
     }
 
     #[test]

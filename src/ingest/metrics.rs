@@ -4,7 +4,7 @@
 //! Counters are plain atomics, registered once per (product, source) at
 //! start, so the hot path never takes a lock. `/metrics` reads them at
 //! scrape time (src/telemetry/expose.rs), and so do the GraphQL catalog and
-//! `/status`.
+//! `/status/v1`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -122,6 +122,11 @@ impl SourceCounters {
         *lock(&self.by_rule).entry(rule.name()).or_default() += 1;
     }
 
+    /// Rejected records by the first rule they broke.
+    pub fn invalid_by_rule(&self) -> BTreeMap<&'static str, u64> {
+        lock(&self.by_rule).clone()
+    }
+
     /// A poller's read failed (`connect`, `timeout`, `io`, `exception`).
     pub fn read_error(&self, reason: &'static str) {
         *lock(&self.read_errors).entry(reason).or_default() += 1;
@@ -140,6 +145,14 @@ impl SourceCounters {
     /// How many devices the last poll did not reach.
     pub fn devices_down(&self, n: usize) {
         self.devices_down.store(n as i64, Ordering::Relaxed);
+    }
+
+    /// A polling source's devices and those its last poll did not reach;
+    /// `None` for a source that does not poll.
+    pub fn devices(&self) -> Option<(u64, u64)> {
+        let devices = self.devices.load(Ordering::Relaxed);
+        let down = self.devices_down.load(Ordering::Relaxed);
+        (devices >= 0).then(|| (devices as u64, down.max(0) as u64))
     }
 
     /// Whether an event may log at warn now (at most once per
@@ -312,6 +325,15 @@ impl IngestMetrics {
             .entry((product.to_string(), source.to_string()))
             .or_insert_with(|| Arc::new(SourceCounters::new(product, source)))
             .clone()
+    }
+
+    /// Every source's counters handle, by (product, source): for readers
+    /// that want more than [`SourceFigures`] (`/status/v1`).
+    pub fn sources(&self) -> Vec<((String, String), Arc<SourceCounters>)> {
+        lock(&self.sources)
+            .iter()
+            .map(|(key, c)| (key.clone(), Arc::clone(c)))
+            .collect()
     }
 
     /// Snapshot of every source's figures, by (product, source).

@@ -223,7 +223,6 @@ async fn the_console_switched_off_is_gone_and_the_api_stays() {
         "/console/app.js",
         "/console/console.css",
         "/console/index.html",
-        "/console/api/status",
     ] {
         for token in [None, Some(admin.as_str())] {
             let mut request = client.get(node.url(path));
@@ -265,6 +264,14 @@ async fn the_console_switched_off_is_gone_and_the_api_stays() {
             .status(),
         200
     );
+    // The status document is the node's, not the console's.
+    let status = client
+        .get(node.url("/status/v1"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("status");
+    assert_eq!(status.status(), 200);
     common::stop_cleanly(node);
 }
 
@@ -347,18 +354,18 @@ async fn the_console_shell_is_open_cached_and_compressed_but_its_data_is_not() {
     assert_eq!(get("/console/nope.js", &[]).await.status(), 404);
 
     // The data behind the shell needs credentials like any other client.
-    assert_eq!(get("/console/api/status", &[]).await.status(), 401);
+    assert_eq!(get("/status/v1", &[]).await.status(), 401);
     let status = client
-        .get(node.url("/console/api/status"))
+        .get(node.url("/status/v1"))
         .bearer_auth(&admin)
         .send()
         .await
         .expect("status");
     assert_eq!(status.status(), 200);
     let status: Value = status.json().await.expect("json");
-    assert_eq!(status["phase"], "ready", "{status}");
+    assert_eq!(status["readiness"]["phase"], "ready", "{status}");
     assert!(
-        status["store_bytes"].as_u64().is_some_and(|b| b > 0),
+        status["store"]["bytes_on_disk"].as_u64().is_some_and(|b| b > 0),
         "{status}"
     );
     assert!(

@@ -227,7 +227,111 @@ fn status_summarises_a_running_node() {
     let out = run(dir.path(), &["status", "--sample", "0s"]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("/graphql answered 401"),
+        stderr(&out).contains("/status/v1 answered 401"),
+        "{}",
+        stderr(&out)
+    );
+
+    let (status, _) = node.stop();
+    assert!(status.success());
+}
+
+/// `meshlet status --json` prints the node's `/status/v1` document; after
+/// real ingest its figures are the ones the same node's `/metrics` shows,
+/// and its keys are the documented v1 set.
+#[test]
+fn status_json_is_the_status_document_and_agrees_with_metrics() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (node, token) = init_and_serve(dir.path());
+    let port = node.mqtt.expect("embedded broker").port();
+    for (topic, payload) in [
+        ("sensors/s-1/telemetry", r#"{"temperature_c": 20}"#),
+        ("sensors/s-2/telemetry", r#"{"temperature_c": 21}"#),
+        ("sensors/s-3/telemetry", r#"{"temperature_c": 999}"#),
+    ] {
+        let out = mosquitto_pub(port, topic, payload.as_bytes(), 1, false);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = run(dir.path(), &["status", "--json", "--token", &token]);
+    assert!(out.status.success(), "status --json: {}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON on stdout");
+    let metrics = common::http_get(&node.url("/metrics")).1;
+    let metric = |series: &str| {
+        common::metric_value(&metrics, series).unwrap_or_else(|| panic!("{series} in {metrics}"))
+    };
+
+    assert_eq!(doc["status_version"], 1, "{doc}");
+    assert_eq!(doc["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(doc["readiness"]["phase"], "ready", "{doc}");
+    let sources = doc["ingest"]["sources"].as_array().expect("sources");
+    let sensor = sources
+        .iter()
+        .find(|s| s["product"] == "sensor")
+        .unwrap_or_else(|| panic!("the sensor's source: {doc}"));
+    let source = sensor["source"].as_str().expect("source name");
+    for (key, outcome, want) in [
+        ("accepted", "accepted", 2.0),
+        ("quarantined", "quarantined", 1.0),
+        ("rejected", "rejected", 0.0),
+    ] {
+        let series = format!(
+            "meshlet_ingest_records_total{{product=\"sensor\",source=\"{source}\",outcome=\"{outcome}\"}}"
+        );
+        assert_eq!(metric(&series), want, "{series}");
+        assert_eq!(sensor[key].as_f64(), Some(want), "{key}: {sensor}");
+    }
+    assert_eq!(
+        doc["ingest"]["records_written"].as_f64(),
+        Some(metric("meshlet_ingest_records_written_total")),
+        "{doc}"
+    );
+    assert_eq!(
+        doc["store"]["journal"]["frames_written"].as_f64(),
+        Some(metric("meshlet_store_journal_frames_total")),
+        "{doc}"
+    );
+    assert!(
+        doc["store"]["journal"]["frames_written"].as_u64() > Some(0),
+        "{doc}"
+    );
+    assert!(doc["store"]["bytes_on_disk"].as_u64() > Some(0), "{doc}");
+    let central = &doc["sync"]["upstreams"][0];
+    assert_eq!(central["name"], "central", "{doc}");
+    assert_eq!(
+        central["pending"].as_f64(),
+        Some(metric("meshlet_sync_pending{upstream=\"central\"}")),
+        "{doc}"
+    );
+    assert!(
+        (doc["started_at"].as_f64().unwrap_or(0.0) - metric("process_start_time_seconds")).abs()
+            < 1e-3,
+        "{doc}"
+    );
+    // Every key is one of the documented v1 set.
+    let golden: Vec<&str> = include_str!("../../src/api/status_v1_keys.txt")
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for key in meshlet::api::status::key_paths(&doc) {
+        assert!(golden.contains(&key.as_str()), "{key} is not in the v1 set");
+    }
+
+    // A node without the endpoint is named as older, not misread: here a
+    // URL whose answers are all 404.
+    let out = run(
+        dir.path(),
+        &[
+            "status",
+            "--json",
+            "--token",
+            &token,
+            "--url",
+            &node.url("/nothing-here"),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("has no /status/v1: it runs a meshlet older than this one"),
         "{}",
         stderr(&out)
     );

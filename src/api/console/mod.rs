@@ -13,8 +13,8 @@
 //! the same for every caller and holds no data, and a browser's first
 //! navigation cannot carry a bearer token. Every figure and value the
 //! console shows comes from the node's own GraphQL (`/graphql`,
-//! `/graphql/ws`), `/metrics`, and [`status`]'s `/console/api/status`,
-//! all behind the same authentication and policy as for any other client,
+//! `/graphql/ws`), `/metrics`, and the node's `/status/v1`
+//! (`super::status`, the same document `meshlet status` reads), all behind the same authentication and policy as for any other client,
 //! so each role sees only what its rules allow. When the anonymous role
 //! cannot read, the console asks for a token and keeps it in the tab's
 //! `sessionStorage` only.
@@ -23,7 +23,6 @@
 //! `super::router`.
 
 mod assets;
-mod status;
 
 use axum::Router;
 
@@ -32,9 +31,4 @@ use super::ApiState;
 /// The console's shell: `/` and its assets, open (see the module doc).
 pub(super) fn open_routes() -> Router<ApiState> {
     assets::routes()
-}
-
-/// The console's JSON status, behind the authentication layer.
-pub(super) fn routes() -> Router<ApiState> {
-    status::routes()
 }

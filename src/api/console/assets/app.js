@@ -48,7 +48,7 @@ async function show() {
   main.setAttribute("aria-busy", "true");
   try {
     const nodeId = document.getElementById("node-id");
-    if (!nodeId.textContent) getJson("/console/api/status").then((s) => { nodeId.textContent = s.node_id; }, () => {});
+    if (!nodeId.textContent) getJson("/status/v1").then((s) => { nodeId.textContent = s.node_id; }, () => {});
     stop = await route()();
   } catch (err) {
     if (err instanceof AuthError) {

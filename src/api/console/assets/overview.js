@@ -56,7 +56,7 @@ export async function overview(main) {
   }
 
   async function refresh() {
-    const [data, status, samples] = await Promise.all([gqlData(QUERY), getJson("/console/api/status"), metrics()]);
+    const [data, status, samples] = await Promise.all([gqlData(QUERY), getJson("/status/v1"), metrics()]);
     const now = performance.now();
     const activity = data.products.reduce((a, p) => a + p.quality.accepted + p.quality.rejected + p.quality.quarantined, 0);
     const age = now - counts.at;
@@ -70,11 +70,11 @@ export async function overview(main) {
     clear(nodeBox, dl([
       ["Version", status.version],
       ["Up", duration(Date.now() / 1000 - status.started_at)],
-      ["State", badge(status.phase, status.phase === "ready" ? "ok" : "warn")],
-      ["Problems", status.problems.length ? h("ul", { class: "problems" }, status.problems.map((p) => h("li", {}, p))) : "none"],
+      ["State", badge(status.readiness.phase, status.readiness.phase === "ready" ? "ok" : "warn")],
+      ["Problems", status.readiness.problems.length ? h("ul", { class: "problems" }, status.readiness.problems.map((p) => h("li", {}, p))) : "none"],
       ["Memory (resident)", bytes(status.memory_rss_bytes)],
-      ["Store on disk", bytes(status.store_bytes)],
-      ["Sync outbox", bytes(data.syncStatus.reduce((a, u) => a + u.pendingBytes, 0)) + " pending"],
+      ["Store on disk", bytes(status.store.bytes_on_disk)],
+      ["Sync outbox", bytes(status.sync.upstreams.reduce((a, u) => a + u.pending_bytes, 0)) + " pending"],
     ]));
 
     const tbody = productTable.tBodies[0];
