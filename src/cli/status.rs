@@ -111,15 +111,15 @@ async fn collect(config: &HubConfig, args: &StatusArgs) -> Result<String, Status
     let mut client = Client::new(&url, args.ca_file.clone(), args.token.clone())?;
     if args.json {
         let text = client.status_text(&url).await?;
-        let document: Value =
-            serde_json::from_str(&text).map_err(|e| StatusError::Document {
-                path: crate::api::status::PATH,
-                reason: e.to_string(),
-            })?;
-        let pretty = serde_json::to_string_pretty(&document).map_err(|e| StatusError::Document {
+        let document: Value = serde_json::from_str(&text).map_err(|e| StatusError::Document {
             path: crate::api::status::PATH,
             reason: e.to_string(),
         })?;
+        let pretty =
+            serde_json::to_string_pretty(&document).map_err(|e| StatusError::Document {
+                path: crate::api::status::PATH,
+                reason: e.to_string(),
+            })?;
         return Ok(format!("{pretty}\n"));
     }
     let before = client.status(&url).await?;

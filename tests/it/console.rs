@@ -365,7 +365,9 @@ async fn the_console_shell_is_open_cached_and_compressed_but_its_data_is_not() {
     let status: Value = status.json().await.expect("json");
     assert_eq!(status["readiness"]["phase"], "ready", "{status}");
     assert!(
-        status["store"]["bytes_on_disk"].as_u64().is_some_and(|b| b > 0),
+        status["store"]["bytes_on_disk"]
+            .as_u64()
+            .is_some_and(|b| b > 0),
         "{status}"
     );
     assert!(
