@@ -25,10 +25,13 @@ use async_graphql::dynamic::{
 };
 use async_graphql::{ErrorExtensions, Value as Gql};
 
+use super::context::runtime;
 use super::field_errors;
 use super::filter;
 use super::paging::{self, ProductScan, SCAN_BUDGET};
-use super::schema::{blocking, getter, ready, require, runtime, view, ProductApi};
+use super::policy::{require, view};
+use super::product_api::ProductApi;
+use super::resolve::{blocking, getter, ready};
 use super::values;
 use crate::product::FieldType;
 use crate::record::Value;
@@ -124,7 +127,7 @@ pub(crate) fn types(api: &Arc<ProductApi>) -> Vec<Type> {
                         }
                         _ => key_value(part),
                     })
-                    .and_then(super::schema::non_null)
+                    .and_then(super::resolve::non_null)
             }))
         }));
     }

@@ -25,14 +25,16 @@ use async_graphql::dynamic::{
 use async_graphql::{Name, Value as Gql};
 use base64::Engine;
 
+use super::args::{opt_string, page_size};
 use super::budget::ResponseBudget;
+use super::context::{caller, runtime};
 use super::field_errors;
 use super::limits;
 use super::paging::SCAN_BUDGET;
+use super::policy::require;
+use super::resolve::{blocking, getter, ready};
 use super::runtime::StatusData;
-use super::schema::{
-    blocking, caller, getter, opt_string, page_size, ready, require, runtime, PageInfoData,
-};
+use super::schema::PageInfoData;
 use super::values;
 use crate::contract::{self, ContractFormat};
 use crate::product::{Field as ProductField, Product, ProductSet};

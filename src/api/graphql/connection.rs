@@ -10,16 +10,18 @@ use async_graphql::dynamic::{
 };
 use async_graphql::Value as Gql;
 
+use super::args::{opt_string, page_size};
+use super::context::runtime;
 use super::field_errors;
 use super::filter::{self, Filter};
 use super::limits;
 use super::order::{self, Order, OrderTerm};
 use super::paging::{self, PageArgs, ProductScan, SCAN_BUDGET};
+use super::policy::{require, view};
+use super::product_api::ProductApi;
+use super::resolve::{blocking, getter, ready};
 use super::runtime::Runtime;
-use super::schema::{
-    blocking, getter, opt_string, page_size, ready, require, runtime, view, PageInfoData,
-    ProductApi,
-};
+use super::schema::PageInfoData;
 use super::values;
 use crate::policy::access::View;
 use crate::store::Instance;

@@ -12,14 +12,16 @@ use async_graphql::dynamic::{
 };
 use async_graphql::Value as Gql;
 
+use super::args::{opt_string, opt_time, page_size};
 use super::budget::{fields_bytes, ResponseBudget};
+use super::context::runtime;
 use super::enums::EnumType;
 use super::field_errors;
 use super::limits;
-use super::schema::{
-    blocking, getter, non_null, opt_string, opt_time, page_size, ready, require, runtime, view,
-    PageInfoData, ProductApi,
-};
+use super::policy::{require, view};
+use super::product_api::ProductApi;
+use super::resolve::{blocking, getter, non_null, ready};
+use super::schema::PageInfoData;
 use super::values;
 use crate::policy::access::View;
 use crate::product::{Field as ProductField, FieldType};

@@ -13,7 +13,10 @@
 //! there. Field names are the definition's, unchanged.
 //!
 //! Layout: `schema` assembles the types that `instance`, `connection`,
-//! `mutation`, `subscription` and `catalog` define; `names` derives and
+//! `mutation`, `subscription` and `catalog` define, each resolver built
+//! from `product_api` (one product as the schema sees it), `context` (the
+//! request's runtime and caller), `policy` (the caller's view), `args` and
+//! `resolve` (argument and resolver plumbing); `names` derives and
 //! checks the generated names; `values` maps field types and values;
 //! `filter`, `order` and `paging` are the pure core of connections;
 //! `limits` and `cost` keep hostile requests out, `budget` keeps one
@@ -25,13 +28,15 @@
 //!
 //! Policies: the HTTP layer puts the caller's [`crate::policy::access::Caller`]
 //! into each request's data; every resolver asks it for the view of its
-//! product (`schema::view`) and goes through that view — rights, row
+//! product (`policy::view`) and goes through that view — rights, row
 //! filter, masks — before anything leaves.
 
 mod aggregate;
+mod args;
 pub(crate) mod budget;
 mod catalog;
 mod connection;
+mod context;
 mod cost;
 mod enums;
 mod field_errors;
@@ -48,9 +53,12 @@ mod order;
 mod paging;
 mod parse_cache;
 mod persisted;
+mod policy;
 mod prepared;
+mod product_api;
 mod relay;
 mod reload;
+mod resolve;
 mod runtime;
 mod schema;
 mod series;

@@ -17,10 +17,13 @@ use std::sync::Arc;
 use async_graphql::dynamic::{Field, FieldFuture, FieldValue, InputObject, InputValue, TypeRef};
 use async_graphql::{ErrorExtensions, Value as Gql};
 
+use super::context::{caller, runtime};
 use super::field_errors;
 use super::instance::describe;
 use super::paging;
-use super::schema::{blocking, caller, require, runtime, view, ProductApi};
+use super::policy::{require, view};
+use super::product_api::ProductApi;
+use super::resolve::blocking;
 use super::values;
 use crate::ingest::PushRefusal;
 use crate::product::FieldType;

@@ -53,8 +53,8 @@ use indexmap::IndexMap;
 use super::connection::lookup_visible;
 use super::instance::field_output;
 use super::normalize::{normalize, Literal, LiteralKind, Normalized};
+use super::product_api::ProductApi;
 use super::runtime::Runtime;
-use super::schema::ProductApi;
 use crate::policy::access::Caller;
 use crate::product::FieldType;
 

@@ -34,9 +34,11 @@ use async_graphql::Value as Gql;
 use base64::Engine;
 
 use super::connection::lookup_visible;
+use super::context::runtime;
 use super::field_errors::{bad_argument, null_item};
 use super::instance::field_output;
-use super::schema::{require, runtime, view, ProductApi};
+use super::policy::{require, view};
+use super::product_api::ProductApi;
 use crate::store::Instance;
 
 /// The interface's name.

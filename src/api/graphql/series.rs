@@ -22,10 +22,12 @@ use async_graphql::dynamic::{
 };
 use async_graphql::{ErrorExtensions, Value as Gql};
 
+use super::args::{opt_string, opt_time};
+use super::context::runtime;
 use super::instance::{describe, shown};
-use super::schema::{
-    blocking, getter, opt_string, opt_time, ready, require, runtime, view, ProductApi,
-};
+use super::policy::{require, view};
+use super::product_api::ProductApi;
+use super::resolve::{blocking, getter, ready};
 use super::values;
 use crate::product::FieldType;
 use crate::record::Timestamp;

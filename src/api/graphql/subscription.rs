@@ -28,10 +28,13 @@ use async_graphql::{ErrorExtensions, Value as Gql};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::budget::{identity_key, ConnectionSlots, SubscriptionSlot};
+use super::context::{caller, runtime};
 use super::field_errors;
 use super::filter::{self, Filter};
+use super::policy::{require, view};
+use super::product_api::ProductApi;
+use super::resolve::{getter, ready};
 use super::runtime::SubscriptionGuard;
-use super::schema::{caller, getter, ready, require, runtime, view, ProductApi};
 use super::values;
 use crate::policy::access::{StillValid, View};
 use crate::store::Change;

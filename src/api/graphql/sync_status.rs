@@ -14,7 +14,8 @@
 use async_graphql::dynamic::{Field, FieldFuture, FieldValue, Object, Type, TypeRef};
 use async_graphql::Value as Gql;
 
-use super::schema::{blocking, getter, runtime};
+use super::context::runtime;
+use super::resolve::{blocking, getter};
 use crate::sync::{ConsumerStatus, NodeStatus, ReferenceStatus, UpstreamStatus};
 
 fn text(s: &str) -> Gql {
