@@ -130,3 +130,12 @@ impl Diagnostics {
         self.items
     }
 }
+
+/// Text quoted in messages is cut to 60 characters.
+pub(crate) fn shorten(text: &str) -> String {
+    const MAX: usize = 60;
+    match text.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_string(),
+    }
+}

@@ -7,7 +7,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|_| {
         format!(
             "invalid duration `{}`: expected a number with a unit, e.g. 10s, 5m, 7d",
-            super::reader::shorten(text)
+            super::diagnostic::shorten(text)
         )
     })
 }

@@ -12,7 +12,11 @@ use marked_yaml::Node;
 
 use super::diagnostic::{Diagnostics, Location};
 use super::duration::parse_duration;
-use super::yaml::{classify, join, Plain};
+use super::yaml::{classify, join, node_location, Plain};
+
+/// Messages of every reader quote text through this (the definition
+/// modules reach it as `reader::shorten`).
+pub(crate) use super::diagnostic::shorten;
 
 /// One value in the tree, with the dotted path and position diagnostics use.
 #[derive(Clone, Copy)]
@@ -29,19 +33,6 @@ pub(crate) struct Item<'n> {
 pub(crate) struct Entry<'n> {
     pub item: Item<'n>,
     pub path: String,
-}
-
-/// Where a value starts. A block mapping's own mark sits after its first
-/// key, so for mappings the first key wins when it comes earlier.
-pub(crate) fn node_location(node: &Node) -> Location {
-    let own = Location::of(node.span());
-    match node {
-        Node::Mapping(map) => map
-            .keys()
-            .next()
-            .map_or(own, |k| Location::of(k.span()).min(own)),
-        _ => own,
-    }
 }
 
 impl<'n> Entry<'n> {
@@ -170,15 +161,6 @@ pub(crate) fn describe(node: &Node) -> String {
             Plain::Int(_) | Plain::Float(_) => format!("the number `{}`", scalar.as_str()),
             Plain::Str(s) => format!("`{}`", shorten(s)),
         },
-    }
-}
-
-/// Text quoted in messages is cut to 60 characters.
-pub(crate) fn shorten(text: &str) -> String {
-    const MAX: usize = 60;
-    match text.char_indices().nth(MAX) {
-        Some((i, _)) => format!("{}…", &text[..i]),
-        None => text.to_string(),
     }
 }
 

@@ -258,13 +258,26 @@ pub(crate) fn join(parent: &str, child: &str) -> String {
     }
 }
 
+/// Where a value starts. A block mapping's own mark sits after its first
+/// key, so for mappings the first key wins when it comes earlier.
+pub(crate) fn node_location(node: &Node) -> Location {
+    let own = Location::of(node.span());
+    match node {
+        Node::Mapping(map) => map
+            .keys()
+            .next()
+            .map_or(own, |k| Location::of(k.span()).min(own)),
+        _ => own,
+    }
+}
+
 /// Where the first node deeper than [`MAX_DEPTH`] starts, if any. Iterative,
 /// so any depth is safe to inspect.
 fn too_deep(root: &Node) -> Option<Location> {
     let mut stack: Vec<(&Node, usize)> = vec![(root, 1)];
     while let Some((node, depth)) = stack.pop() {
         if depth > MAX_DEPTH {
-            return Some(super::reader::node_location(node));
+            return Some(node_location(node));
         }
         match node {
             Node::Mapping(map) => stack.extend(map.values().map(|v| (v, depth + 1))),
