@@ -48,9 +48,7 @@ const PAGE: &str = r#"{ machineHealthConnection(first: 100, filter: {site: {eq: 
 
 fn products() -> Arc<ProductSet> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let context = LoadContext {
-        upstreams: ["central".to_string()].into(),
-    };
+    let context = LoadContext::with_upstreams(["central".to_string()].into());
     let set = load_path(&root.join("schema/examples/machine_health.yaml"), &context)
         .expect("example product loads");
     Arc::new(set)

@@ -36,9 +36,7 @@ const PRODUCT: &str = "machine_health";
 
 fn machine_health() -> Product {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let context = LoadContext {
-        upstreams: ["central".to_string()].into(),
-    };
+    let context = LoadContext::with_upstreams(["central".to_string()].into());
     let set = load_path(&root.join("schema/examples/machine_health.yaml"), &context)
         .expect("example product loads");
     let product = set.get(PRODUCT).expect("machine_health defined");

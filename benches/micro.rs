@@ -41,9 +41,7 @@ use meshlet::store::{IngestBatch, IngestLimits, IngestRecord, Store, StoreConfig
 
 fn machine_health() -> Product {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let context = LoadContext {
-        upstreams: ["central".to_string()].into(),
-    };
+    let context = LoadContext::with_upstreams(["central".to_string()].into());
     let set = load_path(&root.join("schema/examples/machine_health.yaml"), &context)
         .expect("example product loads");
     let product = set.get("machine_health").expect("machine_health defined");

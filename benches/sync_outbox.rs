@@ -126,9 +126,8 @@ fn main() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("machine.yaml"), PRODUCT).expect("write");
-    let ctx = meshlet::product::LoadContext {
-        upstreams: BTreeSet::from(["central".to_string()]),
-    };
+    let ctx =
+        meshlet::product::LoadContext::with_upstreams(BTreeSet::from(["central".to_string()]));
     let products = Arc::new(meshlet::product::load_path(dir.path(), &ctx).expect("loads"));
     let setup = Instant::now();
     let small_store = filled(dir.path(), &products, small);

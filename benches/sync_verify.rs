@@ -124,9 +124,8 @@ fn main() {
     let runs = if benching { 5 } else { 1 };
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("machine.yaml"), PRODUCT).expect("write");
-    let ctx = meshlet::product::LoadContext {
-        upstreams: BTreeSet::from(["central".to_string()]),
-    };
+    let ctx =
+        meshlet::product::LoadContext::with_upstreams(BTreeSet::from(["central".to_string()]));
     let products = Arc::new(meshlet::product::load_path(dir.path(), &ctx).expect("loads"));
     let edge = Store::open(StoreConfig::new(dir.path().join("edge"))).expect("edge store");
     meshlet::sync::install_planner(&edge, &products).expect("planner");

@@ -388,9 +388,7 @@ fn print_schema(config: &HubConfig, products: Vec<PathBuf>) -> ExitCode {
     } else {
         products
     };
-    let ctx = LoadContext {
-        upstreams: config.upstream_names(),
-    };
+    let ctx = LoadContext::with_upstreams(config.upstream_names());
     let set = match product::load_paths(&paths, &ctx) {
         Ok(set) => set,
         Err(errors) => {
@@ -614,9 +612,7 @@ fn check(config: &HubConfig, args: CheckArgs) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let ctx = LoadContext {
-        upstreams: config.upstream_names(),
-    };
+    let ctx = LoadContext::with_upstreams(config.upstream_names());
     match product::load_paths(&paths, &ctx) {
         Ok(set) => {
             // What `serve` checks beyond each file: the GraphQL names across

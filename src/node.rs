@@ -27,9 +27,10 @@ use crate::ingest::Ingestor;
 use crate::product::{self, LoadContext, LoadErrors, ProductSet};
 use crate::retention::{RetentionMetrics, SweepSchedule};
 use crate::sources::mqtt::broker::{BrokerBindError, EmbeddedBroker};
-use crate::sources::mqtt::client::{self, ClientConfigError};
-use crate::sources::SourceKind;
+use crate::sources::mqtt::client;
+use crate::sources::sparkplug::SparkplugSource;
 use crate::store::{Store, StoreError};
+use crate::tls::mqtt::ClientConfigError;
 
 /// Why the node could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -79,9 +80,7 @@ pub enum NodeError {
 /// Loads every configured product path into one set, checking names across
 /// all of them. All diagnostics of all files come back together.
 pub fn load_products(config: &HubConfig) -> Result<ProductSet, LoadErrors> {
-    let ctx = LoadContext {
-        upstreams: config.upstream_names(),
-    };
+    let ctx = LoadContext::with_upstreams(config.upstream_names());
     product::load_paths(&config.product_paths(), &ctx)
 }
 
@@ -109,12 +108,12 @@ pub fn preflight(config: &HubConfig, products: &ProductSet) -> Preflight {
     // the first start; any generated one is valid.
     let node_id = config.node_id.as_deref().unwrap_or("node-00000000");
     if let Some(external) = &config.mqtt.external {
-        if let Err(err) = client::options(external, node_id) {
+        if let Err(err) = crate::tls::mqtt::options(external, node_id) {
             out.problems.push(format!("mqtt.external: {err}"));
         }
     }
     if let Some(broker) = &config.aggregator.mqtt {
-        if let Err(err) = client::options(broker, node_id) {
+        if let Err(err) = crate::tls::mqtt::options(broker, node_id) {
             out.warnings.push(format!(
                 "aggregator.mqtt: {err} (the node starts, but does not subscribe to sync envelopes)"
             ));
@@ -154,9 +153,11 @@ pub fn preflight(config: &HubConfig, products: &ProductSet) -> Preflight {
             .extend(unknown_roles(config, products, &tokens)),
     }
     out.problems.extend(crate::sources::preflight(products));
-    let reads_sparkplug = products
-        .iter()
-        .any(|p| p.sources.iter().any(|s| s.kind() == SourceKind::Sparkplug));
+    let reads_sparkplug = products.iter().any(|p| {
+        p.sources
+            .iter()
+            .any(|s| s.get::<SparkplugSource>().is_some())
+    });
     if config.sparkplug.state && reads_sparkplug {
         let id = config
             .sparkplug
@@ -311,7 +312,7 @@ pub async fn start(
 
     let store = open_store(&config).await?;
     let external_mqtt = match &config.mqtt.external {
-        Some(external) => Some(client::options(external, &node_id)?),
+        Some(external) => Some(crate::tls::mqtt::options(external, &node_id)?),
         None => None,
     };
     let listener = HttpListener::bind(&config.http).await?;
@@ -402,9 +403,7 @@ pub async fn start(
         &tasks,
         Some(sync.clone()),
     )?;
-    let reload_context = LoadContext {
-        upstreams: config.upstream_names(),
-    };
+    let reload_context = LoadContext::with_upstreams(config.upstream_names());
     tasks.spawn(
         graphql
             .watch_definitions(

@@ -43,9 +43,7 @@ pub fn run(config: &HubConfig, command: ContractCommand) -> ExitCode {
             } else {
                 products
             };
-            let ctx = LoadContext {
-                upstreams: config.upstream_names(),
-            };
+            let ctx = LoadContext::with_upstreams(config.upstream_names());
             let set = match product::load_paths(&paths, &ctx) {
                 Ok(set) => set,
                 Err(errors) => {

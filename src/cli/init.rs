@@ -221,9 +221,7 @@ mod tests {
         let config = crate::config::load_with_env(Some(&dir.path().join(CONFIG_FILE)), [])
             .expect("the starter config loads");
         assert_eq!(config.security.anonymous_role, None, "secure by default");
-        let ctx = crate::product::LoadContext {
-            upstreams: config.upstream_names(),
-        };
+        let ctx = crate::product::LoadContext::with_upstreams(config.upstream_names());
         let set = crate::product::load_paths(&[dir.path().join("products")], &ctx)
             .expect("the starter product loads");
         assert!(set.get("sensor").is_some());

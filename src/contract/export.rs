@@ -376,5 +376,5 @@ fn custom(product: &Product) -> Vec<Value> {
 }
 
 fn source_text(source: &Source) -> Value {
-    source.spec().contract()
+    source.settings().contract()
 }

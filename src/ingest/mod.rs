@@ -28,7 +28,6 @@ use crate::config::IngestSettings;
 use crate::pipeline::{self, Input, Invalid, Limits, Processed, SourceShape};
 use crate::product::{OnInvalid, PayloadFormat, Product, ProductSet};
 use crate::record::{Origin, Timestamp};
-use crate::sources::SourceKind;
 use crate::store::{IngestBatch, IngestLimits, IngestRecord, QuarantineItem, Store};
 
 use crate::sources::mqtt::routes::MqttRoutes;
@@ -774,13 +773,13 @@ impl Ingestor {
             .sources
             .iter()
             .enumerate()
-            .find(|(_, s)| s.kind() == SourceKind::Http)
+            .find(|(_, s)| s.settings().takes_push())
         else {
             return Err(PushRefusal::NotPushable(product_name.to_string()));
         };
         let shape = SourceShape::from_source(source).with_format(format);
         let origin = Origin {
-            source: SourceKind::Http.name().to_string(),
+            source: source.kind().to_string(),
             actor,
         };
         self.submit_whole(

@@ -10,7 +10,6 @@
 
 use crate::pipeline::{self, Input, SourceShape};
 use crate::product::Product;
-use crate::sources::SourceId;
 use crate::store::{IngestBatch, IngestRecord, QuarantineEntry, StoreError};
 
 use super::{Ingestor, WriteError, WriteJob};
@@ -132,6 +131,5 @@ fn rerun(
 /// The shape of the source an entry came from: the same source when the
 /// definition still has it, else the first source of the same kind.
 fn shape_for(product: &Product, source_id: &str) -> Option<SourceShape> {
-    let id = SourceId::parse(source_id)?;
-    Some(crate::sources::same_kind(product, id)?.spec().shape())
+    Some(product.source_by_id(source_id)?.shape())
 }

@@ -34,9 +34,10 @@ mod violation;
 #[cfg(test)]
 mod tests;
 
-use indexmap::IndexMap;
-
-use crate::product::{PayloadFormat, Product, Source};
+use crate::product::Product;
+/// How one source's payloads are read: defined with the sources in
+/// `product::source`, read here.
+pub use crate::product::SourceShape;
 use crate::record::{Origin, Record, Timestamp};
 
 pub use fingerprint::{fingerprint, Fingerprint};
@@ -67,90 +68,6 @@ impl Default for Limits {
             max_depth: 64,
             max_records: 10_000,
             max_key_bytes: 512,
-        }
-    }
-}
-
-/// How one source's payloads are read, derived from a product [`Source`]
-/// (see `product::source` for the mapping rules).
-#[derive(Clone, Debug)]
-pub struct SourceShape {
-    pub format: PayloadFormat,
-    /// Field → JSON pointer into each record's document.
-    pub map: IndexMap<String, String>,
-    /// JSON pointer to the event time; `None` means arrival time, except
-    /// for `telemetry`, which reads `/ts` then.
-    pub event_time: Option<String>,
-    /// `csv`: the field of each column, in order.
-    pub columns: Vec<String>,
-    /// `raw`: the field the payload's value goes to.
-    pub field: Option<String>,
-}
-
-impl SourceShape {
-    /// The shape of `source`. HTTP sources have no map and no event time:
-    /// pushed records use the field names as keys.
-    pub fn from_source(source: &Source) -> SourceShape {
-        source.spec().shape()
-    }
-
-    /// The shape of a JSON object a source or the API builds itself (a
-    /// Modbus poll, an OPC UA publishing cycle, a GraphQL mutation): its
-    /// keys are the field names, so nothing is mapped, and the event time
-    /// is the arrival's.
-    pub fn named_fields() -> SourceShape {
-        SourceShape {
-            format: PayloadFormat::Json,
-            map: IndexMap::new(),
-            event_time: None,
-            columns: Vec::new(),
-            field: None,
-        }
-    }
-
-    /// The shape of the JSON document the Sparkplug host builds per
-    /// update (see `sources::sparkplug::host`): the key field holds the
-    /// device or edge node id, `__metrics` the metrics by name, `__ts` the
-    /// payload timestamp, `__online` the birth/death state. The `__`
-    /// prefix cannot clash with a field name.
-    pub fn sparkplug(source: &crate::product::SparkplugSource) -> SourceShape {
-        let mut map: IndexMap<String, String> = source
-            .metrics
-            .iter()
-            .map(|(field, metric)| {
-                let escaped = metric.replace('~', "~0").replace('/', "~1");
-                (field.clone(), format!("/__metrics/{escaped}"))
-            })
-            .collect();
-        if let Some(online) = &source.online {
-            map.insert(online.clone(), "/__online".to_string());
-        }
-        SourceShape {
-            format: PayloadFormat::Json,
-            map,
-            event_time: Some("/__ts".to_string()),
-            columns: Vec::new(),
-            field: None,
-        }
-    }
-
-    /// The same shape read as `format` (say, an HTTP push whose
-    /// content type says ndjson). Switching to `telemetry` without an
-    /// event time pointer sets `/ts`.
-    pub fn with_format(mut self, format: PayloadFormat) -> SourceShape {
-        self.format = format;
-        if format == PayloadFormat::Telemetry && self.event_time.is_none() {
-            self.event_time = Some("/ts".to_string());
-        }
-        self
-    }
-
-    /// Where the event time is read, if anywhere.
-    pub fn event_time_pointer(&self) -> Option<&str> {
-        match (&self.event_time, self.format) {
-            (Some(pointer), _) => Some(pointer),
-            (None, PayloadFormat::Telemetry) => Some("/ts"),
-            (None, _) => None,
         }
     }
 }

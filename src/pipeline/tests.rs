@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
-use crate::product::{parse_definition, LoadContext, Product};
+use crate::product::{parse_definition, LoadContext, PayloadFormat, Product};
 use crate::record::{Fields, Value};
 
 // --- helpers -----------------------------------------------------------------
@@ -458,9 +458,7 @@ fn telemetry_reads_values_and_ts() {
 fn telemetry_of_the_energy_meter_example() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/examples/energy_meter.yaml");
     let text = std::fs::read_to_string(&path).expect("example exists");
-    let ctx = LoadContext {
-        upstreams: BTreeSet::from(["central".to_string()]),
-    };
+    let ctx = LoadContext::with_upstreams(BTreeSet::from(["central".to_string()]));
     let p = parse_definition(&path, &text, &ctx).expect("example loads");
     let shape = shape(&p, 0);
     assert_eq!(shape.format, PayloadFormat::Telemetry);

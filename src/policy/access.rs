@@ -315,9 +315,7 @@ mod tests {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/examples");
         load_path(
             &root,
-            &LoadContext {
-                upstreams: ["central".to_string()].into(),
-            },
+            &LoadContext::with_upstreams(["central".to_string()].into()),
         )
         .expect("examples load")
     }

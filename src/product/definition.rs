@@ -14,16 +14,37 @@ use super::policies::{
     parse_history, parse_quality, parse_retention, HistoryPolicy, QualityPolicy, RetentionPolicy,
 };
 use super::reader::{self, Entry, MapReader};
-use super::source::{parse_sources, Source, SourceContext};
+use super::source::{parse_sources, Source, SourceContext, SourceParser};
 use super::sync::{parse_sync, ReferenceRule, SyncContext, SyncRule};
 use super::yaml;
 
 /// What a definition is checked against besides itself.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct LoadContext {
     /// The upstream names declared in the hub config; sync rules may only
     /// name these.
     pub upstreams: BTreeSet<String>,
+    /// The source kinds a definition may list, with their parsers: the
+    /// registry of `crate::sources`. The product module does not know the
+    /// kinds, so `LoadContext`'s `Default` (every registered kind) is
+    /// implemented there.
+    pub(crate) kinds: &'static [SourceParser],
+}
+
+impl LoadContext {
+    /// Every registered source kind, sync rules checked against
+    /// `upstreams`.
+    pub fn with_upstreams(upstreams: BTreeSet<String>) -> LoadContext {
+        LoadContext {
+            upstreams,
+            ..LoadContext::default()
+        }
+    }
+
+    /// The names of the source kinds a definition may list.
+    pub fn source_kinds(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.kinds.iter().map(SourceParser::name)
+    }
 }
 
 /// A compiled product definition: every name resolved, every value typed.
@@ -160,6 +181,7 @@ fn build(
                     fields: &table,
                     base_dir,
                 },
+                ctx.kinds,
                 diags,
             )
         })

@@ -83,7 +83,7 @@ pub use load::{load_path, load_paths, ProductSet};
 pub use mask::Mask;
 pub use policies::{HistoryPolicy, OnInvalid, QualityPolicy, RetentionPolicy};
 pub use source::{
-    check_json_pointer, FileSource, HttpSource, MqttSource, PayloadFormat, Source, SparkplugSource,
+    check_json_pointer, PayloadFormat, Source, SourceId, SourceParser, SourceSettings, SourceShape,
 };
 pub use sync::{Priority, ReferenceRule, SyncMode, SyncRule, SyncWhen, REFERENCE_PLACEHOLDERS};
 pub use topic::TopicTemplate;

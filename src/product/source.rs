@@ -1,8 +1,18 @@
 //! Sources: where a product's records come from, and how a payload maps to
 //! fields.
 //!
-//! Mapping rules shared by every source (the pipeline implements them, this
-//! module only checks that they are well-formed):
+//! The product module does not know the kinds of source. A definition's
+//! `sources:` item is `<kind>: <settings>`; the loader hands the settings
+//! to the parser the kind registered (the registry is `crate::sources`,
+//! handed over in [`LoadContext`](super::LoadContext)) and keeps what it
+//! returns as a [`Source`]: the kind's name and its settings behind
+//! [`SourceSettings`], which tells the rest of the node how payloads are
+//! read ([`SourceShape`]) and what the data contract says about them.
+//!
+//! Mapping rules shared by every source that reads payloads (the pipeline
+//! implements them; this module checks that they are well-formed and
+//! offers the kinds' parsers the shared pieces: [`payload_shape`],
+//! [`format_of`]):
 //! - a field listed in `map` takes the value at that JSON pointer;
 //! - any other field takes the same-named top-level key of the payload
 //!   object (for `telemetry`, the same-named key of `values`);
@@ -14,37 +24,195 @@
 //! also seen as an object keyed by column name, so `event_time: /read_at`
 //! names a column. For `raw`, the whole payload is one scalar value that
 //! goes to `field`.
-//!
-//! `sparkplug` sources have no payload mapping of their own: `metrics`
-//! maps fields to Sparkplug metric names, the key field takes the device
-//! (or edge node) id and the event time is the payload timestamp (see
-//! [`SparkplugSource`]; `sources::sparkplug::host` is the host state machine).
 
+use std::any::Any;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
 use indexmap::IndexMap;
 
 use super::diagnostic::Diagnostics;
 use super::field::FieldTable;
-use super::reader::{self, elements, entries, expect_list, expect_mapping, Entry, MapReader};
-use super::topic::TopicTemplate;
-use crate::sources::SourceKind;
+use super::reader::{self, elements, entries, expect_mapping, Entry, MapReader};
+use super::Product;
 
-/// One source of records for a product.
+/// What a kind's parsed settings tell the node without naming the kind.
+/// Each kind implements it on its settings type (in its folder under
+/// `src/sources/`).
+pub trait SourceSettings: Any + fmt::Debug + Send + Sync {
+    /// How the pipeline reads this source's payloads.
+    fn shape(&self) -> SourceShape;
+
+    /// Where records come from, as a data contract states it.
+    fn contract(&self) -> serde_json::Value;
+
+    /// Whether the API's push endpoint (`POST /ingest/<product>`) feeds
+    /// this source.
+    fn takes_push(&self) -> bool {
+        false
+    }
+}
+
+/// One source of records for a product: the kind's name and its settings.
 #[derive(Clone, Debug)]
-pub enum Source {
-    Mqtt(MqttSource),
-    /// Records pushed to the node's HTTP ingest endpoint for this product.
-    Http(HttpSource),
-    /// A local file, tailed.
-    File(FileSource),
-    /// Sparkplug B edge nodes and devices, read as a host application.
-    Sparkplug(SparkplugSource),
-    /// Modbus TCP devices, polled (`sources::modbus`).
-    Modbus(crate::sources::modbus::ModbusSource),
-    /// OPC UA nodes, monitored (`sources::opcua`).
-    Opcua(crate::sources::opcua::OpcuaSource),
+pub struct Source {
+    kind: &'static str,
+    settings: Arc<dyn SourceSettings>,
+}
+
+impl Source {
+    /// A source of kind `kind` (its registered name) with `settings`.
+    pub fn new(kind: &'static str, settings: Arc<dyn SourceSettings>) -> Source {
+        Source { kind, settings }
+    }
+
+    /// The kind's name (`mqtt`, `modbus`, ...), as definitions write it.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// The kind's settings, opaque.
+    pub fn settings(&self) -> &dyn SourceSettings {
+        &*self.settings
+    }
+
+    /// The settings as the kind's own type, when they are of type `T`.
+    pub fn get<T: SourceSettings>(&self) -> Option<&T> {
+        let any: &dyn Any = &*self.settings;
+        any.downcast_ref::<T>()
+    }
+
+    /// How the pipeline reads this source's payloads.
+    pub fn shape(&self) -> SourceShape {
+        self.settings.shape()
+    }
+
+    /// The id of this source when it is the product's `index`-th.
+    pub fn id(&self, index: usize) -> SourceId {
+        SourceId {
+            kind: self.kind,
+            index,
+        }
+    }
+}
+
+/// A source of a product: its kind and its position in the product's
+/// `sources:` list. Written `<kind>:<index>` (`mqtt:0`, `http:1`): the name
+/// counters, quarantine entries and file-tail offsets use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceId {
+    pub kind: &'static str,
+    pub index: usize,
+}
+
+impl fmt::Display for SourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind, self.index)
+    }
+}
+
+impl Product {
+    /// The source a `<kind>:<index>` id names: the one at that index when
+    /// it is still of that kind, else the first source of the same kind (a
+    /// quarantined entry names the source it came from; after an edit of
+    /// the definition that position may hold another kind). `None` for
+    /// anything else (API writes are counted under names such as
+    /// `graphql`, which are not source ids).
+    pub fn source_by_id(&self, id: &str) -> Option<&Source> {
+        let (kind, index) = id.split_once(':')?;
+        let index: usize = index.parse().ok()?;
+        self.sources
+            .get(index)
+            .filter(|s| s.kind == kind)
+            .or_else(|| self.sources.iter().find(|s| s.kind == kind))
+    }
+}
+
+/// The parser of one registered kind's settings.
+pub(crate) type ParseSettings =
+    fn(&Entry<'_>, &SourceContext<'_>, &mut Diagnostics) -> Option<Arc<dyn SourceSettings>>;
+
+/// One kind as the loader sees it: its name (the definition key) and the
+/// parser of its settings. `crate::sources` registers them.
+#[derive(Clone, Copy)]
+pub struct SourceParser {
+    pub(crate) name: &'static str,
+    pub(crate) parse: ParseSettings,
+}
+
+impl SourceParser {
+    pub(crate) const fn new(name: &'static str, parse: ParseSettings) -> SourceParser {
+        SourceParser { name, parse }
+    }
+
+    /// The kind's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+impl fmt::Debug for SourceParser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// How one source's payloads are read, derived from its settings (see the
+/// mapping rules above).
+#[derive(Clone, Debug)]
+pub struct SourceShape {
+    pub format: PayloadFormat,
+    /// Field → JSON pointer into each record's document.
+    pub map: IndexMap<String, String>,
+    /// JSON pointer to the event time; `None` means arrival time, except
+    /// for `telemetry`, which reads `/ts` then.
+    pub event_time: Option<String>,
+    /// `csv`: the field of each column, in order.
+    pub columns: Vec<String>,
+    /// `raw`: the field the payload's value goes to.
+    pub field: Option<String>,
+}
+
+impl SourceShape {
+    /// The shape of `source`.
+    pub fn from_source(source: &Source) -> SourceShape {
+        source.shape()
+    }
+
+    /// The shape of a JSON object a source or the API builds itself (a
+    /// Modbus poll, an OPC UA publishing cycle, a GraphQL mutation): its
+    /// keys are the field names, so nothing is mapped, and the event time
+    /// is the arrival's.
+    pub fn named_fields() -> SourceShape {
+        SourceShape {
+            format: PayloadFormat::Json,
+            map: IndexMap::new(),
+            event_time: None,
+            columns: Vec::new(),
+            field: None,
+        }
+    }
+
+    /// The same shape read as `format` (say, an HTTP push whose
+    /// content type says ndjson). Switching to `telemetry` without an
+    /// event time pointer sets `/ts`.
+    pub fn with_format(mut self, format: PayloadFormat) -> SourceShape {
+        self.format = format;
+        if format == PayloadFormat::Telemetry && self.event_time.is_none() {
+            self.event_time = Some("/ts".to_string());
+        }
+        self
+    }
+
+    /// Where the event time is read, if anywhere.
+    pub fn event_time_pointer(&self) -> Option<&str> {
+        match (&self.event_time, self.format) {
+            (Some(pointer), _) => Some(pointer),
+            (None, PayloadFormat::Telemetry) => Some("/ts"),
+            (None, _) => None,
+        }
+    }
 }
 
 /// How a payload is encoded.
@@ -83,7 +251,7 @@ impl PayloadFormat {
         }
     }
 
-    fn from_name(name: &str) -> Option<PayloadFormat> {
+    pub(crate) fn from_name(name: &str) -> Option<PayloadFormat> {
         PayloadFormat::ALL.into_iter().find(|f| f.name() == name)
     }
 }
@@ -93,89 +261,6 @@ impl fmt::Display for PayloadFormat {
         f.write_str(self.name())
     }
 }
-
-/// Records from MQTT messages whose topic matches `topic`.
-#[derive(Clone, Debug)]
-pub struct MqttSource {
-    pub topic: TopicTemplate,
-    /// Default `json`.
-    pub format: PayloadFormat,
-    /// Field → JSON pointer into the payload (syntax checked).
-    pub map: IndexMap<String, String>,
-    /// JSON pointer to the event time; arrival time when absent (`/ts` for
-    /// `telemetry`).
-    pub event_time: Option<String>,
-    /// Subscription QoS, 0 or 1; default 1 (acknowledged only once durable).
-    pub qos: u8,
-    /// `csv`: the field of each column, in order.
-    pub columns: Vec<String>,
-    /// `raw`: the field the scalar payload goes to.
-    pub field: Option<String>,
-}
-
-/// Records pushed over HTTP (`json` or `ndjson`, default `json`).
-#[derive(Clone, Debug)]
-pub struct HttpSource {
-    pub format: PayloadFormat,
-    /// Field → JSON pointer into each record.
-    pub map: IndexMap<String, String>,
-    /// JSON pointer to each record's event time; arrival time when absent.
-    /// With it, a retried push is recognised and not written twice.
-    pub event_time: Option<String>,
-}
-
-/// Records read from a local file as it grows (`ndjson` or `csv`, default
-/// `ndjson`).
-#[derive(Clone, Debug)]
-pub struct FileSource {
-    /// Relative paths are resolved against the definition file's folder,
-    /// so a product folder can be moved as a whole.
-    pub path: PathBuf,
-    pub format: PayloadFormat,
-    pub columns: Vec<String>,
-    pub map: IndexMap<String, String>,
-    pub event_time: Option<String>,
-}
-
-/// Sparkplug B metrics of the edge nodes and devices of one group
-/// (`spBv1.0/<group>/...`), routed from MQTT like `mqtt` sources.
-///
-/// The entity is the device: device messages (DBIRTH/DDATA/DDEATH) give
-/// records keyed by the device id, node messages (NBIRTH/NDATA/NDEATH)
-/// records keyed by the edge node id — those only when `device` is not
-/// set. Data by exception carries only the metrics that changed; the
-/// record carries only those fields, and the store merges them into the
-/// entity. The event time is the payload's timestamp.
-///
-/// Death certificates: when `online` names a boolean field, births set it
-/// true and deaths false (an NDEATH also for every device of the node);
-/// without it a death writes nothing and the entity simply goes stale by
-/// the product's `freshness`.
-#[derive(Clone, Debug)]
-pub struct SparkplugSource {
-    pub group: String,
-    /// Only this edge node's messages, when given.
-    pub edge_node: Option<String>,
-    /// Only this device's messages, when given.
-    pub device: Option<String>,
-    /// Field → Sparkplug metric name (e.g. `Sensors/Temperature`).
-    pub metrics: IndexMap<String, String>,
-    /// A boolean field: true after a birth, false after a death.
-    pub online: Option<String>,
-}
-
-const SPARKPLUG_KEYS: &[&str] = &["group", "edge_node", "device", "metrics", "online"];
-const MQTT_KEYS: &[&str] = &[
-    "topic",
-    "format",
-    "map",
-    "event_time",
-    "qos",
-    "columns",
-    "field",
-];
-const HTTP_KEYS: &[&str] = &["format", "map", "event_time"];
-const FILE_KEYS: &[&str] = &["path", "format", "columns", "map", "event_time"];
 
 /// Checks a JSON pointer (RFC 6901): empty (the whole payload) or
 /// `/`-separated tokens in which `~` is only ever `~0` or `~1`.
@@ -208,7 +293,7 @@ pub(crate) struct SourceContext<'a> {
 impl SourceContext<'_> {
     /// Whether `name` is a declared field; reports it when not. `what`
     /// starts the message ("map target", "column").
-    fn check_field(
+    pub(crate) fn check_field(
         &self,
         name: &str,
         what: &str,
@@ -230,9 +315,10 @@ impl SourceContext<'_> {
 pub(crate) fn parse_sources(
     entry: &Entry<'_>,
     ctx: &SourceContext<'_>,
+    kinds: &[SourceParser],
     diags: &mut Diagnostics,
 ) -> Vec<Source> {
-    let Some(seq) = expect_list(
+    let Some(seq) = reader::expect_list(
         entry,
         "a list of sources, e.g. `- mqtt: { topic: ... }`",
         diags,
@@ -241,24 +327,30 @@ pub(crate) fn parse_sources(
     };
     elements(seq, &entry.path)
         .iter()
-        .filter_map(|element| parse_source(element, ctx, diags))
+        .filter_map(|element| parse_source(element, ctx, kinds, diags))
         .collect()
 }
 
+/// One `- <kind>: <settings>` item, through the parser `kinds` registers
+/// for its kind; an unknown kind is reported with the registered names.
 fn parse_source(
     entry: &Entry<'_>,
     ctx: &SourceContext<'_>,
+    kinds: &[SourceParser],
     diags: &mut Diagnostics,
 ) -> Option<Source> {
-    let kinds = SourceKind::names();
-    let expected = kinds.join(", ");
+    let names: Vec<&str> = kinds.iter().map(|k| k.name).collect();
+    let expected = names.join(", ");
     let map = MapReader::open(
         entry,
         &format!("a source: one of {expected}"),
-        &kinds,
+        &names,
         diags,
     )?;
-    let present: Vec<Entry<'_>> = kinds.iter().filter_map(|k| map.get(k)).collect();
+    let present: Vec<(&SourceParser, Entry<'_>)> = kinds
+        .iter()
+        .filter_map(|k| Some((k, map.get(k.name)?)))
+        .collect();
     match present.as_slice() {
         [] => {
             // Unknown keys were reported by `open`; only an empty item is left.
@@ -271,17 +363,10 @@ fn parse_source(
             }
             None
         }
-        [one] => match one.path.rsplit('.').next().and_then(SourceKind::parse)? {
-            SourceKind::Mqtt => parse_mqtt(one, ctx, diags).map(Source::Mqtt),
-            SourceKind::Http => parse_http(one, ctx, diags).map(Source::Http),
-            SourceKind::File => parse_file(one, ctx, diags).map(Source::File),
-            SourceKind::Sparkplug => parse_sparkplug(one, ctx, diags).map(Source::Sparkplug),
-            SourceKind::Modbus => {
-                crate::sources::modbus::parse(one, ctx, diags).map(Source::Modbus)
-            }
-            SourceKind::Opcua => crate::sources::opcua::parse(one, ctx, diags).map(Source::Opcua),
-        },
-        [_, second, ..] => {
+        [(kind, settings)] => {
+            (kind.parse)(settings, ctx, diags).map(|parsed| Source::new(kind.name, parsed))
+        }
+        [_, (_, second), ..] => {
             diags.push(
                 second.item.key_at,
                 &second.path,
@@ -292,7 +377,9 @@ fn parse_source(
     }
 }
 
-fn format_of(
+/// The `format` of a source's settings: `default` when absent, refused
+/// when not in `allowed` (`kind` names the source kind in the message).
+pub(crate) fn format_of(
     map: &MapReader<'_>,
     allowed: &[PayloadFormat],
     default: PayloadFormat,
@@ -321,234 +408,18 @@ fn format_of(
     None
 }
 
-fn parse_mqtt(
-    entry: &Entry<'_>,
-    ctx: &SourceContext<'_>,
-    diags: &mut Diagnostics,
-) -> Option<MqttSource> {
-    let map = MapReader::open(
-        entry,
-        "mqtt source settings, e.g. `{ topic: devices/{id}/data }`",
-        MQTT_KEYS,
-        diags,
-    )?;
-    let topic = map.required("topic", diags).and_then(|e| {
-        let text = reader::string(&e, diags)?;
-        match TopicTemplate::parse(&text) {
-            Ok(topic) => {
-                for capture in topic.captures() {
-                    ctx.check_field(capture, "topic capture", &e, false, diags);
-                }
-                Some(topic)
-            }
-            Err(problem) => {
-                diags.push(
-                    e.at(),
-                    &e.path,
-                    format!("invalid topic template: {problem}"),
-                );
-                None
-            }
-        }
-    });
-    let format = format_of(
-        &map,
-        &PayloadFormat::ALL,
-        PayloadFormat::Json,
-        "mqtt",
-        diags,
-    );
-    let qos = map
-        .get("qos")
-        .and_then(|e| reader::integer(&e, 0, 1, diags))
-        .unwrap_or(1) as u8;
-    let shape = format
-        .map(|f| payload_shape(&map, f, ctx, diags))
-        .unwrap_or_default();
-    if let Some(topic) = &topic {
-        for (field, _) in &shape.map {
-            if topic.captures().any(|c| c == field) {
-                if let Some(e) = map.get("map") {
-                    diags.push(
-                        e.at(),
-                        &e.path,
-                        format!("field `{field}` is both captured from the topic and mapped from the payload; keep one"),
-                    );
-                }
-            }
-        }
-    }
-    Some(MqttSource {
-        topic: topic?,
-        format: format?,
-        map: shape.map,
-        event_time: shape.event_time,
-        qos,
-        columns: shape.columns,
-        field: shape.field,
-    })
-}
-
-fn parse_http(
-    entry: &Entry<'_>,
-    ctx: &SourceContext<'_>,
-    diags: &mut Diagnostics,
-) -> Option<HttpSource> {
-    // `http:` with nothing after it is the common way to say "defaults".
-    if let marked_yaml::Node::Scalar(s) = entry.node() {
-        if s.as_str().is_empty() && s.may_coerce() {
-            return Some(HttpSource {
-                format: PayloadFormat::Json,
-                map: IndexMap::new(),
-                event_time: None,
-            });
-        }
-    }
-    let map = MapReader::open(
-        entry,
-        "http source settings, e.g. `{ format: json }` or `{}`",
-        HTTP_KEYS,
-        diags,
-    )?;
-    let format = format_of(
-        &map,
-        &[PayloadFormat::Json, PayloadFormat::Ndjson],
-        PayloadFormat::Json,
-        "http",
-        diags,
-    )?;
-    let shape = payload_shape(&map, format, ctx, diags);
-    Some(HttpSource {
-        format,
-        map: shape.map,
-        event_time: shape.event_time,
-    })
-}
-
-fn parse_file(
-    entry: &Entry<'_>,
-    ctx: &SourceContext<'_>,
-    diags: &mut Diagnostics,
-) -> Option<FileSource> {
-    let map = MapReader::open(
-        entry,
-        "file source settings, e.g. `{ path: /var/log/meter.ndjson }`",
-        FILE_KEYS,
-        diags,
-    )?;
-    let path = map
-        .required("path", diags)
-        .and_then(|e| reader::non_empty_string(&e, diags))
-        .map(|p| ctx.base_dir.join(p));
-    let format = format_of(
-        &map,
-        &[PayloadFormat::Ndjson, PayloadFormat::Csv],
-        PayloadFormat::Ndjson,
-        "file",
-        diags,
-    );
-    let shape = format
-        .map(|f| payload_shape(&map, f, ctx, diags))
-        .unwrap_or_default();
-    Some(FileSource {
-        path: path?,
-        format: format?,
-        columns: shape.columns,
-        map: shape.map,
-        event_time: shape.event_time,
-    })
-}
-
-/// A Sparkplug topic level: no `/`, `+`, `#`, not empty.
-fn sparkplug_id(entry: &Entry<'_>, what: &str, diags: &mut Diagnostics) -> Option<String> {
-    let text = reader::non_empty_string(entry, diags)?;
-    if text.contains(['/', '+', '#']) {
-        diags.push(
-            entry.at(),
-            &entry.path,
-            format!(
-                "invalid sparkplug {what} `{}`: one topic level, without `/`, `+` or `#`",
-                reader::shorten(&text)
-            ),
-        );
-        return None;
-    }
-    Some(text)
-}
-
-fn parse_sparkplug(
-    entry: &Entry<'_>,
-    ctx: &SourceContext<'_>,
-    diags: &mut Diagnostics,
-) -> Option<SparkplugSource> {
-    let map = MapReader::open(
-        entry,
-        "sparkplug source settings, e.g. `{ group: plant, metrics: { temperature_c: Sensors/Temperature } }`",
-        SPARKPLUG_KEYS,
-        diags,
-    )?;
-    let group = map
-        .required("group", diags)
-        .and_then(|e| sparkplug_id(&e, "group", diags));
-    let edge_node = map
-        .get("edge_node")
-        .and_then(|e| sparkplug_id(&e, "edge node id", diags));
-    let device = map
-        .get("device")
-        .and_then(|e| sparkplug_id(&e, "device id", diags));
-    let mut metrics = IndexMap::new();
-    if let Some(e) = map.required("metrics", diags) {
-        if let Some(mapping) = expect_mapping(
-            &e,
-            "a mapping of field name to metric name, e.g. `{ temperature_c: Sensors/Temperature }`",
-            diags,
-        ) {
-            for (field, m) in entries(mapping, &e.path) {
-                let known = ctx.check_field(field.as_str(), "metrics target", &m, true, diags);
-                if let Some(name) = reader::non_empty_string(&m, diags) {
-                    if known {
-                        metrics.insert(field.as_str().to_string(), name);
-                    }
-                }
-            }
-        }
-    }
-    let online = map.get("online").and_then(|e| {
-        let name = reader::string(&e, diags)?;
-        let field = ctx
-            .fields
-            .resolve(&name, "online field", e.at(), &e.path, diags)?;
-        if field.ty != super::field::FieldType::Bool {
-            diags.push(
-                e.at(),
-                &e.path,
-                format!(
-                    "online field `{name}` must be a bool field: births set it true, deaths false"
-                ),
-            );
-            return None;
-        }
-        Some(name)
-    });
-    Some(SparkplugSource {
-        group: group?,
-        edge_node,
-        device,
-        metrics,
-        online,
-    })
-}
-
 /// The format-dependent part of a source: map, columns, field, event_time.
 #[derive(Default)]
-struct PayloadShape {
-    map: IndexMap<String, String>,
-    columns: Vec<String>,
-    field: Option<String>,
-    event_time: Option<String>,
+pub(crate) struct PayloadShape {
+    pub map: IndexMap<String, String>,
+    pub columns: Vec<String>,
+    pub field: Option<String>,
+    pub event_time: Option<String>,
 }
 
-fn payload_shape(
+/// Reads and checks the format-dependent keys of a source that reads
+/// payloads in `format`.
+pub(crate) fn payload_shape(
     map: &MapReader<'_>,
     format: PayloadFormat,
     ctx: &SourceContext<'_>,

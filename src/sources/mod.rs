@@ -1,124 +1,103 @@
 //! Sources: the one owner of "which kinds of source exist".
 //!
-//! A product's `sources:` list names kinds (`mqtt`, `http`, `file`,
-//! `sparkplug`, `modbus`, `opcua`). Everything the rest of the node asks of a kind
-//! goes through this module, so a new kind is a folder here plus its line
-//! in [`SourceKind`] and in [`Source::spec`]:
+//! A kind is its folder here plus ONE line in the [`kinds!`] list below,
+//! `<kind> => <settings type>`. That line declares the folder as a module
+//! and registers the kind under the module's name (the key definitions
+//! write: `- modbus: {...}`) with
 //!
-//! - [`SourceKind`]: the kind's string form and its parse, in one place;
-//! - [`SourceId`]: a source's typed id (`<kind>:<index in the product's
-//!   sources>`), the name counters, quarantine entries and file-tail
-//!   offsets use;
-//! - [`SourceSpec`]: what each kind's definition tells the pipeline (how
-//!   payloads are read), the data contract (where records come from) and
-//!   the node (the task it runs, if it polls or tails by itself).
+//! - its settings parser, `<kind>::parse` (the definition's keys, with
+//!   `check` diagnostics), which the product loader reaches through
+//!   [`LoadContext`] (its `Default`, implemented here, carries the
+//!   registry: the product module does not know the kinds);
+//! - what its settings tell the rest of the node, [`SourceSettings`] (how
+//!   payloads are read, hence replay of quarantined payloads; the data
+//!   contract; whether the push endpoint feeds it);
+//! - what the node does with it, [`SourceSpec`] (the task it runs, if it
+//!   polls or tails by itself; why this build cannot run it).
 //!
 //! Each kind's protocol code lives in its folder: the embedded broker and
 //! the external MQTT client (`mqtt/`) feed every `mqtt` and `sparkplug`
 //! source through `mqtt::routes` and `sparkplug::route`; `http` sources are
 //! fed by the API's push endpoint. What every kind shares (the
 //! [`Ingestor`]: pipeline, queueing, durable acks; replay; counters) stays
-//! in `crate::ingest`. Kinds that read by themselves (`file`,
-//! `modbus`, `opcua`) start one task per source through [`SourceSpec::start`].
+//! in `crate::ingest`. Kinds that read by themselves (`file`, `modbus`,
+//! `opcua`) start one task per source through [`SourceSpec::start`].
 
-use std::fmt;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use crate::ingest::Ingestor;
-use crate::pipeline::SourceShape;
-use crate::product::{Product, Source};
+use crate::product::{LoadContext, Product, Source, SourceId, SourceParser, SourceSettings};
 
-pub mod file;
-pub mod http;
-pub mod modbus;
-pub mod mqtt;
-pub mod opcua;
-pub mod sparkplug;
+/// The registry: one line per kind, `<kind> => <settings type>`. Declares
+/// `pub mod <kind>;` and registers the kind's name (the module's),
+/// parser (`<kind>::parse`) and behaviour ([`SourceSpec`] on the settings
+/// type). The order is the order diagnostics list the kinds in.
+macro_rules! kinds {
+    ($($kind:ident => $settings:ty,)*) => {
+        $(pub mod $kind;)*
 
-/// The kinds of source a product may list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum SourceKind {
-    /// MQTT messages whose topic matches a template (embedded broker or
-    /// external broker).
-    Mqtt,
-    /// Records pushed to the node's HTTP ingest endpoint.
-    Http,
-    /// A local file, tailed.
-    File,
-    /// Sparkplug B edge nodes and devices, read as a host application.
-    Sparkplug,
-    /// Modbus TCP devices, polled.
-    Modbus,
-    /// OPC UA server nodes, monitored through a subscription.
-    Opcua,
+        /// Every kind as the product loader sees it.
+        static PARSERS: &[SourceParser] = &[$(SourceParser::new(
+            stringify!($kind),
+            |entry, ctx, diags| settings($kind::parse(entry, ctx, diags)),
+        ),)*];
+
+        /// Every kind as the node sees it.
+        static KINDS: &[Kind] = &[$(Kind {
+            name: stringify!($kind),
+            spec: spec_of::<$settings>,
+        },)*];
+    };
 }
 
-impl SourceKind {
-    /// Every kind, in the order diagnostics list them.
-    pub const ALL: [SourceKind; 6] = [
-        SourceKind::Mqtt,
-        SourceKind::Http,
-        SourceKind::File,
-        SourceKind::Sparkplug,
-        SourceKind::Modbus,
-        SourceKind::Opcua,
-    ];
+kinds! {
+    mqtt => mqtt::MqttSource,
+    http => http::HttpSource,
+    file => file::FileSource,
+    sparkplug => sparkplug::SparkplugSource,
+    modbus => modbus::ModbusSource,
+    opcua => opcua::OpcuaSource,
+}
 
-    /// The kind's name in definitions, ids and metrics labels.
-    pub fn name(self) -> &'static str {
-        match self {
-            SourceKind::Mqtt => "mqtt",
-            SourceKind::Http => "http",
-            SourceKind::File => "file",
-            SourceKind::Sparkplug => "sparkplug",
-            SourceKind::Modbus => "modbus",
-            SourceKind::Opcua => "opcua",
+/// One registered kind: its name and the view of a source's settings as
+/// this kind's [`SourceSpec`].
+struct Kind {
+    name: &'static str,
+    spec: fn(&Source) -> Option<&dyn SourceSpec>,
+}
+
+fn settings<T: SourceSettings>(parsed: Option<T>) -> Option<Arc<dyn SourceSettings>> {
+    parsed.map(|s| Arc::new(s) as Arc<dyn SourceSettings>)
+}
+
+fn spec_of<T: SourceSettings + SourceSpec>(source: &Source) -> Option<&dyn SourceSpec> {
+    source.get::<T>().map(|s| s as &dyn SourceSpec)
+}
+
+/// The registered kinds' names, in the order diagnostics list them.
+pub fn kinds() -> impl Iterator<Item = &'static str> {
+    KINDS.iter().map(|k| k.name)
+}
+
+/// The node's behaviour for `source`, when its kind is registered in this
+/// build (a loaded product's always is).
+pub fn spec(source: &Source) -> Option<&dyn SourceSpec> {
+    KINDS
+        .iter()
+        .find(|k| k.name == source.kind())
+        .and_then(|k| (k.spec)(source))
+}
+
+impl Default for LoadContext {
+    /// Every registered kind; no upstreams.
+    fn default() -> LoadContext {
+        LoadContext {
+            upstreams: Default::default(),
+            kinds: PARSERS,
         }
-    }
-
-    /// The kind named `name`, if any.
-    pub fn parse(name: &str) -> Option<SourceKind> {
-        SourceKind::ALL.into_iter().find(|k| k.name() == name)
-    }
-
-    /// The kinds' names, for definition keys and "expected one of" lists.
-    pub fn names() -> [&'static str; 6] {
-        SourceKind::ALL.map(SourceKind::name)
-    }
-}
-
-impl fmt::Display for SourceKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// A source of a product: its kind and its position in the product's
-/// `sources:` list. Written `<kind>:<index>` (`mqtt:0`, `http:1`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SourceId {
-    pub kind: SourceKind,
-    pub index: usize,
-}
-
-impl SourceId {
-    /// Reads `<kind>:<index>`; `None` for anything else (API writes are
-    /// counted under names such as `graphql`, which are not source ids).
-    pub fn parse(text: &str) -> Option<SourceId> {
-        let (kind, index) = text.split_once(':')?;
-        Some(SourceId {
-            kind: SourceKind::parse(kind)?,
-            index: index.parse().ok()?,
-        })
-    }
-}
-
-impl fmt::Display for SourceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.kind, self.index)
     }
 }
 
@@ -145,14 +124,8 @@ pub enum StartError {
     },
 }
 
-/// What one kind's definition tells the rest of the node.
+/// What the node does with one kind's sources.
 pub trait SourceSpec {
-    /// How the pipeline reads this source's payloads.
-    fn shape(&self) -> SourceShape;
-
-    /// Where records come from, as a data contract states it.
-    fn contract(&self) -> serde_json::Value;
-
     /// Why this build cannot run this source, if it cannot (a kind left
     /// out by a cargo feature); `check` and start-up report it.
     fn unavailable(&self) -> Option<&'static str> {
@@ -170,50 +143,12 @@ pub trait SourceSpec {
     }
 }
 
-impl Source {
-    /// This source's kind.
-    pub fn kind(&self) -> SourceKind {
-        match self {
-            Source::Mqtt(_) => SourceKind::Mqtt,
-            Source::Http(_) => SourceKind::Http,
-            Source::File(_) => SourceKind::File,
-            Source::Sparkplug(_) => SourceKind::Sparkplug,
-            Source::Modbus(_) => SourceKind::Modbus,
-            Source::Opcua(_) => SourceKind::Opcua,
-        }
+/// Why this build cannot run `source`.
+fn unavailable(source: &Source) -> Option<&'static str> {
+    match spec(source) {
+        Some(spec) => spec.unavailable(),
+        None => Some("this meshlet has no such source kind"),
     }
-
-    /// The kind's behaviour for this source: the one place the kinds are
-    /// matched.
-    pub fn spec(&self) -> &dyn SourceSpec {
-        match self {
-            Source::Mqtt(s) => s,
-            Source::Http(s) => s,
-            Source::File(s) => s,
-            Source::Sparkplug(s) => s,
-            Source::Modbus(s) => s,
-            Source::Opcua(s) => s,
-        }
-    }
-
-    /// The id of this source when it is the product's `index`-th.
-    pub fn id(&self, index: usize) -> SourceId {
-        SourceId {
-            kind: self.kind(),
-            index,
-        }
-    }
-}
-
-/// The first source of `product` with the id `id`'s kind, preferring the
-/// one at `id`'s index (a quarantined entry names the source it came from;
-/// after an edit of the definition that position may hold another kind).
-pub fn same_kind(product: &Product, id: SourceId) -> Option<&Source> {
-    product
-        .sources
-        .get(id.index)
-        .filter(|s| s.kind() == id.kind)
-        .or_else(|| product.sources.iter().find(|s| s.kind() == id.kind))
 }
 
 /// The sources of `products` this build cannot run, one problem each.
@@ -221,7 +156,7 @@ pub fn preflight(products: &crate::product::ProductSet) -> Vec<String> {
     let mut problems = Vec::new();
     for product in products.iter() {
         for (index, source) in product.sources.iter().enumerate() {
-            if let Some(why) = source.spec().unavailable() {
+            if let Some(why) = unavailable(source) {
                 problems.push(format!(
                     "product `{}` source {}: {why}",
                     product.name,
@@ -252,7 +187,14 @@ pub fn start_all(
                 data_dir,
                 shutdown: shutdown.clone(),
             };
-            if let Some((task, span)) = source.spec().start(ctx)? {
+            let Some(spec) = spec(source) else {
+                return Err(StartError::Unsupported {
+                    product: product.name.clone(),
+                    id: ctx.id,
+                    problem: "this meshlet has no such source kind".to_string(),
+                });
+            };
+            if let Some((task, span)) = spec.start(ctx)? {
                 spawn(task, span);
             }
         }
@@ -262,22 +204,65 @@ pub fn start_all(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
     use super::*;
 
     #[test]
-    fn kinds_and_ids_round_trip() {
-        for kind in SourceKind::ALL {
-            assert_eq!(SourceKind::parse(kind.name()), Some(kind));
-            let id = SourceId { kind, index: 7 };
-            assert_eq!(SourceId::parse(&id.to_string()), Some(id));
-        }
-        assert_eq!(SourceKind::parse("MQTT"), None);
-        assert_eq!(SourceId::parse("graphql"), None);
-        assert_eq!(SourceId::parse("mqtt:x"), None);
-        assert_eq!(SourceId::parse("ftp:0"), None);
+    fn the_registry_lists_every_kind_once() {
+        let names: Vec<&str> = kinds().collect();
         assert_eq!(
-            SourceId::parse("file:3").map(|i| i.to_string()),
-            Some("file:3".to_string())
+            names,
+            ["mqtt", "http", "file", "sparkplug", "modbus", "opcua"]
         );
+        assert_eq!(names.iter().collect::<BTreeSet<_>>().len(), names.len());
+        let parsers: Vec<&str> = LoadContext::default().source_kinds().collect();
+        assert_eq!(parsers, names, "the loader and the node see the same kinds");
+    }
+
+    #[test]
+    fn check_names_the_registered_kinds_for_an_unknown_kind() {
+        let yaml = "product: p\nversion: 1\ndomain: d\nowner: o\nkey: id\nfields:\n  id: { type: string }\nsources:\n  - carrier_pigeon: { loft: x }\n";
+        let errors =
+            crate::product::parse_definition(Path::new("p.yaml"), yaml, &LoadContext::default())
+                .expect_err("no such kind");
+        let message = errors.to_string();
+        let expected = kinds().collect::<Vec<_>>().join(", ");
+        assert!(
+            message.contains(&format!("unknown key `carrier_pigeon`; expected one of: {expected}")),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_parsed_source_knows_its_kind_and_behaviour() {
+        let yaml = "product: p\nversion: 1\ndomain: d\nowner: o\nkey: id\nfields:\n  id: { type: string }\nsources:\n  - http:\n  - file: { path: x.ndjson }\n";
+        let product =
+            crate::product::parse_definition(Path::new("/d/p.yaml"), yaml, &LoadContext::default())
+                .expect("loads");
+        let [http, file] = &product.sources[..] else {
+            panic!("two sources")
+        };
+        assert_eq!((http.kind(), file.kind()), ("http", "file"));
+        assert!(http.settings().takes_push() && !file.settings().takes_push());
+        assert_eq!(
+            file.get::<file::FileSource>().map(|f| f.path.clone()),
+            Some(Path::new("/d/x.ndjson").to_path_buf())
+        );
+        assert!(http.get::<file::FileSource>().is_none());
+        assert!(spec(http).is_some() && unavailable(http).is_none());
+        assert_eq!(file.id(1).to_string(), "file:1");
+        assert_eq!(
+            product.source_by_id("file:1").map(Source::kind),
+            Some("file")
+        );
+        // After an edit moved it, an entry's source is the first of its kind.
+        assert_eq!(
+            product.source_by_id("file:0").map(Source::kind),
+            Some("file")
+        );
+        assert!(product.source_by_id("graphql").is_none());
+        assert!(product.source_by_id("mqtt:0").is_none());
     }
 }

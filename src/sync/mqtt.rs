@@ -4,7 +4,7 @@
 //! the first PUBACK after it is its own; after any failure the client is
 //! dropped and rebuilt, so a stale retransmission can never be mistaken
 //! for the current one. TLS and client certificates use the external
-//! broker client's setup (`sources::mqtt::client::options`).
+//! broker client's setup (`tls::mqtt::options`).
 //!
 //! Also the aggregator's subscriber: `<topic_prefix>/+/+` with a persistent
 //! session and manual acks; a message is acknowledged once applied and
@@ -58,9 +58,8 @@ impl MqttTransport {
             .client_id
             .clone()
             .unwrap_or_else(|| format!("meshlet-sync-{origin}-{upstream}"));
-        let options =
-            crate::sources::mqtt::client::options(&broker_config(url, config, client_id), origin)
-                .map_err(|e| TransportError::Config(e.to_string()))?;
+        let options = crate::tls::mqtt::options(&broker_config(url, config, client_id), origin)
+            .map_err(|e| TransportError::Config(e.to_string()))?;
         Ok(MqttTransport {
             options,
             topic_prefix: config.topic_prefix.trim_end_matches('/').to_string(),
@@ -113,7 +112,7 @@ pub async fn subscribe(
     if config.client_id.is_none() {
         config.client_id = Some(format!("meshlet-aggregator-{node_id}"));
     }
-    let options = match crate::sources::mqtt::client::options(&config, &node_id) {
+    let options = match crate::tls::mqtt::options(&config, &node_id) {
         Ok(o) => o,
         Err(e) => {
             warn!(error = %e, "aggregator MQTT settings unusable; not subscribing");

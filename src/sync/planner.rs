@@ -179,9 +179,8 @@ sync:
 
     fn open(dir: &std::path::Path) -> (Store, Arc<ProductSet>) {
         std::fs::write(dir.join("machine.yaml"), PRODUCTS).expect("write");
-        let ctx = LoadContext {
-            upstreams: ["central", "archive", "slow"].map(String::from).into(),
-        };
+        let ctx =
+            LoadContext::with_upstreams(["central", "archive", "slow"].map(String::from).into());
         let products = Arc::new(load_path(&dir.join("machine.yaml"), &ctx).expect("loads"));
         let store = Store::open(StoreConfig::new(dir.join("store"))).expect("opens");
         let secret = crate::policy::masking::MaskSecret::of_store(&store).expect("secret");

@@ -9,6 +9,8 @@
 //!   external MQTT broker, sync upstreams over HTTPS, MQTT and NATS, the
 //!   reference-data feeds, `meshlet status`): a CA file or the system
 //!   roots, an optional client certificate.
+//! - [`mqtt`]: the MQTT client options built on it (external broker
+//!   source, MQTT sync transport, aggregator subscriber).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 pub mod client;
+pub mod mqtt;
 pub mod server;
 
 pub(crate) use client::client_config;

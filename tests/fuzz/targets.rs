@@ -30,11 +30,14 @@ use std::time::Instant;
 use bytes::BytesMut;
 use meshlet::expr;
 use meshlet::pipeline::{self, Input, Limits, SourceShape};
-use meshlet::product::{parse_definition, LoadContext, PayloadFormat, Product, Source};
+use meshlet::product::{parse_definition, LoadContext, PayloadFormat, Product};
 use meshlet::record::{Fields, Origin, Timestamp, Value};
+use meshlet::sources::file::FileSource;
+use meshlet::sources::http::HttpSource;
 use meshlet::sources::mqtt::broker::{
     check_connect_frame, decode_packet, decode_packet_v5, Decoded,
 };
+use meshlet::sources::mqtt::MqttSource;
 use meshlet::sources::sparkplug::host::{Host, MessageType, Topic};
 use rumqttc::mqttbytes::v4::Packet;
 
@@ -111,12 +114,17 @@ fn shape(product: &Product, format: PayloadFormat) -> SourceShape {
     let source = product
         .sources
         .iter()
-        .find(|source| match source {
-            Source::Mqtt(mqtt) => mqtt.format == format,
-            Source::File(file) => file.format == format,
-            Source::Http(http) => http.format == format && format != PayloadFormat::Json,
-            // These build their own documents; no payload format to fuzz.
-            Source::Sparkplug(_) | Source::Modbus(_) | Source::Opcua(_) => false,
+        .find(|source| {
+            if let Some(mqtt) = source.get::<MqttSource>() {
+                mqtt.format == format
+            } else if let Some(file) = source.get::<FileSource>() {
+                file.format == format
+            } else if let Some(http) = source.get::<HttpSource>() {
+                http.format == format && format != PayloadFormat::Json
+            } else {
+                // The others build their own documents; no payload format to fuzz.
+                false
+            }
         })
         .unwrap_or_else(|| panic!("the fuzz product has no {} source", format.name()));
     SourceShape::from_source(source)
@@ -126,7 +134,7 @@ fn http_shape(product: &Product) -> SourceShape {
     let source = product
         .sources
         .iter()
-        .find(|source| matches!(source, Source::Http(_)))
+        .find(|source| source.get::<HttpSource>().is_some())
         .unwrap_or_else(|| panic!("the fuzz product has no http source"));
     SourceShape::from_source(source)
 }
@@ -431,9 +439,7 @@ pub fn product_definition(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let ctx = LoadContext {
-        upstreams: ["central".to_string()].into_iter().collect(),
-    };
+    let ctx = LoadContext::with_upstreams(["central".to_string()].into_iter().collect());
     let lines = text.lines().count().max(1);
     match parse_definition(Path::new("fuzz.yaml"), text, &ctx) {
         Err(errors) => {

@@ -15,9 +15,7 @@ fn root() -> PathBuf {
 }
 
 fn examples() -> ProductSet {
-    let context = LoadContext {
-        upstreams: ["central".to_string()].into(),
-    };
+    let context = LoadContext::with_upstreams(["central".to_string()].into());
     load_path(&root().join("schema/examples"), &context).expect("examples load")
 }
 

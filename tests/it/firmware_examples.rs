@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use common::*;
 use meshlet::pipeline::{self, Input, Limits, SourceShape};
-use meshlet::product::{self, LoadContext, Source};
+use meshlet::product::{self, LoadContext};
 use meshlet::record::{Origin, Timestamp, Value};
+use meshlet::sources::mqtt::MqttSource;
 use meshlet::store::HistoryQuery;
 
 fn examples() -> Vec<std::path::PathBuf> {
@@ -29,9 +30,7 @@ fn examples() -> Vec<std::path::PathBuf> {
 
 #[test]
 fn every_sample_payload_passes_its_product_definition() {
-    let ctx = LoadContext {
-        upstreams: ["central".to_string()].into(),
-    };
+    let ctx = LoadContext::with_upstreams(["central".to_string()].into());
     let products =
         product::load_path(&repo_root().join("schema/examples"), &ctx).expect("examples load");
     let examples = examples();
@@ -60,15 +59,15 @@ fn every_sample_payload_passes_its_product_definition() {
         let (shape, captures) = product
             .sources
             .iter()
-            .find_map(|s| match s {
-                Source::Mqtt(m) => m.topic.match_topic(topic).map(|c| {
+            .find_map(|s| {
+                let m = s.get::<MqttSource>()?;
+                m.topic.match_topic(topic).map(|c| {
                     let captures: Vec<(String, String)> = c
                         .into_iter()
                         .map(|(f, v)| (f.to_string(), v.to_string()))
                         .collect();
                     (SourceShape::from_source(s), captures)
-                }),
-                _ => None,
+                })
             })
             .unwrap_or_else(|| {
                 panic!("{}: no source of {name} matches {topic}", example.display())

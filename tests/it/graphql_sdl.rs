@@ -21,9 +21,7 @@ fn examples() -> Vec<PathBuf> {
 }
 
 fn sdl_of(file: &Path) -> String {
-    let ctx = LoadContext {
-        upstreams: ["central".to_string()].into(),
-    };
+    let ctx = LoadContext::with_upstreams(["central".to_string()].into());
     let set = load_path(file, &ctx).expect("example loads");
     meshlet::api::graphql::sdl(&set).expect("example makes a schema")
 }

@@ -6,14 +6,15 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use meshlet::product::{
-    load_path, parse_definition, yaml_to_json, LoadContext, Mask, PayloadFormat, Priority, Source,
-    SyncMode,
+    load_path, parse_definition, yaml_to_json, LoadContext, Mask, PayloadFormat, Priority, SyncMode,
+};
+use meshlet::sources::{
+    file::FileSource, http::HttpSource, modbus::ModbusSource, mqtt::MqttSource, opcua::OpcuaSource,
+    sparkplug::SparkplugSource,
 };
 
 fn ctx() -> LoadContext {
-    LoadContext {
-        upstreams: BTreeSet::from(["central".to_string()]),
-    }
+    LoadContext::with_upstreams(BTreeSet::from(["central".to_string()]))
 }
 
 fn root() -> PathBuf {
@@ -113,7 +114,7 @@ fn the_examples_compile_to_what_they_say() {
     );
 
     let press = set.get("press_line").expect("press_line");
-    let Source::Sparkplug(sp) = &press.sources[0] else {
+    let Some(sp) = press.sources[0].get::<SparkplugSource>() else {
         panic!("sparkplug first")
     };
     assert_eq!(sp.group, "plant");
@@ -124,7 +125,7 @@ fn the_examples_compile_to_what_they_say() {
     let machine = set.get("machine_health").expect("machine_health");
     assert_eq!(machine.key, "machine_id");
     assert!(machine.key_field().required);
-    let Source::Mqtt(mqtt) = &machine.sources[0] else {
+    let Some(mqtt) = machine.sources[0].get::<MqttSource>() else {
         panic!("mqtt first")
     };
     assert_eq!(mqtt.topic.filter(), "plant/+/machine/+/telemetry");
@@ -138,7 +139,7 @@ fn the_examples_compile_to_what_they_say() {
 
     let meter = set.get("energy_meter").expect("energy_meter");
     assert_eq!(meter.sync[0].mode, SyncMode::History);
-    let Source::File(file) = &meter.sources[1] else {
+    let Some(file) = meter.sources[1].get::<FileSource>() else {
         panic!("file second")
     };
     assert_eq!(file.format, PayloadFormat::Csv);
@@ -580,9 +581,9 @@ fn an_http_source_may_be_left_empty() {
     let formats: Vec<PayloadFormat> = product
         .sources
         .iter()
-        .map(|s| match s {
-            Source::Http(http) => http.format,
-            other => panic!("{other:?}"),
+        .map(|s| match s.get::<HttpSource>() {
+            Some(http) => http.format,
+            None => panic!("{s:?}"),
         })
         .collect();
     assert_eq!(
@@ -922,7 +923,7 @@ fn the_modbus_example_loads_and_matches_the_json_schema() {
         Ok(p) => p,
         Err(errors) => panic!("the modbus example does not load:\n{errors}"),
     };
-    let Source::Modbus(modbus) = &product.sources[0] else {
+    let Some(modbus) = product.sources[0].get::<ModbusSource>() else {
         panic!("modbus first")
     };
     assert_eq!(modbus.devices[0].address, "127.0.0.1:1502");
@@ -940,7 +941,7 @@ fn the_opcua_example_loads_and_matches_the_json_schema() {
         Ok(p) => p,
         Err(errors) => panic!("the opcua example does not load:\n{errors}"),
     };
-    let Source::Opcua(opcua) = &product.sources[0] else {
+    let Some(opcua) = product.sources[0].get::<OpcuaSource>() else {
         panic!("opcua first")
     };
     assert_eq!(opcua.endpoint, "opc.tcp://127.0.0.1:4840/meshlet/");

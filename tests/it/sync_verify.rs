@@ -450,9 +450,7 @@ proptest! {
     fn digests_find_exactly_the_differing_keys(ops in prop::collection::vec(op(), 1..80)) {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("machine.yaml"), PLAIN).expect("write");
-        let ctx = meshlet::product::LoadContext {
-            upstreams: BTreeSet::from(["central".to_string()]),
-        };
+        let ctx = meshlet::product::LoadContext::with_upstreams(BTreeSet::from(["central".to_string()]));
         let products = Arc::new(meshlet::product::load_path(dir.path(), &ctx).expect("loads"));
         let edge = Store::open(StoreConfig::new(dir.path().join("edge"))).expect("edge store");
         meshlet::sync::install_planner(&edge, &products).expect("planner");

@@ -1,18 +1,21 @@
 //! `file` sources: one tail task per source (`tail`), which
 //! keeps its read position in the store under the source's id.
 
+mod spec;
 pub mod tail;
 
 use futures_util::FutureExt;
 use serde_json::json;
 use tracing::info_span;
 
+pub(crate) use spec::parse;
+pub use spec::FileSource;
+
 use super::{SourceSpec, StartContext, StartError};
-use crate::pipeline::SourceShape;
-use crate::product::FileSource;
+use crate::product::{SourceSettings, SourceShape};
 use tail::FileTail;
 
-impl SourceSpec for FileSource {
+impl SourceSettings for FileSource {
     fn shape(&self) -> SourceShape {
         SourceShape {
             format: self.format,
@@ -27,7 +30,9 @@ impl SourceSpec for FileSource {
     fn contract(&self) -> serde_json::Value {
         json!({ "file": self.path.display().to_string() })
     }
+}
 
+impl SourceSpec for FileSource {
     fn start(
         &self,
         ctx: StartContext<'_>,

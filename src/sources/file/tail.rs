@@ -26,7 +26,8 @@ use tracing::{debug, info, warn};
 
 use crate::ingest::{Ingestor, Provenance, SourceCounters};
 use crate::pipeline::SourceShape;
-use crate::product::{FileSource, PayloadFormat, Product};
+use super::FileSource;
+use crate::product::{PayloadFormat, Product, SourceSettings};
 use crate::record::{Origin, Timestamp};
 use crate::store::{IngestBatch, SourceOffset};
 
@@ -94,11 +95,10 @@ impl FileTail {
     pub fn new(
         ingestor: Ingestor,
         product: Arc<Product>,
-        id: crate::sources::SourceId,
+        id: crate::product::SourceId,
         source: &FileSource,
         poll: Duration,
     ) -> FileTail {
-        use crate::sources::SourceSpec;
         let source_id = id.to_string();
         FileTail {
             shape: source.shape(),

@@ -3,11 +3,18 @@
 
 use serde_json::json;
 
-use super::SourceSpec;
-use crate::pipeline::SourceShape;
-use crate::product::HttpSource;
+mod spec;
 
-impl SourceSpec for HttpSource {
+pub(crate) use spec::parse;
+pub use spec::HttpSource;
+
+use super::SourceSpec;
+use crate::product::{SourceSettings, SourceShape};
+
+/// Nothing to start: the push endpoint feeds these sources.
+impl SourceSpec for HttpSource {}
+
+impl SourceSettings for HttpSource {
     fn shape(&self) -> SourceShape {
         SourceShape {
             format: self.format,
@@ -21,5 +28,9 @@ impl SourceSpec for HttpSource {
 
     fn contract(&self) -> serde_json::Value {
         json!({ "http": "POST /ingest/<product>" })
+    }
+
+    fn takes_push(&self) -> bool {
+        true
     }
 }

@@ -26,13 +26,13 @@ pub(crate) use spec::parse;
 pub use spec::{DataType, ModbusDevice, ModbusSource, Order, Register, Table};
 
 use super::{SourceSpec, StartContext, StartError};
-use crate::pipeline::SourceShape;
+use crate::product::{SourceSettings, SourceShape};
 
 #[cfg(not(feature = "modbus"))]
 const UNAVAILABLE: &str =
     "this meshlet was built without the `modbus` feature (cargo build --features modbus)";
 
-impl SourceSpec for ModbusSource {
+impl SourceSettings for ModbusSource {
     /// The poller builds one JSON object per device whose keys are the
     /// field names, so nothing is mapped; the event time is the poll's.
     fn shape(&self) -> SourceShape {
@@ -47,7 +47,9 @@ impl SourceSpec for ModbusSource {
             .collect();
         json!({ "modbus": devices })
     }
+}
 
+impl SourceSpec for ModbusSource {
     #[cfg(feature = "modbus")]
     fn start(
         &self,

@@ -25,7 +25,7 @@ use super::spec::{ModbusDevice, ModbusSource, Register, Table};
 use crate::ingest::{Ingestor, SourceCounters};
 use crate::product::Product;
 use crate::record::Origin;
-use crate::sources::SourceId;
+use crate::product::SourceId;
 
 /// Why a device read failed, as counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -18,21 +18,18 @@
 //! never left believing a running host is gone.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, Transport};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::client_outbox::{Outbox, Queued, Watchdog, COMMANDS_QUEUED, SILENT_KEEP_ALIVES};
-use crate::config::ExternalBrokerConfig;
 use crate::ingest::{Ingestor, MqttMessage, PendingMessage};
 use crate::sources::sparkplug::state::{HostSession, PrimaryHost};
+use crate::tls::mqtt::REQUEST_CHANNEL;
 
-/// Capacity of rumqttc's request channel (our acks and subscriptions).
-const REQUEST_CHANNEL: usize = 1_024;
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
 /// How long stopping (or dropping a connection) may poll to let acks and
@@ -41,77 +38,6 @@ const DRAIN: Duration = Duration::from_secs(2);
 /// How long the acker may take to ack what was read before a round ends
 /// (half the default shutdown grace); what it did not ack is redelivered.
 const ACKER_DRAIN: Duration = Duration::from_secs(5);
-
-/// Why the external broker settings cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientConfigError {
-    #[error("mqtt.external.url `{url}`: {reason}")]
-    Url { url: String, reason: String },
-    #[error("mqtt.external: {0}")]
-    Tls(#[from] crate::tls::TlsConfigError),
-}
-
-/// Builds the rumqttc options: address, identity, session, TLS.
-pub fn options(
-    config: &ExternalBrokerConfig,
-    node_id: &str,
-) -> Result<MqttOptions, ClientConfigError> {
-    let url_error = |reason: &str| ClientConfigError::Url {
-        url: config.url.clone(),
-        reason: reason.to_string(),
-    };
-    let (tls, rest) = if let Some(rest) = config.url.strip_prefix("mqtts://") {
-        (true, rest)
-    } else if let Some(rest) = config.url.strip_prefix("mqtt://") {
-        (false, rest)
-    } else {
-        return Err(url_error("expected mqtt://host:port or mqtts://host:port"));
-    };
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((host, port)) => (
-            host,
-            port.parse::<u16>()
-                .map_err(|_| url_error("the port is not a number from 1 to 65535"))?,
-        ),
-        None => (rest, if tls { 8883 } else { 1883 }),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(url_error("no host"));
-    }
-    let client_id = config
-        .client_id
-        .clone()
-        .unwrap_or_else(|| format!("meshlet-{node_id}"));
-    let mut options = MqttOptions::new(client_id, host, port);
-    options
-        .set_clean_session(config.clean_session)
-        .set_manual_acks(true)
-        .set_keep_alive(config.keep_alive.max(Duration::from_secs(1)))
-        .set_max_packet_size(config.max_packet_bytes, config.max_packet_bytes)
-        .set_request_channel_capacity(REQUEST_CHANNEL);
-    if let Some(user) = &config.username {
-        options.set_credentials(user.clone(), config.password.clone().unwrap_or_default());
-    }
-    if tls {
-        let tls_config = tls_config(config)?;
-        options.set_transport(Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(Arc::new(tls_config)),
-        ));
-    }
-    Ok(options)
-}
-
-/// The node's one TLS client setup ([`crate::tls::client_config`]) with
-/// this broker's files.
-fn tls_config(config: &ExternalBrokerConfig) -> Result<rustls::ClientConfig, ClientConfigError> {
-    Ok(crate::tls::client_config(
-        config.ca_file.as_deref(),
-        config.client_cert_file.as_deref(),
-        config.client_key_file.as_deref(),
-    )?)
-}
 
 /// A new STATE session for the next CONNECT: its offline message becomes
 /// the connection's will.

@@ -7,14 +7,20 @@ pub mod broker;
 pub mod client;
 mod client_outbox;
 pub mod routes;
+mod spec;
 
 use serde_json::json;
 
-use super::SourceSpec;
-use crate::pipeline::SourceShape;
-use crate::product::MqttSource;
+pub(crate) use spec::parse;
+pub use spec::MqttSource;
 
-impl SourceSpec for MqttSource {
+use super::SourceSpec;
+use crate::product::{SourceSettings, SourceShape};
+
+/// Nothing to start: the MQTT ends feed these sources.
+impl SourceSpec for MqttSource {}
+
+impl SourceSettings for MqttSource {
     fn shape(&self) -> SourceShape {
         SourceShape {
             format: self.format,

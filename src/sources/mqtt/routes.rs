@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use crate::ingest::{IngestMetrics, SourceCounters};
 use crate::pipeline::SourceShape;
-use crate::product::{Product, ProductSet, Source};
+use super::MqttSource;
+use crate::product::{Product, ProductSet};
 
 /// One MQTT source of one product.
 #[derive(Clone, Debug)]
@@ -43,7 +44,7 @@ impl MqttRoutes {
         let mut routes = Vec::new();
         for product in products.iter() {
             for (index, source) in product.sources.iter().enumerate() {
-                if let Source::Mqtt(mqtt) = source {
+                if let Some(mqtt) = source.get::<MqttSource>() {
                     let source_id = source.id(index).to_string();
                     routes.push(MqttRoute {
                         counters: metrics.source(&product.name, &source_id),

@@ -46,7 +46,7 @@ use super::spec::OpcuaSource;
 use crate::ingest::{Ingestor, SourceCounters};
 use crate::product::Product;
 use crate::record::Origin;
-use crate::sources::SourceId;
+use crate::product::SourceId;
 
 /// Records queued between the crate's callback and the writer before
 /// cycles are merged into the newest queued record of their entity.

@@ -35,13 +35,13 @@ pub(crate) use spec::parse;
 pub use spec::{OpcuaEntity, OpcuaSource, OpcuaUser};
 
 use super::{SourceSpec, StartContext, StartError};
-use crate::pipeline::SourceShape;
+use crate::product::{SourceSettings, SourceShape};
 
 #[cfg(not(feature = "opcua"))]
 const UNAVAILABLE: &str =
     "this meshlet was built without the `opcua` feature (cargo build --features opcua)";
 
-impl SourceSpec for OpcuaSource {
+impl SourceSettings for OpcuaSource {
     /// The subscriber builds one JSON object per entity whose keys are the
     /// field names, so nothing is mapped; the event time is the arrival's.
     fn shape(&self) -> SourceShape {
@@ -51,7 +51,9 @@ impl SourceSpec for OpcuaSource {
     fn contract(&self) -> serde_json::Value {
         json!({ "opcua": self.endpoint })
     }
+}
 
+impl SourceSpec for OpcuaSource {
     #[cfg(feature = "opcua")]
     fn start(
         &self,

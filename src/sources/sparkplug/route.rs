@@ -16,8 +16,9 @@ use tokio::sync::broadcast;
 
 use super::host::{Host, Topic, Update, UpdateKind, NAMESPACE};
 use crate::ingest::{IngestMetrics, SourceCounters};
+use super::SparkplugSource;
 use crate::pipeline::SourceShape;
-use crate::product::{Product, ProductSet, Source, SparkplugSource};
+use crate::product::{Product, ProductSet};
 
 /// Commands queued for publishing; a slow publisher loses the oldest
 /// (a rebirth request is repeated anyway while the problem persists).
@@ -77,13 +78,13 @@ impl SparkplugIngest {
         let mut routes = Vec::new();
         for product in products.iter() {
             for (index, source) in product.sources.iter().enumerate() {
-                if let Source::Sparkplug(sp) = source {
+                if let Some(sp) = source.get::<SparkplugSource>() {
                     let source_id = source.id(index).to_string();
                     routes.push(SparkplugRoute {
                         counters: metrics.source(&product.name, &source_id),
                         product: product.clone(),
                         source_id,
-                        shape: SourceShape::sparkplug(sp),
+                        shape: source.shape(),
                         source: sp.clone(),
                     });
                 }
