@@ -35,7 +35,6 @@ const KNOWN: &[(&str, &str)] = &[
     ("policy", "product"),
     ("policy", "store"),
     ("policy", "telemetry"),
-    ("product", "sources"),
     ("sources", "config"),
     ("sources", "ingest"),
     ("sources", "listen"),
