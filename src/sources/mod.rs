@@ -230,7 +230,9 @@ mod tests {
         let message = errors.to_string();
         let expected = kinds().collect::<Vec<_>>().join(", ");
         assert!(
-            message.contains(&format!("unknown key `carrier_pigeon`; expected one of: {expected}")),
+            message.contains(&format!(
+                "unknown key `carrier_pigeon`; expected one of: {expected}"
+            )),
             "{message}"
         );
     }
