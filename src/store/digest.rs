@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use super::codec;
 use super::hot::TxTree;
-use super::write::{abort, TxResult};
+use super::tx::{abort, TxResult};
 use super::{Change, OutboxItem, Store, StoreError};
 use crate::record::{Fields, Record, Timestamp};
 

@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use sled::transaction::ConflictableTransactionError;
 use sled::IVec;
 
-use super::write::TxResult;
+use super::tx::TxResult;
 
 /// Bookkeeping cost of one overlay entry beyond its key and value bytes
 /// (map node, two `IVec` headers): keeps many tiny keys from slipping

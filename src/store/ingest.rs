@@ -21,11 +21,12 @@ use super::hot::TxTree;
 use super::offsets::encode_offset;
 use super::outbox::{OutboxDelta, OutboxTx};
 use super::quarantine::{self, encode_entry, entry_key, QuarantinePlan, TreeEntries};
+use super::tx::{abort, TxResult};
 use super::types::{
     Change, Fingerprint, Idempotency, IngestBatch, IngestLimits, IngestOutcome, QuarantineItem,
     Receipt, Resend, SourceOffset,
 };
-use super::write::{TxResult, UpsertTx};
+use super::write::UpsertTx;
 use super::writer_states::PendingStates;
 use super::{codec, Store, StoreError, QUARANTINE};
 use crate::record::{Record, Timestamp};
@@ -362,7 +363,7 @@ impl Store {
                     let [instances, history, audit, tombstones, dedupe_tree, quarantine_tree, offsets_tree, outbox_entries, outbox_index] =
                         views
                     else {
-                        return Err(super::write::abort(StoreError::encode(
+                        return Err(abort(StoreError::encode(
                             product,
                             "(group)",
                             "ingest group",

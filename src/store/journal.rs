@@ -124,7 +124,7 @@ use sled::{IVec, Transactional};
 use super::delta;
 use super::hot::{HotTree, HotTrees, TxTree, WriteSet};
 use super::seal::{self, Seal};
-use super::write::TxResult;
+use super::tx::TxResult;
 use super::{tx_result, Inner, Store, StoreError};
 
 /// The journal's directory inside the store's, and the tree name its

@@ -215,6 +215,7 @@ mod seal;
 mod series_read;
 mod sessions;
 mod stored;
+mod tx;
 mod types;
 mod write;
 pub mod writer;

@@ -52,7 +52,7 @@ use serde::{Deserialize, Serialize};
 use super::codec;
 use super::hot::{HotTree, TxTree};
 use super::keys_entity::{EntityKeys, FORMAT_ENTITY_SEALED};
-use super::write::{abort, TxResult};
+use super::tx::{abort, TxResult};
 use super::{Change, Store, StoreError};
 use crate::record::{Fields, Record, Timestamp};
 

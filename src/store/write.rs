@@ -15,18 +15,13 @@ use super::merge::merge_fields;
 use super::stored::{
     OpenAuditLine, StoredAuditLine, StoredEvent, StoredEventRef, StoredInstance, TailEvent,
 };
+use super::tx::{abort, TxResult};
 use super::writer_states::PendingStates;
 use super::{
     AuditAction, Change, IngestLimits, ProductTrees, Store, StoreError, AUDIT, HISTORY, INSTANCES,
     TOMBSTONES,
 };
 use crate::record::{Record, Timestamp};
-
-pub(crate) type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
-
-pub(crate) fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
-    ConflictableTransactionError::Abort(e)
-}
 
 /// The transactional view of one product's record trees during a batch.
 pub(super) struct UpsertTx<'a> {
