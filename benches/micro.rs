@@ -124,9 +124,9 @@ fn bench_store(c: &mut Criterion) {
     // And encrypted at rest, with entity keys (issue 30 point 2): the
     // per-record cost of sealing against the plain store, same run.
     let sealed_dir = tempfile::tempdir().expect("temp dir");
-    let mut sealed_config = StoreConfig::new(sealed_dir.path().join("db"));
-    sealed_config.encryption_key = Some(meshlet::store::EncryptionKey::generate().expect("key"));
-    let sealed = Store::open(sealed_config).expect("store opens");
+    let sealed_config = StoreConfig::new(sealed_dir.path().join("db"));
+    let key = meshlet::store::EncryptionKey::generate().expect("key");
+    let sealed = Store::open_with_key(sealed_config, Some(key)).expect("store opens");
     for (name, store) in [
         ("", &store),
         ("_no_audit_chain", &unchained),

@@ -16,10 +16,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::store::StoreConfig;
 use figment::providers::Serialized;
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+
+mod store;
+
+pub use store::{DictionaryConfig, StoreConfig};
 
 /// The prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "MESHLET_";
@@ -43,7 +46,9 @@ pub struct HubConfig {
     /// exists.
     pub products: Vec<PathBuf>,
     pub http: HttpConfig,
-    pub store: StoreSettings,
+    /// `[store]`: the store's own settings type (its path follows
+    /// `data_dir`).
+    pub store: StoreConfig,
     pub log: LogConfig,
     pub mqtt: MqttConfig,
     pub ingest: IngestSettings,
@@ -73,7 +78,7 @@ impl Default for HubConfig {
             data_dir: PathBuf::from("./meshlet-data"),
             products: Vec::new(),
             http: HttpConfig::default(),
-            store: StoreSettings::default(),
+            store: StoreConfig::default(),
             log: LogConfig::default(),
             mqtt: MqttConfig::default(),
             ingest: IngestSettings::default(),
@@ -87,6 +92,10 @@ impl Default for HubConfig {
         }
     }
 }
+
+/// The built-in read-only role (`policy::access::READER`; a test holds
+/// the two equal), named here so the config imports no concept.
+const BUILT_IN_READER: &str = "reader";
 
 /// `[security]`: API identities and anonymous access.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -111,13 +120,32 @@ impl SecurityConfig {
     /// masked.
     pub fn embedded() -> SecurityConfig {
         SecurityConfig {
-            anonymous_role: Some(crate::policy::access::READER.to_string()),
+            anonymous_role: Some(BUILT_IN_READER.to_string()),
             ..SecurityConfig::default()
         }
     }
 }
 
 impl HubConfig {
+    /// Every problem of the settings themselves, all at once: what
+    /// `meshlet check` reports and what start-up refuses with before it
+    /// opens anything, so the two cannot disagree. Checks that need a
+    /// file, a socket or another module (TLS files, upstream URLs, product
+    /// definitions) are the node's preflight (src/node.rs).
+    pub fn validate(&self) -> Result<(), ConfigProblems> {
+        let mut problems = Vec::new();
+        let store = self.store.problems();
+        if !store.is_empty() {
+            // Worded as the store's own refusal (`StoreError::InvalidConfig`).
+            problems.push(format!("store config: {}", store.join("; ")));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigProblems(problems))
+        }
+    }
+
     /// Where the token file is.
     pub fn tokens_file(&self) -> PathBuf {
         self.security
@@ -215,95 +243,6 @@ pub enum ClientAuth {
     Optional,
     #[default]
     Required,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreSettings {
-    /// sled's page cache, in MiB. Small by default: edge boxes are small.
-    pub cache_capacity_mb: u64,
-    /// History events per sealed chunk: larger chunks compress better, the
-    /// open tail stays small.
-    pub history_chunk_events: usize,
-    /// The open tail is sealed into a small block every this many events,
-    /// and blocks are merged into full chunks: few keys per entity (sled's
-    /// memory and start-up time grow with the number of keys).
-    pub history_block_events: usize,
-    /// zstd level for sealed chunks.
-    pub zstd_level: i32,
-    /// Entities per product whose newest state is kept decoded for key
-    /// lookups, so lookups do not wait on the writer's sled transactions.
-    /// 0 turns it off.
-    pub instance_cache_entries: usize,
-    /// Bytes of hot state — keys written since the last checkpoint, kept
-    /// in memory and in the journal — before the writer checkpoints them
-    /// into the trees at once. Bounds the memory and the replay after a
-    /// crash.
-    pub hot_bytes: usize,
-    /// How often the hot state is checkpointed into the trees: each dirty
-    /// key is written to its tree once per interval, however often it
-    /// changed. Longer saves flash writes; the replay after a crash grows.
-    #[serde(with = "humantime_serde_compat")]
-    pub checkpoint_interval: Duration,
-    /// How often the retention sweeper wakes.
-    #[serde(with = "humantime_serde_compat")]
-    pub retention_interval: Duration,
-    /// Entities the sweeper visits per product per wake: bounded work, so a
-    /// sweep never stalls ingest; the next wake resumes where it stopped.
-    pub retention_budget: usize,
-    /// Encrypt stored values at rest with the key in this file (32 raw
-    /// bytes, 64 hex digits or base64; `meshlet key generate` writes one).
-    /// Set it before the first start: an existing unencrypted store is
-    /// refused with a key, an encrypted one without it or with another key.
-    pub encryption_key_file: Option<PathBuf>,
-    /// `[store.dictionary]`: per-product zstd dictionaries for history
-    /// chunks (when they are trained, how big, from what).
-    pub dictionary: crate::store::DictionaryConfig,
-}
-
-/// The store's defaults are [`StoreConfig`]'s (one definition each); only
-/// the settings the store does not own (the sweeper's) are defined here.
-impl Default for StoreSettings {
-    fn default() -> Self {
-        StoreSettings {
-            cache_capacity_mb: StoreConfig::DEFAULT_CACHE_CAPACITY_BYTES >> 20,
-            history_chunk_events: StoreConfig::DEFAULT_HISTORY_CHUNK_EVENTS,
-            history_block_events: StoreConfig::DEFAULT_HISTORY_BLOCK_EVENTS,
-            zstd_level: StoreConfig::DEFAULT_ZSTD_LEVEL,
-            instance_cache_entries: StoreConfig::DEFAULT_INSTANCE_CACHE_ENTRIES,
-            hot_bytes: StoreConfig::DEFAULT_HOT_BYTES,
-            checkpoint_interval: StoreConfig::DEFAULT_CHECKPOINT_INTERVAL,
-            retention_interval: Duration::from_secs(30),
-            retention_budget: 1_000,
-            encryption_key_file: None,
-            dictionary: crate::store::DictionaryConfig::default(),
-        }
-    }
-}
-
-impl StoreSettings {
-    /// The store's config at `path` from these settings: the one mapping
-    /// from `[store]` to [`StoreConfig`], used by start-up and by `check`
-    /// (through [`StoreSettings::validate`]), so they cannot disagree. The
-    /// encryption key is read by the caller (it is a file).
-    pub fn store_config(&self, path: PathBuf) -> StoreConfig {
-        let mut config = StoreConfig::new(path);
-        config.cache_capacity_bytes = self.cache_capacity_mb.saturating_mul(1 << 20);
-        config.history_chunk_events = self.history_chunk_events;
-        config.history_block_events = self.history_block_events;
-        config.instance_cache_entries = self.instance_cache_entries;
-        config.hot_bytes = self.hot_bytes;
-        config.checkpoint_interval = self.checkpoint_interval;
-        config.zstd_level = self.zstd_level;
-        config.dictionary = self.dictionary.clone();
-        config
-    }
-
-    /// Every problem of `[store]` that would stop the store from opening,
-    /// worded as start-up words it.
-    pub fn validate(&self) -> Result<(), crate::store::StoreError> {
-        self.store_config(PathBuf::new()).validate()
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
@@ -562,6 +501,10 @@ pub struct IngestSettings {
     pub nice: IngestNice,
 }
 
+/// The highest nice value Linux knows; lower priorities do not exist
+/// (`ingest.nice`'s bound, applied by src/ingest/priority.rs).
+pub const MAX_NICE: u8 = 19;
+
 /// A nice increment Linux can apply: 0 (none) to 19 (the lowest priority).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "i64", into = "i64")]
@@ -577,7 +520,7 @@ impl TryFrom<i64> for IngestNice {
     type Error = String;
 
     fn try_from(value: i64) -> Result<Self, Self::Error> {
-        let max = crate::ingest::priority::MAX_NICE;
+        let max = MAX_NICE;
         match u8::try_from(value) {
             Ok(nice) if nice <= max => Ok(IngestNice(nice)),
             _ => Err(format!(
@@ -950,6 +893,11 @@ pub enum ConfigError {
     Override(String),
 }
 
+/// What [`HubConfig::validate`] found: one line per problem.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigProblems(pub Vec<String>);
+
 /// Loads the config: defaults, then `file` when given, then the `MESHLET_*`
 /// variables of the process environment.
 pub fn load(file: Option<&Path>) -> Result<HubConfig, ConfigError> {
@@ -1140,7 +1088,10 @@ mod tests {
                 ..HubConfig::default()
             }
         );
-        assert_eq!(config.security.anonymous_role.as_deref(), Some("reader"));
+        assert_eq!(
+            config.security.anonymous_role.as_deref(),
+            Some(crate::policy::access::READER)
+        );
         let file = write("data_dir = \"d\"\n");
         let from_file = load_with_env(Some(file.path()), env(&[])).expect("file loads");
         assert_eq!(from_file.security.anonymous_role, None);

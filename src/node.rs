@@ -75,6 +75,8 @@ pub enum NodeError {
     SparkplugHost(#[from] crate::sources::sparkplug::state::HostIdError),
     #[error("a background task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigProblems),
 }
 
 /// Loads every configured product path into one set, checking names across
@@ -136,9 +138,9 @@ pub fn preflight(config: &HubConfig, products: &ProductSet) -> Preflight {
             out.problems.push(format!("http.tls: {err}"));
         }
     }
-    // The same check the store's open makes, from the same mapping.
-    if let Err(err) = config.store.validate() {
-        out.problems.push(err.to_string());
+    // The settings' own checks, as start-up makes them.
+    if let Err(problems) = config.validate() {
+        out.problems.extend(problems.0);
     }
     if let Some(path) = &config.store.encryption_key_file {
         if let Err(err) = crate::store::EncryptionKey::from_file(path) {
@@ -292,6 +294,9 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<RunningNode, NodeError> {
     let readiness = Readiness::default();
+    // Every problem of the settings at once, before anything is opened
+    // (the same check `meshlet check` makes).
+    config.validate()?;
     let config = crate::listen::fit_to_descriptors(config);
 
     // Seen before loading: a definition changed while the node starts is
@@ -486,15 +491,15 @@ pub async fn start(
 
 pub(crate) async fn open_store(config: &HubConfig) -> Result<Store, NodeError> {
     let path = config.data_dir.join("store");
-    let mut store_config = config.store.store_config(path.clone());
-    store_config.encryption_key = config
+    let store_config = config.store.at(path.clone());
+    let key = config
         .store
         .encryption_key_file
         .as_deref()
         .map(crate::store::EncryptionKey::from_file)
         .transpose()?;
     // sled's open replays its log: blocking disk work, off the runtime.
-    tokio::task::spawn_blocking(move || Store::open(store_config))
+    tokio::task::spawn_blocking(move || Store::open_with_key(store_config, key))
         .await
         .map_err(|join| NodeError::Task(join.to_string()))?
         .map_err(|source| NodeError::Store { path, source })

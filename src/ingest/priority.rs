@@ -26,8 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::runtime::{Handle, Runtime};
 use tracing::{info, warn};
 
-/// The highest nice value Linux knows; lower priorities do not exist.
-pub const MAX_NICE: u8 = 19;
+pub use crate::config::MAX_NICE;
 
 /// Name of every thread of the ingest runtime (workers and the blocking
 /// pool that runs the writer's store transactions). 14 bytes: Linux keeps

@@ -615,12 +615,8 @@ mod tests {
     fn dictionaries_of_an_encrypted_store_are_sealed_and_work_after_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let key = EncryptionKey::generate().expect("key");
-        let config = || {
-            let mut c = config(dir.path());
-            c.encryption_key = Some(key.clone());
-            c
-        };
-        let store = Store::open(config()).expect("open");
+        let open = || Store::open_with_key(config(dir.path()), Some(key.clone()));
+        let store = open().expect("open");
         ingest(&store, 6, 0, 32);
         store
             .train_dictionary(P)
@@ -644,7 +640,7 @@ mod tests {
             [Some(1), Some(1)]
         );
         drop(store);
-        let store = Store::open(config()).expect("reopen");
+        let store = open().expect("reopen");
         assert_eq!(versions(&store, "PR-0001"), (1..=64).collect::<Vec<_>>());
         assert!(
             store.raw_dictionaries(P).expect("raw")[0]

@@ -502,11 +502,22 @@ impl Store {
     /// Fails with [`StoreError::NewerFormat`] if a newer meshlet wrote the
     /// database, and with [`StoreError::Sled`] if another process holds it.
     pub fn open(config: StoreConfig) -> Result<Store, StoreError> {
+        Store::open_with_key(config, None)
+    }
+
+    /// [`Store::open`] sealed by `key` (the store key, see `seal.rs`): a
+    /// store created with a key only opens with the same key; one created
+    /// without only opens without. The key is an argument, not a setting,
+    /// so it never sits in a `Debug`/`Serialize` config.
+    pub fn open_with_key(
+        config: StoreConfig,
+        key: Option<EncryptionKey>,
+    ) -> Result<Store, StoreError> {
         config.validate()?;
         let span = tracing::info_span!("store.open", path = %config.path.display());
         let _enter = span.enter();
         // Before sled touches anything: a wrong or missing key stops here.
-        let seal = seal::check_key(&config.path, config.encryption_key.as_ref())?;
+        let seal = seal::check_key(&config.path, key.as_ref())?;
         let entity_keys = match &seal {
             Some(data) => Some(Arc::new(
                 keys_entity::EntityKeys::load(&config.path, Arc::clone(data)).map_err(|e| {

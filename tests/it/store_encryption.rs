@@ -36,9 +36,9 @@ quality: { on_invalid: quarantine }
 const MARKER: &str = "SECRET9d41";
 
 fn open_with_key(data_dir: &Path, key_file: &Path) -> Store {
-    let mut config = StoreConfig::new(data_dir.join("store"));
-    config.encryption_key = Some(EncryptionKey::from_file(key_file).expect("key file"));
-    Store::open(config).expect("the encrypted store opens with its key")
+    let config = StoreConfig::new(data_dir.join("store"));
+    let key = EncryptionKey::from_file(key_file).expect("key file");
+    Store::open_with_key(config, Some(key)).expect("the encrypted store opens with its key")
 }
 
 /// Where `needle` occurs in the store: keys, values, and the decompressed

@@ -51,9 +51,9 @@ const KEEPER: &str = "KEEPER83b2";
 const FORMAT_ENTITY_SEALED: u8 = 9;
 
 fn open_with(store_dir: &Path, key_file: &Path) -> Result<Store, String> {
-    let mut config = StoreConfig::new(store_dir.to_path_buf());
-    config.encryption_key = Some(EncryptionKey::from_file(key_file).expect("key file"));
-    Store::open(config).map_err(|e| e.to_string())
+    let config = StoreConfig::new(store_dir.to_path_buf());
+    let key = EncryptionKey::from_file(key_file).expect("key file");
+    Store::open_with_key(config, Some(key)).map_err(|e| e.to_string())
 }
 
 /// The header an entity-sealed value of `entity` starts with.
