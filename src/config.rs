@@ -536,10 +536,15 @@ impl From<IngestNice> for i64 {
     }
 }
 
+impl IngestSettings {
+    /// Also the decoder's default (`pipeline::Limits`).
+    pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+}
+
 impl Default for IngestSettings {
     fn default() -> Self {
         IngestSettings {
-            max_payload_bytes: 256 * 1024,
+            max_payload_bytes: Self::DEFAULT_MAX_PAYLOAD_BYTES,
             max_http_body_bytes: 8 << 20,
             dedupe_capacity: 65_536,
             batch_max_records: 4_096,

@@ -64,10 +64,11 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_payload_bytes: 256 * 1024,
+            // The node's settings, defined once in the config.
+            max_payload_bytes: crate::config::IngestSettings::DEFAULT_MAX_PAYLOAD_BYTES,
             max_depth: 64,
             max_records: 10_000,
-            max_key_bytes: 512,
+            max_key_bytes: crate::config::StoreConfig::DEFAULT_MAX_ENTITY_KEY_BYTES,
         }
     }
 }
