@@ -329,8 +329,16 @@ mod tests {
         assert!(parsed.history_summaries && parsed.audit_chain);
         assert_eq!(parsed.max_entity_key_bytes, 512);
         let text = toml::to_string(&parsed).expect("writes");
-        assert_eq!(toml::from_str::<StoreConfig>(&text).expect("reads back"), parsed);
-        for key in ["path", "history_summaries", "audit_chain", "max_entity_key_bytes"] {
+        assert_eq!(
+            toml::from_str::<StoreConfig>(&text).expect("reads back"),
+            parsed
+        );
+        for key in [
+            "path",
+            "history_summaries",
+            "audit_chain",
+            "max_entity_key_bytes",
+        ] {
             assert!(
                 toml::from_str::<StoreConfig>(&format!("{key} = 1")).is_err(),
                 "`{key}` is not a file setting"
