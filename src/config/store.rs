@@ -320,11 +320,16 @@ mod tests {
             "cache_capacity_mb = 4\nzstd_level = 5\ncheckpoint_interval = \"2s\"\n[dictionary]\nenabled = false\n",
         )
         .expect("parses");
-        let mut want = StoreConfig::default();
-        want.cache_capacity_bytes = 4 << 20;
-        want.zstd_level = 5;
-        want.checkpoint_interval = Duration::from_secs(2);
-        want.dictionary.enabled = false;
+        let want = StoreConfig {
+            cache_capacity_bytes: 4 << 20,
+            zstd_level: 5,
+            checkpoint_interval: Duration::from_secs(2),
+            dictionary: DictionaryConfig {
+                enabled: false,
+                ..DictionaryConfig::default()
+            },
+            ..StoreConfig::default()
+        };
         assert_eq!(parsed, want);
         assert!(parsed.history_summaries && parsed.audit_chain);
         assert_eq!(parsed.max_entity_key_bytes, 512);
