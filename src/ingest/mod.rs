@@ -811,18 +811,20 @@ impl Ingestor {
             .await
     }
 
-    /// A record a source built itself (a Modbus poll): one JSON object
-    /// whose keys are the field names, event time = arrival, all or nothing
-    /// like [`Ingestor::submit_push`], counted under `source_id`.
+    /// A record a source built itself (a Modbus poll, an OPC UA cycle): one
+    /// JSON object read with the source's `shape` (the field names as keys;
+    /// the event time at the source's time field, else the arrival), all
+    /// or nothing like [`Ingestor::submit_push`], counted under
+    /// `source_id`.
     pub async fn submit_polled(
         &self,
         product: &Arc<Product>,
         source_id: &str,
+        shape: &SourceShape,
         payload: &[u8],
         origin: Origin,
     ) -> Result<PendingMessage, PushRefusal> {
-        let shape = SourceShape::named_fields();
-        self.submit_whole(product, source_id, &shape, payload, origin, None)
+        self.submit_whole(product, source_id, shape, payload, origin, None)
             .await
     }
 

@@ -194,6 +194,16 @@ impl SourceShape {
         }
     }
 
+    /// The shape of the JSON object a polling source (Modbus, OPC UA)
+    /// builds: [`SourceShape::named_fields`], with the event time read
+    /// from `time_field` when the source fills one with the poll's time.
+    pub fn polled(time_field: Option<&str>) -> SourceShape {
+        SourceShape {
+            event_time: time_field.map(|f| format!("/{}", f.replace('~', "~0").replace('/', "~1"))),
+            ..SourceShape::named_fields()
+        }
+    }
+
     /// The same shape read as `format` (say, an HTTP push whose
     /// content type says ndjson). Switching to `telemetry` without an
     /// event time pointer sets `/ts`.
@@ -375,6 +385,31 @@ fn parse_source(
             None
         }
     }
+}
+
+/// A polling source's `time_field`: a declared `timestamp` field that
+/// each record's poll time fills (and that is then its event time).
+/// `None` after a diagnostic.
+pub(crate) fn time_field(
+    entry: &Entry<'_>,
+    ctx: &SourceContext<'_>,
+    diags: &mut Diagnostics,
+) -> Option<String> {
+    let name = reader::string(entry, diags)?;
+    let field = ctx
+        .fields
+        .resolve(&name, "time field", entry.at(), &entry.path, diags)?;
+    if field.ty != super::field::FieldType::Timestamp {
+        diags.push(
+            entry.at(),
+            &entry.path,
+            format!(
+                "time field `{name}` must be a timestamp field: it takes the time each record is read"
+            ),
+        );
+        return None;
+    }
+    Some(name)
 }
 
 /// The `format` of a source's settings: `default` when absent, refused

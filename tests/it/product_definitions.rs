@@ -9,7 +9,7 @@ use meshlet::product::{
     load_path, parse_definition, yaml_to_json, LoadContext, Mask, PayloadFormat, Priority, SyncMode,
 };
 use meshlet::sources::{
-    file::FileSource, http::HttpSource, modbus::ModbusSource, mqtt::MqttSource, opcua::OpcuaSource,
+    http::HttpSource, modbus::ModbusSource, mqtt::MqttSource, opcua::OpcuaSource,
     sparkplug::SparkplugSource,
 };
 
@@ -139,11 +139,16 @@ fn the_examples_compile_to_what_they_say() {
 
     let meter = set.get("energy_meter").expect("energy_meter");
     assert_eq!(meter.sync[0].mode, SyncMode::History);
-    let Some(file) = meter.sources[1].get::<FileSource>() else {
-        panic!("file second")
+    let Some(modbus) = meter.sources[1].get::<ModbusSource>() else {
+        panic!("modbus second")
     };
-    assert_eq!(file.format, PayloadFormat::Csv);
-    assert_eq!(file.columns[0], "meter_id");
+    assert_eq!(modbus.time_field.as_deref(), Some("read_at"));
+    assert_eq!(modbus.devices.len(), 2);
+    assert_eq!(
+        meter.sources[1].shape().event_time.as_deref(),
+        Some("/read_at"),
+        "the poll's time is the event time"
+    );
 
     let asset = set.get("customer_asset").expect("customer_asset");
     assert_eq!(
@@ -908,9 +913,24 @@ fn opcua_source_settings_are_checked() {
             "bad.yaml:10:234: sources[0].opcua.entities[1].nodes.temp: invalid node id `ns=2;i=x`: a numeric identifier (i=) is a number from 0 to 4294967295; expected e.g. \"ns=2;s=Line1.Speed\" or \"ns=3;i=1001\"",
             "bad.yaml:11:24: sources[1].opcua.endpoint: invalid OPC UA endpoint `opc.tcp://plc:99999/`: its port is not a number from 1 to 65535; expected opc.tcp://host:port/path, e.g. opc.tcp://10.0.0.9:4840/",
             "bad.yaml:11:58: sources[1].opcua.entities: expected at least one entity",
-            "bad.yaml:12:42: sources[2].opcua.securty: unknown key `securty` (did you mean `security`?); expected one of: endpoint, publishing_interval, security, user, entities",
+            "bad.yaml:12:42: sources[2].opcua.securty: unknown key `securty` (did you mean `security`?); expected one of: endpoint, publishing_interval, security, user, entities, time_field",
             "bad.yaml:12:109: sources[2].opcua.entities[1]: node `ns=2;s=T` is mapped twice (entity `a` field `temp`, entity `b` field `id`): one node feeds one field",
             "bad.yaml:12:165: sources[2].opcua.entities[2].nodes: expected at least one node",
+        ]
+    );
+}
+
+/// `time_field` of a polled source: a declared timestamp field, not also
+/// read from the device.
+#[test]
+fn polled_time_fields_are_checked() {
+    let text = format!("{BASE}  at: {{ type: timestamp }}\nsources:\n  - modbus: {{ devices: [{{ address: m, key: a }}], registers: {{ temp: {{ address: 0 }} }}, time_field: when }}\n  - opcua: {{ endpoint: 'opc.tcp://plc/', entities: [{{ key: a, nodes: {{ at: 'ns=2;s=A' }} }}], time_field: at }}\n  - opcua: {{ endpoint: 'opc.tcp://plc/', entities: [{{ key: a, nodes: {{ temp: 'ns=2;s=T' }} }}], time_field: id }}\n  - modbus: {{ devices: [{{ address: m, key: a }}], registers: {{ temp: {{ address: 0 }} }}, time_field: at }}\n");
+    assert_eq!(
+        errors(&text),
+        [
+            "bad.yaml:11:99: sources[0].modbus.time_field: time field `when` is not a declared field; declared fields: id, temp, at",
+            "bad.yaml:12:105: sources[1].opcua.time_field: field `at` is both read from a node and filled with the arrival time; keep one",
+            "bad.yaml:13:107: sources[2].opcua.time_field: time field `id` must be a timestamp field: it takes the time each record is read",
         ]
     );
 }

@@ -34,9 +34,10 @@ const UNAVAILABLE: &str =
 
 impl SourceSettings for ModbusSource {
     /// The poller builds one JSON object per device whose keys are the
-    /// field names, so nothing is mapped; the event time is the poll's.
+    /// field names, so nothing is mapped; the event time is the poll's
+    /// (read from `time_field` when there is one).
     fn shape(&self) -> SourceShape {
-        SourceShape::named_fields()
+        SourceShape::polled(self.time_field.as_deref())
     }
 
     fn contract(&self) -> serde_json::Value {

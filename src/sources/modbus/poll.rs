@@ -23,9 +23,9 @@ use tracing::{debug, info, warn};
 use super::decode::{plan, value, Block, Words};
 use super::spec::{ModbusDevice, ModbusSource, Register, Table};
 use crate::ingest::{Ingestor, SourceCounters};
-use crate::product::Product;
-use crate::record::Origin;
-use crate::product::SourceId;
+use crate::pipeline::SourceShape;
+use crate::product::{Product, SourceId, SourceSettings};
+use crate::record::{Origin, Timestamp};
 
 /// Why a device read failed, as counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +63,10 @@ pub(super) struct Poller {
     product: Arc<Product>,
     id: SourceId,
     source_id: String,
+    /// The source's shape: named fields, event time at `time_field`.
+    shape: SourceShape,
+    /// Filled with the poll's time, when set.
+    time_field: Option<String>,
     registers: indexmap::IndexMap<String, Register>,
     blocks: Vec<Block>,
     devices: Vec<Device>,
@@ -82,6 +86,8 @@ impl Poller {
             product,
             id,
             source_id: id.to_string(),
+            shape: source.shape(),
+            time_field: source.time_field.clone(),
             blocks: plan(&source.registers),
             registers: source.registers.clone(),
             devices: source
@@ -114,11 +120,13 @@ impl Poller {
                 _ = shutdown.cancelled() => break,
                 _ = ticker.tick() => {}
             }
+            // One time per poll: the readings of one poll line up.
+            let at = Timestamp::now();
             for index in 0..self.devices.len() {
                 if shutdown.is_cancelled() {
                     break;
                 }
-                self.poll_device(index, &counters).await;
+                self.poll_device(index, at, &counters).await;
             }
             let down = self.devices.iter().filter(|d| !d.up).count();
             counters.devices_down(down);
@@ -132,12 +140,15 @@ impl Poller {
         debug!(source = %self.id, "modbus poller stopped");
     }
 
-    async fn poll_device(&mut self, index: usize, counters: &Arc<SourceCounters>) {
+    async fn poll_device(&mut self, index: usize, at: Timestamp, counters: &Arc<SourceCounters>) {
         let record = self.read_device(index, counters).await;
         let device = &mut self.devices[index];
-        let Some(record) = record else {
+        let Some(mut record) = record else {
             return;
         };
+        if let (Some(field), Some(time)) = (&self.time_field, at.to_rfc3339()) {
+            record.insert(field.clone(), Value::String(time));
+        }
         if !device.up {
             info!(device = %device.spec.key, address = %device.spec.address, "modbus device answers again");
             device.up = true;
@@ -156,7 +167,7 @@ impl Poller {
         let key = device.spec.key.clone();
         match self
             .ingestor
-            .submit_polled(&self.product, &self.source_id, &payload, origin)
+            .submit_polled(&self.product, &self.source_id, &self.shape, &payload, origin)
             .await
         {
             Ok(pending) => {

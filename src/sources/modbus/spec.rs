@@ -5,6 +5,7 @@
 //!   - modbus:
 //!       poll_interval: 5s          # default 5s
 //!       timeout: 1s                # per request and per connect; default 1s
+//!       time_field: read_at        # optional: a timestamp field the poll's time fills
 //!       devices:
 //!         - { address: 10.0.0.7:502, unit: 1, key: meter-1 }
 //!       registers:
@@ -21,7 +22,7 @@ use crate::product::diagnostic::Diagnostics;
 use crate::product::reader::{
     self, elements, entries, expect_list, expect_mapping, Entry, MapReader,
 };
-use crate::product::source::SourceContext;
+use crate::product::source::{time_field, SourceContext};
 use crate::product::FieldType;
 
 /// Polled Modbus TCP devices, one record per device per poll.
@@ -34,6 +35,10 @@ pub struct ModbusSource {
     /// Bound on each connect and each request; a device that does not
     /// answer in time is counted (`reason="timeout"`) and reconnected.
     pub timeout: Duration,
+    /// A timestamp field each record's poll time fills (and its event
+    /// time is then read from): for products that require when a reading
+    /// was taken.
+    pub time_field: Option<String>,
 }
 
 /// One device: where it is and which entity its records are.
@@ -144,7 +149,7 @@ pub struct Register {
     pub word_order: Order,
 }
 
-const KEYS: &[&str] = &["devices", "registers", "poll_interval", "timeout"];
+const KEYS: &[&str] = &["devices", "registers", "poll_interval", "timeout", "time_field"];
 const DEVICE_KEYS: &[&str] = &["address", "unit", "key"];
 const REGISTER_KEYS: &[&str] = &[
     "table",
@@ -185,11 +190,18 @@ pub(crate) fn parse(
     let registers = map
         .required("registers", diags)
         .and_then(|e| registers(&e, ctx, diags));
+    let time_field = match map.get("time_field") {
+        None => Some(None),
+        // A register feeds a numeric or bool field, never a timestamp
+        // one, so the two cannot collide.
+        Some(e) => time_field(&e, ctx, diags).map(Some),
+    };
     Some(ModbusSource {
         devices: devices?,
         registers: registers?,
         poll_interval: poll_interval?,
         timeout: timeout?,
+        time_field: time_field?,
     })
 }
 

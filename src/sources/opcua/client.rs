@@ -44,9 +44,8 @@ use tracing::{debug, info, warn};
 
 use super::spec::OpcuaSource;
 use crate::ingest::{Ingestor, SourceCounters};
-use crate::product::Product;
-use crate::record::Origin;
-use crate::product::SourceId;
+use crate::product::{Product, SourceId, SourceSettings};
+use crate::record::{Origin, Timestamp};
 
 /// Records queued between the crate's callback and the writer before
 /// cycles are merged into the newest queued record of their entity.
@@ -365,6 +364,7 @@ impl Subscriber {
     async fn write(&self, pending: &Pending, shutdown: &CancellationToken) {
         let source_id = self.id.to_string();
         let origin = Origin::new(format!("opcua:{}", self.source.endpoint));
+        let shape = self.source.shape();
         loop {
             let Some(change) = pending.pop() else {
                 tokio::select! {
@@ -377,6 +377,9 @@ impl Subscriber {
             };
             let mut record = change.fields;
             record.insert(self.product.key.clone(), Value::String(entity.key.clone()));
+            if let (Some(field), Some(time)) = (&self.source.time_field, Timestamp::now().to_rfc3339()) {
+                record.insert(field.clone(), Value::String(time));
+            }
             let payload = match serde_json::to_vec(&Value::Object(record)) {
                 Ok(p) => p,
                 Err(err) => {
@@ -386,7 +389,7 @@ impl Subscriber {
             };
             match self
                 .ingestor
-                .submit_polled(&self.product, &source_id, &payload, origin.clone())
+                .submit_polled(&self.product, &source_id, &shape, &payload, origin.clone())
                 .await
             {
                 Ok(written) => {

@@ -45,7 +45,7 @@ impl SourceSettings for OpcuaSource {
     /// The subscriber builds one JSON object per entity whose keys are the
     /// field names, so nothing is mapped; the event time is the arrival's.
     fn shape(&self) -> SourceShape {
-        SourceShape::named_fields()
+        SourceShape::polled(self.time_field.as_deref())
     }
 
     fn contract(&self) -> serde_json::Value {

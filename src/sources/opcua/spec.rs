@@ -7,6 +7,7 @@
 //!       publishing_interval: 1s      # default 1s
 //!       security: none               # the only mode this build speaks
 //!       user: { name: meshlet, password_env: PLC_OPCUA_PASSWORD }   # default anonymous
+//!       time_field: seen_at          # optional: a timestamp field the cycle's arrival fills
 //!       entities:
 //!         - key: line-1
 //!           nodes:
@@ -22,7 +23,7 @@ use crate::product::diagnostic::Diagnostics;
 use crate::product::reader::{
     self, elements, entries, expect_list, expect_mapping, Entry, MapReader,
 };
-use crate::product::source::SourceContext;
+use crate::product::source::{time_field, SourceContext};
 
 /// Monitored nodes of one OPC UA server, one record per entity per
 /// publishing cycle in which one of its nodes changed.
@@ -37,6 +38,9 @@ pub struct OpcuaSource {
     /// `None`: anonymous.
     pub user: Option<OpcuaUser>,
     pub entities: Vec<OpcuaEntity>,
+    /// A timestamp field each record's arrival time fills (and its event
+    /// time is then read from).
+    pub time_field: Option<String>,
 }
 
 /// A user name and the environment variable holding its password: a
@@ -63,6 +67,7 @@ const KEYS: &[&str] = &[
     "security",
     "user",
     "entities",
+    "time_field",
 ];
 const USER_KEYS: &[&str] = &["name", "password_env"];
 const ENTITY_KEYS: &[&str] = &["key", "nodes"];
@@ -137,12 +142,27 @@ pub(crate) fn parse(
     let entities = map
         .required("entities", diags)
         .and_then(|e| entities(&e, ctx, diags));
+    let time_field = match map.get("time_field") {
+        None => Some(None),
+        Some(e) => time_field(&e, ctx, diags)
+            .filter(|name| {
+                let read = entities
+                    .as_ref()
+                    .is_some_and(|all| all.iter().any(|en| en.nodes.contains_key(name)));
+                if read {
+                    diags.push(e.at(), &e.path, format!("field `{name}` is both read from a node and filled with the arrival time; keep one"));
+                }
+                !read
+            })
+            .map(Some),
+    };
     security?;
     Some(OpcuaSource {
         endpoint: endpoint?,
         publishing_interval: publishing_interval?,
         user: user?,
         entities: entities?,
+        time_field: time_field?,
     })
 }
 
