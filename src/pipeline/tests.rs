@@ -482,10 +482,12 @@ fn telemetry_of_the_energy_meter_example() {
     let dropped: Vec<String> = a.dropped.iter().map(ToString::to_string).collect();
     assert_eq!(dropped, ["voltage_v: 900 is above max 500"]);
 
-    // The csv file source of the same example.
-    let csv = SourceShape::from_source(&p.sources[1]);
-    let rows = b"M-0007,2024-05-01T12:15:00Z,10234.5,3.2,231.4,0.97\n";
-    let a = accepted(run_with(&p, &csv, rows, &[], &Limits::default()));
+    // The modbus source of the same example: the poller's document, with
+    // `read_at` (its time_field) filled with the poll's time, which is
+    // then the event time.
+    let polled = SourceShape::from_source(&p.sources[1]);
+    let doc = br#"{"meter_id": "M-0007", "read_at": "2024-05-01T12:15:00Z", "energy_kwh": 10234.5, "power_kw": 3.2, "voltage_v": 231.4, "power_factor": 0.97}"#;
+    let a = accepted(run_with(&p, &polled, doc, &[], &Limits::default()));
     assert_eq!(a.record.event_time, at("2024-05-01T12:15:00Z"));
     assert_eq!(a.record.fields["power_factor"], Value::Float(0.97));
 }
