@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::{anyhow, Context as _};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -190,12 +191,57 @@ pub struct CheckArgs {
     pub paths: Vec<PathBuf>,
 }
 
-/// Entry point of the binary.
+/// Entry point of the binary: every failure comes back here as one
+/// `anyhow::Error` and is reported once (exit code 1).
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(err) => {
+            report(&err);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `error: <what> : <why> : ...` on stderr. A cause whose text the message
+/// before it already carries (library errors that print their source) is
+/// not repeated.
+fn report(err: &anyhow::Error) {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    eprintln!("error: {text}");
+}
+
+/// A runtime for a command that needs one.
+fn runtime(multi_thread: bool) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = if multi_thread {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.thread_name("meshlet");
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// `Ok(())` as a successful exit.
+fn done(result: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // init writes the config, so it must not need (or trip over) one.
     let command = match cli.command {
-        Command::Init(args) => return init::run(args),
+        Command::Init(args) => return Ok(init::run(args)),
         command => command,
     };
     // A newcomer runs `meshlet serve` where `meshlet init` wrote the config.
@@ -204,46 +250,36 @@ pub fn main() -> ExitCode {
         .config
         .as_deref()
         .or_else(|| discovered.is_file().then_some(discovered));
-    let mut config = match config::load(file) {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("error: invalid hub config: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let mut config = config::load(file).context("invalid hub config")?;
     if let Some(format) = cli.log_format {
         config.log.format = format;
     }
     match command {
-        Command::Init(args) => init::run(args),
-        Command::Status(args) => status::run(&config, args),
-        Command::Serve(args) => serve(config, args),
-        Command::Check(args) => check(&config, args),
-        Command::Quarantine(command) => quarantine(config, command),
-        Command::Schema(SchemaCommand::Print { products }) => print_schema(&config, products),
-        Command::Contract(command) => contract::run(&config, command),
-        Command::Erase(args) => erase(config, args),
-        Command::Audit(command) => audit::run(config, command),
-        Command::Key(KeyCommand::Generate { out }) => generate_key(out),
-        Command::Key(KeyCommand::Rotate(args)) => key::rotate(&config, args),
-        Command::Sync(command) => sync::run(config, command),
-        Command::Token(command) => token(&config, command),
+        Command::Init(args) => Ok(init::run(args)),
+        Command::Status(args) => done(status::run(&config, args)),
+        Command::Serve(args) => done(serve(config, args)),
+        Command::Check(args) => done(check(&config, args)),
+        Command::Quarantine(command) => done(quarantine(config, command)),
+        Command::Schema(SchemaCommand::Print { products }) => {
+            done(print_schema(&config, products))
+        }
+        Command::Contract(command) => Ok(contract::run(&config, command)),
+        Command::Erase(args) => done(erase(config, args)),
+        Command::Audit(command) => Ok(audit::run(config, command)),
+        Command::Key(KeyCommand::Generate { out }) => done(generate_key(out)),
+        Command::Key(KeyCommand::Rotate(args)) => done(key::rotate(&config, args)),
+        Command::Sync(command) => Ok(sync::run(config, command)),
+        Command::Token(command) => done(token(&config, command)),
     }
 }
 
 /// `meshlet key generate`: a fresh key, to a new owner-only file or stdout.
-fn generate_key(out: Option<PathBuf>) -> ExitCode {
-    let key = match crate::store::EncryptionKey::generate() {
-        Ok(key) => key,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
+fn generate_key(out: Option<PathBuf>) -> anyhow::Result<()> {
+    let key = crate::store::EncryptionKey::generate()?;
     let text = format!("{}\n", key.to_hex());
     let Some(path) = out else {
         print!("{text}");
-        return ExitCode::SUCCESS;
+        return Ok(());
     };
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -257,25 +293,18 @@ fn generate_key(out: Option<PathBuf>) -> ExitCode {
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
         crate::atomic_file::fsync_directory(dir.unwrap_or(std::path::Path::new(".")))
     });
-    match written {
-        Ok(()) => {
-            println!(
-                "wrote a new store key to {}; keep a copy: without it the data cannot be read",
-                path.display()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("error: cannot create {}: {err}", path.display());
-            ExitCode::FAILURE
-        }
-    }
+    written.with_context(|| format!("cannot create {}", path.display()))?;
+    println!(
+        "wrote a new store key to {}; keep a copy: without it the data cannot be read",
+        path.display()
+    );
+    Ok(())
 }
 
 /// `meshlet erase`: offline, through [`crate::store::Store::erase`] like
 /// the mutation. A running node holds the store's lock; the error then
 /// points at the mutation instead.
-fn erase(mut config: HubConfig, args: EraseArgs) -> ExitCode {
+fn erase(mut config: HubConfig, args: EraseArgs) -> anyhow::Result<()> {
     crate::telemetry::init_logging(&crate::config::LogConfig {
         level: "warn".to_string(),
         ..config.log.clone()
@@ -283,25 +312,16 @@ fn erase(mut config: HubConfig, args: EraseArgs) -> ExitCode {
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let outcome: Result<bool, String> = runtime.block_on(async {
+    let runtime = runtime(false)?;
+    let erased: bool = runtime.block_on(async {
         let products = crate::node::load_products(&config)
-            .map_err(|e| format!("product definitions are invalid:\n{e}"))?;
+            .map_err(|e| anyhow!("product definitions are invalid:\n{e}"))?;
         let Some(definition) = products.get(&args.product) else {
-            return Err(format!("no product named `{}`", args.product));
+            return Err(anyhow!("no product named `{}`", args.product));
         };
         let store = crate::node::open_store(&config).await.map_err(|e| {
             let mutation = crate::api::graphql::erase_mutation_name(&definition.name);
-            format!(
+            anyhow!(
                 "{e}\n(is the node running? stop it, or erase through its API: mutation {{ {mutation}({}: ...) }} on http://{}/graphql)",
                 definition.key, config.http.listen
             )
@@ -309,38 +329,28 @@ fn erase(mut config: HubConfig, args: EraseArgs) -> ExitCode {
         // The tombstone owed to each upstream is enqueued with the erasure,
         // as on a running node: the next start sends it.
         crate::sync::install_planner(&store, &std::sync::Arc::new(products.clone()))
-            .map_err(|e| format!("cannot plan the sync of the erasure: {e}"))?;
+            .context("cannot plan the sync of the erasure")?;
         let actor = args
             .actor
             .or_else(|| std::env::var("USER").ok())
             .unwrap_or_else(|| "unknown".to_string());
         let origin = crate::record::Origin::new("cli").with_actor(actor);
-        let erased = store
-            .erase(&args.product, &args.key, &origin)
-            .map_err(|e| e.to_string())?;
-        store.durable().await.map_err(|e| e.to_string())?;
-        Ok(erased)
-    });
-    match outcome {
-        Ok(true) => {
-            println!("erased {} `{}`", args.product, args.key);
-            ExitCode::SUCCESS
-        }
-        Ok(false) => {
-            println!(
-                "{} has no entity `{}`; nothing erased",
-                args.product, args.key
-            );
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
+        let erased = store.erase(&args.product, &args.key, &origin)?;
+        store.durable().await?;
+        Ok::<_, anyhow::Error>(erased)
+    })?;
+    if erased {
+        println!("erased {} `{}`", args.product, args.key);
+    } else {
+        println!(
+            "{} has no entity `{}`; nothing erased",
+            args.product, args.key
+        );
     }
+    Ok(())
 }
 
-fn token(config: &HubConfig, command: TokenCommand) -> ExitCode {
+fn token(config: &HubConfig, command: TokenCommand) -> anyhow::Result<()> {
     use crate::policy::tokens::TokenFileStore;
     let store = TokenFileStore::new(config.tokens_file());
     let result = match command {
@@ -373,16 +383,10 @@ fn token(config: &HubConfig, command: TokenCommand) -> ExitCode {
             }
         }),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    Ok(result?)
 }
 
-fn print_schema(config: &HubConfig, products: Vec<PathBuf>) -> ExitCode {
+fn print_schema(config: &HubConfig, products: Vec<PathBuf>) -> anyhow::Result<()> {
     let paths = if products.is_empty() {
         config.product_paths()
     } else {
@@ -395,23 +399,15 @@ fn print_schema(config: &HubConfig, products: Vec<PathBuf>) -> ExitCode {
             for diagnostic in &errors.0 {
                 eprintln!("{diagnostic}");
             }
-            eprintln!("error: product definitions are invalid");
-            return ExitCode::FAILURE;
+            return Err(anyhow!("product definitions are invalid"));
         }
     };
-    match crate::api::graphql::sdl(&set) {
-        Ok(sdl) => {
-            print!("{sdl}");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    let sdl = crate::api::graphql::sdl(&set)?;
+    print!("{sdl}");
+    Ok(())
 }
 
-fn serve(mut config: HubConfig, args: ServeArgs) -> ExitCode {
+fn serve(mut config: HubConfig, args: ServeArgs) -> anyhow::Result<()> {
     if !args.products.is_empty() {
         config.products = args.products;
     }
@@ -423,17 +419,7 @@ fn serve(mut config: HubConfig, args: ServeArgs) -> ExitCode {
     }
     crate::telemetry::init_logging(&config.log);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("meshlet")
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let runtime = runtime(true)?;
     let outcome = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let signals = tokio::spawn(watch_signals(shutdown.clone()));
@@ -445,36 +431,23 @@ fn serve(mut config: HubConfig, args: ServeArgs) -> ExitCode {
         signals.abort();
         result
     });
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            error!(error = %err, "node stopped with an error");
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
+    if let Err(err) = &outcome {
+        error!(error = %err, "node stopped with an error");
     }
+    Ok(outcome?)
 }
 
-fn quarantine(config: HubConfig, command: QuarantineCommand) -> ExitCode {
+fn quarantine(config: HubConfig, command: QuarantineCommand) -> anyhow::Result<()> {
     crate::telemetry::init_logging(&crate::config::LogConfig {
         level: "warn".to_string(),
         ..config.log.clone()
     });
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let outcome: Result<(), String> = runtime.block_on(async move {
+    let runtime = runtime(false)?;
+    runtime.block_on(async move {
         let products = crate::node::load_products(&config)
-            .map_err(|e| format!("product definitions are invalid:\n{e}"))?;
+            .map_err(|e| anyhow!("product definitions are invalid:\n{e}"))?;
         let store = crate::node::open_store(&config).await.map_err(|e| {
-            format!(
+            anyhow!(
                 "{e}\n(is the node running? stop it, or use its HTTP API: POST http://{}/quarantine/<product>/replay)",
                 config.http.listen
             )
@@ -483,12 +456,10 @@ fn quarantine(config: HubConfig, command: QuarantineCommand) -> ExitCode {
         match command {
             QuarantineCommand::List { product, after, limit } => {
                 if products.get(&product).is_none() {
-                    return Err(format!("no product named `{product}`"));
+                    return Err(anyhow!("no product named `{product}`"));
                 }
-                let total = store.quarantine_count(&product).map_err(|e| e.to_string())?;
-                let entries = store
-                    .quarantine_list(&product, after, limit.max(1))
-                    .map_err(|e| e.to_string())?;
+                let total = store.quarantine_count(&product)?;
+                let entries = store.quarantine_list(&product, after, limit.max(1))?;
                 println!("{total} quarantined in {product}");
                 for entry in entries {
                     let item = &entry.item;
@@ -515,12 +486,11 @@ fn quarantine(config: HubConfig, command: QuarantineCommand) -> ExitCode {
                 // written by a running node would: their outbox entries go
                 // with them.
                 crate::sync::install_planner(&store, &products)
-                    .map_err(|e| format!("cannot plan the sync of replayed records: {e}"))?;
+                    .context("cannot plan the sync of replayed records")?;
                 let tasks = tokio_util::task::TaskTracker::new();
                 // A replay is the operator's own foreground work: it runs
                 // at the command's priority, on the command's runtime.
-                let shared_runtime = crate::ingest::priority::IngestRuntime::start(0)
-                    .map_err(|e| e.to_string())?;
+                let shared_runtime = crate::ingest::priority::IngestRuntime::start(0)?;
                 let ingestor = crate::ingest::Ingestor::new(
                     products.clone(),
                     store.clone(),
@@ -540,12 +510,11 @@ fn quarantine(config: HubConfig, command: QuarantineCommand) -> ExitCode {
                     crate::ingest::replay::replay(&ingestor, &product),
                     left,
                 )
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
                 drop(ingestor);
                 tasks.close();
                 tasks.wait().await;
-                store.durable().await.map_err(|e| e.to_string())?;
+                store.durable().await?;
                 println!(
                     "replayed {} of {} quarantined payloads of {product} ({} records written); {} still invalid",
                     report.replayed, report.examined, report.records, report.still_invalid
@@ -553,14 +522,7 @@ fn quarantine(config: HubConfig, command: QuarantineCommand) -> ExitCode {
                 Ok(())
             }
         }
-    });
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 /// First SIGINT/SIGTERM: graceful shutdown. Second one: exit at once, for
@@ -600,17 +562,16 @@ async fn next_signal() -> std::io::Result<()> {
     tokio::signal::ctrl_c().await
 }
 
-fn check(config: &HubConfig, args: CheckArgs) -> ExitCode {
+fn check(config: &HubConfig, args: CheckArgs) -> anyhow::Result<()> {
     let paths = if args.paths.is_empty() {
         config.product_paths()
     } else {
         args.paths
     };
     if paths.is_empty() {
-        eprintln!(
-            "error: nothing to check: name a file or folder, or set `products` in the config"
-        );
-        return ExitCode::FAILURE;
+        return Err(anyhow!(
+            "nothing to check: name a file or folder, or set `products` in the config"
+        ));
     }
     let ctx = LoadContext::with_upstreams(config.upstream_names());
     match product::load_paths(&paths, &ctx) {
@@ -626,16 +587,15 @@ fn check(config: &HubConfig, args: CheckArgs) -> ExitCode {
                 for problem in &preflight.problems {
                     eprintln!("{problem}");
                 }
-                eprintln!(
-                    "error: {} problem{}: `meshlet serve` would refuse to start",
+                return Err(anyhow!(
+                    "{} problem{}: `meshlet serve` would refuse to start",
                     preflight.problems.len(),
                     if preflight.problems.len() == 1 {
                         ""
                     } else {
                         "s"
                     }
-                );
-                return ExitCode::FAILURE;
+                ));
             }
             let names: Vec<&str> = set.iter().map(|p| p.name.as_str()).collect();
             println!(
@@ -644,21 +604,20 @@ fn check(config: &HubConfig, args: CheckArgs) -> ExitCode {
                 if names.len() == 1 { "" } else { "s" },
                 names.join(", ")
             );
-            ExitCode::SUCCESS
+            Ok(())
         }
         Err(errors) => {
             for diagnostic in &errors.0 {
                 eprintln!("{diagnostic}");
             }
             let files: std::collections::BTreeSet<_> = errors.0.iter().map(|d| &d.file).collect();
-            eprintln!(
-                "error: {} problem{} in {} file{}",
+            Err(anyhow!(
+                "{} problem{} in {} file{}",
                 errors.0.len(),
                 if errors.0.len() == 1 { "" } else { "s" },
                 files.len(),
                 if files.len() == 1 { "" } else { "s" }
-            );
-            ExitCode::FAILURE
+            ))
         }
     }
 }

@@ -5,7 +5,6 @@
 //! file (or the new key must replace the old file's contents).
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use crate::config::HubConfig;
 use crate::store::EncryptionKey;
@@ -24,39 +23,29 @@ pub struct RotateArgs {
     pub data_dir: Option<PathBuf>,
 }
 
-pub fn rotate(config: &HubConfig, args: RotateArgs) -> ExitCode {
-    match try_rotate(config, &args) {
-        Ok(store) => {
-            println!(
-                "the store in {} is now sealed by the key in {}; point store.encryption_key_file at it (the old key no longer opens the store); no data was rewritten",
-                store.display(),
-                args.new_key_file.display()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn try_rotate(config: &HubConfig, args: &RotateArgs) -> Result<PathBuf, String> {
+pub fn rotate(config: &HubConfig, args: RotateArgs) -> anyhow::Result<()> {
     let old_path = args
         .old_key_file
         .clone()
         .or_else(|| config.store.encryption_key_file.clone())
-        .ok_or("no current key: pass --old-key-file or set store.encryption_key_file")?;
-    let old = EncryptionKey::from_file(&old_path).map_err(|e| e.to_string())?;
-    let new = EncryptionKey::from_file(&args.new_key_file).map_err(|e| e.to_string())?;
+        .ok_or_else(|| {
+            anyhow::anyhow!("no current key: pass --old-key-file or set store.encryption_key_file")
+        })?;
+    let old = EncryptionKey::from_file(&old_path)?;
+    let new = EncryptionKey::from_file(&args.new_key_file)?;
     if old == new {
-        return Err("the new key is the current key".into());
+        anyhow::bail!("the new key is the current key");
     }
     let store = args
         .data_dir
         .clone()
         .unwrap_or_else(|| config.data_dir.clone())
         .join("store");
-    crate::store::rotate_key(&store, &old, &new).map_err(|e| e.to_string())?;
-    Ok(store)
+    crate::store::rotate_key(&store, &old, &new)?;
+    println!(
+        "the store in {} is now sealed by the key in {}; point store.encryption_key_file at it (the old key no longer opens the store); no data was rewritten",
+        store.display(),
+        args.new_key_file.display()
+    );
+    Ok(())
 }

@@ -12,7 +12,6 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -83,27 +82,14 @@ const QUERY: &str = "{ products { name entities quarantineCount \
     freshness { lastUpdate stale sla } quality { accepted rejected quarantined duplicates } } }";
 
 /// `meshlet status`.
-pub fn run(config: &HubConfig, args: StatusArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+pub fn run(config: &HubConfig, args: StatusArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(collect(config, &args)) {
-        Ok(screen) => {
-            print!("{screen}");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
-    }
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+    let screen = runtime.block_on(collect(config, &args))?;
+    print!("{screen}");
+    Ok(())
 }
 
 async fn collect(config: &HubConfig, args: &StatusArgs) -> Result<String, StatusError> {
