@@ -260,9 +260,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => done(serve(config, args)),
         Command::Check(args) => done(check(&config, args)),
         Command::Quarantine(command) => done(quarantine(config, command)),
-        Command::Schema(SchemaCommand::Print { products }) => {
-            done(print_schema(&config, products))
-        }
+        Command::Schema(SchemaCommand::Print { products }) => done(print_schema(&config, products)),
         Command::Contract(command) => Ok(contract::run(&config, command)),
         Command::Erase(args) => done(erase(config, args)),
         Command::Audit(command) => Ok(audit::run(config, command)),
