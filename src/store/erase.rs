@@ -27,6 +27,7 @@ use super::outbox::{ErasePlan, OutboxDelta, OutboxTx};
 use super::quarantine::{self, EntityEntries};
 use super::read::decode_stored_instance;
 use super::stored::{StoredAuditLine, StoredTombstone};
+use super::tx::{abort, TxResult};
 use super::{AuditAction, ProductTrees, Store, StoreError, AUDIT, HISTORY, INSTANCES, TOMBSTONES};
 use crate::record::{Origin, Timestamp};
 
@@ -221,7 +222,7 @@ pub(crate) fn remove_entity(
         |views| {
             let [instances, history, audit, tombstones, quarantine_tree, entries, index] = views
             else {
-                return Err(ConflictableTransactionError::Abort(StoreError::encode(
+                return Err(abort(StoreError::encode(
                     product,
                     entity,
                     "erasure",
@@ -240,14 +241,9 @@ pub(crate) fn remove_entity(
                 .generate_id()
                 .map_err(ConflictableTransactionError::Storage)?;
             let key = audit_key(entity, id);
-            let sealed = trees.seal(AUDIT, &key, line_bytes.clone()).map_err(|e| {
-                ConflictableTransactionError::Abort(StoreError::encode(
-                    product,
-                    entity,
-                    "audit line",
-                    e,
-                ))
-            })?;
+            let sealed = trees
+                .seal(AUDIT, &key, line_bytes.clone())
+                .map_err(|e| abort(StoreError::encode(product, entity, "audit line", e)))?;
             audit.insert(key, sealed)?;
             if let Some(bytes) = &tombstone_bytes {
                 tombstones.insert(entity.as_bytes(), bytes.clone())?;
@@ -268,7 +264,7 @@ pub(crate) fn remove_entity(
                 };
                 outbox.erase(&plan.pending, &plan.tombstones, &mut delta)?;
             }
-            Ok::<_, ConflictableTransactionError<StoreError>>(delta)
+            TxResult::Ok(delta)
         },
         || context("removing the entity"),
     )?;

@@ -18,14 +18,13 @@
 
 use std::ops::Bound;
 
-use sled::transaction::ConflictableTransactionError;
-
 use super::chunk::{decode_chunk, decode_chunk_header, encode_chunk, ChunkHeader};
 use super::codec::{self, CodecError, Dictionaries};
 use super::erase::remove_entity;
 use super::keys::{chunk_key, entity_prefix, parse_history_key, TAG_CHUNK, TAG_TAIL};
 use super::read::decode_stored_instance;
 use super::stored::{StoredAuditLine, StoredEvent, StoredInstance, TailEvent};
+use super::tx::{abort, TxResult};
 use super::{
     AuditAction, ProductTrees, RetentionSpec, Store, StoreError, SweepReport, HISTORY, INSTANCES,
 };
@@ -327,7 +326,7 @@ impl Store {
             &[&trees.instances, &trees.history],
             |views| {
                 let [instances, history] = views else {
-                    return Err(ConflictableTransactionError::Abort(StoreError::encode(
+                    return Err(abort(StoreError::encode(
                         product,
                         entity,
                         "retention",
@@ -341,7 +340,7 @@ impl Store {
                     history.insert(key.as_slice(), value.as_slice())?;
                 }
                 instances.insert(entity.as_bytes(), instance_bytes.as_slice())?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
+                TxResult::Ok(())
             },
             || context("trimming history"),
         );
