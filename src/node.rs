@@ -28,6 +28,7 @@ use crate::product::{self, LoadContext, LoadErrors, ProductSet};
 use crate::retention::{RetentionMetrics, SweepSchedule};
 use crate::sources::mqtt::broker::{BrokerBindError, EmbeddedBroker};
 use crate::sources::mqtt::client;
+use crate::sources::mqtt::dispatch::MqttIngest;
 use crate::sources::sparkplug::SparkplugSource;
 use crate::store::{Store, StoreError};
 use crate::tls::mqtt::ClientConfigError;
@@ -345,12 +346,15 @@ pub async fn start(
     let sync = crate::sync::start(
         &config, &node_id, &store, &products, &ingestor, &shutdown, &tasks,
     )?;
-    let sparkplug_host = sparkplug_host(&config, &node_id, &ingestor)?;
+    // One MQTT dispatch for both MQTT ends: they share the Sparkplug host
+    // state and its command channel.
+    let mqtt = MqttIngest::new(ingestor.clone());
+    let sparkplug_host = sparkplug_host(&config, &node_id, &mqtt)?;
     if let Some(broker) = broker {
         tasks.spawn_on(
             broker
                 .serve(
-                    ingestor.clone(),
+                    mqtt.clone(),
                     sparkplug_host.clone(),
                     shutdown.clone(),
                     tasks.clone(),
@@ -360,11 +364,11 @@ pub async fn start(
         );
     }
     if let Some(options) = external_mqtt {
-        if ingestor.mqtt_filters().is_empty() {
+        if mqtt.filters().is_empty() {
             warn!("an external broker is configured but no product has an mqtt source");
         }
         tasks.spawn_on(
-            client::run(options, ingestor.clone(), sparkplug_host, shutdown.clone())
+            client::run(options, mqtt.clone(), sparkplug_host, shutdown.clone())
                 .instrument(info_span!("mqtt_client")),
             on_ingest,
         );
@@ -511,9 +515,9 @@ pub(crate) async fn open_store(config: &HubConfig) -> Result<Store, NodeError> {
 fn sparkplug_host(
     config: &HubConfig,
     node_id: &str,
-    ingestor: &Ingestor,
+    mqtt: &MqttIngest,
 ) -> Result<Option<crate::sources::sparkplug::state::PrimaryHost>, NodeError> {
-    if !config.sparkplug.state || ingestor.sparkplug().filters().is_empty() {
+    if !config.sparkplug.state || mqtt.sparkplug().filters().is_empty() {
         return Ok(None);
     }
     let id = config

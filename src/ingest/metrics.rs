@@ -282,12 +282,10 @@ pub struct IngestMetrics {
     pub broker_v5_connections: AtomicI64,
     pub broker_refused: AtomicU64,
     pub broker_protocol_errors: AtomicU64,
-    /// Embedded broker: sockets open (CONNECT pending included), failed
-    /// accepts, and CONNECTs or topics refused per MQTT 3.1.1 by
-    /// [`crate::sources::mqtt::broker::Violation::ALL`] index.
+    /// Embedded broker: sockets open (CONNECT pending included) and
+    /// failed accepts.
     pub broker_sockets: AtomicI64,
     pub broker_accept_errors: AtomicU64,
-    pub broker_violations: [AtomicU64; crate::sources::mqtt::broker::Violation::ALL.len()],
     /// Embedded broker budgets: retained bytes held, retained publishes
     /// not retained, subscriptions refused, deliveries dropped for a slow
     /// subscriber, persistent sessions expired.
@@ -306,18 +304,30 @@ pub struct IngestMetrics {
     /// commands dropped because the client's outbox was full.
     pub upstream_broker_stalls: AtomicU64,
     pub upstream_commands_dropped: AtomicU64,
-    /// Sparkplug B messages with a problem, by
-    /// [`super::sparkplug::Problem::ALL`] index, and rebirth requests sent.
-    pub sparkplug_problems: [AtomicU64; super::sparkplug::Problem::ALL.len()],
-    pub sparkplug_rebirths: AtomicU64,
     /// HTTP pushes whose `Idempotency-Key` was already applied: answered
     /// with the first answer (replayed), or refused because the key came
     /// with another body (conflict). Nothing of either was written.
     pub push_replayed: AtomicU64,
     pub push_key_conflicts: AtomicU64,
+    /// Counters a source kind owns (Sparkplug problems, broker
+    /// violations), rendered after the ingest families.
+    kinds: Mutex<Vec<Arc<dyn KindMetrics>>>,
+}
+
+/// Counters a source kind keeps itself, so ingest need not name the kind:
+/// registered with [`IngestMetrics::register_kind`], rendered on
+/// `/metrics` with the ingest families.
+pub trait KindMetrics: std::fmt::Debug + Send + Sync {
+    fn encode_metrics(&self, enc: &mut expose::Encoder<'_>) -> expose::Encoded;
 }
 
 impl IngestMetrics {
+    /// Adds a kind's counters to `/metrics`. Register each once (a family
+    /// given twice would break the exposition).
+    pub fn register_kind(&self, kind: Arc<dyn KindMetrics>) {
+        lock(&self.kinds).push(kind);
+    }
+
     /// The counters of `source` of `product`, created on first use.
     pub fn source(&self, product: &str, source: &str) -> Arc<SourceCounters> {
         let mut sources = lock(&self.sources);
@@ -593,20 +603,6 @@ impl IngestMetrics {
         )?;
         let mut f = expose::counter_family(
             enc,
-            "meshlet_sparkplug_problems_total",
-            "Sparkplug B messages with a problem, by kind (bad payload, seq gap, unknown alias, ...).",
-        )?;
-        for (problem, count) in super::sparkplug::Problem::ALL
-            .iter()
-            .zip(&self.sparkplug_problems)
-        {
-            f.sample(
-                &[("problem", problem.name())],
-                count.load(Ordering::Relaxed),
-            )?;
-        }
-        let mut f = expose::counter_family(
-            enc,
             "meshlet_ingest_idempotent_resends_total",
             "HTTP pushes with an Idempotency-Key already applied: replayed (answered as the first time, nothing written) or conflict (the key came with another body, refused).",
         )?;
@@ -618,26 +614,11 @@ impl IngestMetrics {
             &[("outcome", "conflict")],
             self.push_key_conflicts.load(Ordering::Relaxed),
         )?;
-        let mut f = expose::counter_family(
-            enc,
-            "meshlet_broker_violations_total",
-            "Connections the embedded broker closed for breaking MQTT 3.1.1 or 5, by violation (unsupported_protocol got CONNACK 0x01).",
-        )?;
-        for (violation, count) in crate::sources::mqtt::broker::Violation::ALL
-            .iter()
-            .zip(&self.broker_violations)
-        {
-            f.sample(
-                &[("violation", violation.name())],
-                count.load(Ordering::Relaxed),
-            )?;
+        let kinds: Vec<Arc<dyn KindMetrics>> = lock(&self.kinds).clone();
+        for kind in kinds {
+            kind.encode_metrics(enc)?;
         }
-        expose::counter(
-            enc,
-            "meshlet_sparkplug_rebirth_requests_total",
-            "Rebirth commands (NCMD Node Control/Rebirth) sent to edge nodes.",
-            self.sparkplug_rebirths.load(Ordering::Relaxed),
-        )
+        Ok(())
     }
 }
 

@@ -22,7 +22,7 @@ pub mod replay;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::config::IngestSettings;
 use crate::pipeline::{self, Input, Invalid, Limits, Processed, SourceShape};
@@ -30,10 +30,8 @@ use crate::product::{OnInvalid, PayloadFormat, Product, ProductSet};
 use crate::record::{Origin, Timestamp};
 use crate::store::{IngestBatch, IngestLimits, IngestRecord, QuarantineItem, Store};
 
-use crate::sources::mqtt::routes::MqttRoutes;
-use crate::sources::sparkplug::{host as sparkplug, route as sparkplug_route};
 pub use crate::store::{ChangeEvent, PendingWrite, WriteError, WriteJob, Writer, Written};
-pub use metrics::{IngestMetrics, Outcome, SourceCounters, SourceFigures};
+pub use metrics::{IngestMetrics, KindMetrics, Outcome, SourceCounters, SourceFigures};
 
 /// Quarantined payloads larger than this keep only their first bytes (the
 /// reason says so): a quarantine of oversized payloads must not fill the
@@ -51,13 +49,16 @@ pub struct Ingestor {
 }
 
 struct Inner {
-    /// The definitions in force and the MQTT routes made of them; swapped
-    /// whole by [`Ingestor::follow`].
+    /// The definitions in force; swapped whole by [`Ingestor::follow`].
     current: std::sync::RwLock<Arc<Current>>,
     /// Counts reloads, so sources with standing subscriptions (the
     /// external broker client) can follow them.
     reloads: tokio::sync::watch::Sender<u64>,
-    sparkplug: sparkplug_route::SparkplugIngest,
+    /// Called by [`Ingestor::follow`] with the new definitions before any
+    /// payload is routed on them: source kinds that keep their own routing
+    /// tables (MQTT topics, Sparkplug groups) rebuild them here, so ingest
+    /// never names a source kind.
+    on_follow: std::sync::RwLock<Vec<FollowHook>>,
     writer: Writer,
     metrics: Arc<IngestMetrics>,
     limits: Limits,
@@ -71,28 +72,10 @@ struct Inner {
 /// under an older one are written as they were accepted.
 struct Current {
     products: Arc<ProductSet>,
-    routes: Arc<MqttRoutes>,
 }
 
-/// One MQTT message as a source received it.
-pub struct MqttMessage<'a> {
-    pub topic: &'a str,
-    pub payload: &'a [u8],
-    /// Delivered as the broker's retained last-known state.
-    pub retained: bool,
-    /// The transport says this may be a redelivery (MQTT DUP flag).
-    pub redelivery: bool,
-    /// The MQTT client id of the publisher, when known.
-    pub client: Option<&'a str>,
-    /// MQTT 5 content type: an NDJSON type reads the payload as NDJSON
-    /// (as an HTTP push's `Content-Type` does).
-    pub content_type: Option<&'a str>,
-    /// MQTT 5 user properties: one named like a field of the product gives
-    /// that field (a topic capture wins over it, it wins over the
-    /// payload), one named like the source's top-level event time key
-    /// gives the event time when the payload has none.
-    pub user_properties: &'a [(String, String)],
-}
+/// A source kind's reaction to new definitions (see [`Ingestor::on_follow`]).
+pub type FollowHook = Box<dyn Fn(&Arc<ProductSet>, &IngestMetrics) + Send + Sync>;
 
 /// An NDJSON content type, as HTTP pushes name it (MQTT 5 publishes carry
 /// one in their content type property).
@@ -125,6 +108,11 @@ pub struct Summary {
 impl PendingMessage {
     pub(crate) fn empty() -> PendingMessage {
         PendingMessage { writes: Vec::new() }
+    }
+
+    /// Adds one write [`Ingestor::queue`] queued.
+    pub(crate) fn push(&mut self, write: (PendingWrite, Arc<SourceCounters>, Vec<Timestamp>)) {
+        self.writes.push(write);
     }
 
     /// The pending result of one write [`Ingestor::queue`] queued.
@@ -214,11 +202,10 @@ impl Ingestor {
         Ingestor {
             inner: Arc::new(Inner {
                 current: std::sync::RwLock::new(Arc::new(Current {
-                    routes: Arc::new(MqttRoutes::new(&products, &metrics)),
                     products: products.clone(),
                 })),
                 reloads: tokio::sync::watch::channel(0).0,
-                sparkplug: sparkplug_route::SparkplugIngest::new(&products, &metrics),
+                on_follow: Default::default(),
                 writer,
                 metrics,
                 limits: Limits {
@@ -245,13 +232,9 @@ impl Ingestor {
         self.current().products.clone()
     }
 
-    /// The MQTT routes of the definitions in force.
-    pub fn routes(&self) -> Arc<MqttRoutes> {
-        self.current().routes.clone()
-    }
-
     /// Makes `products` the definitions every later payload is routed to
-    /// and validated against: MQTT routes, Sparkplug routes, HTTP push,
+    /// and validated against: the routing tables of the kinds that keep
+    /// one ([`Ingestor::on_follow`]: MQTT, Sparkplug), HTTP push,
     /// API writes, file tails (fields and rules; a tail's file is the one
     /// it started with), quarantine replay and aggregator apply. Payloads
     /// already queued are written as they were accepted. Sources with
@@ -259,11 +242,18 @@ impl Ingestor {
     pub fn follow(&self, products: Arc<ProductSet>) {
         let metrics = &self.inner.metrics;
         register_sources(&products, metrics);
+        for hook in self
+            .inner
+            .on_follow
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            hook(&products, metrics);
+        }
         let next = Arc::new(Current {
-            routes: Arc::new(MqttRoutes::new(&products, metrics)),
             products: products.clone(),
         });
-        self.inner.sparkplug.reroute(&products, metrics);
         *self
             .inner
             .current
@@ -277,16 +267,14 @@ impl Ingestor {
         self.inner.reloads.subscribe()
     }
 
-    pub fn sparkplug(&self) -> &sparkplug_route::SparkplugIngest {
-        &self.inner.sparkplug
-    }
-
-    /// Every MQTT subscription the node's sources need (`mqtt` topic
-    /// templates and `sparkplug` groups), each once, with its QoS.
-    pub fn mqtt_filters(&self) -> Vec<(String, u8)> {
-        let mut filters = self.routes().filters();
-        filters.extend(self.inner.sparkplug.filters());
-        filters
+    /// Adds a hook [`Ingestor::follow`] calls with each new generation of
+    /// definitions, before payloads are routed on it.
+    pub fn on_follow(&self, hook: FollowHook) {
+        self.inner
+            .on_follow
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(hook);
     }
 
     pub fn metrics(&self) -> &Arc<IngestMetrics> {
@@ -310,261 +298,6 @@ impl Ingestor {
         IngestLimits {
             quarantine_max: product.quality.quarantine_max,
             dedupe_capacity: self.inner.dedupe_capacity,
-        }
-    }
-
-    /// Routes an MQTT message to every matching product source, runs their
-    /// pipelines and queues the writes (waiting while the writer's queue is
-    /// full). The returned result resolves once it is all durable.
-    pub async fn submit_mqtt(&self, message: MqttMessage<'_>) -> PendingMessage {
-        let arrival = Timestamp::now();
-        let mut pending = PendingMessage::empty();
-        let sparkplug = self.submit_sparkplug(&message, arrival, &mut pending).await;
-        let routes = self.routes();
-        let matched = routes.matching(message.topic);
-        if matched.is_empty() && sparkplug {
-            return pending;
-        }
-        if matched.is_empty() {
-            self.inner
-                .metrics
-                .unmatched_messages
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            debug!(
-                topic = message.topic,
-                "no product source matches this topic"
-            );
-            return PendingMessage::empty();
-        }
-        let origin = Origin {
-            source: format!("mqtt:{}", message.topic),
-            actor: message.client.map(str::to_string),
-        };
-        for m in matched {
-            let route = m.route;
-            let counters = &route.counters;
-            counters.message(message.payload.len());
-            // MQTT 5 user properties before the topic's captures: the last
-            // of a name wins, and the topic is what the broker routed on.
-            let with_properties;
-            let captures = if message.user_properties.is_empty() {
-                &m.captures
-            } else {
-                with_properties = message
-                    .user_properties
-                    .iter()
-                    .chain(&m.captures)
-                    .cloned()
-                    .collect::<Vec<_>>();
-                &with_properties
-            };
-            let provenance = Provenance {
-                source_id: &route.source_id,
-                topic: Some(message.topic),
-                captures,
-                arrival,
-                origin: &origin,
-                redelivery: message.redelivery,
-            };
-            let shape = match message.content_type {
-                Some(content_type)
-                    if route.shape.format == PayloadFormat::Json
-                        && is_ndjson_content_type(content_type) =>
-                {
-                    std::borrow::Cow::Owned(route.shape.clone().with_format(PayloadFormat::Ndjson))
-                }
-                _ => std::borrow::Cow::Borrowed(&route.shape),
-            };
-            let prepared = self.prepare(&route.product, &shape, message.payload, &provenance);
-            self.count_rejected(
-                &route.product,
-                &route.source_id,
-                counters,
-                &prepared.rejected,
-            );
-            if let Some(write) = self
-                .queue(
-                    &route.product,
-                    prepared,
-                    message.retained,
-                    arrival,
-                    counters,
-                )
-                .await
-            {
-                pending.writes.push(write);
-            }
-        }
-        pending
-    }
-
-    /// Handles a message in the Sparkplug namespace when a `sparkplug`
-    /// source reads its group: host state, problem counters, rebirth
-    /// requests, and one record per update and matching source. `false`
-    /// when no Sparkplug source reads it.
-    async fn submit_sparkplug(
-        &self,
-        message: &MqttMessage<'_>,
-        arrival: Timestamp,
-        pending: &mut PendingMessage,
-    ) -> bool {
-        let sp = &self.inner.sparkplug;
-        let sp_routes = sp.routes();
-        if sp_routes.is_empty() {
-            return false;
-        }
-        let metrics = &self.inner.metrics;
-        let count = |problem: sparkplug::Problem| {
-            if let Some(i) = sparkplug::Problem::ALL.iter().position(|p| *p == problem) {
-                metrics.sparkplug_problems[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        };
-        let topic = match sparkplug::Topic::parse(message.topic) {
-            None => return false,
-            Some(Err(problem)) => {
-                // Only a group some source reads makes it our problem.
-                let group = message.topic.split('/').nth(1).unwrap_or_default();
-                if !sp.reads_group_named(group) {
-                    return false;
-                }
-                count(problem);
-                debug!(topic = message.topic, %problem, "sparkplug message ignored");
-                return true;
-            }
-            Some(Ok(topic)) => topic,
-        };
-        if !sp.reads_group(&topic) {
-            return false;
-        }
-        let handled = sp.handle(&topic, message.payload);
-        for problem in &handled.problems {
-            count(*problem);
-        }
-        if let Some(first) = handled.problems.first() {
-            let node = format!("sparkplug/{}/{}", topic.group, topic.edge_node);
-            if self.may_warn(&node, "") {
-                warn!(topic = message.topic, problem = %first, problems = handled.problems.len(), "sparkplug message problem");
-            } else {
-                debug!(topic = message.topic, problem = %first, "sparkplug message problem");
-            }
-        }
-        if let Some(rebirth) = handled.rebirth {
-            tracing::info!(topic = %rebirth.topic, reason = %rebirth.reason, "requesting a sparkplug rebirth");
-            sp.send(
-                sparkplug_route::Command {
-                    topic: rebirth.topic,
-                    payload: rebirth.payload,
-                },
-                metrics,
-            );
-        }
-        let origin = Origin {
-            source: format!("mqtt:{}", message.topic),
-            actor: message.client.map(str::to_string),
-        };
-        if handled.problems.contains(&sparkplug::Problem::BadPayload) {
-            self.quarantine_sparkplug(message, &topic, arrival, &origin, pending)
-                .await;
-        }
-        for update in &handled.updates {
-            for route in sp_routes.iter().filter(|r| r.accepts(update)) {
-                let Some(document) = route.document(update) else {
-                    continue;
-                };
-                let Ok(bytes) = serde_json::to_vec(&document) else {
-                    continue;
-                };
-                route.counters.message(bytes.len());
-                let provenance = Provenance {
-                    source_id: &route.source_id,
-                    topic: Some(message.topic),
-                    captures: &[],
-                    arrival,
-                    origin: &origin,
-                    redelivery: message.redelivery,
-                };
-                let prepared = self.prepare(&route.product, &route.shape, &bytes, &provenance);
-                self.count_rejected(
-                    &route.product,
-                    &route.source_id,
-                    &route.counters,
-                    &prepared.rejected,
-                );
-                if let Some(write) = self
-                    .queue(
-                        &route.product,
-                        prepared,
-                        message.retained,
-                        arrival,
-                        &route.counters,
-                    )
-                    .await
-                {
-                    pending.writes.push(write);
-                }
-            }
-        }
-        true
-    }
-
-    /// A Sparkplug payload that does not decode is, for every source that
-    /// reads its topic, what any bad payload is under the product's
-    /// `quality.on_invalid`: with `quarantine` it is kept whole (durably,
-    /// before the PUBACK) with the reason, so it can be looked at and
-    /// erased with its entity; otherwise it is counted as rejected.
-    async fn quarantine_sparkplug(
-        &self,
-        message: &MqttMessage<'_>,
-        topic: &sparkplug::Topic<'_>,
-        arrival: Timestamp,
-        origin: &Origin,
-        pending: &mut PendingMessage,
-    ) {
-        let routes = self.inner.sparkplug.routes();
-        let entity = topic.device.unwrap_or(topic.edge_node);
-        for route in routes.iter().filter(|r| r.reads_topic(topic)) {
-            route.counters.message(message.payload.len());
-            if route.product.quality.on_invalid != OnInvalid::Quarantine {
-                route
-                    .counters
-                    .payload_rejected(&sparkplug::Problem::BadPayload);
-                continue;
-            }
-            let provenance = Provenance {
-                source_id: &route.source_id,
-                topic: Some(message.topic),
-                captures: &[],
-                arrival,
-                origin,
-                redelivery: message.redelivery,
-            };
-            let item = whole_payload_item(
-                message.payload,
-                &provenance,
-                vec![sparkplug::Problem::BadPayload.to_string()],
-                None,
-                Some(entity.to_string()),
-            );
-            debug!(product = %route.product.name, topic = message.topic, "undecodable sparkplug payload quarantined");
-            let mut batch = IngestBatch::default();
-            batch.quarantine.push(item);
-            let prepared = Prepared {
-                batch,
-                rejected: Vec::new(),
-                event_times: Vec::new(),
-            };
-            if let Some(write) = self
-                .queue(
-                    &route.product,
-                    prepared,
-                    message.retained,
-                    arrival,
-                    &route.counters,
-                )
-                .await
-            {
-                pending.writes.push(write);
-            }
         }
     }
 
@@ -659,7 +392,9 @@ impl Ingestor {
         Some((pending, counters.clone(), prepared.event_times))
     }
 
-    fn may_warn(&self, product: &str, source: &str) -> bool {
+    /// Whether `product`/`source` may log at warn level now (at most once
+    /// per [`INVALID_LOG_INTERVAL`]).
+    pub(crate) fn may_warn(&self, product: &str, source: &str) -> bool {
         let key = format!("{product}/{source}");
         let mut last = match self.inner.last_warned.lock() {
             Ok(guard) => guard,
@@ -700,7 +435,7 @@ fn quarantine_item(payload: &[u8], provenance: &Provenance<'_>, bad: &Invalid) -
 
 /// A quarantine entry for `payload` with `reasons`; a payload over
 /// [`QUARANTINE_PAYLOAD_MAX`] keeps its first bytes and says so.
-fn whole_payload_item(
+pub(crate) fn whole_payload_item(
     payload: &[u8],
     provenance: &Provenance<'_>,
     mut reasons: Vec<String>,

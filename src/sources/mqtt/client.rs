@@ -26,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::client_outbox::{Outbox, Queued, Watchdog, COMMANDS_QUEUED, SILENT_KEEP_ALIVES};
-use crate::ingest::{Ingestor, MqttMessage, PendingMessage};
+use super::dispatch::{MqttIngest, MqttMessage};
+use crate::ingest::PendingMessage;
 use crate::sources::sparkplug::state::{HostSession, PrimaryHost};
 use crate::tls::mqtt::REQUEST_CHANNEL;
 
@@ -69,15 +70,15 @@ fn says_offline(payload: &[u8]) -> bool {
 /// [`SILENT_KEEP_ALIVES`] keep-alives.
 pub async fn run(
     mut options: MqttOptions,
-    ingestor: Ingestor,
+    ingestor: MqttIngest,
     host: Option<PrimaryHost>,
     shutdown: CancellationToken,
 ) {
     let keep_alive = options.keep_alive();
     let mut state = renew_state(&mut options, host.as_ref());
     let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CHANNEL);
-    let subscriptions = |ingestor: &Ingestor| {
-        let mut filters = ingestor.mqtt_filters();
+    let subscriptions = |ingestor: &MqttIngest| {
+        let mut filters = ingestor.filters();
         if let Some(host) = &host {
             filters.push((host.topic().to_string(), 1));
         }
@@ -185,7 +186,7 @@ pub async fn run(
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     let pending = ingestor
-                        .submit_mqtt(MqttMessage {
+                        .submit(MqttMessage {
                             topic: &publish.topic,
                             payload: &publish.payload,
                             retained: publish.retain,

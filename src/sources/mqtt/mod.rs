@@ -6,6 +6,7 @@
 pub mod broker;
 pub mod client;
 mod client_outbox;
+pub mod dispatch;
 pub mod routes;
 mod spec;
 

@@ -5,6 +5,7 @@
 //! start per source.
 
 pub mod host;
+pub mod metrics;
 pub mod proto;
 pub mod route;
 mod spec;

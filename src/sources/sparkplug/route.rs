@@ -7,7 +7,6 @@
 //! [`SparkplugIngest::commands`], which the embedded broker and the
 //! external broker client both publish.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -16,6 +15,7 @@ use tokio::sync::broadcast;
 
 use super::host::{Host, Topic, Update, UpdateKind, NAMESPACE};
 use crate::ingest::{IngestMetrics, SourceCounters};
+use super::metrics::SparkplugMetrics;
 use super::SparkplugSource;
 use crate::pipeline::SourceShape;
 use crate::product::{Product, ProductSet};
@@ -48,11 +48,16 @@ pub struct SparkplugIngest {
     pub(crate) host: Mutex<Host>,
     routes: std::sync::RwLock<Arc<Vec<SparkplugRoute>>>,
     commands: broadcast::Sender<Command>,
+    metrics: Arc<SparkplugMetrics>,
 }
 
 impl SparkplugIngest {
+    /// Registers the Sparkplug counters on `metrics`: one per node.
     pub fn new(products: &ProductSet, metrics: &IngestMetrics) -> SparkplugIngest {
+        let own = Arc::new(SparkplugMetrics::default());
+        metrics.register_kind(own.clone());
         SparkplugIngest {
+            metrics: own,
             host: Mutex::new(Host::new()),
             routes: std::sync::RwLock::new(Arc::new(Self::table(products, metrics))),
             commands: broadcast::channel(COMMAND_QUEUE).0,
@@ -119,8 +124,13 @@ impl SparkplugIngest {
         self.commands.subscribe()
     }
 
-    pub(crate) fn send(&self, command: Command, metrics: &IngestMetrics) {
-        metrics.sparkplug_rebirths.fetch_add(1, Ordering::Relaxed);
+    /// The Sparkplug counters.
+    pub fn metrics(&self) -> &SparkplugMetrics {
+        &self.metrics
+    }
+
+    pub(crate) fn send(&self, command: Command) {
+        self.metrics.rebirth();
         // No receiver (no broker running yet): nothing to publish through.
         let _ = self.commands.send(command);
     }

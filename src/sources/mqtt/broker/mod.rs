@@ -55,6 +55,7 @@
 
 mod connect;
 mod limits;
+mod metrics;
 mod protocol;
 mod retained;
 mod session;
@@ -91,7 +92,8 @@ use self::v5::{ClientLimits, Refusal, SessionExpiry};
 use self::wire::{Frame, Protocol, WireError};
 use crate::config::EmbeddedBrokerConfig;
 use crate::ingest::IngestMetrics;
-use crate::ingest::{Ingestor, MqttMessage, PendingMessage};
+use super::dispatch::{MqttIngest, MqttMessage};
+use crate::ingest::PendingMessage;
 use crate::listen::Acceptor;
 use crate::sources::sparkplug::state::PrimaryHost;
 
@@ -136,6 +138,8 @@ struct Budget {
 struct Shared {
     /// Bytes of large packets still arriving, over every connection.
     packets: Budget,
+    /// Connections closed for protocol violations, by kind.
+    violations: Arc<metrics::ViolationCounters>,
     subscriptions: RwLock<Vec<Subscription>>,
     retained: RwLock<Retained>,
     max_retained_bytes: usize,
@@ -189,7 +193,10 @@ impl Shared {
         metrics: Arc<IngestMetrics>,
         persist: mpsc::Sender<RetainedChange>,
     ) -> Shared {
+        let violations = Arc::new(metrics::ViolationCounters::default());
+        metrics.register_kind(violations.clone());
         Shared {
+            violations,
             persist,
             packets: Budget {
                 bytes: PacketBudget::new(config.max_pending_packet_bytes),
@@ -458,7 +465,7 @@ impl EmbeddedBroker {
     /// the node's Sparkplug STATE is retained online meanwhile.
     pub async fn serve(
         self,
-        ingestor: Ingestor,
+        ingestor: MqttIngest,
         host: Option<PrimaryHost>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
@@ -582,7 +589,7 @@ fn connack(
 /// `expiry` (or the shorter expiry an MQTT 5 client was granted), checking
 /// a few times per period.
 async fn expire_sessions(
-    ingestor: Ingestor,
+    ingestor: MqttIngest,
     shared: Arc<Shared>,
     expiry: Duration,
     shutdown: CancellationToken,
@@ -709,7 +716,7 @@ struct Connection {
     id: u64,
     shared: Arc<Shared>,
     config: Arc<EmbeddedBrokerConfig>,
-    ingestor: Ingestor,
+    ingestor: MqttIngest,
     /// Closes this connection: the broker stopping, or a new connection
     /// with its client id taking over.
     shutdown: CancellationToken,
@@ -810,7 +817,7 @@ impl Connection {
                 (protocol, connect, will, login)
             }
             Ok(Err(ConnectionError::Violation(violation))) => {
-                metrics.broker_violations[violation.index()].fetch_add(1, Ordering::Relaxed);
+                self.shared.violations.count(violation);
                 info!(%violation, "MQTT CONNECT refused");
                 if violation == Violation::UnsupportedProtocol {
                     let refusal = connack(ConnectReturnCode::RefusedProtocolVersion, false, None);
@@ -841,7 +848,7 @@ impl Connection {
             }
         };
         if let Err(violation) = connect::check_strings(&connect, will.as_ref(), login.as_ref()) {
-            metrics.broker_violations[violation.index()].fetch_add(1, Ordering::Relaxed);
+            self.shared.violations.count(violation);
             info!(%violation, "MQTT CONNECT refused");
             return;
         }
@@ -951,8 +958,7 @@ impl Connection {
             Cause::Error(err) => {
                 match err {
                     ConnectionError::Violation(violation) => {
-                        metrics.broker_violations[violation.index()]
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.shared.violations.count(*violation);
                     }
                     ConnectionError::Io(_) => {}
                     _ => {
@@ -1417,7 +1423,7 @@ impl Connection {
         let (content_type, user_properties) = v5::metadata(&publish);
         let pending = self
             .ingestor
-            .submit_mqtt(MqttMessage {
+            .submit(MqttMessage {
                 topic: topic_of(&publish),
                 payload: &publish.payload,
                 retained: false,
@@ -1640,11 +1646,11 @@ impl Connection {
 }
 
 /// Routes a will and hands it to ingest.
-async fn send_will(shared: &Shared, ingestor: &Ingestor, publish: &Publish, client_id: &str) {
+async fn send_will(shared: &Shared, ingestor: &MqttIngest, publish: &Publish, client_id: &str) {
     shared.publish(publish, None).await;
     let (content_type, user_properties) = v5::metadata(publish);
     let pending = ingestor
-        .submit_mqtt(MqttMessage {
+        .submit(MqttMessage {
             topic: topic_of(publish),
             payload: &publish.payload,
             retained: false,

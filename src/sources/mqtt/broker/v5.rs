@@ -254,7 +254,7 @@ impl TopicAliases {
 
 /// What a publish's properties tell the pipeline: the content type (which
 /// can select the payload format) and the user properties (which can name
-/// fields and the event time), see `Ingestor::submit_mqtt`.
+/// fields and the event time), see `MqttIngest::submit`.
 pub(crate) fn metadata(publish: &Publish) -> (Option<&str>, &[(String, String)]) {
     match &publish.properties {
         Some(p) => (p.content_type.as_deref(), p.user_properties.as_slice()),
