@@ -424,7 +424,7 @@ mod tests {
         store.raw_db();
         assert_eq!(store.verify_audit("p", "m").unwrap().broken, None);
 
-        // Edited history: the newest event (in the instance's open tail)
+        // Edited history: the newest event (in the open tail, its own key)
         // says another temperature; the line that covers it breaks.
         store
             .upsert(
@@ -433,15 +433,16 @@ mod tests {
             )
             .expect("upsert");
         store.checkpoint().expect("checkpoint");
-        let instances = trees.instances.sled();
-        let bytes = instances.get("m").unwrap().unwrap();
-        let mut state: crate::store::stored::StoredInstance = codec::decode(&bytes).unwrap();
-        let tail = state.tail.last_mut().expect("an open tail");
-        let mut event = tail.decode().unwrap();
+        let bytes = trees.instances.sled().get("m").unwrap().unwrap();
+        let state: crate::store::stored::StoredInstance = codec::decode(&bytes).unwrap();
+        assert!(state.tail_len > 0, "an open tail");
+        let key = crate::store::keys::tail_key("m", state.version);
+        let history = trees.history.sled();
+        let bytes = history.get(&key).unwrap().expect("the newest event's key");
+        let mut event: crate::store::stored::StoredEvent = codec::decode(&bytes).unwrap();
         event.fields.insert("temp".into(), Value::Float(-40.0));
-        tail.0 = codec::encode_positional(&event).unwrap();
-        instances
-            .insert("m", codec::encode(&state).unwrap())
+        history
+            .insert(key, codec::encode_positional(&event).unwrap())
             .unwrap();
         store.raw_db();
         let broken = store

@@ -164,15 +164,31 @@ impl HotTree {
 
     /// Merges a committed transaction's writes (call under the writer
     /// lock, after its frame is in the journal).
+    ///
+    /// A removal of a key that the overlay holds a value for and sled
+    /// does not (written and removed between two checkpoints, like most
+    /// open-tail events, `write.rs`) drops the entry instead of keeping a
+    /// removal: sled has nothing to remove, and the hot state stays the
+    /// size of what the checkpoint writes. Deterministic for replay: sled
+    /// does not change between two checkpoints, and replay merges the
+    /// same frames over the same sled.
     pub fn merge(&self, writes: WriteSet) {
         let mut overlay = self.write_overlay();
         let mut added = 0usize;
         let mut freed = 0usize;
         for (key, value) in writes {
-            added += entry_cost(&key, &value);
-            if let Some(old) = overlay.get(&key) {
+            let old = overlay.get(&key);
+            if let Some(old) = old {
                 freed += entry_cost(&key, old);
             }
+            if value.is_none()
+                && old.is_some_and(Option::is_some)
+                && matches!(self.inner.tree.contains_key(&key), Ok(false))
+            {
+                overlay.remove(&key);
+                continue;
+            }
+            added += entry_cost(&key, &value);
             overlay.insert(key, value);
         }
         drop(overlay);
@@ -466,6 +482,19 @@ impl<'a> TxTree<'a> {
         Ok(old)
     }
 
+    /// Removes `key` if it holds a value, and returns that value; an
+    /// absent key stays out of the write set (no removal in the frame or
+    /// the overlay for a key that is not there).
+    pub fn take<K: AsRef<[u8]>>(&self, key: K) -> TxResult<Option<IVec>> {
+        let old = self.get(key.as_ref())?;
+        if old.is_some() {
+            self.writes
+                .borrow_mut()
+                .insert(IVec::from(key.as_ref()), None);
+        }
+        Ok(old)
+    }
+
     /// A database-wide unique id, ascending across restarts (sled's).
     pub fn generate_id(&self) -> sled::Result<u64> {
         self.tree.inner.db.generate_id()
@@ -483,6 +512,27 @@ mod tests {
     fn keys(iter: impl Iterator<Item = sled::Result<(IVec, IVec)>>) -> Vec<String> {
         iter.map(|r| String::from_utf8_lossy(&r.expect("item").0).into_owned())
             .collect()
+    }
+
+    /// A key written and removed between two checkpoints leaves nothing
+    /// behind (not even a removal); a removal of a key sled holds stays.
+    #[test]
+    fn a_key_written_and_removed_before_a_checkpoint_leaves_no_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::open(dir.path().join("db")).expect("open");
+        let hot = HotTrees::new(db.clone());
+        let tree = hot.open("t").expect("tree");
+        tree.sled().insert("cold", "v").expect("insert");
+        tree.merge(WriteSet::from([
+            (ivec("cold"), Some(ivec("hot"))),
+            (ivec("new"), Some(ivec("hot"))),
+        ]));
+        tree.merge(WriteSet::from([(ivec("cold"), None), (ivec("new"), None)]));
+        let overlay = tree.read_overlay().clone();
+        assert_eq!(overlay, WriteSet::from([(ivec("cold"), None)]));
+        assert_eq!(hot.bytes(), entry_cost(&ivec("cold"), &None));
+        assert_eq!(tree.get("new").expect("get"), None);
+        assert_eq!(tree.get("cold").expect("get"), None);
     }
 
     #[test]

@@ -107,9 +107,12 @@
 //! `last_seen` and `last_origin`
 //! are arrival facts and follow every record, late or not.
 //!
-//! **History**: the open tail's events are kept in the instance record,
-//! which the write rewrites anyway (store format 3; format 2 kept one key
-//! per event, moved in on the entity's next write).
+//! **History**: each event of the open tail has its own history key
+//! (`keys::tail_key`), written once: in one journal frame and at one
+//! checkpoint. Store format 3 kept the tail in the instance record, so
+//! every checkpoint rewrote the whole tail of every dirty entity (and
+//! every frame carried a delta of it); such an instance moves its tail out
+//! on its next write or retention sweep, and readers read both.
 //! Every `history_block_events` events (default 16, or when its version
 //! span reaches twice that, which only happens after retention thinned it)
 //! the tail is sealed, in the same transaction, into a *block*: a small
@@ -119,9 +122,8 @@
 //! into one full chunk instead. Every chunk has a header (event time range,
 //! versions, count) readable without decompressing; readers do not tell
 //! blocks from full chunks. The instance record carries the open tail's
-//! events themselves (since store format 3) and the list of blocks, so
-//! sealing reads no key and merging reads known keys; nothing range-scans
-//! inside the transaction.
+//! first version and length and the list of blocks, so sealing and
+//! merging read known keys; nothing range-scans inside the transaction.
 //!
 //! Why two levels: sled keeps a page-table entry per node of ~16 keys in
 //! memory and rebuilds the table on every open, so both memory and start-up
@@ -270,6 +272,10 @@ use stored::StoredMeta;
 /// checkpoints (`journal.rs`). A format 3 store has no journal, so opening
 /// converts nothing; the number changes because a format 3 build would
 /// ignore the frames a crash left (and lose acknowledged writes).
+/// Within format 4 the open tail moved from the instance back to one
+/// history key per event (`write.rs`); the number stays because a build
+/// from before reads and writes that shape correctly (it reads such keys
+/// as format 2's, and its next write moves them into the instance).
 pub const STORE_FORMAT_VERSION: u32 = 4;
 
 const META_TREE: &str = "meta";

@@ -21,9 +21,9 @@ use std::ops::Bound;
 use super::chunk::{decode_chunk, decode_chunk_header, encode_chunk, ChunkHeader};
 use super::codec::{self, CodecError, Dictionaries};
 use super::erase::remove_entity;
-use super::keys::{chunk_key, entity_prefix, parse_history_key, TAG_CHUNK, TAG_TAIL};
+use super::keys::{chunk_key, entity_prefix, parse_history_key, tail_key, TAG_CHUNK, TAG_TAIL};
 use super::read::decode_stored_instance;
-use super::stored::{StoredAuditLine, StoredEvent, StoredInstance, TailEvent};
+use super::stored::{StoredAuditLine, StoredEvent, StoredInstance};
 use super::tx::{abort, TxResult};
 use super::{
     AuditAction, ProductTrees, RetentionSpec, Store, StoreError, SweepReport, HISTORY, INSTANCES,
@@ -57,12 +57,12 @@ pub(crate) struct HistoryPlan {
     pub inserts: Vec<(Vec<u8>, Vec<u8>)>,
     pub events_removed: u64,
     pub chunks_rewritten: u64,
-    /// Lowest version left in the tail, and the tail events left, for
-    /// the instance (tail keys are moved into it).
+    /// Lowest version left in the tail, and the number of tail events
+    /// left (each under its key; a format 3 instance's move out).
     pub tail_start: Option<u64>,
-    pub tail: Vec<TailEvent>,
+    pub tail_len: u64,
     /// Whether the instance's tail differs from before (events dropped,
-    /// or tail keys moved in).
+    /// or moved out of the instance).
     pub tail_changed: bool,
     /// First versions of the chunks left afterwards, in order (kept or
     /// rewritten): the entity's list of blocks is rebuilt from it.
@@ -136,21 +136,24 @@ pub(crate) fn plan_history(
                 }
             }
             HistoryItem::Tail { key, event, bytes } => {
-                if let Some(key) = key {
-                    // Dropped or moved into the instance: the key goes.
-                    plan.removes.push(key);
-                    plan.tail_changed = true;
-                }
                 if drop_front > 0 || too_old(event.event_time) {
                     drop_front = drop_front.saturating_sub(1);
                     plan.events_removed += 1;
                     plan.tail_changed = true;
+                    if let Some(key) = key {
+                        plan.removes.push(key);
+                    }
                 } else {
                     plan.tail_start = Some(
                         plan.tail_start
                             .map_or(event.version, |v| v.min(event.version)),
                     );
-                    plan.tail.push(TailEvent(bytes));
+                    plan.tail_len += 1;
+                    if key.is_none() {
+                        // A format 3 tail, in the instance: out to its key.
+                        plan.inserts.push((tail_key(entity, event.version), bytes));
+                        plan.tail_changed = true;
+                    }
                 }
             }
         }
@@ -280,7 +283,7 @@ impl Store {
 
         let items = self.history_items(trees, entity, &state)?;
         let cutoff = policy.history_max_age.map(|age| now.saturating_sub(age));
-        let mut plan = plan_history(
+        let plan = plan_history(
             entity,
             items,
             policy.history_keep,
@@ -292,9 +295,11 @@ impl Store {
         if plan.is_empty() {
             return Ok(());
         }
-        state.tail_len = plan.tail.len() as u64;
+        state.tail_len = plan.tail_len;
         state.tail_start = plan.tail_start.unwrap_or(state.version + 1);
-        state.tail = std::mem::take(&mut plan.tail);
+        // The tail left is under its keys (`write.rs`; the plan moved a
+        // format 3 tail out of the instance).
+        state.tail.clear();
         // Blocks are the newest chunks, from the first block on; a trimmed
         // or rewritten block keeps a first version at or above it, a
         // trimmed full chunk stays below it.
@@ -450,21 +455,21 @@ mod tests {
         }
     }
 
-    /// A tail event in the instance.
+    /// A tail event under its own key (`write.rs`).
     fn tail(version: u64, t: i64) -> HistoryItem {
         let event = event(version, t);
         HistoryItem::Tail {
-            key: None,
+            key: Some(tail_key("e", version)),
             bytes: codec::encode(&event).unwrap(),
             event,
         }
     }
 
-    /// A tail event under its own key (an instance of store format 2).
-    fn tail_in_tree(version: u64, t: i64) -> HistoryItem {
+    /// A tail event in the instance (store format 3).
+    fn tail_in_instance(version: u64, t: i64) -> HistoryItem {
         match tail(version, t) {
             HistoryItem::Tail { event, bytes, .. } => HistoryItem::Tail {
-                key: Some(tail_key("e", version)),
+                key: None,
                 event,
                 bytes,
             },
@@ -496,7 +501,7 @@ mod tests {
             events.iter().map(|e| e.version).collect::<Vec<_>>(),
             vec![6, 7, 8]
         );
-        assert_eq!((plan.tail_start, plan.tail.len()), (Some(9), 2));
+        assert_eq!((plan.tail_start, plan.tail_len), (Some(9), 2));
     }
 
     #[test]
@@ -505,7 +510,7 @@ mod tests {
         assert_eq!(plan.events_removed, 9);
         assert_eq!(plan.chunks_rewritten, 0);
         assert!(plan.inserts.is_empty());
-        assert_eq!((plan.tail_start, plan.tail.len()), (Some(10), 1));
+        assert_eq!((plan.tail_start, plan.tail_len), (Some(10), 1));
     }
 
     #[test]
@@ -534,36 +539,36 @@ mod tests {
         )
         .unwrap();
         assert!(plan.is_empty());
-        assert_eq!((plan.tail_start, plan.tail.len()), (Some(9), 2));
+        assert_eq!((plan.tail_start, plan.tail_len), (Some(9), 2));
     }
 
-    /// Tail keys of a format 2 instance all go: the dropped ones and the
-    /// kept ones, which move into the instance as they were encoded.
+    /// A format 3 tail (in the instance) moves out to its keys, also when
+    /// nothing is dropped; dropped events of a tail under keys lose them.
     #[test]
-    fn tail_keys_move_into_the_instance_even_when_nothing_is_dropped() {
+    fn an_instance_tail_moves_out_to_keys_even_when_nothing_is_dropped() {
         let mut items = items();
-        items[2] = tail_in_tree(9, 90);
-        items[3] = tail_in_tree(10, 100);
+        items[2] = tail_in_instance(9, 90);
+        items[3] = tail_in_instance(10, 100);
         let plan = plan_history("e", items, Some(100), None, 1, &NoDictionaries).unwrap();
-        assert!(!plan.is_empty(), "the keys move");
+        assert!(!plan.is_empty(), "the events move");
         assert_eq!(plan.events_removed, 0);
-        assert_eq!(plan.removes, vec![tail_key("e", 9), tail_key("e", 10)]);
-        let kept: Vec<u64> = plan
-            .tail
+        assert!(plan.removes.is_empty());
+        let moved: Vec<(Vec<u8>, u64)> = plan
+            .inserts
             .iter()
-            .map(|t| t.decode().unwrap().version)
+            .map(|(k, v)| (k.clone(), codec::decode::<StoredEvent>(v).unwrap().version))
             .collect();
-        assert_eq!((plan.tail_start, kept), (Some(9), vec![9, 10]));
+        assert_eq!(moved, vec![(tail_key("e", 9), 9), (tail_key("e", 10), 10)]);
+        assert_eq!((plan.tail_start, plan.tail_len), (Some(9), 2));
 
-        let mut items = self::items();
-        items[2] = tail_in_tree(9, 90);
-        let plan = plan_history("e", items, Some(1), None, 1, &NoDictionaries).unwrap();
+        let plan = plan_history("e", self::items(), Some(1), None, 1, &NoDictionaries).unwrap();
         assert_eq!(plan.events_removed, 9);
         assert_eq!(
             plan.removes,
             vec![chunk_key("e", 1), chunk_key("e", 5), tail_key("e", 9)]
         );
-        assert_eq!((plan.tail_start, plan.tail.len()), (Some(10), 1));
+        assert!(plan.inserts.is_empty());
+        assert_eq!((plan.tail_start, plan.tail_len), (Some(10), 1));
     }
 
     #[test]

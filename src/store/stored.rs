@@ -47,18 +47,13 @@ pub(crate) struct StoredInstance {
     /// tree's lines (`Store::audit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_open: Option<OpenAuditLine>,
-    /// The open tail's events, oldest first, each as
-    /// `codec::encode_positional` of a [`StoredEvent`] (since store format
-    /// 3; moved-in tail keys keep their named encoding). Why here and not one key per
-    /// event: sled's transactional insert reads the old value of every key
-    /// it writes, and the commit walks the tree again, so each tail key
-    /// cost a record three tree walks (insert, seal read, seal remove) on
-    /// the single writer; here the events ride on the instance write the
-    /// record makes anyway (the writer's `overwrite` now skips the
-    /// insert's walk; the seal's read and remove of every key would
-    /// remain). An instance written before keeps its tail in
-    /// the history tree (`tail_len` counts those) until its next change
-    /// moves them here.
+    /// The open tail's events, oldest first, in an instance written by
+    /// store format 3 (`codec::encode_positional` of a [`StoredEvent`]).
+    /// Since then every open-tail event has its own history key
+    /// (`keys::tail_key`, `write.rs` says why); the next write or
+    /// retention sweep of such an instance moves these out to their keys,
+    /// and readers read both (these are newer than any tail key).
+    /// `tail_len` counts the events in both places.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tail: Vec<TailEvent>,
     /// Bumped by every retention rewrite, so a reader that sees the same

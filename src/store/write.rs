@@ -12,9 +12,7 @@ use super::codec;
 use super::ingest::{BatchIn, RecordIn};
 use super::keys::{audit_key, chunk_key, tail_key};
 use super::merge::merge_fields;
-use super::stored::{
-    OpenAuditLine, StoredAuditLine, StoredEvent, StoredEventRef, StoredInstance, TailEvent,
-};
+use super::stored::{OpenAuditLine, StoredAuditLine, StoredEvent, StoredEventRef, StoredInstance};
 use super::tx::{abort, TxResult};
 use super::writer_states::PendingStates;
 use super::{
@@ -186,18 +184,28 @@ impl UpsertTx<'_> {
         }
     }
 
-    /// Appends the record to the open tail (in the instance), sealing it
-    /// when full. Returns the event's encoded bytes (a copy of what the
-    /// tail holds), which the open audit line's digest covers (`None`
+    /// Appends the record to the open tail, one history key per event
+    /// (`tail_key`), sealing the tail when full. Returns the event's
+    /// encoded bytes, which the open audit line's digest covers (`None`
     /// with the chain off).
+    ///
+    /// Why a key per event and not the instance (store format 3 kept the
+    /// tail in the instance): with the journal, a key written between two
+    /// checkpoints reaches sled once, so the instance carrying its tail
+    /// made every checkpoint rewrite the whole tail of every dirty entity,
+    /// and every journal frame carry a delta of it. Under its own key an
+    /// event is written once, in one frame and at one checkpoint; the
+    /// seal's reads come from the hot state (or sled, for events an
+    /// earlier checkpoint moved) and its removes of keys that never
+    /// reached sled cost sled nothing.
     fn append_history(
         &self,
         entity: &str,
         state: &mut StoredInstance,
         record: &Record,
     ) -> TxResult<Option<Vec<u8>>> {
-        if state.tail.len() as u64 != state.tail_len {
-            self.take_tree_tail_events(entity, state)?;
+        if !state.tail.is_empty() {
+            self.move_tail_out(entity, state)?;
         }
         let version = state.version;
         let event = StoredEventRef {
@@ -209,61 +217,77 @@ impl UpsertTx<'_> {
         };
         let bytes = codec::encode_positional(&event)
             .map_err(|e| abort(StoreError::encode(self.product, entity, "history event", e)))?;
-        if state.tail.is_empty() {
+        if state.tail_len == 0 {
             state.tail_start = version;
         }
         let covered = self.audit_chain.then(|| bytes.clone());
-        state.tail.push(TailEvent(bytes));
-        state.tail_len = state.tail.len() as u64;
+        state.tail_len += 1;
         let span = version.saturating_sub(state.tail_start) + 1;
         if state.tail_len >= self.block_events || span >= 2 * self.block_events {
-            self.seal(entity, state)?;
+            // The newest event goes straight into the chunk, its key never
+            // written.
+            self.seal(entity, state, Some(&bytes))?;
+        } else {
+            self.write_tail_event(entity, version, bytes)?;
         }
         Ok(covered)
     }
 
-    /// An instance written before store format 3 keeps its open tail in
-    /// the history tree, one key per event (`tail_start..`, `tail_len` of
-    /// them): those events move into the instance, before the ones it
-    /// holds, and their keys go. Reads exactly those keys (no range scan:
-    /// sled transactions cannot iterate).
-    fn take_tree_tail_events(&self, entity: &str, state: &mut StoredInstance) -> TxResult<()> {
-        let mut moved = Vec::with_capacity(state.tail_len as usize);
-        let first_in_instance = match state.tail.first() {
-            Some(event) => {
-                event
-                    .decode()
-                    .map_err(|e| {
-                        abort(StoreError::corrupt(
-                            self.product,
-                            entity,
-                            "history event",
-                            e,
-                        ))
-                    })?
-                    .version
-            }
-            None => state.version + 1,
-        };
-        for version in state.tail_start..first_in_instance {
-            let key = tail_key(entity, version);
-            if let Some(bytes) = self.history.get(&key)? {
-                let plain = self.trees.open(HISTORY, &key, &bytes).map_err(|e| {
+    /// Writes one open-tail event under its key.
+    fn write_tail_event(&self, entity: &str, version: u64, plain: Vec<u8>) -> TxResult<()> {
+        let key = tail_key(entity, version);
+        let sealed = self
+            .trees
+            .seal_entity(HISTORY, entity, &key, plain)
+            .map_err(|e| abort(StoreError::encode(self.product, entity, "history event", e)))?;
+        self.history.overwrite(key, sealed);
+        Ok(())
+    }
+
+    /// An instance written by store format 3 holds its open tail itself:
+    /// those events move out to their keys (after any format 2 keys of
+    /// the same tail, which stay where they are).
+    fn move_tail_out(&self, entity: &str, state: &mut StoredInstance) -> TxResult<()> {
+        let in_keys = state.tail_len.saturating_sub(state.tail.len() as u64);
+        let moved = state.tail.len() as u64;
+        for event in std::mem::take(&mut state.tail) {
+            let version = event
+                .decode()
+                .map_err(|e| {
                     abort(StoreError::corrupt(
                         self.product,
                         entity,
                         "history event",
                         e,
                     ))
-                })?;
-                moved.push(TailEvent(plain.into_owned()));
-                self.history.remove(key)?;
+                })?
+                .version;
+            self.write_tail_event(entity, version, event.0)?;
+        }
+        state.tail_len = in_keys + moved;
+        Ok(())
+    }
+
+    /// Reads and removes the open tail's keys (exactly `tail_start..`
+    /// up to the newest version, no range scan), oldest first.
+    fn take_tail_events(&self, entity: &str, state: &StoredInstance) -> TxResult<Vec<StoredEvent>> {
+        let mut events = Vec::with_capacity(state.tail_len as usize + 1);
+        let corrupt = |e| {
+            abort(StoreError::corrupt(
+                self.product,
+                entity,
+                "history event",
+                e,
+            ))
+        };
+        for version in state.tail_start..=state.version {
+            let key = tail_key(entity, version);
+            if let Some(bytes) = self.history.take(&key)? {
+                let plain = self.trees.open(HISTORY, &key, &bytes).map_err(corrupt)?;
+                events.push(codec::decode::<StoredEvent>(&plain).map_err(corrupt)?);
             }
         }
-        moved.append(&mut state.tail);
-        state.tail = moved;
-        state.tail_len = state.tail.len() as u64;
-        Ok(())
+        Ok(events)
     }
 
     /// Whether the tail seals into blocks that are merged later (two
@@ -275,22 +299,27 @@ impl UpsertTx<'_> {
     /// Moves the open tail into one compressed chunk (with the product's
     /// newest dictionary, if it has one, see `dictionary.rs`): a block
     /// when blocks are on, merged into a full chunk once enough blocks are
-    /// there. The tail's events are in the instance, so sealing reads no
-    /// key. Counts the sealed events towards the next dictionary training,
-    /// which runs outside the transaction.
-    fn seal(&self, entity: &str, state: &mut StoredInstance) -> TxResult<()> {
-        let events = std::mem::take(&mut state.tail)
-            .iter()
-            .map(TailEvent::decode)
-            .collect::<Result<Vec<StoredEvent>, _>>()
-            .map_err(|e| {
+    /// there. `newest` is the encoded event of `state.version` when it has
+    /// no key yet. Reads exactly the tail's keys (and, for a merge, the
+    /// listed blocks). Counts the sealed events towards the next
+    /// dictionary training, which runs outside the transaction.
+    fn seal(
+        &self,
+        entity: &str,
+        state: &mut StoredInstance,
+        newest: Option<&[u8]>,
+    ) -> TxResult<()> {
+        let mut events = self.take_tail_events(entity, state)?;
+        if let Some(bytes) = newest {
+            events.push(codec::decode::<StoredEvent>(bytes).map_err(|e| {
                 abort(StoreError::corrupt(
                     self.product,
                     entity,
                     "history event",
                     e,
                 ))
-            })?;
+            })?);
+        }
         state.tail_start = state.version + 1;
         state.tail_len = 0;
         let sealed = events.len() as u64;
@@ -485,6 +514,7 @@ fn loses_sync_tie(record: &Record, state: &StoredInstance) -> bool {
 mod tests {
     use super::*;
     use crate::record::{Fields, Origin, Value};
+    use crate::store::stored::TailEvent;
     use crate::store::{AuditQuery, StoreConfig};
 
     fn synced(from: &str, t: i64, temp: f64) -> Record {
@@ -570,11 +600,11 @@ mod tests {
         );
     }
 
-    /// Store format 2 kept the open tail under one history key per event.
-    /// Such an instance reads the same; its next write moves the keys into
-    /// the instance, and so does a retention sweep.
+    /// Store format 3 kept the open tail in the instance. Such an instance
+    /// reads the same (both directions); its next write moves the tail out
+    /// to one history key per event, and so does a retention sweep.
     #[test]
-    fn a_format_2_tail_in_the_tree_reads_the_same_and_moves_into_the_instance() {
+    fn a_format_3_tail_in_the_instance_reads_the_same_and_moves_out_to_keys() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = StoreConfig::new(dir.path().join("s"));
         config.history_chunk_events = 16;
@@ -603,45 +633,61 @@ mod tests {
                 })
                 .count()
         };
-        let history = |entity: &str| -> Vec<u64> {
+        let state_of = |entity: &str| -> StoredInstance {
+            codec::decode(&trees.instances.get(entity).unwrap().unwrap()).unwrap()
+        };
+        let history = |entity: &str, newest_first: bool| -> Vec<u64> {
+            let query = crate::store::HistoryQuery {
+                newest_first,
+                ..Default::default()
+            };
             store
-                .history("p", entity, &crate::store::HistoryQuery::default())
+                .history("p", entity, &query)
                 .expect("history")
                 .iter()
                 .map(|e| e.version)
                 .collect()
         };
-        assert_eq!(history("m"), (1..=6).collect::<Vec<_>>());
+        assert_eq!(history("m", false), (1..=6).collect::<Vec<_>>());
         store.checkpoint().expect("checkpoint");
         for entity in ["m", "n"] {
-            assert_eq!(tail_keys(entity), 0, "the tail 5..=6 is in the instance");
-            // Put the tail back into the tree, as format 2 wrote it.
-            let bytes = trees.instances.get(entity).unwrap().unwrap();
-            let mut state: StoredInstance = codec::decode(&bytes).unwrap();
+            assert_eq!(tail_keys(entity), 2, "the tail 5..=6 is under its keys");
+            let mut state = state_of(entity);
+            assert!(state.tail.is_empty(), "not in the instance");
             assert_eq!((state.tail_start, state.tail_len), (5, 2));
-            for event in std::mem::take(&mut state.tail) {
-                let version = event.decode().unwrap().version;
-                trees
-                    .history
-                    .sled()
-                    .insert(tail_key(entity, version), event.0)
-                    .unwrap();
+            // Put the tail into the instance, as format 3 wrote it.
+            for version in 5..=6 {
+                let key = tail_key(entity, version);
+                let bytes = trees.history.sled().remove(&key).unwrap().unwrap();
+                state.tail.push(TailEvent(bytes.to_vec()));
             }
             trees
                 .instances
                 .sled()
                 .insert(entity, codec::encode(&state).unwrap())
                 .unwrap();
-            assert_eq!(tail_keys(entity), 2);
+            assert_eq!(tail_keys(entity), 0);
         }
         store.raw_db(); // the caches no longer hold what is stored
-        assert_eq!(history("m"), (1..=6).collect::<Vec<_>>(), "reads the same");
+        assert_eq!(
+            history("m", false),
+            (1..=6).collect::<Vec<_>>(),
+            "reads the same"
+        );
+        assert_eq!(history("m", true), (1..=6).rev().collect::<Vec<_>>());
 
         store.upsert("p", &[of("m", 7)]).expect("upsert");
-        assert_eq!(tail_keys("m"), 0, "moved into the instance");
-        assert_eq!(history("m"), (1..=7).collect::<Vec<_>>());
+        assert_eq!(tail_keys("m"), 3, "moved out, and the new event");
+        assert!(state_of("m").tail.is_empty());
+        assert_eq!(history("m", false), (1..=7).collect::<Vec<_>>());
+        assert_eq!(history("m", true), (1..=7).rev().collect::<Vec<_>>());
         store.upsert("p", &[of("m", 8)]).expect("upsert");
-        assert_eq!(history("m"), (1..=8).collect::<Vec<_>>(), "and sealed");
+        assert_eq!(tail_keys("m"), 0, "sealed");
+        assert_eq!(
+            history("m", false),
+            (1..=8).collect::<Vec<_>>(),
+            "and sealed"
+        );
 
         let keep_all = crate::store::RetentionSpec {
             history_keep: Some(100),
@@ -651,12 +697,14 @@ mod tests {
             .sweep_retention("p", &keep_all, Timestamp::now(), None, 10)
             .expect("sweep");
         assert_eq!(report.events_removed, 0);
-        assert_eq!(tail_keys("n"), 0, "retention moved them too");
-        assert_eq!(history("n"), (1..=6).collect::<Vec<_>>());
+        assert_eq!(tail_keys("n"), 2, "retention moved them out too");
+        assert!(state_of("n").tail.is_empty());
+        assert_eq!(history("n", false), (1..=6).collect::<Vec<_>>());
         store
             .upsert("p", &[of("n", 7), of("n", 8)])
             .expect("upsert");
-        assert_eq!(history("n"), (1..=8).collect::<Vec<_>>());
+        assert_eq!(history("n", false), (1..=8).collect::<Vec<_>>());
+        assert_eq!(tail_keys("n"), 0, "sealed");
     }
 
     /// The writer writes every key with the vendored sled's `overwrite`,

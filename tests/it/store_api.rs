@@ -255,8 +255,8 @@ fn history_seals_into_chunks_and_reads_back_complete_and_in_order() {
         "neighbouring entity unaffected"
     );
 
-    // 5 sealed chunks for m1, as raw keys; its tail of 3 is in the
-    // instance.
+    // 5 sealed chunks for m1, as raw keys, then its tail of 3, one key
+    // per event.
     let tree = store.raw_db().open_tree(format!("{P}/history")).unwrap();
     let mut prefix = 2u16.to_be_bytes().to_vec();
     prefix.extend_from_slice(b"m1");
@@ -265,7 +265,7 @@ fn history_seals_into_chunks_and_reads_back_complete_and_in_order() {
         .keys()
         .map(|k| k.unwrap()[4])
         .collect();
-    assert_eq!(tags, vec![0u8; 5]);
+    assert_eq!(tags, vec![0u8, 0, 0, 0, 0, 1, 1, 1]);
 
     // Reopen: same history. (A raw tree handle keeps the database open.)
     drop(tree);
@@ -296,10 +296,10 @@ fn the_tail_seals_into_blocks_that_merge_into_full_chunks() {
     }
     // 43 events: full chunks 1..=16 and 17..=32 (each the merge of three
     // blocks and the tail), blocks 33..=36 and 37..=40, and the tail
-    // 41..=43 in the instance.
+    // 41..=43, one key per event.
     assert_eq!(
         history_keys(&store, "m1"),
-        [(0, 1), (0, 17), (0, 33), (0, 37)]
+        [(0, 1), (0, 17), (0, 33), (0, 37), (1, 41), (1, 42), (1, 43)]
     );
     let versions = |store: &Store| -> Vec<u64> {
         all_history(store, "m1").iter().map(|e| e.version).collect()
@@ -321,7 +321,11 @@ fn the_tail_seals_into_blocks_that_merge_into_full_chunks() {
         .sweep_retention(P, &keep_10, Timestamp(1_000_000), None, 10)
         .unwrap();
     assert_eq!((report.events_removed, report.chunks_rewritten), (33, 1));
-    assert_eq!(history_keys(&store, "m1"), [(0, 34), (0, 37)]);
+    assert_eq!(
+        history_keys(&store, "m1"),
+        [(0, 34), (0, 37), (1, 41), (1, 42), (1, 43)],
+        "the tail keys stay where they are"
+    );
     assert_eq!(versions(&store), (34..=43).collect::<Vec<u64>>());
     write(5, &store);
     assert_eq!(
@@ -342,7 +346,7 @@ fn the_tail_seals_into_blocks_that_merge_into_full_chunks() {
 }
 
 #[test]
-fn the_open_tail_lives_in_the_instance_and_blocks_keep_an_entity_to_a_few_keys() {
+fn the_open_tail_is_a_key_per_event_and_blocks_keep_an_entity_to_a_few_keys() {
     let dir = tempfile::tempdir().unwrap();
     let one_level = open_with_blocks(dir.path(), 256, 256);
     let o = device();
@@ -350,16 +354,17 @@ fn the_open_tail_lives_in_the_instance_and_blocks_keep_an_entity_to_a_few_keys()
         .map(|i| rec("m1", &[("i", Value::Int(i))], i, &o))
         .collect();
     one_level.upsert(P, &records).unwrap();
-    // Nothing sealed yet: all 100 events are the instance's open tail.
-    assert_eq!(history_keys(&one_level, "m1").len(), 0);
+    // Nothing sealed yet: all 100 events are the open tail, a key each.
+    let keys = history_keys(&one_level, "m1");
+    assert_eq!(keys, (1..=100).map(|v| (1u8, v)).collect::<Vec<_>>());
     assert_eq!(all_history(&one_level, "m1").len(), 100);
     drop(one_level);
 
     let dir = tempfile::tempdir().unwrap();
     let two_levels = open_with_blocks(dir.path(), 256, 16);
     two_levels.upsert(P, &records).unwrap();
-    // 6 blocks of 16; the tail of 4 is in the instance.
-    assert_eq!(history_keys(&two_levels, "m1").len(), 6);
+    // 6 blocks of 16 and the tail of 4.
+    assert_eq!(history_keys(&two_levels, "m1").len(), 10);
     let versions: Vec<u64> = all_history(&two_levels, "m1")
         .iter()
         .map(|e| e.version)
