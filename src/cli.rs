@@ -241,7 +241,7 @@ fn done(result: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // init writes the config, so it must not need (or trip over) one.
     let command = match cli.command {
-        Command::Init(args) => return Ok(init::run(args)),
+        Command::Init(args) => return done(init::run(args)),
         command => command,
     };
     // A newcomer runs `meshlet serve` where `meshlet init` wrote the config.
@@ -255,18 +255,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         config.log.format = format;
     }
     match command {
-        Command::Init(args) => Ok(init::run(args)),
+        Command::Init(args) => done(init::run(args)),
         Command::Status(args) => done(status::run(&config, args)),
         Command::Serve(args) => done(serve(config, args)),
         Command::Check(args) => done(check(&config, args)),
         Command::Quarantine(command) => done(quarantine(config, command)),
         Command::Schema(SchemaCommand::Print { products }) => done(print_schema(&config, products)),
-        Command::Contract(command) => Ok(contract::run(&config, command)),
+        Command::Contract(command) => done(contract::run(&config, command)),
         Command::Erase(args) => done(erase(config, args)),
-        Command::Audit(command) => Ok(audit::run(config, command)),
+        Command::Audit(command) => audit::run(config, command),
         Command::Key(KeyCommand::Generate { out }) => done(generate_key(out)),
         Command::Key(KeyCommand::Rotate(args)) => done(key::rotate(&config, args)),
-        Command::Sync(command) => Ok(sync::run(config, command)),
+        Command::Sync(command) => done(sync::run(config, command)),
         Command::Token(command) => done(token(&config, command)),
     }
 }

@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::{anyhow, bail, Context as _};
 use clap::Subcommand;
 
 use crate::config::HubConfig;
@@ -31,7 +32,7 @@ pub enum AuditCommand {
     },
 }
 
-pub fn run(mut config: HubConfig, command: AuditCommand) -> ExitCode {
+pub fn run(mut config: HubConfig, command: AuditCommand) -> anyhow::Result<ExitCode> {
     let AuditCommand::Verify {
         product,
         key,
@@ -44,57 +45,35 @@ pub fn run(mut config: HubConfig, command: AuditCommand) -> ExitCode {
     if let Some(dir) = data_dir {
         config.data_dir = dir;
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let outcome: Result<Vec<(String, AuditVerdict)>, String> = runtime.block_on(async {
+    let runtime = super::runtime(false)?;
+    let verdicts = runtime.block_on(async {
         let products = crate::node::load_products(&config)
-            .map_err(|e| format!("product definitions are invalid:\n{e}"))?;
+            .map_err(|e| anyhow!("product definitions are invalid:\n{e}"))?;
         let names: Vec<String> = match &product {
-            Some(name) if products.get(name).is_none() => {
-                return Err(format!("no product named `{name}`"))
-            }
+            Some(name) if products.get(name).is_none() => bail!("no product named `{name}`"),
             Some(name) => vec![name.clone()],
             None => products.iter().map(|p| p.name.clone()).collect(),
         };
         let store = crate::node::open_store(&config)
             .await
-            .map_err(|e| format!("{e}\n(is the node running? stop it, or ask its API for `auditVerified` of an instance)"))?;
+            .map_err(|e| anyhow!("{e}\n(is the node running? stop it, or ask its API for `auditVerified` of an instance)"))?;
         tokio::task::spawn_blocking(move || verify(&store, &names, key.as_deref()))
             .await
-            .map_err(|e| e.to_string())?
-    });
-    let verdicts = match outcome {
-        Ok(verdicts) => verdicts,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    report(&verdicts)
+            .context("the verification task failed")?
+    })?;
+    Ok(report(&verdicts))
 }
 
 fn verify(
     store: &Store,
     products: &[String],
     key: Option<&str>,
-) -> Result<Vec<(String, AuditVerdict)>, String> {
+) -> anyhow::Result<Vec<(String, AuditVerdict)>> {
     let mut out = Vec::new();
     for product in products {
         let verdicts = match key {
-            Some(key) => vec![store
-                .verify_audit(product, key)
-                .map_err(|e| e.to_string())?],
-            None => store
-                .verify_audit_product(product)
-                .map_err(|e| e.to_string())?,
+            Some(key) => vec![store.verify_audit(product, key)?],
+            None => store.verify_audit_product(product)?,
         };
         out.extend(verdicts.into_iter().map(|v| (product.clone(), v)));
     }

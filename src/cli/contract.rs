@@ -2,8 +2,8 @@
 //! ODCS data contracts for the central catalog (see [`crate::contract`]).
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Subcommand;
 
 use crate::config::HubConfig;
@@ -31,7 +31,7 @@ pub enum ContractCommand {
     },
 }
 
-pub fn run(config: &HubConfig, command: ContractCommand) -> ExitCode {
+pub fn run(config: &HubConfig, command: ContractCommand) -> anyhow::Result<()> {
     match command {
         ContractCommand::Export {
             product: name,
@@ -50,21 +50,19 @@ pub fn run(config: &HubConfig, command: ContractCommand) -> ExitCode {
                     for message in errors.messages() {
                         eprintln!("{message}");
                     }
-                    eprintln!("error: the product definitions are invalid; nothing exported");
-                    return ExitCode::FAILURE;
+                    anyhow::bail!("the product definitions are invalid; nothing exported");
                 }
             };
             let Some(found) = set.get(&name) else {
                 let known: Vec<&str> = set.iter().map(|p| p.name.as_str()).collect();
-                eprintln!(
-                    "error: no product `{name}` (known: {})",
+                anyhow::bail!(
+                    "no product `{name}` (known: {})",
                     if known.is_empty() {
                         "none".to_string()
                     } else {
                         known.join(", ")
                     }
                 );
-                return ExitCode::FAILURE;
             };
             let format = if json {
                 contract::ContractFormat::Json
@@ -72,26 +70,15 @@ pub fn run(config: &HubConfig, command: ContractCommand) -> ExitCode {
                 contract::ContractFormat::Yaml
             };
             print!("{}", contract::render(found, format));
-            ExitCode::SUCCESS
+            Ok(())
         }
         ContractCommand::Import { file, object } => {
-            let text = match std::fs::read_to_string(&file) {
-                Ok(text) => text,
-                Err(e) => {
-                    eprintln!("error: cannot read {}: {e}", file.display());
-                    return ExitCode::FAILURE;
-                }
-            };
-            match contract::import(&text, object.as_deref()) {
-                Ok(definition) => {
-                    print!("{definition}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {}: {e}", file.display());
-                    ExitCode::FAILURE
-                }
-            }
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let definition = contract::import(&text, object.as_deref())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            print!("{definition}");
+            Ok(())
         }
     }
 }

@@ -9,7 +9,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 /// The hub config file name `meshlet` looks for in the working directory.
 pub const CONFIG_FILE: &str = "meshlet.toml";
@@ -132,20 +131,13 @@ freshness: 5m                # a sensor silent for longer is shown as stale
 "#;
 
 /// `meshlet init [DIR]`.
-pub fn run(args: InitArgs) -> ExitCode {
-    match write_starter(&args.dir) {
-        Ok(written) => {
-            for path in &written {
-                println!("wrote {}", path.display());
-            }
-            print_next_steps(&args.dir);
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
+pub fn run(args: InitArgs) -> anyhow::Result<()> {
+    let written = write_starter(&args.dir)?;
+    for path in &written {
+        println!("wrote {}", path.display());
     }
+    print_next_steps(&args.dir);
+    Ok(())
 }
 
 /// Writes both starter files into `dir`, or nothing when either exists.

@@ -5,9 +5,9 @@
 //! at the next start.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::{anyhow, bail, Context as _};
 use clap::Subcommand;
 
 use crate::config::HubConfig;
@@ -33,7 +33,7 @@ pub enum SyncCommand {
     },
 }
 
-pub fn run(mut config: HubConfig, command: SyncCommand) -> ExitCode {
+pub fn run(mut config: HubConfig, command: SyncCommand) -> anyhow::Result<()> {
     let SyncCommand::Verify {
         upstream,
         data_dir,
@@ -47,53 +47,43 @@ pub fn run(mut config: HubConfig, command: SyncCommand) -> ExitCode {
     if let Some(dir) = data_dir {
         config.data_dir = dir;
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let outcome: Result<VerifyReport, String> = runtime.block_on(async {
+    let runtime = super::runtime(false)?;
+    let report: VerifyReport = runtime.block_on(async {
         let Some(settings) = config.upstreams.get(&upstream) else {
-            return Err(format!(
+            bail!(
                 "no upstream named `{upstream}` in the hub config (known: {})",
                 config.upstreams.keys().cloned().collect::<Vec<_>>().join(", ")
-            ));
+            );
         };
-        let node_id = crate::node::resolve_node_id(&config).map_err(|e| e.to_string())?;
+        let node_id = crate::node::resolve_node_id(&config)?;
         let mut verifier =
-            Verifier::new(&upstream, settings, &node_id).map_err(|e| e.to_string())?;
+            Verifier::new(&upstream, settings, &node_id)?;
         let products = Arc::new(
             crate::node::load_products(&config)
-                .map_err(|e| format!("product definitions are invalid:\n{e}"))?,
+                .map_err(|e| anyhow!("product definitions are invalid:\n{e}"))?,
         );
         let store = crate::node::open_store(&config)
             .await
-            .map_err(|e| format!("{e}\n(is the node running? stop it, or set `sync.verify_interval` to have it verify itself)"))?;
+            .map_err(|e| anyhow!("{e}\n(is the node running? stop it, or set `sync.verify_interval` to have it verify itself)"))?;
         crate::sync::install_planner(&store, &products)
-            .map_err(|e| format!("cannot plan the sync: {e}"))?;
+            .context("cannot plan the sync")?;
         crate::sync::prepare_sent_digests(&store, &products)
-            .map_err(|e| format!("cannot build the sync digests: {e}"))?;
+            .context("cannot build the sync digests")?;
         let report = verifier
             .run(&store, &products, !dry_run)
-            .await
-            .map_err(|e| e.to_string())?;
-        store.durable().await.map_err(|e| e.to_string())?;
+            .await?;
+        store.durable().await?;
         Ok(report)
-    });
-    match outcome {
-        Ok(report) if json => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&report).unwrap_or_default()
-            );
-            ExitCode::SUCCESS
-        }
-        Ok(report) => {
+    })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).context("cannot print the report")?
+        );
+        return Ok(());
+    }
+    {
+        {
             for p in &report.products {
                 println!(
                     "{}: {} buckets here, {} there, {} differ; {} entities differ ({} in flight), {} states and {} tombstones enqueued",
@@ -124,11 +114,7 @@ pub fn run(mut config: HubConfig, command: SyncCommand) -> ExitCode {
                     report.resent + report.tombstones
                 );
             }
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
         }
     }
+    Ok(())
 }
