@@ -48,6 +48,27 @@ pub struct Numbers {
 }
 
 impl Numbers {
+    /// Counts `x` into a group's running figures, the first value opening
+    /// them (the row path and the column path share it).
+    pub fn add(slot: &mut Option<Numbers>, x: f64) {
+        match slot {
+            Some(n) => {
+                n.count += 1;
+                n.min = n.min.min(x);
+                n.max = n.max.max(x);
+                n.sum += x;
+            }
+            None => {
+                *slot = Some(Numbers {
+                    count: 1,
+                    min: x,
+                    max: x,
+                    sum: x,
+                })
+            }
+        }
+    }
+
     pub fn avg(&self) -> f64 {
         self.sum / self.count as f64
     }
@@ -181,22 +202,7 @@ impl Aggregator {
                 Some(Value::Float(x)) if x.is_finite() => *x,
                 _ => continue,
             };
-            match slot {
-                Some(n) => {
-                    n.count += 1;
-                    n.min = n.min.min(x);
-                    n.max = n.max.max(x);
-                    n.sum += x;
-                }
-                None => {
-                    *slot = Some(Numbers {
-                        count: 1,
-                        min: x,
-                        max: x,
-                        sum: x,
-                    })
-                }
-            }
+            Numbers::add(slot, x);
         }
         Ok(())
     }
@@ -407,22 +413,7 @@ pub fn aggregate_columns(
                     }
                 }
             };
-            match slot_numbers {
-                Some(n) => {
-                    n.count += 1;
-                    n.min = n.min.min(x);
-                    n.max = n.max.max(x);
-                    n.sum += x;
-                }
-                None => {
-                    *slot_numbers = Some(Numbers {
-                        count: 1,
-                        min: x,
-                        max: x,
-                        sum: x,
-                    })
-                }
-            }
+            Numbers::add(slot_numbers, x);
         }
     }
     groups.sort_by(|a, b| a.key.cmp(&b.key));
