@@ -18,10 +18,12 @@ mod http;
 pub mod metrics;
 mod mqtt;
 mod nats;
+#[cfg(feature = "nats")]
 mod nats_consumer;
 pub mod planner;
 pub mod reference;
 mod reference_http;
+#[cfg(feature = "nats")]
 mod reference_nats;
 mod sender;
 
@@ -93,6 +95,7 @@ pub struct SyncHandle {
     pub receiver: Option<Arc<Receiver>>,
     /// `Some` when this node publishes reference data (an upstream with
     /// `publish = "reference"`): serves `GET /sync/v1/reference/…`.
+    #[cfg(feature = "nats")]
     pub reference: Option<Arc<reference_nats::BucketReader>>,
     /// The node's shutdown: a held long-poll answers at once.
     pub shutdown: CancellationToken,
@@ -130,8 +133,18 @@ impl SyncHandle {
         after: u64,
         wait: std::time::Duration,
     ) -> Option<Result<reference::ReferencePage, TransportError>> {
-        let reader = self.reference.as_ref()?;
-        Some(reader.page(product, after, wait, &self.shutdown).await)
+        #[cfg(feature = "nats")]
+        {
+            let reader = self.reference.as_ref()?;
+            Some(reader.page(product, after, wait, &self.shutdown).await)
+        }
+        // Without `nats` no upstream publishes reference data (a NATS
+        // upstream is refused at start): there is nothing to serve.
+        #[cfg(not(feature = "nats"))]
+        {
+            let _ = (product, after, wait);
+            None
+        }
     }
 
     /// The edges this node heard from (empty unless an aggregator).
@@ -188,9 +201,11 @@ pub fn prepare_sent_digests(store: &Store, products: &ProductSet) -> Result<(), 
 
 /// Checks `[aggregator.nats]` as [`start`] would, without connecting.
 pub fn check_aggregator_nats(config: &crate::config::AggregatorNatsConfig) -> Result<(), String> {
-    nats_consumer::check(config)
-        .map(drop)
-        .map_err(|e| format!("aggregator.nats: {e}"))
+    #[cfg(feature = "nats")]
+    let checked = nats_consumer::check(config).map(drop);
+    #[cfg(not(feature = "nats"))]
+    let checked = nats::Endpoint::new(&nats::EndpointSettings::of_aggregator(config)).map(drop);
+    checked.map_err(|e| format!("aggregator.nats: {e}"))
 }
 
 /// Checks an upstream's settings as [`start`] would (URL, TLS files,
@@ -289,6 +304,10 @@ fn start_references(
                 let endpoint =
                     nats::Endpoint::new(&nats::EndpointSettings::of_upstream(url, upstream))
                         .map_err(upstream_error)?;
+                // Without `nats`, `new` refused: no endpoint exists.
+                #[cfg(not(feature = "nats"))]
+                match endpoint {}
+                #[cfg(feature = "nats")]
                 tasks.spawn(
                     reference_nats::watch(
                         endpoint,
@@ -314,6 +333,7 @@ fn start_references(
 
 /// The reader behind `GET /sync/v1/reference/…`: the first upstream with
 /// `publish = "reference"` on NATS.
+#[cfg(feature = "nats")]
 fn reference_reader(
     config: &HubConfig,
     node_id: &str,
@@ -414,6 +434,14 @@ pub fn start(
     }
     let receiver = (aggregator.enabled || aggregator.mqtt.is_some() || aggregator.nats.is_some())
         .then(|| Arc::new(Receiver::new(ingestor.clone(), metrics.clone())));
+    #[cfg(not(feature = "nats"))]
+    if let Some(nats) = &aggregator.nats {
+        return Err(SyncError::Upstream {
+            upstream: "aggregator.nats".to_string(),
+            source: nats::unavailable(&nats.url),
+        });
+    }
+    #[cfg(feature = "nats")]
     if let (Some(receiver), Some(nats)) = (&receiver, &aggregator.nats) {
         let endpoint = nats_consumer::check(nats).map_err(|source| SyncError::Upstream {
             upstream: "aggregator.nats".to_string(),
@@ -454,6 +482,7 @@ pub fn start(
         store: store.clone(),
         metrics,
         receiver,
+        #[cfg(feature = "nats")]
         reference: reference_reader(config, node_id)?,
         shutdown: shutdown.clone(),
     }))

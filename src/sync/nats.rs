@@ -25,18 +25,23 @@
 //! does not come fails after the client's ack timeout (or the sender's
 //! `send_timeout`) and is retried with back-off.
 
+#[cfg(feature = "nats")]
 use std::time::Duration;
 
+#[cfg(feature = "nats")]
 use async_nats::jetstream;
+#[cfg(feature = "nats")]
 use async_nats::{ConnectOptions, ServerAddr};
 
 use super::TransportError;
 use crate::config::{AggregatorNatsConfig, UpstreamConfig};
 
 /// How long connecting to a server may take.
+#[cfg(feature = "nats")]
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where and how to connect: the part an upstream and an aggregator share.
+#[cfg(feature = "nats")]
 #[derive(Clone, Debug)]
 pub(crate) struct Endpoint {
     servers: Vec<ServerAddr>,
@@ -47,7 +52,9 @@ pub(crate) struct Endpoint {
     credentials: Option<String>,
 }
 
-/// The settings [`Endpoint::new`] reads, borrowed from either config.
+/// The settings [`Endpoint::new`] reads, borrowed from either config
+/// (without `nats`, only the `url` its refusal names).
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) struct EndpointSettings<'a> {
     pub url: &'a str,
     pub token: Option<&'a str>,
@@ -92,6 +99,7 @@ pub(crate) fn is_nats_url(url: &str) -> bool {
     url.starts_with("nats://") || url.starts_with("tls://")
 }
 
+#[cfg(feature = "nats")]
 impl Endpoint {
     /// Checks and reads everything (URLs, TLS files, credentials) without
     /// connecting.
@@ -206,6 +214,7 @@ pub(crate) fn check_bucket_name(name: &str) -> Result<(), TransportError> {
 /// The reference bucket: found, or created (one value per key, file
 /// storage, `replicas`) when `create` — the publishing side; edges only
 /// look it up, and wait (retrying) until a publisher made it.
+#[cfg(feature = "nats")]
 pub(crate) async fn open_bucket(
     context: &jetstream::Context,
     bucket: &str,
@@ -253,15 +262,18 @@ pub(crate) async fn open_bucket(
 }
 
 /// The subject token of an origin node id.
+#[cfg(feature = "nats")]
 pub(crate) fn subject_token(id: &str) -> String {
     id.replace('.', "_")
 }
 
 /// The message id JetStream deduplicates on.
+#[cfg(feature = "nats")]
 pub(crate) fn message_id(origin: &str, link: &str, lane: u8, first: u64, last: u64) -> String {
     format!("{origin}/{link}/{lane}/{first}-{last}")
 }
 
+#[cfg(feature = "nats")]
 pub struct NatsTransport {
     endpoint: Endpoint,
     client_name: String,
@@ -282,6 +294,7 @@ pub struct NatsTransport {
     kv: Option<jetstream::kv::Store>,
 }
 
+#[cfg(feature = "nats")]
 impl NatsTransport {
     pub fn new(
         upstream: &str,
@@ -479,10 +492,38 @@ impl NatsTransport {
     }
 }
 
+/// Why a `nats://` or `tls://` setting is refused by a build without the
+/// `nats` feature (a gateway build that leaves async-nats out).
+#[cfg(not(feature = "nats"))]
+const UNAVAILABLE: &str =
+    "this meshlet was built without the `nats` feature (cargo build --features nats)";
+
+/// Without the `nats` feature no endpoint exists: [`Endpoint::new`]
+/// refuses every setting, so nothing that would connect (a transport, a
+/// reference watch, a JetStream consumer) can be made, and `meshlet check`
+/// and `serve` name the missing feature.
+#[cfg(not(feature = "nats"))]
+#[derive(Clone, Debug)]
+pub(crate) enum Endpoint {}
+
+#[cfg(not(feature = "nats"))]
+impl Endpoint {
+    pub fn new(settings: &EndpointSettings<'_>) -> Result<Endpoint, TransportError> {
+        Err(unavailable(settings.url))
+    }
+}
+
+/// The refusal of a NATS `url` by a build without the `nats` feature.
+#[cfg(not(feature = "nats"))]
+pub(crate) fn unavailable(url: &str) -> TransportError {
+    TransportError::Config(format!("url `{url}`: {UNAVAILABLE}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[cfg(feature = "nats")]
     #[test]
     fn settings_are_checked_without_connecting() {
         let config = UpstreamConfig::default();
@@ -516,12 +557,37 @@ mod tests {
         ));
     }
 
+    /// A build without `nats` refuses every NATS setting at check and
+    /// start, naming the feature (never a silently parked upstream).
+    #[cfg(not(feature = "nats"))]
+    #[test]
+    fn a_build_without_the_feature_refuses_nats_settings_by_name() {
+        for url in ["nats://127.0.0.1:4222", "tls://h:4222"] {
+            let upstream = UpstreamConfig {
+                url: Some(url.into()),
+                ..UpstreamConfig::default()
+            };
+            let err = crate::sync::check_upstream("central", &upstream, "gw")
+                .expect_err("refused")
+                .to_string();
+            assert!(err.contains("`nats` feature") && err.contains(url), "{err}");
+        }
+        let aggregator = AggregatorNatsConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            ..AggregatorNatsConfig::default()
+        };
+        let err = crate::sync::check_aggregator_nats(&aggregator).expect_err("refused");
+        assert!(err.contains("`nats` feature"), "{err}");
+    }
+
+    #[cfg(feature = "nats")]
     #[test]
     fn subjects_and_ids() {
         assert_eq!(subject_token("gw.7-a"), "gw_7-a");
         assert_eq!(message_id("gw", "central", 1, 3, 9), "gw/central/1/3-9");
     }
 
+    #[cfg(feature = "nats")]
     impl NatsTransport {
         fn servers_len(&self) -> usize {
             self.endpoint.servers.len()

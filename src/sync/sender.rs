@@ -37,6 +37,7 @@ use super::envelope::Envelope;
 use super::http::HttpTransport;
 use super::metrics::SyncMetrics;
 use super::mqtt::MqttTransport;
+#[cfg(feature = "nats")]
 use super::nats::NatsTransport;
 use super::TransportError;
 use crate::config::{SyncSettings, UpstreamConfig};
@@ -53,6 +54,7 @@ const ZSTD_LEVEL: i32 = 3;
 pub(crate) enum Transport {
     Http(HttpTransport),
     Mqtt(Box<MqttTransport>),
+    #[cfg(feature = "nats")]
     Nats(Box<NatsTransport>),
 }
 
@@ -65,10 +67,15 @@ impl Transport {
         let Some(url) = &config.url else {
             return Ok(None);
         };
+        #[cfg(feature = "nats")]
         if super::nats::is_nats_url(url) {
             return Ok(Some(Transport::Nats(Box::new(NatsTransport::new(
                 upstream, url, config, origin,
             )?))));
+        }
+        #[cfg(not(feature = "nats"))]
+        if super::nats::is_nats_url(url) {
+            return Err(super::nats::unavailable(url));
         }
         if url.starts_with("mqtt://") || url.starts_with("mqtts://") {
             return Ok(Some(Transport::Mqtt(Box::new(MqttTransport::new(
@@ -80,14 +87,16 @@ impl Transport {
 
     async fn send(
         &mut self,
-        envelope: &Envelope,
+        #[cfg_attr(not(feature = "nats"), allow(unused_variables))] envelope: &Envelope,
         product: &str,
         body: Vec<u8>,
     ) -> Result<(), TransportError> {
         match self {
             Transport::Http(t) => t.send(body).await,
             Transport::Mqtt(t) => t.send(product, body).await,
+            #[cfg(feature = "nats")]
             Transport::Nats(t) if t.publishes_reference() => t.put_reference(envelope).await,
+            #[cfg(feature = "nats")]
             Transport::Nats(t) => {
                 let id = super::nats::message_id(
                     &envelope.origin,
