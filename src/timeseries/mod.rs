@@ -11,9 +11,12 @@
 
 //! - [`read`]: one entity's buckets from the store, reading sealed chunk
 //!   summaries instead of events where they stand in exactly.
+//! - [`closing`]: when a live series' buckets close by event time, and
+//!   which closed bucket a late event revises (`<product>Buckets`).
 //!
 //! Public (hidden from docs) only so `benches/timeseries.rs` can drive it.
 
 pub mod aggregate;
 pub mod buckets;
+pub mod closing;
 pub mod read;
