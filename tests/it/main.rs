@@ -21,6 +21,7 @@ mod erasure;
 mod firmware_examples;
 mod fuzz_corpus;
 mod graphql_api;
+mod graphql_buckets;
 mod graphql_clients;
 mod graphql_limits;
 mod graphql_paging;

@@ -19,6 +19,11 @@
 //! chart in 5-minute buckets of count + min/max/avg (8,641 × 5) fits
 //! the limit and the same chart in 1-minute buckets does not.
 //!
+//! A `<product>Buckets` subscription is costed per event (one closed
+//! bucket, its `values` free as in `series`), times the buckets of its
+//! backfill when it has `since` (counted as `series` counts them, to
+//! now), so a backfill too long to query as a `series` is refused too.
+//!
 //! The `groups` of an aggregate count as the most groups one may make,
 //! Relay's `nodes(ids:)` as its number of ids.
 //!
@@ -108,8 +113,23 @@ fn series_buckets(field: &Field, variables: &Variables) -> u64 {
     buckets.min(MAX_BUCKETS)
 }
 
+/// Whether `field` is a `<product>Buckets` subscription (a root field
+/// ending in `Buckets` that takes `every`: no product field takes
+/// arguments).
+fn is_bucket_feed(field: &Field) -> bool {
+    field.name.node.ends_with("Buckets") && field.arguments.iter().any(|(n, _)| n.node == "every")
+}
+
 /// The page size a field asks for, 1 for a field that is not paged.
 fn page_of(field: &Field, variables: &Variables) -> u64 {
+    if is_bucket_feed(field) {
+        // Its backfill from `since` to now is a `series`; without it,
+        // one bucket per event.
+        return match argument(field, "since", variables) {
+            Some(_) => series_buckets(field, variables),
+            None => 1,
+        };
+    }
     match field.name.node.as_str() {
         "series" => return series_buckets(field, variables),
         // The groups of a `<product>Aggregate`: as many as it may make.
@@ -151,16 +171,26 @@ fn page_of(field: &Field, variables: &Variables) -> u64 {
 struct Estimator<'d> {
     doc: &'d ExecutableDocument,
     variables: &'d Variables,
-    /// (Fragment, inside `quarantine`, directly inside `series`) → its
-    /// cost; `None` while it is being costed (a cycle).
-    fragments: HashMap<(&'d Name, bool, bool), Option<u64>>,
+    /// (Fragment, inside `quarantine`, what it is the selection of) →
+    /// its cost; `None` while it is being costed (a cycle).
+    fragments: HashMap<(&'d Name, bool, Within), Option<u64>>,
+}
+
+/// What a selection set selects from, where that changes costs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Within {
+    Other,
+    /// A bucket (of `series`, or of a closed bucket): `values` is free.
+    Bucket,
+    /// A `<product>Buckets` event: its `bucket` is a bucket.
+    BucketClose,
 }
 
 impl<'d> Estimator<'d> {
     /// `quarantine`: the set is inside a `quarantine` field, where raw
-    /// payloads are selected; `bucket`: the set is a `series` bucket's,
-    /// whose `values` wrapper is free.
-    fn selection_set(&mut self, set: &'d SelectionSet, quarantine: bool, bucket: bool) -> u64 {
+    /// payloads are selected; `within`: a bucket's set, whose `values`
+    /// wrapper is free, or a closed bucket's, whose `bucket` is one.
+    fn selection_set(&mut self, set: &'d SelectionSet, quarantine: bool, within: Within) -> u64 {
         let mut cost = 0u64;
         for selection in &set.items {
             let one = match &selection.node {
@@ -168,13 +198,21 @@ impl<'d> Estimator<'d> {
                     let field = &field.node;
                     let name = field.name.node.as_str();
                     let inside = quarantine || name == "quarantine";
-                    let inner =
-                        self.selection_set(&field.selection_set.node, inside, name == "series");
+                    let inner_within = if name == "series"
+                        || (within == Within::BucketClose && name == "bucket")
+                    {
+                        Within::Bucket
+                    } else if is_bucket_feed(field) {
+                        Within::BucketClose
+                    } else {
+                        Within::Other
+                    };
+                    let inner = self.selection_set(&field.selection_set.node, inside, inner_within);
                     let own = if quarantine && is_payload(name) {
                         PAYLOAD_COST
                     } else if name == "auditVerified" && !quarantine {
                         AUDIT_VERIFY_COST
-                    } else if bucket && name == "values" {
+                    } else if within == Within::Bucket && name == "values" {
                         0
                     } else {
                         1
@@ -182,10 +220,10 @@ impl<'d> Estimator<'d> {
                     own.saturating_add(inner.saturating_mul(page_of(field, self.variables)))
                 }
                 Selection::InlineFragment(fragment) => {
-                    self.selection_set(&fragment.node.selection_set.node, quarantine, bucket)
+                    self.selection_set(&fragment.node.selection_set.node, quarantine, within)
                 }
                 Selection::FragmentSpread(spread) => {
-                    self.fragment(&spread.node.fragment_name.node, quarantine, bucket)
+                    self.fragment(&spread.node.fragment_name.node, quarantine, within)
                 }
             };
             cost = cost.saturating_add(one);
@@ -193,8 +231,8 @@ impl<'d> Estimator<'d> {
         cost
     }
 
-    fn fragment(&mut self, name: &'d Name, quarantine: bool, bucket: bool) -> u64 {
-        match self.fragments.get(&(name, quarantine, bucket)) {
+    fn fragment(&mut self, name: &'d Name, quarantine: bool, within: Within) -> u64 {
+        match self.fragments.get(&(name, quarantine, within)) {
             Some(Some(cost)) => return *cost,
             Some(None) => return 0,
             None => {}
@@ -202,10 +240,10 @@ impl<'d> Estimator<'d> {
         let Some(fragment) = self.doc.fragments.get(name) else {
             return 0;
         };
-        self.fragments.insert((name, quarantine, bucket), None);
-        let cost = self.selection_set(&fragment.node.selection_set.node, quarantine, bucket);
+        self.fragments.insert((name, quarantine, within), None);
+        let cost = self.selection_set(&fragment.node.selection_set.node, quarantine, within);
         self.fragments
-            .insert((name, quarantine, bucket), Some(cost));
+            .insert((name, quarantine, within), Some(cost));
         cost
     }
 }
@@ -219,7 +257,7 @@ pub(crate) fn estimate(doc: &ExecutableDocument, variables: &Variables) -> u64 {
     };
     doc.operations
         .iter()
-        .map(|(_, op)| estimator.selection_set(&op.node.selection_set.node, false, false))
+        .map(|(_, op)| estimator.selection_set(&op.node.selection_set.node, false, Within::Other))
         .max()
         .unwrap_or(0)
 }
@@ -301,6 +339,40 @@ mod tests {
             ) > super::super::limits::MAX_COST
         );
     }
+
+    #[test]
+    fn bucket_feeds_cost_one_bucket_or_their_backfill() {
+        let select = "{ entity revision bucket { start count values { temp { min max avg } } } }";
+        assert_eq!(
+            cost(&format!(
+                r#"subscription {{ mBuckets(id: "a", every: "5m") {select} }}"#
+            )),
+            1 + (2 + (1 + (2 + (1 + 3)))),
+            "one bucket, `values` free"
+        );
+        assert_eq!(
+            cost(&format!(
+                r#"subscription {{ mBuckets(id: "a", every: "5m", since: "2024-01-01T00:00:00Z") {select} }}"#
+            )),
+            1 + 9 * MAX_BUCKETS_FOR_TEST,
+            "a backfill of years, as many buckets as a call may return"
+        );
+        let far = (crate::record::Timestamp::now().as_micros() - 3_600_000_000) / 1_000_000;
+        let since = crate::record::Timestamp(far * 1_000_000)
+            .to_rfc3339()
+            .expect("formats");
+        let hour = cost(&format!(
+            r#"subscription {{ mBuckets(id: "a", every: "5m", since: "{since}") {{ revision }} }}"#
+        ));
+        assert!(
+            (1 + 13..=1 + 14).contains(&hour),
+            "an hour back in 5m buckets: {hour}"
+        );
+        // A product field called `fooBuckets` takes no `every`: a value.
+        assert_eq!(cost("{ m(id: \"a\") { fooBuckets } }"), 2);
+    }
+
+    const MAX_BUCKETS_FOR_TEST: u64 = super::super::series::MAX_BUCKETS;
 
     #[test]
     fn relay_nodes_cost_their_ids() {

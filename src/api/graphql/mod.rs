@@ -7,7 +7,9 @@
 //! fields with the definition's descriptions, `_meta`, `history`,
 //! `audit`), a lookup `machineHealth(machine_id:)`, a Relay connection
 //! `machineHealthConnection(first, after, last, before, filter, orderBy)`,
-//! a subscription `machineHealthChanges(filter)` and the mutations
+//! the subscriptions `machineHealthChanges(filter)` and
+//! `machineHealthBuckets(machine_id:, every:)` (closed series buckets,
+//! `bucket_feed`) and the mutations
 //! `upsertMachineHealth(input)` / `eraseMachineHealth(machine_id:)`. The
 //! catalog (`products`, `product`, `quarantine`, `schemaStatus`) is always
 //! there. Field names are the definition's, unchanged.
@@ -33,6 +35,7 @@
 
 mod aggregate;
 mod args;
+mod bucket_feed;
 pub(crate) mod budget;
 mod catalog;
 mod connection;

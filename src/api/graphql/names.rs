@@ -66,14 +66,17 @@ pub(crate) struct ProductNames {
     pub group_field: String,
     pub numbers: String,
     pub change: String,
+    /// One closed bucket of the bucket-close subscription.
+    pub bucket_close: String,
     /// Root query field: lookup by key.
     pub lookup: String,
     /// Root query field: the cursor connection.
     pub list: String,
     /// Root query field: fleet aggregates.
     pub aggregate: String,
-    /// Root subscription field.
+    /// Root subscription fields: changes, closed buckets.
     pub changes: String,
+    pub buckets: String,
     /// Root mutation fields.
     pub upsert: String,
     pub erase: String,
@@ -103,8 +106,10 @@ impl ProductNames {
             numbers: format!("{p}Numbers"),
             aggregate: format!("{c}Aggregate"),
             change: format!("{p}Change"),
+            bucket_close: format!("{p}BucketClose"),
             list: format!("{c}Connection"),
             changes: format!("{c}Changes"),
+            buckets: format!("{c}Buckets"),
             upsert: format!("upsert{p}"),
             erase: format!("erase{p}"),
             lookup: c,
@@ -112,7 +117,7 @@ impl ProductNames {
         }
     }
 
-    fn types(&self) -> [&str; 19] {
+    fn types(&self) -> [&str; 20] {
         [
             &self.object,
             &self.connection,
@@ -133,15 +138,17 @@ impl ProductNames {
             &self.group_field,
             &self.numbers,
             &self.change,
+            &self.bucket_close,
         ]
     }
 
-    fn root_fields(&self) -> [&str; 6] {
+    fn root_fields(&self) -> [&str; 7] {
         [
             &self.lookup,
             &self.list,
             &self.aggregate,
             &self.changes,
+            &self.buckets,
             &self.upsert,
             &self.erase,
         ]

@@ -230,7 +230,9 @@ fn assemble(
                 .register(e.filter_input());
         }
         builder = builder.register(mutation::input_object(api));
-        builder = builder.register(subscription::change_object(api));
+        builder = builder
+            .register(subscription::change_object(api))
+            .register(super::bucket_feed::close_object(api));
         query = query
             .field(connection::lookup_field(api))
             .field(connection::list_field(api))
@@ -238,7 +240,9 @@ fn assemble(
         mutation = mutation
             .field(mutation::upsert_field(api))
             .field(mutation::erase_field(api));
-        subscription = subscription.field(subscription::changes_field(api));
+        subscription = subscription
+            .field(subscription::changes_field(api))
+            .field(super::bucket_feed::buckets_field(api));
     }
     for field in catalog::root_fields(products)
         .into_iter()

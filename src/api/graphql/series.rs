@@ -54,7 +54,7 @@ pub(crate) const VALUE_SHARE: &str = "ValueShare";
 
 /// The product fields a bucket summarises, in schema order: numbers
 /// (`int`, `float`) and text states (`string`), the key left out.
-fn summarised(api: &ProductApi) -> Vec<(String, FieldType, FieldKind)> {
+pub(crate) fn summarised(api: &ProductApi) -> Vec<(String, FieldType, FieldKind)> {
     api.product
         .fields
         .values()
@@ -242,7 +242,7 @@ fn bad(code: &str, message: String) -> async_graphql::Error {
 }
 
 /// `every` as µs: humantime text (`1m`, `5m`, `1h`, `1d`), at least 1 s.
-fn every_micros(text: &str) -> async_graphql::Result<i64> {
+pub(crate) fn every_micros(text: &str) -> async_graphql::Result<i64> {
     let every: Duration = humantime::parse_duration(text.trim()).map_err(|e| {
         bad(
             "BAD_ARGUMENT",

@@ -103,16 +103,7 @@ pub(crate) fn changes_field(api: &Arc<ProductApi>) -> SubscriptionField {
             let runtime = runtime(&ctx)?;
             let view = view(&ctx, &api)?;
             require(&ctx, &view, view.subscribe, "subscribe to")?;
-            let caller = caller(&ctx)?;
-            let still_valid = caller.still_valid();
-            let connection = ctx
-                .ctx
-                .data_opt::<Arc<ConnectionSlots>>()
-                .cloned()
-                .unwrap_or_default();
-            let slot = runtime
-                .budgets
-                .subscription_slot(&identity_key(&caller.identity), &connection)?;
+            let (slot, still_valid) = open_slot(&ctx)?;
             let filter = match ctx.args.get("filter") {
                 Some(value) if !value.is_null() => filter::parse(
                     &api.types,
@@ -151,20 +142,65 @@ pub(crate) fn changes_field(api: &Arc<ProductApi>) -> SubscriptionField {
 /// How often, at most, a subscription re-checks its token.
 const REVALIDATE_EVERY: Duration = Duration::from_secs(1);
 
+/// A subscription slot of the caller (counted against its connection's
+/// and its identity's caps) and its token re-check (`None` for callers
+/// whose credential cannot be revoked).
+pub(super) fn open_slot(
+    ctx: &async_graphql::dynamic::ResolverContext<'_>,
+) -> async_graphql::Result<(SubscriptionSlot, Option<StillValid>)> {
+    let runtime = runtime(ctx)?;
+    let caller = caller(ctx)?;
+    let connection = ctx
+        .ctx
+        .data_opt::<Arc<ConnectionSlots>>()
+        .cloned()
+        .unwrap_or_default();
+    let slot = runtime
+        .budgets
+        .subscription_slot(&identity_key(&caller.identity), &connection)?;
+    Ok((slot, caller.still_valid()))
+}
+
+/// Re-checks the token (at most once per [`REVALIDATE_EVERY`], called
+/// when something is due to be sent): the error that ends the
+/// subscription if it was revoked.
+pub(super) fn revoked(
+    still_valid: &Option<StillValid>,
+    validated_at: &mut Instant,
+) -> Option<async_graphql::Error> {
+    if validated_at.elapsed() < REVALIDATE_EVERY {
+        return None;
+    }
+    *validated_at = Instant::now();
+    if still_valid.as_ref().is_some_and(|valid| !valid()) {
+        return Some(
+            async_graphql::Error::new(
+                "the token of this subscription was revoked; reconnect with a valid one",
+            )
+            .extend_with(|_, e| e.set("code", "UNAUTHENTICATED")),
+        );
+    }
+    None
+}
+
+/// The error sent when a subscriber fell more than the change feed's
+/// buffer behind.
+pub(super) fn lagged(missed: u64, catch_up: &str) -> async_graphql::Error {
+    async_graphql::Error::new(format!(
+        "this subscription fell behind and missed {missed} change batches; {catch_up}"
+    ))
+    .extend_with(|_, e| e.set("code", "SUBSCRIPTION_LAGGED"))
+}
+
 async fn next_change<'a>(mut feed: Feed) -> Option<(async_graphql::Result<FieldValue<'a>>, Feed)> {
     loop {
         if feed.ended {
             return None;
         }
-        if !feed.pending.is_empty() && feed.validated_at.elapsed() >= REVALIDATE_EVERY {
-            feed.validated_at = Instant::now();
-            if feed.still_valid.as_ref().is_some_and(|valid| !valid()) {
+        if !feed.pending.is_empty() {
+            if let Some(err) = revoked(&feed.still_valid, &mut feed.validated_at) {
                 feed.ended = true;
                 feed.pending.clear();
-                let err = async_graphql::Error::new(
-                    "the token of this subscription was revoked; reconnect with a valid one",
-                )
-                .extend_with(|_, e| e.set("code", "UNAUTHENTICATED"));
                 return Some((Err(err), feed));
             }
         }
@@ -199,9 +235,7 @@ async fn next_change<'a>(mut feed: Feed) -> Option<(async_graphql::Result<FieldV
             }
             Ok(_) => {}
             Err(RecvError::Lagged(missed)) => {
-                let err = async_graphql::Error::new(format!(
-                    "this subscription fell behind and missed {missed} change batches; query the current state to catch up"
-                ));
+                let err = lagged(missed, "query the current state to catch up");
                 return Some((Err(err), feed));
             }
             Err(RecvError::Closed) => return None,
