@@ -4,16 +4,18 @@
 //! same bucket, a late event revises its bucket (equal to the bucket
 //! recomputed), `lateness` holds a bucket open, `since` backfills from
 //! history; a masked role gets rounded aggregates and no statistics of a
-//! field its mask removes, a hidden entity sends nothing, a role without
-//! `subscribe`, a backfill over the cost limit and a lateness of too many
-//! buckets are refused.
+//! field its mask removes, a hidden entity sends nothing, a revoked token
+//! ends the subscription, a role without `subscribe`, a backfill over the
+//! cost limit and a lateness of too many buckets are refused; random
+//! streams with late events end with every bucket's newest emission
+//! equal to `series`.
 
 use crate::common;
 
 use std::time::Duration;
 
 use common::graphql::{start, workdir, Gql, Protocol, Subscriber};
-use common::{create_token, mosquitto_pub, stderr, NodeProcess};
+use common::{create_token, mosquitto_pub, run, stderr, NodeProcess};
 use serde_json::{json, Value};
 
 const METER: &str = r#"
@@ -348,6 +350,120 @@ async fn bucket_feeds_apply_rights_row_filters_masks_and_the_cost_limit() {
     // Moving m1 to lyon hides it: its next close is not sent.
     publish(&node, "lyon", "m1", t0 + 2 * MINUTE, 30.0, "ok");
     nothing_more(&mut berlin).await;
+
+    // The viewer's token revoked: the subscription ends with
+    // UNAUTHENTICATED when its next bucket is due (m1 back in berlin).
+    let out = run(
+        dir.path(),
+        &["--config", "meshlet.toml", "token", "revoke", "viewer"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deadline = std::time::Instant::now() + WAIT;
+    while viewer.post("{ products { name } }", json!({})).await.0 != 401 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the token still works"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    publish(&node, "berlin", "m1", t0 + 3 * MINUTE, 30.0, "ok");
+    assert_eq!(refusal(&mut berlin).await, "UNAUTHENTICATED");
+    let (status, _) = node.stop();
+    assert!(status.success());
+}
+
+/// Every payload until none comes for a while (`ka`/`ping` skipped).
+async fn drain(subscriber: &mut Subscriber) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut quiet = 0;
+    while quiet < 3 {
+        match subscriber.maybe_next(Duration::from_millis(500)).await {
+            Some(Value::Null) => {}
+            Some(payload) => {
+                assert!(payload["errors"].is_null(), "{payload}");
+                out.push(payload["data"]["meterBuckets"].clone());
+                quiet = 0;
+            }
+            None => quiet += 1,
+        }
+    }
+    out
+}
+
+/// Random streams with late events, published one by one: whatever the
+/// order, the newest emission of every bucket equals `series` over it
+/// at the end, every bucket holding events was sent, and revisions only
+/// grow — with and without lateness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_emission_of_every_bucket_equals_series_on_random_streams() {
+    use rand::{Rng, SeedableRng};
+    let dir = workdir(&[("meter", METER)], "");
+    let node = start(dir.path());
+    let admin = Gql::new(&node);
+    let t0 = t0();
+    let every = 10_000;
+    let feed = |lateness: &str| {
+        format!(
+            "subscription {{ meterBuckets(meter_id: \"r\", every: \"10s\", lateness: \"{lateness}\") {{ revision bucket {{ {BUCKET} }} }} }}"
+        )
+    };
+    let mut strict = Subscriber::start(&node, Protocol::TransportWs, &feed("0s"), json!({})).await;
+    let mut lax = Subscriber::start(&node, Protocol::TransportWs, &feed("25s"), json!({})).await;
+    admin.wait_subscriptions("meter", 2).await;
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(27);
+    let mut t = t0;
+    let mut times = Vec::new();
+    for i in 0..70 {
+        t += rng.random_range(0..4_000);
+        let time = if rng.random_bool(0.25) {
+            t - rng.random_range(0..40_000)
+        } else {
+            t
+        };
+        // Halves add up exactly in any order: sums compare exactly.
+        let temp = f64::from(rng.random_range(0..80)) / 2.0;
+        let state = ["ok", "warn", "fault"][i % 3];
+        publish(&node, "berlin", "r", time, temp, state);
+        times.push(time);
+    }
+    // Far ahead: closes every bucket before it, for both.
+    let last = t + 10 * 60_000;
+    publish(&node, "berlin", "r", last, 1.0, "ok");
+
+    for (name, subscriber) in [("strict", &mut strict), ("lax", &mut lax)] {
+        let emitted = drain(subscriber).await;
+        let mut newest: std::collections::BTreeMap<String, (u64, Value)> = Default::default();
+        let mut revision = 0;
+        for e in &emitted {
+            let r = e["revision"].as_u64().expect("revision");
+            if r > 0 {
+                assert!(r > revision, "{name}: revisions grow: {emitted:?}");
+                revision = r;
+            }
+            let start = e["bucket"]["start"].as_str().expect("start").to_string();
+            newest.insert(start, (r, e["bucket"].clone()));
+        }
+        let mut holding: Vec<i64> = times.iter().map(|t| t.div_euclid(every) * every).collect();
+        holding.sort();
+        holding.dedup();
+        for start in &holding {
+            let query = format!(
+                "{{ meter(meter_id: \"r\") {{ series(since: \"{}\", until: \"{}\", every: \"10s\") {{ {BUCKET} }} }} }}",
+                rfc3339(*start),
+                rfc3339(start + every)
+            );
+            let data = admin.data(&query, json!({})).await;
+            let expected = &data["meter"]["series"][0];
+            let key = expected["start"].as_str().expect("a bucket").to_string();
+            let (_, got) = newest
+                .get(&key)
+                .unwrap_or_else(|| panic!("{name}: bucket {key} never sent"));
+            assert_eq!(got, expected, "{name}: bucket {key}");
+        }
+        assert_eq!(newest.len(), holding.len(), "{name}: nothing else sent");
+        assert!(revision > 0, "{name}: the stream had late events");
+    }
     let (status, _) = node.stop();
     assert!(status.success());
 }
