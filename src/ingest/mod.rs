@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tracing::debug;
 
 use crate::config::IngestSettings;
-use crate::pipeline::{self, Input, Invalid, Limits, Processed, SourceShape};
+use crate::pipeline::{self, Input, Invalid, Limits, Plan, Processed, SourceShape};
 use crate::product::{OnInvalid, PayloadFormat, Product, ProductSet};
 use crate::record::{Origin, Timestamp};
 use crate::store::{IngestBatch, IngestLimits, IngestRecord, QuarantineItem, Store};
@@ -310,6 +310,18 @@ impl Ingestor {
         payload: &[u8],
         provenance: &Provenance<'_>,
     ) -> Prepared {
+        self.prepare_planned(product, &Plan::new(product, shape), payload, provenance)
+    }
+
+    /// [`Ingestor::prepare`] by the source's compiled [`Plan`], for a
+    /// source that keeps one (an MQTT route): no per-message plan.
+    pub fn prepare_planned(
+        &self,
+        product: &Product,
+        plan: &Plan,
+        payload: &[u8],
+        provenance: &Provenance<'_>,
+    ) -> Prepared {
         let input = Input {
             payload,
             captures: provenance.captures,
@@ -317,7 +329,7 @@ impl Ingestor {
             origin: provenance.origin.clone(),
         };
         let Processed { accepted, invalid } =
-            pipeline::process(product, shape, &input, &self.inner.limits);
+            pipeline::run(product, plan, &input, &self.inner.limits);
         let mut batch = IngestBatch::default();
         let mut event_times = Vec::with_capacity(accepted.len());
         for accepted in accepted {

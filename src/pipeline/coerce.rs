@@ -8,24 +8,24 @@
 //! `3.5` is not an int, `"yes"` is not a bool, NaN and infinities are not
 //! numbers.
 
-use serde_json::Value as Json;
 
 use crate::product::FieldType;
 use crate::record::{Timestamp, Value};
 
+use super::node::Node;
 use super::violation::describe;
 
 /// Coerces a non-null value to `ty`. The error is the message of a
 /// [`Rule::Type`](super::Rule::Type) violation, e.g.
 /// `expected a float, found "hot"`.
-pub(crate) fn coerce(value: &Json, ty: FieldType) -> Result<Value, String> {
+pub(crate) fn coerce(value: &Node<'_>, ty: FieldType) -> Result<Value, String> {
     let coerced = match ty {
         FieldType::String => to_string(value).map(Value::String),
         FieldType::Int => to_int(value).map(Value::Int),
         FieldType::Float => to_float(value).map(Value::Float),
         FieldType::Bool => to_bool(value).map(Value::Bool),
         FieldType::Timestamp => to_timestamp(value).map(Value::Timestamp),
-        FieldType::Json => Ok(Value::Json(value.clone())),
+        FieldType::Json => Ok(Value::Json(value.to_json())),
     };
     coerced.map_err(|why| {
         format!(
@@ -53,20 +53,20 @@ fn expected(ty: FieldType) -> &'static str {
     }
 }
 
-fn to_string(value: &Json) -> Result<String, Refused> {
+fn to_string(value: &Node) -> Result<String, Refused> {
     match value {
-        Json::String(s) => Ok(s.clone()),
-        Json::Number(n) => Ok(n.to_string()),
-        Json::Bool(b) => Ok(b.to_string()),
+        Node::String(s) => Ok(s.to_string()),
+        Node::Number(n) => Ok(n.to_string()),
+        Node::Bool(b) => Ok(b.to_string()),
         _ => Err(None),
     }
 }
 
 /// Integers as they are; floats and numeric text only when integral and
 /// inside the i64 range.
-fn to_int(value: &Json) -> Result<i64, Refused> {
+fn to_int(value: &Node) -> Result<i64, Refused> {
     match value {
-        Json::Number(n) => {
+        Node::Number(n) => {
             if let Some(i) = n.as_i64() {
                 Ok(i)
             } else if n.is_u64() {
@@ -75,7 +75,7 @@ fn to_int(value: &Json) -> Result<i64, Refused> {
                 integral(n.as_f64().ok_or(None)?)
             }
         }
-        Json::String(s) => {
+        Node::String(s) => {
             let s = s.trim();
             match s.parse::<i64>() {
                 Ok(i) => Ok(i),
@@ -100,10 +100,10 @@ fn integral(f: f64) -> Result<i64, Refused> {
     }
 }
 
-fn to_float(value: &Json) -> Result<f64, Refused> {
+fn to_float(value: &Node) -> Result<f64, Refused> {
     match value {
-        Json::Number(n) => n.as_f64().filter(|f| f.is_finite()).ok_or(None),
-        Json::String(s) => parse_finite(s.trim()),
+        Node::Number(n) => n.as_f64().filter(|f| f.is_finite()).ok_or(None),
+        Node::String(s) => parse_finite(s.trim()),
         _ => Err(None),
     }
 }
@@ -119,15 +119,15 @@ fn parse_finite(s: &str) -> Result<f64, Refused> {
     }
 }
 
-fn to_bool(value: &Json) -> Result<bool, Refused> {
+fn to_bool(value: &Node) -> Result<bool, Refused> {
     match value {
-        Json::Bool(b) => Ok(*b),
-        Json::Number(n) => match n.as_u64() {
+        Node::Bool(b) => Ok(*b),
+        Node::Number(n) => match n.as_u64() {
             Some(0) => Ok(false),
             Some(1) => Ok(true),
             _ => Err(None),
         },
-        Json::String(s) => {
+        Node::String(s) => {
             let s = s.trim();
             if s.eq_ignore_ascii_case("true") || s == "1" {
                 Ok(true)
@@ -146,9 +146,9 @@ fn to_bool(value: &Json) -> Result<bool, Refused> {
 /// milliseconds, else microseconds. 1e11 seconds is the year 5138 and 1e11
 /// milliseconds is 1973, so the ranges do not overlap for any realistic
 /// device clock.
-pub(crate) fn to_timestamp(value: &Json) -> Result<Timestamp, Refused> {
+pub(crate) fn to_timestamp(value: &Node) -> Result<Timestamp, Refused> {
     let micros = match value {
-        Json::String(s) => {
+        Node::String(s) => {
             let s = s.trim();
             if let Ok(i) = s.parse::<i64>() {
                 epoch_int(i)
@@ -160,7 +160,7 @@ pub(crate) fn to_timestamp(value: &Json) -> Result<Timestamp, Refused> {
                 }
             }
         }
-        Json::Number(n) => match n.as_i64() {
+        Node::Number(n) => match n.as_i64() {
             Some(i) => epoch_int(i),
             None => epoch_float(n.as_f64().ok_or(None)?)?,
         },
@@ -209,9 +209,16 @@ fn epoch_float(f: f64) -> Result<i64, Refused> {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{json, Value as Json};
 
     use super::*;
+
+    /// `value` coerced as the pipeline sees it: decoded from its text.
+    fn coerce(value: &Json, ty: FieldType) -> Result<Value, String> {
+        let text = value.to_string();
+        let node: Node<'_> = serde_json::from_str(&text).expect("decodes");
+        super::coerce(&node, ty)
+    }
 
     fn ok(value: Json, ty: FieldType) -> Value {
         coerce(&value, ty).unwrap_or_else(|e| panic!("{value} as {ty}: {e}"))

@@ -9,28 +9,30 @@
 //! element, ndjson line or csv row is a violation for that record only, and
 //! the others are still decoded.
 
-use serde_json::{Map, Value as Json};
+use std::borrow::Cow;
 
 use crate::product::PayloadFormat;
 
+use super::node::Node;
 use super::violation::{describe, Rule, Violation};
 use super::{Limits, SourceShape};
 
 /// One record's document, or why it has none.
 #[derive(Debug)]
-pub(crate) struct Item {
+pub(crate) struct Item<'a> {
     /// Array element, or 0-based line of an ndjson line or csv row, or 0
     /// for a single-record payload.
     pub index: usize,
-    pub document: Result<Json, Violation>,
+    /// Borrowing from the payload (and a csv source's column names).
+    pub document: Result<Node<'a>, Violation>,
 }
 
 /// Decodes a payload; `Err` refuses the payload as a whole.
-pub(crate) fn decode(
-    payload: &[u8],
-    shape: &SourceShape,
+pub(crate) fn decode<'a>(
+    payload: &'a [u8],
+    shape: &'a SourceShape,
     limits: &Limits,
-) -> Result<Vec<Item>, Violation> {
+) -> Result<Vec<Item<'a>>, Violation> {
     if payload.len() > limits.max_payload_bytes {
         return Err(Violation::payload(
             Rule::TooLarge,
@@ -76,13 +78,13 @@ pub(crate) fn decode(
 }
 
 /// Checks that a decoded element is a record of the format.
-type Check = fn(Json) -> Result<Json, Violation>;
+type Check = for<'a> fn(Node<'a>) -> Result<Node<'a>, Violation>;
 
 /// A JSON document: one record, or an array of records.
-fn json(text: &str, limits: &Limits, check: Check) -> Result<Vec<Item>, Violation> {
+fn json<'a>(text: &'a str, limits: &Limits, check: Check) -> Result<Vec<Item<'a>>, Violation> {
     let document = parse(text, 0, limits)?;
     match document {
-        Json::Array(elements) => {
+        Node::Array(elements) => {
             if elements.len() > limits.max_records {
                 return Err(too_many(elements.len(), limits));
             }
@@ -102,9 +104,9 @@ fn json(text: &str, limits: &Limits, check: Check) -> Result<Vec<Item>, Violatio
     }
 }
 
-fn object(value: Json) -> Result<Json, Violation> {
+fn object(value: Node<'_>) -> Result<Node<'_>, Violation> {
     match value {
-        Json::Object(_) => Ok(value),
+        Node::Object(_) => Ok(value),
         other => Err(Violation::payload(
             Rule::NotAnObject,
             format!("expected a JSON object, found {}", describe(&other)),
@@ -114,10 +116,10 @@ fn object(value: Json) -> Result<Json, Violation> {
 
 /// `{"ts": ..., "values": {...}}`: `values` must be an object, since every
 /// unmapped field is read from it.
-fn telemetry(value: Json) -> Result<Json, Violation> {
+fn telemetry(value: Node<'_>) -> Result<Node<'_>, Violation> {
     let value = object(value)?;
     match value.get("values") {
-        Some(Json::Object(_)) => Ok(value),
+        Some(Node::Object(_)) => Ok(value),
         Some(other) => Err(Violation::payload(
             Rule::NotAnObject,
             format!(
@@ -133,7 +135,7 @@ fn telemetry(value: Json) -> Result<Json, Violation> {
 }
 
 /// One JSON object per non-empty line; a bad line is refused alone.
-fn ndjson(text: &str, limits: &Limits) -> Result<Vec<Item>, Violation> {
+fn ndjson<'a>(text: &'a str, limits: &Limits) -> Result<Vec<Item<'a>>, Violation> {
     let lines: Vec<(usize, &str)> = text
         .split('\n')
         .enumerate()
@@ -155,7 +157,11 @@ fn ndjson(text: &str, limits: &Limits) -> Result<Vec<Item>, Violation> {
 /// newlines. A row that repeats the column names is a header and skipped.
 /// An empty cell is an absent value (csv cannot tell "" from nothing, and
 /// absent leaves the stored field as it was instead of clearing it).
-fn csv(text: &str, columns: &[String], limits: &Limits) -> Result<Vec<Item>, Violation> {
+fn csv<'a>(
+    text: &str,
+    columns: &'a [String],
+    limits: &Limits,
+) -> Result<Vec<Item<'a>>, Violation> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -205,7 +211,7 @@ fn csv(text: &str, columns: &[String], limits: &Limits) -> Result<Vec<Item>, Vio
     Ok(items)
 }
 
-fn csv_row(row: &csv::StringRecord, columns: &[String]) -> Result<Json, Violation> {
+fn csv_row<'a>(row: &csv::StringRecord, columns: &'a [String]) -> Result<Node<'a>, Violation> {
     if row.len() != columns.len() {
         return Err(Violation::payload(
             Rule::Malformed,
@@ -217,32 +223,38 @@ fn csv_row(row: &csv::StringRecord, columns: &[String]) -> Result<Json, Violatio
             ),
         ));
     }
-    let object: Map<String, Json> = columns
+    // A repeated column is a repeated key: its last cell counts.
+    let object: Vec<(Cow<'a, str>, Node<'a>)> = columns
         .iter()
         .zip(row.iter())
         .filter(|(_, cell)| !cell.is_empty())
-        .map(|(column, cell)| (column.clone(), Json::String(cell.to_string())))
+        .map(|(column, cell)| {
+            (
+                Cow::Borrowed(column.as_str()),
+                Node::String(Cow::Owned(cell.to_string())),
+            )
+        })
         .collect();
-    Ok(Json::Object(object))
+    Ok(Node::Object(object))
 }
 
 /// The trimmed payload: a JSON scalar when it reads as one (`21.5`,
 /// `true`, `"on"`), else the text itself (`on`). Arrays and objects are
 /// not scalars and stay text.
-fn raw(text: &str) -> Json {
+fn raw(text: &str) -> Node<'_> {
     let text = text.trim();
     if !text.starts_with(['[', '{']) {
-        if let Ok(scalar) = serde_json::from_str::<Json>(text) {
+        if let Ok(scalar) = serde_json::from_str::<Node>(text) {
             return scalar;
         }
     }
-    Json::String(text.to_string())
+    Node::text(text)
 }
 
 /// Parses one JSON document after checking its nesting. `first_line` is
 /// the 0-based line the text starts on, so ndjson errors name the line of
 /// the payload.
-fn parse(text: &str, first_line: usize, limits: &Limits) -> Result<Json, Violation> {
+fn parse<'a>(text: &'a str, first_line: usize, limits: &Limits) -> Result<Node<'a>, Violation> {
     if let Some(at) = too_deep_at(text, limits.max_depth) {
         return Err(too_deep(limits, Some(at)));
     }
@@ -364,10 +376,10 @@ mod tests {
 
     #[test]
     fn raw_payloads_are_scalars_or_text() {
-        assert_eq!(raw(" 21.5\n"), serde_json::json!(21.5));
-        assert_eq!(raw("\"on\""), serde_json::json!("on"));
-        assert_eq!(raw("on"), serde_json::json!("on"));
-        assert_eq!(raw("[1,2]"), serde_json::json!("[1,2]"));
-        assert_eq!(raw("null"), Json::Null);
+        assert_eq!(raw(" 21.5\n").to_json(), serde_json::json!(21.5));
+        assert_eq!(raw("\"on\"").to_json(), serde_json::json!("on"));
+        assert_eq!(raw("on").to_json(), serde_json::json!("on"));
+        assert_eq!(raw("[1,2]").to_json(), serde_json::json!("[1,2]"));
+        assert_eq!(raw("null"), Node::Null);
     }
 }

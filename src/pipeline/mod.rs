@@ -20,13 +20,17 @@
 //! - **Every reason**: an invalid record carries every violation found,
 //!   not just the first.
 //!
-//! Layout: `decode` (payload checks, formats → JSON documents), `validate`
-//! (mapping, coercion, quality rules), `coerce` (type coercion),
-//! `fingerprint` (dedupe digests), `violation` (what went wrong).
+//! Layout: `plan` (a source's reading of its product, compiled once),
+//! `decode` (payload checks, formats → JSON documents borrowing from the
+//! payload, `node`), `validate` (mapping, coercion, quality rules),
+//! `coerce` (type coercion), `fingerprint` (dedupe digests), `violation`
+//! (what went wrong).
 
 mod coerce;
 mod decode;
 mod fingerprint;
+mod node;
+mod plan;
 mod pointer;
 mod validate;
 mod violation;
@@ -41,6 +45,7 @@ pub use crate::product::SourceShape;
 use crate::record::{Origin, Record, Timestamp};
 
 pub use fingerprint::{fingerprint, Fingerprint};
+pub use plan::Plan;
 pub use violation::{Rule, Violation};
 
 /// Limits applied before and while decoding, so a hostile or broken sender
@@ -133,34 +138,40 @@ pub struct Processed {
 }
 
 /// Turns one payload into records of `product`, read as `shape` describes.
+/// Builds the source's [`Plan`] for this one call: a source that sees
+/// many payloads keeps its plan and calls [`run`].
 pub fn process(
     product: &Product,
     shape: &SourceShape,
     input: &Input<'_>,
     limits: &Limits,
 ) -> Processed {
+    run(product, &Plan::new(product, shape), input, limits)
+}
+
+/// Turns one payload into records of `product` by its source's `plan`
+/// (rebuilt for this call if it was made for another product).
+pub fn run(product: &Product, plan: &Plan, input: &Input<'_>, limits: &Limits) -> Processed {
+    if !plan.is_for(product) {
+        return run(product, &Plan::new(product, plan.shape()), input, limits);
+    }
     let mut processed = Processed::default();
-    let items = match decode::decode(input.payload, shape, limits) {
+    let items = match decode::decode(input.payload, plan.shape(), limits) {
         Ok(items) => items,
         Err(problem) => {
             processed.invalid.push(Invalid {
                 index: None,
                 reasons: vec![problem],
-                entity: validate::entity_of(product, shape, None, input),
+                entity: validate::entity_of(product, plan, None, input),
             });
             return processed;
         }
     };
+    processed.accepted.reserve(items.len());
     for item in items {
-        let entity = |document: Option<&serde_json::Value>| {
-            validate::entity_of(product, shape, document, input)
-        };
-        let (outcome, entity) = match &item.document {
-            Ok(document) => (
-                validate::build(product, shape, document, input),
-                entity(Some(document)),
-            ),
-            Err(problem) => (Err(vec![problem.clone()]), entity(None)),
+        let outcome = match &item.document {
+            Ok(document) => validate::build(product, plan, document, input),
+            Err(problem) => Err(vec![problem.clone()]),
         };
         match outcome {
             Ok(accepted) if accepted.record.entity.len() > limits.max_key_bytes => {
@@ -182,10 +193,12 @@ pub fn process(
                 index: item.index,
                 ..accepted
             }),
+            // The entity is read again only for a refused record: the
+            // quarantine keys it by entity so erasure finds it.
             Err(reasons) => processed.invalid.push(Invalid {
                 index: Some(item.index),
                 reasons,
-                entity,
+                entity: validate::entity_of(product, plan, item.document.as_ref().ok(), input),
             }),
         }
     }

@@ -1,33 +1,64 @@
-//! JSON Pointer (RFC 6901) lookups without allocating.
+//! JSON Pointer (RFC 6901), compiled once per source.
 //!
 //! `serde_json::Value::pointer` unescapes every reference token into two
-//! fresh `String`s (`~1` → `/`, then `~0` → `~`), even when the token has
-//! no `~`. A source's `map` and `event_time` pointers are looked up for
-//! every field of every message, so that was several allocations per
-//! message on the ingest hot path (about 3% of the node's CPU at QoS 1 in
-//! `ingest_load`'s perf profile). Tokens are compared in place here and
-//! unescaped only when they contain `~`; the result is the same as
+//! fresh `String`s (`~1` → `/`, then `~0` → `~`) on every lookup. A
+//! source's `map` and `event_time` pointers are looked up for every field
+//! of every message, so a [`Pointer`] is split and unescaped once, when the
+//! source's [`Plan`](super::Plan) is built, and array indexes are parsed
+//! then too; a lookup is a walk of key compares. The result is
 //! serde_json's for every pointer (tested against it below).
 
 use std::borrow::Cow;
 
-use serde_json::Value as Json;
+use super::node::Node;
 
-/// The value `pointer` refers to in `document`, as
-/// `serde_json::Value::pointer` finds it.
-pub(super) fn lookup<'d>(document: &'d Json, pointer: &str) -> Option<&'d Json> {
-    if pointer.is_empty() {
-        return Some(document);
+/// A pointer split into its unescaped reference tokens.
+#[derive(Clone, Debug)]
+pub(super) struct Pointer {
+    /// `None`: not a pointer (no leading `/` and not empty): finds nothing.
+    tokens: Option<Vec<Token>>,
+}
+
+#[derive(Clone, Debug)]
+struct Token {
+    /// The unescaped key, for objects.
+    key: String,
+    /// The token as an array index, when it spells one.
+    index: Option<usize>,
+}
+
+impl Pointer {
+    pub(super) fn compile(pointer: &str) -> Pointer {
+        let tokens = if pointer.is_empty() {
+            Some(Vec::new())
+        } else {
+            pointer.strip_prefix('/').map(|rest| {
+                rest.split('/')
+                    .map(|token| {
+                        let key = unescape(token).into_owned();
+                        Token {
+                            index: array_index(&key),
+                            key,
+                        }
+                    })
+                    .collect()
+            })
+        };
+        Pointer { tokens }
     }
-    let rest = pointer.strip_prefix('/')?;
-    rest.split('/').try_fold(document, |target, token| {
-        let token = unescape(token);
-        match target {
-            Json::Object(map) => map.get(token.as_ref()),
-            Json::Array(list) => array_index(&token).and_then(|i| list.get(i)),
-            _ => None,
-        }
-    })
+
+    /// The value this pointer refers to in `document`, as
+    /// `serde_json::Value::pointer` finds it.
+    pub(super) fn find<'n, 'a>(&self, document: &'n Node<'a>) -> Option<&'n Node<'a>> {
+        self.tokens
+            .as_ref()?
+            .iter()
+            .try_fold(document, |target, token| match target {
+                Node::Object(_) => target.get(&token.key),
+                Node::Array(list) => token.index.and_then(|i| list.get(i)),
+                _ => None,
+            })
+    }
 }
 
 /// `~1` → `/` and `~0` → `~`, in that order (RFC 6901 §4); borrowed when
@@ -51,7 +82,8 @@ fn array_index(token: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::lookup;
+    use super::Pointer;
+    use crate::pipeline::node::Node;
     use serde_json::json;
 
     #[test]
@@ -93,10 +125,12 @@ mod tests {
             "/vib/rms/",
             "/list/18446744073709551616",
         ];
+        let text = document.to_string();
+        let node: Node = serde_json::from_str(&text).expect("decodes");
         for pointer in pointers {
             assert_eq!(
-                lookup(&document, pointer),
-                document.pointer(pointer),
+                Pointer::compile(pointer).find(&node).map(Node::to_json),
+                document.pointer(pointer).cloned(),
                 "pointer {pointer:?}"
             );
         }

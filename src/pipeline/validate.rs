@@ -6,33 +6,31 @@
 //! against its constraints; all violations of a record are collected, so a
 //! quarantined record says everything that is wrong with it at once.
 
-use std::borrow::Cow;
-
-use serde_json::Value as Json;
-
-use crate::product::{Field, FieldType, OnInvalid, PayloadFormat, Product};
+use crate::product::{Field, FieldType, OnInvalid, Product};
 use crate::record::{Fields, Record, Timestamp, Value};
 
 use super::coerce::coerce;
 use super::fingerprint::fingerprint;
+use super::node::Node;
+use super::plan::{From, Plan, Planned};
 use super::violation::{quote, Rule, Violation};
-use super::{Accepted, Input, SourceShape};
+use super::{Accepted, Input};
 
 /// Builds the record for one document, or returns every violation found.
+/// `plan` is `product`'s (checked by the caller).
 pub(crate) fn build(
     product: &Product,
-    shape: &SourceShape,
-    document: &Json,
+    plan: &Plan,
+    document: &Node<'_>,
     input: &Input<'_>,
 ) -> Result<Accepted, Vec<Violation>> {
     let mut fields = Fields::new();
     let mut violations = Vec::new();
-    // The key first, so its problems lead the list.
-    let key = product.fields.get(&product.key);
-    let others = product.fields.values().filter(|f| f.name != product.key);
-    for field in key.into_iter().chain(others) {
-        let is_key = field.name == product.key;
-        match field_value(field, is_key, shape, document, input) {
+    for planned in &plan.fields {
+        let Some((_, field)) = product.fields.get_index(planned.index) else {
+            continue;
+        };
+        match field_value(field, planned, document, input) {
             Ok(Some(value)) => {
                 fields.insert(field.name.clone(), value);
             }
@@ -40,7 +38,7 @@ pub(crate) fn build(
             Err(mut problems) => violations.append(&mut problems),
         }
     }
-    if key.is_none() {
+    if !plan.key_declared {
         // Only a hand-built product can name an undeclared key.
         violations.push(Violation::field(
             &product.key,
@@ -48,7 +46,7 @@ pub(crate) fn build(
             "the key field is not declared by the product",
         ));
     }
-    let (event_time, event_time_from_payload) = match event_time(shape, document, input) {
+    let (event_time, event_time_from_payload) = match event_time(plan, document, input) {
         Ok(Some(t)) => (t, true),
         Ok(None) => (input.arrival, false),
         Err(problem) => {
@@ -101,13 +99,13 @@ pub(crate) fn build(
 /// only a topic capture can name the entity then.
 pub(crate) fn entity_of(
     product: &Product,
-    shape: &SourceShape,
-    document: Option<&Json>,
+    plan: &Plan,
+    document: Option<&Node<'_>>,
     input: &Input<'_>,
 ) -> Option<String> {
-    let field = product.fields.get(&product.key)?;
-    let empty = Json::Null;
-    let value = field_value(field, true, shape, document.unwrap_or(&empty), input).ok()??;
+    let planned = plan.fields.first().filter(|planned| planned.is_key)?;
+    let (_, field) = product.fields.get_index(planned.index)?;
+    let value = field_value(field, planned, document.unwrap_or(&Node::Null), input).ok()??;
     match value {
         Value::String(s) => Some(s),
         Value::Int(i) => Some(i.to_string()),
@@ -120,12 +118,11 @@ pub(crate) fn entity_of(
 /// an explicit null (which clears the stored field), or every violation.
 fn field_value(
     field: &Field,
-    is_key: bool,
-    shape: &SourceShape,
-    document: &Json,
+    planned: &Planned,
+    document: &Node<'_>,
     input: &Input<'_>,
 ) -> Result<Option<Value>, Vec<Violation>> {
-    let found = lookup(&field.name, shape, document, input);
+    let is_key = planned.is_key;
     let missing = |what: &str| {
         if is_key {
             Err(vec![Violation::field(
@@ -143,9 +140,20 @@ fn field_value(
             Ok(None)
         }
     };
-    let raw = match found.as_deref() {
+    // A topic capture wins (the topic is what the broker routed on, the
+    // payload only what the device claims); it is seen as a JSON string,
+    // borrowed, not copied.
+    let captured;
+    let found = match input.captures.iter().rev().find(|(f, _)| *f == field.name) {
+        Some((_, level)) => {
+            captured = Node::text(level);
+            Some(&captured)
+        }
+        None => lookup(&field.name, planned, document),
+    };
+    let raw = match found {
         None => return missing("missing"),
-        Some(Json::Null) => return missing("null").map(|_| Some(Value::Null)),
+        Some(Node::Null) => return missing("null").map(|_| Some(Value::Null)),
         Some(raw) => raw,
     };
     let value = coerce(raw, field.ty)
@@ -165,29 +173,17 @@ fn field_value(
     }
 }
 
-/// Where a field's value comes from: a topic capture wins (the topic is
-/// what the broker routed on, the payload only what the device claims),
-/// then the field's `map` pointer, then the same-named key (of `values`
-/// for telemetry; the payload itself for a raw source's `field`).
-fn lookup<'d>(
-    name: &str,
-    shape: &SourceShape,
-    document: &'d Json,
-    input: &Input<'_>,
-) -> Option<Cow<'d, Json>> {
-    if let Some((_, level)) = input.captures.iter().rev().find(|(f, _)| f == name) {
-        return Some(Cow::Owned(Json::String(level.clone())));
+/// Where a field's value is in the document, as the plan says: the
+/// field's `map` pointer, else the same-named key (of `values` for
+/// telemetry; the payload itself for a raw source's `field`).
+fn lookup<'n, 'a>(name: &str, planned: &Planned, document: &'n Node<'a>) -> Option<&'n Node<'a>> {
+    match &planned.from {
+        From::Pointer(pointer) => pointer.find(document),
+        From::Values => document.get("values").and_then(|v| v.get(name)),
+        From::Key => document.get(name),
+        From::Document => Some(document),
+        From::Nowhere => None,
     }
-    let found = if let Some(pointer) = shape.map.get(name) {
-        super::pointer::lookup(document, pointer)
-    } else {
-        match shape.format {
-            PayloadFormat::Raw => (shape.field.as_deref() == Some(name)).then_some(document),
-            PayloadFormat::Telemetry => document.get("values").and_then(|v| v.get(name)),
-            PayloadFormat::Json | PayloadFormat::Ndjson | PayloadFormat::Csv => document.get(name),
-        }
-    };
-    found.map(Cow::Borrowed)
 }
 
 /// min, max, enum and pattern: every one that fails.
@@ -257,23 +253,22 @@ fn written_pattern(compiled: &str) -> &str {
 /// metadata (an MQTT 5 user property, a topic level) can carry the event
 /// time of a payload that does not.
 fn event_time(
-    shape: &SourceShape,
-    document: &Json,
+    plan: &Plan,
+    document: &Node<'_>,
     input: &Input<'_>,
 ) -> Result<Option<Timestamp>, Violation> {
-    if shape.format == PayloadFormat::Raw {
-        return Ok(None);
-    }
-    let Some(pointer) = shape.event_time_pointer() else {
+    let Some(at) = &plan.event_time else {
         return Ok(None);
     };
     let captured;
-    let found = match super::pointer::lookup(document, pointer) {
-        None | Some(Json::Null) => {
-            let key = pointer.strip_prefix('/').filter(|k| !k.contains('/'));
-            match key.and_then(|k| input.captures.iter().rev().find(|(f, _)| f == k)) {
+    let found = match at.pointer.find(document) {
+        None | Some(Node::Null) => {
+            let capture = at.capture.as_deref().and_then(|key| {
+                input.captures.iter().rev().find(|(f, _)| f == key)
+            });
+            match capture {
                 Some((_, text)) => {
-                    captured = Json::String(text.clone());
+                    captured = Node::text(text);
                     Some(&captured)
                 }
                 None => None,
@@ -281,8 +276,9 @@ fn event_time(
         }
         found => found,
     };
+    let pointer = &at.text;
     match found {
-        None | Some(Json::Null) => Ok(None),
+        None | Some(Node::Null) => Ok(None),
         Some(raw) => match coerce(raw, FieldType::Timestamp) {
             Ok(Value::Timestamp(t)) => Ok(Some(t)),
             Ok(other) => Err(Violation::payload(

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use super::node::Node;
+
 /// The rule a payload or record broke. [`Rule::name`] is the metrics label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Rule {
@@ -128,14 +130,14 @@ const MAX_QUOTED_CHARS: usize = 64;
 
 /// How a found JSON value is shown in a message: scalars as JSON text
 /// (strings quoted, shortened), containers by kind.
-pub(crate) fn describe(value: &serde_json::Value) -> String {
+pub(crate) fn describe(value: &Node<'_>) -> String {
     match value {
-        serde_json::Value::Null => "null".to_string(),
-        serde_json::Value::Bool(b) => b.to_string(),
-        serde_json::Value::Number(n) => n.to_string(),
-        serde_json::Value::String(s) => quote(s),
-        serde_json::Value::Array(_) => "an array".to_string(),
-        serde_json::Value::Object(_) => "an object".to_string(),
+        Node::Null => "null".to_string(),
+        Node::Bool(b) => b.to_string(),
+        Node::Number(n) => n.to_string(),
+        Node::String(s) => quote(s),
+        Node::Array(_) => "an array".to_string(),
+        Node::Object(_) => "an object".to_string(),
     }
 }
 
@@ -185,6 +187,6 @@ mod tests {
         assert!(shown.len() < 80, "{shown}");
         assert!(shown.ends_with("…\""));
         assert_eq!(quote("a\"b"), r#""a\"b""#);
-        assert_eq!(describe(&serde_json::json!([1])), "an array");
+        assert_eq!(describe(&Node::Array(vec![])), "an array");
     }
 }

@@ -14,6 +14,7 @@ use super::routes::MqttRoutes;
 use crate::ingest::{
     is_ndjson_content_type, whole_payload_item, Ingestor, PendingMessage, Prepared, Provenance,
 };
+use crate::pipeline::Plan;
 use crate::product::{OnInvalid, PayloadFormat};
 use crate::record::{Origin, Timestamp};
 use crate::sources::sparkplug::{host as sparkplug, route as sparkplug_route};
@@ -165,16 +166,19 @@ impl MqttIngest {
                 origin: &origin,
                 redelivery: message.redelivery,
             };
-            let shape = match message.content_type {
+            let plan = match message.content_type {
                 Some(content_type)
                     if route.shape.format == PayloadFormat::Json
                         && is_ndjson_content_type(content_type) =>
                 {
-                    std::borrow::Cow::Owned(route.shape.clone().with_format(PayloadFormat::Ndjson))
+                    let shape = route.shape.clone().with_format(PayloadFormat::Ndjson);
+                    std::borrow::Cow::Owned(Plan::new(&route.product, &shape))
                 }
-                _ => std::borrow::Cow::Borrowed(&route.shape),
+                _ => std::borrow::Cow::Borrowed(&route.plan),
             };
-            let prepared = self.ingestor().prepare(&route.product, &shape, message.payload, &provenance);
+            let prepared =
+                self.ingestor()
+                    .prepare_planned(&route.product, &plan, message.payload, &provenance);
             self.ingestor().count_rejected(
                 &route.product,
                 &route.source_id,

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use crate::ingest::{IngestMetrics, SourceCounters};
-use crate::pipeline::SourceShape;
+use crate::pipeline::{Plan, SourceShape};
 use super::MqttSource;
 use crate::product::{Product, ProductSet};
 
@@ -21,6 +21,8 @@ pub struct MqttRoute {
     /// `mqtt:<index in the product's sources>`.
     pub source_id: String,
     pub shape: SourceShape,
+    /// The shape compiled against the product once, for every message.
+    pub plan: Plan,
     pub qos: u8,
     /// This source's counters, looked up once here instead of per message.
     pub counters: Arc<SourceCounters>,
@@ -46,11 +48,13 @@ impl MqttRoutes {
             for (index, source) in product.sources.iter().enumerate() {
                 if let Some(mqtt) = source.get::<MqttSource>() {
                     let source_id = source.id(index).to_string();
+                    let shape = SourceShape::from_source(source);
                     routes.push(MqttRoute {
+                        plan: Plan::new(product, &shape),
                         counters: metrics.source(&product.name, &source_id),
                         product: product.clone(),
                         source_id,
-                        shape: SourceShape::from_source(source),
+                        shape,
                         qos: mqtt.qos,
                         template: mqtt.topic.clone(),
                     });
