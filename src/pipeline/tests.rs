@@ -998,3 +998,54 @@ fn a_capture_named_like_the_event_time_key_gives_a_missing_event_time() {
         "the payload's wins"
     );
 }
+
+/// A plan is field positions: handed a product it was not made for (here
+/// one of the same name whose fields are declared in another order, as
+/// after a definition reload), it is rebuilt for that product instead of
+/// reading fields by the old positions.
+#[test]
+fn a_plan_handed_another_product_is_rebuilt_for_it() {
+    let reordered = parse_definition(
+        Path::new("counter.yaml"),
+        "
+product: counter
+version: 2
+domain: test
+owner: team@example.com
+key: id
+fields:
+  n: { type: int, min: 0 }
+  id: { type: int, required: true }
+sources:
+  - http: {}
+",
+        &LoadContext::default(),
+    )
+    .unwrap_or_else(|e| panic!("test definition loads: {:?}", e.messages()));
+    let old = counter();
+    let plan = Plan::new(&old, &shape(&old, 0));
+    let input = Input {
+        payload: br#"[{"id": 7, "n": 3}, {"id": 8, "n": -1}]"#,
+        captures: &[],
+        arrival: ARRIVAL,
+        origin: Origin::new("test"),
+    };
+    let by_plan = super::run(&reordered, &plan, &input, &Limits::default());
+    let fresh = process(&reordered, &shape(&reordered, 0), &input, &Limits::default());
+    assert_eq!(by_plan.accepted.len(), 1, "{by_plan:?}");
+    assert_eq!(by_plan.accepted[0].record, fresh.accepted[0].record);
+    assert_eq!(by_plan.accepted[0].record.entity, "7");
+    assert_eq!(by_plan.invalid.len(), 1, "{by_plan:?}");
+    assert_eq!(by_plan.invalid[0].reasons, fresh.invalid[0].reasons);
+    assert_eq!(by_plan.invalid[0].reasons[0].rule, Rule::Min);
+    assert_eq!(by_plan.invalid[0].entity.as_deref(), Some("8"));
+    // Its own product's plan, reused for many payloads, gives what a
+    // fresh plan per payload gives.
+    let own = Plan::new(&reordered, &shape(&reordered, 0));
+    for payload in [&br#"{"id": 1}"#[..], br#"{"n": 2}"#, b"{", br#"{"id": "x"}"#] {
+        let input = Input { payload, ..input.clone() };
+        let a = super::run(&reordered, &own, &input, &Limits::default());
+        let b = process(&reordered, &shape(&reordered, 0), &input, &Limits::default());
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    }
+}
