@@ -8,7 +8,6 @@
 //! `3.5` is not an int, `"yes"` is not a bool, NaN and infinities are not
 //! numbers.
 
-
 use crate::product::FieldType;
 use crate::record::{Timestamp, Value};
 

@@ -157,11 +157,7 @@ fn ndjson<'a>(text: &'a str, limits: &Limits) -> Result<Vec<Item<'a>>, Violation
 /// newlines. A row that repeats the column names is a header and skipped.
 /// An empty cell is an absent value (csv cannot tell "" from nothing, and
 /// absent leaves the stored field as it was instead of clearing it).
-fn csv<'a>(
-    text: &str,
-    columns: &'a [String],
-    limits: &Limits,
-) -> Result<Vec<Item<'a>>, Violation> {
+fn csv<'a>(text: &str, columns: &'a [String], limits: &Limits) -> Result<Vec<Item<'a>>, Violation> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)

@@ -216,8 +216,8 @@ mod tests {
     /// first encoding, one field of every type.
     #[test]
     fn digests_stay_what_they_were() {
-        let json: Json = serde_json::from_str(r#"{"b":[1,2.5,"x",null],"a":{"c":true}}"#)
-            .expect("json");
+        let json: Json =
+            serde_json::from_str(r#"{"b":[1,2.5,"x",null],"a":{"c":true}}"#).expect("json");
         let record = record(
             "PR-0042",
             &[

@@ -38,11 +38,7 @@ impl<'a> Node<'a> {
     /// key is repeated, as `serde_json::Value` keeps it.
     pub(crate) fn get(&self, key: &str) -> Option<&Node<'a>> {
         match self {
-            Node::Object(entries) => entries
-                .iter()
-                .rev()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v),
+            Node::Object(entries) => entries.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
             _ => None,
         }
     }

@@ -115,11 +115,14 @@ impl Plan {
         Plan {
             shape: shape.clone(),
             product: product.name.clone(),
-            field_names: product.fields.keys().fold(String::new(), |mut names, name| {
-                names.push_str(name);
-                names.push('\0');
-                names
-            }),
+            field_names: product
+                .fields
+                .keys()
+                .fold(String::new(), |mut names, name| {
+                    names.push_str(name);
+                    names.push('\0');
+                    names
+                }),
             fields,
             key_declared: key.is_some(),
             event_time,
@@ -135,7 +138,10 @@ impl Plan {
     pub(super) fn is_for(&self, product: &Product) -> bool {
         let mut names = self.field_names.split_terminator('\0');
         self.product == product.name
-            && product.fields.keys().all(|name| names.next() == Some(name.as_str()))
+            && product
+                .fields
+                .keys()
+                .all(|name| names.next() == Some(name.as_str()))
             && names.next().is_none()
     }
 }

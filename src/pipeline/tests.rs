@@ -1031,7 +1031,12 @@ sources:
         origin: Origin::new("test"),
     };
     let by_plan = super::run(&reordered, &plan, &input, &Limits::default());
-    let fresh = process(&reordered, &shape(&reordered, 0), &input, &Limits::default());
+    let fresh = process(
+        &reordered,
+        &shape(&reordered, 0),
+        &input,
+        &Limits::default(),
+    );
     assert_eq!(by_plan.accepted.len(), 1, "{by_plan:?}");
     assert_eq!(by_plan.accepted[0].record, fresh.accepted[0].record);
     assert_eq!(by_plan.accepted[0].record.entity, "7");
@@ -1042,10 +1047,23 @@ sources:
     // Its own product's plan, reused for many payloads, gives what a
     // fresh plan per payload gives.
     let own = Plan::new(&reordered, &shape(&reordered, 0));
-    for payload in [&br#"{"id": 1}"#[..], br#"{"n": 2}"#, b"{", br#"{"id": "x"}"#] {
-        let input = Input { payload, ..input.clone() };
+    for payload in [
+        &br#"{"id": 1}"#[..],
+        br#"{"n": 2}"#,
+        b"{",
+        br#"{"id": "x"}"#,
+    ] {
+        let input = Input {
+            payload,
+            ..input.clone()
+        };
         let a = super::run(&reordered, &own, &input, &Limits::default());
-        let b = process(&reordered, &shape(&reordered, 0), &input, &Limits::default());
+        let b = process(
+            &reordered,
+            &shape(&reordered, 0),
+            &input,
+            &Limits::default(),
+        );
         assert_eq!(format!("{a:?}"), format!("{b:?}"));
     }
 }

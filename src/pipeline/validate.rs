@@ -263,9 +263,10 @@ fn event_time(
     let captured;
     let found = match at.pointer.find(document) {
         None | Some(Node::Null) => {
-            let capture = at.capture.as_deref().and_then(|key| {
-                input.captures.iter().rev().find(|(f, _)| f == key)
-            });
+            let capture = at
+                .capture
+                .as_deref()
+                .and_then(|key| input.captures.iter().rev().find(|(f, _)| f == key));
             match capture {
                 Some((_, text)) => {
                     captured = Node::text(text);
