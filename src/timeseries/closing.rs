@@ -10,6 +10,10 @@
 //! is only a bucket start here: the caller recomputes the bucket from the
 //! store (the same code as `series`), so nothing about the events is kept.
 //!
+//! A caller may also observe the clock (when [`Closer::next_close_at`]
+//! comes) to close buckets of an entity that stopped sending; the
+//! watermark is then the newest of event times and clock readings.
+//!
 //! State is O(1): the watermark and the first bucket still open. The
 //! caller's per-batch [`Flush`] holds the close ranges and revised starts
 //! of one batch of changes, so its size is bounded by the batch.
@@ -72,6 +76,16 @@ impl Closer {
     /// before it is closed); `None` before the first event.
     pub fn first_open(&self) -> Option<i64> {
         self.watermark.map(|w| self.first_open_at(w))
+    }
+
+    /// When (in the watermark's time) the first open bucket closes: its
+    /// end plus the lateness. A clock-driven caller observes the clock at
+    /// that moment (`<product>Buckets(wallClock: true)`).
+    pub fn next_close_at(&self) -> Option<i64> {
+        self.first_open().map(|open| {
+            open.saturating_add(self.every)
+                .saturating_add(self.lateness)
+        })
     }
 
     /// The smallest aligned start `s` with `s + every + lateness > w`.
@@ -191,6 +205,26 @@ mod tests {
         assert_eq!(c.observe(5 * M), Step::Close { from: 0, to: 2 * M });
         assert_eq!(c.observe(M + 1), Step::Revise(M));
         assert_eq!(c.observe(2 * M), Step::Open);
+    }
+
+    #[test]
+    fn a_clock_observed_at_the_next_close_closes_the_open_bucket() {
+        let mut c = Closer::new(M, 5, None);
+        assert_eq!(c.next_close_at(), None, "nothing seen, nothing to close");
+        c.observe(M + 10);
+        assert_eq!(c.next_close_at(), Some(2 * M + 5));
+        assert_eq!(c.observe(2 * M + 4), Step::Open);
+        assert_eq!(c.observe(2 * M + 5), Step::Close { from: M, to: 2 * M });
+        assert_eq!(c.next_close_at(), Some(3 * M + 5));
+        // The next tick closes the bucket the last one fell in (the
+        // caller's read finds it empty and sends nothing).
+        assert_eq!(
+            c.observe(3 * M + 5),
+            Step::Close {
+                from: 2 * M,
+                to: 3 * M
+            }
+        );
     }
 
     #[test]

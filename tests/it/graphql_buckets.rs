@@ -8,7 +8,7 @@
 //! ends the subscription, a role without `subscribe`, a backfill over the
 //! cost limit and a lateness of too many buckets are refused; random
 //! streams with late events end with every bucket's newest emission
-//! equal to `series`.
+//! equal to `series`; `wallClock` closes the bucket of a silent entity.
 
 use crate::common;
 
@@ -262,7 +262,8 @@ async fn closed_buckets_equal_series_late_events_revise_them_and_lateness_holds_
     assert_eq!(revision["revision"], 1, "its own count");
     assert_eq!(revision["bucket"], revised1);
 
-    // Shutdown ends the subscriptions gracefully (the node stops clean).
+    // Open bucket subscriptions do not hold up a clean stop (their
+    // streams end on the node's shutdown signal).
     let (status, _) = node.stop();
     assert!(status.success());
 }
@@ -464,6 +465,51 @@ async fn the_newest_emission_of_every_bucket_equals_series_on_random_streams() {
         assert_eq!(newest.len(), holding.len(), "{name}: nothing else sent");
         assert!(revision > 0, "{name}: the stream had late events");
     }
+    let (status, _) = node.stop();
+    assert!(status.success());
+}
+
+/// `wallClock: true`: the node's clock closes the last bucket of an
+/// entity that stopped sending (a later event revises it); without it,
+/// that bucket waits for a newer event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wall_clock_closes_the_bucket_of_an_entity_that_stopped_sending() {
+    let dir = workdir(&[("meter", METER)], "");
+    let node = start(dir.path());
+    let admin = Gql::new(&node);
+    let feed = |clock: &str| {
+        format!(
+            "subscription {{ meterBuckets(meter_id: \"w\", every: \"1s\"{clock}) {{ revision bucket {{ start count values {{ temp {{ min max }} }} }} }} }}"
+        )
+    };
+    let mut clocked = Subscriber::start(
+        &node,
+        Protocol::TransportWs,
+        &feed(", wallClock: true"),
+        json!({}),
+    )
+    .await;
+    let mut event_time =
+        Subscriber::start(&node, Protocol::TransportWs, &feed(""), json!({})).await;
+    admin.wait_subscriptions("meter", 2).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64;
+    publish(&node, "berlin", "w", now, 10.0, "ok");
+    let closed = next_close(&mut clocked).await;
+    assert_eq!(closed["revision"], 0);
+    assert_eq!(closed["bucket"]["count"], 1);
+    nothing_more(&mut event_time).await;
+    // The same instant again, after the clock closed it: a revision.
+    publish(&node, "berlin", "w", now, 12.0, "ok");
+    let revised = next_close(&mut clocked).await;
+    assert_eq!(revised["revision"], 1, "{revised}");
+    assert_eq!(revised["bucket"]["start"], closed["bucket"]["start"]);
+    assert_eq!(revised["bucket"]["count"], 2);
+    assert_eq!(revised["bucket"]["values"]["temp"]["max"], 12.0);
+    nothing_more(&mut clocked).await;
+    nothing_more(&mut event_time).await;
     let (status, _) = node.stop();
     assert!(status.success());
 }

@@ -37,10 +37,18 @@
 //! one at the same instant) has its event time read from history by
 //! version, one short read of the newest events.
 //!
-//! **What it does not do.** There are no processing-time timers: a bucket
+//! **Event time, and the clock only when asked.** By default a bucket
 //! closes only when a newer event arrives, so an entity that stops
 //! sending does not close its last bucket (nor those `lateness` holds
-//! open) until it sends again. Text statistics of a bucket start from an
+//! open) until it sends again: right for replayed or buffered data,
+//! whose event times lag the clock. `wallClock: true` also reads the
+//! node's clock when the first open bucket is due (its end plus
+//! `lateness`) and counts it as the watermark, as a dashboard of live
+//! devices expects (eKuiper's processing-time windows); an event that
+//! arrives after that revises the bucket. A device whose clock runs
+//! behind the node's then revises every bucket: give it a `lateness`.
+//!
+//! **What it does not do.** Text statistics of a bucket start from an
 //! unknown state at the bucket's start (as any `series` does at `since`);
 //! the backfill is one `series` over `[since, first open bucket)`, where
 //! a state carries across buckets. Erasures are not in the change feed: an
@@ -240,6 +248,8 @@ struct Feed {
     revisions: u64,
     /// The feed lagged: re-read the watermark before the next change.
     resync: bool,
+    /// Also close buckets by the node's clock (`wallClock`).
+    wall_clock: bool,
     still_valid: Option<StillValid>,
     validated_at: Instant,
     /// The credential was revoked: the error was sent, the stream ends.
@@ -271,9 +281,9 @@ impl Feed {
     }
 
     /// Runs a batch (the entity's changes as (version, instance event
-    /// time, created), or a re-read of the watermark) through the closer
-    /// and queues what it emits.
-    async fn step(&mut self, changes: Vec<(u64, i64, bool)>, resync: bool) {
+    /// time, created), a re-read of the watermark, or a clock reading)
+    /// through the closer and queues what it emits.
+    async fn step(&mut self, changes: Vec<(u64, i64, bool)>, resync: bool, clock: Option<i64>) {
         let reader = self.reader.clone();
         let mut closer = self.closer;
         let work = blocking(move || {
@@ -286,6 +296,9 @@ impl Feed {
             .entered();
             let mut flush = Flush::default();
             let mut result = Ok(());
+            if let Some(now) = clock {
+                flush.add(closer.observe(now));
+            }
             if resync {
                 match reader.watermark() {
                     Ok(Some(t)) => flush.add(closer.observe(t)),
@@ -425,6 +438,12 @@ pub(crate) fn buckets_field(api: &Arc<ProductApi>) -> SubscriptionField {
                     closer: Closer::new(every, lateness, watermark),
                     revisions: 0,
                     resync: false,
+                    wall_clock: ctx
+                        .args
+                        .get("wallClock")
+                        .map(|v| v.boolean())
+                        .transpose()?
+                        .unwrap_or(false),
                     still_valid,
                     validated_at: Instant::now(),
                     ended: false,
@@ -439,7 +458,7 @@ pub(crate) fn buckets_field(api: &Arc<ProductApi>) -> SubscriptionField {
         },
     )
     .description(format!(
-        "One `{}` entity's `series` buckets as they close, by event time: a bucket [start, end) is sent when an event at or after `end + lateness` arrives (`revision` 0; `lateness`: how long after its end, in event time, a bucket stays open for late events), and again for every later event that lands in it (the next `revision`). Each bucket is `series` over exactly [start, end), computed from the store when it closes, as the caller's role sees it. `since` first sends the closed buckets from `since` on (a chart's backfill, as `series` returns them; costed like `series` up to now). Buckets close on event time only: the last bucket of an entity that stops sending stays open until it sends again. `lateness` may hold at most {MAX_OPEN_BUCKETS} buckets open.",
+        "One `{}` entity's `series` buckets as they close, by event time: a bucket [start, end) is sent when an event at or after `end + lateness` arrives (`revision` 0; `lateness`: how long after its end, in event time, a bucket stays open for late events), and again for every later event that lands in it (the next `revision`). Each bucket is `series` over exactly [start, end), computed from the store when it closes, as the caller's role sees it. `since` first sends the closed buckets from `since` on (a chart's backfill, as `series` returns them; costed like `series` up to now). Buckets close on event time: the last bucket of an entity that stops sending stays open until it sends again, unless `wallClock` is true: then the node's clock closes it too, when it passes the bucket's end plus `lateness` (an event that comes later revises it). `lateness` may hold at most {MAX_OPEN_BUCKETS} buckets open.",
         api.product.name
     ))
     .argument(InputValue::new(&api.product.key, api.key_type()))
@@ -449,6 +468,10 @@ pub(crate) fn buckets_field(api: &Arc<ProductApi>) -> SubscriptionField {
             .default_value(Gql::String("0s".to_string())),
     )
     .argument(InputValue::new("since", TypeRef::named(values::DATE_TIME)))
+    .argument(
+        InputValue::new("wallClock", TypeRef::named(TypeRef::BOOLEAN))
+            .default_value(Gql::Boolean(false)),
+    )
 }
 
 async fn next_close<'a>(mut feed: Feed) -> Option<(async_graphql::Result<FieldValue<'a>>, Feed)> {
@@ -468,11 +491,32 @@ async fn next_close<'a>(mut feed: Feed) -> Option<(async_graphql::Result<FieldVa
         }
         if feed.resync {
             feed.resync = false;
-            feed.step(Vec::new(), true).await;
+            feed.step(Vec::new(), true, None).await;
             continue;
         }
+        // With `wallClock`, the clock is read when the first open bucket
+        // is due to close.
+        let due = if feed.wall_clock {
+            feed.closer.next_close_at().map(|at| {
+                let wait = at.saturating_sub(Timestamp::now().as_micros()).max(0);
+                Duration::from_micros(u64::try_from(wait).unwrap_or(0))
+            })
+        } else {
+            None
+        };
+        let tick = async move {
+            match due {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => std::future::pending().await,
+            }
+        };
         let received = tokio::select! {
             _ = feed.shutdown.cancelled() => return None,
+            _ = tick => {
+                let now = Timestamp::now().as_micros();
+                feed.step(Vec::new(), false, Some(now)).await;
+                continue;
+            }
             received = feed.changes.recv() => received,
         };
         match received {
@@ -484,7 +528,7 @@ async fn next_close<'a>(mut feed: Feed) -> Option<(async_graphql::Result<FieldVa
                     .map(|c| (c.version, c.instance.event_time.as_micros(), c.created))
                     .collect();
                 if !changes.is_empty() {
-                    feed.step(changes, false).await;
+                    feed.step(changes, false, None).await;
                 }
             }
             Ok(_) => {}
