@@ -80,6 +80,39 @@ fn publish(node: &NodeProcess, site: &str, meter: &str, ts: i64, temp: f64, stat
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// Publishes every line of `lines` as one message to `topic`, from one
+/// `mosquitto_pub -l` (QoS 1: it exits once all are acknowledged).
+fn publish_lines(node: &NodeProcess, topic: &str, lines: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let port = node.mqtt.expect("embedded broker").port();
+    let mut child = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            topic,
+            "-q",
+            "1",
+            "-l",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub is installed");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(lines.as_bytes())
+        .expect("write lines");
+    let out = child.wait_with_output().expect("mosquitto_pub finishes");
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 fn rfc3339(ms: i64) -> String {
     let at = std::time::UNIX_EPOCH + Duration::from_millis(ms.try_into().expect("after 1970"));
     humantime::format_rfc3339_millis(at).to_string()
@@ -428,6 +461,18 @@ async fn the_newest_emission_of_every_bucket_equals_series_on_random_streams() {
         publish(&node, "berlin", "r", time, temp, state);
         times.push(time);
     }
+    // A burst of late readings from one client (`-l`: one message per
+    // line, so they tend to share a writer batch): each revises its bucket.
+    let mut lines = String::new();
+    for _ in 0..30 {
+        let time = t - rng.random_range(0..60_000);
+        let temp = f64::from(rng.random_range(0..80)) / 2.0;
+        lines
+            .push_str(&json!({ "ts": time, "temp": temp, "state": "warn", "load": 1 }).to_string());
+        lines.push('\n');
+        times.push(time);
+    }
+    publish_lines(&node, "site/berlin/meter/r", &lines);
     // Far ahead: closes every bucket before it, for both.
     let last = t + 10 * 60_000;
     publish(&node, "berlin", "r", last, 1.0, "ok");

@@ -35,7 +35,7 @@
 //! Event times: a change whose instance's event time moved past the
 //! watermark carries its own; a change at or below it (a late event, or
 //! one at the same instant) has its event time read from history by
-//! version, one short read of the newest events.
+//! version: one short read of the newest events per batch.
 //!
 //! **Event time, and the clock only when asked.** By default a bucket
 //! closes only when a newer event arrives, so an entity that stops
@@ -64,7 +64,7 @@
 //! is re-read from the store, so closes resume; revisions missed meanwhile
 //! are not: re-query `series`), and the end on shutdown.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -188,22 +188,27 @@ impl Reader {
             .map(|i| i.event_time.as_micros()))
     }
 
-    /// The event time of history event `version` (`None`: gone already,
-    /// to retention or an erasure).
-    fn event_time(&self, version: u64) -> Result<Option<i64>, String> {
+    /// The event times of history events `versions`, read in one range
+    /// (version → time; a version gone to retention or an erasure is
+    /// absent). The versions are one batch's: a short range of the newest.
+    fn event_times(&self, versions: &[u64]) -> Result<HashMap<u64, i64>, String> {
+        let (Some(first), Some(last)) = (versions.iter().min(), versions.iter().max()) else {
+            return Ok(HashMap::new());
+        };
         let query = HistoryQuery {
-            after_version: Some(version.saturating_sub(1)),
-            before_version: Some(version.saturating_add(1)),
+            after_version: Some(first.saturating_sub(1)),
+            before_version: Some(last.saturating_add(1)),
             newest_first: true,
-            limit: 1,
+            limit: usize::try_from(last - first + 1).unwrap_or(usize::MAX),
             ..HistoryQuery::default()
         };
         Ok(self
             .store
             .history(&self.product, &self.entity, &query)
             .map_err(|e| e.to_string())?
-            .first()
-            .map(|e| e.event_time.as_micros()))
+            .into_iter()
+            .map(|e| (e.version, e.event_time.as_micros()))
+            .collect())
     }
 
     /// The buckets one batch closed and revised, recomputed from the store
@@ -306,19 +311,33 @@ impl Feed {
                     Err(e) => result = Err(e),
                 }
             }
+            // A change that creates the entity or moves the watermark
+            // carries its own event time (the instance's); one at or below
+            // the watermark may be late: its time is read from history,
+            // all of the batch's in one range. Those do not move the
+            // watermark, so which is which is known before the read.
+            let carries =
+                |w: Option<i64>, time: i64, created: bool| created || w.is_none_or(|w| time > w);
+            let mut w = closer.watermark();
+            let mut unknown = Vec::new();
+            for (version, time, created) in &changes {
+                if carries(w, *time, *created) {
+                    w = Some(w.map_or(*time, |w| w.max(*time)));
+                } else {
+                    unknown.push(*version);
+                }
+            }
+            let times = reader.event_times(&unknown).unwrap_or_else(|e| {
+                result = Err(e);
+                HashMap::new()
+            });
             for (version, time, created) in changes {
-                // An event moving the watermark carries its own time; one
-                // at or below it may be late: its time is in history.
-                let time = if created || closer.watermark().is_none_or(|w| time > w) {
+                let time = if carries(closer.watermark(), time, created) {
                     time
                 } else {
-                    match reader.event_time(version) {
-                        Ok(Some(time)) => time,
-                        Ok(None) => continue,
-                        Err(e) => {
-                            result = Err(e);
-                            continue;
-                        }
+                    match times.get(&version) {
+                        Some(time) => *time,
+                        None => continue,
                     }
                 };
                 flush.add(closer.observe(time));
