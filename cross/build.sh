@@ -8,6 +8,7 @@
 #   cross/build.sh aarch64-unknown-linux-musl
 #   PROFILE=cross-ci cross/build.sh aarch64-unknown-linux-musl   # CI: faster to build
 #   DEB=1 cross/build.sh                # and a .deb per target (arm64, amd64, armhf)
+#   FEATURES=modbus,nats cross/build.sh # only these optional parts (cross/README.md)
 #
 # Binaries land in target/cross/meshlet-<target>; sizes (and xz -9 sizes,
 # the download over a cellular link) are printed. With DEB=1 the packages
@@ -40,6 +41,12 @@ fi
 # CARGO_TARGET_DIR is honoured (a second build while another holds the
 # lock on target/); the binaries and packages still land in target/cross.
 target_dir="${CARGO_TARGET_DIR:-target}"
+# FEATURES (comma-separated, may be empty) replaces the default set:
+# a gateway build that leaves out what it does not use.
+feature_args=()
+if [ -n "${FEATURES+set}" ]; then
+  feature_args=(--no-default-features --features "$FEATURES")
+fi
 mkdir -p target/cross
 for target in "${targets[@]}"; do
   rustup target add "$target" >/dev/null
@@ -50,7 +57,7 @@ for target in "${targets[@]}"; do
     *-linux-gnueabihf|*-linux-gnu) build_target="$target.2.17" ;;
   esac
   echo "building $target ($profile)"
-  cargo zigbuild --locked --profile "$profile" --target "$build_target" --bin meshlet
+  cargo zigbuild --locked --profile "$profile" --target "$build_target" --bin meshlet ${feature_args[@]+"${feature_args[@]}"}
   out_dir="$profile"
   [ "$profile" = "dev" ] && out_dir=debug
   cp "$target_dir/$target/$out_dir/meshlet" "target/cross/meshlet-$target"
