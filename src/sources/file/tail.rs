@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::ingest::{Ingestor, Provenance, SourceCounters};
-use crate::pipeline::SourceShape;
+use crate::pipeline::{Plan, SourceShape};
 use super::FileSource;
 use crate::product::{PayloadFormat, Product, SourceSettings};
 use crate::record::{Origin, Timestamp};
@@ -396,6 +396,8 @@ impl FileTail {
         };
         let mut batch = IngestBatch::default();
         let mut event_times = Vec::new();
+        // Compiled once per read, against the product of this read.
+        let plan = Plan::new(&product, &self.shape);
         for line in lines {
             counters.message(line.len());
             let provenance = Provenance {
@@ -408,7 +410,7 @@ impl FileTail {
             };
             let prepared = self
                 .ingestor
-                .prepare(&product, &self.shape, line, &provenance);
+                .prepare_planned(&product, &plan, line, &provenance);
             self.ingestor
                 .count_rejected(&product, &self.source_id, counters, &prepared.rejected);
             batch.records.extend(prepared.batch.records);

@@ -281,7 +281,7 @@ impl MqttIngest {
                     origin: &origin,
                     redelivery: message.redelivery,
                 };
-                let prepared = self.ingestor().prepare(&route.product, &route.shape, &bytes, &provenance);
+                let prepared = self.ingestor().prepare_planned(&route.product, &route.plan, &bytes, &provenance);
                 self.ingestor().count_rejected(
                     &route.product,
                     &route.source_id,

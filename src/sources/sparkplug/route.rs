@@ -17,7 +17,7 @@ use super::host::{Host, Topic, Update, UpdateKind, NAMESPACE};
 use crate::ingest::{IngestMetrics, SourceCounters};
 use super::metrics::SparkplugMetrics;
 use super::SparkplugSource;
-use crate::pipeline::SourceShape;
+use crate::pipeline::Plan;
 use crate::product::{Product, ProductSet};
 
 /// Commands queued for publishing; a slow publisher loses the oldest
@@ -36,7 +36,9 @@ pub(crate) struct SparkplugRoute {
     pub product: Arc<Product>,
     /// `sparkplug:<index in the product's sources>`.
     pub source_id: String,
-    pub shape: SourceShape,
+    /// The source's shape compiled against the product once, for every
+    /// message.
+    pub plan: Plan,
     pub counters: Arc<SourceCounters>,
     source: SparkplugSource,
 }
@@ -87,9 +89,9 @@ impl SparkplugIngest {
                     let source_id = source.id(index).to_string();
                     routes.push(SparkplugRoute {
                         counters: metrics.source(&product.name, &source_id),
+                        plan: Plan::new(product, &source.shape()),
                         product: product.clone(),
                         source_id,
-                        shape: source.shape(),
                         source: sp.clone(),
                     });
                 }
