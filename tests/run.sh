@@ -67,7 +67,7 @@ cargo clippy --locked --lib --bins --no-default-features -- -D warnings
 # The static aarch64 build that tests/it/cross_qemu.rs runs under qemu; the
 # cross-ci profile keeps release semantics at a fraction of the build time
 # (the `edge` profile cross/build.sh ships by default costs a fat-LTO,
-# one-codegen-unit build: benches/README.md has its sizes).
+# one-codegen-unit build: cross/README.md has its sizes).
 PROFILE=cross-ci cross/build.sh aarch64-unknown-linux-musl
 export REQUIRE_CROSS_BUILD=1
 
