@@ -25,7 +25,9 @@
 //!   field map at a time, and a scan of every instance (what a product
 //!   over the projection's bound gets).
 //!
-//! The stores are filled `TS_FILL_BATCH` (10,000) records per upsert.
+//! The stores are filled `TS_FILL_BATCH` (10,000) records per upsert, with
+//! the store's default history layout unless `TS_CHUNK_EVENTS` /
+//! `TS_BLOCK_EVENTS` set events per chunk / block (to compare layouts).
 //!
 //! Medians of `TS_RUNS` (default 15) runs after one warm-up. Without
 //! `--bench` (as `cargo test --all-targets` runs it) sizes shrink 100×.
@@ -161,6 +163,13 @@ impl Generator {
 fn open(dir: &std::path::Path) -> Store {
     let mut config = StoreConfig::new(dir.join("db"));
     config.cache_capacity_bytes = 256 * 1024 * 1024;
+    // The history layout to measure (the node's defaults unless set).
+    if let Some(n) = std::env::var("TS_CHUNK_EVENTS").ok().and_then(|v| v.parse().ok()) {
+        config.history_chunk_events = n;
+    }
+    if let Some(n) = std::env::var("TS_BLOCK_EVENTS").ok().and_then(|v| v.parse().ok()) {
+        config.history_block_events = n;
+    }
     Store::open(config).expect("store opens")
 }
 

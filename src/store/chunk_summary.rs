@@ -16,9 +16,11 @@
 //! ~4.3 minutes and almost never lies inside one 5-minute bucket. Blocks
 //! cut at epoch-aligned multiples of [`GRANULARITIES`] do: a bucket whose
 //! width is a multiple of the block width holds whole blocks. The width is
-//! the smallest that keeps a chunk at [`MAX_BLOCKS`] blocks, so a slow
-//! stream (one event a minute) gets hour blocks instead of one summary per
-//! event; the summary stays a fraction of the chunk.
+//! the smallest that keeps a chunk at [`max_blocks`] blocks (at least
+//! [`MIN_MAX_BLOCKS`], and one per [`EVENTS_PER_BLOCK`] events of a larger
+//! chunk), so a slow stream (one event a minute) gets hour blocks instead
+//! of one summary per event, and a block holds tens of events on average:
+//! the summary stays a fraction of the chunk.
 //!
 //! The summary is schema-free (the store does not know field types): a
 //! number is an `Int` or a finite `Float` (as `f64`); a text state is a
@@ -29,14 +31,16 @@
 //! state) gets no text summary; such a field is decoded when a bucket needs
 //! its text statistics.
 //!
-//! Encoded with `rmp_serde::to_vec` (structs as arrays: the field names
-//! would otherwise repeat per block), behind a format byte.
+//! Encoded in the binary layout of `summary_codec.rs` (format 2) behind a
+//! format byte; chunks sealed earlier hold MessagePack (format 1), still
+//! read.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::codec::CodecError;
+use super::summary_codec;
 use super::stored::StoredEvent;
 use crate::record::Value;
 
@@ -45,14 +49,26 @@ use crate::record::Value;
 /// hold whole blocks of every width up to their own.
 pub(crate) const GRANULARITIES: [i64; 4] = [60_000_000, 300_000_000, 3_600_000_000, 86_400_000_000];
 
-/// Most blocks per chunk before a wider block is tried (a chunk of a 1 Hz
-/// stream, ~256 s: 1–2 blocks of 5 minutes).
-pub(crate) const MAX_BLOCKS: usize = 4;
+/// Fewest blocks a chunk may be cut into before a wider block is tried
+/// (a 256-event chunk of a 1 Hz stream, ~256 s: 1–2 blocks of 5 minutes).
+pub(crate) const MIN_MAX_BLOCKS: usize = 4;
+
+/// Events per block a large chunk is allowed on average: a chunk of 1,024
+/// events of a 1 Hz stream (~17 minutes) may have 16 blocks, so it gets
+/// 5-minute blocks (4–5), not hour blocks, and not 1-minute ones (18).
+pub(crate) const EVENTS_PER_BLOCK: usize = 64;
+
+/// Most blocks a chunk of `events` events is cut into.
+pub(crate) fn max_blocks(events: usize) -> usize {
+    (events / EVENTS_PER_BLOCK).max(MIN_MAX_BLOCKS)
+}
 
 /// Most distinct strings per field and block kept as a text summary.
 pub(crate) const MAX_TEXT_VALUES: usize = 16;
 
-const SUMMARY_FORMAT: u8 = 1;
+/// Format 1: MessagePack (structs as arrays). Written until format 2
+/// (`summary_codec.rs`); still read.
+const SUMMARY_FORMAT_MSGPACK: u8 = 1;
 
 /// Numbers of one field in one block, in event-time order.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -141,7 +157,7 @@ pub(crate) fn summarise(events: &[StoredEvent]) -> ChunkSummary {
         .copied()
         .find(|g| {
             let blocks = max.div_euclid(*g) - min.div_euclid(*g) + 1;
-            blocks <= MAX_BLOCKS as i64
+            blocks <= max_blocks(events.len()) as i64
         })
         .unwrap_or(0);
     let mut names: Vec<String> = events
@@ -255,7 +271,14 @@ fn block(names: &[String], events: &[&StoredEvent]) -> BlockSummary {
 
 /// `[format][MessagePack arrays]`.
 pub(crate) fn encode_summary(summary: &ChunkSummary) -> Result<Vec<u8>, CodecError> {
-    let mut out = vec![SUMMARY_FORMAT];
+    Ok(summary_codec::encode(summary))
+}
+
+/// Format 1 (MessagePack, what chunks sealed before format 2 hold), kept
+/// for its test: old chunks must still decode.
+#[cfg(test)]
+pub(crate) fn encode_summary_v1(summary: &ChunkSummary) -> Result<Vec<u8>, CodecError> {
+    let mut out = vec![SUMMARY_FORMAT_MSGPACK];
     rmp_serde::encode::write(&mut out, summary)
         .map_err(|e| CodecError(format!("chunk summary: {e}")))?;
     Ok(out)
@@ -263,7 +286,8 @@ pub(crate) fn encode_summary(summary: &ChunkSummary) -> Result<Vec<u8>, CodecErr
 
 pub(crate) fn decode_summary(bytes: &[u8]) -> Result<ChunkSummary, CodecError> {
     match bytes.split_first() {
-        Some((&SUMMARY_FORMAT, rest)) => {
+        Some((&summary_codec::FORMAT_BINARY, rest)) => summary_codec::decode(rest),
+        Some((&SUMMARY_FORMAT_MSGPACK, rest)) => {
             rmp_serde::from_slice(rest).map_err(|e| CodecError(format!("chunk summary: {e}")))
         }
         Some((other, _)) => Err(CodecError(format!("unknown chunk summary format {other}"))),
@@ -342,6 +366,52 @@ mod tests {
     }
 
     #[test]
+    fn format_one_summaries_still_decode_and_format_two_is_smaller() {
+        let events: Vec<StoredEvent> = (0..256)
+            .map(|i| {
+                let status = ["ok", "idle", "fault"][(i / 40) % 3];
+                event(i as u64 + 1, i as i64 * 1_000_000, Value::Float(20.5 + i as f64 / 10.0), Some(status))
+            })
+            .collect();
+        let summary = summarise(&events);
+        let v1 = encode_summary_v1(&summary).unwrap();
+        let v2 = encode_summary(&summary).unwrap();
+        assert_eq!(v2[0], summary_codec::FORMAT_BINARY);
+        assert_eq!(decode_summary(&v1).unwrap(), summary);
+        assert_eq!(decode_summary(&v2).unwrap(), summary);
+        assert!(v2.len() < v1.len(), "format 2 {} vs 1 {}", v2.len(), v1.len());
+    }
+
+    #[test]
+    fn corrupt_format_two_is_refused_not_a_panic() {
+        let events: Vec<StoredEvent> = (0..64)
+            .map(|i| event(i + 1, i as i64 * 1_000_000, Value::Int(i as i64), Some("ok")))
+            .collect();
+        let bytes = encode_summary(&summarise(&events)).unwrap();
+        for cut in 1..bytes.len() {
+            assert!(decode_summary(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_summary(&longer).is_err());
+        // A count far beyond the bytes left allocates nothing.
+        assert!(decode_summary(&[summary_codec::FORMAT_BINARY, 0, 0xff, 0xff, 0xff, 0x7f]).is_err());
+    }
+
+    #[test]
+    fn a_large_chunk_of_a_one_hertz_stream_keeps_five_minute_blocks() {
+        let base = 300_000_000 * 1000;
+        let events: Vec<StoredEvent> = (0..1024)
+            .map(|i| event(i + 1, base + i as i64 * 1_000_000, Value::Int(i as i64), None))
+            .collect();
+        let summary = summarise(&events);
+        assert_eq!(summary.granularity, 300_000_000);
+        assert_eq!(summary.blocks.len(), 4);
+        assert_eq!(max_blocks(256), 4);
+        assert_eq!(max_blocks(4096), 64);
+    }
+
+    #[test]
     fn slow_streams_get_wide_blocks_and_free_text_no_text_summary() {
         let events: Vec<StoredEvent> = (0..256)
             .map(|i| {
@@ -365,5 +435,50 @@ mod tests {
         assert!(!field.complete_text && field.text.is_none());
         assert!(decode_summary(&[9, 0]).is_err());
         assert!(decode_summary(&[]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+    use crate::record::{Fields, Origin, Timestamp};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Format 2 gives back exactly the summary it was given, whatever
+        /// the events (numbers, cleared states, many strings, negative
+        /// times, wide spans).
+        #[test]
+        fn format_two_round_trips(raw in proptest::collection::vec(
+            (-5_000_000_000i64..5_000_000_000, 0u8..6, -1e9f64..1e9, 0u8..20), 1..300)) {
+            let events: Vec<StoredEvent> = raw
+                .iter()
+                .enumerate()
+                .map(|(i, (time, kind, x, s))| {
+                    let mut fields = Fields::new();
+                    match kind {
+                        0 => { fields.insert("a".into(), Value::Int(*x as i64)); }
+                        1 => { fields.insert("a".into(), Value::Float(*x)); }
+                        2 => { fields.insert("b".into(), Value::String(format!("s{s}"))); }
+                        3 => { fields.insert("b".into(), Value::Null); }
+                        4 => { fields.insert("c".into(), Value::Bool(true)); }
+                        _ => {
+                            fields.insert("a".into(), Value::Float(*x));
+                            fields.insert("b".into(), Value::String("é".repeat(*s as usize)));
+                        }
+                    }
+                    StoredEvent {
+                        version: i as u64 + 1,
+                        event_time: Timestamp(*time),
+                        received_at: Timestamp(*time),
+                        fields,
+                        origin: Origin::new("o"),
+                    }
+                })
+                .collect();
+            let summary = summarise(&events);
+            let back = decode_summary(&encode_summary(&summary).unwrap()).unwrap();
+            prop_assert_eq!(back, summary);
+        }
     }
 }

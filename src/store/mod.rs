@@ -217,6 +217,7 @@ mod seal;
 mod series_read;
 mod sessions;
 mod stored;
+mod summary_codec;
 mod tx;
 mod types;
 mod write;

@@ -183,24 +183,24 @@ impl Store {
                     decode.push(i);
                     continue;
                 };
-                let blocks: Vec<&BlockSummary> = summary
-                    .blocks
-                    .iter()
-                    .filter(|b| b.max_time >= since.0 && b.min_time < until.0)
-                    .collect();
+                let meets = |b: &BlockSummary| b.max_time >= since.0 && b.min_time < until.0;
                 let stands_in = !overlapping[i]
-                    && blocks.iter().all(|b| {
+                    && summary.blocks.iter().filter(|b| meets(b)).all(|b| {
                         in_window(b.min_time) && in_window(b.max_time) && usable(&summary.names, b)
                     });
                 if !stands_in {
                     decode.push(i);
                     continue;
                 }
-                let names = std::sync::Arc::new(summary.names.clone());
+                // Moved, not cloned: one `Arc` of names per chunk, the
+                // blocks themselves (this loop ran ~10,000 times for a
+                // month of a 1 Hz sensor; clones were a third of it).
+                let ChunkSummary { names, blocks, .. } = summary;
+                let names = std::sync::Arc::new(names);
                 out.chunks_summarised += 1;
-                for block in blocks {
+                for block in blocks.into_iter().filter(|b| meets(b)) {
                     out.events_summarised += block.count;
-                    out.blocks.push((names.clone(), block.clone()));
+                    out.blocks.push((names.clone(), block));
                 }
                 if out.blocks.len() > max_items {
                     return Ok(Err(out.blocks.len()));

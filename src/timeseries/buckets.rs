@@ -187,6 +187,21 @@ impl Acc {
     }
 }
 
+/// Adds to the (events, µs held) entry of `value`, allocating its key only the
+/// first time (a month of 5-minute buckets meets each state thousands of
+/// times).
+fn bump(map: &mut BTreeMap<String, (u64, i64)>, value: &str, events: u64, held: i64) {
+    match map.get_mut(value) {
+        Some(share) => {
+            share.0 += events;
+            share.1 += held;
+        }
+        None => {
+            map.insert(value.to_string(), (events, held));
+        }
+    }
+}
+
 /// Per bucket while it is being built.
 #[derive(Default)]
 struct Building {
@@ -312,7 +327,7 @@ pub fn buckets_with(
                         }
                         (FieldKind::Text, Some(Sample::Text(v))) => {
                             if let Some(map) = bucket.texts.get_mut(i) {
-                                map.entry(v.clone()).or_insert((0, 0)).0 += 1;
+                                bump(map, v, 1, 0);
                             }
                         }
                         _ => {}
@@ -339,9 +354,7 @@ pub fn buckets_with(
                         FieldKind::Text => {
                             if let Some(map) = bucket.texts.get_mut(i) {
                                 for (value, count, held) in &field.values {
-                                    let share = map.entry(value.clone()).or_insert((0, 0));
-                                    share.0 += count;
-                                    share.1 += held;
+                                    bump(map, value, *count, *held);
                                 }
                             }
                         }
@@ -385,7 +398,7 @@ pub fn buckets_with(
                 let bucket_end = first_start + (b as i64 + 1) * every;
                 let end = to.min(bucket_end);
                 if let Some(map) = building.get_mut(b).and_then(|x| x.texts.get_mut(i)) {
-                    map.entry(value.clone()).or_insert((0, 0)).1 += end - t;
+                    bump(map, value, 0, end - t);
                 }
                 t = end;
             }

@@ -129,59 +129,62 @@ pub fn entity_series(
             event_of(e.event_time.as_micros(), e.version, &e.fields, spec)
         })
         .collect();
-    let blocks: Vec<Block> = read
-        .blocks
-        .iter()
-        .map(|(names, block)| {
-            let fields = spec
+    // Which position of `spec` each of a chunk's field names feeds, worked
+    // out once per chunk (its blocks share one `Arc` of names), not by a
+    // string search per block and field.
+    let mut positions: Vec<Option<usize>> = Vec::new();
+    let mut names_seen: *const Vec<String> = std::ptr::null();
+    let mut blocks: Vec<Block> = Vec::with_capacity(read.blocks.len());
+    for (names, block) in read.blocks {
+        if !std::ptr::eq(std::sync::Arc::as_ptr(&names), names_seen) {
+            names_seen = std::sync::Arc::as_ptr(&names);
+            positions = names
                 .iter()
-                .map(|(name, kind)| {
-                    let field = block
-                        .fields
-                        .iter()
-                        .find(|f| names.get(f.name as usize) == Some(name));
-                    let Some(field) = field else {
-                        return BlockField::default();
-                    };
-                    match kind {
-                        FieldKind::Numeric => BlockField {
-                            numbers: field.numbers.map(|n| BlockNumbers {
-                                count: n.count,
-                                min: n.min,
-                                max: n.max,
-                                sum: n.sum,
-                                first: n.first,
-                                last: n.last,
-                            }),
-                            ..BlockField::default()
-                        },
-                        FieldKind::Text => match &field.text {
-                            Some(text) => BlockField {
-                                numbers: None,
-                                values: text.values.clone(),
-                                carry: Some((
-                                    text.first_carry,
-                                    text.last_carry.0,
-                                    match &text.last_carry.1 {
-                                        Some(s) => Sample::Text(s.clone()),
-                                        None => Sample::Clear,
-                                    },
-                                )),
-                            },
-                            None => BlockField::default(),
-                        },
-                    }
-                })
+                .map(|name| spec.iter().position(|(n, _)| n == name))
                 .collect();
-            Block {
-                min_time: block.min_time,
-                max_time: block.max_time,
-                version: block.min_version,
-                count: block.count,
-                fields,
+        }
+        let mut fields = vec![BlockField::default(); spec.len()];
+        for field in block.fields {
+            let Some(i) = positions.get(field.name as usize).copied().flatten() else {
+                continue;
+            };
+            let (Some(slot), Some((_, kind))) = (fields.get_mut(i), spec.get(i)) else {
+                continue;
+            };
+            match kind {
+                FieldKind::Numeric => {
+                    slot.numbers = field.numbers.map(|n| BlockNumbers {
+                        count: n.count,
+                        min: n.min,
+                        max: n.max,
+                        sum: n.sum,
+                        first: n.first,
+                        last: n.last,
+                    });
+                }
+                FieldKind::Text => {
+                    if let Some(text) = field.text {
+                        slot.values = text.values;
+                        slot.carry = Some((
+                            text.first_carry,
+                            text.last_carry.0,
+                            match text.last_carry.1 {
+                                Some(s) => Sample::Text(s),
+                                None => Sample::Clear,
+                            },
+                        ));
+                    }
+                }
             }
-        })
-        .collect();
+        }
+        blocks.push(Block {
+            min_time: block.min_time,
+            max_time: block.max_time,
+            version: block.min_version,
+            count: block.count,
+            fields,
+        });
+    }
     let kinds: Vec<FieldKind> = spec.iter().map(|(_, kind)| *kind).collect();
     Ok(SeriesOutcome {
         buckets: buckets_with(&kinds, events, blocks, window, fill),
