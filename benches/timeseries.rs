@@ -164,10 +164,16 @@ fn open(dir: &std::path::Path) -> Store {
     let mut config = StoreConfig::new(dir.join("db"));
     config.cache_capacity_bytes = 256 * 1024 * 1024;
     // The history layout to measure (the node's defaults unless set).
-    if let Some(n) = std::env::var("TS_CHUNK_EVENTS").ok().and_then(|v| v.parse().ok()) {
+    if let Some(n) = std::env::var("TS_CHUNK_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         config.history_chunk_events = n;
     }
-    if let Some(n) = std::env::var("TS_BLOCK_EVENTS").ok().and_then(|v| v.parse().ok()) {
+    if let Some(n) = std::env::var("TS_BLOCK_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         config.history_block_events = n;
     }
     Store::open(config).expect("store opens")

@@ -40,8 +40,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::codec::CodecError;
-use super::summary_codec;
 use super::stored::StoredEvent;
+use super::summary_codec;
 use crate::record::Value;
 
 /// Block widths tried, smallest first, in µs: 1 minute, 5 minutes, 1
@@ -370,7 +370,12 @@ mod tests {
         let events: Vec<StoredEvent> = (0..256)
             .map(|i| {
                 let status = ["ok", "idle", "fault"][(i / 40) % 3];
-                event(i as u64 + 1, i as i64 * 1_000_000, Value::Float(20.5 + i as f64 / 10.0), Some(status))
+                event(
+                    i as u64 + 1,
+                    i as i64 * 1_000_000,
+                    Value::Float(20.5 + i as f64 / 10.0),
+                    Some(status),
+                )
             })
             .collect();
         let summary = summarise(&events);
@@ -379,13 +384,25 @@ mod tests {
         assert_eq!(v2[0], summary_codec::FORMAT_BINARY);
         assert_eq!(decode_summary(&v1).unwrap(), summary);
         assert_eq!(decode_summary(&v2).unwrap(), summary);
-        assert!(v2.len() < v1.len(), "format 2 {} vs 1 {}", v2.len(), v1.len());
+        assert!(
+            v2.len() < v1.len(),
+            "format 2 {} vs 1 {}",
+            v2.len(),
+            v1.len()
+        );
     }
 
     #[test]
     fn corrupt_format_two_is_refused_not_a_panic() {
         let events: Vec<StoredEvent> = (0..64)
-            .map(|i| event(i + 1, i as i64 * 1_000_000, Value::Int(i as i64), Some("ok")))
+            .map(|i| {
+                event(
+                    i + 1,
+                    i as i64 * 1_000_000,
+                    Value::Int(i as i64),
+                    Some("ok"),
+                )
+            })
             .collect();
         let bytes = encode_summary(&summarise(&events)).unwrap();
         for cut in 1..bytes.len() {
@@ -395,14 +412,23 @@ mod tests {
         longer.push(0);
         assert!(decode_summary(&longer).is_err());
         // A count far beyond the bytes left allocates nothing.
-        assert!(decode_summary(&[summary_codec::FORMAT_BINARY, 0, 0xff, 0xff, 0xff, 0x7f]).is_err());
+        assert!(
+            decode_summary(&[summary_codec::FORMAT_BINARY, 0, 0xff, 0xff, 0xff, 0x7f]).is_err()
+        );
     }
 
     #[test]
     fn a_large_chunk_of_a_one_hertz_stream_keeps_five_minute_blocks() {
         let base = 300_000_000 * 1000;
         let events: Vec<StoredEvent> = (0..1024)
-            .map(|i| event(i + 1, base + i as i64 * 1_000_000, Value::Int(i as i64), None))
+            .map(|i| {
+                event(
+                    i + 1,
+                    base + i as i64 * 1_000_000,
+                    Value::Int(i as i64),
+                    None,
+                )
+            })
             .collect();
         let summary = summarise(&events);
         assert_eq!(summary.granularity, 300_000_000);

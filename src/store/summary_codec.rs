@@ -65,15 +65,25 @@ pub(crate) fn encode(summary: &ChunkSummary) -> Vec<u8> {
     put_uv(&mut body, summary.blocks.len() as u64);
     for block in &summary.blocks {
         put_zz(&mut body, block.min_time);
-        put_uv(&mut body, block.max_time.wrapping_sub(block.min_time) as u64);
+        put_uv(
+            &mut body,
+            block.max_time.wrapping_sub(block.min_time) as u64,
+        );
         put_uv(&mut body, block.min_version);
         put_uv(&mut body, block.count);
         put_uv(&mut body, block.fields.len() as u64);
         for field in &block.fields {
             put_uv(&mut body, u64::from(field.name));
-            let flags = if field.numbers.is_some() { HAS_NUMBERS } else { 0 }
-                | if field.text.is_some() { HAS_TEXT } else { 0 }
-                | if field.complete_text { COMPLETE_TEXT } else { 0 };
+            let flags = if field.numbers.is_some() {
+                HAS_NUMBERS
+            } else {
+                0
+            } | if field.text.is_some() { HAS_TEXT } else { 0 }
+                | if field.complete_text {
+                    COMPLETE_TEXT
+                } else {
+                    0
+                };
             body.push(flags);
             if let Some(n) = &field.numbers {
                 put_uv(&mut body, n.count);
