@@ -369,6 +369,24 @@ impl Ingestor {
         counters.records_rejected(rejected);
     }
 
+    /// What a route does with one payload: [`Ingestor::prepare_planned`],
+    /// its rejections counted, its batch [`Ingestor::queue`]d (received at
+    /// the provenance's arrival). `None` when there is nothing to write.
+    pub async fn queue_planned(
+        &self,
+        product: &Product,
+        plan: &Plan,
+        payload: &[u8],
+        provenance: &Provenance<'_>,
+        retained: bool,
+        counters: &Arc<SourceCounters>,
+    ) -> Option<(PendingWrite, Arc<SourceCounters>, Vec<Timestamp>)> {
+        let prepared = self.prepare_planned(product, plan, payload, provenance);
+        self.count_rejected(product, provenance.source_id, counters, &prepared.rejected);
+        self.queue(product, prepared, retained, provenance.arrival, counters)
+            .await
+    }
+
     /// Queues a prepared batch for writing; `None` when there is nothing to
     /// write.
     pub async fn queue(

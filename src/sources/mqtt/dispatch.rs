@@ -176,22 +176,14 @@ impl MqttIngest {
                 }
                 _ => std::borrow::Cow::Borrowed(&route.plan),
             };
-            let prepared =
-                self.ingestor()
-                    .prepare_planned(&route.product, &plan, message.payload, &provenance);
-            self.ingestor().count_rejected(
-                &route.product,
-                &route.source_id,
-                counters,
-                &prepared.rejected,
-            );
             if let Some(write) = self
                 .ingestor()
-                .queue(
+                .queue_planned(
                     &route.product,
-                    prepared,
+                    &plan,
+                    message.payload,
+                    &provenance,
                     message.retained,
-                    arrival,
                     counters,
                 )
                 .await
@@ -281,20 +273,14 @@ impl MqttIngest {
                     origin: &origin,
                     redelivery: message.redelivery,
                 };
-                let prepared = self.ingestor().prepare_planned(&route.product, &route.plan, &bytes, &provenance);
-                self.ingestor().count_rejected(
-                    &route.product,
-                    &route.source_id,
-                    &route.counters,
-                    &prepared.rejected,
-                );
                 if let Some(write) = self
                     .ingestor()
-                .queue(
+                    .queue_planned(
                         &route.product,
-                        prepared,
+                        &route.plan,
+                        &bytes,
+                        &provenance,
                         message.retained,
-                        arrival,
                         &route.counters,
                     )
                     .await
